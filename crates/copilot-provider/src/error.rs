@@ -1,0 +1,62 @@
+//! The one error type adapters return. The server maps it to a gRPC status in one place.
+
+use std::time::Duration;
+
+/// Why a provider call failed, in terms the server can act on (retry, fall back, map to a status).
+///
+/// Messages must never contain secrets (API keys, auth headers); adapters pass upstream error
+/// text through only after making sure of that.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The upstream rejected the request as malformed or unsupported (HTTP 400-class).
+    #[error("the upstream rejected the request: {0}")]
+    InvalidRequest(String),
+
+    /// The named model does not exist at this upstream (HTTP 404).
+    #[error("model '{model}' not found")]
+    ModelNotFound { model: String },
+
+    /// The upstream refused our credentials (HTTP 401/403).
+    #[error("the upstream refused the gateway's credentials: {0}")]
+    Unauthorized(String),
+
+    /// Rate limited (HTTP 429).
+    #[error("rate limited by the upstream: {message}")]
+    RateLimited { message: String, retry_after: Option<Duration> },
+
+    /// The upstream is up but cannot take more work now (HTTP 503, queue full, model loading).
+    #[error("the upstream is overloaded: {message}")]
+    Overloaded { message: String, retry_after: Option<Duration> },
+
+    /// The upstream could not be reached or the connection failed before a response.
+    #[error("cannot reach the upstream: {0}")]
+    Unreachable(String),
+
+    /// The upstream answered with a server error (HTTP 5xx other than 503).
+    #[error("the upstream failed with HTTP {status}: {message}")]
+    Upstream { status: u16, message: String },
+
+    /// The upstream reported an error inside a stream that had already started.
+    #[error("the upstream failed mid-stream: {0}")]
+    MidStream(String),
+
+    /// The connection dropped or the stream ended before the upstream said it was done.
+    #[error("the upstream stream ended early: {0}")]
+    Interrupted(String),
+
+    /// The upstream sent something that does not follow its own protocol.
+    #[error("the upstream sent a malformed response: {0}")]
+    Protocol(String),
+}
+
+impl ProviderError {
+    /// The Retry-After hint the upstream gave, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after, .. } | ProviderError::Overloaded { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}

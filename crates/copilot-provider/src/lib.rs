@@ -1,0 +1,39 @@
+//! The contract between the Copilot server and its provider adapters.
+//!
+//! An adapter translates one upstream wire protocol (Ollama, OpenAI-compatible, Gemini, …) into these
+//! types. Everything that does not depend on the protocol — validation, routing, deadlines, retries,
+//! error mapping to gRPC — lives in the server, so an adapter stays a plain translation.
+
+mod error;
+mod types;
+
+pub use error::ProviderError;
+pub use types::*;
+
+pub use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+/// A streamed chat completion: text deltas, then exactly one [`ChatEvent::Done`] as the last item.
+///
+/// The stream owns the upstream request: dropping it must cancel the upstream work (for HTTP
+/// upstreams, by dropping the response body so the connection closes).
+pub type ChatStream = BoxStream<'static, Result<ChatEvent, ProviderError>>;
+
+/// One upstream an adapter talks to (an Ollama host, a vLLM cluster, an embedded engine, …).
+///
+/// Implementations must be cheap to share (`Arc<dyn Provider>`) and safe to call concurrently.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Starts a chat completion. Returns once the upstream has accepted the request (HTTP status
+    /// received), so that refusals (unknown model, overload) surface here rather than in the stream.
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError>;
+
+    /// Every model this upstream can serve now, with whatever details the listing carries cheaply.
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError>;
+
+    /// Everything known about one model (context length, family, quantization, capabilities).
+    async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError>;
+
+    /// A cheap liveness probe of the upstream.
+    async fn health(&self) -> Result<HealthReport, ProviderError>;
+}

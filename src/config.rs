@@ -1,0 +1,582 @@
+//! Configuration: one TOML file, overridden by environment variables, then by command-line flags.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config` / `COPILOT_CONFIG`),
+//! the variables the first users already set (`LLM_PROVIDER`, `OLLAMA_HOST`, `OLLAMA_MODEL`,
+//! `OLLAMA_TIMEOUT`, `OLLAMA_TEMPERATURE`, `OLLAMA_MAX_TOKENS`), `COPILOT_*` variables
+//! (`COPILOT_SERVER__ADDR` sets `server.addr`; `COPILOT_ADDR` is a shorthand), then flags.
+//! Every problem is reported at start with the key it concerns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The provider created when the configuration names none.
+pub const DEFAULT_PROVIDER: &str = "ollama";
+const OLLAMA_DEFAULT_PORT: u16 = 11434;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub routing: RoutingConfig,
+    pub log: LogConfig,
+    /// Named provider instances; the name is the `provider/` prefix clients use.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the gRPC listener binds.
+    pub addr: SocketAddr,
+    /// How long in-flight calls may run after SIGTERM/SIGINT before they are ended with UNAVAILABLE.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// How long to keep accepting calls after health turns NOT_SERVING on SIGTERM, so that load
+    /// balancers and meshes see the change before the listener closes.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
+    /// HTTP/2 streams (concurrent calls) allowed on one client connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// The provider a model name without a known `provider/` prefix goes to.
+    /// Defaults to the only provider when there is one, else to `ollama`.
+    pub default_provider: Option<String>,
+    /// The model used when a request leaves `model` empty, in the form clients use.
+    pub default_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `copilot=debug,info`. `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ollama,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Which adapter serves this instance. May be left out when the instance's name is a kind.
+    pub kind: Option<ProviderKind>,
+    /// The upstream's base URL. `OLLAMA_HOST`-style values (`host`, `host:port`) are accepted.
+    pub base_url: String,
+    /// How long to wait for the upstream to answer, and then between chunks, before giving up
+    /// with DEADLINE_EXCEEDED. Covers a model load on the upstream, so be generous.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How long to wait for a TCP connection to the upstream.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long ListModels waits for this instance.
+    #[serde(with = "duration")]
+    pub list_timeout: Duration,
+    /// Ollama: how long the model stays loaded after a request (`5m`, `1h`, `0s` to unload at
+    /// once, `-1` to keep it loaded). Unset: the Ollama server's own default.
+    pub keep_alive: Option<String>,
+    /// Options applied when a request leaves them unset.
+    pub defaults: DefaultOptions,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            base_url: format!("http://localhost:{OLLAMA_DEFAULT_PORT}"),
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            list_timeout: Duration::from_secs(5),
+            keep_alive: None,
+            defaults: DefaultOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultOptions {
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+}
+
+/// Values given on the command line; they override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub addr: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+impl Config {
+    /// Loads the configuration from the file (if any), the process environment and the flags.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_from(path, overrides, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            // Read it ourselves: figment silently treats a missing file as empty.
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(legacy_env(&env));
+        figment = figment.merge(copilot_env(&env));
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe_figment_error(e, path)))?;
+        if let Some(addr) = overrides.addr {
+            config.server.addr = addr;
+        }
+        if let Some(format) = overrides.log_format {
+            config.log.format = format;
+        }
+        config.finish()?;
+        Ok(config)
+    }
+
+    /// Fills derived defaults and checks everything that types alone cannot.
+    fn finish(&mut self) -> Result<(), ConfigError> {
+        if self.providers.is_empty() {
+            self.providers.insert(DEFAULT_PROVIDER.to_string(), ProviderConfig::default());
+        }
+        for (name, provider) in &mut self.providers {
+            let key = |field: &str| format!("providers.{name}.{field}");
+            if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+                return Err(invalid(format!("providers.{name}"), "must be a name without '/' or spaces"));
+            }
+            if provider.kind.is_none() {
+                provider.kind = match name.as_str() {
+                    "ollama" => Some(ProviderKind::Ollama),
+                    _ => return Err(invalid(key("kind"), "is missing: set it to \"ollama\"")),
+                };
+            }
+            provider.base_url = normalize_ollama_host(&provider.base_url).map_err(|p| invalid(key("base_url"), p))?;
+            if provider.timeout.is_zero() {
+                return Err(invalid(key("timeout"), "must be greater than zero"));
+            }
+            if let Some(keep_alive) = &provider.keep_alive {
+                parse_keep_alive(keep_alive).map_err(|p| invalid(key("keep_alive"), p))?;
+            }
+            check_defaults(&provider.defaults, &key("defaults"))?;
+        }
+        let default_provider = match &self.routing.default_provider {
+            Some(name) => name.clone(),
+            None if self.providers.len() == 1 => self.providers.keys().next().cloned().unwrap_or_default(),
+            None => DEFAULT_PROVIDER.to_string(),
+        };
+        if !self.providers.contains_key(&default_provider) {
+            let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "routing.default_provider",
+                format!(
+                    "(or LLM_PROVIDER) names '{default_provider}', which is not configured; configured providers: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        self.routing.default_provider = Some(default_provider);
+        if let Some(model) = &self.routing.default_model {
+            if model.trim().is_empty() {
+                self.routing.default_model = None;
+            }
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The provider a bare model name goes to (always set after loading).
+    pub fn default_provider(&self) -> &str {
+        self.routing.default_provider.as_deref().unwrap_or(DEFAULT_PROVIDER)
+    }
+}
+
+/// Environment variables as a figment layer whose errors name the variable, not just the key.
+struct EnvLayer {
+    values: BTreeMap<String, figment::value::Value>,
+    var_for_key: BTreeMap<String, String>,
+}
+
+impl EnvLayer {
+    fn new() -> Self {
+        Self { values: BTreeMap::new(), var_for_key: BTreeMap::new() }
+    }
+
+    fn set(&mut self, key: &str, var: &str, value: figment::value::Value) {
+        insert_path(&mut self.values, key, value);
+        self.var_for_key.insert(key.to_string(), var.to_string());
+    }
+}
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        let vars = self.var_for_key.clone();
+        figment::Metadata::named("environment").interpolater(move |_, keys| {
+            let key = keys.join(".");
+            vars.get(&key).cloned().unwrap_or(key)
+        })
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.values.clone().into_iter().collect()))
+    }
+}
+
+/// The first users' variables, mapped onto the provider named `ollama`.
+fn legacy_env(env: &BTreeMap<String, String>) -> EnvLayer {
+    let mut layer = EnvLayer::new();
+    for (var, key) in [
+        ("LLM_PROVIDER", "routing.default_provider"),
+        ("OLLAMA_HOST", "providers.ollama.base_url"),
+        ("OLLAMA_TIMEOUT", "providers.ollama.timeout"),
+        ("OLLAMA_TEMPERATURE", "providers.ollama.defaults.temperature"),
+        ("OLLAMA_MAX_TOKENS", "providers.ollama.defaults.max_tokens"),
+    ] {
+        if let Some(value) = env.get(var).filter(|v| !v.trim().is_empty()) {
+            layer.set(key, var, parse_env_scalar(value));
+        }
+    }
+    if let Some(model) = env.get("OLLAMA_MODEL").filter(|v| !v.trim().is_empty()) {
+        layer.set("routing.default_model", "OLLAMA_MODEL", format!("ollama/{}", model.trim()).into());
+    }
+    layer
+}
+
+/// `COPILOT_SECTION__KEY=value` sets `section.key`; `COPILOT_ADDR` sets `server.addr`.
+fn copilot_env(env: &BTreeMap<String, String>) -> EnvLayer {
+    let mut layer = EnvLayer::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("COPILOT_") else { continue };
+        let key = match rest {
+            "ADDR" => "server.addr".to_string(),
+            other if other.contains("__") => other.to_ascii_lowercase().replace("__", "."),
+            _ => continue,
+        };
+        layer.set(&key, var, parse_env_scalar(value));
+    }
+    layer
+}
+
+fn insert_path(map: &mut BTreeMap<String, figment::value::Value>, path: &str, value: figment::value::Value) {
+    use figment::value::{Dict, Value};
+    match path.split_once('.') {
+        None => {
+            map.insert(path.to_string(), value);
+        }
+        Some((first, rest)) => {
+            let entry = map.entry(first.to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, dict) = entry {
+                let mut inner: BTreeMap<String, Value> = std::mem::take(dict).into_iter().collect();
+                insert_path(&mut inner, rest, value);
+                *dict = inner.into_iter().collect();
+            }
+        }
+    }
+}
+
+/// Environment values are strings; numbers and booleans are given their natural type so that
+/// `OLLAMA_MAX_TOKENS=512` fills a number field.
+fn parse_env_scalar(value: &str) -> figment::value::Value {
+    use figment::value::Value;
+    let value = value.trim();
+    if let Ok(n) = value.parse::<u64>() {
+        return Value::from(n);
+    }
+    if let Ok(n) = value.parse::<i64>() {
+        return Value::from(n);
+    }
+    if let Ok(f) = value.parse::<f64>() {
+        return Value::from(f);
+    }
+    match value {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(value.to_string()),
+    }
+}
+
+fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = e.metadata.as_ref().and_then(|m| match &m.source {
+                Some(source) => Some(source.to_string()),
+                None if m.name == "environment" => Some(m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path)),
+                None if m.name.contains("TOML") => file.map(|f| f.display().to_string()),
+                None => None,
+            });
+            match (key.is_empty(), origin) {
+                (true, _) => e.kind.to_string(),
+                (false, Some(origin)) => format!("`{key}` (from {origin}): {}", e.kind),
+                (false, None) => format!("`{key}`: {}", e.kind),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn check_defaults(d: &DefaultOptions, key: &str) -> Result<(), ConfigError> {
+    if let Some(t) = d.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(invalid(format!("{key}.temperature"), format!("is {t}; it must be between 0 and 2")));
+        }
+    }
+    if let Some(p) = d.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(invalid(format!("{key}.top_p"), format!("is {p}; it must be between 0 and 1")));
+        }
+    }
+    if d.max_tokens == Some(0) {
+        return Err(invalid(format!("{key}.max_tokens"), "must be at least 1"));
+    }
+    if d.top_k == Some(0) {
+        return Err(invalid(format!("{key}.top_k"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Accepts what `OLLAMA_HOST` accepts: `host`, `host:port`, `scheme://host[:port]`. A value
+/// without a scheme gets `http://` and Ollama's port 11434, as Ollama's own client does.
+pub fn normalize_ollama_host(value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    if value.is_empty() {
+        return Err("is empty; set it to a URL such as http://localhost:11434".into());
+    }
+    let url = match value.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => value.to_string(),
+        Some((scheme, _)) => return Err(format!("has scheme '{scheme}'; use http:// or https://")),
+        None => {
+            let has_port = match value.rsplit_once(':') {
+                Some((_, port)) => port.parse::<u16>().is_ok() && !value.ends_with(']'),
+                None => false,
+            };
+            if has_port { format!("http://{value}") } else { format!("http://{value}:{OLLAMA_DEFAULT_PORT}") }
+        }
+    };
+    http::Uri::try_from(url.as_str()).map_err(|e| format!("'{value}' is not a valid URL: {e}"))?;
+    Ok(url)
+}
+
+/// Ollama's keep_alive: a duration (`5m`), `0` to unload at once, or a negative number to keep
+/// the model loaded. Returns `None` for "forever".
+pub fn parse_keep_alive(value: &str) -> Result<Option<Duration>, String> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<i64>() {
+        return Ok((seconds >= 0).then(|| Duration::from_secs(seconds as u64)));
+    }
+    if value.starts_with('-') {
+        return Ok(None);
+    }
+    humantime::parse_duration(value)
+        .map(Some)
+        .map_err(|e| format!("'{value}' is not a duration like 5m or 1h, nor -1 (forever): {e}"))
+}
+
+/// Durations in the config are humantime strings (`30s`, `2m`) or plain numbers of seconds.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Fractional(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Fractional(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+            Raw::Fractional(f) => Err(D::Error::custom(format!("{f} is not a valid number of seconds"))),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| D::Error::custom(format!("'{t}' is not a duration like 30s or 2m: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let file = toml.map(|text| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            file
+        });
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_from(file.as_ref().map(|f| f.path()), &Overrides::default(), env)
+    }
+
+    #[test]
+    fn defaults_to_a_local_ollama() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.server.addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(config.default_provider(), "ollama");
+        assert_eq!(config.providers["ollama"].base_url, "http://localhost:11434");
+        assert_eq!(config.providers["ollama"].kind, Some(ProviderKind::Ollama));
+        assert_eq!(config.routing.default_model, None);
+    }
+
+    #[test]
+    fn first_users_variables_are_honoured() {
+        let config = load(
+            None,
+            &[
+                ("LLM_PROVIDER", "ollama"),
+                ("OLLAMA_HOST", "gpu-box"),
+                ("OLLAMA_MODEL", "llama3.2:3b"),
+                ("OLLAMA_TIMEOUT", "45"),
+                ("OLLAMA_TEMPERATURE", "0.2"),
+                ("OLLAMA_MAX_TOKENS", "256"),
+            ],
+        )
+        .unwrap();
+        let ollama = &config.providers["ollama"];
+        assert_eq!(ollama.base_url, "http://gpu-box:11434");
+        assert_eq!(ollama.timeout, Duration::from_secs(45));
+        assert_eq!(ollama.defaults.temperature, Some(0.2));
+        assert_eq!(ollama.defaults.max_tokens, Some(256));
+        assert_eq!(config.routing.default_model.as_deref(), Some("ollama/llama3.2:3b"));
+    }
+
+    #[test]
+    fn file_then_env_then_copilot_env() {
+        let toml = r#"
+            [server]
+            addr = "127.0.0.1:6000"
+            shutdown_grace = "5s"
+            [providers.ollama]
+            base_url = "http://file-host:1234"
+            keep_alive = "10m"
+        "#;
+        let config =
+            load(Some(toml), &[("OLLAMA_HOST", "http://env-host:80"), ("COPILOT_ADDR", "127.0.0.1:7000")]).unwrap();
+        assert_eq!(config.server.addr.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(config.providers["ollama"].base_url, "http://env-host:80");
+        assert_eq!(config.providers["ollama"].keep_alive.as_deref(), Some("10m"));
+
+        let config = load(Some(toml), &[("COPILOT_SERVER__SHUTDOWN_GRACE", "2s")]).unwrap();
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let err = load(None, &[("OLLAMA_MAX_TOKENS", "lots")]).unwrap_err().to_string();
+        assert!(err.contains("providers.ollama.defaults.max_tokens") && err.contains("OLLAMA_MAX_TOKENS"), "{err}");
+
+        let err = load(None, &[("OLLAMA_TEMPERATURE", "3.5")]).unwrap_err().to_string();
+        assert!(err.contains("providers.ollama.defaults.temperature") && err.contains("between 0 and 2"), "{err}");
+
+        let err = load(Some("[server]\nadr = \"x\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("server.adr") && err.contains(".tmp"), "{err}");
+
+        let err = load(None, &[("LLM_PROVIDER", "openai")]).unwrap_err().to_string();
+        assert!(err.contains("routing.default_provider") && err.contains("openai"), "{err}");
+
+        let err = load(Some("[providers.ollama]\nkeep_alive = \"soon\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("providers.ollama.keep_alive"), "{err}");
+
+        let err = load(Some("[providers.ollama]\ntimeout = \"fast\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("providers.ollama.timeout"), "{err}");
+
+        let err = load(Some("[providers.gpu]\nbase_url = \"http://x\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("providers.gpu.kind"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/copilot.toml")), &Overrides::default(), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/copilot.toml"), "{err}");
+    }
+
+    #[test]
+    fn ollama_host_forms() {
+        assert_eq!(normalize_ollama_host("0.0.0.0").unwrap(), "http://0.0.0.0:11434");
+        assert_eq!(normalize_ollama_host("box:8080").unwrap(), "http://box:8080");
+        assert_eq!(normalize_ollama_host("https://ollama.example.com/").unwrap(), "https://ollama.example.com");
+        assert!(normalize_ollama_host("ftp://x").is_err());
+        assert!(normalize_ollama_host("").is_err());
+    }
+
+    #[test]
+    fn keep_alive_forms() {
+        assert_eq!(parse_keep_alive("5m").unwrap(), Some(Duration::from_secs(300)));
+        assert_eq!(parse_keep_alive("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(parse_keep_alive("-1").unwrap(), None);
+        assert_eq!(parse_keep_alive("-1m").unwrap(), None);
+        assert!(parse_keep_alive("later").is_err());
+    }
+}

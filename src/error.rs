@@ -1,0 +1,304 @@
+//! The server's error type, and the one place where errors become gRPC statuses.
+//!
+//! Every status carries a `google.rpc.ErrorInfo` (reason + domain + metadata) so clients can
+//! branch on a stable reason rather than on message text; INVALID_ARGUMENT adds `BadRequest`
+//! field violations and retryable upstream errors add `RetryInfo` when the upstream gave a delay.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use copilot_provider::ProviderError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// The `ErrorInfo.domain` of every error this server produces.
+pub const ERROR_DOMAIN: &str = "copilot.v1";
+
+/// Which provider and model a failed call was routed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub provider: String,
+    pub model: String,
+    /// Where the provider lives (base URL), for messages an operator can act on.
+    pub endpoint: String,
+}
+
+impl Target {
+    fn routable_name(&self) -> String {
+        format!("{}/{}", self.provider, self.model)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request failed validation; one entry per offending field.
+    #[error("invalid request: {}", describe_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    /// The request left `model` empty and no default model is configured.
+    #[error("no model was named and no default model is configured")]
+    NoDefaultModel,
+
+    /// The provider failed. `chunks_sent` tells whether the client already received output.
+    #[error("{target:?}: {error}")]
+    Provider { target: Target, error: ProviderError, chunks_sent: usize },
+
+    /// The caller's deadline (`grpc-timeout`) expired.
+    #[error("the deadline expired")]
+    DeadlineExceeded { target: Target, budget: Duration, phase: Phase },
+
+    /// The provider went quiet for longer than its configured timeout.
+    #[error("the upstream timed out")]
+    UpstreamTimeout { target: Target, timeout: Duration, phase: Phase },
+
+    /// Listing models failed at every provider.
+    #[error("no provider answered ListModels")]
+    NoProviderAnswered(Vec<(String, String)>),
+
+    /// The server is shutting down and the call outlived the grace period.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// What the call was waiting for when time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the upstream to accept the request (includes a model load on the upstream).
+    Response,
+    /// Waiting for the first or the next chunk of output.
+    Output { chunks_sent: usize },
+}
+
+impl Phase {
+    fn describe(self) -> String {
+        match self {
+            Phase::Response => "waiting for the provider to start answering".to_string(),
+            Phase::Output { chunks_sent: 0 } => "waiting for the first token".to_string(),
+            Phase::Output { chunks_sent } => format!("after {chunks_sent} chunks of output"),
+        }
+    }
+}
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+}
+
+impl From<GatewayError> for Status {
+    fn from(error: GatewayError) -> Status {
+        to_status(error)
+    }
+}
+
+fn details(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    details
+}
+
+fn target_metadata(target: &Target) -> HashMap<String, String> {
+    HashMap::from([("provider".to_string(), target.provider.clone()), ("model".to_string(), target.model.clone())])
+}
+
+fn to_status(error: GatewayError) -> Status {
+    match error {
+        GatewayError::InvalidArgument(violations) => {
+            let message = format!("invalid request: {}", describe_violations(&violations));
+            let mut d = details("INVALID_ARGUMENT", HashMap::new());
+            d.set_bad_request(violations);
+            Status::with_error_details(Code::InvalidArgument, message, d)
+        }
+        GatewayError::NoDefaultModel => {
+            let message = "no model was named and no default model is configured: set `model` \
+                           (ListModels shows the names you can use), or configure routing.default_model \
+                           (or OLLAMA_MODEL) on the server";
+            let mut d = details("MODEL_REQUIRED", HashMap::new());
+            d.add_bad_request_violation("model", "required: no default model is configured");
+            Status::with_error_details(Code::InvalidArgument, message, d)
+        }
+        GatewayError::Provider { target, error, chunks_sent } => provider_status(&target, error, chunks_sent),
+        GatewayError::DeadlineExceeded { target, budget, phase } => {
+            let message = format!(
+                "the call's deadline of {} expired {} from {}; raise the deadline or ask for fewer tokens",
+                humantime::format_duration(budget),
+                phase.describe(),
+                target.routable_name()
+            );
+            Status::with_error_details(
+                Code::DeadlineExceeded,
+                message,
+                details("DEADLINE_EXCEEDED", target_metadata(&target)),
+            )
+        }
+        GatewayError::UpstreamTimeout { target, timeout, phase } => {
+            let message = format!(
+                "provider '{}' at {} sent nothing for {} while {}: it may be overloaded or loading the model; \
+                 retry, or raise the provider's timeout on the server",
+                target.provider,
+                target.endpoint,
+                humantime::format_duration(timeout),
+                phase.describe()
+            );
+            Status::with_error_details(
+                Code::DeadlineExceeded,
+                message,
+                details("UPSTREAM_TIMEOUT", target_metadata(&target)),
+            )
+        }
+        GatewayError::NoProviderAnswered(failures) => {
+            let list = failures.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; ");
+            let message = format!("no provider could list its models ({list}); check that they are running");
+            let metadata = failures.into_iter().collect();
+            Status::with_error_details(Code::Unavailable, message, details("NO_PROVIDER_AVAILABLE", metadata))
+        }
+        GatewayError::ShuttingDown => Status::with_error_details(
+            Code::Unavailable,
+            "this server is shutting down; retry the call, it will go to another replica",
+            details("SHUTTING_DOWN", HashMap::new()),
+        ),
+    }
+}
+
+fn provider_status(target: &Target, error: ProviderError, chunks_sent: usize) -> Status {
+    let name = target.routable_name();
+    let provider = &target.provider;
+    let endpoint = &target.endpoint;
+    let retry_after = error.retry_after();
+    let (code, reason, message) = match error {
+        ProviderError::InvalidRequest(msg) => (
+            Code::InvalidArgument,
+            "UPSTREAM_REJECTED_REQUEST",
+            format!("provider '{provider}' rejected the request for {name}: {msg}"),
+        ),
+        ProviderError::ModelNotFound { .. } => (
+            Code::NotFound,
+            "MODEL_NOT_FOUND",
+            format!(
+                "model '{name}' not found: provider '{provider}' does not have '{}'; call ListModels for the models \
+                 you can use (for Ollama, `ollama pull {}` adds it)",
+                target.model, target.model
+            ),
+        ),
+        ProviderError::Unauthorized(msg) => (
+            Code::Unavailable,
+            "UPSTREAM_UNAUTHORIZED",
+            format!(
+                "provider '{provider}' refused this server's credentials ({msg}); the operator must fix its API key"
+            ),
+        ),
+        ProviderError::RateLimited { message, .. } => (
+            Code::ResourceExhausted,
+            "UPSTREAM_RATE_LIMITED",
+            format!("provider '{provider}' is rate-limiting requests for {name}: {message}; retry later"),
+        ),
+        ProviderError::Overloaded { message, .. } => (
+            Code::Unavailable,
+            "UPSTREAM_OVERLOADED",
+            format!("provider '{provider}' is too busy to take the request for {name}: {message}; retry with backoff"),
+        ),
+        ProviderError::Unreachable(msg) => (
+            Code::Unavailable,
+            "UPSTREAM_UNREACHABLE",
+            format!("provider '{provider}' at {endpoint} cannot be reached ({msg}); check that it is running"),
+        ),
+        ProviderError::Upstream { status, message } => (
+            Code::Unavailable,
+            "UPSTREAM_ERROR",
+            format!("provider '{provider}' failed with HTTP {status} for {name}: {message}"),
+        ),
+        ProviderError::MidStream(msg) => (
+            Code::Unavailable,
+            "UPSTREAM_FAILED_MID_STREAM",
+            format!(
+                "provider '{provider}' failed after {chunks_sent} chunks of output for {name}: {msg}; the output is \
+                 incomplete, retry the call"
+            ),
+        ),
+        ProviderError::Interrupted(msg) => (
+            Code::Unavailable,
+            "UPSTREAM_STREAM_INTERRUPTED",
+            format!(
+                "the stream from provider '{provider}' for {name} ended early after {chunks_sent} chunks ({msg}); the \
+                 output is incomplete, retry the call"
+            ),
+        ),
+        ProviderError::Protocol(msg) => (
+            Code::Internal,
+            "UPSTREAM_PROTOCOL_ERROR",
+            format!("provider '{provider}' sent a response this server cannot read for {name}: {msg}"),
+        ),
+    };
+    let mut metadata = target_metadata(target);
+    metadata.insert("chunks_sent".into(), chunks_sent.to_string());
+    let mut d = details(reason, metadata);
+    if let Some(delay) = retry_after {
+        d.set_retry_info(Some(delay));
+    }
+    Status::with_error_details(code, message, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target { provider: "ollama".into(), model: "llama3.2".into(), endpoint: "http://localhost:11434".into() }
+    }
+
+    fn status_of(error: ProviderError) -> Status {
+        GatewayError::Provider { target: target(), error, chunks_sent: 0 }.into()
+    }
+
+    #[test]
+    fn provider_errors_map_to_precise_codes() {
+        let cases = [
+            (ProviderError::ModelNotFound { model: "x".into() }, Code::NotFound, "MODEL_NOT_FOUND"),
+            (ProviderError::InvalidRequest("bad".into()), Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST"),
+            (
+                ProviderError::RateLimited { message: "slow".into(), retry_after: None },
+                Code::ResourceExhausted,
+                "UPSTREAM_RATE_LIMITED",
+            ),
+            (
+                ProviderError::Overloaded { message: "busy".into(), retry_after: None },
+                Code::Unavailable,
+                "UPSTREAM_OVERLOADED",
+            ),
+            (ProviderError::Unreachable("refused".into()), Code::Unavailable, "UPSTREAM_UNREACHABLE"),
+            (ProviderError::MidStream("crash".into()), Code::Unavailable, "UPSTREAM_FAILED_MID_STREAM"),
+            (ProviderError::Interrupted("eof".into()), Code::Unavailable, "UPSTREAM_STREAM_INTERRUPTED"),
+            (ProviderError::Protocol("junk".into()), Code::Internal, "UPSTREAM_PROTOCOL_ERROR"),
+            (ProviderError::Upstream { status: 500, message: "oops".into() }, Code::Unavailable, "UPSTREAM_ERROR"),
+        ];
+        for (error, code, reason) in cases {
+            let status = status_of(error);
+            assert_eq!(status.code(), code, "{}", status.message());
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(info.metadata["provider"], "ollama");
+        }
+    }
+
+    #[test]
+    fn retry_after_becomes_retry_info() {
+        let status = status_of(ProviderError::RateLimited {
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn invalid_argument_lists_field_violations() {
+        let status: Status = GatewayError::InvalidArgument(vec![
+            FieldViolation::new("options.temperature", "must be between 0 and 2, got -1"),
+            FieldViolation::new("prompt", "must not be empty"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("options.temperature") && status.message().contains("prompt"));
+        let bad_request = status.get_details_bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), 2);
+    }
+}

@@ -1,0 +1,122 @@
+//! The `copilot.v1.Copilot` gRPC handlers: validate, hand to the gateway, translate back to proto.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use copilot_provider::{Completion, FinishReason};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::deadline::CallContext;
+use crate::gateway::{Gateway, GatewayEvent, Summary};
+use crate::proto::v1 as pb;
+use crate::validate;
+
+pub struct CopilotApi {
+    gateway: Arc<Gateway>,
+}
+
+impl CopilotApi {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::copilot_server::Copilot for CopilotApi {
+    async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
+        let call = CallContext::from_metadata(request.metadata());
+        let valid = validate::generate(request.into_inner())?;
+        let events = self.gateway.chat(valid, call).await?;
+        futures::pin_mut!(events);
+        let mut text = String::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                GatewayEvent::Delta(delta) => text.push_str(&delta),
+                GatewayEvent::Done(summary) => {
+                    return Ok(Response::new(pb::GenerateResponse {
+                        text,
+                        model: summary.model.clone(),
+                        finish_reason: finish_reason(&summary.completion) as i32,
+                        usage: Some(usage(&summary.completion)),
+                        timing: Some(timing(&summary)),
+                    }));
+                }
+            }
+        }
+        // The gateway's stream always ends with Done or an error.
+        Err(Status::internal("the completion ended without a result"))
+    }
+
+    type ChatStream = ChatResponseStream;
+
+    async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
+        let call = CallContext::from_metadata(request.metadata());
+        let valid = validate::chat(request.into_inner())?;
+        let events = self.gateway.chat(valid, call).await?;
+        let responses = events.map(|event| match event {
+            Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
+            Ok(GatewayEvent::Done(summary)) => Ok(pb::ChatResponse {
+                content: String::new(),
+                model: summary.model.clone(),
+                finish_reason: finish_reason(&summary.completion) as i32,
+                usage: Some(usage(&summary.completion)),
+                timing: Some(timing(&summary)),
+            }),
+            Err(error) => Err(Status::from(error)),
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self.gateway.list_models().await?;
+        let models = models
+            .into_iter()
+            .map(|m| pb::Model {
+                name: format!("{}/{}", m.provider, m.info.name),
+                provider: m.provider,
+                family: m.info.family,
+                parameter_size: m.info.parameter_size,
+                quantization: m.info.quantization,
+                context_length: m.info.context_length,
+                size_bytes: m.info.size_bytes,
+                capabilities: m.info.capabilities,
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+}
+
+fn finish_reason(completion: &Completion) -> pb::FinishReason {
+    match completion.finish_reason {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+        FinishReason::ContentFilter => pb::FinishReason::ContentFilter,
+    }
+}
+
+fn usage(completion: &Completion) -> pb::Usage {
+    pb::Usage { input_tokens: completion.usage.input_tokens, output_tokens: completion.usage.output_tokens }
+}
+
+fn timing(summary: &Summary) -> pb::Timing {
+    let upstream = &summary.completion.timings;
+    pb::Timing {
+        time_to_first_token: summary.time_to_first_token.map(duration),
+        total_duration: Some(duration(summary.total_duration)),
+        output_tokens_per_second: summary.output_tokens_per_second,
+        load_duration: upstream.load.map(duration),
+        prompt_duration: upstream.prompt_eval.map(duration),
+        generation_duration: upstream.generation.map(duration),
+    }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}

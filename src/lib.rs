@@ -1,0 +1,25 @@
+//! Copilot: a gRPC gateway to large language models.
+//!
+//! The binary (`src/main.rs`) wires these modules together; they are a library so integration
+//! tests and other tools can use the generated client (`proto::v1::copilot_client`).
+
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod providers;
+pub mod router;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+/// Code generated from `proto/` by `build.rs`.
+pub mod proto {
+    pub mod v1 {
+        tonic::include_proto!("copilot.v1");
+    }
+
+    /// The encoded descriptors of `proto/` (and their imports), served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/copilot_descriptor.bin"));
+}

@@ -1,0 +1,185 @@
+//! The gRPC listener: the Copilot API, `grpc.health.v1` and reflection (v1 and v1alpha) served over
+//! HTTP/2 on one port, with a graceful drain.
+//!
+//! tonic's own `Server` wraps every service in a timeout that answers CANCELLED when the caller's
+//! `grpc-timeout` expires; serving tonic's routes on hyper directly lets the gateway answer
+//! DEADLINE_EXCEEDED itself (see `deadline.rs`).
+//!
+//! Drain on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are still accepted for
+//! `drain_delay` (so balancers notice), then the listener closes and every connection gets a
+//! GOAWAY; in-flight calls may finish within `shutdown_grace`, after which they end with
+//! UNAVAILABLE.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::grpc::CopilotApi;
+use crate::proto;
+use crate::proto::v1::copilot_server::CopilotServer;
+use crate::router::Router;
+
+/// The health-check name of the API, as the generated server names it.
+pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::NamedService>::NAME;
+
+/// Time allowed, after the grace period, for calls ended by the hard stop to send their status.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runs the server until `shutdown` resolves, then drains. Returns when every connection closed.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let hard_stop = CancellationToken::new();
+    let entries = crate::providers::build(&config).map_err(ServeError::Setup)?;
+    let router = Router::new(entries, config.default_provider().to_string(), config.routing.default_model.clone());
+    let gateway = Arc::new(Gateway::new(router, hard_stop.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    let routes = tonic::service::Routes::builder()
+        .add_service(CopilotServer::new(CopilotApi::new(gateway.clone())))
+        .add_service(health_service)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?)
+        .clone()
+        .routes()
+        .prepare();
+
+    let listener = TcpListener::bind(config.server.addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
+    tracing::info!(addr = %local, "copilot listening on {local}");
+    tokio::spawn(probe_providers(gateway.clone()));
+
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.server.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connections = GracefulShutdown::new();
+
+    tokio::pin!(shutdown);
+    let mut draining_since: Option<tokio::time::Instant> = None;
+    loop {
+        let drain_over = async {
+            match draining_since {
+                Some(since) => tokio::time::sleep_until(since + config.server.drain_delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes.clone()));
+                let connection = connections.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown, if draining_since.is_none() => {
+                tracing::info!(
+                    drain_delay = %humantime::format_duration(config.server.drain_delay),
+                    "shutdown requested: health is NOT_SERVING; draining"
+                );
+                set_all(&health, ServingStatus::NotServing).await;
+                draining_since = Some(tokio::time::Instant::now());
+            }
+            _ = drain_over => break,
+        }
+    }
+    drop(listener);
+
+    let in_flight = connections.count();
+    tracing::info!(connections = in_flight, grace = %humantime::format_duration(config.server.shutdown_grace), "listener closed; waiting for in-flight calls");
+    let drained = connections.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(config.server.shutdown_grace, &mut drained).await.is_err() {
+        tracing::warn!("grace period over: ending the calls still running with UNAVAILABLE");
+        hard_stop.cancel();
+        let _ = tokio::time::timeout(FINAL_FLUSH, drained).await;
+    }
+    tracing::info!("copilot stopped");
+    Ok(())
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    ServeError,
+> {
+    reflection_builder().build_v1().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
+}
+
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ServeError,
+> {
+    reflection_builder().build_v1alpha().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
+}
+
+/// Tells the operator at start whether each provider answers, so a missing Ollama is obvious
+/// before the first call fails. The server serves either way: the upstream may come up later.
+async fn probe_providers(gateway: Arc<Gateway>) {
+    for entry in gateway.router().providers() {
+        match tokio::time::timeout(Duration::from_secs(5), entry.provider.health()).await {
+            Ok(Ok(report)) => tracing::info!(
+                provider = %entry.name,
+                endpoint = %entry.endpoint,
+                version = report.version.as_deref().unwrap_or("unknown"),
+                "provider is up"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                provider = %entry.name,
+                endpoint = %entry.endpoint,
+                "provider '{}' does not answer at {}: {e}. Calls routed to it will fail with UNAVAILABLE \
+                 until it is up (for Ollama: run `ollama serve`, or set OLLAMA_HOST)",
+                entry.name,
+                entry.endpoint
+            ),
+            Err(_) => {
+                tracing::warn!(provider = %entry.name, endpoint = %entry.endpoint, "provider did not answer a health probe within 5s")
+            }
+        }
+    }
+}

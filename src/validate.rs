@@ -1,0 +1,227 @@
+//! Turns proto requests into validated domain requests, once, at the edge. Nothing past this
+//! module sees an unchecked request; every problem becomes a field violation a person can act on.
+
+use copilot_provider::{GenerationOptions, Message, Role};
+use tonic_types::FieldViolation;
+
+use crate::error::GatewayError;
+use crate::proto::v1 as pb;
+
+/// Most stop sequences one request may carry.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// A checked chat request, before routing: `model` is still the client's name for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub options: GenerationOptions,
+}
+
+pub fn generate(request: pb::GenerateRequest) -> Result<ValidRequest, GatewayError> {
+    let mut violations = Vec::new();
+    if request.prompt.trim().is_empty() {
+        violations.push(FieldViolation::new("prompt", "must not be empty"));
+    }
+    let options = options(request.options, &mut violations);
+    finish(violations)?;
+    let mut messages = Vec::with_capacity(2);
+    if !request.system.trim().is_empty() {
+        messages.push(Message { role: Role::System, content: request.system });
+    }
+    messages.push(Message { role: Role::User, content: request.prompt });
+    Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
+}
+
+pub fn chat(request: pb::ChatRequest) -> Result<ValidRequest, GatewayError> {
+    let mut violations = Vec::new();
+    if request.messages.is_empty() {
+        violations.push(FieldViolation::new("messages", "must contain at least one message"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, message) in request.messages.into_iter().enumerate() {
+        let role = match pb::Role::try_from(message.role) {
+            Ok(pb::Role::System) => Some(Role::System),
+            Ok(pb::Role::User) => Some(Role::User),
+            Ok(pb::Role::Assistant) => Some(Role::Assistant),
+            Ok(pb::Role::Unspecified) => {
+                violations.push(FieldViolation::new(
+                    format!("messages[{i}].role"),
+                    "must be set to ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
+                ));
+                None
+            }
+            Err(_) => {
+                violations.push(FieldViolation::new(
+                    format!("messages[{i}].role"),
+                    format!("{} is not a known role; use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT", message.role),
+                ));
+                None
+            }
+        };
+        if message.content.trim().is_empty() {
+            violations.push(FieldViolation::new(format!("messages[{i}].content"), "must not be empty"));
+        }
+        if let Some(role) = role {
+            messages.push(Message { role, content: message.content });
+        }
+    }
+    let options = options(request.options, &mut violations);
+    finish(violations)?;
+    Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
+}
+
+fn options(options: Option<pb::GenerationOptions>, violations: &mut Vec<FieldViolation>) -> GenerationOptions {
+    let Some(o) = options else { return GenerationOptions::default() };
+    if let Some(t) = o.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            violations.push(FieldViolation::new("options.temperature", format!("must be between 0 and 2, got {t}")));
+        }
+    }
+    if let Some(p) = o.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            violations.push(FieldViolation::new("options.top_p", format!("must be between 0 and 1, got {p}")));
+        }
+    }
+    if o.top_k == Some(0) {
+        violations
+            .push(FieldViolation::new("options.top_k", "must be at least 1; leave it unset for the model's default"));
+    }
+    if o.max_tokens == Some(0) {
+        violations.push(FieldViolation::new(
+            "options.max_tokens",
+            "must be at least 1; leave it unset for the model's default",
+        ));
+    }
+    if o.stop.len() > MAX_STOP_SEQUENCES {
+        violations.push(FieldViolation::new(
+            "options.stop",
+            format!("has {} sequences; at most {MAX_STOP_SEQUENCES} are allowed", o.stop.len()),
+        ));
+    }
+    for (i, stop) in o.stop.iter().enumerate() {
+        if stop.is_empty() {
+            violations.push(FieldViolation::new(format!("options.stop[{i}]"), "must not be empty"));
+        }
+    }
+    GenerationOptions {
+        temperature: o.temperature,
+        max_tokens: o.max_tokens,
+        top_p: o.top_p,
+        top_k: o.top_k,
+        stop: o.stop,
+        seed: o.seed,
+    }
+}
+
+fn finish(violations: Vec<FieldViolation>) -> Result<(), GatewayError> {
+    if violations.is_empty() { Ok(()) } else { Err(GatewayError::InvalidArgument(violations)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(error: GatewayError) -> Vec<String> {
+        match error {
+            GatewayError::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn generate_puts_the_system_prompt_first() {
+        let valid = generate(pb::GenerateRequest {
+            model: " ollama/llama3.2 ".into(),
+            prompt: "Hi".into(),
+            system: "Be brief".into(),
+            options: None,
+        })
+        .unwrap();
+        assert_eq!(valid.model, "ollama/llama3.2");
+        assert_eq!(valid.messages[0], Message { role: Role::System, content: "Be brief".into() });
+        assert_eq!(valid.messages[1], Message { role: Role::User, content: "Hi".into() });
+    }
+
+    #[test]
+    fn empty_prompt_and_bad_options_are_all_reported() {
+        let err = generate(pb::GenerateRequest {
+            prompt: "  ".into(),
+            options: Some(pb::GenerationOptions {
+                temperature: Some(-0.5),
+                top_p: Some(1.5),
+                top_k: Some(0),
+                max_tokens: Some(0),
+                stop: vec!["".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "prompt",
+                "options.temperature",
+                "options.top_p",
+                "options.top_k",
+                "options.max_tokens",
+                "options.stop[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn nan_temperature_is_rejected() {
+        let err = generate(pb::GenerateRequest {
+            prompt: "x".into(),
+            options: Some(pb::GenerationOptions { temperature: Some(f32::NAN), ..Default::default() }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(fields(err), ["options.temperature"]);
+    }
+
+    #[test]
+    fn chat_checks_every_message() {
+        let err = chat(pb::ChatRequest {
+            messages: vec![
+                pb::Message { role: pb::Role::User as i32, content: "ok".into() },
+                pb::Message { role: pb::Role::Unspecified as i32, content: "x".into() },
+                pb::Message { role: 42, content: "".into() },
+            ],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(fields(err), ["messages[1].role", "messages[2].role", "messages[2].content"]);
+        assert_eq!(fields(chat(pb::ChatRequest::default()).unwrap_err()), ["messages"]);
+    }
+
+    #[test]
+    fn options_pass_through() {
+        let valid = chat(pb::ChatRequest {
+            messages: vec![pb::Message { role: pb::Role::User as i32, content: "hi".into() }],
+            options: Some(pb::GenerationOptions {
+                temperature: Some(0.0),
+                max_tokens: Some(5),
+                top_p: Some(1.0),
+                top_k: Some(40),
+                stop: vec!["\n".into()],
+                seed: Some(7),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            valid.options,
+            GenerationOptions {
+                temperature: Some(0.0),
+                max_tokens: Some(5),
+                top_p: Some(1.0),
+                top_k: Some(40),
+                stop: vec!["\n".into()],
+                seed: Some(7)
+            }
+        );
+    }
+}
