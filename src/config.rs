@@ -236,10 +236,8 @@ impl Config {
             ));
         }
         self.routing.default_provider = Some(default_provider);
-        if let Some(model) = &self.routing.default_model {
-            if model.trim().is_empty() {
-                self.routing.default_model = None;
-            }
+        if self.routing.default_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            self.routing.default_model = None;
         }
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
@@ -379,15 +377,15 @@ fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> String 
 }
 
 fn check_defaults(d: &DefaultOptions, key: &str) -> Result<(), ConfigError> {
-    if let Some(t) = d.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(invalid(format!("{key}.temperature"), format!("is {t}; it must be between 0 and 2")));
-        }
+    if let Some(t) = d.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(invalid(format!("{key}.temperature"), format!("is {t}; it must be between 0 and 2")));
     }
-    if let Some(p) = d.top_p {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(invalid(format!("{key}.top_p"), format!("is {p}; it must be between 0 and 1")));
-        }
+    if let Some(p) = d.top_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(invalid(format!("{key}.top_p"), format!("is {p}; it must be between 0 and 1")));
     }
     if d.max_tokens == Some(0) {
         return Err(invalid(format!("{key}.max_tokens"), "must be at least 1"));

@@ -41,15 +41,15 @@ pub enum GatewayError {
 
     /// The provider failed. `chunks_sent` tells whether the client already received output.
     #[error("{target:?}: {error}")]
-    Provider { target: Target, error: ProviderError, chunks_sent: usize },
+    Provider { target: Box<Target>, error: ProviderError, chunks_sent: usize },
 
     /// The caller's deadline (`grpc-timeout`) expired.
     #[error("the deadline expired")]
-    DeadlineExceeded { target: Target, budget: Duration, phase: Phase },
+    DeadlineExceeded { target: Box<Target>, budget: Duration, phase: Phase },
 
     /// The provider went quiet for longer than its configured timeout.
     #[error("the upstream timed out")]
-    UpstreamTimeout { target: Target, timeout: Duration, phase: Phase },
+    UpstreamTimeout { target: Box<Target>, timeout: Duration, phase: Phase },
 
     /// Listing models failed at every provider.
     #[error("no provider answered ListModels")]
@@ -245,7 +245,7 @@ mod tests {
     }
 
     fn status_of(error: ProviderError) -> Status {
-        GatewayError::Provider { target: target(), error, chunks_sent: 0 }.into()
+        GatewayError::Provider { target: Box::new(target()), error, chunks_sent: 0 }.into()
     }
 
     #[test]

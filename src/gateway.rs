@@ -135,7 +135,7 @@ fn wake_at(call: &CallContext, last_progress: Instant, silence: Duration) -> Ins
     }
 }
 
-fn timed_out(call: &CallContext, route: &Route, target: Target, phase: Phase) -> GatewayError {
+fn timed_out(call: &CallContext, route: &Route, target: Box<Target>, phase: Phase) -> GatewayError {
     match (call.budget, call.deadline()) {
         (Some(budget), Some(deadline)) if Instant::now() >= deadline => {
             GatewayError::DeadlineExceeded { target, budget, phase }

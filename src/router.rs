@@ -34,8 +34,12 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn target(&self) -> Target {
-        Target { provider: self.entry.name.clone(), model: self.model.clone(), endpoint: self.entry.endpoint.clone() }
+    pub fn target(&self) -> Box<Target> {
+        Box::new(Target {
+            provider: self.entry.name.clone(),
+            model: self.model.clone(),
+            endpoint: self.entry.endpoint.clone(),
+        })
     }
 }
 

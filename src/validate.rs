@@ -73,15 +73,15 @@ pub fn chat(request: pb::ChatRequest) -> Result<ValidRequest, GatewayError> {
 
 fn options(options: Option<pb::GenerationOptions>, violations: &mut Vec<FieldViolation>) -> GenerationOptions {
     let Some(o) = options else { return GenerationOptions::default() };
-    if let Some(t) = o.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            violations.push(FieldViolation::new("options.temperature", format!("must be between 0 and 2, got {t}")));
-        }
+    if let Some(t) = o.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        violations.push(FieldViolation::new("options.temperature", format!("must be between 0 and 2, got {t}")));
     }
-    if let Some(p) = o.top_p {
-        if !(0.0..=1.0).contains(&p) {
-            violations.push(FieldViolation::new("options.top_p", format!("must be between 0 and 1, got {p}")));
-        }
+    if let Some(p) = o.top_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        violations.push(FieldViolation::new("options.top_p", format!("must be between 0 and 1, got {p}")));
     }
     if o.top_k == Some(0) {
         violations

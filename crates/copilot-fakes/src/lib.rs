@@ -1,0 +1,28 @@
+//! Faithful, scriptable fakes of upstream LLM providers, for tests and benchmarks.
+//!
+//! A fake is a real HTTP server on a loopback port that speaks the provider's wire format —
+//! status codes, error bodies, streaming framing, final statistics — so an adapter under test
+//! exercises exactly the code paths it would against the real thing. Each fake can be scripted
+//! per model to misbehave the way real servers do (errors before or during a stream, streams
+//! that end early or break, slow model loads, overload) and it records what it was sent and how
+//! each stream ended, so tests can assert on cancellation and retries.
+//!
+//! Only Ollama's native API exists so far: see [`FakeOllama`].
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
+//!
+//! let fake = FakeOllama::start().await;
+//! fake.add_model(FakeModel::new("llama3.2:3b").with_reply(Reply::Tokens(vec!["Hi".into(), "!".into()])));
+//! fake.add_model(
+//!     FakeModel::new("broken:1b").with_behaviour(Behaviour::ErrorAfter { tokens: 2, message: "boom".into() }),
+//! );
+//! let base_url = fake.base_url(); // point the adapter here
+//! # let _ = base_url;
+//! # }
+//! ```
+
+pub mod ollama;
+
+pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};

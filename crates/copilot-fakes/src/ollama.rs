@@ -1,0 +1,1098 @@
+//! A fake of Ollama's native HTTP API (`/api/chat`, `/api/tags`, `/api/show`, `/api/version`, `/`).
+//!
+//! It speaks the real wire format, as described in the project's Ollama reference notes: errors are
+//! `{"error":"..."}` with a JSON content type, chat streams are NDJSON (`application/x-ndjson`)
+//! written and flushed one line at a time and closed by a `done:true` line carrying statistics in
+//! nanoseconds, and a failure after streaming has begun is a 200 whose last line is `{"error":...}`.
+//!
+//! Every model is scripted with a [`Reply`] (what it says) and a [`Behaviour`] (how the response
+//! ends or fails), plus delays. The server counts how each chat stream ended — completed, or
+//! abandoned by the client — so cancellation tests can assert that dropping a stream really closed
+//! the upstream connection.
+//!
+//! The streaming path is also what the `fake-ollama` benchmark binary runs, so it avoids per-chunk
+//! work beyond formatting one line: no logging, one allocation per line.
+
+use std::io::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+/// The version `GET /api/version` reports.
+pub const OLLAMA_VERSION: &str = "0.12.3";
+
+/// The text Ollama sends with a 503 when its request queue is full.
+pub const BUSY_MESSAGE: &str = "server busy, please try again.  maximum pending requests exceeded";
+
+// Ollama answers through gin, whose JSON and string helpers add the charset parameter.
+const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Synthetic prompt processing cost: prompts are not really evaluated, but `prompt_eval_duration`
+/// should look like a real measurement rather than zero (which Ollama would omit).
+const PROMPT_EVAL_NANOS_PER_TOKEN: u64 = 25_000;
+
+/// What a model says.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Exactly these content chunks, in order.
+    Tokens(Vec<String>),
+    /// `"You said: <content of the last user message>"`, one chunk per word; every word but the
+    /// first carries its leading space, so the chunks concatenate back to the exact text.
+    Echo,
+    /// `"tok"`, `" tok"`, `" tok"`, … until `options.num_predict` is reached or the client goes
+    /// away. For cancellation and deadline tests. With `stream:false` it stops at the model's
+    /// `context_length`, as a real model would, with `done_reason:"length"`.
+    Endless,
+}
+
+/// How a chat response ends. The variants with `tokens` send up to that many content chunks
+/// (fewer if the reply or `num_predict` runs out first) before misbehaving.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// A complete response ending with a `done:true` line.
+    Normal,
+    /// Status 200, `tokens` chunks, then a `{"error": message}` line (no `done` field) and a clean
+    /// end of body — what Ollama does when the runner fails mid-generation. With `stream:false`
+    /// nothing has been sent yet, so it is a 500 with that error instead.
+    ErrorAfter { tokens: usize, message: String },
+    /// Status 200, `tokens` chunks, then a clean end of body without any `done:true` line. With
+    /// `stream:false`, a 200 object that has `done:false`.
+    EndWithoutDone { tokens: usize },
+    /// Status 200, `tokens` chunks, then the connection is aborted: the body ends in an error
+    /// rather than the chunked-encoding terminator.
+    DropConnectionAfter { tokens: usize },
+    /// That status with `{"error": message}` before anything is streamed.
+    HttpError { status: u16, message: String },
+}
+
+/// One model the fake serves: its metadata (for `/api/tags` and `/api/show`) and its script.
+#[derive(Clone, Debug)]
+pub struct FakeModel {
+    /// `name[:tag]`; a missing tag means `latest`, as in Ollama.
+    pub name: String,
+    pub reply: Reply,
+    pub behaviour: Behaviour,
+    /// Pause before each content chunk; zero streams as fast as the client reads.
+    pub token_delay: Duration,
+    /// Pause before the response status and headers (a model load, or a slow server).
+    pub header_delay: Duration,
+    pub family: String,
+    pub parameter_size: String,
+    pub quantization_level: String,
+    pub context_length: u32,
+    /// Size on disk in bytes, as `/api/tags` reports it.
+    pub size: u64,
+    pub capabilities: Vec<String>,
+}
+
+impl FakeModel {
+    /// A llama-3.2-3B-like model that echoes, with no delays.
+    pub fn new(name: &str) -> Self {
+        FakeModel {
+            name: name.to_owned(),
+            reply: Reply::Echo,
+            behaviour: Behaviour::Normal,
+            token_delay: Duration::ZERO,
+            header_delay: Duration::ZERO,
+            family: "llama".to_owned(),
+            parameter_size: "3.2B".to_owned(),
+            quantization_level: "Q4_K_M".to_owned(),
+            context_length: 131_072,
+            size: 2_019_393_189,
+            capabilities: vec!["completion".to_owned()],
+        }
+    }
+
+    pub fn with_reply(mut self, reply: Reply) -> Self {
+        self.reply = reply;
+        self
+    }
+
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = behaviour;
+        self
+    }
+
+    pub fn with_token_delay(mut self, delay: Duration) -> Self {
+        self.token_delay = delay;
+        self
+    }
+
+    pub fn with_header_delay(mut self, delay: Duration) -> Self {
+        self.header_delay = delay;
+        self
+    }
+}
+
+/// A running fake Ollama server. It stops accepting connections, and ends the streams it is
+/// still writing, when dropped.
+pub struct FakeOllama {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeOllama {
+    /// Starts a server with no models on `127.0.0.1` and a free port.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound.
+    pub async fn start() -> FakeOllama {
+        FakeOllama::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind a loopback port for the fake Ollama server")
+    }
+
+    /// Starts a server with no models on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOllama> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        // Ollama (Go) disables Nagle; without it each small NDJSON line after the first could wait
+        // for the client's delayed ACK, which would distort streaming latencies.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(err) = server.await {
+                tracing::warn!(%err, "fake Ollama server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, "fake Ollama server listening");
+        Ok(FakeOllama { addr, shared, shutdown: Some(shutdown) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a model, replacing one of the same name (a missing tag counts as `:latest`). Requests
+    /// already in progress keep the script they started with.
+    pub fn add_model(&self, model: FakeModel) {
+        let entry = Arc::new(ModelEntry::new(model));
+        let mut models = self.shared.models.write().unwrap();
+        match models.iter_mut().find(|m| m.key == entry.key) {
+            Some(slot) => *slot = entry,
+            None => models.push(entry),
+        }
+    }
+
+    /// Removes a model; returns whether it was there.
+    pub fn remove_model(&self, name: &str) -> bool {
+        let key = canonical_name(name);
+        let mut models = self.shared.models.write().unwrap();
+        let before = models.len();
+        models.retain(|m| m.key != key);
+        models.len() != before
+    }
+
+    /// While set, `/api/chat` answers 503 with Ollama's queue-full error.
+    pub fn set_busy(&self, busy: bool) {
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// Whether to keep chat request bodies for [`chat_requests`](Self::chat_requests) (on by
+    /// default). Long benchmark runs turn it off so memory stays flat.
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.record_requests.store(record, Ordering::Relaxed);
+    }
+
+    /// The JSON body of every `/api/chat` request received (including refused ones), in order.
+    /// Bodies that were not valid JSON are not recorded.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.shared.chat_requests.lock().unwrap().clone()
+    }
+
+    /// Chat requests the client abandoned (closed the connection) after they were accepted and
+    /// before their final line was written — including during `header_delay`.
+    pub fn disconnects(&self) -> usize {
+        *self.shared.disconnects.borrow()
+    }
+
+    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
+    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
+        let mut changes = self.shared.disconnects.subscribe();
+        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Chat responses that produced their final line: the `done:true` line, the `{"error"}` line
+    /// of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the single
+    /// object of a `stream:false` request. Counted when that line is handed to the connection.
+    pub fn completed_streams(&self) -> usize {
+        self.shared.completed.load(Ordering::SeqCst)
+    }
+
+    /// Chat requests accepted (known model, not busy) and not yet finished or abandoned,
+    /// including those still in their `header_delay`.
+    pub fn active_streams(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeOllama {
+    fn drop(&mut self) {
+        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
+        // reading; the flag makes such streams abort at their next chunk.
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// State shared by the handle and the request handlers.
+struct Shared {
+    models: RwLock<Vec<Arc<ModelEntry>>>,
+    busy: AtomicBool,
+    record_requests: AtomicBool,
+    chat_requests: Mutex<Vec<Value>>,
+    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
+    disconnects: watch::Sender<usize>,
+    completed: AtomicUsize,
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            models: RwLock::new(Vec::new()),
+            busy: AtomicBool::new(false),
+            record_requests: AtomicBool::new(true),
+            chat_requests: Mutex::new(Vec::new()),
+            disconnects: watch::Sender::new(0),
+            completed: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn find_model(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        let key = canonical_name(name);
+        let models = self.models.read().unwrap();
+        models.iter().find(|m| m.key == key).cloned()
+    }
+}
+
+/// A model as served: its script plus the metadata Ollama derives when a model is installed.
+#[derive(Debug)]
+struct ModelEntry {
+    /// The name with its tag (`llama3.2` becomes `llama3.2:latest`).
+    key: String,
+    model: FakeModel,
+    modified_at: String,
+    digest: String,
+}
+
+impl ModelEntry {
+    fn new(model: FakeModel) -> Self {
+        let key = canonical_name(&model.name);
+        let mut modified_at = Vec::with_capacity(32);
+        write_timestamp(&mut modified_at, SystemTime::now());
+        ModelEntry {
+            digest: fake_digest(&key),
+            key,
+            model,
+            modified_at: String::from_utf8(modified_at).expect("timestamps are ASCII"),
+        }
+    }
+}
+
+/// Ollama resolves a name without a tag to `:latest`; the namespace part may itself hold a `:`
+/// (a registry port), so only the last path segment is looked at.
+fn canonical_name(name: &str) -> String {
+    let last_segment = name.rsplit('/').next().unwrap_or(name);
+    if last_segment.contains(':') { name.to_owned() } else { format!("{name}:latest") }
+}
+
+/// A stable, sha256-shaped (64 hex digits) digest, so listings look real and stay the same.
+fn fake_digest(name: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut digest = String::with_capacity(64);
+    for part in 0u8..4 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (part, name).hash(&mut hasher);
+        digest.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    digest
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/show", post(show))
+        .route("/api/chat", post(chat))
+        // gin answers unknown routes and wrong methods alike with a plain-text 404.
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        // Ollama has no request size limit; long chat histories must not trip axum's 2 MB default.
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(shared)
+}
+
+async fn root() -> Response {
+    text_response(StatusCode::OK, "Ollama is running")
+}
+
+async fn not_found() -> Response {
+    text_response(StatusCode::NOT_FOUND, "404 page not found")
+}
+
+async fn version() -> Response {
+    json_value_response(StatusCode::OK, &json!({ "version": OLLAMA_VERSION }))
+}
+
+async fn tags(State(shared): State<Arc<Shared>>) -> Response {
+    let models = shared.models.read().unwrap();
+    let listing: Vec<Value> = models
+        .iter()
+        .map(|entry| {
+            json!({
+                "name": entry.key,
+                "model": entry.key,
+                "modified_at": entry.modified_at,
+                "size": entry.model.size,
+                "digest": entry.digest,
+                "details": model_details(&entry.model),
+            })
+        })
+        .collect();
+    json_value_response(StatusCode::OK, &json!({ "models": listing }))
+}
+
+async fn show(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request = match parse_json_body(&body, "ShowRequest") {
+        Ok(request) => request,
+        Err(message) => return bad_request(&message),
+    };
+    // Older clients send `name`; Ollama uses it when `model` is empty.
+    let mut name = "";
+    for field in ["model", "name"] {
+        match request.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(value)) if value.is_empty() => {}
+            Some(Value::String(value)) => {
+                name = value;
+                break;
+            }
+            Some(other) => return bad_request(&type_error("ShowRequest", field, "string", other)),
+        }
+    }
+    if name.is_empty() {
+        return bad_request("model is required");
+    }
+    let Some(entry) = shared.find_model(name) else {
+        return error_response(StatusCode::NOT_FOUND, &format!("model '{name}' not found"));
+    };
+    let model = &entry.model;
+
+    let mut model_info = Map::new();
+    model_info.insert("general.architecture".into(), json!(model.family));
+    if let Some(count) = parameter_count(&model.parameter_size) {
+        model_info.insert("general.parameter_count".into(), json!(count));
+    }
+    model_info.insert("general.quantization_version".into(), json!(2));
+    model_info.insert(format!("{}.context_length", model.family), json!(model.context_length));
+
+    let modelfile = format!(
+        "# Modelfile generated by \"ollama show\"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM {}\n\nFROM /root/.ollama/models/blobs/sha256-{}\nTEMPLATE \"{{{{ .Prompt }}}}\"\n",
+        entry.key, entry.digest
+    );
+    json_value_response(
+        StatusCode::OK,
+        &json!({
+            "modelfile": modelfile,
+            "parameters": "stop                           \"<|eot_id|>\"",
+            "template": "{{ if .System }}{{ .System }}\n{{ end }}{{ .Prompt }}",
+            "details": model_details(model),
+            "model_info": model_info,
+            "capabilities": model.capabilities,
+            "modified_at": entry.modified_at,
+        }),
+    )
+}
+
+fn model_details(model: &FakeModel) -> Value {
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": model.family,
+        "families": [model.family],
+        "parameter_size": model.parameter_size,
+        "quantization_level": model.quantization_level,
+    })
+}
+
+/// `"3.2B"` → 3_200_000_000, `"494.03M"` → 494_030_000.
+fn parameter_count(size: &str) -> Option<u64> {
+    let (number, scale) = match size.as_bytes().last()? {
+        b'B' | b'b' => (&size[..size.len() - 1], 1e9),
+        b'M' | b'm' => (&size[..size.len() - 1], 1e6),
+        b'K' | b'k' => (&size[..size.len() - 1], 1e3),
+        _ => (size, 1.0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    Some((value * scale).round() as u64)
+}
+
+/// What a chat request asks for, validated the way Ollama's JSON binding would.
+struct ChatParams {
+    model: String,
+    stream: bool,
+    /// Content chunks allowed by `options.num_predict`; `usize::MAX` when unlimited.
+    limit: usize,
+    /// `prompt_eval_count`: whitespace-separated words over all messages, at least 1.
+    prompt_words: usize,
+    /// Content of the last user message, for [`Reply::Echo`].
+    last_user: String,
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let received = Instant::now();
+    let request = match parse_json_body(&body, "ChatRequest") {
+        Ok(request) => request,
+        Err(message) => return bad_request(&message),
+    };
+    let params = chat_params(&request);
+    if shared.record_requests.load(Ordering::Relaxed) {
+        shared.chat_requests.lock().unwrap().push(request);
+    }
+    let params = match params {
+        Ok(params) => params,
+        Err(message) => return bad_request(&message),
+    };
+    let Some(entry) = shared.find_model(&params.model) else {
+        let message = format!("model \"{}\" not found, try pulling it first", params.model);
+        return error_response(StatusCode::NOT_FOUND, &message);
+    };
+    if shared.busy.load(Ordering::Relaxed) {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
+    }
+
+    // From here on the request counts as a stream: a client that gives up, even while the
+    // "model loads", is a disconnect.
+    let mut guard = StreamGuard::start(shared);
+    if !entry.model.header_delay.is_zero() {
+        tokio::time::sleep(entry.model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
+        guard.finish(false);
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error_response(status, message);
+    }
+
+    let timing = Timing { received, responding: Instant::now() };
+    let generation = Generation::new(entry, &params);
+    let prefix = line_prefix(&params.model);
+    if params.stream {
+        stream_response(ChatBody {
+            generation,
+            guard,
+            prefix,
+            timing,
+            prompt_words: params.prompt_words,
+            finished: false,
+        })
+    } else {
+        aggregate_response(generation, guard, prefix, timing, params.prompt_words).await
+    }
+}
+
+/// Reads what a chat request asks for; `Err` is the 400 message Ollama would answer with.
+fn chat_params(request: &Value) -> Result<ChatParams, String> {
+    let model = match request.get("model") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(model)) => model.as_str(),
+        Some(other) => return Err(type_error("ChatRequest", "model", "string", other)),
+    };
+    if model.is_empty() {
+        return Err("model is required".to_owned());
+    }
+
+    let mut prompt_words = 0;
+    let mut last_user = "";
+    match request.get("messages") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(messages)) => {
+            for message in messages {
+                if !message.is_object() {
+                    return Err(type_error("ChatRequest", "messages", "api.Message", message));
+                }
+                let content = match message.get("content") {
+                    None | Some(Value::Null) => "",
+                    Some(Value::String(content)) => content.as_str(),
+                    Some(other) => {
+                        return Err(type_error("ChatRequest", "messages.content", "string", other));
+                    }
+                };
+                prompt_words += content.split_whitespace().count();
+                if message.get("role").and_then(Value::as_str) == Some("user") {
+                    last_user = content;
+                }
+            }
+        }
+        Some(other) => {
+            return Err(type_error("ChatRequest", "messages", "[]api.Message", other));
+        }
+    }
+
+    let stream = match request.get("stream") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(stream)) => *stream,
+        Some(other) => return Err(type_error("ChatRequest", "stream", "bool", other)),
+    };
+
+    // Ollama treats num_predict <= 0 as "no limit" (-1 is the documented default). JSON numbers
+    // reach Go as float64, which it accepts for integer options.
+    let mut limit = usize::MAX;
+    match request.get("options") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(options)) => match options.get("num_predict") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => {
+                let n = n.as_i64().unwrap_or_else(|| n.as_f64().unwrap_or(0.0) as i64);
+                if n > 0 {
+                    limit = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+            }
+            Some(_) => {
+                return Err("option \"num_predict\" must be of type integer".to_owned());
+            }
+        },
+        Some(other) => {
+            return Err(type_error("ChatRequest", "options", "map[string]interface {}", other));
+        }
+    }
+
+    Ok(ChatParams {
+        model: model.to_owned(),
+        stream,
+        limit,
+        prompt_words: prompt_words.max(1),
+        last_user: last_user.to_owned(),
+    })
+}
+
+/// Parses a request body as a JSON object; when it is not one, the 400 message Ollama's gin
+/// binding would give.
+fn parse_json_body(body: &[u8], go_type: &str) -> Result<Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("missing request body".to_owned());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        // Go decodes `null` into a zero struct, which then fails validation like `{}` does.
+        Ok(Value::Null) => Ok(Value::Object(Map::new())),
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!("json: cannot unmarshal {} into Go value of type api.{go_type}", json_kind(&other))),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn type_error(go_type: &str, field: &str, field_type: &str, value: &Value) -> String {
+    format!("json: cannot unmarshal {} into Go struct field {go_type}.{field} of type {field_type}", json_kind(value))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Keeps the stream counters honest however a chat request ends: the handler or the response
+/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
+/// before [`finish`](Self::finish) is a client disconnect.
+struct StreamGuard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn start(shared: Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { shared, finished: false }
+    }
+
+    /// The response produced its last piece; `completed` says whether that was a proper final
+    /// line (as opposed to a refusal or a deliberate abort).
+    fn finish(&mut self, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        if completed {
+            self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            self.shared.disconnects.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+/// The next piece of a chat response.
+enum Step<'a> {
+    Content(&'a str),
+    /// The reply is over; carries the `done_reason`.
+    Done(&'static str),
+    /// [`Behaviour::ErrorAfter`]'s message.
+    Error(&'a str),
+    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, with no final line.
+    EndWithoutDone,
+    /// [`Behaviour::DropConnectionAfter`]: break the connection.
+    Abort,
+}
+
+/// A content chunk by position, so the source can advance before the pause and be read after it.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Token(usize),
+    Span(usize, usize),
+    Tok { first: bool },
+}
+
+/// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by
+/// the streaming and the `stream:false` paths so both tell the same story.
+struct Generation {
+    entry: Arc<ModelEntry>,
+    /// The echo text; empty for other replies.
+    text: String,
+    /// Position in the tokens or the echo text.
+    cursor: usize,
+    sent: usize,
+    limit: usize,
+    /// Chunks before the behaviour's misbehaviour; `usize::MAX` for [`Behaviour::Normal`].
+    cut: usize,
+}
+
+impl Generation {
+    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
+        let text = match entry.model.reply {
+            Reply::Echo => format!("You said: {}", params.last_user),
+            Reply::Tokens(_) | Reply::Endless => String::new(),
+        };
+        let mut limit = params.limit;
+        // Without streaming an endless reply would never return; a real model stops when its
+        // context window is full.
+        if !params.stream && matches!(entry.model.reply, Reply::Endless) {
+            limit = limit.min(entry.model.context_length as usize);
+        }
+        let cut = match &entry.model.behaviour {
+            Behaviour::ErrorAfter { tokens, .. }
+            | Behaviour::EndWithoutDone { tokens }
+            | Behaviour::DropConnectionAfter { tokens } => *tokens,
+            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
+        };
+        Generation { entry, text, cursor: 0, sent: 0, limit, cut }
+    }
+
+    /// Produces the next step; must not be called again after a step other than `Content`.
+    async fn next(&mut self) -> Step<'_> {
+        if self.sent >= self.cut {
+            flush_point().await;
+            return self.ending("stop");
+        }
+        if self.sent >= self.limit {
+            flush_point().await;
+            return self.ending("length");
+        }
+        let Some(chunk) = self.advance() else {
+            flush_point().await;
+            return self.ending("stop");
+        };
+        let delay = self.entry.model.token_delay;
+        if delay.is_zero() {
+            flush_point().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+        self.sent += 1;
+        Step::Content(self.chunk_text(chunk))
+    }
+
+    fn advance(&mut self) -> Option<Chunk> {
+        match &self.entry.model.reply {
+            Reply::Tokens(tokens) => {
+                let index = self.cursor;
+                (index < tokens.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Token(index)
+                })
+            }
+            Reply::Echo => {
+                let start = self.cursor;
+                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+                // Each chunk is one word with the space before it: cut at the next space that
+                // is not the chunk's first character.
+                let first_len = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
+                self.cursor = end;
+                Some(Chunk::Span(start, end))
+            }
+            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+        }
+    }
+
+    fn chunk_text(&self, chunk: Chunk) -> &str {
+        match (chunk, &self.entry.model.reply) {
+            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Span(start, end), _) => &self.text[start..end],
+            (Chunk::Tok { first: true }, _) => "tok",
+            _ => " tok",
+        }
+    }
+
+    fn ending(&self, done_reason: &'static str) -> Step<'_> {
+        match &self.entry.model.behaviour {
+            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(done_reason),
+            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
+            Behaviour::EndWithoutDone { .. } => Step::EndWithoutDone,
+            Behaviour::DropConnectionAfter { .. } => Step::Abort,
+        }
+    }
+}
+
+/// Hands control back to the runtime between lines. hyper flushes what it has buffered whenever
+/// the body is not ready, so this both sends each line on its own and lets a zero-delay endless
+/// stream notice that its client has gone.
+async fn flush_point() {
+    tokio::task::yield_now().await;
+}
+
+struct Timing {
+    received: Instant,
+    responding: Instant,
+}
+
+struct Stats {
+    total_duration: u64,
+    load_duration: u64,
+    prompt_eval_count: usize,
+    prompt_eval_duration: u64,
+    eval_count: usize,
+    eval_duration: u64,
+}
+
+impl Timing {
+    fn stats(&self, prompt_words: usize, eval_count: usize) -> Stats {
+        let now = Instant::now();
+        // The wait before the headers stands in for loading the model.
+        let load_duration = nanos(self.responding - self.received);
+        let prompt_eval_duration = prompt_words as u64 * PROMPT_EVAL_NANOS_PER_TOKEN;
+        let eval_duration = nanos(now - self.responding);
+        let total_duration = nanos(now - self.received).max(load_duration + prompt_eval_duration + eval_duration);
+        Stats {
+            total_duration,
+            load_duration,
+            prompt_eval_count: prompt_words,
+            prompt_eval_duration,
+            eval_count,
+            eval_duration,
+        }
+    }
+}
+
+/// Whole nanoseconds, at least 1: Ollama omits zero metrics, and these ones always exist.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The response body of a streamed chat.
+struct ChatBody {
+    generation: Generation,
+    guard: StreamGuard,
+    prefix: Vec<u8>,
+    timing: Timing,
+    prompt_words: usize,
+    finished: bool,
+}
+
+impl ChatBody {
+    async fn next_line(&mut self) -> Option<io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        if self.guard.shutting_down() {
+            self.finished = true;
+            self.guard.finish(false);
+            return Some(Err(io::Error::other("fake Ollama server shut down")));
+        }
+        match self.generation.next().await {
+            Step::Content(text) => Some(Ok(Bytes::from(content_line(&self.prefix, text, true)))),
+            Step::Done(done_reason) => {
+                self.finished = true;
+                self.guard.finish(true);
+                let stats = self.timing.stats(self.prompt_words, self.generation.sent);
+                let line = final_line(&self.prefix, "", done_reason, &stats, true);
+                Some(Ok(Bytes::from(line)))
+            }
+            Step::Error(message) => {
+                self.finished = true;
+                self.guard.finish(true);
+                let mut line = error_body(message);
+                line.push(b'\n');
+                Some(Ok(Bytes::from(line)))
+            }
+            Step::EndWithoutDone => {
+                self.finished = true;
+                self.guard.finish(true);
+                None
+            }
+            Step::Abort => {
+                self.finished = true;
+                self.guard.finish(false);
+                Some(Err(io::Error::other("fake Ollama dropped the connection")))
+            }
+        }
+    }
+}
+
+fn stream_response(body: ChatBody) -> Response {
+    let lines = futures::stream::unfold(body, |mut body| async move {
+        let line = body.next_line().await?;
+        Some((line, body))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, NDJSON_CONTENT_TYPE)
+        .body(Body::from_stream(lines))
+        .expect("static response parts are valid")
+}
+
+/// `stream:false`: plays the whole script (with its delays), then answers with one object.
+async fn aggregate_response(
+    mut generation: Generation,
+    mut guard: StreamGuard,
+    prefix: Vec<u8>,
+    timing: Timing,
+    prompt_words: usize,
+) -> Response {
+    let mut content = String::new();
+    loop {
+        match generation.next().await {
+            Step::Content(text) => content.push_str(text),
+            Step::Done(done_reason) => {
+                guard.finish(true);
+                let stats = timing.stats(prompt_words, generation.sent);
+                let object = final_line(&prefix, &content, done_reason, &stats, false);
+                return json_response(StatusCode::OK, object);
+            }
+            Step::Error(message) => {
+                guard.finish(true);
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, message);
+            }
+            Step::EndWithoutDone => {
+                guard.finish(true);
+                return json_response(StatusCode::OK, content_line(&prefix, &content, false));
+            }
+            Step::Abort => {
+                guard.finish(false);
+                let broken = futures::stream::once(async {
+                    Err::<Bytes, _>(io::Error::other("fake Ollama dropped the connection"))
+                });
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
+                    .body(Body::from_stream(broken))
+                    .expect("static response parts are valid");
+            }
+        }
+    }
+}
+
+/// `{"model":"NAME","created_at":"` — the same for every line of a response, so built once.
+fn line_prefix(model: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(model.len() + 32);
+    prefix.extend_from_slice(b"{\"model\":");
+    write_json_string(&mut prefix, model);
+    prefix.extend_from_slice(b",\"created_at\":\"");
+    prefix
+}
+
+fn content_line(prefix: &[u8], content: &str, newline: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + content.len() + 96);
+    line.extend_from_slice(prefix);
+    write_timestamp(&mut line, SystemTime::now());
+    line.extend_from_slice(b"\",\"message\":{\"role\":\"assistant\",\"content\":");
+    write_json_string(&mut line, content);
+    line.extend_from_slice(b"},\"done\":false}");
+    if newline {
+        line.push(b'\n');
+    }
+    line
+}
+
+/// The `done:true` object, with fields in Ollama's order; a zero `eval_count` is left out, as
+/// Go's `omitempty` does.
+fn final_line(prefix: &[u8], content: &str, done_reason: &str, stats: &Stats, newline: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + content.len() + 320);
+    line.extend_from_slice(prefix);
+    write_timestamp(&mut line, SystemTime::now());
+    line.extend_from_slice(b"\",\"message\":{\"role\":\"assistant\",\"content\":");
+    write_json_string(&mut line, content);
+    line.extend_from_slice(b"},\"done_reason\":");
+    write_json_string(&mut line, done_reason);
+    let _ = write!(
+        line,
+        ",\"done\":true,\"total_duration\":{},\"load_duration\":{},\"prompt_eval_count\":{},\"prompt_eval_duration\":{}",
+        stats.total_duration, stats.load_duration, stats.prompt_eval_count, stats.prompt_eval_duration,
+    );
+    if stats.eval_count > 0 {
+        let _ = write!(line, ",\"eval_count\":{}", stats.eval_count);
+    }
+    let _ = write!(line, ",\"eval_duration\":{}}}", stats.eval_duration);
+    if newline {
+        line.push(b'\n');
+    }
+    line
+}
+
+fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
+}
+
+/// RFC 3339 in UTC with Go's `RFC3339Nano` fraction (trailing zeros trimmed), which is how
+/// Ollama's `created_at` looks. Hand-rolled to keep a date library out of a per-line hot path.
+fn write_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+    let second_of_day = seconds % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    );
+    let mut fraction = since_epoch.subsec_nanos();
+    if fraction > 0 {
+        let mut digits = 9;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{fraction:0digits$}");
+    }
+    out.push(b'Z');
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(message.len() + 12);
+    body.extend_from_slice(b"{\"error\":");
+    write_json_string(&mut body, message);
+    body.push(b'}');
+    body
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    json_response(status, error_body(message))
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn json_value_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).expect("serializing a JSON value cannot fail");
+    json_response(status, body)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let content_type = HeaderValue::from_static(JSON_CONTENT_TYPE);
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response {
+    let content_type = HeaderValue::from_static(TEXT_CONTENT_TYPE);
+    (status, [(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_nano_in_utc() {
+        let format = |at: SystemTime| {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, at);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let at = UNIX_EPOCH + Duration::new(1_767_607_200, 123_456_000);
+        assert_eq!(format(at), "2026-01-05T10:00:00.123456Z");
+        let leap_day = UNIX_EPOCH + Duration::new(951_782_400 + 86_399, 5);
+        assert_eq!(format(leap_day), "2000-02-29T23:59:59.000000005Z");
+    }
+
+    #[test]
+    fn names_without_tag_mean_latest() {
+        assert_eq!(canonical_name("llama3.2"), "llama3.2:latest");
+        assert_eq!(canonical_name("llama3.2:3b"), "llama3.2:3b");
+        assert_eq!(canonical_name("host:5000/ns/model"), "host:5000/ns/model:latest");
+    }
+
+    #[test]
+    fn parameter_sizes_parse() {
+        assert_eq!(parameter_count("3.2B"), Some(3_200_000_000));
+        assert_eq!(parameter_count("494.03M"), Some(494_030_000));
+        assert_eq!(parameter_count("big"), None);
+    }
+}

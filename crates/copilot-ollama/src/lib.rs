@@ -1,0 +1,481 @@
+//! The Copilot provider adapter for Ollama's native HTTP API (`/api/chat`, `/api/tags`,
+//! `/api/show`, `/api/version`).
+//!
+//! [`OllamaProvider`] turns a [`ChatRequest`] into one streamed `POST /api/chat` and the NDJSON
+//! reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this module owns the HTTP client,
+//! the mapping of HTTP failures to [`ProviderError`], and the lifetime of a streamed response.
+
+mod wire;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use copilot_provider::{
+    ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError,
+};
+use futures::StreamExt;
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use crate::wire::{LineEvent, LineSplitter};
+
+/// How to reach one Ollama server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OllamaConfig {
+    /// e.g. `"http://localhost:11434"`; a trailing slash is tolerated.
+    pub base_url: String,
+    /// Sent as `keep_alive` with every chat request when set; Ollama's own default (5 minutes)
+    /// applies otherwise.
+    pub keep_alive: Option<KeepAlive>,
+    /// TCP connect timeout for the HTTP client.
+    pub connect_timeout: Duration,
+}
+
+/// How long Ollama keeps a model in memory after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Unload this long after the request; `For(Duration::ZERO)` unloads right away.
+    For(Duration),
+    /// Never unload.
+    Forever,
+}
+
+impl KeepAlive {
+    /// The wire form: whole seconds, or -1 for forever. A fraction of a second rounds up so a
+    /// short non-zero keep-alive never turns into "unload now".
+    fn as_wire_seconds(self) -> i64 {
+        match self {
+            KeepAlive::Forever => -1,
+            KeepAlive::For(d) => {
+                let seconds = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+                i64::try_from(seconds).unwrap_or(i64::MAX)
+            }
+        }
+    }
+}
+
+/// Why an [`OllamaConfig`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OllamaConfigError {
+    #[error("invalid Ollama base_url {value:?}: {reason}")]
+    InvalidBaseUrl { value: String, reason: String },
+    #[error("cannot build the HTTP client for Ollama: {0}")]
+    HttpClient(String),
+}
+
+/// A [`Provider`] backed by one Ollama server. Cheap to share: all requests go through one HTTP
+/// client, so connections are pooled and reused.
+#[derive(Debug)]
+pub struct OllamaProvider {
+    client: reqwest::Client,
+    /// Shared with every stream, which names the server in its error messages.
+    base_url: Arc<str>,
+    keep_alive: Option<i64>,
+    chat_url: Url,
+    tags_url: Url,
+    show_url: Url,
+    version_url: Url,
+}
+
+impl OllamaProvider {
+    pub fn new(config: OllamaConfig) -> Result<Self, OllamaConfigError> {
+        let base_url = validate_base_url(&config.base_url)?;
+        let endpoint = |path: &str| {
+            Url::parse(&format!("{base_url}{path}")).map_err(|e| OllamaConfigError::InvalidBaseUrl {
+                value: config.base_url.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let (chat_url, tags_url, show_url, version_url) =
+            (endpoint("/api/chat")?, endpoint("/api/tags")?, endpoint("/api/show")?, endpoint("/api/version")?);
+
+        // reqwest is built without a default crypto provider and panics if none is installed.
+        // Whoever installs first wins; an already installed provider is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("copilot-ollama/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OllamaConfigError::HttpClient(root_cause(&e)))?;
+
+        Ok(OllamaProvider {
+            client,
+            base_url: base_url.into(),
+            keep_alive: config.keep_alive.map(KeepAlive::as_wire_seconds),
+            chat_url,
+            tags_url,
+            show_url,
+            version_url,
+        })
+    }
+
+    /// The server's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends a request and checks its status; the `model` it concerns turns a 404 into
+    /// [`ProviderError::ModelNotFound`].
+    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
+        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(error_from_response(response, model).await)
+    }
+
+    /// A whole (non-streamed) JSON response; `what` names it in error messages.
+    async fn fetch_json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        model: Option<&str>,
+        what: &str,
+    ) -> Result<T, ProviderError> {
+        let response = self.send(request, model).await?;
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::Interrupted(format!(
+                "connection lost to Ollama at {} while reading {what}: {}",
+                self.base_url,
+                root_cause(&e)
+            ))
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            ProviderError::Protocol(format!("unexpected {what} from Ollama ({e}): {excerpt}"))
+        })
+    }
+
+    /// A request that got no response at all: the server is down, unknown, or hung up.
+    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
+        let cause = root_cause(err);
+        if err.is_connect() {
+            ProviderError::Unreachable(format!("cannot connect to Ollama at {}: {cause}", self.base_url))
+        } else {
+            ProviderError::Unreachable(format!("request to Ollama at {} failed: {cause}", self.base_url))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for OllamaProvider {
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
+        let body = wire::ChatBody::new(&request, self.keep_alive);
+        let response = self.send(self.client.post(self.chat_url.clone()).json(&body), Some(&request.model)).await?;
+        tracing::debug!(model = %request.model, base_url = %self.base_url, "Ollama accepted the chat request");
+        Ok(ChatEvents::new(response, self.base_url.clone()).into_stream())
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        let tags: wire::TagsResponse =
+            self.fetch_json(self.client.get(self.tags_url.clone()), None, "model list").await?;
+        Ok(tags.into_models())
+    }
+
+    async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
+        let request = self.client.post(self.show_url.clone()).json(&wire::ShowBody { model });
+        let show: wire::ShowResponse = self.fetch_json(request, Some(model), "model description").await?;
+        Ok(show.into_model(model))
+    }
+
+    async fn health(&self) -> Result<HealthReport, ProviderError> {
+        let version: wire::VersionResponse =
+            self.fetch_json(self.client.get(self.version_url.clone()), None, "version").await?;
+        Ok(HealthReport { version: version.version })
+    }
+}
+
+/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
+fn validate_base_url(raw: &str) -> Result<String, OllamaConfigError> {
+    let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} (expected e.g. http://localhost:11434)")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "the scheme must be http or https, not {:?} (expected e.g. http://localhost:11434)",
+            url.scheme()
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("a base URL cannot carry a query or fragment".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// How long to wait, after the final chunk, for the rest of the body (the end of the chunked
+/// encoding, which Ollama sends right after). Reading it lets the connection go back to the pool;
+/// dropping a body that is still open closes the connection instead.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// The state behind a [`ChatStream`]: the response being read and the lines not yet decoded.
+struct ChatEvents {
+    /// `None` once the stream has ended. Dropping the response closes the connection, which is
+    /// how Ollama learns to stop generating when our caller goes away.
+    response: Option<Response>,
+    lines: LineSplitter,
+    body_ended: bool,
+    /// A final chunk that also carried text: the text goes out first, then this.
+    pending_done: Option<Completion>,
+    base_url: Arc<str>,
+}
+
+impl ChatEvents {
+    fn new(response: Response, base_url: Arc<str>) -> Self {
+        ChatEvents {
+            response: Some(response),
+            lines: LineSplitter::default(),
+            body_ended: false,
+            pending_done: None,
+            base_url,
+        }
+    }
+
+    fn into_stream(self) -> ChatStream {
+        futures::stream::unfold(self, |mut events| async move {
+            let item = events.next_event().await?;
+            Some((item, events))
+        })
+        .boxed()
+    }
+
+    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if let Some(completion) = self.pending_done.take() {
+            return Some(Ok(ChatEvent::Done(completion)));
+        }
+        loop {
+            let response = self.response.as_mut()?;
+            let line = if let Some(line) = self.lines.next_line() {
+                line
+            } else if self.body_ended {
+                match self.lines.finish() {
+                    Some(line) => line,
+                    None => {
+                        self.response = None;
+                        return Some(Err(ProviderError::Interrupted(format!(
+                            "Ollama at {} ended the response before its final chunk",
+                            self.base_url
+                        ))));
+                    }
+                }
+            } else {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => self.lines.push(&chunk),
+                    Ok(None) => self.body_ended = true,
+                    Err(err) => {
+                        self.response = None;
+                        return Some(Err(ProviderError::Interrupted(format!(
+                            "connection lost to Ollama at {} mid-stream: {}",
+                            self.base_url,
+                            root_cause(&err)
+                        ))));
+                    }
+                }
+                continue;
+            };
+
+            match wire::decode_line(&line) {
+                LineEvent::Skip => {}
+                LineEvent::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
+                LineEvent::Done { tail, completion } => {
+                    self.finish_body().await;
+                    return Some(Ok(match tail {
+                        Some(text) => {
+                            self.pending_done = Some(completion);
+                            ChatEvent::Delta(text)
+                        }
+                        None => ChatEvent::Done(completion),
+                    }));
+                }
+                LineEvent::Failed(err) => {
+                    self.response = None;
+                    return Some(Err(err));
+                }
+            }
+        }
+    }
+
+    /// Ends the stream after the final chunk, ignoring anything the body still holds.
+    async fn finish_body(&mut self) {
+        let Some(mut response) = self.response.take() else { return };
+        if !self.body_ended {
+            let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
+            let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Turns a non-2xx response into the matching [`ProviderError`].
+async fn error_from_response(mut response: Response, model: Option<&str>) -> ProviderError {
+    // An error body is a one-line JSON object; a cap guards against a proxy's HTML page.
+    const MAX_ERROR_BODY: usize = 16 * 1024;
+
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    let mut message = wire::error_message(&body);
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("no error message").to_owned();
+    }
+    tracing::debug!(status = status.as_u16(), %message, "Ollama refused the request");
+    status_error(status, message, retry_after, model)
+}
+
+fn status_error(
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+    model: Option<&str>,
+) -> ProviderError {
+    match (status.as_u16(), model) {
+        (400 | 422, _) => ProviderError::InvalidRequest(message),
+        (401 | 403, _) => ProviderError::Unauthorized(message),
+        // Ollama's wording of "not found" varies by version and endpoint; the status does not.
+        (404, Some(model)) => ProviderError::ModelNotFound { model: model.to_owned() },
+        (429, _) => ProviderError::RateLimited { message, retry_after },
+        (503, _) => ProviderError::Overloaded { message, retry_after },
+        (status, _) => ProviderError::Upstream { status, message },
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (a date in the past means "now").
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only date format HTTP senders may use.
+fn parse_http_date(value: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let [_weekday, day, month, year, time, "GMT"] = value.split_ascii_whitespace().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let year: i64 = year.parse().ok()?;
+    let [hours, minutes, seconds] = time.split(':').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let hours: i64 = hours.parse().ok().filter(|h| *h < 24)?;
+    let minutes: i64 = minutes.parse().ok().filter(|m| *m < 60)?;
+    let seconds: i64 = seconds.parse().ok().filter(|s| *s <= 60)?;
+
+    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+
+    let unix_seconds = u64::try_from(days * 86_400 + hours * 3_600 + minutes * 60 + seconds).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(unix_seconds))
+}
+
+/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
+/// for url", "client error (Connect)") say where a request failed, not why.
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    #[test]
+    fn statuses_map_to_provider_errors() {
+        let map = |code, model| status_error(status(code), "msg".into(), None, model);
+        assert_eq!(map(400, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(422, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(401, Some("m")), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(403, None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(404, Some("llama3:8b")), ProviderError::ModelNotFound { model: "llama3:8b".into() });
+        // A 404 from an endpoint that names no model means the URL is not an Ollama API.
+        assert_eq!(map(404, None), ProviderError::Upstream { status: 404, message: "msg".into() });
+        assert_eq!(map(429, None), ProviderError::RateLimited { message: "msg".into(), retry_after: None });
+        assert_eq!(map(503, None), ProviderError::Overloaded { message: "msg".into(), retry_after: None });
+        assert_eq!(map(500, Some("m")), ProviderError::Upstream { status: 500, message: "msg".into() });
+        assert_eq!(map(502, Some("m")), ProviderError::Upstream { status: 502, message: "msg".into() });
+    }
+
+    #[test]
+    fn retry_after_is_carried_on_429_and_503() {
+        let wait = Some(Duration::from_secs(7));
+        assert_eq!(status_error(status(429), "m".into(), wait, None).retry_after(), wait);
+        assert_eq!(status_error(status(503), "m".into(), wait, None).retry_after(), wait);
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Mon, 07 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Mar 2001 00:00:00 GMT", UNIX_EPOCH),
+            Some(Duration::from_secs(983_404_800))
+        );
+        // In the past: retry now.
+        assert_eq!(parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO));
+        for bad in ["", "-5", "1.5", "soon", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 06 Foo 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_wire_forms() {
+        assert_eq!(KeepAlive::For(Duration::ZERO).as_wire_seconds(), 0);
+        assert_eq!(KeepAlive::Forever.as_wire_seconds(), -1);
+        assert_eq!(KeepAlive::For(Duration::from_secs(300)).as_wire_seconds(), 300);
+        assert_eq!(KeepAlive::For(Duration::from_millis(1500)).as_wire_seconds(), 2);
+        assert_eq!(KeepAlive::For(Duration::from_millis(1)).as_wire_seconds(), 1);
+    }
+
+    fn config(base_url: &str) -> OllamaConfig {
+        OllamaConfig { base_url: base_url.into(), keep_alive: None, connect_timeout: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn base_url_is_validated_and_normalized() {
+        let provider = OllamaProvider::new(config("http://localhost:11434/")).unwrap();
+        assert_eq!(provider.base_url(), "http://localhost:11434");
+        assert_eq!(provider.chat_url.as_str(), "http://localhost:11434/api/chat");
+        let provider = OllamaProvider::new(config("https://gpu-box.example/ollama")).unwrap();
+        assert_eq!(provider.version_url.as_str(), "https://gpu-box.example/ollama/api/version");
+
+        for bad in ["localhost:11434", "ftp://host", "not a url", "", "http://host/?x=1"] {
+            let err = OllamaProvider::new(config(bad)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! End-to-end checks of `OllamaProvider` against a scripted HTTP/1.1 server on loopback: what goes
+//! on the wire, how streamed bodies (split, cut, failing) come out, and connection handling.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use copilot_ollama::{KeepAlive, OllamaConfig, OllamaProvider};
+use copilot_provider::{
+    ChatEvent, ChatRequest, FinishReason, GenerationOptions, Message, Provider, ProviderError, Role, Usage,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// What the server does for one request.
+enum Step {
+    Write(Vec<u8>),
+    Pause(Duration),
+    /// Hang up without finishing the response.
+    Close,
+    /// Read until the client hangs up, then report it.
+    AwaitClientClose(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+struct Recorded {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+struct Server {
+    base_url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Serves one script per request, in order, over however many connections the client opens.
+    async fn start(scripts: Vec<Vec<Step>>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let scripts = Arc::new(Mutex::new(scripts.into_iter()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (recorded, accepted) = (requests.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_connection(socket, scripts.clone(), recorded.clone()));
+            }
+        });
+        Server { base_url, requests, connections }
+    }
+
+    fn provider(&self) -> OllamaProvider {
+        OllamaProvider::new(OllamaConfig {
+            base_url: format!("{}/", self.base_url),
+            keep_alive: Some(KeepAlive::Forever),
+            connect_timeout: Duration::from_secs(2),
+        })
+        .unwrap()
+    }
+
+    fn request(&self, index: usize) -> (String, String, Value) {
+        let requests = self.requests.lock().unwrap();
+        let r = &requests[index];
+        (r.method.clone(), r.path.clone(), r.body.clone())
+    }
+}
+
+async fn serve_connection(
+    mut socket: TcpStream,
+    scripts: Arc<Mutex<std::vec::IntoIter<Vec<Step>>>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut socket, &mut buf).await else { return };
+        requests.lock().unwrap().push(request);
+        let script = scripts.lock().unwrap().next().expect("more requests than scripts");
+        for step in script {
+            match step {
+                Step::Write(bytes) => {
+                    if socket.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Pause(d) => tokio::time::sleep(d).await,
+                Step::Close => return,
+                Step::AwaitClientClose(report) => {
+                    let mut sink = [0u8; 1024];
+                    while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+                    let _ = report.send(());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..header_end].to_vec()).unwrap();
+    let mut request_line = head.lines().next().unwrap().split(' ');
+    let (method, path) = (request_line.next().unwrap().to_owned(), request_line.next().unwrap().to_owned());
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0usize);
+    while buf.len() < header_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[header_end..header_end + length].to_vec();
+    buf.drain(..header_end + length);
+    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    Some(Recorded { method, path, body })
+}
+
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+fn write(text: &str) -> Step {
+    Step::Write(text.as_bytes().to_vec())
+}
+
+fn chunk(data: &str) -> Step {
+    write(&format!("{:x}\r\n{data}\r\n", data.len()))
+}
+
+fn end_of_body() -> Step {
+    write("0\r\n\r\n")
+}
+
+fn json_response(status: &str, extra_headers: &str, body: &str) -> Step {
+    write(&format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+fn delta_line(text: &str) -> String {
+    json!({"model": "llama3.2", "created_at": "2026-01-05T10:00:00Z",
+           "message": {"role": "assistant", "content": text}, "done": false})
+    .to_string()
+        + "\n"
+}
+
+const DONE_LINE: &str = concat!(
+    r#"{"model":"llama3.2:latest","created_at":"x","message":{"role":"assistant","content":""},"done":true,"#,
+    r#""done_reason":"length","total_duration":2500000000,"prompt_eval_count":26,"eval_count":2,"eval_duration":2000}"#,
+    "\n"
+);
+
+fn streamed_reply(deltas: &[&str]) -> Vec<Step> {
+    let mut steps = vec![write(STREAM_HEAD)];
+    steps.extend(deltas.iter().map(|d| chunk(&delta_line(d))));
+    // Like Go's net/http, which ends the chunked body in a write of its own after the handler returns.
+    steps.extend([chunk(DONE_LINE), Step::Pause(Duration::from_millis(5)), end_of_body()]);
+    steps
+}
+
+fn chat_request() -> ChatRequest {
+    ChatRequest {
+        model: "llama3.2".into(),
+        messages: vec![Message { role: Role::User, content: "Say hi".into() }],
+        options: GenerationOptions { temperature: Some(0.5), max_tokens: Some(2), ..Default::default() },
+    }
+}
+
+async fn collect(provider: &OllamaProvider) -> Vec<Result<ChatEvent, ProviderError>> {
+    provider.chat(chat_request()).await.unwrap().collect().await
+}
+
+#[tokio::test]
+async fn chat_posts_the_request_and_streams_deltas_then_done() {
+    // Lines cut mid-way and several lines in one write, as TCP is free to deliver them.
+    let body = format!("{}{}{DONE_LINE}", delta_line("Hel"), delta_line("lo"));
+    let (a, rest) = body.split_at(30);
+    let (b, c) = rest.split_at(rest.len() - 40);
+    let script = vec![
+        write(STREAM_HEAD),
+        chunk(a),
+        Step::Pause(Duration::from_millis(20)),
+        chunk(b),
+        Step::Pause(Duration::from_millis(20)),
+        chunk(c),
+        end_of_body(),
+    ];
+    let server = Server::start(vec![script]).await;
+    let events = collect(&server.provider()).await;
+
+    let [Ok(ChatEvent::Delta(first)), Ok(ChatEvent::Delta(second)), Ok(ChatEvent::Done(done))] = &events[..] else {
+        panic!("unexpected events: {events:?}")
+    };
+    assert_eq!((first.as_str(), second.as_str()), ("Hel", "lo"));
+    assert_eq!(done.finish_reason, FinishReason::Length);
+    assert_eq!(done.model, "llama3.2:latest");
+    assert_eq!(done.usage, Usage { input_tokens: 26, output_tokens: 2 });
+    assert_eq!(done.timings.total, Some(Duration::from_millis(2500)));
+    assert_eq!(done.timings.generation, Some(Duration::from_micros(2)));
+    assert_eq!(done.timings.load, None);
+
+    let (method, path, body) = server.request(0);
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/chat"));
+    assert_eq!(
+        body,
+        json!({
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "stream": true,
+            "options": {"temperature": 0.5, "num_predict": 2},
+            "keep_alive": -1,
+        })
+    );
+}
+
+#[tokio::test]
+async fn consecutive_chats_reuse_one_connection() {
+    let server = Server::start(vec![streamed_reply(&["a"]), streamed_reply(&["b"])]).await;
+    let provider = server.provider();
+    for _ in 0..2 {
+        let events = collect(&provider).await;
+        assert!(matches!(events.last(), Some(Ok(ChatEvent::Done(_)))), "{events:?}");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn dropping_the_stream_closes_the_connection() {
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let script = vec![write(STREAM_HEAD), chunk(&delta_line("one")), Step::AwaitClientClose(closed_tx)];
+    let server = Server::start(vec![script]).await;
+    let provider = server.provider();
+
+    let mut stream = provider.chat(chat_request()).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), ChatEvent::Delta("one".into()));
+    drop(stream);
+
+    tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the upstream connection stayed open after the stream was dropped")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refusals_surface_from_chat_itself() {
+    let server = Server::start(vec![
+        vec![json_response("404 Not Found", "", r#"{"error":"model \"llama3.2\" not found, try pulling it first"}"#)],
+        vec![json_response(
+            "503 Service Unavailable",
+            "Retry-After: 7\r\n",
+            r#"{"error":"server busy, please try again.  maximum pending requests exceeded"}"#,
+        )],
+        vec![write("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nbad options")],
+        vec![json_response("500 Internal Server Error", "", r#"{"error":"model runner has unexpectedly stopped"}"#)],
+    ])
+    .await;
+    let provider = server.provider();
+    let refusal = async || provider.chat(chat_request()).await.err().expect("chat was accepted");
+
+    assert_eq!(refusal().await, ProviderError::ModelNotFound { model: "llama3.2".into() });
+    assert_eq!(
+        refusal().await,
+        ProviderError::Overloaded {
+            message: "server busy, please try again.  maximum pending requests exceeded".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        }
+    );
+    assert_eq!(refusal().await, ProviderError::InvalidRequest("bad options".into()));
+    assert_eq!(
+        refusal().await,
+        ProviderError::Upstream { status: 500, message: "model runner has unexpectedly stopped".into() }
+    );
+}
+
+#[tokio::test]
+async fn an_error_line_ends_the_stream_with_a_mid_stream_error() {
+    let script = vec![
+        write(STREAM_HEAD),
+        chunk(&delta_line("partial")),
+        chunk("{\"error\":\"out of memory\"}\n"),
+        end_of_body(),
+    ];
+    let server = Server::start(vec![script]).await;
+    let events = collect(&server.provider()).await;
+    assert_eq!(events, [Ok(ChatEvent::Delta("partial".into())), Err(ProviderError::MidStream("out of memory".into()))]);
+}
+
+#[tokio::test]
+async fn a_body_that_ends_without_done_is_interrupted() {
+    let script = vec![write(STREAM_HEAD), chunk(&delta_line("partial")), end_of_body()];
+    let server = Server::start(vec![script]).await;
+    let events = collect(&server.provider()).await;
+    let [Ok(ChatEvent::Delta(_)), Err(ProviderError::Interrupted(message))] = &events[..] else {
+        panic!("unexpected events: {events:?}")
+    };
+    assert!(message.contains("final chunk"), "{message}");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_interrupted() {
+    // Half a line, then the server goes away without ending the chunked body.
+    let script = vec![write(STREAM_HEAD), chunk(&delta_line("partial")), chunk("{\"model\":\"ll"), Step::Close];
+    let server = Server::start(vec![script]).await;
+    let events = collect(&server.provider()).await;
+    let [Ok(ChatEvent::Delta(_)), Err(ProviderError::Interrupted(message))] = &events[..] else {
+        panic!("unexpected events: {events:?}")
+    };
+    assert!(message.contains("connection lost") && message.contains(&server.base_url), "{message}");
+}
+
+#[tokio::test]
+async fn a_final_line_without_newline_still_completes() {
+    let script = vec![write(STREAM_HEAD), chunk(&delta_line("hi")), chunk(DONE_LINE.trim_end()), end_of_body()];
+    let server = Server::start(vec![script]).await;
+    let events = collect(&server.provider()).await;
+    assert!(matches!(&events[..], [Ok(ChatEvent::Delta(_)), Ok(ChatEvent::Done(_))]), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unreachable_and_names_the_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let provider = OllamaProvider::new(OllamaConfig {
+        base_url: base_url.clone(),
+        keep_alive: None,
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+
+    let Err(ProviderError::Unreachable(message)) = provider.chat(chat_request()).await else {
+        panic!("expected Unreachable")
+    };
+    assert!(message.contains(&base_url), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    assert!(matches!(provider.health().await, Err(ProviderError::Unreachable(_))));
+}
+
+#[tokio::test]
+async fn models_and_health() {
+    let tags = json!({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size": 2019393189,
+        "details": {"family": "llama", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}}]});
+    let show = json!({"details": {"family": "llama", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+        "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+        "capabilities": ["completion", "tools"]});
+    let server = Server::start(vec![
+        vec![json_response("200 OK", "", &tags.to_string())],
+        vec![json_response("200 OK", "", &show.to_string())],
+        vec![json_response("404 Not Found", "", r#"{"error":"model 'nope' not found"}"#)],
+        vec![json_response("200 OK", "", r#"{"version":"0.12.3"}"#)],
+        vec![json_response("200 OK", "", "Ollama is running")],
+    ])
+    .await;
+    let provider = server.provider();
+
+    let models = provider.list_models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!((models[0].name.as_str(), models[0].size_bytes), ("llama3.2:latest", Some(2019393189)));
+    assert_eq!(server.request(0).1, "/api/tags");
+
+    let info = provider.describe_model("llama3.2").await.unwrap();
+    assert_eq!(info.context_length, Some(131072));
+    assert_eq!(info.capabilities, ["completion", "tools"]);
+    let (method, path, body) = server.request(1);
+    assert_eq!((method.as_str(), path.as_str(), body), ("POST", "/api/show", json!({"model": "llama3.2"})));
+
+    assert_eq!(provider.describe_model("nope").await, Err(ProviderError::ModelNotFound { model: "nope".into() }));
+    assert_eq!(provider.health().await.unwrap().version.as_deref(), Some("0.12.3"));
+    assert_eq!(server.request(3).1, "/api/version");
+    // Something that answers 200 but is not Ollama's API.
+    let Err(ProviderError::Protocol(message)) = provider.health().await else { panic!("expected Protocol") };
+    assert!(message.contains("Ollama is running"), "{message}");
+}

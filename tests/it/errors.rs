@@ -1,0 +1,201 @@
+//! Every failure ends with a precise status and a message a person can act on.
+
+use std::time::Duration;
+
+use copilot::proto::v1::{ChatRequest, GenerateRequest, GenerationOptions, ListModelsRequest, Message, Role};
+use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
+use futures::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::{Copilot, within};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn prompt(model: &str, prompt: &str) -> GenerateRequest {
+    GenerateRequest { model: model.into(), prompt: prompt.into(), ..Default::default() }
+}
+
+fn chat(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![Message { role: Role::User as i32, content: "hello".into() }],
+        options: None,
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn invalid_requests_are_rejected_with_the_fields_named() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    let status = client.generate(prompt("ollama/m", "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("prompt"), "{}", status.message());
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "prompt");
+
+    let status = client.chat(ChatRequest { model: "ollama/m".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("messages"), "{}", status.message());
+
+    for (options, field) in [
+        (GenerationOptions { temperature: Some(-1.0), ..Default::default() }, "options.temperature"),
+        (GenerationOptions { top_p: Some(1.5), ..Default::default() }, "options.top_p"),
+        (GenerationOptions { max_tokens: Some(0), ..Default::default() }, "options.max_tokens"),
+    ] {
+        let mut request = prompt("ollama/m", "hi");
+        request.options = Some(options);
+        let status = client.generate(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, field);
+    }
+
+    let mut request = chat("ollama/m");
+    request.messages[0].role = Role::Unspecified as i32;
+    let status = client.chat(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("messages[0].role"), "{}", status.message());
+
+    // Nothing invalid reached the upstream.
+    assert!(fake.chat_requests().is_empty());
+}
+
+#[tokio::test]
+async fn no_model_and_no_default_is_invalid_argument() {
+    let fake = FakeOllama::start().await;
+    let copilot = Copilot::start(&fake, &[]).await;
+    let status = copilot.client().await.generate(prompt("", "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("default model"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn unknown_model_is_not_found() {
+    let fake = FakeOllama::start().await;
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    let status = client.generate(prompt("ollama/nope:7b", "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("nope:7b") && status.message().contains("ListModels"), "{}", status.message());
+    assert_eq!(reason(&status), "MODEL_NOT_FOUND");
+
+    let status = client.chat(chat("nope:7b")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn upstream_down_is_unavailable() {
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let copilot = Copilot::start_with_env(&[("OLLAMA_HOST", format!("127.0.0.1:{port}"))]).await;
+    let mut client = copilot.client().await;
+
+    let status = within(LIMIT, client.generate(prompt("ollama/llama3.2", "hi"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains(&format!("127.0.0.1:{port}")), "{}", status.message());
+    assert_eq!(reason(&status), "UPSTREAM_UNREACHABLE");
+
+    let status = within(LIMIT, client.list_models(ListModelsRequest {})).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+
+    // The operator was told at start.
+    assert!(copilot.logs().contains("does not answer"), "{}", copilot.logs());
+}
+
+#[tokio::test]
+async fn upstream_refusals_map_to_retryable_codes() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(
+        FakeModel::new("limited")
+            .with_behaviour(Behaviour::HttpError { status: 429, message: "too many requests".into() }),
+    );
+    fake.add_model(
+        FakeModel::new("crashing").with_behaviour(Behaviour::HttpError {
+            status: 500,
+            message: "model runner has unexpectedly stopped".into(),
+        }),
+    );
+    fake.add_model(FakeModel::new("fine"));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    let status = client.generate(prompt("ollama/limited", "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&status), "UPSTREAM_RATE_LIMITED");
+
+    let status = client.generate(prompt("ollama/crashing", "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("model runner has unexpectedly stopped"), "{}", status.message());
+
+    // Ollama's queue is full: 503 → UNAVAILABLE, which clients may retry.
+    fake.set_busy(true);
+    let status = client.generate(prompt("ollama/fine", "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "UPSTREAM_OVERLOADED");
+    fake.set_busy(false);
+    client.generate(prompt("ollama/fine", "hi")).await.unwrap();
+}
+
+/// Collects a Chat stream: the content received, then the status it ended with (OK = None).
+async fn drain(
+    client: &mut copilot::proto::v1::copilot_client::CopilotClient<tonic::transport::Channel>,
+    model: &str,
+) -> (String, Option<tonic::Status>) {
+    let mut stream = within(LIMIT, client.chat(chat(model))).await.unwrap().into_inner();
+    let mut text = String::new();
+    loop {
+        match within(LIMIT, stream.next()).await {
+            Some(Ok(chunk)) => text.push_str(&chunk.content),
+            Some(Err(status)) => return (text, Some(status)),
+            None => return (text, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broken_stream_never_ends_as_a_silent_success() {
+    let fake = FakeOllama::start().await;
+    let words = Reply::Tokens(["a", " b", " c", " d", " e"].map(String::from).to_vec());
+    fake.add_model(FakeModel::new("midstream").with_reply(words.clone()).with_behaviour(Behaviour::ErrorAfter {
+        tokens: 2,
+        message: "an error was encountered while running the model: CUDA out of memory".into(),
+    }));
+    fake.add_model(
+        FakeModel::new("nodone").with_reply(words.clone()).with_behaviour(Behaviour::EndWithoutDone { tokens: 3 }),
+    );
+    fake.add_model(
+        FakeModel::new("dropped").with_reply(words).with_behaviour(Behaviour::DropConnectionAfter { tokens: 2 }),
+    );
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    let (text, status) = drain(&mut client, "ollama/midstream").await;
+    assert_eq!(text, "a b");
+    let status = status.expect("the stream must end with an error status");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("CUDA out of memory"), "{}", status.message());
+    assert_eq!(reason(&status), "UPSTREAM_FAILED_MID_STREAM");
+
+    let (text, status) = drain(&mut client, "ollama/nodone").await;
+    assert_eq!(text, "a b c");
+    let status = status.expect("a stream without done must end with an error status");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "UPSTREAM_STREAM_INTERRUPTED");
+
+    let (text, status) = drain(&mut client, "ollama/dropped").await;
+    assert_eq!(text, "a b");
+    let status = status.expect("a dropped connection must end with an error status");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    // Generate is the same stream collected: it fails too rather than returning partial text.
+    let status = client.generate(prompt("ollama/midstream", "x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+}

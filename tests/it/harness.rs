@@ -1,0 +1,127 @@
+//! Starts the real `copilot` binary on loopback and talks gRPC to it.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use copilot::proto::v1::copilot_client::CopilotClient;
+use copilot_fakes::FakeOllama;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+pub type RawHttp2 =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
+/// Variables a developer's shell might carry that would change what the binary under test does.
+const INHERITED_VARS: &[&str] = &[
+    "LLM_PROVIDER",
+    "OLLAMA_HOST",
+    "OLLAMA_MODEL",
+    "OLLAMA_TIMEOUT",
+    "OLLAMA_TEMPERATURE",
+    "OLLAMA_MAX_TOKENS",
+    "COPILOT_CONFIG",
+    "COPILOT_ADDR",
+    "COPILOT_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+pub struct Copilot {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Copilot {
+    /// Starts copilot with its Ollama provider pointed at `fake`, plus `env`.
+    pub async fn start(fake: &FakeOllama, env: &[(&str, &str)]) -> Copilot {
+        let mut all = vec![("OLLAMA_HOST", fake.base_url())];
+        all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        Self::start_with_env(&all).await
+    }
+
+    pub async fn start_with_env(env: &[(&str, String)]) -> Copilot {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_copilot"));
+        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        for var in INHERITED_VARS {
+            command.env_remove(var);
+        }
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.kill_on_drop(true).spawn().expect("spawn copilot");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut addr_tx = Some(addr_tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("copilot listening on ").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(20), addr_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!("copilot did not start; its log:\n{}", logs.lock().unwrap()),
+        };
+        Copilot { child, addr, logs }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to copilot")
+    }
+
+    pub async fn client(&self) -> CopilotClient<Channel> {
+        CopilotClient::new(self.channel().await)
+    }
+
+    /// A client that sends `grpc-timeout` but does not enforce it itself. tonic's `Channel`
+    /// cancels locally when the timeout expires (reporting CANCELLED), which would hide the status
+    /// the server sends; real clients in other languages see the server's DEADLINE_EXCEEDED.
+    pub fn client_without_local_deadline(&self) -> CopilotClient<RawHttp2> {
+        let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        CopilotClient::with_origin(http2, self.url().parse().unwrap())
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("copilot is running").to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for the process to exit (panics after `limit`: the server must never hang).
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("copilot did not exit within {limit:?}; its log:\n{}", self.logs()),
+        }
+    }
+}
+
+/// Runs `future`, failing the test instead of hanging if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future).await.unwrap_or_else(|_| panic!("no result within {limit:?}"))
+}

@@ -1,0 +1,215 @@
+//! Deadlines, cancellation, concurrency and graceful shutdown: what a mesh and its clients rely on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use copilot::proto::v1::{ChatRequest, GenerateRequest, Message, Role};
+use copilot_fakes::{FakeModel, FakeOllama, Reply};
+use futures::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+use crate::harness::{Copilot, within};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn chat(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![Message { role: Role::User as i32, content: "talk to me".into() }],
+        options: None,
+    }
+}
+
+fn endless(delay_ms: u64) -> FakeModel {
+    FakeModel::new("endless").with_reply(Reply::Endless).with_token_delay(Duration::from_millis(delay_ms))
+}
+
+#[tokio::test]
+async fn an_expired_deadline_is_deadline_exceeded_and_reaches_the_upstream() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(endless(20));
+    fake.add_model(FakeModel::new("slow-start").with_header_delay(Duration::from_secs(30)));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client_without_local_deadline();
+
+    // Unary: tonic's own server timeout would answer CANCELLED; Copilot must say DEADLINE_EXCEEDED.
+    let mut request = tonic::Request::new(GenerateRequest {
+        model: "ollama/endless".into(),
+        prompt: "never stop".into(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let status = within(LIMIT, client.generate(request)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("deadline"), "{}", status.message());
+    assert!(within(LIMIT, fake.wait_for_disconnects(1, LIMIT)).await, "the upstream request was not dropped");
+
+    // Streaming: the stream ends with DEADLINE_EXCEEDED after some chunks.
+    let mut request = tonic::Request::new(chat("ollama/endless"));
+    request.set_timeout(Duration::from_millis(300));
+    let mut stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
+    let mut chunks = 0;
+    let status = loop {
+        match within(LIMIT, stream.next()).await {
+            Some(Ok(_)) => chunks += 1,
+            Some(Err(status)) => break status,
+            None => panic!("an endless stream cannot end OK"),
+        }
+    };
+    assert!(chunks > 0);
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(fake.wait_for_disconnects(2, LIMIT).await);
+
+    // A slow upstream that has not even answered yet.
+    let mut request = tonic::Request::new(chat("ollama/slow-start"));
+    request.set_timeout(Duration::from_millis(200));
+    let status = within(LIMIT, client.chat(request)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn a_silent_upstream_times_out_after_ollama_timeout() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(endless(5_000).with_reply(Reply::Tokens(vec!["slow".into()])));
+    let copilot = Copilot::start(&fake, &[("OLLAMA_TIMEOUT", "0.3")]).await;
+    let mut client = copilot.client().await;
+
+    let status = within(
+        LIMIT,
+        client.generate(GenerateRequest { model: "ollama/endless".into(), prompt: "hi".into(), ..Default::default() }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(status.get_details_error_info().unwrap().reason, "UPSTREAM_TIMEOUT");
+    assert!(status.message().contains("timeout"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_request() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(endless(10));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    // Streaming: read a few chunks, then drop the stream.
+    let mut stream = client.chat(chat("ollama/endless")).await.unwrap().into_inner();
+    for _ in 0..3 {
+        within(LIMIT, stream.next()).await.unwrap().unwrap();
+    }
+    drop(stream);
+    assert!(fake.wait_for_disconnects(1, LIMIT).await, "Ollama was not told to stop generating");
+    assert_eq!(fake.active_streams(), 0);
+
+    // Unary: the client gives up on a Generate that is still running.
+    let generate =
+        client.generate(GenerateRequest { model: "ollama/endless".into(), prompt: "go".into(), ..Default::default() });
+    assert!(tokio::time::timeout(Duration::from_millis(300), generate).await.is_err());
+    assert!(fake.wait_for_disconnects(2, LIMIT).await, "Ollama was not told to stop generating");
+}
+
+#[tokio::test]
+async fn hundreds_of_streams_run_at_once_without_blocking_each_other() {
+    const STREAMS: usize = 150;
+    let fake = FakeOllama::start().await;
+    fake.add_model(
+        FakeModel::new("m")
+            .with_reply(Reply::Tokens(vec!["first".into(), " second".into(), " third".into()]))
+            .with_token_delay(Duration::from_millis(5)),
+    );
+    let copilot = Copilot::start(&fake, &[]).await;
+    let client = copilot.client().await;
+
+    // Every stream must get its first chunk while all the others are still open: if streams
+    // blocked one another the barrier would never open.
+    let barrier = Arc::new(tokio::sync::Barrier::new(STREAMS));
+    let tasks: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let mut client = client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut stream = client.chat(chat("ollama/m")).await.unwrap().into_inner();
+                let mut text = stream.next().await.unwrap().unwrap().content;
+                barrier.wait().await;
+                while let Some(chunk) = stream.next().await {
+                    text.push_str(&chunk.unwrap().content);
+                }
+                text
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(within(Duration::from_secs(60), task).await.unwrap(), "first second third");
+    }
+    assert_eq!(fake.completed_streams(), STREAMS);
+}
+
+async fn health_of(channel: tonic::transport::Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let response = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await?;
+    Ok(response.into_inner().status())
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    let fake = FakeOllama::start().await;
+    let words: Vec<String> = (0..15).map(|i| format!(" w{i}")).collect();
+    fake.add_model(
+        FakeModel::new("m").with_reply(Reply::Tokens(words.clone())).with_token_delay(Duration::from_millis(100)),
+    );
+    let mut copilot = Copilot::start(&fake, &[("COPILOT_SERVER__DRAIN_DELAY", "700ms")]).await;
+    let channel = copilot.channel().await;
+    let mut client = copilot::proto::v1::copilot_client::CopilotClient::new(channel.clone());
+
+    let mut stream = client.chat(chat("ollama/m")).await.unwrap().into_inner();
+    let mut text = within(LIMIT, stream.next()).await.unwrap().unwrap().content;
+    copilot.signal("TERM");
+
+    // While draining, health says NOT_SERVING so balancers move traffic away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(health_of(channel.clone(), "").await.unwrap(), ServingStatus::NotServing);
+    assert_eq!(health_of(channel.clone(), "copilot.v1.Copilot").await.unwrap(), ServingStatus::NotServing);
+
+    // The call that was in flight finishes completely.
+    let mut last = None;
+    while let Some(chunk) = within(LIMIT, stream.next()).await {
+        let chunk = chunk.expect("an in-flight stream must finish cleanly during the drain");
+        text.push_str(&chunk.content);
+        last = Some(chunk);
+    }
+    assert_eq!(text, words.concat());
+    assert!(last.unwrap().usage.is_some());
+
+    let status = copilot.wait_for_exit(LIMIT).await;
+    assert!(status.success(), "exit status {status:?}; log:\n{}", copilot.logs());
+
+    // And then nobody is listening.
+    let refused = tonic::transport::Channel::from_shared(copilot.url()).unwrap().connect().await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn calls_outliving_the_grace_period_end_with_unavailable() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(endless(20));
+    let mut copilot = Copilot::start(&fake, &[("COPILOT_SERVER__SHUTDOWN_GRACE", "300ms")]).await;
+    let mut client = copilot.client().await;
+
+    let mut stream = client.chat(chat("ollama/endless")).await.unwrap().into_inner();
+    within(LIMIT, stream.next()).await.unwrap().unwrap();
+    copilot.signal("INT");
+    let status = loop {
+        match within(LIMIT, stream.next()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("an endless stream cannot end OK"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    assert!(copilot.wait_for_exit(LIMIT).await.success());
+    assert!(fake.wait_for_disconnects(1, LIMIT).await);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `copilot` binary, a fake Ollama on loopback, and generated gRPC
+//! clients (Rust here; Python in `polyglot.rs`).
+
+mod api;
+mod errors;
+mod harness;
+mod lifecycle;
+mod mesh;
+mod polyglot;
