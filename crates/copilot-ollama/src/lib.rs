@@ -9,7 +9,7 @@ mod wire;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError,
@@ -322,7 +322,7 @@ async fn error_from_response(mut response: Response, model: Option<&str>) -> Pro
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        .and_then(|v| copilot_provider::parse_retry_after(v, SystemTime::now()));
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         body.extend_from_slice(&chunk);
@@ -353,44 +353,6 @@ fn status_error(
         (503, _) => ProviderError::Overloaded { message, retry_after },
         (status, _) => ProviderError::Upstream { status, message },
     }
-}
-
-/// `Retry-After` as delta-seconds or an HTTP-date (a date in the past means "now").
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = parse_http_date(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only date format HTTP senders may use.
-fn parse_http_date(value: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let [_weekday, day, month, year, time, "GMT"] = value.split_ascii_whitespace().collect::<Vec<_>>()[..] else {
-        return None;
-    };
-    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let year: i64 = year.parse().ok()?;
-    let [hours, minutes, seconds] = time.split(':').collect::<Vec<_>>()[..] else {
-        return None;
-    };
-    let hours: i64 = hours.parse().ok().filter(|h| *h < 24)?;
-    let minutes: i64 = minutes.parse().ok().filter(|m| *m < 60)?;
-    let seconds: i64 = seconds.parse().ok().filter(|s| *s <= 60)?;
-
-    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-
-    let unix_seconds = u64::try_from(days * 86_400 + hours * 3_600 + minutes * 60 + seconds).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(unix_seconds))
 }
 
 /// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
@@ -432,24 +394,6 @@ mod tests {
         let wait = Some(Duration::from_secs(7));
         assert_eq!(status_error(status(429), "m".into(), wait, None).retry_after(), wait);
         assert_eq!(status_error(status(503), "m".into(), wait, None).retry_after(), wait);
-    }
-
-    #[test]
-    fn retry_after_parses_seconds_and_http_dates() {
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after("Mon, 07 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(86_400)));
-        assert_eq!(
-            parse_retry_after("Thu, 01 Mar 2001 00:00:00 GMT", UNIX_EPOCH),
-            Some(Duration::from_secs(983_404_800))
-        );
-        // In the past: retry now.
-        assert_eq!(parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO));
-        for bad in ["", "-5", "1.5", "soon", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 06 Foo 1994 08:49:37 GMT"] {
-            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
-        }
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! error mapping to gRPC — lives in the server, so an adapter stays a plain translation.
 
 mod error;
+mod retry_after;
 mod types;
 
 pub use error::ProviderError;
+pub use retry_after::parse_retry_after;
 pub use types::*;
 
 pub use async_trait::async_trait;
