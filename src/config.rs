@@ -8,15 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// The provider created when the configuration names none.
-pub const DEFAULT_PROVIDER: &str = "ollama";
+/// The provider bare model names go to when nothing else decides it.
+pub const DEFAULT_PROVIDER: &str = if cfg!(feature = "embedded") { "embedded" } else { "ollama" };
 const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,10 +59,11 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// The provider a model name without a known `provider/` prefix goes to.
-    /// Defaults to the only provider when there is one, else to `ollama`.
+    /// The provider a model name without a known `provider/` prefix goes to. Defaults to the
+    /// provider of `default_model`, else the only provider, else `embedded`, else `ollama`.
     pub default_provider: Option<String>,
-    /// The model used when a request leaves `model` empty, in the form clients use.
+    /// The model used when a request leaves `model` empty, in the form clients use. Defaults to
+    /// the embedded default chat model when the default provider is the embedded engine.
     pub default_model: Option<String>,
 }
 
@@ -91,7 +92,20 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
+    /// An Ollama server, over its native API.
     Ollama,
+    /// GGUF models run in-process with llama.cpp.
+    Embedded,
+}
+
+impl ProviderKind {
+    fn from_name(name: &str) -> Option<ProviderKind> {
+        match name {
+            "ollama" => Some(ProviderKind::Ollama),
+            "embedded" => Some(ProviderKind::Embedded),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +130,30 @@ pub struct ProviderConfig {
     pub keep_alive: Option<String>,
     /// Options applied when a request leaves them unset.
     pub defaults: DefaultOptions,
+
+    /// Embedded: a directory whose `*.gguf` files are served, named by file stem
+    /// (default: the model cache that `copilot models fetch` fills).
+    pub models_dir: Option<PathBuf>,
+    /// Embedded: explicit `name = "/path/to/model.gguf"` entries.
+    pub models: BTreeMap<String, PathBuf>,
+    /// Embedded: Ollama's local model store, served without an Ollama server: `auto`
+    /// (`$OLLAMA_MODELS`, else `~/.ollama/models`), `off`, or a directory.
+    pub ollama_store: String,
+    /// Embedded: inference threads per model (default: all cores but one, at least one).
+    pub threads: Option<usize>,
+    /// Embedded: streams decoded together per model (parallel slots sharing one context).
+    pub parallel: usize,
+    /// Embedded: requests that may wait for a free slot; beyond it, RESOURCE_EXHAUSTED.
+    pub queue: usize,
+    /// Embedded: context window per stream in tokens (capped at the model's own).
+    pub context_length: u32,
+    /// Embedded: most tokens decoded in one step.
+    pub batch_size: u32,
+    /// Embedded: models to load at start instead of on first use.
+    pub preload: Vec<String>,
+    /// Embedded: drop the oldest turns of a conversation that does not fit the context, instead
+    /// of refusing it with INVALID_ARGUMENT.
+    pub truncate_prompt: bool,
 }
 
 impl Default for ProviderConfig {
@@ -128,6 +166,16 @@ impl Default for ProviderConfig {
             list_timeout: Duration::from_secs(5),
             keep_alive: None,
             defaults: DefaultOptions::default(),
+            models_dir: None,
+            models: BTreeMap::new(),
+            ollama_store: "auto".into(),
+            threads: None,
+            parallel: 4,
+            queue: 16,
+            context_length: 4096,
+            batch_size: 512,
+            preload: Vec::new(),
+            truncate_prompt: false,
         }
     }
 }
@@ -176,11 +224,22 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let env: BTreeMap<String, String> = env.into_iter().collect();
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = path {
+        let file = match path {
             // Read it ourselves: figment silently treats a missing file as empty.
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            figment = figment.merge(Toml::string(&text));
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            ),
+            None => None,
+        };
+        // A file that names its providers gets exactly those; otherwise the built-in set.
+        let file_names_providers =
+            file.as_deref().is_some_and(|text| Figment::from(Toml::string(text)).find_value("providers").is_ok());
+        if !file_names_providers {
+            figment = figment.merge(Serialized::default("providers", builtin_providers()));
+        }
+        if let Some(text) = &file {
+            figment = figment.merge(Toml::string(text));
         }
         figment = figment.merge(legacy_env(&env));
         figment = figment.merge(copilot_env(&env));
@@ -198,20 +257,25 @@ impl Config {
     /// Fills derived defaults and checks everything that types alone cannot.
     fn finish(&mut self) -> Result<(), ConfigError> {
         if self.providers.is_empty() {
-            self.providers.insert(DEFAULT_PROVIDER.to_string(), ProviderConfig::default());
+            return Err(invalid("providers", "is empty: configure at least one provider"));
         }
         for (name, provider) in &mut self.providers {
             let key = |field: &str| format!("providers.{name}.{field}");
             if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
                 return Err(invalid(format!("providers.{name}"), "must be a name without '/' or spaces"));
             }
-            if provider.kind.is_none() {
-                provider.kind = match name.as_str() {
-                    "ollama" => Some(ProviderKind::Ollama),
-                    _ => return Err(invalid(key("kind"), "is missing: set it to \"ollama\"")),
-                };
+            let kind = match provider.kind.or_else(|| ProviderKind::from_name(name)) {
+                Some(kind) => kind,
+                None => return Err(invalid(key("kind"), "is missing: set it to \"ollama\" or \"embedded\"")),
+            };
+            provider.kind = Some(kind);
+            match kind {
+                ProviderKind::Ollama => {
+                    provider.base_url =
+                        normalize_ollama_host(&provider.base_url).map_err(|p| invalid(key("base_url"), p))?;
+                }
+                ProviderKind::Embedded => check_embedded(provider, &key)?,
             }
-            provider.base_url = normalize_ollama_host(&provider.base_url).map_err(|p| invalid(key("base_url"), p))?;
             if provider.timeout.is_zero() {
                 return Err(invalid(key("timeout"), "must be greater than zero"));
             }
@@ -220,10 +284,21 @@ impl Config {
             }
             check_defaults(&provider.defaults, &key("defaults"))?;
         }
-        let default_provider = match &self.routing.default_provider {
-            Some(name) => name.clone(),
-            None if self.providers.len() == 1 => self.providers.keys().next().cloned().unwrap_or_default(),
-            None => DEFAULT_PROVIDER.to_string(),
+        // An explicit default provider wins; then the provider of the default model; then the
+        // only provider; then the embedded engine; then Ollama.
+        let model_provider = self
+            .routing
+            .default_model
+            .as_deref()
+            .and_then(|m| m.split_once('/'))
+            .map(|(provider, _)| provider.to_string())
+            .filter(|provider| self.providers.contains_key(provider));
+        let default_provider = match (&self.routing.default_provider, model_provider) {
+            (Some(name), _) => name.clone(),
+            (None, Some(provider)) => provider,
+            (None, None) if self.providers.len() == 1 => self.providers.keys().next().cloned().unwrap_or_default(),
+            (None, None) if self.providers.contains_key(DEFAULT_PROVIDER) => DEFAULT_PROVIDER.to_string(),
+            (None, None) => "ollama".to_string(),
         };
         if !self.providers.contains_key(&default_provider) {
             let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
@@ -235,10 +310,17 @@ impl Config {
                 ),
             ));
         }
-        self.routing.default_provider = Some(default_provider);
         if self.routing.default_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
             self.routing.default_model = None;
         }
+        #[cfg(feature = "embedded")]
+        if self.routing.default_model.is_none()
+            && self.providers[&default_provider].kind == Some(ProviderKind::Embedded)
+        {
+            self.routing.default_model =
+                Some(format!("{default_provider}/{}", copilot_embedded::download::DEFAULT_CHAT_MODEL));
+        }
+        self.routing.default_provider = Some(default_provider);
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
         }
@@ -249,6 +331,42 @@ impl Config {
     pub fn default_provider(&self) -> &str {
         self.routing.default_provider.as_deref().unwrap_or(DEFAULT_PROVIDER)
     }
+}
+
+/// The providers of a configuration that names none: the embedded engine (when built in) and the
+/// Ollama at localhost, so a reachable Ollama's models appear next to the embedded ones.
+fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
+    let mut providers = BTreeMap::new();
+    providers.insert("ollama".to_string(), ProviderConfig::default());
+    if cfg!(feature = "embedded") {
+        providers.insert("embedded".to_string(), ProviderConfig::default());
+    }
+    providers
+}
+
+fn check_embedded(provider: &ProviderConfig, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if !cfg!(feature = "embedded") {
+        return Err(invalid(
+            key("kind"),
+            "is \"embedded\", but this build has no embedded engine (it was built without the `embedded` feature)",
+        ));
+    }
+    if provider.parallel == 0 {
+        return Err(invalid(key("parallel"), "must be at least 1"));
+    }
+    if provider.context_length < 16 {
+        return Err(invalid(key("context_length"), "must be at least 16 tokens"));
+    }
+    if provider.batch_size == 0 {
+        return Err(invalid(key("batch_size"), "must be at least 1"));
+    }
+    if provider.threads == Some(0) {
+        return Err(invalid(key("threads"), "must be at least 1"));
+    }
+    if provider.ollama_store.trim().is_empty() {
+        return Err(invalid(key("ollama_store"), "must be \"auto\", \"off\" or a directory"));
+    }
+    Ok(())
 }
 
 /// Environment variables as a figment layer whose errors name the variable, not just the key.
@@ -476,13 +594,35 @@ mod tests {
     }
 
     #[test]
-    fn defaults_to_a_local_ollama() {
+    fn defaults_to_the_embedded_engine_with_a_local_ollama_beside_it() {
         let config = load(None, &[]).unwrap();
         assert_eq!(config.server.addr.to_string(), "0.0.0.0:50051");
-        assert_eq!(config.default_provider(), "ollama");
         assert_eq!(config.providers["ollama"].base_url, "http://localhost:11434");
         assert_eq!(config.providers["ollama"].kind, Some(ProviderKind::Ollama));
+        if cfg!(feature = "embedded") {
+            assert_eq!(config.default_provider(), "embedded");
+            assert_eq!(config.providers["embedded"].kind, Some(ProviderKind::Embedded));
+            assert_eq!(config.routing.default_model.as_deref(), Some("embedded/qwen2.5-coder-0.5b-instruct"));
+        } else {
+            assert_eq!(config.default_provider(), "ollama");
+            assert_eq!(config.routing.default_model, None);
+        }
+    }
+
+    #[test]
+    fn ollama_becomes_the_default_when_the_first_users_variables_say_so() {
+        let config = load(None, &[("OLLAMA_MODEL", "llama3.2")]).unwrap();
+        assert_eq!(config.default_provider(), "ollama");
+        let config = load(None, &[("LLM_PROVIDER", "ollama")]).unwrap();
+        assert_eq!(config.default_provider(), "ollama");
         assert_eq!(config.routing.default_model, None);
+    }
+
+    #[test]
+    fn a_file_that_names_providers_gets_only_those() {
+        let config = load(Some("[providers.ollama]\nbase_url = \"http://x:1\""), &[]).unwrap();
+        assert_eq!(config.providers.keys().collect::<Vec<_>>(), ["ollama"]);
+        assert_eq!(config.default_provider(), "ollama");
     }
 
     #[test]
@@ -541,6 +681,12 @@ mod tests {
 
         let err = load(None, &[("LLM_PROVIDER", "openai")]).unwrap_err().to_string();
         assert!(err.contains("routing.default_provider") && err.contains("openai"), "{err}");
+        let err = load(Some("[providers.embedded]\nparallel = 0"), &[]).unwrap_err().to_string();
+        if cfg!(feature = "embedded") {
+            assert!(err.contains("providers.embedded.parallel"), "{err}");
+        }
+        let err = load(None, &[("LLM_PROVIDER", "openai")]).unwrap_err().to_string();
+        assert!(err.contains("routing.default_provider") && err.contains("openai"), "{err}");
 
         let err = load(Some("[providers.ollama]\nkeep_alive = \"soon\""), &[]).unwrap_err().to_string();
         assert!(err.contains("providers.ollama.keep_alive"), "{err}");
@@ -550,6 +696,10 @@ mod tests {
 
         let err = load(Some("[providers.gpu]\nbase_url = \"http://x\""), &[]).unwrap_err().to_string();
         assert!(err.contains("providers.gpu.kind"), "{err}");
+        let err = load(Some("[providers.ollama]\nbase_url = \"x\"\n[routing]\ndefault_provider = \"embedded\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routing.default_provider"), "{err}");
     }
 
     #[test]

@@ -195,6 +195,16 @@ fn provider_status(target: &Target, error: ProviderError, chunks_sent: usize) ->
             "UPSTREAM_OVERLOADED",
             format!("provider '{provider}' is too busy to take the request for {name}: {message}; retry with backoff"),
         ),
+        ProviderError::CapacityExhausted { message, .. } => (
+            Code::ResourceExhausted,
+            "PROVIDER_AT_CAPACITY",
+            format!("provider '{provider}' is at capacity for {name}: {message}; retry after a short wait"),
+        ),
+        ProviderError::ModelUnusable(msg) => (
+            Code::FailedPrecondition,
+            "MODEL_UNUSABLE",
+            format!("model '{name}' cannot be used: {msg}; the server's operator must replace or fix the model file"),
+        ),
         ProviderError::Unreachable(msg) => (
             Code::Unavailable,
             "UPSTREAM_UNREACHABLE",
@@ -264,6 +274,12 @@ mod tests {
                 "UPSTREAM_OVERLOADED",
             ),
             (ProviderError::Unreachable("refused".into()), Code::Unavailable, "UPSTREAM_UNREACHABLE"),
+            (
+                ProviderError::CapacityExhausted { message: "full".into(), retry_after: None },
+                Code::ResourceExhausted,
+                "PROVIDER_AT_CAPACITY",
+            ),
+            (ProviderError::ModelUnusable("truncated".into()), Code::FailedPrecondition, "MODEL_UNUSABLE"),
             (ProviderError::MidStream("crash".into()), Code::Unavailable, "UPSTREAM_FAILED_MID_STREAM"),
             (ProviderError::Interrupted("eof".into()), Code::Unavailable, "UPSTREAM_STREAM_INTERRUPTED"),
             (ProviderError::Protocol("junk".into()), Code::Internal, "UPSTREAM_PROTOCOL_ERROR"),

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -95,7 +95,7 @@ async fn unknown_model_is_not_found() {
 async fn upstream_down_is_unavailable() {
     // A port nothing listens on: bind, note the port, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let copilot = Copilot::start_with_env(&[("OLLAMA_HOST", format!("127.0.0.1:{port}"))]).await;
+    let copilot = Copilot::start_with(OLLAMA_ONLY, &[("OLLAMA_HOST", format!("127.0.0.1:{port}"))]).await;
     let mut client = copilot.client().await;
 
     let status = within(LIMIT, client.generate(prompt("ollama/llama3.2", "hi"))).await.unwrap_err();

@@ -25,6 +25,8 @@ const INHERITED_VARS: &[&str] = &[
     "COPILOT_CONFIG",
     "COPILOT_ADDR",
     "COPILOT_LOG_FORMAT",
+    "COPILOT_MODELS_DIR",
+    "OLLAMA_MODELS",
     "RUST_LOG",
 ];
 
@@ -32,19 +34,26 @@ pub struct Copilot {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    _config: tempfile::NamedTempFile,
 }
 
+/// A configuration with only an Ollama provider, for the tests that talk to a fake Ollama.
+pub const OLLAMA_ONLY: &str = "[providers.ollama]\n";
+
 impl Copilot {
-    /// Starts copilot with its Ollama provider pointed at `fake`, plus `env`.
+    /// Starts copilot with only an Ollama provider, pointed at `fake`, plus `env`.
     pub async fn start(fake: &FakeOllama, env: &[(&str, &str)]) -> Copilot {
         let mut all = vec![("OLLAMA_HOST", fake.base_url())];
         all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
-        Self::start_with_env(&all).await
+        Self::start_with(OLLAMA_ONLY, &all).await
     }
 
-    pub async fn start_with_env(env: &[(&str, String)]) -> Copilot {
+    /// Starts copilot with `config` as its configuration file, plus `env`.
+    pub async fn start_with(config: &str, env: &[(&str, String)]) -> Copilot {
+        let config_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config_file.path(), config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_copilot"));
-        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        command.args(["serve", "--addr", "127.0.0.1:0", "--config"]).arg(config_file.path());
         for var in INHERITED_VARS {
             command.env_remove(var);
         }
@@ -76,7 +85,7 @@ impl Copilot {
             Ok(Ok(addr)) => addr,
             _ => panic!("copilot did not start; its log:\n{}", logs.lock().unwrap()),
         };
-        Copilot { child, addr, logs }
+        Copilot { child, addr, logs, _config: config_file }
     }
 
     pub fn url(&self) -> String {

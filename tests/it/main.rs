@@ -2,6 +2,8 @@
 //! clients (Rust here; Python in `polyglot.rs`).
 
 mod api;
+#[cfg(feature = "embedded")]
+mod embedded;
 mod errors;
 mod harness;
 mod lifecycle;

@@ -28,6 +28,14 @@ pub enum ProviderError {
     #[error("the upstream is overloaded: {message}")]
     Overloaded { message: String, retry_after: Option<Duration> },
 
+    /// The provider has no capacity left for this request (every slot busy, queue full).
+    #[error("the provider is at capacity: {message}")]
+    CapacityExhausted { message: String, retry_after: Option<Duration> },
+
+    /// The model exists but cannot be used: a corrupt or truncated file, a load failure.
+    #[error("the model cannot be used: {0}")]
+    ModelUnusable(String),
+
     /// The upstream could not be reached or the connection failed before a response.
     #[error("cannot reach the upstream: {0}")]
     Unreachable(String),
@@ -53,9 +61,9 @@ impl ProviderError {
     /// The Retry-After hint the upstream gave, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProviderError::RateLimited { retry_after, .. } | ProviderError::Overloaded { retry_after, .. } => {
-                *retry_after
-            }
+            ProviderError::RateLimited { retry_after, .. }
+            | ProviderError::Overloaded { retry_after, .. }
+            | ProviderError::CapacityExhausted { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -1,0 +1,517 @@
+//! The inference engine for one loaded model: a dedicated OS thread (never a tokio worker) that owns
+//! a llama.cpp context with several sequence slots and serves them all with one batched decode per
+//! step — as llama.cpp's own server and Ollama's parallel mode do — so aggregate tokens/s grows with
+//! the number of concurrent streams.
+//!
+//! Jobs arrive on a bounded queue; beyond the slots and the queue, submission fails at once (the
+//! provider maps that to RESOURCE_EXHAUSTED). Each job's output goes through its own bounded
+//! channel: a stream whose client reads slowly is paused (its text waits in an outbox) instead of
+//! stalling the others, and a stream whose client went away is dropped before the next token.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use copilot_provider::{ChatEvent, Completion, FinishReason, GenerationOptions, ProviderError, UpstreamTimings, Usage};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc as tokio_mpsc;
+
+use crate::stop::StopMatcher;
+
+/// llama.cpp's "pick a random seed" value.
+const RANDOM_SEED: u32 = u32::MAX;
+
+/// How long the engine naps when every active stream is waiting for its client to read.
+const PAUSED_NAP: Duration = Duration::from_millis(1);
+
+/// What one engine (one loaded model) is allowed to use.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Threads for generation and prompt processing.
+    pub threads: usize,
+    /// Sequences decoded together (parallel streams).
+    pub slots: usize,
+    /// Requests that may wait for a free slot before new ones are refused.
+    pub queue: usize,
+    /// Context window of each slot, in tokens (prompt + output).
+    pub context_per_slot: u32,
+    /// Most tokens decoded in one step (prompt chunks are split to fit).
+    pub batch_size: u32,
+}
+
+/// One request for the engine: a tokenized prompt and how to sample the answer.
+pub struct Job {
+    pub prompt: Vec<LlamaToken>,
+    pub options: GenerationOptions,
+    /// Extra text that ends the answer (the template's end-of-turn markers, for models that emit
+    /// them as plain text), on top of the request's own stop sequences.
+    pub end_markers: Vec<String>,
+    pub out: tokio_mpsc::Sender<Result<ChatEvent, ProviderError>>,
+    /// The model name reported in the final event.
+    pub model_name: String,
+    pub load: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot start llama.cpp: {0}")]
+    Backend(String),
+    #[error("llama.cpp could not load {path}: {detail}")]
+    Load { path: String, detail: String },
+    #[error("llama.cpp could not create a context for {path}: {detail}")]
+    Context { path: String, detail: String },
+    #[error("cannot start the inference thread: {0}")]
+    Thread(String),
+}
+
+/// Submission refused: every slot is busy and the queue is full.
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// The tokio side's handle on a running engine. Dropping every handle stops the engine once its
+/// in-flight streams have finished.
+pub struct EngineHandle {
+    model: Arc<LlamaModel>,
+    jobs: mpsc::SyncSender<Job>,
+    /// Jobs submitted and not yet finished (queued or in a slot).
+    in_flight: Arc<AtomicUsize>,
+    settings: EngineSettings,
+}
+
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs through our tracing subscriber (at its own levels) rather than to stderr.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Backend(e.clone()))
+}
+
+impl EngineHandle {
+    /// Loads the model and starts its thread. Blocking: call it from a blocking-friendly thread.
+    pub fn start(path: &Path, settings: EngineSettings) -> Result<EngineHandle, EngineError> {
+        let backend = backend()?;
+        let shown = path.display().to_string();
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| EngineError::Load { path: shown.clone(), detail: e.to_string() })?;
+        let model = Arc::new(model);
+        // The in-flight count enforces "slots + queue"; the channel must hold that many, because
+        // jobs can arrive faster than the engine thread moves them into slots.
+        let (jobs, queue) = mpsc::sync_channel(settings.slots.max(1) + settings.queue);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread_model = model.clone();
+        let thread_settings = settings.clone();
+        let thread_in_flight = in_flight.clone();
+        std::thread::Builder::new()
+            .name("copilot-llama".into())
+            .spawn(move || {
+                let context = match new_context(&thread_model, &thread_settings) {
+                    Ok(context) => {
+                        let _ = ready_tx.send(Ok(()));
+                        context
+                    }
+                    Err(detail) => {
+                        let _ = ready_tx.send(Err(detail));
+                        return;
+                    }
+                };
+                Scheduler::new(&thread_model, context, thread_settings, thread_in_flight).run(queue);
+            })
+            .map_err(|e| EngineError::Thread(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(EngineHandle { model, jobs, in_flight, settings }),
+            Ok(Err(detail)) => Err(EngineError::Context { path: shown, detail }),
+            Err(_) => Err(EngineError::Context { path: shown, detail: "the inference thread died".into() }),
+        }
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Jobs queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Hands a job to the engine, or refuses it at once when the slots and the queue are full.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        // Slots take jobs off the channel as they free up, so the channel bound alone would let
+        // `slots + queue` wait; count in-flight jobs to keep the promise "slots busy + queue full".
+        let limit = self.settings.slots + self.settings.queue;
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueFull);
+        }
+        self.jobs.try_send(job).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            QueueFull
+        })
+    }
+}
+
+fn new_context<'m>(model: &'m LlamaModel, settings: &EngineSettings) -> Result<LlamaContext<'m>, String> {
+    let backend = backend().map_err(|e| e.to_string())?;
+    let slots = settings.slots.max(1) as u32;
+    let n_ctx = settings.context_per_slot.saturating_mul(slots);
+    let threads = settings.threads.max(1) as i32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(settings.batch_size)
+        .with_n_ubatch(settings.batch_size)
+        .with_n_seq_max(slots)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model.new_context(backend, params).map_err(|e| e.to_string())
+}
+
+/// Where a slot's sequence is.
+enum Phase {
+    /// Prompt tokens `[done..]` still have to be decoded.
+    Prompt { done: usize },
+    /// `next` was sampled and goes into the next decode.
+    Generating { next: LlamaToken },
+    /// Finished; waiting for its outbox to reach the client.
+    Draining,
+}
+
+struct Slot {
+    seq: i32,
+    job: Job,
+    phase: Phase,
+    sampler: LlamaSampler,
+    /// Position of the next token in this sequence.
+    position: i32,
+    generated: u32,
+    /// Bytes of a UTF-8 character split across tokens.
+    partial_utf8: Vec<u8>,
+    stop: StopMatcher,
+    /// Events not yet accepted by the client's channel.
+    outbox: VecDeque<Result<ChatEvent, ProviderError>>,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    /// Index of this slot's logits in the current batch.
+    logits_at: Option<i32>,
+}
+
+impl Slot {
+    fn push_text(&mut self, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        // Coalesce while the client is behind: fewer, larger messages.
+        if let Some(Ok(ChatEvent::Delta(pending))) = self.outbox.back_mut() {
+            pending.push_str(&text);
+        } else {
+            self.outbox.push_back(Ok(ChatEvent::Delta(text)));
+        }
+    }
+
+    /// Hands queued events to the client's channel; returns false if the client is gone.
+    fn flush(&mut self) -> bool {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.job.out.try_send(event) {
+                Ok(()) => {}
+                Err(tokio_mpsc::error::TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return true;
+                }
+                Err(tokio_mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+}
+
+struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    context: LlamaContext<'m>,
+    settings: EngineSettings,
+    slots: Vec<Option<Slot>>,
+    batch: LlamaBatch<'static>,
+    in_flight: Arc<AtomicUsize>,
+    piece: Vec<u8>,
+}
+
+impl<'m> Scheduler<'m> {
+    fn new(
+        model: &'m LlamaModel,
+        context: LlamaContext<'m>,
+        settings: EngineSettings,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
+        let slots = (0..settings.slots.max(1)).map(|_| None).collect();
+        let batch = LlamaBatch::new(settings.batch_size as usize, settings.slots.max(1) as i32);
+        Self { model, context, settings, slots, batch, in_flight, piece: Vec::with_capacity(32) }
+    }
+
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
+        let mut accepting = true;
+        loop {
+            // Admit: block only when there is nothing else to do.
+            if self.slots.iter().all(Option::is_none) {
+                if !accepting {
+                    return;
+                }
+                match queue.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while accepting && self.slots.iter().any(Option::is_none) {
+                match queue.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => accepting = false,
+                }
+            }
+            self.deliver();
+            if !self.step() {
+                std::thread::sleep(PAUSED_NAP);
+            }
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        let Some(index) = self.slots.iter().position(Option::is_none) else {
+            // Unreachable: admit is only called with a free slot.
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
+        if job.out.is_closed() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let mut stops = job.options.stop.clone();
+        stops.extend(job.end_markers.iter().cloned());
+        let slot = Slot {
+            seq: index as i32,
+            sampler: sampler(&job.options),
+            phase: Phase::Prompt { done: 0 },
+            position: 0,
+            generated: 0,
+            partial_utf8: Vec::new(),
+            stop: StopMatcher::new(stops),
+            outbox: VecDeque::new(),
+            admitted: Instant::now(),
+            first_token: None,
+            logits_at: None,
+            job,
+        };
+        let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        self.slots[index] = Some(slot);
+    }
+
+    /// Delivers outboxes, and frees the slots whose client went away or whose answer was delivered.
+    fn deliver(&mut self) {
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots[index].as_mut() else { continue };
+            let client_here = slot.flush();
+            let delivered = matches!(slot.phase, Phase::Draining) && slot.outbox.is_empty();
+            if !client_here || delivered {
+                self.release(index);
+            }
+        }
+    }
+
+    fn release(&mut self, index: usize) {
+        if let Some(slot) = self.slots[index].take() {
+            let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// One batched decode over every slot that can make progress. Returns false if none could.
+    fn step(&mut self) -> bool {
+        self.batch.clear();
+        let budget = self.settings.batch_size as usize;
+        let mut used = 0usize;
+        // Generating sequences first: one token each keeps every stream moving while a long
+        // prompt is processed in chunks alongside.
+        for slot in self.slots.iter_mut().flatten() {
+            slot.logits_at = None;
+            if let Phase::Generating { next } = slot.phase
+                && slot.outbox.is_empty()
+                && used < budget
+            {
+                if self.batch.add(next, slot.position, &[slot.seq], true).is_err() {
+                    continue;
+                }
+                slot.logits_at = Some(used as i32);
+                slot.position += 1;
+                used += 1;
+            }
+        }
+        for slot in self.slots.iter_mut().flatten() {
+            let Phase::Prompt { done } = slot.phase else { continue };
+            let remaining = slot.job.prompt.len() - done;
+            let take = remaining.min(budget - used);
+            if take == 0 {
+                continue;
+            }
+            for (offset, token) in slot.job.prompt[done..done + take].iter().enumerate() {
+                let last = done + offset + 1 == slot.job.prompt.len();
+                if self.batch.add(*token, slot.position, &[slot.seq], last).is_err() {
+                    break;
+                }
+                if last {
+                    slot.logits_at = Some(used as i32);
+                }
+                slot.position += 1;
+                used += 1;
+            }
+            slot.phase = Phase::Prompt { done: done + take };
+        }
+        if used == 0 {
+            return false;
+        }
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            self.fail_batch(&format!("llama.cpp failed to decode: {e}"));
+            return true;
+        }
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots[index].as_mut() else { continue };
+            let Some(at) = slot.logits_at else { continue };
+            let token = slot.sampler.sample(&self.context, at);
+            self.advance(index, token);
+        }
+        true
+    }
+
+    /// Takes a freshly sampled token into its slot's answer.
+    fn advance(&mut self, index: usize, token: LlamaToken) {
+        let vocab = self.model.vocab();
+        let context_limit = self.settings.context_per_slot as i32;
+        let Some(slot) = self.slots[index].as_mut() else { return };
+        let now = Instant::now();
+        slot.first_token.get_or_insert(now);
+        if vocab.is_eog(token) {
+            return finish(slot, FinishReason::Stop);
+        }
+        slot.generated += 1;
+        self.piece.clear();
+        vocab.token_to_piece_into(token, &mut self.piece, false, None);
+        slot.partial_utf8.extend_from_slice(&self.piece);
+        let text = take_complete_utf8(&mut slot.partial_utf8);
+        let (text, stopped) = slot.stop.push(&text);
+        slot.push_text(text);
+        if stopped {
+            return finish(slot, FinishReason::Stop);
+        }
+        let max_tokens = slot.job.options.max_tokens.unwrap_or(u32::MAX);
+        if slot.generated >= max_tokens || slot.position + 1 >= context_limit {
+            return finish(slot, FinishReason::Length);
+        }
+        slot.phase = Phase::Generating { next: token };
+    }
+
+    fn fail_batch(&mut self, message: &str) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.logits_at.is_some() || matches!(slot.phase, Phase::Prompt { .. }) {
+                slot.outbox.push_back(Err(ProviderError::MidStream(message.to_string())));
+                slot.phase = Phase::Draining;
+            }
+        }
+        tracing::error!("{message}");
+    }
+}
+
+fn finish(slot: &mut Slot, reason: FinishReason) {
+    let rest = slot.stop.finish();
+    slot.push_text(rest);
+    let now = Instant::now();
+    let first = slot.first_token.unwrap_or(now);
+    let completion = Completion {
+        finish_reason: reason,
+        model: slot.job.model_name.clone(),
+        usage: Usage { input_tokens: slot.job.prompt.len() as u32, output_tokens: slot.generated },
+        timings: UpstreamTimings {
+            load: slot.job.load,
+            prompt_eval: Some(first - slot.admitted),
+            generation: Some(now - first),
+            total: Some(now - slot.admitted),
+        },
+    };
+    slot.outbox.push_back(Ok(ChatEvent::Done(completion)));
+    slot.phase = Phase::Draining;
+}
+
+/// Greedy at temperature 0; otherwise llama.cpp's usual chain with its usual defaults.
+fn sampler(options: &GenerationOptions) -> LlamaSampler {
+    let temperature = options.temperature.unwrap_or(0.8);
+    if temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    // A u64 seed from the API folds into llama.cpp's u32; avoid the value that means "random".
+    let seed = options.seed.map(|s| ((s ^ (s >> 32)) as u32).min(RANDOM_SEED - 1)).unwrap_or(RANDOM_SEED);
+    LlamaSampler::chain_simple([
+        LlamaSampler::top_k(options.top_k.map(|k| k as i32).unwrap_or(40)),
+        LlamaSampler::top_p(options.top_p.unwrap_or(0.95), 1),
+        LlamaSampler::min_p(0.05, 1),
+        LlamaSampler::temp(temperature),
+        LlamaSampler::dist(seed),
+    ])
+}
+
+/// Removes and returns the longest valid UTF-8 prefix, keeping the bytes of a character that is
+/// split across tokens for the next call. Invalid bytes become U+FFFD rather than an error.
+fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            let text = text.to_string();
+            bytes.clear();
+            text
+        }
+        Err(e) if e.error_len().is_none() => {
+            let valid = e.valid_up_to();
+            let text = String::from_utf8_lossy(&bytes[..valid]).into_owned();
+            bytes.drain(..valid);
+            text
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            bytes.clear();
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens_is_held_back() {
+        let mut bytes = "héllo".as_bytes()[..2].to_vec(); // "h" + first byte of "é"
+        assert_eq!(take_complete_utf8(&mut bytes), "h");
+        assert_eq!(bytes.len(), 1);
+        bytes.extend_from_slice(&"héllo".as_bytes()[2..]);
+        assert_eq!(take_complete_utf8(&mut bytes), "éllo");
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_a_replacement_character() {
+        let mut bytes = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_complete_utf8(&mut bytes), "a\u{fffd}b");
+        assert!(bytes.is_empty());
+    }
+}
