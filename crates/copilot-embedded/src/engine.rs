@@ -227,6 +227,9 @@ impl Slot {
 
     /// Hands queued events to the client's channel; returns false if the client is gone.
     fn flush(&mut self) -> bool {
+        if self.job.out.is_closed() {
+            return false;
+        }
         while let Some(event) = self.outbox.pop_front() {
             match self.job.out.try_send(event) {
                 Ok(()) => {}
@@ -367,8 +370,9 @@ impl<'m> Scheduler<'m> {
             if take == 0 {
                 continue;
             }
-            for (offset, token) in slot.job.prompt[done..done + take].iter().enumerate() {
-                let last = done + offset + 1 == slot.job.prompt.len();
+            let mut added = 0;
+            for token in &slot.job.prompt[done..done + take] {
+                let last = done + added + 1 == slot.job.prompt.len();
                 if self.batch.add(*token, slot.position, &[slot.seq], last).is_err() {
                     break;
                 }
@@ -377,8 +381,9 @@ impl<'m> Scheduler<'m> {
                 }
                 slot.position += 1;
                 used += 1;
+                added += 1;
             }
-            slot.phase = Phase::Prompt { done: done + take };
+            slot.phase = Phase::Prompt { done: done + added };
         }
         if used == 0 {
             return false;

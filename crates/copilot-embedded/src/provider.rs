@@ -203,6 +203,9 @@ fn prepare(loaded: &Loaded, mut messages: Vec<Message>, truncate: bool) -> Resul
     let mut dropped_turns = 0;
     loop {
         let tokens = tokenize(loaded, &messages)?;
+        if tokens.is_empty() {
+            return Err(ProviderError::InvalidRequest("the prompt is empty after templating".into()));
+        }
         // At least one token of room must remain for the answer.
         if tokens.len() < context {
             return Ok(Prepared { tokens, dropped_turns });
