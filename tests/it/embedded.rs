@@ -341,3 +341,35 @@ async fn a_truncated_gguf_is_a_clear_error_and_the_server_carries_on() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn models_preload_and_unload_after_keep_alive() {
+    let copilot = embedded(&[("keep_alive", "\"400ms\""), ("preload", "[\"gemma-3-270m\"]")]).await;
+    let mut client = copilot.client().await;
+    let generate = |model: &str| GenerateRequest {
+        model: model.into(),
+        prompt: "Hello".into(),
+        options: Some(greedy(2)),
+        ..Default::default()
+    };
+    let loaded_by_call =
+        |response: copilot::proto::v1::GenerateResponse| response.timing.unwrap().load_duration.is_some();
+
+    // Qwen loads on first use; an immediate second call finds it loaded.
+    assert!(loaded_by_call(client.generate(generate(QWEN)).await.unwrap().into_inner()));
+    assert!(!loaded_by_call(client.generate(generate(QWEN)).await.unwrap().into_inner()));
+    // Gemma was preloaded at start (wait until the preload is surely done).
+    let mut preloaded = false;
+    for _ in 0..50 {
+        if copilot.logs().contains("embedded model loaded") && copilot.logs().contains("model=gemma-3-270m") {
+            preloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(preloaded, "{}", copilot.logs());
+    // Idle past keep_alive: unloaded, so the next call loads it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(copilot.logs().contains("unloaded after being idle"), "{}", copilot.logs());
+    assert!(loaded_by_call(client.generate(generate(QWEN)).await.unwrap().into_inner()));
+}
