@@ -24,5 +24,6 @@
 //! ```
 
 pub mod ollama;
+pub mod script;
 
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};

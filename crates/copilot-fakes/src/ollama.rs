@@ -30,6 +30,8 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+pub use crate::script::{Behaviour, FakeModel, Reply};
+
 /// The version `GET /api/version` reports.
 pub const OLLAMA_VERSION: &str = "0.12.3";
 
@@ -44,99 +46,6 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Synthetic prompt processing cost: prompts are not really evaluated, but `prompt_eval_duration`
 /// should look like a real measurement rather than zero (which Ollama would omit).
 const PROMPT_EVAL_NANOS_PER_TOKEN: u64 = 25_000;
-
-/// What a model says.
-#[derive(Clone, Debug)]
-pub enum Reply {
-    /// Exactly these content chunks, in order.
-    Tokens(Vec<String>),
-    /// `"You said: <content of the last user message>"`, one chunk per word; every word but the
-    /// first carries its leading space, so the chunks concatenate back to the exact text.
-    Echo,
-    /// `"tok"`, `" tok"`, `" tok"`, … until `options.num_predict` is reached or the client goes
-    /// away. For cancellation and deadline tests. With `stream:false` it stops at the model's
-    /// `context_length`, as a real model would, with `done_reason:"length"`.
-    Endless,
-}
-
-/// How a chat response ends. The variants with `tokens` send up to that many content chunks
-/// (fewer if the reply or `num_predict` runs out first) before misbehaving.
-#[derive(Clone, Debug)]
-pub enum Behaviour {
-    /// A complete response ending with a `done:true` line.
-    Normal,
-    /// Status 200, `tokens` chunks, then a `{"error": message}` line (no `done` field) and a clean
-    /// end of body — what Ollama does when the runner fails mid-generation. With `stream:false`
-    /// nothing has been sent yet, so it is a 500 with that error instead.
-    ErrorAfter { tokens: usize, message: String },
-    /// Status 200, `tokens` chunks, then a clean end of body without any `done:true` line. With
-    /// `stream:false`, a 200 object that has `done:false`.
-    EndWithoutDone { tokens: usize },
-    /// Status 200, `tokens` chunks, then the connection is aborted: the body ends in an error
-    /// rather than the chunked-encoding terminator.
-    DropConnectionAfter { tokens: usize },
-    /// That status with `{"error": message}` before anything is streamed.
-    HttpError { status: u16, message: String },
-}
-
-/// One model the fake serves: its metadata (for `/api/tags` and `/api/show`) and its script.
-#[derive(Clone, Debug)]
-pub struct FakeModel {
-    /// `name[:tag]`; a missing tag means `latest`, as in Ollama.
-    pub name: String,
-    pub reply: Reply,
-    pub behaviour: Behaviour,
-    /// Pause before each content chunk; zero streams as fast as the client reads.
-    pub token_delay: Duration,
-    /// Pause before the response status and headers (a model load, or a slow server).
-    pub header_delay: Duration,
-    pub family: String,
-    pub parameter_size: String,
-    pub quantization_level: String,
-    pub context_length: u32,
-    /// Size on disk in bytes, as `/api/tags` reports it.
-    pub size: u64,
-    pub capabilities: Vec<String>,
-}
-
-impl FakeModel {
-    /// A llama-3.2-3B-like model that echoes, with no delays.
-    pub fn new(name: &str) -> Self {
-        FakeModel {
-            name: name.to_owned(),
-            reply: Reply::Echo,
-            behaviour: Behaviour::Normal,
-            token_delay: Duration::ZERO,
-            header_delay: Duration::ZERO,
-            family: "llama".to_owned(),
-            parameter_size: "3.2B".to_owned(),
-            quantization_level: "Q4_K_M".to_owned(),
-            context_length: 131_072,
-            size: 2_019_393_189,
-            capabilities: vec!["completion".to_owned()],
-        }
-    }
-
-    pub fn with_reply(mut self, reply: Reply) -> Self {
-        self.reply = reply;
-        self
-    }
-
-    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
-        self.behaviour = behaviour;
-        self
-    }
-
-    pub fn with_token_delay(mut self, delay: Duration) -> Self {
-        self.token_delay = delay;
-        self
-    }
-
-    pub fn with_header_delay(mut self, delay: Duration) -> Self {
-        self.header_delay = delay;
-        self
-    }
-}
 
 /// A running fake Ollama server. It stops accepting connections, and ends the streams it is
 /// still writing, when dropped.
@@ -215,6 +124,12 @@ impl FakeOllama {
         self.shared.busy.store(busy, Ordering::Relaxed);
     }
 
+    /// The next `count` chat requests (for any model) fail with `status` and an Ollama error body,
+    /// with a `Retry-After: <seconds>` header when given; later requests behave as scripted.
+    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
+        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+    }
+
     /// Whether to keep chat request bodies for [`chat_requests`](Self::chat_requests) (on by
     /// default). Long benchmark runs turn it off so memory stays flat.
     pub fn set_record_requests(&self, record: bool) {
@@ -265,10 +180,19 @@ impl Drop for FakeOllama {
     }
 }
 
+/// Requests still to fail, set by [`FakeOllama::fail_next`].
+#[derive(Clone, Copy)]
+struct FailNext {
+    remaining: usize,
+    status: u16,
+    retry_after: Option<u64>,
+}
+
 /// State shared by the handle and the request handlers.
 struct Shared {
     models: RwLock<Vec<Arc<ModelEntry>>>,
     busy: AtomicBool,
+    fail_next: Mutex<Option<FailNext>>,
     record_requests: AtomicBool,
     chat_requests: Mutex<Vec<Value>>,
     // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
@@ -279,10 +203,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn take_failure(&self) -> Option<FailNext> {
+        let mut pending = self.fail_next.lock().unwrap();
+        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
+        failure.remaining -= 1;
+        Some(*failure)
+    }
+
     fn new() -> Self {
         Shared {
             models: RwLock::new(Vec::new()),
             busy: AtomicBool::new(false),
+            fail_next: Mutex::new(None),
             record_requests: AtomicBool::new(true),
             chat_requests: Mutex::new(Vec::new()),
             disconnects: watch::Sender::new(0),
@@ -494,6 +426,14 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     };
     if shared.busy.load(Ordering::Relaxed) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
+    }
+    if let Some(failure) = shared.take_failure() {
+        let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = error_response(status, &format!("scripted failure ({})", failure.status));
+        if let Some(seconds) = failure.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
     }
 
     // From here on the request counts as a stream: a client that gives up, even while the

@@ -6,10 +6,12 @@
 
 mod error;
 mod retry_after;
+mod secret;
 mod types;
 
 pub use error::ProviderError;
 pub use retry_after::parse_retry_after;
+pub use secret::Secret;
 pub use types::*;
 
 pub use async_trait::async_trait;
