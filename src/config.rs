@@ -15,8 +15,6 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// The provider bare model names go to when nothing else decides it.
-pub const DEFAULT_PROVIDER: &str = if cfg!(feature = "embedded") { "embedded" } else { "ollama" };
 const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,11 +58,32 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     /// The provider a model name without a known `provider/` prefix goes to. Defaults to the
-    /// provider of `default_model`, else the only provider, else `embedded`, else `ollama`.
+    /// provider of `default_model`, else the only provider, else `embedded`, else `ollama`, else
+    /// none (then such names are refused).
     pub default_provider: Option<String>,
     /// The model used when a request leaves `model` empty, in the form clients use. Defaults to
     /// the embedded default chat model when the default provider is the embedded engine.
     pub default_model: Option<String>,
+    /// Names clients may use for an ordered list of targets: the first that can serve does; a
+    /// target is a `provider/model` name or `{ replicas = [...] }`, several instances serving the
+    /// same model among which load is spread.
+    pub aliases: BTreeMap<String, Vec<AliasTarget>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AliasTarget {
+    Model(String),
+    Replicas { replicas: Vec<String> },
+}
+
+impl AliasTarget {
+    pub fn models(&self) -> Vec<&str> {
+        match self {
+            AliasTarget::Model(model) => vec![model.as_str()],
+            AliasTarget::Replicas { replicas } => replicas.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +115,13 @@ pub enum ProviderKind {
     Ollama,
     /// GGUF models run in-process with llama.cpp.
     Embedded,
+    /// Any OpenAI-compatible server: OpenAI, vLLM, llama.cpp's server, LM Studio, Ollama's `/v1`.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Google Gemini (the Generative Language API).
+    Gemini,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 impl ProviderKind {
@@ -103,7 +129,31 @@ impl ProviderKind {
         match name {
             "ollama" => Some(ProviderKind::Ollama),
             "embedded" => Some(ProviderKind::Embedded),
+            "openai" => Some(ProviderKind::OpenAi),
+            "gemini" => Some(ProviderKind::Gemini),
+            "anthropic" => Some(ProviderKind::Anthropic),
             _ => None,
+        }
+    }
+
+    /// Where the upstream is when the config does not say.
+    fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Ollama => "http://localhost:11434",
+            ProviderKind::Embedded => "",
+            ProviderKind::OpenAi => "https://api.openai.com/v1",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+        }
+    }
+
+    /// The variable the API key is read from when neither `api_key_env` nor `api_key_file` is set.
+    pub fn default_key_variable(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
+            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
+            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
+            ProviderKind::Ollama | ProviderKind::Embedded => None,
         }
     }
 }
@@ -113,12 +163,49 @@ impl ProviderKind {
 pub struct ProviderConfig {
     /// Which adapter serves this instance. May be left out when the instance's name is a kind.
     pub kind: Option<ProviderKind>,
-    /// The upstream's base URL. `OLLAMA_HOST`-style values (`host`, `host:port`) are accepted.
+    /// The upstream's base URL (default: the kind's usual one). For Ollama, `OLLAMA_HOST`-style
+    /// values (`host`, `host:port`) are accepted.
     pub base_url: String,
-    /// How long to wait for the upstream to answer, and then between chunks, before giving up
-    /// with DEADLINE_EXCEEDED. Covers a model load on the upstream, so be generous.
+    /// How long the upstream may stay silent before the call gives up on it: the default for both
+    /// `first_token_timeout` and `idle_timeout`.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// How long to wait for the first token (covers a model load on the upstream: be generous).
+    /// Past it the call falls back to the next target, or ends with DEADLINE_EXCEEDED.
+    #[serde(default, with = "optional_duration")]
+    pub first_token_timeout: Option<Duration>,
+    /// How long the upstream may pause between two chunks of a stream.
+    #[serde(default, with = "optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Retries of a failed attempt on this instance before falling back (only failures before the
+    /// first token, only retryable ones: unreachable, overloaded, rate limited, 5xx, timeout).
+    pub retries: u32,
+    /// First retry delay; doubled each retry up to `retry_backoff_max`, with jitter. A longer
+    /// `Retry-After` from the upstream wins.
+    #[serde(with = "duration")]
+    pub retry_backoff: Duration,
+    #[serde(with = "duration")]
+    pub retry_backoff_max: Duration,
+    /// Consecutive failures that open this instance's circuit breaker (0 disables it).
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before one probe call is let through.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// Calls this instance runs at once (unset: no limit).
+    pub max_concurrency: Option<usize>,
+    /// Calls that may wait for a free place when `max_concurrency` is reached; more get
+    /// RESOURCE_EXHAUSTED with RetryInfo.
+    pub max_queue: usize,
+    /// The longest a call waits in that queue.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
+    /// How often the instance is probed in the background (feeds routing and gRPC health).
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
+    /// The environment variable holding this instance's API key.
+    pub api_key_env: Option<String>,
+    /// A file holding this instance's API key (e.g. a mounted Kubernetes Secret).
+    pub api_key_file: Option<PathBuf>,
     /// How long to wait for a TCP connection to the upstream.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -154,14 +241,43 @@ pub struct ProviderConfig {
     /// Embedded: drop the oldest turns of a conversation that does not fit the context, instead
     /// of refusing it with INVALID_ARGUMENT.
     pub truncate_prompt: bool,
+
+    /// OpenAI-compatible: the request field for the output limit, `max_tokens` (most servers) or
+    /// `max_completion_tokens` (OpenAI's newer models).
+    pub max_tokens_field: Option<String>,
+    /// OpenAI-compatible: ask for a usage chunk (`stream_options.include_usage`); turn off for
+    /// servers that reject it.
+    pub include_usage: bool,
+    /// OpenAI-compatible: send `top_k` (vLLM and llama.cpp accept it; OpenAI rejects it).
+    pub send_top_k: bool,
+    /// Gemini: `safetySettings`, passed through, e.g. `[{ category = "HARM_CATEGORY_HARASSMENT",
+    /// threshold = "BLOCK_ONLY_HIGH" }]`.
+    pub safety_settings: Vec<BTreeMap<String, String>>,
+    /// Anthropic: the `anthropic-version` header.
+    pub anthropic_version: Option<String>,
+    /// Anthropic: `max_tokens` for requests that set none (the API requires one).
+    pub default_max_tokens: Option<u32>,
 }
 
 impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
             kind: None,
-            base_url: format!("http://localhost:{OLLAMA_DEFAULT_PORT}"),
+            base_url: String::new(),
             timeout: Duration::from_secs(120),
+            first_token_timeout: None,
+            idle_timeout: None,
+            retries: 2,
+            retry_backoff: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(2),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            max_concurrency: None,
+            max_queue: 0,
+            queue_timeout: Duration::from_secs(5),
+            health_interval: Duration::from_secs(10),
+            api_key_env: None,
+            api_key_file: None,
             connect_timeout: Duration::from_secs(5),
             list_timeout: Duration::from_secs(5),
             keep_alive: None,
@@ -176,6 +292,12 @@ impl Default for ProviderConfig {
             batch_size: 512,
             preload: Vec::new(),
             truncate_prompt: false,
+            max_tokens_field: None,
+            include_usage: true,
+            send_top_k: false,
+            safety_settings: Vec::new(),
+            anthropic_version: None,
+            default_max_tokens: None,
         }
     }
 }
@@ -266,15 +388,53 @@ impl Config {
             }
             let kind = match provider.kind.or_else(|| ProviderKind::from_name(name)) {
                 Some(kind) => kind,
-                None => return Err(invalid(key("kind"), "is missing: set it to \"ollama\" or \"embedded\"")),
+                None => {
+                    return Err(invalid(
+                        key("kind"),
+                        "is missing: set it to \"ollama\", \"embedded\", \"openai\", \"gemini\" or \"anthropic\"",
+                    ));
+                }
             };
             provider.kind = Some(kind);
+            if provider.base_url.trim().is_empty() {
+                provider.base_url = kind.default_base_url().to_string();
+            }
             match kind {
                 ProviderKind::Ollama => {
                     provider.base_url =
                         normalize_ollama_host(&provider.base_url).map_err(|p| invalid(key("base_url"), p))?;
                 }
                 ProviderKind::Embedded => check_embedded(provider, &key)?,
+                ProviderKind::OpenAi | ProviderKind::Gemini | ProviderKind::Anthropic => {
+                    let url = provider.base_url.trim_end_matches('/');
+                    if !(url.starts_with("http://") || url.starts_with("https://")) || http::Uri::try_from(url).is_err()
+                    {
+                        return Err(invalid(key("base_url"), format!("'{url}' is not an http(s) URL")));
+                    }
+                    provider.base_url = url.to_string();
+                }
+            }
+            if let Some(field) = &provider.max_tokens_field
+                && field != "max_tokens"
+                && field != "max_completion_tokens"
+            {
+                return Err(invalid(key("max_tokens_field"), "must be \"max_tokens\" or \"max_completion_tokens\""));
+            }
+            if provider.default_max_tokens == Some(0) {
+                return Err(invalid(key("default_max_tokens"), "must be at least 1"));
+            }
+            if provider.max_concurrency == Some(0) {
+                return Err(invalid(key("max_concurrency"), "must be at least 1 (leave it unset for no limit)"));
+            }
+            if provider.api_key_env.is_some() && provider.api_key_file.is_some() {
+                return Err(invalid(key("api_key_file"), "and api_key_env are both set; keep one"));
+            }
+            for (field, value) in
+                [("first_token_timeout", provider.first_token_timeout), ("idle_timeout", provider.idle_timeout)]
+            {
+                if value.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(key(field), "must be greater than zero"));
+                }
             }
             if provider.timeout.is_zero() {
                 return Err(invalid(key("timeout"), "must be greater than zero"));
@@ -294,33 +454,58 @@ impl Config {
             .map(|(provider, _)| provider.to_string())
             .filter(|provider| self.providers.contains_key(provider));
         let default_provider = match (&self.routing.default_provider, model_provider) {
-            (Some(name), _) => name.clone(),
-            (None, Some(provider)) => provider,
-            (None, None) if self.providers.len() == 1 => self.providers.keys().next().cloned().unwrap_or_default(),
-            (None, None) if self.providers.contains_key(DEFAULT_PROVIDER) => DEFAULT_PROVIDER.to_string(),
-            (None, None) => "ollama".to_string(),
+            (Some(name), _) => {
+                if !self.providers.contains_key(name) {
+                    let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
+                    return Err(invalid(
+                        "routing.default_provider",
+                        format!(
+                            "(or LLM_PROVIDER) names '{name}', which is not configured; configured providers: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                Some(name.clone())
+            }
+            (None, Some(provider)) => Some(provider),
+            (None, None) if self.providers.len() == 1 => self.providers.keys().next().cloned(),
+            (None, None) => {
+                ["embedded", "ollama"].into_iter().find(|name| self.providers.contains_key(*name)).map(String::from)
+            }
         };
-        if !self.providers.contains_key(&default_provider) {
-            let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
-            return Err(invalid(
-                "routing.default_provider",
-                format!(
-                    "(or LLM_PROVIDER) names '{default_provider}', which is not configured; configured providers: {}",
-                    known.join(", ")
-                ),
-            ));
-        }
         if self.routing.default_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
             self.routing.default_model = None;
         }
         #[cfg(feature = "embedded")]
-        if self.routing.default_model.is_none()
-            && self.providers[&default_provider].kind == Some(ProviderKind::Embedded)
+        if let Some(provider) = &default_provider
+            && self.routing.default_model.is_none()
+            && self.providers[provider].kind == Some(ProviderKind::Embedded)
         {
-            self.routing.default_model =
-                Some(format!("{default_provider}/{}", copilot_embedded::download::DEFAULT_CHAT_MODEL));
+            self.routing.default_model = Some(format!("{provider}/{}", copilot_embedded::download::DEFAULT_CHAT_MODEL));
         }
-        self.routing.default_provider = Some(default_provider);
+        // With several providers and none of them the obvious default, there is no default
+        // provider: bare model names are refused at call time, prefixed names work.
+        self.routing.default_provider = default_provider;
+        for (alias, targets) in &self.routing.aliases {
+            let key = format!("routing.aliases.{alias}");
+            if alias.contains('/') || alias.is_empty() {
+                return Err(invalid(key, "must be a name without '/'"));
+            }
+            if targets.is_empty() {
+                return Err(invalid(key, "lists no targets"));
+            }
+            for model in targets.iter().flat_map(AliasTarget::models) {
+                match model.split_once('/') {
+                    Some((provider, name)) if self.providers.contains_key(provider) && !name.is_empty() => {}
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            format!("names '{model}', which is not `provider/model` with a configured provider"),
+                        ));
+                    }
+                }
+            }
+        }
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
         }
@@ -328,8 +513,8 @@ impl Config {
     }
 
     /// The provider a bare model name goes to (always set after loading).
-    pub fn default_provider(&self) -> &str {
-        self.routing.default_provider.as_deref().unwrap_or(DEFAULT_PROVIDER)
+    pub fn default_provider(&self) -> Option<&str> {
+        self.routing.default_provider.as_deref()
     }
 }
 
@@ -551,6 +736,26 @@ pub fn parse_keep_alive(value: &str) -> Result<Option<Duration>, String> {
         .map_err(|e| format!("'{value}' is not a duration like 5m or 1h, nor -1 (forever): {e}"))
 }
 
+/// An optional duration, in the same forms as [`duration`].
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::duration")] Duration);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 /// Durations in the config are humantime strings (`30s`, `2m`) or plain numbers of seconds.
 mod duration {
     use std::time::Duration;
@@ -600,11 +805,11 @@ mod tests {
         assert_eq!(config.providers["ollama"].base_url, "http://localhost:11434");
         assert_eq!(config.providers["ollama"].kind, Some(ProviderKind::Ollama));
         if cfg!(feature = "embedded") {
-            assert_eq!(config.default_provider(), "embedded");
+            assert_eq!(config.default_provider(), Some("embedded"));
             assert_eq!(config.providers["embedded"].kind, Some(ProviderKind::Embedded));
             assert_eq!(config.routing.default_model.as_deref(), Some("embedded/qwen2.5-coder-0.5b-instruct"));
         } else {
-            assert_eq!(config.default_provider(), "ollama");
+            assert_eq!(config.default_provider(), Some("ollama"));
             assert_eq!(config.routing.default_model, None);
         }
     }
@@ -612,9 +817,9 @@ mod tests {
     #[test]
     fn ollama_becomes_the_default_when_the_first_users_variables_say_so() {
         let config = load(None, &[("OLLAMA_MODEL", "llama3.2")]).unwrap();
-        assert_eq!(config.default_provider(), "ollama");
+        assert_eq!(config.default_provider(), Some("ollama"));
         let config = load(None, &[("LLM_PROVIDER", "ollama")]).unwrap();
-        assert_eq!(config.default_provider(), "ollama");
+        assert_eq!(config.default_provider(), Some("ollama"));
         assert_eq!(config.routing.default_model, None);
     }
 
@@ -622,7 +827,7 @@ mod tests {
     fn a_file_that_names_providers_gets_only_those() {
         let config = load(Some("[providers.ollama]\nbase_url = \"http://x:1\""), &[]).unwrap();
         assert_eq!(config.providers.keys().collect::<Vec<_>>(), ["ollama"]);
-        assert_eq!(config.default_provider(), "ollama");
+        assert_eq!(config.default_provider(), Some("ollama"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn routable_name(&self) -> String {
+    pub fn routable_name(&self) -> String {
         format!("{}/{}", self.provider, self.model)
     }
 }
@@ -40,16 +40,24 @@ pub enum GatewayError {
     NoDefaultModel,
 
     /// The provider failed. `chunks_sent` tells whether the client already received output.
-    #[error("{target:?}: {error}")]
+    #[error("{}: {error}", target.routable_name())]
     Provider { target: Box<Target>, error: ProviderError, chunks_sent: usize },
 
     /// The caller's deadline (`grpc-timeout`) expired.
-    #[error("the deadline expired")]
+    #[error("{}: the call's deadline expired", target.routable_name())]
     DeadlineExceeded { target: Box<Target>, budget: Duration, phase: Phase },
 
     /// The provider went quiet for longer than its configured timeout.
-    #[error("the upstream timed out")]
+    #[error("{}: silent for {}", target.routable_name(), humantime::format_duration(*timeout))]
     UpstreamTimeout { target: Box<Target>, timeout: Duration, phase: Phase },
+
+    /// The instance's circuit breaker is open after repeated failures.
+    #[error("{}: circuit breaker open", target.routable_name())]
+    CircuitOpen { target: Box<Target> },
+
+    /// Every target of an alias failed; `last` decides the status.
+    #[error("every target of alias '{alias}' failed")]
+    AllTargetsFailed { alias: String, earlier: Vec<GatewayError>, last: Box<GatewayError> },
 
     /// Listing models failed at every provider.
     #[error("no provider answered ListModels")]
@@ -149,6 +157,22 @@ fn to_status(error: GatewayError) -> Status {
             let message = format!("no provider could list its models ({list}); check that they are running");
             let metadata = failures.into_iter().collect();
             Status::with_error_details(Code::Unavailable, message, details("NO_PROVIDER_AVAILABLE", metadata))
+        }
+        GatewayError::CircuitOpen { target } => {
+            let message = format!(
+                "provider '{}' at {} is failing repeatedly, so calls to it are paused (circuit breaker open); \
+                 retry shortly",
+                target.provider, target.endpoint
+            );
+            let mut d = details("CIRCUIT_OPEN", target_metadata(&target));
+            d.set_retry_info(Some(Duration::from_secs(1)));
+            Status::with_error_details(Code::Unavailable, message, d)
+        }
+        GatewayError::AllTargetsFailed { alias, earlier, last } => {
+            let last = to_status(*last);
+            let tried: Vec<String> = earlier.iter().map(ToString::to_string).collect();
+            let message = format!("every target of '{alias}' failed: {}; last: {}", tried.join("; "), last.message());
+            Status::with_details(last.code(), message, last.details().to_vec().into())
         }
         GatewayError::ShuttingDown => Status::with_error_details(
             Code::Unavailable,

@@ -1,18 +1,25 @@
-//! The provider-independent core: route a validated request, apply per-provider defaults, start
-//! the upstream call, and relay its stream under the call's deadline, the provider's silence
-//! timeout and the server's shutdown. `Chat` streams what this yields; `Generate` collects it.
+//! The provider-independent core: resolve a request to a plan, then try its targets in order —
+//! retrying retryable failures with backoff, falling back to the next target — until one produces
+//! its first event; from then on the call is committed to that target and its stream is relayed
+//! under the call's deadline, the instance's silence timeout and the server's shutdown. A failure
+//! after the first token is never retried elsewhere: the stream ends with a precise status.
+//! `Chat` streams what this yields; `Generate` collects it.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use copilot_provider::{ChatEvent, ChatRequest, Completion, ModelInfo, ProviderError};
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, Completion, ModelInfo, ProviderError};
 use futures::{Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DefaultOptions;
+use crate::config::{AliasTarget, DefaultOptions};
 use crate::deadline::CallContext;
-use crate::error::{GatewayError, Phase, Target};
-use crate::router::{Route, Router};
+use crate::error::{GatewayError, Phase};
+use crate::resilience::backoff;
+use crate::router::{Instance, Router, Target};
 use crate::validate::ValidRequest;
 
 /// What a client sees of a completion, as it happens.
@@ -39,10 +46,31 @@ pub struct ListedModel {
     pub info: ModelInfo,
 }
 
+/// A name clients may use that routes to other models.
+pub struct ListedAlias {
+    pub name: String,
+    pub targets: Vec<String>,
+}
+
+pub struct Listing {
+    pub models: Vec<ListedModel>,
+    pub aliases: Vec<ListedAlias>,
+    /// Providers that did not answer, with why.
+    pub failures: Vec<(String, String)>,
+}
+
 pub struct Gateway {
     router: Router,
     /// Cancelled when the shutdown grace period is over: calls still running end with UNAVAILABLE.
     hard_stop: CancellationToken,
+}
+
+/// How one target's attempts ended, when none succeeded.
+enum Outcome {
+    /// Worth trying the next target.
+    FallBack(GatewayError),
+    /// Not worth it (the request itself is wrong, the deadline passed, the server is stopping).
+    Stop(GatewayError),
 }
 
 impl Gateway {
@@ -54,45 +82,178 @@ impl Gateway {
         &self.router
     }
 
-    /// Starts a completion. Returns once the upstream accepted the request, so that refusals
-    /// (unknown model, overload, unreachable) come back as the call's status, before any output.
+    /// Starts a completion. Returns once a target produced its first event, so that everything
+    /// that can go wrong before output — refusals, overload, timeouts, fallbacks — comes back as
+    /// the call's status.
     pub async fn chat(
         &self,
         request: ValidRequest,
         call: CallContext,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static, GatewayError> {
-        let route = self.router.resolve(&request.model)?;
-        let upstream_request = ChatRequest {
-            model: route.model.clone(),
-            messages: request.messages,
-            options: with_defaults(request.options, &route.entry.defaults),
-        };
-        let target = route.target();
-        let start = route.entry.provider.chat(upstream_request);
-        let upstream = tokio::select! {
-            biased;
-            _ = self.hard_stop.cancelled() => return Err(GatewayError::ShuttingDown),
-            started = tokio::time::timeout_at(wake_at(&call, Instant::now(), route.entry.timeout), start) => match started {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return Err(GatewayError::Provider { target, error, chunks_sent: 0 }),
-                Err(_) => return Err(timed_out(&call, &route, target, Phase::Response)),
-            },
-        };
-        Ok(relay(upstream, route, call, self.hard_stop.clone()))
+        let plan = self.router.resolve(&request.model)?;
+        let order = plan.attempt_order();
+        let mut failures = Vec::new();
+        for (index, target) in order.iter().enumerate() {
+            match self.try_target(target, &request, &call).await {
+                Ok(stream) => return Ok(stream),
+                Err(Outcome::Stop(error)) => return Err(error),
+                Err(Outcome::FallBack(error)) => {
+                    if index + 1 < order.len() {
+                        tracing::warn!(
+                            target = %format!("{}/{}", target.instance.name, target.model),
+                            error = %error,
+                            "falling back to the next target"
+                        );
+                    }
+                    failures.push(error);
+                }
+            }
+        }
+        let last = failures.pop().unwrap_or(GatewayError::NoDefaultModel);
+        Err(match plan.alias {
+            Some(alias) if !failures.is_empty() => {
+                GatewayError::AllTargetsFailed { alias, earlier: failures, last: Box::new(last) }
+            }
+            _ => last,
+        })
     }
 
-    /// Asks every provider for its models at once, each bounded by its list timeout. One provider
-    /// failing does not fail the call unless every provider failed.
-    pub async fn list_models(&self) -> Result<Vec<ListedModel>, GatewayError> {
-        let calls = self.router.providers().map(|entry| async move {
-            let result = match tokio::time::timeout(entry.list_timeout, entry.provider.list_models()).await {
+    /// Attempts one target, retrying what is worth retrying, until it produces a first event.
+    async fn try_target(
+        &self,
+        target: &Target,
+        request: &ValidRequest,
+        call: &CallContext,
+    ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
+        let instance = &target.instance;
+        let mut last_error = None;
+        for attempt in 0..=instance.retries {
+            if attempt > 0 {
+                let retry_after = match &last_error {
+                    Some(GatewayError::Provider { error, .. }) => error.retry_after(),
+                    _ => None,
+                };
+                let pause = backoff(attempt, instance.retry_backoff, instance.retry_backoff_max, retry_after);
+                if call.deadline().is_some_and(|deadline| Instant::now() + pause >= deadline) {
+                    // No time left to wait for a retry here: let the next target have a go.
+                    break;
+                }
+                tracing::info!(
+                    target = %format!("{}/{}", instance.name, target.model),
+                    attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    "retrying"
+                );
+                tokio::select! {
+                    _ = self.hard_stop.cancelled() => return Err(Outcome::Stop(GatewayError::ShuttingDown)),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            let Some(pass) = instance.breaker.allow() else {
+                // Opened by this call's own failures: its last error says more than "circuit open".
+                let error = last_error.unwrap_or(GatewayError::CircuitOpen { target: target.name() });
+                return Err(Outcome::FallBack(error));
+            };
+            let permit = match &instance.limit {
+                Some(limit) => match limit.acquire(call.deadline()).await {
+                    Ok(permit) => Some(permit),
+                    Err(reached) => {
+                        let error = ProviderError::CapacityExhausted {
+                            message: format!(
+                                "{} calls are running on '{}' and {} are waiting (its max_concurrency and max_queue)",
+                                reached.running, instance.name, reached.waiting
+                            ),
+                            retry_after: Some(Duration::from_secs(1)),
+                        };
+                        return Err(Outcome::FallBack(GatewayError::Provider {
+                            target: target.name(),
+                            error,
+                            chunks_sent: 0,
+                        }));
+                    }
+                },
+                None => None,
+            };
+            let in_flight = InFlight::new(instance.clone());
+            match self.first_event(target, request, call).await {
+                Ok((first, upstream)) => {
+                    pass.success();
+                    return Ok(relay(
+                        first,
+                        upstream,
+                        target.clone(),
+                        *call,
+                        self.hard_stop.clone(),
+                        permit,
+                        in_flight,
+                    ));
+                }
+                Err(error) => {
+                    let verdict = classify(&error);
+                    if verdict.counts_against_instance {
+                        pass.failure();
+                    }
+                    if !verdict.fall_back {
+                        return Err(Outcome::Stop(error));
+                    }
+                    let retry = verdict.retry;
+                    last_error = Some(error);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(Outcome::FallBack(last_error.unwrap_or(GatewayError::CircuitOpen { target: target.name() })))
+    }
+
+    /// Sends the request and waits for the first event, under the first-token timeout.
+    async fn first_event(
+        &self,
+        target: &Target,
+        request: &ValidRequest,
+        call: &CallContext,
+    ) -> Result<(ChatEvent, ChatStream), GatewayError> {
+        let instance = &target.instance;
+        let upstream_request = ChatRequest {
+            model: target.model.clone(),
+            messages: request.messages.clone(),
+            options: with_defaults(request.options.clone(), &instance.defaults),
+        };
+        let give_up = wake_at(call, Instant::now(), instance.first_token_timeout);
+        let mut phase = Phase::Response;
+        let first = async {
+            let mut upstream = instance.provider.chat(upstream_request).await?;
+            phase = Phase::Output { chunks_sent: 0 };
+            match upstream.next().await {
+                Some(Ok(event)) => Ok((event, upstream)),
+                Some(Err(error)) => Err(error),
+                None => Err(ProviderError::Interrupted("the provider closed the stream before any output".into())),
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
+            result = tokio::time::timeout_at(give_up, first) => match result {
+                Ok(Ok(started)) => Ok(started),
+                Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
+                Err(_) => Err(timed_out(call, target, instance.first_token_timeout, phase)),
+            },
+        }
+    }
+
+    /// Asks every instance for its models at once, each bounded by its list timeout. Instances that
+    /// fail are reported beside the others' models; the call fails only if every one failed.
+    pub async fn list_models(&self) -> Result<Listing, GatewayError> {
+        let calls = self.router.instances().map(|instance| async move {
+            let result = match tokio::time::timeout(instance.list_timeout, instance.provider.list_models()).await {
                 Ok(result) => result,
                 Err(_) => Err(ProviderError::Unreachable(format!(
                     "no answer within {}",
-                    humantime::format_duration(entry.list_timeout)
+                    humantime::format_duration(instance.list_timeout)
                 ))),
             };
-            (entry.name.clone(), result)
+            (instance.name.clone(), result)
         });
         let mut models = Vec::new();
         let mut failures = Vec::new();
@@ -110,11 +271,74 @@ impl Gateway {
         if models.is_empty() && !failures.is_empty() {
             return Err(GatewayError::NoProviderAnswered(failures));
         }
-        Ok(models)
+        let aliases = self
+            .router
+            .aliases()
+            .iter()
+            .map(|(name, targets)| ListedAlias {
+                name: name.clone(),
+                targets: targets.iter().flat_map(AliasTarget::models).map(String::from).collect(),
+            })
+            .collect();
+        Ok(Listing { models, aliases, failures })
+    }
+
+    /// Everything known about one model (for an alias: about the first target that answers).
+    pub async fn describe(&self, name: &str) -> Result<(ListedModel, Option<ListedAlias>), GatewayError> {
+        let plan = self.router.resolve(name)?;
+        let alias = plan.alias.clone().map(|alias| ListedAlias {
+            name: alias,
+            targets: plan.tiers.iter().flatten().map(|t| format!("{}/{}", t.instance.name, t.model)).collect(),
+        });
+        let mut last = None;
+        for target in plan.attempt_order() {
+            let instance = &target.instance;
+            let result = tokio::time::timeout(instance.list_timeout, instance.provider.describe_model(&target.model))
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Unreachable("no answer in time".into())));
+            match result {
+                Ok(info) => return Ok((ListedModel { provider: instance.name.clone(), info }, alias)),
+                Err(error) => last = Some(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
+            }
+        }
+        Err(last.unwrap_or(GatewayError::NoDefaultModel))
     }
 }
 
-/// Options the request left unset take the provider's configured defaults.
+/// What to do after an attempt failed.
+struct Verdict {
+    /// Try this target again (after a backoff).
+    retry: bool,
+    /// Try the next target if this one gives up.
+    fall_back: bool,
+    /// Count towards this instance's circuit breaker.
+    counts_against_instance: bool,
+}
+
+fn classify(error: &GatewayError) -> Verdict {
+    let verdict = |retry, fall_back, counts_against_instance| Verdict { retry, fall_back, counts_against_instance };
+    match error {
+        GatewayError::Provider { error, .. } => match error {
+            // The request itself is the problem: another target would say the same.
+            ProviderError::InvalidRequest(_) | ProviderError::ModelNotFound { .. } => verdict(false, false, false),
+            ProviderError::Unreachable(_)
+            | ProviderError::Overloaded { .. }
+            | ProviderError::Upstream { .. }
+            | ProviderError::Interrupted(_)
+            | ProviderError::MidStream(_) => verdict(true, true, true),
+            // Being rate limited or full is not ill health: no breaker, but retry and fall back.
+            ProviderError::RateLimited { .. } | ProviderError::CapacityExhausted { .. } => verdict(true, true, false),
+            ProviderError::Unauthorized(_) | ProviderError::Protocol(_) | ProviderError::ModelUnusable(_) => {
+                verdict(false, true, true)
+            }
+        },
+        // Too slow to start: another attempt here would likely be as slow.
+        GatewayError::UpstreamTimeout { .. } => verdict(false, true, true),
+        _ => verdict(false, false, false),
+    }
+}
+
+/// Options the request left unset take the instance's configured defaults.
 fn with_defaults(
     mut options: copilot_provider::GenerationOptions,
     defaults: &DefaultOptions,
@@ -126,7 +350,7 @@ fn with_defaults(
     options
 }
 
-/// The next moment to give up: the call's deadline or the provider's silence timeout.
+/// The next moment to give up: the call's deadline or the end of the allowed silence.
 fn wake_at(call: &CallContext, last_progress: Instant, silence: Duration) -> Instant {
     let silence_ends = last_progress + silence;
     match call.deadline() {
@@ -135,25 +359,47 @@ fn wake_at(call: &CallContext, last_progress: Instant, silence: Duration) -> Ins
     }
 }
 
-fn timed_out(call: &CallContext, route: &Route, target: Box<Target>, phase: Phase) -> GatewayError {
+fn timed_out(call: &CallContext, target: &Target, timeout: Duration, phase: Phase) -> GatewayError {
     match (call.budget, call.deadline()) {
         (Some(budget), Some(deadline)) if Instant::now() >= deadline => {
-            GatewayError::DeadlineExceeded { target, budget, phase }
+            GatewayError::DeadlineExceeded { target: target.name(), budget, phase }
         }
-        _ => GatewayError::UpstreamTimeout { target, timeout: route.entry.timeout, phase },
+        _ => GatewayError::UpstreamTimeout { target: target.name(), timeout, phase },
     }
 }
 
-/// Relays the upstream stream. Dropping the returned stream drops the upstream one, which closes
-/// the upstream connection: that is how a client's cancel reaches the provider.
+/// Counts a call against its instance for as long as it runs.
+struct InFlight(Arc<Instance>);
+
+impl InFlight {
+    fn new(instance: Arc<Instance>) -> Self {
+        instance.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(instance)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Relays the upstream stream, starting with the event already received. Dropping the returned
+/// stream drops the upstream one, which closes the upstream connection: that is how a client's
+/// cancel reaches the provider. It also holds the instance's concurrency permit until the end.
 fn relay(
-    mut upstream: copilot_provider::ChatStream,
-    route: Route,
+    first: ChatEvent,
+    mut upstream: ChatStream,
+    target: Target,
     call: CallContext,
     hard_stop: CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
+    in_flight: InFlight,
 ) -> impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static {
     async_stream::stream! {
-        let silence = route.entry.timeout;
+        let _permit = permit;
+        let _in_flight = in_flight;
+        let silence = target.instance.idle_timeout;
         let mut chunks_sent = 0usize;
         let mut first_token_at: Option<Instant> = None;
         let mut last_progress = Instant::now();
@@ -163,19 +409,23 @@ fn relay(
         tokio::pin!(timer);
         let stop = hard_stop.cancelled_owned();
         tokio::pin!(stop);
+        let mut pending = Some(first);
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = &mut stop => Err(GatewayError::ShuttingDown),
-                item = upstream.next() => Ok(item),
-                _ = &mut timer => {
-                    let wake = wake_at(&call, last_progress, silence);
-                    if Instant::now() < wake {
-                        timer.as_mut().reset(wake);
-                        continue;
+            let next = match pending.take() {
+                Some(event) => Ok(Some(Ok(event))),
+                None => tokio::select! {
+                    biased;
+                    _ = &mut stop => Err(GatewayError::ShuttingDown),
+                    item = upstream.next() => Ok(item),
+                    _ = &mut timer => {
+                        let wake = wake_at(&call, last_progress, silence);
+                        if Instant::now() < wake {
+                            timer.as_mut().reset(wake);
+                            continue;
+                        }
+                        Err(timed_out(&call, &target, silence, Phase::Output { chunks_sent }))
                     }
-                    Err(timed_out(&call, &route, route.target(), Phase::Output { chunks_sent }))
-                }
+                },
             };
             match next {
                 Ok(Some(Ok(ChatEvent::Delta(text)))) => {
@@ -185,16 +435,16 @@ fn relay(
                     yield Ok(GatewayEvent::Delta(text));
                 }
                 Ok(Some(Ok(ChatEvent::Done(completion)))) => {
-                    yield Ok(GatewayEvent::Done(summarize(&route, &call, first_token_at, completion)));
+                    yield Ok(GatewayEvent::Done(summarize(&target, &call, first_token_at, completion)));
                     break;
                 }
                 Ok(Some(Err(error))) => {
-                    yield Err(GatewayError::Provider { target: route.target(), error, chunks_sent });
+                    yield Err(GatewayError::Provider { target: target.name(), error, chunks_sent });
                     break;
                 }
                 Ok(None) => {
                     let error = ProviderError::Interrupted("the provider closed the stream without finishing".into());
-                    yield Err(GatewayError::Provider { target: route.target(), error, chunks_sent });
+                    yield Err(GatewayError::Provider { target: target.name(), error, chunks_sent });
                     break;
                 }
                 Err(error) => {
@@ -206,9 +456,9 @@ fn relay(
     }
 }
 
-fn summarize(route: &Route, call: &CallContext, first_token_at: Option<Instant>, completion: Completion) -> Summary {
+fn summarize(target: &Target, call: &CallContext, first_token_at: Option<Instant>, completion: Completion) -> Summary {
     let now = Instant::now();
-    let answered_by = if completion.model.is_empty() { &route.model } else { &completion.model };
+    let answered_by = if completion.model.is_empty() { &target.model } else { &completion.model };
     let output_tokens = f64::from(completion.usage.output_tokens);
     // Prefer the upstream's own generation time: it excludes network and queueing.
     let generation_secs = match completion.timings.generation {
@@ -217,7 +467,7 @@ fn summarize(route: &Route, call: &CallContext, first_token_at: Option<Instant>,
     };
     let output_tokens_per_second = if generation_secs > 0.0 { output_tokens / generation_secs } else { 0.0 };
     Summary {
-        model: format!("{}/{}", route.entry.name, answered_by),
+        model: format!("{}/{}", target.instance.name, answered_by),
         time_to_first_token: first_token_at.map(|t| t - call.received),
         total_duration: now - call.received,
         output_tokens_per_second,

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::deadline::CallContext;
-use crate::gateway::{Gateway, GatewayEvent, Summary};
+use crate::gateway::{Gateway, GatewayEvent, ListedModel, Summary};
 use crate::proto::v1 as pb;
 use crate::validate;
 
@@ -75,21 +75,41 @@ impl pb::copilot_server::Copilot for CopilotApi {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self.gateway.list_models().await?;
-        let models = models
-            .into_iter()
-            .map(|m| pb::Model {
-                name: format!("{}/{}", m.provider, m.info.name),
-                provider: m.provider,
-                family: m.info.family,
-                parameter_size: m.info.parameter_size,
-                quantization: m.info.quantization,
-                context_length: m.info.context_length,
-                size_bytes: m.info.size_bytes,
-                capabilities: m.info.capabilities,
-            })
-            .collect();
-        Ok(Response::new(pb::ListModelsResponse { models }))
+        let listing = self.gateway.list_models().await?;
+        let mut models: Vec<pb::Model> = listing.models.into_iter().map(model).collect();
+        models.extend(listing.aliases.into_iter().map(|alias| pb::Model {
+            name: alias.name,
+            alias_targets: alias.targets,
+            ..Default::default()
+        }));
+        let failed_providers =
+            listing.failures.into_iter().map(|(provider, message)| pb::ProviderFailure { provider, message }).collect();
+        Ok(Response::new(pb::ListModelsResponse { models, failed_providers }))
+    }
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
+        let name = request.into_inner().model;
+        let (listed, alias) = self.gateway.describe(name.trim()).await?;
+        let mut described = model(listed);
+        if let Some(alias) = alias {
+            described.name = alias.name;
+            described.alias_targets = alias.targets;
+        }
+        Ok(Response::new(pb::GetModelResponse { model: Some(described) }))
+    }
+}
+
+fn model(listed: ListedModel) -> pb::Model {
+    pb::Model {
+        name: format!("{}/{}", listed.provider, listed.info.name),
+        provider: listed.provider,
+        family: listed.info.family,
+        parameter_size: listed.info.parameter_size,
+        quantization: listed.info.quantization,
+        context_length: listed.info.context_length,
+        size_bytes: listed.info.size_bytes,
+        capabilities: listed.info.capabilities,
+        alias_targets: Vec::new(),
     }
 }
 

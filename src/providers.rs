@@ -1,30 +1,135 @@
-//! Builds the configured provider instances.
+//! Builds the configured provider instances, with their routing policy and credentials.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use copilot_ollama::{KeepAlive, OllamaConfig, OllamaProvider};
-use copilot_provider::Provider;
+use copilot_provider::{Provider, Secret};
 
 use crate::config::{Config, ProviderConfig, ProviderKind, parse_keep_alive};
-use crate::router::ProviderEntry;
+use crate::resilience::{Breaker, ConcurrencyLimit};
+use crate::router::Instance;
 
-pub fn build(config: &Config) -> Result<Vec<ProviderEntry>, String> {
-    let mut entries = Vec::new();
+pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
+    let mut instances = Vec::new();
     for (name, settings) in &config.providers {
         let (provider, endpoint): (Arc<dyn Provider>, String) = match settings.kind {
             Some(ProviderKind::Ollama) | None => (Arc::new(ollama(name, settings)?), settings.base_url.clone()),
             Some(ProviderKind::Embedded) => embedded(name, settings)?,
+            Some(ProviderKind::Anthropic) => (Arc::new(anthropic(name, settings)?), settings.base_url.clone()),
+            Some(ProviderKind::OpenAi) => (Arc::new(openai(name, settings)?), settings.base_url.clone()),
+            Some(ProviderKind::Gemini) => (Arc::new(gemini(name, settings)?), settings.base_url.clone()),
         };
-        entries.push(ProviderEntry {
+        instances.push(Instance {
             name: name.clone(),
             provider,
             endpoint,
-            timeout: settings.timeout,
+            first_token_timeout: settings.first_token_timeout.unwrap_or(settings.timeout),
+            idle_timeout: settings.idle_timeout.unwrap_or(settings.timeout),
             list_timeout: settings.list_timeout,
             defaults: settings.defaults.clone(),
+            retries: settings.retries,
+            retry_backoff: settings.retry_backoff,
+            retry_backoff_max: settings.retry_backoff_max,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            limit: settings
+                .max_concurrency
+                .map(|max| ConcurrencyLimit::new(max, settings.max_queue, settings.queue_timeout)),
+            health_interval: settings.health_interval,
+            outstanding: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
         });
     }
-    Ok(entries)
+    Ok(instances)
+}
+
+/// The instance's API key: from the variable or file the config names, else from the kind's
+/// usual variable (`OPENAI_API_KEY`, …) when it is set. The value is never logged; errors name the
+/// variable or file, not the content.
+fn api_key(name: &str, settings: &ProviderConfig) -> Result<Option<Secret>, String> {
+    if let Some(var) = &settings.api_key_env {
+        return match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => Ok(Some(Secret::new(value.trim()))),
+            _ => Err(format!("provider '{name}': providers.{name}.api_key_env names {var}, which is not set or empty")),
+        };
+    }
+    if let Some(path) = &settings.api_key_file {
+        let value = std::fs::read_to_string(path).map_err(|e| {
+            format!("provider '{name}': cannot read providers.{name}.api_key_file {}: {e}", path.display())
+        })?;
+        if value.trim().is_empty() {
+            return Err(format!("provider '{name}': providers.{name}.api_key_file {} is empty", path.display()));
+        }
+        return Ok(Some(Secret::new(value.trim())));
+    }
+    let usual = settings.kind.and_then(ProviderKind::default_key_variable);
+    Ok(usual.and_then(|var| std::env::var(var).ok()).filter(|v| !v.trim().is_empty()).map(|v| Secret::new(v.trim())))
+}
+
+/// Like [`api_key`], for APIs that cannot be called without one.
+fn required_api_key(name: &str, settings: &ProviderConfig) -> Result<Secret, String> {
+    api_key(name, settings)?.ok_or_else(|| {
+        let usual = settings.kind.and_then(ProviderKind::default_key_variable).unwrap_or("an environment variable");
+        format!(
+            "provider '{name}' needs an API key: set {usual}, or providers.{name}.api_key_env / providers.{name}.api_key_file"
+        )
+    })
+}
+
+fn anthropic(name: &str, settings: &ProviderConfig) -> Result<copilot_anthropic::AnthropicProvider, String> {
+    let mut config = copilot_anthropic::AnthropicConfig {
+        base_url: settings.base_url.clone(),
+        api_key: Some(required_api_key(name, settings)?),
+        connect_timeout: settings.connect_timeout,
+        ..Default::default()
+    };
+    if let Some(version) = &settings.anthropic_version {
+        config.version = version.clone();
+    }
+    if let Some(max) = settings.default_max_tokens {
+        config.default_max_tokens = max;
+    }
+    copilot_anthropic::AnthropicProvider::new(config).map_err(|e| format!("provider '{name}': {e}"))
+}
+
+fn openai(name: &str, settings: &ProviderConfig) -> Result<copilot_openai::OpenAiProvider, String> {
+    let max_tokens_field = match settings.max_tokens_field.as_deref() {
+        Some("max_completion_tokens") => copilot_openai::MaxTokensField::MaxCompletionTokens,
+        _ => copilot_openai::MaxTokensField::MaxTokens,
+    };
+    // Local OpenAI-compatible servers (vLLM, llama.cpp, LM Studio) usually need no key.
+    let config = copilot_openai::OpenAiConfig {
+        base_url: settings.base_url.clone(),
+        api_key: api_key(name, settings)?,
+        organization: None,
+        connect_timeout: settings.connect_timeout,
+        max_tokens_field,
+        include_usage: settings.include_usage,
+        send_top_k: settings.send_top_k,
+    };
+    copilot_openai::OpenAiProvider::new(config).map_err(|e| format!("provider '{name}': {e}"))
+}
+
+fn gemini(name: &str, settings: &ProviderConfig) -> Result<copilot_gemini::GeminiProvider, String> {
+    let mut safety_settings = Vec::new();
+    for (i, setting) in settings.safety_settings.iter().enumerate() {
+        match (setting.get("category"), setting.get("threshold")) {
+            (Some(category), Some(threshold)) => safety_settings
+                .push(copilot_gemini::SafetySetting { category: category.clone(), threshold: threshold.clone() }),
+            _ => {
+                return Err(format!(
+                    "provider '{name}': providers.{name}.safety_settings[{i}] needs a category and a threshold"
+                ));
+            }
+        }
+    }
+    let config = copilot_gemini::GeminiConfig {
+        base_url: settings.base_url.clone(),
+        api_key: Some(required_api_key(name, settings)?),
+        connect_timeout: settings.connect_timeout,
+        safety_settings,
+    };
+    copilot_gemini::GeminiProvider::new(config).map_err(|e| format!("provider '{name}': {e}"))
 }
 
 fn ollama(name: &str, settings: &ProviderConfig) -> Result<OllamaProvider, String> {

@@ -1,73 +1,155 @@
-//! Routing: turns the model name a client sent into a provider instance and that provider's own
-//! model name. `provider/model` goes to that provider; a name whose prefix is not a configured
-//! provider (Ollama names such as `hf.co/org/model` contain slashes) goes whole to the default
-//! provider; an empty name means the configured default model.
+//! Routing: turns the model name a client sent into a plan — an ordered list of tiers, each a set
+//! of (instance, model) targets serving the same model. A plain `provider/model` is one tier of
+//! one target; an alias lists several tiers (fallback order), and a tier may hold replicas among
+//! which load is spread. A name whose prefix is not a configured provider (Ollama names such as
+//! `hf.co/org/model` contain slashes) goes whole to the default provider; an empty name means the
+//! configured default model.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use copilot_provider::Provider;
 use tonic_types::FieldViolation;
 
-use crate::config::DefaultOptions;
-use crate::error::{GatewayError, Target};
+use crate::config::{AliasTarget, DefaultOptions};
+use crate::error::{GatewayError, Target as TargetName};
+use crate::resilience::{Breaker, ConcurrencyLimit};
 
-/// One configured provider instance and the server-side policy around it.
-pub struct ProviderEntry {
+/// One configured provider instance and the server-side policy and state around it.
+pub struct Instance {
     pub name: String,
     pub provider: Arc<dyn Provider>,
     /// Where it lives, for error messages and logs (never carries credentials).
     pub endpoint: String,
-    /// The longest the upstream may stay silent (before answering, and between chunks).
-    pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub idle_timeout: Duration,
     pub list_timeout: Duration,
     pub defaults: DefaultOptions,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub breaker: Breaker,
+    pub limit: Option<ConcurrencyLimit>,
+    pub health_interval: Duration,
+    /// Calls in flight here, for balancing among replicas.
+    pub outstanding: AtomicUsize,
+    /// What the last background probe said (optimistic until the first one).
+    pub healthy: AtomicBool,
 }
 
-/// Where one call goes.
+impl Instance {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a call could be sent here now (healthy and not refused by its breaker).
+    pub fn available(&self) -> bool {
+        self.is_healthy() && !self.breaker.is_open()
+    }
+}
+
+/// One place a call can go.
 #[derive(Clone)]
-pub struct Route {
-    pub entry: Arc<ProviderEntry>,
+pub struct Target {
+    pub instance: Arc<Instance>,
     /// The provider's own name for the model.
     pub model: String,
 }
 
-impl Route {
-    pub fn target(&self) -> Box<Target> {
-        Box::new(Target {
-            provider: self.entry.name.clone(),
+impl Target {
+    pub fn name(&self) -> Box<TargetName> {
+        Box::new(TargetName {
+            provider: self.instance.name.clone(),
             model: self.model.clone(),
-            endpoint: self.entry.endpoint.clone(),
+            endpoint: self.instance.endpoint.clone(),
         })
     }
 }
 
+/// Where a call may go, in order.
+pub struct Plan {
+    /// The alias the client named, if it named one.
+    pub alias: Option<String>,
+    pub tiers: Vec<Vec<Target>>,
+}
+
+impl Plan {
+    /// The targets in the order to try them: tier by tier; within a tier, available replicas with
+    /// the fewest calls in flight first (ties keep the configured order).
+    pub fn attempt_order(&self) -> Vec<Target> {
+        let mut order = Vec::new();
+        for tier in &self.tiers {
+            let mut replicas: Vec<_> = tier.iter().enumerate().collect();
+            replicas
+                .sort_by_key(|(i, t)| (!t.instance.available(), t.instance.outstanding.load(Ordering::Relaxed), *i));
+            order.extend(replicas.into_iter().map(|(_, t)| t.clone()));
+        }
+        order
+    }
+}
+
 pub struct Router {
-    providers: BTreeMap<String, Arc<ProviderEntry>>,
-    default_provider: String,
+    instances: BTreeMap<String, Arc<Instance>>,
+    default_provider: Option<String>,
     default_model: Option<String>,
+    aliases: BTreeMap<String, Vec<AliasTarget>>,
 }
 
 impl Router {
-    /// `default_provider` must name one of `providers` (the config loader checks it).
-    pub fn new(providers: Vec<ProviderEntry>, default_provider: String, default_model: Option<String>) -> Self {
-        let providers = providers.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
-        Self { providers, default_provider, default_model }
+    /// `default_provider` and every alias target name configured instances (the config loader
+    /// checks it).
+    pub fn new(
+        instances: Vec<Instance>,
+        default_provider: Option<String>,
+        default_model: Option<String>,
+        aliases: BTreeMap<String, Vec<AliasTarget>>,
+    ) -> Self {
+        let instances = instances.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        Self { instances, default_provider, default_model, aliases }
     }
 
-    pub fn providers(&self) -> impl Iterator<Item = &Arc<ProviderEntry>> {
-        self.providers.values()
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.instances.values()
     }
 
-    pub fn resolve(&self, requested: &str) -> Result<Route, GatewayError> {
+    pub fn aliases(&self) -> &BTreeMap<String, Vec<AliasTarget>> {
+        &self.aliases
+    }
+
+    pub fn resolve(&self, requested: &str) -> Result<Plan, GatewayError> {
         let name = match requested {
             "" => self.default_model.as_deref().ok_or(GatewayError::NoDefaultModel)?,
             name => name,
         };
-        let (entry, model) = match name.split_once('/') {
-            Some((prefix, model)) if self.providers.contains_key(prefix) => (&self.providers[prefix], model),
-            _ => (self.default_entry(), name),
+        if let Some(targets) = self.aliases.get(name) {
+            let tiers = targets
+                .iter()
+                .map(|tier| tier.models().into_iter().map(|model| self.target(model)).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Plan { alias: Some(name.to_string()), tiers });
+        }
+        Ok(Plan { alias: None, tiers: vec![vec![self.target(name)?]] })
+    }
+
+    fn target(&self, name: &str) -> Result<Target, GatewayError> {
+        let (instance, model) = match name.split_once('/') {
+            Some((prefix, model)) if self.instances.contains_key(prefix) => (&self.instances[prefix], model),
+            _ => match self.default_provider.as_ref().and_then(|p| self.instances.get(p)) {
+                Some(instance) => (instance, name),
+                None => {
+                    let known: Vec<_> = self.instances.keys().map(String::as_str).collect();
+                    return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+                        "model",
+                        format!(
+                            "'{name}' names no configured provider and this server has no default provider: use \
+                             `provider/model` with one of: {} (or an alias; see ListModels)",
+                            known.join(", ")
+                        ),
+                    )]));
+                }
+            },
         };
         if model.is_empty() {
             return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
@@ -75,17 +157,12 @@ impl Router {
                 format!("'{name}' names a provider but no model; use '{name}<model>' (see ListModels)"),
             )]));
         }
-        Ok(Route { entry: entry.clone(), model: model.to_string() })
-    }
-
-    fn default_entry(&self) -> &Arc<ProviderEntry> {
-        // The config loader guarantees the default provider exists.
-        &self.providers[&self.default_provider]
+        Ok(Target { instance: instance.clone(), model: model.to_string() })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use copilot_provider::*;
 
@@ -106,24 +183,46 @@ mod tests {
         }
     }
 
-    fn entry(name: &str) -> ProviderEntry {
-        ProviderEntry {
+    pub(crate) fn instance(name: &str) -> Instance {
+        Instance {
             name: name.into(),
             provider: Arc::new(Nothing),
             endpoint: format!("http://{name}"),
-            timeout: Duration::from_secs(1),
+            first_token_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
             list_timeout: Duration::from_secs(1),
             defaults: DefaultOptions::default(),
+            retries: 0,
+            retry_backoff: Duration::from_millis(1),
+            retry_backoff_max: Duration::from_millis(1),
+            breaker: Breaker::new(0, Duration::from_secs(1)),
+            limit: None,
+            health_interval: Duration::from_secs(60),
+            outstanding: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
         }
     }
 
     fn router(default_model: Option<&str>) -> Router {
-        Router::new(vec![entry("ollama"), entry("gpu")], "ollama".into(), default_model.map(String::from))
+        let aliases = BTreeMap::from([(
+            "fast".to_string(),
+            vec![
+                AliasTarget::Replicas { replicas: vec!["a/m".into(), "b/m".into()] },
+                AliasTarget::Model("ollama/backup".into()),
+            ],
+        )]);
+        Router::new(
+            vec![instance("ollama"), instance("gpu"), instance("a"), instance("b")],
+            Some("ollama".into()),
+            default_model.map(String::from),
+            aliases,
+        )
     }
 
     fn resolve(router: &Router, name: &str) -> (String, String) {
-        let route = router.resolve(name).unwrap();
-        (route.entry.name.clone(), route.model)
+        let plan = router.resolve(name).unwrap();
+        let target = &plan.tiers[0][0];
+        (target.instance.name.clone(), target.model.clone())
     }
 
     #[test]
@@ -144,10 +243,30 @@ mod tests {
     fn empty_name_uses_the_default_model() {
         assert_eq!(resolve(&router(Some("gpu/qwen")), ""), ("gpu".into(), "qwen".into()));
         assert!(matches!(router(None).resolve(""), Err(GatewayError::NoDefaultModel)));
+        assert_eq!(router(Some("fast")).resolve("").unwrap().alias.as_deref(), Some("fast"));
+    }
+
+    #[test]
+    fn without_a_default_provider_bare_names_are_refused() {
+        let r = Router::new(vec![instance("a"), instance("b")], None, None, BTreeMap::new());
+        assert!(matches!(r.resolve("llama"), Err(GatewayError::InvalidArgument(_))));
+        assert_eq!(resolve(&r, "b/llama"), ("b".into(), "llama".into()));
     }
 
     #[test]
     fn a_provider_without_a_model_is_invalid() {
         assert!(matches!(router(None).resolve("gpu/"), Err(GatewayError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn aliases_expand_to_tiers_and_replicas_are_ordered_by_load_and_health() {
+        let r = router(None);
+        let plan = r.resolve("fast").unwrap();
+        let names = |plan: &Plan| plan.attempt_order().iter().map(|t| t.instance.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&plan), ["a", "b", "ollama"]);
+        plan.tiers[0][0].instance.outstanding.store(3, Ordering::Relaxed);
+        assert_eq!(names(&plan), ["b", "a", "ollama"], "the least busy replica first");
+        plan.tiers[0][1].instance.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(names(&plan), ["a", "b", "ollama"], "an unhealthy replica last");
     }
 }

@@ -21,11 +21,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
+use crate::health::{self, HealthState};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
 use crate::router::Router;
@@ -47,12 +47,21 @@ pub enum ServeError {
 /// Runs the server until `shutdown` resolves, then drains. Returns when every connection closed.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let hard_stop = CancellationToken::new();
-    let entries = crate::providers::build(&config).map_err(ServeError::Setup)?;
-    let router = Router::new(entries, config.default_provider().to_string(), config.routing.default_model.clone());
+    let instances = crate::providers::build(&config).map_err(ServeError::Setup)?;
+    let router = Router::new(
+        instances,
+        config.default_provider().map(String::from),
+        config.routing.default_model.clone(),
+        config.routing.aliases.clone(),
+    );
     let gateway = Arc::new(Gateway::new(router, hard_stop.clone()));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    for instance in gateway.router().instances() {
+        reporter.set_service_status(health::instance_service_name(&instance.name), ServingStatus::Serving).await;
+    }
+    let health = HealthState::new(reporter, SERVICE_NAME);
     let routes = tonic::service::Routes::builder()
         .add_service(CopilotServer::new(CopilotApi::new(gateway.clone())))
         .add_service(health_service)
@@ -67,7 +76,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
     tracing::info!(addr = %local, "copilot listening on {local}");
-    tokio::spawn(probe_providers(gateway.clone()));
+    health::spawn_probes(gateway.clone(), health.clone());
 
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
@@ -111,7 +120,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                     drain_delay = %humantime::format_duration(config.server.drain_delay),
                     "shutdown requested: health is NOT_SERVING; draining"
                 );
-                set_all(&health, ServingStatus::NotServing).await;
+                health.drain().await;
                 draining_since = Some(tokio::time::Instant::now());
             }
             _ = drain_over => break,
@@ -130,11 +139,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     tracing::info!("copilot stopped");
     Ok(())
-}
-
-async fn set_all(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(SERVICE_NAME, status).await;
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -156,30 +160,4 @@ fn reflection_v1alpha() -> Result<
     ServeError,
 > {
     reflection_builder().build_v1alpha().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
-}
-
-/// Tells the operator at start whether each provider answers, so a missing Ollama is obvious
-/// before the first call fails. The server serves either way: the upstream may come up later.
-async fn probe_providers(gateway: Arc<Gateway>) {
-    for entry in gateway.router().providers() {
-        match tokio::time::timeout(Duration::from_secs(5), entry.provider.health()).await {
-            Ok(Ok(report)) => tracing::info!(
-                provider = %entry.name,
-                endpoint = %entry.endpoint,
-                version = report.version.as_deref().unwrap_or("unknown"),
-                "provider is up"
-            ),
-            Ok(Err(e)) => tracing::warn!(
-                provider = %entry.name,
-                endpoint = %entry.endpoint,
-                "provider '{}' does not answer at {}: {e}. Calls routed to it will fail with UNAVAILABLE \
-                 until it is up (for Ollama: run `ollama serve`, or set OLLAMA_HOST)",
-                entry.name,
-                entry.endpoint
-            ),
-            Err(_) => {
-                tracing::warn!(provider = %entry.name, endpoint = %entry.endpoint, "provider did not answer a health probe within 5s")
-            }
-        }
-    }
 }

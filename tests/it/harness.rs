@@ -37,8 +37,10 @@ pub struct Copilot {
     _config: tempfile::NamedTempFile,
 }
 
-/// A configuration with only an Ollama provider, for the tests that talk to a fake Ollama.
-pub const OLLAMA_ONLY: &str = "[providers.ollama]\n";
+/// A configuration with only an Ollama provider, for the tests that talk to a fake Ollama. No
+/// retries and no circuit breaker, so each test sees the one behaviour it is about; the routing
+/// tests exercise those.
+pub const OLLAMA_ONLY: &str = "[providers.ollama]\nretries = 0\nbreaker_failures = 0\n";
 
 impl Copilot {
     /// Starts copilot with only an Ollama provider, pointed at `fake`, plus `env`.
@@ -57,10 +59,11 @@ impl Copilot {
         for var in INHERITED_VARS {
             command.env_remove(var);
         }
+        command.env("RUST_LOG", "info");
         for (k, v) in env {
             command.env(k, v);
         }
-        command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.kill_on_drop(true).spawn().expect("spawn copilot");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(String::new()));

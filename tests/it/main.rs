@@ -9,3 +9,5 @@ mod harness;
 mod lifecycle;
 mod mesh;
 mod polyglot;
+mod providers;
+mod routing;

@@ -1,0 +1,604 @@
+//! The Copilot provider adapter for Anthropic's Messages API (`/v1/messages`, `/v1/models`).
+//!
+//! [`AnthropicProvider`] turns a [`ChatRequest`] into one streamed `POST /v1/messages` and the
+//! server-sent events of the reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this
+//! module owns the HTTP client, the mapping of HTTP failures to [`ProviderError`], and the lifetime
+//! of a streamed response.
+//!
+//! Choices where the Messages API and the gateway's model differ:
+//! - System messages become the top-level `system` string (joined by blank lines); consecutive
+//!   messages of one role are merged (joined by blank lines) so turns alternate.
+//! - A conversation whose first non-system message is from the assistant is refused with
+//!   [`ProviderError::InvalidRequest`] before anything is sent. A final assistant message is sent
+//!   as a prefill (the model continues it), without its trailing whitespace, which the API rejects.
+//! - `max_tokens` is required by the API: the request's value, else
+//!   [`AnthropicConfig::default_max_tokens`].
+//! - `seed` has no equivalent and is ignored. A `temperature` above 1 (the API's maximum; the
+//!   gateway allows 2) is refused with [`ProviderError::InvalidRequest`].
+//! - A stream `error` event of type `overloaded_error` that arrives before any text is reported as
+//!   [`ProviderError::Overloaded`] (nothing was produced, so it is as retryable as a 529); any other
+//!   error event is [`ProviderError::MidStream`].
+
+mod wire;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use eventsource_stream::{EventStream, EventStreamError, Eventsource};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+pub use crate::wire::AnthropicModel;
+use crate::wire::{Decoded, StreamState, UpstreamError};
+
+/// Anthropic's public API.
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// The `anthropic-version` header value; the only version the official SDKs send.
+pub const DEFAULT_VERSION: &str = "2023-06-01";
+/// `max_tokens` for requests that set none (the API requires one).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// How to reach Anthropic's Messages API (or a server that speaks it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnthropicConfig {
+    /// Default [`DEFAULT_BASE_URL`]. A trailing slash, and a trailing `/v1` (an OpenAI-style base
+    /// URL), are tolerated: paths are appended as `/v1/messages`, `/v1/models`.
+    pub base_url: String,
+    /// Sent as `x-api-key`. `None` sends no key (for a proxy that adds its own credentials).
+    pub api_key: Option<Secret>,
+    /// The `anthropic-version` header; default [`DEFAULT_VERSION`].
+    pub version: String,
+    /// Beta features, sent as one comma-separated `anthropic-beta` header when not empty.
+    pub beta: Vec<String>,
+    /// `max_tokens` for requests that set none; default [`DEFAULT_MAX_TOKENS`]. Must be at least 1.
+    pub default_max_tokens: u32,
+    /// TCP (and TLS) connect timeout for the HTTP client; default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for AnthropicConfig {
+    fn default() -> Self {
+        AnthropicConfig {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key: None,
+            version: DEFAULT_VERSION.to_owned(),
+            beta: Vec::new(),
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an [`AnthropicConfig`] cannot be used. Never contains the API key.
+#[derive(Debug, thiserror::Error)]
+pub enum AnthropicConfigError {
+    #[error("invalid Anthropic base_url {value:?}: {reason}")]
+    InvalidBaseUrl { value: String, reason: String },
+    #[error("invalid Anthropic api_key: it cannot be sent as an HTTP header (it holds a control character)")]
+    InvalidApiKey,
+    #[error("invalid Anthropic {field} {value:?}: {reason}")]
+    InvalidHeader { field: &'static str, value: String, reason: String },
+    #[error("invalid Anthropic default_max_tokens: it must be at least 1")]
+    InvalidMaxTokens,
+    #[error("cannot build the HTTP client for Anthropic: {0}")]
+    HttpClient(String),
+}
+
+/// A [`Provider`] backed by Anthropic's Messages API. Cheap to share: all requests go through one
+/// HTTP client, so connections are pooled and reused. Its `Debug` output never shows the key.
+#[derive(Debug)]
+pub struct AnthropicProvider {
+    /// Sends `x-api-key` (marked sensitive), `anthropic-version` and `anthropic-beta` with every
+    /// request.
+    client: reqwest::Client,
+    /// Shared with every stream, which names the server in its error messages.
+    base_url: Arc<str>,
+    /// Kept only to scrub it from upstream error text.
+    api_key: Option<Secret>,
+    default_max_tokens: u32,
+    messages_url: Url,
+    models_url: Url,
+}
+
+impl AnthropicProvider {
+    pub fn new(config: AnthropicConfig) -> Result<Self, AnthropicConfigError> {
+        let base_url = validate_base_url(&config.base_url)?;
+        let endpoint = |path: &str| {
+            Url::parse(&format!("{base_url}{path}")).map_err(|e| AnthropicConfigError::InvalidBaseUrl {
+                value: config.base_url.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let (messages_url, models_url) = (endpoint("/v1/messages")?, endpoint("/v1/models")?);
+        if config.default_max_tokens == 0 {
+            return Err(AnthropicConfigError::InvalidMaxTokens);
+        }
+
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| AnthropicConfigError::InvalidApiKey)?;
+            // Keeps it out of reqwest's and hyper's Debug output.
+            value.set_sensitive(true);
+            headers.insert(HeaderName::from_static("x-api-key"), value);
+        }
+        headers.insert(HeaderName::from_static("anthropic-version"), header_value("version", &config.version)?);
+        if !config.beta.is_empty() {
+            headers.insert(HeaderName::from_static("anthropic-beta"), header_value("beta", &config.beta.join(","))?);
+        }
+
+        // reqwest is built without a default crypto provider and panics if none is installed.
+        // Whoever installs first wins; an already installed provider is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| AnthropicConfigError::HttpClient(root_cause(&e)))?;
+
+        Ok(AnthropicProvider {
+            client,
+            base_url: base_url.into(),
+            api_key: config.api_key,
+            default_max_tokens: config.default_max_tokens,
+            messages_url,
+            models_url,
+        })
+    }
+
+    /// The API's base URL, without a trailing slash or `/v1`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Every model the key can use, as the Models API describes them (newest first), following
+    /// `has_more`/`last_id` pagination.
+    pub async fn models(&self) -> Result<Vec<AnthropicModel>, ProviderError> {
+        /// The API's maximum page size.
+        const PAGE: &str = "1000";
+        /// A guard against a server whose pagination never ends.
+        const MAX_PAGES: usize = 100;
+
+        let mut models = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut url = self.models_url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("limit", PAGE);
+                if let Some(after) = &after {
+                    query.append_pair("after_id", after);
+                }
+            }
+            let page: wire::ModelsPage = self.fetch_json(self.client.get(url), None, "model list").await?;
+            let empty = page.data.is_empty();
+            models.extend(page.data.into_iter().map(AnthropicModel::from));
+            match page.last_id {
+                Some(last) if page.has_more && !empty && after.as_deref() != Some(last.as_str()) => after = Some(last),
+                _ => return Ok(models),
+            }
+        }
+        tracing::warn!(base_url = %self.base_url, "Anthropic's model list did not end after {MAX_PAGES} pages");
+        Ok(models)
+    }
+
+    /// Sends a request and checks its status; the `model` it concerns turns a 404 into
+    /// [`ProviderError::ModelNotFound`].
+    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
+        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.error_from_response(response, model).await)
+    }
+
+    /// A whole (non-streamed) JSON response; `what` names it in error messages.
+    async fn fetch_json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        model: Option<&str>,
+        what: &str,
+    ) -> Result<T, ProviderError> {
+        let response = self.send(request, model).await?;
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::Interrupted(format!(
+                "connection lost to Anthropic at {} while reading {what}: {}",
+                self.base_url,
+                root_cause(&e)
+            ))
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            ProviderError::Protocol(format!("unexpected {what} from Anthropic at {} ({e}): {excerpt}", self.base_url))
+        })
+    }
+
+    /// A request that got no response at all: the server is down, unknown, or hung up.
+    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
+        let cause = root_cause(err);
+        if err.is_connect() {
+            ProviderError::Unreachable(format!("cannot connect to Anthropic at {}: {cause}", self.base_url))
+        } else {
+            ProviderError::Unreachable(format!("request to Anthropic at {} failed: {cause}", self.base_url))
+        }
+    }
+
+    /// Turns a non-2xx response into the matching [`ProviderError`].
+    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
+        // An error body is a small JSON object; a cap guards against a proxy's HTML page.
+        const MAX_ERROR_BODY: usize = 16 * 1024;
+
+        let status = response.status();
+        let retry_after = retry_after(response.headers(), SystemTime::now());
+        let request_id = response.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+        let mut error = UpstreamError::parse(&body);
+        if error.request_id.is_none() {
+            error.request_id = request_id;
+        }
+        let mut message =
+            error.describe(self.api_key.as_ref(), status.canonical_reason().unwrap_or("no error message"));
+        if status == StatusCode::UNAUTHORIZED && self.api_key.is_none() {
+            message.push_str("; no api_key is configured for this provider");
+        }
+        if status == StatusCode::NOT_FOUND && !error.anthropic {
+            message.push_str(&format!("; is {} an Anthropic API base URL?", self.base_url));
+        }
+        tracing::debug!(status = status.as_u16(), %message, "Anthropic refused the request");
+        status_error(status, &error, message, retry_after, model)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for AnthropicProvider {
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
+        let body = wire::MessagesBody::new(&request, self.default_max_tokens)?;
+        let response = self.send(self.client.post(self.messages_url.clone()).json(&body), Some(&request.model)).await?;
+        check_event_stream(response.headers().get(CONTENT_TYPE), &self.base_url)?;
+        tracing::debug!(model = %request.model, base_url = %self.base_url, "Anthropic accepted the chat request");
+        Ok(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone()).into_stream())
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        Ok(self.models().await?.into_iter().map(AnthropicModel::into_model_info).collect())
+    }
+
+    async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
+        if model.is_empty() {
+            return Err(ProviderError::InvalidRequest("an empty model name cannot be described".into()));
+        }
+        let mut url = self.models_url.clone();
+        // Pushing a segment percent-encodes whatever the name holds.
+        url.path_segments_mut().expect("an http(s) URL has path segments").push(model);
+        let found: wire::WireModel = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+        Ok(AnthropicModel::from(found).into_model_info())
+    }
+
+    /// `GET /v1/models?limit=1`: the cheapest call that checks both reachability and the key.
+    async fn health(&self) -> Result<HealthReport, ProviderError> {
+        let mut url = self.models_url.clone();
+        url.query_pairs_mut().append_pair("limit", "1");
+        let _: wire::ModelsPage = self.fetch_json(self.client.get(url), None, "model list").await?;
+        // The API reports no server version.
+        Ok(HealthReport { version: None })
+    }
+}
+
+fn header_value(field: &'static str, value: &str) -> Result<HeaderValue, AnthropicConfigError> {
+    HeaderValue::from_str(value).map_err(|e| AnthropicConfigError::InvalidHeader {
+        field,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The base URL as given minus any trailing slash and `/v1`, once it is known to be an http(s) URL.
+fn validate_base_url(raw: &str) -> Result<String, AnthropicConfigError> {
+    const EXAMPLE: &str = "expected e.g. https://api.anthropic.com";
+    let invalid = |reason: String| AnthropicConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
+    let mut trimmed = raw.trim().trim_end_matches('/');
+    if let Some(without) = trimmed.strip_suffix("/v1") {
+        trimmed = without.trim_end_matches('/');
+    }
+    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} ({EXAMPLE})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("the scheme must be http or https, not {:?} ({EXAMPLE})", url.scheme())));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("a base URL cannot carry a query or fragment".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A 200 to a streamed request must be an event stream; a server that ignores `stream: true`
+/// (or a proxy's page) would otherwise look like a stream that ended before `message_stop`.
+fn check_event_stream(content_type: Option<&HeaderValue>, base_url: &str) -> Result<(), ProviderError> {
+    let Some(value) = content_type else { return Ok(()) };
+    let value = value.to_str().unwrap_or_default();
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("text/event-stream") {
+        return Ok(());
+    }
+    Err(ProviderError::Protocol(format!(
+        "Anthropic at {base_url} answered a streamed request with {value:?} instead of text/event-stream"
+    )))
+}
+
+/// How long the upstream asks us to wait: `retry-after-ms` (which Anthropic's SDKs prefer), else
+/// `retry-after` (seconds or an HTTP date).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let millis = header("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    millis.or_else(|| header("retry-after").and_then(|v| copilot_provider::parse_retry_after(v, now)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// How long to wait, after `message_stop`, for the rest of the body (the end of the chunked
+/// encoding). Reading it lets the connection go back to the pool; dropping a body that is still
+/// open closes the connection instead.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+type Events = EventStream<BoxStream<'static, reqwest::Result<Bytes>>>;
+
+/// The state behind a [`ChatStream`]: the SSE events being read and what they reported so far.
+struct ChatEvents {
+    /// `None` once the stream has ended. It owns the response body: dropping it closes the
+    /// connection, which is how Anthropic learns to stop generating when our caller goes away.
+    events: Option<Events>,
+    state: StreamState,
+    base_url: Arc<str>,
+}
+
+impl ChatEvents {
+    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        let body: BoxStream<'static, reqwest::Result<Bytes>> = response.bytes_stream().boxed();
+        ChatEvents { events: Some(body.eventsource()), state: StreamState::new(api_key), base_url }
+    }
+
+    fn into_stream(self) -> ChatStream {
+        futures::stream::unfold(self, |mut events| async move {
+            let item = events.next_event().await?;
+            Some((item, events))
+        })
+        .boxed()
+    }
+
+    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        loop {
+            let events = self.events.as_mut()?;
+            let event = match events.next().await {
+                Some(Ok(event)) => event,
+                Some(Err(err)) => {
+                    self.events = None;
+                    return Some(Err(self.stream_error(err)));
+                }
+                None => {
+                    self.events = None;
+                    return Some(Err(ProviderError::Interrupted(format!(
+                        "Anthropic at {} ended the stream without message_stop",
+                        self.base_url
+                    ))));
+                }
+            };
+            match wire::decode_event(&event.event, &event.data, &mut self.state) {
+                Decoded::Skip => {}
+                Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Decoded::Done(completion) => {
+                    self.finish_body().await;
+                    return Some(Ok(ChatEvent::Done(completion)));
+                }
+                Decoded::Failed(err) => {
+                    self.events = None;
+                    return Some(Err(err));
+                }
+            }
+        }
+    }
+
+    fn stream_error(&self, err: EventStreamError<reqwest::Error>) -> ProviderError {
+        match err {
+            EventStreamError::Transport(err) => ProviderError::Interrupted(format!(
+                "connection lost to Anthropic at {} mid-stream: {}",
+                self.base_url,
+                root_cause(&err)
+            )),
+            EventStreamError::Utf8(err) => ProviderError::Protocol(format!(
+                "Anthropic at {} sent an event stream that is not UTF-8: {err}",
+                self.base_url
+            )),
+            EventStreamError::Parser(err) => ProviderError::Protocol(format!(
+                "Anthropic at {} sent a malformed event stream: {}",
+                self.base_url,
+                wire::truncate_chars(&err.to_string(), 200)
+            )),
+        }
+    }
+
+    /// Ends the stream after `message_stop`, ignoring anything the body still holds.
+    async fn finish_body(&mut self) {
+        let Some(mut events) = self.events.take() else { return };
+        let drain = async { while let Some(Ok(_)) = events.next().await {} };
+        let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Maps an error response by its status, then by Anthropic's `error.type` for statuses that say
+/// nothing specific (e.g. a `billing_error` on 402, an `overloaded_error` behind a proxy's 502).
+fn status_error(
+    status: StatusCode,
+    error: &UpstreamError,
+    message: String,
+    retry_after: Option<Duration>,
+    model: Option<&str>,
+) -> ProviderError {
+    match (status.as_u16(), model) {
+        (400 | 413 | 422, _) => ProviderError::InvalidRequest(message),
+        (401 | 403, _) => ProviderError::Unauthorized(message),
+        // A 404 that is not an Anthropic error object comes from something else at that URL.
+        (404, Some(model)) if error.anthropic => ProviderError::ModelNotFound { model: model.to_owned() },
+        (429, _) => ProviderError::RateLimited { message, retry_after },
+        (503 | 529, _) => ProviderError::Overloaded { message, retry_after },
+        (status, _) => match error.kind.as_deref() {
+            Some("overloaded_error") => ProviderError::Overloaded { message, retry_after },
+            Some("rate_limit_error") => ProviderError::RateLimited { message, retry_after },
+            Some("authentication_error" | "permission_error" | "billing_error") => ProviderError::Unauthorized(message),
+            Some("invalid_request_error" | "request_too_large") if (400..500).contains(&status) => {
+                ProviderError::InvalidRequest(message)
+            }
+            _ => ProviderError::Upstream { status, message },
+        },
+    }
+}
+
+/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
+/// for url", "client error (Connect)") say where a request failed, not why.
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    fn anthropic_error(kind: &str) -> UpstreamError {
+        UpstreamError { anthropic: true, kind: Some(kind.into()), message: "msg".into(), request_id: None }
+    }
+
+    #[test]
+    fn statuses_map_to_provider_errors() {
+        let map =
+            |code, kind: &str, model| status_error(status(code), &anthropic_error(kind), "msg".into(), None, model);
+        let m = Some("claude-x");
+        assert_eq!(map(400, "invalid_request_error", m), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(413, "request_too_large", m), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(401, "authentication_error", m), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(403, "permission_error", None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(402, "billing_error", None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(404, "not_found_error", m), ProviderError::ModelNotFound { model: "claude-x".into() });
+        assert_eq!(map(404, "not_found_error", None), ProviderError::Upstream { status: 404, message: "msg".into() });
+        assert_eq!(
+            map(429, "rate_limit_error", None),
+            ProviderError::RateLimited { message: "msg".into(), retry_after: None }
+        );
+        assert_eq!(
+            map(529, "overloaded_error", m),
+            ProviderError::Overloaded { message: "msg".into(), retry_after: None }
+        );
+        assert_eq!(map(503, "api_error", m), ProviderError::Overloaded { message: "msg".into(), retry_after: None });
+        assert_eq!(
+            map(502, "overloaded_error", m),
+            ProviderError::Overloaded { message: "msg".into(), retry_after: None }
+        );
+        assert_eq!(map(500, "api_error", m), ProviderError::Upstream { status: 500, message: "msg".into() });
+        assert_eq!(map(504, "timeout_error", m), ProviderError::Upstream { status: 504, message: "msg".into() });
+        // Not an Anthropic body: a 404 says nothing about the model.
+        let page = UpstreamError { message: "<html>".into(), ..Default::default() };
+        assert_eq!(
+            status_error(status(404), &page, "x".into(), None, m),
+            ProviderError::Upstream { status: 404, message: "x".into() }
+        );
+    }
+
+    #[test]
+    fn retry_after_prefers_milliseconds_then_seconds() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("1500.5"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_micros(1_500_500)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        let wait = Some(Duration::from_secs(3));
+        let limited = status_error(status(429), &anthropic_error("rate_limit_error"), "m".into(), wait, None);
+        assert_eq!(limited.retry_after(), wait);
+        let overloaded = status_error(status(529), &anthropic_error("overloaded_error"), "m".into(), wait, None);
+        assert_eq!(overloaded.retry_after(), wait);
+    }
+
+    fn config(base_url: &str) -> AnthropicConfig {
+        AnthropicConfig { base_url: base_url.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn base_url_is_validated_and_normalized() {
+        let provider = AnthropicProvider::new(AnthropicConfig::default()).unwrap();
+        assert_eq!(provider.base_url(), "https://api.anthropic.com");
+        assert_eq!(provider.messages_url.as_str(), "https://api.anthropic.com/v1/messages");
+        for given in ["https://api.anthropic.com/", "https://api.anthropic.com/v1", "https://api.anthropic.com/v1/"] {
+            assert_eq!(AnthropicProvider::new(config(given)).unwrap().base_url(), "https://api.anthropic.com");
+        }
+        let provider = AnthropicProvider::new(config("http://proxy.internal:8080/anthropic")).unwrap();
+        assert_eq!(provider.models_url.as_str(), "http://proxy.internal:8080/anthropic/v1/models");
+
+        for bad in ["api.anthropic.com", "ftp://host", "not a url", "", "http://host/?x=1"] {
+            let err = AnthropicProvider::new(config(bad)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_key_stays_out_of_debug_output_and_config_errors() {
+        let key = "sk-ant-api03-very-secret";
+        let config = AnthropicConfig { api_key: Some(Secret::new(key)), ..Default::default() };
+        assert!(!format!("{config:?}").contains(key));
+        let provider = AnthropicProvider::new(config).unwrap();
+        let debug = format!("{provider:?}");
+        // The header is there, but its value is not shown.
+        assert!(debug.contains("x-api-key") && !debug.contains(key), "{debug}");
+
+        let bad = AnthropicConfig { api_key: Some(Secret::new("sk-ant\nsecret-part")), ..Default::default() };
+        let err = AnthropicProvider::new(bad).unwrap_err().to_string();
+        assert!(!err.contains("secret-part"), "{err}");
+    }
+
+    #[test]
+    fn other_config_values_are_checked() {
+        let zero = AnthropicConfig { default_max_tokens: 0, ..Default::default() };
+        assert!(matches!(AnthropicProvider::new(zero), Err(AnthropicConfigError::InvalidMaxTokens)));
+        let version = AnthropicConfig { version: "2023\n".into(), ..Default::default() };
+        assert!(matches!(AnthropicProvider::new(version), Err(AnthropicConfigError::InvalidHeader { .. })));
+    }
+
+    #[test]
+    fn a_streamed_reply_must_be_an_event_stream() {
+        let check = |value: &'static str| check_event_stream(Some(&HeaderValue::from_static(value)), "http://h");
+        assert!(check("text/event-stream").is_ok());
+        assert!(check("text/event-stream; charset=utf-8").is_ok());
+        assert!(check("Text/Event-Stream").is_ok());
+        assert!(check_event_stream(None, "http://h").is_ok());
+        let Err(ProviderError::Protocol(message)) = check("application/json") else { panic!("accepted JSON") };
+        assert!(message.contains("application/json") && message.contains("http://h"), "{message}");
+    }
+}

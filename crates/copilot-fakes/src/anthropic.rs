@@ -1,0 +1,1464 @@
+//! A fake of Anthropic's Messages API (`POST /v1/messages`, `GET /v1/models`,
+//! `GET /v1/models/{id}`).
+//!
+//! It speaks the real wire format, as described in the project's Anthropic reference notes:
+//! - every request needs `anthropic-version` (400 otherwise) and, once a key is set with
+//!   [`FakeAnthropic::with_api_key`], the right `x-api-key` (401 `authentication_error` otherwise,
+//!   whose message echoes the presented key partially, the way key-checking APIs do);
+//! - errors are `{"type":"error","error":{"type":"…","message":"…"},"request_id":"req_…"}` with a
+//!   `request-id` header, the error type following the status (`rate_limit_error` for 429,
+//!   `overloaded_error` for 529, …); overload ([`FakeAnthropic::set_busy`]) is a 529;
+//! - request bodies are validated like the API does: `model`, `messages` and `max_tokens` are
+//!   required, roles are `user`/`assistant`, `temperature` is 0 to 1, and unknown top-level fields
+//!   (e.g. `seed`) are refused with "Extra inputs are not permitted";
+//! - a streamed reply (`"stream": true`) is `text/event-stream` with named events, each written and
+//!   flushed on its own: `message_start`, `content_block_start`, `ping`, one `content_block_delta`
+//!   (`text_delta`) per chunk, `content_block_stop`, `message_delta` (stop reason and cumulative
+//!   `output_tokens`), `message_stop`; without `stream` the reply is one `message` object.
+//!
+//! `max_tokens` is honoured (one chunk counts as one token; `stop_reason: "max_tokens"`), and so
+//! are `stop_sequences` found within a chunk (the chunk is cut before it; `stop_reason:
+//! "stop_sequence"`). Usage: `input_tokens` is the number of whitespace-separated words in the
+//! system prompt and all messages (at least 1), `output_tokens` the number of chunks sent.
+//!
+//! [`Behaviour`]s on this protocol:
+//! - [`Behaviour::ErrorAfter`]: the chunks, then an `event: error` whose error type is
+//!   `overloaded_error` when the message is [`OVERLOADED_MESSAGE`] and `api_error` otherwise, then a
+//!   clean end of body. Without `stream`, the matching error status (529 or 500) instead.
+//! - [`Behaviour::EndWithoutDone`]: the chunks, then a clean end of body with no
+//!   `content_block_stop`, `message_delta` or `message_stop`. Without `stream`, a message whose
+//!   `stop_reason` is null.
+//! - [`Behaviour::DropConnectionAfter`]: the chunks, then the connection is aborted.
+//! - [`Behaviour::HttpError`]: that status with an Anthropic error body carrying the message.
+
+use std::collections::VecDeque;
+use std::io::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::script::{Behaviour, FakeModel, Reply};
+
+/// The `anthropic-version` values the fake accepts (the two the API has ever had).
+pub const ANTHROPIC_VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
+
+/// The message of Anthropic's overload errors (a 529 body, or a mid-stream `error` event).
+pub const OVERLOADED_MESSAGE: &str = "Overloaded";
+
+/// The API's request size limit; larger bodies get a 413 `request_too_large`.
+const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+const JSON_CONTENT_TYPE: &str = "application/json";
+const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
+
+/// Top-level fields of `POST /v1/messages` the API knows; anything else is refused.
+const KNOWN_FIELDS: [&str; 17] = [
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "stream",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "context_management",
+];
+
+/// A running fake Anthropic API. It stops accepting connections, and ends the streams it is still
+/// writing, when dropped.
+pub struct FakeAnthropic {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeAnthropic {
+    /// Starts a server with no models and no API key on `127.0.0.1` and a free port.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound.
+    pub async fn start() -> FakeAnthropic {
+        FakeAnthropic::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind a loopback port for the fake Anthropic server")
+    }
+
+    /// Starts a server with no models and no API key on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeAnthropic> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(err) = server.await {
+                tracing::warn!(%err, "fake Anthropic server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, "fake Anthropic server listening");
+        Ok(FakeAnthropic { addr, shared, shutdown: Some(shutdown) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, without a trailing slash (the API paths start with `/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requires `x-api-key: key` on every request from now on.
+    pub fn with_api_key(self, key: impl Into<String>) -> Self {
+        self.set_api_key(Some(key.into()));
+        self
+    }
+
+    /// Sets (or, with `None`, drops) the key every request must present.
+    pub fn set_api_key(&self, key: Option<String>) {
+        *self.shared.api_key.write().unwrap() = key;
+    }
+
+    /// Adds a model, replacing one with the same id. Requests already in progress keep the script
+    /// they started with. The listing shows the newest model first, like the API's.
+    pub fn add_model(&self, model: FakeModel) {
+        let entry = Arc::new(ModelEntry::new(model));
+        let mut models = self.shared.models.write().unwrap();
+        match models.iter_mut().find(|m| m.model.name == entry.model.name) {
+            Some(slot) => *slot = entry,
+            None => models.push(entry),
+        }
+    }
+
+    /// Removes a model; returns whether it was there.
+    pub fn remove_model(&self, id: &str) -> bool {
+        let mut models = self.shared.models.write().unwrap();
+        let before = models.len();
+        models.retain(|m| m.model.name != id);
+        models.len() != before
+    }
+
+    /// While set, `/v1/messages` answers 529 `overloaded_error`.
+    pub fn set_busy(&self, busy: bool) {
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The next `count` message requests (for any known model) fail with `status` and an Anthropic
+    /// error body of the matching type, with a `retry-after: <seconds>` header when given; later
+    /// requests behave as scripted.
+    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
+        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+    }
+
+    /// Whether to keep message request bodies and headers (on by default). Long benchmark runs
+    /// turn it off so memory stays flat.
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.record_requests.store(record, Ordering::Relaxed);
+    }
+
+    /// The JSON body of every `/v1/messages` request received (including refused ones), in order.
+    /// Bodies that were not valid JSON are not recorded.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.shared.chat_requests.lock().unwrap().clone()
+    }
+
+    /// The headers of every `/v1/messages` request received (including refused ones), in order.
+    pub fn request_headers(&self) -> Vec<HeaderMap> {
+        self.shared.chat_headers.lock().unwrap().clone()
+    }
+
+    /// Message requests the client abandoned (closed the connection) after they were accepted and
+    /// before their last event was written — including during `header_delay`.
+    pub fn disconnects(&self) -> usize {
+        *self.shared.disconnects.borrow()
+    }
+
+    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
+    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
+        let mut changes = self.shared.disconnects.subscribe();
+        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Message responses that produced their last piece: the `message_stop` event, the `error`
+    /// event of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the
+    /// single object of a non-streamed request.
+    pub fn completed_streams(&self) -> usize {
+        self.shared.completed.load(Ordering::SeqCst)
+    }
+
+    /// Message requests accepted (known model, not busy) and not yet finished or abandoned,
+    /// including those still in their `header_delay`.
+    pub fn active_streams(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeAnthropic {
+    fn drop(&mut self) {
+        // Graceful shutdown alone would wait forever on a stream whose client is still reading;
+        // the flag makes such streams abort at their next event.
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Requests still to fail, set by [`FakeAnthropic::fail_next`].
+#[derive(Clone, Copy)]
+struct FailNext {
+    remaining: usize,
+    status: u16,
+    retry_after: Option<u64>,
+}
+
+/// State shared by the handle and the request handlers.
+struct Shared {
+    models: RwLock<Vec<Arc<ModelEntry>>>,
+    api_key: RwLock<Option<String>>,
+    busy: AtomicBool,
+    fail_next: Mutex<Option<FailNext>>,
+    record_requests: AtomicBool,
+    chat_requests: Mutex<Vec<Value>>,
+    chat_headers: Mutex<Vec<HeaderMap>>,
+    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
+    disconnects: watch::Sender<usize>,
+    completed: AtomicUsize,
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+    /// Source of message and request ids.
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            models: RwLock::new(Vec::new()),
+            api_key: RwLock::new(None),
+            busy: AtomicBool::new(false),
+            fail_next: Mutex::new(None),
+            record_requests: AtomicBool::new(true),
+            chat_requests: Mutex::new(Vec::new()),
+            chat_headers: Mutex::new(Vec::new()),
+            disconnects: watch::Sender::new(0),
+            completed: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn take_failure(&self) -> Option<FailNext> {
+        let mut pending = self.fail_next.lock().unwrap();
+        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
+        failure.remaining -= 1;
+        Some(*failure)
+    }
+
+    fn find_model(&self, id: &str) -> Option<Arc<ModelEntry>> {
+        self.models.read().unwrap().iter().find(|m| m.model.name == id).cloned()
+    }
+
+    /// A fresh id with Anthropic's prefix and shape, e.g. `req_011CFakeAnthropic0000000007`.
+    fn new_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}_011CFakeAnthropic{n:010}")
+    }
+
+    /// The checks every endpoint makes, in the API's order: the key, then the version header;
+    /// `Some` is the refusal.
+    fn check_headers(&self, headers: &HeaderMap, request_id: &str) -> Option<Response> {
+        if let Some(expected) = self.api_key.read().unwrap().as_deref() {
+            let presented = headers.get("x-api-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            match presented {
+                None => {
+                    return Some(error_response(401, "x-api-key header is required", request_id));
+                }
+                Some(key) if key != expected => {
+                    let message = format!("invalid x-api-key: {}", mask_key(&key));
+                    return Some(error_response(401, &message, request_id));
+                }
+                Some(_) => {}
+            }
+        }
+        match headers.get("anthropic-version").map(HeaderValue::as_bytes) {
+            None => Some(error_response(400, "anthropic-version: header is required", request_id)),
+            Some(version) if !ANTHROPIC_VERSIONS.iter().any(|v| v.as_bytes() == version) => {
+                let version = String::from_utf8_lossy(version);
+                Some(error_response(400, &format!("anthropic-version: invalid version '{version}'"), request_id))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// `sk-ant-a***wxyz`: enough of a presented key to recognize it, as key-checking APIs echo it.
+fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 12 {
+        let shown: String = chars.iter().take(chars.len() / 3).collect();
+        return format!("{shown}***");
+    }
+    let head: String = chars[..8].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+/// A model as served: its script plus what the Models API reports about it.
+#[derive(Debug)]
+struct ModelEntry {
+    model: FakeModel,
+    display_name: String,
+    created_at: String,
+}
+
+impl ModelEntry {
+    fn new(model: FakeModel) -> Self {
+        ModelEntry { display_name: display_name(&model.name), created_at: rfc3339(SystemTime::now()), model }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "type": "model",
+            "id": self.model.name,
+            "display_name": self.display_name,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+/// `claude-sonnet-4-5-20250929` → `Claude Sonnet 4.5`: words capitalized, adjacent numbers joined
+/// by dots, a trailing date dropped.
+fn display_name(id: &str) -> String {
+    let mut parts: Vec<&str> = id.split(['-', '_']).filter(|p| !p.is_empty()).collect();
+    if parts.len() > 1 && parts.last().is_some_and(|p| p.len() == 8 && p.bytes().all(|b| b.is_ascii_digit())) {
+        parts.pop();
+    }
+    let mut name = String::with_capacity(id.len());
+    let mut previous_numeric = false;
+    for part in parts {
+        let numeric = part.bytes().all(|b| b.is_ascii_digit());
+        if !name.is_empty() {
+            name.push(if numeric && previous_numeric { '.' } else { ' ' });
+        }
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            name.extend(first.to_uppercase());
+            name.push_str(chars.as_str());
+        }
+        previous_numeric = numeric;
+    }
+    name
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        // The limit is checked in the handler so the refusal has Anthropic's body.
+        .layer(DefaultBodyLimit::max(2 * MAX_REQUEST_BYTES))
+        .with_state(shared)
+}
+
+async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
+    error_response(404, "Not Found", &shared.new_id("req"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let request_id = shared.new_id("req");
+    if let Some(refusal) = shared.check_headers(&headers, &request_id) {
+        return refusal;
+    }
+    let (mut limit, mut after_id, mut before_id) = (20usize, None, None);
+    for (key, value) in query_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => {
+                    let message = "limit: Input should be a valid integer between 1 and 1000";
+                    return error_response(400, message, &request_id);
+                }
+            },
+            "after_id" => after_id = Some(value),
+            "before_id" => before_id = Some(value),
+            _ => {}
+        }
+    }
+
+    let models = shared.models.read().unwrap();
+    // Newest first.
+    let ordered: Vec<&Arc<ModelEntry>> = models.iter().rev().collect();
+    let position = |id: &str| ordered.iter().position(|m| m.model.name == id);
+    let (start, end) = match (after_id.as_deref(), before_id.as_deref()) {
+        (Some(after), _) => {
+            let start = position(after).map_or(ordered.len(), |i| i + 1);
+            (start, (start + limit).min(ordered.len()))
+        }
+        (None, Some(before)) => {
+            let end = position(before).unwrap_or(0);
+            (end.saturating_sub(limit), end)
+        }
+        (None, None) => (0, limit.min(ordered.len())),
+    };
+    let page = &ordered[start..end];
+    let has_more = if before_id.is_some() && after_id.is_none() { start > 0 } else { end < ordered.len() };
+    let data: Vec<Value> = page.iter().map(|m| m.to_json()).collect();
+    let body = json!({
+        "data": data,
+        "has_more": has_more,
+        "first_id": page.first().map(|m| m.model.name.clone()),
+        "last_id": page.last().map(|m| m.model.name.clone()),
+    });
+    json_response(StatusCode::OK, &body, &request_id)
+}
+
+async fn get_model(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let request_id = shared.new_id("req");
+    if let Some(refusal) = shared.check_headers(&headers, &request_id) {
+        return refusal;
+    }
+    match shared.find_model(&id) {
+        Some(entry) => json_response(StatusCode::OK, &entry.to_json(), &request_id),
+        None => error_response(404, &format!("model: {id}"), &request_id),
+    }
+}
+
+/// `a=1&b=x%2Dy` as decoded pairs (`+` is a space, as in forms).
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key), percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// What a message request asks for, validated the way the API does.
+struct ChatParams {
+    model: String,
+    stream: bool,
+    /// `max_tokens`: chunks allowed.
+    limit: usize,
+    stop_sequences: Vec<String>,
+    /// `input_tokens`: whitespace-separated words in the system prompt and all messages, at least 1.
+    input_words: usize,
+    /// Text of the last user message, for [`Reply::Echo`].
+    last_user: String,
+}
+
+async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request_id = shared.new_id("req");
+    let parsed = serde_json::from_slice::<Value>(&body);
+    if shared.record_requests.load(Ordering::Relaxed) {
+        shared.chat_headers.lock().unwrap().push(headers.clone());
+        if let Ok(value) = &parsed {
+            shared.chat_requests.lock().unwrap().push(value.clone());
+        }
+    }
+    if let Some(refusal) = shared.check_headers(&headers, &request_id) {
+        return refusal;
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return error_response(413, "Request exceeds the maximum allowed number of bytes.", &request_id);
+    }
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return error_response(400, &format!("There was an error parsing the body: {err}"), &request_id),
+    };
+    let params = match chat_params(&request) {
+        Ok(params) => params,
+        Err(message) => return error_response(400, &message, &request_id),
+    };
+    let Some(entry) = shared.find_model(&params.model) else {
+        return error_response(404, &format!("model: {}", params.model), &request_id);
+    };
+    if shared.busy.load(Ordering::Relaxed) {
+        return error_response(529, OVERLOADED_MESSAGE, &request_id);
+    }
+    if let Some(failure) = shared.take_failure() {
+        let mut response = error_response(failure.status, default_message(failure.status), &request_id);
+        if let Some(seconds) = failure.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
+    }
+
+    // From here on the request counts as a stream: a client that gives up, even during the
+    // header delay, is a disconnect.
+    let mut guard = StreamGuard::start(shared.clone());
+    if !entry.model.header_delay.is_zero() {
+        tokio::time::sleep(entry.model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
+        guard.finish(false);
+        return error_response(*status, message, &request_id);
+    }
+
+    let message_id = shared.new_id("msg");
+    let generation = Generation::new(entry, &params);
+    if params.stream {
+        stream_response(
+            StreamBody {
+                generation,
+                guard,
+                queue: VecDeque::new(),
+                started: false,
+                finished: false,
+                completes_with_queue: false,
+                message_id,
+                model: params.model,
+                input_words: params.input_words,
+            },
+            &request_id,
+        )
+    } else {
+        message_response(generation, guard, &message_id, &params, &request_id).await
+    }
+}
+
+/// Reads what a message request asks for; `Err` is the 400 message the API would answer with.
+fn chat_params(request: &Value) -> Result<ChatParams, String> {
+    let Value::Object(fields) = request else {
+        return Err("Input should be a valid dictionary or object to extract fields from".to_owned());
+    };
+    if let Some(extra) = fields.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+        return Err(format!("{extra}: Extra inputs are not permitted"));
+    }
+    let model = match fields.get("model") {
+        None => return Err("model: Field required".to_owned()),
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => return Err("model: Input should be a valid, non-empty string".to_owned()),
+    };
+    let limit = match fields.get("max_tokens") {
+        None => return Err("max_tokens: Field required".to_owned()),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(n), _) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            (Some(_), _) | (None, Some(_)) => {
+                return Err("max_tokens: Input should be greater than or equal to 1".to_owned());
+            }
+            (None, None) => return Err("max_tokens: Input should be a valid integer".to_owned()),
+        },
+        Some(_) => return Err("max_tokens: Input should be a valid integer".to_owned()),
+    };
+    let stream = match fields.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => return Err("stream: Input should be a valid boolean".to_owned()),
+    };
+    for (field, max) in [("temperature", 1.0), ("top_p", 1.0)] {
+        match fields.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|v| (0.0..=max).contains(&v)) => {}
+            Some(Value::Number(_)) => return Err(format!("{field}: Input should be between 0 and {max}")),
+            Some(_) => return Err(format!("{field}: Input should be a valid number")),
+        }
+    }
+    match fields.get("top_k") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some() => {}
+        Some(_) => return Err("top_k: Input should be a valid non-negative integer".to_owned()),
+    }
+    let stop_sequences = match fields.get("stop_sequences") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut sequences = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => sequences.push(s.clone()),
+                    _ => return Err(format!("stop_sequences.{i}: Input should be a valid string")),
+                }
+            }
+            sequences
+        }
+        Some(_) => return Err("stop_sequences: Input should be a valid list".to_owned()),
+    };
+
+    let mut input_words = match fields.get("system") {
+        None | Some(Value::Null) => 0,
+        Some(system) => count_words(&text_of(system, "system")?),
+    };
+    let mut last_user = String::new();
+    match fields.get("messages") {
+        None => return Err("messages: Field required".to_owned()),
+        Some(Value::Array(messages)) => {
+            for (i, message) in messages.iter().enumerate() {
+                let role = message.get("role").and_then(Value::as_str);
+                if !matches!(role, Some("user" | "assistant")) {
+                    return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
+                }
+                let Some(content) = message.get("content") else {
+                    return Err(format!("messages.{i}.content: Field required"));
+                };
+                let text = text_of(content, &format!("messages.{i}.content"))?;
+                input_words += count_words(&text);
+                if role == Some("user") {
+                    last_user = text;
+                }
+            }
+        }
+        Some(_) => return Err("messages: Input should be a valid list".to_owned()),
+    }
+
+    Ok(ChatParams { model, stream, limit, stop_sequences, input_words: input_words.max(1), last_user })
+}
+
+/// The text of a `content` or `system` value: a string, or the `text` of its text blocks.
+fn text_of(value: &Value, field: &str) -> Result<String, String> {
+    match value {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            for (i, block) in blocks.iter().enumerate() {
+                let Some(kind) = block.get("type").and_then(Value::as_str) else {
+                    return Err(format!("{field}.{i}.type: Field required"));
+                };
+                if kind == "text" {
+                    match block.get("text") {
+                        Some(Value::String(part)) => {
+                            if !text.is_empty() {
+                                text.push(' ');
+                            }
+                            text.push_str(part);
+                        }
+                        _ => return Err(format!("{field}.{i}.text: Field required")),
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(format!("{field}: Input should be a valid string or list of content blocks")),
+    }
+}
+
+fn count_words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+/// Keeps the stream counters honest however a message request ends: the handler or the response
+/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
+/// before [`finish`](Self::finish) is a client disconnect.
+struct StreamGuard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn start(shared: Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { shared, finished: false }
+    }
+
+    /// The response produced its last piece; `completed` says whether that was a proper ending
+    /// (as opposed to a refusal or a deliberate abort).
+    fn finish(&mut self, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        if completed {
+            self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            self.shared.disconnects.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+/// Why a reply ended, as `stop_reason` and `stop_sequence` say it.
+#[derive(Clone, Copy)]
+struct Stop<'a> {
+    reason: &'static str,
+    sequence: Option<&'a str>,
+}
+
+/// The next piece of a reply.
+enum Step<'a> {
+    Content(&'a str),
+    Done(Stop<'a>),
+    /// [`Behaviour::ErrorAfter`]'s message.
+    Error(&'a str),
+    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, without the closing events.
+    EndWithoutStop,
+    /// [`Behaviour::DropConnectionAfter`]: break the connection.
+    Abort,
+}
+
+/// A content chunk by position, so the source can advance before the pause and be read after it.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Token(usize),
+    Span(usize, usize),
+    Tok { first: bool },
+}
+
+/// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by the
+/// streaming and non-streaming paths so both tell the same story.
+struct Generation {
+    entry: Arc<ModelEntry>,
+    /// The echo text; empty for other replies.
+    text: String,
+    /// Position in the tokens or the echo text.
+    cursor: usize,
+    sent: usize,
+    limit: usize,
+    /// Chunks before the behaviour's misbehaviour; `usize::MAX` for [`Behaviour::Normal`].
+    cut: usize,
+    stop_sequences: Vec<String>,
+    /// The stop sequence found in the last chunk sent, which ends the reply next.
+    stopped_by: Option<usize>,
+}
+
+impl Generation {
+    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
+        let text = match entry.model.reply {
+            Reply::Echo => format!("You said: {}", params.last_user),
+            Reply::Tokens(_) | Reply::Endless => String::new(),
+        };
+        let cut = match &entry.model.behaviour {
+            Behaviour::ErrorAfter { tokens, .. }
+            | Behaviour::EndWithoutDone { tokens }
+            | Behaviour::DropConnectionAfter { tokens } => *tokens,
+            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
+        };
+        Generation {
+            entry,
+            text,
+            cursor: 0,
+            sent: 0,
+            limit: params.limit,
+            cut,
+            stop_sequences: params.stop_sequences.clone(),
+            stopped_by: None,
+        }
+    }
+
+    /// Produces the next step; must not be called again after a step other than `Content`.
+    async fn next(&mut self) -> Step<'_> {
+        if let Some(index) = self.stopped_by {
+            return self.ending(Stop { reason: "stop_sequence", sequence: Some(&self.stop_sequences[index]) });
+        }
+        if self.sent >= self.cut {
+            return self.ending(Stop { reason: "end_turn", sequence: None });
+        }
+        if self.sent >= self.limit {
+            return self.ending(Stop { reason: "max_tokens", sequence: None });
+        }
+        let Some(chunk) = self.advance() else {
+            return self.ending(Stop { reason: "end_turn", sequence: None });
+        };
+        let delay = self.entry.model.token_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let stop = self.find_stop(self.chunk_text(chunk));
+        if let Some((index, at)) = stop {
+            self.stopped_by = Some(index);
+            if at == 0 {
+                return self.ending(Stop { reason: "stop_sequence", sequence: Some(&self.stop_sequences[index]) });
+            }
+        }
+        self.sent += 1;
+        let text = self.chunk_text(chunk);
+        Step::Content(stop.map_or(text, |(_, at)| &text[..at]))
+    }
+
+    /// The earliest stop sequence in `text`: its index and where it starts.
+    fn find_stop(&self, text: &str) -> Option<(usize, usize)> {
+        self.stop_sequences
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .filter_map(|(i, s)| text.find(s.as_str()).map(|at| (i, at)))
+            .min_by_key(|&(_, at)| at)
+    }
+
+    fn advance(&mut self) -> Option<Chunk> {
+        match &self.entry.model.reply {
+            Reply::Tokens(tokens) => {
+                let index = self.cursor;
+                (index < tokens.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Token(index)
+                })
+            }
+            Reply::Echo => {
+                let start = self.cursor;
+                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+                // Each chunk is one word with the space before it.
+                let first_len = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
+                self.cursor = end;
+                Some(Chunk::Span(start, end))
+            }
+            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+        }
+    }
+
+    fn chunk_text(&self, chunk: Chunk) -> &str {
+        match (chunk, &self.entry.model.reply) {
+            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Span(start, end), _) => &self.text[start..end],
+            (Chunk::Tok { first: true }, _) => "tok",
+            _ => " tok",
+        }
+    }
+
+    fn ending<'a>(&'a self, stop: Stop<'a>) -> Step<'a> {
+        match &self.entry.model.behaviour {
+            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(stop),
+            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
+            Behaviour::EndWithoutDone { .. } => Step::EndWithoutStop,
+            Behaviour::DropConnectionAfter { .. } => Step::Abort,
+        }
+    }
+}
+
+/// Hands control back to the runtime between events. hyper flushes what it has buffered whenever
+/// the body is not ready, so this sends each event on its own and lets a zero-delay endless stream
+/// notice that its client has gone.
+async fn flush_point() {
+    tokio::task::yield_now().await;
+}
+
+/// The body of a streamed reply.
+struct StreamBody {
+    generation: Generation,
+    guard: StreamGuard,
+    /// Events ready to go out before the next generation step (the opening and closing ones).
+    queue: VecDeque<Bytes>,
+    started: bool,
+    /// No more generation steps: only the queue is left.
+    finished: bool,
+    /// The queue ends with `message_stop`: the stream completes when it has been handed over.
+    completes_with_queue: bool,
+    message_id: String,
+    model: String,
+    input_words: usize,
+}
+
+impl StreamBody {
+    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+        if !self.started {
+            self.started = true;
+            self.queue.extend([
+                named_event(
+                    "message_start",
+                    &json!({"type": "message_start", "message": {
+                        "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                        "content": [], "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": self.input_words, "cache_creation_input_tokens": 0,
+                                  "cache_read_input_tokens": 0, "output_tokens": 1},
+                    }}),
+                ),
+                named_event(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                named_event("ping", &json!({"type": "ping"})),
+            ]);
+        }
+        if let Some(event) = self.queue.pop_front() {
+            flush_point().await;
+            if self.queue.is_empty() && self.completes_with_queue {
+                self.guard.finish(true);
+            }
+            return Some(Ok(event));
+        }
+        if self.finished {
+            return None;
+        }
+        if self.guard.shutting_down() {
+            self.finished = true;
+            self.guard.finish(false);
+            return Some(Err(io::Error::other("fake Anthropic server shut down")));
+        }
+        flush_point().await;
+        let step = self.generation.next().await;
+        match step {
+            Step::Content(text) => Some(Ok(delta_event(text))),
+            Step::Done(stop) => {
+                let closing = [
+                    named_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
+                    named_event(
+                        "message_delta",
+                        &json!({"type": "message_delta",
+                                "delta": {"stop_reason": stop.reason, "stop_sequence": stop.sequence},
+                                "usage": {"output_tokens": self.generation.sent}}),
+                    ),
+                    named_event("message_stop", &json!({"type": "message_stop"})),
+                ];
+                self.finished = true;
+                self.completes_with_queue = true;
+                let first = closing[0].clone();
+                self.queue.extend(closing.into_iter().skip(1));
+                Some(Ok(first))
+            }
+            Step::Error(message) => {
+                let event = error_event(message);
+                self.finished = true;
+                self.guard.finish(true);
+                Some(Ok(event))
+            }
+            Step::EndWithoutStop => {
+                self.finished = true;
+                self.guard.finish(true);
+                None
+            }
+            Step::Abort => {
+                self.finished = true;
+                self.guard.finish(false);
+                Some(Err(io::Error::other("fake Anthropic dropped the connection")))
+            }
+        }
+    }
+}
+
+fn stream_response(body: StreamBody, request_id: &str) -> Response {
+    let events = futures::stream::unfold(body, |mut body| async move {
+        let event = body.next_event().await?;
+        Some((event, body))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, SSE_CONTENT_TYPE)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("request-id", request_id)
+        .body(Body::from_stream(events))
+        .expect("static response parts are valid")
+}
+
+/// Without `stream`: plays the whole script (with its delays), then answers with one message.
+async fn message_response(
+    mut generation: Generation,
+    mut guard: StreamGuard,
+    message_id: &str,
+    params: &ChatParams,
+    request_id: &str,
+) -> Response {
+    let mut content = String::new();
+    let stop = loop {
+        match generation.next().await {
+            Step::Content(text) => content.push_str(text),
+            Step::Done(stop) => break Some((stop.reason, stop.sequence.map(str::to_owned))),
+            Step::EndWithoutStop => break None,
+            Step::Error(message) => {
+                guard.finish(true);
+                let status = if message == OVERLOADED_MESSAGE { 529 } else { 500 };
+                return error_response(status, message, request_id);
+            }
+            Step::Abort => {
+                guard.finish(false);
+                let broken = futures::stream::once(async {
+                    Err::<Bytes, _>(io::Error::other("fake Anthropic dropped the connection"))
+                });
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
+                    .body(Body::from_stream(broken))
+                    .expect("static response parts are valid");
+            }
+        }
+    };
+    guard.finish(true);
+    let (stop_reason, stop_sequence) = stop.map_or((None, None), |(reason, sequence)| (Some(reason), sequence));
+    let body = json!({
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": params.model,
+        "content": [{"type": "text", "text": content}],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {"input_tokens": params.input_words, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": generation.sent},
+    });
+    json_response(StatusCode::OK, &body, request_id)
+}
+
+/// `event: NAME\ndata: JSON\n\n`.
+fn named_event(name: &str, data: &Value) -> Bytes {
+    let mut event = Vec::with_capacity(96);
+    let _ = write!(event, "event: {name}\ndata: ");
+    serde_json::to_writer(&mut event, data).expect("serializing a JSON value into memory cannot fail");
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// One `content_block_delta`; the hot path, so written directly with one allocation.
+fn delta_event(text: &str) -> Bytes {
+    const HEAD: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":";
+    let mut event = Vec::with_capacity(HEAD.len() + text.len() + 16);
+    event.extend_from_slice(HEAD);
+    serde_json::to_writer(&mut event, text).expect("serializing a string into memory cannot fail");
+    event.extend_from_slice(b"}}\n\n");
+    Bytes::from(event)
+}
+
+/// The mid-stream `error` event of [`Behaviour::ErrorAfter`].
+fn error_event(message: &str) -> Bytes {
+    let kind = if message == OVERLOADED_MESSAGE { "overloaded_error" } else { "api_error" };
+    named_event("error", &json!({"type": "error", "error": {"type": kind, "message": message}}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// The `error.type` the API uses with each status.
+fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// What the API says for a status when a test does not script the message.
+fn default_message(status: u16) -> &'static str {
+    match error_type(status) {
+        "authentication_error" => "invalid x-api-key",
+        "billing_error" => "Your credit balance is too low to access the Anthropic API.",
+        "permission_error" => "Your API key does not have permission to use the specified resource.",
+        "not_found_error" => "Not Found",
+        "request_too_large" => "Request exceeds the maximum allowed number of bytes.",
+        "rate_limit_error" => "Number of request tokens has exceeded your per-minute rate limit.",
+        "overloaded_error" => OVERLOADED_MESSAGE,
+        "timeout_error" => "Request timed out.",
+        "invalid_request_error" => "Invalid request.",
+        _ => "Internal server error",
+    }
+}
+
+fn error_response(status: u16, message: &str, request_id: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "type": "error",
+        "error": {"type": error_type(code.as_u16()), "message": message},
+        "request_id": request_id,
+    });
+    json_response(code, &body, request_id)
+}
+
+fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response {
+    let body = serde_json::to_vec(body).expect("serializing a JSON value cannot fail");
+    let mut response =
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE))], body).into_response();
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("request-id", id);
+    }
+    response
+}
+
+/// RFC 3339 in UTC with whole seconds, as the Models API writes `created_at`.
+fn rfc3339(at: SystemTime) -> String {
+    let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+    let second_of_day = seconds % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-ant-api03-fake-test-key-abcdef";
+
+    fn client() -> reqwest::Client {
+        // reqwest is built without a TLS crypto provider and will not build a client until one is
+        // installed, even for plain HTTP.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder().build().expect("build an HTTP client")
+    }
+
+    async fn fake_with(model: FakeModel) -> FakeAnthropic {
+        let fake = FakeAnthropic::start().await.with_api_key(KEY);
+        fake.add_model(model);
+        fake
+    }
+
+    fn tokens(words: &[&str]) -> Reply {
+        Reply::Tokens(words.iter().map(|w| w.to_string()).collect())
+    }
+
+    async fn post(fake: &FakeAnthropic, body: &Value) -> reqwest::Response {
+        client()
+            .post(format!("{}/v1/messages", fake.base_url()))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    async fn get(fake: &FakeAnthropic, path_and_query: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path_and_query}", fake.base_url()))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .send()
+            .await
+            .expect("send")
+    }
+
+    fn body(model: &str, stream: bool) -> Value {
+        json!({"model": model, "max_tokens": 100, "stream": stream,
+               "system": "Be terse.", "messages": [{"role": "user", "content": "Say hi please"}]})
+    }
+
+    /// The events of an SSE body as (name, data), and whether the body ended cleanly.
+    async fn read_events(mut response: reqwest::Response) -> (Vec<(String, Value)>, bool) {
+        let mut text = Vec::new();
+        let clean = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => text.extend_from_slice(&chunk),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.is_empty() || text.ends_with("\n\n"), "body ended mid-event: {text:?}");
+        let events = text
+            .split_terminator("\n\n")
+            .map(|event| {
+                let (name_line, data_line) = event.split_once('\n').expect("two lines per event");
+                let name = name_line.strip_prefix("event: ").expect("an event line").to_owned();
+                let data: Value = serde_json::from_str(data_line.strip_prefix("data: ").expect("a data line")).unwrap();
+                assert_eq!(data["type"], json!(name), "the JSON type matches the event name");
+                (name, data)
+            })
+            .collect();
+        (events, clean)
+    }
+
+    async fn error_of(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], JSON_CONTENT_TYPE);
+        assert!(response.headers().contains_key("request-id"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], "error");
+        assert!(body["request_id"].as_str().unwrap().starts_with("req_"), "{body}");
+        (status, body["error"].clone())
+    }
+
+    #[tokio::test]
+    async fn a_streamed_reply_has_the_real_event_sequence() {
+        let fake = fake_with(FakeModel::new("claude-x").with_reply(tokens(&["Hi", " there"]))).await;
+        let response = post(&fake, &body("claude-x", true)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], SSE_CONTENT_TYPE);
+        let (events, clean) = read_events(response).await;
+        assert!(clean);
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "ping",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let start = &events[0].1["message"];
+        assert_eq!(start["model"], "claude-x");
+        assert!(start["id"].as_str().unwrap().starts_with("msg_"));
+        // "Be terse." and "Say hi please".
+        assert_eq!(start["usage"]["input_tokens"], 5);
+        assert_eq!(events[3].1["delta"], json!({"type": "text_delta", "text": "Hi"}));
+        assert_eq!(events[4].1["delta"]["text"], " there");
+        assert_eq!(events[6].1["delta"], json!({"stop_reason": "end_turn", "stop_sequence": null}));
+        assert_eq!(events[6].1["usage"], json!({"output_tokens": 2}));
+        assert_eq!(fake.completed_streams(), 1);
+        assert_eq!(fake.active_streams(), 0);
+        assert_eq!(fake.chat_requests(), [body("claude-x", true)]);
+        assert_eq!(fake.request_headers()[0]["x-api-key"], KEY);
+    }
+
+    #[tokio::test]
+    async fn limits_and_stop_sequences_end_the_reply() {
+        let fake = fake_with(FakeModel::new("claude-x").with_reply(Reply::Endless)).await;
+        let mut request = body("claude-x", true);
+        request["max_tokens"] = json!(3);
+        let (events, _) = read_events(post(&fake, &request).await).await;
+        let deltas = events.iter().filter(|(name, _)| name == "content_block_delta").count();
+        assert_eq!(deltas, 3);
+        assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "max_tokens");
+
+        fake.add_model(FakeModel::new("claude-y").with_reply(tokens(&["a", "b##c", "d"])));
+        let mut request = body("claude-y", true);
+        request["stop_sequences"] = json!(["##"]);
+        let (events, _) = read_events(post(&fake, &request).await).await;
+        let texts: Vec<&str> = events.iter().filter_map(|(_, data)| data["delta"]["text"].as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+        assert_eq!(events[events.len() - 2].1["delta"], json!({"stop_reason": "stop_sequence", "stop_sequence": "##"}));
+    }
+
+    #[tokio::test]
+    async fn a_non_streamed_reply_is_one_message() {
+        let fake = fake_with(FakeModel::new("claude-x")).await;
+        let response = post(&fake, &body("claude-x", false)).await;
+        assert_eq!(response.status(), 200);
+        let message: Value = response.json().await.unwrap();
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["content"], json!([{"type": "text", "text": "You said: Say hi please"}]));
+        assert_eq!(message["stop_reason"], "end_turn");
+        assert_eq!(message["usage"]["input_tokens"], 5);
+        // "You", " said:", " Say", " hi", " please".
+        assert_eq!(message["usage"]["output_tokens"], 5);
+    }
+
+    #[tokio::test]
+    async fn behaviours_map_to_anthropic_failures() {
+        let error = Behaviour::ErrorAfter { tokens: 1, message: OVERLOADED_MESSAGE.into() };
+        let fake = fake_with(FakeModel::new("err").with_behaviour(error)).await;
+        let (events, clean) = read_events(post(&fake, &body("err", true)).await).await;
+        assert!(clean);
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name, "error");
+        assert_eq!(data["error"], json!({"type": "overloaded_error", "message": "Overloaded"}));
+
+        fake.add_model(FakeModel::new("err").with_behaviour(Behaviour::ErrorAfter { tokens: 0, message: "x".into() }));
+        let (events, _) = read_events(post(&fake, &body("err", true)).await).await;
+        assert_eq!(events.last().unwrap().1["error"]["type"], "api_error");
+
+        fake.add_model(FakeModel::new("cut").with_behaviour(Behaviour::EndWithoutDone { tokens: 2 }));
+        let (events, clean) = read_events(post(&fake, &body("cut", true)).await).await;
+        assert!(clean);
+        assert_eq!(events.last().unwrap().0, "content_block_delta");
+        assert_eq!(events.len(), 5);
+
+        fake.add_model(FakeModel::new("drop").with_behaviour(Behaviour::DropConnectionAfter { tokens: 1 }));
+        let (events, clean) = read_events(post(&fake, &body("drop", true)).await).await;
+        assert!(!clean, "the connection should break");
+        assert_eq!(events.last().unwrap().0, "content_block_delta");
+
+        let http = Behaviour::HttpError { status: 500, message: "kaput".into() };
+        fake.add_model(FakeModel::new("http").with_behaviour(http));
+        let (status, error) = error_of(post(&fake, &body("http", true)).await).await;
+        assert_eq!((status, error), (500, json!({"type": "api_error", "message": "kaput"})));
+    }
+
+    #[tokio::test]
+    async fn refusals_have_anthropic_error_bodies() {
+        let fake = fake_with(FakeModel::new("claude-x")).await;
+
+        let (status, error) = error_of(post(&fake, &body("nope", true)).await).await;
+        assert_eq!((status, error), (404, json!({"type": "not_found_error", "message": "model: nope"})));
+
+        let mut extra = body("claude-x", true);
+        extra["seed"] = json!(1);
+        let (status, error) = error_of(post(&fake, &extra).await).await;
+        assert_eq!((status, error["type"].as_str()), (400, Some("invalid_request_error")));
+        assert_eq!(error["message"], "seed: Extra inputs are not permitted");
+
+        let mut no_max = body("claude-x", true);
+        no_max.as_object_mut().unwrap().remove("max_tokens");
+        let (status, error) = error_of(post(&fake, &no_max).await).await;
+        assert_eq!((status, error["message"].as_str()), (400, Some("max_tokens: Field required")));
+
+        let mut hot = body("claude-x", true);
+        hot["temperature"] = json!(1.5);
+        assert_eq!(error_of(post(&fake, &hot).await).await.0, 400);
+
+        let mut system_role = body("claude-x", true);
+        system_role["messages"] = json!([{"role": "system", "content": "x"}]);
+        assert_eq!(error_of(post(&fake, &system_role).await).await.0, 400);
+
+        fake.set_busy(true);
+        let (status, error) = error_of(post(&fake, &body("claude-x", true)).await).await;
+        assert_eq!((status, error), (529, json!({"type": "overloaded_error", "message": "Overloaded"})));
+        fake.set_busy(false);
+
+        fake.fail_next(1, 429, Some(7));
+        let response = post(&fake, &body("claude-x", true)).await;
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let (status, error) = error_of(response).await;
+        assert_eq!((status, error["type"].as_str()), (429, Some("rate_limit_error")));
+        let (events, clean) = read_events(post(&fake, &body("claude-x", true)).await).await;
+        assert!(clean && events.last().unwrap().0 == "message_stop");
+        assert_eq!(fake.active_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn keys_and_versions_are_checked() {
+        let fake = fake_with(FakeModel::new("claude-x")).await;
+        let url = format!("{}/v1/messages", fake.base_url());
+        let send = |key: Option<&str>, version: Option<&str>| {
+            let mut request = client().post(&url).json(&body("claude-x", true));
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+            if let Some(version) = version {
+                request = request.header("anthropic-version", version);
+            }
+            request.send()
+        };
+
+        let (status, error) = error_of(send(None, Some("2023-06-01")).await.unwrap()).await;
+        assert_eq!((status, error["type"].as_str()), (401, Some("authentication_error")));
+        assert_eq!(error["message"], "x-api-key header is required");
+
+        let wrong = "sk-ant-api03-wrong-key-0000000000";
+        let (status, error) = error_of(send(Some(wrong), Some("2023-06-01")).await.unwrap()).await;
+        assert_eq!(status, 401);
+        assert_eq!(error["message"], "invalid x-api-key: sk-ant-a***0000");
+
+        let (status, error) = error_of(send(Some(KEY), None).await.unwrap()).await;
+        assert_eq!((status, error["message"].as_str()), (400, Some("anthropic-version: header is required")));
+        assert_eq!(error_of(send(Some(KEY), Some("2099-01-01")).await.unwrap()).await.0, 400);
+        assert_eq!(send(Some(KEY), Some("2023-06-01")).await.unwrap().status(), 200);
+
+        // Refused requests are recorded too, headers included.
+        assert_eq!(fake.request_headers().len(), 5);
+        assert_eq!(fake.request_headers()[1]["x-api-key"], wrong);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_stream_counts_as_a_disconnect() {
+        let model = FakeModel::new("claude-x").with_reply(Reply::Endless).with_token_delay(Duration::from_millis(5));
+        let fake = fake_with(model).await;
+        let mut response = post(&fake, &body("claude-x", true)).await;
+        response.chunk().await.unwrap();
+        assert_eq!(fake.active_streams(), 1);
+        drop(response);
+        assert!(fake.wait_for_disconnects(1, Duration::from_secs(5)).await);
+        assert_eq!((fake.active_streams(), fake.completed_streams()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn models_are_listed_newest_first_with_pagination() {
+        let fake = FakeAnthropic::start().await.with_api_key(KEY);
+        for name in ["claude-a", "claude-b", "claude-c"] {
+            fake.add_model(FakeModel::new(name));
+        }
+        let page: Value = get(&fake, "/v1/models?limit=2").await.json().await.unwrap();
+        let ids: Vec<&str> = page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["claude-c", "claude-b"]);
+        assert_eq!((page["has_more"].as_bool(), page["last_id"].as_str()), (Some(true), Some("claude-b")));
+        assert_eq!(page["data"][0]["type"], "model");
+        assert_eq!(page["data"][0]["display_name"], "Claude C");
+
+        let page: Value = get(&fake, "/v1/models?limit=2&after_id=claude-b").await.json().await.unwrap();
+        assert_eq!(page["data"][0]["id"], "claude-a");
+        assert_eq!((page["has_more"].as_bool(), page["first_id"].as_str()), (Some(false), Some("claude-a")));
+
+        let page: Value = get(&fake, "/v1/models?before_id=claude-a&limit=1").await.json().await.unwrap();
+        assert_eq!((page["data"][0]["id"].as_str(), page["has_more"].as_bool()), (Some("claude-b"), Some(true)));
+
+        let model: Value = get(&fake, "/v1/models/claude-b").await.json().await.unwrap();
+        assert_eq!(model["id"], "claude-b");
+        let (status, error) = error_of(get(&fake, "/v1/models/claude-z").await).await;
+        assert_eq!((status, error["type"].as_str()), (404, Some("not_found_error")));
+        assert_eq!(error_of(get(&fake, "/v1/models?limit=0").await).await.0, 400);
+        assert_eq!(error_of(get(&fake, "/v2/whatever").await).await.0, 404);
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(mask_key("sk-ant-api03-abcdefgh-WXYZ"), "sk-ant-a***WXYZ");
+        assert_eq!(mask_key("short-key"), "sho***");
+        assert_eq!(display_name("claude-sonnet-4-5-20250929"), "Claude Sonnet 4.5");
+        assert_eq!(display_name("claude-3-5-haiku-latest"), "Claude 3.5 Haiku Latest");
+        assert_eq!(percent_decode("a%2Db+c%zz%4"), "a-b c%zz%4");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 86_399)), "2000-02-29T23:59:59Z");
+    }
+}

@@ -1,0 +1,1328 @@
+//! A fake of the Google Gemini API (`generativelanguage.googleapis.com/v1beta`):
+//! `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`, `GET /v1beta/models` (paged) and
+//! `GET /v1beta/models/{model}`.
+//!
+//! It speaks the real wire format, as described in the project's Gemini reference notes:
+//! - Chat streams are `text/event-stream`, one `data: <GenerateContentResponse>` per chunk with
+//!   CRLF framing (`\r\n\r\n`), flushed one event at a time. There is no `[DONE]`: the chunk that
+//!   carries the last text also carries `finishReason` (`STOP`, or `MAX_TOKENS` when
+//!   `generationConfig.maxOutputTokens` is reached), then the body ends. Every chunk carries
+//!   `usageMetadata` as running totals: `promptTokenCount` = words in all parts of the request,
+//!   `candidatesTokenCount` = chunks sent so far (omitted while zero, as proto3 JSON does).
+//! - Errors are `google.rpc.Status` bodies, pretty-printed like Google's:
+//!   `{"error": {"code", "message", "status", "details"}}`. A 429 carries `google.rpc.RetryInfo`
+//!   (`"retryDelay": "7s"`) when a delay is scripted, next to the `Retry-After` header.
+//! - Keys ([`FakeGemini::with_api_key`]) are read from `x-goog-api-key` or `?key=`. No key is 403
+//!   `PERMISSION_DENIED`; a wrong key is 400 `INVALID_ARGUMENT` with `ErrorInfo.reason:
+//!   "API_KEY_INVALID"`, as Google answers. Unlike Google, the message repeats the presented key in
+//!   full, so a test can prove that an adapter scrubs it from its errors.
+//! - The request is validated the way Google's JSON binding does it where adapters tend to go
+//!   wrong: unknown fields (e.g. snake_case `max_tokens`) are a 400 `Unknown name`, roles other than
+//!   `user`/`model`, empty `contents`, empty text parts, a seed outside int32, more than five stop
+//!   sequences and unknown safety categories or thresholds are 400s too.
+//! - A blocked prompt ([`FakeGemini::set_block_prompt`]) is HTTP 200 with one event holding
+//!   `promptFeedback.blockReason: "SAFETY"` and no candidates.
+//! - Unknown paths get Google's front-end HTML 404 page.
+//!
+//! [`Behaviour`]s map onto Gemini like this:
+//! - `ErrorAfter`: `tokens` chunks, then the error as bare multi-line JSON (no `data:` prefix) —
+//!   the form Google uses once a stream has started — `{"error": {"code": 500, "message",
+//!   "status": "INTERNAL"}}`, then a clean end of body.
+//! - `EndWithoutDone`: `tokens` chunks (none with a `finishReason`), then a clean end of body.
+//! - `DropConnectionAfter`: `tokens` chunks, then the connection is aborted.
+//! - `HttpError`: that status with a Google error body (the status name matching the code).
+//!
+//! Deviation: only `alt=sse` streaming is served. Without `alt=sse` the real API would stream a
+//! JSON array; the fake answers 400 saying so. Unary `generateContent` is not served either.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use crate::script::{Behaviour, FakeModel, Reply};
+
+/// The message of the 503 that [`FakeGemini::set_busy`] turns on (Google's wording).
+pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
+
+/// The message of a scripted 429 (Google's wording).
+pub const QUOTA_MESSAGE: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.";
+
+const INTERNAL_MESSAGE: &str = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting";
+const MISSING_KEY_MESSAGE: &str = "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.";
+const INVALID_KEY_MESSAGE: &str = "API key not valid. Please pass a valid API key.";
+
+const JSON_CONTENT_TYPE: &str = "application/json; charset=UTF-8";
+const SSE_CONTENT_TYPE: &str = "text/event-stream";
+const HTML_CONTENT_TYPE: &str = "text/html; charset=UTF-8";
+
+/// `models.list` page sizes: the default, and the most one page holds.
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// What Gemini accepts in a `GenerateContentRequest` (both JSON spellings are accepted by Google).
+const REQUEST_FIELDS: &[&str] = &[
+    "model",
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "generationConfig",
+    "generation_config",
+    "safetySettings",
+    "safety_settings",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "cachedContent",
+    "cached_content",
+];
+
+const GENERATION_CONFIG_FIELDS: &[&str] = &[
+    "temperature",
+    "topP",
+    "top_p",
+    "topK",
+    "top_k",
+    "maxOutputTokens",
+    "max_output_tokens",
+    "stopSequences",
+    "stop_sequences",
+    "candidateCount",
+    "candidate_count",
+    "seed",
+    "presencePenalty",
+    "presence_penalty",
+    "frequencyPenalty",
+    "frequency_penalty",
+    "responseMimeType",
+    "response_mime_type",
+    "responseSchema",
+    "response_schema",
+    "responseJsonSchema",
+    "response_json_schema",
+    "responseLogprobs",
+    "response_logprobs",
+    "logprobs",
+    "thinkingConfig",
+    "thinking_config",
+    "responseModalities",
+    "response_modalities",
+];
+
+const HARM_CATEGORIES: &[&str] = &[
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+    "HARM_CATEGORY_CIVIC_INTEGRITY",
+];
+
+const THRESHOLDS: &[&str] = &[
+    "HARM_BLOCK_THRESHOLD_UNSPECIFIED",
+    "BLOCK_LOW_AND_ABOVE",
+    "BLOCK_MEDIUM_AND_ABOVE",
+    "BLOCK_ONLY_HIGH",
+    "BLOCK_NONE",
+    "OFF",
+];
+
+/// A running fake Gemini API. It stops accepting connections, and ends the streams it is still
+/// writing, when dropped.
+pub struct FakeGemini {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeGemini {
+    /// Starts a server with no models and no key check on `127.0.0.1` and a free port.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound.
+    pub async fn start() -> FakeGemini {
+        FakeGemini::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind a loopback port for the fake Gemini server")
+    }
+
+    /// Starts a server with no models on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeGemini> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(err) = server.await {
+                tracing::warn!(%err, "fake Gemini server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, "fake Gemini server listening");
+        Ok(FakeGemini { addr, shared, shutdown: Some(shutdown) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, without a trailing slash (the adapter appends `/v1beta/...`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requires this key on every request from now on.
+    pub fn with_api_key(self, key: impl Into<String>) -> Self {
+        self.set_api_key(Some(key.into()));
+        self
+    }
+
+    /// Requires this key on every request (`None`: no check, the default).
+    pub fn set_api_key(&self, key: Option<String>) {
+        *self.shared.api_key.write().unwrap() = key;
+    }
+
+    /// Adds a model, replacing one of the same name (`gemini-x` and `models/gemini-x` are the
+    /// same). A model whose capabilities include `"embedding"` is listed with `embedContent`
+    /// only, and refuses chat with a 404 like Google's embedding models; one with `"thinking"` is
+    /// listed with `"thinking": true`. Requests in progress keep the script they started with.
+    pub fn add_model(&self, model: FakeModel) {
+        let mut model = model;
+        model.name = model_id(&model.name).to_owned();
+        let mut models = self.shared.models.write().unwrap();
+        match models.iter_mut().find(|m| m.name == model.name) {
+            Some(slot) => *slot = Arc::new(model),
+            None => models.push(Arc::new(model)),
+        }
+    }
+
+    /// Removes a model; returns whether it was there.
+    pub fn remove_model(&self, name: &str) -> bool {
+        let id = model_id(name);
+        let mut models = self.shared.models.write().unwrap();
+        let before = models.len();
+        models.retain(|m| m.name != id);
+        models.len() != before
+    }
+
+    /// While set, chat answers 503 `UNAVAILABLE` "The model is overloaded", as Gemini does.
+    pub fn set_busy(&self, busy: bool) {
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// While set, every chat is refused as a blocked prompt: HTTP 200 and one event with
+    /// `promptFeedback.blockReason: "SAFETY"`, prompt usage and no candidates.
+    pub fn set_block_prompt(&self, block: bool) {
+        self.shared.block_prompt.store(block, Ordering::Relaxed);
+    }
+
+    /// Caps `models.list` pages at `size` models whatever `pageSize` asks for (Google may also
+    /// return fewer than asked), to exercise pagination with few models. `0` removes the cap.
+    pub fn set_page_size_cap(&self, size: usize) {
+        self.shared.page_size_cap.store(size, Ordering::Relaxed);
+    }
+
+    /// The next `count` chat requests (for any model) fail with `status` and a Google error body,
+    /// with a `Retry-After: <seconds>` header when given (and, on a 429, `RetryInfo` with the same
+    /// delay); later requests behave as scripted.
+    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
+        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+    }
+
+    /// Whether to keep what chat requests carried (on by default). Long benchmark runs turn it
+    /// off so memory stays flat.
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.record_requests.store(record, Ordering::Relaxed);
+    }
+
+    /// The JSON body of every chat request received (including refused ones), in order. Bodies
+    /// that were not valid JSON are not recorded.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.shared.chat_requests.lock().unwrap().clone()
+    }
+
+    /// The headers of every chat request received (including refused ones), in order: to check
+    /// `x-goog-api-key`, `traceparent` and the like.
+    pub fn request_headers(&self) -> Vec<HeaderMap> {
+        self.shared.request_headers.lock().unwrap().clone()
+    }
+
+    /// The path and query of every chat request received, in order.
+    pub fn request_uris(&self) -> Vec<String> {
+        self.shared.request_uris.lock().unwrap().clone()
+    }
+
+    /// Chat requests the client abandoned (closed the connection) after they were accepted and
+    /// before their last event was written — including during `header_delay`.
+    pub fn disconnects(&self) -> usize {
+        *self.shared.disconnects.borrow()
+    }
+
+    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
+    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
+        let mut changes = self.shared.disconnects.subscribe();
+        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Chat streams that produced their last piece: the chunk with `finishReason`, the blocked
+    /// prompt's event, the bare error of [`Behaviour::ErrorAfter`], or the clean end of
+    /// [`Behaviour::EndWithoutDone`]. Counted when that piece is handed to the connection.
+    pub fn completed_streams(&self) -> usize {
+        self.shared.completed.load(Ordering::SeqCst)
+    }
+
+    /// Chat requests accepted and not yet finished or abandoned, including those still in their
+    /// `header_delay`.
+    pub fn active_streams(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeGemini {
+    fn drop(&mut self) {
+        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
+        // reading; the flag makes such streams abort at their next chunk.
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// `models/gemini-x` → `gemini-x`.
+fn model_id(name: &str) -> &str {
+    name.strip_prefix("models/").unwrap_or(name)
+}
+
+/// Requests still to fail, set by [`FakeGemini::fail_next`].
+#[derive(Clone, Copy)]
+struct FailNext {
+    remaining: usize,
+    status: u16,
+    retry_after: Option<u64>,
+}
+
+/// State shared by the handle and the request handlers.
+struct Shared {
+    models: RwLock<Vec<Arc<FakeModel>>>,
+    api_key: RwLock<Option<String>>,
+    busy: AtomicBool,
+    block_prompt: AtomicBool,
+    page_size_cap: AtomicUsize,
+    fail_next: Mutex<Option<FailNext>>,
+    record_requests: AtomicBool,
+    chat_requests: Mutex<Vec<Value>>,
+    request_headers: Mutex<Vec<HeaderMap>>,
+    request_uris: Mutex<Vec<String>>,
+    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
+    disconnects: watch::Sender<usize>,
+    completed: AtomicUsize,
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+    responses: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            models: RwLock::new(Vec::new()),
+            api_key: RwLock::new(None),
+            busy: AtomicBool::new(false),
+            block_prompt: AtomicBool::new(false),
+            page_size_cap: AtomicUsize::new(0),
+            fail_next: Mutex::new(None),
+            record_requests: AtomicBool::new(true),
+            chat_requests: Mutex::new(Vec::new()),
+            request_headers: Mutex::new(Vec::new()),
+            request_uris: Mutex::new(Vec::new()),
+            disconnects: watch::Sender::new(0),
+            completed: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            responses: AtomicU64::new(0),
+        }
+    }
+
+    fn take_failure(&self) -> Option<FailNext> {
+        let mut pending = self.fail_next.lock().unwrap();
+        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
+        failure.remaining -= 1;
+        Some(*failure)
+    }
+
+    fn find_model(&self, name: &str) -> Option<Arc<FakeModel>> {
+        let id = model_id(name);
+        self.models.read().unwrap().iter().find(|m| m.name == id).cloned()
+    }
+
+    /// `None` when the request may proceed; otherwise Google's refusal.
+    fn check_key(&self, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+        let expected = self.api_key.read().unwrap().clone()?;
+        let presented = match headers.get("x-goog-api-key") {
+            Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+            None => query_param(uri, "key"),
+        };
+        match presented {
+            None => Some(google_error(StatusCode::FORBIDDEN, MISSING_KEY_MESSAGE, Vec::new())),
+            Some(key) if key == expected => None,
+            Some(key) => {
+                let message = format!("{INVALID_KEY_MESSAGE} (fake Gemini: the key presented was \"{key}\")");
+                let details = vec![
+                    json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                           "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
+                    json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
+                           "message": INVALID_KEY_MESSAGE}),
+                ];
+                Some(google_error(StatusCode::BAD_REQUEST, &message, details))
+            }
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1beta/models", get(list_models))
+        .route("/v1beta/models/{name}", get(get_model).post(model_method))
+        // Google's front end answers unknown paths and wrong methods with an HTML page.
+        .fallback(not_found_page)
+        .method_not_allowed_fallback(not_found_page)
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(shared)
+}
+
+async fn not_found_page(uri: Uri) -> Response {
+    let mut path = String::new();
+    for c in uri.path().chars() {
+        match c {
+            '<' => path.push_str("&lt;"),
+            '>' => path.push_str("&gt;"),
+            '&' => path.push_str("&amp;"),
+            c => path.push(c),
+        }
+    }
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <meta name=viewport content=\"initial-scale=1, minimum-scale=1, width=device-width\">\n  <title>Error 404 (Not Found)!!1</title>\n  <a href=//www.google.com/><span id=logo aria-label=Google></span></a>\n  <p><b>404.</b> <ins>That’s an error.</ins>\n  <p>The requested URL <code>{path}</code> was not found on this server.  <ins>That’s all we know.</ins>\n"
+    );
+    let content_type = HeaderValue::from_static(HTML_CONTENT_TYPE);
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, content_type)], page).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Some(refusal) = shared.check_key(&headers, &uri) {
+        return refusal;
+    }
+    let mut page_size = match query_param(&uri, "pageSize").map(|s| s.parse::<i64>()) {
+        None => DEFAULT_PAGE_SIZE,
+        Some(Ok(n)) if n <= 0 => DEFAULT_PAGE_SIZE,
+        Some(Ok(n)) => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        Some(Err(_)) => {
+            let value = query_param(&uri, "pageSize").unwrap_or_default();
+            let message = format!("Invalid value at 'page_size' (TYPE_INT32), \"{value}\"");
+            return google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+        }
+    };
+    let cap = shared.page_size_cap.load(Ordering::Relaxed);
+    if cap > 0 {
+        page_size = page_size.min(cap);
+    }
+    let models = shared.models.read().unwrap().clone();
+    let offset = match query_param(&uri, "pageToken").filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => match parse_page_token(&token) {
+            Some(offset) if offset <= models.len() => offset,
+            _ => return google_error(StatusCode::BAD_REQUEST, "Invalid page token.", Vec::new()),
+        },
+    };
+    let end = offset.saturating_add(page_size).min(models.len());
+    let mut body = Map::new();
+    body.insert("models".into(), Value::Array(models[offset..end].iter().map(|m| model_resource(m)).collect()));
+    if end < models.len() {
+        body.insert("nextPageToken".into(), Value::String(page_token(end)));
+    }
+    pretty_json(StatusCode::OK, &Value::Object(body))
+}
+
+/// Opaque-looking, and holding characters (`/`, `+`, `=`) a client must escape in a query.
+fn page_token(offset: usize) -> String {
+    format!("Cg/{offset}+=")
+}
+
+fn parse_page_token(token: &str) -> Option<usize> {
+    token.strip_prefix("Cg/")?.strip_suffix("+=")?.parse().ok()
+}
+
+async fn get_model(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if name.contains(':') {
+        return not_found_page(uri).await;
+    }
+    if let Some(refusal) = shared.check_key(&headers, &uri) {
+        return refusal;
+    }
+    match shared.find_model(&name) {
+        Some(model) => pretty_json(StatusCode::OK, &model_resource(&model)),
+        None => google_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "models/{name} is not found for API version v1beta, or is not supported for get. Call ListModels to see the list of available models and their supported methods."
+            ),
+            Vec::new(),
+        ),
+    }
+}
+
+fn is_embedding(model: &FakeModel) -> bool {
+    model.capabilities.iter().any(|c| c == "embedding")
+}
+
+/// A `Model` resource as `models.get` and `models.list` describe it.
+fn model_resource(model: &FakeModel) -> Value {
+    let embedding = is_embedding(model);
+    let mut resource = json!({
+        "name": format!("models/{}", model.name),
+        "version": "001",
+        "displayName": display_name(&model.name),
+        "description": format!("A fake {} served by copilot-fakes", display_name(&model.name)),
+        "inputTokenLimit": model.context_length,
+    });
+    let fields = resource.as_object_mut().expect("built as an object");
+    if embedding {
+        fields.insert("outputTokenLimit".into(), json!(1));
+        fields.insert("supportedGenerationMethods".into(), json!(["embedContent"]));
+    } else {
+        fields.insert("outputTokenLimit".into(), json!(65_536));
+        fields.insert(
+            "supportedGenerationMethods".into(),
+            json!(["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]),
+        );
+        fields.insert("temperature".into(), json!(1));
+        fields.insert("topP".into(), json!(0.95));
+        fields.insert("topK".into(), json!(64));
+        fields.insert("maxTemperature".into(), json!(2));
+    }
+    if model.capabilities.iter().any(|c| c == "thinking") {
+        fields.insert("thinking".into(), json!(true));
+    }
+    resource
+}
+
+/// `gemini-2.0-flash` → `Gemini 2.0 Flash`.
+fn display_name(id: &str) -> String {
+    let words: Vec<String> = id
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+        })
+        .collect();
+    words.join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat
+
+async fn model_method(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body);
+    if shared.record_requests.load(Ordering::Relaxed) {
+        shared.request_headers.lock().unwrap().push(headers.clone());
+        shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
+        if let Ok(value) = &parsed {
+            shared.chat_requests.lock().unwrap().push(value.clone());
+        }
+    }
+    let Some((model_name, method)) = name.rsplit_once(':') else {
+        return not_found_page(uri).await;
+    };
+    if let Some(refusal) = shared.check_key(&headers, &uri) {
+        return refusal;
+    }
+    if method != "streamGenerateContent" {
+        let message = format!("the fake Gemini serves only streamGenerateContent, not {method}");
+        return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
+    }
+    if query_param(&uri, "alt").as_deref() != Some("sse") {
+        let message = "the fake Gemini serves only alt=sse streams (without it, Gemini streams a JSON array)";
+        return google_error(StatusCode::BAD_REQUEST, message, Vec::new());
+    }
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => {
+            let message = format!("Invalid JSON payload received. {err}");
+            return google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+        }
+    };
+    let params = match chat_params(&request) {
+        Ok(params) => params,
+        Err(message) => return google_error(StatusCode::BAD_REQUEST, &message, Vec::new()),
+    };
+    let Some(model) = shared.find_model(model_name).filter(|m| !is_embedding(m)) else {
+        let message = format!(
+            "models/{model_name} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."
+        );
+        return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
+    };
+    if shared.busy.load(Ordering::Relaxed) {
+        return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
+    }
+    if let Some(failure) = shared.take_failure() {
+        return scripted_failure(failure);
+    }
+
+    // From here on the request counts as a stream: a client that gives up, even during the
+    // header delay, is a disconnect.
+    let mut guard = StreamGuard::start(shared.clone());
+    if !model.header_delay.is_zero() {
+        tokio::time::sleep(model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &model.behaviour {
+        guard.finish(false);
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return google_error(status, message, Vec::new());
+    }
+
+    let response_id = format!("fake-{:012x}", shared.responses.fetch_add(1, Ordering::Relaxed));
+    let mut suffix = Vec::with_capacity(model.name.len() + 64);
+    suffix.extend_from_slice(b",\"modelVersion\": ");
+    write_json_string(&mut suffix, &model.name);
+    suffix.extend_from_slice(b",\"responseId\": ");
+    write_json_string(&mut suffix, &response_id);
+    suffix.extend_from_slice(b"}\r\n\r\n");
+
+    if shared.block_prompt.load(Ordering::Relaxed) {
+        guard.finish(true);
+        let event = blocked_event(params.prompt_words, &suffix);
+        return sse_response(Body::from(event));
+    }
+
+    let generation = Generation::new(model, &params);
+    let stream = ChatBody { generation, guard, prompt_words: params.prompt_words, suffix, finished: false };
+    let events = futures::stream::unfold(stream, |mut body| async move {
+        let event = body.next_event().await?;
+        Some((event, body))
+    });
+    sse_response(Body::from_stream(events))
+}
+
+fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, SSE_CONTENT_TYPE)
+        .header(header::CONTENT_DISPOSITION, "attachment")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn scripted_failure(failure: FailNext) -> Response {
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (message, details) = match failure.status {
+        429 => {
+            let mut details = vec![
+                json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                    "quotaDimensions": {"location": "global", "model": "gemini-2.0-flash"},
+                    "quotaValue": "15"}]}),
+                json!({"@type": "type.googleapis.com/google.rpc.Help", "links": [{
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
+            ];
+            if let Some(seconds) = failure.retry_after {
+                details.push(
+                    json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{seconds}s")}),
+                );
+            }
+            (QUOTA_MESSAGE.to_owned(), details)
+        }
+        503 => (OVERLOADED_MESSAGE.to_owned(), Vec::new()),
+        500 => (INTERNAL_MESSAGE.to_owned(), Vec::new()),
+        other => (format!("scripted failure ({other})"), Vec::new()),
+    };
+    let mut response = google_error(status, &message, details);
+    if let Some(seconds) = failure.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// What a chat request asks for, validated the way Gemini's JSON binding would.
+#[derive(Debug)]
+struct ChatParams {
+    /// Content chunks allowed by `maxOutputTokens`; `usize::MAX` when unset.
+    limit: usize,
+    /// `promptTokenCount`: whitespace-separated words over all text parts, at least 1.
+    prompt_words: usize,
+    /// The text of the last `user` turn, for [`Reply::Echo`].
+    last_user: String,
+}
+
+/// Both JSON spellings of a field, as Google's parser accepts them.
+fn field<'a>(object: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
+    object.get(camel).or_else(|| object.get(snake)).filter(|v| !v.is_null())
+}
+
+/// An integer as proto3 JSON allows it: a number or a decimal string.
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads what a chat request asks for; `Err` is the 400 message Gemini would answer with.
+fn chat_params(request: &Value) -> Result<ChatParams, String> {
+    let Value::Object(request) = request else {
+        return Err(format!("Invalid JSON payload received. Expected an object, got {}.", json_kind(request)));
+    };
+    if let Some(unknown) = request.keys().find(|k| !REQUEST_FIELDS.contains(&k.as_str())) {
+        return Err(format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+    }
+
+    let mut prompt_words = 0;
+    let mut last_user = String::new();
+    let contents = match request.get("contents") {
+        Some(Value::Array(contents)) if !contents.is_empty() => contents,
+        Some(Value::Array(_)) | None | Some(Value::Null) => {
+            return Err("* GenerateContentRequest.contents: contents is not specified\n".to_owned());
+        }
+        Some(other) => {
+            return Err(format!(
+                "Invalid value at 'contents' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), {other}"
+            ));
+        }
+    };
+    for (i, content) in contents.iter().enumerate() {
+        let Value::Object(content) = content else {
+            return Err(format!(
+                "Invalid value at 'contents[{i}]' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), {content}"
+            ));
+        };
+        let role = match content.get("role") {
+            None | Some(Value::Null) => "user",
+            Some(Value::String(role)) if role.is_empty() => "user",
+            Some(Value::String(role)) if role == "user" || role == "model" => role.as_str(),
+            Some(_) => return Err("Please use a valid role: user, model.".to_owned()),
+        };
+        let (text, words) = parts_text(content, &format!("contents[{i}]"))?;
+        prompt_words += words;
+        if role == "user" {
+            last_user = text;
+        }
+    }
+    if let Some(system) = field(request, "systemInstruction", "system_instruction") {
+        let Value::Object(system) = system else {
+            return Err(format!(
+                "Invalid value at 'system_instruction' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), {system}"
+            ));
+        };
+        prompt_words += parts_text(system, "system_instruction")?.1;
+    }
+
+    let mut limit = usize::MAX;
+    if let Some(config) = field(request, "generationConfig", "generation_config") {
+        let Value::Object(config) = config else {
+            return Err(format!(
+                "Invalid value at 'generation_config' (type.googleapis.com/google.ai.generativelanguage.v1beta.GenerationConfig), {config}"
+            ));
+        };
+        if let Some(unknown) = config.keys().find(|k| !GENERATION_CONFIG_FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "Invalid JSON payload received. Unknown name \"{unknown}\" at 'generation_config': Cannot find field."
+            ));
+        }
+        for (camel, snake) in [("temperature", "temperature"), ("topP", "top_p")] {
+            if let Some(value) = field(config, camel, snake).filter(|v| !v.is_number()) {
+                return Err(format!("Invalid value at 'generation_config.{snake}' (TYPE_FLOAT), {value}"));
+            }
+        }
+        if let Some(value) = field(config, "topK", "top_k")
+            && integer(value).is_none_or(|n| i32::try_from(n).is_err())
+        {
+            return Err(format!("Invalid value at 'generation_config.top_k' (TYPE_INT32), {value}"));
+        }
+        if let Some(value) = field(config, "seed", "seed")
+            && integer(value).is_none_or(|n| i32::try_from(n).is_err())
+        {
+            return Err(format!("Invalid value at 'generation_config.seed' (TYPE_INT32), {value}"));
+        }
+        if let Some(value) = field(config, "maxOutputTokens", "max_output_tokens") {
+            match integer(value).map(i32::try_from) {
+                Some(Ok(n)) if n > 0 => limit = n as usize,
+                Some(Ok(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32), {value}"
+                    ));
+                }
+            }
+        }
+        if let Some(value) = field(config, "stopSequences", "stop_sequences") {
+            let Some(stops) = value.as_array().filter(|s| s.iter().all(Value::is_string)) else {
+                return Err(format!("Invalid value at 'generation_config.stop_sequences' (TYPE_STRING), {value}"));
+            };
+            if stops.len() > 5 {
+                return Err("* GenerateContentRequest.generation_config.stop_sequences: the number of stop_sequences must not exceed 5\n".to_owned());
+            }
+        }
+    }
+
+    if let Some(settings) = field(request, "safetySettings", "safety_settings") {
+        let Some(settings) = settings.as_array() else {
+            return Err(format!(
+                "Invalid value at 'safety_settings' (type.googleapis.com/google.ai.generativelanguage.v1beta.SafetySetting), {settings}"
+            ));
+        };
+        for (i, setting) in settings.iter().enumerate() {
+            for (name, allowed, enum_type) in [
+                ("category", HARM_CATEGORIES, "HarmCategory"),
+                ("threshold", THRESHOLDS, "SafetySetting.HarmBlockThreshold"),
+            ] {
+                let value = setting.get(name).unwrap_or(&Value::Null);
+                if !value.as_str().is_some_and(|v| allowed.contains(&v)) {
+                    return Err(format!(
+                        "Invalid value at 'safety_settings[{i}].{name}' (type.googleapis.com/google.ai.generativelanguage.v1beta.{enum_type}), {value}"
+                    ));
+                }
+            }
+        }
+    }
+
+    Ok(ChatParams { limit, prompt_words: prompt_words.max(1), last_user })
+}
+
+/// The text of a `Content`'s parts, joined, and the words in them (counted part by part); `at`
+/// names the content in error messages.
+fn parts_text(content: &Map<String, Value>, at: &str) -> Result<(String, usize), String> {
+    let parts = match content.get("parts") {
+        Some(Value::Array(parts)) if !parts.is_empty() => parts,
+        _ => return Err(format!("* GenerateContentRequest.{at}.parts: contents.parts must not be empty.\n")),
+    };
+    let mut text = String::new();
+    let mut words = 0;
+    for (j, part) in parts.iter().enumerate() {
+        let Value::Object(part) = part else {
+            return Err(format!(
+                "Invalid value at '{at}.parts[{j}]' (type.googleapis.com/google.ai.generativelanguage.v1beta.Part), {part}"
+            ));
+        };
+        match part.get("text") {
+            // proto3 JSON: an empty string is the same as no value, which leaves the oneof unset.
+            Some(Value::String(piece)) if !piece.is_empty() => {
+                text.push_str(piece);
+                words += piece.split_whitespace().count();
+            }
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                let has_other_data = part.keys().any(|k| k != "text" && k != "thought");
+                if !has_other_data {
+                    return Err(format!(
+                        "* GenerateContentRequest.{at}.parts[{j}].data: required oneof field 'data' must have one initialized field\n"
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(format!("Invalid value at '{at}.parts[{j}].text' (TYPE_STRING), {other}"));
+            }
+        }
+    }
+    Ok((text, words))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Keeps the stream counters honest however a chat request ends: the handler or the response
+/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
+/// before [`finish`](Self::finish) is a client disconnect.
+struct StreamGuard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn start(shared: Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { shared, finished: false }
+    }
+
+    /// The response produced its last piece; `completed` says whether that was a proper ending
+    /// (as opposed to a refusal or a deliberate abort).
+    fn finish(&mut self, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        if completed {
+            self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            self.shared.disconnects.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+/// The next piece of a chat response.
+enum Step<'a> {
+    /// A chunk of text (`sent` counts it); the last one carries the `finishReason`.
+    Content { text: &'a str, finish: Option<&'static str>, sent: usize },
+    /// [`Behaviour::ErrorAfter`]'s message.
+    Error(&'a str),
+    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, without a `finishReason`.
+    EndWithoutFinish,
+    /// [`Behaviour::DropConnectionAfter`]: break the connection.
+    Abort,
+}
+
+/// A content chunk by position, so the source can advance before the pause and be read after it.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Token(usize),
+    Span(usize, usize),
+    Tok { first: bool },
+}
+
+/// Plays a model's script for one request: which chunks, how fast, and how it ends.
+struct Generation {
+    model: Arc<FakeModel>,
+    /// The echo text; empty for other replies.
+    text: String,
+    /// Position in the tokens or the echo text.
+    cursor: usize,
+    sent: usize,
+    limit: usize,
+    /// Chunks before the behaviour's misbehaviour; `usize::MAX` when it behaves.
+    cut: usize,
+}
+
+impl Generation {
+    fn new(model: Arc<FakeModel>, params: &ChatParams) -> Self {
+        let text = match model.reply {
+            Reply::Echo => format!("You said: {}", params.last_user),
+            Reply::Tokens(_) | Reply::Endless => String::new(),
+        };
+        let cut = match &model.behaviour {
+            Behaviour::ErrorAfter { tokens, .. }
+            | Behaviour::EndWithoutDone { tokens }
+            | Behaviour::DropConnectionAfter { tokens } => *tokens,
+            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
+        };
+        Generation { model, text, cursor: 0, sent: 0, limit: params.limit, cut }
+    }
+
+    fn misbehaves(&self) -> bool {
+        self.cut != usize::MAX
+    }
+
+    /// Produces the next step; must not be called again after a step that ends the response.
+    async fn next(&mut self) -> Step<'_> {
+        let misbehaves = self.misbehaves();
+        if self.sent >= self.cut || (misbehaves && self.sent >= self.limit) {
+            flush_point().await;
+            return self.misbehaviour();
+        }
+        if self.sent >= self.limit {
+            flush_point().await;
+            return Step::Content { text: "", finish: Some("MAX_TOKENS"), sent: self.sent };
+        }
+        let Some(chunk) = self.advance() else {
+            flush_point().await;
+            return if misbehaves {
+                self.misbehaviour()
+            } else {
+                Step::Content { text: "", finish: Some("STOP"), sent: self.sent }
+            };
+        };
+        let delay = self.model.token_delay;
+        if delay.is_zero() {
+            flush_point().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+        self.sent += 1;
+        // Like Gemini, the chunk with the last text is the one that says why generation ended.
+        let finish = if misbehaves {
+            None
+        } else if self.exhausted() {
+            Some("STOP")
+        } else if self.sent >= self.limit {
+            Some("MAX_TOKENS")
+        } else {
+            None
+        };
+        Step::Content { text: self.chunk_text(chunk), finish, sent: self.sent }
+    }
+
+    fn advance(&mut self) -> Option<Chunk> {
+        match &self.model.reply {
+            Reply::Tokens(tokens) => {
+                let index = self.cursor;
+                (index < tokens.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Token(index)
+                })
+            }
+            Reply::Echo => {
+                let start = self.cursor;
+                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+                // Each chunk is one word with the space before it.
+                let first_len = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
+                self.cursor = end;
+                Some(Chunk::Span(start, end))
+            }
+            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+        }
+    }
+
+    /// Whether the reply has nothing left after the chunks already taken.
+    fn exhausted(&self) -> bool {
+        match &self.model.reply {
+            Reply::Tokens(tokens) => self.cursor >= tokens.len(),
+            Reply::Echo => self.cursor >= self.text.len(),
+            Reply::Endless => false,
+        }
+    }
+
+    fn chunk_text(&self, chunk: Chunk) -> &str {
+        match (chunk, &self.model.reply) {
+            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Span(start, end), _) => &self.text[start..end],
+            (Chunk::Tok { first: true }, _) => "tok",
+            _ => " tok",
+        }
+    }
+
+    fn misbehaviour(&self) -> Step<'_> {
+        match &self.model.behaviour {
+            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
+            Behaviour::EndWithoutDone { .. } => Step::EndWithoutFinish,
+            Behaviour::DropConnectionAfter { .. } => Step::Abort,
+            Behaviour::Normal | Behaviour::HttpError { .. } => {
+                Step::Content { text: "", finish: Some("STOP"), sent: self.sent }
+            }
+        }
+    }
+}
+
+/// Hands control back to the runtime between events. hyper flushes what it has buffered whenever
+/// the body is not ready, so this both sends each event on its own and lets a zero-delay endless
+/// stream notice that its client has gone.
+async fn flush_point() {
+    tokio::task::yield_now().await;
+}
+
+/// The response body of a streamed chat.
+struct ChatBody {
+    generation: Generation,
+    guard: StreamGuard,
+    prompt_words: usize,
+    /// `,"modelVersion": …,"responseId": …}` and the event's blank line: the same for every event.
+    suffix: Vec<u8>,
+    finished: bool,
+}
+
+impl ChatBody {
+    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        if self.guard.shutting_down() {
+            self.finished = true;
+            self.guard.finish(false);
+            return Some(Err(io::Error::other("fake Gemini server shut down")));
+        }
+        match self.generation.next().await {
+            Step::Content { text, finish, sent } => {
+                let event = content_event(text, finish, self.prompt_words, sent, &self.suffix);
+                if finish.is_some() {
+                    self.finished = true;
+                    self.guard.finish(true);
+                }
+                Some(Ok(Bytes::from(event)))
+            }
+            Step::Error(message) => {
+                let mut body = google_error_body(StatusCode::INTERNAL_SERVER_ERROR, message, Vec::new());
+                body.push(b'\n');
+                self.finished = true;
+                self.guard.finish(true);
+                Some(Ok(Bytes::from(body)))
+            }
+            Step::EndWithoutFinish => {
+                self.finished = true;
+                self.guard.finish(true);
+                None
+            }
+            Step::Abort => {
+                self.finished = true;
+                self.guard.finish(false);
+                Some(Err(io::Error::other("fake Gemini dropped the connection")))
+            }
+        }
+    }
+}
+
+/// One `data:` event, laid out the way Gemini writes them.
+fn content_event(text: &str, finish: Option<&str>, prompt: usize, candidates: usize, suffix: &[u8]) -> Vec<u8> {
+    let mut event = Vec::with_capacity(text.len() + suffix.len() + 320);
+    event.extend_from_slice(b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": ");
+    write_json_string(&mut event, text);
+    event.extend_from_slice(b"}],\"role\": \"model\"}");
+    if let Some(reason) = finish {
+        event.extend_from_slice(b",\"finishReason\": \"");
+        event.extend_from_slice(reason.as_bytes());
+        event.push(b'"');
+    }
+    event.extend_from_slice(b",\"index\": 0}]");
+    write_usage(&mut event, prompt, candidates);
+    event.extend_from_slice(suffix);
+    event
+}
+
+/// The single event of a blocked prompt: feedback and usage, no candidates.
+fn blocked_event(prompt: usize, suffix: &[u8]) -> Vec<u8> {
+    let mut event = Vec::with_capacity(suffix.len() + 512);
+    event.extend_from_slice(b"data: {\"promptFeedback\": {\"blockReason\": \"SAFETY\",\"safetyRatings\": [");
+    event.extend_from_slice(b"{\"category\": \"HARM_CATEGORY_SEXUALLY_EXPLICIT\",\"probability\": \"NEGLIGIBLE\"},");
+    event.extend_from_slice(b"{\"category\": \"HARM_CATEGORY_HATE_SPEECH\",\"probability\": \"NEGLIGIBLE\"},");
+    event.extend_from_slice(
+        b"{\"category\": \"HARM_CATEGORY_HARASSMENT\",\"probability\": \"HIGH\",\"blocked\": true},",
+    );
+    event.extend_from_slice(b"{\"category\": \"HARM_CATEGORY_DANGEROUS_CONTENT\",\"probability\": \"NEGLIGIBLE\"}]}");
+    write_usage(&mut event, prompt, 0);
+    event.extend_from_slice(suffix);
+    event
+}
+
+/// `,"usageMetadata": {…}` with running totals; zero counts are omitted, as proto3 JSON does.
+fn write_usage(out: &mut Vec<u8>, prompt: usize, candidates: usize) {
+    let mut usage = String::with_capacity(160);
+    let _ = write!(usage, ",\"usageMetadata\": {{\"promptTokenCount\": {prompt}");
+    if candidates > 0 {
+        let _ = write!(usage, ",\"candidatesTokenCount\": {candidates}");
+    }
+    let _ = write!(
+        usage,
+        ",\"totalTokenCount\": {},\"promptTokensDetails\": [{{\"modality\": \"TEXT\",\"tokenCount\": {prompt}}}]}}",
+        prompt + candidates
+    );
+    out.extend_from_slice(usage.as_bytes());
+}
+
+fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and helpers
+
+/// The canonical gRPC code name Google puts in `status` for an HTTP status.
+fn status_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        412 => "FAILED_PRECONDITION",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        500 => "INTERNAL",
+        501 => "NOT_IMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `{"error": {"code", "message", "status", "details"?}}`, pretty-printed as Google does.
+fn google_error_body(status: StatusCode, message: &str, details: Vec<Value>) -> Vec<u8> {
+    let mut error = Map::new();
+    error.insert("code".into(), json!(status.as_u16()));
+    error.insert("message".into(), json!(message));
+    error.insert("status".into(), json!(status_name(status)));
+    if !details.is_empty() {
+        error.insert("details".into(), Value::Array(details));
+    }
+    let body = json!({ "error": error });
+    serde_json::to_vec_pretty(&body).expect("serializing a JSON value cannot fail")
+}
+
+fn google_error(status: StatusCode, message: &str, details: Vec<Value>) -> Response {
+    json_response(status, google_error_body(status, message, details))
+}
+
+fn pretty_json(status: StatusCode, value: &Value) -> Response {
+    json_response(status, serde_json::to_vec_pretty(value).expect("serializing a JSON value cannot fail"))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let content_type = HeaderValue::from_static(JSON_CONTENT_TYPE);
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The first value of a query parameter, percent-decoded (`+` is a space).
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (bytes.get(i + 1).and_then(hex_digit), bytes.get(i + 2).and_then(hex_digit)) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(byte: &u8) -> Option<u8> {
+    char::from(*byte).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let uri: Uri = "/v1beta/models?pageSize=5&pageToken=Cg%2F50%2B%3D&key=a+b&x".parse().unwrap();
+        assert_eq!(query_param(&uri, "pageSize").as_deref(), Some("5"));
+        assert_eq!(query_param(&uri, "pageToken").as_deref(), Some("Cg/50+="));
+        assert_eq!(query_param(&uri, "key").as_deref(), Some("a b"));
+        assert_eq!(query_param(&uri, "x").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "missing"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(parse_page_token(&page_token(50)), Some(50));
+    }
+
+    #[test]
+    fn display_names_capitalize_words() {
+        assert_eq!(display_name("gemini-2.0-flash"), "Gemini 2.0 Flash");
+    }
+
+    #[test]
+    fn requests_are_validated_like_gemini() {
+        let ok = chat_params(&json!({
+            "contents": [{"role": "user", "parts": [{"text": "Hi there"}]}, {"role": "model", "parts": [{"text": "Hello."}]},
+                         {"parts": [{"text": "Name"}, {"text": "a colour"}]}],
+            "systemInstruction": {"parts": [{"text": "Be terse."}]},
+            "generationConfig": {"maxOutputTokens": "7", "seed": 2147483647, "stopSequences": ["END"], "temperature": 0.5},
+            "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}],
+        }))
+        .unwrap();
+        assert_eq!(ok.limit, 7);
+        assert_eq!(ok.prompt_words, 2 + 1 + 3 + 2);
+        assert_eq!(ok.last_user, "Namea colour");
+
+        let refused = |request: Value, expected: &str| {
+            let message = chat_params(&request).unwrap_err();
+            assert!(message.contains(expected), "{message}");
+        };
+        let user = json!([{"role": "user", "parts": [{"text": "hi"}]}]);
+        refused(json!({}), "contents is not specified");
+        refused(json!({"contents": []}), "contents is not specified");
+        refused(json!({"contents": user, "max_tokens": 5}), "Unknown name \"max_tokens\"");
+        refused(json!({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]}), "valid role");
+        refused(json!({"contents": [{"role": "user", "parts": []}]}), "parts must not be empty");
+        refused(json!({"contents": [{"role": "user", "parts": [{"text": ""}]}]}), "required oneof field 'data'");
+        refused(json!({"contents": user, "generationConfig": {"max_tokens": 5}}), "at 'generation_config'");
+        refused(json!({"contents": user, "generationConfig": {"seed": 4294967296u64}}), "generation_config.seed");
+        refused(
+            json!({"contents": user, "generationConfig": {"stopSequences": ["a", "b", "c", "d", "e", "f"]}}),
+            "exceed 5",
+        );
+        refused(
+            json!({"contents": user, "safetySettings": [{"category": "HARM_CATEGORY_X", "threshold": "OFF"}]}),
+            "safety_settings[0].category",
+        );
+        refused(json!([1]), "Expected an object");
+    }
+
+    #[test]
+    fn events_look_like_geminis() {
+        let suffix = b",\"modelVersion\": \"m\",\"responseId\": \"r\"}\r\n\r\n";
+        let event = String::from_utf8(content_event("a\"b", Some("STOP"), 4, 2, suffix)).unwrap();
+        let json: Value = serde_json::from_str(event.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(json["candidates"][0]["content"]["parts"][0]["text"], "a\"b");
+        assert_eq!(json["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(json["usageMetadata"]["candidatesTokenCount"], 2);
+        assert_eq!(json["usageMetadata"]["totalTokenCount"], 6);
+        assert!(event.ends_with("}\r\n\r\n"));
+
+        let event = String::from_utf8(content_event("x", None, 4, 0, suffix)).unwrap();
+        let json: Value = serde_json::from_str(event.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert!(json["candidates"][0].get("finishReason").is_none());
+        assert!(json["usageMetadata"].get("candidatesTokenCount").is_none());
+
+        let event = String::from_utf8(blocked_event(3, suffix)).unwrap();
+        let json: Value = serde_json::from_str(event.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(json["promptFeedback"]["blockReason"], "SAFETY");
+        assert!(json.get("candidates").is_none());
+    }
+}

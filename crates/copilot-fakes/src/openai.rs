@@ -1,0 +1,1492 @@
+//! A fake of an OpenAI-compatible chat API (`/v1/chat/completions`, `/v1/models`), as described
+//! in the project's OpenAI reference notes.
+//!
+//! By default it is hosted OpenAI to the byte: `chat.completion.chunk` events
+//! (`data: {json}\n\n`, with `id`, `created`, `model`, `system_fingerprint` and
+//! `choices[{index, delta, logprobs, finish_reason}]`), a first chunk holding only the role, a
+//! `finish_reason` chunk with an empty delta, a usage chunk with `choices: []` when the request
+//! set `stream_options.include_usage`, then `data: [DONE]`; errors are
+//! `{"error":{"message","type","param","code"}}`. Its routes live under `/v1`, so
+//! [`FakeOpenAi::base_url`] ends in `/v1`, as an adapter's base URL does.
+//!
+//! A [`Flavour`] switches it to one of the compatible servers and the ways each deviates (no usage
+//! at all, usage on the finish chunk, no `[DONE]`, bare `error:` lines, integer error codes,
+//! reasoning deltas, …), so an adapter's tolerance of each can be tested. Models are scripted
+//! with the same [`Reply`] and [`Behaviour`] as every fake; here they mean:
+//! - [`Behaviour::ErrorAfter`]: 200, some chunks, then the flavour's mid-stream error (a
+//!   `data: {"error":...}` event, or llama.cpp's older `error: {...}` line) and the end of the
+//!   body (vLLM sends `data: [DONE]` after it). Without streaming: a 500.
+//! - [`Behaviour::EndWithoutDone`]: some chunks, then a clean end of body with neither a
+//!   `finish_reason` nor `[DONE]`.
+//! - [`Behaviour::DropConnectionAfter`]: some chunks, then the connection breaks.
+//! - [`Behaviour::HttpError`]: that status and the flavour's error body.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use crate::script::{Behaviour, FakeModel, Reply};
+
+/// Which server the fake plays, with that server's deviations from hosted OpenAI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// Hosted OpenAI, exactly: usage chunk with `choices: []` when asked, `[DONE]`, mid-stream
+    /// error as a `data: {"error":...}` event; `top_k` is rejected; `x-request-id` headers.
+    #[default]
+    OpenAi,
+    /// OpenAI's framing, but no usage is ever sent, whatever the request asks (servers that
+    /// ignore `stream_options`).
+    NoUsage,
+    /// Current llama.cpp `llama-server`: a first chunk with only the role (`content: null`), a
+    /// `reasoning_content` delta before the answer, usage and `timings` on the `finish_reason`
+    /// chunk (no separate usage chunk), `[DONE]`; mid-stream errors as `data: {"error":...}`;
+    /// error bodies with integer `code`s; serves its one model whatever `model` says.
+    LlamaCpp,
+    /// Older llama.cpp: as [`Flavour::LlamaCpp`], but a mid-stream error is a bare
+    /// `error: {json}` line, and the stream ends after the `finish_reason` chunk without
+    /// `data: [DONE]`.
+    LlamaCppOldErrors,
+    /// vLLM: error bodies with an exception-class `type` and an integer `code`; a mid-stream error
+    /// is a `data: {"error":...}` event followed by `data: [DONE]`; models list `max_model_len`;
+    /// unknown routes get FastAPI's `{"detail":"Not Found"}`.
+    Vllm,
+    /// Ollama's `/v1`: `system_fingerprint: "fp_ollama"`, thinking in a `reasoning` delta,
+    /// `max_completion_tokens` ignored, errors with `type` but `code: null`, plain-text 404 for
+    /// unknown routes; no API key is checked.
+    Ollama,
+}
+
+impl Flavour {
+    fn usage_mode(self) -> UsageMode {
+        match self {
+            Flavour::OpenAi | Flavour::Vllm | Flavour::Ollama => UsageMode::SeparateChunk,
+            Flavour::NoUsage => UsageMode::Never,
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => UsageMode::OnFinishChunk,
+        }
+    }
+
+    fn sends_done(self) -> bool {
+        self != Flavour::LlamaCppOldErrors
+    }
+
+    fn is_llama_cpp(self) -> bool {
+        matches!(self, Flavour::LlamaCpp | Flavour::LlamaCppOldErrors)
+    }
+
+    fn is_openai(self) -> bool {
+        matches!(self, Flavour::OpenAi | Flavour::NoUsage)
+    }
+
+    fn reasoning_field(self) -> Option<&'static str> {
+        match self {
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("reasoning_content"),
+            Flavour::Ollama => Some("reasoning"),
+            _ => None,
+        }
+    }
+
+    fn system_fingerprint(self) -> Option<&'static str> {
+        match self {
+            Flavour::OpenAi | Flavour::NoUsage => Some("fp_560af6e559"),
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("b6153-0b5c7d5c"),
+            Flavour::Ollama => Some("fp_ollama"),
+            Flavour::Vllm => None,
+        }
+    }
+
+    fn owned_by(self) -> &'static str {
+        match self {
+            Flavour::OpenAi | Flavour::NoUsage => "system",
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => "llamacpp",
+            Flavour::Vllm => "vllm",
+            Flavour::Ollama => "library",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UsageMode {
+    SeparateChunk,
+    OnFinishChunk,
+    Never,
+}
+
+/// The reasoning text the llama.cpp and Ollama flavours send before the answer.
+pub const REASONING_TEXT: &str = "Let me think.";
+
+const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
+const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// A running fake OpenAI-compatible server. It stops accepting connections, and ends the streams
+/// it is still writing, when dropped.
+pub struct FakeOpenAi {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeOpenAi {
+    /// Starts a server with no models on `127.0.0.1` and a free port.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound.
+    pub async fn start() -> FakeOpenAi {
+        FakeOpenAi::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind a loopback port for the fake OpenAI server")
+    }
+
+    /// Starts a server with no models on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOpenAi> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(err) = server.await {
+                tracing::warn!(%err, "fake OpenAI server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, "fake OpenAI server listening");
+        Ok(FakeOpenAi { addr, shared, shutdown: Some(shutdown) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT/v1`, without a trailing slash: what an adapter's base URL is set to.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Adds a model, replacing one of the same name. Requests already in progress keep the
+    /// script they started with.
+    pub fn add_model(&self, model: FakeModel) {
+        let entry = Arc::new(ModelEntry { created: unix_now(), model });
+        let mut models = self.shared.models.write().unwrap();
+        match models.iter_mut().find(|m| m.model.name == entry.model.name) {
+            Some(slot) => *slot = entry,
+            None => models.push(entry),
+        }
+    }
+
+    /// Removes a model; returns whether it was there.
+    pub fn remove_model(&self, name: &str) -> bool {
+        let mut models = self.shared.models.write().unwrap();
+        let before = models.len();
+        models.retain(|m| m.model.name != name);
+        models.len() != before
+    }
+
+    /// Makes `alias` name the model `target`, the way `gpt-4o-mini` names a dated snapshot:
+    /// requests for the alias are served by the target, and every chunk's `model` field says
+    /// the target's name. Listed in `/v1/models` too.
+    pub fn add_alias(&self, alias: &str, target: &str) {
+        self.shared.aliases.write().unwrap().insert(alias.to_owned(), target.to_owned());
+    }
+
+    pub fn set_flavour(&self, flavour: Flavour) {
+        *self.shared.flavour.write().unwrap() = flavour;
+    }
+
+    pub fn flavour(&self) -> Flavour {
+        self.shared.flavour()
+    }
+
+    /// Requires `Authorization: Bearer <key>` on every request (except with [`Flavour::Ollama`],
+    /// which ignores keys); `None` accepts anything, like a local server without auth.
+    pub fn set_api_key(&self, key: Option<impl Into<String>>) {
+        *self.shared.api_key.write().unwrap() = key.map(Into::into);
+    }
+
+    /// [`set_api_key`](Self::set_api_key) as a builder, as the other fakes have it.
+    pub fn with_api_key(self, key: impl Into<String>) -> Self {
+        self.set_api_key(Some(key));
+        self
+    }
+
+    /// While set, chat requests get OpenAI's 429 `insufficient_quota` (billing, not rate).
+    pub fn set_quota_exhausted(&self, exhausted: bool) {
+        self.shared.quota_exhausted.store(exhausted, Ordering::Relaxed);
+    }
+
+    /// While set, chat requests get the flavour's 503 (OpenAI's "overloaded", llama.cpp's
+    /// "Loading model").
+    pub fn set_busy(&self, busy: bool) {
+        self.shared.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// While set, a request with `max_tokens` is refused the way OpenAI's reasoning models
+    /// refuse it (400 `unsupported_parameter`: use `max_completion_tokens`).
+    pub fn set_require_max_completion_tokens(&self, require: bool) {
+        self.shared.require_max_completion_tokens.store(require, Ordering::Relaxed);
+    }
+
+    /// While set, a request carrying `stream_options` is refused with older vLLM's flat 400
+    /// (`extra_forbidden`), like servers that predate the field.
+    pub fn set_reject_stream_options(&self, reject: bool) {
+        self.shared.reject_stream_options.store(reject, Ordering::Relaxed);
+    }
+
+    /// While set, an SSE comment (`: ping`) goes before every event, as proxies and keep-alive
+    /// timers send them.
+    pub fn set_keepalive_comments(&self, on: bool) {
+        self.shared.keepalive_comments.store(on, Ordering::Relaxed);
+    }
+
+    /// The next `count` chat requests (for any model) fail with `status` and the flavour's error
+    /// body; a 429 is OpenAI's `rate_limit_exceeded`. With `retry_after`, a `Retry-After:
+    /// <seconds>` header (and, on a 429, exhausted `x-ratelimit-*-requests` headers) go with it.
+    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
+        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+    }
+
+    /// Whether to keep chat requests for [`chat_requests`](Self::chat_requests) (on by default).
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.record_requests.store(record, Ordering::Relaxed);
+    }
+
+    /// The JSON body of every `/v1/chat/completions` request received (including refused ones),
+    /// in order. Bodies that were not valid JSON are not recorded.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.shared.chat_requests.lock().unwrap().iter().map(|(_, body)| body.clone()).collect()
+    }
+
+    /// The headers of the requests in [`chat_requests`](Self::chat_requests), in the same order.
+    pub fn chat_request_headers(&self) -> Vec<HeaderMap> {
+        self.shared.chat_requests.lock().unwrap().iter().map(|(headers, _)| headers.clone()).collect()
+    }
+
+    /// Chat requests the client abandoned (closed the connection) after they were accepted and
+    /// before their last event was written — including during `header_delay`.
+    pub fn disconnects(&self) -> usize {
+        *self.shared.disconnects.borrow()
+    }
+
+    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
+    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
+        let mut changes = self.shared.disconnects.subscribe();
+        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Chat responses that wrote their last piece: `[DONE]` (or the finish chunk, for a flavour
+    /// without it), the mid-stream error, the clean end of [`Behaviour::EndWithoutDone`], or the
+    /// whole object of a non-streamed request.
+    pub fn completed_streams(&self) -> usize {
+        self.shared.completed.load(Ordering::SeqCst)
+    }
+
+    /// Chat requests accepted and not yet finished or abandoned.
+    pub fn active_streams(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
+        // reading; the flag makes such streams abort at their next chunk.
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct FailNext {
+    remaining: usize,
+    status: u16,
+    retry_after: Option<u64>,
+}
+
+struct ModelEntry {
+    created: u64,
+    model: FakeModel,
+}
+
+/// State shared by the handle and the request handlers.
+struct Shared {
+    models: RwLock<Vec<Arc<ModelEntry>>>,
+    aliases: RwLock<HashMap<String, String>>,
+    flavour: RwLock<Flavour>,
+    api_key: RwLock<Option<String>>,
+    quota_exhausted: AtomicBool,
+    busy: AtomicBool,
+    require_max_completion_tokens: AtomicBool,
+    reject_stream_options: AtomicBool,
+    keepalive_comments: AtomicBool,
+    fail_next: Mutex<Option<FailNext>>,
+    record_requests: AtomicBool,
+    chat_requests: Mutex<Vec<(HeaderMap, Value)>>,
+    disconnects: watch::Sender<usize>,
+    completed: AtomicUsize,
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+    /// Makes ids unique within a run.
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            models: RwLock::new(Vec::new()),
+            aliases: RwLock::new(HashMap::new()),
+            flavour: RwLock::new(Flavour::OpenAi),
+            api_key: RwLock::new(None),
+            quota_exhausted: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            require_max_completion_tokens: AtomicBool::new(false),
+            reject_stream_options: AtomicBool::new(false),
+            keepalive_comments: AtomicBool::new(false),
+            fail_next: Mutex::new(None),
+            record_requests: AtomicBool::new(true),
+            chat_requests: Mutex::new(Vec::new()),
+            disconnects: watch::Sender::new(0),
+            completed: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn flavour(&self) -> Flavour {
+        *self.flavour.read().unwrap()
+    }
+
+    fn take_failure(&self) -> Option<FailNext> {
+        let mut pending = self.fail_next.lock().unwrap();
+        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
+        failure.remaining -= 1;
+        Some(*failure)
+    }
+
+    /// The model serving `name`, following aliases. A llama.cpp server has one model and serves
+    /// it whatever the request names.
+    fn find_model(&self, name: &str, flavour: Flavour) -> Option<Arc<ModelEntry>> {
+        let target = self.aliases.read().unwrap().get(name).cloned();
+        let name = target.as_deref().unwrap_or(name);
+        let models = self.models.read().unwrap();
+        let found = models.iter().find(|m| m.model.name == name).cloned();
+        if found.is_none() && flavour.is_llama_cpp() {
+            return models.first().cloned();
+        }
+        found
+    }
+
+    /// A fresh id of `len` hex-ish characters, stable in shape, unique within a run.
+    fn new_id(&self, prefix: &str, len: usize) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ unix_now().rotate_left(17);
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut state = seed | 1;
+        let mut id = String::with_capacity(prefix.len() + len);
+        id.push_str(prefix);
+        for _ in 0..len {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            id.push(alphabet[(state % alphabet.len() as u64) as usize] as char);
+        }
+        id
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        // llama.cpp serves its API with and without the /v1 prefix.
+        .route("/chat/completions", post(llama_cpp_chat))
+        .route("/models", get(llama_cpp_models))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors, in each flavour's shape
+
+/// What went wrong, independent of how the flavour words it.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// OpenAI's `type`.
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = match status.as_u16() {
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        ApiError { status, message: message.into(), kind, param: None, code: None }
+    }
+
+    fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    fn param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The error object (what goes under `"error"`) as the flavour writes it.
+    fn object(&self, flavour: Flavour) -> Value {
+        let status = self.status.as_u16();
+        match flavour {
+            Flavour::OpenAi | Flavour::NoUsage => {
+                json!({"message": self.message, "type": self.kind, "param": self.param, "code": self.code})
+            }
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                let kind = match status {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    501 => "not_supported_error",
+                    503 => "unavailable_error",
+                    400..=499 => "invalid_request_error",
+                    _ => "server_error",
+                };
+                json!({"code": status, "message": self.message, "type": kind})
+            }
+            Flavour::Vllm => {
+                let kind = match status {
+                    400 | 422 => "BadRequestError",
+                    401 => "AuthenticationError",
+                    404 => "NotFoundError",
+                    429 => "RateLimitError",
+                    _ => "InternalServerError",
+                };
+                json!({"message": self.message, "type": kind, "param": self.param, "code": status})
+            }
+            Flavour::Ollama => {
+                let kind = match status {
+                    400 => "invalid_request_error",
+                    404 => "not_found_error",
+                    _ => "api_error",
+                };
+                json!({"message": self.message, "type": kind, "param": null, "code": null})
+            }
+        }
+    }
+
+    fn response(&self, flavour: Flavour) -> Response {
+        json_response(self.status, &json!({ "error": self.object(flavour) }))
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).expect("serializing a JSON value cannot fail");
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE))], body).into_response()
+}
+
+/// Adds what every response of the flavour carries.
+fn finish_response(shared: &Shared, flavour: Flavour, mut response: Response) -> Response {
+    if flavour.is_openai() {
+        let id = shared.new_id("req_", 32);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response.headers_mut().insert("openai-version", HeaderValue::from_static("2020-10-01"));
+    }
+    response
+}
+
+async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+    let flavour = shared.flavour();
+    let response = match flavour {
+        Flavour::OpenAi | Flavour::NoUsage => {
+            ApiError::new(404, format!("Invalid URL ({method} {})", uri.path())).response(flavour)
+        }
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => ApiError::new(404, "File Not Found").response(flavour),
+        Flavour::Vllm => json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"})),
+        Flavour::Ollama => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+            "404 page not found",
+        )
+            .into_response(),
+    };
+    finish_response(&shared, flavour, response)
+}
+
+/// The flavour's answer to a missing or wrong API key, if the request must be refused.
+fn check_auth(shared: &Shared, flavour: Flavour, headers: &HeaderMap) -> Option<Response> {
+    let expected = shared.api_key.read().unwrap().clone()?;
+    if flavour == Flavour::Ollama {
+        return None;
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given == Some(expected.as_str()) {
+        return None;
+    }
+    let response = match flavour {
+        Flavour::OpenAi | Flavour::NoUsage => {
+            let error = match given {
+                None | Some("") => ApiError::new(
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
+                ),
+                Some(key) => ApiError::new(
+                    401,
+                    format!(
+                        "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                        mask_key(key)
+                    ),
+                )
+                .code("invalid_api_key"),
+            };
+            error.response(flavour)
+        }
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => ApiError::new(401, "Invalid API Key").response(flavour),
+        // vLLM's API-key middleware answers with a bare string.
+        Flavour::Vllm => json_response(StatusCode::UNAUTHORIZED, &json!({"error": "Unauthorized"})),
+        Flavour::Ollama => return None,
+    };
+    Some(finish_response(shared, flavour, response))
+}
+
+/// `sk-ab****wxyz`: how OpenAI echoes a wrong key (never the whole key).
+fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        return format!("{}****", chars.iter().take(2).collect::<String>());
+    }
+    let head: String = chars[..5].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}****{tail}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+fn model_card(entry: &ModelEntry, id: &str, flavour: Flavour) -> Value {
+    let model = &entry.model;
+    let mut card = json!({"id": id, "object": "model", "created": entry.created, "owned_by": flavour.owned_by()});
+    match flavour {
+        Flavour::Vllm => {
+            card["root"] = json!(model.name);
+            card["parent"] = Value::Null;
+            card["max_model_len"] = json!(model.context_length);
+            card["permission"] = json!([{
+                "id": format!("modelperm-{}", id.len()), "object": "model_permission", "created": entry.created,
+                "allow_create_engine": false, "allow_sampling": true, "allow_logprobs": true,
+                "allow_search_indices": false, "allow_view": true, "allow_fine_tuning": false,
+                "organization": "*", "group": null, "is_blocking": false,
+            }]);
+        }
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+            card["meta"] = json!({
+                "vocab_type": 2, "n_vocab": 128_256, "n_ctx_train": model.context_length, "n_embd": 3072,
+                "n_params": parameter_count(&model.parameter_size), "size": model.size,
+            });
+        }
+        _ => {}
+    }
+    card
+}
+
+/// `"3.2B"` → 3_200_000_000, `"494.03M"` → 494_030_000.
+fn parameter_count(size: &str) -> Option<u64> {
+    let (number, scale) = match size.as_bytes().last()? {
+        b'B' | b'b' => (&size[..size.len() - 1], 1e9),
+        b'M' | b'm' => (&size[..size.len() - 1], 1e6),
+        _ => (size, 1.0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    Some((value * scale).round() as u64)
+}
+
+fn all_cards(shared: &Shared, flavour: Flavour) -> Vec<(String, Value)> {
+    let models = shared.models.read().unwrap();
+    let mut cards: Vec<(String, Value)> =
+        models.iter().map(|e| (e.model.name.clone(), model_card(e, &e.model.name, flavour))).collect();
+    let mut aliases: Vec<_> = shared.aliases.read().unwrap().clone().into_iter().collect();
+    aliases.sort();
+    for (alias, target) in aliases {
+        if let Some(entry) = models.iter().find(|m| m.model.name == target) {
+            cards.push((alias.clone(), model_card(entry, &alias, flavour)));
+        }
+    }
+    cards
+}
+
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let flavour = shared.flavour();
+    if let Some(refusal) = check_auth(&shared, flavour, &headers) {
+        return refusal;
+    }
+    let data: Vec<Value> = all_cards(&shared, flavour).into_iter().map(|(_, card)| card).collect();
+    finish_response(&shared, flavour, json_response(StatusCode::OK, &json!({"object": "list", "data": data})))
+}
+
+async fn llama_cpp_chat(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if shared.flavour().is_llama_cpp() {
+        chat(State(shared), headers, body).await
+    } else {
+        not_found(State(shared), method, uri).await
+    }
+}
+
+async fn llama_cpp_models(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if shared.flavour().is_llama_cpp() {
+        list_models(State(shared), headers).await
+    } else {
+        not_found(State(shared), method, uri).await
+    }
+}
+
+async fn get_model(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let flavour = shared.flavour();
+    // Only OpenAI and Ollama serve single model cards.
+    if !matches!(flavour, Flavour::OpenAi | Flavour::NoUsage | Flavour::Ollama) {
+        return not_found(State(shared), method, uri).await;
+    }
+    if let Some(refusal) = check_auth(&shared, flavour, &headers) {
+        return refusal;
+    }
+    let response = match all_cards(&shared, flavour).into_iter().find(|(name, _)| *name == id) {
+        Some((_, card)) => json_response(StatusCode::OK, &card),
+        None if flavour == Flavour::Ollama => ApiError::new(404, format!("model \"{id}\" not found")).response(flavour),
+        None => ApiError::new(404, format!("The model '{id}' does not exist"))
+            .param("model")
+            .code("model_not_found")
+            .response(flavour),
+    };
+    finish_response(&shared, flavour, response)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat
+
+/// What a chat request asks for, validated the way the flavour's server would.
+struct ChatParams {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    /// Content chunks allowed by the token limit; `usize::MAX` when unlimited.
+    limit: usize,
+    /// `prompt_tokens`: whitespace-separated words over all messages, at least 1.
+    prompt_words: usize,
+    /// The last user message's text, for [`Reply::Echo`].
+    last_user: String,
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let flavour = shared.flavour();
+    let response = chat_response(&shared, flavour, &headers, body).await;
+    finish_response(&shared, flavour, response)
+}
+
+async fn chat_response(shared: &Arc<Shared>, flavour: Flavour, headers: &HeaderMap, body: Bytes) -> Response {
+    let received = Instant::now();
+    let request = match serde_json::from_slice::<Value>(&body) {
+        Ok(value @ Value::Object(_)) => value,
+        Ok(_) => return ApiError::new(400, "Invalid request body: expected a JSON object").response(flavour),
+        Err(err) => {
+            let message = format!(
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.) ({err})"
+            );
+            return ApiError::new(400, message).response(flavour);
+        }
+    };
+    if shared.record_requests.load(Ordering::Relaxed) {
+        shared.chat_requests.lock().unwrap().push((headers.clone(), request.clone()));
+    }
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return refusal;
+    }
+    let params = match chat_params(shared, flavour, &request) {
+        Ok(params) => params,
+        Err(error) => return error.response(flavour),
+    };
+    let Some(entry) = shared.find_model(&params.model, flavour) else {
+        let error = match flavour {
+            Flavour::Vllm => ApiError::new(404, format!("The model `{}` does not exist.", params.model)).param("model"),
+            Flavour::Ollama => {
+                ApiError::new(404, format!("model \"{}\" not found, try pulling it first", params.model))
+            }
+            _ => ApiError::new(
+                404,
+                format!("The model `{}` does not exist or you do not have access to it.", params.model),
+            )
+            .code("model_not_found"),
+        };
+        return error.response(flavour);
+    };
+    if shared.quota_exhausted.load(Ordering::Relaxed) {
+        return ApiError::new(
+            429,
+            "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        )
+        .kind("insufficient_quota")
+        .code("insufficient_quota")
+        .response(flavour);
+    }
+    if shared.busy.load(Ordering::Relaxed) {
+        let message =
+            if flavour.is_llama_cpp() { "Loading model" } else { "The server is overloaded or not ready yet." };
+        return ApiError::new(503, message).response(flavour);
+    }
+    if let Some(failure) = shared.take_failure() {
+        return scripted_failure(failure, flavour, &entry.model.name);
+    }
+
+    // From here on the request counts as a stream: a client that gives up, even while the
+    // "model loads", is a disconnect.
+    let mut guard = StreamGuard::start(shared.clone());
+    if !entry.model.header_delay.is_zero() {
+        tokio::time::sleep(entry.model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
+        guard.finish(false);
+        return ApiError::new(*status, message.clone()).response(flavour);
+    }
+
+    let responding = Instant::now();
+    let served_as = entry.model.name.clone();
+    let generation = Generation::new(entry, &params);
+    let chunks = ChunkWriter {
+        prefix: chunk_prefix(shared, flavour, &served_as),
+        flavour,
+        include_usage: params.include_usage,
+        comments: shared.keepalive_comments.load(Ordering::Relaxed),
+    };
+    let timing = Timing { received, responding, prompt_words: params.prompt_words };
+    if params.stream {
+        stream_response(SseBody {
+            generation,
+            guard,
+            chunks,
+            timing,
+            queue: VecDeque::new(),
+            started: false,
+            finished: false,
+        })
+    } else {
+        whole_response(shared, flavour, generation, guard, &served_as, timing).await
+    }
+}
+
+fn scripted_failure(failure: FailNext, flavour: Flavour, model: &str) -> Response {
+    let error = match failure.status {
+        429 => ApiError::new(
+            429,
+            format!(
+                "Rate limit reached for {model} in organization org-fake on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in {}s. Visit https://platform.openai.com/account/rate-limits to learn more.",
+                failure.retry_after.unwrap_or(20)
+            ),
+        )
+        .kind("requests")
+        .code("rate_limit_exceeded"),
+        503 => ApiError::new(503, "The server is overloaded or not ready yet."),
+        status => ApiError::new(status, format!("scripted failure ({status})")),
+    };
+    let mut response = error.response(flavour);
+    if let Some(seconds) = failure.retry_after {
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if failure.status == 429 {
+            headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("3"));
+            headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+            if let Ok(value) = HeaderValue::from_str(&format!("{seconds}s")) {
+                headers.insert("x-ratelimit-reset-requests", value);
+            }
+        }
+    }
+    response
+}
+
+/// Reads and checks a chat request; `Err` is the 400 the flavour's server would answer.
+fn chat_params(shared: &Shared, flavour: Flavour, request: &Value) -> Result<ChatParams, ApiError> {
+    let model = match request.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        // llama.cpp serves its one model whatever (or whether) `model` says.
+        None | Some(Value::Null) if flavour.is_llama_cpp() => String::new(),
+        None | Some(Value::Null) => return Err(ApiError::new(400, "you must provide a model parameter")),
+        Some(_) => return Err(ApiError::new(400, "Invalid type for 'model': expected a string.").param("model")),
+    };
+
+    let Some(Value::Array(messages)) = request.get("messages") else {
+        return Err(ApiError::new(400, "Missing required parameter: 'messages'.").param("messages"));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        )
+        .param("messages")
+        .code("empty_array"));
+    }
+    let mut prompt_words = 0;
+    let mut last_user = String::new();
+    for message in messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
+            return Err(ApiError::new(
+                400,
+                format!("Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."),
+            )
+            .param("messages.role")
+            .code("invalid_value"));
+        }
+        let text = match message.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+            }
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "Invalid type for 'messages.content': expected one of a string or an array of objects.",
+                )
+                .param("messages.content")
+                .code("invalid_type"));
+            }
+        };
+        prompt_words += text.split_whitespace().count();
+        if role == "user" {
+            last_user = text;
+        }
+    }
+
+    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream_options = request.get("stream_options").filter(|v| !v.is_null());
+    if stream_options.is_some() {
+        if shared.reject_stream_options.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                400,
+                "[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted', 'input': {'include_usage': True}}]",
+            )
+            .param("stream_options"));
+        }
+        if !stream && flavour != Flavour::Ollama {
+            return Err(ApiError::new(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+                .param("stream_options"));
+        }
+    }
+    let include_usage = stream_options.and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+
+    if flavour.is_openai() && request.get("top_k").is_some() {
+        return Err(ApiError::new(400, "Unrecognized request argument supplied: top_k"));
+    }
+    if shared.require_max_completion_tokens.load(Ordering::Relaxed) && request.get("max_tokens").is_some() {
+        return Err(ApiError::new(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        )
+        .param("max_tokens")
+        .code("unsupported_parameter"));
+    }
+    match request.get("stop") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
+            if flavour.is_openai() && stops.len() > 4 {
+                return Err(ApiError::new(400, format!("Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array with length {} instead.", stops.len()))
+                    .param("stop")
+                    .code("array_above_max_length"));
+            }
+        }
+        Some(_) => return Err(ApiError::new(400, "Invalid type for 'stop'.").param("stop").code("invalid_type")),
+    }
+    for field in ["temperature", "top_p"] {
+        if let Some(value) = request.get(field).filter(|v| !v.is_null())
+            && !value.is_number()
+        {
+            return Err(
+                ApiError::new(400, format!("Invalid type for '{field}': expected a decimal.")).code("invalid_type")
+            );
+        }
+    }
+
+    // Ollama ignores max_completion_tokens; the others take either (the newer one first).
+    let limit_fields: &[&str] =
+        if flavour == Flavour::Ollama { &["max_tokens"] } else { &["max_completion_tokens", "max_tokens"] };
+    let mut limit = usize::MAX;
+    for field in limit_fields {
+        match request.get(*field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+                limit = usize::try_from(n.as_u64().unwrap()).unwrap_or(usize::MAX);
+                break;
+            }
+            Some(_) => {
+                return Err(ApiError::new(400, format!("Invalid '{field}': expected a positive integer."))
+                    .code("invalid_value"));
+            }
+        }
+    }
+
+    Ok(ChatParams { model, stream, include_usage, limit, prompt_words: prompt_words.max(1), last_user })
+}
+
+/// Keeps the stream counters honest however a chat request ends (see the Ollama fake).
+struct StreamGuard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn start(shared: Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        StreamGuard { shared, finished: false }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        if completed {
+            self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            self.shared.disconnects.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+/// The next piece of a reply.
+enum Step<'a> {
+    Content(&'a str),
+    /// The reply is over; carries the `finish_reason`.
+    Done(&'static str),
+    Error(&'a str),
+    EndWithoutDone,
+    Abort,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    Token(usize),
+    Span(usize, usize),
+    Tok { first: bool },
+}
+
+/// Plays a model's script for one request: which chunks, how fast, and how it ends.
+struct Generation {
+    entry: Arc<ModelEntry>,
+    text: String,
+    cursor: usize,
+    sent: usize,
+    limit: usize,
+    cut: usize,
+}
+
+impl Generation {
+    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
+        let model = &entry.model;
+        let text = match model.reply {
+            Reply::Echo => format!("You said: {}", params.last_user),
+            Reply::Tokens(_) | Reply::Endless => String::new(),
+        };
+        let mut limit = params.limit;
+        if !params.stream && matches!(model.reply, Reply::Endless) {
+            limit = limit.min(model.context_length as usize);
+        }
+        let cut = match &model.behaviour {
+            Behaviour::ErrorAfter { tokens, .. }
+            | Behaviour::EndWithoutDone { tokens }
+            | Behaviour::DropConnectionAfter { tokens } => *tokens,
+            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
+        };
+        Generation { entry, text, cursor: 0, sent: 0, limit, cut }
+    }
+
+    async fn next(&mut self) -> Step<'_> {
+        if self.sent >= self.cut {
+            flush_point().await;
+            return self.ending("stop");
+        }
+        if self.sent >= self.limit {
+            flush_point().await;
+            return self.ending("length");
+        }
+        let Some(chunk) = self.advance() else {
+            flush_point().await;
+            return self.ending("stop");
+        };
+        let delay = self.entry.model.token_delay;
+        if delay.is_zero() {
+            flush_point().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+        self.sent += 1;
+        Step::Content(self.chunk_text(chunk))
+    }
+
+    fn advance(&mut self) -> Option<Chunk> {
+        match &self.entry.model.reply {
+            Reply::Tokens(tokens) => {
+                let index = self.cursor;
+                (index < tokens.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Token(index)
+                })
+            }
+            Reply::Echo => {
+                let start = self.cursor;
+                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+                let first_len = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
+                self.cursor = end;
+                Some(Chunk::Span(start, end))
+            }
+            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+        }
+    }
+
+    fn chunk_text(&self, chunk: Chunk) -> &str {
+        match (chunk, &self.entry.model.reply) {
+            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Span(start, end), _) => &self.text[start..end],
+            (Chunk::Tok { first: true }, _) => "tok",
+            _ => " tok",
+        }
+    }
+
+    fn ending(&self, finish_reason: &'static str) -> Step<'_> {
+        match &self.entry.model.behaviour {
+            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(finish_reason),
+            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
+            Behaviour::EndWithoutDone { .. } => Step::EndWithoutDone,
+            Behaviour::DropConnectionAfter { .. } => Step::Abort,
+        }
+    }
+}
+
+/// Hands control back to the runtime between events, so each is flushed on its own and a
+/// zero-delay endless stream notices that its client has gone.
+async fn flush_point() {
+    tokio::task::yield_now().await;
+}
+
+struct Timing {
+    received: Instant,
+    responding: Instant,
+    prompt_words: usize,
+}
+
+impl Timing {
+    fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_words,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_words + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        })
+    }
+
+    /// llama.cpp's `timings`: the header wait stands in for prompt processing.
+    fn llama_cpp_timings(&self, predicted: usize) -> Value {
+        let prompt_ms = (self.responding - self.received).as_secs_f64() * 1000.0;
+        let predicted_ms = self.responding.elapsed().as_secs_f64() * 1000.0;
+        let per_second = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1000.0 / ms } else { 0.0 };
+        json!({
+            "cache_n": 0,
+            "prompt_n": self.prompt_words,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": if self.prompt_words > 0 { prompt_ms / self.prompt_words as f64 } else { 0.0 },
+            "prompt_per_second": per_second(self.prompt_words, prompt_ms),
+            "predicted_n": predicted,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": if predicted > 0 { predicted_ms / predicted as f64 } else { 0.0 },
+            "predicted_per_second": per_second(predicted, predicted_ms),
+        })
+    }
+}
+
+/// Writes the events of one response in the flavour's shape.
+struct ChunkWriter {
+    /// `{"id":...,"object":"chat.completion.chunk","created":...,"model":...,` and the
+    /// flavour's fingerprint fields: the same for every chunk of a response.
+    prefix: Vec<u8>,
+    flavour: Flavour,
+    include_usage: bool,
+    comments: bool,
+}
+
+fn chunk_prefix(shared: &Shared, flavour: Flavour, model: &str) -> Vec<u8> {
+    let id = shared.new_id("chatcmpl-", 29);
+    let mut prefix = Vec::with_capacity(160);
+    let _ =
+        write!(prefix, "{{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":", unix_now());
+    write_json_string(&mut prefix, model);
+    prefix.push(b',');
+    if flavour.is_openai() {
+        prefix.extend_from_slice(b"\"service_tier\":\"default\",");
+    }
+    if let Some(fingerprint) = flavour.system_fingerprint() {
+        let _ = write!(prefix, "\"system_fingerprint\":\"{fingerprint}\",");
+    }
+    prefix
+}
+
+impl ChunkWriter {
+    /// One `data: {chunk}\n\n` event. `delta` is the delta object's JSON; `extra` is appended
+    /// inside the chunk object (`,"usage":{...}`).
+    fn event(&self, delta: &[u8], finish_reason: Option<&str>, extra: &[u8]) -> Bytes {
+        let mut event = Vec::with_capacity(self.prefix.len() + delta.len() + extra.len() + 120);
+        if self.comments {
+            event.extend_from_slice(b": ping\n\n");
+        }
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&self.prefix);
+        event.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":");
+        event.extend_from_slice(delta);
+        event.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish_reason {
+            Some(reason) => write_json_string(&mut event, reason),
+            None => event.extend_from_slice(b"null"),
+        }
+        event.extend_from_slice(b"}]");
+        // With include_usage, OpenAI puts `"usage":null` on every chunk but the usage chunk.
+        if self.include_usage && self.flavour.usage_mode() == UsageMode::SeparateChunk && extra.is_empty() {
+            event.extend_from_slice(b",\"usage\":null");
+        }
+        event.extend_from_slice(extra);
+        if self.flavour.is_openai() {
+            // OpenAI pads chunks with a random `obfuscation` string; clients must ignore it.
+            event.extend_from_slice(b",\"obfuscation\":\"x9Kq\"");
+        }
+        event.extend_from_slice(b"}\n\n");
+        Bytes::from(event)
+    }
+
+    /// The first chunk: the role only.
+    fn role(&self) -> Bytes {
+        let delta: &[u8] = if self.flavour.is_llama_cpp() {
+            b"{\"role\":\"assistant\",\"content\":null}"
+        } else if self.flavour.is_openai() {
+            b"{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}"
+        } else {
+            b"{\"role\":\"assistant\",\"content\":\"\"}"
+        };
+        self.event(delta, None, b"")
+    }
+
+    fn reasoning(&self, field: &str) -> Bytes {
+        let mut delta = Vec::new();
+        let _ = write!(delta, "{{\"content\":null,\"{field}\":");
+        write_json_string(&mut delta, REASONING_TEXT);
+        delta.push(b'}');
+        self.event(&delta, None, b"")
+    }
+
+    fn content(&self, text: &str) -> Bytes {
+        let mut delta = Vec::with_capacity(text.len() + 40);
+        if self.flavour == Flavour::Ollama {
+            // Ollama repeats the role on every chunk.
+            delta.extend_from_slice(b"{\"role\":\"assistant\",\"content\":");
+        } else {
+            delta.extend_from_slice(b"{\"content\":");
+        }
+        write_json_string(&mut delta, text);
+        delta.push(b'}');
+        self.event(&delta, None, b"")
+    }
+
+    /// The events that end a complete reply: the `finish_reason` chunk, the usage chunk and
+    /// `[DONE]`, as the flavour sends them.
+    fn ending(&self, finish_reason: &str, timing: &Timing, sent: usize, out: &mut VecDeque<Bytes>) {
+        let usage = timing.usage(sent);
+        match self.flavour.usage_mode() {
+            UsageMode::OnFinishChunk => {
+                let mut extra = Vec::new();
+                extra.extend_from_slice(b",\"usage\":");
+                serde_json::to_writer(&mut extra, &usage).expect("serializing into memory cannot fail");
+                extra.extend_from_slice(b",\"timings\":");
+                serde_json::to_writer(&mut extra, &timing.llama_cpp_timings(sent))
+                    .expect("serializing into memory cannot fail");
+                out.push_back(self.event(b"{\"content\":\"\"}", Some(finish_reason), &extra));
+            }
+            UsageMode::SeparateChunk => {
+                out.push_back(self.event(b"{}", Some(finish_reason), b""));
+                if self.include_usage {
+                    out.push_back(self.usage_chunk(&usage));
+                }
+            }
+            UsageMode::Never => out.push_back(self.event(b"{}", Some(finish_reason), b"")),
+        }
+        if self.flavour.sends_done() {
+            out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+    }
+
+    fn usage_chunk(&self, usage: &Value) -> Bytes {
+        let mut event = Vec::with_capacity(self.prefix.len() + 300);
+        if self.comments {
+            event.extend_from_slice(b": ping\n\n");
+        }
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&self.prefix);
+        event.extend_from_slice(b"\"choices\":[],\"usage\":");
+        serde_json::to_writer(&mut event, usage).expect("serializing into memory cannot fail");
+        if self.flavour.is_openai() {
+            event.extend_from_slice(b",\"obfuscation\":\"Pq3\"");
+        }
+        event.extend_from_slice(b"}\n\n");
+        Bytes::from(event)
+    }
+
+    /// A failure after streaming began, as the flavour reports it.
+    fn error(&self, message: &str, out: &mut VecDeque<Bytes>) {
+        let object = ApiError::new(500, message).object(self.flavour);
+        let json = serde_json::to_string(&object).expect("serializing a JSON value cannot fail");
+        match self.flavour {
+            Flavour::LlamaCppOldErrors => out.push_back(Bytes::from(format!("error: {json}\n\n"))),
+            _ => out.push_back(Bytes::from(format!("data: {}\n\n", json!({ "error": object })))),
+        }
+        if self.flavour == Flavour::Vllm {
+            out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+    }
+}
+
+fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
+}
+
+/// The response body of a streamed chat.
+struct SseBody {
+    generation: Generation,
+    guard: StreamGuard,
+    chunks: ChunkWriter,
+    timing: Timing,
+    /// Events ready to go out, ahead of the generation.
+    queue: VecDeque<Bytes>,
+    started: bool,
+    finished: bool,
+}
+
+impl SseBody {
+    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+        if let Some(event) = self.queue.pop_front() {
+            if self.queue.is_empty() && self.finished {
+                self.guard.finish(true);
+            }
+            flush_point().await;
+            return Some(Ok(event));
+        }
+        if self.finished {
+            return None;
+        }
+        if self.guard.shutting_down() {
+            self.finished = true;
+            self.guard.finish(false);
+            return Some(Err(io::Error::other("fake OpenAI server shut down")));
+        }
+        if !self.started {
+            self.started = true;
+            if let Some(field) = self.chunks.flavour.reasoning_field() {
+                self.queue.push_back(self.chunks.reasoning(field));
+            }
+            return Some(Ok(self.chunks.role()));
+        }
+        match self.generation.next().await {
+            Step::Content(text) => Some(Ok(self.chunks.content(text))),
+            Step::Done(finish_reason) => {
+                self.finished = true;
+                let sent = self.generation.sent;
+                self.chunks.ending(finish_reason, &self.timing, sent, &mut self.queue);
+                self.next_queued()
+            }
+            Step::Error(message) => {
+                self.finished = true;
+                let message = message.to_owned();
+                self.chunks.error(&message, &mut self.queue);
+                self.next_queued()
+            }
+            Step::EndWithoutDone => {
+                self.finished = true;
+                self.guard.finish(true);
+                None
+            }
+            Step::Abort => {
+                self.finished = true;
+                self.guard.finish(false);
+                Some(Err(io::Error::other("fake OpenAI server dropped the connection")))
+            }
+        }
+    }
+
+    fn next_queued(&mut self) -> Option<io::Result<Bytes>> {
+        let event = self.queue.pop_front();
+        if self.queue.is_empty() {
+            self.guard.finish(true);
+        }
+        event.map(Ok)
+    }
+}
+
+fn stream_response(body: SseBody) -> Response {
+    let events = futures::stream::unfold(body, |mut body| async move {
+        let event = body.next_event().await?;
+        Some((event, body))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, SSE_CONTENT_TYPE)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(events))
+        .expect("static response parts are valid")
+}
+
+/// A non-streamed request: plays the whole script, then answers with one `chat.completion`.
+async fn whole_response(
+    shared: &Shared,
+    flavour: Flavour,
+    mut generation: Generation,
+    mut guard: StreamGuard,
+    model: &str,
+    timing: Timing,
+) -> Response {
+    let mut content = String::new();
+    let finish_reason = loop {
+        match generation.next().await {
+            Step::Content(text) => content.push_str(text),
+            Step::Done(reason) => break reason,
+            Step::Error(message) => {
+                guard.finish(true);
+                return ApiError::new(500, message).response(flavour);
+            }
+            // A server that stops early without streaming can only fail the request.
+            Step::EndWithoutDone => {
+                guard.finish(true);
+                return ApiError::new(500, "The server had an error while processing your request.").response(flavour);
+            }
+            Step::Abort => {
+                guard.finish(false);
+                let broken = futures::stream::once(async {
+                    Err::<Bytes, _>(io::Error::other("fake OpenAI server dropped the connection"))
+                });
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
+                    .body(Body::from_stream(broken))
+                    .expect("static response parts are valid");
+            }
+        }
+    };
+    guard.finish(true);
+    let mut message = json!({"role": "assistant", "content": content});
+    if flavour.is_openai() {
+        message["refusal"] = Value::Null;
+        message["annotations"] = json!([]);
+    }
+    let mut object = json!({
+        "id": shared.new_id("chatcmpl-", 29),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
+        "usage": timing.usage(generation.sent),
+    });
+    if let Some(fingerprint) = flavour.system_fingerprint() {
+        object["system_fingerprint"] = json!(fingerprint);
+    }
+    if flavour.is_llama_cpp() {
+        object["timings"] = timing.llama_cpp_timings(generation.sent);
+    }
+    json_response(StatusCode::OK, &object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_masked_like_openai_masks_them() {
+        assert_eq!(mask_key("sk-abcdefghijklmnop1234"), "sk-ab****1234");
+        assert_eq!(mask_key("short"), "sh****");
+    }
+
+    #[test]
+    fn parameter_sizes_parse() {
+        assert_eq!(parameter_count("3.2B"), Some(3_200_000_000));
+        assert_eq!(parameter_count("494.03M"), Some(494_030_000));
+        assert_eq!(parameter_count("big"), None);
+    }
+
+    #[test]
+    fn ids_are_unique_and_shaped_like_openais() {
+        let shared = Shared::new();
+        let a = shared.new_id("chatcmpl-", 29);
+        let b = shared.new_id("chatcmpl-", 29);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "chatcmpl-".len() + 29);
+        assert!(a["chatcmpl-".len()..].chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}

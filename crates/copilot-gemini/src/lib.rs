@@ -1,0 +1,702 @@
+//! The Copilot provider adapter for the Google Gemini API (Google AI Studio,
+//! `generativelanguage.googleapis.com/v1beta`).
+//!
+//! [`GeminiProvider`] turns a [`ChatRequest`] into one `POST
+//! /v1beta/models/{model}:streamGenerateContent?alt=sse` and the server-sent events of the reply
+//! into [`ChatEvent`]s; `GET /v1beta/models[/{model}]` serves listing, description and health. The
+//! API key travels only in the `x-goog-api-key` header — never in the URL, where the `?key=` form
+//! would put it into proxy logs and error messages. The wire formats live in `wire.rs`; this
+//! module owns the HTTP client, the mapping of HTTP failures to [`ProviderError`], and the lifetime
+//! of a streamed response.
+//!
+//! How the real API's quirks are handled:
+//! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
+//!   prompt was blocked). A body that ends before that is [`ProviderError::Interrupted`].
+//! - A blocked prompt is HTTP 200 with `promptFeedback.blockReason` and no candidates: it ends as
+//!   `Done` with [`FinishReason::ContentFilter`](copilot_provider::FinishReason) and no text (the
+//!   gateway's callers see the policy outcome rather than an error or an empty "stop").
+//! - An error after the stream started may come as bare, multi-line JSON outside any `data:` line;
+//!   the SSE parser skips such lines, so the last bytes of the body are kept and searched for it
+//!   when the body ends early ([`ProviderError::MidStream`]).
+//! - An invalid key is HTTP 400 `INVALID_ARGUMENT` with `ErrorInfo.reason = API_KEY_INVALID`:
+//!   mapped to [`ProviderError::Unauthorized`], like 401/403.
+//! - 429 carries `google.rpc.RetryInfo.retryDelay` (`"30s"`) in its details; the longer of it and
+//!   a `Retry-After` header becomes the `retry_after` hint.
+
+mod wire;
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::wire::StreamState;
+
+/// Where Google serves the Gemini API.
+pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+
+/// The API version every path is under.
+const API_VERSION: &str = "v1beta";
+
+/// The header Google's own SDKs send the key in.
+const API_KEY_HEADER: &str = "x-goog-api-key";
+
+/// `models.list` page size: the API's maximum, so a listing is usually one request.
+const LIST_PAGE_SIZE: &str = "1000";
+
+/// A listing stops after this many pages even if the server keeps offering more.
+const MAX_LIST_PAGES: usize = 20;
+
+/// How to reach the Gemini API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeminiConfig {
+    /// Default [`DEFAULT_BASE_URL`]; point it at a proxy or a fake. A trailing slash is tolerated;
+    /// `/v1beta/...` is appended.
+    pub base_url: String,
+    /// Sent as `x-goog-api-key` on every request. `None` sends no key (for a proxy that adds it).
+    pub api_key: Option<Secret>,
+    /// TCP (and TLS) connect timeout for the HTTP client. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Sent verbatim as `safetySettings` with every chat request. Empty (the default) sends none,
+    /// so Google's default thresholds apply.
+    pub safety_settings: Vec<SafetySetting>,
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        GeminiConfig {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(10),
+            safety_settings: Vec::new(),
+        }
+    }
+}
+
+/// One `safetySettings` entry, e.g. `HARM_CATEGORY_HARASSMENT` / `BLOCK_ONLY_HIGH`. Passed through
+/// as given: Gemini itself rejects unknown categories or thresholds (as a 400 on each chat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SafetySetting {
+    pub category: String,
+    pub threshold: String,
+}
+
+/// Why a [`GeminiConfig`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeminiConfigError {
+    #[error("invalid Gemini base_url {value:?}: {reason}")]
+    InvalidBaseUrl { value: String, reason: String },
+    /// Never includes the key itself.
+    #[error("invalid Gemini API key: {0}")]
+    InvalidApiKey(&'static str),
+    #[error("cannot build the HTTP client for Gemini: {0}")]
+    HttpClient(String),
+}
+
+/// A [`Provider`] backed by the Gemini API. Cheap to share: all requests go through one HTTP
+/// client, so connections are pooled and reused.
+pub struct GeminiProvider {
+    client: reqwest::Client,
+    /// Shared with every stream, which names the server in its error messages.
+    base_url: Arc<str>,
+    /// Kept to scrub upstream error text that might echo it.
+    api_key: Option<Secret>,
+    /// The same key, ready to send; marked sensitive so `http`'s `Debug` hides it too.
+    api_key_header: Option<HeaderValue>,
+    /// `{base_url}/v1beta/`, to which a model's resource path is appended.
+    api_root: String,
+    models_url: Url,
+    safety_settings: Vec<SafetySetting>,
+}
+
+impl fmt::Debug for GeminiProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeminiProvider")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key)
+            .field("safety_settings", &self.safety_settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeminiProvider {
+    pub fn new(config: GeminiConfig) -> Result<Self, GeminiConfigError> {
+        let base_url = validate_base_url(&config.base_url)?;
+        let api_root = format!("{base_url}/{API_VERSION}/");
+        let models_url = Url::parse(&format!("{api_root}models"))
+            .map_err(|e| GeminiConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason: e.to_string() })?;
+        let api_key_header = match &config.api_key {
+            None => None,
+            Some(key) if key.expose().trim().is_empty() => return Err(GeminiConfigError::InvalidApiKey("it is empty")),
+            Some(key) => {
+                let mut value = HeaderValue::from_str(key.expose().trim()).map_err(|_| {
+                    GeminiConfigError::InvalidApiKey("it holds characters that cannot be sent in an HTTP header")
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+
+        // reqwest is built without a default crypto provider and panics if none is installed.
+        // Whoever installs first wins; an already installed provider is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
+        // No redirects: Google does not redirect API calls, and following one would carry the key
+        // header to wherever it points.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("copilot-gemini/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
+
+        Ok(GeminiProvider {
+            client,
+            base_url: base_url.into(),
+            api_key: config.api_key,
+            api_key_header,
+            api_root,
+            models_url,
+            safety_settings: config.safety_settings,
+        })
+    }
+
+    /// The API's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `{base}/v1beta/models/{model}{suffix}`; the model name is escaped so it stays one segment.
+    fn model_url(&self, model: &str, suffix: &str) -> Result<Url, ProviderError> {
+        Url::parse(&format!("{}{}{suffix}", self.api_root, model_path(model)))
+            .map_err(|e| ProviderError::InvalidRequest(format!("invalid Gemini model name {model:?}: {e}")))
+    }
+
+    /// Sends a request with the key and checks its status; the `model` it concerns turns a 404
+    /// into [`ProviderError::ModelNotFound`].
+    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
+        let request = match &self.api_key_header {
+            Some(key) => request.header(API_KEY_HEADER, key.clone()),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.error_from_response(response, model).await)
+    }
+
+    /// A whole (non-streamed) JSON response; `what` names it in error messages.
+    async fn fetch_json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        model: Option<&str>,
+        what: &str,
+    ) -> Result<T, ProviderError> {
+        let response = self.send(request, model).await?;
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::Interrupted(format!(
+                "connection lost to Gemini at {} while reading {what}: {}",
+                self.base_url,
+                redact(&self.api_key, &root_cause(&e))
+            ))
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            ProviderError::Protocol(format!("unexpected {what} from Gemini ({e}): {}", redact(&self.api_key, &excerpt)))
+        })
+    }
+
+    /// A request that got no response at all: the server is down, unknown, or hung up.
+    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
+        let cause = redact(&self.api_key, &root_cause(err));
+        if err.is_connect() {
+            ProviderError::Unreachable(format!("cannot connect to Gemini at {}: {cause}", self.base_url))
+        } else {
+            ProviderError::Unreachable(format!("request to Gemini at {} failed: {cause}", self.base_url))
+        }
+    }
+
+    /// Turns a non-2xx response into the matching [`ProviderError`].
+    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
+        let status = response.status().as_u16();
+        let header_delay = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| copilot_provider::parse_retry_after(v, SystemTime::now()));
+        let body = read_capped(&mut response, MAX_ERROR_BODY).await;
+        let error = wire::parse_error_body(&body);
+        let mut message = match &error {
+            Some(error) => error.describe(),
+            None => wire::fallback_message(&body),
+        };
+        if message.is_empty() {
+            message = response.status().canonical_reason().unwrap_or("no error message").to_owned();
+        }
+        let message = redact(&self.api_key, &message);
+        tracing::debug!(status, %message, base_url = %self.base_url, "Gemini refused the request");
+        let failure = Failure {
+            status,
+            message,
+            retry_after: header_delay.max(error.as_ref().and_then(wire::ErrorStatus::retry_delay)),
+            key_invalid: error.as_ref().and_then(wire::ErrorStatus::reason) == Some("API_KEY_INVALID"),
+            google_error: error.is_some(),
+        };
+        failure.into_error(model)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for GeminiProvider {
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
+        if request.options.stop.len() > wire::MAX_STOP_SEQUENCES {
+            return Err(ProviderError::InvalidRequest(format!(
+                "Gemini accepts at most {} stop sequences; the request has {}",
+                wire::MAX_STOP_SEQUENCES,
+                request.options.stop.len()
+            )));
+        }
+        let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
+        let body = wire::GenerateBody::new(&request, &self.safety_settings);
+        let mut response = self.send(self.client.post(url).json(&body), Some(&request.model)).await?;
+
+        // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
+        // SSE reader would silently find empty; say so instead.
+        let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
+            let content_type = content_type.to_owned();
+            let body = read_capped(&mut response, 512).await;
+            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            return Err(ProviderError::Protocol(format!(
+                "Gemini at {} answered with {content_type} instead of an event stream: {}",
+                self.base_url,
+                redact(&self.api_key, &excerpt)
+            )));
+        }
+        tracing::debug!(model = %request.model, base_url = %self.base_url, "Gemini accepted the chat request");
+        Ok(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone()).into_stream())
+    }
+
+    /// Every model that supports `generateContent` (embedding-only and image models are left
+    /// out), following `nextPageToken` for at most [`MAX_LIST_PAGES`] pages.
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        let mut models = Vec::new();
+        let mut page_token: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut url = self.models_url.clone();
+            url.query_pairs_mut().append_pair("pageSize", LIST_PAGE_SIZE);
+            if let Some(token) = &page_token {
+                url.query_pairs_mut().append_pair("pageToken", token);
+            }
+            let page: wire::ListModelsResponse = self.fetch_json(self.client.get(url), None, "model list").await?;
+            models.extend(
+                page.models
+                    .into_iter()
+                    .flatten()
+                    .filter(wire::Model::supports_generate_content)
+                    .map(wire::Model::into_info),
+            );
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                // A server repeating a token would page forever.
+                Some(token) if page_token.as_ref() != Some(&token) => page_token = Some(token),
+                _ => return Ok(models),
+            }
+        }
+        tracing::warn!(base_url = %self.base_url, pages = MAX_LIST_PAGES, "Gemini's model list has more pages; listing only the first ones");
+        Ok(models)
+    }
+
+    async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
+        let url = self.model_url(model, "")?;
+        let found: wire::Model = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+        Ok(found.into_info())
+    }
+
+    /// One model listed: the cheapest call that proves the key works.
+    async fn health(&self) -> Result<HealthReport, ProviderError> {
+        let mut url = self.models_url.clone();
+        url.query_pairs_mut().append_pair("pageSize", "1");
+        let _: wire::ListModelsResponse = self.fetch_json(self.client.get(url), None, "model list").await?;
+        Ok(HealthReport { version: None })
+    }
+}
+
+/// The resource path of a model: a bare id (`gemini-2.5-flash`) gets `models/`; `models/…` and
+/// `tunedModels/…` names are kept. The id is percent-encoded, so it cannot add path segments or
+/// a `:method` of its own.
+fn model_path(model: &str) -> String {
+    let (collection, id) = match model.split_once('/') {
+        Some((collection @ ("models" | "tunedModels"), id)) => (collection, id),
+        _ => ("models", model),
+    };
+    let mut path = String::with_capacity(collection.len() + 1 + id.len());
+    path.push_str(collection);
+    path.push('/');
+    // `.` and `..` would be resolved away as dot segments.
+    let dots_only = id.bytes().all(|b| b == b'.');
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'~') || (byte == b'.' && !dots_only) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
+/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
+fn validate_base_url(raw: &str) -> Result<String, GeminiConfigError> {
+    let invalid = |reason: String| GeminiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
+    let example = "expected e.g. https://generativelanguage.googleapis.com";
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} ({example})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("the scheme must be http or https, not {:?} ({example})", url.scheme())));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("a base URL cannot carry a query or fragment (the key goes in `api_key`)".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("a base URL cannot carry credentials".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn redact(key: &Option<Secret>, text: &str) -> String {
+    match key {
+        Some(key) => key.redact(text),
+        None => text.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// How long, after the chunk carrying `finishReason`, to wait for the end of the body (which
+/// Google sends right after it). A chunk arriving meanwhile still counts (its usage included);
+/// a body still open after this is dropped and the stream ends anyway.
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// How much of the end of the body is kept to look for a bare-JSON error.
+const TAIL_BYTES: usize = 16 * 1024;
+
+type Events = BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>;
+
+/// The last bytes the body delivered, shared with the byte stream that feeds the SSE parser.
+/// Holding chunks (reference-counted) costs no copy per chunk.
+#[derive(Default)]
+struct Tail {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk.clone());
+        while self.chunks.len() > 1 && self.len - self.chunks[0].len() >= TAIL_BYTES {
+            let dropped = self.chunks.pop_front().map_or(0, |c| c.len());
+            self.len -= dropped;
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        self.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+}
+
+/// The state behind a [`ChatStream`].
+struct ChatEvents {
+    /// `None` once the stream has ended. Dropping it drops the response body, which closes the
+    /// connection: that is how Google learns to stop generating when our caller goes away.
+    events: Option<Events>,
+    tail: Arc<Mutex<Tail>>,
+    state: StreamState,
+    /// Set once a chunk carried `finishReason`: the body has until then to end.
+    drain_deadline: Option<tokio::time::Instant>,
+    base_url: Arc<str>,
+    api_key: Option<Secret>,
+}
+
+impl ChatEvents {
+    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let recorder = tail.clone();
+        let bytes = response.bytes_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk
+                && let Ok(mut tail) = recorder.lock()
+            {
+                tail.push(bytes);
+            }
+            chunk
+        });
+        ChatEvents {
+            events: Some(bytes.eventsource().boxed()),
+            tail,
+            state: StreamState::default(),
+            drain_deadline: None,
+            base_url,
+            api_key,
+        }
+    }
+
+    fn into_stream(self) -> ChatStream {
+        futures::stream::unfold(self, |mut events| async move {
+            let item = events.next_event().await?;
+            Some((item, events))
+        })
+        .boxed()
+    }
+
+    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        loop {
+            let events = self.events.as_mut()?;
+            let item = match self.drain_deadline {
+                None => events.next().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(item) => item,
+                    Err(_) => return Some(Ok(self.done())),
+                },
+            };
+            // Once the answer is complete, a broken or odd end of the body does not undo it.
+            let finished = self.state.finish.is_some();
+            let failure = match item {
+                Some(Ok(event)) => match self.state.apply(&event.data) {
+                    Ok(text) => {
+                        if self.state.finish.is_some() && self.drain_deadline.is_none() {
+                            self.drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                        }
+                        match text {
+                            Some(text) => return Some(Ok(ChatEvent::Delta(text))),
+                            None => continue,
+                        }
+                    }
+                    Err(err) => self.redact_error(err),
+                },
+                Some(Err(EventStreamError::Transport(err))) => ProviderError::Interrupted(format!(
+                    "connection lost to Gemini at {} mid-stream: {}",
+                    self.base_url,
+                    redact(&self.api_key, &root_cause(&err))
+                )),
+                Some(Err(err)) => ProviderError::Protocol(format!("malformed event stream from Gemini: {err}")),
+                None if finished => return Some(Ok(self.done())),
+                None => self.ended_early(),
+            };
+            if finished {
+                return Some(Ok(self.done()));
+            }
+            self.events = None;
+            return Some(Err(failure));
+        }
+    }
+
+    fn done(&mut self) -> ChatEvent {
+        self.events = None;
+        if let Some(reason) = &self.state.block_reason {
+            tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
+        }
+        ChatEvent::Done(self.state.completion())
+    }
+
+    /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.
+    fn ended_early(&self) -> ProviderError {
+        let tail = self.tail.lock().map(|t| t.to_vec()).unwrap_or_default();
+        match wire::bare_error(&tail) {
+            Some(error) => ProviderError::MidStream(redact(&self.api_key, &error.describe())),
+            None => ProviderError::Interrupted(format!(
+                "Gemini at {} ended the stream before any chunk carried a finishReason",
+                self.base_url
+            )),
+        }
+    }
+
+    fn redact_error(&self, err: ProviderError) -> ProviderError {
+        match err {
+            ProviderError::MidStream(message) => ProviderError::MidStream(redact(&self.api_key, &message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(redact(&self.api_key, &message)),
+            other => other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// An error body is a small JSON object; a cap guards against a proxy's endless page.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+async fn read_capped(response: &mut Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    body
+}
+
+/// What a non-2xx response said, before it is classified.
+#[derive(Debug)]
+struct Failure {
+    status: u16,
+    /// Already redacted.
+    message: String,
+    /// The longer of `Retry-After` and `RetryInfo.retryDelay`.
+    retry_after: Option<Duration>,
+    /// `ErrorInfo.reason` was `API_KEY_INVALID`.
+    key_invalid: bool,
+    /// The body was a Google error (as opposed to an HTML page or a proxy's text).
+    google_error: bool,
+}
+
+impl Failure {
+    fn into_error(self, model: Option<&str>) -> ProviderError {
+        let Failure { status, message, retry_after, key_invalid, google_error } = self;
+        match (status, model) {
+            // Gemini answers a bad key with 400 INVALID_ARGUMENT; only the reason tells it apart.
+            (400, _) if key_invalid => ProviderError::Unauthorized(message),
+            (400 | 422, _) => ProviderError::InvalidRequest(message),
+            (401 | 403, _) => ProviderError::Unauthorized(message),
+            // A 404 that is not a Google error (an HTML page) means a wrong base URL, not a model.
+            (404, Some(model)) if google_error => ProviderError::ModelNotFound { model: model.to_owned() },
+            (429, _) => ProviderError::RateLimited { message, retry_after },
+            (503, _) => ProviderError::Overloaded { message, retry_after },
+            (status, _) => ProviderError::Upstream { status, message },
+        }
+    }
+}
+
+/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
+/// for url", "client error (Connect)") say where a request failed, not why.
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(status: u16, key_invalid: bool, google_error: bool) -> Failure {
+        Failure { status, message: "msg".into(), retry_after: None, key_invalid, google_error }
+    }
+
+    #[test]
+    fn statuses_map_to_provider_errors() {
+        let map = |status, model| failure(status, false, true).into_error(model);
+        assert_eq!(map(400, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(422, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(failure(400, true, true).into_error(None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(401, Some("m")), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(403, None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(404, Some("gemini-x")), ProviderError::ModelNotFound { model: "gemini-x".into() });
+        assert_eq!(map(404, None), ProviderError::Upstream { status: 404, message: "msg".into() });
+        assert_eq!(
+            failure(404, false, false).into_error(Some("m")),
+            ProviderError::Upstream { status: 404, message: "msg".into() }
+        );
+        assert_eq!(map(429, None), ProviderError::RateLimited { message: "msg".into(), retry_after: None });
+        assert_eq!(map(503, None), ProviderError::Overloaded { message: "msg".into(), retry_after: None });
+        assert_eq!(map(500, Some("m")), ProviderError::Upstream { status: 500, message: "msg".into() });
+        assert_eq!(map(504, Some("m")), ProviderError::Upstream { status: 504, message: "msg".into() });
+    }
+
+    #[test]
+    fn retry_after_is_carried_on_429_and_503() {
+        let wait = Some(Duration::from_secs(7));
+        for status in [429, 503] {
+            let f = Failure { retry_after: wait, ..failure(status, false, true) };
+            assert_eq!(f.into_error(None).retry_after(), wait);
+        }
+    }
+
+    #[test]
+    fn model_paths_are_escaped() {
+        assert_eq!(model_path("gemini-2.5-flash"), "models/gemini-2.5-flash");
+        assert_eq!(model_path("models/gemini-2.5-flash"), "models/gemini-2.5-flash");
+        assert_eq!(model_path("tunedModels/my-model-1"), "tunedModels/my-model-1");
+        assert_eq!(model_path("a:b/c d"), "models/a%3Ab%2Fc%20d");
+        assert_eq!(model_path(".."), "models/%2E%2E");
+        assert_eq!(model_path("x?key=1#f"), "models/x%3Fkey%3D1%23f");
+    }
+
+    fn config(base_url: &str) -> GeminiConfig {
+        GeminiConfig {
+            base_url: base_url.into(),
+            api_key: Some(Secret::new("AIzaSyTest-key-123")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn base_url_is_validated_and_normalized() {
+        let provider = GeminiProvider::new(config("http://localhost:8080/")).unwrap();
+        assert_eq!(provider.base_url(), "http://localhost:8080");
+        assert_eq!(provider.models_url.as_str(), "http://localhost:8080/v1beta/models");
+        assert_eq!(
+            provider.model_url("gemini-2.0-flash", ":streamGenerateContent?alt=sse").unwrap().as_str(),
+            "http://localhost:8080/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
+        let provider = GeminiProvider::new(GeminiConfig::default()).unwrap();
+        assert_eq!(provider.models_url.as_str(), "https://generativelanguage.googleapis.com/v1beta/models");
+        let provider = GeminiProvider::new(config("https://proxy.example/gemini")).unwrap();
+        assert_eq!(provider.model_url("m", "").unwrap().as_str(), "https://proxy.example/gemini/v1beta/models/m");
+
+        for bad in ["localhost:8080", "ftp://host", "not a url", "", "http://host/?key=1", "https://u:p@host"] {
+            let err = GeminiProvider::new(config(bad)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn api_keys_are_checked_without_being_shown() {
+        for bad in ["", "  ", "bad\nkey-9876"] {
+            let config = GeminiConfig { api_key: Some(Secret::new(bad)), ..Default::default() };
+            let err = GeminiProvider::new(config).unwrap_err();
+            assert!(matches!(err, GeminiConfigError::InvalidApiKey(_)), "{err}");
+            assert!(!err.to_string().contains("9876"), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_key() {
+        let config = config("http://localhost:1");
+        assert!(!format!("{config:?}").contains("AIzaSyTest"), "{config:?}");
+        let provider = GeminiProvider::new(config).unwrap();
+        let debug = format!("{provider:?}");
+        assert!(!debug.contains("AIzaSyTest"), "{debug}");
+        assert!(debug.contains("http://localhost:1"), "{debug}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut tail = Tail::default();
+        for i in 0..100u8 {
+            tail.push(&Bytes::from(vec![i; 1000]));
+        }
+        let kept = tail.to_vec();
+        assert!(kept.len() >= TAIL_BYTES && kept.len() < TAIL_BYTES + 1000, "{}", kept.len());
+        assert_eq!(kept.last(), Some(&99));
+        // One chunk larger than the cap is kept whole.
+        let mut tail = Tail::default();
+        tail.push(&Bytes::from(vec![1; 3 * TAIL_BYTES]));
+        assert_eq!(tail.to_vec().len(), 3 * TAIL_BYTES);
+    }
+}

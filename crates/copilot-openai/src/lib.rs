@@ -1,0 +1,782 @@
+//! The Copilot provider adapter for OpenAI-compatible chat APIs: hosted OpenAI and the many
+//! servers that copy it — vLLM, llama.cpp's `llama-server`, LM Studio, Ollama's `/v1`, and hosted
+//! OpenAI-style services.
+//!
+//! [`OpenAiProvider`] turns a [`ChatRequest`] into one streamed `POST {base_url}/chat/completions`
+//! and the server-sent events that come back into [`ChatEvent`]s; models come from
+//! `GET {base_url}/models`. `base_url` includes the API version path (`http://localhost:8000/v1`).
+//!
+//! One adapter serves servers that each bend the protocol a little, so the stream decoder is
+//! lenient where they differ and strict only where the answer would otherwise be wrong:
+//! - usage may come in its own `choices: []` chunk (OpenAI), on the chunk with the
+//!   `finish_reason` (llama.cpp), on every chunk (vLLM's continuous usage), or not at all (zeros);
+//! - the stream may end with `data: [DONE]` or, after a `finish_reason`, without it;
+//! - a mid-stream failure may be a `data: {"error":...}` event or a bare `error: ...` line
+//!   (older llama.cpp), and fails the stream with [`ProviderError::MidStream`];
+//! - only a stream that ends with neither a `finish_reason` nor `[DONE]` is
+//!   [`ProviderError::Interrupted`];
+//! - `role`-only deltas, reasoning deltas, SSE comments and unknown fields are skipped.
+
+mod sse;
+mod wire;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use copilot_provider::{
+    ChatEvent, ChatRequest, ChatStream, Completion, FinishReason, HealthReport, ModelInfo, Provider, ProviderError,
+    Secret, UpstreamTimings, Usage,
+};
+use futures::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use crate::sse::{SseDecoder, SseItem};
+use crate::wire::{BodySettings, ErrorDetails, Finish, Payload};
+
+/// The default base URL: hosted OpenAI.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Which request field carries the output token limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaxTokensField {
+    /// `max_tokens`: what vLLM, llama.cpp, LM Studio and Ollama understand (Ollama ignores the
+    /// other one), and what older OpenAI models accept.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: required by OpenAI's reasoning models (o-series, gpt-5), which
+    /// reject `max_tokens`.
+    MaxCompletionTokens,
+}
+
+/// How to reach one OpenAI-compatible server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAiConfig {
+    /// The API root including its version path, e.g. `http://localhost:8000/v1` (vLLM),
+    /// `http://localhost:8080/v1` (llama.cpp), `http://localhost:1234/v1` (LM Studio),
+    /// `http://localhost:11434/v1` (Ollama). A trailing slash is tolerated.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer <key>` when set; local servers usually need none.
+    pub api_key: Option<Secret>,
+    /// Sent as `OpenAI-Organization` when set.
+    pub organization: Option<String>,
+    /// TCP connect timeout for the HTTP client.
+    pub connect_timeout: Duration,
+    pub max_tokens_field: MaxTokensField,
+    /// Asks for the token usage chunk (`stream_options.include_usage`). Turn it off for servers
+    /// that reject `stream_options`; usage is then reported only if the server sends it anyway.
+    pub include_usage: bool,
+    /// Sends `top_k` when a request sets it. Off by default: hosted OpenAI rejects the field;
+    /// vLLM and llama.cpp accept it.
+    pub send_top_k: bool,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key: None,
+            organization: None,
+            connect_timeout: Duration::from_secs(10),
+            max_tokens_field: MaxTokensField::default(),
+            include_usage: true,
+            send_top_k: false,
+        }
+    }
+}
+
+/// Why an [`OpenAiConfig`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiConfigError {
+    #[error("invalid OpenAI-compatible base_url {value:?}: {reason}")]
+    InvalidBaseUrl { value: String, reason: String },
+    #[error("invalid {what}: it must be visible ASCII without line breaks")]
+    InvalidHeader { what: &'static str },
+    #[error("cannot build the HTTP client for the OpenAI-compatible server: {0}")]
+    HttpClient(String),
+}
+
+/// A [`Provider`] backed by one OpenAI-compatible server. Cheap to share: all requests go
+/// through one HTTP client, so connections are pooled and reused.
+#[derive(Debug)]
+pub struct OpenAiProvider {
+    client: reqwest::Client,
+    /// Shared with every stream, which names the server in its error messages.
+    base_url: Arc<str>,
+    chat_url: Url,
+    models_url: Url,
+    body: BodySettings,
+    /// To scrub the key from upstream error text that might echo it.
+    api_key: Option<Secret>,
+}
+
+impl OpenAiProvider {
+    pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiConfigError> {
+        let base_url = validate_base_url(&config.base_url)?;
+        let endpoint = |path: &str| {
+            Url::parse(&format!("{base_url}{path}")).map_err(|e| OpenAiConfigError::InvalidBaseUrl {
+                value: config.base_url.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let (chat_url, models_url) = (endpoint("/chat/completions")?, endpoint("/models")?);
+
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .map_err(|_| OpenAiConfigError::InvalidHeader { what: "API key" })?;
+            // Keeps the value out of reqwest's and hyper's debug output.
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        if let Some(organization) = config.organization.as_deref().filter(|o| !o.trim().is_empty()) {
+            let value = HeaderValue::from_str(organization.trim())
+                .map_err(|_| OpenAiConfigError::InvalidHeader { what: "organization" })?;
+            headers.insert("openai-organization", value);
+        }
+
+        // reqwest is built without a default crypto provider and panics if none is installed.
+        // Whoever installs first wins; an already installed provider is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("copilot-openai/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| OpenAiConfigError::HttpClient(root_cause(&e)))?;
+
+        Ok(OpenAiProvider {
+            client,
+            base_url: base_url.into(),
+            chat_url,
+            models_url,
+            body: BodySettings {
+                max_tokens_field: config.max_tokens_field,
+                include_usage: config.include_usage,
+                send_top_k: config.send_top_k,
+            },
+            api_key: config.api_key,
+        })
+    }
+
+    /// The server's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn redact(&self, text: String) -> String {
+        match &self.api_key {
+            Some(key) => key.redact(&text),
+            None => text,
+        }
+    }
+
+    /// Sends a request and checks its status; the `model` it concerns turns a 404 about that
+    /// model into [`ProviderError::ModelNotFound`].
+    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
+        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.error_from_response(response, model).await)
+    }
+
+    /// A whole (non-streamed) JSON response; `what` names it in error messages.
+    async fn fetch_json<T: DeserializeOwned>(&self, request: RequestBuilder, what: &str) -> Result<T, ProviderError> {
+        let response = self.send(request, None).await?;
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::Interrupted(format!(
+                "connection lost to {} while reading {what}: {}",
+                self.base_url,
+                root_cause(&e)
+            ))
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            ProviderError::Protocol(self.redact(format!("unexpected {what} from {} ({e}): {excerpt}", self.base_url)))
+        })
+    }
+
+    /// A request that got no response at all: the server is down, unknown, or hung up.
+    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
+        let cause = root_cause(err);
+        if err.is_connect() {
+            ProviderError::Unreachable(format!("cannot connect to {}: {cause}", self.base_url))
+        } else {
+            ProviderError::Unreachable(format!("request to {} failed: {cause}", self.base_url))
+        }
+    }
+
+    /// Turns a non-2xx response into the matching [`ProviderError`].
+    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
+        // An error body is a small JSON object; the cap guards against a proxy's HTML page.
+        const MAX_ERROR_BODY: usize = 16 * 1024;
+
+        let status = response.status();
+        let retry_after = retry_after(response.headers(), status, SystemTime::now());
+        let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+        let mut details = ErrorDetails::parse(&body);
+        details.message = self.redact(std::mem::take(&mut details.message));
+        if details.message.is_empty() {
+            details.message = status.canonical_reason().unwrap_or("no error message").to_owned();
+        }
+        tracing::debug!(
+            status = status.as_u16(),
+            message = %details.message,
+            code = details.code.as_deref(),
+            request_id = request_id.as_deref(),
+            base_url = %self.base_url,
+            "the OpenAI-compatible server refused the request"
+        );
+        status_error(status, details, retry_after, model, &self.base_url)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for OpenAiProvider {
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
+        let body = wire::ChatBody::new(&request, self.body);
+        let post = self.client.post(self.chat_url.clone()).header(header::ACCEPT, "text/event-stream").json(&body);
+        let response = self.send(post, Some(&request.model)).await?;
+        tracing::debug!(model = %request.model, base_url = %self.base_url, "the OpenAI-compatible server accepted the chat request");
+        let events = ChatEvents::new(response, self.base_url.clone(), self.api_key.clone());
+        Ok(events.into_stream())
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        let list: wire::ModelList = self.fetch_json(self.client.get(self.models_url.clone()), "model list").await?;
+        Ok(list.into_models())
+    }
+
+    /// From the model listing: `GET /models/{id}` is not served by vLLM or llama.cpp, and the
+    /// listing already holds all an OpenAI-style server says about a model.
+    async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
+        let models = self.list_models().await?;
+        wire::find_model(models, model).ok_or_else(|| ProviderError::ModelNotFound { model: model.to_owned() })
+    }
+
+    /// `GET /models`: the one cheap endpoint every compatible server has, and one that checks
+    /// the API key too.
+    async fn health(&self) -> Result<HealthReport, ProviderError> {
+        let response = self.send(self.client.get(self.models_url.clone()), None).await?;
+        // The body is not needed; reading it lets the connection go back to the pool.
+        let _ = response.bytes().await;
+        Ok(HealthReport { version: None })
+    }
+}
+
+/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
+fn validate_base_url(raw: &str) -> Result<String, OpenAiConfigError> {
+    let invalid = |reason: String| OpenAiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} (expected e.g. http://localhost:8000/v1)")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "the scheme must be http or https, not {:?} (expected e.g. http://localhost:8000/v1)",
+            url.scheme()
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("a base URL cannot carry a query or fragment".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("credentials go in api_key, not in the URL".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// How long to wait, after `[DONE]`, for the rest of the body (the end of the chunked
+/// encoding, which servers send right after). Reading it lets the connection go back to the
+/// pool; dropping a body that is still open closes the connection instead.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// How long to wait after a `finish_reason` for the usage chunk and `[DONE]`. Servers send them
+/// right away; the wait only bounds a server that leaves the stream open after finishing.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
+
+/// The state behind a [`ChatStream`]: the response being read, the SSE decoder, and what the
+/// chunks so far said about the completion.
+struct ChatEvents {
+    /// `None` once the stream has ended. Dropping the response closes the connection, which is
+    /// how the server learns to stop generating when our caller goes away.
+    response: Option<Response>,
+    /// The server answered with one `chat.completion` object instead of a stream.
+    whole_body: bool,
+    /// The whole-body completion, once its text has gone out.
+    pending_done: Option<Completion>,
+    decoder: SseDecoder,
+    body_ended: bool,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    model: String,
+    timings: UpstreamTimings,
+    base_url: Arc<str>,
+    api_key: Option<Secret>,
+}
+
+impl ChatEvents {
+    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let whole_body = content_type.trim_start().to_ascii_lowercase().starts_with("application/json");
+        ChatEvents {
+            response: Some(response),
+            whole_body,
+            pending_done: None,
+            decoder: SseDecoder::default(),
+            body_ended: false,
+            finish: None,
+            usage: None,
+            model: String::new(),
+            timings: UpstreamTimings::default(),
+            base_url,
+            api_key,
+        }
+    }
+
+    fn into_stream(self) -> ChatStream {
+        futures::stream::unfold(self, |mut events| async move {
+            let item = events.next_event().await?;
+            Some((item, events))
+        })
+        .boxed()
+    }
+
+    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.whole_body {
+            return self.read_whole_body().await;
+        }
+        loop {
+            self.response.as_ref()?;
+            if let Some(item) = self.decoder.next_item() {
+                match self.handle_item(item) {
+                    Step::Continue => continue,
+                    Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
+                    Step::Complete => {
+                        self.drain_body().await;
+                        return Some(Ok(ChatEvent::Done(self.completion())));
+                    }
+                    Step::Fail(err) => {
+                        self.response = None;
+                        return Some(Err(err));
+                    }
+                }
+            }
+            if self.body_ended {
+                self.response = None;
+                if self.finish.is_some() {
+                    tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
+                    return Some(Ok(ChatEvent::Done(self.completion())));
+                }
+                return Some(Err(ProviderError::Interrupted(format!(
+                    "{} ended the stream before it finished (no finish_reason, no [DONE])",
+                    self.base_url
+                ))));
+            }
+            let response = self.response.as_mut()?;
+            let read = if self.finish.is_some() {
+                match tokio::time::timeout(FINISH_GRACE, response.chunk()).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        tracing::debug!(base_url = %self.base_url, "no [DONE] after the finish_reason; completing");
+                        self.response = None;
+                        return Some(Ok(ChatEvent::Done(self.completion())));
+                    }
+                }
+            } else {
+                response.chunk().await
+            };
+            match read {
+                Ok(Some(bytes)) => self.decoder.push(&bytes),
+                Ok(None) => {
+                    self.decoder.end();
+                    self.body_ended = true;
+                }
+                Err(err) => {
+                    self.response = None;
+                    if self.finish.is_some() {
+                        // Everything that matters arrived; only the usage chunk or [DONE] is lost.
+                        tracing::debug!(base_url = %self.base_url, error = %root_cause(&err), "connection lost after the finish_reason");
+                        return Some(Ok(ChatEvent::Done(self.completion())));
+                    }
+                    return Some(Err(ProviderError::Interrupted(format!(
+                        "connection lost to {} mid-stream: {}",
+                        self.base_url,
+                        root_cause(&err)
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn handle_item(&mut self, item: SseItem) -> Step {
+        let payload = match item {
+            SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
+            SseItem::Event { event: Some(name), data } if name == "error" => {
+                return Step::Fail(self.mid_stream(error_line_details(&data)));
+            }
+            SseItem::Event { data, .. } => wire::decode_data(&data),
+        };
+        match payload {
+            Ok(Payload::Done) => Step::Complete,
+            Ok(Payload::Skip) => Step::Continue,
+            Ok(Payload::Error(details)) => Step::Fail(self.mid_stream(details)),
+            Ok(Payload::Chunk(info)) => self.absorb(info),
+            Err(err) => Step::Fail(self.scrub(err)),
+        }
+    }
+
+    /// Takes what a chunk says about the completion; returns its text, if any.
+    fn absorb(&mut self, info: wire::ChunkInfo) -> Step {
+        if let Some(model) = info.model {
+            self.model = model;
+        }
+        // The last report wins: vLLM's continuous usage repeats it on every chunk.
+        if let Some(usage) = info.usage {
+            self.usage = Some(usage);
+        }
+        if let Some(timings) = info.timings {
+            self.timings = timings;
+        }
+        match info.finish {
+            Some(Finish::Ended(reason)) => self.finish = Some(reason),
+            Some(Finish::Aborted(reason)) => {
+                return Step::Fail(ProviderError::MidStream(format!(
+                    "{} stopped the generation (finish_reason \"{reason}\")",
+                    self.base_url
+                )));
+            }
+            None => {}
+        }
+        match info.content {
+            Some(text) => Step::Emit(text),
+            None => Step::Continue,
+        }
+    }
+
+    fn completion(&mut self) -> Completion {
+        Completion {
+            finish_reason: self.finish.unwrap_or_default(),
+            model: std::mem::take(&mut self.model),
+            usage: self.usage.unwrap_or_default(),
+            timings: self.timings,
+        }
+    }
+
+    fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
+        let message = if details.message.is_empty() { "unknown error".to_owned() } else { details.message };
+        self.scrub(ProviderError::MidStream(message))
+    }
+
+    fn scrub(&self, err: ProviderError) -> ProviderError {
+        let Some(key) = &self.api_key else { return err };
+        match err {
+            ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
+            other => other,
+        }
+    }
+
+    /// Ends the stream after `[DONE]`, ignoring anything the body still holds.
+    async fn drain_body(&mut self) {
+        let Some(mut response) = self.response.take() else { return };
+        if !self.body_ended {
+            let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
+            let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+        }
+    }
+
+    /// A server that ignored `stream: true` and sent one `chat.completion`: its text as one
+    /// delta, then the completion.
+    async fn read_whole_body(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if let Some(completion) = self.pending_done.take() {
+            return Some(Ok(ChatEvent::Done(completion)));
+        }
+        let response = self.response.take()?;
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(err) => {
+                return Some(Err(ProviderError::Interrupted(format!(
+                    "connection lost to {} while reading the completion: {}",
+                    self.base_url,
+                    root_cause(&err)
+                ))));
+            }
+        };
+        let text = match wire::decode_completion(&body) {
+            Ok(Payload::Chunk(info)) => match self.absorb(info) {
+                Step::Emit(text) => Some(text),
+                Step::Fail(err) => return Some(Err(err)),
+                Step::Continue | Step::Complete => None,
+            },
+            Ok(Payload::Error(details)) => return Some(Err(self.mid_stream(details))),
+            Ok(Payload::Done | Payload::Skip) => None,
+            Err(err) => return Some(Err(self.scrub(err))),
+        };
+        let completion = self.completion();
+        match text {
+            Some(text) => {
+                self.pending_done = Some(completion);
+                Some(Ok(ChatEvent::Delta(text)))
+            }
+            None => Some(Ok(ChatEvent::Done(completion))),
+        }
+    }
+}
+
+/// What to do with one decoded item.
+enum Step {
+    Continue,
+    Emit(String),
+    Complete,
+    Fail(ProviderError),
+}
+
+/// llama.cpp's bare `error: {json}` line, or the data of an `event: error`: an error object,
+/// wrapped in `{"error": ...}` or not, or plain text.
+fn error_line_details(text: &str) -> ErrorDetails {
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let from_json = value.as_ref().and_then(|v| {
+        ErrorDetails::from_value(v).or_else(|| {
+            // `{"code":500,"message":"...","type":"server_error"}`: the error object itself.
+            let message = v.get("message")?.as_str()?;
+            Some(ErrorDetails { message: message.to_owned(), structured: true, ..Default::default() })
+        })
+    });
+    from_json.unwrap_or_else(|| ErrorDetails { message: wire::truncate_chars(text.trim(), 500), ..Default::default() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+fn status_error(
+    status: StatusCode,
+    details: ErrorDetails,
+    retry_after: Option<Duration>,
+    model: Option<&str>,
+    base_url: &str,
+) -> ProviderError {
+    let not_found = |message: String| ProviderError::Upstream {
+        status: 404,
+        message: format!(
+            "{message} (no such endpoint at {base_url}: base_url must include the API version path, e.g. http://localhost:8000/v1)"
+        ),
+    };
+    match status.as_u16() {
+        400 | 413 | 422 if details.code.as_deref() == Some("model_not_found") => match model {
+            Some(model) => ProviderError::ModelNotFound { model: model.to_owned() },
+            None => ProviderError::InvalidRequest(details.message),
+        },
+        400 | 413 | 422 => ProviderError::InvalidRequest(details.message),
+        401 | 403 => ProviderError::Unauthorized(details.message),
+        404 => match model {
+            Some(model) if details.is_model_not_found() => ProviderError::ModelNotFound { model: model.to_owned() },
+            _ => not_found(details.message),
+        },
+        // Out of credit: waiting will not help, so no hint to wait.
+        429 if details.is_insufficient_quota() => {
+            ProviderError::RateLimited { message: details.message, retry_after: None }
+        }
+        429 => ProviderError::RateLimited { message: details.message, retry_after },
+        503 => ProviderError::Overloaded { message: details.message, retry_after },
+        status => ProviderError::Upstream { status, message: details.message },
+    }
+}
+
+/// The wait the server asks for: `retry-after-ms` (OpenAI), then `Retry-After`, then, on a 429,
+/// the reset time of whichever `x-ratelimit-*` budget is used up.
+fn retry_after(headers: &HeaderMap, status: StatusCode, now: SystemTime) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    if let Some(wait) = get("retry-after").and_then(|v| copilot_provider::parse_retry_after(v, now)) {
+        return Some(wait);
+    }
+    if status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    ["requests", "tokens"]
+        .into_iter()
+        .filter(|budget| get(&format!("x-ratelimit-remaining-{budget}")) == Some("0"))
+        .filter_map(|budget| get(&format!("x-ratelimit-reset-{budget}")).and_then(wire::parse_go_duration))
+        .max()
+}
+
+/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
+/// for url", "client error (Connect)") say where a request failed, not why.
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    fn details(body: &str) -> ErrorDetails {
+        ErrorDetails::parse(body.as_bytes())
+    }
+
+    const OPENAI_ERROR: &str = r#"{"error":{"message":"msg","type":"invalid_request_error","param":null,"code":null}}"#;
+
+    #[test]
+    fn statuses_map_to_provider_errors() {
+        let base = "http://h/v1";
+        let map = |code, model| status_error(status(code), details(OPENAI_ERROR), None, model, base);
+        assert_eq!(map(400, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(422, Some("m")), ProviderError::InvalidRequest("msg".into()));
+        assert_eq!(map(401, Some("m")), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(403, None), ProviderError::Unauthorized("msg".into()));
+        assert_eq!(map(404, Some("gpt-x")), ProviderError::ModelNotFound { model: "gpt-x".into() });
+        assert_eq!(map(429, None), ProviderError::RateLimited { message: "msg".into(), retry_after: None });
+        assert_eq!(map(503, None), ProviderError::Overloaded { message: "msg".into(), retry_after: None });
+        assert_eq!(map(500, Some("m")), ProviderError::Upstream { status: 500, message: "msg".into() });
+        assert_eq!(map(502, Some("m")), ProviderError::Upstream { status: 502, message: "msg".into() });
+
+        // A 404 that is not about the model: the base URL lacks /v1, or names no API at all.
+        for body in [
+            r#"{"detail":"Not Found"}"#,
+            "404 page not found",
+            r#"{"error":{"message":"Invalid URL (POST /chat/completions)"}}"#,
+        ] {
+            let err = status_error(status(404), details(body), None, Some("m"), base);
+            let ProviderError::Upstream { status: 404, message } = err else { panic!("{body}: {err:?}") };
+            assert!(message.contains("http://h/v1") && message.contains("/v1"), "{message}");
+        }
+        let err = status_error(status(404), details(OPENAI_ERROR), None, None, base);
+        assert!(matches!(err, ProviderError::Upstream { status: 404, .. }), "{err:?}");
+        let coded = r#"{"error":{"message":"x","type":"invalid_request_error","code":"model_not_found"}}"#;
+        assert_eq!(
+            status_error(status(400), details(coded), None, Some("m"), base),
+            ProviderError::ModelNotFound { model: "m".into() }
+        );
+    }
+
+    #[test]
+    fn insufficient_quota_is_rate_limited_without_a_wait() {
+        let wait = Some(Duration::from_secs(7));
+        let quota = details(
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        );
+        let err = status_error(status(429), quota, wait, None, "b");
+        assert_eq!(
+            err,
+            ProviderError::RateLimited { message: "You exceeded your current quota".into(), retry_after: None }
+        );
+        let rate = details(r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#);
+        assert_eq!(status_error(status(429), rate, wait, None, "b").retry_after(), wait);
+        assert_eq!(status_error(status(503), details("{}"), wait, None, "b").retry_after(), wait);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (header::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let too_many = status(429);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "1500")]), too_many, now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "9")]), too_many, now),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "9")]), status(503), now), Some(Duration::from_secs(9)));
+        let limits = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "1000"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        // Only the exhausted budget counts.
+        assert_eq!(retry_after(&limits, too_many, now), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&limits, status(503), now), None);
+        let both = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "20ms"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "2.5s"),
+        ]);
+        assert_eq!(retry_after(&both, too_many, now), Some(Duration::from_millis(2500)));
+        assert_eq!(retry_after(&headers(&[("x-ratelimit-reset-requests", "1s")]), too_many, now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "soon")]), too_many, now), None);
+    }
+
+    #[test]
+    fn error_lines_as_llama_cpp_writes_them() {
+        assert_eq!(error_line_details(r#"{"code":500,"message":"boom","type":"server_error"}"#).message, "boom");
+        assert_eq!(error_line_details(r#"{"error":{"message":"wrapped"}}"#).message, "wrapped");
+        assert_eq!(error_line_details(" plain text ").message, "plain text");
+    }
+
+    fn config(base_url: &str) -> OpenAiConfig {
+        OpenAiConfig { base_url: base_url.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn base_url_is_validated_and_normalized() {
+        let provider = OpenAiProvider::new(config("http://localhost:8000/v1/")).unwrap();
+        assert_eq!(provider.base_url(), "http://localhost:8000/v1");
+        assert_eq!(provider.chat_url.as_str(), "http://localhost:8000/v1/chat/completions");
+        assert_eq!(provider.models_url.as_str(), "http://localhost:8000/v1/models");
+        let provider = OpenAiProvider::new(OpenAiConfig::default()).unwrap();
+        assert_eq!(provider.chat_url.as_str(), "https://api.openai.com/v1/chat/completions");
+
+        for bad in ["localhost:8000", "ftp://host/v1", "not a url", "", "http://host/v1?x=1", "http://user:pw@host/v1"]
+        {
+            let err = OpenAiProvider::new(config(bad)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn keys_and_organizations_must_be_header_safe() {
+        let with_key = |key: &str| OpenAiConfig { api_key: Some(Secret::new(key)), ..config("http://h/v1") };
+        assert!(OpenAiProvider::new(with_key("sk-abc")).is_ok());
+        let err = OpenAiProvider::new(with_key("sk-abc\nX-Evil: 1")).unwrap_err();
+        assert!(!err.to_string().contains("sk-abc"), "{err}");
+        let org = OpenAiConfig { organization: Some("org\r\n".into()), ..config("http://h/v1") };
+        // Surrounding whitespace is trimmed; what is left is fine.
+        assert!(OpenAiProvider::new(org).is_ok());
+        let org = OpenAiConfig { organization: Some("o\nrg".into()), ..config("http://h/v1") };
+        assert!(OpenAiProvider::new(org).is_err());
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        let provider = OpenAiProvider::new(OpenAiConfig {
+            api_key: Some(Secret::new("sk-live-abcdef123456")),
+            ..config("http://h/v1")
+        })
+        .unwrap();
+        let debug = format!("{provider:?}");
+        assert!(!debug.contains("sk-live-abcdef123456"), "{debug}");
+    }
+}

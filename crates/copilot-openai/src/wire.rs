@@ -1,0 +1,793 @@
+//! The OpenAI chat-completions JSON on the wire: the request body, stream chunks, error bodies,
+//! model listings, and the rate-limit headers' durations.
+//!
+//! Everything here is pure (no I/O). Response types default every field: the servers that speak
+//! this protocol (OpenAI, vLLM, llama.cpp, LM Studio, Ollama) each leave out, null out or add
+//! fields of their own.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use copilot_provider::{ChatRequest, FinishReason, ModelInfo, ProviderError, UpstreamTimings, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::MaxTokensField;
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// The body of `POST {base}/chat/completions`, borrowing from the provider-independent request.
+/// Unset options are left out so the server's (or the model's) defaults apply.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatBody<'a> {
+    pub model: &'a str,
+    pub messages: Vec<ChatMessage<'a>>,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamOptions {
+    pub include_usage: bool,
+}
+
+/// The request-shaping settings of one provider instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodySettings {
+    pub max_tokens_field: MaxTokensField,
+    pub include_usage: bool,
+    pub send_top_k: bool,
+}
+
+impl<'a> ChatBody<'a> {
+    pub fn new(request: &'a ChatRequest, settings: BodySettings) -> Self {
+        let options = &request.options;
+        let (max_tokens, max_completion_tokens) = match settings.max_tokens_field {
+            MaxTokensField::MaxTokens => (options.max_tokens, None),
+            MaxTokensField::MaxCompletionTokens => (None, options.max_tokens),
+        };
+        ChatBody {
+            model: &request.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|m| ChatMessage { role: m.role.as_str(), content: &m.content })
+                .collect(),
+            stream: true,
+            stream_options: settings.include_usage.then_some(StreamOptions { include_usage: true }),
+            temperature: options.temperature,
+            top_p: options.top_p,
+            max_tokens,
+            max_completion_tokens,
+            stop: &options.stop,
+            seed: options.seed,
+            top_k: options.top_k.filter(|_| settings.send_top_k),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// What an error body says. Servers disagree on its shape, so all of these are read:
+/// OpenAI's `{"error":{"message","type","param","code"}}` (with a string or, from vLLM and
+/// llama.cpp, an integer `code`), LM Studio's `{"error":"<text>"}`, older vLLM's flat
+/// `{"object":"error","message",...}`, FastAPI's `{"detail":...}`, and anything else as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ErrorDetails {
+    pub message: String,
+    /// `code`, as text when the server sent a number.
+    pub code: Option<String>,
+    pub kind: Option<String>,
+    /// Whether the body was an API error object (as opposed to a proxy's page or a framework's
+    /// default "Not Found"), which tells an unknown model from a wrong URL.
+    pub structured: bool,
+}
+
+impl ErrorDetails {
+    pub fn parse(body: &[u8]) -> ErrorDetails {
+        if let Ok(value) = serde_json::from_slice::<Value>(body)
+            && let Some(details) = ErrorDetails::from_value(&value)
+        {
+            return details;
+        }
+        let text = String::from_utf8_lossy(body);
+        ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() }
+    }
+
+    /// The error a JSON value describes, or `None` when it is no error object at all.
+    pub fn from_value(value: &Value) -> Option<ErrorDetails> {
+        let object = value.as_object()?;
+        match object.get("error") {
+            Some(Value::Object(error)) => return Some(ErrorDetails::from_fields(error)),
+            Some(Value::String(message)) => {
+                return Some(ErrorDetails { message: message.clone(), structured: true, ..Default::default() });
+            }
+            Some(Value::Null) | None => {}
+            Some(other) => {
+                return Some(ErrorDetails { message: compact(other), structured: true, ..Default::default() });
+            }
+        }
+        if object.get("object").and_then(Value::as_str) == Some("error") {
+            return Some(ErrorDetails::from_fields(object));
+        }
+        // FastAPI's default for unknown routes and its validation errors (vLLM, LiteLLM).
+        let detail = object.get("detail")?;
+        let message = detail.as_str().map_or_else(|| compact(detail), str::to_owned);
+        Some(ErrorDetails { message: truncate_chars(&message, 500), ..Default::default() })
+    }
+
+    fn from_fields(fields: &serde_json::Map<String, Value>) -> ErrorDetails {
+        let text = |key: &str| match fields.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let message = match fields.get("message") {
+            Some(Value::String(message)) => message.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => compact(other),
+        };
+        ErrorDetails { message, code: text("code"), kind: text("type"), structured: true }
+    }
+
+    /// OpenAI's "out of credit": a 429 that waiting will not cure.
+    pub fn is_insufficient_quota(&self) -> bool {
+        self.code.as_deref() == Some("insufficient_quota") || self.kind.as_deref() == Some("insufficient_quota")
+    }
+
+    /// Whether a 404 is about the model (rather than the URL).
+    pub fn is_model_not_found(&self) -> bool {
+        if self.code.as_deref() == Some("model_not_found") {
+            return true;
+        }
+        // Servers answer an unknown path with a structured 404 too: OpenAI's "Invalid URL (POST
+        // /v1/x)", llama.cpp's "File Not Found".
+        let route_miss = self.message.starts_with("Invalid URL")
+            || self.message.eq_ignore_ascii_case("File Not Found")
+            || self.message.eq_ignore_ascii_case("Not Found");
+        self.structured && !route_miss
+    }
+}
+
+fn compact(value: &Value) -> String {
+    truncate_chars(&value.to_string(), 500)
+}
+
+/// At most `max` characters of `text`, marked with an ellipsis when cut.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat stream
+
+/// One chunk of a streamed chat completion (`chat.completion.chunk`), or the whole
+/// non-streamed `chat.completion` a server may answer with instead. Only what the adapter uses
+/// is read; unknown fields (`system_fingerprint`, `obfuscation`, `logprobs`, …) are skipped.
+#[derive(Debug, Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    /// Missing or `null` on some servers' usage chunk.
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    /// llama.cpp's own measurements, on its final chunk.
+    #[serde(default)]
+    timings: Option<Timings>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    /// The whole answer of a non-streamed completion.
+    #[serde(default, borrow)]
+    message: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+/// Only `content` matters: `role`-only deltas, `reasoning_content` / `reasoning` (llama.cpp,
+/// vLLM, LM Studio, Ollama), `refusal` and `tool_calls` deltas carry no answer text.
+#[derive(Debug, Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Timings {
+    #[serde(default)]
+    prompt_ms: Option<f64>,
+    #[serde(default)]
+    predicted_ms: Option<f64>,
+}
+
+/// What one SSE event (or a whole non-streamed body) contributes to the completion.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ChunkInfo {
+    /// Answer text (never empty).
+    pub content: Option<String>,
+    /// The choice's `finish_reason`, already mapped.
+    pub finish: Option<Finish>,
+    pub usage: Option<Usage>,
+    /// The `model` field, when present and not empty.
+    pub model: Option<String>,
+    pub timings: Option<UpstreamTimings>,
+}
+
+/// How the upstream said the choice ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Finish {
+    Ended(FinishReason),
+    /// `abort` / `error` (vLLM, SGLang): the server cut the generation short itself.
+    Aborted(String),
+}
+
+/// What one event's `data` means.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Payload {
+    /// `[DONE]`: the stream is complete.
+    Done,
+    Chunk(ChunkInfo),
+    /// An error object sent after the stream began.
+    Error(ErrorDetails),
+    /// Nothing to act on (an empty event, an unknown object).
+    Skip,
+}
+
+/// Decodes one event's data; `Err` when it is not JSON or a field has the wrong type.
+pub(crate) fn decode_data(data: &str) -> Result<Payload, ProviderError> {
+    let data = data.trim();
+    if data.is_empty() {
+        return Ok(Payload::Skip);
+    }
+    if data == "[DONE]" {
+        return Ok(Payload::Done);
+    }
+    let chunk = match serde_json::from_str::<Chunk>(data) {
+        Ok(chunk) => chunk,
+        Err(err) => {
+            // An error object may not fit the chunk shape (`"error"` is not one of its fields,
+            // but a wrongly typed `choices` next to it would fail); look for one before failing.
+            if let Some(details) = error_in(data) {
+                return Ok(Payload::Error(details));
+            }
+            return Err(ProviderError::Protocol(format!(
+                "unexpected chunk in the chat stream ({err}): {}",
+                truncate_chars(data, 200)
+            )));
+        }
+    };
+    // Errors are rare, so the data is only searched for one when the chunk carries nothing else.
+    if chunk.choices.as_ref().is_none_or(Vec::is_empty)
+        && chunk.usage.is_none()
+        && let Some(details) = error_in(data)
+    {
+        return Ok(Payload::Error(details));
+    }
+    Ok(Payload::Chunk(chunk_info(chunk)))
+}
+
+/// The error object in an event's data, if it is one: `{"error":...}` or vLLM's old flat form.
+fn error_in(data: &str) -> Option<ErrorDetails> {
+    let value = serde_json::from_str::<Value>(data).ok()?;
+    let object = value.as_object()?;
+    let is_error = object.get("error").is_some_and(|e| !e.is_null())
+        || object.get("object").and_then(Value::as_str) == Some("error");
+    if is_error { ErrorDetails::from_value(&value) } else { None }
+}
+
+/// A whole non-streamed `chat.completion` body.
+pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload, ProviderError> {
+    match serde_json::from_slice::<Chunk>(body) {
+        Ok(chunk) if chunk.choices.as_ref().is_some_and(|c| !c.is_empty()) => Ok(Payload::Chunk(chunk_info(chunk))),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            match error_in(&text) {
+                Some(details) => Ok(Payload::Error(details)),
+                None => Err(ProviderError::Protocol(format!(
+                    "unexpected chat completion: {}",
+                    truncate_chars(text.trim(), 200)
+                ))),
+            }
+        }
+    }
+}
+
+fn chunk_info(chunk: Chunk) -> ChunkInfo {
+    let mut info = ChunkInfo {
+        model: chunk.model.filter(|m| !m.is_empty()).map(Cow::into_owned),
+        usage: chunk
+            .usage
+            .map(|u| Usage { input_tokens: saturate(u.prompt_tokens), output_tokens: saturate(u.completion_tokens) }),
+        timings: chunk.timings.map(|t| UpstreamTimings {
+            prompt_eval: t.prompt_ms.and_then(millis),
+            generation: t.predicted_ms.and_then(millis),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Only the first choice: the adapter never asks for `n > 1`.
+    if let Some(choice) = chunk.choices.into_iter().flatten().find(|c| c.index.unwrap_or(0) == 0) {
+        info.content =
+            choice.delta.or(choice.message).and_then(|d| d.content).filter(|c| !c.is_empty()).map(Cow::into_owned);
+        info.finish = choice.finish_reason.map(|reason| map_finish_reason(&reason));
+    }
+    info
+}
+
+/// `stop`, `length` and `content_filter` as such; tool and function calls end the turn normally.
+/// Unknown values (servers add their own, like `eos`) count as a normal stop, except the ones
+/// that say the server gave up.
+pub(crate) fn map_finish_reason(reason: &str) -> Finish {
+    match reason {
+        "length" => Finish::Ended(FinishReason::Length),
+        "content_filter" => Finish::Ended(FinishReason::ContentFilter),
+        "abort" | "error" => Finish::Aborted(reason.to_owned()),
+        "stop" | "tool_calls" | "function_call" => Finish::Ended(FinishReason::Stop),
+        other => {
+            tracing::debug!(finish_reason = other, "unknown finish_reason, taken as a normal stop");
+            Finish::Ended(FinishReason::Stop)
+        }
+    }
+}
+
+fn saturate(count: Option<u64>) -> u32 {
+    count.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn millis(ms: f64) -> Option<Duration> {
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model listing
+
+/// `GET {base}/models`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ModelList {
+    #[serde(default)]
+    data: Option<Vec<ModelCard>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelCard {
+    #[serde(default)]
+    id: Option<String>,
+    /// vLLM.
+    #[serde(default)]
+    max_model_len: Option<u64>,
+    /// llama.cpp.
+    #[serde(default)]
+    meta: Option<LlamaCppMeta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LlamaCppMeta {
+    #[serde(default)]
+    n_ctx_train: Option<u64>,
+    #[serde(default)]
+    n_params: Option<u64>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+impl ModelList {
+    pub fn into_models(self) -> Vec<ModelInfo> {
+        self.data.unwrap_or_default().into_iter().filter_map(ModelCard::into_model).collect()
+    }
+}
+
+impl ModelCard {
+    fn into_model(self) -> Option<ModelInfo> {
+        let name = self.id.filter(|id| !id.is_empty())?;
+        let meta = self.meta;
+        let context = self.max_model_len.or_else(|| meta.as_ref().and_then(|m| m.n_ctx_train));
+        Some(ModelInfo {
+            name,
+            context_length: context.and_then(|n| u32::try_from(n).ok()),
+            parameter_size: meta.as_ref().and_then(|m| m.n_params).map(parameter_size).unwrap_or_default(),
+            size_bytes: meta.and_then(|m| m.size),
+            ..Default::default()
+        })
+    }
+}
+
+/// `8030261248` → `"8.0B"`, `494032768` → `"494M"`, as model listings usually write it.
+fn parameter_size(count: u64) -> String {
+    let count = count as f64;
+    if count >= 1e9 {
+        format!("{:.1}B", count / 1e9)
+    } else if count >= 1e6 {
+        format!("{:.0}M", count / 1e6)
+    } else {
+        format!("{count}")
+    }
+}
+
+/// The model of that name in a listing: an exact match, or else (for Ollama's `/v1`, which
+/// lists tagged names) the name with `:latest`.
+pub(crate) fn find_model(models: Vec<ModelInfo>, name: &str) -> Option<ModelInfo> {
+    let mut latest = None;
+    for model in models {
+        if model.name == name {
+            return Some(model);
+        }
+        if latest.is_none() && model.name.strip_suffix(":latest") == Some(name) {
+            latest = Some(model);
+        }
+    }
+    latest
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate-limit headers
+
+/// A Go-style duration as OpenAI's `x-ratelimit-reset-*` headers carry it: `12ms`, `1s`,
+/// `6m0s`, `1h2m3.5s`. `None` for anything else.
+pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use copilot_provider::{GenerationOptions, Message, Role};
+    use serde_json::json;
+
+    fn request(options: GenerationOptions) -> ChatRequest {
+        ChatRequest {
+            model: "gpt-4o-mini".into(),
+            messages: vec![
+                Message { role: Role::System, content: "Be brief.".into() },
+                Message { role: Role::User, content: "Hi".into() },
+                Message { role: Role::Assistant, content: "Hello".into() },
+            ],
+            options,
+        }
+    }
+
+    const DEFAULTS: BodySettings =
+        BodySettings { max_tokens_field: MaxTokensField::MaxTokens, include_usage: true, send_top_k: false };
+
+    fn body(options: GenerationOptions, settings: BodySettings) -> Value {
+        serde_json::to_value(ChatBody::new(&request(options), settings)).unwrap()
+    }
+
+    #[test]
+    fn chat_body_omits_unset_options() {
+        assert_eq!(
+            body(GenerationOptions::default(), DEFAULTS),
+            json!({
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+            })
+        );
+        let without_usage = BodySettings { include_usage: false, ..DEFAULTS };
+        assert!(body(GenerationOptions::default(), without_usage).get("stream_options").is_none());
+    }
+
+    #[test]
+    fn chat_body_maps_every_option() {
+        let options = GenerationOptions {
+            temperature: Some(0.5),
+            max_tokens: Some(128),
+            top_p: Some(0.25),
+            top_k: Some(40),
+            stop: vec!["\n\n".into(), "END".into()],
+            seed: Some(42),
+        };
+        let sent = body(options.clone(), DEFAULTS);
+        assert_eq!(sent["temperature"], json!(0.5));
+        assert_eq!(sent["top_p"], json!(0.25));
+        assert_eq!(sent["max_tokens"], json!(128));
+        assert_eq!(sent["stop"], json!(["\n\n", "END"]));
+        assert_eq!(sent["seed"], json!(42));
+        // Hosted OpenAI rejects top_k, so it is only sent when allowed.
+        assert!(sent.get("top_k").is_none() && sent.get("max_completion_tokens").is_none());
+
+        let settings =
+            BodySettings { max_tokens_field: MaxTokensField::MaxCompletionTokens, send_top_k: true, ..DEFAULTS };
+        let sent = body(options, settings);
+        assert_eq!(sent["max_completion_tokens"], json!(128));
+        assert_eq!(sent["top_k"], json!(40));
+        assert!(sent.get("max_tokens").is_none());
+    }
+
+    fn chunk(data: Value) -> ChunkInfo {
+        match decode_data(&data.to_string()).unwrap() {
+            Payload::Chunk(info) => info,
+            other => panic!("not a chunk: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_openai_chunks() {
+        let first = chunk(
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",
+            "system_fingerprint":"fp_x","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],
+            "usage":null,"obfuscation":"ab"}),
+        );
+        assert_eq!(first, ChunkInfo { model: Some("gpt-4o-mini-2024-07-18".into()), ..Default::default() });
+
+        let text =
+            chunk(json!({"model":"m","choices":[{"index":0,"delta":{"content":"Hel\"lo\n"},"finish_reason":null}]}));
+        assert_eq!(text.content.as_deref(), Some("Hel\"lo\n"));
+        assert_eq!(text.finish, None);
+
+        let finish = chunk(json!({"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}));
+        assert_eq!(finish.finish, Some(Finish::Ended(FinishReason::Stop)));
+        assert_eq!(finish.content, None);
+
+        let usage =
+            chunk(json!({"model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,
+            "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}));
+        assert_eq!(usage.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
+    }
+
+    #[test]
+    fn tolerates_the_known_deviations() {
+        // Usage chunk with choices missing or null.
+        let info = chunk(json!({"usage":{"prompt_tokens":1,"completion_tokens":2}}));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 2 }));
+        let info = chunk(json!({"choices":null,"usage":{"prompt_tokens":1}}));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 0 }));
+        // Usage and timings riding on the finish chunk (llama.cpp).
+        let info = chunk(json!({"model":"qwen","choices":[{"index":0,"delta":{},"finish_reason":"length"}],
+            "usage":{"prompt_tokens":5,"completion_tokens":7},"timings":{"prompt_n":5,"prompt_ms":12.5,"predicted_n":7,"predicted_ms":70.0}}));
+        assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Length)));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 5, output_tokens: 7 }));
+        let timings = info.timings.unwrap();
+        assert_eq!(timings.prompt_eval, Some(Duration::from_micros(12_500)));
+        assert_eq!(timings.generation, Some(Duration::from_millis(70)));
+        // Role-only first delta with null content (llama.cpp).
+        assert_eq!(
+            chunk(json!({"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]})),
+            ChunkInfo::default()
+        );
+        // Reasoning deltas carry no answer text.
+        let info = chunk(json!({"choices":[{"index":0,"delta":{"reasoning_content":"hmm","content":null}}]}));
+        assert_eq!(info.content, None);
+        let info = chunk(json!({"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"hmm"}}]}));
+        assert_eq!(info.content, None);
+        // Other choices than the first are ignored.
+        let info =
+            chunk(json!({"choices":[{"index":1,"delta":{"content":"other"}},{"index":0,"delta":{"content":"mine"}}]}));
+        assert_eq!(info.content.as_deref(), Some("mine"));
+        // An empty model name is no model name.
+        assert_eq!(chunk(json!({"model":"","choices":[]})).model, None);
+    }
+
+    #[test]
+    fn finish_reasons_map() {
+        assert_eq!(map_finish_reason("stop"), Finish::Ended(FinishReason::Stop));
+        assert_eq!(map_finish_reason("length"), Finish::Ended(FinishReason::Length));
+        assert_eq!(map_finish_reason("content_filter"), Finish::Ended(FinishReason::ContentFilter));
+        assert_eq!(map_finish_reason("tool_calls"), Finish::Ended(FinishReason::Stop));
+        assert_eq!(map_finish_reason("function_call"), Finish::Ended(FinishReason::Stop));
+        assert_eq!(map_finish_reason("eos"), Finish::Ended(FinishReason::Stop));
+        assert_eq!(map_finish_reason("abort"), Finish::Aborted("abort".into()));
+    }
+
+    #[test]
+    fn done_and_empty_events() {
+        assert_eq!(decode_data("[DONE]").unwrap(), Payload::Done);
+        assert_eq!(decode_data(" [DONE] ").unwrap(), Payload::Done);
+        assert_eq!(decode_data("").unwrap(), Payload::Skip);
+        assert_eq!(decode_data("{}").unwrap(), Payload::Chunk(ChunkInfo::default()));
+    }
+
+    #[test]
+    fn error_events_in_every_shape() {
+        let error = |data: &str| match decode_data(data).unwrap() {
+            Payload::Error(details) => details,
+            other => panic!("not an error: {other:?}"),
+        };
+        let details = error(r#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#);
+        assert_eq!((details.message.as_str(), details.kind.as_deref()), ("boom", Some("server_error")));
+        let details = error(r#"{"error":{"code":500,"message":"llama boom","type":"server_error"}}"#);
+        assert_eq!((details.message.as_str(), details.code.as_deref()), ("llama boom", Some("500")));
+        assert_eq!(
+            error(r#"{"object":"error","message":"old vllm","type":"BadRequestError","code":400}"#).message,
+            "old vllm"
+        );
+        assert_eq!(error(r#"{"error":"lm studio"}"#).message, "lm studio");
+        // An error next to a malformed chunk field still reads as the error.
+        assert_eq!(error(r#"{"error":{"message":"x"},"choices":"bad"}"#).message, "x");
+        // `"error": null` is no error.
+        assert!(matches!(decode_data(r#"{"error":null,"choices":[]}"#).unwrap(), Payload::Chunk(_)));
+    }
+
+    #[test]
+    fn malformed_chunks_are_protocol_errors_with_a_short_excerpt() {
+        let Err(ProviderError::Protocol(message)) = decode_data("<html>bad gateway</html>") else { panic!() };
+        assert!(message.contains("<html>bad gateway</html>"), "{message}");
+        let long = format!("{{\"choices\": {}", "x".repeat(5000));
+        let Err(ProviderError::Protocol(message)) = decode_data(&long) else { panic!() };
+        assert!(message.len() < 400, "{}", message.len());
+        assert!(matches!(decode_data(r#"{"choices":[{"delta":{"content":5}}]}"#), Err(ProviderError::Protocol(_))));
+    }
+
+    #[test]
+    fn non_streamed_completions_decode() {
+        let body = json!({"id":"chatcmpl-abc","object":"chat.completion","created":1,"model":"gpt-4o-mini-2024-07-18",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hello!","refusal":null},"logprobs":null,"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}});
+        let Payload::Chunk(info) = decode_completion(body.to_string().as_bytes()).unwrap() else { panic!() };
+        assert_eq!(info.content.as_deref(), Some("Hello!"));
+        assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Stop)));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
+        assert_eq!(info.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert!(matches!(decode_completion(br#"{"error":{"message":"x"}}"#).unwrap(), Payload::Error(_)));
+        assert!(decode_completion(b"nope").is_err());
+    }
+
+    #[test]
+    fn error_bodies_in_every_shape() {
+        let openai = ErrorDetails::parse(
+            br#"{"error":{"message":"Incorrect API key provided: sk-ab****. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+        );
+        assert!(openai.message.starts_with("Incorrect API key provided"));
+        assert_eq!(openai.code.as_deref(), Some("invalid_api_key"));
+        assert!(openai.structured);
+
+        let quota = ErrorDetails::parse(
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        );
+        assert!(quota.is_insufficient_quota());
+        let rate = ErrorDetails::parse(
+            br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert!(!rate.is_insufficient_quota());
+
+        let vllm = ErrorDetails::parse(
+            br#"{"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":"model","code":404}}"#,
+        );
+        assert_eq!(vllm.code.as_deref(), Some("404"));
+        assert!(vllm.is_model_not_found());
+        let old_vllm = ErrorDetails::parse(
+            br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#,
+        );
+        assert_eq!(old_vllm.message, "bad");
+        let lm_studio = ErrorDetails::parse(br#"{"error":"No models loaded. Please load a model first."}"#);
+        assert!(lm_studio.is_model_not_found());
+
+        // A wrong base URL, as vLLM's FastAPI, OpenAI and a plain proxy say it: not a model error.
+        assert!(!ErrorDetails::parse(br#"{"detail":"Not Found"}"#).is_model_not_found());
+        assert_eq!(ErrorDetails::parse(br#"{"detail":"Not Found"}"#).message, "Not Found");
+        let invalid_url = ErrorDetails::parse(
+            br#"{"error":{"message":"Invalid URL (POST /chat/completions)","type":"invalid_request_error","param":null,"code":null}}"#,
+        );
+        assert!(!invalid_url.is_model_not_found());
+        let llama_cpp =
+            ErrorDetails::parse(br#"{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}"#);
+        assert!(!llama_cpp.is_model_not_found());
+        let page = ErrorDetails::parse(b"  404 page not found\n");
+        assert_eq!(page.message, "404 page not found");
+        assert!(!page.is_model_not_found());
+        assert_eq!(ErrorDetails::parse("é".repeat(600).as_bytes()).message.chars().count(), 501);
+    }
+
+    #[test]
+    fn model_listings_from_each_server() {
+        let body = json!({"object":"list","data":[
+            {"id":"gpt-4o-mini","object":"model","created":1721172741,"owned_by":"system"},
+            {"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","owned_by":"vllm","root":"x","max_model_len":32768,"permission":[]},
+            {"id":"qwen2.5-0.5b","object":"model","owned_by":"llamacpp",
+             "meta":{"vocab_type":2,"n_vocab":151936,"n_ctx_train":32768,"n_embd":896,"n_params":494032768,"size":397821319}},
+            {"object":"model"},
+        ]});
+        let models = serde_json::from_value::<ModelList>(body).unwrap().into_models();
+        assert_eq!(
+            models,
+            [
+                ModelInfo { name: "gpt-4o-mini".into(), ..Default::default() },
+                ModelInfo {
+                    name: "meta-llama/Llama-3.1-8B-Instruct".into(),
+                    context_length: Some(32768),
+                    ..Default::default()
+                },
+                ModelInfo {
+                    name: "qwen2.5-0.5b".into(),
+                    context_length: Some(32768),
+                    parameter_size: "494M".into(),
+                    size_bytes: Some(397821319),
+                    ..Default::default()
+                },
+            ]
+        );
+        assert!(serde_json::from_value::<ModelList>(json!({"data":null})).unwrap().into_models().is_empty());
+        assert_eq!(parameter_size(8_030_261_248), "8.0B");
+    }
+
+    #[test]
+    fn find_model_prefers_an_exact_match() {
+        let named = |name: &str| ModelInfo { name: name.into(), ..Default::default() };
+        let models = || vec![named("llama3.2:latest"), named("llama3.2"), named("qwen:7b")];
+        assert_eq!(find_model(models(), "llama3.2").unwrap().name, "llama3.2");
+        assert_eq!(find_model(vec![named("llama3.2:latest")], "llama3.2").unwrap().name, "llama3.2:latest");
+        assert!(find_model(models(), "qwen").is_none());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("12ms"), Some(Duration::from_millis(12)));
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(parse_go_duration("0.5s"), Some(Duration::from_millis(500)));
+        for bad in ["", "5", "s", "1x", "-1s", "1.2.3s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+}

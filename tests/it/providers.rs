@@ -1,0 +1,148 @@
+//! Each hosted-API adapter through the gRPC API against its fake: streaming with usage, a failure
+//! in the middle of a stream, rate limiting with RetryInfo, overload, and an API key that never
+//! shows up in a status or in Copilot's own (debug-level) log.
+
+use std::time::Duration;
+
+use copilot::proto::v1::{ChatRequest, FinishReason, GenerationOptions, ListModelsRequest, Message, Role};
+use copilot_fakes::{Behaviour, FakeModel, Reply};
+use futures::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::{Copilot, within};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const KEY: &str = "sk-test-4f9a2c71e0d84b6b";
+
+fn chat(model: &str, max_tokens: Option<u32>) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![
+            Message { role: Role::System as i32, content: "Be brief.".into() },
+            Message { role: Role::User as i32, content: "Tell me about the sea".into() },
+        ],
+        options: Some(GenerationOptions { max_tokens, temperature: Some(0.5), ..Default::default() }),
+    }
+}
+
+async fn collect(
+    client: &mut copilot::proto::v1::copilot_client::CopilotClient<tonic::transport::Channel>,
+    request: ChatRequest,
+) -> Result<(String, Vec<copilot::proto::v1::ChatResponse>, Option<tonic::Status>), tonic::Status> {
+    let mut stream = within(LIMIT, client.chat(request)).await?.into_inner();
+    let mut text = String::new();
+    let mut messages = Vec::new();
+    loop {
+        match within(LIMIT, stream.next()).await {
+            Some(Ok(message)) => {
+                text.push_str(&message.content);
+                messages.push(message);
+            }
+            Some(Err(status)) => return Ok((text, messages, Some(status))),
+            None => return Ok((text, messages, None)),
+        }
+    }
+}
+
+macro_rules! provider_tests {
+    ($module:ident, $fake:ty, $kind:literal) => {
+        mod $module {
+            use super::*;
+
+            async fn setup() -> ($fake, Copilot) {
+                let fake = <$fake>::start().await.with_api_key(KEY);
+                let words = Reply::Tokens(["The", " sea", " is", " vast"].map(String::from).to_vec());
+                fake.add_model(FakeModel::new("m-1").with_reply(words.clone()));
+                fake.add_model(
+                    FakeModel::new("m-broken")
+                        .with_reply(words)
+                        .with_behaviour(Behaviour::ErrorAfter { tokens: 2, message: "backend exploded".into() }),
+                );
+                let config = format!(
+                    "[providers.up]\nkind = \"{}\"\nbase_url = \"{}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nretries = 0\n\
+                     breaker_failures = 0\n",
+                    $kind,
+                    fake.base_url()
+                );
+                let copilot =
+                    Copilot::start_with(&config, &[("TEST_UPSTREAM_KEY", KEY.into()), ("RUST_LOG", "debug".into())]).await;
+                (fake, copilot)
+            }
+
+            #[tokio::test]
+            async fn streams_a_chat_with_usage() {
+                let (fake, copilot) = setup().await;
+                let mut client = copilot.client().await;
+                let (text, messages, status) = collect(&mut client, chat("up/m-1", None)).await.unwrap();
+                assert!(status.is_none(), "{status:?}");
+                assert_eq!(text, "The sea is vast");
+                let last = messages.last().unwrap();
+                assert_eq!(last.finish_reason(), FinishReason::Stop);
+                assert!(last.model.starts_with("up/m-1"), "{}", last.model);
+                let usage = last.usage.unwrap();
+                assert_eq!(usage.output_tokens, 4);
+                assert!(usage.input_tokens > 0);
+                // The system prompt reached the upstream in the protocol's own form.
+                let sent = fake.chat_requests().pop().unwrap().to_string();
+                assert!(sent.contains("Be brief."), "{sent}");
+
+                let (_, messages, _) = collect(&mut client, chat("up/m-1", Some(2))).await.unwrap();
+                assert_eq!(messages.last().unwrap().finish_reason(), FinishReason::Length);
+
+                let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+                assert!(models.iter().any(|m| m.name == "up/m-1"), "{models:?}");
+            }
+
+            #[tokio::test]
+            async fn a_mid_stream_failure_ends_the_stream_with_a_status() {
+                let (_fake, copilot) = setup().await;
+                let mut client = copilot.client().await;
+                let (text, _, status) = collect(&mut client, chat("up/m-broken", None)).await.unwrap();
+                assert_eq!(text, "The sea");
+                let status = status.expect("the stream must not end OK");
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            }
+
+            #[tokio::test]
+            async fn rate_limits_and_overload_map_to_retryable_statuses() {
+                let (fake, copilot) = setup().await;
+                let mut client = copilot.client().await;
+                fake.fail_next(1, 429, Some(7));
+                let status = client.chat(chat("up/m-1", None)).await.unwrap_err();
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(7)));
+
+                fake.set_busy(true);
+                let status = client.chat(chat("up/m-1", None)).await.unwrap_err();
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                fake.set_busy(false);
+
+                let status = client.chat(chat("up/no-such-model", None)).await.unwrap_err();
+                assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            }
+
+            #[tokio::test]
+            async fn the_api_key_never_leaks() {
+                let (fake, copilot) = setup().await;
+                let mut client = copilot.client().await;
+                collect(&mut client, chat("up/m-1", None)).await.unwrap();
+                // The upstream rejects the key and echoes it in its error body.
+                fake.set_api_key(Some(String::from("another-key-entirely")));
+                let status = client.chat(chat("up/m-1", None)).await.unwrap_err();
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.get_details_error_info().unwrap().reason == "UPSTREAM_UNAUTHORIZED");
+                assert!(!status.message().contains(KEY), "the key leaked into a status: {}", status.message());
+                assert!(!format!("{:?}", status.details()).contains(KEY));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let logs = copilot.logs();
+                assert!(logs.contains("DEBUG"), "the log was not at debug level");
+                assert!(!logs.contains(KEY), "the key leaked into the log:\n{logs}");
+            }
+        }
+    };
+}
+
+provider_tests!(openai, copilot_fakes::FakeOpenAi, "openai");
+provider_tests!(gemini, copilot_fakes::FakeGemini, "gemini");
+provider_tests!(anthropic, copilot_fakes::FakeAnthropic, "anthropic");
