@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// HTTP/2 streams (concurrent calls) allowed on one client connection.
     pub max_concurrent_streams: u32,
+    /// Where the admin listener serves Prometheus metrics at `/metrics` (off when unset).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
+            metrics_addr: None,
         }
     }
 }

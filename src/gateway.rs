@@ -14,10 +14,12 @@ use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{AliasTarget, DefaultOptions};
 use crate::deadline::CallContext;
 use crate::error::{GatewayError, Phase};
+use crate::observe::{self, error_type};
 use crate::resilience::backoff;
 use crate::router::{Instance, Router, Target};
 use crate::validate::ValidRequest;
@@ -92,9 +94,10 @@ impl Gateway {
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static, GatewayError> {
         let plan = self.router.resolve(&request.model)?;
         let order = plan.attempt_order();
-        let mut failures = Vec::new();
+        let mut failures: Vec<GatewayError> = Vec::new();
         for (index, target) in order.iter().enumerate() {
-            match self.try_target(target, &request, &call).await {
+            let fallback_reason = failures.last().map(error_type);
+            match self.try_target(target, &request, &call, fallback_reason).await {
                 Ok(stream) => return Ok(stream),
                 Err(Outcome::Stop(error)) => return Err(error),
                 Err(Outcome::FallBack(error)) => {
@@ -124,10 +127,16 @@ impl Gateway {
         target: &Target,
         request: &ValidRequest,
         call: &CallContext,
+        fallback_reason: Option<String>,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
         let instance = &target.instance;
-        let mut last_error = None;
+        let mut last_error: Option<GatewayError> = None;
         for attempt in 0..=instance.retries {
+            let (kind, reason) = match (&last_error, &fallback_reason) {
+                (Some(error), _) => ("retry", Some(error_type(error))),
+                (None, Some(reason)) => ("fallback", Some(reason.clone())),
+                (None, None) => ("first", None),
+            };
             if attempt > 0 {
                 let retry_after = match &last_error {
                     Some(GatewayError::Provider { error, .. }) => error.retry_after(),
@@ -175,9 +184,13 @@ impl Gateway {
                 None => None,
             };
             let in_flight = InFlight::new(instance.clone());
-            match self.first_event(target, request, call).await {
+            let attempt_span = observe::attempt_span(target, request, attempt + 1, kind, reason.as_deref());
+            let started = Instant::now();
+            let first = self.first_event(target, request, call, &attempt_span).instrument(attempt_span.clone()).await;
+            match first {
                 Ok((first, upstream)) => {
                     pass.success();
+                    let attempt = observe::Attempt::new(attempt_span, target, started);
                     return Ok(relay(
                         first,
                         upstream,
@@ -186,9 +199,11 @@ impl Gateway {
                         self.hard_stop.clone(),
                         permit,
                         in_flight,
+                        attempt,
                     ));
                 }
                 Err(error) => {
+                    observe::Attempt::new(attempt_span, target, started).failed(&error);
                     let verdict = classify(&error);
                     if verdict.counts_against_instance {
                         pass.failure();
@@ -213,12 +228,14 @@ impl Gateway {
         target: &Target,
         request: &ValidRequest,
         call: &CallContext,
+        attempt_span: &tracing::Span,
     ) -> Result<(ChatEvent, ChatStream), GatewayError> {
         let instance = &target.instance;
         let upstream_request = ChatRequest {
             model: target.model.clone(),
             messages: request.messages.clone(),
             options: with_defaults(request.options.clone(), &instance.defaults),
+            trace_context: observe::trace_context(attempt_span),
         };
         let give_up = wake_at(call, Instant::now(), instance.first_token_timeout);
         let mut phase = Phase::Response;
@@ -387,6 +404,7 @@ impl Drop for InFlight {
 /// Relays the upstream stream, starting with the event already received. Dropping the returned
 /// stream drops the upstream one, which closes the upstream connection: that is how a client's
 /// cancel reaches the provider. It also holds the instance's concurrency permit until the end.
+#[allow(clippy::too_many_arguments)]
 fn relay(
     first: ChatEvent,
     mut upstream: ChatStream,
@@ -395,6 +413,7 @@ fn relay(
     hard_stop: CancellationToken,
     permit: Option<OwnedSemaphorePermit>,
     in_flight: InFlight,
+    mut attempt: observe::Attempt,
 ) -> impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static {
     async_stream::stream! {
         let _permit = permit;
@@ -432,22 +451,30 @@ fn relay(
                     last_progress = Instant::now();
                     first_token_at.get_or_insert(last_progress);
                     chunks_sent += 1;
+                    attempt.chunk(last_progress, &text);
                     yield Ok(GatewayEvent::Delta(text));
                 }
                 Ok(Some(Ok(ChatEvent::Done(completion)))) => {
-                    yield Ok(GatewayEvent::Done(summarize(&target, &call, first_token_at, completion)));
+                    let summary = summarize(&target, &call, first_token_at, completion);
+                    attempt.completed(&summary, &call);
+                    yield Ok(GatewayEvent::Done(summary));
                     break;
                 }
                 Ok(Some(Err(error))) => {
-                    yield Err(GatewayError::Provider { target: target.name(), error, chunks_sent });
+                    let error = GatewayError::Provider { target: target.name(), error, chunks_sent };
+                    attempt.failed(&error);
+                    yield Err(error);
                     break;
                 }
                 Ok(None) => {
                     let error = ProviderError::Interrupted("the provider closed the stream without finishing".into());
-                    yield Err(GatewayError::Provider { target: target.name(), error, chunks_sent });
+                    let error = GatewayError::Provider { target: target.name(), error, chunks_sent };
+                    attempt.failed(&error);
+                    yield Err(error);
                     break;
                 }
                 Err(error) => {
+                    attempt.failed(&error);
                     yield Err(error);
                     break;
                 }

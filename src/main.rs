@@ -53,7 +53,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    copilot::telemetry::init_logging(&config.log);
+    let telemetry = copilot::telemetry::init(&config.log);
+    let prometheus = telemetry.prometheus.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -61,7 +62,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(copilot::server::serve(config, shutdown_signal())) {
+    let served = runtime.block_on(copilot::server::serve(config, prometheus, shutdown_signal()));
+    // Export what is still buffered (the exporters block while they do: keep them off the workers).
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || telemetry.shutdown()),
+        )
+        .await;
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -20,10 +20,24 @@ pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
             Some(ProviderKind::OpenAi) => (Arc::new(openai(name, settings)?), settings.base_url.clone()),
             Some(ProviderKind::Gemini) => (Arc::new(gemini(name, settings)?), settings.base_url.clone()),
         };
+        let (server_address, server_port) = match http::Uri::try_from(endpoint.as_str()) {
+            Ok(uri) => (uri.host().map(String::from), uri.port_u16().or_else(|| default_port(&uri))),
+            Err(_) => (None, None),
+        };
         instances.push(Instance {
             name: name.clone(),
             provider,
             endpoint,
+            gen_ai_provider: match settings.kind {
+                Some(ProviderKind::Ollama) | None => "ollama",
+                Some(ProviderKind::Embedded) => "llama.cpp",
+                Some(ProviderKind::OpenAi) => "openai",
+                Some(ProviderKind::Gemini) => "gcp.gemini",
+                Some(ProviderKind::Anthropic) => "anthropic",
+            },
+            in_process: settings.kind == Some(ProviderKind::Embedded),
+            server_address,
+            server_port,
             first_token_timeout: settings.first_token_timeout.unwrap_or(settings.timeout),
             idle_timeout: settings.idle_timeout.unwrap_or(settings.timeout),
             list_timeout: settings.list_timeout,
@@ -41,6 +55,14 @@ pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
         });
     }
     Ok(instances)
+}
+
+fn default_port(uri: &http::Uri) -> Option<u16> {
+    match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    }
 }
 
 /// The instance's API key: from the variable or file the config names, else from the kind's

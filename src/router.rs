@@ -23,6 +23,13 @@ pub struct Instance {
     pub provider: Arc<dyn Provider>,
     /// Where it lives, for error messages and logs (never carries credentials).
     pub endpoint: String,
+    /// `gen_ai.provider.name` of its spans and metrics (`ollama`, `openai`, `gcp.gemini`, …).
+    pub gen_ai_provider: &'static str,
+    /// Runs inside this process (the embedded engine): INTERNAL spans and `gen_ai.server.*` metrics.
+    pub in_process: bool,
+    /// `server.address` / `server.port` of its spans, from the endpoint.
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
     pub first_token_timeout: Duration,
     pub idle_timeout: Duration,
     pub list_timeout: Duration,
@@ -188,6 +195,10 @@ pub(crate) mod tests {
             name: name.into(),
             provider: Arc::new(Nothing),
             endpoint: format!("http://{name}"),
+            gen_ai_provider: "test",
+            in_process: false,
+            server_address: None,
+            server_port: None,
             first_token_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             list_timeout: Duration::from_secs(1),

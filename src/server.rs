@@ -29,6 +29,7 @@ use crate::health::{self, HealthState};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
 use crate::router::Router;
+use crate::rpc_trace::RpcTraceLayer;
 
 /// The health-check name of the API, as the generated server names it.
 pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::NamedService>::NAME;
@@ -45,7 +46,11 @@ pub enum ServeError {
 }
 
 /// Runs the server until `shutdown` resolves, then drains. Returns when every connection closed.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(
+    config: Config,
+    prometheus: prometheus::Registry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let hard_stop = CancellationToken::new();
     let instances = crate::providers::build(&config).map_err(ServeError::Setup)?;
     let router = Router::new(
@@ -70,6 +75,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .clone()
         .routes()
         .prepare();
+    let service = tower::Layer::layer(&RpcTraceLayer, routes);
+    if let Some(addr) = config.server.metrics_addr {
+        serve_metrics(addr, prometheus).await?;
+    }
 
     let listener = TcpListener::bind(config.server.addr)
         .await
@@ -107,7 +116,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let connection = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes.clone()));
+                let connection = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
                 let connection = connections.watch(connection);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -160,4 +169,34 @@ fn reflection_v1alpha() -> Result<
     ServeError,
 > {
     reflection_builder().build_v1alpha().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
+}
+
+/// The admin listener: Prometheus metrics at `/metrics`, for meshes that scrape rather than push.
+async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut text = String::new();
+                match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
+                    Ok(()) => (http::StatusCode::OK, [(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text),
+                    Err(e) => (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(http::header::CONTENT_TYPE, "text/plain")],
+                        format!("cannot encode metrics: {e}"),
+                    ),
+                }
+            }
+        }),
+    );
+    tracing::info!(addr = %local, "metrics listening on {local}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }

@@ -267,7 +267,12 @@ impl AnthropicProvider {
 impl Provider for AnthropicProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::MessagesBody::new(&request, self.default_max_tokens)?;
-        let response = self.send(self.client.post(self.messages_url.clone()).json(&body), Some(&request.model)).await?;
+        let response = self
+            .send(
+                with_trace_context(self.client.post(self.messages_url.clone()), &request).json(&body),
+                Some(&request.model),
+            )
+            .await?;
         check_event_stream(response.headers().get(CONTENT_TYPE), &self.base_url)?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Anthropic accepted the chat request");
         Ok(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone()).into_stream())
@@ -480,6 +485,11 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
+fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
+    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

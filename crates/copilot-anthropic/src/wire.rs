@@ -516,6 +516,7 @@ mod tests {
                 .map(|(role, content)| Message { role: *role, content: (*content).into() })
                 .collect(),
             options,
+            ..Default::default()
         }
     }
 

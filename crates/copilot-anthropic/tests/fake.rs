@@ -47,7 +47,7 @@ fn user(content: &str) -> Message {
 }
 
 fn request(messages: Vec<Message>, options: GenerationOptions) -> ChatRequest {
-    ChatRequest { model: MODEL.into(), messages, options }
+    ChatRequest { model: MODEL.into(), messages, options, ..Default::default() }
 }
 
 fn simple_request() -> ChatRequest {

@@ -27,9 +27,11 @@ pub mod anthropic;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
+pub mod otlp;
 pub mod script;
 
 pub use anthropic::FakeAnthropic;
 pub use gemini::FakeGemini;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};
 pub use openai::{FakeOpenAi, Flavour};
+pub use otlp::FakeCollector;

@@ -271,7 +271,8 @@ impl Provider for GeminiProvider {
         }
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
         let body = wire::GenerateBody::new(&request, &self.safety_settings);
-        let mut response = self.send(self.client.post(url).json(&body), Some(&request.model)).await?;
+        let mut response =
+            self.send(with_trace_context(self.client.post(url), &request).json(&body), Some(&request.model)).await?;
 
         // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
         // SSE reader would silently find empty; say so instead.
@@ -588,6 +589,11 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
+fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
+    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

@@ -544,6 +544,7 @@ mod tests {
                 .map(|(role, content)| Message { role: *role, content: (*content).into() })
                 .collect(),
             options,
+            ..Default::default()
         }
     }
 

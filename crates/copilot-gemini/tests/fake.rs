@@ -44,6 +44,7 @@ fn chat_request(model: &str, messages: &[(Role, &str)], options: GenerationOptio
         model: model.into(),
         messages: messages.iter().map(|(role, content)| Message { role: *role, content: (*content).into() }).collect(),
         options,
+        ..Default::default()
     }
 }
 

@@ -83,6 +83,7 @@ fn request() -> ChatRequest {
         model: "gemini-2.5-flash".into(),
         messages: vec![Message { role: Role::User, content: "hi".into() }],
         options: GenerationOptions::default(),
+        ..Default::default()
     }
 }
 

@@ -163,7 +163,12 @@ impl OllamaProvider {
 impl Provider for OllamaProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::ChatBody::new(&request, self.keep_alive);
-        let response = self.send(self.client.post(self.chat_url.clone()).json(&body), Some(&request.model)).await?;
+        let response = self
+            .send(
+                with_trace_context(self.client.post(self.chat_url.clone()), &request).json(&body),
+                Some(&request.model),
+            )
+            .await?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Ollama accepted the chat request");
         Ok(ChatEvents::new(response, self.base_url.clone()).into_stream())
     }
@@ -363,6 +368,11 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
+fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
+    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

@@ -524,6 +524,7 @@ mod tests {
                 Message { role: Role::User, content: "hi".into() },
             ],
             options,
+            ..Default::default()
         }
     }
 

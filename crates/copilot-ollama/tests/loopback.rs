@@ -183,6 +183,7 @@ fn chat_request() -> ChatRequest {
         model: "llama3.2".into(),
         messages: vec![Message { role: Role::User, content: "Say hi".into() }],
         options: GenerationOptions { temperature: Some(0.5), max_tokens: Some(2), ..Default::default() },
+        trace_context: vec![("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into())],
     }
 }
 

@@ -247,7 +247,9 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::ChatBody::new(&request, self.body);
-        let post = self.client.post(self.chat_url.clone()).header(header::ACCEPT, "text/event-stream").json(&body);
+        let post = with_trace_context(self.client.post(self.chat_url.clone()), &request)
+            .header(header::ACCEPT, "text/event-stream")
+            .json(&body);
         let response = self.send(post, Some(&request.model)).await?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "the OpenAI-compatible server accepted the chat request");
         let events = ChatEvents::new(response, self.base_url.clone(), self.api_key.clone());
@@ -627,6 +629,11 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
+fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
+    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

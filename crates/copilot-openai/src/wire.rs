@@ -508,6 +508,7 @@ mod tests {
                 Message { role: Role::Assistant, content: "Hello".into() },
             ],
             options,
+            ..Default::default()
         }
     }
 

@@ -42,6 +42,7 @@ fn request(model: &str, user: &str) -> ChatRequest {
             Message { role: Role::User, content: user.into() },
         ],
         options: GenerationOptions::default(),
+        ..Default::default()
     }
 }
 

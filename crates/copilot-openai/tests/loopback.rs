@@ -114,6 +114,7 @@ fn request() -> ChatRequest {
         model: "m".into(),
         messages: vec![Message { role: Role::User, content: "hi".into() }],
         options: GenerationOptions::default(),
+        ..Default::default()
     }
 }
 

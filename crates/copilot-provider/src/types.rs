@@ -4,11 +4,14 @@ use std::time::Duration;
 
 /// A validated chat request addressed to one provider. `model` is the provider's own model name
 /// (the part after `provider/` in a client's model name).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub options: GenerationOptions,
+    /// W3C trace context headers (`traceparent`, `tracestate`) that HTTP adapters send upstream,
+    /// so an instrumented upstream joins the caller's trace. Empty when tracing is off.
+    pub trace_context: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

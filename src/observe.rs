@@ -1,0 +1,235 @@
+//! What each upstream attempt tells OpenTelemetry: a span following the GenAI conventions —
+//! `chat {model}`, CLIENT (INTERNAL for the embedded engine), the request parameters, then the
+//! response model, finish reasons, usage, time to first token and tokens/s — and the GenAI client
+//! metrics (plus the `gen_ai.server.*` ones for the in-process engine). Retries and fallbacks are
+//! attempts of their own, with `copilot.attempt.kind` and `copilot.attempt.reason` saying why.
+//!
+//! Attributes the conventions do not name use a `copilot.` prefix:
+//! `copilot.time_to_first_token` (s, from the call's arrival), `copilot.output_tokens_per_second`,
+//! `copilot.provider.instance`, `copilot.attempt.{number,kind,reason,outcome}`.
+
+use copilot_provider::{FinishReason, ProviderError, Role};
+use opentelemetry::propagation::Injector;
+use opentelemetry::{KeyValue, StringValue, Value};
+use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::deadline::CallContext;
+use crate::error::GatewayError;
+use crate::gateway::Summary;
+use crate::metrics::metrics;
+use crate::router::Target;
+use crate::telemetry::capture_message_content;
+use crate::validate::ValidRequest;
+
+pub fn attempt_span(
+    target: &Target,
+    request: &ValidRequest,
+    number: u32,
+    kind: &'static str,
+    reason: Option<&str>,
+) -> tracing::Span {
+    let instance = &target.instance;
+    let options = &request.options;
+    let span = tracing::info_span!(
+        "gen_ai.attempt",
+        otel.name = %format!("chat {}", target.model),
+        otel.kind = if instance.in_process { "internal" } else { "client" },
+        otel.status_code = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = instance.gen_ai_provider,
+        gen_ai.request.model = %target.model,
+        gen_ai.request.stream = true,
+        gen_ai.request.temperature = options.temperature.map(f64::from),
+        gen_ai.request.top_p = options.top_p.map(f64::from),
+        gen_ai.request.top_k = options.top_k.map(u64::from),
+        gen_ai.request.max_tokens = options.max_tokens.map(u64::from),
+        gen_ai.request.seed = options.seed,
+        server.address = instance.server_address.as_deref(),
+        server.port = instance.server_port.map(u64::from),
+        copilot.provider.instance = %instance.name,
+        copilot.attempt.number = number,
+        copilot.attempt.kind = kind,
+        copilot.attempt.reason = reason,
+        copilot.attempt.outcome = Empty,
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        copilot.time_to_first_token = Empty,
+        copilot.output_tokens_per_second = Empty,
+        error.type = Empty,
+    );
+    if !options.stop.is_empty() {
+        let stops: Vec<StringValue> = options.stop.iter().map(|s| s.clone().into()).collect();
+        span.set_attribute("gen_ai.request.stop_sequences", Value::Array(stops.into()));
+    }
+    if capture_message_content() {
+        let system: Vec<_> = request.messages.iter().filter(|m| m.role == Role::System).collect();
+        if !system.is_empty() {
+            let parts: Vec<_> =
+                system.iter().map(|m| serde_json::json!({"type": "text", "content": m.content})).collect();
+            span.set_attribute("gen_ai.system_instructions", serde_json::Value::from(parts).to_string());
+        }
+        let input: Vec<_> = request
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(|m| serde_json::json!({"role": m.role.as_str(), "parts": [{"type": "text", "content": m.content}]}))
+            .collect();
+        span.set_attribute("gen_ai.input.messages", serde_json::Value::from(input).to_string());
+    }
+    span
+}
+
+/// The W3C trace context of an attempt, as headers for the upstream request, so an instrumented
+/// upstream (or a proxy in front of it) joins the same trace.
+pub fn trace_context(span: &tracing::Span) -> Vec<(String, String)> {
+    struct Headers(Vec<(String, String)>);
+    impl Injector for Headers {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_string(), value));
+        }
+    }
+    let context = span.context();
+    let mut headers = Headers(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut headers));
+    headers.0
+}
+
+/// A low-cardinality name for what went wrong, for `error.type`.
+pub fn error_type(error: &GatewayError) -> String {
+    match error {
+        GatewayError::Provider { error, .. } => match error {
+            ProviderError::InvalidRequest(_) => "invalid_request".into(),
+            ProviderError::ModelNotFound { .. } => "model_not_found".into(),
+            ProviderError::Unauthorized(_) => "unauthorized".into(),
+            ProviderError::RateLimited { .. } => "rate_limited".into(),
+            ProviderError::Overloaded { .. } => "overloaded".into(),
+            ProviderError::CapacityExhausted { .. } => "capacity_exhausted".into(),
+            ProviderError::ModelUnusable(_) => "model_unusable".into(),
+            ProviderError::Unreachable(_) => "unreachable".into(),
+            ProviderError::Upstream { status, .. } => status.to_string(),
+            ProviderError::MidStream(_) => "mid_stream_error".into(),
+            ProviderError::Interrupted(_) => "interrupted".into(),
+            ProviderError::Protocol(_) => "protocol_error".into(),
+        },
+        GatewayError::DeadlineExceeded { .. } => "deadline_exceeded".into(),
+        GatewayError::UpstreamTimeout { .. } => "timeout".into(),
+        GatewayError::CircuitOpen { .. } => "circuit_open".into(),
+        GatewayError::ShuttingDown => "shutting_down".into(),
+        _ => "_OTHER".into(),
+    }
+}
+
+/// Records one attempt as it goes: its span and its metrics.
+pub struct Attempt {
+    span: tracing::Span,
+    started: Instant,
+    attributes: Vec<KeyValue>,
+    in_process: bool,
+    last_chunk: Option<Instant>,
+    /// The completion text, kept only when content capture is on.
+    output: Option<String>,
+}
+
+impl Attempt {
+    pub fn new(span: tracing::Span, target: &Target, started: Instant) -> Self {
+        let instance = &target.instance;
+        let mut attributes = vec![
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.provider.name", instance.gen_ai_provider),
+            KeyValue::new("gen_ai.request.model", target.model.clone()),
+        ];
+        if let Some(address) = &instance.server_address {
+            attributes.push(KeyValue::new("server.address", address.clone()));
+        }
+        if let Some(port) = instance.server_port {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        let output = capture_message_content().then(String::new);
+        Self { span, started, attributes, in_process: instance.in_process, last_chunk: None, output }
+    }
+
+    /// A chunk of output arrived.
+    pub fn chunk(&mut self, at: Instant, text: &str) {
+        let m = metrics();
+        match self.last_chunk {
+            None => m.time_to_first_chunk.record((at - self.started).as_secs_f64(), &self.attributes),
+            Some(previous) => m.time_per_output_chunk.record((at - previous).as_secs_f64(), &self.attributes),
+        }
+        self.last_chunk = Some(at);
+        if let Some(output) = &mut self.output {
+            output.push_str(text);
+        }
+    }
+
+    pub fn completed(self, summary: &Summary, call: &CallContext) {
+        let completion = &summary.completion;
+        let finish = match completion.finish_reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
+        };
+        let span = &self.span;
+        span.record("copilot.attempt.outcome", "completed");
+        span.record("gen_ai.response.model", completion.model.as_str());
+        span.record("gen_ai.usage.input_tokens", u64::from(completion.usage.input_tokens));
+        span.record("gen_ai.usage.output_tokens", u64::from(completion.usage.output_tokens));
+        span.set_attribute("gen_ai.response.finish_reasons", Value::Array(vec![StringValue::from(finish)].into()));
+        if let Some(ttft) = summary.time_to_first_token {
+            span.record("copilot.time_to_first_token", ttft.as_secs_f64());
+        }
+        span.record("copilot.output_tokens_per_second", summary.output_tokens_per_second);
+        if let Some(output) = &self.output {
+            let message = serde_json::json!([{
+                "role": "assistant",
+                "parts": [{"type": "text", "content": output}],
+                "finish_reason": finish,
+            }]);
+            span.set_attribute("gen_ai.output.messages", message.to_string());
+        }
+
+        let m = metrics();
+        let mut attributes = self.attributes.clone();
+        if !completion.model.is_empty() {
+            attributes.push(KeyValue::new("gen_ai.response.model", completion.model.clone()));
+        }
+        m.operation_duration.record(self.started.elapsed().as_secs_f64(), &attributes);
+        // Only what the provider reported: no counts, no usage points.
+        if completion.usage.input_tokens > 0 || completion.usage.output_tokens > 0 {
+            let with_type = |kind: &'static str| {
+                let mut a = attributes.clone();
+                a.push(KeyValue::new("gen_ai.token.type", kind));
+                a
+            };
+            m.token_usage.record(u64::from(completion.usage.input_tokens), &with_type("input"));
+            m.token_usage.record(u64::from(completion.usage.output_tokens), &with_type("output"));
+        }
+        if self.in_process {
+            m.server_request_duration.record((Instant::now() - call.received).as_secs_f64(), &attributes);
+            if let Some(ttft) = summary.time_to_first_token {
+                m.server_time_to_first_token.record(ttft.as_secs_f64(), &attributes);
+            }
+            let tokens_after_first = completion.usage.output_tokens.saturating_sub(1);
+            if let Some(generation) = completion.timings.generation.filter(|_| tokens_after_first > 0) {
+                let per_token = generation.as_secs_f64() / f64::from(tokens_after_first);
+                m.server_time_per_output_token.record(per_token, &attributes);
+            }
+        }
+    }
+
+    pub fn failed(self, error: &GatewayError) {
+        let kind = error_type(error);
+        self.span.record("error.type", kind.as_str());
+        self.span.record("otel.status_code", "ERROR");
+        self.span.record("copilot.attempt.outcome", "failed");
+        let mut attributes = self.attributes;
+        attributes.push(KeyValue::new("error.type", kind));
+        let m = metrics();
+        m.operation_duration.record(self.started.elapsed().as_secs_f64(), &attributes);
+        if self.in_process {
+            m.server_request_duration.record(self.started.elapsed().as_secs_f64(), &attributes);
+        }
+    }
+}
