@@ -53,8 +53,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = copilot::telemetry::init(&config.log);
-    let prometheus = telemetry.prometheus.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -62,6 +60,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporters set up their gRPC channels on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        copilot::telemetry::init(&config.log)
+    };
+    let prometheus = telemetry.prometheus.clone();
     let served = runtime.block_on(copilot::server::serve(config, prometheus, shutdown_signal()));
     // Export what is still buffered (the exporters block while they do: keep them off the workers).
     runtime.block_on(async {

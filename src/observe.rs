@@ -4,6 +4,8 @@
 //! metrics (plus the `gen_ai.server.*` ones for the in-process engine). Retries and fallbacks are
 //! attempts of their own, with `copilot.attempt.kind` and `copilot.attempt.reason` saying why.
 //!
+//! Integers are recorded as `i64`: tracing-opentelemetry turns `u64` fields into strings.
+//!
 //! Attributes the conventions do not name use a `copilot.` prefix:
 //! `copilot.time_to_first_token` (s, from the call's arrival), `copilot.output_tokens_per_second`,
 //! `copilot.provider.instance`, `copilot.attempt.{number,kind,reason,outcome}`.
@@ -43,13 +45,13 @@ pub fn attempt_span(
         gen_ai.request.stream = true,
         gen_ai.request.temperature = options.temperature.map(f64::from),
         gen_ai.request.top_p = options.top_p.map(f64::from),
-        gen_ai.request.top_k = options.top_k.map(u64::from),
-        gen_ai.request.max_tokens = options.max_tokens.map(u64::from),
-        gen_ai.request.seed = options.seed,
+        gen_ai.request.top_k = options.top_k.map(i64::from),
+        gen_ai.request.max_tokens = options.max_tokens.map(i64::from),
+        gen_ai.request.seed = options.seed.map(|seed| seed as i64),
         server.address = instance.server_address.as_deref(),
-        server.port = instance.server_port.map(u64::from),
+        server.port = instance.server_port.map(i64::from),
         copilot.provider.instance = %instance.name,
-        copilot.attempt.number = number,
+        copilot.attempt.number = i64::from(number),
         copilot.attempt.kind = kind,
         copilot.attempt.reason = reason,
         copilot.attempt.outcome = Empty,
@@ -174,8 +176,8 @@ impl Attempt {
         let span = &self.span;
         span.record("copilot.attempt.outcome", "completed");
         span.record("gen_ai.response.model", completion.model.as_str());
-        span.record("gen_ai.usage.input_tokens", u64::from(completion.usage.input_tokens));
-        span.record("gen_ai.usage.output_tokens", u64::from(completion.usage.output_tokens));
+        span.record("gen_ai.usage.input_tokens", i64::from(completion.usage.input_tokens));
+        span.record("gen_ai.usage.output_tokens", i64::from(completion.usage.output_tokens));
         span.set_attribute("gen_ai.response.finish_reasons", Value::Array(vec![StringValue::from(finish)].into()));
         if let Some(ttft) = summary.time_to_first_token {
             span.record("copilot.time_to_first_token", ttft.as_secs_f64());

@@ -74,7 +74,8 @@ impl Copilot {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("copilot listening on ").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    // Text or JSON log lines: the address is what follows, up to a space or quote.
+                    let addr: SocketAddr = rest.split([' ', '"']).next().unwrap().parse().unwrap();
                     if let Some(tx) = addr_tx.take() {
                         let _ = tx.send(addr);
                     }

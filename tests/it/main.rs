@@ -11,3 +11,4 @@ mod mesh;
 mod polyglot;
 mod providers;
 mod routing;
+mod telemetry;
