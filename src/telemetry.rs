@@ -2,7 +2,8 @@
 //!
 //! - Logs: text or JSON lines on stderr, filtered by `RUST_LOG` or the configured filter. Lines
 //!   written inside a call carry its `trace_id` (the RPC span's field).
-//! - Traces: OpenTelemetry, exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! - Traces: OpenTelemetry, exported over OTLP (gRPC, or HTTP/protobuf with
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. The exporter and SDK read the standard variables
 //!   themselves (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
 //!   `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, …); `OTEL_SDK_DISABLED=true` turns it all off.
@@ -59,19 +60,30 @@ pub fn init(config: &LogConfig) -> Telemetry {
         !disabled && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
     let metrics_pushed =
         !disabled && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"));
-    let protocol = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default();
     let mut problems = Vec::new();
-    if (traces_wanted || metrics_pushed) && !(protocol.is_empty() || protocol == "grpc") {
-        problems.push(format!(
-            "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported by this build; exporting over grpc instead"
-        ));
+    let http = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default().trim() {
+        "" | "grpc" => false,
+        "http/protobuf" => true,
+        other => {
+            problems.push(format!("OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported; exporting over grpc"));
+            false
+        }
+    };
+    if http {
+        // The HTTP exporter's client uses rustls without a built-in crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 
     let resource = resource();
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
     let tracer_provider = if traces_wanted {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        let exporter = if http {
+            opentelemetry_otlp::SpanExporter::builder().with_http().build()
+        } else {
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().build()
+        };
+        match exporter {
             Ok(exporter) => {
                 Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.clone()).build())
             }
@@ -89,7 +101,12 @@ pub fn init(config: &LogConfig) -> Telemetry {
     } else {
         let mut builder = SdkMeterProvider::builder().with_resource(resource);
         if metrics_pushed {
-            match opentelemetry_otlp::MetricExporter::builder().with_tonic().build() {
+            let exporter = if http {
+                opentelemetry_otlp::MetricExporter::builder().with_http().build()
+            } else {
+                opentelemetry_otlp::MetricExporter::builder().with_tonic().build()
+            };
+            match exporter {
                 Ok(exporter) => {
                     builder = builder.with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build())
                 }

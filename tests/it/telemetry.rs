@@ -278,3 +278,32 @@ async fn prometheus_metrics_and_trace_ids_in_logs() {
     let traced: Vec<_> = logs.lines().filter(|line| line.contains(&format!("\"trace_id\":\"{TRACE_ID}\""))).collect();
     assert!(!traced.is_empty(), "no log line carries the call's trace id:\n{logs}");
 }
+
+#[tokio::test]
+async fn otlp_over_http_protobuf_is_honoured() {
+    // A bare HTTP endpoint that records the paths OTLP/HTTP posts to.
+    let (paths_tx, mut paths) = tokio::sync::mpsc::unbounded_channel::<(String, usize)>();
+    let app = axum::Router::new().fallback(move |uri: http::Uri, body: axum::body::Bytes| {
+        let paths_tx = paths_tx.clone();
+        async move {
+            let _ = paths_tx.send((uri.path().to_string(), body.len()));
+            (http::StatusCode::OK, [(http::header::CONTENT_TYPE, "application/x-protobuf")], Vec::<u8>::new())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let mut env = otel_env(&endpoint);
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()));
+    let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &env).await;
+    let mut client = copilot.client().await;
+    drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
+
+    let mut seen = Vec::new();
+    while !seen.iter().any(|(path, size): &(String, usize)| path == "/v1/traces" && *size > 0) {
+        seen.push(within(LIMIT, paths.recv()).await.expect("the exporter posted nothing"));
+    }
+}
