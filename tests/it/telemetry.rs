@@ -307,3 +307,44 @@ async fn otlp_over_http_protobuf_is_honoured() {
         seen.push(within(LIMIT, paths.recv()).await.expect("the exporter posted nothing"));
     }
 }
+
+#[tokio::test]
+async fn prompts_and_completions_are_recorded_only_when_the_operator_opts_in() {
+    let collector = FakeCollector::start().await;
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m").with_reply(Reply::Tokens(vec!["Flour".into(), " first".into()])));
+    let mut env = otel_env(&collector.endpoint());
+    env.push(("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true".into()));
+    let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &env).await;
+    let mut client = copilot.client().await;
+    drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
+
+    let attempt = collector.wait_for_span(LIMIT, |s| s.name == "chat m").await.unwrap();
+    let input: serde_json::Value = serde_json::from_str(attempt.str_attr("gen_ai.input.messages").unwrap()).unwrap();
+    assert_eq!(input[0]["role"], "user");
+    assert_eq!(input[0]["parts"][0]["content"], "tell me a secret recipe");
+    let output: serde_json::Value = serde_json::from_str(attempt.str_attr("gen_ai.output.messages").unwrap()).unwrap();
+    assert_eq!(output[0]["parts"][0]["content"], "Flour first");
+    assert_eq!(output[0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn buffered_spans_are_flushed_on_graceful_shutdown() {
+    let collector = FakeCollector::start().await;
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let mut env = otel_env(&collector.endpoint());
+    // Far longer than the test: only the shutdown flush can deliver the spans.
+    env.retain(|(k, _)| *k != "OTEL_BSP_SCHEDULE_DELAY");
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "600000".into()));
+    let mut copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &env).await;
+    let mut client = copilot.client().await;
+    drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(collector.spans().is_empty(), "spans were exported before the shutdown");
+
+    copilot.signal("TERM");
+    assert!(copilot.wait_for_exit(LIMIT).await.success());
+    let server = collector.wait_for_span(LIMIT, |s| s.name == "copilot.v1.Copilot/Chat").await;
+    assert!(server.is_some(), "the shutdown did not flush the buffered spans");
+}
