@@ -56,6 +56,7 @@ pub fn attempt_span(
         copilot.attempt.reason = reason,
         copilot.attempt.outcome = Empty,
         gen_ai.response.model = Empty,
+        gen_ai.response.id = Empty,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         copilot.time_to_first_token = Empty,
@@ -176,6 +177,9 @@ impl Attempt {
         let span = &self.span;
         span.record("copilot.attempt.outcome", "completed");
         span.record("gen_ai.response.model", completion.model.as_str());
+        if let Some(id) = &completion.response_id {
+            span.record("gen_ai.response.id", id.as_str());
+        }
         span.record("gen_ai.usage.input_tokens", i64::from(completion.usage.input_tokens));
         span.record("gen_ai.usage.output_tokens", i64::from(completion.usage.output_tokens));
         span.set_attribute("gen_ai.response.finish_reasons", Value::Array(vec![StringValue::from(finish)].into()));

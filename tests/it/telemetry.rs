@@ -124,6 +124,7 @@ async fn the_upstream_receives_the_attempts_traceparent() {
     let traceparent = headers.get("traceparent").expect("traceparent sent upstream").to_str().unwrap().to_string();
     assert_eq!(traceparent, format!("00-{TRACE_ID}-{}-01", attempt.span_id), "the upstream continues the attempt");
     assert_eq!(attempt.str_attr("gen_ai.provider.name"), Some("anthropic"));
+    assert!(attempt.str_attr("gen_ai.response.id").is_some_and(|id| id.starts_with("msg_")), "{attempt:?}");
 }
 
 #[tokio::test]

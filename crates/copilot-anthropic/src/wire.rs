@@ -243,6 +243,8 @@ struct StreamEvent<'a> {
 #[derive(Deserialize)]
 struct StartMessage<'a> {
     #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     usage: Option<WireUsage>,
@@ -290,6 +292,7 @@ impl WireUsage {
 #[derive(Debug, Default)]
 pub(crate) struct StreamState {
     model: String,
+    response_id: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
     finish_reason: FinishReason,
@@ -309,6 +312,7 @@ impl StreamState {
             model: self.model.clone(),
             usage: Usage { input_tokens: saturate(self.input_tokens), output_tokens: saturate(self.output_tokens) },
             timings: Default::default(),
+            response_id: self.response_id.clone(),
         }
     }
 }
@@ -365,6 +369,9 @@ pub(crate) fn decode_event(name: &str, data: &str, state: &mut StreamState) -> D
             if let Some(message) = event.message {
                 if let Some(model) = message.model {
                     state.model = model.into_owned();
+                }
+                if let Some(id) = message.id {
+                    state.response_id = Some(id.into_owned());
                 }
                 if let Some(usage) = message.usage {
                     state.input_tokens = usage.input().unwrap_or(state.input_tokens);
@@ -671,6 +678,7 @@ mod tests {
             // Cache reads and writes count as input; output counts are cumulative, not summed.
             usage: Usage { input_tokens: 25, output_tokens: 4 },
             timings: Default::default(),
+            response_id: Some("msg_01".into()),
         };
         assert_eq!(
             decoded,

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{ChatRequest, GenerationOptions, Message, Role};
+use copilot::proto::v1::{ChatRequest, GenerateRequest, GenerationOptions, Message, Role};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -19,15 +19,29 @@ pub struct ChatParams {
 }
 
 impl ChatParams {
-    fn request(&self) -> ChatRequest {
+    pub fn request(&self) -> ChatRequest {
         ChatRequest {
             model: self.model.clone(),
             messages: vec![Message { role: Role::User.into(), content: self.prompt.clone() }],
-            options: Some(GenerationOptions {
-                temperature: Some(self.temperature),
-                max_tokens: Some(self.max_tokens),
-                ..GenerationOptions::default()
-            }),
+            options: Some(self.options()),
+        }
+    }
+
+    /// The same prompt and options as a unary `Generate` request.
+    pub fn generate_request(&self) -> GenerateRequest {
+        GenerateRequest {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            system: String::new(),
+            options: Some(self.options()),
+        }
+    }
+
+    fn options(&self) -> GenerationOptions {
+        GenerationOptions {
+            temperature: Some(self.temperature),
+            max_tokens: Some(self.max_tokens),
+            ..GenerationOptions::default()
         }
     }
 }
@@ -179,6 +193,9 @@ mod tests {
         assert_eq!(request.messages[0].role(), Role::User);
         let options = request.options.unwrap();
         assert_eq!((options.temperature, options.max_tokens), (Some(0.0), Some(7)));
+        let generate = params.generate_request();
+        assert_eq!((generate.model.as_str(), generate.prompt.as_str()), ("m", "hi"));
+        assert_eq!(generate.options, Some(options));
     }
 
     #[test]

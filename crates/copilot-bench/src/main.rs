@@ -1,14 +1,26 @@
-//! `copilot-bench`: measures a running Copilot through its gRPC API, one subcommand per mode.
+//! `copilot-bench`: measures Copilot, one subcommand per mode (one file each).
 //!
 //! - `tokens`: generation and prompt tokens/s of one stream and of concurrent streams, and the
-//!   server's memory (see `tokens.rs`).
+//!   server's memory (`tokens.rs`).
+//! - `load`: throughput and latency percentiles of the gRPC API under a closed- or open-loop load
+//!   (`load.rs`).
+//! - `overhead`: the same load straight to a fake upstream and through Copilot to it, and the
+//!   difference (`overhead.rs`).
+//! - `http`: the same load against an OpenAI-compatible endpoint, e.g. another gateway (`http.rs`).
 //!
-//! Each mode builds on `chat.rs` (one measured `Chat` call), `report.rs` (statistics, tables, JSON)
-//! and `memory.rs` (the server's RSS).
+//! Shared: `chat.rs` (one measured `Chat` call, request building), `loadgen.rs` (load options and
+//! the closed/open-loop drivers), `stats.rs` (histograms and summaries), `report.rs` (tables,
+//! JSON), `memory.rs` (the server's RSS) and `procs.rs` (processes a mode starts itself).
 
 mod chat;
+mod http;
+mod load;
+mod loadgen;
 mod memory;
+mod overhead;
+mod procs;
 mod report;
+mod stats;
 mod tokens;
 
 use std::error::Error;
@@ -23,7 +35,11 @@ use tonic::transport::{Channel, Endpoint};
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
 #[derive(Parser)]
-#[command(name = "copilot-bench", version, about = "Benchmarks a running Copilot through its gRPC API")]
+#[command(
+    name = "copilot-bench",
+    version,
+    about = "Benchmarks Copilot: tokens/s, load, its overhead over a direct upstream, other gateways"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +49,15 @@ struct Cli {
 enum Command {
     /// Generation tokens/s at several concurrency levels, prompt tokens/s, and the server's memory.
     Tokens(tokens::TokensArgs),
+    /// Load on the gRPC API (Generate or Chat), closed or open loop: throughput, latency
+    /// percentiles, time to first token, inter-chunk gaps, tokens/s, errors, memory.
+    Load(load::LoadCmd),
+    /// The same load straight to a fake upstream over HTTP, then through Copilot to it: the latency
+    /// Copilot adds per percentile and its throughput ratio.
+    Overhead(overhead::OverheadCmd),
+    /// The same load and report against an OpenAI-compatible HTTP endpoint (another gateway, a
+    /// model server), streamed with SSE.
+    Http(http::HttpCmd),
 }
 
 /// The server to measure and the model to ask for; shared by every mode.
@@ -85,6 +110,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tokens(args) => tokens::run(args).await,
+            Command::Load(cmd) => load::run(cmd).await,
+            Command::Overhead(cmd) => overhead::run(cmd).await,
+            Command::Http(cmd) => http::run(cmd).await,
         }
     });
     result.unwrap_or_else(|e| {

@@ -18,7 +18,8 @@ use tonic::transport::Channel;
 
 use crate::chat::{ChatParams, Sample, chat_once, code_name};
 use crate::memory::{self, Sampler};
-use crate::report::{self, Percentiles, Table, mean, mib, min, num};
+use crate::report::{self, Table, mib, num};
+use crate::stats::{Percentiles, mean, min};
 use crate::{BoxError, Target};
 
 #[derive(clap::Args, Clone, Debug, Serialize)]

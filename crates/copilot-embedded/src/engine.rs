@@ -454,6 +454,7 @@ fn finish(slot: &mut Slot, reason: FinishReason) {
             generation: Some(now - first),
             total: Some(now - slot.admitted),
         },
+        response_id: None,
     };
     slot.outbox.push_back(Ok(ChatEvent::Done(completion)));
     slot.phase = Phase::Draining;

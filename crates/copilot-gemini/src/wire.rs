@@ -154,6 +154,8 @@ struct StreamChunk<'a> {
     #[serde(borrow, default)]
     model_version: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
+    response_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     prompt_feedback: Option<PromptFeedback<'a>>,
     /// An error reported inside a `data:` event (the bare-JSON form is handled in `bare_error`).
     #[serde(default)]
@@ -261,6 +263,7 @@ pub(crate) struct StreamState {
     /// From the last chunk that carried `usageMetadata` (they are running totals).
     usage: Usage,
     model: String,
+    response_id: Option<String>,
     /// `promptFeedback.blockReason` when the prompt itself was refused.
     pub block_reason: Option<String>,
 }
@@ -287,6 +290,11 @@ impl StreamState {
         {
             self.model = model.into_owned();
         }
+        if let Some(id) = chunk.response_id
+            && self.response_id.as_deref() != Some(&*id)
+        {
+            self.response_id = Some(id.into_owned());
+        }
         if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
             // HTTP 200 and no candidates: the prompt was refused, nothing will be generated.
             self.finish = Some(FinishReason::ContentFilter);
@@ -306,6 +314,7 @@ impl StreamState {
             model: self.model.clone(),
             usage: self.usage,
             timings: Default::default(),
+            response_id: self.response_id.clone(),
         }
     }
 }
@@ -651,6 +660,7 @@ mod tests {
                 model: "gemini-2.5-flash".into(),
                 usage: Usage { input_tokens: 18, output_tokens: 2 },
                 timings: Default::default(),
+                response_id: Some("a1b2c3".into()),
             }
         );
     }

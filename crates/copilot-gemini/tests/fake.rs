@@ -86,13 +86,16 @@ async fn streams_deltas_then_done_with_usage_and_model() {
 
     let (deltas, outcome) = chat(&provider, request).await;
     assert_eq!(deltas, ["Te", "al", "."]);
+    let done = outcome.unwrap();
+    assert!(done.response_id.as_deref().is_some_and(|id| id.starts_with("fake-")), "{done:?}");
     assert_eq!(
-        outcome.unwrap(),
+        done,
         Completion {
             finish_reason: FinishReason::Stop,
             model: MODEL.into(),
             usage: Usage { input_tokens: 5, output_tokens: 3 },
             timings: Default::default(),
+            response_id: done.response_id.clone(),
         }
     );
     assert_eq!(fake.completed_streams(), 1);

@@ -252,6 +252,8 @@ pub(crate) fn decode_line(line: &[u8]) -> LineEvent {
             generation: nanos(chunk.eval_duration),
             total: nanos(chunk.total_duration),
         },
+        // Ollama's native API has no response id.
+        response_id: None,
     };
     LineEvent::Done { tail: content, completion }
 }
@@ -451,6 +453,7 @@ mod tests {
                 generation: Some(Duration::from_millis(2300)),
                 total: Some(Duration::from_millis(2500)),
             },
+            response_id: None,
         };
         assert_eq!(decode_line(line), LineEvent::Done { tail: None, completion: expected });
     }

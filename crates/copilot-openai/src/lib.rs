@@ -325,6 +325,7 @@ struct ChatEvents {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     model: String,
+    response_id: Option<String>,
     timings: UpstreamTimings,
     base_url: Arc<str>,
     api_key: Option<Secret>,
@@ -343,6 +344,7 @@ impl ChatEvents {
             finish: None,
             usage: None,
             model: String::new(),
+            response_id: None,
             timings: UpstreamTimings::default(),
             base_url,
             api_key,
@@ -446,6 +448,9 @@ impl ChatEvents {
         if let Some(model) = info.model {
             self.model = model;
         }
+        if info.id.is_some() {
+            self.response_id = info.id;
+        }
         // The last report wins: vLLM's continuous usage repeats it on every chunk.
         if let Some(usage) = info.usage {
             self.usage = Some(usage);
@@ -475,6 +480,7 @@ impl ChatEvents {
             model: std::mem::take(&mut self.model),
             usage: self.usage.unwrap_or_default(),
             timings: self.timings,
+            response_id: self.response_id.take(),
         }
     }
 

@@ -193,6 +193,8 @@ pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
 #[derive(Debug, Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
     /// Missing or `null` on some servers' usage chunk.
     #[serde(default, borrow)]
@@ -251,6 +253,8 @@ pub(crate) struct ChunkInfo {
     pub usage: Option<Usage>,
     /// The `model` field, when present and not empty.
     pub model: Option<String>,
+    /// The `id` field (the completion's id), when present and not empty.
+    pub id: Option<String>,
     pub timings: Option<UpstreamTimings>,
 }
 
@@ -336,6 +340,7 @@ pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload, ProviderError> {
 fn chunk_info(chunk: Chunk) -> ChunkInfo {
     let mut info = ChunkInfo {
         model: chunk.model.filter(|m| !m.is_empty()).map(Cow::into_owned),
+        id: chunk.id.filter(|id| !id.is_empty()).map(Cow::into_owned),
         usage: chunk
             .usage
             .map(|u| Usage { input_tokens: saturate(u.prompt_tokens), output_tokens: saturate(u.completion_tokens) }),
@@ -579,7 +584,14 @@ mod tests {
             "system_fingerprint":"fp_x","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],
             "usage":null,"obfuscation":"ab"}),
         );
-        assert_eq!(first, ChunkInfo { model: Some("gpt-4o-mini-2024-07-18".into()), ..Default::default() });
+        assert_eq!(
+            first,
+            ChunkInfo {
+                model: Some("gpt-4o-mini-2024-07-18".into()),
+                id: Some("chatcmpl-1".into()),
+                ..Default::default()
+            }
+        );
 
         let text =
             chunk(json!({"model":"m","choices":[{"index":0,"delta":{"content":"Hel\"lo\n"},"finish_reason":null}]}));

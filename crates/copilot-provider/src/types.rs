@@ -68,6 +68,9 @@ pub struct Completion {
     pub model: String,
     pub usage: Usage,
     pub timings: UpstreamTimings,
+    /// The upstream's id for this response (OpenAI's chunk id, Anthropic's message id, Gemini's
+    /// `responseId`), when it gives one.
+    pub response_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
