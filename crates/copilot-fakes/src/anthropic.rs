@@ -33,23 +33,26 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
 
-use crate::script::{Behaviour, FakeModel, Reply};
+use crate::format::civil_from_days;
+use crate::harness::{
+    Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code, streamed_body,
+};
+use crate::script::{self, FakeModel, Finish, Step, flush_point};
+#[cfg(doc)]
+use crate::script::{Behaviour, Reply};
 
 /// The `anthropic-version` values the fake accepts (the two the API has ever had).
 pub const ANTHROPIC_VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
@@ -87,9 +90,8 @@ const KNOWN_FIELDS: [&str; 17] = [
 /// A running fake Anthropic API. It stops accepting connections, and ends the streams it is still
 /// writing, when dropped.
 pub struct FakeAnthropic {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl FakeAnthropic {
@@ -98,40 +100,23 @@ impl FakeAnthropic {
     /// # Panics
     /// If no loopback port can be bound.
     pub async fn start() -> FakeAnthropic {
-        FakeAnthropic::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .expect("bind a loopback port for the fake Anthropic server")
+        FakeAnthropic::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Anthropic server")
     }
 
     /// Starts a server with no models and no API key on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr) -> io::Result<FakeAnthropic> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop.await;
-            });
-            if let Err(err) = server.await {
-                tracing::warn!(%err, "fake Anthropic server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake Anthropic server listening");
-        Ok(FakeAnthropic { addr, shared, shutdown: Some(shutdown) })
+        let server = Server::start(addr, "Anthropic", shared.harness.clone(), router(shared.clone())).await?;
+        Ok(FakeAnthropic { server, shared })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://IP:PORT`, without a trailing slash (the API paths start with `/v1`).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Requires `x-api-key: key` on every request from now on.
@@ -148,20 +133,12 @@ impl FakeAnthropic {
     /// Adds a model, replacing one with the same id. Requests already in progress keep the script
     /// they started with. The listing shows the newest model first, like the API's.
     pub fn add_model(&self, model: FakeModel) {
-        let entry = Arc::new(ModelEntry::new(model));
-        let mut models = self.shared.models.write().unwrap();
-        match models.iter_mut().find(|m| m.model.name == entry.model.name) {
-            Some(slot) => *slot = entry,
-            None => models.push(entry),
-        }
+        self.shared.models.add(ModelEntry::new(model));
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, id: &str) -> bool {
-        let mut models = self.shared.models.write().unwrap();
-        let before = models.len();
-        models.retain(|m| m.model.name != id);
-        models.len() != before
+        self.shared.models.remove(id)
     }
 
     /// While set, `/v1/messages` answers 529 `overloaded_error`.
@@ -173,86 +150,57 @@ impl FakeAnthropic {
     /// error body of the matching type, with a `retry-after: <seconds>` header when given; later
     /// requests behave as scripted.
     pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+        self.shared.harness.fail_next(count, status, retry_after);
     }
 
     /// Whether to keep message request bodies and headers (on by default). Long benchmark runs
     /// turn it off so memory stays flat.
     pub fn set_record_requests(&self, record: bool) {
-        self.shared.record_requests.store(record, Ordering::Relaxed);
+        self.shared.harness.set_record_requests(record);
     }
 
     /// The JSON body of every `/v1/messages` request received (including refused ones), in order.
     /// Bodies that were not valid JSON are not recorded.
     pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.chat_requests.lock().unwrap().clone()
+        self.shared.harness.chat_requests()
     }
 
     /// The headers of every `/v1/messages` request received (including refused ones), in order.
     pub fn request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.chat_headers.lock().unwrap().clone()
+        self.shared.harness.request_headers()
     }
 
     /// Message requests the client abandoned (closed the connection) after they were accepted and
     /// before their last event was written — including during `header_delay`.
     pub fn disconnects(&self) -> usize {
-        *self.shared.disconnects.borrow()
+        self.shared.harness.disconnects()
     }
 
     /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
     pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        let mut changes = self.shared.disconnects.subscribe();
-        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.shared.harness.wait_for_disconnects(n, timeout).await
     }
 
     /// Message responses that produced their last piece: the `message_stop` event, the `error`
     /// event of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the
     /// single object of a non-streamed request.
     pub fn completed_streams(&self) -> usize {
-        self.shared.completed.load(Ordering::SeqCst)
+        self.shared.harness.completed_streams()
     }
 
     /// Message requests accepted (known model, not busy) and not yet finished or abandoned,
     /// including those still in their `header_delay`.
     pub fn active_streams(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
+        self.shared.harness.active_streams()
     }
-}
-
-impl Drop for FakeAnthropic {
-    fn drop(&mut self) {
-        // Graceful shutdown alone would wait forever on a stream whose client is still reading;
-        // the flag makes such streams abort at their next event.
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-}
-
-/// Requests still to fail, set by [`FakeAnthropic::fail_next`].
-#[derive(Clone, Copy)]
-struct FailNext {
-    remaining: usize,
-    status: u16,
-    retry_after: Option<u64>,
 }
 
 /// State shared by the handle and the request handlers.
 struct Shared {
-    models: RwLock<Vec<Arc<ModelEntry>>>,
+    models: Models<ModelEntry>,
     api_key: RwLock<Option<String>>,
     busy: AtomicBool,
-    fail_next: Mutex<Option<FailNext>>,
-    record_requests: AtomicBool,
-    chat_requests: Mutex<Vec<Value>>,
-    chat_headers: Mutex<Vec<HeaderMap>>,
-    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
-    disconnects: watch::Sender<usize>,
-    completed: AtomicUsize,
-    active: AtomicUsize,
-    shutting_down: AtomicBool,
+    harness: Arc<Harness>,
     /// Source of message and request ids.
     next_id: AtomicU64,
 }
@@ -260,30 +208,16 @@ struct Shared {
 impl Shared {
     fn new() -> Self {
         Shared {
-            models: RwLock::new(Vec::new()),
+            models: Models::new(),
             api_key: RwLock::new(None),
             busy: AtomicBool::new(false),
-            fail_next: Mutex::new(None),
-            record_requests: AtomicBool::new(true),
-            chat_requests: Mutex::new(Vec::new()),
-            chat_headers: Mutex::new(Vec::new()),
-            disconnects: watch::Sender::new(0),
-            completed: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
+            harness: Harness::new(),
             next_id: AtomicU64::new(1),
         }
     }
 
-    fn take_failure(&self) -> Option<FailNext> {
-        let mut pending = self.fail_next.lock().unwrap();
-        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
-        failure.remaining -= 1;
-        Some(*failure)
-    }
-
     fn find_model(&self, id: &str) -> Option<Arc<ModelEntry>> {
-        self.models.read().unwrap().iter().find(|m| m.model.name == id).cloned()
+        self.models.find(id)
     }
 
     /// A fresh id with Anthropic's prefix and shape, e.g. `req_011CFakeAnthropic0000000007`.
@@ -334,14 +268,24 @@ fn mask_key(key: &str) -> String {
 /// A model as served: its script plus what the Models API reports about it.
 #[derive(Debug)]
 struct ModelEntry {
-    model: FakeModel,
+    model: Arc<FakeModel>,
     display_name: String,
     created_at: String,
 }
 
+impl Keyed for ModelEntry {
+    fn key(&self) -> &str {
+        &self.model.name
+    }
+}
+
 impl ModelEntry {
     fn new(model: FakeModel) -> Self {
-        ModelEntry { display_name: display_name(&model.name), created_at: rfc3339(SystemTime::now()), model }
+        ModelEntry {
+            display_name: display_name(&model.name),
+            created_at: rfc3339(SystemTime::now()),
+            model: Arc::new(model),
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -418,7 +362,7 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQ
         }
     }
 
-    let models = shared.models.read().unwrap();
+    let models = shared.models.read();
     // Newest first.
     let ordered: Vec<&Arc<ModelEntry>> = models.iter().rev().collect();
     let position = |id: &str| ordered.iter().position(|m| m.model.name == id);
@@ -507,11 +451,8 @@ struct ChatParams {
 async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let request_id = shared.new_id("req");
     let parsed = serde_json::from_slice::<Value>(&body);
-    if shared.record_requests.load(Ordering::Relaxed) {
-        shared.chat_headers.lock().unwrap().push(headers.clone());
-        if let Ok(value) = &parsed {
-            shared.chat_requests.lock().unwrap().push(value.clone());
-        }
+    if shared.harness.recording() {
+        shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
     }
     if let Some(refusal) = shared.check_headers(&headers, &request_id) {
         return refusal;
@@ -533,27 +474,18 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     if shared.busy.load(Ordering::Relaxed) {
         return error_response(529, OVERLOADED_MESSAGE, &request_id);
     }
-    if let Some(failure) = shared.take_failure() {
+    if let Some(failure) = shared.harness.take_failure() {
         let mut response = error_response(failure.status, default_message(failure.status), &request_id);
-        if let Some(seconds) = failure.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+        failure.add_retry_after(&mut response);
         return response;
     }
 
-    // From here on the request counts as a stream: a client that gives up, even during the
-    // header delay, is a disconnect.
-    let mut guard = StreamGuard::start(shared.clone());
-    if !entry.model.header_delay.is_zero() {
-        tokio::time::sleep(entry.model.header_delay).await;
-    }
-    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
-        guard.finish(false);
-        return error_response(*status, message, &request_id);
-    }
-
+    let guard = match shared.harness.begin_stream(&entry.model).await {
+        Ok(guard) => guard,
+        Err((status, message)) => return error_response(status, message, &request_id),
+    };
     let message_id = shared.new_id("msg");
-    let generation = Generation::new(entry, &params);
+    let generation = Generation::new(entry.model.clone(), &params);
     if params.stream {
         stream_response(
             StreamBody {
@@ -692,48 +624,6 @@ fn count_words(text: &str) -> usize {
     text.split_whitespace().count()
 }
 
-/// Keeps the stream counters honest however a message request ends: the handler or the response
-/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
-/// before [`finish`](Self::finish) is a client disconnect.
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn start(shared: Arc<Shared>) -> Self {
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        StreamGuard { shared, finished: false }
-    }
-
-    /// The response produced its last piece; `completed` says whether that was a proper ending
-    /// (as opposed to a refusal or a deliberate abort).
-    fn finish(&mut self, completed: bool) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
-        if completed {
-            self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.active.fetch_sub(1, Ordering::SeqCst);
-            self.shared.disconnects.send_modify(|count| *count += 1);
-        }
-    }
-}
-
 /// Why a reply ended, as `stop_reason` and `stop_sequence` say it.
 #[derive(Clone, Copy)]
 struct Stop<'a> {
@@ -741,94 +631,49 @@ struct Stop<'a> {
     sequence: Option<&'a str>,
 }
 
-/// The next piece of a reply.
-enum Step<'a> {
-    Content(&'a str),
-    Done(Stop<'a>),
-    /// [`Behaviour::ErrorAfter`]'s message.
-    Error(&'a str),
-    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, without the closing events.
-    EndWithoutStop,
-    /// [`Behaviour::DropConnectionAfter`]: break the connection.
-    Abort,
-}
-
-/// A content chunk by position, so the source can advance before the pause and be read after it.
-#[derive(Clone, Copy)]
-enum Chunk {
-    Token(usize),
-    Span(usize, usize),
-    Tok { first: bool },
-}
-
-/// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by the
-/// streaming and non-streaming paths so both tell the same story.
+/// The model's script for one request (see [`script::Generation`]), cut short by the request's
+/// `stop_sequences`. Shared by the streaming and non-streaming paths so both tell the same story.
 struct Generation {
-    entry: Arc<ModelEntry>,
-    /// The echo text; empty for other replies.
-    text: String,
-    /// Position in the tokens or the echo text.
-    cursor: usize,
-    sent: usize,
-    limit: usize,
-    /// Chunks before the behaviour's misbehaviour; `usize::MAX` for [`Behaviour::Normal`].
-    cut: usize,
+    script: script::Generation,
     stop_sequences: Vec<String>,
     /// The stop sequence found in the last chunk sent, which ends the reply next.
     stopped_by: Option<usize>,
 }
 
 impl Generation {
-    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
-        let text = match entry.model.reply {
-            Reply::Echo => format!("You said: {}", params.last_user),
-            Reply::Tokens(_) | Reply::Endless => String::new(),
-        };
-        let cut = match &entry.model.behaviour {
-            Behaviour::ErrorAfter { tokens, .. }
-            | Behaviour::EndWithoutDone { tokens }
-            | Behaviour::DropConnectionAfter { tokens } => *tokens,
-            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
-        };
+    fn new(model: Arc<FakeModel>, params: &ChatParams) -> Self {
         Generation {
-            entry,
-            text,
-            cursor: 0,
-            sent: 0,
-            limit: params.limit,
-            cut,
+            script: script::Generation::new(model, &params.last_user, params.limit),
             stop_sequences: params.stop_sequences.clone(),
             stopped_by: None,
         }
     }
 
+    /// Content chunks sent so far: the `output_tokens`.
+    fn sent(&self) -> usize {
+        self.script.sent()
+    }
+
     /// Produces the next step; must not be called again after a step other than `Content`.
-    async fn next(&mut self) -> Step<'_> {
+    async fn next(&mut self) -> Step<'_, Stop<'_>> {
         if let Some(index) = self.stopped_by {
-            return self.ending(Stop { reason: "stop_sequence", sequence: Some(&self.stop_sequences[index]) });
+            flush_point().await;
+            return self.script.ending(Stop { reason: "stop_sequence", sequence: Some(&self.stop_sequences[index]) });
         }
-        if self.sent >= self.cut {
-            return self.ending(Stop { reason: "end_turn", sequence: None });
-        }
-        if self.sent >= self.limit {
-            return self.ending(Stop { reason: "max_tokens", sequence: None });
-        }
-        let Some(chunk) = self.advance() else {
-            return self.ending(Stop { reason: "end_turn", sequence: None });
+        let chunk = match self.script.next_chunk().await {
+            Ok(chunk) => chunk,
+            Err(Finish::Stop) => return self.script.ending(Stop { reason: "end_turn", sequence: None }),
+            Err(Finish::Length) => return self.script.ending(Stop { reason: "max_tokens", sequence: None }),
         };
-        let delay = self.entry.model.token_delay;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let stop = self.find_stop(self.chunk_text(chunk));
+        let stop = self.find_stop(self.script.text(chunk));
         if let Some((index, at)) = stop {
             self.stopped_by = Some(index);
             if at == 0 {
-                return self.ending(Stop { reason: "stop_sequence", sequence: Some(&self.stop_sequences[index]) });
+                let sequence = Some(self.stop_sequences[index].as_str());
+                return self.script.ending(Stop { reason: "stop_sequence", sequence });
             }
         }
-        self.sent += 1;
-        let text = self.chunk_text(chunk);
+        let text = self.script.take(chunk);
         Step::Content(stop.map_or(text, |(_, at)| &text[..at]))
     }
 
@@ -841,53 +686,6 @@ impl Generation {
             .filter_map(|(i, s)| text.find(s.as_str()).map(|at| (i, at)))
             .min_by_key(|&(_, at)| at)
     }
-
-    fn advance(&mut self) -> Option<Chunk> {
-        match &self.entry.model.reply {
-            Reply::Tokens(tokens) => {
-                let index = self.cursor;
-                (index < tokens.len()).then(|| {
-                    self.cursor += 1;
-                    Chunk::Token(index)
-                })
-            }
-            Reply::Echo => {
-                let start = self.cursor;
-                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
-                // Each chunk is one word with the space before it.
-                let first_len = rest.chars().next().map_or(0, char::len_utf8);
-                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
-                self.cursor = end;
-                Some(Chunk::Span(start, end))
-            }
-            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
-        }
-    }
-
-    fn chunk_text(&self, chunk: Chunk) -> &str {
-        match (chunk, &self.entry.model.reply) {
-            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
-            (Chunk::Span(start, end), _) => &self.text[start..end],
-            (Chunk::Tok { first: true }, _) => "tok",
-            _ => " tok",
-        }
-    }
-
-    fn ending<'a>(&'a self, stop: Stop<'a>) -> Step<'a> {
-        match &self.entry.model.behaviour {
-            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(stop),
-            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
-            Behaviour::EndWithoutDone { .. } => Step::EndWithoutStop,
-            Behaviour::DropConnectionAfter { .. } => Step::Abort,
-        }
-    }
-}
-
-/// Hands control back to the runtime between events. hyper flushes what it has buffered whenever
-/// the body is not ready, so this sends each event on its own and lets a zero-delay endless stream
-/// notice that its client has gone.
-async fn flush_point() {
-    tokio::task::yield_now().await;
 }
 
 /// The body of a streamed reply.
@@ -906,8 +704,8 @@ struct StreamBody {
     input_words: usize,
 }
 
-impl StreamBody {
-    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+impl Pieces for StreamBody {
+    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
         if !self.started {
             self.started = true;
             self.queue.extend([
@@ -942,9 +740,8 @@ impl StreamBody {
             self.guard.finish(false);
             return Some(Err(io::Error::other("fake Anthropic server shut down")));
         }
-        flush_point().await;
-        let step = self.generation.next().await;
-        match step {
+        // The generation hands control back to the runtime before each step.
+        match self.generation.next().await {
             Step::Content(text) => Some(Ok(delta_event(text))),
             Step::Done(stop) => {
                 let closing = [
@@ -953,7 +750,7 @@ impl StreamBody {
                         "message_delta",
                         &json!({"type": "message_delta",
                                 "delta": {"stop_reason": stop.reason, "stop_sequence": stop.sequence},
-                                "usage": {"output_tokens": self.generation.sent}}),
+                                "usage": {"output_tokens": self.generation.sent()}}),
                     ),
                     named_event("message_stop", &json!({"type": "message_stop"})),
                 ];
@@ -969,7 +766,7 @@ impl StreamBody {
                 self.guard.finish(true);
                 Some(Ok(event))
             }
-            Step::EndWithoutStop => {
+            Step::EndWithoutDone => {
                 self.finished = true;
                 self.guard.finish(true);
                 None
@@ -984,16 +781,12 @@ impl StreamBody {
 }
 
 fn stream_response(body: StreamBody, request_id: &str) -> Response {
-    let events = futures::stream::unfold(body, |mut body| async move {
-        let event = body.next_event().await?;
-        Some((event, body))
-    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, SSE_CONTENT_TYPE)
         .header(header::CACHE_CONTROL, "no-cache")
         .header("request-id", request_id)
-        .body(Body::from_stream(events))
+        .body(streamed_body(body))
         .expect("static response parts are valid")
 }
 
@@ -1010,7 +803,7 @@ async fn message_response(
         match generation.next().await {
             Step::Content(text) => content.push_str(text),
             Step::Done(stop) => break Some((stop.reason, stop.sequence.map(str::to_owned))),
-            Step::EndWithoutStop => break None,
+            Step::EndWithoutDone => break None,
             Step::Error(message) => {
                 guard.finish(true);
                 let status = if message == OVERLOADED_MESSAGE { 529 } else { 500 };
@@ -1018,14 +811,7 @@ async fn message_response(
             }
             Step::Abort => {
                 guard.finish(false);
-                let broken = futures::stream::once(async {
-                    Err::<Bytes, _>(io::Error::other("fake Anthropic dropped the connection"))
-                });
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
-                    .body(Body::from_stream(broken))
-                    .expect("static response parts are valid");
+                return broken_response(JSON_CONTENT_TYPE, "fake Anthropic dropped the connection");
             }
         }
     };
@@ -1040,7 +826,7 @@ async fn message_response(
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {"input_tokens": params.input_words, "cache_creation_input_tokens": 0,
-                  "cache_read_input_tokens": 0, "output_tokens": generation.sent},
+                  "cache_read_input_tokens": 0, "output_tokens": generation.sent()},
     });
     json_response(StatusCode::OK, &body, request_id)
 }
@@ -1106,7 +892,7 @@ fn default_message(status: u16) -> &'static str {
 }
 
 fn error_response(status: u16, message: &str, request_id: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = status_code(status);
     let body = json!({
         "type": "error",
         "error": {"type": error_type(code.as_u16()), "message": message},
@@ -1138,23 +924,10 @@ fn rfc3339(at: SystemTime) -> String {
     )
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::{Behaviour, Reply};
 
     const KEY: &str = "sk-ant-api03-fake-test-key-abcdef";
 

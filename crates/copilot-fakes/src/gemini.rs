@@ -37,7 +37,7 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -50,10 +50,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
 
+use crate::format::{json_kind, write_json_string};
+use crate::harness::{FailNext, Harness, LOOPBACK, Models, Pieces, Server, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
+use crate::script::{Finish, Generation, Step};
 
 /// The message of the 503 that [`FakeGemini::set_busy`] turns on (Google's wording).
 pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
@@ -142,9 +143,8 @@ const THRESHOLDS: &[&str] = &[
 /// A running fake Gemini API. It stops accepting connections, and ends the streams it is still
 /// writing, when dropped.
 pub struct FakeGemini {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl FakeGemini {
@@ -153,40 +153,23 @@ impl FakeGemini {
     /// # Panics
     /// If no loopback port can be bound.
     pub async fn start() -> FakeGemini {
-        FakeGemini::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .expect("bind a loopback port for the fake Gemini server")
+        FakeGemini::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Gemini server")
     }
 
     /// Starts a server with no models on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr) -> io::Result<FakeGemini> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop.await;
-            });
-            if let Err(err) = server.await {
-                tracing::warn!(%err, "fake Gemini server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake Gemini server listening");
-        Ok(FakeGemini { addr, shared, shutdown: Some(shutdown) })
+        let server = Server::start(addr, "Gemini", shared.harness.clone(), router(shared.clone())).await?;
+        Ok(FakeGemini { server, shared })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://IP:PORT`, without a trailing slash (the adapter appends `/v1beta/...`).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Requires this key on every request from now on.
@@ -207,20 +190,12 @@ impl FakeGemini {
     pub fn add_model(&self, model: FakeModel) {
         let mut model = model;
         model.name = model_id(&model.name).to_owned();
-        let mut models = self.shared.models.write().unwrap();
-        match models.iter_mut().find(|m| m.name == model.name) {
-            Some(slot) => *slot = Arc::new(model),
-            None => models.push(Arc::new(model)),
-        }
+        self.shared.models.add(model);
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        let id = model_id(name);
-        let mut models = self.shared.models.write().unwrap();
-        let before = models.len();
-        models.retain(|m| m.name != id);
-        models.len() != before
+        self.shared.models.remove(model_id(name))
     }
 
     /// While set, chat answers 503 `UNAVAILABLE` "The model is overloaded", as Gemini does.
@@ -244,25 +219,25 @@ impl FakeGemini {
     /// with a `Retry-After: <seconds>` header when given (and, on a 429, `RetryInfo` with the same
     /// delay); later requests behave as scripted.
     pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+        self.shared.harness.fail_next(count, status, retry_after);
     }
 
     /// Whether to keep what chat requests carried (on by default). Long benchmark runs turn it
     /// off so memory stays flat.
     pub fn set_record_requests(&self, record: bool) {
-        self.shared.record_requests.store(record, Ordering::Relaxed);
+        self.shared.harness.set_record_requests(record);
     }
 
     /// The JSON body of every chat request received (including refused ones), in order. Bodies
     /// that were not valid JSON are not recorded.
     pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.chat_requests.lock().unwrap().clone()
+        self.shared.harness.chat_requests()
     }
 
     /// The headers of every chat request received (including refused ones), in order: to check
     /// `x-goog-api-key`, `traceparent` and the like.
     pub fn request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.request_headers.lock().unwrap().clone()
+        self.shared.harness.request_headers()
     }
 
     /// The path and query of every chat request received, in order.
@@ -273,38 +248,25 @@ impl FakeGemini {
     /// Chat requests the client abandoned (closed the connection) after they were accepted and
     /// before their last event was written — including during `header_delay`.
     pub fn disconnects(&self) -> usize {
-        *self.shared.disconnects.borrow()
+        self.shared.harness.disconnects()
     }
 
     /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
     pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        let mut changes = self.shared.disconnects.subscribe();
-        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.shared.harness.wait_for_disconnects(n, timeout).await
     }
 
     /// Chat streams that produced their last piece: the chunk with `finishReason`, the blocked
     /// prompt's event, the bare error of [`Behaviour::ErrorAfter`], or the clean end of
     /// [`Behaviour::EndWithoutDone`]. Counted when that piece is handed to the connection.
     pub fn completed_streams(&self) -> usize {
-        self.shared.completed.load(Ordering::SeqCst)
+        self.shared.harness.completed_streams()
     }
 
     /// Chat requests accepted and not yet finished or abandoned, including those still in their
     /// `header_delay`.
     pub fn active_streams(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeGemini {
-    fn drop(&mut self) {
-        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
-        // reading; the flag makes such streams abort at their next chunk.
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+        self.shared.harness.active_streams()
     }
 }
 
@@ -313,65 +275,35 @@ fn model_id(name: &str) -> &str {
     name.strip_prefix("models/").unwrap_or(name)
 }
 
-/// Requests still to fail, set by [`FakeGemini::fail_next`].
-#[derive(Clone, Copy)]
-struct FailNext {
-    remaining: usize,
-    status: u16,
-    retry_after: Option<u64>,
-}
-
 /// State shared by the handle and the request handlers.
 struct Shared {
-    models: RwLock<Vec<Arc<FakeModel>>>,
+    models: Models<FakeModel>,
     api_key: RwLock<Option<String>>,
     busy: AtomicBool,
     block_prompt: AtomicBool,
     page_size_cap: AtomicUsize,
-    fail_next: Mutex<Option<FailNext>>,
-    record_requests: AtomicBool,
-    chat_requests: Mutex<Vec<Value>>,
-    request_headers: Mutex<Vec<HeaderMap>>,
+    /// Recorded next to the harness's headers and bodies.
     request_uris: Mutex<Vec<String>>,
-    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
-    disconnects: watch::Sender<usize>,
-    completed: AtomicUsize,
-    active: AtomicUsize,
-    shutting_down: AtomicBool,
+    harness: Arc<Harness>,
     responses: AtomicU64,
 }
 
 impl Shared {
     fn new() -> Self {
         Shared {
-            models: RwLock::new(Vec::new()),
+            models: Models::new(),
             api_key: RwLock::new(None),
             busy: AtomicBool::new(false),
             block_prompt: AtomicBool::new(false),
             page_size_cap: AtomicUsize::new(0),
-            fail_next: Mutex::new(None),
-            record_requests: AtomicBool::new(true),
-            chat_requests: Mutex::new(Vec::new()),
-            request_headers: Mutex::new(Vec::new()),
             request_uris: Mutex::new(Vec::new()),
-            disconnects: watch::Sender::new(0),
-            completed: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
+            harness: Harness::new(),
             responses: AtomicU64::new(0),
         }
     }
 
-    fn take_failure(&self) -> Option<FailNext> {
-        let mut pending = self.fail_next.lock().unwrap();
-        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
-        failure.remaining -= 1;
-        Some(*failure)
-    }
-
     fn find_model(&self, name: &str) -> Option<Arc<FakeModel>> {
-        let id = model_id(name);
-        self.models.read().unwrap().iter().find(|m| m.name == id).cloned()
+        self.models.find(model_id(name))
     }
 
     /// `None` when the request may proceed; otherwise Google's refusal.
@@ -447,7 +379,7 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri:
     if cap > 0 {
         page_size = page_size.min(cap);
     }
-    let models = shared.models.read().unwrap().clone();
+    let models = shared.models.read().clone();
     let offset = match query_param(&uri, "pageToken").filter(|t| !t.is_empty()) {
         None => 0,
         Some(token) => match parse_page_token(&token) {
@@ -555,12 +487,9 @@ async fn model_method(
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
-    if shared.record_requests.load(Ordering::Relaxed) {
-        shared.request_headers.lock().unwrap().push(headers.clone());
+    if shared.harness.recording() {
+        shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
-        if let Ok(value) = &parsed {
-            shared.chat_requests.lock().unwrap().push(value.clone());
-        }
     }
     let Some((model_name, method)) = name.rsplit_once(':') else {
         return not_found_page(uri).await;
@@ -596,21 +525,14 @@ async fn model_method(
     if shared.busy.load(Ordering::Relaxed) {
         return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
     }
-    if let Some(failure) = shared.take_failure() {
+    if let Some(failure) = shared.harness.take_failure() {
         return scripted_failure(failure);
     }
 
-    // From here on the request counts as a stream: a client that gives up, even during the
-    // header delay, is a disconnect.
-    let mut guard = StreamGuard::start(shared.clone());
-    if !model.header_delay.is_zero() {
-        tokio::time::sleep(model.header_delay).await;
-    }
-    if let Behaviour::HttpError { status, message } = &model.behaviour {
-        guard.finish(false);
-        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return google_error(status, message, Vec::new());
-    }
+    let mut guard = match shared.harness.begin_stream(&model).await {
+        Ok(guard) => guard,
+        Err((status, message)) => return google_error(status_code(status), message, Vec::new()),
+    };
 
     let response_id = format!("fake-{:012x}", shared.responses.fetch_add(1, Ordering::Relaxed));
     let mut suffix = Vec::with_capacity(model.name.len() + 64);
@@ -626,13 +548,9 @@ async fn model_method(
         return sse_response(Body::from(event));
     }
 
-    let generation = Generation::new(model, &params);
+    let generation = Generation::new(model, &params.last_user, params.limit);
     let stream = ChatBody { generation, guard, prompt_words: params.prompt_words, suffix, finished: false };
-    let events = futures::stream::unfold(stream, |mut body| async move {
-        let event = body.next_event().await?;
-        Some((event, body))
-    });
-    sse_response(Body::from_stream(events))
+    sse_response(streamed_body(stream))
 }
 
 fn sse_response(body: Body) -> Response {
@@ -645,7 +563,7 @@ fn sse_response(body: Body) -> Response {
 }
 
 fn scripted_failure(failure: FailNext) -> Response {
-    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = status_code(failure.status);
     let (message, details) = match failure.status {
         429 => {
             let mut details = vec![
@@ -670,9 +588,7 @@ fn scripted_failure(failure: FailNext) -> Response {
         other => (format!("scripted failure ({other})"), Vec::new()),
     };
     let mut response = google_error(status, &message, details);
-    if let Some(seconds) = failure.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
+    failure.add_retry_after(&mut response);
     response
 }
 
@@ -859,209 +775,6 @@ fn parts_text(content: &Map<String, Value>, at: &str) -> Result<(String, usize),
     Ok((text, words))
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Keeps the stream counters honest however a chat request ends: the handler or the response
-/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
-/// before [`finish`](Self::finish) is a client disconnect.
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn start(shared: Arc<Shared>) -> Self {
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        StreamGuard { shared, finished: false }
-    }
-
-    /// The response produced its last piece; `completed` says whether that was a proper ending
-    /// (as opposed to a refusal or a deliberate abort).
-    fn finish(&mut self, completed: bool) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
-        if completed {
-            self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.active.fetch_sub(1, Ordering::SeqCst);
-            self.shared.disconnects.send_modify(|count| *count += 1);
-        }
-    }
-}
-
-/// The next piece of a chat response.
-enum Step<'a> {
-    /// A chunk of text (`sent` counts it); the last one carries the `finishReason`.
-    Content { text: &'a str, finish: Option<&'static str>, sent: usize },
-    /// [`Behaviour::ErrorAfter`]'s message.
-    Error(&'a str),
-    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, without a `finishReason`.
-    EndWithoutFinish,
-    /// [`Behaviour::DropConnectionAfter`]: break the connection.
-    Abort,
-}
-
-/// A content chunk by position, so the source can advance before the pause and be read after it.
-#[derive(Clone, Copy)]
-enum Chunk {
-    Token(usize),
-    Span(usize, usize),
-    Tok { first: bool },
-}
-
-/// Plays a model's script for one request: which chunks, how fast, and how it ends.
-struct Generation {
-    model: Arc<FakeModel>,
-    /// The echo text; empty for other replies.
-    text: String,
-    /// Position in the tokens or the echo text.
-    cursor: usize,
-    sent: usize,
-    limit: usize,
-    /// Chunks before the behaviour's misbehaviour; `usize::MAX` when it behaves.
-    cut: usize,
-}
-
-impl Generation {
-    fn new(model: Arc<FakeModel>, params: &ChatParams) -> Self {
-        let text = match model.reply {
-            Reply::Echo => format!("You said: {}", params.last_user),
-            Reply::Tokens(_) | Reply::Endless => String::new(),
-        };
-        let cut = match &model.behaviour {
-            Behaviour::ErrorAfter { tokens, .. }
-            | Behaviour::EndWithoutDone { tokens }
-            | Behaviour::DropConnectionAfter { tokens } => *tokens,
-            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
-        };
-        Generation { model, text, cursor: 0, sent: 0, limit: params.limit, cut }
-    }
-
-    fn misbehaves(&self) -> bool {
-        self.cut != usize::MAX
-    }
-
-    /// Produces the next step; must not be called again after a step that ends the response.
-    async fn next(&mut self) -> Step<'_> {
-        let misbehaves = self.misbehaves();
-        if self.sent >= self.cut || (misbehaves && self.sent >= self.limit) {
-            flush_point().await;
-            return self.misbehaviour();
-        }
-        if self.sent >= self.limit {
-            flush_point().await;
-            return Step::Content { text: "", finish: Some("MAX_TOKENS"), sent: self.sent };
-        }
-        let Some(chunk) = self.advance() else {
-            flush_point().await;
-            return if misbehaves {
-                self.misbehaviour()
-            } else {
-                Step::Content { text: "", finish: Some("STOP"), sent: self.sent }
-            };
-        };
-        let delay = self.model.token_delay;
-        if delay.is_zero() {
-            flush_point().await;
-        } else {
-            tokio::time::sleep(delay).await;
-        }
-        self.sent += 1;
-        // Like Gemini, the chunk with the last text is the one that says why generation ended.
-        let finish = if misbehaves {
-            None
-        } else if self.exhausted() {
-            Some("STOP")
-        } else if self.sent >= self.limit {
-            Some("MAX_TOKENS")
-        } else {
-            None
-        };
-        Step::Content { text: self.chunk_text(chunk), finish, sent: self.sent }
-    }
-
-    fn advance(&mut self) -> Option<Chunk> {
-        match &self.model.reply {
-            Reply::Tokens(tokens) => {
-                let index = self.cursor;
-                (index < tokens.len()).then(|| {
-                    self.cursor += 1;
-                    Chunk::Token(index)
-                })
-            }
-            Reply::Echo => {
-                let start = self.cursor;
-                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
-                // Each chunk is one word with the space before it.
-                let first_len = rest.chars().next().map_or(0, char::len_utf8);
-                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
-                self.cursor = end;
-                Some(Chunk::Span(start, end))
-            }
-            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
-        }
-    }
-
-    /// Whether the reply has nothing left after the chunks already taken.
-    fn exhausted(&self) -> bool {
-        match &self.model.reply {
-            Reply::Tokens(tokens) => self.cursor >= tokens.len(),
-            Reply::Echo => self.cursor >= self.text.len(),
-            Reply::Endless => false,
-        }
-    }
-
-    fn chunk_text(&self, chunk: Chunk) -> &str {
-        match (chunk, &self.model.reply) {
-            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
-            (Chunk::Span(start, end), _) => &self.text[start..end],
-            (Chunk::Tok { first: true }, _) => "tok",
-            _ => " tok",
-        }
-    }
-
-    fn misbehaviour(&self) -> Step<'_> {
-        match &self.model.behaviour {
-            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
-            Behaviour::EndWithoutDone { .. } => Step::EndWithoutFinish,
-            Behaviour::DropConnectionAfter { .. } => Step::Abort,
-            Behaviour::Normal | Behaviour::HttpError { .. } => {
-                Step::Content { text: "", finish: Some("STOP"), sent: self.sent }
-            }
-        }
-    }
-}
-
-/// Hands control back to the runtime between events. hyper flushes what it has buffered whenever
-/// the body is not ready, so this both sends each event on its own and lets a zero-delay endless
-/// stream notice that its client has gone.
-async fn flush_point() {
-    tokio::task::yield_now().await;
-}
-
 /// The response body of a streamed chat.
 struct ChatBody {
     generation: Generation,
@@ -1072,8 +785,8 @@ struct ChatBody {
     finished: bool,
 }
 
-impl ChatBody {
-    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+impl Pieces for ChatBody {
+    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
         if self.finished {
             return None;
         }
@@ -1082,13 +795,36 @@ impl ChatBody {
             self.guard.finish(false);
             return Some(Err(io::Error::other("fake Gemini server shut down")));
         }
+        let misbehaves = self.generation.misbehaves();
         match self.generation.next().await {
-            Step::Content { text, finish, sent } => {
-                let event = content_event(text, finish, self.prompt_words, sent, &self.suffix);
+            Step::Content(text) => {
+                let mut event = content_event_start(text, self.suffix.len());
+                // Like Gemini, the chunk with the last text is the one that says why generation
+                // ended.
+                let finish = if misbehaves {
+                    None
+                } else if self.generation.exhausted() {
+                    Some(Finish::Stop)
+                } else if self.generation.at_limit() {
+                    Some(Finish::Length)
+                } else {
+                    None
+                };
+                let finish = finish.map(finish_reason);
+                content_event_end(&mut event, finish, self.prompt_words, self.generation.sent(), &self.suffix);
                 if finish.is_some() {
                     self.finished = true;
                     self.guard.finish(true);
                 }
+                Some(Ok(Bytes::from(event)))
+            }
+            // The reply ran out (or hit the limit) without a chunk to carry the reason: an empty
+            // one carries it.
+            Step::Done(finish) => {
+                let sent = self.generation.sent();
+                let event = content_event("", Some(finish_reason(finish)), self.prompt_words, sent, &self.suffix);
+                self.finished = true;
+                self.guard.finish(true);
                 Some(Ok(Bytes::from(event)))
             }
             Step::Error(message) => {
@@ -1098,7 +834,7 @@ impl ChatBody {
                 self.guard.finish(true);
                 Some(Ok(Bytes::from(body)))
             }
-            Step::EndWithoutFinish => {
+            Step::EndWithoutDone => {
                 self.finished = true;
                 self.guard.finish(true);
                 None
@@ -1112,11 +848,31 @@ impl ChatBody {
     }
 }
 
+/// Gemini's `finishReason`.
+fn finish_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Stop => "STOP",
+        Finish::Length => "MAX_TOKENS",
+    }
+}
+
 /// One `data:` event, laid out the way Gemini writes them.
 fn content_event(text: &str, finish: Option<&str>, prompt: usize, candidates: usize, suffix: &[u8]) -> Vec<u8> {
-    let mut event = Vec::with_capacity(text.len() + suffix.len() + 320);
+    let mut event = content_event_start(text, suffix.len());
+    content_event_end(&mut event, finish, prompt, candidates, suffix);
+    event
+}
+
+/// A [`content_event`] up to its text, so the text can be copied before what follows is known.
+fn content_event_start(text: &str, suffix_len: usize) -> Vec<u8> {
+    let mut event = Vec::with_capacity(text.len() + suffix_len + 320);
     event.extend_from_slice(b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": ");
     write_json_string(&mut event, text);
+    event
+}
+
+/// The rest of a [`content_event`] after its text.
+fn content_event_end(event: &mut Vec<u8>, finish: Option<&str>, prompt: usize, candidates: usize, suffix: &[u8]) {
     event.extend_from_slice(b"}],\"role\": \"model\"}");
     if let Some(reason) = finish {
         event.extend_from_slice(b",\"finishReason\": \"");
@@ -1124,9 +880,8 @@ fn content_event(text: &str, finish: Option<&str>, prompt: usize, candidates: us
         event.push(b'"');
     }
     event.extend_from_slice(b",\"index\": 0}]");
-    write_usage(&mut event, prompt, candidates);
+    write_usage(event, prompt, candidates);
     event.extend_from_slice(suffix);
-    event
 }
 
 /// The single event of a blocked prompt: feedback and usage, no candidates.
@@ -1157,10 +912,6 @@ fn write_usage(out: &mut Vec<u8>, prompt: usize, candidates: usize) {
         prompt + candidates
     );
     out.extend_from_slice(usage.as_bytes());
-}
-
-fn write_json_string(out: &mut Vec<u8>, value: &str) {
-    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,19 @@
 //! that end early or break, slow model loads, overload) and it records what it was sent and how
 //! each stream ended, so tests can assert on cancellation and retries.
 //!
-//! Only Ollama's native API exists so far: see [`FakeOllama`].
+//! Four providers are faked, each on its own wire protocol:
+//! - [`FakeOllama`]: Ollama's native API (`/api/chat`, NDJSON streams);
+//! - [`FakeOpenAi`]: OpenAI's chat completions API (`/v1/chat/completions`, SSE), with a
+//!   [`Flavour`] for each compatible server's deviations (vLLM, llama.cpp, Ollama's `/v1`, …);
+//! - [`FakeGemini`]: the Google Gemini API (`streamGenerateContent?alt=sse`);
+//! - [`FakeAnthropic`]: Anthropic's Messages API (`/v1/messages`, named SSE events).
+//!
+//! All of them serve models scripted with the same [`FakeModel`], [`Reply`] and [`Behaviour`]
+//! (see [`script`]), and share the same scaffolding: a loopback server that stops when dropped,
+//! `fail_next`, recorded requests, and counters of completed, active and abandoned streams.
+//!
+//! Besides the providers, [`FakeCollector`] plays an OpenTelemetry collector (OTLP/gRPC) for
+//! telemetry tests.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -24,7 +36,9 @@
 //! ```
 
 pub mod anthropic;
+mod format;
 pub mod gemini;
+mod harness;
 pub mod ollama;
 pub mod openai;
 pub mod otlp;

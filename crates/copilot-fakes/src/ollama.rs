@@ -14,23 +14,25 @@
 //! work beyond formatting one line: no logging, one allocation per line.
 
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
 
+use crate::format::{civil_from_days, json_kind, write_json_string};
+use crate::harness::{
+    Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code, streamed_body,
+};
 pub use crate::script::{Behaviour, FakeModel, Reply};
+use crate::script::{Generation, Step};
 
 /// The version `GET /api/version` reports.
 pub const OLLAMA_VERSION: &str = "0.12.3";
@@ -50,9 +52,8 @@ const PROMPT_EVAL_NANOS_PER_TOKEN: u64 = 25_000;
 /// A running fake Ollama server. It stops accepting connections, and ends the streams it is
 /// still writing, when dropped.
 pub struct FakeOllama {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl FakeOllama {
@@ -61,62 +62,34 @@ impl FakeOllama {
     /// # Panics
     /// If no loopback port can be bound.
     pub async fn start() -> FakeOllama {
-        FakeOllama::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .expect("bind a loopback port for the fake Ollama server")
+        FakeOllama::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Ollama server")
     }
 
     /// Starts a server with no models on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOllama> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new());
-        let (shutdown, stop) = oneshot::channel::<()>();
-        // Ollama (Go) disables Nagle; without it each small NDJSON line after the first could wait
-        // for the client's delayed ACK, which would distort streaming latencies.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop.await;
-            });
-            if let Err(err) = server.await {
-                tracing::warn!(%err, "fake Ollama server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake Ollama server listening");
-        Ok(FakeOllama { addr, shared, shutdown: Some(shutdown) })
+        let shared = Arc::new(Shared { models: Models::new(), busy: AtomicBool::new(false), harness: Harness::new() });
+        let server = Server::start(addr, "Ollama", shared.harness.clone(), router(shared.clone())).await?;
+        Ok(FakeOllama { server, shared })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://IP:PORT`, without a trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Adds a model, replacing one of the same name (a missing tag counts as `:latest`). Requests
     /// already in progress keep the script they started with.
     pub fn add_model(&self, model: FakeModel) {
-        let entry = Arc::new(ModelEntry::new(model));
-        let mut models = self.shared.models.write().unwrap();
-        match models.iter_mut().find(|m| m.key == entry.key) {
-            Some(slot) => *slot = entry,
-            None => models.push(entry),
-        }
+        self.shared.models.add(ModelEntry::new(model));
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        let key = canonical_name(name);
-        let mut models = self.shared.models.write().unwrap();
-        let before = models.len();
-        models.retain(|m| m.key != key);
-        models.len() != before
+        self.shared.models.remove(&canonical_name(name))
     }
 
     /// While set, `/api/chat` answers 503 with Ollama's queue-full error.
@@ -127,107 +100,56 @@ impl FakeOllama {
     /// The next `count` chat requests (for any model) fail with `status` and an Ollama error body,
     /// with a `Retry-After: <seconds>` header when given; later requests behave as scripted.
     pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+        self.shared.harness.fail_next(count, status, retry_after);
     }
 
     /// Whether to keep chat request bodies for [`chat_requests`](Self::chat_requests) (on by
     /// default). Long benchmark runs turn it off so memory stays flat.
     pub fn set_record_requests(&self, record: bool) {
-        self.shared.record_requests.store(record, Ordering::Relaxed);
+        self.shared.harness.set_record_requests(record);
     }
 
     /// The JSON body of every `/api/chat` request received (including refused ones), in order.
     /// Bodies that were not valid JSON are not recorded.
     pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.chat_requests.lock().unwrap().clone()
+        self.shared.harness.chat_requests()
     }
 
     /// Chat requests the client abandoned (closed the connection) after they were accepted and
     /// before their final line was written — including during `header_delay`.
     pub fn disconnects(&self) -> usize {
-        *self.shared.disconnects.borrow()
+        self.shared.harness.disconnects()
     }
 
     /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
     pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        let mut changes = self.shared.disconnects.subscribe();
-        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.shared.harness.wait_for_disconnects(n, timeout).await
     }
 
     /// Chat responses that produced their final line: the `done:true` line, the `{"error"}` line
     /// of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the single
     /// object of a `stream:false` request. Counted when that line is handed to the connection.
     pub fn completed_streams(&self) -> usize {
-        self.shared.completed.load(Ordering::SeqCst)
+        self.shared.harness.completed_streams()
     }
 
     /// Chat requests accepted (known model, not busy) and not yet finished or abandoned,
     /// including those still in their `header_delay`.
     pub fn active_streams(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
+        self.shared.harness.active_streams()
     }
-}
-
-impl Drop for FakeOllama {
-    fn drop(&mut self) {
-        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
-        // reading; the flag makes such streams abort at their next chunk.
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-}
-
-/// Requests still to fail, set by [`FakeOllama::fail_next`].
-#[derive(Clone, Copy)]
-struct FailNext {
-    remaining: usize,
-    status: u16,
-    retry_after: Option<u64>,
 }
 
 /// State shared by the handle and the request handlers.
 struct Shared {
-    models: RwLock<Vec<Arc<ModelEntry>>>,
+    models: Models<ModelEntry>,
     busy: AtomicBool,
-    fail_next: Mutex<Option<FailNext>>,
-    record_requests: AtomicBool,
-    chat_requests: Mutex<Vec<Value>>,
-    // A watch channel rather than a counter so `wait_for_disconnects` can sleep until it changes.
-    disconnects: watch::Sender<usize>,
-    completed: AtomicUsize,
-    active: AtomicUsize,
-    shutting_down: AtomicBool,
+    harness: Arc<Harness>,
 }
 
 impl Shared {
-    fn take_failure(&self) -> Option<FailNext> {
-        let mut pending = self.fail_next.lock().unwrap();
-        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
-        failure.remaining -= 1;
-        Some(*failure)
-    }
-
-    fn new() -> Self {
-        Shared {
-            models: RwLock::new(Vec::new()),
-            busy: AtomicBool::new(false),
-            fail_next: Mutex::new(None),
-            record_requests: AtomicBool::new(true),
-            chat_requests: Mutex::new(Vec::new()),
-            disconnects: watch::Sender::new(0),
-            completed: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
     fn find_model(&self, name: &str) -> Option<Arc<ModelEntry>> {
-        let key = canonical_name(name);
-        let models = self.models.read().unwrap();
-        models.iter().find(|m| m.key == key).cloned()
+        self.models.find(&canonical_name(name))
     }
 }
 
@@ -236,7 +158,7 @@ impl Shared {
 struct ModelEntry {
     /// The name with its tag (`llama3.2` becomes `llama3.2:latest`).
     key: String,
-    model: FakeModel,
+    model: Arc<FakeModel>,
     modified_at: String,
     digest: String,
 }
@@ -249,9 +171,15 @@ impl ModelEntry {
         ModelEntry {
             digest: fake_digest(&key),
             key,
-            model,
+            model: Arc::new(model),
             modified_at: String::from_utf8(modified_at).expect("timestamps are ASCII"),
         }
+    }
+}
+
+impl Keyed for ModelEntry {
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -302,7 +230,7 @@ async fn version() -> Response {
 }
 
 async fn tags(State(shared): State<Arc<Shared>>) -> Response {
-    let models = shared.models.read().unwrap();
+    let models = shared.models.read();
     let listing: Vec<Value> = models
         .iter()
         .map(|entry| {
@@ -413,8 +341,8 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Err(message) => return bad_request(&message),
     };
     let params = chat_params(&request);
-    if shared.record_requests.load(Ordering::Relaxed) {
-        shared.chat_requests.lock().unwrap().push(request);
+    if shared.harness.recording() {
+        shared.harness.record(None, Some(request));
     }
     let params = match params {
         Ok(params) => params,
@@ -427,29 +355,22 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     if shared.busy.load(Ordering::Relaxed) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
     }
-    if let Some(failure) = shared.take_failure() {
-        let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(failure) = shared.harness.take_failure() {
+        let status = status_code(failure.status);
         let mut response = error_response(status, &format!("scripted failure ({})", failure.status));
-        if let Some(seconds) = failure.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+        failure.add_retry_after(&mut response);
         return response;
     }
 
-    // From here on the request counts as a stream: a client that gives up, even while the
-    // "model loads", is a disconnect.
-    let mut guard = StreamGuard::start(shared);
-    if !entry.model.header_delay.is_zero() {
-        tokio::time::sleep(entry.model.header_delay).await;
-    }
-    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
-        guard.finish(false);
-        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return error_response(status, message);
-    }
-
+    let guard = match shared.harness.begin_stream(&entry.model).await {
+        Ok(guard) => guard,
+        Err((status, message)) => return error_response(status_code(status), message),
+    };
     let timing = Timing { received, responding: Instant::now() };
-    let generation = Generation::new(entry, &params);
+    let mut generation = Generation::new(entry.model.clone(), &params.last_user, params.limit);
+    if !params.stream {
+        generation.stop_at_context_length();
+    }
     let prefix = line_prefix(&params.model);
     if params.stream {
         stream_response(ChatBody {
@@ -559,188 +480,6 @@ fn type_error(go_type: &str, field: &str, field_type: &str, value: &Value) -> St
     format!("json: cannot unmarshal {} into Go struct field {go_type}.{field} of type {field_type}", json_kind(value))
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Keeps the stream counters honest however a chat request ends: the handler or the response
-/// body owns it, and hyper drops both when the client closes the connection, so a guard dropped
-/// before [`finish`](Self::finish) is a client disconnect.
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn start(shared: Arc<Shared>) -> Self {
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        StreamGuard { shared, finished: false }
-    }
-
-    /// The response produced its last piece; `completed` says whether that was a proper final
-    /// line (as opposed to a refusal or a deliberate abort).
-    fn finish(&mut self, completed: bool) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        // Active drops first so that whoever sees the outcome counted also sees the stream gone.
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
-        if completed {
-            self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.active.fetch_sub(1, Ordering::SeqCst);
-            self.shared.disconnects.send_modify(|count| *count += 1);
-        }
-    }
-}
-
-/// The next piece of a chat response.
-enum Step<'a> {
-    Content(&'a str),
-    /// The reply is over; carries the `done_reason`.
-    Done(&'static str),
-    /// [`Behaviour::ErrorAfter`]'s message.
-    Error(&'a str),
-    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, with no final line.
-    EndWithoutDone,
-    /// [`Behaviour::DropConnectionAfter`]: break the connection.
-    Abort,
-}
-
-/// A content chunk by position, so the source can advance before the pause and be read after it.
-#[derive(Clone, Copy)]
-enum Chunk {
-    Token(usize),
-    Span(usize, usize),
-    Tok { first: bool },
-}
-
-/// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by
-/// the streaming and the `stream:false` paths so both tell the same story.
-struct Generation {
-    entry: Arc<ModelEntry>,
-    /// The echo text; empty for other replies.
-    text: String,
-    /// Position in the tokens or the echo text.
-    cursor: usize,
-    sent: usize,
-    limit: usize,
-    /// Chunks before the behaviour's misbehaviour; `usize::MAX` for [`Behaviour::Normal`].
-    cut: usize,
-}
-
-impl Generation {
-    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
-        let text = match entry.model.reply {
-            Reply::Echo => format!("You said: {}", params.last_user),
-            Reply::Tokens(_) | Reply::Endless => String::new(),
-        };
-        let mut limit = params.limit;
-        // Without streaming an endless reply would never return; a real model stops when its
-        // context window is full.
-        if !params.stream && matches!(entry.model.reply, Reply::Endless) {
-            limit = limit.min(entry.model.context_length as usize);
-        }
-        let cut = match &entry.model.behaviour {
-            Behaviour::ErrorAfter { tokens, .. }
-            | Behaviour::EndWithoutDone { tokens }
-            | Behaviour::DropConnectionAfter { tokens } => *tokens,
-            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
-        };
-        Generation { entry, text, cursor: 0, sent: 0, limit, cut }
-    }
-
-    /// Produces the next step; must not be called again after a step other than `Content`.
-    async fn next(&mut self) -> Step<'_> {
-        if self.sent >= self.cut {
-            flush_point().await;
-            return self.ending("stop");
-        }
-        if self.sent >= self.limit {
-            flush_point().await;
-            return self.ending("length");
-        }
-        let Some(chunk) = self.advance() else {
-            flush_point().await;
-            return self.ending("stop");
-        };
-        let delay = self.entry.model.token_delay;
-        if delay.is_zero() {
-            flush_point().await;
-        } else {
-            tokio::time::sleep(delay).await;
-        }
-        self.sent += 1;
-        Step::Content(self.chunk_text(chunk))
-    }
-
-    fn advance(&mut self) -> Option<Chunk> {
-        match &self.entry.model.reply {
-            Reply::Tokens(tokens) => {
-                let index = self.cursor;
-                (index < tokens.len()).then(|| {
-                    self.cursor += 1;
-                    Chunk::Token(index)
-                })
-            }
-            Reply::Echo => {
-                let start = self.cursor;
-                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
-                // Each chunk is one word with the space before it: cut at the next space that
-                // is not the chunk's first character.
-                let first_len = rest.chars().next().map_or(0, char::len_utf8);
-                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
-                self.cursor = end;
-                Some(Chunk::Span(start, end))
-            }
-            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
-        }
-    }
-
-    fn chunk_text(&self, chunk: Chunk) -> &str {
-        match (chunk, &self.entry.model.reply) {
-            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
-            (Chunk::Span(start, end), _) => &self.text[start..end],
-            (Chunk::Tok { first: true }, _) => "tok",
-            _ => " tok",
-        }
-    }
-
-    fn ending(&self, done_reason: &'static str) -> Step<'_> {
-        match &self.entry.model.behaviour {
-            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(done_reason),
-            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
-            Behaviour::EndWithoutDone { .. } => Step::EndWithoutDone,
-            Behaviour::DropConnectionAfter { .. } => Step::Abort,
-        }
-    }
-}
-
-/// Hands control back to the runtime between lines. hyper flushes what it has buffered whenever
-/// the body is not ready, so this both sends each line on its own and lets a zero-delay endless
-/// stream notice that its client has gone.
-async fn flush_point() {
-    tokio::task::yield_now().await;
-}
-
 struct Timing {
     received: Instant,
     responding: Instant,
@@ -789,8 +528,8 @@ struct ChatBody {
     finished: bool,
 }
 
-impl ChatBody {
-    async fn next_line(&mut self) -> Option<io::Result<Bytes>> {
+impl Pieces for ChatBody {
+    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
         if self.finished {
             return None;
         }
@@ -801,11 +540,11 @@ impl ChatBody {
         }
         match self.generation.next().await {
             Step::Content(text) => Some(Ok(Bytes::from(content_line(&self.prefix, text, true)))),
-            Step::Done(done_reason) => {
+            Step::Done(finish) => {
                 self.finished = true;
                 self.guard.finish(true);
-                let stats = self.timing.stats(self.prompt_words, self.generation.sent);
-                let line = final_line(&self.prefix, "", done_reason, &stats, true);
+                let stats = self.timing.stats(self.prompt_words, self.generation.sent());
+                let line = final_line(&self.prefix, "", finish.reason(), &stats, true);
                 Some(Ok(Bytes::from(line)))
             }
             Step::Error(message) => {
@@ -830,14 +569,10 @@ impl ChatBody {
 }
 
 fn stream_response(body: ChatBody) -> Response {
-    let lines = futures::stream::unfold(body, |mut body| async move {
-        let line = body.next_line().await?;
-        Some((line, body))
-    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, NDJSON_CONTENT_TYPE)
-        .body(Body::from_stream(lines))
+        .body(streamed_body(body))
         .expect("static response parts are valid")
 }
 
@@ -853,10 +588,10 @@ async fn aggregate_response(
     loop {
         match generation.next().await {
             Step::Content(text) => content.push_str(text),
-            Step::Done(done_reason) => {
+            Step::Done(finish) => {
                 guard.finish(true);
-                let stats = timing.stats(prompt_words, generation.sent);
-                let object = final_line(&prefix, &content, done_reason, &stats, false);
+                let stats = timing.stats(prompt_words, generation.sent());
+                let object = final_line(&prefix, &content, finish.reason(), &stats, false);
                 return json_response(StatusCode::OK, object);
             }
             Step::Error(message) => {
@@ -869,14 +604,7 @@ async fn aggregate_response(
             }
             Step::Abort => {
                 guard.finish(false);
-                let broken = futures::stream::once(async {
-                    Err::<Bytes, _>(io::Error::other("fake Ollama dropped the connection"))
-                });
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
-                    .body(Body::from_stream(broken))
-                    .expect("static response parts are valid");
+                return broken_response(JSON_CONTENT_TYPE, "fake Ollama dropped the connection");
             }
         }
     }
@@ -929,10 +657,6 @@ fn final_line(prefix: &[u8], content: &str, done_reason: &str, stats: &Stats, ne
     line
 }
 
-fn write_json_string(out: &mut Vec<u8>, value: &str) {
-    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
-}
-
 /// RFC 3339 in UTC with Go's `RFC3339Nano` fraction (trailing zeros trimmed), which is how
 /// Ollama's `created_at` looks. Hand-rolled to keep a date library out of a per-line hot path.
 fn write_timestamp(out: &mut Vec<u8>, at: SystemTime) {
@@ -957,20 +681,6 @@ fn write_timestamp(out: &mut Vec<u8>, at: SystemTime) {
         let _ = write!(out, ".{fraction:0digits$}");
     }
     out.push(b'Z');
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn error_body(message: &str) -> Vec<u8> {

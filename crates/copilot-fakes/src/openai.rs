@@ -23,23 +23,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
 
+use crate::format::write_json_string;
+use crate::harness::{
+    FailNext, Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code,
+    streamed_body,
+};
 pub use crate::script::{Behaviour, FakeModel, Reply};
+use crate::script::{Generation, Step, flush_point};
 
 /// Which server the fake plays, with that server's deviations from hosted OpenAI.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,9 +137,8 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 /// A running fake OpenAI-compatible server. It stops accepting connections, and ends the streams
 /// it is still writing, when dropped.
 pub struct FakeOpenAi {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl FakeOpenAi {
@@ -145,59 +147,34 @@ impl FakeOpenAi {
     /// # Panics
     /// If no loopback port can be bound.
     pub async fn start() -> FakeOpenAi {
-        FakeOpenAi::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .expect("bind a loopback port for the fake OpenAI server")
+        FakeOpenAi::start_on(LOOPBACK).await.expect("bind a loopback port for the fake OpenAI server")
     }
 
     /// Starts a server with no models on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOpenAi> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop.await;
-            });
-            if let Err(err) = server.await {
-                tracing::warn!(%err, "fake OpenAI server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake OpenAI server listening");
-        Ok(FakeOpenAi { addr, shared, shutdown: Some(shutdown) })
+        let server = Server::start(addr, "OpenAI", shared.harness.clone(), router(shared.clone())).await?;
+        Ok(FakeOpenAi { server, shared })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://IP:PORT/v1`, without a trailing slash: what an adapter's base URL is set to.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.addr())
     }
 
     /// Adds a model, replacing one of the same name. Requests already in progress keep the
     /// script they started with.
     pub fn add_model(&self, model: FakeModel) {
-        let entry = Arc::new(ModelEntry { created: unix_now(), model });
-        let mut models = self.shared.models.write().unwrap();
-        match models.iter_mut().find(|m| m.model.name == entry.model.name) {
-            Some(slot) => *slot = entry,
-            None => models.push(entry),
-        }
+        self.shared.models.add(ModelEntry { created: unix_now(), model: Arc::new(model) });
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        let mut models = self.shared.models.write().unwrap();
-        let before = models.len();
-        models.retain(|m| m.model.name != name);
-        models.len() != before
+        self.shared.models.remove(name)
     }
 
     /// Makes `alias` name the model `target`, the way `gpt-4o-mini` names a dated snapshot:
@@ -260,77 +237,63 @@ impl FakeOpenAi {
     /// body; a 429 is OpenAI's `rate_limit_exceeded`. With `retry_after`, a `Retry-After:
     /// <seconds>` header (and, on a 429, exhausted `x-ratelimit-*-requests` headers) go with it.
     pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        *self.shared.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+        self.shared.harness.fail_next(count, status, retry_after);
     }
 
     /// Whether to keep chat requests for [`chat_requests`](Self::chat_requests) (on by default).
     pub fn set_record_requests(&self, record: bool) {
-        self.shared.record_requests.store(record, Ordering::Relaxed);
+        self.shared.harness.set_record_requests(record);
     }
 
     /// The JSON body of every `/v1/chat/completions` request received (including refused ones),
     /// in order. Bodies that were not valid JSON are not recorded.
     pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.chat_requests.lock().unwrap().iter().map(|(_, body)| body.clone()).collect()
+        self.shared.harness.chat_requests()
     }
 
     /// The headers of the requests in [`chat_requests`](Self::chat_requests), in the same order.
     pub fn chat_request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.chat_requests.lock().unwrap().iter().map(|(headers, _)| headers.clone()).collect()
+        self.shared.harness.request_headers()
     }
 
     /// Chat requests the client abandoned (closed the connection) after they were accepted and
     /// before their last event was written — including during `header_delay`.
     pub fn disconnects(&self) -> usize {
-        *self.shared.disconnects.borrow()
+        self.shared.harness.disconnects()
     }
 
     /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
     pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        let mut changes = self.shared.disconnects.subscribe();
-        let reached = tokio::time::timeout(timeout, changes.wait_for(|&count| count >= n)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.shared.harness.wait_for_disconnects(n, timeout).await
     }
 
     /// Chat responses that wrote their last piece: `[DONE]` (or the finish chunk, for a flavour
     /// without it), the mid-stream error, the clean end of [`Behaviour::EndWithoutDone`], or the
     /// whole object of a non-streamed request.
     pub fn completed_streams(&self) -> usize {
-        self.shared.completed.load(Ordering::SeqCst)
+        self.shared.harness.completed_streams()
     }
 
     /// Chat requests accepted and not yet finished or abandoned.
     pub fn active_streams(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
+        self.shared.harness.active_streams()
     }
-}
-
-impl Drop for FakeOpenAi {
-    fn drop(&mut self) {
-        // Graceful shutdown alone would wait forever on an Endless stream whose client is still
-        // reading; the flag makes such streams abort at their next chunk.
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct FailNext {
-    remaining: usize,
-    status: u16,
-    retry_after: Option<u64>,
 }
 
 struct ModelEntry {
     created: u64,
-    model: FakeModel,
+    model: Arc<FakeModel>,
+}
+
+impl Keyed for ModelEntry {
+    fn key(&self) -> &str {
+        &self.model.name
+    }
 }
 
 /// State shared by the handle and the request handlers.
 struct Shared {
-    models: RwLock<Vec<Arc<ModelEntry>>>,
+    models: Models<ModelEntry>,
     aliases: RwLock<HashMap<String, String>>,
     flavour: RwLock<Flavour>,
     api_key: RwLock<Option<String>>,
@@ -339,13 +302,7 @@ struct Shared {
     require_max_completion_tokens: AtomicBool,
     reject_stream_options: AtomicBool,
     keepalive_comments: AtomicBool,
-    fail_next: Mutex<Option<FailNext>>,
-    record_requests: AtomicBool,
-    chat_requests: Mutex<Vec<(HeaderMap, Value)>>,
-    disconnects: watch::Sender<usize>,
-    completed: AtomicUsize,
-    active: AtomicUsize,
-    shutting_down: AtomicBool,
+    harness: Arc<Harness>,
     /// Makes ids unique within a run.
     next_id: AtomicU64,
 }
@@ -353,7 +310,7 @@ struct Shared {
 impl Shared {
     fn new() -> Self {
         Shared {
-            models: RwLock::new(Vec::new()),
+            models: Models::new(),
             aliases: RwLock::new(HashMap::new()),
             flavour: RwLock::new(Flavour::OpenAi),
             api_key: RwLock::new(None),
@@ -362,13 +319,7 @@ impl Shared {
             require_max_completion_tokens: AtomicBool::new(false),
             reject_stream_options: AtomicBool::new(false),
             keepalive_comments: AtomicBool::new(false),
-            fail_next: Mutex::new(None),
-            record_requests: AtomicBool::new(true),
-            chat_requests: Mutex::new(Vec::new()),
-            disconnects: watch::Sender::new(0),
-            completed: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
+            harness: Harness::new(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -377,19 +328,12 @@ impl Shared {
         *self.flavour.read().unwrap()
     }
 
-    fn take_failure(&self) -> Option<FailNext> {
-        let mut pending = self.fail_next.lock().unwrap();
-        let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
-        failure.remaining -= 1;
-        Some(*failure)
-    }
-
     /// The model serving `name`, following aliases. A llama.cpp server has one model and serves
     /// it whatever the request names.
     fn find_model(&self, name: &str, flavour: Flavour) -> Option<Arc<ModelEntry>> {
         let target = self.aliases.read().unwrap().get(name).cloned();
         let name = target.as_deref().unwrap_or(name);
-        let models = self.models.read().unwrap();
+        let models = self.models.read();
         let found = models.iter().find(|m| m.model.name == name).cloned();
         if found.is_none() && flavour.is_llama_cpp() {
             return models.first().cloned();
@@ -449,7 +393,7 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: u16, message: impl Into<String>) -> Self {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_code(status);
         let kind = match status.as_u16() {
             400..=499 => "invalid_request_error",
             _ => "server_error",
@@ -644,7 +588,7 @@ fn parameter_count(size: &str) -> Option<u64> {
 }
 
 fn all_cards(shared: &Shared, flavour: Flavour) -> Vec<(String, Value)> {
-    let models = shared.models.read().unwrap();
+    let models = shared.models.read();
     let mut cards: Vec<(String, Value)> =
         models.iter().map(|e| (e.model.name.clone(), model_card(e, &e.model.name, flavour))).collect();
     let mut aliases: Vec<_> = shared.aliases.read().unwrap().clone().into_iter().collect();
@@ -748,8 +692,8 @@ async fn chat_response(shared: &Arc<Shared>, flavour: Flavour, headers: &HeaderM
             return ApiError::new(400, message).response(flavour);
         }
     };
-    if shared.record_requests.load(Ordering::Relaxed) {
-        shared.chat_requests.lock().unwrap().push((headers.clone(), request.clone()));
+    if shared.harness.recording() {
+        shared.harness.record(Some(headers.clone()), Some(request.clone()));
     }
     if let Some(refusal) = check_auth(shared, flavour, headers) {
         return refusal;
@@ -786,24 +730,20 @@ async fn chat_response(shared: &Arc<Shared>, flavour: Flavour, headers: &HeaderM
             if flavour.is_llama_cpp() { "Loading model" } else { "The server is overloaded or not ready yet." };
         return ApiError::new(503, message).response(flavour);
     }
-    if let Some(failure) = shared.take_failure() {
+    if let Some(failure) = shared.harness.take_failure() {
         return scripted_failure(failure, flavour, &entry.model.name);
     }
 
-    // From here on the request counts as a stream: a client that gives up, even while the
-    // "model loads", is a disconnect.
-    let mut guard = StreamGuard::start(shared.clone());
-    if !entry.model.header_delay.is_zero() {
-        tokio::time::sleep(entry.model.header_delay).await;
-    }
-    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
-        guard.finish(false);
-        return ApiError::new(*status, message.clone()).response(flavour);
-    }
-
+    let guard = match shared.harness.begin_stream(&entry.model).await {
+        Ok(guard) => guard,
+        Err((status, message)) => return ApiError::new(status, message).response(flavour),
+    };
     let responding = Instant::now();
     let served_as = entry.model.name.clone();
-    let generation = Generation::new(entry, &params);
+    let mut generation = Generation::new(entry.model.clone(), &params.last_user, params.limit);
+    if !params.stream {
+        generation.stop_at_context_length();
+    }
     let chunks = ChunkWriter {
         prefix: chunk_prefix(shared, flavour, &served_as),
         flavour,
@@ -841,9 +781,9 @@ fn scripted_failure(failure: FailNext, flavour: Flavour, model: &str) -> Respons
         status => ApiError::new(status, format!("scripted failure ({status})")),
     };
     let mut response = error.response(flavour);
+    failure.add_retry_after(&mut response);
     if let Some(seconds) = failure.retry_after {
         let headers = response.headers_mut();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         if failure.status == 429 {
             headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("3"));
             headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
@@ -977,159 +917,6 @@ fn chat_params(shared: &Shared, flavour: Flavour, request: &Value) -> Result<Cha
     }
 
     Ok(ChatParams { model, stream, include_usage, limit, prompt_words: prompt_words.max(1), last_user })
-}
-
-/// Keeps the stream counters honest however a chat request ends (see the Ollama fake).
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn start(shared: Arc<Shared>) -> Self {
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        StreamGuard { shared, finished: false }
-    }
-
-    fn finish(&mut self, completed: bool) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
-        if completed {
-            self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.active.fetch_sub(1, Ordering::SeqCst);
-            self.shared.disconnects.send_modify(|count| *count += 1);
-        }
-    }
-}
-
-/// The next piece of a reply.
-enum Step<'a> {
-    Content(&'a str),
-    /// The reply is over; carries the `finish_reason`.
-    Done(&'static str),
-    Error(&'a str),
-    EndWithoutDone,
-    Abort,
-}
-
-#[derive(Clone, Copy)]
-enum Chunk {
-    Token(usize),
-    Span(usize, usize),
-    Tok { first: bool },
-}
-
-/// Plays a model's script for one request: which chunks, how fast, and how it ends.
-struct Generation {
-    entry: Arc<ModelEntry>,
-    text: String,
-    cursor: usize,
-    sent: usize,
-    limit: usize,
-    cut: usize,
-}
-
-impl Generation {
-    fn new(entry: Arc<ModelEntry>, params: &ChatParams) -> Self {
-        let model = &entry.model;
-        let text = match model.reply {
-            Reply::Echo => format!("You said: {}", params.last_user),
-            Reply::Tokens(_) | Reply::Endless => String::new(),
-        };
-        let mut limit = params.limit;
-        if !params.stream && matches!(model.reply, Reply::Endless) {
-            limit = limit.min(model.context_length as usize);
-        }
-        let cut = match &model.behaviour {
-            Behaviour::ErrorAfter { tokens, .. }
-            | Behaviour::EndWithoutDone { tokens }
-            | Behaviour::DropConnectionAfter { tokens } => *tokens,
-            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
-        };
-        Generation { entry, text, cursor: 0, sent: 0, limit, cut }
-    }
-
-    async fn next(&mut self) -> Step<'_> {
-        if self.sent >= self.cut {
-            flush_point().await;
-            return self.ending("stop");
-        }
-        if self.sent >= self.limit {
-            flush_point().await;
-            return self.ending("length");
-        }
-        let Some(chunk) = self.advance() else {
-            flush_point().await;
-            return self.ending("stop");
-        };
-        let delay = self.entry.model.token_delay;
-        if delay.is_zero() {
-            flush_point().await;
-        } else {
-            tokio::time::sleep(delay).await;
-        }
-        self.sent += 1;
-        Step::Content(self.chunk_text(chunk))
-    }
-
-    fn advance(&mut self) -> Option<Chunk> {
-        match &self.entry.model.reply {
-            Reply::Tokens(tokens) => {
-                let index = self.cursor;
-                (index < tokens.len()).then(|| {
-                    self.cursor += 1;
-                    Chunk::Token(index)
-                })
-            }
-            Reply::Echo => {
-                let start = self.cursor;
-                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
-                let first_len = rest.chars().next().map_or(0, char::len_utf8);
-                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
-                self.cursor = end;
-                Some(Chunk::Span(start, end))
-            }
-            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
-        }
-    }
-
-    fn chunk_text(&self, chunk: Chunk) -> &str {
-        match (chunk, &self.entry.model.reply) {
-            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
-            (Chunk::Span(start, end), _) => &self.text[start..end],
-            (Chunk::Tok { first: true }, _) => "tok",
-            _ => " tok",
-        }
-    }
-
-    fn ending(&self, finish_reason: &'static str) -> Step<'_> {
-        match &self.entry.model.behaviour {
-            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(finish_reason),
-            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
-            Behaviour::EndWithoutDone { .. } => Step::EndWithoutDone,
-            Behaviour::DropConnectionAfter { .. } => Step::Abort,
-        }
-    }
-}
-
-/// Hands control back to the runtime between events, so each is flushed on its own and a
-/// zero-delay endless stream notices that its client has gone.
-async fn flush_point() {
-    tokio::task::yield_now().await;
 }
 
 struct Timing {
@@ -1315,10 +1102,6 @@ impl ChunkWriter {
     }
 }
 
-fn write_json_string(out: &mut Vec<u8>, value: &str) {
-    serde_json::to_writer(out, value).expect("serializing a string into memory cannot fail");
-}
-
 /// The response body of a streamed chat.
 struct SseBody {
     generation: Generation,
@@ -1331,8 +1114,8 @@ struct SseBody {
     finished: bool,
 }
 
-impl SseBody {
-    async fn next_event(&mut self) -> Option<io::Result<Bytes>> {
+impl Pieces for SseBody {
+    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
         if let Some(event) = self.queue.pop_front() {
             if self.queue.is_empty() && self.finished {
                 self.guard.finish(true);
@@ -1357,10 +1140,10 @@ impl SseBody {
         }
         match self.generation.next().await {
             Step::Content(text) => Some(Ok(self.chunks.content(text))),
-            Step::Done(finish_reason) => {
+            Step::Done(finish) => {
                 self.finished = true;
-                let sent = self.generation.sent;
-                self.chunks.ending(finish_reason, &self.timing, sent, &mut self.queue);
+                let sent = self.generation.sent();
+                self.chunks.ending(finish.reason(), &self.timing, sent, &mut self.queue);
                 self.next_queued()
             }
             Step::Error(message) => {
@@ -1381,7 +1164,9 @@ impl SseBody {
             }
         }
     }
+}
 
+impl SseBody {
     fn next_queued(&mut self) -> Option<io::Result<Bytes>> {
         let event = self.queue.pop_front();
         if self.queue.is_empty() {
@@ -1392,15 +1177,11 @@ impl SseBody {
 }
 
 fn stream_response(body: SseBody) -> Response {
-    let events = futures::stream::unfold(body, |mut body| async move {
-        let event = body.next_event().await?;
-        Some((event, body))
-    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, SSE_CONTENT_TYPE)
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events))
+        .body(streamed_body(body))
         .expect("static response parts are valid")
 }
 
@@ -1417,7 +1198,7 @@ async fn whole_response(
     let finish_reason = loop {
         match generation.next().await {
             Step::Content(text) => content.push_str(text),
-            Step::Done(reason) => break reason,
+            Step::Done(finish) => break finish.reason(),
             Step::Error(message) => {
                 guard.finish(true);
                 return ApiError::new(500, message).response(flavour);
@@ -1429,14 +1210,7 @@ async fn whole_response(
             }
             Step::Abort => {
                 guard.finish(false);
-                let broken = futures::stream::once(async {
-                    Err::<Bytes, _>(io::Error::other("fake OpenAI server dropped the connection"))
-                });
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, JSON_CONTENT_TYPE)
-                    .body(Body::from_stream(broken))
-                    .expect("static response parts are valid");
+                return broken_response(JSON_CONTENT_TYPE, "fake OpenAI server dropped the connection");
             }
         }
     };
@@ -1452,13 +1226,13 @@ async fn whole_response(
         "created": unix_now(),
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
-        "usage": timing.usage(generation.sent),
+        "usage": timing.usage(generation.sent()),
     });
     if let Some(fingerprint) = flavour.system_fingerprint() {
         object["system_fingerprint"] = json!(fingerprint);
     }
     if flavour.is_llama_cpp() {
-        object["timings"] = timing.llama_cpp_timings(generation.sent);
+        object["timings"] = timing.llama_cpp_timings(generation.sent());
     }
     json_response(StatusCode::OK, &object)
 }

@@ -1,7 +1,11 @@
 //! How a fake model is scripted — what it says, how its response ends or fails, how slow it is —
 //! shared by every provider fake so a test reads the same whichever wire protocol is under test.
 //! Each fake maps these onto its own protocol (an Ollama error line, an SSE error event, …).
+//!
+//! Every fake plays a script for one request with the same (crate-private) `Generation`, so all
+//! tell the same story: which chunks, how fast, and where the behaviour cuts in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a model says.
@@ -96,4 +100,201 @@ impl FakeModel {
         self.header_delay = delay;
         self
     }
+}
+
+/// Why a reply that behaves ended. Each protocol has its own words for these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The reply ran out.
+    Stop,
+    /// The request's token limit was reached.
+    Length,
+}
+
+impl Finish {
+    /// As Ollama's `done_reason` and OpenAI's `finish_reason` say it.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// The next piece of a reply. `D` is what a reply that behaves ends with: a [`Finish`], or more
+/// where the protocol says more (Anthropic's stop sequence).
+pub(crate) enum Step<'a, D = Finish> {
+    Content(&'a str),
+    /// The reply is over.
+    Done(D),
+    /// [`Behaviour::ErrorAfter`]'s message.
+    Error(&'a str),
+    /// [`Behaviour::EndWithoutDone`]: end the body cleanly, without the protocol's final piece.
+    EndWithoutDone,
+    /// [`Behaviour::DropConnectionAfter`]: break the connection.
+    Abort,
+}
+
+/// A content chunk by position, so the source can advance before the pause and be read after it.
+#[derive(Clone, Copy)]
+pub(crate) enum Chunk {
+    Token(usize),
+    Span(usize, usize),
+    Tok { first: bool },
+}
+
+/// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by
+/// the streaming and the whole-response paths of every fake so all tell the same story.
+pub(crate) struct Generation {
+    model: Arc<FakeModel>,
+    /// The echo text; empty for other replies.
+    text: String,
+    /// Position in the tokens or the echo text.
+    cursor: usize,
+    sent: usize,
+    limit: usize,
+    /// Chunks before the behaviour's misbehaviour; `usize::MAX` when it behaves.
+    cut: usize,
+}
+
+impl Generation {
+    /// `last_user` is the text [`Reply::Echo`] repeats; `limit` the chunks the request allows
+    /// (`usize::MAX` for no limit).
+    pub(crate) fn new(model: Arc<FakeModel>, last_user: &str, limit: usize) -> Self {
+        let text = match model.reply {
+            Reply::Echo => format!("You said: {last_user}"),
+            Reply::Tokens(_) | Reply::Endless => String::new(),
+        };
+        let cut = match &model.behaviour {
+            Behaviour::ErrorAfter { tokens, .. }
+            | Behaviour::EndWithoutDone { tokens }
+            | Behaviour::DropConnectionAfter { tokens } => *tokens,
+            Behaviour::Normal | Behaviour::HttpError { .. } => usize::MAX,
+        };
+        Generation { model, text, cursor: 0, sent: 0, limit, cut }
+    }
+
+    /// For a response that is not streamed: an endless reply would never return, so it stops
+    /// where a real model would, when its context window is full.
+    pub(crate) fn stop_at_context_length(&mut self) {
+        if matches!(self.model.reply, Reply::Endless) {
+            self.limit = self.limit.min(self.model.context_length as usize);
+        }
+    }
+
+    /// Content chunks produced so far.
+    pub(crate) fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Whether the model is scripted to misbehave at some point.
+    pub(crate) fn misbehaves(&self) -> bool {
+        self.cut != usize::MAX
+    }
+
+    /// Whether the request's token limit has been reached.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.sent >= self.limit
+    }
+
+    /// Whether the reply has nothing left after the chunks already taken.
+    pub(crate) fn exhausted(&self) -> bool {
+        match &self.model.reply {
+            Reply::Tokens(tokens) => self.cursor >= tokens.len(),
+            Reply::Echo => self.cursor >= self.text.len(),
+            Reply::Endless => false,
+        }
+    }
+
+    /// Produces the next step; must not be called again after a step other than `Content`.
+    pub(crate) async fn next(&mut self) -> Step<'_> {
+        match self.next_chunk().await {
+            Ok(chunk) => Step::Content(self.take(chunk)),
+            Err(finish) => self.ending(finish),
+        }
+    }
+
+    /// The next chunk, after the model's pause before it; `Err` says why the reply ends instead
+    /// (for a model that misbehaves, [`ending`](Self::ending) turns that into its misbehaviour).
+    /// The chunk is not counted until it is [taken](Self::take).
+    pub(crate) async fn next_chunk(&mut self) -> Result<Chunk, Finish> {
+        let finish = if self.sent >= self.cut {
+            Some(Finish::Stop)
+        } else if self.sent >= self.limit {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        let chunk = match finish {
+            Some(finish) => Err(finish),
+            None => self.advance().ok_or(Finish::Stop),
+        };
+        if chunk.is_err() {
+            flush_point().await;
+            return chunk;
+        }
+        let delay = self.model.token_delay;
+        if delay.is_zero() {
+            flush_point().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+        chunk
+    }
+
+    /// A chunk's text, without counting it.
+    pub(crate) fn text(&self, chunk: Chunk) -> &str {
+        match (chunk, &self.model.reply) {
+            (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Span(start, end), _) => &self.text[start..end],
+            (Chunk::Tok { first: true }, _) => "tok",
+            _ => " tok",
+        }
+    }
+
+    /// Counts a chunk as sent and gives its text.
+    pub(crate) fn take(&mut self, chunk: Chunk) -> &str {
+        self.sent += 1;
+        self.text(chunk)
+    }
+
+    /// How the reply ends: `done` when the model behaves, its misbehaviour otherwise.
+    pub(crate) fn ending<D>(&self, done: D) -> Step<'_, D> {
+        match &self.model.behaviour {
+            Behaviour::Normal | Behaviour::HttpError { .. } => Step::Done(done),
+            Behaviour::ErrorAfter { message, .. } => Step::Error(message),
+            Behaviour::EndWithoutDone { .. } => Step::EndWithoutDone,
+            Behaviour::DropConnectionAfter { .. } => Step::Abort,
+        }
+    }
+
+    fn advance(&mut self) -> Option<Chunk> {
+        match &self.model.reply {
+            Reply::Tokens(tokens) => {
+                let index = self.cursor;
+                (index < tokens.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Token(index)
+                })
+            }
+            Reply::Echo => {
+                let start = self.cursor;
+                let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+                // Each chunk is one word with the space before it: cut at the next space that
+                // is not the chunk's first character.
+                let first_len = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first_len..].find(' ').map_or(self.text.len(), |at| start + first_len + at);
+                self.cursor = end;
+                Some(Chunk::Span(start, end))
+            }
+            Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+        }
+    }
+}
+
+/// Hands control back to the runtime between pieces. hyper flushes what it has buffered whenever
+/// the body is not ready, so this both sends each piece on its own and lets a zero-delay endless
+/// stream notice that its client has gone.
+pub(crate) async fn flush_point() {
+    tokio::task::yield_now().await;
 }
