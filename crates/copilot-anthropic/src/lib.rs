@@ -21,11 +21,11 @@
 
 mod wire;
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use copilot_http::{BodyError, EventSource, root_cause, truncate_chars};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use eventsource_stream::{EventStream, EventStreamError, Eventsource};
 use futures::StreamExt;
@@ -132,14 +132,8 @@ impl AnthropicProvider {
             headers.insert(HeaderName::from_static("anthropic-beta"), header_value("beta", &config.beta.join(","))?);
         }
 
-        // reqwest is built without a default crypto provider and panics if none is installed.
-        // Whoever installs first wins; an already installed provider is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION")))
+        let user_agent = concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION"));
+        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
             .default_headers(headers)
             .build()
             .map_err(|e| AnthropicConfigError::HttpClient(root_cause(&e)))?;
@@ -208,44 +202,29 @@ impl AnthropicProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::Interrupted(format!(
-                "connection lost to Anthropic at {} while reading {what}: {}",
-                self.base_url,
-                root_cause(&e)
-            ))
-        })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
-            ProviderError::Protocol(format!("unexpected {what} from Anthropic at {} ({e}): {excerpt}", self.base_url))
+        copilot_http::read_json(response).await.map_err(|err| match err {
+            BodyError::Read(cause) => ProviderError::Interrupted(format!(
+                "connection lost to Anthropic at {} while reading {what}: {cause}",
+                self.base_url
+            )),
+            BodyError::Parse { error, excerpt } => ProviderError::Protocol(format!(
+                "unexpected {what} from Anthropic at {} ({error}): {excerpt}",
+                self.base_url
+            )),
         })
     }
 
     /// A request that got no response at all: the server is down, unknown, or hung up.
     fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        let cause = root_cause(err);
-        if err.is_connect() {
-            ProviderError::Unreachable(format!("cannot connect to Anthropic at {}: {cause}", self.base_url))
-        } else {
-            ProviderError::Unreachable(format!("request to Anthropic at {} failed: {cause}", self.base_url))
-        }
+        copilot_http::send_error(err, &format!("Anthropic at {}", self.base_url), &root_cause(err))
     }
 
     /// Turns a non-2xx response into the matching [`ProviderError`].
     async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
-        // An error body is a small JSON object; a cap guards against a proxy's HTML page.
-        const MAX_ERROR_BODY: usize = 16 * 1024;
-
         let status = response.status();
         let retry_after = retry_after(response.headers(), SystemTime::now());
         let request_id = response.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            body.extend_from_slice(&chunk);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
-            }
-        }
+        let body = copilot_http::read_error_body(&mut response).await;
         let mut error = UpstreamError::parse(&body);
         if error.request_id.is_none() {
             error.request_id = request_id;
@@ -269,13 +248,13 @@ impl Provider for AnthropicProvider {
         let body = wire::MessagesBody::new(&request, self.default_max_tokens)?;
         let response = self
             .send(
-                with_trace_context(self.client.post(self.messages_url.clone()), &request).json(&body),
+                copilot_http::with_trace_context(self.client.post(self.messages_url.clone()), &request).json(&body),
                 Some(&request.model),
             )
             .await?;
         check_event_stream(response.headers().get(CONTENT_TYPE), &self.base_url)?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Anthropic accepted the chat request");
-        Ok(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone()).into_stream())
+        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone())))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -313,16 +292,12 @@ fn header_value(field: &'static str, value: &str) -> Result<HeaderValue, Anthrop
 
 /// The base URL as given minus any trailing slash and `/v1`, once it is known to be an http(s) URL.
 fn validate_base_url(raw: &str) -> Result<String, AnthropicConfigError> {
-    const EXAMPLE: &str = "expected e.g. https://api.anthropic.com";
     let invalid = |reason: String| AnthropicConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
     let mut trimmed = raw.trim().trim_end_matches('/');
     if let Some(without) = trimmed.strip_suffix("/v1") {
         trimmed = without.trim_end_matches('/');
     }
-    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} ({EXAMPLE})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!("the scheme must be http or https, not {:?} ({EXAMPLE})", url.scheme())));
-    }
+    let url = copilot_http::parse_base_url(trimmed, DEFAULT_BASE_URL).map_err(invalid)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("a base URL cannot carry a query or fragment".into()));
     }
@@ -346,12 +321,7 @@ fn check_event_stream(content_type: Option<&HeaderValue>, base_url: &str) -> Res
 /// How long the upstream asks us to wait: `retry-after-ms` (which Anthropic's SDKs prefer), else
 /// `retry-after` (seconds or an HTTP date).
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let millis = header("retry-after-ms")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
-    millis.or_else(|| header("retry-after").and_then(|v| copilot_provider::parse_retry_after(v, now)))
+    copilot_http::retry_after_ms(headers).or_else(|| copilot_http::retry_after(headers, now))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,15 +348,9 @@ impl ChatEvents {
         let body: BoxStream<'static, reqwest::Result<Bytes>> = response.bytes_stream().boxed();
         ChatEvents { events: Some(body.eventsource()), state: StreamState::new(api_key), base_url }
     }
+}
 
-    fn into_stream(self) -> ChatStream {
-        futures::stream::unfold(self, |mut events| async move {
-            let item = events.next_event().await?;
-            Some((item, events))
-        })
-        .boxed()
-    }
-
+impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         loop {
             let events = self.events.as_mut()?;
@@ -418,7 +382,9 @@ impl ChatEvents {
             }
         }
     }
+}
 
+impl ChatEvents {
     fn stream_error(&self, err: EventStreamError<reqwest::Error>) -> ProviderError {
         match err {
             EventStreamError::Transport(err) => ProviderError::Interrupted(format!(
@@ -433,7 +399,7 @@ impl ChatEvents {
             EventStreamError::Parser(err) => ProviderError::Protocol(format!(
                 "Anthropic at {} sent a malformed event stream: {}",
                 self.base_url,
-                wire::truncate_chars(&err.to_string(), 200)
+                truncate_chars(&err.to_string(), 200)
             )),
         }
     }
@@ -475,21 +441,6 @@ fn status_error(
             _ => ProviderError::Upstream { status, message },
         },
     }
-}
-
-/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
-/// for url", "client error (Connect)") say where a request failed, not why.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
-fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
-    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

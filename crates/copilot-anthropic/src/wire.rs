@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use copilot_http::truncate_chars;
 use copilot_provider::{ChatRequest, Completion, FinishReason, ModelInfo, ProviderError, Role, Secret, Usage};
 use serde::{Deserialize, Serialize};
 
@@ -181,8 +182,7 @@ impl UpstreamError {
                 request_id: parsed.request_id.map(Cow::into_owned),
             };
         }
-        let text = String::from_utf8_lossy(body);
-        UpstreamError { message: truncate_chars(text.trim(), 500), ..Default::default() }
+        UpstreamError { message: copilot_http::excerpt(body, 500), ..Default::default() }
     }
 
     /// `message (error_type, request-id req_…)`, with the key redacted.
@@ -202,14 +202,6 @@ impl UpstreamError {
 pub(crate) fn redact(secret: Option<&Secret>, text: &str) -> String {
     match secret {
         Some(secret) => secret.redact(text),
-        None => text.to_owned(),
-    }
-}
-
-/// At most `max` characters of `text`, marked with an ellipsis when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
 }

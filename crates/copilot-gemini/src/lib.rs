@@ -26,17 +26,17 @@
 mod wire;
 
 use std::collections::VecDeque;
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use copilot_http::{BodyError, EventSource, root_cause};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -148,17 +148,11 @@ impl GeminiProvider {
             }
         };
 
-        // reqwest is built without a default crypto provider and panics if none is installed.
-        // Whoever installs first wins; an already installed provider is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
         // No redirects: Google does not redirect API calls, and following one would carry the key
         // header to wherever it points.
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
+        let user_agent = concat!("copilot-gemini/", env!("CARGO_PKG_VERSION"));
+        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("copilot-gemini/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
 
@@ -206,38 +200,30 @@ impl GeminiProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::Interrupted(format!(
+        copilot_http::read_json(response).await.map_err(|err| match err {
+            BodyError::Read(cause) => ProviderError::Interrupted(format!(
                 "connection lost to Gemini at {} while reading {what}: {}",
                 self.base_url,
-                redact(&self.api_key, &root_cause(&e))
-            ))
-        })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
-            ProviderError::Protocol(format!("unexpected {what} from Gemini ({e}): {}", redact(&self.api_key, &excerpt)))
+                redact(&self.api_key, &cause)
+            )),
+            BodyError::Parse { error, excerpt } => ProviderError::Protocol(format!(
+                "unexpected {what} from Gemini ({error}): {}",
+                redact(&self.api_key, &excerpt)
+            )),
         })
     }
 
     /// A request that got no response at all: the server is down, unknown, or hung up.
     fn send_error(&self, err: &reqwest::Error) -> ProviderError {
         let cause = redact(&self.api_key, &root_cause(err));
-        if err.is_connect() {
-            ProviderError::Unreachable(format!("cannot connect to Gemini at {}: {cause}", self.base_url))
-        } else {
-            ProviderError::Unreachable(format!("request to Gemini at {} failed: {cause}", self.base_url))
-        }
+        copilot_http::send_error(err, &format!("Gemini at {}", self.base_url), &cause)
     }
 
     /// Turns a non-2xx response into the matching [`ProviderError`].
     async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
         let status = response.status().as_u16();
-        let header_delay = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| copilot_provider::parse_retry_after(v, SystemTime::now()));
-        let body = read_capped(&mut response, MAX_ERROR_BODY).await;
+        let header_delay = copilot_http::retry_after(response.headers(), SystemTime::now());
+        let body = copilot_http::read_error_body(&mut response).await;
         let error = wire::parse_error_body(&body);
         let mut message = match &error {
             Some(error) => error.describe(),
@@ -271,16 +257,17 @@ impl Provider for GeminiProvider {
         }
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
         let body = wire::GenerateBody::new(&request, &self.safety_settings);
-        let mut response =
-            self.send(with_trace_context(self.client.post(url), &request).json(&body), Some(&request.model)).await?;
+        let mut response = self
+            .send(copilot_http::with_trace_context(self.client.post(url), &request).json(&body), Some(&request.model))
+            .await?;
 
         // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
         // SSE reader would silently find empty; say so instead.
         let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
             let content_type = content_type.to_owned();
-            let body = read_capped(&mut response, 512).await;
-            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
+            let body = copilot_http::read_capped(&mut response, 512).await;
+            let excerpt = copilot_http::excerpt(&body, 200);
             return Err(ProviderError::Protocol(format!(
                 "Gemini at {} answered with {content_type} instead of an event stream: {}",
                 self.base_url,
@@ -288,7 +275,7 @@ impl Provider for GeminiProvider {
             )));
         }
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Gemini accepted the chat request");
-        Ok(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone()).into_stream())
+        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone())))
     }
 
     /// Every model that supports `generateContent` (embedding-only and image models are left
@@ -361,12 +348,8 @@ fn model_path(model: &str) -> String {
 /// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
 fn validate_base_url(raw: &str) -> Result<String, GeminiConfigError> {
     let invalid = |reason: String| GeminiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
-    let example = "expected e.g. https://generativelanguage.googleapis.com";
     let trimmed = raw.trim().trim_end_matches('/');
-    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} ({example})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!("the scheme must be http or https, not {:?} ({example})", url.scheme())));
-    }
+    let url = copilot_http::parse_base_url(trimmed, DEFAULT_BASE_URL).map_err(invalid)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("a base URL cannot carry a query or fragment (the key goes in `api_key`)".into()));
     }
@@ -453,15 +436,9 @@ impl ChatEvents {
             api_key,
         }
     }
+}
 
-    fn into_stream(self) -> ChatStream {
-        futures::stream::unfold(self, |mut events| async move {
-            let item = events.next_event().await?;
-            Some((item, events))
-        })
-        .boxed()
-    }
-
+impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         loop {
             let events = self.events.as_mut()?;
@@ -503,7 +480,9 @@ impl ChatEvents {
             return Some(Err(failure));
         }
     }
+}
 
+impl ChatEvents {
     fn done(&mut self) -> ChatEvent {
         self.events = None;
         if let Some(reason) = &self.state.block_reason {
@@ -536,20 +515,6 @@ impl ChatEvents {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// An error body is a small JSON object; a cap guards against a proxy's endless page.
-const MAX_ERROR_BODY: usize = 16 * 1024;
-
-async fn read_capped(response: &mut Response, cap: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= cap {
-            break;
-        }
-    }
-    body
-}
-
 /// What a non-2xx response said, before it is classified.
 #[derive(Debug)]
 struct Failure {
@@ -579,21 +544,6 @@ impl Failure {
             (status, _) => ProviderError::Upstream { status, message },
         }
     }
-}
-
-/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
-/// for url", "client error (Connect)") say where a request failed, not why.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
-fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
-    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

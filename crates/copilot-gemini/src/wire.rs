@@ -10,6 +10,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use copilot_http::truncate_chars;
 use copilot_provider::{
     ChatRequest, Completion, FinishReason, GenerationOptions, ModelInfo, ProviderError, Role, Usage,
 };
@@ -450,14 +451,6 @@ pub(crate) fn bare_error(tail: &[u8]) -> Option<ErrorStatus> {
         let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<ErrorEnvelope>();
         values.next()?.ok().map(|e| e.error)
     })
-}
-
-/// At most `max` characters of `text`, marked with an ellipsis when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

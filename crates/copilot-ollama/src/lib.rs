@@ -7,14 +7,13 @@
 
 mod wire;
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use copilot_http::{BodyError, EventSource, root_cause};
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError,
 };
-use futures::StreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -90,14 +89,8 @@ impl OllamaProvider {
         let (chat_url, tags_url, show_url, version_url) =
             (endpoint("/api/chat")?, endpoint("/api/tags")?, endpoint("/api/show")?, endpoint("/api/version")?);
 
-        // reqwest is built without a default crypto provider and panics if none is installed.
-        // Whoever installs first wins; an already installed provider is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("copilot-ollama/", env!("CARGO_PKG_VERSION")))
+        let user_agent = concat!("copilot-ollama/", env!("CARGO_PKG_VERSION"));
+        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
             .build()
             .map_err(|e| OllamaConfigError::HttpClient(root_cause(&e)))?;
 
@@ -135,27 +128,20 @@ impl OllamaProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::Interrupted(format!(
-                "connection lost to Ollama at {} while reading {what}: {}",
-                self.base_url,
-                root_cause(&e)
-            ))
-        })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
-            ProviderError::Protocol(format!("unexpected {what} from Ollama ({e}): {excerpt}"))
+        copilot_http::read_json(response).await.map_err(|err| match err {
+            BodyError::Read(cause) => ProviderError::Interrupted(format!(
+                "connection lost to Ollama at {} while reading {what}: {cause}",
+                self.base_url
+            )),
+            BodyError::Parse { error, excerpt } => {
+                ProviderError::Protocol(format!("unexpected {what} from Ollama ({error}): {excerpt}"))
+            }
         })
     }
 
     /// A request that got no response at all: the server is down, unknown, or hung up.
     fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        let cause = root_cause(err);
-        if err.is_connect() {
-            ProviderError::Unreachable(format!("cannot connect to Ollama at {}: {cause}", self.base_url))
-        } else {
-            ProviderError::Unreachable(format!("request to Ollama at {} failed: {cause}", self.base_url))
-        }
+        copilot_http::send_error(err, &format!("Ollama at {}", self.base_url), &root_cause(err))
     }
 }
 
@@ -165,12 +151,12 @@ impl Provider for OllamaProvider {
         let body = wire::ChatBody::new(&request, self.keep_alive);
         let response = self
             .send(
-                with_trace_context(self.client.post(self.chat_url.clone()), &request).json(&body),
+                copilot_http::with_trace_context(self.client.post(self.chat_url.clone()), &request).json(&body),
                 Some(&request.model),
             )
             .await?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Ollama accepted the chat request");
-        Ok(ChatEvents::new(response, self.base_url.clone()).into_stream())
+        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone())))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -196,13 +182,7 @@ impl Provider for OllamaProvider {
 fn validate_base_url(raw: &str) -> Result<String, OllamaConfigError> {
     let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
     let trimmed = raw.trim().trim_end_matches('/');
-    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} (expected e.g. http://localhost:11434)")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "the scheme must be http or https, not {:?} (expected e.g. http://localhost:11434)",
-            url.scheme()
-        )));
-    }
+    let url = copilot_http::parse_base_url(trimmed, "http://localhost:11434").map_err(invalid)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("a base URL cannot carry a query or fragment".into()));
     }
@@ -240,14 +220,16 @@ impl ChatEvents {
         }
     }
 
-    fn into_stream(self) -> ChatStream {
-        futures::stream::unfold(self, |mut events| async move {
-            let item = events.next_event().await?;
-            Some((item, events))
-        })
-        .boxed()
+    /// Ends the stream after the final chunk, ignoring anything the body still holds.
+    async fn finish_body(&mut self) {
+        let Some(response) = self.response.take() else { return };
+        if !self.body_ended {
+            copilot_http::drain_body(response, DRAIN_GRACE).await;
+        }
     }
+}
 
+impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if let Some(completion) = self.pending_done.take() {
             return Some(Ok(ChatEvent::Done(completion)));
@@ -303,15 +285,6 @@ impl ChatEvents {
             }
         }
     }
-
-    /// Ends the stream after the final chunk, ignoring anything the body still holds.
-    async fn finish_body(&mut self) {
-        let Some(mut response) = self.response.take() else { return };
-        if !self.body_ended {
-            let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
-            let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,22 +292,9 @@ impl ChatEvents {
 
 /// Turns a non-2xx response into the matching [`ProviderError`].
 async fn error_from_response(mut response: Response, model: Option<&str>) -> ProviderError {
-    // An error body is a one-line JSON object; a cap guards against a proxy's HTML page.
-    const MAX_ERROR_BODY: usize = 16 * 1024;
-
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| copilot_provider::parse_retry_after(v, SystemTime::now()));
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= MAX_ERROR_BODY {
-            break;
-        }
-    }
+    let retry_after = copilot_http::retry_after(response.headers(), SystemTime::now());
+    let body = copilot_http::read_error_body(&mut response).await;
     let mut message = wire::error_message(&body);
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("no error message").to_owned();
@@ -358,21 +318,6 @@ fn status_error(
         (503, _) => ProviderError::Overloaded { message, retry_after },
         (status, _) => ProviderError::Upstream { status, message },
     }
-}
-
-/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
-/// for url", "client error (Connect)") say where a request failed, not why.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
-fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
-    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

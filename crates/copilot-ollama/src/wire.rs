@@ -113,16 +113,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
         return parsed.error.into_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    truncate_chars(text.trim(), 500)
-}
-
-/// At most `max` characters of `text`, marked with an ellipsis when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    copilot_http::excerpt(body, 500)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,7 +215,7 @@ pub(crate) fn decode_line(line: &[u8]) -> LineEvent {
     let chunk: ChatChunk = match serde_json::from_slice(line) {
         Ok(chunk) => chunk,
         Err(err) => {
-            let excerpt = truncate_chars(String::from_utf8_lossy(line).trim(), 200);
+            let excerpt = copilot_http::excerpt(line, 200);
             return LineEvent::Failed(ProviderError::Protocol(format!(
                 "unparseable line in Ollama's chat stream ({err}): {excerpt}"
             )));

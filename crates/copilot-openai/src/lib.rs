@@ -20,15 +20,14 @@
 mod sse;
 mod wire;
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use copilot_http::{BodyError, EventSource, root_cause, truncate_chars};
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, FinishReason, HealthReport, ModelInfo, Provider, ProviderError,
     Secret, UpstreamTimings, Usage,
 };
-use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -137,14 +136,8 @@ impl OpenAiProvider {
             headers.insert("openai-organization", value);
         }
 
-        // reqwest is built without a default crypto provider and panics if none is installed.
-        // Whoever installs first wins; an already installed provider is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // No overall timeout: generations run for minutes, and the server applies its own deadlines.
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("copilot-openai/", env!("CARGO_PKG_VERSION")))
+        let user_agent = concat!("copilot-openai/", env!("CARGO_PKG_VERSION"));
+        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
             .default_headers(headers)
             .build()
             .map_err(|e| OpenAiConfigError::HttpClient(root_cause(&e)))?;
@@ -188,44 +181,28 @@ impl OpenAiProvider {
     /// A whole (non-streamed) JSON response; `what` names it in error messages.
     async fn fetch_json<T: DeserializeOwned>(&self, request: RequestBuilder, what: &str) -> Result<T, ProviderError> {
         let response = self.send(request, None).await?;
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::Interrupted(format!(
-                "connection lost to {} while reading {what}: {}",
-                self.base_url,
-                root_cause(&e)
-            ))
-        })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let excerpt = wire::truncate_chars(String::from_utf8_lossy(&body).trim(), 200);
-            ProviderError::Protocol(self.redact(format!("unexpected {what} from {} ({e}): {excerpt}", self.base_url)))
+        copilot_http::read_json(response).await.map_err(|err| match err {
+            BodyError::Read(cause) => ProviderError::Interrupted(format!(
+                "connection lost to {} while reading {what}: {cause}",
+                self.base_url
+            )),
+            BodyError::Parse { error, excerpt } => ProviderError::Protocol(
+                self.redact(format!("unexpected {what} from {} ({error}): {excerpt}", self.base_url)),
+            ),
         })
     }
 
     /// A request that got no response at all: the server is down, unknown, or hung up.
     fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        let cause = root_cause(err);
-        if err.is_connect() {
-            ProviderError::Unreachable(format!("cannot connect to {}: {cause}", self.base_url))
-        } else {
-            ProviderError::Unreachable(format!("request to {} failed: {cause}", self.base_url))
-        }
+        copilot_http::send_error(err, &self.base_url, &root_cause(err))
     }
 
     /// Turns a non-2xx response into the matching [`ProviderError`].
     async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
-        // An error body is a small JSON object; the cap guards against a proxy's HTML page.
-        const MAX_ERROR_BODY: usize = 16 * 1024;
-
         let status = response.status();
         let retry_after = retry_after(response.headers(), status, SystemTime::now());
         let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            body.extend_from_slice(&chunk);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
-            }
-        }
+        let body = copilot_http::read_error_body(&mut response).await;
         let mut details = ErrorDetails::parse(&body);
         details.message = self.redact(std::mem::take(&mut details.message));
         if details.message.is_empty() {
@@ -247,13 +224,13 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::ChatBody::new(&request, self.body);
-        let post = with_trace_context(self.client.post(self.chat_url.clone()), &request)
+        let post = copilot_http::with_trace_context(self.client.post(self.chat_url.clone()), &request)
             .header(header::ACCEPT, "text/event-stream")
             .json(&body);
         let response = self.send(post, Some(&request.model)).await?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "the OpenAI-compatible server accepted the chat request");
         let events = ChatEvents::new(response, self.base_url.clone(), self.api_key.clone());
-        Ok(events.into_stream())
+        Ok(copilot_http::chat_stream(events))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -282,13 +259,7 @@ impl Provider for OpenAiProvider {
 fn validate_base_url(raw: &str) -> Result<String, OpenAiConfigError> {
     let invalid = |reason: String| OpenAiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
     let trimmed = raw.trim().trim_end_matches('/');
-    let url = Url::parse(trimmed).map_err(|e| invalid(format!("{e} (expected e.g. http://localhost:8000/v1)")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "the scheme must be http or https, not {:?} (expected e.g. http://localhost:8000/v1)",
-            url.scheme()
-        )));
-    }
+    let url = copilot_http::parse_base_url(trimmed, "http://localhost:8000/v1").map_err(invalid)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("a base URL cannot carry a query or fragment".into()));
     }
@@ -350,15 +321,9 @@ impl ChatEvents {
             api_key,
         }
     }
+}
 
-    fn into_stream(self) -> ChatStream {
-        futures::stream::unfold(self, |mut events| async move {
-            let item = events.next_event().await?;
-            Some((item, events))
-        })
-        .boxed()
-    }
-
+impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if self.whole_body {
             return self.read_whole_body().await;
@@ -425,7 +390,9 @@ impl ChatEvents {
             }
         }
     }
+}
 
+impl ChatEvents {
     fn handle_item(&mut self, item: SseItem) -> Step {
         let payload = match item {
             SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
@@ -500,10 +467,9 @@ impl ChatEvents {
 
     /// Ends the stream after `[DONE]`, ignoring anything the body still holds.
     async fn drain_body(&mut self) {
-        let Some(mut response) = self.response.take() else { return };
+        let Some(response) = self.response.take() else { return };
         if !self.body_ended {
-            let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
-            let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+            copilot_http::drain_body(response, DRAIN_GRACE).await;
         }
     }
 
@@ -564,7 +530,7 @@ fn error_line_details(text: &str) -> ErrorDetails {
             Some(ErrorDetails { message: message.to_owned(), structured: true, ..Default::default() })
         })
     });
-    from_json.unwrap_or_else(|| ErrorDetails { message: wire::truncate_chars(text.trim(), 500), ..Default::default() })
+    from_json.unwrap_or_else(|| ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,16 +573,10 @@ fn status_error(
 /// The wait the server asks for: `retry-after-ms` (OpenAI), then `Retry-After`, then, on a 429,
 /// the reset time of whichever `x-ratelimit-*` budget is used up.
 fn retry_after(headers: &HeaderMap, status: StatusCode, now: SystemTime) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    if let Some(wait) = get("retry-after").and_then(|v| copilot_provider::parse_retry_after(v, now)) {
+    if let Some(wait) = copilot_http::retry_after_ms(headers).or_else(|| copilot_http::retry_after(headers, now)) {
         return Some(wait);
     }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
@@ -625,21 +585,6 @@ fn retry_after(headers: &HeaderMap, status: StatusCode, now: SystemTime) -> Opti
         .filter(|budget| get(&format!("x-ratelimit-remaining-{budget}")) == Some("0"))
         .filter_map(|budget| get(&format!("x-ratelimit-reset-{budget}")).and_then(wire::parse_go_duration))
         .max()
-}
-
-/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
-/// for url", "client error (Connect)") say where a request failed, not why.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request.
-fn with_trace_context(builder: reqwest::RequestBuilder, request: &ChatRequest) -> reqwest::RequestBuilder {
-    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 #[cfg(test)]

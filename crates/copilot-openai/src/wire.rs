@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use copilot_http::truncate_chars;
 use copilot_provider::{ChatRequest, FinishReason, ModelInfo, ProviderError, UpstreamTimings, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -113,8 +114,7 @@ impl ErrorDetails {
         {
             return details;
         }
-        let text = String::from_utf8_lossy(body);
-        ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() }
+        ErrorDetails { message: copilot_http::excerpt(body, 500), ..Default::default() }
     }
 
     /// The error a JSON value describes, or `None` when it is no error object at all.
@@ -174,14 +174,6 @@ impl ErrorDetails {
 
 fn compact(value: &Value) -> String {
     truncate_chars(&value.to_string(), 500)
-}
-
-/// At most `max` characters of `text`, marked with an ellipsis when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

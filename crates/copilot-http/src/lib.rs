@@ -1,0 +1,224 @@
+//! HTTP plumbing shared by the Copilot provider adapters (Ollama, OpenAI-compatible, Gemini,
+//! Anthropic): the HTTP client they all build, reading a response's body (whole, or the capped
+//! body of an error), `Retry-After` headers, turning a reader's state into a [`ChatStream`], and
+//! the text of errors and excerpts they put into their messages.
+//!
+//! Only what every adapter does the same way lives here; how a protocol's errors map to
+//! [`ProviderError`]s, and what the messages say, stays in each adapter.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, Url};
+use serde::de::DeserializeOwned;
+
+/// A client builder with what every adapter sets: a connect timeout, no Nagle delay, and the
+/// adapter's `User-Agent` (`"copilot-ollama/0.1.0"`). There is no overall timeout: generations run
+/// for minutes, and the gateway applies its own deadlines.
+///
+/// reqwest is built without a default TLS crypto provider and panics if none is installed; this
+/// installs ring's. Whoever installs first wins; an already installed provider is fine.
+pub fn client_builder(user_agent: &'static str, connect_timeout: Duration) -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().connect_timeout(connect_timeout).tcp_nodelay(true).user_agent(user_agent)
+}
+
+/// Parses the base URL an adapter is configured with (already trimmed as the adapter wants it),
+/// which must be http or https. `Err` says why it cannot be used, pointing at `example`, a base
+/// URL that would do.
+pub fn parse_base_url(base_url: &str, example: &str) -> Result<Url, String> {
+    let url = Url::parse(base_url).map_err(|e| format!("{e} (expected e.g. {example})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("the scheme must be http or https, not {:?} (expected e.g. {example})", url.scheme()));
+    }
+    Ok(url)
+}
+
+/// How much of an error response's body is read. An error body is a small JSON object; the cap
+/// guards against a proxy's endless HTML page.
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// The body of an error response, up to about [`MAX_ERROR_BODY`] bytes; what arrives before a
+/// broken connection, if it breaks.
+pub async fn read_error_body(response: &mut Response) -> Vec<u8> {
+    read_capped(response, MAX_ERROR_BODY).await
+}
+
+/// The start of a response's body: chunks until the end of the body, a failure, or `cap` bytes
+/// (the chunk that crosses the cap is kept whole).
+pub async fn read_capped(response: &mut Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    body
+}
+
+/// Why a whole JSON body could not be had: the adapter words it.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The connection failed while the body was read; the [`root_cause`].
+    Read(String),
+    /// The body is not the JSON expected; with an [`excerpt`] of the body (200 characters).
+    Parse { error: serde_json::Error, excerpt: String },
+}
+
+/// Reads a whole (non-streamed) response body and decodes it as JSON.
+pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, BodyError> {
+    let body = response.bytes().await.map_err(|e| BodyError::Read(root_cause(&e)))?;
+    serde_json::from_slice(&body).map_err(|error| BodyError::Parse { error, excerpt: excerpt(&body, 200) })
+}
+
+/// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request, so an
+/// instrumented upstream joins the caller's trace.
+pub fn with_trace_context(builder: RequestBuilder, request: &ChatRequest) -> RequestBuilder {
+    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
+}
+
+/// A request that got no response at all: the server is down, unknown, or hung up. `server`
+/// names it in the message (`"Ollama at http://…"`); `cause` is the error's [`root_cause`], as
+/// the adapter may redact it.
+pub fn send_error(err: &reqwest::Error, server: &str, cause: &str) -> ProviderError {
+    if err.is_connect() {
+        ProviderError::Unreachable(format!("cannot connect to {server}: {cause}"))
+    } else {
+        ProviderError::Unreachable(format!("request to {server} failed: {cause}"))
+    }
+}
+
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    copilot_provider::parse_retry_after(value, now)
+}
+
+/// The wait a `retry-after-ms` header asks for (milliseconds, possibly fractional), which OpenAI
+/// and Anthropic send and their SDKs prefer to `Retry-After`.
+pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after-ms")?.to_str().ok()?;
+    let ms = value.trim().parse::<f64>().ok().filter(|ms| ms.is_finite() && *ms >= 0.0)?;
+    Some(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Ends a streamed response whose answer is complete: what is left of the body (normally just the
+/// end of the chunked encoding) is read for at most `grace`. Reading it lets the connection go
+/// back to the pool; dropping a body that is still open closes the connection instead.
+pub async fn drain_body(mut response: Response, grace: Duration) {
+    let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
+    let _ = tokio::time::timeout(grace, drain).await;
+}
+
+/// The state behind a [`ChatStream`]: what reads one streamed response and decodes its events.
+pub trait EventSource: Send + 'static {
+    /// The next event, or `None` once the stream has ended (after a `Done` or an error).
+    fn next_event(&mut self) -> impl Future<Output = Option<Result<ChatEvent, ProviderError>>> + Send;
+}
+
+/// The events of `source` as a [`ChatStream`]. Dropping the stream drops the source, and with it
+/// the response body: that closes the connection, which is how the upstream learns to stop
+/// generating when the caller goes away.
+pub fn chat_stream(source: impl EventSource) -> ChatStream {
+    futures::stream::unfold(source, |mut source| async move {
+        let item = source.next_event().await?;
+        Some((item, source))
+    })
+    .boxed()
+}
+
+/// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
+/// for url", "client error (Connect)") say where a request failed, not why.
+pub fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// At most `max` characters of `text`, marked with an ellipsis when cut.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Up to `max` characters of a body (or a line of one) for an error message: decoded leniently,
+/// trimmed, and marked with an ellipsis when cut.
+pub fn excerpt(body: &[u8], max: usize) -> String {
+    truncate_chars(String::from_utf8_lossy(body).trim(), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|inner| inner as &(dyn StdError + 'static))
+        }
+    }
+
+    #[test]
+    fn the_root_cause_is_the_innermost_error() {
+        let err = Layer(
+            "error sending request",
+            Some(Box::new(Layer("client error", Some(Box::new(Layer("refused", None)))))),
+        );
+        assert_eq!(root_cause(&err), "refused");
+        assert_eq!(root_cause(&Layer("alone", None)), "alone");
+    }
+
+    #[test]
+    fn excerpts_are_trimmed_and_cut_on_characters() {
+        assert_eq!(truncate_chars("héllo", 2), "hé…");
+        assert_eq!(truncate_chars("héllo", 5), "héllo");
+        assert_eq!(excerpt(b"  <html>\n", 200), "<html>");
+        assert_eq!(excerpt(b"abcdef", 3), "abc…");
+        assert_eq!(excerpt(b"\xffok", 10), "\u{fffd}ok");
+    }
+
+    #[test]
+    fn base_urls_must_be_http() {
+        assert_eq!(parse_base_url("https://h/v1", "http://x").unwrap().as_str(), "https://h/v1");
+        let err = parse_base_url("ftp://h", "http://x").unwrap_err();
+        assert_eq!(err, "the scheme must be http or https, not \"ftp\" (expected e.g. http://x)");
+        let err = parse_base_url("localhost:80", "http://x").unwrap_err();
+        assert!(err.ends_with(" (expected e.g. http://x)"), "{err}");
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut headers = HeaderMap::new();
+        assert_eq!((retry_after(&headers, now), retry_after_ms(&headers)), (None, None));
+        headers.insert("retry-after", HeaderValue::from_static(" 7 "));
+        headers.insert("retry-after-ms", HeaderValue::from_static(" 1500.5"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after_ms(&headers), Some(Duration::from_micros(1_500_500)));
+        for bad in ["soon", "-1", "NaN", "inf"] {
+            headers.insert("retry-after-ms", HeaderValue::from_static(bad));
+            assert_eq!(retry_after_ms(&headers), None, "{bad}");
+        }
+    }
+}
