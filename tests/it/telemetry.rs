@@ -236,7 +236,11 @@ async fn a_dead_or_slow_collector_does_not_affect_calls() {
 
     let collector = FakeCollector::start().await;
     collector.set_delay(Duration::from_secs(60));
-    let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &otel_env(&collector.endpoint())).await;
+    // An export timeout beyond LIMIT: if exporting ever ran on a call's path, that call would hang
+    // past LIMIT and fail the test, rather than merely be slow.
+    let mut env = otel_env(&collector.endpoint());
+    env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "120000".into()));
+    let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &env).await;
     let mut client = copilot.client().await;
     for _ in 0..20 {
         drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
