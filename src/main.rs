@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     // The OTLP exporters set up their gRPC channels on the runtime.
     let telemetry = {
         let _runtime = runtime.enter();
-        copilot::telemetry::init(&config.log)
+        copilot::telemetry::init(&config.log, config.server.metrics_addr.is_some())
     };
     let prometheus = telemetry.prometheus.clone();
     let served = runtime.block_on(copilot::server::serve(config, prometheus, shutdown_signal()));

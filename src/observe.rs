@@ -22,7 +22,7 @@ use crate::error::GatewayError;
 use crate::gateway::Summary;
 use crate::metrics::metrics;
 use crate::router::Target;
-use crate::telemetry::capture_message_content;
+use crate::telemetry::{capture_message_content, metrics_enabled};
 use crate::validate::ValidRequest;
 
 pub fn attempt_span(
@@ -63,6 +63,9 @@ pub fn attempt_span(
         copilot.output_tokens_per_second = Empty,
         error.type = Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     if !options.stop.is_empty() {
         let stops: Vec<StringValue> = options.stop.iter().map(|s| s.clone().into()).collect();
         span.set_attribute("gen_ai.request.stop_sequences", Value::Array(stops.into()));
@@ -88,6 +91,9 @@ pub fn attempt_span(
 /// The W3C trace context of an attempt, as headers for the upstream request, so an instrumented
 /// upstream (or a proxy in front of it) joins the same trace.
 pub fn trace_context(span: &tracing::Span) -> Vec<(String, String)> {
+    if span.is_disabled() {
+        return Vec::new();
+    }
     struct Headers(Vec<(String, String)>);
     impl Injector for Headers {
         fn set(&mut self, key: &str, value: String) {
@@ -125,11 +131,29 @@ pub fn error_type(error: &GatewayError) -> String {
     }
 }
 
+/// The attributes every metric point of an attempt carries.
+fn metric_attributes(target: &Target) -> Vec<KeyValue> {
+    let instance = &target.instance;
+    let mut attributes = vec![
+        KeyValue::new("gen_ai.operation.name", "chat"),
+        KeyValue::new("gen_ai.provider.name", instance.gen_ai_provider),
+        KeyValue::new("gen_ai.request.model", target.model.clone()),
+    ];
+    if let Some(address) = &instance.server_address {
+        attributes.push(KeyValue::new("server.address", address.clone()));
+    }
+    if let Some(port) = instance.server_port {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    attributes
+}
+
 /// Records one attempt as it goes: its span and its metrics.
 pub struct Attempt {
     span: tracing::Span,
     started: Instant,
-    attributes: Vec<KeyValue>,
+    /// The metric attributes; `None` when no metrics are read.
+    attributes: Option<Vec<KeyValue>>,
     in_process: bool,
     last_chunk: Option<Instant>,
     /// The completion text, kept only when content capture is on.
@@ -139,29 +163,21 @@ pub struct Attempt {
 impl Attempt {
     pub fn new(span: tracing::Span, target: &Target, started: Instant) -> Self {
         let instance = &target.instance;
-        let mut attributes = vec![
-            KeyValue::new("gen_ai.operation.name", "chat"),
-            KeyValue::new("gen_ai.provider.name", instance.gen_ai_provider),
-            KeyValue::new("gen_ai.request.model", target.model.clone()),
-        ];
-        if let Some(address) = &instance.server_address {
-            attributes.push(KeyValue::new("server.address", address.clone()));
-        }
-        if let Some(port) = instance.server_port {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
-        }
+        let attributes = metrics_enabled().then(|| metric_attributes(target));
         let output = capture_message_content().then(String::new);
         Self { span, started, attributes, in_process: instance.in_process, last_chunk: None, output }
     }
 
     /// A chunk of output arrived.
     pub fn chunk(&mut self, at: Instant, text: &str) {
-        let m = metrics();
-        match self.last_chunk {
-            None => m.time_to_first_chunk.record((at - self.started).as_secs_f64(), &self.attributes),
-            Some(previous) => m.time_per_output_chunk.record((at - previous).as_secs_f64(), &self.attributes),
+        if let Some(attributes) = &self.attributes {
+            let m = metrics();
+            match self.last_chunk {
+                None => m.time_to_first_chunk.record((at - self.started).as_secs_f64(), attributes),
+                Some(previous) => m.time_per_output_chunk.record((at - previous).as_secs_f64(), attributes),
+            }
+            self.last_chunk = Some(at);
         }
-        self.last_chunk = Some(at);
         if let Some(output) = &mut self.output {
             output.push_str(text);
         }
@@ -196,8 +212,8 @@ impl Attempt {
             span.set_attribute("gen_ai.output.messages", message.to_string());
         }
 
+        let Some(mut attributes) = self.attributes else { return };
         let m = metrics();
-        let mut attributes = self.attributes.clone();
         if !completion.model.is_empty() {
             attributes.push(KeyValue::new("gen_ai.response.model", completion.model.clone()));
         }
@@ -230,7 +246,7 @@ impl Attempt {
         self.span.record("error.type", kind.as_str());
         self.span.record("otel.status_code", "ERROR");
         self.span.record("copilot.attempt.outcome", "failed");
-        let mut attributes = self.attributes;
+        let Some(mut attributes) = self.attributes else { return };
         attributes.push(KeyValue::new("error.type", kind));
         let m = metrics();
         m.operation_duration.record(self.started.elapsed().as_secs_f64(), &attributes);

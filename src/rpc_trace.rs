@@ -19,6 +19,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::metrics;
+use crate::telemetry::metrics_enabled;
 
 const API_PREFIX: &str = "/copilot.v1.Copilot/";
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
@@ -70,31 +71,38 @@ where
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(method) = request.uri().path().strip_prefix(API_PREFIX).map(str::to_string) else {
+        let Some(method) = request.uri().path().strip_prefix(API_PREFIX).and_then(api_method) else {
             return Box::pin(async move { Ok(inner.call(request).await?.map(TracedBody::untraced)) });
         };
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %format!("copilot.v1.Copilot/{method}"),
+            otel.name = method.span_name,
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = "copilot.v1.Copilot",
-            rpc.method = %method,
+            rpc.method = method.name,
             rpc.grpc.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-        // Must happen before the span is first entered, or it is ignored.
-        let _ = span.set_parent(parent);
-        let trace_id = span.context().span().span_context().clone();
-        let trace_id = trace_id.is_valid().then(|| trace_id.trace_id().to_string());
-        if let Some(id) = &trace_id {
-            span.record("trace_id", id.as_str());
+        // Without trace export the span is disabled: no context to extract or report.
+        let mut trace_id = None;
+        if !span.is_disabled() {
+            let parent =
+                opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+            // Must happen before the span is first entered, or it is ignored.
+            let _ = span.set_parent(parent);
+            let context = span.context().span().span_context().clone();
+            trace_id = context.is_valid().then(|| context.trace_id().to_string());
+            if let Some(id) = &trace_id {
+                span.record("trace_id", id.as_str());
+            }
         }
         let started = Instant::now();
-        metrics().active_requests.add(1, &[KeyValue::new("rpc.method", method.clone())]);
+        if metrics_enabled() {
+            metrics().active_requests.add(1, &[KeyValue::new("rpc.method", method.name)]);
+        }
         let call_span = span.clone();
         Box::pin(
             async move {
@@ -132,9 +140,28 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// A method of the API, named as the conventions want it, without allocating per call.
+#[derive(Clone, Copy)]
+struct ApiMethod {
+    name: &'static str,
+    span_name: &'static str,
+}
+
+fn api_method(name: &str) -> Option<ApiMethod> {
+    let (name, span_name) = match name {
+        "Generate" => ("Generate", "copilot.v1.Copilot/Generate"),
+        "Chat" => ("Chat", "copilot.v1.Copilot/Chat"),
+        "ListModels" => ("ListModels", "copilot.v1.Copilot/ListModels"),
+        "GetModel" => ("GetModel", "copilot.v1.Copilot/GetModel"),
+        // Unknown methods get UNIMPLEMENTED from the router; nothing to trace.
+        _ => return None,
+    };
+    Some(ApiMethod { name, span_name })
+}
+
 struct CallRecord {
     span: tracing::Span,
-    method: String,
+    method: ApiMethod,
     started: Instant,
     /// The status seen so far; none when the client went away before the trailers.
     status: Option<i32>,
@@ -153,8 +180,11 @@ impl CallRecord {
         if code != 0 {
             self.span.record("error.type", name);
         }
+        if !metrics_enabled() {
+            return;
+        }
         let m = metrics();
-        let method = KeyValue::new("rpc.method", self.method);
+        let method = KeyValue::new("rpc.method", self.method.name);
         let attributes = [
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", "copilot.v1.Copilot"),
@@ -174,7 +204,7 @@ impl<B> TracedBody<B> {
         Self { inner, call: None }
     }
 
-    fn traced(inner: B, span: tracing::Span, method: String, started: Instant, status: Option<i32>) -> Self {
+    fn traced(inner: B, span: tracing::Span, method: ApiMethod, started: Instant, status: Option<i32>) -> Self {
         Self { inner, call: Some(CallRecord { span, method, started, status }) }
     }
 }

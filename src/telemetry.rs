@@ -1,7 +1,12 @@
 //! Logs, traces and metrics.
 //!
-//! - Logs: text or JSON lines on stderr, filtered by `RUST_LOG` or the configured filter. Lines
-//!   written inside a call carry its `trace_id` (the RPC span's field).
+//! - Logs: text or JSON lines on stderr, filtered by `RUST_LOG` or the configured filter. When
+//!   traces are exported, lines written inside a call carry its `trace_id` (the RPC span's field).
+//!
+//! Nothing is measured that nobody reads: without trace export the call and attempt spans are
+//! never created, and without a metrics reader (OTLP push or the Prometheus listener) the
+//! instruments are no-ops. That keeps the per-call and per-chunk path of a plain deployment free
+//! of span formatting and attribute hashing.
 //! - Traces: OpenTelemetry, exported over OTLP (gRPC, or HTTP/protobuf with
 //!   `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. The exporter and SDK read the standard variables
@@ -16,6 +21,7 @@
 //!   `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -51,9 +57,18 @@ pub struct Telemetry {
     pub prometheus: prometheus::Registry,
 }
 
-/// Sets up logging, and OpenTelemetry unless disabled. Problems with the exporters are reported
-/// and leave the server running without them.
-pub fn init(config: &LogConfig) -> Telemetry {
+/// Whether metric instruments record anything (a reader is set up), for callers that would
+/// otherwise build attribute lists for nothing.
+pub fn metrics_enabled() -> bool {
+    METRICS_ENABLED.load(Ordering::Relaxed)
+}
+
+static METRICS_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Sets up logging, and OpenTelemetry unless disabled; `prometheus_served` says whether the admin
+/// listener will serve `/metrics`. Problems with the exporters are reported and leave the server
+/// running without them.
+pub fn init(config: &LogConfig, prometheus_served: bool) -> Telemetry {
     let disabled = env_true("OTEL_SDK_DISABLED");
     let prometheus = prometheus::Registry::new();
     let traces_wanted =
@@ -96,7 +111,7 @@ pub fn init(config: &LogConfig) -> Telemetry {
         None
     };
 
-    let meter_provider = if disabled {
+    let meter_provider = if disabled || !(metrics_pushed || prometheus_served) {
         None
     } else {
         let mut builder = SdkMeterProvider::builder().with_resource(resource);
@@ -119,6 +134,7 @@ pub fn init(config: &LogConfig) -> Telemetry {
         }
         let provider = builder.build();
         opentelemetry::global::set_meter_provider(provider.clone());
+        METRICS_ENABLED.store(true, Ordering::Relaxed);
         Some(provider)
     };
 
@@ -136,6 +152,11 @@ pub fn init(config: &LogConfig) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    // Without trace export the spans would only decorate log lines, at the price of formatting
+    // every field of every call: the log layer then sees events only, and since no layer wants
+    // the spans, `info_span!` costs a cached check.
+    let exporting_traces = tracer_provider.is_some();
+    let fmt = fmt.with_filter(filter::filter_fn(move |meta| exporting_traces || !meta.is_span()));
     // The exporter's own HTTP/2 and gRPC traffic must not become spans of its own.
     let otel = tracer_provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer().with_tracer(provider.tracer(SCOPE)).with_filter(filter::filter_fn(|meta| {

@@ -24,7 +24,13 @@ use serde::de::DeserializeOwned;
 /// installs ring's. Whoever installs first wins; an already installed provider is fine.
 pub fn client_builder(user_agent: &'static str, connect_timeout: Duration) -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().connect_timeout(connect_timeout).tcp_nodelay(true).user_agent(user_agent)
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .user_agent(user_agent)
+        // The gateway decides about retries (with backoff, budgets and fallback); reqwest's own
+        // would also clone every request in case it retried.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
 }
 
 /// Parses the base URL an adapter is configured with (already trimmed as the adapter wants it),
