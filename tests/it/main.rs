@@ -6,6 +6,7 @@ mod api;
 mod embedded;
 mod errors;
 mod harness;
+mod health_command;
 mod lifecycle;
 mod mesh;
 mod polyglot;
