@@ -2,6 +2,7 @@
 //! clients (Rust here; Python in `polyglot.rs`).
 
 mod api;
+mod deploy;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod errors;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
 
-use crate::harness::Copilot;
+use crate::harness::{Copilot, tool};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -31,15 +31,6 @@ async fn a_generated_python_client_calls_generate_and_streams_chat() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
-}
-
-/// A tool from the environment variable, else the copy scripts/test installs, else the PATH.
-fn tool(var: &str, installed: &str, fallback: &str) -> String {
-    if let Ok(path) = std::env::var(var) {
-        return path;
-    }
-    let local = Path::new(REPO).join(installed);
-    if local.exists() { local.display().to_string() } else { fallback.into() }
 }
 
 #[test]
