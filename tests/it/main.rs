@@ -6,6 +6,7 @@ mod deploy;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod errors;
+mod grpcurl;
 mod harness;
 mod health_command;
 mod lifecycle;
