@@ -1,5 +1,7 @@
 //! The `copilot` command: `copilot serve` (the default) runs the gateway; `copilot models` manages the
-//! embedded engine's model files.
+//! embedded engine's model files; `copilot health` asks a running server whether it serves.
+
+mod health_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,9 @@ enum Command {
     Serve(ServeArgs),
     /// List, fetch and verify the embedded engine's pinned models.
     Models(models_cmd::ModelsArgs),
+    /// Ask the server at the configured address whether it serves (exit 0) or not (exit 1), over
+    /// gRPC health: a container health check without a shell.
+    Health(health_cmd::HealthArgs),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -40,10 +45,11 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+    let (args, health) = match cli.command {
+        Some(Command::Serve(args)) => (args, None),
         Some(Command::Models(args)) => return models_cmd::run(args),
-        None => cli.serve,
+        Some(Command::Health(health)) => (cli.serve, Some(health)),
+        None => (cli.serve, None),
     };
     let overrides = Overrides { addr: args.addr, log_format: args.log_format };
     let config = match Config::load(args.config.as_deref(), &overrides) {
@@ -53,6 +59,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(health) = health {
+        return health_cmd::run(health, config.server.addr);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -66,7 +75,11 @@ fn main() -> ExitCode {
         copilot::telemetry::init(&config.log, config.server.metrics_addr.is_some())
     };
     let prometheus = telemetry.prometheus.clone();
-    let served = runtime.block_on(copilot::server::serve(config, prometheus, shutdown_signal()));
+    let shutdown = {
+        let _runtime = runtime.enter();
+        shutdown_signal()
+    };
+    let served = runtime.block_on(copilot::server::serve(config, prometheus, shutdown));
     // Export what is still buffered (the exporters block while they do: keep them off the workers).
     runtime.block_on(async {
         let _ = tokio::time::timeout(
@@ -85,27 +98,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed now, inside the runtime, not
+/// when the future is first polled: a signal arriving between "listening" and that first poll
+/// would otherwise kill the process without a drain.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut terminate, mut interrupt) = handlers;
+            let terminate = async {
+                match terminate.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let interrupt = async {
+                match interrupt.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = terminate => {}
+                _ = interrupt => {}
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }
 

@@ -138,3 +138,15 @@ impl Copilot {
 pub async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(limit, future).await.unwrap_or_else(|_| panic!("no result within {limit:?}"))
 }
+
+/// A tool from the environment variable `var`, else as [`installed_tool`] finds it.
+pub fn tool(var: &str, installed: &str, fallback: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| installed_tool(installed, fallback))
+}
+
+/// The copy of a tool `scripts/test` installs under the repository (`installed`, a relative path),
+/// else `fallback` from the PATH.
+pub fn installed_tool(installed: &str, fallback: &str) -> String {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(installed);
+    if local.exists() { local.display().to_string() } else { fallback.into() }
+}

@@ -2,10 +2,13 @@
 //! clients (Rust here; Python in `polyglot.rs`).
 
 mod api;
+mod deploy;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod errors;
+mod grpcurl;
 mod harness;
+mod health_command;
 mod lifecycle;
 mod mesh;
 mod polyglot;

