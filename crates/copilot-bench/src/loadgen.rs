@@ -125,8 +125,8 @@ pub struct LoadArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// The server's process id: report its RSS idle (after warm-up), at the peak of the run, and
-    /// per stream for chat runs (Linux /proc).
+    /// The server's process id: report its RSS idle (before any request), after the warm-up, at
+    /// the peak of the run, and per stream for chat runs (Linux /proc).
     #[arg(long)]
     pub pid: Option<u32>,
     /// Also write the results to this JSON file.
@@ -589,6 +589,12 @@ pub struct RunInfo {
 pub async fn measure<B: Backend>(backend: Arc<B>, args: &LoadArgs, info: RunInfo) -> Result<RunReport, BoxError> {
     let plan = args.plan();
     let (warmup, parallel) = args.warmup(&plan);
+    let read_rss =
+        |pid: u32| memory::read_rss(pid).map_err(|e| format!("cannot read the memory of process {pid}: {e}"));
+    let idle = match info.pid {
+        Some(pid) => Some(read_rss(pid)?),
+        None => None,
+    };
     if warmup > 0 {
         let (ok, error) = warm_up(&backend, warmup, parallel, plan.timeout).await;
         eprintln!("{}: warm-up {ok}/{warmup} ok", info.label);
@@ -602,8 +608,8 @@ pub async fn measure<B: Backend>(backend: Arc<B>, args: &LoadArgs, info: RunInfo
         }
     }
 
-    let idle = match info.pid {
-        Some(pid) => Some(memory::read_rss(pid).map_err(|e| format!("cannot read the memory of process {pid}: {e}"))?),
+    let warmed = match info.pid {
+        Some(pid) => Some(read_rss(pid)?),
         None => None,
     };
     let sampler = info.pid.map(Sampler::start);
@@ -623,7 +629,8 @@ pub async fn measure<B: Backend>(backend: Arc<B>, args: &LoadArgs, info: RunInfo
     let memory = info
         .pid
         .zip(idle)
-        .map(|(pid, idle_bytes)| MemoryUse::new(pid, idle_bytes, peak, summary.max_in_flight, args.rpc.streaming()));
+        .map(|(pid, idle_bytes)| MemoryUse::new(pid, idle_bytes, peak, summary.max_in_flight, args.rpc.streaming()))
+        .map(|memory| MemoryUse { warmed_bytes: warmed, ..memory });
     Ok(RunReport {
         label: info.label,
         target: info.target,

@@ -52,12 +52,10 @@ impl UpstreamKind {
         }
     }
 
-    /// A model the fake serves.
+    /// A model the fakes serve that answers with exactly `--max-tokens` chunks, so the answer's
+    /// length is the benchmark's choice rather than the prompt's.
     fn default_model(self) -> &'static str {
-        match self {
-            UpstreamKind::Ollama => "llama3.2:3b",
-            UpstreamKind::Openai => "gpt-4o-mini",
-        }
+        "endless"
     }
 
     /// The provider name in the Copilot config we write (the prefix of its model names).
@@ -95,7 +93,8 @@ pub struct OverheadCmd {
     /// The Copilot to start (default: target/release/copilot, else target/debug/copilot).
     #[arg(long)]
     pub copilot_bin: Option<PathBuf>,
-    /// The model as the upstream names it (default: llama3.2:3b for ollama, gpt-4o-mini for openai).
+    /// The model as the upstream names it (default: `endless`, which the fakes answer with exactly
+    /// --max-tokens chunks; their `llama3.2:3b` / `gpt-4o-mini` echo the prompt instead).
     #[arg(long)]
     pub model: Option<String>,
     /// The model as Copilot routes it (default: PROVIDER/MODEL, PROVIDER being ollama or openai).
@@ -326,7 +325,11 @@ async fn run_with(
 ) -> Result<ExitCode, BoxError> {
     let started_unix_s = report::unix_now();
     let kind = cmd.upstream_kind;
-    let model = cmd.model.clone().unwrap_or_else(|| kind.default_model().to_owned());
+    let model = match (&cmd.model, &cmd.upstream) {
+        (Some(model), _) => model.clone(),
+        (None, None) => kind.default_model().to_owned(),
+        (None, Some(_)) => return Err("--model is required with --upstream (a model that upstream serves)".into()),
+    };
 
     let upstream = match &cmd.upstream {
         Some(url) => {

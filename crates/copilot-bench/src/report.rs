@@ -95,8 +95,10 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemoryUse {
     pub pid: u32,
-    /// RSS after the warm-up, before the measured run.
+    /// RSS before this run sent anything (before the warm-up): what the streams are charged from.
     pub idle_bytes: u64,
+    /// RSS after the warm-up, before the measured run (the allocator keeps what the warm-up used).
+    pub warmed_bytes: Option<u64>,
     /// The highest RSS sampled during the run.
     pub peak_bytes: Option<u64>,
     /// The most requests in flight at once.
@@ -110,7 +112,7 @@ impl MemoryUse {
         let per_stream_bytes = peak_bytes
             .filter(|_| streaming && streams > 0)
             .map(|peak| peak.saturating_sub(idle_bytes) as f64 / streams as f64);
-        MemoryUse { pid, idle_bytes, peak_bytes, streams, per_stream_bytes }
+        MemoryUse { pid, idle_bytes, warmed_bytes: None, peak_bytes, streams, per_stream_bytes }
     }
 }
 
@@ -202,9 +204,10 @@ pub fn render_run(run: &RunReport) -> String {
             format!(", per stream {} KiB ((peak − idle) / {} streams)", kib(Some(b)), m.streams)
         });
         out.push_str(&format!(
-            "  server RSS (pid {}): idle {} MiB, peak {} MiB{per_stream}\n",
+            "  server RSS (pid {}): idle {} MiB (before any request), after warm-up {} MiB, peak {} MiB{per_stream}\n",
             m.pid,
             mib(Some(m.idle_bytes)),
+            mib(m.warmed_bytes),
             mib(m.peak_bytes)
         ));
     }

@@ -1,13 +1,14 @@
 //! A stand-alone fake Ollama server for manual runs and benchmarks.
 //!
-//! Serves two echoing demo models, `llama3.2:3b` and `qwen2.5:0.5b`, on the given address until
-//! interrupted. Request bodies are not recorded, so memory stays flat over long benchmark runs.
+//! Serves two echoing demo models, `llama3.2:3b` and `qwen2.5:0.5b`, and `endless`, which streams
+//! `" tok"` chunks until the request's token limit (so a benchmark chooses the answer's length),
+//! on the given address until interrupted. Request bodies are not recorded, so memory stays flat over long benchmark runs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use copilot_fakes::{FakeModel, FakeOllama};
+use copilot_fakes::{FakeModel, FakeOllama, Reply};
 
 #[derive(Parser)]
 #[command(name = "fake-ollama", about = "A fake Ollama server whose models echo the last user message")]
@@ -38,6 +39,12 @@ async fn main() -> std::io::Result<()> {
     qwen.context_length = 32_768;
     qwen.size = 397_821_319;
     fake.add_model(qwen);
+    fake.add_model(
+        FakeModel::new("endless")
+            .with_reply(Reply::Endless)
+            .with_token_delay(token_delay)
+            .with_header_delay(header_delay),
+    );
 
     // One line on stdout, so scripts can wait for it before sending traffic.
     println!("fake-ollama listening on {}", fake.base_url());

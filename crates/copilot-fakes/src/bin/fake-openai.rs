@@ -1,14 +1,15 @@
 //! A stand-alone fake OpenAI-compatible server for manual runs and benchmarks.
 //!
-//! Serves two echoing demo models, `gpt-4o-mini` and `qwen2.5-0.5b-instruct`, under `/v1` on the
-//! given address until interrupted, in the chosen flavour. Request bodies are not recorded, so
+//! Serves two echoing demo models, `gpt-4o-mini` and `qwen2.5-0.5b-instruct`, and `endless`, which
+//! streams `" tok"` chunks until the request's token limit (so a benchmark chooses the answer's
+//! length), under `/v1` on the given address until interrupted, in the chosen flavour. Request bodies are not recorded, so
 //! memory stays flat over long benchmark runs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use copilot_fakes::{FakeModel, FakeOpenAi, Flavour};
+use copilot_fakes::{FakeModel, FakeOpenAi, Flavour, Reply};
 
 #[derive(Parser)]
 #[command(name = "fake-openai", about = "A fake OpenAI-compatible server whose models echo the last user message")]
@@ -55,6 +56,12 @@ async fn main() -> std::io::Result<()> {
     for name in ["gpt-4o-mini", "qwen2.5-0.5b-instruct"] {
         fake.add_model(FakeModel::new(name).with_token_delay(token_delay).with_header_delay(header_delay));
     }
+    fake.add_model(
+        FakeModel::new("endless")
+            .with_reply(Reply::Endless)
+            .with_token_delay(token_delay)
+            .with_header_delay(header_delay),
+    );
 
     // One line on stdout, so scripts can wait for it before sending traffic.
     println!("fake-openai listening on {}", fake.base_url());
