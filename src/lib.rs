@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) wires these modules together; they are a library so integration
 //! tests and other tools can use the generated client (`proto::v1::copilot_client`).
 
+pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod router;
 pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 /// Code generated from `proto/` by `build.rs`.
