@@ -114,6 +114,8 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+const LATEST: &str = ":latest";
+
 /// An allow-list entry: an exact name, or a prefix ending in `*` (`ollama/*`, `*`).
 enum ModelPattern {
     Exact(String),
@@ -131,7 +133,12 @@ impl ModelPattern {
 
     fn matches(&self, model: &str) -> bool {
         match self {
-            ModelPattern::Exact(name) => name == model,
+            // Ollama's untagged names mean `:latest`; either spelling matches the other.
+            ModelPattern::Exact(name) => {
+                name == model
+                    || model.strip_suffix(LATEST) == Some(name.as_str())
+                    || name.strip_suffix(LATEST) == Some(model)
+            }
             ModelPattern::Prefix(prefix) => model.starts_with(prefix.as_str()),
         }
     }
@@ -192,6 +199,8 @@ mod tests {
         let k = key(Some(&["ollama/*", "fast", "openai/gpt-4o"]));
         assert!(k.allows("ollama/llama3.2") && k.allows("fast") && k.allows("openai/gpt-4o"));
         assert!(!k.allows("openai/gpt-4o-mini") && !k.allows("faster") && !k.allows("gemini/x"));
+        assert!(k.allows("fast:latest") && !k.allows("fast:7b"));
+        assert!(key(Some(&["ollama/m:latest"])).allows("ollama/m"));
         assert!(key(None).allows("anything/at-all"));
         assert!(key(Some(&["*"])).allows("anything/at-all"));
         assert!(!key(Some(&[])).allows("ollama/x"));

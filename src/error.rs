@@ -75,6 +75,10 @@ pub enum GatewayError {
     #[error("key '{key}' may not use model '{model}'")]
     ModelNotAllowed { key: String, model: String },
 
+    /// A request message is larger than `limits.max_message_bytes`.
+    #[error("a request message of {size} bytes is over the limit of {limit}")]
+    MessageTooLarge { size: u64, limit: usize },
+
     /// The caller's key is over one of its per-minute budgets.
     #[error("key '{key}' is over its {limit}")]
     KeyLimited { key: String, limit: KeyLimit, retry_after: Duration },
@@ -242,6 +246,14 @@ fn to_status(error: GatewayError) -> Status {
             );
             let metadata = HashMap::from([("key_name".to_string(), key), ("model".to_string(), model)]);
             Status::with_error_details(Code::PermissionDenied, message, details("MODEL_NOT_ALLOWED", metadata))
+        }
+        GatewayError::MessageTooLarge { size, limit } => {
+            let message = format!(
+                "the request message is {size} bytes; this server accepts at most {limit} bytes (its \
+                 limits.max_message_bytes): send a shorter prompt or conversation"
+            );
+            let metadata = HashMap::from([("limit_bytes".to_string(), limit.to_string())]);
+            Status::with_error_details(Code::ResourceExhausted, message, details("MESSAGE_TOO_LARGE", metadata))
         }
         GatewayError::KeyLimited { key, limit, retry_after } => {
             let reason = match limit {

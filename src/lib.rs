@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+pub mod message_limit;
 pub mod metrics;
 pub mod observe;
 pub mod providers;

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
+use crate::message_limit::MessageLimitLayer;
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
 use crate::router::Router;
@@ -89,6 +90,7 @@ pub async fn serve(
     let service = tower::ServiceBuilder::new()
         .layer(RpcTraceLayer)
         .layer(AuthLayer::new(Auth::from_config(&config.auth)))
+        .layer(MessageLimitLayer::new(config.limits.max_message_bytes))
         .service(routes);
     let tls = match config.server.tls.clone() {
         Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
