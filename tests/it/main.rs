@@ -17,3 +17,4 @@ mod polyglot;
 mod providers;
 mod routing;
 mod telemetry;
+mod tls;
