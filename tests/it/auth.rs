@@ -281,3 +281,36 @@ async fn a_key_made_by_copilot_keys_new_is_accepted() {
     let status = generate(&mut client, Request::new(prompt("ollama/small"))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn the_call_span_names_the_key_but_never_holds_it() {
+    use copilot_fakes::otlp::FakeCollector;
+    let collector = FakeCollector::start().await;
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("small"));
+    let config = format!(
+        "[providers.ollama]\nretries = 0\n[auth]\nenabled = true\n\
+         [[auth.keys]]\nname = \"alpha\"\nhash = \"{ALPHA_HASH}\"\n"
+    );
+    let env = [
+        ("OLLAMA_HOST", fake.base_url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ];
+    let copilot = Copilot::start_with(&config, &env).await;
+    let mut client = copilot.client().await;
+    generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap();
+    within(LIMIT, client.list_models(with_key(ListModelsRequest {}, WRONG))).await.unwrap_err();
+
+    let allowed =
+        collector.wait_for_span(LIMIT, |s| s.name == "copilot.v1.Copilot/Generate").await.expect("a span for the call");
+    assert_eq!(allowed.str_attr("copilot.api_key.name"), Some("alpha"));
+    let refused = collector
+        .wait_for_span(LIMIT, |s| s.name == "copilot.v1.Copilot/ListModels")
+        .await
+        .expect("a span for the refused call");
+    assert_eq!(refused.int_attr("rpc.grpc.status_code"), Some(Code::Unauthenticated as i64));
+    assert_eq!(refused.str_attr("copilot.api_key.name"), None);
+    let everything = format!("{:?}", collector.spans());
+    assert!(!everything.contains(ALPHA) && !everything.contains(WRONG), "a key reached a span");
+}
