@@ -66,6 +66,13 @@ fn main() -> ExitCode {
         }
     };
     if let Some(health) = health {
+        if config.server.tls.is_some() {
+            eprintln!(
+                "copilot health: the listener speaks TLS (server.tls) and this check speaks plaintext; probe it with \
+                 a TLS-capable gRPC health client instead (e.g. grpc_health_probe -tls)"
+            );
+            return ExitCode::from(2);
+        }
         return health_cmd::run(health, config.server.addr);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

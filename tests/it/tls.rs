@@ -202,3 +202,19 @@ async fn unusable_certificate_files_stop_the_start_with_the_file_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("tls.key") && stderr.contains("no private key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_plaintext_health_command_says_it_cannot_check_a_tls_listener() {
+    let files = Files::new(&Ca::new("CA"), None);
+    let config = files.cert.with_file_name("copilot.toml");
+    std::fs::write(&config, files.config(false)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_copilot"))
+        .args(["health", "--config"])
+        .arg(&config)
+        .env_remove("COPILOT_ADDR")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.tls") && stderr.contains("plaintext"), "{stderr}");
+}
