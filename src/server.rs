@@ -11,7 +11,8 @@
 //! UNAVAILABLE.
 //!
 //! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`);
-//! `auth.rs` sits between the tracing layer and the routes.
+//! API keys (`auth.rs`) and the message size limit (`message_limit.rs`) are layers between the
+//! tracing layer and the routes.
 
 use std::future::Future;
 use std::net::SocketAddr;
