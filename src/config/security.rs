@@ -143,3 +143,58 @@ pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsC
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Overrides};
+
+    const HASH: &str = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn load(toml: &str) -> Result<Config, String> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("[providers.ollama]\n{toml}")).unwrap();
+        Config::load_from(Some(file.path()), &Overrides::default(), []).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_security_sections_load_with_their_defaults() {
+        let config = load(&format!(
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
+             [auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"\nmodels = [\"ollama/*\"]\n"
+        ))
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(10));
+        assert!(tls.client_ca_file.is_none());
+        assert!(config.auth.open_health && config.auth.open_reflection);
+        assert_eq!(config.auth.keys[0].requests_per_minute, None);
+        assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+        assert!(!format!("{:?}", config.auth).contains("ba7816bf"), "Debug shows no hash");
+        assert!(load("").unwrap().server.tls.is_none());
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key() {
+        let key =
+            |extra: &str| format!("[auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"\n{extra}");
+        let cases = [
+            ("[auth]\nenabled = true".to_string(), "auth.keys"),
+            ("[auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"abc\"".into(), "auth.keys[0].hash"),
+            (key("requests_per_minute = 0"), "auth.keys[0].requests_per_minute"),
+            (key("tokens_per_minute = 0"), "auth.keys[0].tokens_per_minute"),
+            (key("models = [\"\"]"), "auth.keys[0].models"),
+            (key(&format!("[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"")), "auth.keys[1].name"),
+            (key(&format!("[[auth.keys]]\nname = \"b\"\nhash = \"{HASH}\"")), "auth.keys[1].hash"),
+            ("[limits]\nmax_messages = 0".into(), "limits.max_messages"),
+            (
+                "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval = \"0s\"".into(),
+                "server.tls.reload_interval",
+            ),
+            ("[server.tls]\ncert_file = \"c\"".into(), "key_file"),
+        ];
+        for (toml, expected) in cases {
+            let err = load(&toml).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+}
