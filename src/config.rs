@@ -15,6 +15,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod security;
+pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
+
 const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -23,6 +26,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub routing: RoutingConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     /// Named provider instances; the name is the `provider/` prefix clients use.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -43,6 +48,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Where the admin listener serves Prometheus metrics at `/metrics` (off when unset).
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the gRPC listener (plaintext when unset).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +60,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
             metrics_addr: None,
+            tls: None,
         }
     }
 }
@@ -512,7 +520,7 @@ impl Config {
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
         }
-        Ok(())
+        security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
     }
 
     /// The provider a bare model name goes to (always set after loading).

@@ -66,6 +66,49 @@ pub enum GatewayError {
     /// The server is shutting down and the call outlived the grace period.
     #[error("the server is shutting down")]
     ShuttingDown,
+
+    /// The server requires an API key and the call came without a valid one.
+    #[error("unauthenticated: {0:?}")]
+    Unauthenticated(AuthFailure),
+
+    /// The caller's key may not use this model (`model` as the key's allow-list names it).
+    #[error("key '{key}' may not use model '{model}'")]
+    ModelNotAllowed { key: String, model: String },
+
+    /// A request message is larger than `limits.max_message_bytes`.
+    #[error("a request message of {size} bytes is over the limit of {limit}")]
+    MessageTooLarge { size: u64, limit: usize },
+
+    /// The caller's key is over one of its per-minute budgets.
+    #[error("key '{key}' is over its {limit}")]
+    KeyLimited { key: String, limit: KeyLimit, retry_after: Duration },
+}
+
+/// Why a call's credentials were refused. Never carries the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization` metadata.
+    Missing,
+    /// `authorization` is not `Bearer <key>`.
+    Malformed,
+    /// No configured key has this key's hash.
+    Unknown,
+}
+
+/// A per-key budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLimit {
+    RequestsPerMinute(u32),
+    TokensPerMinute(u64),
+}
+
+impl std::fmt::Display for KeyLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyLimit::RequestsPerMinute(n) => write!(f, "limit of {n} requests per minute"),
+            KeyLimit::TokensPerMinute(n) => write!(f, "budget of {n} tokens per minute"),
+        }
+    }
 }
 
 /// What the call was waiting for when time ran out.
@@ -179,6 +222,53 @@ fn to_status(error: GatewayError) -> Status {
             "this server is shutting down; retry the call, it will go to another replica",
             details("SHUTTING_DOWN", HashMap::new()),
         ),
+        GatewayError::Unauthenticated(failure) => {
+            let (reason, message) = match failure {
+                AuthFailure::Missing => (
+                    "API_KEY_MISSING",
+                    "this server requires an API key: send it in the `authorization` metadata as `Bearer <key>`",
+                ),
+                AuthFailure::Malformed => (
+                    "API_KEY_MALFORMED",
+                    "the `authorization` metadata must be `Bearer <key>` (the word Bearer, a space, then the key)",
+                ),
+                AuthFailure::Unknown => (
+                    "API_KEY_INVALID",
+                    "the API key is not valid on this server (unknown or revoked); check the key the client sends",
+                ),
+            };
+            Status::with_error_details(Code::Unauthenticated, message, details(reason, HashMap::new()))
+        }
+        GatewayError::ModelNotAllowed { key, model } => {
+            let message = format!(
+                "the API key '{key}' may not use model '{model}'; ListModels shows the models it may use, or ask the \
+                 server's operator to add the model to the key's `models`"
+            );
+            let metadata = HashMap::from([("key_name".to_string(), key), ("model".to_string(), model)]);
+            Status::with_error_details(Code::PermissionDenied, message, details("MODEL_NOT_ALLOWED", metadata))
+        }
+        GatewayError::MessageTooLarge { size, limit } => {
+            let message = format!(
+                "the request message is {size} bytes; this server accepts at most {limit} bytes (its \
+                 limits.max_message_bytes): send a shorter prompt or conversation"
+            );
+            let metadata = HashMap::from([("limit_bytes".to_string(), limit.to_string())]);
+            Status::with_error_details(Code::ResourceExhausted, message, details("MESSAGE_TOO_LARGE", metadata))
+        }
+        GatewayError::KeyLimited { key, limit, retry_after } => {
+            let reason = match limit {
+                KeyLimit::RequestsPerMinute(_) => "KEY_REQUEST_LIMIT",
+                KeyLimit::TokensPerMinute(_) => "KEY_TOKEN_LIMIT",
+            };
+            let message = format!(
+                "the API key '{key}' is over its {limit}; retry in {} (see RetryInfo)",
+                humantime::format_duration(retry_after)
+            );
+            let mut d = details(reason, HashMap::from([("key_name".to_string(), key.clone())]));
+            d.set_retry_info(Some(retry_after));
+            d.add_quota_failure_violation(format!("key:{key}"), limit.to_string());
+            Status::with_error_details(Code::ResourceExhausted, message, d)
+        }
     }
 }
 

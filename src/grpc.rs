@@ -8,6 +8,8 @@ use copilot_provider::{Completion, FinishReason};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
+use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, Summary};
 use crate::proto::v1 as pb;
@@ -15,11 +17,20 @@ use crate::validate;
 
 pub struct CopilotApi {
     gateway: Arc<Gateway>,
+    limits: LimitsConfig,
 }
 
 impl CopilotApi {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, limits: LimitsConfig) -> Self {
+        Self { gateway, limits }
+    }
+
+    /// Refuses a model the caller's key may not use (nothing to check when auth is off).
+    fn check_model(&self, caller: Option<&Caller>, model: &str) -> Result<(), Status> {
+        match caller {
+            Some(caller) => Ok(caller.check_model(self.gateway.router(), model)?),
+            None => Ok(()),
+        }
     }
 }
 
@@ -29,7 +40,9 @@ type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Sta
 impl pb::copilot_server::Copilot for CopilotApi {
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
         let call = CallContext::from_metadata(request.metadata());
-        let valid = validate::generate(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let valid = validate::generate(request.into_inner(), &self.limits)?;
+        self.check_model(caller.as_ref(), &valid.model)?;
         let events = self.gateway.chat(valid, call).await?;
         futures::pin_mut!(events);
         let mut text = String::new();
@@ -37,6 +50,9 @@ impl pb::copilot_server::Copilot for CopilotApi {
             match event? {
                 GatewayEvent::Delta(delta) => text.push_str(&delta),
                 GatewayEvent::Done(summary) => {
+                    if let Some(caller) = &caller {
+                        caller.charge(&summary.completion.usage);
+                    }
                     return Ok(Response::new(pb::GenerateResponse {
                         text,
                         model: summary.model.clone(),
@@ -55,17 +71,24 @@ impl pb::copilot_server::Copilot for CopilotApi {
 
     async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
         let call = CallContext::from_metadata(request.metadata());
-        let valid = validate::chat(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let valid = validate::chat(request.into_inner(), &self.limits)?;
+        self.check_model(caller.as_ref(), &valid.model)?;
         let events = self.gateway.chat(valid, call).await?;
-        let responses = events.map(|event| match event {
+        let responses = events.map(move |event| match event {
             Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
-            Ok(GatewayEvent::Done(summary)) => Ok(pb::ChatResponse {
-                content: String::new(),
-                model: summary.model.clone(),
-                finish_reason: finish_reason(&summary.completion) as i32,
-                usage: Some(usage(&summary.completion)),
-                timing: Some(timing(&summary)),
-            }),
+            Ok(GatewayEvent::Done(summary)) => {
+                if let Some(caller) = &caller {
+                    caller.charge(&summary.completion.usage);
+                }
+                Ok(pb::ChatResponse {
+                    content: String::new(),
+                    model: summary.model.clone(),
+                    finish_reason: finish_reason(&summary.completion) as i32,
+                    usage: Some(usage(&summary.completion)),
+                    timing: Some(timing(&summary)),
+                })
+            }
             Err(error) => Err(Status::from(error)),
         });
         Ok(Response::new(Box::pin(responses)))
@@ -73,7 +96,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
 
     async fn list_models(
         &self,
-        _request: Request<pb::ListModelsRequest>,
+        request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let listing = self.gateway.list_models().await?;
         let mut models: Vec<pb::Model> = listing.models.into_iter().map(model).collect();
@@ -82,12 +105,17 @@ impl pb::copilot_server::Copilot for CopilotApi {
             alias_targets: alias.targets,
             ..Default::default()
         }));
+        // A key sees only the models it may use.
+        if let Some(caller) = Caller::of(&request) {
+            models.retain(|model| caller.0.allows(&model.name));
+        }
         let failed_providers =
             listing.failures.into_iter().map(|(provider, message)| pb::ProviderFailure { provider, message }).collect();
         Ok(Response::new(pb::ListModelsResponse { models, failed_providers }))
     }
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
+        self.check_model(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;
         let name = request.into_inner().model;
         let (listed, alias) = self.gateway.describe(name.trim()).await?;
         let mut described = model(listed);

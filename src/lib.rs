@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) wires these modules together; they are a library so integration
 //! tests and other tools can use the generated client (`proto::v1::copilot_client`).
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod deadline;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+pub mod message_limit;
 pub mod metrics;
 pub mod observe;
 pub mod providers;
@@ -18,6 +20,7 @@ pub mod router;
 pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 /// Code generated from `proto/` by `build.rs`.

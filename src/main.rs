@@ -1,7 +1,9 @@
 //! The `copilot` command: `copilot serve` (the default) runs the gateway; `copilot models` manages the
-//! embedded engine's model files; `copilot health` asks a running server whether it serves.
+//! embedded engine's model files; `copilot health` asks a running server whether it serves;
+//! `copilot keys` makes API keys.
 
 mod health_cmd;
+mod keys_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ enum Command {
     /// Ask the server at the configured address whether it serves (exit 0) or not (exit 1), over
     /// gRPC health: a container health check without a shell.
     Health(health_cmd::HealthArgs),
+    /// Make API keys for `[auth]`.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     let (args, health) = match cli.command {
         Some(Command::Serve(args)) => (args, None),
         Some(Command::Models(args)) => return models_cmd::run(args),
+        Some(Command::Keys(command)) => return keys_cmd::run(command),
         Some(Command::Health(health)) => (cli.serve, Some(health)),
         None => (cli.serve, None),
     };
@@ -60,6 +66,13 @@ fn main() -> ExitCode {
         }
     };
     if let Some(health) = health {
+        if config.server.tls.is_some() {
+            eprintln!(
+                "copilot health: the listener speaks TLS (server.tls) and this check speaks plaintext; probe it with \
+                 a TLS-capable gRPC health client instead (e.g. grpc_health_probe -tls)"
+            );
+            return ExitCode::from(2);
+        }
         return health_cmd::run(health, config.server.addr);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -140,6 +140,17 @@ impl Router {
         Ok(Plan { alias: None, tiers: vec![vec![self.target(name)?]] })
     }
 
+    /// The name per-key allow-lists match: the alias a name refers to, else `provider/model` as
+    /// routing resolved it (so a bare `llama3.2` is checked as `ollama/llama3.2`).
+    pub fn allow_list_name(&self, requested: &str) -> Result<String, GatewayError> {
+        let plan = self.resolve(requested)?;
+        Ok(match (plan.alias, plan.tiers.first().and_then(|tier| tier.first())) {
+            (Some(alias), _) => alias,
+            (None, Some(target)) => format!("{}/{}", target.instance.name, target.model),
+            (None, None) => requested.to_string(),
+        })
+    }
+
     fn target(&self, name: &str) -> Result<Target, GatewayError> {
         let (instance, model) = match name.split_once('/') {
             Some((prefix, model)) if self.instances.contains_key(prefix) => (&self.instances[prefix], model),
@@ -262,6 +273,15 @@ pub(crate) mod tests {
         let r = Router::new(vec![instance("a"), instance("b")], None, None, BTreeMap::new());
         assert!(matches!(r.resolve("llama"), Err(GatewayError::InvalidArgument(_))));
         assert_eq!(resolve(&r, "b/llama"), ("b".into(), "llama".into()));
+    }
+
+    #[test]
+    fn allow_lists_see_aliases_and_resolved_provider_model_names() {
+        let r = router(Some("fast"));
+        assert_eq!(r.allow_list_name("fast").unwrap(), "fast");
+        assert_eq!(r.allow_list_name("").unwrap(), "fast");
+        assert_eq!(r.allow_list_name("llama3.2").unwrap(), "ollama/llama3.2");
+        assert_eq!(r.allow_list_name("gpu/qwen").unwrap(), "gpu/qwen");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::metrics::metrics;
 use crate::telemetry::metrics_enabled;
 
-const API_PREFIX: &str = "/copilot.v1.Copilot/";
+pub const API_PREFIX: &str = "/copilot.v1.Copilot/";
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 #[derive(Clone)]
@@ -85,6 +85,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            copilot.api_key.name = tracing::field::Empty,
         );
         // Without trace export the span is disabled: no context to extract or report.
         let mut trace_id = None;

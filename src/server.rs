@@ -9,6 +9,10 @@
 //! `drain_delay` (so balancers notice), then the listener closes and every connection gets a
 //! GOAWAY; in-flight calls may finish within `shutdown_grace`, after which they end with
 //! UNAVAILABLE.
+//!
+//! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`);
+//! API keys (`auth.rs`) and the message size limit (`message_limit.rs`) are layers between the
+//! tracing layer and the routes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,20 +26,26 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::auth::{Auth, AuthLayer};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
+use crate::message_limit::MessageLimitLayer;
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
 use crate::router::Router;
 use crate::rpc_trace::RpcTraceLayer;
+use crate::tls::Tls;
 
 /// The health-check name of the API, as the generated server names it.
 pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::NamedService>::NAME;
 
 /// Time allowed, after the grace period, for calls ended by the hard stop to send their status.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -68,14 +78,25 @@ pub async fn serve(
     }
     let health = HealthState::new(reporter, SERVICE_NAME);
     let routes = tonic::service::Routes::builder()
-        .add_service(CopilotServer::new(CopilotApi::new(gateway.clone())))
+        .add_service(
+            CopilotServer::new(CopilotApi::new(gateway.clone(), config.limits.clone()))
+                .max_decoding_message_size(config.limits.max_message_bytes),
+        )
         .add_service(health_service)
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)
         .clone()
         .routes()
         .prepare();
-    let service = tower::Layer::layer(&RpcTraceLayer, routes);
+    let service = tower::ServiceBuilder::new()
+        .layer(RpcTraceLayer)
+        .layer(AuthLayer::new(Auth::from_config(&config.auth)))
+        .layer(MessageLimitLayer::new(config.limits.max_message_bytes))
+        .service(routes);
+    let tls = match config.server.tls.clone() {
+        Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
+        None => None,
+    };
     if let Some(addr) = config.server.metrics_addr {
         serve_metrics(addr, prometheus).await?;
     }
@@ -116,9 +137,25 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let connection = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
-                let connection = connections.watch(connection);
+                let service = TowerToHyperService::new(service.clone());
+                let Some(tls) = &tls else {
+                    let connection = connections.watch(http2.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake runs on the connection's own task, so a slow client delays no one.
+                let (acceptor, http2, watcher) = (tls.acceptor(), http2.clone(), connections.watcher());
                 tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let connection = watcher.watch(http2.serve_connection(TokioIo::new(stream), service));
                     if let Err(e) = connection.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

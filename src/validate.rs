@@ -4,6 +4,7 @@
 use copilot_provider::{GenerationOptions, Message, Role};
 use tonic_types::FieldViolation;
 
+use crate::config::LimitsConfig;
 use crate::error::GatewayError;
 use crate::proto::v1 as pb;
 
@@ -18,11 +19,12 @@ pub struct ValidRequest {
     pub options: GenerationOptions,
 }
 
-pub fn generate(request: pb::GenerateRequest) -> Result<ValidRequest, GatewayError> {
+pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
     let mut violations = Vec::new();
     if request.prompt.trim().is_empty() {
         violations.push(FieldViolation::new("prompt", "must not be empty"));
     }
+    check_prompt_size("prompt", [request.prompt.as_str(), request.system.as_str()], limits, &mut violations);
     let options = options(request.options, &mut violations);
     finish(violations)?;
     let mut messages = Vec::with_capacity(2);
@@ -33,11 +35,23 @@ pub fn generate(request: pb::GenerateRequest) -> Result<ValidRequest, GatewayErr
     Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
 }
 
-pub fn chat(request: pb::ChatRequest) -> Result<ValidRequest, GatewayError> {
+pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
     let mut violations = Vec::new();
     if request.messages.is_empty() {
         violations.push(FieldViolation::new("messages", "must contain at least one message"));
     }
+    if request.messages.len() > limits.max_messages {
+        // Checking each of a flood of messages would only lengthen the answer.
+        return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+            "messages",
+            format!(
+                "has {} messages; this server accepts at most {} (its limits.max_messages)",
+                request.messages.len(),
+                limits.max_messages
+            ),
+        )]));
+    }
+    check_prompt_size("messages", request.messages.iter().map(|m| m.content.as_str()), limits, &mut violations);
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, message) in request.messages.into_iter().enumerate() {
         let role = match pb::Role::try_from(message.role) {
@@ -69,6 +83,29 @@ pub fn chat(request: pb::ChatRequest) -> Result<ValidRequest, GatewayError> {
     let options = options(request.options, &mut violations);
     finish(violations)?;
     Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
+}
+
+/// The prompt's total length in characters against `limits.max_prompt_chars`.
+fn check_prompt_size<'a>(
+    field: &str,
+    texts: impl IntoIterator<Item = &'a str> + Clone,
+    limits: &LimitsConfig,
+    violations: &mut Vec<FieldViolation>,
+) {
+    let max = limits.max_prompt_chars;
+    // A text has at least as many bytes as characters: count characters only when the bytes exceed the limit.
+    if texts.clone().into_iter().map(str::len).sum::<usize>() <= max {
+        return;
+    }
+    let chars: usize = texts.into_iter().map(|t| t.chars().count()).sum();
+    if chars > max {
+        violations.push(FieldViolation::new(
+            field,
+            format!(
+                "is {chars} characters long in total; this server accepts at most {max} (its limits.max_prompt_chars)"
+            ),
+        ));
+    }
 }
 
 fn options(options: Option<pb::GenerationOptions>, violations: &mut Vec<FieldViolation>) -> GenerationOptions {
@@ -121,6 +158,14 @@ fn finish(violations: Vec<FieldViolation>) -> Result<(), GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn generate(request: pb::GenerateRequest) -> Result<ValidRequest, GatewayError> {
+        super::generate(request, &LimitsConfig::default())
+    }
+
+    fn chat(request: pb::ChatRequest) -> Result<ValidRequest, GatewayError> {
+        super::chat(request, &LimitsConfig::default())
+    }
 
     fn fields(error: GatewayError) -> Vec<String> {
         match error {
@@ -195,6 +240,30 @@ mod tests {
         .unwrap_err();
         assert_eq!(fields(err), ["messages[1].role", "messages[2].role", "messages[2].content"]);
         assert_eq!(fields(chat(pb::ChatRequest::default()).unwrap_err()), ["messages"]);
+    }
+
+    #[test]
+    fn prompt_length_counts_characters_over_every_message() {
+        let limits = LimitsConfig { max_prompt_chars: 5, max_messages: 2, ..LimitsConfig::default() };
+        let message = |content: &str| pb::Message { role: pb::Role::User as i32, content: content.into() };
+        let request = |contents: &[&str]| pb::ChatRequest {
+            messages: contents.iter().map(|c| message(c)).collect(),
+            ..Default::default()
+        };
+        // Five characters in ten bytes is within a limit of five characters.
+        assert!(super::chat(request(&["ééé", "éé"]), &limits).is_ok());
+        let err = super::chat(request(&["abc", "def"]), &limits).unwrap_err();
+        assert!(err.to_string().contains("6 characters") && err.to_string().contains("max_prompt_chars"), "{err}");
+        let err = super::chat(request(&["a", "b", "c"]), &limits).unwrap_err();
+        assert!(err.to_string().contains("3 messages") && err.to_string().contains("max_messages"), "{err}");
+
+        let prompt = |prompt: &str, system: &str| pb::GenerateRequest {
+            prompt: prompt.into(),
+            system: system.into(),
+            ..Default::default()
+        };
+        assert!(super::generate(prompt("abc", "de"), &limits).is_ok());
+        assert_eq!(fields(super::generate(prompt("abc", "def"), &limits).unwrap_err()), ["prompt"]);
     }
 
     #[test]

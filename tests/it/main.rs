@@ -2,6 +2,7 @@
 //! clients (Rust here; Python in `polyglot.rs`).
 
 mod api;
+mod auth;
 mod deploy;
 #[cfg(feature = "embedded")]
 mod embedded;
@@ -10,8 +11,10 @@ mod grpcurl;
 mod harness;
 mod health_command;
 mod lifecycle;
+mod limits;
 mod mesh;
 mod polyglot;
 mod providers;
 mod routing;
 mod telemetry;
+mod tls;

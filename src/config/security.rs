@@ -1,0 +1,200 @@
+//! The security sections of the configuration: TLS on the listener (`[server.tls]`), API keys
+//! with per-key models and rate limits (`[auth]`), and request size limits (`[limits]`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, invalid};
+use crate::auth::KeyHash;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The PEM certificate chain the listener presents, leaf first.
+    pub cert_file: PathBuf,
+    /// The PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, every client must present a certificate one of them
+    /// issued (mutual TLS), and connections without one are refused during the handshake.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are re-read; changed files apply to new connections, and files that
+    /// do not load leave the previous certificate in use (with an error in the log).
+    #[serde(default = "default_reload_interval", with = "super::duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require an API key (`authorization: Bearer <key>` metadata) on every call.
+    pub enabled: bool,
+    /// The keys that are accepted, by their hashes (`copilot keys new` makes a key and its hash).
+    pub keys: Vec<ApiKeyConfig>,
+    /// Leave `grpc.health.v1.Health` open, so probes need no key.
+    pub open_health: bool,
+    /// Leave server reflection open, so tools such as grpcurl can list the API without a key.
+    pub open_reflection: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { enabled: false, keys: Vec::new(), open_health: true, open_reflection: true }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key; logs and traces show this, never the key.
+    pub name: String,
+    /// `sha256:<64 hex digits>`: the SHA-256 of the key.
+    pub hash: String,
+    /// The models this key may use: `provider/model` names, alias names, `provider/*`, or `*`.
+    /// Unset: every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Calls of the Copilot API this key may make per minute (unset: no limit).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Prompt plus completion tokens this key may use per minute (unset: no limit). Usage is
+    /// charged when a completion ends; a key over budget is refused until the budget refills.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    /// The hash is not the key, but it has no business in logs either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest request message accepted, in bytes (encoded protobuf).
+    pub max_message_bytes: usize,
+    /// The most messages one Chat request may carry.
+    pub max_messages: usize,
+    /// The most characters of prompt one request may carry: the sum over all its messages
+    /// (Generate: the prompt plus the system prompt).
+    pub max_prompt_chars: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_message_bytes: 4 * 1024 * 1024, max_messages: 1000, max_prompt_chars: 1_000_000 }
+    }
+}
+
+pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsConfig) -> Result<(), ConfigError> {
+    if let Some(tls) = tls
+        && tls.reload_interval.is_zero()
+    {
+        return Err(invalid("server.tls.reload_interval", "must be greater than zero"));
+    }
+    if auth.enabled && auth.keys.is_empty() {
+        return Err(invalid("auth.keys", "is empty while auth.enabled is true: every call would be refused"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    for (i, key) in auth.keys.iter().enumerate() {
+        let at = |field: &str| format!("auth.keys[{i}].{field}");
+        if key.name.trim().is_empty() {
+            return Err(invalid(at("name"), "must not be empty"));
+        }
+        if !names.insert(key.name.as_str()) {
+            return Err(invalid(at("name"), format!("'{}' names two keys; names must be unique", key.name)));
+        }
+        let hash = KeyHash::parse(&key.hash).map_err(|problem| invalid(at("hash"), problem))?;
+        if !hashes.insert(hash.to_string()) {
+            return Err(invalid(at("hash"), format!("is also the hash of another key than '{}'", key.name)));
+        }
+        if key.models.as_ref().is_some_and(|models| models.iter().any(|m| m.trim().is_empty())) {
+            return Err(invalid(at("models"), "has an empty entry"));
+        }
+        if key.requests_per_minute == Some(0) {
+            return Err(invalid(at("requests_per_minute"), "must be at least 1 (leave it unset for no limit)"));
+        }
+        if key.tokens_per_minute == Some(0) {
+            return Err(invalid(at("tokens_per_minute"), "must be at least 1 (leave it unset for no limit)"));
+        }
+    }
+    for (field, value) in [
+        ("max_message_bytes", limits.max_message_bytes),
+        ("max_messages", limits.max_messages),
+        ("max_prompt_chars", limits.max_prompt_chars),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("limits.{field}"), "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Overrides};
+
+    const HASH: &str = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn load(toml: &str) -> Result<Config, String> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("[providers.ollama]\n{toml}")).unwrap();
+        Config::load_from(Some(file.path()), &Overrides::default(), []).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_security_sections_load_with_their_defaults() {
+        let config = load(&format!(
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
+             [auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"\nmodels = [\"ollama/*\"]\n"
+        ))
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(10));
+        assert!(tls.client_ca_file.is_none());
+        assert!(config.auth.open_health && config.auth.open_reflection);
+        assert_eq!(config.auth.keys[0].requests_per_minute, None);
+        assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+        assert!(!format!("{:?}", config.auth).contains("ba7816bf"), "Debug shows no hash");
+        assert!(load("").unwrap().server.tls.is_none());
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key() {
+        let key =
+            |extra: &str| format!("[auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"\n{extra}");
+        let cases = [
+            ("[auth]\nenabled = true".to_string(), "auth.keys"),
+            ("[auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nhash = \"abc\"".into(), "auth.keys[0].hash"),
+            (key("requests_per_minute = 0"), "auth.keys[0].requests_per_minute"),
+            (key("tokens_per_minute = 0"), "auth.keys[0].tokens_per_minute"),
+            (key("models = [\"\"]"), "auth.keys[0].models"),
+            (key(&format!("[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"")), "auth.keys[1].name"),
+            (key(&format!("[[auth.keys]]\nname = \"b\"\nhash = \"{HASH}\"")), "auth.keys[1].hash"),
+            ("[limits]\nmax_messages = 0".into(), "limits.max_messages"),
+            (
+                "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval = \"0s\"".into(),
+                "server.tls.reload_interval",
+            ),
+            ("[server.tls]\ncert_file = \"c\"".into(), "key_file"),
+        ];
+        for (toml, expected) in cases {
+            let err = load(&toml).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+}

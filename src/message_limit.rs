@@ -1,0 +1,180 @@
+//! The request message size limit (`limits.max_message_bytes`), enforced on the gRPC frame
+//! headers as the request body streams in: an oversized message is refused before any of it is
+//! buffered, with RESOURCE_EXHAUSTED (what gRPC libraries answer) and a message naming the limit.
+//! tonic's own limit stays configured behind it, but answers OUT_OF_RANGE without saying which
+//! setting to change.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http::Request;
+use http_body::{Body, Frame};
+
+use crate::error::GatewayError;
+
+/// A gRPC message frame starts with a compression flag and a big-endian 32-bit length.
+const FRAME_HEADER: usize = 5;
+
+#[derive(Clone, Copy)]
+pub struct MessageLimitLayer {
+    max_bytes: usize,
+}
+
+impl MessageLimitLayer {
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
+}
+
+impl<S> tower::Layer<S> for MessageLimitLayer {
+    type Service = MessageLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageLimit { inner, max_bytes: self.max_bytes }
+    }
+}
+
+#[derive(Clone)]
+pub struct MessageLimit<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+impl<S, B> tower::Service<Request<B>> for MessageLimit<S>
+where
+    S: tower::Service<Request<LimitedBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let max_bytes = self.max_bytes;
+        self.inner.call(request.map(|inner| LimitedBody { inner, frames: FrameReader::new(max_bytes) }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        frames: FrameReader,
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body,
+    B::Data: Buf,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = B::Data;
+    type Error = tower::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(size) = this.frames.read(data.chunk())
+                {
+                    let error = GatewayError::MessageTooLarge { size, limit: this.frames.max_bytes };
+                    return Poll::Ready(Some(Err(Box::new(tonic::Status::from(error)))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Follows the message frames through the body's chunks, wherever the chunks split them.
+struct FrameReader {
+    max_bytes: usize,
+    header: [u8; FRAME_HEADER],
+    header_len: usize,
+    /// Bytes of the current message still to come.
+    body_left: usize,
+}
+
+impl FrameReader {
+    fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, header: [0; FRAME_HEADER], header_len: 0, body_left: 0 }
+    }
+
+    /// Reads one chunk; `Err` carries the size of a message over the limit.
+    fn read(&mut self, mut chunk: &[u8]) -> Result<(), u64> {
+        while !chunk.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(chunk.len());
+                self.body_left -= n;
+                chunk = &chunk[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.header_len).min(chunk.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&chunk[..n]);
+            self.header_len += n;
+            chunk = &chunk[n..];
+            if self.header_len == FRAME_HEADER {
+                self.header_len = 0;
+                let [_, a, b, c, d] = self.header;
+                let size = u32::from_be_bytes([a, b, c, d]);
+                if size as usize > self.max_bytes {
+                    return Err(u64::from(size));
+                }
+                self.body_left = size as usize;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend(len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(b'x', len as usize));
+        bytes
+    }
+
+    #[test]
+    fn messages_within_the_limit_pass_however_the_chunks_split_them() {
+        let stream: Vec<u8> = [frame(10), frame(0), frame(7)].concat();
+        for split in 1..stream.len() {
+            let mut reader = FrameReader::new(10);
+            for chunk in stream.chunks(split) {
+                assert_eq!(reader.read(chunk), Ok(()), "chunks of {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_caught_at_its_header() {
+        let stream: Vec<u8> = [frame(3), frame(11)].concat();
+        for split in 1..stream.len() {
+            let mut reader = FrameReader::new(10);
+            let result = stream.chunks(split).try_for_each(|chunk| reader.read(chunk));
+            assert_eq!(result, Err(11), "chunks of {split}");
+        }
+        // Only the header is needed to refuse it.
+        assert_eq!(FrameReader::new(10).read(&[0, 0, 0, 1, 0]), Err(256));
+    }
+}
