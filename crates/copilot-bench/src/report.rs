@@ -203,11 +203,11 @@ pub fn render_run(run: &RunReport) -> String {
         let per_stream = m.per_stream_bytes.map_or_else(String::new, |b| {
             format!(", per stream {} KiB ((peak − idle) / {} streams)", kib(Some(b)), m.streams)
         });
+        let warmed = m.warmed_bytes.map_or_else(String::new, |b| format!(", after warm-up {} MiB", mib(Some(b))));
         out.push_str(&format!(
-            "  server RSS (pid {}): idle {} MiB (before any request), after warm-up {} MiB, peak {} MiB{per_stream}\n",
+            "  server RSS (pid {}): idle {} MiB (before any request){warmed}, peak {} MiB{per_stream}\n",
             m.pid,
             mib(Some(m.idle_bytes)),
-            mib(m.warmed_bytes),
             mib(m.peak_bytes)
         ));
     }
@@ -424,7 +424,10 @@ mod tests {
     fn a_closed_loop_chat_run_as_text() {
         let mut report =
             run("load", "closed loop, 4 callers back to back, 4 requests", Rpc::Chat, &[1.0, 2.0, 3.0, 4.0]);
-        report.memory = Some(MemoryUse::new(42, 20 << 20, Some((20 << 20) + 4 * 1536), 4, true));
+        report.memory = Some(MemoryUse {
+            warmed_bytes: Some(21 << 20),
+            ..MemoryUse::new(42, 20 << 20, Some((20 << 20) + 4 * 1536), 4, true)
+        });
         let expected = "\
 load: gRPC copilot.v1.Copilot/Chat (server streaming) at http://127.0.0.1:1, model m
   load: closed loop, 4 callers back to back, 4 requests; rpc chat (streaming); scenario short (10 words); max_tokens 128
@@ -434,7 +437,7 @@ load: gRPC copilot.v1.Copilot/Chat (server streaming) at http://127.0.0.1:1, mod
   tok/s per stream after the first token: mean 150.0, p50 100.0, min 100.0
   errors: UNAVAILABLE ×1
     UNAVAILABLE, first: upstream down
-  server RSS (pid 42): idle 20.0 MiB, peak 20.0 MiB, per stream 1.5 KiB ((peak − idle) / 4 streams)
+  server RSS (pid 42): idle 20.0 MiB (before any request), after warm-up 21.0 MiB, peak 20.0 MiB, per stream 1.5 KiB ((peak − idle) / 4 streams)
 
   ms                             mean    p50    p90    p95    p99  p99.9    max
   ----------------------------  -----  -----  -----  -----  -----  -----  -----
