@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TLS on the gRPC listener (plaintext when unset).
     pub tls: Option<TlsConfig>,
+    /// Threads of the async runtime that serves calls (unset: one per available core). One
+    /// thread avoids cross-thread wake-ups and suits a core shared with other processes.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
             metrics_addr: None,
+            worker_threads: None,
             tls: None,
         }
     }
@@ -517,6 +521,9 @@ impl Config {
                 }
             }
         }
+        if self.server.worker_threads == Some(0) {
+            return Err(invalid("server.worker_threads", "must be at least 1 (or unset: one per core)"));
+        }
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
         }
@@ -832,6 +839,15 @@ mod tests {
         let config = load(None, &[("LLM_PROVIDER", "ollama")]).unwrap();
         assert_eq!(config.default_provider(), Some("ollama"));
         assert_eq!(config.routing.default_model, None);
+    }
+
+    #[test]
+    fn worker_threads_are_optional_and_never_zero() {
+        assert_eq!(load(None, &[]).unwrap().server.worker_threads, None);
+        let config = load(None, &[("COPILOT_SERVER__WORKER_THREADS", "1")]).unwrap();
+        assert_eq!(config.server.worker_threads, Some(1));
+        let error = load(Some("[server]\nworker_threads = 0"), &[]).unwrap_err().to_string();
+        assert!(error.contains("server.worker_threads"), "{error}");
     }
 
     #[test]
