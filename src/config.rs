@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TLS on the gRPC listener (plaintext when unset).
     pub tls: Option<TlsConfig>,
+    /// A second, plaintext listener serving only `grpc.health.v1`, for probes that cannot speak
+    /// TLS (Kubernetes' gRPC probes) when the API listener does (off when unset).
+    pub health_addr: Option<SocketAddr>,
     /// Threads of the async runtime that serves calls (unset: one per available core). One
     /// thread avoids cross-thread wake-ups and suits a core shared with other processes.
     pub worker_threads: Option<usize>,
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
             metrics_addr: None,
+            health_addr: None,
             worker_threads: None,
             tls: None,
         }

@@ -66,10 +66,15 @@ fn main() -> ExitCode {
         }
     };
     if let Some(health) = health {
+        // The plaintext probe listener when there is one: it answers the same statuses.
+        if let Some(addr) = config.server.health_addr {
+            return health_cmd::run(health, addr);
+        }
         if config.server.tls.is_some() {
             eprintln!(
-                "copilot health: the listener speaks TLS (server.tls) and this check speaks plaintext; probe it with \
-                 a TLS-capable gRPC health client instead (e.g. grpc_health_probe -tls)"
+                "copilot health: the listener speaks TLS (server.tls) and this check speaks plaintext; set \
+                 server.health_addr for a plaintext probe listener, or use a TLS-capable gRPC health client \
+                 (e.g. grpc_health_probe -tls)"
             );
             return ExitCode::from(2);
         }

@@ -82,7 +82,7 @@ pub async fn serve(
             CopilotServer::new(CopilotApi::new(gateway.clone(), config.limits.clone()))
                 .max_decoding_message_size(config.limits.max_message_bytes),
         )
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)
         .clone()
@@ -99,6 +99,9 @@ pub async fn serve(
     };
     if let Some(addr) = config.server.metrics_addr {
         serve_metrics(addr, prometheus).await?;
+    }
+    if let Some(addr) = config.server.health_addr {
+        serve_health(addr, health_service.clone()).await?;
     }
 
     let listener = TcpListener::bind(config.server.addr)
@@ -206,6 +209,33 @@ fn reflection_v1alpha() -> Result<
     ServeError,
 > {
     reflection_builder().build_v1alpha().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
+}
+
+/// The probe listener: `grpc.health.v1` alone, in plaintext, on its own port, so probes that
+/// cannot speak TLS still see the same statuses (including NOT_SERVING while draining).
+async fn serve_health<S>(addr: SocketAddr, health: S) -> Result<(), ServeError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    tracing::info!(addr = %local, "health listening on {local}");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "the health listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// The admin listener: Prometheus metrics at `/metrics`, for meshes that scrape rather than push.

@@ -218,3 +218,26 @@ async fn the_plaintext_health_command_says_it_cannot_check_a_tls_listener() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.tls") && stderr.contains("plaintext"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_plaintext_probe_listener_answers_health_beside_a_tls_listener() {
+    let files = Files::new(&Ca::new("CA"), None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!("[server]\nhealth_addr = \"127.0.0.1:{port}\"\n{}", files.config(false));
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let _copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
+    let config_file = files.cert.with_file_name("copilot.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    for service in ["", "copilot.v1.Copilot"] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_copilot"))
+            .args(["health", "--service", service, "--config"])
+            .arg(&config_file)
+            .env_remove("COPILOT_ADDR")
+            .output()
+            .await
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success() && text.contains("SERVING"), "service {service:?}: {text}");
+    }
+}
