@@ -19,23 +19,22 @@
 //!   [`ProviderError::Overloaded`] (nothing was produced, so it is as retryable as a 529); any other
 //!   error event is [`ProviderError::MidStream`].
 
+mod stream;
 mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use copilot_http::{BodyError, EventSource, root_cause, truncate_chars};
+use copilot_http::{BodyError, EventSource, root_cause};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
-use eventsource_stream::{EventStream, EventStreamError, Eventsource};
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
+#[doc(hidden)]
+pub use crate::stream::StreamDecoder;
 pub use crate::wire::AnthropicModel;
-use crate::wire::{Decoded, StreamState, UpstreamError};
+use crate::wire::UpstreamError;
 
 /// Anthropic's public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -332,52 +331,48 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// open closes the connection instead.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
-type Events = EventStream<BoxStream<'static, reqwest::Result<Bytes>>>;
-
-/// The state behind a [`ChatStream`]: the SSE events being read and what they reported so far.
+/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
 struct ChatEvents {
-    /// `None` once the stream has ended. It owns the response body: dropping it closes the
-    /// connection, which is how Anthropic learns to stop generating when our caller goes away.
-    events: Option<Events>,
-    state: StreamState,
+    /// `None` once the stream has ended. Dropping the response closes the connection, which is
+    /// how Anthropic learns to stop generating when our caller goes away.
+    response: Option<Response>,
+    decoder: StreamDecoder,
+    body_ended: bool,
     base_url: Arc<str>,
 }
 
 impl ChatEvents {
     fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
-        let body: BoxStream<'static, reqwest::Result<Bytes>> = response.bytes_stream().boxed();
-        ChatEvents { events: Some(body.eventsource()), state: StreamState::new(api_key), base_url }
+        let decoder = StreamDecoder::new(base_url.clone(), api_key);
+        ChatEvents { response: Some(response), decoder, body_ended: false, base_url }
     }
 }
 
 impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         loop {
-            let events = self.events.as_mut()?;
-            let event = match events.next().await {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => {
-                    self.events = None;
-                    return Some(Err(self.stream_error(err)));
+            if let Some(event) = self.decoder.next_event() {
+                match &event {
+                    Ok(ChatEvent::Done(_)) => self.finish_body().await,
+                    Err(_) => self.response = None,
+                    Ok(ChatEvent::Delta(_)) => {}
                 }
-                None => {
-                    self.events = None;
+                return Some(event);
+            }
+            let response = self.response.as_mut()?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk),
+                Ok(None) => {
+                    self.body_ended = true;
+                    self.decoder.end();
+                }
+                Err(err) => {
+                    self.response = None;
                     return Some(Err(ProviderError::Interrupted(format!(
-                        "Anthropic at {} ended the stream without message_stop",
-                        self.base_url
+                        "connection lost to Anthropic at {} mid-stream: {}",
+                        self.base_url,
+                        root_cause(&err)
                     ))));
-                }
-            };
-            match wire::decode_event(&event.event, &event.data, &mut self.state) {
-                Decoded::Skip => {}
-                Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
-                Decoded::Done(completion) => {
-                    self.finish_body().await;
-                    return Some(Ok(ChatEvent::Done(completion)));
-                }
-                Decoded::Failed(err) => {
-                    self.events = None;
-                    return Some(Err(err));
                 }
             }
         }
@@ -385,30 +380,12 @@ impl EventSource for ChatEvents {
 }
 
 impl ChatEvents {
-    fn stream_error(&self, err: EventStreamError<reqwest::Error>) -> ProviderError {
-        match err {
-            EventStreamError::Transport(err) => ProviderError::Interrupted(format!(
-                "connection lost to Anthropic at {} mid-stream: {}",
-                self.base_url,
-                root_cause(&err)
-            )),
-            EventStreamError::Utf8(err) => ProviderError::Protocol(format!(
-                "Anthropic at {} sent an event stream that is not UTF-8: {err}",
-                self.base_url
-            )),
-            EventStreamError::Parser(err) => ProviderError::Protocol(format!(
-                "Anthropic at {} sent a malformed event stream: {}",
-                self.base_url,
-                truncate_chars(&err.to_string(), 200)
-            )),
-        }
-    }
-
     /// Ends the stream after `message_stop`, ignoring anything the body still holds.
     async fn finish_body(&mut self) {
-        let Some(mut events) = self.events.take() else { return };
-        let drain = async { while let Some(Ok(_)) = events.next().await {} };
-        let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+        let Some(response) = self.response.take() else { return };
+        if !self.body_ended {
+            copilot_http::drain_body(response, DRAIN_GRACE).await;
+        }
     }
 }
 

@@ -23,25 +23,22 @@
 //! - 429 carries `google.rpc.RetryInfo.retryDelay` (`"30s"`) in its details; the longer of it and
 //!   a `Retry-After` header becomes the `retry_after` hint.
 
+mod stream;
 mod wire;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use copilot_http::{BodyError, EventSource, root_cause};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
-use eventsource_stream::{Event, EventStreamError, Eventsource};
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::wire::StreamState;
+#[doc(hidden)]
+pub use crate::stream::StreamDecoder;
 
 /// Where Google serves the Gemini API.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -374,66 +371,24 @@ fn redact(key: &Option<Secret>, text: &str) -> String {
 /// a body still open after this is dropped and the stream ends anyway.
 const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
-/// How much of the end of the body is kept to look for a bare-JSON error.
-const TAIL_BYTES: usize = 16 * 1024;
-
-type Events = BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>;
-
-/// The last bytes the body delivered, shared with the byte stream that feeds the SSE parser.
-/// Holding chunks (reference-counted) costs no copy per chunk.
-#[derive(Default)]
-struct Tail {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl Tail {
-    fn push(&mut self, chunk: &Bytes) {
-        self.len += chunk.len();
-        self.chunks.push_back(chunk.clone());
-        while self.chunks.len() > 1 && self.len - self.chunks[0].len() >= TAIL_BYTES {
-            let dropped = self.chunks.pop_front().map_or(0, |c| c.len());
-            self.len -= dropped;
-        }
-    }
-
-    fn to_vec(&self) -> Vec<u8> {
-        self.chunks.iter().flat_map(|c| c.iter().copied()).collect()
-    }
-}
-
-/// The state behind a [`ChatStream`].
+/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
 struct ChatEvents {
-    /// `None` once the stream has ended. Dropping it drops the response body, which closes the
-    /// connection: that is how Google learns to stop generating when our caller goes away.
-    events: Option<Events>,
-    tail: Arc<Mutex<Tail>>,
-    state: StreamState,
+    /// `None` once the stream has ended. Dropping it closes the connection: that is how Google
+    /// learns to stop generating when our caller goes away.
+    response: Option<Response>,
+    decoder: StreamDecoder,
     /// Set once a chunk carried `finishReason`: the body has until then to end.
     drain_deadline: Option<tokio::time::Instant>,
     base_url: Arc<str>,
-    api_key: Option<Secret>,
 }
 
 impl ChatEvents {
     fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let recorder = tail.clone();
-        let bytes = response.bytes_stream().map(move |chunk| {
-            if let Ok(bytes) = &chunk
-                && let Ok(mut tail) = recorder.lock()
-            {
-                tail.push(bytes);
-            }
-            chunk
-        });
         ChatEvents {
-            events: Some(bytes.eventsource().boxed()),
-            tail,
-            state: StreamState::default(),
+            response: Some(response),
+            decoder: StreamDecoder::new(base_url.clone(), api_key),
             drain_deadline: None,
             base_url,
-            api_key,
         }
     }
 }
@@ -441,73 +396,38 @@ impl ChatEvents {
 impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         loop {
-            let events = self.events.as_mut()?;
-            let item = match self.drain_deadline {
-                None => events.next().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
-                    Ok(item) => item,
-                    Err(_) => return Some(Ok(self.done())),
-                },
-            };
-            // Once the answer is complete, a broken or odd end of the body does not undo it.
-            let finished = self.state.finish.is_some();
-            let failure = match item {
-                Some(Ok(event)) => match self.state.apply(&event.data) {
-                    Ok(text) => {
-                        if self.state.finish.is_some() && self.drain_deadline.is_none() {
-                            self.drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                        }
-                        match text {
-                            Some(text) => return Some(Ok(ChatEvent::Delta(text))),
-                            None => continue,
-                        }
-                    }
-                    Err(err) => self.redact_error(err),
-                },
-                Some(Err(EventStreamError::Transport(err))) => ProviderError::Interrupted(format!(
-                    "connection lost to Gemini at {} mid-stream: {}",
-                    self.base_url,
-                    redact(&self.api_key, &root_cause(&err))
-                )),
-                Some(Err(err)) => ProviderError::Protocol(format!("malformed event stream from Gemini: {err}")),
-                None if finished => return Some(Ok(self.done())),
-                None => self.ended_early(),
-            };
-            if finished {
-                return Some(Ok(self.done()));
+            if let Some(event) = self.decoder.next_event() {
+                if self.decoder.is_finished() {
+                    self.response = None;
+                } else if self.decoder.answer_complete() && self.drain_deadline.is_none() {
+                    self.drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
+                return Some(event);
             }
-            self.events = None;
-            return Some(Err(failure));
-        }
-    }
-}
-
-impl ChatEvents {
-    fn done(&mut self) -> ChatEvent {
-        self.events = None;
-        if let Some(reason) = &self.state.block_reason {
-            tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
-        }
-        ChatEvent::Done(self.state.completion())
-    }
-
-    /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.
-    fn ended_early(&self) -> ProviderError {
-        let tail = self.tail.lock().map(|t| t.to_vec()).unwrap_or_default();
-        match wire::bare_error(&tail) {
-            Some(error) => ProviderError::MidStream(redact(&self.api_key, &error.describe())),
-            None => ProviderError::Interrupted(format!(
-                "Gemini at {} ended the stream before any chunk carried a finishReason",
-                self.base_url
-            )),
-        }
-    }
-
-    fn redact_error(&self, err: ProviderError) -> ProviderError {
-        match err {
-            ProviderError::MidStream(message) => ProviderError::MidStream(redact(&self.api_key, &message)),
-            ProviderError::Protocol(message) => ProviderError::Protocol(redact(&self.api_key, &message)),
-            other => other,
+            let response = self.response.as_mut()?;
+            let read = match self.drain_deadline {
+                None => response.chunk().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, response.chunk()).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        self.response = None;
+                        return Some(Ok(self.decoder.done()));
+                    }
+                },
+            };
+            match read {
+                Ok(Some(chunk)) => self.decoder.push(&chunk),
+                Ok(None) => self.decoder.end(),
+                Err(err) => {
+                    self.response = None;
+                    let cause = self.decoder.redact(&root_cause(&err));
+                    let err = ProviderError::Interrupted(format!(
+                        "connection lost to Gemini at {} mid-stream: {cause}",
+                        self.base_url
+                    ));
+                    return Some(self.decoder.fail(err));
+                }
+            }
         }
     }
 }
@@ -639,20 +559,5 @@ mod tests {
         let debug = format!("{provider:?}");
         assert!(!debug.contains("AIzaSyTest"), "{debug}");
         assert!(debug.contains("http://localhost:1"), "{debug}");
-    }
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut tail = Tail::default();
-        for i in 0..100u8 {
-            tail.push(&Bytes::from(vec![i; 1000]));
-        }
-        let kept = tail.to_vec();
-        assert!(kept.len() >= TAIL_BYTES && kept.len() < TAIL_BYTES + 1000, "{}", kept.len());
-        assert_eq!(kept.last(), Some(&99));
-        // One chunk larger than the cap is kept whole.
-        let mut tail = Tail::default();
-        tail.push(&Bytes::from(vec![1; 3 * TAIL_BYTES]));
-        assert_eq!(tail.to_vec().len(), 3 * TAIL_BYTES);
     }
 }

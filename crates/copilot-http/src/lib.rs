@@ -1,10 +1,12 @@
 //! HTTP plumbing shared by the Copilot provider adapters (Ollama, OpenAI-compatible, Gemini,
 //! Anthropic): the HTTP client they all build, reading a response's body (whole, or the capped
 //! body of an error), `Retry-After` headers, turning a reader's state into a [`ChatStream`], and
-//! the text of errors and excerpts they put into their messages.
+//! the text of errors and excerpts they put into their messages, and the SSE decoder ([`sse`]).
 //!
 //! Only what every adapter does the same way lives here; how a protocol's errors map to
 //! [`ProviderError`]s, and what the messages say, stays in each adapter.
+
+pub mod sse;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -136,6 +138,16 @@ pub fn chat_stream(source: impl EventSource) -> ChatStream {
         Some((item, source))
     })
     .boxed()
+}
+
+/// The longest line (NDJSON) or event (SSE) a chat stream may hold. Real chunks are a few hundred
+/// bytes; the limit only stops an upstream that never ends a line from growing a buffer without
+/// bound.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// The error of a stream whose `upstream` ("Ollama at http://…") sent a line or event past `limit`.
+pub fn line_too_long(upstream: &str, limit: usize) -> ProviderError {
+    ProviderError::Protocol(format!("{upstream} sent a line longer than {limit} bytes; the stream was stopped"))
 }
 
 /// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request

@@ -5,19 +5,19 @@
 //! reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this module owns the HTTP client,
 //! the mapping of HTTP failures to [`ProviderError`], and the lifetime of a streamed response.
 
+mod stream;
 mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use copilot_http::{BodyError, EventSource, root_cause};
-use copilot_provider::{
-    ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError,
-};
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use crate::wire::{LineEvent, LineSplitter};
+#[doc(hidden)]
+pub use crate::stream::StreamDecoder;
 
 /// How to reach one Ollama server.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,15 +197,13 @@ fn validate_base_url(raw: &str) -> Result<String, OllamaConfigError> {
 /// dropping a body that is still open closes the connection instead.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
-/// The state behind a [`ChatStream`]: the response being read and the lines not yet decoded.
+/// The state behind a [`ChatStream`]: the response being read and the decoder of its lines.
 struct ChatEvents {
     /// `None` once the stream has ended. Dropping the response closes the connection, which is
     /// how Ollama learns to stop generating when our caller goes away.
     response: Option<Response>,
-    lines: LineSplitter,
+    decoder: StreamDecoder,
     body_ended: bool,
-    /// A final chunk that also carried text: the text goes out first, then this.
-    pending_done: Option<Completion>,
     base_url: Arc<str>,
 }
 
@@ -213,9 +211,8 @@ impl ChatEvents {
     fn new(response: Response, base_url: Arc<str>) -> Self {
         ChatEvents {
             response: Some(response),
-            lines: LineSplitter::default(),
+            decoder: StreamDecoder::new(base_url.clone()),
             body_ended: false,
-            pending_done: None,
             base_url,
         }
     }
@@ -231,56 +228,29 @@ impl ChatEvents {
 
 impl EventSource for ChatEvents {
     async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if let Some(completion) = self.pending_done.take() {
-            return Some(Ok(ChatEvent::Done(completion)));
-        }
         loop {
+            if let Some(event) = self.decoder.next_event() {
+                match &event {
+                    Err(_) => self.response = None,
+                    Ok(_) if self.decoder.is_finished() => self.finish_body().await,
+                    Ok(_) => {}
+                }
+                return Some(event);
+            }
             let response = self.response.as_mut()?;
-            let line = if let Some(line) = self.lines.next_line() {
-                line
-            } else if self.body_ended {
-                match self.lines.finish() {
-                    Some(line) => line,
-                    None => {
-                        self.response = None;
-                        return Some(Err(ProviderError::Interrupted(format!(
-                            "Ollama at {} ended the response before its final chunk",
-                            self.base_url
-                        ))));
-                    }
+            match response.chunk().await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk),
+                Ok(None) => {
+                    self.body_ended = true;
+                    self.decoder.end();
                 }
-            } else {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => self.lines.push(&chunk),
-                    Ok(None) => self.body_ended = true,
-                    Err(err) => {
-                        self.response = None;
-                        return Some(Err(ProviderError::Interrupted(format!(
-                            "connection lost to Ollama at {} mid-stream: {}",
-                            self.base_url,
-                            root_cause(&err)
-                        ))));
-                    }
-                }
-                continue;
-            };
-
-            match wire::decode_line(&line) {
-                LineEvent::Skip => {}
-                LineEvent::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
-                LineEvent::Done { tail, completion } => {
-                    self.finish_body().await;
-                    return Some(Ok(match tail {
-                        Some(text) => {
-                            self.pending_done = Some(completion);
-                            ChatEvent::Delta(text)
-                        }
-                        None => ChatEvent::Done(completion),
-                    }));
-                }
-                LineEvent::Failed(err) => {
+                Err(err) => {
                     self.response = None;
-                    return Some(Err(err));
+                    return Some(Err(ProviderError::Interrupted(format!(
+                        "connection lost to Ollama at {} mid-stream: {}",
+                        self.base_url,
+                        root_cause(&err)
+                    ))));
                 }
             }
         }

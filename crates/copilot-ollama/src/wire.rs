@@ -120,42 +120,67 @@ pub(crate) fn error_message(body: &[u8]) -> String {
 // The NDJSON chat stream
 
 /// Splits a byte stream into lines as chunks arrive. Chunk boundaries fall anywhere (mid-line,
-/// mid-UTF-8 character), so bytes are held until their line's `\n` arrives.
-#[derive(Debug, Default)]
+/// mid-UTF-8 character), so bytes are held until their line's `\n` arrives; a line longer than
+/// the limit fails, so an upstream that never ends its line cannot grow the buffer without bound.
+#[derive(Debug)]
 pub(crate) struct LineSplitter {
     buf: BytesMut,
     /// How much of `buf` is known to hold no `\n`, so a long line arriving in many chunks is
     /// scanned once rather than once per chunk.
     searched: usize,
+    limit: usize,
 }
 
+/// A line passed the splitter's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineTooLong;
+
 impl LineSplitter {
+    pub fn with_limit(limit: usize) -> Self {
+        LineSplitter { buf: BytesMut::new(), searched: 0, limit }
+    }
+
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// Bytes held for a line not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// The next complete line (without its `\n`), skipping blank ones; `None` until more arrives.
-    pub fn next_line(&mut self) -> Option<Bytes> {
+    pub fn next_line(&mut self) -> Result<Option<Bytes>, LineTooLong> {
         loop {
             let Some(offset) = self.buf[self.searched..].iter().position(|&b| b == b'\n') else {
                 self.searched = self.buf.len();
-                return None;
+                return if self.buf.len() > self.limit { Err(LineTooLong) } else { Ok(None) };
             };
+            if self.searched + offset > self.limit {
+                return Err(LineTooLong);
+            }
             // Splitting shares the buffer instead of copying the line out.
             let mut line = self.buf.split_to(self.searched + offset + 1);
             self.searched = 0;
             line.truncate(line.len() - 1);
             if !line.trim_ascii().is_empty() {
-                return Some(line.freeze());
+                return Ok(Some(line.freeze()));
             }
         }
     }
 
     /// At end of input: whatever followed the last `\n`, if it is not blank.
-    pub fn finish(&mut self) -> Option<Bytes> {
+    pub fn finish(&mut self) -> Result<Option<Bytes>, LineTooLong> {
+        if self.buf.len() > self.limit {
+            return Err(LineTooLong);
+        }
         self.searched = 0;
         let rest = self.buf.split();
-        (!rest.trim_ascii().is_empty()).then(|| rest.freeze())
+        Ok((!rest.trim_ascii().is_empty()).then(|| rest.freeze()))
     }
 }
 
@@ -367,16 +392,16 @@ mod tests {
     use serde_json::json;
 
     fn lines_of(chunks: &[&[u8]], finish: bool) -> Vec<String> {
-        let mut splitter = LineSplitter::default();
+        let mut splitter = LineSplitter::with_limit(1024);
         let mut lines = Vec::new();
         for chunk in chunks {
             splitter.push(chunk);
-            while let Some(line) = splitter.next_line() {
+            while let Some(line) = splitter.next_line().unwrap() {
                 lines.push(String::from_utf8(line.to_vec()).unwrap());
             }
         }
         if finish {
-            lines.extend(splitter.finish().map(|l| String::from_utf8(l.to_vec()).unwrap()));
+            lines.extend(splitter.finish().unwrap().map(|l| String::from_utf8(l.to_vec()).unwrap()));
         }
         lines
     }
@@ -409,6 +434,21 @@ mod tests {
         let text = "{\"c\":\"héllo\"}\n".as_bytes();
         let (a, b) = text.split_at(8); // inside the two-byte 'é'
         assert_eq!(lines_of(&[a, b], false), ["{\"c\":\"héllo\"}"]);
+    }
+
+    #[test]
+    fn splitter_refuses_a_line_past_its_limit_however_it_arrives() {
+        let mut splitter = LineSplitter::with_limit(8);
+        splitter.push(b"12345678\n123456789\n");
+        assert_eq!(splitter.next_line().unwrap().as_deref(), Some(&b"12345678"[..]));
+        assert_eq!(splitter.next_line(), Err(LineTooLong));
+        // Without its newline, it fails once it holds more than the limit.
+        let mut splitter = LineSplitter::with_limit(8);
+        splitter.push(b"12345678");
+        assert_eq!(splitter.next_line(), Ok(None));
+        splitter.push(b"9");
+        assert_eq!(splitter.next_line(), Err(LineTooLong));
+        assert_eq!(splitter.finish(), Err(LineTooLong));
     }
 
     #[test]

@@ -17,23 +17,24 @@
 //!   [`ProviderError::Interrupted`];
 //! - `role`-only deltas, reasoning deltas, SSE comments and unknown fields are skipped.
 
-mod sse;
+mod stream;
 mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, EventSource, root_cause, truncate_chars};
+use copilot_http::{BodyError, EventSource, root_cause};
 use copilot_provider::{
-    ChatEvent, ChatRequest, ChatStream, Completion, FinishReason, HealthReport, ModelInfo, Provider, ProviderError,
-    Secret, UpstreamTimings, Usage,
+    ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError, Secret,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use crate::sse::{SseDecoder, SseItem};
-use crate::wire::{BodySettings, ErrorDetails, Finish, Payload};
+use crate::stream::Step;
+#[doc(hidden)]
+pub use crate::stream::StreamDecoder;
+use crate::wire::{BodySettings, ErrorDetails, Payload};
 
 /// The default base URL: hosted OpenAI.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -281,8 +282,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// right away; the wait only bounds a server that leaves the stream open after finishing.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
 
-/// The state behind a [`ChatStream`]: the response being read, the SSE decoder, and what the
-/// chunks so far said about the completion.
+/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
 struct ChatEvents {
     /// `None` once the stream has ended. Dropping the response closes the connection, which is
     /// how the server learns to stop generating when our caller goes away.
@@ -291,15 +291,9 @@ struct ChatEvents {
     whole_body: bool,
     /// The whole-body completion, once its text has gone out.
     pending_done: Option<Completion>,
-    decoder: SseDecoder,
+    decoder: StreamDecoder,
     body_ended: bool,
-    finish: Option<FinishReason>,
-    usage: Option<Usage>,
-    model: String,
-    response_id: Option<String>,
-    timings: UpstreamTimings,
     base_url: Arc<str>,
-    api_key: Option<Secret>,
 }
 
 impl ChatEvents {
@@ -310,15 +304,9 @@ impl ChatEvents {
             response: Some(response),
             whole_body,
             pending_done: None,
-            decoder: SseDecoder::default(),
+            decoder: StreamDecoder::new(base_url.clone(), api_key),
             body_ended: false,
-            finish: None,
-            usage: None,
-            model: String::new(),
-            response_id: None,
-            timings: UpstreamTimings::default(),
             base_url,
-            api_key,
         }
     }
 }
@@ -329,40 +317,22 @@ impl EventSource for ChatEvents {
             return self.read_whole_body().await;
         }
         loop {
-            self.response.as_ref()?;
-            if let Some(item) = self.decoder.next_item() {
-                match self.handle_item(item) {
-                    Step::Continue => continue,
-                    Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
-                    Step::Complete => {
-                        self.drain_body().await;
-                        return Some(Ok(ChatEvent::Done(self.completion())));
-                    }
-                    Step::Fail(err) => {
-                        self.response = None;
-                        return Some(Err(err));
-                    }
+            if let Some(event) = self.decoder.next_event() {
+                match &event {
+                    Ok(ChatEvent::Done(_)) => self.drain_body().await,
+                    Err(_) => self.response = None,
+                    Ok(ChatEvent::Delta(_)) => {}
                 }
-            }
-            if self.body_ended {
-                self.response = None;
-                if self.finish.is_some() {
-                    tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
-                    return Some(Ok(ChatEvent::Done(self.completion())));
-                }
-                return Some(Err(ProviderError::Interrupted(format!(
-                    "{} ended the stream before it finished (no finish_reason, no [DONE])",
-                    self.base_url
-                ))));
+                return Some(event);
             }
             let response = self.response.as_mut()?;
-            let read = if self.finish.is_some() {
+            let read = if self.decoder.saw_finish_reason() {
                 match tokio::time::timeout(FINISH_GRACE, response.chunk()).await {
                     Ok(read) => read,
                     Err(_) => {
                         tracing::debug!(base_url = %self.base_url, "no [DONE] after the finish_reason; completing");
                         self.response = None;
-                        return Some(Ok(ChatEvent::Done(self.completion())));
+                        return Some(Ok(self.decoder.complete()));
                     }
                 }
             } else {
@@ -376,10 +346,10 @@ impl EventSource for ChatEvents {
                 }
                 Err(err) => {
                     self.response = None;
-                    if self.finish.is_some() {
+                    if self.decoder.saw_finish_reason() {
                         // Everything that matters arrived; only the usage chunk or [DONE] is lost.
                         tracing::debug!(base_url = %self.base_url, error = %root_cause(&err), "connection lost after the finish_reason");
-                        return Some(Ok(ChatEvent::Done(self.completion())));
+                        return Some(Ok(self.decoder.complete()));
                     }
                     return Some(Err(ProviderError::Interrupted(format!(
                         "connection lost to {} mid-stream: {}",
@@ -393,78 +363,6 @@ impl EventSource for ChatEvents {
 }
 
 impl ChatEvents {
-    fn handle_item(&mut self, item: SseItem) -> Step {
-        let payload = match item {
-            SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
-            SseItem::Event { event: Some(name), data } if name == "error" => {
-                return Step::Fail(self.mid_stream(error_line_details(&data)));
-            }
-            SseItem::Event { data, .. } => wire::decode_data(&data),
-        };
-        match payload {
-            Ok(Payload::Done) => Step::Complete,
-            Ok(Payload::Skip) => Step::Continue,
-            Ok(Payload::Error(details)) => Step::Fail(self.mid_stream(details)),
-            Ok(Payload::Chunk(info)) => self.absorb(info),
-            Err(err) => Step::Fail(self.scrub(err)),
-        }
-    }
-
-    /// Takes what a chunk says about the completion; returns its text, if any.
-    fn absorb(&mut self, info: wire::ChunkInfo) -> Step {
-        if let Some(model) = info.model {
-            self.model = model;
-        }
-        if info.id.is_some() {
-            self.response_id = info.id;
-        }
-        // The last report wins: vLLM's continuous usage repeats it on every chunk.
-        if let Some(usage) = info.usage {
-            self.usage = Some(usage);
-        }
-        if let Some(timings) = info.timings {
-            self.timings = timings;
-        }
-        match info.finish {
-            Some(Finish::Ended(reason)) => self.finish = Some(reason),
-            Some(Finish::Aborted(reason)) => {
-                return Step::Fail(ProviderError::MidStream(format!(
-                    "{} stopped the generation (finish_reason \"{reason}\")",
-                    self.base_url
-                )));
-            }
-            None => {}
-        }
-        match info.content {
-            Some(text) => Step::Emit(text),
-            None => Step::Continue,
-        }
-    }
-
-    fn completion(&mut self) -> Completion {
-        Completion {
-            finish_reason: self.finish.unwrap_or_default(),
-            model: std::mem::take(&mut self.model),
-            usage: self.usage.unwrap_or_default(),
-            timings: self.timings,
-            response_id: self.response_id.take(),
-        }
-    }
-
-    fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
-        let message = if details.message.is_empty() { "unknown error".to_owned() } else { details.message };
-        self.scrub(ProviderError::MidStream(message))
-    }
-
-    fn scrub(&self, err: ProviderError) -> ProviderError {
-        let Some(key) = &self.api_key else { return err };
-        match err {
-            ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
-            ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
-            other => other,
-        }
-    }
-
     /// Ends the stream after `[DONE]`, ignoring anything the body still holds.
     async fn drain_body(&mut self) {
         let Some(response) = self.response.take() else { return };
@@ -490,17 +388,18 @@ impl ChatEvents {
                 ))));
             }
         };
+        let decoder = &mut self.decoder;
         let text = match wire::decode_completion(&body) {
-            Ok(Payload::Chunk(info)) => match self.absorb(info) {
+            Ok(Payload::Chunk(info)) => match decoder.absorb(info) {
                 Step::Emit(text) => Some(text),
                 Step::Fail(err) => return Some(Err(err)),
                 Step::Continue | Step::Complete => None,
             },
-            Ok(Payload::Error(details)) => return Some(Err(self.mid_stream(details))),
+            Ok(Payload::Error(details)) => return Some(Err(decoder.mid_stream(details))),
             Ok(Payload::Done | Payload::Skip) => None,
-            Err(err) => return Some(Err(self.scrub(err))),
+            Err(err) => return Some(Err(decoder.scrub(err))),
         };
-        let completion = self.completion();
+        let completion = decoder.completion();
         match text {
             Some(text) => {
                 self.pending_done = Some(completion);
@@ -509,28 +408,6 @@ impl ChatEvents {
             None => Some(Ok(ChatEvent::Done(completion))),
         }
     }
-}
-
-/// What to do with one decoded item.
-enum Step {
-    Continue,
-    Emit(String),
-    Complete,
-    Fail(ProviderError),
-}
-
-/// llama.cpp's bare `error: {json}` line, or the data of an `event: error`: an error object,
-/// wrapped in `{"error": ...}` or not, or plain text.
-fn error_line_details(text: &str) -> ErrorDetails {
-    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
-    let from_json = value.as_ref().and_then(|v| {
-        ErrorDetails::from_value(v).or_else(|| {
-            // `{"code":500,"message":"...","type":"server_error"}`: the error object itself.
-            let message = v.get("message")?.as_str()?;
-            Some(ErrorDetails { message: message.to_owned(), structured: true, ..Default::default() })
-        })
-    });
-    from_json.unwrap_or_else(|| ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,13 +562,6 @@ mod tests {
         assert_eq!(retry_after(&both, too_many, now), Some(Duration::from_millis(2500)));
         assert_eq!(retry_after(&headers(&[("x-ratelimit-reset-requests", "1s")]), too_many, now), None);
         assert_eq!(retry_after(&headers(&[("retry-after-ms", "soon")]), too_many, now), None);
-    }
-
-    #[test]
-    fn error_lines_as_llama_cpp_writes_them() {
-        assert_eq!(error_line_details(r#"{"code":500,"message":"boom","type":"server_error"}"#).message, "boom");
-        assert_eq!(error_line_details(r#"{"error":{"message":"wrapped"}}"#).message, "wrapped");
-        assert_eq!(error_line_details(" plain text ").message, "plain text");
     }
 
     fn config(base_url: &str) -> OpenAiConfig {

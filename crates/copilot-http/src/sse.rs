@@ -1,26 +1,38 @@
-//! A server-sent-events decoder for chat streams.
+//! A server-sent-events decoder for chat streams, shared by the SSE adapters (OpenAI-compatible,
+//! Anthropic, Gemini).
 //!
-//! Hand-rolled rather than a generic SSE crate because the servers this adapter talks to do not
+//! Hand-rolled rather than a generic SSE crate because the servers the adapters talk to do not
 //! all follow the spec: older llama.cpp builds report a mid-stream failure as a non-standard
 //! `error: {json}` line, which a generic parser silently drops (the stream would then look like
-//! it merely ended early). Everything else follows the SSE rules: lines end in `\n`, `\r\n` or
+//! it merely ended early); and an upstream is untrusted input, so a line or an event that never
+//! ends must fail the stream at a fixed size rather than grow without bound. Everything else
+//! follows the SSE rules: a leading byte-order mark is skipped; lines end in `\n`, `\r\n` or
 //! `\r`; a blank line ends an event; `data:` lines of one event are joined with `\n`; lines
 //! starting with `:` are comments (keep-alives such as `: ping`); one space after the colon is
 //! dropped; unknown fields are ignored.
 
 /// One thing the stream said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SseItem {
+pub enum SseItem {
     /// A complete event: its `data` lines joined, and its `event:` name when it had one.
     Event { event: Option<String>, data: String },
     /// A bare `error: ...` line (older llama.cpp), reported as soon as its line is complete.
     ErrorLine(String),
 }
 
+/// A line or an event passed the decoder's size limit; the stream cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    pub limit: usize,
+}
+
+/// UTF-8's byte-order mark, which the SSE rules skip at the start of a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Turns body chunks into [`SseItem`]s. Chunk boundaries may fall anywhere: mid-line, between a
 /// `\r` and its `\n`, or inside a multi-byte character.
-#[derive(Debug, Default)]
-pub(crate) struct SseDecoder {
+#[derive(Debug)]
+pub struct SseDecoder {
     buf: Vec<u8>,
     /// Start of the unread part of `buf`; consumed bytes are dropped in bulk, not per line.
     start: usize,
@@ -30,12 +42,40 @@ pub(crate) struct SseDecoder {
     /// The previous line ended with `\r` at the very end of the buffer: a `\n` arriving first
     /// in the next chunk belongs to that line end.
     pending_cr: bool,
+    /// Whether the start of the stream was checked for a byte-order mark.
+    bom_checked: bool,
     data: String,
     has_data: bool,
     event: Option<String>,
+    /// The longest line, and the most `data` one event may gather.
+    limit: usize,
+    /// A limit was passed: nothing more is decoded.
+    failed: bool,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::with_limit(crate::MAX_LINE_BYTES)
+    }
 }
 
 impl SseDecoder {
+    /// A decoder whose lines and events may hold at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        SseDecoder {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            pending_cr: false,
+            bom_checked: false,
+            data: String::new(),
+            has_data: false,
+            event: None,
+            limit,
+            failed: false,
+        }
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
@@ -51,17 +91,50 @@ impl SseDecoder {
         self.push(b"\n\n");
     }
 
-    /// The next complete item, if the bytes so far hold one.
-    pub fn next_item(&mut self) -> Option<SseItem> {
-        while let Some(line) = self.next_line() {
-            if let Some(item) = self.process_line(&line) {
-                return Some(item);
-            }
-        }
-        None
+    /// Bytes held for a line or an event not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start + self.data.len()
     }
 
-    fn next_line(&mut self) -> Option<String> {
+    /// The next complete item, if the bytes so far hold one. After an `Err`, always `None`.
+    pub fn next_item(&mut self) -> Option<Result<SseItem, TooLong>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let line = match self.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(err) => return Some(Err(self.fail(err))),
+            };
+            match self.process_line(&line) {
+                Ok(Some(item)) => return Some(Ok(item)),
+                Ok(None) => {}
+                Err(err) => return Some(Err(self.fail(err))),
+            }
+        }
+    }
+
+    fn fail(&mut self, err: TooLong) -> TooLong {
+        self.failed = true;
+        self.buf = Vec::new();
+        self.data = String::new();
+        self.start = 0;
+        self.scanned = 0;
+        err
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>, TooLong> {
+        if !self.bom_checked {
+            let unread = &self.buf[self.start..];
+            if unread.len() < BOM.len() && BOM.starts_with(unread) {
+                return Ok(None);
+            }
+            self.bom_checked = true;
+            if unread.starts_with(BOM) {
+                self.start += BOM.len();
+            }
+        }
         if self.pending_cr && self.start < self.buf.len() {
             self.pending_cr = false;
             if self.buf[self.start] == b'\n' {
@@ -72,9 +145,15 @@ impl SseDecoder {
         let from = self.scanned.min(unread.len());
         let Some(offset) = unread[from..].iter().position(|&b| b == b'\n' || b == b'\r') else {
             self.scanned = unread.len();
-            return None;
+            if unread.len() > self.limit {
+                return Err(TooLong { limit: self.limit });
+            }
+            return Ok(None);
         };
         let end = from + offset;
+        if end > self.limit {
+            return Err(TooLong { limit: self.limit });
+        }
         // Only ASCII line ends split the bytes, so a complete line is whole UTF-8 unless the
         // server sent invalid bytes, which are replaced rather than failing the stream.
         let line = String::from_utf8_lossy(&unread[..end]).into_owned();
@@ -95,20 +174,20 @@ impl SseDecoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        Some(line)
+        Ok(Some(line))
     }
 
-    fn process_line(&mut self, line: &str) -> Option<SseItem> {
+    fn process_line(&mut self, line: &str) -> Result<Option<SseItem>, TooLong> {
         if line.is_empty() {
             let event = self.event.take();
             if !self.has_data {
-                return None;
+                return Ok(None);
             }
             self.has_data = false;
-            return Some(SseItem::Event { event, data: std::mem::take(&mut self.data) });
+            return Ok(Some(SseItem::Event { event, data: std::mem::take(&mut self.data) }));
         }
         if line.starts_with(':') {
-            return None;
+            return Ok(None);
         }
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
@@ -116,6 +195,9 @@ impl SseDecoder {
         };
         match field {
             "data" => {
+                if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
+                    return Err(TooLong { limit: self.limit });
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -123,10 +205,10 @@ impl SseDecoder {
                 self.has_data = true;
             }
             "event" => self.event = Some(value.to_owned()),
-            "error" => return Some(SseItem::ErrorLine(value.to_owned())),
+            "error" => return Ok(Some(SseItem::ErrorLine(value.to_owned()))),
             _ => {}
         }
-        None
+        Ok(None)
     }
 }
 
@@ -139,11 +221,11 @@ mod tests {
         let mut items = Vec::new();
         for chunk in chunks {
             decoder.push(chunk);
-            items.extend(std::iter::from_fn(|| decoder.next_item()));
+            items.extend(std::iter::from_fn(|| decoder.next_item()).map(Result::unwrap));
         }
         if end {
             decoder.end();
-            items.extend(std::iter::from_fn(|| decoder.next_item()));
+            items.extend(std::iter::from_fn(|| decoder.next_item()).map(Result::unwrap));
         }
         items
     }
@@ -228,10 +310,59 @@ mod tests {
         let mut decoder = SseDecoder::default();
         for _ in 0..10_000 {
             decoder.push(b"data: {\"choices\":[]}\n\ndata: {\"ch");
-            while decoder.next_item().is_some() {}
+            while decoder.next_item().transpose().unwrap().is_some() {}
             decoder.push(b"oices\":[]}\n\n");
-            while decoder.next_item().is_some() {}
+            while decoder.next_item().transpose().unwrap().is_some() {}
         }
         assert!(decoder.buf.capacity() < 4096, "buffer grew to {}", decoder.buf.capacity());
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        assert_eq!(decode(&[b"\xEF\xBB\xBFdata: a\n\n"], false), [data("a")]);
+        assert_eq!(decode(&[b"\xEF", b"\xBB", b"\xBFdata: a\n\n"], false), [data("a")]);
+        // Only at the start of the stream.
+        assert_eq!(decode(&[b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"], false), [data("a")]);
+    }
+
+    fn first_error(decoder: &mut SseDecoder, chunks: &[&[u8]]) -> (Vec<SseItem>, Option<TooLong>) {
+        let mut items = Vec::new();
+        for chunk in chunks {
+            decoder.push(chunk);
+            while let Some(item) = decoder.next_item() {
+                match item {
+                    Ok(item) => items.push(item),
+                    Err(err) => return (items, Some(err)),
+                }
+            }
+        }
+        (items, None)
+    }
+
+    #[test]
+    fn a_line_past_the_limit_fails_however_it_arrives() {
+        let long = format!("data: {}\n\n", "x".repeat(20));
+        // Whole, in one chunk, with its line end.
+        let (items, err) = first_error(&mut SseDecoder::with_limit(16), &[b"data: a\n\n", long.as_bytes()]);
+        assert_eq!((items, err), (vec![data("a")], Some(TooLong { limit: 16 })));
+        // A byte at a time, its line end never sent: it fails once it passes the limit, holding no more.
+        let mut decoder = SseDecoder::with_limit(16);
+        let (items, err) = first_error(&mut decoder, &long.as_bytes()[..24].chunks(1).collect::<Vec<_>>());
+        assert_eq!((items, err), (vec![], Some(TooLong { limit: 16 })));
+        assert_eq!(decoder.buffered(), 0);
+        // Nothing more once failed.
+        decoder.push(b"data: b\n\n");
+        assert_eq!(decoder.next_item(), None);
+        // Up to the limit is fine.
+        assert_eq!(decode(&[format!("data: {}\n\n", "y".repeat(10)).as_bytes()], false), [data(&"y".repeat(10))]);
+    }
+
+    #[test]
+    fn an_event_gathering_data_past_the_limit_fails() {
+        let lines = "data: 0123456789\n".repeat(3);
+        let (items, err) = first_error(&mut SseDecoder::with_limit(30), &[lines.as_bytes()]);
+        assert_eq!((items, err), (vec![], Some(TooLong { limit: 30 })));
+        let (items, err) = first_error(&mut SseDecoder::with_limit(32), &[lines.as_bytes(), b"\n"]);
+        assert_eq!((items, err), (vec![data("0123456789\n0123456789\n0123456789")], None));
     }
 }

@@ -1,0 +1,106 @@
+//! The pure half of a streamed Messages API response: response-body bytes in, [`ChatEvent`]s
+//! out, with no I/O. The adapter reads the body and feeds it here; the fuzz targets and benches
+//! drive the same decoder with bytes of their own.
+
+use std::sync::Arc;
+
+use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_provider::{ChatEvent, ProviderError, Secret};
+
+use crate::wire::{self, Decoded, StreamState};
+
+/// Decodes one Anthropic chat stream. Feed it the body with [`push`](Self::push) and
+/// [`end`](Self::end), and take events with [`next_event`](Self::next_event) after each push.
+/// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    sse: SseDecoder,
+    state: StreamState,
+    body_ended: bool,
+    finished: bool,
+    base_url: Arc<str>,
+}
+
+impl StreamDecoder {
+    /// `base_url` names the server in error messages; `api_key` is scrubbed from any upstream
+    /// text they quote.
+    pub fn new(base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        StreamDecoder::with_line_limit(base_url, api_key, copilot_http::MAX_LINE_BYTES)
+    }
+
+    /// Like [`new`](Self::new), with lines and events limited to `limit` bytes (the fuzz targets
+    /// use a small one to reach the limit quickly).
+    pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
+        StreamDecoder {
+            sse: SseDecoder::with_limit(limit),
+            state: StreamState::new(api_key),
+            body_ended: false,
+            finished: false,
+            base_url,
+        }
+    }
+
+    /// The next piece of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.sse.push(chunk);
+    }
+
+    /// The body ended cleanly.
+    pub fn end(&mut self) {
+        if !self.body_ended {
+            self.body_ended = true;
+            self.sse.end();
+        }
+    }
+
+    /// Bytes held for a line or an event not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
+    /// Whether the last event went out.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
+    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.finished {
+            return None;
+        }
+        while let Some(item) = self.sse.next_item() {
+            let decoded = match item {
+                // The SSE rules' default event type, which a server that leaves out `event:` gets.
+                Ok(SseItem::Event { event, data }) => {
+                    wire::decode_event(event.as_deref().unwrap_or("message"), &data, &mut self.state)
+                }
+                // Not a field of Anthropic's streams: ignored, as the SSE rules say.
+                Ok(SseItem::ErrorLine(_)) => Decoded::Skip,
+                Err(too_long) => Decoded::Failed(copilot_http::line_too_long(
+                    &format!("Anthropic at {}", self.base_url),
+                    too_long.limit,
+                )),
+            };
+            match decoded {
+                Decoded::Skip => {}
+                Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Decoded::Done(completion) => {
+                    self.finished = true;
+                    return Some(Ok(ChatEvent::Done(completion)));
+                }
+                Decoded::Failed(err) => return Some(self.fail(err)),
+            }
+        }
+        if !self.body_ended {
+            return None;
+        }
+        let err =
+            ProviderError::Interrupted(format!("Anthropic at {} ended the stream without message_stop", self.base_url));
+        Some(self.fail(err))
+    }
+
+    fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
+        self.finished = true;
+        Err(err)
+    }
+}

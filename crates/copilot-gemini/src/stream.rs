@@ -1,0 +1,173 @@
+//! The pure half of a `streamGenerateContent?alt=sse` response: response-body bytes in,
+//! [`ChatEvent`]s out, with no I/O. The adapter reads the body and feeds it here; the fuzz targets
+//! and benches drive the same decoder with bytes of their own.
+
+use std::sync::Arc;
+
+use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_provider::{ChatEvent, ProviderError, Secret};
+
+use crate::wire::{self, StreamState};
+
+/// How much of the end of the body is kept to look for a bare-JSON error.
+const TAIL_BYTES: usize = 16 * 1024;
+
+/// Decodes one Gemini chat stream. Feed it the body with [`push`](Self::push) and
+/// [`end`](Self::end), and take events with [`next_event`](Self::next_event) after each push.
+/// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    sse: SseDecoder,
+    state: StreamState,
+    /// The last bytes of the body (at least [`TAIL_BYTES`] of them once that many came): an
+    /// error Google sends as bare JSON instead of an event is found there when the body ends.
+    tail: Vec<u8>,
+    body_ended: bool,
+    finished: bool,
+    base_url: Arc<str>,
+    api_key: Option<Secret>,
+}
+
+impl StreamDecoder {
+    /// `base_url` names the server in error messages; `api_key` is scrubbed from any upstream
+    /// text they quote.
+    pub fn new(base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        StreamDecoder::with_line_limit(base_url, api_key, copilot_http::MAX_LINE_BYTES)
+    }
+
+    /// Like [`new`](Self::new), with lines and events limited to `limit` bytes (the fuzz targets
+    /// use a small one to reach the limit quickly).
+    pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
+        StreamDecoder {
+            sse: SseDecoder::with_limit(limit),
+            state: StreamState::default(),
+            tail: Vec::new(),
+            body_ended: false,
+            finished: false,
+            base_url,
+            api_key,
+        }
+    }
+
+    /// The next piece of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.sse.push(chunk);
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 2 * TAIL_BYTES {
+            self.tail.drain(..self.tail.len() - TAIL_BYTES);
+        }
+    }
+
+    /// The body ended cleanly.
+    pub fn end(&mut self) {
+        if !self.body_ended {
+            self.body_ended = true;
+            self.sse.end();
+        }
+    }
+
+    /// Bytes held for a line or an event not yet complete (the tail kept for errors aside).
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
+    /// Whether the last event went out.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Whether a chunk said how the answer ends: from then on, a broken or odd end of the body
+    /// does not undo it.
+    pub(crate) fn answer_complete(&self) -> bool {
+        self.state.finish.is_some()
+    }
+
+    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
+    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.finished {
+            return None;
+        }
+        while let Some(item) = self.sse.next_item() {
+            let applied = match item {
+                Ok(SseItem::Event { data, .. }) => self.state.apply(&data).map_err(|err| self.redact_error(err)),
+                // Not a field of Gemini's streams: ignored, as the SSE rules say.
+                Ok(SseItem::ErrorLine(_)) => continue,
+                Err(too_long) => {
+                    Err(copilot_http::line_too_long(&format!("Gemini at {}", self.base_url), too_long.limit))
+                }
+            };
+            match applied {
+                Ok(Some(text)) => return Some(Ok(ChatEvent::Delta(text))),
+                Ok(None) => {}
+                Err(err) => return Some(self.fail(err)),
+            }
+        }
+        if !self.body_ended {
+            return None;
+        }
+        if self.answer_complete() {
+            return Some(Ok(self.done()));
+        }
+        let early = self.ended_early();
+        Some(self.fail(early))
+    }
+
+    /// Ends the stream on `err`, or with the answer if it was already complete.
+    pub(crate) fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
+        if self.answer_complete() {
+            return Ok(self.done());
+        }
+        self.finished = true;
+        Err(err)
+    }
+
+    /// The final event, now.
+    pub(crate) fn done(&mut self) -> ChatEvent {
+        self.finished = true;
+        if let Some(reason) = &self.state.block_reason {
+            tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
+        }
+        ChatEvent::Done(self.state.completion())
+    }
+
+    /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.
+    fn ended_early(&self) -> ProviderError {
+        match wire::bare_error(&self.tail) {
+            Some(error) => ProviderError::MidStream(self.redact(&error.describe())),
+            None => ProviderError::Interrupted(format!(
+                "Gemini at {} ended the stream before any chunk carried a finishReason",
+                self.base_url
+            )),
+        }
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) => key.redact(text),
+            None => text.to_owned(),
+        }
+    }
+
+    fn redact_error(&self, err: ProviderError) -> ProviderError {
+        match err {
+            ProviderError::MidStream(message) => ProviderError::MidStream(self.redact(&message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(self.redact(&message)),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes() {
+        let mut decoder = StreamDecoder::new("http://g".into(), None);
+        for i in 0..100u8 {
+            decoder.push(&[i; 1000]);
+        }
+        assert!(decoder.tail.len() >= TAIL_BYTES && decoder.tail.len() <= 2 * TAIL_BYTES, "{}", decoder.tail.len());
+        assert_eq!(decoder.tail.last(), Some(&99));
+    }
+}

@@ -1,0 +1,229 @@
+//! The pure half of a streamed chat completion: response-body bytes in, [`ChatEvent`]s out, with
+//! no I/O. The adapter reads the body and feeds it here; the fuzz targets and benches drive the
+//! same decoder with bytes of their own.
+
+use std::sync::Arc;
+
+use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_http::truncate_chars;
+use copilot_provider::{ChatEvent, Completion, FinishReason, ProviderError, Secret, UpstreamTimings, Usage};
+
+use crate::wire::{self, ErrorDetails, Finish, Payload};
+
+/// Decodes one chat stream's server-sent events. Feed it the body with [`push`](Self::push) and
+/// [`end`](Self::end), and take events with [`next_event`](Self::next_event) after each push.
+/// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    sse: SseDecoder,
+    body_ended: bool,
+    /// A `Done` or an error went out.
+    finished: bool,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    model: String,
+    response_id: Option<String>,
+    timings: UpstreamTimings,
+    base_url: Arc<str>,
+    api_key: Option<Secret>,
+}
+
+/// What to do with one decoded item.
+pub(crate) enum Step {
+    Continue,
+    Emit(String),
+    Complete,
+    Fail(ProviderError),
+}
+
+impl StreamDecoder {
+    /// `base_url` names the server in error messages; `api_key` is scrubbed from any upstream
+    /// text they quote.
+    pub fn new(base_url: Arc<str>, api_key: Option<Secret>) -> Self {
+        StreamDecoder::with_line_limit(base_url, api_key, copilot_http::MAX_LINE_BYTES)
+    }
+
+    /// Like [`new`](Self::new), with lines and events limited to `limit` bytes (the fuzz targets
+    /// use a small one to reach the limit quickly).
+    pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
+        StreamDecoder {
+            sse: SseDecoder::with_limit(limit),
+            body_ended: false,
+            finished: false,
+            finish: None,
+            usage: None,
+            model: String::new(),
+            response_id: None,
+            timings: UpstreamTimings::default(),
+            base_url,
+            api_key,
+        }
+    }
+
+    /// The next piece of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.sse.push(chunk);
+    }
+
+    /// The body ended cleanly.
+    pub fn end(&mut self) {
+        if !self.body_ended {
+            self.body_ended = true;
+            self.sse.end();
+        }
+    }
+
+    /// Bytes held for a line or an event not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
+    /// Whether the last event went out.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Whether a chunk carried a `finish_reason`: the answer is complete, only the usage chunk
+    /// and `[DONE]` may follow.
+    pub(crate) fn saw_finish_reason(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
+    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.finished {
+            return None;
+        }
+        while let Some(item) = self.sse.next_item() {
+            let step = match item {
+                Ok(item) => self.handle_item(item),
+                Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.base_url, too_long.limit)),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Step::Complete => return Some(Ok(self.complete())),
+                Step::Fail(err) => {
+                    self.finished = true;
+                    return Some(Err(err));
+                }
+            }
+        }
+        if !self.body_ended {
+            return None;
+        }
+        if self.finish.is_some() {
+            tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
+            return Some(Ok(self.complete()));
+        }
+        self.finished = true;
+        Some(Err(ProviderError::Interrupted(format!(
+            "{} ended the stream before it finished (no finish_reason, no [DONE])",
+            self.base_url
+        ))))
+    }
+
+    /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
+    pub(crate) fn complete(&mut self) -> ChatEvent {
+        self.finished = true;
+        ChatEvent::Done(self.completion())
+    }
+
+    fn handle_item(&mut self, item: SseItem) -> Step {
+        let payload = match item {
+            SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
+            SseItem::Event { event: Some(name), data } if name == "error" => {
+                return Step::Fail(self.mid_stream(error_line_details(&data)));
+            }
+            SseItem::Event { data, .. } => wire::decode_data(&data),
+        };
+        match payload {
+            Ok(Payload::Done) => Step::Complete,
+            Ok(Payload::Skip) => Step::Continue,
+            Ok(Payload::Error(details)) => Step::Fail(self.mid_stream(details)),
+            Ok(Payload::Chunk(info)) => self.absorb(info),
+            Err(err) => Step::Fail(self.scrub(err)),
+        }
+    }
+
+    /// Takes what a chunk says about the completion; returns its text, if any.
+    pub(crate) fn absorb(&mut self, info: wire::ChunkInfo) -> Step {
+        if let Some(model) = info.model {
+            self.model = model;
+        }
+        if info.id.is_some() {
+            self.response_id = info.id;
+        }
+        // The last report wins: vLLM's continuous usage repeats it on every chunk.
+        if let Some(usage) = info.usage {
+            self.usage = Some(usage);
+        }
+        if let Some(timings) = info.timings {
+            self.timings = timings;
+        }
+        match info.finish {
+            Some(Finish::Ended(reason)) => self.finish = Some(reason),
+            Some(Finish::Aborted(reason)) => {
+                return Step::Fail(ProviderError::MidStream(format!(
+                    "{} stopped the generation (finish_reason \"{reason}\")",
+                    self.base_url
+                )));
+            }
+            None => {}
+        }
+        match info.content {
+            Some(text) => Step::Emit(text),
+            None => Step::Continue,
+        }
+    }
+
+    pub(crate) fn completion(&mut self) -> Completion {
+        Completion {
+            finish_reason: self.finish.unwrap_or_default(),
+            model: std::mem::take(&mut self.model),
+            usage: self.usage.unwrap_or_default(),
+            timings: self.timings,
+            response_id: self.response_id.take(),
+        }
+    }
+
+    pub(crate) fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
+        let message = if details.message.is_empty() { "unknown error".to_owned() } else { details.message };
+        self.scrub(ProviderError::MidStream(message))
+    }
+
+    pub(crate) fn scrub(&self, err: ProviderError) -> ProviderError {
+        let Some(key) = &self.api_key else { return err };
+        match err {
+            ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
+            other => other,
+        }
+    }
+}
+
+/// llama.cpp's bare `error: {json}` line, or the data of an `event: error`: an error object,
+/// wrapped in `{"error": ...}` or not, or plain text.
+pub(crate) fn error_line_details(text: &str) -> ErrorDetails {
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let from_json = value.as_ref().and_then(|v| {
+        ErrorDetails::from_value(v).or_else(|| {
+            // `{"code":500,"message":"...","type":"server_error"}`: the error object itself.
+            let message = v.get("message")?.as_str()?;
+            Some(ErrorDetails { message: message.to_owned(), structured: true, ..Default::default() })
+        })
+    });
+    from_json.unwrap_or_else(|| ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_as_llama_cpp_writes_them() {
+        assert_eq!(error_line_details(r#"{"code":500,"message":"boom","type":"server_error"}"#).message, "boom");
+        assert_eq!(error_line_details(r#"{"error":{"message":"wrapped"}}"#).message, "wrapped");
+        assert_eq!(error_line_details(" plain text ").message, "plain text");
+    }
+}
