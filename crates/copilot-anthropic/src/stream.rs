@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use copilot_http::ChatStreamDecoder;
 use copilot_http::sse::{SseDecoder, SseItem};
 use copilot_provider::{ChatEvent, ProviderError, Secret};
 
@@ -40,31 +41,33 @@ impl StreamDecoder {
         }
     }
 
-    /// The next piece of the body.
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// Whether the last event went out.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
+        self.finished = true;
+        Err(err)
+    }
+}
+
+impl ChatStreamDecoder for StreamDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        if self.finished {
+            return;
+        }
         self.sse.push(chunk);
     }
 
-    /// The body ended cleanly.
-    pub fn end(&mut self) {
+    fn end(&mut self) {
         if !self.body_ended {
             self.body_ended = true;
             self.sse.end();
         }
     }
 
-    /// Bytes held for a line or an event not yet complete.
-    pub fn buffered(&self) -> usize {
-        self.sse.buffered()
-    }
-
-    /// Whether the last event went out.
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
-    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
-    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if self.finished {
             return None;
         }
@@ -99,8 +102,7 @@ impl StreamDecoder {
         Some(self.fail(err))
     }
 
-    fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
-        self.finished = true;
-        Err(err)
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
     }
 }

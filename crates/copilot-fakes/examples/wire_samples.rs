@@ -1,6 +1,7 @@
 //! Writes the bodies the fakes stream for a few scripted replies, one file each, as seed corpora
-//! for the stream-parser fuzz targets (`fuzz/corpus/<target>/`):
-//! `cargo run -p copilot-fakes --example wire_samples -- fuzz/corpus`.
+//! for the stream-decoder fuzz targets (`fuzz/seeds/<target>/`):
+//! `cargo run -p copilot-fakes --example wire_samples -- fuzz/seeds`. Each file starts with the
+//! fuzz input's header (read sizes 17 and 129, see `copilot_http::stream_check::split_input`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use copilot_fakes::openai::{FakeOpenAi, Flavour};
 use copilot_fakes::script::{Behaviour, FakeModel, Reply};
 use serde_json::json;
 
+/// `copilot_http::stream_check::SEED_PROMPT`, which the seed tests expect echoed.
 const PROMPT: &str = "héllo \"quoted\" ✓ 🦀\nsecond line\twith a tab";
 
 fn scripts() -> Vec<(&'static str, FakeModel)> {
@@ -25,13 +27,13 @@ fn scripts() -> Vec<(&'static str, FakeModel)> {
 async fn save(dir: &Path, name: String, response: reqwest::Response) {
     let body = response.bytes().await.unwrap_or_default();
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(name), &body).unwrap();
+    std::fs::write(dir.join(name), [&b"\x02\x10\x80"[..], &body].concat()).unwrap();
 }
 
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into()));
+    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/seeds".into()));
     let http = reqwest::Client::new();
     let user = json!([{"role": "user", "content": PROMPT}]);
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use copilot_http::ChatStreamDecoder;
 use copilot_http::sse::{SseDecoder, SseItem};
 use copilot_provider::{ChatEvent, ProviderError, Secret};
 
@@ -19,8 +20,8 @@ const TAIL_BYTES: usize = 16 * 1024;
 pub struct StreamDecoder {
     sse: SseDecoder,
     state: StreamState,
-    /// The last bytes of the body (at least [`TAIL_BYTES`] of them once that many came): an
-    /// error Google sends as bare JSON instead of an event is found there when the body ends.
+    /// The last bytes of the body, at least [`TAIL_BYTES`] of them once that many came: an error
+    /// Google sends as bare JSON instead of an event is found in the last [`TAIL_BYTES`].
     tail: Vec<u8>,
     body_ended: bool,
     finished: bool,
@@ -49,28 +50,6 @@ impl StreamDecoder {
         }
     }
 
-    /// The next piece of the body.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.sse.push(chunk);
-        self.tail.extend_from_slice(chunk);
-        if self.tail.len() > 2 * TAIL_BYTES {
-            self.tail.drain(..self.tail.len() - TAIL_BYTES);
-        }
-    }
-
-    /// The body ended cleanly.
-    pub fn end(&mut self) {
-        if !self.body_ended {
-            self.body_ended = true;
-            self.sse.end();
-        }
-    }
-
-    /// Bytes held for a line or an event not yet complete (the tail kept for errors aside).
-    pub fn buffered(&self) -> usize {
-        self.sse.buffered()
-    }
-
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -82,8 +61,73 @@ impl StreamDecoder {
         self.state.finish.is_some()
     }
 
-    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
-    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+    /// Ends the stream on `err`, or with the answer if it was already complete.
+    pub(crate) fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
+        if self.answer_complete() {
+            return Ok(self.done());
+        }
+        self.finished = true;
+        Err(err)
+    }
+
+    /// The final event, now.
+    pub(crate) fn done(&mut self) -> ChatEvent {
+        self.finished = true;
+        if let Some(reason) = &self.state.block_reason {
+            tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
+        }
+        ChatEvent::Done(self.state.completion())
+    }
+
+    /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.
+    fn ended_early(&self) -> ProviderError {
+        // Exactly the last bytes, so the answer does not depend on how the body was cut into reads.
+        let tail = &self.tail[self.tail.len().saturating_sub(TAIL_BYTES)..];
+        match wire::bare_error(tail) {
+            Some(error) => ProviderError::MidStream(self.redact(&error.describe())),
+            None => ProviderError::Interrupted(format!(
+                "Gemini at {} ended the stream before any chunk carried a finishReason",
+                self.base_url
+            )),
+        }
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) => key.redact(text),
+            None => text.to_owned(),
+        }
+    }
+
+    fn redact_error(&self, err: ProviderError) -> ProviderError {
+        match err {
+            ProviderError::MidStream(message) => ProviderError::MidStream(self.redact(&message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(self.redact(&message)),
+            other => other,
+        }
+    }
+}
+
+impl ChatStreamDecoder for StreamDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        if self.finished {
+            return;
+        }
+        self.sse.push(chunk);
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 2 * TAIL_BYTES {
+            self.tail.drain(..self.tail.len() - TAIL_BYTES);
+        }
+    }
+
+    fn end(&mut self) {
+        if !self.body_ended {
+            self.body_ended = true;
+            self.sse.end();
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if self.finished {
             return None;
         }
@@ -112,48 +156,8 @@ impl StreamDecoder {
         Some(self.fail(early))
     }
 
-    /// Ends the stream on `err`, or with the answer if it was already complete.
-    pub(crate) fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
-        if self.answer_complete() {
-            return Ok(self.done());
-        }
-        self.finished = true;
-        Err(err)
-    }
-
-    /// The final event, now.
-    pub(crate) fn done(&mut self) -> ChatEvent {
-        self.finished = true;
-        if let Some(reason) = &self.state.block_reason {
-            tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
-        }
-        ChatEvent::Done(self.state.completion())
-    }
-
-    /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.
-    fn ended_early(&self) -> ProviderError {
-        match wire::bare_error(&self.tail) {
-            Some(error) => ProviderError::MidStream(self.redact(&error.describe())),
-            None => ProviderError::Interrupted(format!(
-                "Gemini at {} ended the stream before any chunk carried a finishReason",
-                self.base_url
-            )),
-        }
-    }
-
-    pub(crate) fn redact(&self, text: &str) -> String {
-        match &self.api_key {
-            Some(key) => key.redact(text),
-            None => text.to_owned(),
-        }
-    }
-
-    fn redact_error(&self, err: ProviderError) -> ProviderError {
-        match err {
-            ProviderError::MidStream(message) => ProviderError::MidStream(self.redact(&message)),
-            ProviderError::Protocol(message) => ProviderError::Protocol(self.redact(&message)),
-            other => other,
-        }
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
     }
 }
 

@@ -7,6 +7,8 @@
 //! [`ProviderError`]s, and what the messages say, stays in each adapter.
 
 pub mod sse;
+#[doc(hidden)]
+pub mod stream_check;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -127,6 +129,20 @@ pub async fn drain_body(mut response: Response, grace: Duration) {
 pub trait EventSource: Send + 'static {
     /// The next event, or `None` once the stream has ended (after a `Done` or an error).
     fn next_event(&mut self) -> impl Future<Output = Option<Result<ChatEvent, ProviderError>>> + Send;
+}
+
+/// The pure half of a chat stream: response-body bytes in, events out, no I/O. Each adapter has
+/// one (`StreamDecoder`); its [`EventSource`] reads the body into it, and the fuzz targets and
+/// benches drive it with bytes of their own. The last event is always a `Done` or an error.
+pub trait ChatStreamDecoder {
+    /// The next piece of the body (ignored once the stream has ended).
+    fn push(&mut self, chunk: &[u8]);
+    /// The body ended cleanly.
+    fn end(&mut self);
+    /// The next event the bytes so far hold; `None` when more are needed or the stream is over.
+    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>>;
+    /// Bytes held for a line or an event not yet complete.
+    fn buffered(&self) -> usize;
 }
 
 /// The events of `source` as a [`ChatStream`]. Dropping the stream drops the source, and with it

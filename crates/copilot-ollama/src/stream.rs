@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use copilot_http::ChatStreamDecoder;
 use copilot_provider::{ChatEvent, Completion, ProviderError};
 
 use crate::wire::{self, LineEvent, LineSplitter, LineTooLong};
@@ -40,30 +41,34 @@ impl StreamDecoder {
         }
     }
 
-    /// The next piece of the body.
-    pub fn push(&mut self, chunk: &[u8]) {
-        if !self.finished {
-            self.lines.push(chunk);
-        }
-    }
-
-    /// The body ended cleanly.
-    pub fn end(&mut self) {
-        self.body_ended = true;
-    }
-
-    /// Bytes held for a line not yet complete.
-    pub fn buffered(&self) -> usize {
-        self.lines.buffered()
-    }
-
     /// Whether the final line was decoded or the stream failed (a `Done` may still be pending).
     pub fn is_finished(&self) -> bool {
         self.finished
     }
 
-    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
-    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+    fn fail(&mut self, err: ProviderError) -> Option<Result<ChatEvent, ProviderError>> {
+        self.finished = true;
+        Some(Err(err))
+    }
+
+    fn too_long(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        let limit = self.lines.limit();
+        self.fail(copilot_http::line_too_long(&format!("Ollama at {}", self.base_url), limit))
+    }
+}
+
+impl ChatStreamDecoder for StreamDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        if !self.finished {
+            self.lines.push(chunk);
+        }
+    }
+
+    fn end(&mut self) {
+        self.body_ended = true;
+    }
+
+    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if let Some(completion) = self.pending_done.take() {
             return Some(Ok(ChatEvent::Done(completion)));
         }
@@ -104,13 +109,7 @@ impl StreamDecoder {
         }
     }
 
-    fn fail(&mut self, err: ProviderError) -> Option<Result<ChatEvent, ProviderError>> {
-        self.finished = true;
-        Some(Err(err))
-    }
-
-    fn too_long(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        let limit = self.lines.limit();
-        self.fail(copilot_http::line_too_long(&format!("Ollama at {}", self.base_url), limit))
+    fn buffered(&self) -> usize {
+        self.lines.buffered()
     }
 }

@@ -23,7 +23,7 @@ mod wire;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, EventSource, root_cause};
+use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError, Secret,
 };

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use copilot_http::ChatStreamDecoder;
 use copilot_http::sse::{SseDecoder, SseItem};
 use copilot_http::truncate_chars;
 use copilot_provider::{ChatEvent, Completion, FinishReason, ProviderError, Secret, UpstreamTimings, Usage};
@@ -60,24 +61,6 @@ impl StreamDecoder {
         }
     }
 
-    /// The next piece of the body.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.sse.push(chunk);
-    }
-
-    /// The body ended cleanly.
-    pub fn end(&mut self) {
-        if !self.body_ended {
-            self.body_ended = true;
-            self.sse.end();
-        }
-    }
-
-    /// Bytes held for a line or an event not yet complete.
-    pub fn buffered(&self) -> usize {
-        self.sse.buffered()
-    }
-
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -87,40 +70,6 @@ impl StreamDecoder {
     /// and `[DONE]` may follow.
     pub(crate) fn saw_finish_reason(&self) -> bool {
         self.finish.is_some()
-    }
-
-    /// The next event the bytes so far hold; `None` when more bytes are needed or the stream is over.
-    pub fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if self.finished {
-            return None;
-        }
-        while let Some(item) = self.sse.next_item() {
-            let step = match item {
-                Ok(item) => self.handle_item(item),
-                Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.base_url, too_long.limit)),
-            };
-            match step {
-                Step::Continue => {}
-                Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
-                Step::Complete => return Some(Ok(self.complete())),
-                Step::Fail(err) => {
-                    self.finished = true;
-                    return Some(Err(err));
-                }
-            }
-        }
-        if !self.body_ended {
-            return None;
-        }
-        if self.finish.is_some() {
-            tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
-            return Some(Ok(self.complete()));
-        }
-        self.finished = true;
-        Some(Err(ProviderError::Interrupted(format!(
-            "{} ended the stream before it finished (no finish_reason, no [DONE])",
-            self.base_url
-        ))))
     }
 
     /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
@@ -199,6 +148,59 @@ impl StreamDecoder {
             ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
             other => other,
         }
+    }
+}
+
+impl ChatStreamDecoder for StreamDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        if self.finished {
+            return;
+        }
+        self.sse.push(chunk);
+    }
+
+    fn end(&mut self) {
+        if !self.body_ended {
+            self.body_ended = true;
+            self.sse.end();
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.finished {
+            return None;
+        }
+        while let Some(item) = self.sse.next_item() {
+            let step = match item {
+                Ok(item) => self.handle_item(item),
+                Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.base_url, too_long.limit)),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Step::Complete => return Some(Ok(self.complete())),
+                Step::Fail(err) => {
+                    self.finished = true;
+                    return Some(Err(err));
+                }
+            }
+        }
+        if !self.body_ended {
+            return None;
+        }
+        if self.finish.is_some() {
+            tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
+            return Some(Ok(self.complete()));
+        }
+        self.finished = true;
+        Some(Err(ProviderError::Interrupted(format!(
+            "{} ended the stream before it finished (no finish_reason, no [DONE])",
+            self.base_url
+        ))))
+    }
+
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
     }
 }
 
