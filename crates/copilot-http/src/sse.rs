@@ -11,13 +11,16 @@
 //! starting with `:` are comments (keep-alives such as `: ping`); one space after the colon is
 //! dropped; unknown fields are ignored.
 
-/// One thing the stream said.
+use std::borrow::Cow;
+
+/// One thing the stream said, borrowed from the decoder until its next call (events arrive per
+/// token, so nothing is allocated per event).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SseItem {
+pub enum SseItem<'a> {
     /// A complete event: its `data` lines joined, and its `event:` name when it had one.
-    Event { event: Option<String>, data: String },
+    Event { event: Option<&'a str>, data: &'a str },
     /// A bare `error: ...` line (older llama.cpp), reported as soon as its line is complete.
-    ErrorLine(String),
+    ErrorLine(Cow<'a, str>),
 }
 
 /// A line or an event passed the decoder's size limit; the stream cannot go on.
@@ -28,6 +31,17 @@ pub struct TooLong {
 
 /// UTF-8's byte-order mark, which the SSE rules skip at the start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Consumed bytes are dropped from the front of the buffer once this many accumulate (or at
+/// once when nothing unread is left), so a long stream does not grow it.
+const COMPACT_AFTER: usize = 64 * 1024;
+
+/// What [`SseDecoder::find_item`] found, by position.
+enum Found {
+    Nothing,
+    Event,
+    ErrorLine(usize, usize),
+}
 
 /// Turns body chunks into [`SseItem`]s. Chunk boundaries may fall anywhere: mid-line, between a
 /// `\r` and its `\n`, or inside a multi-byte character.
@@ -44,9 +58,14 @@ pub struct SseDecoder {
     pending_cr: bool,
     /// Whether the start of the stream was checked for a byte-order mark.
     bom_checked: bool,
+    /// The current event's `data` lines, joined; reused from event to event.
     data: String,
     has_data: bool,
-    event: Option<String>,
+    /// The current event's `event:` name; reused from event to event.
+    event: String,
+    has_event: bool,
+    /// The last call returned an event borrowing `data` and `event`: clear them first.
+    dispatched: bool,
     /// The longest line, and the most `data` one event may gather.
     limit: usize,
     /// A limit was passed: nothing more is decoded.
@@ -70,18 +89,19 @@ impl SseDecoder {
             bom_checked: false,
             data: String::new(),
             has_data: false,
-            event: None,
+            event: String::new(),
+            has_event: false,
+            dispatched: false,
             limit,
             failed: false,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-            self.scanned = 0;
+        if self.failed {
+            return;
         }
+        self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -97,20 +117,76 @@ impl SseDecoder {
     }
 
     /// The next complete item, if the bytes so far hold one. After an `Err`, always `None`.
-    pub fn next_item(&mut self) -> Option<Result<SseItem, TooLong>> {
+    pub fn next_item(&mut self) -> Option<Result<SseItem<'_>, TooLong>> {
         if self.failed {
             return None;
         }
+        if self.dispatched {
+            self.dispatched = false;
+            self.data.clear();
+            self.event.clear();
+            self.has_event = false;
+        }
+        self.compact();
+        // Found without borrowing, then borrowed: a borrow returned from inside the loop would
+        // hold `self` for the whole loop.
+        match self.find_item() {
+            Ok(Found::Nothing) => None,
+            Ok(Found::Event) => {
+                let event = self.has_event.then_some(self.event.as_str());
+                Some(Ok(SseItem::Event { event, data: &self.data }))
+            }
+            Ok(Found::ErrorLine(from, to)) => {
+                Some(Ok(SseItem::ErrorLine(String::from_utf8_lossy(&self.buf[from..to]))))
+            }
+            Err(err) => Some(Err(self.fail(err))),
+        }
+    }
+
+    fn find_item(&mut self) -> Result<Found, TooLong> {
         loop {
-            let line = match self.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => return None,
-                Err(err) => return Some(Err(self.fail(err))),
+            let Some((from, to)) = self.next_line()? else { return Ok(Found::Nothing) };
+            let line = &self.buf[from..to];
+            if line.is_empty() {
+                if self.has_data {
+                    self.has_data = false;
+                    self.dispatched = true;
+                    return Ok(Found::Event);
+                }
+                self.event.clear();
+                self.has_event = false;
+                continue;
+            }
+            if line[0] == b':' {
+                continue;
+            }
+            let (field, value, value_from) = match line.iter().position(|&b| b == b':') {
+                Some(colon) => {
+                    let skip = usize::from(line.get(colon + 1) == Some(&b' '));
+                    (&line[..colon], &line[colon + 1 + skip..], from + colon + 1 + skip)
+                }
+                None => (line, &b""[..], to),
             };
-            match self.process_line(&line) {
-                Ok(Some(item)) => return Some(Ok(item)),
-                Ok(None) => {}
-                Err(err) => return Some(Err(self.fail(err))),
+            // Only ASCII line ends split the bytes, so a complete line is whole UTF-8 unless the
+            // server sent invalid bytes, which are replaced rather than failing the stream.
+            match field {
+                b"data" => {
+                    if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
+                        return Err(TooLong { limit: self.limit });
+                    }
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(&String::from_utf8_lossy(value));
+                    self.has_data = true;
+                }
+                b"event" => {
+                    self.event.clear();
+                    self.event.push_str(&String::from_utf8_lossy(value));
+                    self.has_event = true;
+                }
+                b"error" => return Ok(Found::ErrorLine(value_from, to)),
+                _ => {}
             }
         }
     }
@@ -124,7 +200,15 @@ impl SseDecoder {
         err
     }
 
-    fn next_line(&mut self) -> Result<Option<String>, TooLong> {
+    fn compact(&mut self) {
+        if self.start > 0 && (self.start == self.buf.len() || self.start > COMPACT_AFTER) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The bounds in `buf` of the next complete line (without its line end), now consumed.
+    fn next_line(&mut self) -> Result<Option<(usize, usize)>, TooLong> {
         if !self.bom_checked {
             let unread = &self.buf[self.start..];
             if unread.len() < BOM.len() && BOM.starts_with(unread) {
@@ -154,9 +238,6 @@ impl SseDecoder {
         if end > self.limit {
             return Err(TooLong { limit: self.limit });
         }
-        // Only ASCII line ends split the bytes, so a complete line is whole UTF-8 unless the
-        // server sent invalid bytes, which are replaced rather than failing the stream.
-        let line = String::from_utf8_lossy(&unread[..end]).into_owned();
         let mut consumed = end + 1;
         if unread[end] == b'\r' {
             match unread.get(end + 1) {
@@ -165,50 +246,10 @@ impl SseDecoder {
                 None => self.pending_cr = true,
             }
         }
+        let line = (self.start, self.start + end);
         self.start += consumed;
         self.scanned = 0;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 64 * 1024 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
         Ok(Some(line))
-    }
-
-    fn process_line(&mut self, line: &str) -> Result<Option<SseItem>, TooLong> {
-        if line.is_empty() {
-            let event = self.event.take();
-            if !self.has_data {
-                return Ok(None);
-            }
-            self.has_data = false;
-            return Ok(Some(SseItem::Event { event, data: std::mem::take(&mut self.data) }));
-        }
-        if line.starts_with(':') {
-            return Ok(None);
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => {
-                if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
-                    return Err(TooLong { limit: self.limit });
-                }
-                if self.has_data {
-                    self.data.push('\n');
-                }
-                self.data.push_str(value);
-                self.has_data = true;
-            }
-            "event" => self.event = Some(value.to_owned()),
-            "error" => return Ok(Some(SseItem::ErrorLine(value.to_owned()))),
-            _ => {}
-        }
-        Ok(None)
     }
 }
 
@@ -216,22 +257,46 @@ impl SseDecoder {
 mod tests {
     use super::*;
 
-    fn decode(chunks: &[&[u8]], end: bool) -> Vec<SseItem> {
+    /// An owned [`SseItem`], to collect them.
+    #[derive(Debug, PartialEq)]
+    enum Item {
+        Event { event: Option<String>, data: String },
+        ErrorLine(String),
+    }
+
+    fn owned(item: SseItem<'_>) -> Item {
+        match item {
+            SseItem::Event { event, data } => Item::Event { event: event.map(str::to_owned), data: data.to_owned() },
+            SseItem::ErrorLine(text) => Item::ErrorLine(text.into_owned()),
+        }
+    }
+
+    fn drain(decoder: &mut SseDecoder, items: &mut Vec<Item>) -> Option<TooLong> {
+        while let Some(item) = decoder.next_item() {
+            match item {
+                Ok(item) => items.push(owned(item)),
+                Err(err) => return Some(err),
+            }
+        }
+        None
+    }
+
+    fn decode(chunks: &[&[u8]], end: bool) -> Vec<Item> {
         let mut decoder = SseDecoder::default();
         let mut items = Vec::new();
         for chunk in chunks {
             decoder.push(chunk);
-            items.extend(std::iter::from_fn(|| decoder.next_item()).map(Result::unwrap));
+            assert_eq!(drain(&mut decoder, &mut items), None);
         }
         if end {
             decoder.end();
-            items.extend(std::iter::from_fn(|| decoder.next_item()).map(Result::unwrap));
+            assert_eq!(drain(&mut decoder, &mut items), None);
         }
         items
     }
 
-    fn data(text: &str) -> SseItem {
-        SseItem::Event { event: None, data: text.to_owned() }
+    fn data(text: &str) -> Item {
+        Item::Event { event: None, data: text.to_owned() }
     }
 
     #[test]
@@ -275,16 +340,13 @@ mod tests {
     #[test]
     fn event_names_are_kept_with_their_event() {
         let items = decode(&[b"event: error\ndata: {\"message\":\"x\"}\n\ndata: y\n\n"], false);
-        assert_eq!(
-            items,
-            [SseItem::Event { event: Some("error".into()), data: "{\"message\":\"x\"}".into() }, data("y")]
-        );
+        assert_eq!(items, [Item::Event { event: Some("error".into()), data: "{\"message\":\"x\"}".into() }, data("y")]);
     }
 
     #[test]
     fn bare_error_lines_are_reported_at_once() {
         let items = decode(&[b"data: a\n\nerror: {\"code\":500,\"message\":\"boom\"}\n"], false);
-        assert_eq!(items, [data("a"), SseItem::ErrorLine("{\"code\":500,\"message\":\"boom\"}".into())]);
+        assert_eq!(items, [data("a"), Item::ErrorLine("{\"code\":500,\"message\":\"boom\"}".into())]);
     }
 
     #[test]
@@ -292,7 +354,7 @@ mod tests {
         assert_eq!(decode(&[b"data: [DONE]"], true), [data("[DONE]")]);
         assert_eq!(decode(&[b"data: x\n"], true), [data("x")]);
         assert_eq!(decode(&[b"data: x\r"], true), [data("x")]);
-        assert_eq!(decode(&[b"error: gone"], true), [SseItem::ErrorLine("gone".into())]);
+        assert_eq!(decode(&[b"error: gone"], true), [Item::ErrorLine("gone".into())]);
         assert!(decode(&[b": ping\n"], true).is_empty());
     }
 
@@ -325,15 +387,12 @@ mod tests {
         assert_eq!(decode(&[b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"], false), [data("a")]);
     }
 
-    fn first_error(decoder: &mut SseDecoder, chunks: &[&[u8]]) -> (Vec<SseItem>, Option<TooLong>) {
+    fn first_error(decoder: &mut SseDecoder, chunks: &[&[u8]]) -> (Vec<Item>, Option<TooLong>) {
         let mut items = Vec::new();
         for chunk in chunks {
             decoder.push(chunk);
-            while let Some(item) = decoder.next_item() {
-                match item {
-                    Ok(item) => items.push(item),
-                    Err(err) => return (items, Some(err)),
-                }
+            if let Some(err) = drain(decoder, &mut items) {
+                return (items, Some(err));
             }
         }
         (items, None)

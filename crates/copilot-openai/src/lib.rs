@@ -388,18 +388,18 @@ impl ChatEvents {
                 ))));
             }
         };
-        let decoder = &mut self.decoder;
+        let answer = &mut self.decoder.answer;
         let text = match wire::decode_completion(&body) {
-            Ok(Payload::Chunk(info)) => match decoder.absorb(info) {
+            Ok(Payload::Chunk(info)) => match answer.absorb(info) {
                 Step::Emit(text) => Some(text),
                 Step::Fail(err) => return Some(Err(err)),
                 Step::Continue | Step::Complete => None,
             },
-            Ok(Payload::Error(details)) => return Some(Err(decoder.mid_stream(details))),
+            Ok(Payload::Error(details)) => return Some(Err(answer.mid_stream(details))),
             Ok(Payload::Done | Payload::Skip) => None,
-            Err(err) => return Some(Err(decoder.scrub(err))),
+            Err(err) => return Some(Err(answer.scrub(err))),
         };
-        let completion = decoder.completion();
+        let completion = answer.completion();
         match text {
             Some(text) => {
                 self.pending_done = Some(completion);

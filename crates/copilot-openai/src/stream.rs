@@ -20,6 +20,12 @@ pub struct StreamDecoder {
     body_ended: bool,
     /// A `Done` or an error went out.
     finished: bool,
+    pub(crate) answer: Answer,
+}
+
+/// What the chunks so far said about the completion.
+#[derive(Debug)]
+pub(crate) struct Answer {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     model: String,
@@ -51,13 +57,15 @@ impl StreamDecoder {
             sse: SseDecoder::with_limit(limit),
             body_ended: false,
             finished: false,
-            finish: None,
-            usage: None,
-            model: String::new(),
-            response_id: None,
-            timings: UpstreamTimings::default(),
-            base_url,
-            api_key,
+            answer: Answer {
+                finish: None,
+                usage: None,
+                model: String::new(),
+                response_id: None,
+                timings: UpstreamTimings::default(),
+                base_url,
+                api_key,
+            },
         }
     }
 
@@ -69,22 +77,24 @@ impl StreamDecoder {
     /// Whether a chunk carried a `finish_reason`: the answer is complete, only the usage chunk
     /// and `[DONE]` may follow.
     pub(crate) fn saw_finish_reason(&self) -> bool {
-        self.finish.is_some()
+        self.answer.finish.is_some()
     }
 
     /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
     pub(crate) fn complete(&mut self) -> ChatEvent {
         self.finished = true;
-        ChatEvent::Done(self.completion())
+        ChatEvent::Done(self.answer.completion())
     }
+}
 
-    fn handle_item(&mut self, item: SseItem) -> Step {
+impl Answer {
+    fn handle_item(&mut self, item: SseItem<'_>) -> Step {
         let payload = match item {
             SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
-            SseItem::Event { event: Some(name), data } if name == "error" => {
-                return Step::Fail(self.mid_stream(error_line_details(&data)));
+            SseItem::Event { event: Some("error"), data } => {
+                return Step::Fail(self.mid_stream(error_line_details(data)));
             }
-            SseItem::Event { data, .. } => wire::decode_data(&data),
+            SseItem::Event { data, .. } => wire::decode_data(data),
         };
         match payload {
             Ok(Payload::Done) => Step::Complete,
@@ -96,12 +106,17 @@ impl StreamDecoder {
     }
 
     /// Takes what a chunk says about the completion; returns its text, if any.
-    pub(crate) fn absorb(&mut self, info: wire::ChunkInfo) -> Step {
-        if let Some(model) = info.model {
-            self.model = model;
+    pub(crate) fn absorb(&mut self, info: wire::ChunkInfo<'_>) -> Step {
+        // Every chunk repeats them: copied only when they change.
+        if let Some(model) = info.model
+            && self.model != model
+        {
+            self.model = model.into_owned();
         }
-        if info.id.is_some() {
-            self.response_id = info.id;
+        if let Some(id) = info.id
+            && self.response_id.as_deref() != Some(&*id)
+        {
+            self.response_id = Some(id.into_owned());
         }
         // The last report wins: vLLM's continuous usage repeats it on every chunk.
         if let Some(usage) = info.usage {
@@ -172,8 +187,8 @@ impl ChatStreamDecoder for StreamDecoder {
         }
         while let Some(item) = self.sse.next_item() {
             let step = match item {
-                Ok(item) => self.handle_item(item),
-                Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.base_url, too_long.limit)),
+                Ok(item) => self.answer.handle_item(item),
+                Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.answer.base_url, too_long.limit)),
             };
             match step {
                 Step::Continue => {}
@@ -188,14 +203,14 @@ impl ChatStreamDecoder for StreamDecoder {
         if !self.body_ended {
             return None;
         }
-        if self.finish.is_some() {
-            tracing::debug!(base_url = %self.base_url, "stream ended after its finish_reason without [DONE]");
+        if self.saw_finish_reason() {
+            tracing::debug!(base_url = %self.answer.base_url, "stream ended after its finish_reason without [DONE]");
             return Some(Ok(self.complete()));
         }
         self.finished = true;
         Some(Err(ProviderError::Interrupted(format!(
             "{} ended the stream before it finished (no finish_reason, no [DONE])",
-            self.base_url
+            self.answer.base_url
         ))))
     }
 

@@ -190,7 +190,7 @@ struct Chunk<'a> {
     model: Option<Cow<'a, str>>,
     /// Missing or `null` on some servers' usage chunk.
     #[serde(default, borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<FirstChoice<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     /// llama.cpp's own measurements, on its final chunk.
@@ -235,18 +235,51 @@ struct Timings {
     predicted_ms: Option<f64>,
 }
 
-/// What one SSE event (or a whole non-streamed body) contributes to the completion.
+/// `choices`, of which only the first with index 0 is kept (the adapter never asks for `n > 1`);
+/// the others are skipped without being built, and no list is allocated per chunk.
+#[derive(Debug, Default)]
+struct FirstChoice<'a> {
+    choice: Option<Choice<'a>>,
+    /// Whether the list had any element.
+    any: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for ChoicesVisitor<'a> {
+            type Value = FirstChoice<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut first = FirstChoice::default();
+                while let Some(choice) = seq.next_element::<Choice<'a>>()? {
+                    first.any = true;
+                    if first.choice.is_none() && choice.index.unwrap_or(0) == 0 {
+                        first.choice = Some(choice);
+                    }
+                }
+                Ok(first)
+            }
+        }
+        deserializer.deserialize_seq(ChoicesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// What one SSE event (or a whole non-streamed body) contributes to the completion, borrowing
+/// from its data where it can.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct ChunkInfo {
+pub(crate) struct ChunkInfo<'a> {
     /// Answer text (never empty).
     pub content: Option<String>,
     /// The choice's `finish_reason`, already mapped.
     pub finish: Option<Finish>,
     pub usage: Option<Usage>,
     /// The `model` field, when present and not empty.
-    pub model: Option<String>,
+    pub model: Option<Cow<'a, str>>,
     /// The `id` field (the completion's id), when present and not empty.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
     pub timings: Option<UpstreamTimings>,
 }
 
@@ -260,10 +293,10 @@ pub(crate) enum Finish {
 
 /// What one event's `data` means.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Payload {
+pub(crate) enum Payload<'a> {
     /// `[DONE]`: the stream is complete.
     Done,
-    Chunk(ChunkInfo),
+    Chunk(ChunkInfo<'a>),
     /// An error object sent after the stream began.
     Error(ErrorDetails),
     /// Nothing to act on (an empty event, an unknown object).
@@ -271,7 +304,7 @@ pub(crate) enum Payload {
 }
 
 /// Decodes one event's data; `Err` when it is not JSON or a field has the wrong type.
-pub(crate) fn decode_data(data: &str) -> Result<Payload, ProviderError> {
+pub(crate) fn decode_data(data: &str) -> Result<Payload<'_>, ProviderError> {
     let data = data.trim();
     if data.is_empty() {
         return Ok(Payload::Skip);
@@ -294,7 +327,7 @@ pub(crate) fn decode_data(data: &str) -> Result<Payload, ProviderError> {
         }
     };
     // Errors are rare, so the data is only searched for one when the chunk carries nothing else.
-    if chunk.choices.as_ref().is_none_or(Vec::is_empty)
+    if chunk.choices.as_ref().is_none_or(|c| !c.any)
         && chunk.usage.is_none()
         && let Some(details) = error_in(data)
     {
@@ -313,9 +346,9 @@ fn error_in(data: &str) -> Option<ErrorDetails> {
 }
 
 /// A whole non-streamed `chat.completion` body.
-pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload, ProviderError> {
+pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload<'_>, ProviderError> {
     match serde_json::from_slice::<Chunk>(body) {
-        Ok(chunk) if chunk.choices.as_ref().is_some_and(|c| !c.is_empty()) => Ok(Payload::Chunk(chunk_info(chunk))),
+        Ok(chunk) if chunk.choices.as_ref().is_some_and(|c| c.any) => Ok(Payload::Chunk(chunk_info(chunk))),
         _ => {
             let text = String::from_utf8_lossy(body);
             match error_in(&text) {
@@ -329,10 +362,10 @@ pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload, ProviderError> {
     }
 }
 
-fn chunk_info(chunk: Chunk) -> ChunkInfo {
+fn chunk_info(chunk: Chunk<'_>) -> ChunkInfo<'_> {
     let mut info = ChunkInfo {
-        model: chunk.model.filter(|m| !m.is_empty()).map(Cow::into_owned),
-        id: chunk.id.filter(|id| !id.is_empty()).map(Cow::into_owned),
+        model: chunk.model.filter(|m| !m.is_empty()),
+        id: chunk.id.filter(|id| !id.is_empty()),
         usage: chunk
             .usage
             .map(|u| Usage { input_tokens: saturate(u.prompt_tokens), output_tokens: saturate(u.completion_tokens) }),
@@ -343,8 +376,7 @@ fn chunk_info(chunk: Chunk) -> ChunkInfo {
         }),
         ..Default::default()
     };
-    // Only the first choice: the adapter never asks for `n > 1`.
-    if let Some(choice) = chunk.choices.into_iter().flatten().find(|c| c.index.unwrap_or(0) == 0) {
+    if let Some(choice) = chunk.choices.and_then(|c| c.choice) {
         info.content =
             choice.delta.or(choice.message).and_then(|d| d.content).filter(|c| !c.is_empty()).map(Cow::into_owned);
         info.finish = choice.finish_reason.map(|reason| map_finish_reason(&reason));
@@ -562,9 +594,17 @@ mod tests {
         assert!(sent.get("max_tokens").is_none());
     }
 
-    fn chunk(data: Value) -> ChunkInfo {
+    fn chunk(data: Value) -> ChunkInfo<'static> {
+        let owned = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
         match decode_data(&data.to_string()).unwrap() {
-            Payload::Chunk(info) => info,
+            Payload::Chunk(info) => ChunkInfo {
+                content: info.content,
+                finish: info.finish,
+                usage: info.usage,
+                model: owned(info.model),
+                id: owned(info.id),
+                timings: info.timings,
+            },
             other => panic!("not a chunk: {other:?}"),
         }
     }
@@ -688,7 +728,8 @@ mod tests {
         let body = json!({"id":"chatcmpl-abc","object":"chat.completion","created":1,"model":"gpt-4o-mini-2024-07-18",
             "choices":[{"index":0,"message":{"role":"assistant","content":"Hello!","refusal":null},"logprobs":null,"finish_reason":"stop"}],
             "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}});
-        let Payload::Chunk(info) = decode_completion(body.to_string().as_bytes()).unwrap() else { panic!() };
+        let body = body.to_string();
+        let Payload::Chunk(info) = decode_completion(body.as_bytes()).unwrap() else { panic!() };
         assert_eq!(info.content.as_deref(), Some("Hello!"));
         assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Stop)));
         assert_eq!(info.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
