@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use copilot_provider::{ChatEvent, ProviderError};
+use copilot_http::ChatStreamDecoder;
+use copilot_provider::ChatEvent;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// Token chunks per response.
@@ -124,37 +125,10 @@ fn reads<'a>(body: &'a [u8], per_read: Option<&[u8]>) -> Vec<&'a [u8]> {
     reads
 }
 
-/// What every decoder offers; each adapter's decoder has these same methods.
-trait Decoder {
-    fn push(&mut self, chunk: &[u8]);
-    fn end(&mut self);
-    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>>;
-}
-
-macro_rules! decoder {
-    ($type:ty) => {
-        impl Decoder for $type {
-            fn push(&mut self, chunk: &[u8]) {
-                <$type>::push(self, chunk)
-            }
-            fn end(&mut self) {
-                <$type>::end(self)
-            }
-            fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-                <$type>::next_event(self)
-            }
-        }
-    };
-}
-decoder!(copilot_ollama::StreamDecoder);
-decoder!(copilot_openai::StreamDecoder);
-decoder!(copilot_anthropic::StreamDecoder);
-decoder!(copilot_gemini::StreamDecoder);
-
 /// Feeds every read and takes every event, as the adapter does; returns the deltas seen.
-fn decode(mut decoder: impl Decoder, reads: &[&[u8]]) -> usize {
+fn decode(mut decoder: impl ChatStreamDecoder, reads: &[&[u8]]) -> usize {
     let mut deltas = 0;
-    let mut take = |decoder: &mut dyn Decoder| {
+    let mut take = |decoder: &mut dyn ChatStreamDecoder| {
         while let Some(event) = decoder.next_event() {
             match event.expect("the benchmark streams are valid") {
                 ChatEvent::Delta(text) => deltas += usize::from(!black_box(text).is_empty()),
@@ -173,7 +147,13 @@ fn decode(mut decoder: impl Decoder, reads: &[&[u8]]) -> usize {
     deltas
 }
 
-fn bench_format<D: Decoder>(c: &mut Criterion, name: &str, body: &[u8], separator: &[u8], new: impl Fn() -> D) {
+fn bench_format<D: ChatStreamDecoder>(
+    c: &mut Criterion,
+    name: &str,
+    body: &[u8],
+    separator: &[u8],
+    new: impl Fn() -> D,
+) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(TOKENS as u64));
     for (delivery, per_read) in [("4KiB-reads", None), ("read-per-chunk", Some(separator))] {
