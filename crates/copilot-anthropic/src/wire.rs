@@ -148,15 +148,15 @@ fn trim_end(text: &mut Cow<'_, str>) {
 struct ErrorBody<'a> {
     #[serde(borrow)]
     error: ErrorDetail<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     request_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct ErrorDetail<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "copilot_http::borrow_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     message: Option<Cow<'a, str>>,
 }
 
@@ -213,7 +213,7 @@ pub(crate) fn redact(secret: Option<&Secret>, text: &str) -> String {
 /// parsed once; text is borrowed from the event unless it contains JSON escapes.
 #[derive(Deserialize)]
 struct StreamEvent<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "copilot_http::borrow_str")]
     kind: Option<Cow<'a, str>>,
     /// `message_start`.
     #[serde(borrow, default)]
@@ -234,9 +234,9 @@ struct StreamEvent<'a> {
 
 #[derive(Deserialize)]
 struct StartMessage<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     usage: Option<WireUsage>,
@@ -244,19 +244,19 @@ struct StartMessage<'a> {
 
 #[derive(Deserialize)]
 struct ContentBlock<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "copilot_http::borrow_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct EventDelta<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "copilot_http::borrow_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     stop_reason: Option<Cow<'a, str>>,
 }
 

@@ -152,9 +152,9 @@ struct StreamChunk<'a> {
     candidates: Option<First<Candidate<'a>>>,
     #[serde(default)]
     usage_metadata: Option<UsageMetadata>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     model_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     response_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     prompt_feedback: Option<PromptFeedback<'a>>,
@@ -168,7 +168,7 @@ struct StreamChunk<'a> {
 struct Candidate<'a> {
     #[serde(borrow, default)]
     content: Option<CandidateContent<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
@@ -180,7 +180,7 @@ struct CandidateContent<'a> {
 
 #[derive(Deserialize)]
 struct PartIn<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     text: Option<Cow<'a, str>>,
     /// A thought summary (only sent with `includeThoughts`), not part of the answer.
     #[serde(default)]
@@ -203,7 +203,7 @@ struct UsageMetadata {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PromptFeedback<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     block_reason: Option<Cow<'a, str>>,
 }
 

@@ -166,6 +166,18 @@ pub fn line_too_long(upstream: &str, limit: usize) -> ProviderError {
     ProviderError::Protocol(format!("{upstream} sent a line longer than {limit} bytes; the stream was stopped"))
 }
 
+/// For `#[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]` on an
+/// `Option<Cow<'a, str>>` field: borrowed from the input unless the string has escapes. serde
+/// borrows a bare `Cow<str>` field, but an `Option` of one is always copied — an allocation per
+/// field per stream chunk.
+pub fn borrow_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+    Ok(<Option<Borrowed<'a>> as serde::Deserialize>::deserialize(deserializer)?.map(|b| b.0))
+}
+
 /// The innermost cause of an error. reqwest's and hyper's own messages ("error sending request
 /// for url", "client error (Connect)") say where a request failed, not why.
 pub fn root_cause(err: &(dyn StdError + 'static)) -> String {
@@ -211,6 +223,20 @@ mod tests {
         fn source(&self) -> Option<&(dyn StdError + 'static)> {
             self.1.as_deref().map(|inner| inner as &(dyn StdError + 'static))
         }
+    }
+
+    #[test]
+    fn optional_strings_are_borrowed_unless_escaped() {
+        #[derive(serde::Deserialize)]
+        struct Field<'a> {
+            #[serde(borrow, default, deserialize_with = "borrow_str")]
+            text: Option<std::borrow::Cow<'a, str>>,
+        }
+        let parse = |json: &'static str| serde_json::from_str::<Field>(json).unwrap().text;
+        assert!(matches!(parse(r#"{"text":"plain"}"#), Some(std::borrow::Cow::Borrowed("plain"))));
+        assert!(matches!(parse(r#"{"text":"a\nb"}"#), Some(std::borrow::Cow::Owned(t)) if t == "a\nb"));
+        assert!(parse(r#"{"text":null}"#).is_none());
+        assert!(parse("{}").is_none());
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl LineSplitter {
 /// `tool_calls`, `created_at` and future fields are skipped by serde without allocating.
 #[derive(Deserialize)]
 struct ChatChunk<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     error: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     model: Cow<'a, str>,
@@ -196,7 +196,7 @@ struct ChatChunk<'a> {
     message: Option<ChunkMessage<'a>>,
     #[serde(default)]
     done: bool,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     done_reason: Option<Cow<'a, str>>,
     #[serde(default)]
     prompt_eval_count: Option<u64>,

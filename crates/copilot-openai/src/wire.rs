@@ -184,9 +184,9 @@ fn compact(value: &Value) -> String {
 /// is read; unknown fields (`system_fingerprint`, `obfuscation`, `logprobs`, …) are skipped.
 #[derive(Debug, Deserialize)]
 struct Chunk<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
     model: Option<Cow<'a, str>>,
     /// Missing or `null` on some servers' usage chunk.
     #[serde(default, borrow)]
@@ -207,7 +207,7 @@ struct Choice<'a> {
     /// The whole answer of a non-streamed completion.
     #[serde(default, borrow)]
     message: Option<Delta<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
@@ -215,7 +215,7 @@ struct Choice<'a> {
 /// vLLM, LM Studio, Ollama), `refusal` and `tool_calls` deltas carry no answer text.
 #[derive(Debug, Deserialize)]
 struct Delta<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
     content: Option<Cow<'a, str>>,
 }
 
