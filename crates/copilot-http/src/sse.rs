@@ -171,13 +171,15 @@ impl SseDecoder {
             // server sent invalid bytes, which are replaced rather than failing the stream.
             match field {
                 b"data" => {
+                    // Measured after decoding: each invalid byte becomes a three-byte U+FFFD.
+                    let value = String::from_utf8_lossy(value);
                     if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
                         return Err(TooLong { limit: self.limit });
                     }
                     if self.has_data {
                         self.data.push('\n');
                     }
-                    self.data.push_str(&String::from_utf8_lossy(value));
+                    self.data.push_str(&value);
                     self.has_data = true;
                 }
                 b"event" => {
@@ -414,6 +416,17 @@ mod tests {
         assert_eq!(decoder.next_item(), None);
         // Up to the limit is fine.
         assert_eq!(decode(&[format!("data: {}\n\n", "y".repeat(10)).as_bytes()], false), [data(&"y".repeat(10))]);
+    }
+
+    /// Found by the `openai_sse` fuzz target: the limit was checked on the raw bytes, so data of
+    /// invalid UTF-8 grew to three times the limit once decoded.
+    #[test]
+    fn invalid_utf8_counts_at_its_decoded_size() {
+        let line = [&b"data: "[..], &[0xff; 12], b"\n"].concat();
+        // 12 bytes on the wire, 36 once decoded.
+        let mut decoder = SseDecoder::with_limit(30);
+        assert_eq!(first_error(&mut decoder, &[&line]), (vec![], Some(TooLong { limit: 30 })));
+        assert_eq!(decode(&[b"data: \xff\n\n"], false), [data("\u{FFFD}")]);
     }
 
     #[test]
