@@ -36,6 +36,14 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// once when nothing unread is left), so a long stream does not grow it.
 const COMPACT_AFTER: usize = 64 * 1024;
 
+/// The bytes as text, invalid UTF-8 replaced; valid text (the norm) takes the fast check.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// What [`SseDecoder::find_item`] found, by position.
 enum Found {
     Nothing,
@@ -160,7 +168,7 @@ impl SseDecoder {
             if line[0] == b':' {
                 continue;
             }
-            let (field, value, value_from) = match line.iter().position(|&b| b == b':') {
+            let (field, value, value_from) = match memchr::memchr(b':', line) {
                 Some(colon) => {
                     let skip = usize::from(line.get(colon + 1) == Some(&b' '));
                     (&line[..colon], &line[colon + 1 + skip..], from + colon + 1 + skip)
@@ -172,7 +180,7 @@ impl SseDecoder {
             match field {
                 b"data" => {
                     // Measured after decoding: each invalid byte becomes a three-byte U+FFFD.
-                    let value = String::from_utf8_lossy(value);
+                    let value = text(value);
                     if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
                         return Err(TooLong { limit: self.limit });
                     }
@@ -184,7 +192,7 @@ impl SseDecoder {
                 }
                 b"event" => {
                     self.event.clear();
-                    self.event.push_str(&String::from_utf8_lossy(value));
+                    self.event.push_str(&text(value));
                     self.has_event = true;
                 }
                 b"error" => return Ok(Found::ErrorLine(value_from, to)),
@@ -229,7 +237,7 @@ impl SseDecoder {
         }
         let unread = &self.buf[self.start..];
         let from = self.scanned.min(unread.len());
-        let Some(offset) = unread[from..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+        let Some(offset) = memchr::memchr2(b'\n', b'\r', &unread[from..]) else {
             self.scanned = unread.len();
             if unread.len() > self.limit {
                 return Err(TooLong { limit: self.limit });

@@ -156,7 +156,7 @@ impl LineSplitter {
     /// The next complete line (without its `\n`), skipping blank ones; `None` until more arrives.
     pub fn next_line(&mut self) -> Result<Option<Bytes>, LineTooLong> {
         loop {
-            let Some(offset) = self.buf[self.searched..].iter().position(|&b| b == b'\n') else {
+            let Some(offset) = memchr::memchr(b'\n', &self.buf[self.searched..]) else {
                 self.searched = self.buf.len();
                 return if self.buf.len() > self.limit { Err(LineTooLong) } else { Ok(None) };
             };
