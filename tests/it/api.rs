@@ -230,3 +230,27 @@ async fn list_models_names_them_in_routable_form_with_details() {
         .unwrap();
     assert_eq!(response.into_inner().model, "ollama/qwen2.5:0.5b");
 }
+
+#[tokio::test]
+async fn calls_one_after_another_reuse_one_upstream_connection() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("llama3.2:3b").with_reply(tokens(&["a", " b", " c"])));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+    // The start-up health probe may have a connection of its own: count from after a first call.
+    let request = GenerateRequest { model: "ollama/llama3.2:3b".into(), prompt: "hi".into(), ..Default::default() };
+    within(LIMIT, client.generate(request)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = fake.connections_accepted();
+    for round in 0..5 {
+        let request = ChatRequest { model: "ollama/llama3.2:3b".into(), messages: vec![user("hi")], options: None };
+        let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
+        let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
+        assert_eq!(messages.len(), 4, "round {round}: {messages:?}");
+        let request = GenerateRequest { model: "ollama/llama3.2:3b".into(), prompt: "hi".into(), ..Default::default() };
+        assert_eq!(within(LIMIT, client.generate(request)).await.unwrap().into_inner().text, "a b c");
+        // The rest of each body (the end of the chunked encoding) is read after the final event.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.connections_accepted(), opened, "each finished response hands its connection back to the pool");
+}

@@ -353,7 +353,7 @@ impl EventSource for ChatEvents {
         loop {
             if let Some(event) = self.decoder.next_event() {
                 match &event {
-                    Ok(ChatEvent::Done(_)) => self.finish_body().await,
+                    Ok(ChatEvent::Done(_)) => self.finish_body(),
                     Err(_) => self.response = None,
                     Ok(ChatEvent::Delta(_)) => {}
                 }
@@ -381,10 +381,10 @@ impl EventSource for ChatEvents {
 
 impl ChatEvents {
     /// Ends the stream after `message_stop`, ignoring anything the body still holds.
-    async fn finish_body(&mut self) {
+    fn finish_body(&mut self) {
         let Some(response) = self.response.take() else { return };
         if !self.body_ended {
-            copilot_http::drain_body(response, DRAIN_GRACE).await;
+            copilot_http::release_body(response, DRAIN_GRACE);
         }
     }
 }

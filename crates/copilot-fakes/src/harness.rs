@@ -46,7 +46,9 @@ impl Server {
         let (shutdown, stop) = oneshot::channel::<()>();
         // Real servers (Ollama is Go) disable Nagle; without it each small line or event after the
         // first could wait for the client's delayed ACK, which would distort streaming latencies.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let counted = harness.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+            counted.connections.fetch_add(1, Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
         });
         tokio::spawn(async move {
@@ -113,6 +115,8 @@ pub(crate) struct Harness {
     completed: AtomicUsize,
     active: AtomicUsize,
     shutting_down: AtomicBool,
+    /// TCP connections accepted, to tell pooled connections from new ones.
+    connections: AtomicUsize,
 }
 
 impl Harness {
@@ -125,7 +129,12 @@ impl Harness {
             completed: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
         })
+    }
+
+    pub(crate) fn connections_accepted(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The next `count` chat requests fail with `status` (and `Retry-After: retry_after`).

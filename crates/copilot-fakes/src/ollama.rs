@@ -103,6 +103,12 @@ impl FakeOllama {
         self.shared.harness.fail_next(count, status, retry_after);
     }
 
+    /// TCP connections accepted so far: a client that pools connections opens one for calls made
+    /// one after another.
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.harness.connections_accepted()
+    }
+
     /// Whether to keep chat request bodies for [`chat_requests`](Self::chat_requests) (on by
     /// default). Long benchmark runs turn it off so memory stays flat.
     pub fn set_record_requests(&self, record: bool) {

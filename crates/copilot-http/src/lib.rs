@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
@@ -117,12 +117,19 @@ pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// Ends a streamed response whose answer is complete: what is left of the body (normally just the
-/// end of the chunked encoding) is read for at most `grace`. Reading it lets the connection go
-/// back to the pool; dropping a body that is still open closes the connection instead.
-pub async fn drain_body(mut response: Response, grace: Duration) {
-    let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
-    let _ = tokio::time::timeout(grace, drain).await;
+/// Ends a streamed response whose answer is complete, without keeping the caller waiting: what is
+/// left of the body (normally just the end of the chunked encoding) is read for at most `grace`,
+/// here if it has already arrived, else on a task of its own. Reading it lets the connection go
+/// back to the pool; dropping a body that is still open closes the connection instead. The final
+/// event must not wait for it: that would put one more network round on every call's latency.
+pub fn release_body(mut response: Response, grace: Duration) {
+    let mut drain = Box::pin(async move {
+        let rest = async { while let Ok(Some(_)) = response.chunk().await {} };
+        let _ = tokio::time::timeout(grace, rest).await;
+    });
+    if drain.as_mut().now_or_never().is_none() {
+        tokio::spawn(drain);
+    }
 }
 
 /// The state behind a [`ChatStream`]: what reads one streamed response and decodes its events.

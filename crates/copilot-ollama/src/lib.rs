@@ -218,10 +218,10 @@ impl ChatEvents {
     }
 
     /// Ends the stream after the final chunk, ignoring anything the body still holds.
-    async fn finish_body(&mut self) {
+    fn finish_body(&mut self) {
         let Some(response) = self.response.take() else { return };
         if !self.body_ended {
-            copilot_http::drain_body(response, DRAIN_GRACE).await;
+            copilot_http::release_body(response, DRAIN_GRACE);
         }
     }
 }
@@ -232,7 +232,7 @@ impl EventSource for ChatEvents {
             if let Some(event) = self.decoder.next_event() {
                 match &event {
                     Err(_) => self.response = None,
-                    Ok(_) if self.decoder.is_finished() => self.finish_body().await,
+                    Ok(_) if self.decoder.is_finished() => self.finish_body(),
                     Ok(_) => {}
                 }
                 return Some(event);

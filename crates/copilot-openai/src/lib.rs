@@ -319,7 +319,7 @@ impl EventSource for ChatEvents {
         loop {
             if let Some(event) = self.decoder.next_event() {
                 match &event {
-                    Ok(ChatEvent::Done(_)) => self.drain_body().await,
+                    Ok(ChatEvent::Done(_)) => self.release_body(),
                     Err(_) => self.response = None,
                     Ok(ChatEvent::Delta(_)) => {}
                 }
@@ -364,10 +364,10 @@ impl EventSource for ChatEvents {
 
 impl ChatEvents {
     /// Ends the stream after `[DONE]`, ignoring anything the body still holds.
-    async fn drain_body(&mut self) {
+    fn release_body(&mut self) {
         let Some(response) = self.response.take() else { return };
         if !self.body_ended {
-            copilot_http::drain_body(response, DRAIN_GRACE).await;
+            copilot_http::release_body(response, DRAIN_GRACE);
         }
     }
 
