@@ -25,8 +25,8 @@ mod wire;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use copilot_http::{BodyError, DecodedBody, root_cause};
+use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -253,7 +253,14 @@ impl Provider for AnthropicProvider {
             .await?;
         check_event_stream(response.headers().get(CONTENT_TYPE), &self.base_url)?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Anthropic accepted the chat request");
-        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone())))
+        let decoder = StreamDecoder::new(self.base_url.clone(), self.api_key.clone());
+        Ok(copilot_http::chat_stream(DecodedBody::new(
+            response,
+            decoder,
+            "Anthropic",
+            self.base_url.clone(),
+            DRAIN_GRACE,
+        )))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -330,64 +337,6 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// encoding). Reading it lets the connection go back to the pool; dropping a body that is still
 /// open closes the connection instead.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
-
-/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
-struct ChatEvents {
-    /// `None` once the stream has ended. Dropping the response closes the connection, which is
-    /// how Anthropic learns to stop generating when our caller goes away.
-    response: Option<Response>,
-    decoder: StreamDecoder,
-    body_ended: bool,
-    base_url: Arc<str>,
-}
-
-impl ChatEvents {
-    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
-        let decoder = StreamDecoder::new(base_url.clone(), api_key);
-        ChatEvents { response: Some(response), decoder, body_ended: false, base_url }
-    }
-}
-
-impl EventSource for ChatEvents {
-    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        loop {
-            if let Some(event) = self.decoder.next_event() {
-                match &event {
-                    Ok(ChatEvent::Done(_)) => self.finish_body(),
-                    Err(_) => self.response = None,
-                    Ok(ChatEvent::Delta(_)) => {}
-                }
-                return Some(event);
-            }
-            let response = self.response.as_mut()?;
-            match response.chunk().await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk),
-                Ok(None) => {
-                    self.body_ended = true;
-                    self.decoder.end();
-                }
-                Err(err) => {
-                    self.response = None;
-                    return Some(Err(ProviderError::Interrupted(format!(
-                        "connection lost to Anthropic at {} mid-stream: {}",
-                        self.base_url,
-                        root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
-}
-
-impl ChatEvents {
-    /// Ends the stream after `message_stop`, ignoring anything the body still holds.
-    fn finish_body(&mut self) {
-        let Some(response) = self.response.take() else { return };
-        if !self.body_ended {
-            copilot_http::release_body(response, DRAIN_GRACE);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors

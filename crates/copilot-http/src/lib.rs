@@ -7,6 +7,7 @@
 //! [`ProviderError`]s, and what the messages say, stays in each adapter.
 
 pub mod sse;
+#[cfg(feature = "stream-check")]
 #[doc(hidden)]
 pub mod stream_check;
 
@@ -150,6 +151,70 @@ pub trait ChatStreamDecoder {
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>>;
     /// Bytes held for a line or an event not yet complete.
     fn buffered(&self) -> usize;
+}
+
+/// A streamed response read into its adapter's decoder: the [`EventSource`] of adapters whose
+/// stream needs nothing besides the decoder. After the final event the rest of the body is
+/// released ([`release_body`]); after an error the response is dropped, closing the connection.
+pub struct DecodedBody<D> {
+    /// `None` once the stream has ended. Dropping the response closes the connection, which is
+    /// how the upstream learns to stop generating when our caller goes away.
+    response: Option<Response>,
+    decoder: D,
+    body_ended: bool,
+    /// Names the upstream in errors, e.g. "Ollama".
+    upstream: &'static str,
+    base_url: std::sync::Arc<str>,
+    /// How long the end of the body may take after the final event.
+    grace: Duration,
+}
+
+impl<D: ChatStreamDecoder> DecodedBody<D> {
+    pub fn new(
+        response: Response,
+        decoder: D,
+        upstream: &'static str,
+        base_url: std::sync::Arc<str>,
+        grace: Duration,
+    ) -> Self {
+        DecodedBody { response: Some(response), decoder, body_ended: false, upstream, base_url, grace }
+    }
+}
+
+impl<D: ChatStreamDecoder + Send + 'static> EventSource for DecodedBody<D> {
+    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        loop {
+            if let Some(event) = self.decoder.next_event() {
+                match &event {
+                    Ok(ChatEvent::Done(_)) => {
+                        if let Some(response) = self.response.take().filter(|_| !self.body_ended) {
+                            release_body(response, self.grace);
+                        }
+                    }
+                    Err(_) => self.response = None,
+                    Ok(ChatEvent::Delta(_)) => {}
+                }
+                return Some(event);
+            }
+            let response = self.response.as_mut()?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk),
+                Ok(None) => {
+                    self.body_ended = true;
+                    self.decoder.end();
+                }
+                Err(err) => {
+                    self.response = None;
+                    return Some(Err(ProviderError::Interrupted(format!(
+                        "connection lost to {} at {} mid-stream: {}",
+                        self.upstream,
+                        self.base_url,
+                        root_cause(&err)
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 /// The events of `source` as a [`ChatStream`]. Dropping the stream drops the source, and with it

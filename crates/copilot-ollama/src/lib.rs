@@ -11,8 +11,8 @@ mod wire;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
+use copilot_http::{BodyError, DecodedBody, root_cause};
+use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -156,7 +156,8 @@ impl Provider for OllamaProvider {
             )
             .await?;
         tracing::debug!(model = %request.model, base_url = %self.base_url, "Ollama accepted the chat request");
-        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone())))
+        let decoder = StreamDecoder::new(self.base_url.clone());
+        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Ollama", self.base_url.clone(), DRAIN_GRACE)))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -196,66 +197,6 @@ fn validate_base_url(raw: &str) -> Result<String, OllamaConfigError> {
 /// encoding, which Ollama sends right after). Reading it lets the connection go back to the pool;
 /// dropping a body that is still open closes the connection instead.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
-
-/// The state behind a [`ChatStream`]: the response being read and the decoder of its lines.
-struct ChatEvents {
-    /// `None` once the stream has ended. Dropping the response closes the connection, which is
-    /// how Ollama learns to stop generating when our caller goes away.
-    response: Option<Response>,
-    decoder: StreamDecoder,
-    body_ended: bool,
-    base_url: Arc<str>,
-}
-
-impl ChatEvents {
-    fn new(response: Response, base_url: Arc<str>) -> Self {
-        ChatEvents {
-            response: Some(response),
-            decoder: StreamDecoder::new(base_url.clone()),
-            body_ended: false,
-            base_url,
-        }
-    }
-
-    /// Ends the stream after the final chunk, ignoring anything the body still holds.
-    fn finish_body(&mut self) {
-        let Some(response) = self.response.take() else { return };
-        if !self.body_ended {
-            copilot_http::release_body(response, DRAIN_GRACE);
-        }
-    }
-}
-
-impl EventSource for ChatEvents {
-    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        loop {
-            if let Some(event) = self.decoder.next_event() {
-                match &event {
-                    Err(_) => self.response = None,
-                    Ok(_) if self.decoder.is_finished() => self.finish_body(),
-                    Ok(_) => {}
-                }
-                return Some(event);
-            }
-            let response = self.response.as_mut()?;
-            match response.chunk().await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk),
-                Ok(None) => {
-                    self.body_ended = true;
-                    self.decoder.end();
-                }
-                Err(err) => {
-                    self.response = None;
-                    return Some(Err(ProviderError::Interrupted(format!(
-                        "connection lost to Ollama at {} mid-stream: {}",
-                        self.base_url,
-                        root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors
