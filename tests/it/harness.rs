@@ -118,6 +118,11 @@ impl Copilot {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("copilot is running")
+    }
+
     /// Sends a signal (`TERM`, `INT`) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("copilot is running").to_string();

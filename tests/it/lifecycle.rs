@@ -213,3 +213,26 @@ async fn calls_outliving_the_grace_period_end_with_unavailable() {
     assert!(copilot.wait_for_exit(LIMIT).await.success());
     assert!(fake.wait_for_disconnects(1, LIMIT).await);
 }
+
+/// Threads of `pid` whose name starts with `prefix` (Linux `/proc`).
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_sizes_the_runtime() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let mut counts = Vec::new();
+    for threads in ["1", "4"] {
+        let copilot = Copilot::start(&fake, &[("COPILOT_SERVER__WORKER_THREADS", threads)]).await;
+        // tokio names its workers and its blocking threads alike; the start-up work is the same in
+        // both runs, so the difference is the workers'.
+        counts.push(threads_named(copilot.pid(), "tokio-"));
+    }
+    assert_eq!(counts[1] - counts[0], 3, "tokio threads with 1 and 4 workers: {counts:?}");
+}
