@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot::proto::v1::{ChatRequest, GenerateRequest, GenerationOptions, Message, Role};
 use serde::Serialize;
-use tonic::transport::Channel;
+
+use crate::GrpcClient;
 
 /// What one request asks for.
 #[derive(Clone, Debug)]
@@ -93,7 +93,7 @@ impl Sample {
 
 /// Sends one streaming `Chat` call and reads it to the end. A stream that ends without its final
 /// message (`usage` set) is an error, as the API promises that never happens on success.
-pub async fn chat_once(client: &mut CopilotClient<Channel>, params: &ChatParams) -> Result<Sample, tonic::Status> {
+pub async fn chat_once(client: &mut GrpcClient, params: &ChatParams) -> Result<Sample, tonic::Status> {
     let start = Instant::now();
     let mut stream = client.chat(params.request()).await?.into_inner();
     let mut sample = Sample::default();

@@ -6,15 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::value_parser;
-use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot::proto::v1::{ChatRequest, GenerateRequest};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::chat::{ChatParams, code_name};
 use crate::loadgen::{self, Backend, CallError, ChunkClock, LoadArgs, Rpc, RunInfo};
 use crate::report;
-use crate::{BoxError, Target};
+use crate::{BoxError, GrpcClient, Target};
 
 #[derive(clap::Args, Clone, Debug, Serialize)]
 pub struct LoadCmd {
@@ -31,7 +29,7 @@ pub struct LoadCmd {
 
 /// Sends every request to Copilot's gRPC API.
 pub struct GrpcBackend {
-    clients: Vec<CopilotClient<Channel>>,
+    clients: Vec<GrpcClient>,
     rpc: Rpc,
     chat: ChatRequest,
     generate: GenerateRequest,

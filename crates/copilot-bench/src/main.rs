@@ -13,6 +13,7 @@
 //! JSON), `memory.rs` (the server's RSS) and `procs.rs` (processes a mode starts itself).
 
 mod chat;
+mod h2_client;
 mod http;
 mod load;
 mod loadgen;
@@ -25,12 +26,11 @@ mod tokens;
 
 use std::error::Error;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use copilot::proto::v1::copilot_client::CopilotClient;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+
+pub use h2_client::GrpcClient;
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -74,26 +74,9 @@ pub struct Target {
 impl Target {
     /// Connects once, up front, so an unreachable server is one clear error rather than a failure
     /// per request. Clones of the client share the connection (one HTTP/2 stream per call).
-    pub async fn connect(&self) -> Result<CopilotClient<Channel>, BoxError> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
-            .map_err(|e| format!("invalid --addr {:?}: {}", self.addr, chain(&e)))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel =
-            endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {}", self.addr, chain(&e)))?;
-        Ok(CopilotClient::new(channel))
+    pub async fn connect(&self) -> Result<GrpcClient, BoxError> {
+        h2_client::connect(&self.addr).await
     }
-}
-
-/// An error and its sources, `: `-separated (tonic's transport errors say little on their own).
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 fn main() -> ExitCode {

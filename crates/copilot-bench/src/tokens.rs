@@ -11,16 +11,14 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::value_parser;
-use copilot::proto::v1::copilot_client::CopilotClient;
 use futures::future::join_all;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::chat::{ChatParams, Sample, chat_once, code_name};
 use crate::memory::{self, Sampler};
 use crate::report::{self, Table, mib, num};
 use crate::stats::{Percentiles, mean, min};
-use crate::{BoxError, Target};
+use crate::{BoxError, GrpcClient, Target};
 
 #[derive(clap::Args, Clone, Debug, Serialize)]
 pub struct TokensArgs {
@@ -237,7 +235,7 @@ pub async fn run(args: TokensArgs) -> Result<ExitCode, BoxError> {
 /// One closed-loop level: `concurrency` streams start together, each sends `requests` requests back
 /// to back.
 async fn run_level(
-    client: &CopilotClient<Channel>,
+    client: &GrpcClient,
     params: &ChatParams,
     concurrency: u32,
     requests: u32,
@@ -291,7 +289,7 @@ async fn run_level(
 
 /// Single stream, long prompts, one output token: the time to first token is mostly prompt
 /// processing. Each prompt starts with its own tag, so a prefix cache cannot help.
-async fn run_prompt_phase(client: &CopilotClient<Channel>, args: &TokensArgs) -> PromptReport {
+async fn run_prompt_phase(client: &GrpcClient, args: &TokensArgs) -> PromptReport {
     let mut client = client.clone();
     let mut outcomes = Vec::new();
     for i in 1..=args.requests {
