@@ -29,8 +29,7 @@ pub struct H2Connection {
     sender: http2::SendRequest<tonic::body::Body>,
 }
 
-type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>>;
 
 impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
     type Response = http::Response<hyper::body::Incoming>;

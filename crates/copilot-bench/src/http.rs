@@ -67,30 +67,47 @@ pub struct OpenAiBackend {
     url: String,
     api_key: Option<String>,
     rpc: Rpc,
+    /// Whether the upstream is asked for a stream: always for Chat; for Generate only when asked
+    /// (then collected, as Copilot does).
+    stream: bool,
     body: Bytes,
 }
 
 impl OpenAiBackend {
-    pub fn new(base_url: &str, model: &str, api_key: Option<String>, load: &LoadArgs) -> Result<Self, BoxError> {
+    /// `stream_generate`: ask for a stream for Generate too (see `OverheadCmd::direct_stream`).
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        api_key: Option<String>,
+        load: &LoadArgs,
+        stream_generate: bool,
+    ) -> Result<Self, BoxError> {
+        let stream = load.rpc.streaming() || stream_generate;
         let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         let mut body = json!({
             "model": model,
             "messages": [{"role": "user", "content": load.scenario.prompt()}],
             "max_tokens": load.max_tokens,
             "temperature": load.temperature,
-            "stream": load.rpc.streaming(),
+            "stream": stream,
         });
-        if load.rpc.streaming() {
+        if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        Ok(OpenAiBackend { client: http_client()?, url, api_key, rpc: load.rpc, body: Bytes::from(body.to_string()) })
+        let body = Bytes::from(body.to_string());
+        Ok(OpenAiBackend { client: http_client()?, url, api_key, rpc: load.rpc, stream, body })
     }
 
     /// What it drives, for reports.
     pub fn describe(&self, model: &str) -> String {
-        match self.rpc {
-            Rpc::Generate => format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: false), model {model}", self.url),
-            Rpc::Chat => format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: true, SSE), model {model}", self.url),
+        match (self.rpc, self.stream) {
+            (_, false) => format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: false), model {model}", self.url),
+            (Rpc::Generate, true) => {
+                format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: true, SSE collected), model {model}", self.url)
+            }
+            (Rpc::Chat, true) => {
+                format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: true, SSE), model {model}", self.url)
+            }
         }
     }
 }
@@ -109,26 +126,22 @@ impl Backend for OpenAiBackend {
         if !response.status().is_success() {
             return Err(status_error(response).await);
         }
-        match self.rpc {
-            Rpc::Generate => {
-                let body = response.bytes().await.map_err(transport_error)?;
-                completion_tokens(&body)
+        if !self.stream {
+            let body = response.bytes().await.map_err(transport_error)?;
+            return completion_tokens(&body);
+        }
+        let mut events = response.bytes_stream().eventsource();
+        let mut stream = SseState::default();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| CallError::new("TRANSPORT", e.to_string()))?;
+            if stream.event(&event.data)? && self.rpc.streaming() {
+                clock.chunk();
             }
-            Rpc::Chat => {
-                let mut events = response.bytes_stream().eventsource();
-                let mut stream = SseState::default();
-                while let Some(event) = events.next().await {
-                    let event = event.map_err(|e| CallError::new("TRANSPORT", e.to_string()))?;
-                    if stream.event(&event.data)? {
-                        clock.chunk();
-                    }
-                    if stream.done {
-                        break;
-                    }
-                }
-                stream.finish()
+            if stream.done {
+                break;
             }
         }
+        stream.finish()
     }
 }
 
@@ -225,7 +238,7 @@ impl SseState {
 
 pub async fn run(cmd: HttpCmd) -> Result<ExitCode, BoxError> {
     let started_unix_s = report::unix_now();
-    let backend = Arc::new(OpenAiBackend::new(&cmd.base_url, &cmd.model, cmd.api_key.clone(), &cmd.load)?);
+    let backend = Arc::new(OpenAiBackend::new(&cmd.base_url, &cmd.model, cmd.api_key.clone(), &cmd.load, false)?);
     let info = RunInfo { label: "http".to_owned(), target: backend.describe(&cmd.model), pid: cmd.load.pid };
     let run = loadgen::measure(backend, &cmd.load, info).await?;
     report::emit_single("http", started_unix_s, &cmd, &run, cmd.load.json.as_deref())
@@ -292,7 +305,7 @@ mod tests {
             load: LoadArgs,
         }
         let load = Cli::try_parse_from(["bench", "--rpc", "chat", "--max-tokens", "64"]).unwrap().load;
-        let backend = OpenAiBackend::new("http://127.0.0.1:4000/v1/", "gpt-4o-mini", None, &load).unwrap();
+        let backend = OpenAiBackend::new("http://127.0.0.1:4000/v1/", "gpt-4o-mini", None, &load, false).unwrap();
         assert_eq!(backend.url, "http://127.0.0.1:4000/v1/chat/completions");
         let body: serde_json::Value = serde_json::from_slice(&backend.body).unwrap();
         assert_eq!(body["stream"], true);
@@ -301,7 +314,7 @@ mod tests {
         assert_eq!(body["messages"][0]["content"].as_str().unwrap().split_whitespace().count(), 10);
 
         let load = Cli::try_parse_from(["bench", "--rpc", "generate"]).unwrap().load;
-        let backend = OpenAiBackend::new("http://h/v1", "m", None, &load).unwrap();
+        let backend = OpenAiBackend::new("http://h/v1", "m", None, &load, false).unwrap();
         let body: serde_json::Value = serde_json::from_slice(&backend.body).unwrap();
         assert_eq!((body["stream"].as_bool(), body.get("stream_options")), (Some(false), None));
     }

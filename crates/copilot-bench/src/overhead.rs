@@ -100,6 +100,12 @@ pub struct OverheadCmd {
     /// The model as Copilot routes it (default: PROVIDER/MODEL, PROVIDER being ollama or openai).
     #[arg(long)]
     pub copilot_model: Option<String>,
+    /// For Generate: (a) asks the upstream for a stream too (`stream: true`) and collects it, the
+    /// exchange Copilot itself has with the upstream for a Generate; the difference is then
+    /// Copilot's hop alone. Default: (a) asks for a whole answer (`stream: false`), as a direct
+    /// unary caller would.
+    #[arg(long)]
+    pub direct_stream: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub load: LoadArgs,
@@ -110,29 +116,38 @@ pub struct OllamaBackend {
     client: reqwest::Client,
     url: String,
     rpc: Rpc,
+    /// Whether the upstream is asked for a stream: always for Chat, for Generate with --direct-stream.
+    stream: bool,
     body: Bytes,
 }
 
 impl OllamaBackend {
-    pub fn new(base_url: &str, model: &str, load: &LoadArgs) -> Result<Self, BoxError> {
+    pub fn new(base_url: &str, model: &str, load: &LoadArgs, stream_generate: bool) -> Result<Self, BoxError> {
+        let stream = load.rpc.streaming() || stream_generate;
         let body = json!({
             "model": model,
             "messages": [{"role": "user", "content": load.scenario.prompt()}],
-            "stream": load.rpc.streaming(),
+            "stream": stream,
             "options": {"num_predict": load.max_tokens, "temperature": load.temperature},
         });
         Ok(OllamaBackend {
             client: http_client()?,
             url: format!("{}/api/chat", base_url.trim_end_matches('/')),
             rpc: load.rpc,
+            stream,
             body: Bytes::from(body.to_string()),
         })
     }
 
     fn describe(&self, model: &str) -> String {
-        match self.rpc {
-            Rpc::Generate => format!("HTTP/1.1 POST {} (Ollama native API, stream: false), model {model}", self.url),
-            Rpc::Chat => format!("HTTP/1.1 POST {} (Ollama native API, stream: true, NDJSON), model {model}", self.url),
+        match (self.rpc, self.stream) {
+            (_, false) => format!("HTTP/1.1 POST {} (Ollama native API, stream: false), model {model}", self.url),
+            (Rpc::Generate, true) => {
+                format!("HTTP/1.1 POST {} (Ollama native API, stream: true, NDJSON collected), model {model}", self.url)
+            }
+            (Rpc::Chat, true) => {
+                format!("HTTP/1.1 POST {} (Ollama native API, stream: true, NDJSON), model {model}", self.url)
+            }
         }
     }
 }
@@ -151,26 +166,23 @@ impl Backend for OllamaBackend {
             return Err(status_error(response).await);
         }
         let mut state = NdjsonState::default();
-        match self.rpc {
-            Rpc::Generate => {
-                let body = response.bytes().await.map_err(transport_error)?;
-                state.line(&body)?;
-            }
-            Rpc::Chat => {
-                let mut body = response.bytes_stream();
-                let mut lines = Lines::default();
-                while let Some(bytes) = body.next().await {
-                    let bytes = bytes.map_err(transport_error)?;
-                    lines.push(&bytes, |line| {
-                        if state.line(line)? {
-                            clock.chunk();
-                        }
-                        Ok(())
-                    })?;
-                }
-                lines.finish(|line| state.line(line).map(drop))?;
-            }
+        if !self.stream {
+            let body = response.bytes().await.map_err(transport_error)?;
+            state.line(&body)?;
+            return state.finish();
         }
+        let mut body = response.bytes_stream();
+        let mut lines = Lines::default();
+        while let Some(bytes) = body.next().await {
+            let bytes = bytes.map_err(transport_error)?;
+            lines.push(&bytes, |line| {
+                if state.line(line)? && self.rpc.streaming() {
+                    clock.chunk();
+                }
+                Ok(())
+            })?;
+        }
+        lines.finish(|line| state.line(line).map(drop))?;
         state.finish()
     }
 }
@@ -370,12 +382,12 @@ async fn run_with(
     let (a, b) = ("(a) direct".to_owned(), "(b) through Copilot".to_owned());
     let direct = match kind {
         UpstreamKind::Ollama => {
-            let backend = Arc::new(OllamaBackend::new(&upstream.url, &model, &cmd.load)?);
+            let backend = Arc::new(OllamaBackend::new(&upstream.url, &model, &cmd.load, cmd.direct_stream)?);
             let target = format!("{}\n  path: client → {fake_name} (no gateway)", backend.describe(&model));
             loadgen::measure(backend, &cmd.load, RunInfo { label: a, target, pid: None }).await?
         }
         UpstreamKind::Openai => {
-            let backend = Arc::new(OpenAiBackend::new(&upstream.url, &model, None, &cmd.load)?);
+            let backend = Arc::new(OpenAiBackend::new(&upstream.url, &model, None, &cmd.load, cmd.direct_stream)?);
             let target = format!("{}\n  path: client → {fake_name} (no gateway)", backend.describe(&model));
             loadgen::measure(backend, &cmd.load, RunInfo { label: a, target, pid: None }).await?
         }
