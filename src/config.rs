@@ -53,9 +53,22 @@ pub struct ServerConfig {
     /// A second, plaintext listener serving only `grpc.health.v1`, for probes that cannot speak
     /// TLS (Kubernetes' gRPC probes) when the API listener does (off when unset).
     pub health_addr: Option<SocketAddr>,
-    /// Threads of the async runtime that serves calls (unset: one per available core). One
-    /// thread avoids cross-thread wake-ups and suits a core shared with other processes.
+    /// Threads that serve calls (unset: one per available core). One thread suits a core shared
+    /// with other processes.
     pub worker_threads: Option<usize>,
+    /// How connections share those threads: `per-connection` (each connection served by one
+    /// thread, start to finish: fewest wake-ups, lowest latency) or `work-stealing` (one runtime
+    /// whose threads share every connection's work: one busy connection can use every core).
+    pub threading: Threading,
+}
+
+/// How accepted connections are spread over the serving threads (see `connection_threads.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threading {
+    #[default]
+    PerConnection,
+    WorkStealing,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +81,7 @@ impl Default for ServerConfig {
             metrics_addr: None,
             health_addr: None,
             worker_threads: None,
+            threading: Threading::default(),
             tls: None,
         }
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use copilot::config::{Config, LogFormat, Overrides};
+use copilot::config::{Config, LogFormat, Overrides, Threading};
 
 #[derive(Parser)]
 #[command(name = "copilot", version, about = "A gRPC gateway to large language models")]
@@ -80,10 +80,19 @@ fn main() -> ExitCode {
         }
         return health_cmd::run(health, config.server.addr);
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.server.worker_threads {
-        runtime.worker_threads(threads);
-    }
+    // With per-connection threads (the default) the calls run on threads of their own
+    // (`connection_threads.rs`) and this runtime only accepts connections and runs the probes, the
+    // admin listeners and the exporters: one thread does.
+    let mut runtime = match config.server.threading {
+        Threading::PerConnection => tokio::runtime::Builder::new_current_thread(),
+        Threading::WorkStealing => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = config.server.worker_threads {
+                runtime.worker_threads(threads);
+            }
+            runtime
+        }
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

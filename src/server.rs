@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::auth::{Auth, AuthLayer};
-use crate::config::Config;
+use crate::config::{Config, Threading};
+use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
@@ -104,6 +105,15 @@ pub async fn serve(
         serve_health(addr, health_service.clone()).await?;
     }
 
+    let runner = match config.server.threading {
+        Threading::PerConnection => {
+            let threads = config.server.worker_threads.unwrap_or_else(available_cores);
+            let threads = ConnectionThreads::start(threads)
+                .map_err(|e| ServeError::Setup(format!("cannot start the connection threads: {e}")))?;
+            ConnectionRunner::Pinned(threads)
+        }
+        Threading::WorkStealing => ConnectionRunner::WorkStealing,
+    };
     let listener = TcpListener::bind(config.server.addr)
         .await
         .map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
@@ -141,25 +151,21 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(service.clone());
-                let Some(tls) = &tls else {
-                    let connection = connections.watch(http2.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let (acceptor, http2, watcher) = (tls.as_ref().map(|tls| tls.acceptor()), http2.clone(), connections.watcher());
+                runner.run(stream, move |stream| async move {
+                    let served = match acceptor {
+                        None => watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await,
+                        // The handshake runs on the connection's own task, so a slow client delays no one.
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            };
+                            watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await
                         }
-                    });
-                    continue;
-                };
-                // The handshake runs on the connection's own task, so a slow client delays no one.
-                let (acceptor, http2, watcher) = (tls.acceptor(), http2.clone(), connections.watcher());
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let connection = watcher.watch(http2.serve_connection(TokioIo::new(stream), service));
-                    if let Err(e) = connection.await {
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -188,6 +194,11 @@ pub async fn serve(
     }
     tracing::info!("copilot stopped");
     Ok(())
+}
+
+/// The cores this process may use (1 when that cannot be told).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot::proto::v1::{ChatRequest, GenerateRequest, Message, Role};
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -224,15 +226,70 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
 }
 
 #[tokio::test]
-async fn worker_threads_sizes_the_runtime() {
+async fn worker_threads_sizes_the_connection_threads_or_the_runtime() {
     let fake = FakeOllama::start().await;
     fake.add_model(FakeModel::new("m"));
+    for threads in [1, 4] {
+        let copilot = Copilot::start(&fake, &[("COPILOT_SERVER__WORKER_THREADS", &threads.to_string())]).await;
+        assert_eq!(threads_named(copilot.pid(), "copilot-conn-"), threads, "connection threads");
+    }
     let mut counts = Vec::new();
     for threads in ["1", "4"] {
-        let copilot = Copilot::start(&fake, &[("COPILOT_SERVER__WORKER_THREADS", threads)]).await;
+        let env = [("COPILOT_SERVER__WORKER_THREADS", threads), ("COPILOT_SERVER__THREADING", "work-stealing")];
+        let copilot = Copilot::start(&fake, &env).await;
+        assert_eq!(threads_named(copilot.pid(), "copilot-conn-"), 0, "work stealing has no connection threads");
         // tokio names its workers and its blocking threads alike; the start-up work is the same in
         // both runs, so the difference is the workers'.
         counts.push(threads_named(copilot.pid(), "tokio-"));
     }
     assert_eq!(counts[1] - counts[0], 3, "tokio threads with 1 and 4 workers: {counts:?}");
+}
+
+/// Context switches of each connection thread of `pid`: a thread that serves calls sleeps and
+/// wakes for each; an idle one does not.
+fn connection_thread_switches(pid: u32) -> Vec<u64> {
+    let mut switches = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if name.starts_with("copilot-conn-") {
+            let status = std::fs::read_to_string(path.join("status")).unwrap();
+            let voluntary = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).unwrap();
+            switches.push(voluntary.trim().parse().unwrap());
+        }
+    }
+    switches.sort_unstable();
+    switches
+}
+
+async fn calls(client: &mut CopilotClient<Channel>, count: usize) {
+    for _ in 0..count {
+        let request = GenerateRequest { model: "ollama/m".into(), prompt: "hi".into(), ..Default::default() };
+        within(LIMIT, client.generate(request)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_connection_stays_on_one_thread_and_connections_spread_over_them() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let copilot = Copilot::start(&fake, &[("COPILOT_SERVER__WORKER_THREADS", "2")]).await;
+    let before = connection_thread_switches(copilot.pid());
+
+    let mut first = copilot.client().await;
+    calls(&mut first, 100).await;
+    let after_one = connection_thread_switches(copilot.pid());
+    let grew: Vec<u64> = after_one.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // 100 calls wake the serving thread hundreds of times; the other thread sleeps throughout.
+    assert!(grew.iter().filter(|n| **n >= 100).count() == 1 && grew.iter().any(|n| *n < 20), "{grew:?}");
+
+    // A second connection while the first is open goes to the other, idle thread.
+    let mut second = copilot.client().await;
+    calls(&mut second, 100).await;
+    let after_two = connection_thread_switches(copilot.pid());
+    let grew: Vec<u64> = after_two.iter().zip(&after_one).map(|(a, b)| a - b).collect();
+    assert!(grew.iter().filter(|n| **n >= 100).count() == 1, "{grew:?}");
+    let total: Vec<u64> = after_two.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(total.iter().all(|n| *n >= 100), "both threads served calls: {total:?}");
+    drop(first);
 }

@@ -95,7 +95,7 @@ pub enum AnthropicConfigError {
 pub struct AnthropicProvider {
     /// Sends `x-api-key` (marked sensitive), `anthropic-version` and `anthropic-beta` with every
     /// request.
-    client: reqwest::Client,
+    client: copilot_http::HttpClient,
     /// Shared with every stream, which names the server in its error messages.
     base_url: Arc<str>,
     /// Kept only to scrub it from upstream error text.
@@ -132,10 +132,11 @@ impl AnthropicProvider {
         }
 
         let user_agent = concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| AnthropicConfigError::HttpClient(root_cause(&e)))?;
+        let connect_timeout = config.connect_timeout;
+        let client = copilot_http::HttpClient::new(move || {
+            copilot_http::client_builder(user_agent, connect_timeout).default_headers(headers.clone())
+        })
+        .map_err(|e| AnthropicConfigError::HttpClient(root_cause(&e)))?;
 
         Ok(AnthropicProvider {
             client,

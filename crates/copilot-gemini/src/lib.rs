@@ -104,7 +104,7 @@ pub enum GeminiConfigError {
 /// A [`Provider`] backed by the Gemini API. Cheap to share: all requests go through one HTTP
 /// client, so connections are pooled and reused.
 pub struct GeminiProvider {
-    client: reqwest::Client,
+    client: copilot_http::HttpClient,
     /// Shared with every stream, which names the server in its error messages.
     base_url: Arc<str>,
     /// Kept to scrub upstream error text that might echo it.
@@ -148,10 +148,11 @@ impl GeminiProvider {
         // No redirects: Google does not redirect API calls, and following one would carry the key
         // header to wherever it points.
         let user_agent = concat!("copilot-gemini/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
+        let connect_timeout = config.connect_timeout;
+        let client = copilot_http::HttpClient::new(move || {
+            copilot_http::client_builder(user_agent, connect_timeout).redirect(reqwest::redirect::Policy::none())
+        })
+        .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
 
         Ok(GeminiProvider {
             client,

@@ -6,6 +6,7 @@
 //! Only what every adapter does the same way lives here; how a protocol's errors map to
 //! [`ProviderError`]s, and what the messages say, stays in each adapter.
 
+mod client;
 pub mod sse;
 #[cfg(feature = "stream-check")]
 #[doc(hidden)]
@@ -20,6 +21,8 @@ use futures::{FutureExt, StreamExt};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
+
+pub use client::HttpClient;
 
 /// A client builder with what every adapter sets: a connect timeout, no Nagle delay, and the
 /// adapter's `User-Agent` (`"copilot-ollama/0.1.0"`). There is no overall timeout: generations run

@@ -67,7 +67,7 @@ pub enum OllamaConfigError {
 /// client, so connections are pooled and reused.
 #[derive(Debug)]
 pub struct OllamaProvider {
-    client: reqwest::Client,
+    client: copilot_http::HttpClient,
     /// Shared with every stream, which names the server in its error messages.
     base_url: Arc<str>,
     keep_alive: Option<i64>,
@@ -90,8 +90,8 @@ impl OllamaProvider {
             (endpoint("/api/chat")?, endpoint("/api/tags")?, endpoint("/api/show")?, endpoint("/api/version")?);
 
         let user_agent = concat!("copilot-ollama/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
-            .build()
+        let connect_timeout = config.connect_timeout;
+        let client = copilot_http::HttpClient::new(move || copilot_http::client_builder(user_agent, connect_timeout))
             .map_err(|e| OllamaConfigError::HttpClient(root_cause(&e)))?;
 
         Ok(OllamaProvider {

@@ -102,7 +102,7 @@ pub enum OpenAiConfigError {
 /// through one HTTP client, so connections are pooled and reused.
 #[derive(Debug)]
 pub struct OpenAiProvider {
-    client: reqwest::Client,
+    client: copilot_http::HttpClient,
     /// Shared with every stream, which names the server in its error messages.
     base_url: Arc<str>,
     chat_url: Url,
@@ -138,10 +138,11 @@ impl OpenAiProvider {
         }
 
         let user_agent = concat!("copilot-openai/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::client_builder(user_agent, config.connect_timeout)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| OpenAiConfigError::HttpClient(root_cause(&e)))?;
+        let connect_timeout = config.connect_timeout;
+        let client = copilot_http::HttpClient::new(move || {
+            copilot_http::client_builder(user_agent, connect_timeout).default_headers(headers.clone())
+        })
+        .map_err(|e| OpenAiConfigError::HttpClient(root_cause(&e)))?;
 
         Ok(OpenAiProvider {
             client,

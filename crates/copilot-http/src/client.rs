@@ -1,0 +1,161 @@
+//! An adapter's HTTP client, one per thread.
+//!
+//! A pooled upstream connection is driven by a task on the runtime of the thread that opened it.
+//! Shared across threads, a call on one thread could pick a connection another thread drives, and
+//! every chunk of its answer would then cross threads (a futex wake-up, and a slow wake of an idle
+//! core) — what the server's per-connection threads exist to avoid. So each thread builds its own
+//! client from the adapter's settings the first time it calls, and its connections serve its calls.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::{IntoUrl, RequestBuilder};
+
+/// Builds an adapter's client, the same way each time.
+type Build = Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>;
+
+/// An adapter's HTTP client: `get` and `post` use this thread's own `reqwest::Client`.
+#[derive(Clone)]
+pub struct HttpClient {
+    id: u64,
+    build: Build,
+    /// Built up front, so that settings that cannot make a client fail at start-up; also what a
+    /// thread uses should building its own ever fail.
+    first: reqwest::Client,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
+}
+
+impl HttpClient {
+    /// `build` returns the adapter's configured builder (see [`crate::client_builder`]).
+    pub fn new(build: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static) -> Result<Self, reqwest::Error> {
+        let first = build().build()?;
+        Ok(HttpClient { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), build: Arc::new(build), first })
+    }
+
+    pub fn get<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.this_thread().get(url)
+    }
+
+    pub fn post<U: IntoUrl>(&self, url: U) -> RequestBuilder {
+        self.this_thread().post(url)
+    }
+
+    /// This thread's client (a cheap handle: clones share the pool).
+    fn this_thread(&self) -> reqwest::Client {
+        CLIENTS.with_borrow_mut(|clients| {
+            clients
+                .entry(self.id)
+                .or_insert_with(|| (self.build)().build().unwrap_or_else(|_| self.first.clone()))
+                .clone()
+        })
+    }
+}
+
+/// Without the builder's settings: they hold the upstream's API key.
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The address a client's pooled connection came from, per request, as a server sees it.
+    async fn peer_ports(client: &HttpClient, url: &str, calls: usize) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for _ in 0..calls {
+            let body = client.get(url).send().await.unwrap().text().await.unwrap();
+            ports.push(body.parse().unwrap());
+        }
+        ports
+    }
+
+    /// Runs `calls` requests on a thread of its own, with its own runtime, then meets `called`;
+    /// the thread (with its runtime and pooled connection) lives on until `release`.
+    fn calls_on_a_thread(
+        client: &HttpClient,
+        url: &str,
+        calls: usize,
+        called: Arc<Barrier>,
+        release: Arc<Barrier>,
+    ) -> std::thread::JoinHandle<Vec<u16>> {
+        let (client, url) = (client.clone(), url.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let ports = peer_ports(&client, &url, calls).await;
+                // The runtime goes on driving the connection while the thread waits.
+                tokio::task::spawn_blocking(move || {
+                    called.wait();
+                    release.wait();
+                })
+                .await
+                .unwrap();
+                ports
+            })
+        })
+    }
+
+    #[test]
+    fn each_thread_has_its_own_pool_and_reuses_it() {
+        // A tiny HTTP/1.1 server, on a runtime of its own, that answers each request with the
+        // client's source port.
+        let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = server.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        server.spawn(async move {
+            loop {
+                let (mut socket, peer) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buffer = vec![0; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let body = peer.port().to_string();
+                            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                            if socket.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+
+        let client =
+            HttpClient::new(|| crate::client_builder("test", Duration::from_secs(5)).timeout(Duration::from_secs(5)))
+                .unwrap();
+        // The first thread calls, then keeps its runtime (and its idle pooled connection) alive
+        // while the second calls.
+        let (first_called, second_called) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let release = Arc::new(Barrier::new(3));
+        let first = calls_on_a_thread(&client, &url, 3, first_called.clone(), release.clone());
+        first_called.wait();
+        let second = calls_on_a_thread(&client, &url, 3, second_called.clone(), release.clone());
+        second_called.wait();
+        release.wait();
+        let (here, there) = (first.join().unwrap(), second.join().unwrap());
+        assert!(here.iter().all(|port| *port == here[0]), "one thread reuses its connection: {here:?}");
+        assert!(there.iter().all(|port| *port == there[0]), "{there:?}");
+        assert_ne!(here[0], there[0], "another thread opens its own connection, not the first thread's");
+    }
+}
