@@ -277,19 +277,20 @@ async fn a_connection_stays_on_one_thread_and_connections_spread_over_them() {
     let before = connection_thread_switches(copilot.pid());
 
     let mut first = copilot.client().await;
-    calls(&mut first, 100).await;
+    calls(&mut first, 200).await;
     let after_one = connection_thread_switches(copilot.pid());
     let grew: Vec<u64> = after_one.iter().zip(&before).map(|(a, b)| a - b).collect();
-    // 100 calls wake the serving thread hundreds of times; the other thread sleeps throughout.
-    assert!(grew.iter().filter(|n| **n >= 100).count() == 1 && grew.iter().any(|n| *n < 20), "{grew:?}");
+    // The serving thread sleeps between calls at least, and often while the upstream answers (the
+    // count varies with how busy the machine is); the other thread sleeps throughout.
+    assert!(grew.iter().filter(|n| **n >= 50).count() == 1 && grew.iter().any(|n| *n < 10), "{grew:?}");
 
     // A second connection while the first is open goes to the other, idle thread.
     let mut second = copilot.client().await;
-    calls(&mut second, 100).await;
+    calls(&mut second, 200).await;
     let after_two = connection_thread_switches(copilot.pid());
     let grew: Vec<u64> = after_two.iter().zip(&after_one).map(|(a, b)| a - b).collect();
-    assert!(grew.iter().filter(|n| **n >= 100).count() == 1, "{grew:?}");
+    assert!(grew.iter().filter(|n| **n >= 50).count() == 1 && grew.iter().any(|n| *n < 10), "{grew:?}");
     let total: Vec<u64> = after_two.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert!(total.iter().all(|n| *n >= 100), "both threads served calls: {total:?}");
+    assert!(total.iter().all(|n| *n >= 50), "both threads served calls: {total:?}");
     drop(first);
 }

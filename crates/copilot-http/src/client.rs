@@ -59,10 +59,10 @@ impl HttpClient {
     }
 }
 
-/// Without the builder's settings: they hold the upstream's API key.
+/// As reqwest shows a client: header values marked sensitive (the API keys) are masked.
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("HttpClient").field("id", &self.id).field("client", &self.first).finish_non_exhaustive()
     }
 }
 
