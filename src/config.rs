@@ -869,6 +869,17 @@ mod tests {
     }
 
     #[test]
+    fn threading_is_per_connection_unless_work_stealing_is_asked_for() {
+        assert_eq!(load(None, &[]).unwrap().server.threading, Threading::PerConnection);
+        let config = load(Some("[server]\nthreading = \"work-stealing\""), &[]).unwrap();
+        assert_eq!(config.server.threading, Threading::WorkStealing);
+        let config = load(None, &[("COPILOT_SERVER__THREADING", "per-connection")]).unwrap();
+        assert_eq!(config.server.threading, Threading::PerConnection);
+        let error = load(Some("[server]\nthreading = \"shared\""), &[]).unwrap_err().to_string();
+        assert!(error.contains("threading") && error.contains("work-stealing"), "{error}");
+    }
+
+    #[test]
     fn a_file_that_names_providers_gets_only_those() {
         let config = load(Some("[providers.ollama]\nbase_url = \"http://x:1\""), &[]).unwrap();
         assert_eq!(config.providers.keys().collect::<Vec<_>>(), ["ollama"]);

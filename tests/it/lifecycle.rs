@@ -238,6 +238,7 @@ async fn worker_threads_sizes_the_connection_threads_or_the_runtime() {
         let env = [("COPILOT_SERVER__WORKER_THREADS", threads), ("COPILOT_SERVER__THREADING", "work-stealing")];
         let copilot = Copilot::start(&fake, &env).await;
         assert_eq!(threads_named(copilot.pid(), "copilot-conn-"), 0, "work stealing has no connection threads");
+        calls(&mut copilot.client().await, 3).await;
         // tokio names its workers and its blocking threads alike; the start-up work is the same in
         // both runs, so the difference is the workers'.
         counts.push(threads_named(copilot.pid(), "tokio-"));
