@@ -106,6 +106,10 @@ pub struct OverheadCmd {
     /// unary caller would.
     #[arg(long)]
     pub direct_stream: bool,
+    /// HTTP/2 connections (b) spreads its calls over, round robin (Copilot serves each connection
+    /// on one thread by default, so one connection uses one of its cores).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
     #[command(flatten)]
     #[serde(flatten)]
     pub load: LoadArgs,
@@ -395,10 +399,11 @@ async fn run_with(
 
     // (b) the same load through Copilot.
     let target = Target { addr: copilot.addr.clone(), model: copilot.model.clone() };
-    let backend = Arc::new(GrpcBackend::connect(&target, 1, &cmd.load).await?);
+    let backend = Arc::new(GrpcBackend::connect(&target, cmd.connections, &cmd.load).await?);
     let description = format!(
-        "{}\n  path: client → Copilot (gRPC) → the same {fake_name} at {} ({})",
+        "{}, over {} HTTP/2 connection(s)\n  path: client → Copilot (gRPC) → the same {fake_name} at {} ({})",
         GrpcBackend::describe(&target, cmd.load.rpc),
+        cmd.connections,
         upstream.url,
         kind.api()
     );

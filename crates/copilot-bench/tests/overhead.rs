@@ -81,7 +81,20 @@ fn direct_stream_makes_the_direct_generate_a_collected_stream() {
 
 #[test]
 fn streamed_chat_counts_chunks_on_both_paths() {
-    let report = overhead(&["--rpc", "chat", "--concurrency", "4", "--requests", "40", "--max-tokens", "16"]);
+    let report = overhead(&[
+        "--rpc",
+        "chat",
+        "--concurrency",
+        "4",
+        "--requests",
+        "40",
+        "--max-tokens",
+        "16",
+        "--connections",
+        "2",
+    ]);
+    let through = report["through_copilot"]["target"].as_str().unwrap();
+    assert!(through.contains("over 2 HTTP/2 connection(s)"), "{through}");
     for run in ["direct", "through_copilot"] {
         let summary = &report[run]["summary"];
         assert_eq!(summary["ok"].as_u64(), Some(40), "{run}: {summary}");
