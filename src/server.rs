@@ -10,6 +10,9 @@
 //! GOAWAY; in-flight calls may finish within `shutdown_grace`, after which they end with
 //! UNAVAILABLE.
 //!
+//! Each accepted connection is then served on one connection thread, or on the shared runtime with
+//! `server.threading = "work-stealing"` (see `connection_threads.rs`).
+//!
 //! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`);
 //! API keys (`auth.rs`) and the message size limit (`message_limit.rs`) are layers between the
 //! tracing layer and the routes.
@@ -197,7 +200,7 @@ pub async fn serve(
 }
 
 /// The cores this process may use (1 when that cannot be told).
-pub fn available_cores() -> usize {
+fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
