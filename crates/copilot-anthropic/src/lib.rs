@@ -273,8 +273,14 @@ impl Provider for AnthropicProvider {
             return Err(ProviderError::InvalidRequest("an empty model name cannot be described".into()));
         }
         let mut url = self.models_url.clone();
-        // Pushing a segment percent-encodes whatever the name holds.
-        url.path_segments_mut().expect("an http(s) URL has path segments").push(model);
+        // Pushing a segment percent-encodes whatever the name holds. Every http(s) URL has path
+        // segments (the base URL was checked at start-up); an error rather than a panic regardless.
+        match url.path_segments_mut() {
+            Ok(mut segments) => {
+                segments.push(model);
+            }
+            Err(()) => return Err(ProviderError::Unreachable(format!("{} cannot take a model name", self.models_url))),
+        }
         let found: wire::WireModel = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
         Ok(AnthropicModel::from(found).into_model_info())
     }

@@ -100,11 +100,7 @@ impl StreamDecoder {
     }
 
     fn redact_error(&self, err: ProviderError) -> ProviderError {
-        match err {
-            ProviderError::MidStream(message) => ProviderError::MidStream(self.redact(&message)),
-            ProviderError::Protocol(message) => ProviderError::Protocol(self.redact(&message)),
-            other => other,
-        }
+        err.redacted(self.api_key.as_ref())
     }
 }
 

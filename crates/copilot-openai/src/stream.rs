@@ -157,12 +157,7 @@ impl Answer {
     }
 
     pub(crate) fn scrub(&self, err: ProviderError) -> ProviderError {
-        let Some(key) = &self.api_key else { return err };
-        match err {
-            ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
-            ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
-            other => other,
-        }
+        err.redacted(self.api_key.as_ref())
     }
 }
 

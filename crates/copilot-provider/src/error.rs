@@ -58,6 +58,17 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The same error with `key` masked in the messages that may carry upstream text (what
+    /// arrives in the middle of a stream, or a body that broke the protocol).
+    pub fn redacted(self, key: Option<&crate::Secret>) -> ProviderError {
+        let Some(key) = key else { return self };
+        match self {
+            ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
+            ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
+            other => other,
+        }
+    }
+
     /// The Retry-After hint the upstream gave, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -66,5 +77,24 @@ impl ProviderError {
             | ProviderError::CapacityExhausted { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+
+    #[test]
+    fn redacted_masks_the_key_in_upstream_text_only() {
+        let key = Secret::new("sk-very-secret");
+        let mid = ProviderError::MidStream("bad key sk-very-secret".into()).redacted(Some(&key));
+        assert_eq!(mid, ProviderError::MidStream("bad key ***".into()));
+        let protocol = ProviderError::Protocol("echo sk-very-secret".into()).redacted(Some(&key));
+        assert_eq!(protocol, ProviderError::Protocol("echo ***".into()));
+        let other = ProviderError::Unreachable("no route".into());
+        assert_eq!(other.clone().redacted(Some(&key)), other);
+        let unkeyed = ProviderError::MidStream("sk-very-secret".into());
+        assert_eq!(unkeyed.clone().redacted(None), unkeyed);
     }
 }
