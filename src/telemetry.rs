@@ -4,7 +4,7 @@
 //!   traces are exported, lines written inside a call carry its `trace_id` (the RPC span's field).
 //!
 //! Nothing is measured that nobody reads: without trace export the call and attempt spans are
-//! never created, and without a metrics reader (OTLP push or the Prometheus listener) the
+//! disabled where they are declared (see [`layers`]), and without a metrics reader (OTLP push or the Prometheus listener) the
 //! instruments are no-ops. That keeps the per-call and per-chunk path of a plain deployment free
 //! of span formatting and attribute hashing.
 //! - Traces: OpenTelemetry, exported over OTLP (gRPC, or HTTP/protobuf with
@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{EnvFilter, Layer, Registry, filter};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -138,8 +139,39 @@ pub fn init(config: &LogConfig, prometheus_served: bool) -> Telemetry {
         Some(provider)
     };
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
-    let fmt = match config.format {
+    // `RUST_LOG` wins over the configured filter when it parses.
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|directives| EnvFilter::try_new(directives).is_ok())
+        .unwrap_or_else(|| config.filter.clone());
+    if let Err(e) =
+        tracing_subscriber::registry().with(layers(&filter, config.format, tracer_provider.as_ref())).try_init()
+    {
+        eprintln!("copilot: logging was already set up: {e}");
+    }
+    for problem in problems {
+        tracing::warn!("{problem}");
+    }
+    if traces_wanted && tracer_provider.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Telemetry { tracer_provider, meter_provider, prometheus }
+}
+
+/// What receives spans and events: the log lines, and with trace export the OpenTelemetry layer.
+/// Each has a filter of its own (the log filter, and for the log lines no spans unless traces are
+/// exported) and there is no layer without one: a span no layer wants is then disabled at its
+/// `info_span!`, which is what keeps a plain deployment's calls free of span bookkeeping. (A
+/// layer without a filter, an `EnvFilter` applied to all, or an absent `Option` layer would each
+/// count as wanting every span.)
+fn layers(
+    filter: &str,
+    format: LogFormat,
+    tracer_provider: Option<&SdkTracerProvider>,
+) -> Vec<Box<dyn Layer<Registry> + Send + Sync>> {
+    let log_filter = || EnvFilter::new(filter);
+    let exporting_traces = tracer_provider.is_some();
+    let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -153,29 +185,22 @@ pub fn init(config: &LogConfig, prometheus_served: bool) -> Telemetry {
             .boxed(),
     };
     // Without trace export the spans would only decorate log lines, at the price of formatting
-    // every field of every call: the log layer then sees events only, and since no layer wants
-    // the spans, `info_span!` costs a cached check.
-    let exporting_traces = tracer_provider.is_some();
-    let fmt = fmt.with_filter(filter::filter_fn(move |meta| exporting_traces || !meta.is_span()));
-    // The exporter's own HTTP/2 and gRPC traffic must not become spans of its own.
-    let otel = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(SCOPE)).with_filter(filter::filter_fn(|meta| {
+    // every field of every call: the log layer then sees events only.
+    let log_lines =
+        fmt.with_filter(log_filter().and(filter::filter_fn(move |meta| exporting_traces || !meta.is_span())));
+    let mut layers = vec![log_lines.boxed()];
+    if let Some(provider) = tracer_provider {
+        // The exporter's own HTTP/2 and gRPC traffic must not become spans of its own.
+        let not_noisy = filter::filter_fn(|meta| {
             let target = meta.target();
             !["h2", "hyper", "tonic", "tower", "reqwest", "opentelemetry", "rustls", "llama"]
                 .iter()
                 .any(|noisy| target.starts_with(noisy))
-        }))
-    });
-    if let Err(e) = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init() {
-        eprintln!("copilot: logging was already set up: {e}");
+        });
+        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(SCOPE));
+        layers.push(otel.with_filter(log_filter().and(not_noisy)).boxed());
     }
-    for problem in problems {
-        tracing::warn!("{problem}");
-    }
-    if traces_wanted && tracer_provider.is_some() {
-        tracing::info!("exporting traces over OTLP");
-    }
-    Telemetry { tracer_provider, meter_provider, prometheus }
+    layers
 }
 
 fn resource() -> opentelemetry_sdk::Resource {
@@ -197,5 +222,43 @@ impl Telemetry {
             let _ = provider.force_flush();
             let _ = provider.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a span and events at each level would be under the layers, without installing them
+    /// globally.
+    fn under_layers(tracer_provider: Option<&SdkTracerProvider>) -> (bool, bool, bool, bool) {
+        let subscriber = tracing_subscriber::registry().with(layers("info", LogFormat::Text, tracer_provider));
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                !tracing::info_span!("rpc").is_disabled(),
+                !tracing::debug_span!("detail").is_disabled(),
+                tracing::enabled!(tracing::Level::INFO),
+                tracing::enabled!(tracing::Level::DEBUG),
+            )
+        })
+    }
+
+    #[test]
+    fn without_trace_export_spans_are_disabled_and_log_lines_still_filtered() {
+        let (info_span, debug_span, info_event, debug_event) = under_layers(None);
+        assert!(!info_span, "no layer wants spans, so info_span! must be disabled");
+        assert!(!debug_span);
+        assert!(info_event, "info log lines are still written");
+        assert!(!debug_event, "the filter still drops debug lines");
+    }
+
+    #[test]
+    fn with_trace_export_spans_at_the_filter_level_are_recorded() {
+        let provider = SdkTracerProvider::builder().build();
+        let (info_span, debug_span, info_event, debug_event) = under_layers(Some(&provider));
+        assert!(info_span, "the OpenTelemetry layer wants info spans");
+        assert!(!debug_span, "the filter applies to spans too");
+        assert!(info_event);
+        assert!(!debug_event);
     }
 }
