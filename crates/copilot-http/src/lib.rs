@@ -127,13 +127,17 @@ pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
 /// back to the pool; dropping a body that is still open closes the connection instead. The final
 /// event must not wait for it: that would put one more network round on every call's latency.
 pub fn release_body(mut response: Response, grace: Duration) {
-    let mut drain = Box::pin(async move {
-        let rest = async { while let Ok(Some(_)) = response.chunk().await {} };
+    let mut rest = Box::pin(async move { while let Ok(Some(_)) = response.chunk().await {} });
+    if rest.as_mut().now_or_never().is_some() {
+        return;
+    }
+    tokio::spawn(async move {
+        // Arming a timer wakes the runtime's poller (tokio writes to its wake-up fd when a timer is
+        // due sooner than any other), so it waits one turn of the scheduler: until the final event
+        // has been written to the caller.
+        tokio::task::yield_now().await;
         let _ = tokio::time::timeout(grace, rest).await;
     });
-    if drain.as_mut().now_or_never().is_none() {
-        tokio::spawn(drain);
-    }
 }
 
 /// The state behind a [`ChatStream`]: what reads one streamed response and decodes its events.
