@@ -60,6 +60,13 @@ pub struct ServerConfig {
     /// thread, start to finish: fewest wake-ups, lowest latency) or `work-stealing` (one runtime
     /// whose threads share every connection's work: one busy connection can use every core).
     pub threading: Threading,
+    /// Whether each connection thread is pinned to a CPU of its own (per-connection threading
+    /// only): `auto` pins when there is one thread per CPU the process may use (a dedicated
+    /// machine or VM, a container with a cpuset), `always` pins round-robin over those CPUs,
+    /// `never` leaves placement to the kernel. A pinned thread keeps its caches warm between
+    /// calls instead of being moved between cores; it cannot escape a busy neighbour, hence not
+    /// under a CPU quota on a shared node (fewer threads than CPUs), where `auto` does not pin.
+    pub pin_threads: PinThreads,
 }
 
 /// How accepted connections are spread over the serving threads (see `connection_threads.rs`).
@@ -69,6 +76,16 @@ pub enum Threading {
     #[default]
     PerConnection,
     WorkStealing,
+}
+
+/// Whether connection threads are pinned to CPUs (see `connection_threads.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinThreads {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +99,7 @@ impl Default for ServerConfig {
             health_addr: None,
             worker_threads: None,
             threading: Threading::default(),
+            pin_threads: PinThreads::default(),
             tls: None,
         }
     }
@@ -877,6 +895,17 @@ mod tests {
         assert_eq!(config.server.threading, Threading::PerConnection);
         let error = load(Some("[server]\nthreading = \"shared\""), &[]).unwrap_err().to_string();
         assert!(error.contains("threading") && error.contains("work-stealing"), "{error}");
+    }
+
+    #[test]
+    fn pin_threads_is_auto_unless_set() {
+        assert_eq!(load(None, &[]).unwrap().server.pin_threads, PinThreads::Auto);
+        let config = load(Some("[server]\npin_threads = \"never\""), &[]).unwrap();
+        assert_eq!(config.server.pin_threads, PinThreads::Never);
+        let config = load(None, &[("COPILOT_SERVER__PIN_THREADS", "always")]).unwrap();
+        assert_eq!(config.server.pin_threads, PinThreads::Always);
+        let error = load(Some("[server]\npin_threads = true"), &[]).unwrap_err().to_string();
+        assert!(error.contains("pin_threads"), "{error}");
     }
 
     #[test]

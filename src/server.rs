@@ -111,9 +111,9 @@ pub async fn serve(
     let runner = match config.server.threading {
         Threading::PerConnection => {
             let threads = config.server.worker_threads.unwrap_or_else(available_cores);
-            let threads = ConnectionThreads::start(threads)
+            let threads = ConnectionThreads::start(threads, config.server.pin_threads)
                 .map_err(|e| ServeError::Setup(format!("cannot start the connection threads: {e}")))?;
-            ConnectionRunner::Pinned(threads)
+            ConnectionRunner::PerConnection(threads)
         }
         Threading::WorkStealing => ConnectionRunner::WorkStealing,
     };

@@ -246,21 +246,60 @@ async fn worker_threads_sizes_the_connection_threads_or_the_runtime() {
     assert_eq!(counts[1] - counts[0], 3, "tokio threads with 1 and 4 workers: {counts:?}");
 }
 
-/// CPU time, in nanoseconds, of each connection thread of `pid`, by thread name (Linux
-/// `/proc/<pid>/task/<tid>/schedstat`): a thread that serves calls accumulates it, an idle one
-/// stays where it was, however busy the machine.
-fn connection_thread_cpu(pid: u32) -> Vec<(String, u64)> {
-    let mut cpu = Vec::new();
+/// What `file` of each connection thread of `pid` (`/proc/<pid>/task/<tid>/<file>`) says, read by
+/// `read`, by thread name.
+fn per_connection_thread<T>(pid: u32, file: &str, read: impl Fn(&str) -> T) -> Vec<(String, T)> {
+    let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let path = task.unwrap().path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_owned();
         if name.starts_with("copilot-conn-") {
-            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap();
-            cpu.push((name, schedstat.split_whitespace().next().unwrap().parse().unwrap()));
+            found.push((name, read(&std::fs::read_to_string(path.join(file)).unwrap())));
         }
     }
-    cpu.sort();
-    cpu
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The CPUs each connection thread of `pid` may run on, as Linux lists them (`0-1`, `3`, …).
+fn connection_thread_cpus(pid: u32) -> Vec<(String, String)> {
+    per_connection_thread(pid, "status", allowed_cpu_list)
+}
+
+fn allowed_cpu_list(status: &str) -> String {
+    status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn pinned_connection_threads_each_get_a_cpu_of_their_own() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    // Copilot inherits this process's CPUs.
+    let ours = allowed_cpu_list(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let env = [("COPILOT_SERVER__WORKER_THREADS", "2"), ("COPILOT_SERVER__PIN_THREADS", "always")];
+    let copilot = Copilot::start(&fake, &env).await;
+    let pinned = connection_thread_cpus(copilot.pid());
+    assert_eq!(pinned.len(), 2, "{pinned:?}");
+    for (name, cpus) in &pinned {
+        assert!(cpus.parse::<usize>().is_ok(), "{name} may run on {cpus}, not on one CPU");
+    }
+    if ours.contains(['-', ',']) {
+        assert_ne!(pinned[0].1, pinned[1].1, "with two CPUs or more, two threads get two: {pinned:?}");
+    }
+    calls(&mut copilot.client().await, 2).await;
+
+    let env = [("COPILOT_SERVER__WORKER_THREADS", "2"), ("COPILOT_SERVER__PIN_THREADS", "never")];
+    let copilot = Copilot::start(&fake, &env).await;
+    for (name, cpus) in connection_thread_cpus(copilot.pid()) {
+        assert_eq!(cpus, ours, "{name} is left to the kernel");
+    }
+}
+
+/// CPU time, in nanoseconds, of each connection thread of `pid`, by thread name (Linux
+/// `/proc/<pid>/task/<tid>/schedstat`): a thread that serves calls accumulates it, an idle one
+/// stays where it was, however busy the machine.
+fn connection_thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    per_connection_thread(pid, "schedstat", |schedstat| schedstat.split_whitespace().next().unwrap().parse().unwrap())
 }
 
 /// Which of the connection threads served calls between `before` and `after`: those that used at
