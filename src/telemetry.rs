@@ -5,8 +5,8 @@
 //!
 //! Nothing is measured that nobody reads: without trace export the call and attempt spans are
 //! disabled where they are declared (see `layers`), and without a metrics reader (OTLP push or
-//! the Prometheus listener) the instruments are no-ops. That keeps the per-call and per-chunk path of a plain deployment free
-//! of span formatting and attribute hashing.
+//! the Prometheus listener) the instruments are no-ops. That keeps the per-call and per-chunk path
+//! of a plain deployment free of span bookkeeping and attribute hashing.
 //! - Traces: OpenTelemetry, exported over OTLP (gRPC, or HTTP/protobuf with
 //!   `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. The exporter and SDK read the standard variables
