@@ -72,7 +72,7 @@ impl ConnectionThreads {
         let count = count.max(1);
         let cpus = pin_plan(count, &allowed_cpus(), pin);
         match &cpus {
-            Some(cpus) => tracing::info!(threads = count, ?cpus, "connection threads pinned to CPUs {cpus:?}"),
+            Some(cpus) => tracing::info!(threads = count, ?cpus, "connection threads pinned, one per CPU"),
             None => tracing::info!(threads = count, "connection threads not pinned to CPUs"),
         }
         let mut threads = Vec::with_capacity(count);

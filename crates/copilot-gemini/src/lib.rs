@@ -183,7 +183,7 @@ impl GeminiProvider {
             Some(key) => request.header(API_KEY_HEADER, key.clone()),
             None => request,
         };
-        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }

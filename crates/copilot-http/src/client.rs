@@ -12,7 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use reqwest::{IntoUrl, RequestBuilder};
+use std::sync::atomic::AtomicUsize;
+
+use reqwest::{IntoUrl, RequestBuilder, Response};
 
 /// Builds an adapter's client, the same way each time.
 type Build = Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>;
@@ -31,6 +33,30 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
+    /// Connections of this thread whose answer is complete but which are not back in their pool
+    /// yet (see [`crate::release_body`]).
+    static RETURNING: Arc<AtomicUsize> = Arc::new(AtomicUsize::new(0));
+}
+
+/// The most scheduler turns a request waits for connections on their way back to the pool.
+const MAX_POOL_WAIT_TURNS: usize = 4;
+
+/// One connection on its way back to this thread's pool, counted until dropped (on whatever
+/// thread that happens).
+pub(crate) struct Returning(Arc<AtomicUsize>);
+
+impl Returning {
+    pub(crate) fn new() -> Self {
+        let count = RETURNING.with(Arc::clone);
+        count.fetch_add(1, Ordering::Relaxed);
+        Returning(count)
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HttpClient {
@@ -46,6 +72,20 @@ impl HttpClient {
 
     pub fn post<U: IntoUrl>(&self, url: U) -> RequestBuilder {
         self.this_thread().post(url)
+    }
+
+    /// Sends `request`, after letting connections on their way back to this thread's pool get
+    /// there (a few scheduler turns at most). When many answers end at once and their callers ask
+    /// again at once, the new requests would otherwise run before the pool has its connections
+    /// back, and each open one of its own (~25 KiB inside hyper, kept until idle too long).
+    pub async fn send(&self, request: RequestBuilder) -> reqwest::Result<Response> {
+        for _ in 0..MAX_POOL_WAIT_TURNS {
+            if RETURNING.with(|returning| returning.load(Ordering::Relaxed)) == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        request.send().await
     }
 
     /// This thread's client (a cheap handle: clones share the pool).

@@ -127,8 +127,13 @@ pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
 /// back to the pool; dropping a body that is still open closes the connection instead. The final
 /// event must not wait for it: that would put one more network round on every call's latency.
 pub fn release_body(mut response: Response, grace: Duration) {
+    // Counted until the connection is back in the pool, so new requests on this thread wait a turn
+    // for it rather than open another (`HttpClient::send`). hyper puts it back from a task that
+    // reading the body's end wakes; a task spawned after that wake runs after it.
+    let returning = client::Returning::new();
     let mut rest = Box::pin(async move { while let Ok(Some(_)) = response.chunk().await {} });
     if rest.as_mut().now_or_never().is_some() {
+        tokio::spawn(async move { drop(returning) });
         return;
     }
     tokio::spawn(async move {
@@ -137,6 +142,8 @@ pub fn release_body(mut response: Response, grace: Duration) {
         // has been written to the caller.
         tokio::task::yield_now().await;
         let _ = tokio::time::timeout(grace, rest).await;
+        tokio::task::yield_now().await;
+        drop(returning);
     });
 }
 

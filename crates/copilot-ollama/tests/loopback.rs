@@ -248,6 +248,24 @@ async fn consecutive_chats_reuse_one_connection() {
 }
 
 #[tokio::test]
+async fn a_chat_sent_right_after_the_last_one_ended_reuses_its_connection() {
+    // The end of the body in the same write as the final line: the connection is free at `Done`,
+    // but hyper hands it back to the pool from a task of its own, which has not run yet when the
+    // next request is sent without a pause (as a client's next call does under load).
+    let reply = |delta: &str| {
+        let last = format!("{:x}\r\n{DONE_LINE}\r\n0\r\n\r\n", DONE_LINE.len());
+        vec![write(STREAM_HEAD), chunk(&delta_line(delta)), write(&last)]
+    };
+    let server = Server::start(vec![reply("a"), reply("b"), reply("c")]).await;
+    let provider = server.provider();
+    for _ in 0..3 {
+        let events = collect(&provider).await;
+        assert!(matches!(events.last(), Some(Ok(ChatEvent::Done(_)))), "{events:?}");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1, "each request waited for the connection to be back");
+}
+
+#[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
     let (closed_tx, closed_rx) = oneshot::channel();
     let script = vec![write(STREAM_HEAD), chunk(&delta_line("one")), Step::AwaitClientClose(closed_tx)];

@@ -173,7 +173,7 @@ impl OpenAiProvider {
     /// Sends a request and checks its status; the `model` it concerns turns a 404 about that
     /// model into [`ProviderError::ModelNotFound`].
     async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let response = request.send().await.map_err(|e| self.send_error(&e))?;
+        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
