@@ -36,6 +36,17 @@ pub struct HttpCmd {
 }
 
 /// A reqwest client for benchmark traffic (plain HTTP/1.1 to loopback servers, pooled).
+/// How a run that POSTs to an HTTP API reads in reports: the API, and for streamed answers their
+/// framing (`SSE`, `NDJSON`) and whether `Generate` collects them.
+pub fn describe_post(url: &str, api: &str, framing: &str, rpc: Rpc, stream: bool, model: &str) -> String {
+    let exchange = match (rpc, stream) {
+        (_, false) => "stream: false".to_owned(),
+        (Rpc::Generate, true) => format!("stream: true, {framing} collected"),
+        (Rpc::Chat, true) => format!("stream: true, {framing}"),
+    };
+    format!("HTTP/1.1 POST {url} ({api}, {exchange}), model {model}")
+}
+
 pub fn http_client() -> Result<reqwest::Client, BoxError> {
     // reqwest is built without a TLS crypto provider and refuses to build a client until one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -100,15 +111,7 @@ impl OpenAiBackend {
 
     /// What it drives, for reports.
     pub fn describe(&self, model: &str) -> String {
-        match (self.rpc, self.stream) {
-            (_, false) => format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: false), model {model}", self.url),
-            (Rpc::Generate, true) => {
-                format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: true, SSE collected), model {model}", self.url)
-            }
-            (Rpc::Chat, true) => {
-                format!("HTTP/1.1 POST {} (OpenAI-compatible, stream: true, SSE), model {model}", self.url)
-            }
-        }
+        describe_post(&self.url, "OpenAI-compatible", "SSE", self.rpc, self.stream, model)
     }
 }
 

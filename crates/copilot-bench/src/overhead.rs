@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::http::{OpenAiBackend, http_client, status_error, transport_error};
+use crate::http::{OpenAiBackend, describe_post, http_client, status_error, transport_error};
 use crate::load::GrpcBackend;
 use crate::loadgen::{self, Backend, CallError, ChunkClock, LoadArgs, Rpc, RunInfo};
 use crate::procs::{self, Process};
@@ -144,15 +144,7 @@ impl OllamaBackend {
     }
 
     fn describe(&self, model: &str) -> String {
-        match (self.rpc, self.stream) {
-            (_, false) => format!("HTTP/1.1 POST {} (Ollama native API, stream: false), model {model}", self.url),
-            (Rpc::Generate, true) => {
-                format!("HTTP/1.1 POST {} (Ollama native API, stream: true, NDJSON collected), model {model}", self.url)
-            }
-            (Rpc::Chat, true) => {
-                format!("HTTP/1.1 POST {} (Ollama native API, stream: true, NDJSON), model {model}", self.url)
-            }
-        }
+        describe_post(&self.url, "Ollama native API", "NDJSON", self.rpc, self.stream, model)
     }
 }
 
