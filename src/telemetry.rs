@@ -139,10 +139,10 @@ pub fn init(config: &LogConfig, prometheus_served: bool) -> Telemetry {
         Some(provider)
     };
 
-    // `RUST_LOG` wins over the configured filter when it parses.
+    // `RUST_LOG` wins over the configured filter when it is set and parses.
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .ok()
-        .filter(|directives| EnvFilter::try_new(directives).is_ok())
+        .filter(|directives| !directives.trim().is_empty() && EnvFilter::try_new(directives).is_ok())
         .unwrap_or_else(|| config.filter.clone());
     if let Err(e) =
         tracing_subscriber::registry().with(layers(&filter, config.format, tracer_provider.as_ref())).try_init()
