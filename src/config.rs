@@ -1,10 +1,10 @@
 //! Configuration: one TOML file, overridden by environment variables, then by command-line flags.
 //!
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config` / `COPILOT_CONFIG`),
-//! the variables the first users already set (`LLM_PROVIDER`, `OLLAMA_HOST`, `OLLAMA_MODEL`,
-//! `OLLAMA_TIMEOUT`, `OLLAMA_TEMPERATURE`, `OLLAMA_MAX_TOKENS`), `COPILOT_*` variables
-//! (`COPILOT_SERVER__ADDR` sets `server.addr`; `COPILOT_ADDR` is a shorthand), then flags.
-//! Every problem is reported at start with the key it concerns.
+//! the variables the first users already set and each vendor's SDK reads (`LLM_PROVIDER`,
+//! `OLLAMA_HOST`, `GEMINI_API_KEY`, `OPENAI_BASE_URL`, …: [`VENDOR_VARIABLES`]), `COPILOT_*`
+//! variables (`COPILOT_SERVER__ADDR` sets `server.addr`; `COPILOT_ADDR` is a shorthand), then
+//! flags. Every problem is reported at start with the key it concerns.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -268,6 +268,10 @@ pub struct ProviderConfig {
     pub keep_alive: Option<String>,
     /// Options applied when a request leaves them unset.
     pub defaults: DefaultOptions,
+    /// The model this instance serves when a request leaves `model` empty and this is the default
+    /// provider (`OLLAMA_MODEL`, `GEMINI_MODEL`, …); `copilot doctor` checks that it exists.
+    /// `routing.default_model` wins when both are set.
+    pub default_model: Option<String>,
 
     /// Embedded: a directory whose `*.gguf` files are served, named by file stem
     /// (default: the model cache that `copilot models fetch` fills).
@@ -301,6 +305,11 @@ pub struct ProviderConfig {
     pub include_usage: bool,
     /// OpenAI-compatible: send `top_k` (vLLM and llama.cpp accept it; OpenAI rejects it).
     pub send_top_k: bool,
+    /// Gemini: the Google Cloud project whose Vertex AI endpoint serves Gemini. Used when no API
+    /// key is configured; credentials then come from Application Default Credentials.
+    pub project_id: Option<String>,
+    /// Gemini on Vertex AI: the location (`global`, `us-central1`, …). Default `global`.
+    pub location: Option<String>,
     /// Gemini: `safetySettings`, passed through, e.g. `[{ category = "HARM_CATEGORY_HARASSMENT",
     /// threshold = "BLOCK_ONLY_HIGH" }]`.
     pub safety_settings: Vec<BTreeMap<String, String>>,
@@ -333,6 +342,7 @@ impl Default for ProviderConfig {
             list_timeout: Duration::from_secs(5),
             keep_alive: None,
             defaults: DefaultOptions::default(),
+            default_model: None,
             models_dir: None,
             models: BTreeMap::new(),
             ollama_store: "auto".into(),
@@ -346,6 +356,8 @@ impl Default for ProviderConfig {
             max_tokens_field: None,
             include_usage: true,
             send_top_k: false,
+            project_id: None,
+            location: None,
             safety_settings: Vec::new(),
             anthropic_version: None,
             default_max_tokens: None,
@@ -405,16 +417,26 @@ impl Config {
             ),
             None => None,
         };
-        // A file that names its providers gets exactly those; otherwise the built-in set.
-        let file_names_providers =
-            file.as_deref().is_some_and(|text| Figment::from(Toml::string(text)).find_value("providers").is_ok());
-        if !file_names_providers {
-            figment = figment.merge(Serialized::default("providers", builtin_providers()));
-        }
+        // A file that names its providers gets exactly those; otherwise the built-in set, plus
+        // each hosted provider the environment asks for.
+        let file_providers: Option<Vec<String>> =
+            file.as_deref().and_then(|text| match Figment::from(Toml::string(text)).find_value("providers") {
+                Ok(figment::value::Value::Dict(_, dict)) => Some(dict.keys().cloned().collect()),
+                _ => None,
+            });
+        let providers = match &file_providers {
+            Some(names) => names.clone(),
+            None => {
+                let providers = builtin_providers(&env);
+                let names = providers.keys().cloned().collect();
+                figment = figment.merge(Serialized::default("providers", providers));
+                names
+            }
+        };
         if let Some(text) = &file {
             figment = figment.merge(Toml::string(text));
         }
-        figment = figment.merge(legacy_env(&env));
+        figment = figment.merge(vendor_env(&env, &providers));
         figment = figment.merge(copilot_env(&env));
         let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe_figment_error(e, path)))?;
         if let Some(addr) = overrides.addr {
@@ -471,6 +493,35 @@ impl Config {
             {
                 return Err(invalid(key("max_tokens_field"), "must be \"max_tokens\" or \"max_completion_tokens\""));
             }
+            for (field, value) in [
+                ("default_model", &mut provider.default_model),
+                ("project_id", &mut provider.project_id),
+                ("location", &mut provider.location),
+            ] {
+                if let Some(text) = value.as_deref().map(str::trim) {
+                    if text.is_empty() {
+                        *value = None;
+                    } else if text.contains(char::is_whitespace) {
+                        return Err(invalid(key(field), format!("'{text}' must not contain spaces")));
+                    } else {
+                        *value = Some(text.to_string());
+                    }
+                }
+            }
+            if kind != ProviderKind::Gemini {
+                for (field, set) in
+                    [("project_id", provider.project_id.is_some()), ("location", provider.location.is_some())]
+                {
+                    if set {
+                        return Err(invalid(key(field), "is for Gemini on Vertex AI (kind = \"gemini\") only"));
+                    }
+                }
+            } else if provider.location.is_some() && provider.project_id.is_none() {
+                return Err(invalid(
+                    key("location"),
+                    "needs a project: set providers.<name>.project_id (or GEMINI_PROJECT_ID) for Vertex AI",
+                ));
+            }
             if provider.default_max_tokens == Some(0) {
                 return Err(invalid(key("default_max_tokens"), "must be at least 1"));
             }
@@ -496,14 +547,21 @@ impl Config {
             check_defaults(&provider.defaults, &key("defaults"))?;
         }
         // An explicit default provider wins; then the provider of the default model; then the
-        // only provider; then the embedded engine; then Ollama.
+        // only provider that names a default model of its own; then the only provider; then the
+        // embedded engine; then Ollama.
+        let with_default_model: Vec<&String> =
+            self.providers.iter().filter(|(_, p)| p.default_model.is_some()).map(|(name, _)| name).collect();
         let model_provider = self
             .routing
             .default_model
             .as_deref()
             .and_then(|m| m.split_once('/'))
             .map(|(provider, _)| provider.to_string())
-            .filter(|provider| self.providers.contains_key(provider));
+            .filter(|provider| self.providers.contains_key(provider))
+            .or_else(|| match with_default_model.as_slice() {
+                [only] if self.routing.default_model.is_none() => Some(only.to_string()),
+                _ => None,
+            });
         let default_provider = match (&self.routing.default_provider, model_provider) {
             (Some(name), _) => {
                 if !self.providers.contains_key(name) {
@@ -526,6 +584,12 @@ impl Config {
         };
         if self.routing.default_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
             self.routing.default_model = None;
+        }
+        if self.routing.default_model.is_none()
+            && let Some(provider) = &default_provider
+            && let Some(model) = &self.providers[provider].default_model
+        {
+            self.routing.default_model = Some(format!("{provider}/{model}"));
         }
         #[cfg(feature = "embedded")]
         if let Some(provider) = &default_provider
@@ -573,12 +637,26 @@ impl Config {
 }
 
 /// The providers of a configuration that names none: the embedded engine (when built in) and the
-/// Ollama at localhost, so a reachable Ollama's models appear next to the embedded ones.
-fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
+/// Ollama at localhost, so a reachable Ollama's models appear next to the embedded ones; plus each
+/// hosted provider the environment selects (`LLM_PROVIDER`) or gives credentials or an endpoint
+/// for (`GEMINI_API_KEY`, `GEMINI_PROJECT_ID`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`,
+/// `ANTHROPIC_API_KEY`), named after its kind.
+fn builtin_providers(env: &BTreeMap<String, String>) -> BTreeMap<String, ProviderConfig> {
+    let set = |var: &str| env.get(var).is_some_and(|v| !v.trim().is_empty());
+    let selected = env.get("LLM_PROVIDER").map(|v| v.trim().to_ascii_lowercase()).unwrap_or_default();
     let mut providers = BTreeMap::new();
     providers.insert("ollama".to_string(), ProviderConfig::default());
     if cfg!(feature = "embedded") {
         providers.insert("embedded".to_string(), ProviderConfig::default());
+    }
+    for (name, triggers) in [
+        ("gemini", &["GEMINI_API_KEY", "GEMINI_PROJECT_ID"][..]),
+        ("openai", &["OPENAI_API_KEY", "OPENAI_BASE_URL"][..]),
+        ("anthropic", &["ANTHROPIC_API_KEY"][..]),
+    ] {
+        if selected == name || triggers.iter().any(|var| set(var)) {
+            providers.insert(name.to_string(), ProviderConfig::default());
+        }
     }
     providers
 }
@@ -639,22 +717,59 @@ impl figment::Provider for EnvLayer {
     }
 }
 
-/// The first users' variables, mapped onto the provider named `ollama`.
-fn legacy_env(env: &BTreeMap<String, String>) -> EnvLayer {
+/// The variables the first users set and each vendor's SDK reads, with the key each sets. A
+/// `providers.<kind>` key applies to the provider named after the kind, when the configuration has
+/// it (a file that names other providers is not given new ones); the first variable listed for a
+/// key wins over later ones.
+pub const VENDOR_VARIABLES: &[(&str, &str)] = &[
+    ("LLM_PROVIDER", "routing.default_provider"),
+    ("OLLAMA_HOST", "providers.ollama.base_url"),
+    ("OLLAMA_MODEL", "providers.ollama.default_model"),
+    ("OLLAMA_TIMEOUT", "providers.ollama.timeout"),
+    ("OLLAMA_TEMPERATURE", "providers.ollama.defaults.temperature"),
+    ("OLLAMA_MAX_TOKENS", "providers.ollama.defaults.max_tokens"),
+    ("GEMINI_MODEL", "providers.gemini.default_model"),
+    ("GEMINI_BASE_URL", "providers.gemini.base_url"),
+    ("GOOGLE_GEMINI_BASE_URL", "providers.gemini.base_url"),
+    ("GEMINI_PROJECT_ID", "providers.gemini.project_id"),
+    ("GOOGLE_CLOUD_PROJECT", "providers.gemini.project_id"),
+    ("GOOGLE_CLOUD_LOCATION", "providers.gemini.location"),
+    ("GEMINI_TIMEOUT", "providers.gemini.timeout"),
+    ("GEMINI_TEMPERATURE", "providers.gemini.defaults.temperature"),
+    ("GEMINI_MAX_TOKENS", "providers.gemini.defaults.max_tokens"),
+    ("OPENAI_MODEL", "providers.openai.default_model"),
+    ("OPENAI_BASE_URL", "providers.openai.base_url"),
+    ("OPENAI_TIMEOUT", "providers.openai.timeout"),
+    ("OPENAI_TEMPERATURE", "providers.openai.defaults.temperature"),
+    ("OPENAI_MAX_TOKENS", "providers.openai.defaults.max_tokens"),
+    ("ANTHROPIC_MODEL", "providers.anthropic.default_model"),
+    ("ANTHROPIC_BASE_URL", "providers.anthropic.base_url"),
+    ("ANTHROPIC_TIMEOUT", "providers.anthropic.timeout"),
+    ("ANTHROPIC_TEMPERATURE", "providers.anthropic.defaults.temperature"),
+    ("ANTHROPIC_MAX_TOKENS", "providers.anthropic.defaults.max_tokens"),
+];
+
+fn vendor_env(env: &BTreeMap<String, String>, providers: &[String]) -> EnvLayer {
     let mut layer = EnvLayer::new();
-    for (var, key) in [
-        ("LLM_PROVIDER", "routing.default_provider"),
-        ("OLLAMA_HOST", "providers.ollama.base_url"),
-        ("OLLAMA_TIMEOUT", "providers.ollama.timeout"),
-        ("OLLAMA_TEMPERATURE", "providers.ollama.defaults.temperature"),
-        ("OLLAMA_MAX_TOKENS", "providers.ollama.defaults.max_tokens"),
-    ] {
-        if let Some(value) = env.get(var).filter(|v| !v.trim().is_empty()) {
-            layer.set(key, var, parse_env_scalar(value));
+    for (var, key) in VENDOR_VARIABLES {
+        let Some(value) = env.get(*var).filter(|v| !v.trim().is_empty()) else { continue };
+        if layer.var_for_key.contains_key(*key) {
+            continue;
         }
-    }
-    if let Some(model) = env.get("OLLAMA_MODEL").filter(|v| !v.trim().is_empty()) {
-        layer.set("routing.default_model", "OLLAMA_MODEL", format!("ollama/{}", model.trim()).into());
+        if let Some(provider) = key.strip_prefix("providers.").and_then(|rest| rest.split('.').next())
+            && !providers.iter().any(|p| p == provider)
+        {
+            continue;
+        }
+        let value = match *key {
+            "routing.default_provider" => figment::value::Value::from(value.trim().to_ascii_lowercase()),
+            // Model names and identifiers stay strings even when they look like numbers.
+            k if k.ends_with("default_model") || k.ends_with("project_id") || k.ends_with("location") => {
+                figment::value::Value::from(value.trim().to_string())
+            }
+            _ => parse_env_scalar(value),
+        };
+        layer.set(key, var, value);
     }
     layer
 }
@@ -969,13 +1084,19 @@ mod tests {
         let err = load(Some("[server]\nadr = \"x\""), &[]).unwrap_err().to_string();
         assert!(err.contains("server.adr") && err.contains(".tmp"), "{err}");
 
-        let err = load(None, &[("LLM_PROVIDER", "openai")]).unwrap_err().to_string();
-        assert!(err.contains("routing.default_provider") && err.contains("openai"), "{err}");
+        let err = load(None, &[("LLM_PROVIDER", "gemeni")]).unwrap_err().to_string();
+        assert!(
+            err.contains("routing.default_provider") && err.contains("gemeni") && err.contains("configured providers"),
+            "{err}"
+        );
         let err = load(Some("[providers.embedded]\nparallel = 0"), &[]).unwrap_err().to_string();
         if cfg!(feature = "embedded") {
             assert!(err.contains("providers.embedded.parallel"), "{err}");
         }
-        let err = load(None, &[("LLM_PROVIDER", "openai")]).unwrap_err().to_string();
+        // A file that names its providers is not given more by the environment.
+        let err = load(Some("[providers.ollama]\n"), &[("LLM_PROVIDER", "openai"), ("OPENAI_API_KEY", "sk")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("routing.default_provider") && err.contains("openai"), "{err}");
 
         let err = load(Some("[providers.ollama]\nkeep_alive = \"soon\""), &[]).unwrap_err().to_string();
@@ -990,6 +1111,151 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("routing.default_provider"), "{err}");
+    }
+
+    /// The production `.env` of the first users: Gemini selected, Ollama's variables still there.
+    #[test]
+    fn gemini_by_environment_alone() {
+        let env = [
+            ("LLM_PROVIDER", "gemini"),
+            ("GEMINI_API_KEY", "test-key"),
+            ("GEMINI_MODEL", "gemini-2.0-flash-exp"),
+            ("GEMINI_PROJECT_ID", "energy-prod"),
+            ("GEMINI_TEMPERATURE", "0.3"),
+            ("GEMINI_MAX_TOKENS", "1024"),
+            ("OLLAMA_HOST", "http://localhost:11434"),
+            ("OLLAMA_MODEL", "llama3.2:3b"),
+        ];
+        let config = load(None, &env).unwrap();
+        assert_eq!(config.default_provider(), Some("gemini"));
+        assert_eq!(config.routing.default_model.as_deref(), Some("gemini/gemini-2.0-flash-exp"));
+        let gemini = &config.providers["gemini"];
+        assert_eq!(gemini.kind, Some(ProviderKind::Gemini));
+        assert_eq!(gemini.base_url, "https://generativelanguage.googleapis.com");
+        assert_eq!(gemini.defaults.temperature, Some(0.3));
+        assert_eq!(gemini.defaults.max_tokens, Some(1024));
+        assert_eq!(gemini.project_id.as_deref(), Some("energy-prod"));
+        assert_eq!(config.providers["ollama"].default_model.as_deref(), Some("llama3.2:3b"));
+        // Selecting it by name is enough to have it; the key is checked when providers are built.
+        let config = load(None, &[("LLM_PROVIDER", "Gemini")]).unwrap();
+        assert_eq!(config.default_provider(), Some("gemini"));
+        assert_eq!(config.routing.default_model, None);
+    }
+
+    #[test]
+    fn gemini_endpoint_and_vertex_variables() {
+        let config = load(
+            None,
+            &[
+                ("GEMINI_PROJECT_ID", "p1"),
+                ("GOOGLE_CLOUD_PROJECT", "p2"),
+                ("GOOGLE_CLOUD_LOCATION", "europe-west4"),
+                ("GOOGLE_GEMINI_BASE_URL", "http://second:1"),
+                ("GEMINI_BASE_URL", "http://first:1/"),
+            ],
+        )
+        .unwrap();
+        let gemini = &config.providers["gemini"];
+        assert_eq!(gemini.project_id.as_deref(), Some("p1"), "GEMINI_PROJECT_ID wins over GOOGLE_CLOUD_PROJECT");
+        assert_eq!(gemini.location.as_deref(), Some("europe-west4"));
+        assert_eq!(gemini.base_url, "http://first:1", "GEMINI_BASE_URL wins over GOOGLE_GEMINI_BASE_URL");
+        // GOOGLE_CLOUD_PROJECT alone (set on many Google Cloud machines) adds no provider.
+        let config = load(None, &[("GOOGLE_CLOUD_PROJECT", "p2")]).unwrap();
+        assert!(!config.providers.contains_key("gemini"));
+        let err = load(Some("[providers.gemini]\nlocation = \"us-central1\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("providers.gemini.location") && err.contains("project"), "{err}");
+        let err = load(Some("[providers.ollama]\nproject_id = \"p\""), &[]).unwrap_err().to_string();
+        assert!(err.contains("providers.ollama.project_id") && err.contains("Vertex"), "{err}");
+    }
+
+    #[test]
+    fn openai_and_anthropic_by_environment_alone() {
+        let config = load(
+            None,
+            &[
+                ("LLM_PROVIDER", "openai"),
+                ("OPENAI_BASE_URL", "http://vllm.internal:8000/v1"),
+                ("OPENAI_MODEL", "Qwen/Qwen2.5-7B-Instruct"),
+                ("OPENAI_MAX_TOKENS", "300"),
+                ("ANTHROPIC_API_KEY", "test-key"),
+                ("ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+                ("ANTHROPIC_BASE_URL", "http://proxy:9000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.default_provider(), Some("openai"));
+        assert_eq!(config.routing.default_model.as_deref(), Some("openai/Qwen/Qwen2.5-7B-Instruct"));
+        assert_eq!(config.providers["openai"].base_url, "http://vllm.internal:8000/v1");
+        assert_eq!(config.providers["openai"].defaults.max_tokens, Some(300));
+        assert_eq!(config.providers["anthropic"].base_url, "http://proxy:9000");
+        assert_eq!(config.providers["anthropic"].default_model.as_deref(), Some("claude-sonnet-4-5"));
+
+        let config = load(None, &[("LLM_PROVIDER", "anthropic"), ("ANTHROPIC_MODEL", "claude-haiku-4-5")]).unwrap();
+        assert_eq!(config.routing.default_model.as_deref(), Some("anthropic/claude-haiku-4-5"));
+        // A model name that looks like a number stays a string.
+        let config = load(None, &[("OPENAI_API_KEY", "k"), ("OPENAI_MODEL", "4")]).unwrap();
+        assert_eq!(config.providers["openai"].default_model.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn a_file_names_providers_and_the_environment_tunes_them() {
+        let toml = "[providers.gemini]\napi_key_env = \"MY_KEY\"\n";
+        let config =
+            load(Some(toml), &[("GEMINI_MODEL", "gemini-2.5-flash"), ("OPENAI_API_KEY", "k"), ("OLLAMA_HOST", "x")])
+                .unwrap();
+        assert_eq!(config.providers.keys().collect::<Vec<_>>(), ["gemini"]);
+        assert_eq!(config.routing.default_model.as_deref(), Some("gemini/gemini-2.5-flash"));
+    }
+
+    /// The README's table of variables says what the code does, variable for variable.
+    #[test]
+    fn the_readme_lists_every_vendor_variable_with_its_key() {
+        let readme = include_str!("../README.md");
+        let rows: BTreeMap<&str, &str> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let var = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                let key = cells.next()?;
+                var.chars().all(|c| c.is_ascii_uppercase() || c == '_').then_some((var, key))
+            })
+            .collect();
+        for (var, key) in VENDOR_VARIABLES {
+            let row = rows.get(var).unwrap_or_else(|| panic!("README's variable table has no row for {var}"));
+            assert_eq!(*row, format!("`{key}`"), "README says {var} sets {row}, the code sets {key}");
+        }
+    }
+
+    /// Every key in the README's configuration table is one the configuration knows: a file
+    /// setting it is never refused as an unknown field.
+    #[test]
+    fn the_readme_configuration_table_names_real_keys() {
+        let readme = include_str!("../README.md");
+        let table = readme.split("| key | environment | default | meaning |").nth(1).expect("the table");
+        let rows = table.lines().skip(2).take_while(|line| line.starts_with('|'));
+        let mut checked = 0;
+        for row in rows {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            let keys: Vec<&str> = first.split('`').skip(1).step_by(2).collect();
+            let Some(full) = keys.first() else { continue };
+            let provider = ["embedded", "openai", "gemini", "anthropic"]
+                .into_iter()
+                .find(|kind| first.contains(&format!("({kind})")))
+                .unwrap_or("ollama");
+            let parent = full.rsplit_once('.').map(|(parent, _)| parent).unwrap_or_default();
+            for key in &keys {
+                let key = if key.starts_with('.') { format!("{parent}{key}") } else { key.to_string() };
+                let key = key.replace("<name>", provider).replace("<alias>", "a");
+                let toml = match key.split_once("[].") {
+                    Some((array, field)) => format!("{array} = [{{ {field} = \"x\" }}]\n"),
+                    None => format!("{key} = \"x\"\n"),
+                };
+                let error = load(Some(&toml), &[]).err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(!error.contains("unknown field"), "README's `{key}` is not a configuration key: {error}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} keys found: has the table moved?");
     }
 
     #[test]

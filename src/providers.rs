@@ -119,10 +119,12 @@ fn openai(name: &str, settings: &ProviderConfig) -> Result<copilot_openai::OpenA
         Some("max_completion_tokens") => copilot_openai::MaxTokensField::MaxCompletionTokens,
         _ => copilot_openai::MaxTokensField::MaxTokens,
     };
-    // Local OpenAI-compatible servers (vLLM, llama.cpp, LM Studio) usually need no key.
+    // Local OpenAI-compatible servers (vLLM, llama.cpp, LM Studio) usually need no key; OpenAI's
+    // own API always does.
+    let hosted = http::Uri::try_from(settings.base_url.as_str()).is_ok_and(|uri| uri.host() == Some("api.openai.com"));
     let config = copilot_openai::OpenAiConfig {
         base_url: settings.base_url.clone(),
-        api_key: api_key(name, settings)?,
+        api_key: if hosted { Some(required_api_key(name, settings)?) } else { api_key(name, settings)? },
         organization: None,
         connect_timeout: settings.connect_timeout,
         max_tokens_field,

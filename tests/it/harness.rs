@@ -14,14 +14,14 @@ use tonic::transport::Channel;
 pub type RawHttp2 =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
 
-/// Variables a developer's shell might carry that would change what the binary under test does.
+/// Variables a developer's shell might carry that would change what the binary under test does,
+/// beside every vendor variable the configuration reads (`copilot::config::VENDOR_VARIABLES`).
 const INHERITED_VARS: &[&str] = &[
-    "LLM_PROVIDER",
-    "OLLAMA_HOST",
-    "OLLAMA_MODEL",
-    "OLLAMA_TIMEOUT",
-    "OLLAMA_TEMPERATURE",
-    "OLLAMA_MAX_TOKENS",
+    "GEMINI_API_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCE_METADATA_HOST",
     "COPILOT_CONFIG",
     "COPILOT_ADDR",
     "COPILOT_LOG_FORMAT",
@@ -30,11 +30,18 @@ const INHERITED_VARS: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// Removes from `command` every variable of the developer's shell that configures Copilot.
+pub fn scrub_environment(command: &mut Command) {
+    for var in INHERITED_VARS.iter().chain(copilot::config::VENDOR_VARIABLES.iter().map(|(var, _)| var)) {
+        command.env_remove(var);
+    }
+}
+
 pub struct Copilot {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
-    _config: tempfile::NamedTempFile,
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 /// A configuration with only an Ollama provider, for the tests that talk to a fake Ollama. No
@@ -54,10 +61,28 @@ impl Copilot {
     pub async fn start_with(config: &str, env: &[(&str, String)]) -> Copilot {
         let config_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config_file.path(), config).unwrap();
+        Self::launch(Some(config_file), env).await
+    }
+
+    /// Starts copilot with no configuration file: the environment alone configures it (as a
+    /// first user's `.env` does). The models directory is empty unless `env` names one.
+    pub async fn start_env_only(env: &[(&str, String)]) -> Copilot {
+        Self::launch(None, env).await
+    }
+
+    async fn launch(config_file: Option<tempfile::NamedTempFile>, env: &[(&str, String)]) -> Copilot {
         let mut command = Command::new(env!("CARGO_BIN_EXE_copilot"));
-        command.args(["serve", "--addr", "127.0.0.1:0", "--config"]).arg(config_file.path());
-        for var in INHERITED_VARS {
-            command.env_remove(var);
+        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        if let Some(file) = &config_file {
+            command.arg("--config").arg(file.path());
+        }
+        scrub_environment(&mut command);
+        // Without a file the embedded provider and the local Ollama are configured too: keep
+        // them away from the developer's models and Ollama.
+        if config_file.is_none() {
+            command.env("COPILOT_MODELS_DIR", std::env::temp_dir().join("copilot-it-no-models"));
+            command.env("OLLAMA_MODELS", "/nonexistent");
+            command.env("OLLAMA_HOST", "http://127.0.0.1:9");
         }
         command.env("RUST_LOG", "info");
         for (k, v) in env {

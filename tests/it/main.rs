@@ -6,6 +6,7 @@ mod auth;
 mod deploy;
 #[cfg(feature = "embedded")]
 mod embedded;
+mod environment;
 mod errors;
 mod grpcurl;
 mod harness;
