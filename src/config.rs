@@ -1226,36 +1226,74 @@ mod tests {
         }
     }
 
-    /// Every key in the README's configuration table is one the configuration knows: a file
-    /// setting it is never refused as an unknown field.
-    #[test]
-    fn the_readme_configuration_table_names_real_keys() {
+    /// The keys of the README's configuration table, with `<name>` for a provider's name (and
+    /// which provider kind a row is about), expanded from `a.b`, `.c` to `a.b`, `a.c`.
+    fn readme_configuration_keys() -> Vec<(String, &'static str)> {
         let readme = include_str!("../README.md");
         let table = readme.split("| key | environment | default | meaning |").nth(1).expect("the table");
-        let rows = table.lines().skip(2).take_while(|line| line.starts_with('|'));
-        let mut checked = 0;
-        for row in rows {
+        let mut found = Vec::new();
+        for row in table.lines().skip(2).take_while(|line| line.starts_with('|')) {
             let first = row.split('|').nth(1).unwrap_or_default();
             let keys: Vec<&str> = first.split('`').skip(1).step_by(2).collect();
             let Some(full) = keys.first() else { continue };
-            let provider = ["embedded", "openai", "gemini", "anthropic"]
+            let kind = ["embedded", "openai", "gemini", "anthropic"]
                 .into_iter()
                 .find(|kind| first.contains(&format!("({kind})")))
                 .unwrap_or("ollama");
             let parent = full.rsplit_once('.').map(|(parent, _)| parent).unwrap_or_default();
-            for key in &keys {
+            for key in keys {
                 let key = if key.starts_with('.') { format!("{parent}{key}") } else { key.to_string() };
-                let key = key.replace("<name>", provider).replace("<alias>", "a");
-                let toml = match key.split_once("[].") {
-                    Some((array, field)) => format!("{array} = [{{ {field} = \"x\" }}]\n"),
-                    None => format!("{key} = \"x\"\n"),
-                };
-                let error = load(Some(&toml), &[]).err().map(|e| e.to_string()).unwrap_or_default();
-                assert!(!error.contains("unknown field"), "README's `{key}` is not a configuration key: {error}");
-                checked += 1;
+                found.push((key, kind));
             }
         }
-        assert!(checked > 50, "only {checked} keys found: has the table moved?");
+        assert!(found.len() > 50, "only {} keys found: has the table moved?", found.len());
+        found
+    }
+
+    /// Every key in the README's configuration table is one the configuration knows: a file
+    /// setting it is never refused as an unknown field.
+    #[test]
+    fn the_readme_configuration_table_names_real_keys() {
+        for (key, kind) in readme_configuration_keys() {
+            let key = key.replace("<name>", kind).replace("<alias>", "a");
+            let toml = match key.split_once("[].") {
+                Some((array, field)) => format!("{array} = [{{ {field} = \"x\" }}]\n"),
+                None => format!("{key} = \"x\"\n"),
+            };
+            let error = load(Some(&toml), &[]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!error.contains("unknown field"), "README's `{key}` is not a configuration key: {error}");
+        }
+    }
+
+    /// And every key the configuration has (those with a default value to show) is in the table.
+    #[test]
+    fn the_readme_configuration_table_lists_every_key() {
+        use figment::value::Value;
+        fn leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Dict(_, dict) if !dict.is_empty() => {
+                    for (key, value) in dict {
+                        // Provider instances are documented once, as `providers.<name>`.
+                        let key = if prefix == "providers" { "<name>" } else { key.as_str() };
+                        let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+                        leaves(&path, value, out);
+                    }
+                }
+                _ => out.push(prefix.to_string()),
+            }
+        }
+        let config = load(None, &[]).unwrap();
+        let value = Figment::from(Serialized::defaults(&config)).find_value("").expect("the configuration");
+        let mut keys = Vec::new();
+        leaves("", &value, &mut keys);
+        let documented: Vec<String> = readme_configuration_keys().into_iter().map(|(key, _)| key).collect();
+        let missing: Vec<String> = keys
+            .into_iter()
+            .filter(|key| {
+                !documented.iter().any(|d| d == key || d.starts_with(&format!("{key}.")) || d.starts_with(&format!("{key}[")))
+            })
+            .collect();
+        assert!(missing.is_empty(), "not in the README's configuration table: {missing:?}");
     }
 
     #[test]
