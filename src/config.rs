@@ -1290,7 +1290,9 @@ mod tests {
         let missing: Vec<String> = keys
             .into_iter()
             .filter(|key| {
-                !documented.iter().any(|d| d == key || d.starts_with(&format!("{key}.")) || d.starts_with(&format!("{key}[")))
+                !documented
+                    .iter()
+                    .any(|d| d == key || d.starts_with(&format!("{key}.")) || d.starts_with(&format!("{key}[")))
             })
             .collect();
         assert!(missing.is_empty(), "not in the README's configuration table: {missing:?}");

@@ -74,7 +74,11 @@ async fn the_production_profile_serves_gemini_with_no_file() {
     gemini.add_model(FakeModel::new("gemini-2.0-flash-exp").with_reply(words(&["About", " 42", " kWh"])));
     let vars = profile(
         "production.env",
-        &[("GEMINI_API_KEY", KEY.into()), ("GEMINI_BASE_URL", gemini.base_url()), ("OLLAMA_HOST", "127.0.0.1:9".into())],
+        &[
+            ("GEMINI_API_KEY", KEY.into()),
+            ("GEMINI_BASE_URL", gemini.base_url()),
+            ("OLLAMA_HOST", "127.0.0.1:9".into()),
+        ],
     );
     let copilot = start(&vars).await;
     let (text, model) = chat_with_the_default_model(&copilot).await;
@@ -136,11 +140,16 @@ async fn anthropic_by_environment_alone() {
 /// A selected hosted provider without credentials stops the server at start, saying what to set.
 #[tokio::test]
 async fn a_selected_provider_without_credentials_is_refused_at_start_with_what_to_set() {
-    for (provider, variable) in [("gemini", "GEMINI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY")] {
+    for (provider, variable) in
+        [("gemini", "GEMINI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY")]
+    {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_copilot"));
         command.args(["serve", "--addr", "127.0.0.1:0"]);
         scrub_environment(&mut command);
-        command.env("LLM_PROVIDER", provider).env("COPILOT_MODELS_DIR", "/nonexistent").env("OLLAMA_MODELS", "/nonexistent");
+        command
+            .env("LLM_PROVIDER", provider)
+            .env("COPILOT_MODELS_DIR", "/nonexistent")
+            .env("OLLAMA_MODELS", "/nonexistent");
         let output = within(LIMIT, command.kill_on_drop(true).output()).await.unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{provider}: started without credentials:\n{stderr}");
