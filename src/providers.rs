@@ -18,7 +18,12 @@ pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
             Some(ProviderKind::Embedded) => embedded(name, settings)?,
             Some(ProviderKind::Anthropic) => (Arc::new(anthropic(name, settings)?), settings.base_url.clone()),
             Some(ProviderKind::OpenAi) => (Arc::new(openai(name, settings)?), settings.base_url.clone()),
-            Some(ProviderKind::Gemini) => (Arc::new(gemini(name, settings)?), settings.base_url.clone()),
+            Some(ProviderKind::Gemini) => {
+                // On Vertex the host follows the location, unless base_url names one.
+                let provider = gemini(name, settings)?;
+                let endpoint = provider.base_url().to_owned();
+                (Arc::new(provider), endpoint)
+            }
         };
         let (server_address, server_port) = match http::Uri::try_from(endpoint.as_str()) {
             Ok(uri) => (uri.host().map(String::from), uri.port_u16().or_else(|| default_port(&uri))),
@@ -147,13 +152,32 @@ fn gemini(name: &str, settings: &ProviderConfig) -> Result<copilot_gemini::Gemin
             }
         }
     }
+    // An API key wins; else a project means Vertex AI with Application Default Credentials.
+    let auth = match (api_key(name, settings)?, &settings.project_id) {
+        (Some(key), _) => copilot_gemini::GeminiAuth::ApiKey(key),
+        (None, Some(project)) => copilot_gemini::GeminiAuth::Vertex(copilot_gemini::VertexConfig {
+            project: project.clone(),
+            location: settings.location.clone().unwrap_or_else(|| "global".to_owned()),
+            credentials: copilot_gemini::GoogleCredentials::ApplicationDefault,
+            models: settings.default_model.iter().cloned().collect(),
+        }),
+        (None, None) => {
+            return Err(format!(
+                "provider '{name}' needs an API key or a Google Cloud project: set GEMINI_API_KEY (or providers.{name}.api_key_env / providers.{name}.api_key_file) for the Gemini API, or GEMINI_PROJECT_ID (providers.{name}.project_id) for Vertex AI with Application Default Credentials"
+            ));
+        }
+    };
     let config = copilot_gemini::GeminiConfig {
         base_url: settings.base_url.clone(),
-        api_key: Some(required_api_key(name, settings)?),
+        auth,
         connect_timeout: settings.connect_timeout,
         safety_settings,
     };
-    copilot_gemini::GeminiProvider::new(config).map_err(|e| format!("provider '{name}': {e}"))
+    let provider = copilot_gemini::GeminiProvider::new(config).map_err(|e| format!("provider '{name}': {e}"))?;
+    if let Some(credentials) = provider.vertex_credentials() {
+        tracing::info!(provider = %name, base_url = %provider.base_url(), %credentials, "Gemini on Vertex AI");
+    }
+    Ok(provider)
 }
 
 fn ollama(name: &str, settings: &ProviderConfig) -> Result<OllamaProvider, String> {

@@ -19,3 +19,4 @@ mod providers;
 mod routing;
 mod telemetry;
 mod tls;
+mod vertex;

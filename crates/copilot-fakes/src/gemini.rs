@@ -32,6 +32,12 @@
 //! - `DropConnectionAfter`: `tokens` chunks, then the connection is aborted.
 //! - `HttpError`: that status with a Google error body (the status name matching the code).
 //!
+//! Vertex AI mode ([`FakeGemini::require_vertex_auth`]) serves the same models and behaviours on
+//! Vertex's paths (`/v1beta1/projects/{p}/locations/{l}/publishers/google/models/{m}:…`), with
+//! bearer tokens from a [`FakeGoogleAuth`](crate::FakeGoogleAuth) instead of keys, and Vertex's
+//! errors: 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED` for another project, and 404 "Publisher
+//! Model `…` was not found".
+//!
 //! Deviation: only `alt=sse` streaming is served. Without `alt=sse` the real API would stream a
 //! JSON array; the fake answers 400 saying so. Unary `generateContent` is not served either.
 
@@ -47,11 +53,12 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::format::{json_kind, write_json_string};
+use crate::format::{form_value, json_kind, write_json_string};
+use crate::google::{FakeGoogleAuth, IssuedTokens, TokenCheck};
 use crate::harness::{FailNext, Harness, LOOPBACK, Models, Pieces, Server, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
 use crate::script::{Finish, Generation, Step};
@@ -183,6 +190,24 @@ impl FakeGemini {
         *self.shared.api_key.write().unwrap() = key;
     }
 
+    /// Serves Vertex AI's Gemini paths from now on, for `project`:
+    /// `POST /v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse`
+    /// (the same bodies and streams as the Gemini API) and `GET
+    /// /v1beta1/publishers/google/models/{model}` (a publisher model). Each request needs
+    /// `Authorization: Bearer <token>` with a current token `auth` issued: none is 401
+    /// `UNAUTHENTICATED` (`CREDENTIALS_MISSING`), an unknown, revoked or expired one 401 too
+    /// (`ACCESS_TOKEN_TYPE_UNSUPPORTED` / `ACCESS_TOKEN_EXPIRED`); another project in the path is
+    /// 403 `PERMISSION_DENIED`. The location is not checked. Without this, those paths are 404s.
+    pub fn require_vertex_auth(&self, auth: &FakeGoogleAuth, project: &str) {
+        *self.shared.vertex.write().unwrap() = Some(VertexAuth { tokens: auth.issued(), project: project.to_owned() });
+    }
+
+    /// [`require_vertex_auth`](Self::require_vertex_auth), builder style.
+    pub fn with_vertex_auth(self, auth: &FakeGoogleAuth, project: &str) -> Self {
+        self.require_vertex_auth(auth, project);
+        self
+    }
+
     /// Adds a model, replacing one of the same name (`gemini-x` and `models/gemini-x` are the
     /// same). A model whose capabilities include `"embedding"` is listed with `embedContent`
     /// only, and refuses chat with a 404 like Google's embedding models; one with `"thinking"` is
@@ -286,6 +311,14 @@ struct Shared {
     request_uris: Mutex<Vec<String>>,
     harness: Arc<Harness>,
     responses: AtomicU64,
+    /// Set by [`FakeGemini::require_vertex_auth`]: the Vertex AI paths are served.
+    vertex: RwLock<Option<VertexAuth>>,
+}
+
+/// What the Vertex AI paths require: a bearer token the fake auth server issued, and the project.
+struct VertexAuth {
+    tokens: Arc<IssuedTokens>,
+    project: String,
 }
 
 impl Shared {
@@ -299,6 +332,7 @@ impl Shared {
             request_uris: Mutex::new(Vec::new()),
             harness: Harness::new(),
             responses: AtomicU64::new(0),
+            vertex: RwLock::new(None),
         }
     }
 
@@ -330,10 +364,68 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// `None` when a Vertex AI request may proceed; otherwise Vertex's refusal (or, with Vertex
+    /// mode off, Google's 404 page). `project` is the one in the path, if it has one.
+    fn check_vertex(&self, headers: &HeaderMap, project: Option<&str>, resource: &str) -> Option<Response> {
+        let vertex = self.vertex.read().unwrap();
+        let Some(vertex) = vertex.as_ref() else {
+            return Some(not_found_html(resource));
+        };
+        let bearer =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let Some(token) = bearer else {
+            return Some(unauthenticated(VERTEX_MISSING_CREDENTIALS_MESSAGE, "CREDENTIALS_MISSING"));
+        };
+        match vertex.tokens.check(token) {
+            TokenCheck::Valid => {}
+            TokenCheck::Expired => {
+                return Some(unauthenticated(VERTEX_INVALID_CREDENTIALS_MESSAGE, "ACCESS_TOKEN_EXPIRED"));
+            }
+            TokenCheck::Unknown => {
+                return Some(unauthenticated(VERTEX_INVALID_CREDENTIALS_MESSAGE, "ACCESS_TOKEN_TYPE_UNSUPPORTED"));
+            }
+        }
+        if let Some(project) = project
+            && project != vertex.project
+        {
+            let message = format!(
+                "Permission 'aiplatform.endpoints.predict' denied on resource '//aiplatform.googleapis.com/{resource}' (or it may not exist)."
+            );
+            let details = vec![
+                json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "IAM_PERMISSION_DENIED",
+                "domain": "aiplatform.googleapis.com",
+                "metadata": {"permission": "aiplatform.endpoints.predict", "resource": format!("projects/{project}")}}),
+            ];
+            return Some(google_error(StatusCode::FORBIDDEN, &message, details));
+        }
+        None
+    }
+}
+
+const VERTEX_MISSING_CREDENTIALS_MESSAGE: &str = "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.";
+const VERTEX_INVALID_CREDENTIALS_MESSAGE: &str = "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.";
+
+/// Vertex's 401: `UNAUTHENTICATED` with an `ErrorInfo` giving the reason.
+fn unauthenticated(message: &str, reason: &str) -> Response {
+    let details = vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+        "domain": "googleapis.com", "metadata": {"service": "aiplatform.googleapis.com"}})];
+    let mut response = google_error(StatusCode::UNAUTHORIZED, message, details);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""));
+    response
+}
+
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1beta/models", get(list_models))
         .route("/v1beta/models/{name}", get(get_model).post(model_method))
+        .route(
+            "/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{name}",
+            post(vertex_model_method),
+        )
+        .route("/v1beta1/publishers/google/models/{name}", get(vertex_get_model))
         // Google's front end answers unknown paths and wrong methods with an HTML page.
         .fallback(not_found_page)
         .method_not_allowed_fallback(not_found_page)
@@ -342,8 +434,13 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn not_found_page(uri: Uri) -> Response {
+    not_found_html(uri.path())
+}
+
+/// Google's front end's 404 page for `path`.
+fn not_found_html(path_text: &str) -> Response {
     let mut path = String::new();
-    for c in uri.path().chars() {
+    for c in path_text.chars() {
         match c {
             '<' => path.push_str("&lt;"),
             '>' => path.push_str("&gt;"),
@@ -429,6 +526,36 @@ async fn get_model(
     }
 }
 
+/// `GET /v1beta1/publishers/google/models/{model}`: Model Garden's entry for a Google model.
+async fn vertex_get_model(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if name.contains(':') {
+        return not_found_page(uri).await;
+    }
+    let resource = format!("publishers/google/models/{name}");
+    if let Some(refusal) = shared.check_vertex(&headers, None, &resource) {
+        return refusal;
+    }
+    match shared.find_model(&name) {
+        Some(model) => pretty_json(
+            StatusCode::OK,
+            &json!({
+                "name": format!("publishers/google/models/{}", model.name),
+                "versionId": "001",
+                "openSourceCategory": "PROPRIETARY",
+                "launchStage": "GA",
+                "versionState": "VERSION_STATE_STABLE",
+                "publisherModelTemplate": format!("projects/{{project}}/locations/{{location}}/publishers/google/models/{}@001", model.name),
+            }),
+        ),
+        None => google_error(StatusCode::NOT_FOUND, &format!("Publisher Model `{resource}` not found."), Vec::new()),
+    }
+}
+
 fn is_embedding(model: &FakeModel) -> bool {
     model.capabilities.iter().any(|c| c == "embedding")
 }
@@ -497,11 +624,57 @@ async fn model_method(
     if let Some(refusal) = shared.check_key(&headers, &uri) {
         return refusal;
     }
+    generate(&shared, Api::Studio, model_name, method, &uri, parsed).await
+}
+
+/// `POST /v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}`:
+/// Vertex AI's Gemini, with the same bodies and streams as the Gemini API.
+async fn vertex_model_method(
+    State(shared): State<Arc<Shared>>,
+    Path((project, location, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body);
+    if shared.harness.recording() {
+        shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
+        shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
+    }
+    let Some((model_name, method)) = name.rsplit_once(':') else {
+        return not_found_page(uri).await;
+    };
+    let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
+    if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
+        return refusal;
+    }
+    generate(&shared, Api::Vertex { resource: &resource }, model_name, method, &uri, parsed).await
+}
+
+/// Which API a generation request came through: what its errors say.
+#[derive(Clone, Copy)]
+enum Api<'a> {
+    Studio,
+    /// With the model's full resource name.
+    Vertex {
+        resource: &'a str,
+    },
+}
+
+/// A model method (`streamGenerateContent`) once the caller is authenticated.
+async fn generate(
+    shared: &Arc<Shared>,
+    api: Api<'_>,
+    model_name: &str,
+    method: &str,
+    uri: &Uri,
+    parsed: Result<Value, serde_json::Error>,
+) -> Response {
     if method != "streamGenerateContent" {
         let message = format!("the fake Gemini serves only streamGenerateContent, not {method}");
         return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
     }
-    if query_param(&uri, "alt").as_deref() != Some("sse") {
+    if query_param(uri, "alt").as_deref() != Some("sse") {
         let message = "the fake Gemini serves only alt=sse streams (without it, Gemini streams a JSON array)";
         return google_error(StatusCode::BAD_REQUEST, message, Vec::new());
     }
@@ -517,9 +690,14 @@ async fn model_method(
         Err(message) => return google_error(StatusCode::BAD_REQUEST, &message, Vec::new()),
     };
     let Some(model) = shared.find_model(model_name).filter(|m| !is_embedding(m)) else {
-        let message = format!(
-            "models/{model_name} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."
-        );
+        let message = match api {
+            Api::Studio => format!(
+                "models/{model_name} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."
+            ),
+            Api::Vertex { resource } => format!(
+                "Publisher Model `{resource}` was not found or your project does not have access to it. Please ensure you are using a valid model version. For more information, see: https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+            ),
+        };
         return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
     };
     if shared.busy.load(Ordering::Relaxed) {
@@ -964,40 +1142,13 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 
 /// The first value of a query parameter, percent-decoded (`+` is a space).
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).and_then(hex_digit), bytes.get(i + 2).and_then(hex_digit)) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_digit(byte: &u8) -> Option<u8> {
-    char::from(*byte).to_digit(16).map(|d| d as u8)
+    form_value(uri.query()?, name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::percent_decode;
 
     #[test]
     fn query_parameters_are_decoded() {

@@ -18,8 +18,9 @@
 //! (see [`script`]), and share the same scaffolding: a loopback server that stops when dropped,
 //! `fail_next`, recorded requests, and counters of completed, active and abandoned streams.
 //!
-//! Besides the providers, [`FakeCollector`] plays an OpenTelemetry collector (OTLP/gRPC) for
-//! telemetry tests.
+//! Besides the providers, [`FakeGoogleAuth`] plays Google's OAuth token endpoint and metadata
+//! server (the credentials of Gemini on Vertex AI), and [`FakeCollector`] plays an OpenTelemetry
+//! collector (OTLP/gRPC) for telemetry tests.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -38,6 +39,7 @@
 pub mod anthropic;
 mod format;
 pub mod gemini;
+pub mod google;
 mod harness;
 pub mod ollama;
 pub mod openai;
@@ -46,6 +48,7 @@ pub mod script;
 
 pub use anthropic::FakeAnthropic;
 pub use gemini::FakeGemini;
+pub use google::FakeGoogleAuth;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};
 pub use openai::{FakeOpenAi, Flavour};
 pub use otlp::FakeCollector;

@@ -1,5 +1,5 @@
 //! The Copilot provider adapter for the Google Gemini API (Google AI Studio,
-//! `generativelanguage.googleapis.com/v1beta`).
+//! `generativelanguage.googleapis.com/v1beta`) and for Gemini on Vertex AI.
 //!
 //! [`GeminiProvider`] turns a [`ChatRequest`] into one `POST
 //! /v1beta/models/{model}:streamGenerateContent?alt=sse` and the server-sent events of the reply
@@ -8,6 +8,16 @@
 //! would put it into proxy logs and error messages. The wire formats live in `wire.rs`; this
 //! module owns the HTTP client, the mapping of HTTP failures to [`ProviderError`], and the lifetime
 //! of a streamed response.
+//!
+//! With [`GeminiAuth::Vertex`] the same bodies go to Vertex AI instead:
+//! `POST {base}/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse`,
+//! with `Authorization: Bearer <token>` from Application Default Credentials (see `auth.rs`: a
+//! service-account key file or the metadata server, tokens cached and refreshed before they
+//! expire) and `x-goog-user-project` when the credentials name a quota project. A 401 from Vertex
+//! gets one fresh token and one retry. Vertex has no listing of the models a project can call
+//! (its publisher catalog lists every Model Garden model), so listing returns the configured
+//! models; a description comes from `GET {base}/v1beta1/publishers/google/models/{model}`, and
+//! health is a valid token.
 //!
 //! How the real API's quirks are handled:
 //! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
@@ -23,6 +33,7 @@
 //! - 429 carries `google.rpc.RetryInfo.retryDelay` (`"30s"`) in its details; the longer of it and
 //!   a `Retry-After` header becomes the `retry_after` hint.
 
+mod auth;
 mod stream;
 mod wire;
 
@@ -32,11 +43,12 @@ use std::time::{Duration, SystemTime};
 
 use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
-use reqwest::{RequestBuilder, Response, Url};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::auth::{CLOUD_PLATFORM_SCOPE, CredentialsError, DEFAULT_METADATA_HOST, GoogleCredentials};
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
 
@@ -46,8 +58,14 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 /// The API version every path is under.
 const API_VERSION: &str = "v1beta";
 
+/// The API version of every Vertex AI path (the one Google's SDKs use).
+const VERTEX_API_VERSION: &str = "v1beta1";
+
 /// The header Google's own SDKs send the key in.
 const API_KEY_HEADER: &str = "x-goog-api-key";
+
+/// The header naming the project Vertex bills quota to, when the credentials name one.
+const USER_PROJECT_HEADER: &str = "x-goog-user-project";
 
 /// `models.list` page size: the API's maximum, so a listing is usually one request.
 const LIST_PAGE_SIZE: &str = "1000";
@@ -59,10 +77,11 @@ const MAX_LIST_PAGES: usize = 20;
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeminiConfig {
     /// Default [`DEFAULT_BASE_URL`]; point it at a proxy or a fake. A trailing slash is tolerated;
-    /// `/v1beta/...` is appended.
+    /// `/v1beta/...` (Vertex: `/v1beta1/...`) is appended. With [`GeminiAuth::Vertex`], leaving it
+    /// empty or at [`DEFAULT_BASE_URL`] means the location's Vertex AI host ([`vertex_base_url`]).
     pub base_url: String,
-    /// Sent as `x-goog-api-key` on every request. `None` sends no key (for a proxy that adds it).
-    pub api_key: Option<Secret>,
+    /// How requests are authenticated, and so which API they go to.
+    pub auth: GeminiAuth,
     /// TCP (and TLS) connect timeout for the HTTP client. Default 10 s.
     pub connect_timeout: Duration,
     /// Sent verbatim as `safetySettings` with every chat request. Empty (the default) sends none,
@@ -74,10 +93,45 @@ impl Default for GeminiConfig {
     fn default() -> Self {
         GeminiConfig {
             base_url: DEFAULT_BASE_URL.to_owned(),
-            api_key: None,
+            auth: GeminiAuth::None,
             connect_timeout: Duration::from_secs(10),
             safety_settings: Vec::new(),
         }
+    }
+}
+
+/// Which API a [`GeminiProvider`] calls, and with what credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GeminiAuth {
+    /// The Gemini API (Google AI Studio), the key sent as `x-goog-api-key` on every request.
+    ApiKey(Secret),
+    /// The Gemini API without credentials (for a proxy that adds them).
+    None,
+    /// Gemini on Vertex AI, with OAuth access tokens from Google Cloud credentials.
+    Vertex(VertexConfig),
+}
+
+/// Gemini on Vertex AI: where, and as whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VertexConfig {
+    /// The Google Cloud project whose Vertex AI serves (and bills) the calls.
+    pub project: String,
+    /// `global`, a region (`us-central1`, `europe-west4`, …) or a multi-region (`us`, `eu`).
+    pub location: String,
+    pub credentials: GoogleCredentials,
+    /// What `list_models` answers with (typically the configured default model): Vertex cannot
+    /// list the models a project may call.
+    pub models: Vec<String>,
+}
+
+/// The Vertex AI host for `location`: `https://aiplatform.googleapis.com` for `global`,
+/// `https://aiplatform.{us,eu}.rep.googleapis.com` for the multi-regions, else
+/// `https://{location}-aiplatform.googleapis.com`.
+pub fn vertex_base_url(location: &str) -> String {
+    match location {
+        "global" => "https://aiplatform.googleapis.com".to_owned(),
+        "us" | "eu" => format!("https://aiplatform.{location}.rep.googleapis.com"),
+        region => format!("https://{region}-aiplatform.googleapis.com"),
     }
 }
 
@@ -99,6 +153,10 @@ pub enum GeminiConfigError {
     InvalidApiKey(&'static str),
     #[error("cannot build the HTTP client for Gemini: {0}")]
     HttpClient(String),
+    #[error("invalid Vertex AI {field} {value:?}: {reason}")]
+    InvalidVertex { field: &'static str, value: String, reason: &'static str },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// A [`Provider`] backed by the Gemini API. Cheap to share: all requests go through one HTTP
@@ -109,41 +167,84 @@ pub struct GeminiProvider {
     base_url: Arc<str>,
     /// Kept to scrub upstream error text that might echo it.
     api_key: Option<Secret>,
-    /// The same key, ready to send; marked sensitive so `http`'s `Debug` hides it too.
-    api_key_header: Option<HeaderValue>,
-    /// `{base_url}/v1beta/`, to which a model's resource path is appended.
+    auth: Auth,
+    /// `{base_url}/v1beta/` (Vertex: `{base_url}/v1beta1/projects/{p}/locations/{l}/publishers/google/`),
+    /// to which a model's resource path is appended.
     api_root: String,
+    /// Where a model is described: `api_root`, or Vertex's publisher catalog
+    /// `{base_url}/v1beta1/publishers/google/`.
+    describe_root: String,
     models_url: Url,
     safety_settings: Vec<SafetySetting>,
 }
 
+/// What each request carries, ready to send; header values are marked sensitive so `http`'s
+/// `Debug` hides them too.
+enum Auth {
+    None,
+    ApiKey(HeaderValue),
+    Vertex {
+        project: String,
+        location: String,
+        tokens: Arc<auth::TokenCache>,
+        user_project: Option<HeaderValue>,
+        models: Vec<String>,
+    },
+}
+
 impl fmt::Debug for GeminiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeminiProvider")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key)
-            .field("safety_settings", &self.safety_settings)
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("GeminiProvider");
+        debug.field("base_url", &self.base_url);
+        match &self.auth {
+            Auth::None => debug.field("auth", &"none"),
+            Auth::ApiKey(_) => debug.field("api_key", &self.api_key),
+            Auth::Vertex { project, location, tokens, .. } => debug
+                .field("vertex_project", project)
+                .field("vertex_location", location)
+                .field("credentials", tokens.source()),
+        };
+        debug.field("safety_settings", &self.safety_settings).finish_non_exhaustive()
     }
 }
 
 impl GeminiProvider {
     pub fn new(config: GeminiConfig) -> Result<Self, GeminiConfigError> {
-        let base_url = validate_base_url(&config.base_url)?;
-        let api_root = format!("{base_url}/{API_VERSION}/");
-        let models_url = Url::parse(&format!("{api_root}models"))
-            .map_err(|e| GeminiConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason: e.to_string() })?;
-        let api_key_header = match &config.api_key {
-            None => None,
-            Some(key) if key.expose().trim().is_empty() => return Err(GeminiConfigError::InvalidApiKey("it is empty")),
-            Some(key) => {
-                let mut value = HeaderValue::from_str(key.expose().trim()).map_err(|_| {
-                    GeminiConfigError::InvalidApiKey("it holds characters that cannot be sent in an HTTP header")
+        // Vertex's project and location, checked first: they go into the host name and paths.
+        let vertex = match &config.auth {
+            GeminiAuth::Vertex(vertex) => {
+                let project = check_vertex_field("project", &vertex.project, |b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
                 })?;
-                value.set_sensitive(true);
-                Some(value)
+                let location = check_vertex_field("location", &vertex.location, |b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+                })?;
+                Some((project, location))
+            }
+            _ => None,
+        };
+        let raw_base_url = match &vertex {
+            Some((_, location)) if is_default_base_url(&config.base_url) => vertex_base_url(location),
+            _ => config.base_url.clone(),
+        };
+        let base_url = validate_base_url(&raw_base_url)?;
+        let (api_root, describe_root, models_url) = match &vertex {
+            None => {
+                let api_root = format!("{base_url}/{API_VERSION}/");
+                let models_url = format!("{api_root}models");
+                (api_root.clone(), api_root, models_url)
+            }
+            Some((project, location)) => {
+                let api_root = format!(
+                    "{base_url}/{VERTEX_API_VERSION}/projects/{project}/locations/{location}/publishers/google/"
+                );
+                let describe_root = format!("{base_url}/{VERTEX_API_VERSION}/publishers/google/");
+                let models_url = format!("{describe_root}models");
+                (api_root, describe_root, models_url)
             }
         };
+        let models_url = Url::parse(&models_url)
+            .map_err(|e| GeminiConfigError::InvalidBaseUrl { value: raw_base_url.clone(), reason: e.to_string() })?;
 
         // No redirects: Google does not redirect API calls, and following one would carry the key
         // header to wherever it points.
@@ -154,15 +255,47 @@ impl GeminiProvider {
         })
         .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
 
+        let mut vertex_fields = vertex;
+        let (auth, api_key) = match config.auth {
+            GeminiAuth::None => (Auth::None, None),
+            GeminiAuth::ApiKey(key) => (Auth::ApiKey(api_key_header(&key)?), Some(key)),
+            GeminiAuth::Vertex(vertex) => {
+                let source = auth::Source::resolve(&vertex.credentials, |name| std::env::var(name).ok())?;
+                // A quota project that cannot be a header value is left out rather than refused:
+                // Vertex then bills the credentials' own project.
+                let user_project = source.quota_project().and_then(|p| HeaderValue::from_str(p.trim()).ok());
+                let tokens = Arc::new(auth::TokenCache::new(source, client.clone()));
+                let models =
+                    vertex.models.iter().map(|m| m.trim()).filter(|m| !m.is_empty()).map(String::from).collect();
+                let (project, location) = vertex_fields.take().unwrap_or_default();
+                (Auth::Vertex { project, location, tokens, user_project, models }, None)
+            }
+        };
+
         Ok(GeminiProvider {
             client,
             base_url: base_url.into(),
-            api_key: config.api_key,
-            api_key_header,
+            api_key,
+            auth,
             api_root,
+            describe_root,
             models_url,
             safety_settings: config.safety_settings,
         })
+    }
+
+    /// On Vertex AI, where the credentials come from (`service account x@p.iam.gserviceaccount.com
+    /// (key file /path)`, `the metadata server at metadata.google.internal`): for a start-up log
+    /// line. `None` for the Gemini API.
+    pub fn vertex_credentials(&self) -> Option<String> {
+        match &self.auth {
+            Auth::Vertex { tokens, .. } => Some(tokens.source().to_string()),
+            _ => None,
+        }
+    }
+
+    fn is_vertex(&self) -> bool {
+        matches!(self.auth, Auth::Vertex { .. })
     }
 
     /// The API's base URL, without a trailing slash.
@@ -170,24 +303,51 @@ impl GeminiProvider {
         &self.base_url
     }
 
-    /// `{base}/v1beta/models/{model}{suffix}`; the model name is escaped so it stays one segment.
+    /// `{base}/v1beta/models/{model}{suffix}` (or the Vertex path); the model name is escaped so it
+    /// stays one segment.
     fn model_url(&self, model: &str, suffix: &str) -> Result<Url, ProviderError> {
-        Url::parse(&format!("{}{}{suffix}", self.api_root, model_path(model)))
+        self.url_under(&self.api_root, model, suffix)
+    }
+
+    fn url_under(&self, root: &str, model: &str, suffix: &str) -> Result<Url, ProviderError> {
+        Url::parse(&format!("{root}{}{suffix}", model_path(model, self.is_vertex())))
             .map_err(|e| ProviderError::InvalidRequest(format!("invalid Gemini model name {model:?}: {e}")))
     }
 
-    /// Sends a request with the key and checks its status; the `model` it concerns turns a 404
-    /// into [`ProviderError::ModelNotFound`].
+    /// Sends a request with the credentials and checks its status; the `model` it concerns turns
+    /// a 404 into [`ProviderError::ModelNotFound`]. On Vertex, a 401 gets one new access token and
+    /// one retry.
     async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let request = match &self.api_key_header {
-            Some(key) => request.header(API_KEY_HEADER, key.clone()),
-            None => request,
+        let response = match &self.auth {
+            Auth::None => self.transmit(request).await?,
+            Auth::ApiKey(key) => self.transmit(request.header(API_KEY_HEADER, key.clone())).await?,
+            Auth::Vertex { tokens, user_project, .. } => {
+                let request = match user_project {
+                    Some(project) => request.header(USER_PROJECT_HEADER, project.clone()),
+                    None => request,
+                };
+                let token = tokens.get().await?;
+                let retry = request.try_clone();
+                let response = self.transmit(request.header(AUTHORIZATION, token.header.clone())).await?;
+                match retry {
+                    Some(retry) if response.status() == StatusCode::UNAUTHORIZED => {
+                        tracing::debug!(base_url = %self.base_url, "Vertex AI refused the access token; fetching a new one");
+                        drop(response);
+                        let token = tokens.replace(&token).await?;
+                        self.transmit(retry.header(AUTHORIZATION, token.header.clone())).await?
+                    }
+                    _ => response,
+                }
+            }
         };
-        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         Err(self.error_from_response(response, model).await)
+    }
+
+    async fn transmit(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
+        self.client.send(request).await.map_err(|e| self.send_error(&e))
     }
 
     /// A whole (non-streamed) JSON response; `what` names it in error messages.
@@ -230,7 +390,16 @@ impl GeminiProvider {
         if message.is_empty() {
             message = response.status().canonical_reason().unwrap_or("no error message").to_owned();
         }
-        let message = redact(&self.api_key, &message);
+        let mut message = redact(&self.api_key, &message);
+        if let Auth::Vertex { project, .. } = &self.auth {
+            match status {
+                401 => message.push_str(" (Vertex AI refused a freshly fetched access token too)"),
+                403 => message.push_str(&format!(
+                    " (the service account needs the role roles/aiplatform.user on project {project}, and the Vertex AI API must be enabled there)"
+                )),
+                _ => {}
+            }
+        }
         tracing::debug!(status, %message, base_url = %self.base_url, "Gemini refused the request");
         let failure = Failure {
             status,
@@ -279,6 +448,12 @@ impl Provider for GeminiProvider {
     /// Every model that supports `generateContent` (embedding-only and image models are left
     /// out), following `nextPageToken` for at most [`MAX_LIST_PAGES`] pages.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        if let Auth::Vertex { models, .. } = &self.auth {
+            return Ok(models
+                .iter()
+                .map(|m| wire::vertex_model_info(m.strip_prefix("models/").unwrap_or(m)))
+                .collect());
+        }
         let mut models = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
@@ -306,13 +481,23 @@ impl Provider for GeminiProvider {
     }
 
     async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
-        let url = self.model_url(model, "")?;
+        let url = self.url_under(&self.describe_root, model, "")?;
+        if self.is_vertex() {
+            let found: wire::PublisherModel =
+                self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+            return Ok(found.into_info());
+        }
         let found: wire::Model = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
         Ok(found.into_info())
     }
 
-    /// One model listed: the cheapest call that proves the key works.
+    /// One model listed: the cheapest call that proves the key works. On Vertex, a valid access
+    /// token (cached, so usually no request at all): it proves the credentials.
     async fn health(&self) -> Result<HealthReport, ProviderError> {
+        if let Auth::Vertex { tokens, .. } = &self.auth {
+            tokens.get().await?;
+            return Ok(HealthReport { version: None });
+        }
         let mut url = self.models_url.clone();
         url.query_pairs_mut().append_pair("pageSize", "1");
         let _: wire::ListModelsResponse = self.fetch_json(self.client.get(url), None, "model list").await?;
@@ -321,11 +506,12 @@ impl Provider for GeminiProvider {
 }
 
 /// The resource path of a model: a bare id (`gemini-2.5-flash`) gets `models/`; `models/…` and
-/// `tunedModels/…` names are kept. The id is percent-encoded, so it cannot add path segments or
-/// a `:method` of its own.
-fn model_path(model: &str) -> String {
+/// (not on Vertex) `tunedModels/…` names are kept. The id is percent-encoded, so it cannot add
+/// path segments or a `:method` of its own.
+fn model_path(model: &str, vertex: bool) -> String {
     let (collection, id) = match model.split_once('/') {
-        Some((collection @ ("models" | "tunedModels"), id)) => (collection, id),
+        Some((collection @ "models", id)) => (collection, id),
+        Some((collection @ "tunedModels", id)) if !vertex => (collection, id),
         _ => ("models", model),
     };
     let mut path = String::with_capacity(collection.len() + 1 + id.len());
@@ -355,6 +541,40 @@ fn validate_base_url(raw: &str) -> Result<String, GeminiConfigError> {
         return Err(invalid("a base URL cannot carry credentials".into()));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Whether a base URL is unset or the Gemini API's own, which on Vertex means "the location's".
+fn is_default_base_url(base_url: &str) -> bool {
+    let trimmed = base_url.trim().trim_end_matches('/');
+    trimmed.is_empty() || trimmed == DEFAULT_BASE_URL
+}
+
+/// A project or location, trimmed, once every byte passes `allowed` (they go into the URL path).
+fn check_vertex_field(
+    field: &'static str,
+    value: &str,
+    allowed: impl Fn(u8) -> bool,
+) -> Result<String, GeminiConfigError> {
+    let trimmed = value.trim();
+    let invalid = |reason| GeminiConfigError::InvalidVertex { field, value: value.to_owned(), reason };
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if trimmed.len() > 100 || !trimmed.bytes().all(allowed) {
+        return Err(invalid("it is not a Google Cloud project id or location"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The API key as a header value, once it is known to be one.
+fn api_key_header(key: &Secret) -> Result<HeaderValue, GeminiConfigError> {
+    if key.expose().trim().is_empty() {
+        return Err(GeminiConfigError::InvalidApiKey("it is empty"));
+    }
+    let mut value = HeaderValue::from_str(key.expose().trim())
+        .map_err(|_| GeminiConfigError::InvalidApiKey("it holds characters that cannot be sent in an HTTP header"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn redact(key: &Option<Secret>, text: &str) -> String {
@@ -506,18 +726,21 @@ mod tests {
 
     #[test]
     fn model_paths_are_escaped() {
-        assert_eq!(model_path("gemini-2.5-flash"), "models/gemini-2.5-flash");
-        assert_eq!(model_path("models/gemini-2.5-flash"), "models/gemini-2.5-flash");
-        assert_eq!(model_path("tunedModels/my-model-1"), "tunedModels/my-model-1");
-        assert_eq!(model_path("a:b/c d"), "models/a%3Ab%2Fc%20d");
-        assert_eq!(model_path(".."), "models/%2E%2E");
-        assert_eq!(model_path("x?key=1#f"), "models/x%3Fkey%3D1%23f");
+        assert_eq!(model_path("gemini-2.5-flash", false), "models/gemini-2.5-flash");
+        assert_eq!(model_path("models/gemini-2.5-flash", false), "models/gemini-2.5-flash");
+        assert_eq!(model_path("tunedModels/my-model-1", false), "tunedModels/my-model-1");
+        assert_eq!(model_path("a:b/c d", false), "models/a%3Ab%2Fc%20d");
+        assert_eq!(model_path("..", false), "models/%2E%2E");
+        assert_eq!(model_path("x?key=1#f", false), "models/x%3Fkey%3D1%23f");
+        assert_eq!(model_path("gemini-2.0-flash", true), "models/gemini-2.0-flash");
+        assert_eq!(model_path("models/gemini-2.0-flash", true), "models/gemini-2.0-flash");
+        assert_eq!(model_path("tunedModels/x", true), "models/tunedModels%2Fx");
     }
 
     fn config(base_url: &str) -> GeminiConfig {
         GeminiConfig {
             base_url: base_url.into(),
-            api_key: Some(Secret::new("AIzaSyTest-key-123")),
+            auth: GeminiAuth::ApiKey(Secret::new("AIzaSyTest-key-123")),
             ..Default::default()
         }
     }
@@ -542,10 +765,59 @@ mod tests {
         }
     }
 
+    fn vertex(base_url: &str, project: &str, location: &str) -> Result<GeminiProvider, GeminiConfigError> {
+        GeminiProvider::new(GeminiConfig {
+            base_url: base_url.into(),
+            auth: GeminiAuth::Vertex(VertexConfig {
+                project: project.into(),
+                location: location.into(),
+                credentials: GoogleCredentials::MetadataServer { host: "127.0.0.1:1".into() },
+                models: vec!["gemini-2.0-flash".into()],
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn vertex_urls_follow_the_location_unless_a_base_url_is_given() {
+        let provider = vertex(DEFAULT_BASE_URL, "my-project", "us-central1").unwrap();
+        assert_eq!(provider.base_url(), "https://us-central1-aiplatform.googleapis.com");
+        assert_eq!(
+            provider.model_url("gemini-2.0-flash", ":streamGenerateContent?alt=sse").unwrap().as_str(),
+            "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/my-project/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            provider.url_under(&provider.describe_root, "models/gemini-2.0-flash", "").unwrap().as_str(),
+            "https://us-central1-aiplatform.googleapis.com/v1beta1/publishers/google/models/gemini-2.0-flash"
+        );
+        assert_eq!(vertex("", "p-1", "global").unwrap().base_url(), "https://aiplatform.googleapis.com");
+        assert_eq!(vertex("", "p-1", "eu").unwrap().base_url(), "https://aiplatform.eu.rep.googleapis.com");
+        let explicit = vertex("http://127.0.0.1:9/", "p-1", "europe-west4").unwrap();
+        assert_eq!(
+            explicit.model_url("m", ":generateContent").unwrap().as_str(),
+            "http://127.0.0.1:9/v1beta1/projects/p-1/locations/europe-west4/publishers/google/models/m:generateContent"
+        );
+
+        for (project, location, field) in [
+            ("", "global", "project"),
+            ("a/b", "global", "project"),
+            ("p", "US Central", "location"),
+            ("p", "", "location"),
+        ] {
+            let err = vertex("", project, location).unwrap_err();
+            assert!(
+                matches!(&err, GeminiConfigError::InvalidVertex { field: f, .. } if *f == field),
+                "{project:?} {location:?}: {err}"
+            );
+        }
+        let debug = format!("{:?}", vertex("", "my-project", "global").unwrap());
+        assert!(debug.contains("my-project") && debug.contains("127.0.0.1:1"), "{debug}");
+    }
+
     #[test]
     fn api_keys_are_checked_without_being_shown() {
         for bad in ["", "  ", "bad\nkey-9876"] {
-            let config = GeminiConfig { api_key: Some(Secret::new(bad)), ..Default::default() };
+            let config = GeminiConfig { auth: GeminiAuth::ApiKey(Secret::new(bad)), ..Default::default() };
             let err = GeminiProvider::new(config).unwrap_err();
             assert!(matches!(err, GeminiConfigError::InvalidApiKey(_)), "{err}");
             assert!(!err.to_string().contains("9876"), "{err}");

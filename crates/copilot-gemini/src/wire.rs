@@ -514,6 +514,35 @@ impl Model {
     }
 }
 
+/// A Vertex AI publisher model (`GET /v1beta1/publishers/google/models/{model}`): Model Garden's
+/// catalog entry, which has no token limits or generation methods.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PublisherModel {
+    /// `publishers/google/models/gemini-2.0-flash`.
+    #[serde(default)]
+    name: String,
+}
+
+impl PublisherModel {
+    pub fn into_info(self) -> ModelInfo {
+        let id = self.name.rsplit('/').next().unwrap_or(&self.name);
+        vertex_model_info(id)
+    }
+}
+
+/// What is known of a Vertex model from its name alone.
+pub(crate) fn vertex_model_info(id: &str) -> ModelInfo {
+    let capability = if id.contains("embedding") { "embedding" } else { "completion" };
+    ModelInfo {
+        name: id.to_owned(),
+        family: family(id),
+        parameter_size: parameter_size(id),
+        capabilities: vec![capability.to_owned()],
+        ..Default::default()
+    }
+}
+
 /// The name's leading words, up to the first one that starts with a digit:
 /// `gemini-2.5-flash` → `gemini`, `text-embedding-004` → `text-embedding`.
 fn family(name: &str) -> String {

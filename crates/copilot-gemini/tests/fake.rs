@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use copilot_fakes::{Behaviour, FakeGemini, FakeModel, Reply};
-use copilot_gemini::{GeminiConfig, GeminiProvider, SafetySetting};
+use copilot_gemini::{GeminiAuth, GeminiConfig, GeminiProvider, SafetySetting};
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, FinishReason, GenerationOptions, Message, Provider, ProviderError,
     Role, Secret, Usage,
@@ -25,7 +25,7 @@ async fn fake_with(model: FakeModel) -> FakeGemini {
 fn config(base_url: String, key: Option<&str>) -> GeminiConfig {
     GeminiConfig {
         base_url,
-        api_key: key.map(Secret::new),
+        auth: key.map_or(GeminiAuth::None, |key| GeminiAuth::ApiKey(Secret::new(key))),
         connect_timeout: Duration::from_secs(2),
         safety_settings: Vec::new(),
     }

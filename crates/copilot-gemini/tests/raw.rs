@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use copilot_gemini::{GeminiConfig, GeminiProvider};
+use copilot_gemini::{GeminiAuth, GeminiConfig, GeminiProvider};
 use copilot_provider::{
     ChatEvent, ChatRequest, FinishReason, GenerationOptions, Message, Provider, ProviderError, Role, Secret, Usage,
 };
@@ -59,7 +59,8 @@ async fn serve(script: Vec<Step>) -> GeminiProvider {
             }
         }
     });
-    GeminiProvider::new(GeminiConfig { base_url, api_key: Some(Secret::new(KEY)), ..Default::default() }).unwrap()
+    GeminiProvider::new(GeminiConfig { base_url, auth: GeminiAuth::ApiKey(Secret::new(KEY)), ..Default::default() })
+        .unwrap()
 }
 
 fn head(status: &str, content_type: &str, extra: &str) -> Step {
