@@ -154,14 +154,15 @@ async fn concurrent_first_calls_share_one_token_fetch() {
 #[tokio::test]
 async fn a_token_near_its_expiry_is_replaced_before_it_is_used() {
     let google = Google::start().await;
-    // Two seconds: the adapter replaces it after half its life.
-    google.auth.set_expires_in(2);
+    // Four seconds: the adapter replaces it after half its life (two seconds are plenty for the
+    // first two calls, even on a busy machine).
+    google.auth.set_expires_in(4);
     let provider = google.service_account_provider();
 
     chat(&provider, MODEL).await.unwrap();
     chat(&provider, MODEL).await.unwrap();
     assert_eq!(google.auth.token_requests(), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     chat(&provider, MODEL).await.unwrap();
     assert_eq!(google.auth.token_requests(), 2, "a token with under half its life left is replaced");
     let tokens = google.bearer_tokens();
