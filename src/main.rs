@@ -1,7 +1,8 @@
 //! The `copilot` command: `copilot serve` (the default) runs the gateway; `copilot models` manages the
 //! embedded engine's model files; `copilot health` asks a running server whether it serves;
-//! `copilot keys` makes API keys.
+//! `copilot keys` makes API keys; `copilot doctor` checks a setup end to end.
 
+mod doctor_cmd;
 mod health_cmd;
 mod keys_cmd;
 
@@ -9,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use copilot::config::{Config, LogFormat, Overrides, Threading};
 
 #[derive(Parser)]
@@ -33,6 +35,11 @@ enum Command {
     /// Make API keys for `[auth]`.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Check a setup end to end and print PASS/FAIL rows with what to do: this machine's
+    /// configuration, its providers and models, and a real generation and chat through an
+    /// in-process gateway; or, with --addr HOST:PORT, a running server. Exit 0 when every required
+    /// check passes, 1 when one fails.
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -40,24 +47,39 @@ struct ServeArgs {
     /// The TOML configuration file.
     #[arg(long, env = "COPILOT_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The address the gRPC listener binds (overrides the file and COPILOT_SERVER__ADDR).
+    /// The address the gRPC listener binds (overrides the file and COPILOT_SERVER__ADDR); for
+    /// `doctor`, the server to check (HOST:PORT).
     #[arg(long, env = "COPILOT_ADDR", global = true)]
-    addr: Option<SocketAddr>,
+    addr: Option<String>,
     /// Log as human-readable text or as JSON lines.
     #[arg(long, value_enum, env = "COPILOT_LOG_FORMAT", global = true)]
     log_format: Option<LogFormat>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (args, health) = match cli.command {
         Some(Command::Serve(args)) => (args, None),
         Some(Command::Models(args)) => return models_cmd::run(args),
         Some(Command::Keys(command)) => return keys_cmd::run(command),
         Some(Command::Health(health)) => (cli.serve, Some(health)),
+        Some(Command::Doctor(doctor)) => {
+            // Only an address on the command line means a remote check: COPILOT_ADDR says where
+            // this machine's server binds, and the local check does not need it.
+            let remote = cli.serve.addr.filter(|_| matches.value_source("addr") == Some(ValueSource::CommandLine));
+            return doctor_cmd::run(doctor, remote, cli.serve.config);
+        }
         None => (cli.serve, None),
     };
-    let overrides = Overrides { addr: args.addr, log_format: args.log_format };
+    let addr = match args.addr.as_deref().map(str::parse::<SocketAddr>).transpose() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("copilot: --addr (or COPILOT_ADDR) must be IP:PORT, e.g. 0.0.0.0:50051: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let overrides = Overrides { addr, log_format: args.log_format };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {

@@ -65,6 +65,26 @@ pub async fn serve(
     prometheus: prometheus::Registry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    run(config, prometheus, None, shutdown).await
+}
+
+/// Like [`serve`], on a listener the caller bound (ignoring `server.addr`), so it knows the address
+/// before the server runs: `copilot doctor` serves on `127.0.0.1:0` in-process and calls itself.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: Config,
+    prometheus: prometheus::Registry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    run(config, prometheus, Some(listener), shutdown).await
+}
+
+async fn run(
+    config: Config,
+    prometheus: prometheus::Registry,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let hard_stop = CancellationToken::new();
     let instances = crate::providers::build(&config).map_err(ServeError::Setup)?;
     let router = Router::new(
@@ -117,9 +137,12 @@ pub async fn serve(
         }
         Threading::WorkStealing => ConnectionRunner::WorkStealing,
     };
-    let listener = TcpListener::bind(config.server.addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.server.addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.server.addr, source })?,
+    };
     let local = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.server.addr, source })?;
     tracing::info!(addr = %local, "copilot listening on {local}");
     health::spawn_probes(gateway.clone(), health.clone());
@@ -280,4 +303,45 @@ async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) -> Resu
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderConfig;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// `serve_on` serves on the listener it is given, not on `server.addr` (an address this test
+    /// cannot bind), and stops when told. (Liveness: the provider is down, so readiness may not be.)
+    #[tokio::test]
+    async fn serve_on_serves_on_the_given_listener() {
+        let mut config = Config::default();
+        // TEST-NET-1: no interface of this machine has it, so binding it fails, even as root.
+        config.server.addr = SocketAddr::from(([192, 0, 2, 1], 50051));
+        config.server.worker_threads = Some(1);
+        config.server.shutdown_grace = Duration::from_secs(1);
+        config
+            .providers
+            .insert("ollama".into(), ProviderConfig { base_url: "http://127.0.0.1:9".into(), ..Default::default() });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = serve_on(listener, config, prometheus::Registry::new(), async {
+            let _ = stopped.await;
+        });
+        let client = async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await;
+            let status = HealthClient::new(channel.unwrap())
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .map(|r| r.into_inner().status());
+            let _ = stop.send(());
+            status
+        };
+        let (served, status) =
+            tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(server, client) }).await.unwrap();
+        assert_eq!(status.unwrap(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+        served.unwrap();
+    }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod deploy;
+mod doctor;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod environment;
