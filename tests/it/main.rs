@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod mesh;
 mod polyglot;
+mod prereqs;
 mod providers;
 mod routing;
 mod telemetry;
