@@ -228,6 +228,35 @@ fn libclang_path_is_the_only_place_searched_when_set() {
     assert!(check.reason("libclang-dev").contains("LIBCLANG_PATH"), "{}", check.output);
 }
 
+/// An LLVM installed outside the usual library directories: libclang and clang's headers in
+/// `<prefix>/lib`.
+fn llvm_prefix(machine: &Machine) -> PathBuf {
+    let prefix = machine.outside("llvm-17");
+    write_file(&prefix.join("lib/libclang.so.17"), ELF64);
+    clang_headers(&prefix.join("lib"));
+    prefix
+}
+
+#[test]
+fn llvm_configs_prefix_is_searched() {
+    let machine = Machine::new();
+    let prefix = llvm_prefix(&machine);
+    machine.check("build").missing(&["libclang-dev"]);
+    machine.stub("llvm-config", &format!("echo '{}'", prefix.display()));
+    machine.check("build").missing(&[]);
+}
+
+#[test]
+fn llvm_config_path_names_the_llvm_config_to_run() {
+    let mut machine = Machine::new();
+    let prefix = llvm_prefix(&machine);
+    let llvm_config = write_file(&machine.outside("tools").join("llvm-config-17"), b"");
+    fs::write(&llvm_config, format!("#!/bin/sh\necho '{}'\n", prefix.display())).unwrap();
+    fs::set_permissions(&llvm_config, fs::Permissions::from_mode(0o755)).unwrap();
+    machine.set("LLVM_CONFIG_PATH", llvm_config.to_str().unwrap());
+    machine.check("build").missing(&[]);
+}
+
 #[test]
 fn no_libclang_at_all_is_missing() {
     Machine::new().check("build").missing(&["libclang-dev"]);
