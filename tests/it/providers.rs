@@ -146,3 +146,44 @@ macro_rules! provider_tests {
 provider_tests!(openai, copilot_fakes::FakeOpenAi, "openai");
 provider_tests!(gemini, copilot_fakes::FakeGemini, "gemini");
 provider_tests!(anthropic, copilot_fakes::FakeAnthropic, "anthropic");
+
+/// Every run of 8 characters of `key` that `text` contains: a piece of a key is a leak too.
+fn pieces_of(key: &str, text: &str) -> Vec<String> {
+    let key: Vec<char> = key.chars().collect();
+    key.windows(8).map(|w| w.iter().collect::<String>()).filter(|piece| text.contains(piece.as_str())).collect()
+}
+
+/// An upstream (here a proxy in front of the OpenAI-compatible server) that echoes the key in its
+/// error body, across the point where the error text is cut, and in a response header: no piece
+/// of the key reaches the status or Copilot's debug-level log.
+#[tokio::test]
+async fn openai_a_key_echoed_across_the_cut_and_in_a_header_never_leaks() {
+    const LONG_KEY: &str = "sk-proj-Q7mZr2VxK9pLw4TnB8cYd1HsF6gJe3UaR5tNo0WkiXyCvPbMqLzD-Aq4Ej8sGh";
+    let fake = copilot_fakes::FakeOpenAi::start().await.with_api_key(LONG_KEY);
+    fake.add_model(FakeModel::new("m-1").with_reply(Reply::Tokens(vec!["Hi".into()])));
+    let config = format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nretries = 0\n\
+         breaker_failures = 0\n",
+        fake.base_url()
+    );
+    let copilot =
+        Copilot::start_with(&config, &[("TEST_UPSTREAM_KEY", LONG_KEY.into()), ("RUST_LOG", "debug".into())]).await;
+    let mut client = copilot.client().await;
+    // Around the 500 characters an error message is cut to: the key starts before the cut and
+    // ends after it, or starts right at it.
+    for offset in [440, 465, 480, 490, 499, 500] {
+        fake.set_echo_key(Some(offset));
+        let status = client.chat(chat("up/m-1", None)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.reason, "UPSTREAM_UNAUTHORIZED");
+        assert!(status.message().contains("this proxy does not accept"), "not the echoing body: {}", status.message());
+        let shown = format!("{} {:?} {:?}", status.message(), status.get_error_details(), info);
+        assert_eq!(pieces_of(LONG_KEY, &shown), Vec::<String>::new(), "offset {offset}: the key leaked: {shown}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = copilot.logs();
+    assert!(logs.contains("DEBUG"), "the log was not at debug level");
+    assert!(logs.contains("x-request-id") || logs.contains("request_id"), "the request id was not logged:\n{logs}");
+    assert_eq!(pieces_of(LONG_KEY, &logs), Vec::<String>::new(), "the key leaked into the log:\n{logs}");
+}

@@ -202,7 +202,7 @@ impl AnthropicProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        copilot_http::read_json(response).await.map_err(|err| match err {
+        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
             BodyError::Read(cause) => ProviderError::Interrupted(format!(
                 "connection lost to Anthropic at {} while reading {what}: {cause}",
                 self.base_url
@@ -223,7 +223,7 @@ impl AnthropicProvider {
     async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
         let status = response.status();
         let retry_after = retry_after(response.headers(), SystemTime::now());
-        let request_id = response.headers().get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let request_id = copilot_http::header_text(response.headers(), "request-id", self.api_key.as_ref());
         let body = copilot_http::read_error_body(&mut response).await;
         let mut error = UpstreamError::parse(&body);
         if error.request_id.is_none() {

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use copilot_http::truncate_chars;
+use copilot_http::quote;
 use copilot_provider::{ChatRequest, Completion, FinishReason, ModelInfo, ProviderError, Role, Secret, Usage};
 use serde::{Deserialize, Serialize};
 
@@ -182,27 +182,24 @@ impl UpstreamError {
                 request_id: parsed.request_id.map(Cow::into_owned),
             };
         }
-        UpstreamError { message: copilot_http::excerpt(body, 500), ..Default::default() }
+        // Whole until `describe`, which masks the key before it shortens the text.
+        UpstreamError { message: String::from_utf8_lossy(body).trim().to_owned(), ..Default::default() }
     }
 
-    /// `message (error_type, request-id req_…)`, with the key redacted.
+    /// `message (error_type, request-id req_…)`, with the key masked (the request id may come
+    /// from a header, which may echo it too) and the message shortened to 500 characters after.
     pub fn describe(&self, secret: Option<&Secret>, fallback: &str) -> String {
         let message = if self.message.is_empty() { fallback } else { &self.message };
-        let mut text = redact(secret, message);
-        match (self.kind.as_deref(), self.request_id.as_deref()) {
+        let mut text = copilot_http::quote(message, 500, secret);
+        let kind = self.kind.as_deref().map(|kind| copilot_http::quote(kind, 100, secret));
+        let request_id = self.request_id.as_deref().map(|id| copilot_http::quote(id, 200, secret));
+        match (kind.as_deref(), request_id.as_deref()) {
             (None, None) => {}
             (Some(kind), None) => text.push_str(&format!(" ({kind})")),
             (None, Some(id)) => text.push_str(&format!(" (request-id {id})")),
             (Some(kind), Some(id)) => text.push_str(&format!(" ({kind}, request-id {id})")),
         }
         text
-    }
-}
-
-pub(crate) fn redact(secret: Option<&Secret>, text: &str) -> String {
-    match secret {
-        Some(secret) => secret.redact(text),
-        None => text.to_owned(),
     }
 }
 
@@ -341,7 +338,7 @@ pub(crate) fn decode_event(name: &str, data: &str, state: &mut StreamState) -> D
         // Unknown event types may carry anything; only ours must be JSON.
         Err(_) if !KNOWN_EVENTS.contains(&name) && name != "message" => return Decoded::Skip,
         Err(err) => {
-            let excerpt = truncate_chars(data.trim(), 200);
+            let excerpt = quote(data.trim(), 200, state.secret.as_ref());
             return Decoded::Failed(ProviderError::Protocol(format!(
                 "unparseable {name} event in Anthropic's stream ({err}): {excerpt}"
             )));
@@ -410,8 +407,8 @@ fn text_delta(text: Option<Cow<'_, str>>, state: &mut StreamState) -> Decoded {
 fn stream_error(error: Option<ErrorDetail<'_>>, data: &str, state: &StreamState) -> ProviderError {
     let secret = state.secret.as_ref();
     let Some(error) = error else {
-        let excerpt = truncate_chars(data.trim(), 200);
-        return ProviderError::MidStream(redact(secret, &format!("Anthropic sent an error event: {excerpt}")));
+        let excerpt = quote(data.trim(), 200, secret);
+        return ProviderError::MidStream(format!("Anthropic sent an error event: {excerpt}"));
     };
     let detail = UpstreamError {
         anthropic: true,
@@ -824,12 +821,26 @@ mod tests {
         assert_eq!(parsed.describe(None, "Bad Gateway"), "<html>502 Bad Gateway</html>");
         assert_eq!(UpstreamError::parse(b"").describe(None, "Bad Gateway"), "Bad Gateway");
         let long = "é".repeat(600);
-        assert_eq!(UpstreamError::parse(long.as_bytes()).message.chars().count(), 501);
+        assert_eq!(UpstreamError::parse(long.as_bytes()).describe(None, "").chars().count(), 501);
 
         let key = Secret::new("sk-ant-0123456789");
         let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key sk-ant-0123456789"}}"#;
         let described = UpstreamError::parse(body).describe(Some(&key), "");
         assert_eq!(described, "invalid x-api-key *** (authentication_error)");
+
+        // Masked before it is shortened, wherever the key falls; in a request id too.
+        let raw = "sk-ant-api03-Zq8Xw2Vb7Nm4Lk1Jh6Gf3Ds9Ap5Oi0Uy-Tr8Ee2Ww";
+        let key = Secret::new(raw);
+        for offset in [450, 480, 490, 499, 500] {
+            let body = format!("{}{raw} is not a valid key", "x".repeat(offset));
+            let mut error = UpstreamError::parse(body.as_bytes());
+            error.request_id = Some(format!("req_{raw}"));
+            let described = error.describe(Some(&key), "");
+            let pieces: Vec<&str> =
+                (0..raw.len() - 7).map(|i| &raw[i..i + 8]).filter(|p| described.contains(p)).collect();
+            assert!(pieces.is_empty(), "offset {offset}: {pieces:?} in {described}");
+            assert!(described.ends_with("(request-id req_***)"), "{described}");
+        }
     }
 
     #[test]

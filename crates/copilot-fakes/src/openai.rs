@@ -233,6 +233,14 @@ impl FakeOpenAi {
         self.shared.keepalive_comments.store(on, Ordering::Relaxed);
     }
 
+    /// While set, chat requests are refused the way a misbehaving proxy in front of the server
+    /// refuses them: a 401 with a `text/plain` body that quotes the bearer key it was sent, whole,
+    /// after `offset` characters of other text (to put it across the 500 characters a client may
+    /// cut an error to), and an `x-request-id` header that echoes the key too. `None` turns it off.
+    pub fn set_echo_key(&self, offset: Option<usize>) {
+        *self.shared.echo_key.write().unwrap() = offset;
+    }
+
     /// The next `count` chat requests (for any model) fail with `status` and the flavour's error
     /// body; a 429 is OpenAI's `rate_limit_exceeded`. With `retry_after`, a `Retry-After:
     /// <seconds>` header (and, on a 429, exhausted `x-ratelimit-*-requests` headers) go with it.
@@ -302,6 +310,8 @@ struct Shared {
     require_max_completion_tokens: AtomicBool,
     reject_stream_options: AtomicBool,
     keepalive_comments: AtomicBool,
+    /// [`FakeOpenAi::set_echo_key`].
+    echo_key: RwLock<Option<usize>>,
     harness: Arc<Harness>,
     /// Makes ids unique within a run.
     next_id: AtomicU64,
@@ -319,6 +329,7 @@ impl Shared {
             require_max_completion_tokens: AtomicBool::new(false),
             reject_stream_options: AtomicBool::new(false),
             keepalive_comments: AtomicBool::new(false),
+            echo_key: RwLock::new(None),
             harness: Harness::new(),
             next_id: AtomicU64::new(1),
         }
@@ -536,6 +547,32 @@ fn check_auth(shared: &Shared, flavour: Flavour, headers: &HeaderMap) -> Option<
     Some(finish_response(shared, flavour, response))
 }
 
+/// [`FakeOpenAi::set_echo_key`]'s refusal: the bearer key quoted whole at `offset` characters
+/// into a plain-text body, and echoed in `x-request-id`.
+fn key_echo(headers: &HeaderMap, offset: usize) -> Response {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let lead = "401 Unauthorized: this proxy does not accept the credentials it was given. ";
+    let mut body: String = lead.chars().cycle().take(offset).collect();
+    body.push_str(&key);
+    body.push_str(" is not a key this proxy knows; ask its administrator for one.\n");
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        body,
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("req_{key}")) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
 /// `sk-ab****wxyz`: how OpenAI echoes a wrong key (never the whole key).
 fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
@@ -676,6 +713,9 @@ struct ChatParams {
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let flavour = shared.flavour();
+    if let Some(offset) = *shared.echo_key.read().unwrap() {
+        return key_echo(&headers, offset);
+    }
     let response = chat_response(&shared, flavour, &headers, body).await;
     finish_response(&shared, flavour, response)
 }

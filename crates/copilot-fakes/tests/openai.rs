@@ -256,6 +256,24 @@ async fn api_keys_are_checked_with_openais_bodies() {
 }
 
 #[tokio::test]
+async fn a_proxy_that_echoes_the_key_quotes_it_at_the_offset_asked() {
+    let fake = fake_with(FakeModel::new("m")).await;
+    fake.set_echo_key(Some(480));
+    let url = format!("{}/chat/completions", fake.base_url());
+    let response = client().post(&url).bearer_auth("sk-echoed-0123456789").json(&stream_body("m", true)).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"], "req_sk-echoed-0123456789");
+    assert_eq!(content_type(&response), "text/plain; charset=utf-8");
+    let text = response.text().await.unwrap();
+    assert_eq!(text.find("sk-echoed-0123456789"), Some(480), "{text}");
+
+    fake.set_echo_key(None);
+    let response = client().post(&url).json(&stream_body("m", true)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn requests_are_validated_like_openai() {
     let fake = fake_with(FakeModel::new("m")).await;
     let refused = |body: Value| {

@@ -404,7 +404,7 @@ fn parse_token(body: &[u8], what: &str) -> Result<Fetched, TokenError> {
     if let Some(kind) = response.token_type.as_deref()
         && !kind.eq_ignore_ascii_case("bearer")
     {
-        return Err(malformed(&format!("token_type is {:?}, not \"Bearer\"", copilot_http::truncate_chars(kind, 40))));
+        return Err(malformed(&format!("token_type is {:?}, not \"Bearer\"", copilot_http::quote(kind, 40, None))));
     }
     let token = response.access_token.filter(|t| !t.is_empty()).ok_or_else(|| malformed("no access_token"))?;
     if token.len() > MAX_ACCESS_TOKEN_BYTES {
@@ -442,9 +442,9 @@ fn oauth_error(body: &[u8]) -> String {
         (Some(code), Some(description)) => format!("{code}: {description}"),
         (Some(code), None) => code,
         (None, Some(description)) => description,
-        (None, None) => crate::wire::fallback_message(body),
+        (None, None) => crate::wire::fallback_message(body, None),
     };
-    let text = copilot_http::truncate_chars(text.trim(), 300);
+    let text = copilot_http::quote(text.trim(), 300, None);
     if text.is_empty() { "no details".to_owned() } else { text }
 }
 

@@ -358,7 +358,7 @@ impl GeminiProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        copilot_http::read_json(response).await.map_err(|err| match err {
+        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
             BodyError::Read(cause) => ProviderError::Interrupted(format!(
                 "connection lost to Gemini at {} while reading {what}: {}",
                 self.base_url,
@@ -385,7 +385,7 @@ impl GeminiProvider {
         let error = wire::parse_error_body(&body);
         let mut message = match &error {
             Some(error) => error.describe(),
-            None => wire::fallback_message(&body),
+            None => wire::fallback_message(&body, self.api_key.as_ref()),
         };
         if message.is_empty() {
             message = response.status().canonical_reason().unwrap_or("no error message").to_owned();
@@ -434,7 +434,7 @@ impl Provider for GeminiProvider {
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
             let content_type = content_type.to_owned();
             let body = copilot_http::read_capped(&mut response, 512).await;
-            let excerpt = copilot_http::excerpt(&body, 200);
+            let excerpt = copilot_http::excerpt(&body, 200, self.api_key.as_ref());
             return Err(ProviderError::Protocol(format!(
                 "Gemini at {} answered with {content_type} instead of an event stream: {}",
                 self.base_url,

@@ -129,7 +129,9 @@ impl ChatStreamDecoder for StreamDecoder {
         }
         while let Some(item) = self.sse.next_item() {
             let applied = match item {
-                Ok(SseItem::Event { data, .. }) => self.state.apply(data).map_err(|err| self.redact_error(err)),
+                Ok(SseItem::Event { data, .. }) => {
+                    self.state.apply(data, self.api_key.as_ref()).map_err(|err| self.redact_error(err))
+                }
                 // Not a field of Gemini's streams: ignored, as the SSE rules say.
                 Ok(SseItem::ErrorLine(_)) => continue,
                 Err(too_long) => {

@@ -10,9 +10,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use copilot_http::truncate_chars;
+use copilot_http::quote;
 use copilot_provider::{
-    ChatRequest, Completion, FinishReason, GenerationOptions, ModelInfo, ProviderError, Role, Usage,
+    ChatRequest, Completion, FinishReason, GenerationOptions, ModelInfo, ProviderError, Role, Secret, Usage,
 };
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -271,9 +271,10 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// Reads one `data:` payload; returns the text it adds, if any (never empty).
-    pub fn apply(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+    /// `secret` is masked in the excerpt of a chunk that is not JSON.
+    pub fn apply(&mut self, data: &str, secret: Option<&Secret>) -> Result<Option<String>, ProviderError> {
         let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-            ProviderError::Protocol(format!("unexpected stream chunk from Gemini ({e}): {}", truncate_chars(data, 200)))
+            ProviderError::Protocol(format!("unexpected stream chunk from Gemini ({e}): {}", quote(data, 200, secret)))
         })?;
         if let Some(error) = chunk.error {
             return Err(ProviderError::MidStream(error.describe()));
@@ -411,16 +412,16 @@ pub(crate) fn parse_error_body(body: &[u8]) -> Option<ErrorStatus> {
 
 /// The human-readable message of an error body that is not a Google error: an HTML page's title
 /// (Google's front end answers unknown paths with one), or the raw text, shortened.
-pub(crate) fn fallback_message(body: &[u8]) -> String {
+pub(crate) fn fallback_message(body: &[u8], secret: Option<&Secret>) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.starts_with('<')
         && let Some(start) = text.find("<title>")
         && let Some(len) = text[start + 7..].find("</title>")
     {
-        return truncate_chars(text[start + 7..start + 7 + len].trim(), 200);
+        return quote(text[start + 7..start + 7 + len].trim(), 200, secret);
     }
-    truncate_chars(text, 500)
+    quote(text, 500, secret)
 }
 
 /// A proto3 JSON `Duration`: seconds with up to nine fractional digits and an `s` suffix.
@@ -664,7 +665,7 @@ mod tests {
 
     fn apply_all(chunks: &[&str]) -> (Vec<String>, StreamState) {
         let mut state = StreamState::default();
-        let deltas = chunks.iter().filter_map(|c| state.apply(c).unwrap()).collect();
+        let deltas = chunks.iter().filter_map(|c| state.apply(c, None).unwrap()).collect();
         (deltas, state)
     }
 
@@ -759,19 +760,20 @@ mod tests {
     #[test]
     fn an_error_event_fails_the_stream() {
         let mut state = StreamState::default();
-        let err = state.apply(r#"{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}"#);
+        let err =
+            state.apply(r#"{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}"#, None);
         assert_eq!(err, Err(ProviderError::MidStream("INTERNAL: Internal error encountered.".into())));
     }
 
     #[test]
     fn malformed_chunks_are_protocol_errors_with_a_short_excerpt() {
         let mut state = StreamState::default();
-        let Err(ProviderError::Protocol(message)) = state.apply("<html>bad gateway</html>") else { panic!() };
+        let Err(ProviderError::Protocol(message)) = state.apply("<html>bad gateway</html>", None) else { panic!() };
         assert!(message.contains("<html>bad gateway</html>"), "{message}");
         let long = format!("{{\"candidates\": {}", "x".repeat(5000));
-        let Err(ProviderError::Protocol(message)) = state.apply(&long) else { panic!() };
+        let Err(ProviderError::Protocol(message)) = state.apply(&long, None) else { panic!() };
         assert!(message.len() < 500, "excerpt not shortened: {} bytes", message.len());
-        assert!(matches!(state.apply(r#"{"candidates":[{"finishReason":7}]}"#), Err(ProviderError::Protocol(_))));
+        assert!(matches!(state.apply(r#"{"candidates":[{"finishReason":7}]}"#, None), Err(ProviderError::Protocol(_))));
     }
 
     #[test]
@@ -798,9 +800,9 @@ mod tests {
     #[test]
     fn fallback_messages_use_html_titles() {
         let page = b"<!DOCTYPE html>\n<html lang=en><meta charset=utf-8><title>Error 404 (Not Found)!!1</title><p>...";
-        assert_eq!(fallback_message(page), "Error 404 (Not Found)!!1");
-        assert_eq!(fallback_message(b"  upstream connect error \n"), "upstream connect error");
-        assert_eq!(fallback_message("é".repeat(600).as_bytes()).chars().count(), 501);
+        assert_eq!(fallback_message(page, None), "Error 404 (Not Found)!!1");
+        assert_eq!(fallback_message(b"  upstream connect error \n", None), "upstream connect error");
+        assert_eq!(fallback_message("é".repeat(600).as_bytes(), None).chars().count(), 501);
     }
 
     #[test]

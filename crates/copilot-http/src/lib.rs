@@ -16,7 +16,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError};
+use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError, Secret};
 use futures::{FutureExt, StreamExt};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
@@ -84,10 +84,19 @@ pub enum BodyError {
     Parse { error: serde_json::Error, excerpt: String },
 }
 
-/// Reads a whole (non-streamed) response body and decodes it as JSON.
-pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, BodyError> {
+/// Reads a whole (non-streamed) response body and decodes it as JSON; `secret` is masked in the
+/// excerpt of a body that is not.
+pub async fn read_json<T: DeserializeOwned>(response: Response, secret: Option<&Secret>) -> Result<T, BodyError> {
     let body = response.bytes().await.map_err(|e| BodyError::Read(root_cause(&e)))?;
-    serde_json::from_slice(&body).map_err(|error| BodyError::Parse { error, excerpt: excerpt(&body, 200) })
+    serde_json::from_slice(&body).map_err(|error| BodyError::Parse { error, excerpt: excerpt(&body, 200, secret) })
+}
+
+/// A response header's value as text for a log line or a message, with `secret` masked: an
+/// upstream may echo the key in a header (a request id made from it, say). `None` when the
+/// header is missing or not text.
+pub fn header_text(headers: &HeaderMap, name: &str, secret: Option<&Secret>) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?;
+    Some(redact(value, secret))
 }
 
 /// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request, so an
@@ -274,18 +283,34 @@ pub fn root_cause(err: &(dyn StdError + 'static)) -> String {
     cause.to_string()
 }
 
-/// At most `max` characters of `text`, marked with an ellipsis when cut.
-pub fn truncate_chars(text: &str, max: usize) -> String {
+/// At most `max` characters of `text`, marked with an ellipsis when cut. Upstream text is
+/// shortened only through [`quote`] or [`excerpt`], which mask the key first.
+fn truncate_chars(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
 }
 
+/// `text` with every occurrence of `secret` masked ([`Secret::redact`]).
+pub fn redact(text: &str, secret: Option<&Secret>) -> String {
+    match secret {
+        Some(secret) => secret.redact(text),
+        None => text.to_owned(),
+    }
+}
+
+/// Upstream text for an error message or a log line: `secret` masked, then cut to at most `max`
+/// characters (marked with an ellipsis). In that order: a key that straddled the cut would
+/// survive in part, where masking no longer finds it.
+pub fn quote(text: &str, max: usize, secret: Option<&Secret>) -> String {
+    truncate_chars(&redact(text, secret), max)
+}
+
 /// Up to `max` characters of a body (or a line of one) for an error message: decoded leniently,
-/// trimmed, and marked with an ellipsis when cut.
-pub fn excerpt(body: &[u8], max: usize) -> String {
-    truncate_chars(String::from_utf8_lossy(body).trim(), max)
+/// trimmed, `secret` masked, and marked with an ellipsis when cut ([`quote`]).
+pub fn excerpt(body: &[u8], max: usize, secret: Option<&Secret>) -> String {
+    quote(String::from_utf8_lossy(body).trim(), max, secret)
 }
 
 #[cfg(test)]
@@ -339,9 +364,45 @@ mod tests {
     fn excerpts_are_trimmed_and_cut_on_characters() {
         assert_eq!(truncate_chars("héllo", 2), "hé…");
         assert_eq!(truncate_chars("héllo", 5), "héllo");
-        assert_eq!(excerpt(b"  <html>\n", 200), "<html>");
-        assert_eq!(excerpt(b"abcdef", 3), "abc…");
-        assert_eq!(excerpt(b"\xffok", 10), "\u{fffd}ok");
+        assert_eq!(excerpt(b"  <html>\n", 200, None), "<html>");
+        assert_eq!(excerpt(b"abcdef", 3, None), "abc…");
+        assert_eq!(excerpt(b"\xffok", 10, None), "\u{fffd}ok");
+    }
+
+    /// Every run of 8 characters of `key` that `text` contains.
+    fn leaked_pieces(text: &str, key: &str) -> Vec<String> {
+        let key: Vec<char> = key.chars().collect();
+        key.windows(8).map(|w| w.iter().collect::<String>()).filter(|piece| text.contains(piece.as_str())).collect()
+    }
+
+    #[test]
+    fn a_key_straddling_the_cut_is_masked_before_it() {
+        let raw = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZab";
+        let key = Secret::new(raw);
+        for offset in 440..=500 {
+            let body = format!("{}Incorrect API key provided: {raw}. You can find your key at …", "x".repeat(offset));
+            let quoted = quote(&body, 500, Some(&key));
+            assert_eq!(leaked_pieces(&quoted, raw), Vec::<String>::new(), "offset {offset}: {quoted}");
+            let excerpted = excerpt(body.as_bytes(), 500, Some(&key));
+            assert_eq!(leaked_pieces(&excerpted, raw), Vec::<String>::new(), "offset {offset}: {excerpted}");
+        }
+        let short = quote(&format!("key {raw} rejected"), 500, Some(&key));
+        assert_eq!(short, "key *** rejected");
+        // The order matters: cutting first leaves a piece masking cannot find.
+        let cut_first = key.redact(&truncate_chars(&format!("{}{raw}", "x".repeat(470)), 500));
+        assert!(!leaked_pieces(&cut_first, raw).is_empty(), "{cut_first}");
+    }
+
+    #[test]
+    fn header_values_echoing_the_key_are_masked() {
+        let key = Secret::new("sk-live-0123456789abcdef");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("req_sk-live-0123456789abcdef_1"));
+        headers.insert("x-other", HeaderValue::from_static("req_42"));
+        assert_eq!(header_text(&headers, "x-request-id", Some(&key)).as_deref(), Some("req_***_1"));
+        assert_eq!(header_text(&headers, "x-other", Some(&key)).as_deref(), Some("req_42"));
+        assert_eq!(header_text(&headers, "x-missing", Some(&key)), None);
+        assert_eq!(header_text(&headers, "x-request-id", None).as_deref(), Some("req_sk-live-0123456789abcdef_1"));
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl OllamaProvider {
         what: &str,
     ) -> Result<T, ProviderError> {
         let response = self.send(request, model).await?;
-        copilot_http::read_json(response).await.map_err(|err| match err {
+        copilot_http::read_json(response, None).await.map_err(|err| match err {
             BodyError::Read(cause) => ProviderError::Interrupted(format!(
                 "connection lost to Ollama at {} while reading {what}: {cause}",
                 self.base_url

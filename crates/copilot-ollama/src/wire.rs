@@ -113,7 +113,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
         return parsed.error.into_owned();
     }
-    copilot_http::excerpt(body, 500)
+    copilot_http::excerpt(body, 500, None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ pub(crate) fn decode_line(line: &[u8]) -> LineEvent {
     let chunk: ChatChunk = match serde_json::from_slice(line) {
         Ok(chunk) => chunk,
         Err(err) => {
-            let excerpt = copilot_http::excerpt(line, 200);
+            let excerpt = copilot_http::excerpt(line, 200, None);
             return LineEvent::Failed(ProviderError::Protocol(format!(
                 "unparseable line in Ollama's chat stream ({err}): {excerpt}"
             )));

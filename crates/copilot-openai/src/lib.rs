@@ -183,7 +183,7 @@ impl OpenAiProvider {
     /// A whole (non-streamed) JSON response; `what` names it in error messages.
     async fn fetch_json<T: DeserializeOwned>(&self, request: RequestBuilder, what: &str) -> Result<T, ProviderError> {
         let response = self.send(request, None).await?;
-        copilot_http::read_json(response).await.map_err(|err| match err {
+        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
             BodyError::Read(cause) => ProviderError::Interrupted(format!(
                 "connection lost to {} while reading {what}: {cause}",
                 self.base_url
@@ -203,10 +203,11 @@ impl OpenAiProvider {
     async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
         let status = response.status();
         let retry_after = retry_after(response.headers(), status, SystemTime::now());
-        let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let secret = self.api_key.as_ref();
+        // Some servers and proxies echo what they were sent in headers: masked like the body.
+        let request_id = copilot_http::header_text(response.headers(), "x-request-id", secret);
         let body = copilot_http::read_error_body(&mut response).await;
-        let mut details = ErrorDetails::parse(&body);
-        details.message = self.redact(std::mem::take(&mut details.message));
+        let mut details = ErrorDetails::parse(&body).quoted(secret);
         if details.message.is_empty() {
             details.message = status.canonical_reason().unwrap_or("no error message").to_owned();
         }
@@ -390,7 +391,7 @@ impl ChatEvents {
             }
         };
         let answer = &mut self.decoder.answer;
-        let text = match wire::decode_completion(&body) {
+        let text = match wire::decode_completion(&body, answer.secret()) {
             Ok(Payload::Chunk(info)) => match answer.absorb(info) {
                 Step::Emit(text) => Some(text),
                 Step::Fail(err) => return Some(Err(err)),

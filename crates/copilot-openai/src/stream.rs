@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
 use copilot_http::sse::{SseDecoder, SseItem};
-use copilot_http::truncate_chars;
 use copilot_provider::{ChatEvent, Completion, FinishReason, ProviderError, Secret, UpstreamTimings, Usage};
 
 use crate::wire::{self, ErrorDetails, Finish, Payload};
@@ -94,7 +93,7 @@ impl Answer {
             SseItem::Event { event: Some("error"), data } => {
                 return Step::Fail(self.mid_stream(error_line_details(data)));
             }
-            SseItem::Event { data, .. } => wire::decode_data(data),
+            SseItem::Event { data, .. } => wire::decode_data(data, self.api_key.as_ref()),
         };
         match payload {
             Ok(Payload::Done) => Step::Complete,
@@ -152,8 +151,13 @@ impl Answer {
     }
 
     pub(crate) fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
+        let details = details.quoted(self.api_key.as_ref());
         let message = if details.message.is_empty() { "unknown error".to_owned() } else { details.message };
         self.scrub(ProviderError::MidStream(message))
+    }
+
+    pub(crate) fn secret(&self) -> Option<&Secret> {
+        self.api_key.as_ref()
     }
 
     pub(crate) fn scrub(&self, err: ProviderError) -> ProviderError {
@@ -225,7 +229,8 @@ pub(crate) fn error_line_details(text: &str) -> ErrorDetails {
             Some(ErrorDetails { message: message.to_owned(), structured: true, ..Default::default() })
         })
     });
-    from_json.unwrap_or_else(|| ErrorDetails { message: truncate_chars(text.trim(), 500), ..Default::default() })
+    // Shortened, after the key is masked, by `Answer::mid_stream`.
+    from_json.unwrap_or_else(|| ErrorDetails { message: text.trim().to_owned(), ..Default::default() })
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use copilot_http::truncate_chars;
-use copilot_provider::{ChatRequest, FinishReason, ModelInfo, ProviderError, UpstreamTimings, Usage};
+use copilot_http::quote;
+use copilot_provider::{ChatRequest, FinishReason, ModelInfo, ProviderError, Secret, UpstreamTimings, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -114,7 +114,17 @@ impl ErrorDetails {
         {
             return details;
         }
-        ErrorDetails { message: copilot_http::excerpt(body, 500), ..Default::default() }
+        ErrorDetails { message: String::from_utf8_lossy(body).trim().to_owned(), ..Default::default() }
+    }
+
+    /// The message as it may be shown: the key masked, then shortened to 500 characters. Until
+    /// then the message is kept whole (an error body is capped, a stream's event too), so a key
+    /// straddling the cut is masked whole before the cut is made.
+    pub fn quoted(mut self, secret: Option<&Secret>) -> ErrorDetails {
+        self.message = copilot_http::quote(&self.message, 500, secret);
+        self.code = self.code.map(|code| copilot_http::quote(&code, 100, secret));
+        self.kind = self.kind.map(|kind| copilot_http::quote(&kind, 100, secret));
+        self
     }
 
     /// The error a JSON value describes, or `None` when it is no error object at all.
@@ -136,7 +146,7 @@ impl ErrorDetails {
         // FastAPI's default for unknown routes and its validation errors (vLLM, LiteLLM).
         let detail = object.get("detail")?;
         let message = detail.as_str().map_or_else(|| compact(detail), str::to_owned);
-        Some(ErrorDetails { message: truncate_chars(&message, 500), ..Default::default() })
+        Some(ErrorDetails { message, ..Default::default() })
     }
 
     fn from_fields(fields: &serde_json::Map<String, Value>) -> ErrorDetails {
@@ -173,7 +183,7 @@ impl ErrorDetails {
 }
 
 fn compact(value: &Value) -> String {
-    truncate_chars(&value.to_string(), 500)
+    value.to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +314,7 @@ pub(crate) enum Payload<'a> {
 }
 
 /// Decodes one event's data; `Err` when it is not JSON or a field has the wrong type.
-pub(crate) fn decode_data(data: &str) -> Result<Payload<'_>, ProviderError> {
+pub(crate) fn decode_data<'a>(data: &'a str, secret: Option<&Secret>) -> Result<Payload<'a>, ProviderError> {
     let data = data.trim();
     if data.is_empty() {
         return Ok(Payload::Skip);
@@ -322,7 +332,7 @@ pub(crate) fn decode_data(data: &str) -> Result<Payload<'_>, ProviderError> {
             }
             return Err(ProviderError::Protocol(format!(
                 "unexpected chunk in the chat stream ({err}): {}",
-                truncate_chars(data, 200)
+                quote(data, 200, secret)
             )));
         }
     };
@@ -346,7 +356,7 @@ fn error_in(data: &str) -> Option<ErrorDetails> {
 }
 
 /// A whole non-streamed `chat.completion` body.
-pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload<'_>, ProviderError> {
+pub(crate) fn decode_completion<'a>(body: &'a [u8], secret: Option<&Secret>) -> Result<Payload<'a>, ProviderError> {
     match serde_json::from_slice::<Chunk>(body) {
         Ok(chunk) if chunk.choices.as_ref().is_some_and(|c| c.any) => Ok(Payload::Chunk(chunk_info(chunk))),
         _ => {
@@ -355,7 +365,7 @@ pub(crate) fn decode_completion(body: &[u8]) -> Result<Payload<'_>, ProviderErro
                 Some(details) => Ok(Payload::Error(details)),
                 None => Err(ProviderError::Protocol(format!(
                     "unexpected chat completion: {}",
-                    truncate_chars(text.trim(), 200)
+                    quote(text.trim(), 200, secret)
                 ))),
             }
         }
@@ -596,7 +606,7 @@ mod tests {
 
     fn chunk(data: Value) -> ChunkInfo<'static> {
         let owned = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
-        match decode_data(&data.to_string()).unwrap() {
+        match decode_data(&data.to_string(), None).unwrap() {
             Payload::Chunk(info) => ChunkInfo {
                 content: info.content,
                 finish: info.finish,
@@ -686,15 +696,15 @@ mod tests {
 
     #[test]
     fn done_and_empty_events() {
-        assert_eq!(decode_data("[DONE]").unwrap(), Payload::Done);
-        assert_eq!(decode_data(" [DONE] ").unwrap(), Payload::Done);
-        assert_eq!(decode_data("").unwrap(), Payload::Skip);
-        assert_eq!(decode_data("{}").unwrap(), Payload::Chunk(ChunkInfo::default()));
+        assert_eq!(decode_data("[DONE]", None).unwrap(), Payload::Done);
+        assert_eq!(decode_data(" [DONE] ", None).unwrap(), Payload::Done);
+        assert_eq!(decode_data("", None).unwrap(), Payload::Skip);
+        assert_eq!(decode_data("{}", None).unwrap(), Payload::Chunk(ChunkInfo::default()));
     }
 
     #[test]
     fn error_events_in_every_shape() {
-        let error = |data: &str| match decode_data(data).unwrap() {
+        let error = |data: &str| match decode_data(data, None).unwrap() {
             Payload::Error(details) => details,
             other => panic!("not an error: {other:?}"),
         };
@@ -710,17 +720,20 @@ mod tests {
         // An error next to a malformed chunk field still reads as the error.
         assert_eq!(error(r#"{"error":{"message":"x"},"choices":"bad"}"#).message, "x");
         // `"error": null` is no error.
-        assert!(matches!(decode_data(r#"{"error":null,"choices":[]}"#).unwrap(), Payload::Chunk(_)));
+        assert!(matches!(decode_data(r#"{"error":null,"choices":[]}"#, None).unwrap(), Payload::Chunk(_)));
     }
 
     #[test]
     fn malformed_chunks_are_protocol_errors_with_a_short_excerpt() {
-        let Err(ProviderError::Protocol(message)) = decode_data("<html>bad gateway</html>") else { panic!() };
+        let Err(ProviderError::Protocol(message)) = decode_data("<html>bad gateway</html>", None) else { panic!() };
         assert!(message.contains("<html>bad gateway</html>"), "{message}");
         let long = format!("{{\"choices\": {}", "x".repeat(5000));
-        let Err(ProviderError::Protocol(message)) = decode_data(&long) else { panic!() };
+        let Err(ProviderError::Protocol(message)) = decode_data(&long, None) else { panic!() };
         assert!(message.len() < 400, "{}", message.len());
-        assert!(matches!(decode_data(r#"{"choices":[{"delta":{"content":5}}]}"#), Err(ProviderError::Protocol(_))));
+        assert!(matches!(
+            decode_data(r#"{"choices":[{"delta":{"content":5}}]}"#, None),
+            Err(ProviderError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -729,13 +742,13 @@ mod tests {
             "choices":[{"index":0,"message":{"role":"assistant","content":"Hello!","refusal":null},"logprobs":null,"finish_reason":"stop"}],
             "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}});
         let body = body.to_string();
-        let Payload::Chunk(info) = decode_completion(body.as_bytes()).unwrap() else { panic!() };
+        let Payload::Chunk(info) = decode_completion(body.as_bytes(), None).unwrap() else { panic!() };
         assert_eq!(info.content.as_deref(), Some("Hello!"));
         assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Stop)));
         assert_eq!(info.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
         assert_eq!(info.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
-        assert!(matches!(decode_completion(br#"{"error":{"message":"x"}}"#).unwrap(), Payload::Error(_)));
-        assert!(decode_completion(b"nope").is_err());
+        assert!(matches!(decode_completion(br#"{"error":{"message":"x"}}"#, None).unwrap(), Payload::Error(_)));
+        assert!(decode_completion(b"nope", None).is_err());
     }
 
     #[test]
@@ -781,7 +794,7 @@ mod tests {
         let page = ErrorDetails::parse(b"  404 page not found\n");
         assert_eq!(page.message, "404 page not found");
         assert!(!page.is_model_not_found());
-        assert_eq!(ErrorDetails::parse("é".repeat(600).as_bytes()).message.chars().count(), 501);
+        assert_eq!(ErrorDetails::parse("é".repeat(600).as_bytes()).quoted(None).message.chars().count(), 501);
     }
 
     #[test]

@@ -58,14 +58,32 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// The same error with `key` masked in the messages that may carry upstream text (what
-    /// arrives in the middle of a stream, or a body that broke the protocol).
+    /// The same error with `key` masked in its message, which may carry upstream text. A
+    /// backstop: upstream text is masked where it is quoted, before it is shortened
+    /// (`copilot_http::quote`), since a key cut in two by the shortening is no longer found.
     pub fn redacted(self, key: Option<&crate::Secret>) -> ProviderError {
         let Some(key) = key else { return self };
         match self {
+            ProviderError::InvalidRequest(message) => ProviderError::InvalidRequest(key.redact(&message)),
+            ProviderError::ModelNotFound { model } => ProviderError::ModelNotFound { model: key.redact(&model) },
+            ProviderError::Unauthorized(message) => ProviderError::Unauthorized(key.redact(&message)),
+            ProviderError::RateLimited { message, retry_after } => {
+                ProviderError::RateLimited { message: key.redact(&message), retry_after }
+            }
+            ProviderError::Overloaded { message, retry_after } => {
+                ProviderError::Overloaded { message: key.redact(&message), retry_after }
+            }
+            ProviderError::CapacityExhausted { message, retry_after } => {
+                ProviderError::CapacityExhausted { message: key.redact(&message), retry_after }
+            }
+            ProviderError::ModelUnusable(message) => ProviderError::ModelUnusable(key.redact(&message)),
+            ProviderError::Unreachable(message) => ProviderError::Unreachable(key.redact(&message)),
+            ProviderError::Upstream { status, message } => {
+                ProviderError::Upstream { status, message: key.redact(&message) }
+            }
             ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
+            ProviderError::Interrupted(message) => ProviderError::Interrupted(key.redact(&message)),
             ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
-            other => other,
         }
     }
 
@@ -86,12 +104,16 @@ mod tests {
     use crate::Secret;
 
     #[test]
-    fn redacted_masks_the_key_in_upstream_text_only() {
+    fn redacted_masks_the_key_in_every_message() {
         let key = Secret::new("sk-very-secret");
         let mid = ProviderError::MidStream("bad key sk-very-secret".into()).redacted(Some(&key));
         assert_eq!(mid, ProviderError::MidStream("bad key ***".into()));
         let protocol = ProviderError::Protocol("echo sk-very-secret".into()).redacted(Some(&key));
         assert_eq!(protocol, ProviderError::Protocol("echo ***".into()));
+        let upstream = ProviderError::Upstream { status: 502, message: "sk-very-secret".into() };
+        assert_eq!(upstream.redacted(Some(&key)), ProviderError::Upstream { status: 502, message: "***".into() });
+        let limited = ProviderError::RateLimited { message: "k=sk-very-secret".into(), retry_after: None };
+        assert_eq!(limited.redacted(Some(&key)).to_string(), "rate limited by the upstream: k=***");
         let other = ProviderError::Unreachable("no route".into());
         assert_eq!(other.clone().redacted(Some(&key)), other);
         let unkeyed = ProviderError::MidStream("sk-very-secret".into());
