@@ -945,8 +945,9 @@ mod duration {
         }
         match Raw::deserialize(d)? {
             Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-            Raw::Fractional(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-            Raw::Fractional(f) => Err(D::Error::custom(format!("{f} is not a valid number of seconds"))),
+            // Too large for a `Duration` (1e30) is refused like a negative number, not a panic.
+            Raw::Fractional(f) => Duration::try_from_secs_f64(f)
+                .map_err(|_| D::Error::custom(format!("{f} is not a valid number of seconds"))),
             Raw::Text(t) => humantime::parse_duration(t.trim())
                 .map_err(|e| D::Error::custom(format!("'{t}' is not a duration like 30s or 2m: {e}"))),
         }
@@ -1050,6 +1051,18 @@ mod tests {
         assert_eq!(ollama.defaults.temperature, Some(0.2));
         assert_eq!(ollama.defaults.max_tokens, Some(256));
         assert_eq!(config.routing.default_model.as_deref(), Some("ollama/llama3.2:3b"));
+    }
+
+    #[test]
+    fn durations_too_large_for_a_duration_are_refused_not_a_panic() {
+        let config = load(Some("[providers.ollama]\ntimeout = 1.5\n"), &[]).unwrap();
+        assert_eq!(config.providers["ollama"].timeout, Duration::from_millis(1500));
+        for bad in ["1e30", "-1.5", "inf", "nan"] {
+            let err = load(Some(&format!("[providers.ollama]\ntimeout = {bad}\n")), &[]).unwrap_err().to_string();
+            assert!(err.contains("is not a valid number of seconds"), "{bad}: {err}");
+        }
+        let err = load(None, &[("OLLAMA_TIMEOUT", "1e30")]).unwrap_err().to_string();
+        assert!(err.contains("not a valid number of seconds"), "{err}");
     }
 
     #[test]

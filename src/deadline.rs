@@ -23,8 +23,18 @@ impl CallContext {
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.budget.map(|b| self.received + b)
+        self.budget.map(|b| later(self.received, b))
     }
+}
+
+/// The farthest ahead [`later`] reaches: 30 years, as tokio's own timers (further can overflow
+/// the clock on some platforms).
+pub const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + by`, without the panic of `+` when `by` is huge: durations from outside (a client's
+/// `grpc-timeout`, an upstream's `Retry-After`, the config) reach at most [`FAR_FUTURE`] ahead.
+pub fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by.min(FAR_FUTURE)).unwrap_or(at)
 }
 
 /// Parses `<1-8 digits><unit>` where the unit is one of `H M S m u n` (gRPC over HTTP/2 spec).
@@ -61,6 +71,23 @@ mod tests {
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("30000000u"), Some(Duration::from_secs(30)));
         assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+    }
+
+    #[test]
+    fn the_largest_timeout_makes_a_deadline() {
+        // 99999999H is eleven thousand years: still a deadline, 30 years ahead at most.
+        let budget = parse_grpc_timeout("99999999H").unwrap();
+        assert_eq!(budget, Duration::from_secs(99_999_999 * 3600));
+        let call = CallContext { received: Instant::now(), budget: Some(budget) };
+        assert_eq!(call.deadline(), Some(call.received + FAR_FUTURE));
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(later(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(later(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(later(now, Duration::from_secs(u64::MAX)), now + FAR_FUTURE);
     }
 
     #[test]

@@ -256,6 +256,7 @@ fn to_status(error: GatewayError) -> Status {
             Status::with_error_details(Code::ResourceExhausted, message, details("MESSAGE_TOO_LARGE", metadata))
         }
         GatewayError::KeyLimited { key, limit, retry_after } => {
+            let retry_after = copilot_provider::clamp_retry_after(retry_after);
             let reason = match limit {
                 KeyLimit::RequestsPerMinute(_) => "KEY_REQUEST_LIMIT",
                 KeyLimit::TokensPerMinute(_) => "KEY_TOKEN_LIMIT",
@@ -355,7 +356,8 @@ fn provider_status(target: &Target, error: ProviderError, chunks_sent: usize) ->
     metadata.insert("chunks_sent".into(), chunks_sent.to_string());
     let mut d = details(reason, metadata);
     if let Some(delay) = retry_after {
-        d.set_retry_info(Some(delay));
+        // Adapters cap what upstreams ask for already; this cap holds for every provider.
+        d.set_retry_info(Some(copilot_provider::clamp_retry_after(delay)));
     }
     Status::with_error_details(code, message, d)
 }
@@ -417,6 +419,26 @@ mod tests {
         });
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_info_is_capped_whoever_asks() {
+        let cap = Some(copilot_provider::MAX_RETRY_AFTER);
+        for error in [
+            ProviderError::RateLimited { message: "m".into(), retry_after: Some(Duration::MAX) },
+            ProviderError::Overloaded { message: "m".into(), retry_after: Some(Duration::from_secs(u64::MAX)) },
+            ProviderError::CapacityExhausted { message: "m".into(), retry_after: Some(Duration::from_secs(3601)) },
+        ] {
+            assert_eq!(status_of(error).get_details_retry_info().unwrap().retry_delay, cap);
+        }
+        let status: Status = GatewayError::KeyLimited {
+            key: "k".into(),
+            limit: KeyLimit::RequestsPerMinute(1),
+            retry_after: Duration::MAX,
+        }
+        .into();
+        assert_eq!(status.get_details_retry_info().unwrap().retry_delay, cap);
+        assert!(status.message().contains("retry in 1h"), "{}", status.message());
     }
 
     #[test]

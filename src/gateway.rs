@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{AliasTarget, DefaultOptions};
-use crate::deadline::CallContext;
+use crate::deadline::{CallContext, later};
 use crate::error::{GatewayError, Phase};
 use crate::observe::{self, error_type};
 use crate::resilience::backoff;
@@ -143,7 +143,7 @@ impl Gateway {
                     _ => None,
                 };
                 let pause = backoff(attempt, instance.retry_backoff, instance.retry_backoff_max, retry_after);
-                if call.deadline().is_some_and(|deadline| Instant::now() + pause >= deadline) {
+                if call.deadline().is_some_and(|deadline| later(Instant::now(), pause) >= deadline) {
                     // No time left to wait for a retry here: let the next target have a go.
                     break;
                 }
@@ -369,7 +369,7 @@ fn with_defaults(
 
 /// The next moment to give up: the call's deadline or the end of the allowed silence.
 fn wake_at(call: &CallContext, last_progress: Instant, silence: Duration) -> Instant {
-    let silence_ends = last_progress + silence;
+    let silence_ends = later(last_progress, silence);
     match call.deadline() {
         Some(deadline) => deadline.min(silence_ends),
         None => silence_ends,

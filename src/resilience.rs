@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::deadline::later;
+
 /// Opens after `threshold` consecutive failures; after `cooldown` lets one probe call through
 /// (half-open); closes again when a call succeeds.
 pub struct Breaker {
@@ -70,7 +72,7 @@ impl Breaker {
             }
             (_, false) => {
                 tracing::warn!(cooldown = ?self.cooldown, "circuit breaker opened");
-                BreakerState::Open { until: Instant::now() + self.cooldown }
+                BreakerState::Open { until: later(Instant::now(), self.cooldown) }
             }
         };
     }
@@ -135,8 +137,8 @@ impl ConcurrencyLimit {
             return Err(reached());
         }
         let until = match deadline {
-            Some(deadline) => deadline.min(Instant::now() + self.wait),
-            None => Instant::now() + self.wait,
+            Some(deadline) => deadline.min(later(Instant::now(), self.wait)),
+            None => later(Instant::now(), self.wait),
         };
         let result = tokio::time::timeout_at(until, self.permits.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -149,14 +151,14 @@ impl ConcurrencyLimit {
 
 /// The pause before retry number `retry` (1-based): exponential from `base`, capped at `max`,
 /// with "equal jitter" (half fixed, half random) so retries of many clients spread out; a longer
-/// `Retry-After` from the upstream wins.
+/// `Retry-After` from the upstream wins (at most [`copilot_provider::MAX_RETRY_AFTER`]).
 pub fn backoff(retry: u32, base: Duration, max: Duration, retry_after: Option<Duration>) -> Duration {
     let exponential = base.saturating_mul(1u32 << retry.saturating_sub(1).min(16)).min(max);
     let half = exponential / 2;
     let jitter = half.mul_f64(random_unit());
     let pause = half + jitter;
     match retry_after {
-        Some(after) => after.max(pause),
+        Some(after) => copilot_provider::clamp_retry_after(after).max(pause),
         None => pause,
     }
 }
@@ -241,5 +243,19 @@ mod tests {
             assert!(pause >= full / 2 && pause <= full, "retry {retry}: {pause:?}");
         }
         assert_eq!(backoff(1, base, max, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        let cap = copilot_provider::MAX_RETRY_AFTER;
+        assert_eq!(backoff(1, base, max, Some(Duration::MAX)), cap, "an absurd Retry-After is capped");
+        assert!(backoff(40, Duration::MAX, Duration::MAX, None) <= Duration::MAX);
+    }
+
+    #[tokio::test]
+    async fn endless_cooldowns_and_waits_do_not_panic() {
+        let breaker = Breaker::new(1, Duration::MAX);
+        breaker.allow().unwrap().failure();
+        assert!(breaker.is_open());
+        let limit = ConcurrencyLimit::new(1, 1, Duration::MAX);
+        let _held = limit.acquire(None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(limit.acquire(Some(deadline)).await.is_err());
     }
 }

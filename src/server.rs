@@ -160,7 +160,7 @@ async fn run(
     loop {
         let drain_over = async {
             match draining_since {
-                Some(since) => tokio::time::sleep_until(since + config.server.drain_delay).await,
+                Some(since) => tokio::time::sleep_until(crate::deadline::later(since, config.server.drain_delay)).await,
                 None => std::future::pending().await,
             }
         };

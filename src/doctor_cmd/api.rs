@@ -378,7 +378,7 @@ async fn generate(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report
     // The server learns the deadline too, and drops the upstream request when it passes.
     request.set_timeout(suite.timeout);
     let started = Instant::now();
-    let answer = bounded(suite.timeout + Duration::from_secs(2), api.generate(request)).await;
+    let answer = bounded(suite.timeout.saturating_add(Duration::from_secs(2)), api.generate(request)).await;
     let took = started.elapsed();
     match answer {
         Ok(response) => {
@@ -420,7 +420,7 @@ async fn chat(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report: &m
     });
     request.set_timeout(suite.timeout);
     let started = Instant::now();
-    let streamed = bounded(suite.timeout + Duration::from_secs(2), async {
+    let streamed = bounded(suite.timeout.saturating_add(Duration::from_secs(2)), async {
         let mut stream = api.chat(request).await?.into_inner();
         let (mut first, mut chunks, mut text, mut last) = (None, 0usize, String::new(), None);
         while let Some(message) = stream.message().await? {

@@ -141,6 +141,58 @@ async fn retries_back_off_and_honour_retry_after() {
     assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(30)));
 }
 
+/// Waits no clock can hold: `Retry-After: 18446744073709551615` (Ollama-style) and OpenAI's
+/// `retry-after-ms: 1e30` used to panic the call (CANCELLED, no status). They are capped at an
+/// hour: too long to wait out within the deadline, so the status carries the capped hint.
+#[tokio::test]
+async fn absurd_retry_waits_are_capped_not_a_crash() {
+    const KEY: &str = "sk-absurd-waits";
+    let ollama_fake = fake_with(FakeModel::new("m")).await;
+    let openai_fake = copilot_fakes::FakeOpenAi::start().await.with_api_key(KEY);
+    openai_fake.add_model(FakeModel::new("m"));
+    let config = [
+        ollama("flaky", &ollama_fake.base_url(), "retries = 2\nretry_backoff = \"10ms\""),
+        ollama("once", &ollama_fake.base_url(), ""),
+        format!(
+            "[providers.open]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"TEST_OPENAI_KEY\"\nretries = 2\n\
+             retry_backoff = \"10ms\"\n",
+            openai_fake.base_url()
+        ),
+    ]
+    .concat();
+    let copilot = Copilot::start_with(&config, &[("TEST_OPENAI_KEY", KEY.into())]).await;
+    let cap = Some(Duration::from_secs(3600));
+    let with_deadline = |model: &str| {
+        let mut request = tonic::Request::new(chat(model));
+        request.set_timeout(Duration::from_secs(5));
+        request
+    };
+
+    // With retries left and a deadline: the retry is weighed against the deadline, not waited.
+    ollama_fake.fail_next(1, 429, Some(u64::MAX));
+    let status =
+        within(LIMIT, copilot.client_without_local_deadline().chat(with_deadline("flaky/m"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.get_details_retry_info().unwrap().retry_delay, cap);
+
+    // No retries, no deadline: straight to the status, whose hint is capped too.
+    ollama_fake.fail_next_with_headers(1, 503, &[("retry-after", "18446744073709551615")]);
+    let status = within(LIMIT, copilot.client().await.chat(chat("once/m"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_retry_info().unwrap().retry_delay, cap);
+
+    openai_fake.fail_next_with_headers(1, 429, &[("retry-after-ms", "1e30")]);
+    let status =
+        within(LIMIT, copilot.client_without_local_deadline().chat(with_deadline("open/m"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.get_details_retry_info().unwrap().retry_delay, cap);
+    assert_eq!(openai_fake.chat_requests().len(), 1, "no retry within the deadline");
+
+    // The server is still there for the next call.
+    let answer = within(LIMIT, copilot.client().await.chat(chat("open/m"))).await.unwrap().into_inner();
+    assert!(within(LIMIT, answer.collect::<Vec<_>>()).await.iter().all(Result::is_ok));
+}
+
 #[tokio::test]
 async fn the_circuit_breaker_opens_and_recovers() {
     let fake = fake_with(FakeModel::new("m")).await;

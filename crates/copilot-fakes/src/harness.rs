@@ -80,18 +80,24 @@ impl Drop for Server {
 }
 
 /// Requests still to fail, set by a fake's `fail_next`.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct FailNext {
     remaining: usize,
     pub(crate) status: u16,
     pub(crate) retry_after: Option<u64>,
+    /// Headers sent as given, after (and over) the ones the fake adds itself.
+    headers: HeaderMap,
 }
 
 impl FailNext {
-    /// Adds the `Retry-After: <seconds>` header, when the failure was scripted with one.
+    /// Adds the `Retry-After: <seconds>` header, when the failure was scripted with one, and the
+    /// headers it was scripted with verbatim.
     pub(crate) fn add_retry_after(&self, response: &mut Response) {
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(name, value.clone());
         }
     }
 }
@@ -139,7 +145,27 @@ impl Harness {
 
     /// The next `count` chat requests fail with `status` (and `Retry-After: retry_after`).
     pub(crate) fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        *self.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after });
+        self.fail_next_with_headers(count, status, retry_after, &[]);
+    }
+
+    /// Like [`fail_next`](Self::fail_next), with `headers` (name, value) sent as they are: any
+    /// `Retry-After` or `retry-after-ms` string an upstream might send. Panics on a name or value
+    /// HTTP cannot carry (a test's mistake).
+    pub(crate) fn fail_next_with_headers(
+        &self,
+        count: usize,
+        status: u16,
+        retry_after: Option<u64>,
+        headers: &[(&str, &str)],
+    ) {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                let name = header::HeaderName::try_from(*name).expect("a valid header name");
+                (name, HeaderValue::from_str(value).expect("a valid header value"))
+            })
+            .collect();
+        *self.fail_next.lock().unwrap() = Some(FailNext { remaining: count, status, retry_after, headers });
     }
 
     /// The failure this request must answer with, if any are left to script.
@@ -147,7 +173,7 @@ impl Harness {
         let mut pending = self.fail_next.lock().unwrap();
         let failure = pending.as_mut().filter(|f| f.remaining > 0)?;
         failure.remaining -= 1;
-        Some(*failure)
+        Some(failure.clone())
     }
 
     pub(crate) fn set_record_requests(&self, record: bool) {

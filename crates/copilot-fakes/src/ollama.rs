@@ -103,6 +103,12 @@ impl FakeOllama {
         self.shared.harness.fail_next(count, status, retry_after);
     }
 
+    /// Like [`fail_next`](Self::fail_next), with no `Retry-After` of its own but `headers` sent
+    /// verbatim, e.g. `("retry-after", "18446744073709551615")`.
+    pub fn fail_next_with_headers(&self, count: usize, status: u16, headers: &[(&str, &str)]) {
+        self.shared.harness.fail_next_with_headers(count, status, None, headers);
+    }
+
     /// TCP connections accepted so far: a client that pools connections opens one for calls made
     /// one after another.
     pub fn connections_accepted(&self) -> usize {

@@ -248,6 +248,12 @@ impl FakeOpenAi {
         self.shared.harness.fail_next(count, status, retry_after);
     }
 
+    /// Like [`fail_next`](Self::fail_next), with no `Retry-After` of its own but `headers` sent
+    /// verbatim, e.g. `("retry-after-ms", "1e30")` as OpenAI spells its wait.
+    pub fn fail_next_with_headers(&self, count: usize, status: u16, headers: &[(&str, &str)]) {
+        self.shared.harness.fail_next_with_headers(count, status, None, headers);
+    }
+
     /// Whether to keep chat requests for [`chat_requests`](Self::chat_requests) (on by default).
     pub fn set_record_requests(&self, record: bool) {
         self.shared.harness.set_record_requests(record);

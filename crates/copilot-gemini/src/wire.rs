@@ -424,19 +424,25 @@ pub(crate) fn fallback_message(body: &[u8], secret: Option<&Secret>) -> String {
     quote(text, 500, secret)
 }
 
-/// A proto3 JSON `Duration`: seconds with up to nine fractional digits and an `s` suffix.
+/// A proto3 JSON `Duration` as a wait (`RetryInfo.retryDelay`): seconds with up to nine fractional
+/// digits and an `s` suffix, read exactly; other numbers of seconds (`1e30s`, `.5s`) read as
+/// floats. At most [`copilot_provider::MAX_RETRY_AFTER`]; `None` for a negative, NaN or unreadable
+/// value.
 pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     let number = value.trim().strip_suffix('s')?;
     let (seconds, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if seconds.is_empty() || !seconds.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    let canonical = !seconds.is_empty()
+        && seconds.bytes().all(|b| b.is_ascii_digit())
+        && fraction.len() <= 9
+        && fraction.bytes().all(|b| b.is_ascii_digit());
+    if !canonical {
+        return copilot_provider::retry_after_from_secs_f64(number.parse().ok()?);
     }
     let nanos =
         if fraction.is_empty() { 0 } else { fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32) };
-    Some(Duration::new(seconds.parse().ok()?, nanos))
+    // More digits than a u64 holds is still a (very) long wait.
+    let seconds = seconds.parse::<u64>().unwrap_or(u64::MAX);
+    Some(copilot_provider::clamp_retry_after(Duration::new(seconds, nanos)))
 }
 
 /// An error that arrived after the stream began as bare JSON rather than a `data:` event (an SSE
@@ -811,9 +817,22 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0.000001s"), Some(Duration::from_micros(1)));
         assert_eq!(parse_duration("53.123456789s"), Some(Duration::new(53, 123_456_789)));
-        for bad in ["", "s", "30", "-1s", "1.s5", "1.0000000001s", ".5s", "abc s"] {
+        assert_eq!(parse_duration(".5s"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5e1s"), Some(Duration::from_secs(15)));
+        for bad in ["", "s", "30", "-1s", "1.s5", "abc s", "NaNs", "-infs", "-1e30s", "1e30"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn absurd_retry_delays_are_capped() {
+        let cap = copilot_provider::MAX_RETRY_AFTER;
+        for huge in ["3601s", "1e30s", "infs", "18446744073709551615.999999999s", "99999999999999999999999999s"] {
+            assert_eq!(parse_duration(huge), Some(cap), "{huge:?}");
+        }
+        let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[
+                     {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1e30s"}]}}"#;
+        assert_eq!(parse_error_body(body.as_bytes()).unwrap().retry_delay(), Some(cap));
     }
 
     #[test]

@@ -123,11 +123,11 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 /// The wait a `retry-after-ms` header asks for (milliseconds, possibly fractional), which OpenAI
-/// and Anthropic send and their SDKs prefer to `Retry-After`.
+/// and Anthropic send and their SDKs prefer to `Retry-After`. Both are capped at
+/// [`copilot_provider::MAX_RETRY_AFTER`].
 pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after-ms")?.to_str().ok()?;
-    let ms = value.trim().parse::<f64>().ok().filter(|ms| ms.is_finite() && *ms >= 0.0)?;
-    Some(Duration::from_secs_f64(ms / 1000.0))
+    copilot_provider::parse_retry_after_ms(value)
 }
 
 /// Ends a streamed response whose answer is complete, without keeping the caller waiting: what is
@@ -423,9 +423,14 @@ mod tests {
         headers.insert("retry-after-ms", HeaderValue::from_static(" 1500.5"));
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
         assert_eq!(retry_after_ms(&headers), Some(Duration::from_micros(1_500_500)));
-        for bad in ["soon", "-1", "NaN", "inf"] {
+        for bad in ["soon", "-1", "NaN", "-inf"] {
             headers.insert("retry-after-ms", HeaderValue::from_static(bad));
             assert_eq!(retry_after_ms(&headers), None, "{bad}");
         }
+        // Absurd asks are capped rather than trusted (they used to panic the first Instant sum).
+        headers.insert("retry-after", HeaderValue::from_static("18446744073709551615"));
+        headers.insert("retry-after-ms", HeaderValue::from_static("1e30"));
+        assert_eq!(retry_after(&headers, now), Some(copilot_provider::MAX_RETRY_AFTER));
+        assert_eq!(retry_after_ms(&headers), Some(copilot_provider::MAX_RETRY_AFTER));
     }
 }

@@ -564,6 +564,12 @@ mod tests {
         assert_eq!(retry_after(&both, too_many, now), Some(Duration::from_millis(2500)));
         assert_eq!(retry_after(&headers(&[("x-ratelimit-reset-requests", "1s")]), too_many, now), None);
         assert_eq!(retry_after(&headers(&[("retry-after-ms", "soon")]), too_many, now), None);
+        // However far away the server says, the wait is capped.
+        let cap = copilot_provider::MAX_RETRY_AFTER;
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "1e30")]), too_many, now), Some(cap));
+        assert_eq!(retry_after(&headers(&[("retry-after", "18446744073709551615")]), status(503), now), Some(cap));
+        let far = headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "99999999999h")]);
+        assert_eq!(retry_after(&far, too_many, now), Some(cap));
     }
 
     fn config(base_url: &str) -> OpenAiConfig {

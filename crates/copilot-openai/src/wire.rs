@@ -414,8 +414,10 @@ fn saturate(count: Option<u64>) -> u32 {
     count.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// A server-reported time in milliseconds; `None` for one no `Duration` can hold (negative, NaN,
+/// or absurdly large).
 fn millis(ms: f64) -> Option<Duration> {
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+    Duration::try_from_secs_f64(ms / 1000.0).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +504,8 @@ pub(crate) fn find_model(models: Vec<ModelInfo>, name: &str) -> Option<ModelInfo
 // Rate-limit headers
 
 /// A Go-style duration as OpenAI's `x-ratelimit-reset-*` headers carry it: `12ms`, `1s`,
-/// `6m0s`, `1h2m3.5s`. `None` for anything else.
+/// `6m0s`, `1h2m3.5s`, as a wait: at most [`copilot_provider::MAX_RETRY_AFTER`]. `None` for
+/// anything else.
 pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -529,7 +532,7 @@ pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    Duration::try_from_secs_f64(total).ok()
+    copilot_provider::retry_after_from_secs_f64(total)
 }
 
 #[cfg(test)]
@@ -843,10 +846,25 @@ mod tests {
         assert_eq!(parse_go_duration("12ms"), Some(Duration::from_millis(12)));
         assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("2m3.5s"), Some(Duration::from_millis(123_500)));
         assert_eq!(parse_go_duration("0.5s"), Some(Duration::from_millis(500)));
         for bad in ["", "5", "s", "1x", "-1s", "1.2.3s"] {
             assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+        let cap = copilot_provider::MAX_RETRY_AFTER;
+        for huge in ["1h2m3.5s", "2h", "18446744073709551615s", "99999999999999999999999999h1s"] {
+            assert_eq!(parse_go_duration(huge), Some(cap), "{huge:?}");
+        }
+        let digits = "9".repeat(400) + "s"; // infinity as an f64
+        assert_eq!(parse_go_duration(&digits), Some(cap));
+    }
+
+    #[test]
+    fn server_timings_that_fit_no_duration_are_dropped() {
+        assert_eq!(millis(70.0), Some(Duration::from_millis(70)));
+        for bad in [1e30, f64::INFINITY, f64::NAN, -1.0] {
+            assert_eq!(millis(bad), None, "{bad}");
         }
     }
 }

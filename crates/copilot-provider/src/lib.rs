@@ -10,7 +10,9 @@ mod secret;
 mod types;
 
 pub use error::ProviderError;
-pub use retry_after::parse_retry_after;
+pub use retry_after::{
+    MAX_RETRY_AFTER, clamp_retry_after, parse_retry_after, parse_retry_after_ms, retry_after_from_secs_f64,
+};
 pub use secret::Secret;
 pub use types::*;
 
