@@ -24,6 +24,11 @@ use crate::resilience::backoff;
 use crate::router::{Instance, Router, Target};
 use crate::validate::ValidRequest;
 
+/// The longest a call waits on one instance for a retry. An upstream that asks for a longer
+/// pause (`Retry-After`) is not waited for in place: the next target is tried, or the client gets
+/// the status with that `RetryInfo` at once and decides itself, instead of a call that seems to hang.
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+
 /// What a client sees of a completion, as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
@@ -143,8 +148,11 @@ impl Gateway {
                     _ => None,
                 };
                 let pause = backoff(attempt, instance.retry_backoff, instance.retry_backoff_max, retry_after);
-                if call.deadline().is_some_and(|deadline| later(Instant::now(), pause) >= deadline) {
-                    // No time left to wait for a retry here: let the next target have a go.
+                if pause > MAX_RETRY_PAUSE
+                    || call.deadline().is_some_and(|deadline| later(Instant::now(), pause) >= deadline)
+                {
+                    // No time left (or too long) to wait for a retry here: let the next target
+                    // have a go, or give the caller the upstream's own hint.
                     break;
                 }
                 tracing::info!(

@@ -193,6 +193,28 @@ async fn absurd_retry_waits_are_capped_not_a_crash() {
     assert!(within(LIMIT, answer.collect::<Vec<_>>()).await.iter().all(Result::is_ok));
 }
 
+/// A retry is never waited for longer than a short bound in place, even without a deadline: a
+/// minute's `Retry-After` goes straight back to the caller with its RetryInfo.
+#[tokio::test]
+async fn a_long_retry_after_is_not_waited_for_in_place() {
+    let fake = fake_with(FakeModel::new("m")).await;
+    let config = ollama("flaky", &fake.base_url(), "retries = 2\nretry_backoff = \"10ms\"");
+    let copilot = Copilot::start_with(&config, &[]).await;
+    fake.fail_next(1, 429, Some(60));
+    let started = std::time::Instant::now();
+    let status = within(Duration::from_secs(15), copilot.client().await.chat(chat("flaky/m"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(60)));
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert_eq!(fake.chat_requests().len(), 1, "not retried in place");
+
+    // A short one is still waited for and retried.
+    fake.fail_next(1, 429, Some(1));
+    let answer = within(LIMIT, copilot.client().await.chat(chat("flaky/m"))).await.unwrap().into_inner();
+    assert!(within(LIMIT, answer.collect::<Vec<_>>()).await.iter().all(Result::is_ok));
+    assert_eq!(fake.chat_requests().len(), 3, "the short wait was retried");
+}
+
 #[tokio::test]
 async fn the_circuit_breaker_opens_and_recovers() {
     let fake = fake_with(FakeModel::new("m")).await;
