@@ -79,6 +79,12 @@ pub enum GatewayError {
     #[error("a request message of {size} bytes is over the limit of {limit}")]
     MessageTooLarge { size: u64, limit: usize },
 
+    /// The upstream's reply outgrew `limits.max_response_bytes`: the text `Generate` collects
+    /// (`chunk_bytes` None), or one chunk of a `Chat` stream (its size). The upstream request
+    /// was cancelled.
+    #[error("{}: the reply is over the limit of {limit} bytes", target.routable_name())]
+    ResponseTooLarge { target: Box<Target>, limit: usize, chunk_bytes: Option<usize> },
+
     /// The caller's key is over one of its per-minute budgets.
     #[error("key '{key}' is over its {limit}")]
     KeyLimited { key: String, limit: KeyLimit, retry_after: Duration },
@@ -254,6 +260,26 @@ fn to_status(error: GatewayError) -> Status {
             );
             let metadata = HashMap::from([("limit_bytes".to_string(), limit.to_string())]);
             Status::with_error_details(Code::ResourceExhausted, message, details("MESSAGE_TOO_LARGE", metadata))
+        }
+        GatewayError::ResponseTooLarge { target, limit, chunk_bytes } => {
+            let name = target.routable_name();
+            let message = match chunk_bytes {
+                None => format!(
+                    "{name}'s reply grew past {limit} bytes, the most this server collects for a Generate \
+                     reply (its limits.max_response_bytes); the upstream request was cancelled: ask for \
+                     fewer tokens (max_tokens), stream the reply with Chat, or raise \
+                     limits.max_response_bytes"
+                ),
+                Some(size) => format!(
+                    "{name} sent a single chunk of {size} bytes, more than the {limit} bytes this server \
+                     relays in one message (its limits.max_response_bytes); the upstream request was \
+                     cancelled: raise limits.max_response_bytes to accept it"
+                ),
+            };
+            let mut metadata = target_metadata(&target);
+            metadata.insert("limit_bytes".to_string(), limit.to_string());
+            metadata.insert("config_key".to_string(), "limits.max_response_bytes".to_string());
+            Status::with_error_details(Code::ResourceExhausted, message, details("RESPONSE_TOO_LARGE", metadata))
         }
         GatewayError::KeyLimited { key, limit, retry_after } => {
             let retry_after = copilot_provider::clamp_retry_after(retry_after);

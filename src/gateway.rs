@@ -36,6 +36,23 @@ pub enum GatewayEvent {
     Done(Summary),
 }
 
+/// How much reply text a call may carry (`limits.max_response_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseLimit {
+    /// A streamed reply: no chunk may be larger.
+    Chunk(usize),
+    /// A reply collected whole: all chunks together may not be larger.
+    Total(usize),
+}
+
+impl ResponseLimit {
+    pub fn bytes(self) -> usize {
+        match self {
+            ResponseLimit::Chunk(max) | ResponseLimit::Total(max) => max,
+        }
+    }
+}
+
 /// The end of a successful completion: what the upstream reported, plus what the gateway measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -96,13 +113,14 @@ impl Gateway {
         &self,
         request: ValidRequest,
         call: CallContext,
+        limit: ResponseLimit,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static, GatewayError> {
         let plan = self.router.resolve(&request.model)?;
         let order = plan.attempt_order();
         let mut failures: Vec<GatewayError> = Vec::new();
         for (index, target) in order.iter().enumerate() {
             let fallback_reason = failures.last().map(error_type);
-            match self.try_target(target, &request, &call, fallback_reason).await {
+            match self.try_target(target, &request, &call, limit, fallback_reason).await {
                 Ok(stream) => return Ok(stream),
                 Err(Outcome::Stop(error)) => return Err(error),
                 Err(Outcome::FallBack(error)) => {
@@ -132,6 +150,7 @@ impl Gateway {
         target: &Target,
         request: &ValidRequest,
         call: &CallContext,
+        limit: ResponseLimit,
         fallback_reason: Option<String>,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
         let instance = &target.instance;
@@ -208,6 +227,7 @@ impl Gateway {
                         permit,
                         in_flight,
                         attempt,
+                        limit,
                     ));
                 }
                 Err(error) => {
@@ -422,12 +442,14 @@ fn relay(
     permit: Option<OwnedSemaphorePermit>,
     in_flight: InFlight,
     mut attempt: observe::Attempt,
+    limit: ResponseLimit,
 ) -> impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static {
     async_stream::stream! {
         let _permit = permit;
         let _in_flight = in_flight;
         let silence = target.instance.idle_timeout;
         let mut chunks_sent = 0usize;
+        let mut bytes_sent = 0usize;
         let mut first_token_at: Option<Instant> = None;
         let mut last_progress = Instant::now();
         // One timer for the whole stream, re-armed lazily when it fires, rather than reset per
@@ -456,6 +478,20 @@ fn relay(
             };
             match next {
                 Ok(Some(Ok(ChatEvent::Delta(text)))) => {
+                    // Checked before the text is passed on, so a Generate never holds more than
+                    // the limit; breaking out drops the upstream stream, which cancels its request.
+                    bytes_sent = bytes_sent.saturating_add(text.len());
+                    let chunk_bytes = match limit {
+                        ResponseLimit::Chunk(max) => (text.len() > max).then_some(Some(text.len())),
+                        ResponseLimit::Total(max) => (bytes_sent > max).then_some(None),
+                    };
+                    if let Some(chunk_bytes) = chunk_bytes {
+                        let limit = limit.bytes();
+                        let error = GatewayError::ResponseTooLarge { target: target.name(), limit, chunk_bytes };
+                        attempt.failed(&error);
+                        yield Err(error);
+                        break;
+                    }
                     last_progress = Instant::now();
                     first_token_at.get_or_insert(last_progress);
                     chunks_sent += 1;

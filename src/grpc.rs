@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
-use crate::gateway::{Gateway, GatewayEvent, ListedModel, Summary};
+use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit, Summary};
 use crate::proto::v1 as pb;
 use crate::validate;
 
@@ -43,7 +43,9 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
-        let events = self.gateway.chat(valid, call).await?;
+        // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
+        let limit = ResponseLimit::Total(self.limits.max_response_bytes);
+        let events = self.gateway.chat(valid, call, limit).await?;
         futures::pin_mut!(events);
         let mut text = String::new();
         while let Some(event) = events.next().await {
@@ -74,7 +76,9 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
-        let events = self.gateway.chat(valid, call).await?;
+        // Streamed with backpressure, so only each message is bounded, not the stream.
+        let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
+        let events = self.gateway.chat(valid, call, limit).await?;
         let responses = events.map(move |event| match event {
             Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
             Ok(GatewayEvent::Done(summary)) => {

@@ -127,6 +127,7 @@ pub fn error_type(error: &GatewayError) -> String {
         GatewayError::UpstreamTimeout { .. } => "timeout".into(),
         GatewayError::CircuitOpen { .. } => "circuit_open".into(),
         GatewayError::ShuttingDown => "shutting_down".into(),
+        GatewayError::ResponseTooLarge { .. } => "response_too_large".into(),
         _ => "_OTHER".into(),
     }
 }

@@ -91,11 +91,19 @@ pub struct LimitsConfig {
     /// The most characters of prompt one request may carry: the sum over all its messages
     /// (Generate: the prompt plus the system prompt).
     pub max_prompt_chars: usize,
+    /// The most bytes of reply text one call may carry: the whole text `Generate` collects, and
+    /// any single chunk a `Chat` stream relays. Past it the upstream request is cancelled.
+    pub max_response_bytes: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 4 * 1024 * 1024, max_messages: 1000, max_prompt_chars: 1_000_000 }
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_messages: 1000,
+            max_prompt_chars: 1_000_000,
+            max_response_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -136,6 +144,7 @@ pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsC
         ("max_message_bytes", limits.max_message_bytes),
         ("max_messages", limits.max_messages),
         ("max_prompt_chars", limits.max_prompt_chars),
+        ("max_response_bytes", limits.max_response_bytes),
     ] {
         if value == 0 {
             return Err(invalid(format!("limits.{field}"), "must be at least 1"));
@@ -169,6 +178,7 @@ mod tests {
         assert!(config.auth.open_health && config.auth.open_reflection);
         assert_eq!(config.auth.keys[0].requests_per_minute, None);
         assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.limits.max_response_bytes, 4 * 1024 * 1024);
         assert!(!format!("{:?}", config.auth).contains("ba7816bf"), "Debug shows no hash");
         assert!(load("").unwrap().server.tls.is_none());
     }

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot::proto::v1::{ChatRequest, GenerateRequest, Message, Role};
-use copilot_fakes::{FakeModel, FakeOllama};
-use tonic::Code;
+use copilot_fakes::{FakeModel, FakeOllama, Reply};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::harness::{Copilot, OLLAMA_ONLY, within};
@@ -84,4 +86,83 @@ async fn a_prompt_too_long_is_refused_with_the_limit_named() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "messages");
     assert_eq!(fake.chat_requests().len(), 1);
+}
+
+/// The fakes' models for the reply-size tests, under `limits.max_response_bytes = 65536`.
+async fn start_with_long_replies() -> (FakeOllama, Copilot) {
+    let (fake, copilot) = start("max_response_bytes = 65536").await;
+    fake.add_model(FakeModel::new("endless").with_reply(Reply::Endless));
+    // 1.1 MB in chunks well under the limit, and one chunk over it.
+    fake.add_model(FakeModel::new("long").with_reply(Reply::Tokens(vec!["x".repeat(1000); 1100])));
+    fake.add_model(FakeModel::new("lump").with_reply(Reply::Tokens(vec!["y".repeat(100_000)])));
+    (fake, copilot)
+}
+
+fn generate_with(model: &str) -> GenerateRequest {
+    GenerateRequest { model: format!("ollama/{model}"), ..generate("hi") }
+}
+
+fn assert_response_too_large(status: &Status, what: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "RESPONSE_TOO_LARGE");
+    assert_eq!(info.metadata["limit_bytes"], "65536");
+    assert_eq!(info.metadata["config_key"], "limits.max_response_bytes");
+    assert!(
+        status.message().contains(what)
+            && status.message().contains("65536 bytes")
+            && status.message().contains("limits.max_response_bytes"),
+        "{}",
+        status.message()
+    );
+}
+
+/// What a Chat stream carried, and how it ended.
+async fn drain(client: &mut CopilotClient<Channel>, model: &str) -> (usize, Result<(), Status>) {
+    let request = ChatRequest { model: format!("ollama/{model}"), ..chat(&["hi"]) };
+    let mut stream = match within(LIMIT, client.chat(request)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (0, Err(status)),
+    };
+    let mut bytes = 0;
+    loop {
+        match within(LIMIT, stream.message()).await {
+            Ok(Some(response)) => bytes += response.content.len(),
+            Ok(None) => return (bytes, Ok(())),
+            Err(status) => return (bytes, Err(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_generate_reply_over_the_limit_ends_the_call_and_cancels_the_upstream() {
+    let (fake, copilot) = start_with_long_replies().await;
+    let mut client = copilot.client().await;
+    // Under the limit, Generate is as it was.
+    let reply = within(LIMIT, client.generate(generate("hello there"))).await.unwrap().into_inner();
+    assert_eq!(reply.text, "You said: hello there");
+
+    // An upstream that never stops: the call ends once the text would pass the limit, and the
+    // upstream request is dropped rather than read on.
+    let status = within(LIMIT, client.generate(generate_with("endless"))).await.unwrap_err();
+    assert_response_too_large(&status, "Generate");
+    assert!(fake.wait_for_disconnects(1, LIMIT).await, "the endless upstream request was never cancelled");
+
+    // A finite reply far over the limit is refused too, not returned whole.
+    let status = within(LIMIT, client.generate(generate_with("long"))).await.unwrap_err();
+    assert_response_too_large(&status, "Generate");
+}
+
+#[tokio::test]
+async fn a_chat_chunk_over_the_limit_ends_the_stream_but_a_long_stream_flows() {
+    let (_fake, copilot) = start_with_long_replies().await;
+    let mut client = copilot.client().await;
+    // A stream is relayed, not held: its total is not capped, only each message.
+    let (bytes, end) = drain(&mut client, "long").await;
+    end.unwrap();
+    assert_eq!(bytes, 1_100_000);
+
+    let (bytes, end) = drain(&mut client, "lump").await;
+    assert_eq!(bytes, 0);
+    assert_response_too_large(&end.unwrap_err(), "single chunk of 100000 bytes");
 }
