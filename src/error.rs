@@ -9,10 +9,30 @@ use std::time::Duration;
 
 use copilot_provider::ProviderError;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetail, ErrorDetails, FieldViolation, StatusExt};
 
 /// The `ErrorInfo.domain` of every error this server produces.
 pub const ERROR_DOMAIN: &str = "copilot.v1";
+
+/// Longest status message sent, in bytes (UTF-8): longer ones are cut on a character boundary and
+/// end with an ellipsis. Requests and upstreams can put text of any length into an error (a model
+/// name, a 20 KB upstream error body); the status travels in HTTP/2 trailers, which clients cap at
+/// 8–16 KiB (grpc-java 8 KiB, grpc-go and tonic 16 KiB) and then fail the call with
+/// RESOURCE_EXHAUSTED instead of showing the error.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Longest string in the error details (ErrorInfo metadata values, BadRequest fields and
+/// descriptions, QuotaFailure entries), cut like the message.
+pub const MAX_DETAIL_BYTES: usize = 256;
+
+/// Longest BadRequest field path (`messages[3].content`), in bytes.
+const MAX_FIELD_PATH_BYTES: usize = 128;
+
+/// Most BadRequest field violations sent; the message lists more, up to its own cap.
+pub const MAX_FIELD_VIOLATIONS: usize = 5;
+
+// Worst case with every cap reached: the message percent-encodes to at most 3 KiB, the details
+// (base64) to under 4 KiB: the trailers stay under 8 KiB (a test builds that case).
 
 /// Which provider and model a failed call was routed to.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,8 +162,66 @@ fn describe_violations(violations: &[FieldViolation]) -> String {
 
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Status {
-        to_status(error)
+        bounded(to_status(error))
     }
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary; a cut text ends with `…` (counted
+/// in the `max` bytes).
+pub fn truncate_bytes(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut cut = max.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..cut]).into()
+}
+
+fn cap(text: &mut String, max: usize) {
+    if text.len() > max {
+        *text = truncate_bytes(text, max).into_owned();
+    }
+}
+
+/// `status` with its message and every string of its details within the caps above, so that no
+/// request or upstream text can make the trailers too large for a client to read.
+fn bounded(status: Status) -> Status {
+    let message = truncate_bytes(status.message(), MAX_MESSAGE_BYTES).into_owned();
+    let mut details = status.get_error_details_vec();
+    for detail in &mut details {
+        match detail {
+            ErrorDetail::ErrorInfo(info) => {
+                cap(&mut info.reason, MAX_DETAIL_BYTES);
+                cap(&mut info.domain, MAX_DETAIL_BYTES);
+                info.metadata = std::mem::take(&mut info.metadata)
+                    .into_iter()
+                    .map(|(mut k, mut v)| {
+                        cap(&mut k, MAX_DETAIL_BYTES);
+                        cap(&mut v, MAX_DETAIL_BYTES);
+                        (k, v)
+                    })
+                    .collect();
+            }
+            ErrorDetail::BadRequest(bad_request) => {
+                bad_request.field_violations.truncate(MAX_FIELD_VIOLATIONS);
+                for violation in &mut bad_request.field_violations {
+                    cap(&mut violation.field, MAX_FIELD_PATH_BYTES);
+                    cap(&mut violation.description, MAX_DETAIL_BYTES);
+                }
+            }
+            ErrorDetail::QuotaFailure(quota) => {
+                for violation in &mut quota.violations {
+                    cap(&mut violation.subject, MAX_DETAIL_BYTES);
+                    cap(&mut violation.description, MAX_DETAIL_BYTES);
+                }
+            }
+            _ => {}
+        }
+    }
+    Status::with_error_details_vec(status.code(), message, details)
 }
 
 fn details(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
@@ -478,5 +556,76 @@ mod tests {
         assert!(status.message().contains("options.temperature") && status.message().contains("prompt"));
         let bad_request = status.get_details_bad_request().unwrap();
         assert_eq!(bad_request.field_violations.len(), 2);
+    }
+
+    #[test]
+    fn truncation_cuts_on_char_boundaries_within_the_limit() {
+        assert_eq!(truncate_bytes("hello", 5), "hello");
+        assert_eq!(truncate_bytes("hello!", 5), "he…");
+        // "é" is 2 bytes, "…" 3: 6 bytes leave 3 for text, which would split the second "é".
+        assert_eq!(truncate_bytes("éééé", 6), "é…");
+        assert_eq!(truncate_bytes("éééé", 7), "éé…");
+        assert_eq!(truncate_bytes("éééé", 8), "éééé");
+        // A 4-byte character is never split, whatever the limit.
+        for max in 0..20 {
+            let cut = truncate_bytes("a😀😀😀😀b", max);
+            assert!(cut.len() <= max.max(3), "{max}: {cut:?}");
+        }
+        assert_eq!(truncate_bytes("😀😀😀", 8), "😀…");
+    }
+
+    #[test]
+    fn long_upstream_text_is_cut_in_message_and_details() {
+        let long = "é".repeat(10_000);
+        let mut target = target();
+        target.model = "m".repeat(10_000);
+        let status: Status = GatewayError::Provider {
+            target: Box::new(target),
+            error: ProviderError::Upstream { status: 500, message: long },
+            chunks_sent: 0,
+        }
+        .into();
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{}", status.message().len());
+        assert!(status.message().ends_with('…') && status.message().contains("HTTP 500"), "{}", status.message());
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "UPSTREAM_ERROR");
+        assert!(info.metadata.values().all(|v| v.len() <= MAX_DETAIL_BYTES), "{:?}", info.metadata);
+        assert!(info.metadata["model"].starts_with("mmm"));
+    }
+
+    /// The size of the trailers `status` is sent as, counted as HTTP/2 limits count them (name +
+    /// value + 32 per entry).
+    fn trailer_bytes(status: &Status) -> usize {
+        let mut headers = tonic::metadata::MetadataMap::new().into_headers();
+        status.add_header(&mut headers).unwrap();
+        headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
+    }
+
+    #[test]
+    fn trailers_stay_small_with_every_cap_reached() {
+        let huge = "€".repeat(20_000);
+        let violations = (0..100).map(|i| FieldViolation::new(format!("{i}{huge}"), huge.clone())).collect();
+        let status: Status = GatewayError::InvalidArgument(violations).into();
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        let bad_request = status.get_details_bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), MAX_FIELD_VIOLATIONS);
+        assert!(
+            bad_request
+                .field_violations
+                .iter()
+                .all(|v| v.field.len() <= MAX_FIELD_PATH_BYTES && v.description.len() <= MAX_DETAIL_BYTES)
+        );
+        let size = trailer_bytes(&status);
+        assert!(size < 8 * 1024, "trailers of {size} bytes");
+
+        let alias = GatewayError::AllTargetsFailed {
+            alias: huge.clone(),
+            earlier: vec![GatewayError::ModelNotAllowed { key: huge.clone(), model: huge.clone() }],
+            last: Box::new(GatewayError::ModelNotAllowed { key: huge.clone(), model: huge }),
+        };
+        let status: Status = alias.into();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let size = trailer_bytes(&status);
+        assert!(size < 8 * 1024, "trailers of {size} bytes");
     }
 }

@@ -119,6 +119,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
     }
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
+        validate::model_name(&request.get_ref().model)?;
         self.check_model(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;
         let name = request.into_inner().model;
         let (listed, alias) = self.gateway.describe(name.trim()).await?;

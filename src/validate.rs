@@ -5,11 +5,47 @@ use copilot_provider::{GenerationOptions, Message, Role};
 use tonic_types::FieldViolation;
 
 use crate::config::LimitsConfig;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, truncate_bytes};
 use crate::proto::v1 as pb;
 
 /// Most stop sequences one request may carry.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// Longest stop sequence, in bytes. Real ones are a few characters (`"\n\n"`, `"</answer>"`).
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Longest model name (`GenerateRequest.model`, `ChatRequest.model`, `GetModelRequest.model`), in
+/// bytes, after trimming. The longest real names fit with room to spare: a Hugging Face repository
+/// through Ollama is `ollama/hf.co/<owner>/<repo>:<tag>`, and Hugging Face caps owner and repository
+/// at 96 characters each (≈ 240 bytes in all with a quantization tag); OpenAI, Gemini and Anthropic
+/// ids are under 80. A longer name can only be a mistake, and would be forwarded upstream and
+/// echoed in errors.
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
+
+/// How much of an over-long name an error message quotes, in bytes.
+const QUOTED_PREFIX_BYTES: usize = 40;
+
+/// Checks a model name on its own, as GetModel takes it.
+pub fn model_name(model: &str) -> Result<(), GatewayError> {
+    let mut violations = Vec::new();
+    check_model_name(model, &mut violations);
+    finish(violations)
+}
+
+fn check_model_name(model: &str, violations: &mut Vec<FieldViolation>) {
+    let name = model.trim();
+    if name.len() > MAX_MODEL_NAME_BYTES {
+        violations.push(FieldViolation::new(
+            "model",
+            format!(
+                "is {} bytes long (it starts {:?}); model names are at most {MAX_MODEL_NAME_BYTES} bytes: use a name \
+                 ListModels shows",
+                name.len(),
+                truncate_bytes(name, QUOTED_PREFIX_BYTES)
+            ),
+        ));
+    }
+}
 
 /// A checked chat request, before routing: `model` is still the client's name for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +57,7 @@ pub struct ValidRequest {
 
 pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
     let mut violations = Vec::new();
+    check_model_name(&request.model, &mut violations);
     if request.prompt.trim().is_empty() {
         violations.push(FieldViolation::new("prompt", "must not be empty"));
     }
@@ -37,6 +74,7 @@ pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<V
 
 pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
     let mut violations = Vec::new();
+    check_model_name(&request.model, &mut violations);
     if request.messages.is_empty() {
         violations.push(FieldViolation::new("messages", "must contain at least one message"));
     }
@@ -139,6 +177,11 @@ fn options(options: Option<pb::GenerationOptions>, violations: &mut Vec<FieldVio
     for (i, stop) in o.stop.iter().enumerate() {
         if stop.is_empty() {
             violations.push(FieldViolation::new(format!("options.stop[{i}]"), "must not be empty"));
+        } else if stop.len() > MAX_STOP_BYTES {
+            violations.push(FieldViolation::new(
+                format!("options.stop[{i}]"),
+                format!("is {} bytes long; a stop sequence is at most {MAX_STOP_BYTES} bytes", stop.len()),
+            ));
         }
     }
     GenerationOptions {
@@ -292,5 +335,38 @@ mod tests {
                 seed: Some(7)
             }
         );
+    }
+
+    #[test]
+    fn model_names_are_bounded_without_being_echoed() {
+        let at_limit = format!("ollama/hf.co/{}:Q4_K_M", "o".repeat(MAX_MODEL_NAME_BYTES - 20));
+        assert_eq!(at_limit.len(), MAX_MODEL_NAME_BYTES);
+        let request =
+            |model: &str| pb::GenerateRequest { model: model.into(), prompt: "hi".into(), ..Default::default() };
+        assert_eq!(generate(request(&format!("  {at_limit}  "))).unwrap().model, at_limit);
+        assert!(super::model_name(&at_limit).is_ok());
+
+        let long = format!("{at_limit}x");
+        let err = generate(request(&long)).unwrap_err();
+        let GatewayError::InvalidArgument(violations) = &err else { panic!("{err:?}") };
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "model");
+        let description = &violations[0].description;
+        assert!(description.contains("257 bytes") && description.contains("at most 256"), "{description}");
+        assert!(description.len() < 200, "{description}");
+        assert_eq!(fields(super::model_name(&long).unwrap_err()), ["model"]);
+        let chat_request = pb::ChatRequest { model: "é".repeat(10_000), messages: vec![], ..Default::default() };
+        assert_eq!(fields(chat(chat_request).unwrap_err()), ["model", "messages"]);
+    }
+
+    #[test]
+    fn stop_sequences_are_bounded() {
+        let request = |stop: String| pb::GenerateRequest {
+            prompt: "hi".into(),
+            options: Some(pb::GenerationOptions { stop: vec![stop], ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(generate(request("s".repeat(MAX_STOP_BYTES))).is_ok());
+        assert_eq!(fields(generate(request("s".repeat(MAX_STOP_BYTES + 1))).unwrap_err()), ["options.stop[0]"]);
     }
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use copilot::proto::v1::{ChatRequest, GenerateRequest, GenerationOptions, ListModelsRequest, Message, Role};
+use copilot::error::MAX_MESSAGE_BYTES;
+use copilot::proto::v1::{
+    ChatRequest, GenerateRequest, GenerationOptions, GetModelRequest, ListModelsRequest, Message, Role,
+};
+use copilot::validate::MAX_MODEL_NAME_BYTES;
 use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::Code;
@@ -198,4 +202,66 @@ async fn a_broken_stream_never_ends_as_a_silent_success() {
     // Generate is the same stream collected: it fails too rather than returning partial text.
     let status = client.generate(prompt("ollama/midstream", "x")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn an_over_long_model_name_is_refused_without_being_echoed() {
+    let fake = FakeOllama::start().await;
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+    // 10 KB: echoed whole (twice, in the message and ErrorInfo) it made trailers no client reads.
+    let long = format!("ollama/{}", "x".repeat(10 * 1024));
+
+    let statuses = [
+        client.generate(prompt(&long, "hi")).await.unwrap_err(),
+        client.chat(chat(&long)).await.unwrap_err(),
+        client.get_model(GetModelRequest { model: long.clone() }).await.unwrap_err(),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().len() < 300, "{} bytes: {}", status.message().len(), status.message());
+        assert!(status.message().contains(&format!("at most {MAX_MODEL_NAME_BYTES} bytes")), "{}", status.message());
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "model");
+        assert!(violations[0].description.len() < 300, "{}", violations[0].description);
+    }
+    // Nothing reached the upstream.
+    assert!(fake.chat_requests().is_empty());
+
+    // A name at the limit is routed: the fake does not have it.
+    let at_limit = format!("ollama/{}", "y".repeat(MAX_MODEL_NAME_BYTES - "ollama/".len()));
+    let status = client.generate(prompt(&at_limit, "hi")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert_eq!(reason(&status), "MODEL_NOT_FOUND");
+    let status = client.get_model(GetModelRequest { model: at_limit }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_long_upstream_error_reaches_the_client_cut() {
+    let long = format!("model runner failed: {}", "é".repeat(10 * 1024));
+    let fake = FakeOllama::start().await;
+    fake.add_model(
+        FakeModel::new("verbose").with_behaviour(Behaviour::HttpError { status: 500, message: long.clone() }),
+    );
+    fake.add_model(
+        FakeModel::new("verbose-midstream")
+            .with_reply(Reply::Tokens(vec!["a".into(), " b".into()]))
+            .with_behaviour(Behaviour::ErrorAfter { tokens: 1, message: long }),
+    );
+    let copilot = Copilot::start(&fake, &[]).await;
+    let mut client = copilot.client().await;
+
+    let status = within(LIMIT, client.generate(prompt("ollama/verbose", "hi"))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert_eq!(reason(&status), "UPSTREAM_ERROR");
+    assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{} bytes", status.message().len());
+    assert!(status.message().contains("model runner failed: éé") && status.message().ends_with('…'));
+
+    let (text, status) = drain(&mut client, "ollama/verbose-midstream").await;
+    assert_eq!(text, "a");
+    let status = status.expect("the stream must end with an error status");
+    assert_eq!(reason(&status), "UPSTREAM_FAILED_MID_STREAM");
+    assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{} bytes", status.message().len());
+    assert!(status.message().contains("model runner failed"), "{}", status.message());
 }
