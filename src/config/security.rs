@@ -102,7 +102,9 @@ impl Default for LimitsConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_messages: 1000,
             max_prompt_chars: 1_000_000,
-            max_response_bytes: 4 * 1024 * 1024,
+            // 64 KiB under gRPC clients' default 4 MiB receive limit, which the reply's envelope
+            // would otherwise push a reply of exactly 4 MiB of text over.
+            max_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
         }
     }
 }
@@ -178,7 +180,7 @@ mod tests {
         assert!(config.auth.open_health && config.auth.open_reflection);
         assert_eq!(config.auth.keys[0].requests_per_minute, None);
         assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
-        assert_eq!(config.limits.max_response_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.limits.max_response_bytes, 4 * 1024 * 1024 - 64 * 1024);
         assert!(!format!("{:?}", config.auth).contains("ba7816bf"), "Debug shows no hash");
         assert!(load("").unwrap().server.tls.is_none());
     }
