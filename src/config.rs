@@ -46,6 +46,13 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// HTTP/2 streams (concurrent calls) allowed on one client connection.
     pub max_concurrent_streams: u32,
+    /// How long a new client connection may take to complete the TLS handshake (with TLS) and
+    /// to send the HTTP/2 preface; one that has not is closed, so idle sockets cannot pile up.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Client connections open at once (unset: half the open-file limit, at most 10,000). At the
+    /// cap the listener stops accepting until one closes; new clients wait in the backlog.
+    pub max_connections: Option<usize>,
     /// Where the admin listener serves Prometheus metrics at `/metrics` (off when unset).
     pub metrics_addr: Option<SocketAddr>,
     /// TLS on the gRPC listener (plaintext when unset).
@@ -95,6 +102,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             max_concurrent_streams: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: None,
             metrics_addr: None,
             health_addr: None,
             worker_threads: None,
@@ -626,6 +635,12 @@ impl Config {
         }
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(invalid("server.max_connections", "must be at least 1 (or unset: half the open-file limit)"));
+        }
+        if self.server.handshake_timeout.is_zero() {
+            return Err(invalid("server.handshake_timeout", "must be more than 0s"));
         }
         security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
     }

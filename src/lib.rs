@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod connection_limits;
 pub mod connection_threads;
 pub mod deadline;
 pub mod error;

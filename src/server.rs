@@ -31,6 +31,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Auth, AuthLayer};
 use crate::config::{Config, Threading};
+use crate::connection_limits::{PrefaceTimeout, RateLimited, default_max_connections};
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
@@ -48,8 +49,11 @@ pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::Name
 /// Time allowed, after the grace period, for calls ended by the hard stop to send their status.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often at most the connection cap and accept errors are logged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long accepting pauses after an accept error (out of file descriptors and the like).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -154,6 +158,14 @@ async fn run(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let connections = GracefulShutdown::new();
+    let handshake_timeout = config.server.handshake_timeout;
+    let max_connections = config.server.max_connections.unwrap_or_else(default_max_connections);
+    tracing::info!(max_connections, handshake_timeout = %humantime::format_duration(handshake_timeout), "connection limits");
+    // One permit per open connection: at the cap the listener stops accepting (back-pressure
+    // through the kernel's backlog) instead of accepting sockets it has no descriptors for.
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut at_cap_log = RateLimited::new(LIMIT_LOG_EVERY);
+    let mut accept_error_log = RateLimited::new(LIMIT_LOG_EVERY);
 
     tokio::pin!(shutdown);
     let mut draining_since: Option<tokio::time::Instant> = None;
@@ -164,14 +176,33 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
+        let next = async {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if let Some(suppressed) = at_cap_log.ready() {
+                        tracing::warn!(
+                            max_connections,
+                            times_reached_since_last_warning = suppressed,
+                            "connection limit reached: {max_connections} connections open (server.max_connections); \
+                             not accepting new ones until one closes"
+                        );
+                    }
+                    slots.clone().acquire_owned().await.expect("the connection semaphore is never closed")
+                }
+            };
+            (slot, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => {
+            (slot, accepted) = next => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if let Some(suppressed) = accept_error_log.ready() {
+                            tracing::warn!(error = %e, failures_since_last_warning = suppressed, "accept failed; pausing accepts briefly");
+                        }
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                         continue;
                     }
                 };
@@ -179,15 +210,24 @@ async fn run(
                 let service = TowerToHyperService::new(service.clone());
                 let (acceptor, http2, watcher) = (tls.as_ref().map(|tls| tls.acceptor()), http2.clone(), connections.watcher());
                 runner.run(stream, move |stream| async move {
+                    // Held until the connection closes, however it ends.
+                    let _slot = slot;
                     let served = match acceptor {
-                        None => watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await,
+                        None => {
+                            let stream = PrefaceTimeout::new(stream, handshake_timeout);
+                            watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await
+                        }
                         // The handshake runs on the connection's own task, so a slow client delays no one.
                         Some(acceptor) => {
-                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            let started = tokio::time::Instant::now();
+                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => stream,
                                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                             };
+                            // The preface must follow within what is left of the same timeout.
+                            let left = handshake_timeout.saturating_sub(started.elapsed());
+                            let stream = PrefaceTimeout::new(stream, left);
                             watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await
                         }
                     };

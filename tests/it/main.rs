@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod connections;
 mod deploy;
 mod doctor;
 #[cfg(feature = "embedded")]
