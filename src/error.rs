@@ -105,6 +105,16 @@ pub enum GatewayError {
     #[error("{}: the reply is over the limit of {limit} bytes", target.routable_name())]
     ResponseTooLarge { target: Box<Target>, limit: usize, chunk_bytes: Option<usize> },
 
+    /// A request message could not be decoded: its bytes are not a `message_type` message, or a
+    /// string field holds invalid UTF-8 (`detail` is prost's description).
+    #[error("the request is not a valid {message_type}: {detail}")]
+    MalformedRequest { message_type: String, detail: String },
+
+    /// A request message frame has its compressed flag set (or a flag other than 0 and 1) but the
+    /// call named no `grpc-encoding`, so it cannot be read.
+    #[error("a request message frame has compressed-flag {flag} but the call has no grpc-encoding")]
+    CompressedWithoutEncoding { flag: u8 },
+
     /// The caller's key is over one of its per-minute budgets.
     #[error("key '{key}' is over its {limit}")]
     KeyLimited { key: String, limit: KeyLimit, retry_after: Duration },
@@ -338,6 +348,25 @@ fn to_status(error: GatewayError) -> Status {
             );
             let metadata = HashMap::from([("limit_bytes".to_string(), limit.to_string())]);
             Status::with_error_details(Code::ResourceExhausted, message, details("MESSAGE_TOO_LARGE", metadata))
+        }
+        GatewayError::MalformedRequest { message_type, detail } => {
+            let message = format!(
+                "the request is not a valid {message_type} protobuf message ({detail}): send the message \
+                 encoded from this server's proto/copilot/v1/copilot.proto, with UTF-8 text in every string field"
+            );
+            let metadata = HashMap::from([("message_type".to_string(), message_type)]);
+            Status::with_error_details(Code::InvalidArgument, message, details("MALFORMED_REQUEST", metadata))
+        }
+        // The gRPC compression spec: such a message "MUST fail with INTERNAL status, its associated
+        // description indicating the invalid Compressed-Flag condition".
+        GatewayError::CompressedWithoutEncoding { flag } => {
+            let message = format!(
+                "protocol error: a request message frame has compressed-flag {flag} but the call sent no \
+                 grpc-encoding header naming its compression; send the message uncompressed (flag 0), or \
+                 name the encoding in grpc-encoding"
+            );
+            let metadata = HashMap::from([("compressed_flag".to_string(), flag.to_string())]);
+            Status::with_error_details(Code::Internal, message, details("MALFORMED_REQUEST", metadata))
         }
         GatewayError::ResponseTooLarge { target, limit, chunk_bytes } => {
             let name = target.routable_name();

@@ -3,6 +3,10 @@
 //! buffered, with RESOURCE_EXHAUSTED (what gRPC libraries answer) and a message naming the limit.
 //! tonic's own limit stays configured behind it, but answers OUT_OF_RANGE without saying which
 //! setting to change.
+//!
+//! The same reader checks each frame's compressed flag: a compressed message in a call that named
+//! no `grpc-encoding` cannot be read, and is answered INTERNAL (as the gRPC compression spec
+//! requires) with `MALFORMED_REQUEST` and a message saying what to fix.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -54,8 +58,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let max_bytes = self.max_bytes;
-        self.inner.call(request.map(|inner| LimitedBody { inner, frames: FrameReader::new(max_bytes) }))
+        let mut frames = FrameReader::new(self.max_bytes);
+        // An encoding other than identity lets frames be compressed; tonic answers an encoding it
+        // does not support UNIMPLEMENTED before reading the body.
+        frames.compression = request.headers().get("grpc-encoding").is_some_and(|encoding| encoding != "identity");
+        self.inner.call(request.map(|inner| LimitedBody { inner, frames }))
     }
 }
 
@@ -81,9 +88,14 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
-                    && let Err(size) = this.frames.read(data.chunk())
+                    && let Err(error) = this.frames.read(data.chunk())
                 {
-                    let error = GatewayError::MessageTooLarge { size, limit: this.frames.max_bytes };
+                    let error = match error {
+                        FrameError::TooLarge(size) => {
+                            GatewayError::MessageTooLarge { size, limit: this.frames.max_bytes }
+                        }
+                        FrameError::CompressedWithoutEncoding(flag) => GatewayError::CompressedWithoutEncoding { flag },
+                    };
                     return Poll::Ready(Some(Err(Box::new(tonic::Status::from(error)))));
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -103,9 +115,20 @@ where
     }
 }
 
+/// What is wrong with a frame, read from its header.
+#[derive(Debug, PartialEq)]
+enum FrameError {
+    /// The message's size, over the limit.
+    TooLarge(u64),
+    /// The compressed flag, set (or not 0 or 1) in a call without an encoding.
+    CompressedWithoutEncoding(u8),
+}
+
 /// Follows the message frames through the body's chunks, wherever the chunks split them.
 struct FrameReader {
     max_bytes: usize,
+    /// Whether the call named an encoding, so that frames may have the compressed flag (1).
+    compression: bool,
     header: [u8; FRAME_HEADER],
     header_len: usize,
     /// Bytes of the current message still to come.
@@ -114,11 +137,11 @@ struct FrameReader {
 
 impl FrameReader {
     fn new(max_bytes: usize) -> Self {
-        Self { max_bytes, header: [0; FRAME_HEADER], header_len: 0, body_left: 0 }
+        Self { max_bytes, compression: false, header: [0; FRAME_HEADER], header_len: 0, body_left: 0 }
     }
 
-    /// Reads one chunk; `Err` carries the size of a message over the limit.
-    fn read(&mut self, mut chunk: &[u8]) -> Result<(), u64> {
+    /// Reads one chunk; `Err` says what is wrong with the frame whose header it completed.
+    fn read(&mut self, mut chunk: &[u8]) -> Result<(), FrameError> {
         while !chunk.is_empty() {
             if self.body_left > 0 {
                 let n = self.body_left.min(chunk.len());
@@ -132,10 +155,13 @@ impl FrameReader {
             chunk = &chunk[n..];
             if self.header_len == FRAME_HEADER {
                 self.header_len = 0;
-                let [_, a, b, c, d] = self.header;
+                let [flag, a, b, c, d] = self.header;
+                if flag != 0 && !(flag == 1 && self.compression) {
+                    return Err(FrameError::CompressedWithoutEncoding(flag));
+                }
                 let size = u32::from_be_bytes([a, b, c, d]);
                 if size as usize > self.max_bytes {
-                    return Err(u64::from(size));
+                    return Err(FrameError::TooLarge(u64::from(size)));
                 }
                 self.body_left = size as usize;
             }
@@ -172,9 +198,19 @@ mod tests {
         for split in 1..stream.len() {
             let mut reader = FrameReader::new(10);
             let result = stream.chunks(split).try_for_each(|chunk| reader.read(chunk));
-            assert_eq!(result, Err(11), "chunks of {split}");
+            assert_eq!(result, Err(FrameError::TooLarge(11)), "chunks of {split}");
         }
         // Only the header is needed to refuse it.
-        assert_eq!(FrameReader::new(10).read(&[0, 0, 0, 1, 0]), Err(256));
+        assert_eq!(FrameReader::new(10).read(&[0, 0, 0, 1, 0]), Err(FrameError::TooLarge(256)));
+    }
+
+    #[test]
+    fn a_compressed_flag_needs_an_encoding() {
+        let compressed = [1, 0, 0, 0, 1, b'x'];
+        assert_eq!(FrameReader::new(10).read(&compressed), Err(FrameError::CompressedWithoutEncoding(1)));
+        let mut reader = FrameReader::new(10);
+        reader.compression = true;
+        assert_eq!(reader.read(&compressed), Ok(()));
+        assert_eq!(reader.read(&[2, 0, 0, 0, 0]), Err(FrameError::CompressedWithoutEncoding(2)));
     }
 }
