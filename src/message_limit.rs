@@ -7,7 +7,12 @@
 //! The same reader checks each frame's compressed flag: a compressed message in a call that named
 //! no `grpc-encoding` cannot be read, and is answered INTERNAL (as the gRPC compression spec
 //! requires) with `MALFORMED_REQUEST` and a message saying what to fix.
+//!
+//! And it ends a body still being read when the shutdown grace period is over (`hard_stop`): a
+//! client that sent part of a message and stalled gets UNAVAILABLE / `SHUTTING_DOWN`, like every
+//! other call cut by the shutdown, rather than a reset stream with no status.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -15,19 +20,23 @@ use bytes::Buf;
 use http::Request;
 use http_body::{Body, Frame};
 
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
 use crate::error::GatewayError;
 
 /// A gRPC message frame starts with a compression flag and a big-endian 32-bit length.
 const FRAME_HEADER: usize = 5;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct MessageLimitLayer {
     max_bytes: usize,
+    hard_stop: CancellationToken,
 }
 
 impl MessageLimitLayer {
-    pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes }
+    /// `hard_stop` is cancelled when the shutdown grace period is over.
+    pub fn new(max_bytes: usize, hard_stop: CancellationToken) -> Self {
+        Self { max_bytes, hard_stop }
     }
 }
 
@@ -35,7 +44,7 @@ impl<S> tower::Layer<S> for MessageLimitLayer {
     type Service = MessageLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MessageLimit { inner, max_bytes: self.max_bytes }
+        MessageLimit { inner, max_bytes: self.max_bytes, hard_stop: self.hard_stop.clone() }
     }
 }
 
@@ -43,6 +52,7 @@ impl<S> tower::Layer<S> for MessageLimitLayer {
 pub struct MessageLimit<S> {
     inner: S,
     max_bytes: usize,
+    hard_stop: CancellationToken,
 }
 
 impl<S, B> tower::Service<Request<B>> for MessageLimit<S>
@@ -62,7 +72,8 @@ where
         // An encoding other than identity lets frames be compressed; tonic answers an encoding it
         // does not support UNIMPLEMENTED before reading the body.
         frames.compression = request.headers().get("grpc-encoding").is_some_and(|encoding| encoding != "identity");
-        self.inner.call(request.map(|inner| LimitedBody { inner, frames }))
+        let stop = Box::pin(self.hard_stop.clone().cancelled_owned());
+        self.inner.call(request.map(|inner| LimitedBody { inner, frames, stop, stopped: false }))
     }
 }
 
@@ -71,6 +82,10 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         frames: FrameReader,
+        // Resolves when the shutdown grace period is over.
+        stop: Pin<Box<WaitForCancellationFutureOwned>>,
+        // Whether the body already ended with the shutdown's status.
+        stopped: bool,
     }
 }
 
@@ -85,6 +100,15 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if *this.stopped {
+            return Poll::Ready(None);
+        }
+        // A body still being read when the grace period ends would otherwise keep the call waiting
+        // until the process exits and its stream is reset without a status.
+        if this.stop.as_mut().poll(cx).is_ready() {
+            *this.stopped = true;
+            return Poll::Ready(Some(Err(Box::new(tonic::Status::from(GatewayError::ShuttingDown)))));
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
@@ -107,7 +131,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.stopped || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

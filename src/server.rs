@@ -8,7 +8,9 @@
 //! Drain on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are still accepted for
 //! `drain_delay` (so balancers notice), then the listener closes and every connection gets a
 //! GOAWAY; in-flight calls may finish within `shutdown_grace`, after which they end with
-//! UNAVAILABLE.
+//! UNAVAILABLE. The last part of `shutdown_grace` (its quarter, at most [`FINAL_FLUSH`]) is kept
+//! for sending those statuses, so `serve` returns at most `drain_delay + shutdown_grace` after the
+//! signal. Calls whose request body is still being read then end the same way (`message_limit.rs`).
 //!
 //! Each accepted connection is then served on one connection thread, or on the shared runtime with
 //! `server.threading = "work-stealing"` (see `connection_threads.rs`).
@@ -46,8 +48,16 @@ use crate::tls::Tls;
 /// The health-check name of the API, as the generated server names it.
 pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::NamedService>::NAME;
 
-/// Time allowed, after the grace period, for calls ended by the hard stop to send their status.
+/// The most of `shutdown_grace` kept, at its end, for calls ended by the hard stop to send their
+/// status (the flush is part of the grace period, not added to it).
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Splits `shutdown_grace` into the time in-flight calls may still run and the final flush after
+/// the hard stop: a quarter of the grace period, at most [`FINAL_FLUSH`]. The two add up to `grace`.
+fn grace_split(grace: Duration) -> (Duration, Duration) {
+    let flush = FINAL_FLUSH.min(grace / 4);
+    (grace - flush, flush)
+}
 
 /// How often at most the connection cap and accept errors are logged.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -119,7 +129,7 @@ async fn run(
     let service = tower::ServiceBuilder::new()
         .layer(RpcTraceLayer)
         .layer(AuthLayer::new(Auth::from_config(&config.auth)))
-        .layer(MessageLimitLayer::new(config.limits.max_message_bytes))
+        .layer(MessageLimitLayer::new(config.limits.max_message_bytes, hard_stop.clone()))
         .service(routes);
     let tls = match config.server.tls.clone() {
         Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
@@ -253,10 +263,16 @@ async fn run(
     tracing::info!(connections = in_flight, grace = %humantime::format_duration(config.server.shutdown_grace), "listener closed; waiting for in-flight calls");
     let drained = connections.shutdown();
     tokio::pin!(drained);
-    if tokio::time::timeout(config.server.shutdown_grace, &mut drained).await.is_err() {
-        tracing::warn!("grace period over: ending the calls still running with UNAVAILABLE");
+    let (run_for, flush) = grace_split(config.server.shutdown_grace);
+    if tokio::time::timeout(run_for, &mut drained).await.is_err() {
+        tracing::warn!(
+            flush = %humantime::format_duration(flush),
+            "grace period over: ending the calls still running with UNAVAILABLE"
+        );
         hard_stop.cancel();
-        let _ = tokio::time::timeout(FINAL_FLUSH, drained).await;
+        if tokio::time::timeout(flush, drained).await.is_err() {
+            tracing::warn!("grace period over: connections still open are closed when the process exits");
+        }
     }
     tracing::info!("copilot stopped");
     Ok(())
@@ -351,6 +367,15 @@ mod tests {
     use crate::config::ProviderConfig;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+
+    /// The final flush is taken from `shutdown_grace`, not added to it: calls run for the grace
+    /// period less the flush, and the two add up to the grace period.
+    #[test]
+    fn the_final_flush_is_part_of_the_grace_period() {
+        assert_eq!(grace_split(Duration::from_secs(30)), (Duration::from_secs(28), FINAL_FLUSH));
+        assert_eq!(grace_split(Duration::from_secs(2)), (Duration::from_millis(1500), Duration::from_millis(500)));
+        assert_eq!(grace_split(Duration::ZERO), (Duration::ZERO, Duration::ZERO));
+    }
 
     /// `serve_on` serves on the listener it is given, not on `server.addr` (an address this test
     /// cannot bind), and stops when told. (Liveness: the provider is down, so readiness may not be.)

@@ -13,9 +13,10 @@ use crate::harness::installed_tool;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// After `shutdown_grace` the server still takes up to 2 s to send the last statuses and up to 5 s
-/// to flush telemetry; a termination grace shorter than the drain plus this cuts those off.
-const EXIT_WORK: Duration = Duration::from_secs(7);
+/// After `drain_delay + shutdown_grace` (the last statuses are sent within `shutdown_grace`) the
+/// process still exports buffered telemetry for up to 5 s (`main.rs`), plus a second for exiting;
+/// a termination grace shorter than the drain plus this cuts the export off.
+const EXIT_WORK: Duration = Duration::from_secs(6);
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(REPO).join("deploy").join(path)

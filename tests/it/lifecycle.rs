@@ -340,3 +340,69 @@ async fn a_connection_stays_on_one_thread_and_connections_spread_over_them() {
     assert_ne!(first_thread, second_thread, "both connections on one thread: {before:?} → {after_two:?}");
     drop(first);
 }
+
+/// A request body that sends `first` and then stalls: no more bytes, and no end.
+struct Stalled(Option<bytes::Bytes>);
+
+impl http_body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(first) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_call_whose_request_is_still_being_read_when_the_grace_ends_gets_unavailable() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let mut copilot = Copilot::start(&fake, &[("COPILOT_SERVER__SHUTDOWN_GRACE", "1s")]).await;
+    let tcp = tokio::net::TcpStream::connect(copilot.url().trim_start_matches("http://")).await.unwrap();
+    let (mut connection, driver) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(driver);
+
+    // The frame header announces a 100-byte message; 10 bytes of it come, then nothing.
+    let mut partial = vec![0u8, 0, 0, 0, 100];
+    partial.extend_from_slice(&[0x0a; 10]);
+    let request = http::Request::post("http://localhost/copilot.v1.Copilot/Generate")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Stalled(Some(partial.into())))
+        .unwrap();
+    let response = tokio::spawn(connection.send_request(request));
+    // Let the server take the stream and start reading its body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    copilot.signal("TERM");
+    let signalled = std::time::Instant::now();
+
+    let response = within(LIMIT, response).await.unwrap().expect("a response, not a reset stream");
+    let (parts, mut body) = response.into_parts();
+    let mut trailers = None;
+    while let Some(frame) =
+        within(LIMIT, std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx))).await
+    {
+        if let Ok(t) = frame.expect("the response ends with a status, not a reset").into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let ended = signalled.elapsed();
+    let status = tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).expect("a grpc-status");
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    assert!(status.message().contains("shutting down"), "{}", status.message());
+    assert!(ended < GRACE + Duration::from_millis(1500), "the status came {ended:?} after SIGTERM");
+    let status = copilot.wait_for_exit(LIMIT).await;
+    assert!(status.success(), "exit status {status:?}; log:\n{}", copilot.logs());
+    assert!(fake.chat_requests().is_empty());
+}
