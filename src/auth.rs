@@ -1,7 +1,7 @@
 //! API keys: who a call comes from (`authorization: Bearer <key>`), which models that key may
 //! use, and its request and token budgets. The layer in `auth/layer.rs` identifies the caller and
-//! admits or refuses the call; the handlers check the model once it is known and charge the
-//! tokens a completion used.
+//! admits or refuses the call; the handlers check the model once it is known, reserve an
+//! estimate of the completion's tokens, and settle the reservation with the tokens it used.
 
 mod bucket;
 mod key_hash;
@@ -34,7 +34,12 @@ impl Auth {
             return None;
         }
         let now = Instant::now();
-        let keys = config.keys.iter().filter_map(|key| ApiKey::from_config(key, now)).map(Arc::new).collect();
+        let keys = config
+            .keys
+            .iter()
+            .filter_map(|key| ApiKey::from_config(key, config.default_reserved_tokens, now))
+            .map(Arc::new)
+            .collect();
         Some(Arc::new(Auth { keys, open_health: config.open_health, open_reflection: config.open_reflection }))
     }
 
@@ -69,16 +74,19 @@ pub struct ApiKey {
     models: Option<Vec<ModelPattern>>,
     requests: Option<(u32, Bucket)>,
     tokens: Option<(u64, Bucket)>,
+    /// The completion tokens reserved for a call that sets no `max_tokens`.
+    default_reserved: u32,
 }
 
 impl ApiKey {
-    fn from_config(config: &ApiKeyConfig, now: Instant) -> Option<ApiKey> {
+    fn from_config(config: &ApiKeyConfig, default_reserved: u32, now: Instant) -> Option<ApiKey> {
         Some(ApiKey {
             name: config.name.clone(),
             hash: KeyHash::parse(&config.hash).ok()?,
             models: config.models.as_ref().map(|models| models.iter().map(|m| ModelPattern::new(m)).collect()),
             requests: config.requests_per_minute.map(|n| (n, Bucket::per_minute(u64::from(n), now))),
             tokens: config.tokens_per_minute.map(|n| (n, Bucket::per_minute(n, now))),
+            default_reserved,
         })
     }
 
@@ -167,12 +175,85 @@ impl Caller {
         }
     }
 
-    /// Charges what a completion used against the key's token budget.
-    pub fn charge(&self, usage: &Usage) {
-        if let Some((_, bucket)) = &self.0.tokens {
+    /// Reserves the tokens a completion may use against the key's token budget, or refuses the
+    /// call when they do not fit: see [`estimate_tokens`].
+    pub fn reserve<'a>(
+        &self,
+        prompt: impl IntoIterator<Item = &'a str>,
+        max_tokens: Option<u32>,
+    ) -> Result<Reservation, GatewayError> {
+        self.reserve_at(prompt, max_tokens, Instant::now())
+    }
+
+    fn reserve_at<'a>(
+        &self,
+        prompt: impl IntoIterator<Item = &'a str>,
+        max_tokens: Option<u32>,
+        now: Instant,
+    ) -> Result<Reservation, GatewayError> {
+        let Some((per_minute, bucket)) = &self.0.tokens else {
+            return Ok(Reservation { key: self.0.clone(), reserved: 0 });
+        };
+        // A call estimated above the whole budget reserves all of it (it waits for a full
+        // bucket rather than never fitting); what it uses beyond is charged as debt.
+        let reserved = estimate_tokens(prompt, max_tokens.unwrap_or(self.0.default_reserved)).min(*per_minute);
+        bucket.take(reserved as f64, now).map_err(|retry_after| GatewayError::KeyLimited {
+            key: self.0.name.clone(),
+            limit: KeyLimit::TokensPerMinute(*per_minute),
+            retry_after,
+        })?;
+        Ok(Reservation { key: self.0.clone(), reserved })
+    }
+}
+
+/// A completion's tokens estimated before it runs: its prompt's characters divided by 4, rounded
+/// up, plus the completion tokens it may produce.
+pub fn estimate_tokens<'a>(prompt: impl IntoIterator<Item = &'a str>, completion_tokens: u32) -> u64 {
+    let chars: u64 = prompt.into_iter().map(|part| part.chars().count() as u64).sum();
+    chars.div_ceil(4) + u64::from(completion_tokens)
+}
+
+/// Tokens held against a key's budget while its completion runs. [`Reservation::settle`] replaces
+/// them with the usage reported; dropped unsettled (the call failed or was cancelled before any
+/// usage was known), they are given back.
+#[derive(Debug)]
+pub struct Reservation {
+    key: Arc<ApiKey>,
+    reserved: u64,
+}
+
+impl Reservation {
+    /// Charges what the completion used: the difference from the reservation is refunded, or the
+    /// overrun charged (as debt if the budget lacks it).
+    pub fn settle(self, usage: &Usage) {
+        self.settle_at(usage, Instant::now());
+    }
+
+    fn settle_at(mut self, usage: &Usage, now: Instant) {
+        let reserved = std::mem::take(&mut self.reserved);
+        if let Some((_, bucket)) = &self.key.tokens {
             let used = u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
-            bucket.charge(used as f64, Instant::now());
+            if used >= reserved {
+                bucket.charge((used - reserved) as f64, now);
+            } else {
+                bucket.refund((reserved - used) as f64, now);
+            }
         }
+    }
+
+    fn release_at(&mut self, now: Instant) {
+        let reserved = std::mem::take(&mut self.reserved);
+        if reserved > 0
+            && let Some((_, bucket)) = &self.key.tokens
+        {
+            bucket.refund(reserved as f64, now);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release_at(Instant::now());
     }
 }
 
@@ -189,6 +270,7 @@ mod tests {
                 requests_per_minute: Some(1),
                 tokens_per_minute: Some(10),
             },
+            4,
             Instant::now(),
         )
         .unwrap()
@@ -219,10 +301,59 @@ mod tests {
     fn a_spent_token_budget_refuses_completions_but_not_listings() {
         let k = Arc::new(key(None));
         let now = Instant::now();
-        Caller(k.clone()).charge(&Usage { input_tokens: 15, output_tokens: 10 });
+        let reservation = Caller(k.clone()).reserve_at(["x"], Some(1), now).unwrap();
+        reservation.settle_at(&Usage { input_tokens: 15, output_tokens: 10 }, now);
         let err = k.admit(true, now).unwrap_err();
         assert!(matches!(err, GatewayError::KeyLimited { limit: KeyLimit::TokensPerMinute(10), .. }), "{err:?}");
         assert!(k.admit(false, now).is_ok());
+    }
+
+    #[test]
+    fn estimates_a_quarter_token_per_prompt_character_rounded_up() {
+        assert_eq!(estimate_tokens(["abcd"], 0), 1);
+        assert_eq!(estimate_tokens(["abcd", "e"], 10), 12);
+        assert_eq!(estimate_tokens(["ééé"], 0), 1, "characters, not bytes");
+        assert_eq!(estimate_tokens([], 7), 7);
+    }
+
+    fn token_limited(result: Result<Reservation, GatewayError>) -> std::time::Duration {
+        match result {
+            Err(GatewayError::KeyLimited { limit: KeyLimit::TokensPerMinute(10), retry_after, .. }) => retry_after,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reservations_cannot_overdraw_the_token_budget() {
+        let caller = Caller(Arc::new(key(None)));
+        let t0 = Instant::now();
+        // 10 per minute; "abcdefgh" is 2 tokens, plus max_tokens 2: 4 each.
+        let first = caller.reserve_at(["abcdefgh"], Some(2), t0).unwrap();
+        let second = caller.reserve_at(["abcdefgh"], Some(2), t0).unwrap();
+        // 2 left, 4 wanted: 2 more refill in 12 s.
+        assert_eq!(token_limited(caller.reserve_at(["abcdefgh"], Some(2), t0)), std::time::Duration::from_secs(12));
+        // No max_tokens: the key's default (4) plus the prompt's 1.
+        assert_eq!(token_limited(caller.reserve_at(["a"], None, t0)), std::time::Duration::from_secs(18));
+        // The first used 1 of its 4: 3 come back, so 5 are left.
+        first.settle_at(&Usage { input_tokens: 1, output_tokens: 0 }, t0);
+        let third = caller.reserve_at(["a"], None, t0).unwrap();
+        assert!(caller.reserve_at(["a"], Some(0), t0).is_err());
+        // The second used 9 of its 4: the 5 over are a debt (-5).
+        second.settle_at(&Usage { input_tokens: 4, output_tokens: 5 }, t0);
+        // A call cancelled before any usage gives its whole reservation back (0).
+        drop(third);
+        assert_eq!(token_limited(caller.reserve_at(["a"], Some(0), t0)), std::time::Duration::from_secs(6));
+        assert!(caller.reserve_at(["a"], Some(0), t0 + std::time::Duration::from_secs(6)).is_ok());
+    }
+
+    #[test]
+    fn a_call_estimated_above_the_budget_reserves_all_of_it() {
+        let caller = Caller(Arc::new(key(None)));
+        let t0 = Instant::now();
+        let big = caller.reserve_at(["a"], Some(1000), t0).unwrap();
+        assert_eq!(token_limited(caller.reserve_at(["a"], Some(0), t0)), std::time::Duration::from_secs(6));
+        drop(big);
+        assert!(caller.reserve_at(["a"], Some(9), t0).is_ok());
     }
 
     #[test]

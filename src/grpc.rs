@@ -8,7 +8,7 @@ use copilot_provider::{Completion, FinishReason};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Reservation};
 use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit, Summary};
@@ -34,6 +34,14 @@ impl CopilotApi {
     }
 }
 
+/// Holds the completion's estimated tokens against the caller's budget until it is settled (a
+/// reservation dropped unsettled, by an error or a cancelled call, is given back).
+fn reserve(caller: Option<&Caller>, valid: &validate::ValidRequest) -> Result<Option<Reservation>, Status> {
+    let Some(caller) = caller else { return Ok(None) };
+    let prompt = valid.messages.iter().map(|message| message.content.as_str());
+    Ok(Some(caller.reserve(prompt, valid.options.max_tokens)?))
+}
+
 type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -43,6 +51,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
+        let mut reservation = reserve(caller.as_ref(), &valid)?;
         // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
         let events = self.gateway.chat(valid, call, limit).await?;
@@ -52,8 +61,8 @@ impl pb::copilot_server::Copilot for CopilotApi {
             match event? {
                 GatewayEvent::Delta(delta) => text.push_str(&delta),
                 GatewayEvent::Done(summary) => {
-                    if let Some(caller) = &caller {
-                        caller.charge(&summary.completion.usage);
+                    if let Some(reservation) = reservation.take() {
+                        reservation.settle(&summary.completion.usage);
                     }
                     return Ok(Response::new(pb::GenerateResponse {
                         text,
@@ -76,14 +85,15 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
+        let mut reservation = reserve(caller.as_ref(), &valid)?;
         // Streamed with backpressure, so only each message is bounded, not the stream.
         let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
         let events = self.gateway.chat(valid, call, limit).await?;
         let responses = events.map(move |event| match event {
             Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
             Ok(GatewayEvent::Done(summary)) => {
-                if let Some(caller) = &caller {
-                    caller.charge(&summary.completion.usage);
+                if let Some(reservation) = reservation.take() {
+                    reservation.settle(&summary.completion.usage);
                 }
                 Ok(pb::ChatResponse {
                     content: String::new(),

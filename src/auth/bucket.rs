@@ -62,6 +62,12 @@ impl Bucket {
     pub fn charge(&self, amount: f64, now: Instant) {
         self.refilled(now).level -= amount;
     }
+
+    /// Gives back `amount` taken earlier, never past the capacity.
+    pub fn refund(&self, amount: f64, now: Instant) {
+        let mut state = self.refilled(now);
+        state.level = (state.level + amount).min(self.capacity);
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +110,20 @@ mod tests {
         assert_eq!(bucket.ensure_available(t0), Err(61 * SECOND));
         assert_eq!(bucket.ensure_available(t0 + 60 * SECOND), Err(SECOND));
         assert!(bucket.ensure_available(t0 + 61 * SECOND).is_ok());
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_taken_up_to_the_capacity() {
+        let t0 = Instant::now();
+        let bucket = Bucket::per_minute(60, t0);
+        assert!(bucket.take(50.0, t0).is_ok());
+        bucket.refund(30.0, t0);
+        assert!(bucket.take(40.0, t0).is_ok());
+        assert!(bucket.take(1.0, t0).is_err());
+        // 30 s refilled 30 of 60; a refund of 40 fills it, and no further.
+        bucket.refund(40.0, t0 + 30 * SECOND);
+        assert!(bucket.take(60.0, t0 + 30 * SECOND).is_ok());
+        assert!(bucket.take(1.0, t0 + 30 * SECOND).is_err());
     }
 
     #[test]

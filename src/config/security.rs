@@ -41,11 +41,20 @@ pub struct AuthConfig {
     pub open_health: bool,
     /// Leave server reflection open, so tools such as grpcurl can list the API without a key.
     pub open_reflection: bool,
+    /// The completion tokens reserved against a key's `tokens_per_minute` for a `Generate` or
+    /// `Chat` that sets no `max_tokens` (settled with the actual usage when the call ends).
+    pub default_reserved_tokens: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { enabled: false, keys: Vec::new(), open_health: true, open_reflection: true }
+        Self {
+            enabled: false,
+            keys: Vec::new(),
+            open_health: true,
+            open_reflection: true,
+            default_reserved_tokens: 256,
+        }
     }
 }
 
@@ -63,8 +72,9 @@ pub struct ApiKeyConfig {
     /// Calls of the Copilot API this key may make per minute (unset: no limit).
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
-    /// Prompt plus completion tokens this key may use per minute (unset: no limit). Usage is
-    /// charged when a completion ends; a key over budget is refused until the budget refills.
+    /// Prompt plus completion tokens this key may use per minute (unset: no limit). An estimate
+    /// is reserved when a completion is admitted and settled with its usage when it ends; a call
+    /// whose reservation does not fit is refused until the budget refills.
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
 }

@@ -236,6 +236,47 @@ async fn a_key_over_its_token_budget_is_refused_until_it_refills() {
 }
 
 #[tokio::test]
+async fn concurrent_completions_cannot_overdraw_the_token_budget() {
+    // Each call reserves "hello there" (11 characters: 3 tokens) + max_tokens 7 = 10 of beta's 100;
+    // the fake holds every reply 2 s, so all 30 are in flight before any settles.
+    let (fake, copilot) = start("", "", "tokens_per_minute = 100").await;
+    fake.add_model(FakeModel::new("slow").with_reply(Reply::Endless).with_header_delay(Duration::from_secs(2)));
+    let client = copilot.client().await;
+    let request = || {
+        let mut request = prompt("ollama/slow");
+        request.options = Some(copilot::proto::v1::GenerationOptions { max_tokens: Some(7), ..Default::default() });
+        with_key(request, BETA)
+    };
+    let calls = (0..30).map(|_| {
+        let mut client = client.clone();
+        let request = request();
+        async move { within(LIMIT, client.generate(request)).await.map(|r| r.into_inner()) }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut served = 0;
+    let mut admitted = 0;
+    for result in results {
+        match result {
+            Ok(reply) => {
+                let usage = reply.usage.expect("usage");
+                assert_eq!((usage.input_tokens, usage.output_tokens), (2, 7));
+                served += usage.input_tokens + usage.output_tokens;
+                admitted += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(reason(&status), "KEY_TOKEN_LIMIT");
+                assert!(status.get_details_retry_info().is_some(), "RetryInfo");
+            }
+        }
+    }
+    // 100 / 10 per reservation: ten fit, and the budget was not overdrawn.
+    assert_eq!(admitted, 10, "admitted");
+    assert!(served <= 100, "{served} tokens served");
+    assert_eq!(fake.completed_streams(), 10);
+}
+
+#[tokio::test]
 async fn keys_never_reach_the_logs_but_their_names_may() {
     let fake = FakeOllama::start().await;
     fake.add_model(FakeModel::new("small"));
