@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -266,36 +266,12 @@ async fn a_long_upstream_error_reaches_the_client_cut() {
     assert!(status.message().contains("model runner failed"), "{}", status.message());
 }
 
-/// A request body of one gRPC frame: `flag`, the big-endian length, `message`.
-struct Frame(Option<bytes::Bytes>);
-
-impl Frame {
-    fn new(flag: u8, message: &[u8]) -> Frame {
-        let mut bytes = vec![flag];
-        bytes.extend((message.len() as u32).to_be_bytes());
-        bytes.extend(message);
-        Frame(Some(bytes.into()))
-    }
-}
-
-impl http_body::Body for Frame {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
-    }
-}
-
 /// Sends one raw frame to `/copilot.v1.Copilot/<method>` on `connection`; the call's status
 /// (from the trailers, or the headers of a trailers-only reply) and the message bytes received.
 async fn raw_call(
-    connection: &mut hyper::client::conn::http2::SendRequest<Frame>,
+    connection: &mut hyper::client::conn::http2::SendRequest<RawBody>,
     method: &str,
-    body: Frame,
+    body: RawBody,
     encoding: Option<&str>,
 ) -> (tonic::Status, Vec<u8>) {
     let mut request = http::Request::post(format!("http://localhost/copilot.v1.Copilot/{method}"))
@@ -339,7 +315,7 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
 
     // Bytes that are not a message (field 0 and a truncated varint are never valid protobuf).
     let (status, _) =
-        raw_call(&mut connection, "Generate", Frame::new(0, &[0x00, 0xff, 0xff, 0xff, 0x9e, 0x31]), None).await;
+        raw_call(&mut connection, "Generate", RawBody::frame(0, &[0x00, 0xff, 0xff, 0xff, 0x9e, 0x31]), None).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     let info = status.get_details_error_info().expect("an ErrorInfo");
     assert_eq!((info.reason.as_str(), info.domain.as_str()), ("MALFORMED_REQUEST", "copilot.v1"));
@@ -349,7 +325,7 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     let mut bytes = chat("ollama/m").encode_to_vec();
     let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
     bytes[at] = 0xff;
-    let (status, _) = raw_call(&mut connection, "Chat", Frame::new(0, &bytes), None).await;
+    let (status, _) = raw_call(&mut connection, "Chat", RawBody::frame(0, &bytes), None).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert_eq!(reason(&status), "MALFORMED_REQUEST");
     assert!(
@@ -361,18 +337,18 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
 
     // The compressed flag without a grpc-encoding: INTERNAL, as the gRPC compression spec says.
     let hi = prompt("ollama/m", "hi").encode_to_vec();
-    let (status, _) = raw_call(&mut connection, "Generate", Frame::new(1, &hi), None).await;
+    let (status, _) = raw_call(&mut connection, "Generate", RawBody::frame(1, &hi), None).await;
     assert_eq!(status.code(), Code::Internal, "{}", status.message());
     assert_eq!(reason(&status), "MALFORMED_REQUEST");
     assert!(status.message().contains("grpc-encoding"), "{}", status.message());
     // An encoding the server does not support: UNIMPLEMENTED, listing the ones it accepts.
-    let (status, _) = raw_call(&mut connection, "Generate", Frame::new(1, &hi), Some("br")).await;
+    let (status, _) = raw_call(&mut connection, "Generate", RawBody::frame(1, &hi), Some("br")).await;
     assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
     assert!(status.metadata().get("grpc-accept-encoding").is_some(), "{:?}", status.metadata());
     assert!(fake.chat_requests().is_empty());
 
     // The same connection still serves a well-formed call.
-    let (status, reply) = raw_call(&mut connection, "Generate", Frame::new(0, &hi), None).await;
+    let (status, reply) = raw_call(&mut connection, "Generate", RawBody::frame(0, &hi), None).await;
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     assert!(reply.len() > 5, "a reply message");
     assert_eq!(fake.chat_requests().len(), 1);

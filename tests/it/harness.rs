@@ -180,3 +180,41 @@ pub fn installed_tool(installed: &str, fallback: &str) -> String {
     let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(installed);
     if local.exists() { local.display().to_string() } else { fallback.into() }
 }
+
+/// A raw request body for hand-made gRPC calls: some bytes, then the end of the body, or (a stalled
+/// client) nothing more, ever.
+pub struct RawBody {
+    data: Option<bytes::Bytes>,
+    then_stall: bool,
+}
+
+impl RawBody {
+    /// One gRPC frame: `flag`, the big-endian length, `message`; then the body ends.
+    pub fn frame(flag: u8, message: &[u8]) -> RawBody {
+        let mut bytes = vec![flag];
+        bytes.extend((message.len() as u32).to_be_bytes());
+        bytes.extend(message);
+        RawBody { data: Some(bytes.into()), then_stall: false }
+    }
+
+    /// `first`, then a stall: the body never ends.
+    pub fn stalled_after(first: impl Into<bytes::Bytes>) -> RawBody {
+        RawBody { data: Some(first.into()), then_stall: true }
+    }
+}
+
+impl http_body::Body for RawBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.data.take() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            None if self.then_stall => std::task::Poll::Pending,
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}

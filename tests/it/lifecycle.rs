@@ -14,7 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, within};
+use crate::harness::{Copilot, RawBody, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -341,24 +341,6 @@ async fn a_connection_stays_on_one_thread_and_connections_spread_over_them() {
     drop(first);
 }
 
-/// A request body that sends `first` and then stalls: no more bytes, and no end.
-struct Stalled(Option<bytes::Bytes>);
-
-impl http_body::Body for Stalled {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        match self.0.take() {
-            Some(first) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first)))),
-            None => std::task::Poll::Pending,
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_call_whose_request_is_still_being_read_when_the_grace_ends_gets_unavailable() {
     const GRACE: Duration = Duration::from_secs(1);
@@ -378,7 +360,7 @@ async fn a_call_whose_request_is_still_being_read_when_the_grace_ends_gets_unava
     let request = http::Request::post("http://localhost/copilot.v1.Copilot/Generate")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Stalled(Some(partial.into())))
+        .body(RawBody::stalled_after(partial))
         .unwrap();
     let response = tokio::spawn(connection.send_request(request));
     // Let the server take the stream and start reading its body.
