@@ -14,7 +14,7 @@ use copilot_provider::Usage;
 
 pub use bucket::Bucket;
 pub use key_hash::{KeyHash, new_key};
-pub use layer::AuthLayer;
+pub use layer::AuthCheck;
 
 use crate::config::{ApiKeyConfig, AuthConfig};
 use crate::error::{AuthFailure, GatewayError, KeyLimit};

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::request_body::ReceivedAt;
+
 /// When a call arrived, and by when it must be done.
 #[derive(Debug, Clone, Copy)]
 pub struct CallContext {
@@ -16,9 +18,11 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Self {
-        let received = Instant::now();
-        let budget = metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    /// The call's deadline starts when its headers arrived (`ReceivedAt`, set by the request body
+    /// guard), so the time its request took to arrive counts.
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Self {
+        let received = request.extensions().get::<ReceivedAt>().map_or_else(Instant::now, |at| at.0);
+        let budget = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         Self { received, budget }
     }
 

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::request_buffers::{BufferFull, BufferScope};
 use copilot_provider::ProviderError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetail, ErrorDetails, FieldViolation, StatusExt};
@@ -114,6 +115,29 @@ pub enum GatewayError {
     /// call named no `grpc-encoding`, so it cannot be read.
     #[error("a request message frame has compressed-flag {flag} but the call has no grpc-encoding")]
     CompressedWithoutEncoding { flag: u8 },
+
+    /// The request's header block (metadata) is `size` bytes, over `limits.max_metadata_bytes`;
+    /// `largest` is its largest field and that field's size.
+    #[error("the request metadata of {size} bytes is over the limit of {limit}")]
+    MetadataTooLarge { size: usize, limit: usize, largest: Option<(String, usize)> },
+
+    /// The request did not arrive whole within `limits.request_read_timeout` (`bytes_received`
+    /// of it did).
+    #[error("the request did not arrive whole within {}", humantime::format_duration(*timeout))]
+    RequestReadTimeout { timeout: Duration, bytes_received: u64 },
+
+    /// The call's deadline (`budget`) expired while its request was still arriving.
+    #[error("the call's deadline expired while its request was arriving")]
+    RequestDeadline { budget: Duration },
+
+    /// A request message's bytes would not fit the connection's or the server's request buffers.
+    #[error("the request buffers ({}) are full", .0.scope.config_key())]
+    RequestBuffersFull(BufferFull),
+
+    /// A partial request message received nothing for `stalled_for` while the server was short of
+    /// request buffers, and was dropped to make room.
+    #[error("a partial request message stalled for {}", humantime::format_duration(*stalled_for))]
+    RequestStalled { stalled_for: Duration, held: usize },
 
     /// The caller's key is over one of its per-minute budgets.
     #[error("key '{key}' is over its {limit}")]
@@ -387,6 +411,71 @@ fn to_status(error: GatewayError) -> Status {
             metadata.insert("limit_bytes".to_string(), limit.to_string());
             metadata.insert("config_key".to_string(), "limits.max_response_bytes".to_string());
             Status::with_error_details(Code::ResourceExhausted, message, details("RESPONSE_TOO_LARGE", metadata))
+        }
+        GatewayError::MetadataTooLarge { size, limit, largest } => {
+            let largest = largest
+                .map(|(name, size)| format!(" (the largest is `{}`, {size} bytes)", truncate_bytes(&name, 64)))
+                .unwrap_or_default();
+            let message = format!(
+                "the call's metadata (its request headers) is {size} bytes as HTTP/2 counts it{largest}; this \
+                 server accepts at most {limit} bytes (its limits.max_metadata_bytes): send less metadata"
+            );
+            let metadata = HashMap::from([
+                ("limit_bytes".to_string(), limit.to_string()),
+                ("config_key".to_string(), "limits.max_metadata_bytes".to_string()),
+            ]);
+            Status::with_error_details(Code::ResourceExhausted, message, details("METADATA_TOO_LARGE", metadata))
+        }
+        GatewayError::RequestReadTimeout { timeout, bytes_received } => {
+            let message = format!(
+                "the request did not arrive whole within {} (this server's limits.request_read_timeout; {bytes_received} \
+                 bytes of it arrived): the client stalled while sending it; send the request without pausing",
+                humantime::format_duration(timeout)
+            );
+            let metadata = HashMap::from([
+                ("timeout".to_string(), humantime::format_duration(timeout).to_string()),
+                ("config_key".to_string(), "limits.request_read_timeout".to_string()),
+            ]);
+            Status::with_error_details(Code::DeadlineExceeded, message, details("REQUEST_READ_TIMEOUT", metadata))
+        }
+        GatewayError::RequestDeadline { budget } => {
+            let message = format!(
+                "the call's deadline of {} expired while its request was still arriving; raise the deadline, or send \
+                 the request without pausing",
+                humantime::format_duration(budget)
+            );
+            Status::with_error_details(Code::DeadlineExceeded, message, details("DEADLINE_EXCEEDED", HashMap::new()))
+        }
+        GatewayError::RequestBuffersFull(BufferFull { scope, limit }) => {
+            let whose = match scope {
+                BufferScope::Connection => "this connection's partly received request messages already hold",
+                BufferScope::Server => "the partly received request messages of all clients already hold",
+            };
+            let message = format!(
+                "{whose} close to {limit} bytes (this server's {}), so this message cannot be received now; retry \
+                 shortly{}",
+                scope.config_key(),
+                if scope == BufferScope::Connection { ", or send it on another connection" } else { "" }
+            );
+            let metadata = HashMap::from([
+                ("limit_bytes".to_string(), limit.to_string()),
+                ("config_key".to_string(), scope.config_key().to_string()),
+            ]);
+            let mut d = details("REQUEST_BUFFERS_FULL", metadata);
+            d.set_retry_info(Some(crate::request_body::STALL_UNDER_PRESSURE));
+            Status::with_error_details(Code::ResourceExhausted, message, d)
+        }
+        GatewayError::RequestStalled { stalled_for, held } => {
+            let message = format!(
+                "the request stalled: {held} bytes of a message arrived, then nothing for {} while this server was \
+                 short of request buffers (over half of limits.max_buffered_request_bytes held), so the call was \
+                 ended to make room; send the request without pausing",
+                humantime::format_duration(stalled_for)
+            );
+            let metadata = HashMap::from([("config_key".to_string(), "limits.max_buffered_request_bytes".to_string())]);
+            let mut d = details("REQUEST_STALLED", metadata);
+            d.set_retry_info(Some(crate::request_body::STALL_UNDER_PRESSURE));
+            Status::with_error_details(Code::ResourceExhausted, message, d)
         }
         GatewayError::KeyLimited { key, limit, retry_after } => {
             let retry_after = copilot_provider::clamp_retry_after(retry_after);

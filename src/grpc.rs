@@ -47,7 +47,7 @@ type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Sta
 #[tonic::async_trait]
 impl pb::copilot_server::Copilot for CopilotApi {
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
-        let call = CallContext::from_metadata(request.metadata());
+        let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
@@ -81,7 +81,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
     type ChatStream = ChatResponseStream;
 
     async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
-        let call = CallContext::from_metadata(request.metadata());
+        let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;

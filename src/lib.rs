@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) wires these modules together; they are a library so integration
 //! tests and other tools can use the generated client (`proto::v1::copilot_client`).
 
+pub mod admission;
 pub mod auth;
 pub mod codec;
 pub mod config;
@@ -13,10 +14,12 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
-pub mod message_limit;
+pub mod metadata_limit;
 pub mod metrics;
 pub mod observe;
 pub mod providers;
+pub mod request_body;
+pub mod request_buffers;
 pub mod resilience;
 pub mod router;
 pub mod rpc_trace;

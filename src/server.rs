@@ -10,14 +10,15 @@
 //! GOAWAY; in-flight calls may finish within `shutdown_grace`, after which they end with
 //! UNAVAILABLE. The last part of `shutdown_grace` (its quarter, at most [`FINAL_FLUSH`]) is kept
 //! for sending those statuses, so `serve` returns at most `drain_delay + shutdown_grace` after the
-//! signal. Calls whose request body is still being read then end the same way (`message_limit.rs`).
+//! signal. Calls whose request body is still being read then end the same way (`request_body.rs`).
 //!
 //! Each accepted connection is then served on one connection thread, or on the shared runtime with
 //! `server.threading = "work-stealing"` (see `connection_threads.rs`).
 //!
-//! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`);
-//! API keys (`auth.rs`) and the message size limit (`message_limit.rs`) are layers between the
-//! tracing layer and the routes.
+//! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`).
+//! The metadata size limit (`metadata_limit.rs`), API keys (`auth.rs`) and the guards on request
+//! bodies (`request_body.rs`: size, time, buffered bytes per connection and in all) are layers
+//! between the tracing layer and the routes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,16 +32,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::auth::{Auth, AuthLayer};
+use crate::admission::AdmissionLayer;
+use crate::auth::{Auth, AuthCheck};
 use crate::config::{Config, Threading};
 use crate::connection_limits::{PrefaceTimeout, RateLimited, default_max_connections};
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
-use crate::message_limit::MessageLimitLayer;
+use crate::metadata_limit::{MetadataLimit, http2_header_list_limit};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
+use crate::request_body::RequestBodyLayer;
+use crate::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
 use crate::router::Router;
 use crate::rpc_trace::RpcTraceLayer;
 use crate::tls::Tls;
@@ -128,8 +132,9 @@ async fn run(
         .prepare();
     let service = tower::ServiceBuilder::new()
         .layer(RpcTraceLayer)
-        .layer(AuthLayer::new(Auth::from_config(&config.auth)))
-        .layer(MessageLimitLayer::new(config.limits.max_message_bytes, hard_stop.clone()))
+        .layer(AdmissionLayer::new(MetadataLimit { max_bytes: config.limits.max_metadata_bytes }))
+        .layer(AdmissionLayer::new(AuthCheck(Auth::from_config(&config.auth))))
+        .layer(RequestBodyLayer::new(&config.limits, hard_stop.clone()))
         .service(routes);
     let tls = match config.server.tls.clone() {
         Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
@@ -165,10 +170,14 @@ async fn run(
     http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.server.max_concurrent_streams)
+        // Above limits.max_metadata_bytes, so that a call over it gets a gRPC status from
+        // `metadata_limit.rs` rather than h2's 431 or GOAWAY.
+        .max_header_list_size(http2_header_list_limit(config.limits.max_metadata_bytes))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let connections = GracefulShutdown::new();
     let handshake_timeout = config.server.handshake_timeout;
+    let connection_buffer_bytes = config.limits.connection_buffer_bytes();
     let max_connections = config.server.max_connections.unwrap_or_else(default_max_connections);
     tracing::info!(max_connections, handshake_timeout = %humantime::format_duration(handshake_timeout), "connection limits");
     // One permit per open connection: at the cap the listener stops accepting (back-pressure
@@ -217,7 +226,16 @@ async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(service.clone());
+                // The connection's own budget of partly received request bytes, seen by every
+                // call on it (`request_buffers.rs`).
+                let buffers = ConnectionBuffers(BufferBudget::new(BufferScope::Connection, connection_buffer_bytes));
+                let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    service.clone(),
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(buffers.clone());
+                        request
+                    },
+                ));
                 let (acceptor, http2, watcher) = (tls.as_ref().map(|tls| tls.acceptor()), http2.clone(), connections.watcher());
                 runner.run(stream, move |stream| async move {
                     // Held until the connection closes, however it ends.

@@ -1,16 +1,14 @@
-//! The tower layer in front of the routes: identifies the caller by API key, applies the key's
-//! request and token budgets, and hands the key to the handlers in the request's extensions.
-//! With auth off it is a pass-through that costs one branch.
+//! The check in front of the routes (an `admission.rs` layer): identifies the caller by API key,
+//! applies the key's request and token budgets, and hands the key to the handlers in the
+//! request's extensions.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::future::Either;
-use http::{Request, Response};
-use tonic::Status;
+use http::Request;
 
 use super::{Auth, Caller};
+use crate::admission::Admission;
 use crate::error::GatewayError;
 use crate::rpc_trace::API_PREFIX;
 
@@ -19,50 +17,17 @@ const REFLECTION_PREFIX: &str = "/grpc.reflection.";
 /// The span attribute naming the key a call came with (the rpc span of `rpc_trace.rs`).
 pub const KEY_NAME_ATTRIBUTE: &str = "copilot.api_key.name";
 
+/// API keys as a layer (`AdmissionLayer::new(AuthCheck(Auth::from_config(..)))`); with auth off
+/// it is a pass-through that costs one branch.
 #[derive(Clone)]
-pub struct AuthLayer {
-    auth: Option<Arc<Auth>>,
-}
+pub struct AuthCheck(pub Option<Arc<Auth>>);
 
-impl AuthLayer {
-    pub fn new(auth: Option<Arc<Auth>>) -> Self {
-        Self { auth }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, auth: self.auth.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    auth: Option<Arc<Auth>>,
-}
-
-impl<S, B> tower::Service<Request<B>> for AuthService<S>
-where
-    S: tower::Service<Request<B>, Response = Response<tonic::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<std::future::Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if let Some(auth) = &self.auth
-            && let Err(error) = auth.admit(&mut request)
-        {
-            return Either::Left(std::future::ready(Ok(Status::from(error).into_http())));
+impl Admission for AuthCheck {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        match &self.0 {
+            Some(auth) => auth.admit(request),
+            None => Ok(()),
         }
-        Either::Right(self.inner.call(request))
     }
 }
 

@@ -91,6 +91,11 @@ impl std::fmt::Debug for ApiKeyConfig {
     }
 }
 
+/// The bounds of `limits.max_metadata_bytes`: room for the headers every call carries, and at
+/// most what the HTTP/2 layer can hold for one header block without becoming a memory lever.
+pub const MIN_METADATA_BYTES: usize = 1024;
+pub const MAX_METADATA_BYTES: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -104,6 +109,33 @@ pub struct LimitsConfig {
     /// The most bytes of reply text one call may carry: the whole text `Generate` collects, and
     /// any single chunk a `Chat` stream relays. Past it the upstream request is cancelled.
     pub max_response_bytes: usize,
+    /// How long a call's request may take to arrive whole, from its headers to the end of its body
+    /// (or the call's own deadline, when that is sooner); for a request stream (reflection), each
+    /// message from its first byte to its last. Ends clients that stall while sending.
+    #[serde(with = "super::duration")]
+    pub request_read_timeout: Duration,
+    /// Bytes of partly received request messages one client connection may hold at once (unset:
+    /// 4 × `max_message_bytes`). A stream that would go over is refused.
+    pub max_buffered_request_bytes_per_connection: Option<usize>,
+    /// Bytes of partly received request messages all connections together may hold at once
+    /// (unset: 16 × `max_message_bytes`). A stream that would go over is refused; above half of it,
+    /// streams whose partial message has stalled are ended.
+    pub max_buffered_request_bytes: Option<usize>,
+    /// The largest request header block (metadata, as HTTP/2 counts it: each name and value plus
+    /// 32 bytes); a call over it gets RESOURCE_EXHAUSTED, and its connection lives on.
+    pub max_metadata_bytes: usize,
+}
+
+impl LimitsConfig {
+    /// `max_buffered_request_bytes_per_connection`, or its default.
+    pub fn connection_buffer_bytes(&self) -> usize {
+        self.max_buffered_request_bytes_per_connection.unwrap_or(self.max_message_bytes.saturating_mul(4))
+    }
+
+    /// `max_buffered_request_bytes`, or its default.
+    pub fn server_buffer_bytes(&self) -> usize {
+        self.max_buffered_request_bytes.unwrap_or(self.max_message_bytes.saturating_mul(16))
+    }
 }
 
 impl Default for LimitsConfig {
@@ -115,6 +147,11 @@ impl Default for LimitsConfig {
             // 64 KiB under gRPC clients' default 4 MiB receive limit, which the reply's envelope
             // would otherwise push a reply of exactly 4 MiB of text over.
             max_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
+            request_read_timeout: Duration::from_secs(30),
+            max_buffered_request_bytes_per_connection: None,
+            max_buffered_request_bytes: None,
+            // What hyper allowed before it was configurable, and gRPC C++'s hard limit.
+            max_metadata_bytes: 16 * 1024,
         }
     }
 }
@@ -162,6 +199,33 @@ pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsC
             return Err(invalid(format!("limits.{field}"), "must be at least 1"));
         }
     }
+    if limits.request_read_timeout.is_zero() {
+        return Err(invalid("limits.request_read_timeout", "must be more than 0s"));
+    }
+    // A full-size message (and its 5-byte frame header) must fit the budgets, or it could never
+    // be received.
+    let message = limits.max_message_bytes.saturating_add(5);
+    if limits.connection_buffer_bytes() < message {
+        return Err(invalid(
+            "limits.max_buffered_request_bytes_per_connection",
+            format!("must be at least limits.max_message_bytes + 5 ({message}), or a full-size message is refused"),
+        ));
+    }
+    if limits.server_buffer_bytes() < limits.connection_buffer_bytes() {
+        return Err(invalid(
+            "limits.max_buffered_request_bytes",
+            format!(
+                "must be at least limits.max_buffered_request_bytes_per_connection ({})",
+                limits.connection_buffer_bytes()
+            ),
+        ));
+    }
+    if !(MIN_METADATA_BYTES..=MAX_METADATA_BYTES).contains(&limits.max_metadata_bytes) {
+        return Err(invalid(
+            "limits.max_metadata_bytes",
+            format!("must be between {MIN_METADATA_BYTES} and {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
     Ok(())
 }
 
@@ -191,6 +255,13 @@ mod tests {
         assert_eq!(config.auth.keys[0].requests_per_minute, None);
         assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
         assert_eq!(config.limits.max_response_bytes, 4 * 1024 * 1024 - 64 * 1024);
+        assert_eq!(config.limits.request_read_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(config.limits.max_metadata_bytes, 16 * 1024);
+        // The buffer budgets follow the message limit unless set.
+        assert_eq!(config.limits.connection_buffer_bytes(), 16 * 1024 * 1024);
+        assert_eq!(config.limits.server_buffer_bytes(), 64 * 1024 * 1024);
+        let raised = load("[limits]\nmax_message_bytes = 1000").unwrap().limits;
+        assert_eq!((raised.connection_buffer_bytes(), raised.server_buffer_bytes()), (4000, 16000));
         assert!(!format!("{:?}", config.auth).contains("ba7816bf"), "Debug shows no hash");
         assert!(load("").unwrap().server.tls.is_none());
     }
@@ -208,6 +279,20 @@ mod tests {
             (key(&format!("[[auth.keys]]\nname = \"a\"\nhash = \"{HASH}\"")), "auth.keys[1].name"),
             (key(&format!("[[auth.keys]]\nname = \"b\"\nhash = \"{HASH}\"")), "auth.keys[1].hash"),
             ("[limits]\nmax_messages = 0".into(), "limits.max_messages"),
+            ("[limits]\nrequest_read_timeout = \"0s\"".into(), "limits.request_read_timeout"),
+            ("[limits]\nmax_metadata_bytes = 100".into(), "limits.max_metadata_bytes"),
+            ("[limits]\nmax_metadata_bytes = 2000000".into(), "limits.max_metadata_bytes"),
+            // A full-size message must fit each budget.
+            (
+                "[limits]\nmax_message_bytes = 1000\nmax_buffered_request_bytes_per_connection = 1004".into(),
+                "limits.max_buffered_request_bytes_per_connection",
+            ),
+            (
+                "[limits]\nmax_message_bytes = 1000\nmax_buffered_request_bytes_per_connection = 5000\n\
+                 max_buffered_request_bytes = 4000"
+                    .into(),
+                "limits.max_buffered_request_bytes",
+            ),
             (
                 "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval = \"0s\"".into(),
                 "server.tls.reload_interval",

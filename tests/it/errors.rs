@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, raw_call, raw_connection, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -266,39 +266,6 @@ async fn a_long_upstream_error_reaches_the_client_cut() {
     assert!(status.message().contains("model runner failed"), "{}", status.message());
 }
 
-/// Sends one raw frame to `/copilot.v1.Copilot/<method>` on `connection`; the call's status
-/// (from the trailers, or the headers of a trailers-only reply) and the message bytes received.
-async fn raw_call(
-    connection: &mut hyper::client::conn::http2::SendRequest<RawBody>,
-    method: &str,
-    body: RawBody,
-    encoding: Option<&str>,
-) -> (tonic::Status, Vec<u8>) {
-    let mut request = http::Request::post(format!("http://localhost/copilot.v1.Copilot/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(encoding) = encoding {
-        request = request.header("grpc-encoding", encoding);
-    }
-    let request = request.body(body).unwrap();
-    let response = within(LIMIT, connection.send_request(request)).await.unwrap();
-    let (parts, mut body) = response.into_parts();
-    let mut data = Vec::new();
-    let mut trailers = None;
-    while let Some(frame) =
-        within(LIMIT, std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx))).await
-    {
-        let frame = frame.unwrap();
-        if let Some(chunk) = frame.data_ref() {
-            data.extend_from_slice(chunk);
-        } else if let Ok(t) = frame.into_trailers() {
-            trailers = Some(t);
-        }
-    }
-    let status = tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).expect("a grpc-status");
-    (status, data)
-}
-
 #[tokio::test]
 async fn malformed_request_messages_are_the_callers_error_and_the_connection_lives_on() {
     use prost::Message as _;
@@ -306,16 +273,11 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     let fake = FakeOllama::start().await;
     fake.add_model(FakeModel::new("m"));
     let copilot = Copilot::start(&fake, &[]).await;
-    let tcp = tokio::net::TcpStream::connect(copilot.url().trim_start_matches("http://")).await.unwrap();
-    let (mut connection, driver) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(driver);
+    let connection = raw_connection(&copilot).await;
 
     // Bytes that are not a message (field 0 and a truncated varint are never valid protobuf).
     let (status, _) =
-        raw_call(&mut connection, "Generate", RawBody::frame(0, &[0x00, 0xff, 0xff, 0xff, 0x9e, 0x31]), None).await;
+        raw_call(&connection, "Generate", &[], RawBody::frame(0, &[0x00, 0xff, 0xff, 0xff, 0x9e, 0x31])).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     let info = status.get_details_error_info().expect("an ErrorInfo");
     assert_eq!((info.reason.as_str(), info.domain.as_str()), ("MALFORMED_REQUEST", "copilot.v1"));
@@ -325,7 +287,7 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     let mut bytes = chat("ollama/m").encode_to_vec();
     let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
     bytes[at] = 0xff;
-    let (status, _) = raw_call(&mut connection, "Chat", RawBody::frame(0, &bytes), None).await;
+    let (status, _) = raw_call(&connection, "Chat", &[], RawBody::frame(0, &bytes)).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert_eq!(reason(&status), "MALFORMED_REQUEST");
     assert!(
@@ -337,18 +299,18 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
 
     // The compressed flag without a grpc-encoding: INTERNAL, as the gRPC compression spec says.
     let hi = prompt("ollama/m", "hi").encode_to_vec();
-    let (status, _) = raw_call(&mut connection, "Generate", RawBody::frame(1, &hi), None).await;
+    let (status, _) = raw_call(&connection, "Generate", &[], RawBody::frame(1, &hi)).await;
     assert_eq!(status.code(), Code::Internal, "{}", status.message());
     assert_eq!(reason(&status), "MALFORMED_REQUEST");
     assert!(status.message().contains("grpc-encoding"), "{}", status.message());
     // An encoding the server does not support: UNIMPLEMENTED, listing the ones it accepts.
-    let (status, _) = raw_call(&mut connection, "Generate", RawBody::frame(1, &hi), Some("br")).await;
+    let (status, _) = raw_call(&connection, "Generate", &[("grpc-encoding", "br")], RawBody::frame(1, &hi)).await;
     assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
     assert!(status.metadata().get("grpc-accept-encoding").is_some(), "{:?}", status.metadata());
     assert!(fake.chat_requests().is_empty());
 
     // The same connection still serves a well-formed call.
-    let (status, reply) = raw_call(&mut connection, "Generate", RawBody::frame(0, &hi), None).await;
+    let (status, reply) = raw_call(&connection, "Generate", &[], RawBody::frame(0, &hi)).await;
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     assert!(reply.len() > 5, "a reply message");
     assert_eq!(fake.chat_requests().len(), 1);

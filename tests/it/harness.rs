@@ -218,3 +218,58 @@ impl http_body::Body for RawBody {
         }
     }
 }
+
+/// A fake Ollama serving model `m`, and Copilot in front of it alone with `limits` as its
+/// `[limits]` section.
+pub async fn start_with_limits(limits: &str) -> (FakeOllama, Copilot) {
+    let fake = FakeOllama::start().await;
+    fake.add_model(copilot_fakes::FakeModel::new("m"));
+    let config = format!("{OLLAMA_ONLY}[limits]\n{limits}\n");
+    let copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
+    (fake, copilot)
+}
+
+/// A plain HTTP/2 connection to `copilot`, for calls a gRPC client would refuse to make.
+pub async fn raw_connection(copilot: &Copilot) -> hyper::client::conn::http2::SendRequest<RawBody> {
+    let tcp = tokio::net::TcpStream::connect(copilot.url().trim_start_matches("http://")).await.unwrap();
+    let (connection, driver) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(driver);
+    connection
+}
+
+/// One call to `/copilot.v1.Copilot/<method>` on `connection` with `body` and extra `headers`: its
+/// status (from the trailers, or the headers of a trailers-only reply) and the message bytes
+/// received.
+pub async fn raw_call(
+    connection: &hyper::client::conn::http2::SendRequest<RawBody>,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: RawBody,
+) -> (tonic::Status, Vec<u8>) {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let mut request = http::Request::post(format!("http://localhost/copilot.v1.Copilot/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = within(LIMIT, connection.clone().send_request(request.body(body).unwrap())).await.unwrap();
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) =
+        within(LIMIT, std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx))).await
+    {
+        let frame = frame.expect("the response ends with a status, not a reset");
+        if let Some(chunk) = frame.data_ref() {
+            data.extend_from_slice(chunk);
+        } else if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let status = tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).expect("a grpc-status");
+    (status, data)
+}

@@ -14,7 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, RawBody, within};
+use crate::harness::{Copilot, RawBody, raw_connection, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -347,12 +347,7 @@ async fn a_call_whose_request_is_still_being_read_when_the_grace_ends_gets_unava
     let fake = FakeOllama::start().await;
     fake.add_model(FakeModel::new("m"));
     let mut copilot = Copilot::start(&fake, &[("COPILOT_SERVER__SHUTDOWN_GRACE", "1s")]).await;
-    let tcp = tokio::net::TcpStream::connect(copilot.url().trim_start_matches("http://")).await.unwrap();
-    let (mut connection, driver) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(driver);
+    let mut connection = raw_connection(&copilot).await;
 
     // The frame header announces a 100-byte message; 10 bytes of it come, then nothing.
     let mut partial = vec![0u8, 0, 0, 0, 100];

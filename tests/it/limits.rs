@@ -9,17 +9,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::harness::{Copilot, start_with_limits, within};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-async fn start(limits: &str) -> (FakeOllama, Copilot) {
-    let fake = FakeOllama::start().await;
-    fake.add_model(FakeModel::new("m"));
-    let config = format!("{OLLAMA_ONLY}[limits]\n{limits}\n");
-    let copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
-    (fake, copilot)
-}
 
 fn chat(contents: &[&str]) -> ChatRequest {
     ChatRequest {
@@ -35,7 +27,7 @@ fn generate(prompt: &str) -> GenerateRequest {
 
 #[tokio::test]
 async fn an_oversized_message_is_refused_before_it_is_read() {
-    let (fake, copilot) = start("max_message_bytes = 1000").await;
+    let (fake, copilot) = start_with_limits("max_message_bytes = 1000").await;
     let mut client = copilot.client().await;
     within(LIMIT, client.generate(generate(&"a".repeat(900)))).await.unwrap();
 
@@ -54,7 +46,7 @@ async fn an_oversized_message_is_refused_before_it_is_read() {
 
 #[tokio::test]
 async fn too_many_messages_are_refused_with_the_limit_named() {
-    let (fake, copilot) = start("max_messages = 3").await;
+    let (fake, copilot) = start_with_limits("max_messages = 3").await;
     let mut client = copilot.client().await;
     within(LIMIT, client.chat(chat(&["a", "b", "c"]))).await.unwrap();
 
@@ -69,7 +61,7 @@ async fn too_many_messages_are_refused_with_the_limit_named() {
 
 #[tokio::test]
 async fn a_prompt_too_long_is_refused_with_the_limit_named() {
-    let (fake, copilot) = start("max_prompt_chars = 10").await;
+    let (fake, copilot) = start_with_limits("max_prompt_chars = 10").await;
     let mut client = copilot.client().await;
     // Ten characters (in twenty bytes) are within the limit.
     within(LIMIT, client.generate(generate("éééééééééé"))).await.unwrap();
@@ -90,7 +82,7 @@ async fn a_prompt_too_long_is_refused_with_the_limit_named() {
 
 /// The fakes' models for the reply-size tests, under `limits.max_response_bytes = 65536`.
 async fn start_with_long_replies() -> (FakeOllama, Copilot) {
-    let (fake, copilot) = start("max_response_bytes = 65536").await;
+    let (fake, copilot) = start_with_limits("max_response_bytes = 65536").await;
     fake.add_model(FakeModel::new("endless").with_reply(Reply::Endless));
     // 1.1 MB in chunks well under the limit, and one chunk over it.
     fake.add_model(FakeModel::new("long").with_reply(Reply::Tokens(vec!["x".repeat(1000); 1100])));
@@ -165,4 +157,47 @@ async fn a_chat_chunk_over_the_limit_ends_the_stream_but_a_long_stream_flows() {
     let (bytes, end) = drain(&mut client, "lump").await;
     assert_eq!(bytes, 0);
     assert_response_too_large(&end.unwrap_err(), "single chunk of 100000 bytes");
+}
+
+fn with_header(request: GenerateRequest, bytes: usize) -> tonic::Request<GenerateRequest> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert("x-big", "v".repeat(bytes).parse().unwrap());
+    request
+}
+
+/// HTTP/2 answers a header block over its limit with a 431 that has no gRPC status, and past four
+/// times it with a GOAWAY that fails every call on the connection; Copilot answers first.
+#[tokio::test]
+async fn oversized_metadata_fails_its_own_call_and_the_connection_lives_on() {
+    let (fake, copilot) = start_with_limits("max_metadata_bytes = 8192").await;
+    fake.add_model(FakeModel::new("endless").with_reply(Reply::Endless));
+    // One connection: a stream in flight on it beside the oversized calls.
+    let mut client = copilot.client().await;
+    let request = ChatRequest { model: "ollama/endless".into(), ..chat(&["hi"]) };
+    let mut stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
+    within(LIMIT, stream.message()).await.unwrap().expect("a first chunk");
+
+    within(LIMIT, client.generate(with_header(generate("hi"), 6000))).await.unwrap();
+    // Over the limit, past h2's default 16 KiB (431) and 64 KiB (GOAWAY), up to near its ceiling.
+    for bytes in [9_000, 30_000, 100_000, 240_000] {
+        let status = within(LIMIT, client.generate(with_header(generate("hi"), bytes))).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{bytes}: {}", status.message());
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.reason, "METADATA_TOO_LARGE");
+        assert_eq!(info.metadata["config_key"], "limits.max_metadata_bytes");
+        assert_eq!(info.metadata["limit_bytes"], "8192");
+        let largest = format!("`x-big`, {} bytes", 5 + bytes + 32);
+        assert!(
+            status.message().contains(&largest) && status.message().contains("at most 8192 bytes"),
+            "{}",
+            status.message()
+        );
+    }
+
+    // The stream in flight still flows, and the connection takes new calls.
+    for _ in 0..3 {
+        within(LIMIT, stream.message()).await.unwrap().expect("more of the stream");
+    }
+    within(LIMIT, client.generate(generate("hi"))).await.unwrap();
+    assert_eq!(fake.chat_requests().len(), 3, "the oversized calls never went upstream");
 }

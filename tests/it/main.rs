@@ -19,6 +19,7 @@ mod mesh;
 mod polyglot;
 mod prereqs;
 mod providers;
+mod request_bodies;
 mod routing;
 mod telemetry;
 mod tls;

@@ -1,0 +1,88 @@
+//! The request metadata limit (`limits.max_metadata_bytes`): a call whose header block is larger
+//! gets RESOURCE_EXHAUSTED naming the limit and its largest header, on its own stream, and the
+//! connection lives on.
+//!
+//! The HTTP/2 layer has a limit of its own (SETTINGS_MAX_HEADER_LIST_SIZE), but what it does past
+//! it is no answer a gRPC client can read: h2 replies HTTP 431 without a grpc-status (clients see
+//! UNKNOWN), and past four times the limit sends GOAWAY, which fails every call sharing the
+//! connection — in a mesh, other clients' calls. So the HTTP/2 limit is set well above this one
+//! ([`http2_header_list_limit`]) and this layer answers first; only header blocks beyond that
+//! ceiling, which no gRPC client sends, still meet h2's own answers.
+
+use http::Request;
+
+use crate::admission::Admission;
+use crate::error::GatewayError;
+
+/// The HTTP/2 layer's header list limit for a metadata limit: four times it, at least 256 KiB, so
+/// that what this layer refuses reaches it.
+pub fn http2_header_list_limit(max_metadata_bytes: usize) -> u32 {
+    u32::try_from(max_metadata_bytes.saturating_mul(4).max(256 * 1024)).unwrap_or(u32::MAX)
+}
+
+/// The size of a request's header block as HTTP/2 counts it (RFC 9113 §6.5.2): each field's name
+/// and value plus 32 bytes, pseudo-headers included; and its largest field, with that field's size.
+pub fn header_list_size<B>(request: &Request<B>) -> (usize, Option<(&str, usize)>) {
+    const FIELD_OVERHEAD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        (":method", request.method().as_str().len()),
+        (":scheme", uri.scheme_str().map_or(0, str::len)),
+        (":authority", uri.authority().map_or(0, |a| a.as_str().len())),
+        (":path", uri.path_and_query().map_or(0, |p| p.as_str().len())),
+    ];
+    let mut total: usize = pseudo.iter().map(|(name, len)| name.len() + len + FIELD_OVERHEAD).sum();
+    let mut largest: Option<(&str, usize)> = None;
+    for (name, value) in request.headers() {
+        let size = name.as_str().len() + value.len() + FIELD_OVERHEAD;
+        total += size;
+        if largest.is_none_or(|(_, most)| size > most) {
+            largest = Some((name.as_str(), size));
+        }
+    }
+    (total, largest)
+}
+
+/// The limit as a layer: `AdmissionLayer::new(MetadataLimit { max_bytes })`.
+#[derive(Clone)]
+pub struct MetadataLimit {
+    pub max_bytes: usize,
+}
+
+impl Admission for MetadataLimit {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        let (size, largest) = header_list_size(request);
+        if size > self.max_bytes {
+            return Err(GatewayError::MetadataTooLarge {
+                size,
+                limit: self.max_bytes,
+                largest: largest.map(|(name, size)| (name.to_string(), size)),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_is_what_http2_counts() {
+        let request = Request::post("http://localhost:50051/copilot.v1.Copilot/Generate")
+            .header("content-type", "application/grpc")
+            .header("x-big", "v".repeat(1000))
+            .body(())
+            .unwrap();
+        let pseudo = (7 + 4 + 32) + (7 + 4 + 32) + (10 + 15 + 32) + (5 + 28 + 32);
+        let fields = (12 + 16 + 32) + (5 + 1000 + 32);
+        assert_eq!(header_list_size(&request), (pseudo + fields, Some(("x-big", 1037))));
+    }
+
+    #[test]
+    fn the_http2_limit_leaves_room_above_the_metadata_limit() {
+        assert_eq!(http2_header_list_limit(16 * 1024), 256 * 1024);
+        assert_eq!(http2_header_list_limit(1024 * 1024), 4 * 1024 * 1024);
+        assert_eq!(http2_header_list_limit(usize::MAX), u32::MAX);
+    }
+}
