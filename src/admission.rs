@@ -1,6 +1,6 @@
 //! A layer for checks that look at a call's headers and either let it through (perhaps adding to
 //! its extensions) or answer it at once with a status, before any of its body is read: API keys
-//! (`auth/layer.rs`) and the metadata size limit (`metadata_limit.rs`).
+//! (`auth/layer.rs`) and the checks on request headers (`request_headers.rs`).
 
 use std::task::{Context, Poll};
 

@@ -121,6 +121,11 @@ pub enum GatewayError {
     #[error("the request metadata of {size} bytes is over the limit of {limit}")]
     MetadataTooLarge { size: usize, limit: usize, largest: Option<(String, usize)> },
 
+    /// The call named a `grpc-encoding` (compression) other than identity, which this server does
+    /// not read.
+    #[error("the request's grpc-encoding '{encoding}' is not supported")]
+    EncodingUnsupported { encoding: String },
+
     /// The request did not arrive whole within `limits.request_read_timeout` (`bytes_received`
     /// of it did).
     #[error("the request did not arrive whole within {}", humantime::format_duration(*timeout))]
@@ -255,7 +260,9 @@ fn bounded(status: Status) -> Status {
             _ => {}
         }
     }
-    Status::with_error_details_vec(status.code(), message, details)
+    let mut bounded = Status::with_error_details_vec(status.code(), message, details);
+    *bounded.metadata_mut() = status.metadata().clone();
+    bounded
 }
 
 fn details(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
@@ -425,6 +432,21 @@ fn to_status(error: GatewayError) -> Status {
                 ("config_key".to_string(), "limits.max_metadata_bytes".to_string()),
             ]);
             Status::with_error_details(Code::ResourceExhausted, message, details("METADATA_TOO_LARGE", metadata))
+        }
+        GatewayError::EncodingUnsupported { encoding } => {
+            let message = format!(
+                "this server reads uncompressed request messages only, and the call's grpc-encoding is '{}': \
+                 send the messages uncompressed, without grpc-encoding (or with grpc-encoding: identity)",
+                truncate_bytes(&encoding, 64)
+            );
+            let metadata = HashMap::from([("encoding".to_string(), encoding)]);
+            let mut status =
+                Status::with_error_details(Code::Unimplemented, message, details("ENCODING_UNSUPPORTED", metadata));
+            // What the gRPC compression spec asks an UNIMPLEMENTED encoding answer to carry.
+            status
+                .metadata_mut()
+                .insert("grpc-accept-encoding", tonic::metadata::MetadataValue::from_static("identity"));
+            status
         }
         GatewayError::RequestReadTimeout { timeout, bytes_received } => {
             let message = format!(

@@ -98,8 +98,8 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let received = Instant::now();
         request.extensions_mut().insert(ReceivedAt(received));
-        // An encoding other than identity lets frames be compressed; tonic answers an encoding it
-        // does not support UNIMPLEMENTED before reading the body.
+        // An encoding other than identity would let frames be compressed (`request_headers.rs`
+        // refuses every such encoding today, before the body is read).
         let compression = request.headers().get("grpc-encoding").is_some_and(|encoding| encoding != "identity");
         let frames = FrameReader::new(self.layer.max_message_bytes, compression);
         let connection = request.extensions().get::<ConnectionBuffers>().map(|buffers| buffers.0.clone());

@@ -16,7 +16,7 @@
 //! `server.threading = "work-stealing"` (see `connection_threads.rs`).
 //!
 //! With `[server.tls]` each accepted connection is wrapped in TLS before HTTP/2 (see `tls.rs`).
-//! The metadata size limit (`metadata_limit.rs`), API keys (`auth.rs`) and the guards on request
+//! The checks on request headers (`request_headers.rs`: size, encoding), API keys (`auth.rs`) and the guards on request
 //! bodies (`request_body.rs`: size, time, buffered bytes per connection and in all) are layers
 //! between the tracing layer and the routes.
 
@@ -40,11 +40,11 @@ use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
-use crate::metadata_limit::{MetadataLimit, http2_header_list_limit};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
 use crate::request_body::RequestBodyLayer;
 use crate::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
+use crate::request_headers::{HeaderChecks, http2_header_list_limit};
 use crate::router::Router;
 use crate::rpc_trace::RpcTraceLayer;
 use crate::tls::Tls;
@@ -132,7 +132,7 @@ async fn run(
         .prepare();
     let service = tower::ServiceBuilder::new()
         .layer(RpcTraceLayer)
-        .layer(AdmissionLayer::new(MetadataLimit { max_bytes: config.limits.max_metadata_bytes }))
+        .layer(AdmissionLayer::new(HeaderChecks { max_metadata_bytes: config.limits.max_metadata_bytes }))
         .layer(AdmissionLayer::new(AuthCheck(Auth::from_config(&config.auth))))
         .layer(RequestBodyLayer::new(&config.limits, hard_stop.clone()))
         .service(routes);
@@ -171,7 +171,7 @@ async fn run(
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.server.max_concurrent_streams)
         // Above limits.max_metadata_bytes, so that a call over it gets a gRPC status from
-        // `metadata_limit.rs` rather than h2's 431 or GOAWAY.
+        // `request_headers.rs` rather than h2's 431 or GOAWAY.
         .max_header_list_size(http2_header_list_limit(config.limits.max_metadata_bytes))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));

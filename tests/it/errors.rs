@@ -306,7 +306,9 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     // An encoding the server does not support: UNIMPLEMENTED, listing the ones it accepts.
     let (status, _) = raw_call(&connection, "Generate", &[("grpc-encoding", "br")], RawBody::frame(1, &hi)).await;
     assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
-    assert!(status.metadata().get("grpc-accept-encoding").is_some(), "{:?}", status.metadata());
+    assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+    assert_eq!(reason(&status), "ENCODING_UNSUPPORTED");
+    assert!(status.message().contains("'br'") && status.message().contains("uncompressed"), "{}", status.message());
     assert!(fake.chat_requests().is_empty());
 
     // The same connection still serves a well-formed call.

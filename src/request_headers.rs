@@ -1,5 +1,7 @@
-//! The request metadata limit (`limits.max_metadata_bytes`): a call whose header block is larger
-//! gets RESOURCE_EXHAUSTED naming the limit and its largest header, on its own stream, and the
+//! Checks on a call's request headers, before any of its body is read (an `admission.rs` layer).
+//!
+//! **Size** (`limits.max_metadata_bytes`): a call whose header block is larger gets
+//! RESOURCE_EXHAUSTED naming the limit and its largest header, on its own stream, and the
 //! connection lives on.
 //!
 //! The HTTP/2 layer has a limit of its own (SETTINGS_MAX_HEADER_LIST_SIZE), but what it does past
@@ -8,6 +10,10 @@
 //! connection — in a mesh, other clients' calls. So the HTTP/2 limit is set well above this one
 //! ([`http2_header_list_limit`]) and this layer answers first; only header blocks beyond that
 //! ceiling, which no gRPC client sends, still meet h2's own answers.
+//!
+//! **Encoding**: this server reads uncompressed messages only; a call naming another
+//! `grpc-encoding` gets UNIMPLEMENTED with `grpc-accept-encoding: identity` (the gRPC compression
+//! spec) and an `ErrorInfo`, where tonic would answer without one.
 
 use http::Request;
 
@@ -43,20 +49,27 @@ pub fn header_list_size<B>(request: &Request<B>) -> (usize, Option<(&str, usize)
     (total, largest)
 }
 
-/// The limit as a layer: `AdmissionLayer::new(MetadataLimit { max_bytes })`.
+/// The checks as a layer: `AdmissionLayer::new(HeaderChecks { max_metadata_bytes })`.
 #[derive(Clone)]
-pub struct MetadataLimit {
-    pub max_bytes: usize,
+pub struct HeaderChecks {
+    pub max_metadata_bytes: usize,
 }
 
-impl Admission for MetadataLimit {
+impl Admission for HeaderChecks {
     fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let (size, largest) = header_list_size(request);
-        if size > self.max_bytes {
+        if size > self.max_metadata_bytes {
             return Err(GatewayError::MetadataTooLarge {
                 size,
-                limit: self.max_bytes,
+                limit: self.max_metadata_bytes,
                 largest: largest.map(|(name, size)| (name.to_string(), size)),
+            });
+        }
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding != "identity"
+        {
+            return Err(GatewayError::EncodingUnsupported {
+                encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
             });
         }
         Ok(())
