@@ -1,4 +1,4 @@
-//! Guards for the gRPC listener against connections that hold a file descriptor and do nothing
+//! Guards for the listeners against connections that hold a file descriptor and do nothing
 //! (issue 14): a connection that has not sent the whole HTTP/2 preface within
 //! `server.handshake_timeout` is closed, and at most `server.max_connections` are open at once
 //! (past that the listener stops accepting, so new clients wait in the kernel's backlog).
@@ -9,7 +9,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 /// The client connection preface every HTTP/2 connection opens with (RFC 9113, 3.4).
@@ -87,6 +92,73 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefaceTimeout<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How often at most the connection cap and accept errors are logged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long accepting pauses after an accept error (out of file descriptors and the like).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts a listener's connections, at most `max` open at once: past that it waits for one to
+/// close (back-pressure through the kernel's backlog, instead of accepting sockets there are no
+/// descriptors for), with one warning per 10 s naming `cap_setting`; an accept error pauses it
+/// briefly instead of spinning, with a rate-limited log line.
+pub struct CappedAcceptor {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// What the cap is, for the warning: the setting, or the listener.
+    cap_setting: &'static str,
+    at_cap_log: RateLimited,
+    accept_error_log: RateLimited,
+}
+
+/// An open connection's place under the cap; the place is given back when it is dropped.
+pub type ConnectionSlot = Option<OwnedSemaphorePermit>;
+
+impl CappedAcceptor {
+    pub fn new(max: usize, cap_setting: &'static str) -> Self {
+        CappedAcceptor {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            cap_setting,
+            at_cap_log: RateLimited::new(LIMIT_LOG_EVERY),
+            accept_error_log: RateLimited::new(LIMIT_LOG_EVERY),
+        }
+    }
+
+    /// The next connection, with its slot to hold until it closes. Cancel-safe.
+    pub async fn accept(&mut self, listener: &TcpListener) -> (ConnectionSlot, TcpStream, SocketAddr) {
+        loop {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    if let Some(suppressed) = self.at_cap_log.ready() {
+                        tracing::warn!(
+                            max_connections = self.max,
+                            times_reached_since_last_warning = suppressed,
+                            "connection limit reached: {} connections open ({}); not accepting new ones until one \
+                             closes",
+                            self.max,
+                            self.cap_setting
+                        );
+                    }
+                    // The semaphore is never closed; were it, connections would go uncounted.
+                    self.slots.clone().acquire_owned().await.ok()
+                }
+            };
+            match listener.accept().await {
+                Ok((stream, peer)) => return (slot, stream, peer),
+                Err(e) => {
+                    // Out of file descriptors and the like.
+                    if let Some(suppressed) = self.accept_error_log.ready() {
+                        tracing::warn!(error = %e, failures_since_last_warning = suppressed, "accept failed; pausing accepts briefly");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
     }
 }
 

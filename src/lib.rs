@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) wires these modules together; they are a library so integration
 //! tests and other tools can use the generated client (`proto::v1::copilot_client`).
 
+pub mod admin_listeners;
 pub mod admission;
 pub mod auth;
 pub mod codec;

@@ -32,10 +32,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::admin_listeners;
 use crate::admission::AdmissionLayer;
 use crate::auth::{Auth, AuthCheck};
 use crate::config::{Config, Threading};
-use crate::connection_limits::{PrefaceTimeout, RateLimited, default_max_connections};
+use crate::connection_limits::{CappedAcceptor, PrefaceTimeout, default_max_connections};
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
@@ -62,12 +63,6 @@ fn grace_split(grace: Duration) -> (Duration, Duration) {
     let flush = FINAL_FLUSH.min(grace / 4);
     (grace - flush, flush)
 }
-
-/// How often at most the connection cap and accept errors are logged.
-const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// How long accepting pauses after an accept error (out of file descriptors and the like).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -141,10 +136,10 @@ async fn run(
         None => None,
     };
     if let Some(addr) = config.server.metrics_addr {
-        serve_metrics(addr, prometheus).await?;
+        admin_listeners::serve_metrics(addr, prometheus, config.server.handshake_timeout).await?;
     }
     if let Some(addr) = config.server.health_addr {
-        serve_health(addr, health_service.clone()).await?;
+        admin_listeners::serve_health(addr, health_service.clone(), config.server.handshake_timeout).await?;
     }
 
     let runner = match config.server.threading {
@@ -180,11 +175,7 @@ async fn run(
     let connection_buffer_bytes = config.limits.connection_buffer_bytes();
     let max_connections = config.server.max_connections.unwrap_or_else(default_max_connections);
     tracing::info!(max_connections, handshake_timeout = %humantime::format_duration(handshake_timeout), "connection limits");
-    // One permit per open connection: at the cap the listener stops accepting (back-pressure
-    // through the kernel's backlog) instead of accepting sockets it has no descriptors for.
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let mut at_cap_log = RateLimited::new(LIMIT_LOG_EVERY);
-    let mut accept_error_log = RateLimited::new(LIMIT_LOG_EVERY);
+    let mut acceptor = CappedAcceptor::new(max_connections, "server.max_connections");
 
     tokio::pin!(shutdown);
     let mut draining_since: Option<tokio::time::Instant> = None;
@@ -195,36 +186,8 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        let next = async {
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    if let Some(suppressed) = at_cap_log.ready() {
-                        tracing::warn!(
-                            max_connections,
-                            times_reached_since_last_warning = suppressed,
-                            "connection limit reached: {max_connections} connections open (server.max_connections); \
-                             not accepting new ones until one closes"
-                        );
-                    }
-                    slots.clone().acquire_owned().await.expect("the connection semaphore is never closed")
-                }
-            };
-            (slot, listener.accept().await)
-        };
         tokio::select! {
-            (slot, accepted) = next => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        if let Some(suppressed) = accept_error_log.ready() {
-                            tracing::warn!(error = %e, failures_since_last_warning = suppressed, "accept failed; pausing accepts briefly");
-                        }
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                        continue;
-                    }
-                };
+            (slot, stream, peer) = acceptor.accept(&listener) => {
                 let _ = stream.set_nodelay(true);
                 // The connection's own budget of partly received request bytes, seen by every
                 // call on it (`request_buffers.rs`).
@@ -320,63 +283,6 @@ fn reflection_v1alpha() -> Result<
     ServeError,
 > {
     reflection_builder().build_v1alpha().map_err(|e| ServeError::Setup(format!("reflection: {e}")))
-}
-
-/// The probe listener: `grpc.health.v1` alone, in plaintext, on its own port, so probes that
-/// cannot speak TLS still see the same statuses (including NOT_SERVING while draining).
-async fn serve_health<S>(addr: SocketAddr, health: S) -> Result<(), ServeError>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-    tracing::info!(addr = %local, "health listening on {local}");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
-            tracing::error!(error = %e, "the health listener stopped");
-        }
-    });
-    Ok(())
-}
-
-/// The admin listener: Prometheus metrics at `/metrics`, for meshes that scrape rather than push.
-async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut text = String::new();
-                match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
-                    Ok(()) => (http::StatusCode::OK, [(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text),
-                    Err(e) => (
-                        http::StatusCode::INTERNAL_SERVER_ERROR,
-                        [(http::header::CONTENT_TYPE, "text/plain")],
-                        format!("cannot encode metrics: {e}"),
-                    ),
-                }
-            }
-        }),
-    );
-    tracing::info!(addr = %local, "metrics listening on {local}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics listener stopped");
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]

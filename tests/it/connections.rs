@@ -80,3 +80,44 @@ async fn at_max_connections_new_clients_wait_until_idle_ones_are_closed_and_the_
     assert_eq!(warnings, 1, "one warning, not one per connection:\n{logs}");
     assert!(logs.contains("server.max_connections"), "the warning names the key:\n{logs}");
 }
+
+/// The address a listener logged it listens on (`<what> listening on <addr>`).
+fn logged_addr(copilot: &Copilot, what: &str) -> String {
+    let marker = format!("{what} listening on ");
+    let logs = copilot.logs();
+    let line = logs.lines().find_map(|line| line.split(&marker).nth(1));
+    line.and_then(|rest| rest.split(['"', ' ']).next()).expect("the listener's address in the log").to_string()
+}
+
+#[tokio::test]
+async fn the_health_and_metrics_listeners_close_silent_connections_and_cap_them() {
+    let (_fake, copilot) =
+        start("handshake_timeout = \"1s\"\nhealth_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"").await;
+    let (health, metrics) = (logged_addr(&copilot, "health"), logged_addr(&copilot, "metrics"));
+    let opened = Instant::now();
+    let mut sockets = Vec::new();
+    // More than a side listener's cap on the health port, a few on the metrics port.
+    for _ in 0..copilot::admin_listeners::ADMIN_MAX_CONNECTIONS + 6 {
+        sockets.push(TcpStream::connect(&health).await.unwrap());
+    }
+    for _ in 0..5 {
+        sockets.push(TcpStream::connect(&metrics).await.unwrap());
+    }
+    let closed = within(LIMIT, futures::future::join_all(sockets.into_iter().map(closed_by_server))).await;
+    for at in closed {
+        let after = at - opened;
+        assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the timeout");
+        assert!(after < Duration::from_secs(8), "closed only after {after:?}");
+    }
+    assert_eq!(copilot.logs().matches("the health listener's cap").count(), 1, "{}", copilot.logs());
+
+    // Both still serve.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}")).unwrap().connect().await.unwrap();
+    let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+    let mut stream = TcpStream::connect(&metrics).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    within(LIMIT, stream.read_to_string(&mut page)).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+}
