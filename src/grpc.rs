@@ -13,6 +13,7 @@ use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit, Summary};
 use crate::proto::v1 as pb;
+use crate::router::Router;
 use crate::validate;
 
 pub struct CopilotApi {
@@ -35,11 +36,17 @@ impl CopilotApi {
 }
 
 /// Holds the completion's estimated tokens against the caller's budget until it is settled (a
-/// reservation dropped unsettled, by an error or a cancelled call, is given back).
-fn reserve(caller: Option<&Caller>, valid: &validate::ValidRequest) -> Result<Option<Reservation>, Status> {
+/// reservation dropped unsettled, by an error or a cancelled call, is given back). Without a
+/// `max_tokens` in the request, the instances' configured `defaults.max_tokens` bounds it.
+fn reserve(
+    caller: Option<&Caller>,
+    router: &Router,
+    valid: &validate::ValidRequest,
+) -> Result<Option<Reservation>, Status> {
     let Some(caller) = caller else { return Ok(None) };
     let prompt = valid.messages.iter().map(|message| message.content.as_str());
-    Ok(Some(caller.reserve(prompt, valid.options.max_tokens)?))
+    let max_tokens = valid.options.max_tokens.or_else(|| router.default_max_tokens(&valid.model));
+    Ok(Some(caller.reserve(prompt, max_tokens)?))
 }
 
 type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
@@ -51,7 +58,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), &valid)?;
+        let mut reservation = reserve(caller.as_ref(), self.gateway.router(), &valid)?;
         // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
         let events = self.gateway.chat(valid, call, limit).await?;
@@ -85,7 +92,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         self.check_model(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), &valid)?;
+        let mut reservation = reserve(caller.as_ref(), self.gateway.router(), &valid)?;
         // Streamed with backpressure, so only each message is bounded, not the stream.
         let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
         let events = self.gateway.chat(valid, call, limit).await?;

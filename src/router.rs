@@ -151,6 +151,15 @@ impl Router {
         })
     }
 
+    /// The most completion tokens a call to `requested` that sets no `max_tokens` may be given by
+    /// configuration: the largest `defaults.max_tokens` among the instances it may go to (`None`
+    /// when one of them has none, or the name does not resolve).
+    pub fn default_max_tokens(&self, requested: &str) -> Option<u32> {
+        let plan = self.resolve(requested).ok()?;
+        let mut targets = plan.tiers.iter().flatten().map(|target| target.instance.defaults.max_tokens);
+        targets.try_fold(0, |most, max_tokens| max_tokens.map(|n| most.max(n))).filter(|&n| n > 0)
+    }
+
     fn target(&self, name: &str) -> Result<Target, GatewayError> {
         let (instance, model) = match name.split_once('/') {
             Some((prefix, model)) if self.instances.contains_key(prefix) => (&self.instances[prefix], model),
@@ -282,6 +291,27 @@ pub(crate) mod tests {
         assert_eq!(r.allow_list_name("").unwrap(), "fast");
         assert_eq!(r.allow_list_name("llama3.2").unwrap(), "ollama/llama3.2");
         assert_eq!(r.allow_list_name("gpu/qwen").unwrap(), "gpu/qwen");
+    }
+
+    #[test]
+    fn the_default_max_tokens_is_the_largest_of_the_instances_a_call_may_go_to() {
+        let with_default = |name: &str, max_tokens: Option<u32>| {
+            let mut instance = instance(name);
+            instance.defaults.max_tokens = max_tokens;
+            instance
+        };
+        let aliases = BTreeMap::from([
+            ("both".to_string(), vec![AliasTarget::Model("a/m".into()), AliasTarget::Model("b/m".into())]),
+            ("open".to_string(), vec![AliasTarget::Model("a/m".into()), AliasTarget::Model("c/m".into())]),
+        ]);
+        let instances = vec![with_default("a", Some(100)), with_default("b", Some(300)), with_default("c", None)];
+        let r = Router::new(instances, Some("a".into()), None, aliases);
+        assert_eq!(r.default_max_tokens("m"), Some(100));
+        assert_eq!(r.default_max_tokens("both"), Some(300));
+        assert_eq!(r.default_max_tokens("c/m"), None);
+        assert_eq!(r.default_max_tokens("open"), None, "one target may answer without a limit");
+        assert_eq!(r.default_max_tokens("nowhere/m"), Some(100), "an unknown prefix is a model of the default");
+        assert_eq!(r.default_max_tokens(""), None, "no default model");
     }
 
     #[test]

@@ -241,21 +241,43 @@ async fn concurrent_completions_cannot_overdraw_the_token_budget() {
     // the fake holds every reply 2 s, so all 30 are in flight before any settles.
     let (fake, copilot) = start("", "", "tokens_per_minute = 100").await;
     fake.add_model(FakeModel::new("slow").with_reply(Reply::Endless).with_header_delay(Duration::from_secs(2)));
+    let (admitted, served) = thirty_at_once(&copilot, Some(7)).await;
+    // 100 / 10 per reservation: ten fit, and the budget was not overdrawn.
+    assert_eq!(admitted, 10, "admitted");
+    assert!(served <= 100, "{served} tokens served");
+    assert_eq!(fake.completed_streams(), 10);
+}
+
+#[tokio::test]
+async fn a_call_without_max_tokens_reserves_its_providers_default_max_tokens() {
+    // No max_tokens in the requests: the instance's defaults.max_tokens (7) is reserved, so ten
+    // fit in 100 as above, where auth.default_reserved_tokens (256) would let one through.
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("slow").with_reply(Reply::Endless).with_header_delay(Duration::from_secs(2)));
+    let config = format!(
+        "[providers.ollama]\nretries = 0\ndefaults = {{ max_tokens = 7 }}\n[auth]\nenabled = true\n\
+         [[auth.keys]]\nname = \"beta\"\nhash = \"{BETA_HASH}\"\ntokens_per_minute = 100\n"
+    );
+    let copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
+    let (admitted, served) = thirty_at_once(&copilot, None).await;
+    assert_eq!(admitted, 10, "admitted");
+    assert!(served <= 100, "{served} tokens served");
+}
+
+/// Thirty concurrent Generate calls to `ollama/slow` with beta's key: how many were admitted, and
+/// the tokens they used; the others must have been refused for the token budget.
+async fn thirty_at_once(copilot: &Copilot, max_tokens: Option<u32>) -> (usize, u32) {
     let client = copilot.client().await;
-    let request = || {
-        let mut request = prompt("ollama/slow");
-        request.options = Some(copilot::proto::v1::GenerationOptions { max_tokens: Some(7), ..Default::default() });
-        with_key(request, BETA)
-    };
     let calls = (0..30).map(|_| {
         let mut client = client.clone();
-        let request = request();
+        let mut request = prompt("ollama/slow");
+        request.options = Some(copilot::proto::v1::GenerationOptions { max_tokens, ..Default::default() });
+        let request = with_key(request, BETA);
         async move { within(LIMIT, client.generate(request)).await.map(|r| r.into_inner()) }
     });
-    let results = futures::future::join_all(calls).await;
     let mut served = 0;
     let mut admitted = 0;
-    for result in results {
+    for result in futures::future::join_all(calls).await {
         match result {
             Ok(reply) => {
                 let usage = reply.usage.expect("usage");
@@ -270,10 +292,7 @@ async fn concurrent_completions_cannot_overdraw_the_token_budget() {
             }
         }
     }
-    // 100 / 10 per reservation: ten fit, and the budget was not overdrawn.
-    assert_eq!(admitted, 10, "admitted");
-    assert!(served <= 100, "{served} tokens served");
-    assert_eq!(fake.completed_streams(), 10);
+    (admitted, served)
 }
 
 #[tokio::test]
