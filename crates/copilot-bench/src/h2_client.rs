@@ -49,23 +49,43 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
 /// five seconds, and drives the connection on a task of its own.
 pub async fn connect(addr: &str) -> Result<GrpcClient, BoxError> {
     let uri: http::Uri = addr.parse().map_err(|e| format!("invalid --addr {addr:?}: {e}"))?;
+    let (sender, connection) = handshake(addr).await?;
+    // A connection that fails makes every call on it fail, and the calls report it.
+    tokio::spawn(connection);
+    Ok(CopilotClient::with_origin(H2Connection { sender }, uri))
+}
+
+/// A plaintext HTTP/2 connection to `addr` with request bodies of type `B`: the handle that sends
+/// requests, and the connection, which the caller must drive (spawn) for anything to happen.
+pub async fn handshake<B>(
+    addr: &str,
+) -> Result<(http2::SendRequest<B>, http2::Connection<TokioIo<TcpStream>, B, TokioExecutor>), BoxError>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let tcp = connect_tcp(addr).await?;
+    tcp.set_nodelay(true)?;
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: HTTP/2 handshake failed: {e}"))?;
+    Ok(connection)
+}
+
+/// A TCP connection to the host and port of `addr` (`http://host:port`) within five seconds.
+pub async fn connect_tcp(addr: &str) -> Result<TcpStream, BoxError> {
+    let uri: http::Uri = addr.parse().map_err(|e| format!("invalid --addr {addr:?}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("--addr {addr:?}: copilot-bench speaks plaintext HTTP/2, give an http:// address").into());
     }
     let host = uri.host().ok_or_else(|| format!("--addr {addr:?} has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
+    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
         .await
         .map_err(|_| format!("cannot connect to {addr}: timed out after 5 s"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    tcp.set_nodelay(true)?;
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: HTTP/2 handshake failed: {e}"))?;
-    // A connection that fails makes every call on it fail, and the calls report it.
-    tokio::spawn(connection);
-    Ok(CopilotClient::with_origin(H2Connection { sender }, uri))
+        .map_err(|e| format!("cannot connect to {addr}: {e}").into())
 }

@@ -7,6 +7,8 @@
 //! - `overhead`: the same load straight to a fake upstream and through Copilot to it, and the
 //!   difference (`overhead.rs`).
 //! - `http`: the same load against an OpenAI-compatible endpoint, e.g. another gateway (`http.rs`).
+//! - `soak`: a hostile mix (stalled bodies, idle sockets, big metadata, random bytes, cancels)
+//!   beside a legitimate load, with the server's RSS, fds and panics checked (`soak.rs`).
 //!
 //! Shared: `chat.rs` (one measured `Chat` call, request building), `loadgen.rs` (load options and
 //! the closed/open-loop drivers), `stats.rs` (histograms and summaries), `report.rs` (tables,
@@ -21,6 +23,7 @@ mod memory;
 mod overhead;
 mod procs;
 mod report;
+mod soak;
 mod stats;
 mod tokens;
 
@@ -58,6 +61,10 @@ enum Command {
     /// The same load and report against an OpenAI-compatible HTTP endpoint (another gateway, a
     /// model server), streamed with SSE.
     Http(http::HttpCmd),
+    /// A hostile mix (stalled bodies, idle pre-preface sockets, big metadata, random bytes,
+    /// cancels) beside a legitimate load: every legitimate call must succeed, the server's RSS
+    /// stay bounded, its fds not grow, its log hold no panic.
+    Soak(Box<soak::SoakCmd>),
 }
 
 /// The server to measure and the model to ask for; shared by every mode.
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
             Command::Load(cmd) => load::run(cmd).await,
             Command::Overhead(cmd) => overhead::run(cmd).await,
             Command::Http(cmd) => http::run(cmd).await,
+            Command::Soak(cmd) => soak::run(*cmd).await,
         }
     });
     result.unwrap_or_else(|e| {

@@ -6,17 +6,15 @@
 //! `--upstream-kind openai`) on a free port, and a Copilot on a free port whose only provider is
 //! that fake (retries off), reading where each listens from its output, and stops both at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::ValueEnum;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::process::Command;
 
 use crate::http::{OpenAiBackend, describe_post, http_client, status_error, transport_error};
 use crate::load::GrpcBackend;
@@ -24,9 +22,6 @@ use crate::loadgen::{self, Backend, CallError, ChunkClock, LoadArgs, Rpc, RunInf
 use crate::procs::{self, Process};
 use crate::report::{self, Comparison, RunReport};
 use crate::{BoxError, Target};
-
-/// How long a started process may take to say where it listens.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -294,7 +289,7 @@ struct OverheadReport<'a> {
 }
 
 /// The Copilot configuration: one provider, the upstream, with retries off so a failure shows.
-fn copilot_config(kind: UpstreamKind, upstream: &str) -> String {
+pub fn copilot_config(kind: UpstreamKind, upstream: &str) -> String {
     let mut text = format!("[providers.{}]\n", kind.provider());
     if kind == UpstreamKind::Openai {
         text.push_str("kind = \"openai\"\n");
@@ -306,11 +301,6 @@ fn copilot_config(kind: UpstreamKind, upstream: &str) -> String {
 /// A TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::Value::from(text).to_string()
-}
-
-/// `http://` in front of a bare `host:port`.
-fn with_scheme(addr: &str) -> String {
-    if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
 }
 
 pub async fn run(cmd: OverheadCmd) -> Result<ExitCode, BoxError> {
@@ -353,14 +343,16 @@ async fn run_with(
 
     let copilot_model = cmd.copilot_model.clone().unwrap_or_else(|| format!("{}/{model}", kind.provider()));
     let copilot = match &cmd.addr {
-        Some(addr) => CopilotInfo { addr: with_scheme(addr), model: copilot_model, started: None, pid: cmd.load.pid },
+        Some(addr) => {
+            CopilotInfo { addr: procs::with_scheme(addr), model: copilot_model, started: None, pid: cmd.load.pid }
+        }
         None => {
             let binary = procs::find_binary(cmd.copilot_bin.as_deref(), "copilot")?;
             let path = std::env::temp_dir().join(format!("copilot-bench-{}.toml", std::process::id()));
             std::fs::write(&path, copilot_config(kind, &upstream.url))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             *config_file = Some(path.clone());
-            let (process, addr) = start_copilot(&binary, &path).await?;
+            let (process, addr) = procs::start_copilot(&binary, &path, None).await?;
             eprintln!(
                 "started {} (pid {}) at {addr}, routing {copilot_model} to {}",
                 binary.display(),
@@ -369,7 +361,7 @@ async fn run_with(
             );
             let pid = process.pid;
             started.push(process);
-            CopilotInfo { addr: with_scheme(&addr), model: copilot_model, started: Some(binary), pid: Some(pid) }
+            CopilotInfo { addr: procs::with_scheme(&addr), model: copilot_model, started: Some(binary), pid: Some(pid) }
         }
     };
 
@@ -463,31 +455,9 @@ fn describe_setup(cmd: &OverheadCmd, upstream: &UpstreamInfo, copilot: &CopilotI
 async fn start_fake(cmd: &OverheadCmd) -> Result<(Process, String, PathBuf), BoxError> {
     let name = cmd.upstream_kind.fake_binary();
     let binary = procs::find_binary(cmd.fake_bin.as_deref(), name)?;
-    let mut command = Command::new(&binary);
-    command.args(["--addr", "127.0.0.1:0"]);
-    for (flag, value) in [("--token-delay-ms", cmd.token_delay_ms), ("--header-delay-ms", cmd.ttft_delay_ms)] {
-        if value > 0 {
-            if !procs::has_flag(&binary, flag).await? {
-                return Err(format!("{} has no {flag} option (see its --help)", binary.display()).into());
-            }
-            command.args([flag, &value.to_string()]);
-        }
-    }
-    let (process, url) = Process::start(name, command, "listening on ", START_TIMEOUT).await?;
-    Ok((process, url.trim_end_matches('/').to_owned(), binary))
-}
-
-/// Starts Copilot with `config` on a free loopback port: (process, `host:port`).
-async fn start_copilot(binary: &Path, config: &Path) -> Result<(Process, String), BoxError> {
-    let mut command = Command::new(binary);
-    command.arg("serve").arg("--config").arg(config).args(["--addr", "127.0.0.1:0", "--log-format", "text"]);
-    // Quiet, but keep the line that says where it listens; and let nothing in this environment
-    // add providers, change the default model or send a real API key to the fake.
-    command.env("RUST_LOG", "warn,copilot::server=info");
-    for variable in ["COPILOT_CONFIG", "OLLAMA_HOST", "OLLAMA_MODEL", "LLM_PROVIDER", "OPENAI_API_KEY"] {
-        command.env_remove(variable);
-    }
-    Process::start("copilot", command, "copilot listening on ", START_TIMEOUT).await
+    let flags = [("--token-delay-ms", cmd.token_delay_ms), ("--header-delay-ms", cmd.ttft_delay_ms)];
+    let (process, url) = procs::start_fake(&binary, name, &flags).await?;
+    Ok((process, url, binary))
 }
 
 #[cfg(test)]
@@ -551,7 +521,7 @@ mod tests {
             copilot_config(UpstreamKind::Openai, "http://127.0.0.1:8000/v1"),
             "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\nretries = 0\n"
         );
-        assert_eq!(with_scheme("127.0.0.1:5"), "http://127.0.0.1:5");
-        assert_eq!(with_scheme("https://h:5"), "https://h:5");
+        assert_eq!(procs::with_scheme("127.0.0.1:5"), "http://127.0.0.1:5");
+        assert_eq!(procs::with_scheme("https://h:5"), "https://h:5");
     }
 }
