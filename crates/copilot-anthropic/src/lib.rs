@@ -2,8 +2,8 @@
 //!
 //! [`AnthropicProvider`] turns a [`ChatRequest`] into one streamed `POST /v1/messages` and the
 //! server-sent events of the reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this
-//! module owns the HTTP client, the mapping of HTTP failures to [`ProviderError`], and the lifetime
-//! of a streamed response.
+//! module holds the endpoints and Anthropic's status rules, and sends through `copilot_http`'s
+//! [`Upstream`].
 //!
 //! Choices where the Messages API and the gateway's model differ:
 //! - System messages become the top-level `system` string (joined by blank lines); consecutive
@@ -22,14 +22,12 @@
 mod stream;
 mod wire;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, DecodedBody, root_cause};
+use copilot_http::{Adapter, BaseUrlRules, DecodedBody, Refusal, Upstream};
 use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
@@ -93,13 +91,9 @@ pub enum AnthropicConfigError {
 /// HTTP client, so connections are pooled and reused. Its `Debug` output never shows the key.
 #[derive(Debug)]
 pub struct AnthropicProvider {
-    /// Sends `x-api-key` (marked sensitive), `anthropic-version` and `anthropic-beta` with every
-    /// request.
-    client: copilot_http::HttpClient,
-    /// Shared with every stream, which names the server in its error messages.
-    base_url: Arc<str>,
-    /// Kept only to scrub it from upstream error text.
-    api_key: Option<Secret>,
+    /// Its client sends `x-api-key` (marked sensitive), `anthropic-version` and `anthropic-beta`
+    /// with every request; it keeps the key only to mask it in upstream text.
+    upstream: Upstream,
     default_max_tokens: u32,
     messages_url: Url,
     models_url: Url,
@@ -107,50 +101,44 @@ pub struct AnthropicProvider {
 
 impl AnthropicProvider {
     pub fn new(config: AnthropicConfig) -> Result<Self, AnthropicConfigError> {
-        let base_url = validate_base_url(&config.base_url)?;
-        let endpoint = |path: &str| {
-            Url::parse(&format!("{base_url}{path}")).map_err(|e| AnthropicConfigError::InvalidBaseUrl {
-                value: config.base_url.clone(),
-                reason: e.to_string(),
-            })
-        };
-        let (messages_url, models_url) = (endpoint("/v1/messages")?, endpoint("/v1/models")?);
+        let invalid = |reason: String| AnthropicConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
+        let mut base_url = config.base_url.trim().trim_end_matches('/');
+        if let Some(without) = base_url.strip_suffix("/v1") {
+            base_url = without.trim_end_matches('/');
+        }
+        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
         if config.default_max_tokens == 0 {
             return Err(AnthropicConfigError::InvalidMaxTokens);
         }
 
         let mut headers = HeaderMap::new();
         if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| AnthropicConfigError::InvalidApiKey)?;
-            // Keeps it out of reqwest's and hyper's Debug output.
-            value.set_sensitive(true);
+            let value = copilot_http::secret_header(key.expose()).ok_or(AnthropicConfigError::InvalidApiKey)?;
             headers.insert(HeaderName::from_static("x-api-key"), value);
         }
         headers.insert(HeaderName::from_static("anthropic-version"), header_value("version", &config.version)?);
         if !config.beta.is_empty() {
             headers.insert(HeaderName::from_static("anthropic-beta"), header_value("beta", &config.beta.join(","))?);
         }
-
         let user_agent = concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION"));
-        let connect_timeout = config.connect_timeout;
-        let client = copilot_http::HttpClient::new(move || {
-            copilot_http::client_builder(user_agent, connect_timeout).default_headers(headers.clone())
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, move |builder| {
+            builder.default_headers(headers.clone())
         })
-        .map_err(|e| AnthropicConfigError::HttpClient(root_cause(&e)))?;
+        .map_err(AnthropicConfigError::HttpClient)?;
 
+        let upstream = Upstream::new(client, base_url, Some("Anthropic"), config.api_key);
+        let endpoint = |path| upstream.endpoint(path).map_err(invalid);
         Ok(AnthropicProvider {
-            client,
-            base_url: base_url.into(),
-            api_key: config.api_key,
+            messages_url: endpoint("/v1/messages")?,
+            models_url: endpoint("/v1/models")?,
             default_max_tokens: config.default_max_tokens,
-            messages_url,
-            models_url,
+            upstream,
         })
     }
 
     /// The API's base URL, without a trailing slash or `/v1`.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.upstream.base_url()
     }
 
     /// Every model the key can use, as the Models API describes them (newest first), following
@@ -172,7 +160,8 @@ impl AnthropicProvider {
                     query.append_pair("after_id", after);
                 }
             }
-            let page: wire::ModelsPage = self.fetch_json(self.client.get(url), None, "model list").await?;
+            let page: wire::ModelsPage =
+                self.upstream.fetch_json(self, self.upstream.get(url), None, "model list").await?;
             let empty = page.data.is_empty();
             models.extend(page.data.into_iter().map(AnthropicModel::from));
             match page.last_id {
@@ -180,62 +169,27 @@ impl AnthropicProvider {
                 _ => return Ok(models),
             }
         }
-        tracing::warn!(base_url = %self.base_url, "Anthropic's model list did not end after {MAX_PAGES} pages");
+        tracing::warn!(base_url = %self.upstream.base_url(), "Anthropic's model list did not end after {MAX_PAGES} pages");
         Ok(models)
     }
+}
 
-    /// Sends a request and checks its status; the `model` it concerns turns a 404 into
-    /// [`ProviderError::ModelNotFound`].
-    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(self.error_from_response(response, model).await)
-    }
-
-    /// A whole (non-streamed) JSON response; `what` names it in error messages.
-    async fn fetch_json<T: DeserializeOwned>(
-        &self,
-        request: RequestBuilder,
-        model: Option<&str>,
-        what: &str,
-    ) -> Result<T, ProviderError> {
-        let response = self.send(request, model).await?;
-        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
-            BodyError::Read(cause) => ProviderError::Interrupted(format!(
-                "connection lost to Anthropic at {} while reading {what}: {cause}",
-                self.base_url
-            )),
-            BodyError::Parse { error, excerpt } => ProviderError::Protocol(format!(
-                "unexpected {what} from Anthropic at {} ({error}): {excerpt}",
-                self.base_url
-            )),
-        })
-    }
-
-    /// A request that got no response at all: the server is down, unknown, or hung up.
-    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        copilot_http::send_error(err, &format!("Anthropic at {}", self.base_url), &root_cause(err))
-    }
-
-    /// Turns a non-2xx response into the matching [`ProviderError`].
-    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
-        let status = response.status();
-        let retry_after = retry_after(response.headers(), SystemTime::now());
-        let request_id = copilot_http::header_text(response.headers(), "request-id", self.api_key.as_ref());
-        let body = copilot_http::read_error_body(&mut response).await;
-        let mut error = UpstreamError::parse(&body);
+/// Anthropic's status rules: the status first, then `error.type` where the status says nothing
+/// specific ([`status_error`]).
+impl Adapter for AnthropicProvider {
+    fn refusal(&self, refusal: Refusal<'_>, model: Option<&str>) -> ProviderError {
+        let (status, secret) = (refusal.status, self.upstream.secret());
+        let retry_after = retry_after(refusal.headers, refusal.received);
+        let mut error = UpstreamError::parse(refusal.body);
         if error.request_id.is_none() {
-            error.request_id = request_id;
+            error.request_id = copilot_http::header_text(refusal.headers, "request-id", secret);
         }
-        let mut message =
-            error.describe(self.api_key.as_ref(), status.canonical_reason().unwrap_or("no error message"));
-        if status == StatusCode::UNAUTHORIZED && self.api_key.is_none() {
+        let mut message = error.describe(secret, refusal.reason());
+        if status == StatusCode::UNAUTHORIZED && secret.is_none() {
             message.push_str("; no api_key is configured for this provider");
         }
         if status == StatusCode::NOT_FOUND && !error.anthropic {
-            message.push_str(&format!("; is {} an Anthropic API base URL?", self.base_url));
+            message.push_str(&format!("; is {} an Anthropic API base URL?", self.upstream.base_url()));
         }
         tracing::debug!(status = status.as_u16(), %message, "Anthropic refused the request");
         status_error(status, &error, message, retry_after, model)
@@ -246,22 +200,14 @@ impl AnthropicProvider {
 impl Provider for AnthropicProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::MessagesBody::new(&request, self.default_max_tokens)?;
-        let response = self
-            .send(
-                copilot_http::with_trace_context(self.client.post(self.messages_url.clone()), &request).json(&body),
-                Some(&request.model),
-            )
-            .await?;
-        check_event_stream(response.headers().get(CONTENT_TYPE), &self.base_url)?;
-        tracing::debug!(model = %request.model, base_url = %self.base_url, "Anthropic accepted the chat request");
-        let decoder = StreamDecoder::new(self.base_url.clone(), self.api_key.clone());
-        Ok(copilot_http::chat_stream(DecodedBody::new(
-            response,
-            decoder,
-            "Anthropic",
-            self.base_url.clone(),
-            DRAIN_GRACE,
-        )))
+        let post =
+            copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), &request).json(&body);
+        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let base_url = self.upstream.base_url();
+        check_event_stream(response.headers().get(CONTENT_TYPE), base_url)?;
+        tracing::debug!(model = %request.model, %base_url, "Anthropic accepted the chat request");
+        let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
+        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Anthropic", base_url.clone(), DRAIN_GRACE)))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -281,7 +227,8 @@ impl Provider for AnthropicProvider {
             }
             Err(()) => return Err(ProviderError::Unreachable(format!("{} cannot take a model name", self.models_url))),
         }
-        let found: wire::WireModel = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+        let found: wire::WireModel =
+            self.upstream.fetch_json(self, self.upstream.get(url), Some(model), "model description").await?;
         Ok(AnthropicModel::from(found).into_model_info())
     }
 
@@ -289,7 +236,7 @@ impl Provider for AnthropicProvider {
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         let mut url = self.models_url.clone();
         url.query_pairs_mut().append_pair("limit", "1");
-        let _: wire::ModelsPage = self.fetch_json(self.client.get(url), None, "model list").await?;
+        let _: wire::ModelsPage = self.upstream.fetch_json(self, self.upstream.get(url), None, "model list").await?;
         // The API reports no server version.
         Ok(HealthReport { version: None })
     }
@@ -303,19 +250,9 @@ fn header_value(field: &'static str, value: &str) -> Result<HeaderValue, Anthrop
     })
 }
 
-/// The base URL as given minus any trailing slash and `/v1`, once it is known to be an http(s) URL.
-fn validate_base_url(raw: &str) -> Result<String, AnthropicConfigError> {
-    let invalid = |reason: String| AnthropicConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
-    let mut trimmed = raw.trim().trim_end_matches('/');
-    if let Some(without) = trimmed.strip_suffix("/v1") {
-        trimmed = without.trim_end_matches('/');
-    }
-    let url = copilot_http::parse_base_url(trimmed, DEFAULT_BASE_URL).map_err(invalid)?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a base URL cannot carry a query or fragment".into()));
-    }
-    Ok(trimmed.to_owned())
-}
+/// What a base URL may be (after a trailing `/v1` is dropped): an http(s) URL without a query or
+/// fragment.
+const BASE_URL_RULES: BaseUrlRules = BaseUrlRules { example: DEFAULT_BASE_URL, query_hint: "", no_credentials: None };
 
 /// A 200 to a streamed request must be an event stream; a server that ignores `stream: true`
 /// (or a proxy's page) would otherwise look like a stream that ended before `message_stop`.

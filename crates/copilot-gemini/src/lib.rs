@@ -6,8 +6,8 @@
 //! into [`ChatEvent`]s; `GET /v1beta/models[/{model}]` serves listing, description and health. The
 //! API key travels only in the `x-goog-api-key` header — never in the URL, where the `?key=` form
 //! would put it into proxy logs and error messages. The wire formats live in `wire.rs`; this
-//! module owns the HTTP client, the mapping of HTTP failures to [`ProviderError`], and the lifetime
-//! of a streamed response.
+//! module holds the endpoints, the credentials and Gemini's status rules, and sends through
+//! `copilot_http`'s [`Upstream`].
 //!
 //! With [`GeminiAuth::Vertex`] the same bodies go to Vertex AI instead:
 //! `POST {base}/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse`,
@@ -39,14 +39,13 @@ mod wire;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
+use copilot_http::{Adapter, BaseUrlRules, ChatStreamDecoder, EventSource, Refusal, Upstream, root_cause};
 use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 pub use crate::auth::{CLOUD_PLATFORM_SCOPE, CredentialsError, DEFAULT_METADATA_HOST, GoogleCredentials};
 #[doc(hidden)]
@@ -162,11 +161,8 @@ pub enum GeminiConfigError {
 /// A [`Provider`] backed by the Gemini API. Cheap to share: all requests go through one HTTP
 /// client, so connections are pooled and reused.
 pub struct GeminiProvider {
-    client: copilot_http::HttpClient,
-    /// Shared with every stream, which names the server in its error messages.
-    base_url: Arc<str>,
-    /// Kept to scrub upstream error text that might echo it.
-    api_key: Option<Secret>,
+    /// Holds the API key, if any, to mask it in upstream text that might echo it.
+    upstream: Upstream,
     auth: Auth,
     /// `{base_url}/v1beta/` (Vertex: `{base_url}/v1beta1/projects/{p}/locations/{l}/publishers/google/`),
     /// to which a model's resource path is appended.
@@ -195,10 +191,10 @@ enum Auth {
 impl fmt::Debug for GeminiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("GeminiProvider");
-        debug.field("base_url", &self.base_url);
+        debug.field("base_url", self.upstream.base_url());
         match &self.auth {
             Auth::None => debug.field("auth", &"none"),
-            Auth::ApiKey(_) => debug.field("api_key", &self.api_key),
+            Auth::ApiKey(_) => debug.field("api_key", &self.upstream.secret()),
             Auth::Vertex { project, location, tokens, .. } => debug
                 .field("vertex_project", project)
                 .field("vertex_location", location)
@@ -227,7 +223,9 @@ impl GeminiProvider {
             Some((_, location)) if is_default_base_url(&config.base_url) => vertex_base_url(location),
             _ => config.base_url.clone(),
         };
-        let base_url = validate_base_url(&raw_base_url)?;
+        let invalid = |reason: String| GeminiConfigError::InvalidBaseUrl { value: raw_base_url.clone(), reason };
+        let base_url = raw_base_url.trim().trim_end_matches('/');
+        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
         let (api_root, describe_root, models_url) = match &vertex {
             None => {
                 let api_root = format!("{base_url}/{API_VERSION}/");
@@ -243,17 +241,15 @@ impl GeminiProvider {
                 (api_root, describe_root, models_url)
             }
         };
-        let models_url = Url::parse(&models_url)
-            .map_err(|e| GeminiConfigError::InvalidBaseUrl { value: raw_base_url.clone(), reason: e.to_string() })?;
+        let models_url = Url::parse(&models_url).map_err(|e| invalid(e.to_string()))?;
 
         // No redirects: Google does not redirect API calls, and following one would carry the key
         // header to wherever it points.
         let user_agent = concat!("copilot-gemini/", env!("CARGO_PKG_VERSION"));
-        let connect_timeout = config.connect_timeout;
-        let client = copilot_http::HttpClient::new(move || {
-            copilot_http::client_builder(user_agent, connect_timeout).redirect(reqwest::redirect::Policy::none())
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, |builder| {
+            builder.redirect(reqwest::redirect::Policy::none())
         })
-        .map_err(|e| GeminiConfigError::HttpClient(root_cause(&e)))?;
+        .map_err(GeminiConfigError::HttpClient)?;
 
         let mut vertex_fields = vertex;
         let (auth, api_key) = match config.auth {
@@ -273,9 +269,7 @@ impl GeminiProvider {
         };
 
         Ok(GeminiProvider {
-            client,
-            base_url: base_url.into(),
-            api_key,
+            upstream: Upstream::new(client, base_url, Some("Gemini"), api_key).with_reply_source("Gemini"),
             auth,
             api_root,
             describe_root,
@@ -300,7 +294,7 @@ impl GeminiProvider {
 
     /// The API's base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.upstream.base_url()
     }
 
     /// `{base}/v1beta/models/{model}{suffix}` (or the Vertex path); the model name is escaped so it
@@ -313,84 +307,23 @@ impl GeminiProvider {
         Url::parse(&format!("{root}{}{suffix}", model_path(model, self.is_vertex())))
             .map_err(|e| ProviderError::InvalidRequest(format!("invalid Gemini model name {model:?}: {e}")))
     }
+}
 
-    /// Sends a request with the credentials and checks its status; the `model` it concerns turns
-    /// a 404 into [`ProviderError::ModelNotFound`]. On Vertex, a 401 gets one new access token and
-    /// one retry.
-    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let response = match &self.auth {
-            Auth::None => self.transmit(request).await?,
-            Auth::ApiKey(key) => self.transmit(request.header(API_KEY_HEADER, key.clone())).await?,
-            Auth::Vertex { tokens, user_project, .. } => {
-                let request = match user_project {
-                    Some(project) => request.header(USER_PROJECT_HEADER, project.clone()),
-                    None => request,
-                };
-                let token = tokens.get().await?;
-                let retry = request.try_clone();
-                let response = self.transmit(request.header(AUTHORIZATION, token.header.clone())).await?;
-                match retry {
-                    Some(retry) if response.status() == StatusCode::UNAUTHORIZED => {
-                        tracing::debug!(base_url = %self.base_url, "Vertex AI refused the access token; fetching a new one");
-                        drop(response);
-                        let token = tokens.replace(&token).await?;
-                        self.transmit(retry.header(AUTHORIZATION, token.header.clone())).await?
-                    }
-                    _ => response,
-                }
-            }
-        };
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(self.error_from_response(response, model).await)
-    }
-
-    async fn transmit(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
-        self.client.send(request).await.map_err(|e| self.send_error(&e))
-    }
-
-    /// A whole (non-streamed) JSON response; `what` names it in error messages.
-    async fn fetch_json<T: DeserializeOwned>(
-        &self,
-        request: RequestBuilder,
-        model: Option<&str>,
-        what: &str,
-    ) -> Result<T, ProviderError> {
-        let response = self.send(request, model).await?;
-        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
-            BodyError::Read(cause) => ProviderError::Interrupted(format!(
-                "connection lost to Gemini at {} while reading {what}: {}",
-                self.base_url,
-                redact(&self.api_key, &cause)
-            )),
-            BodyError::Parse { error, excerpt } => ProviderError::Protocol(format!(
-                "unexpected {what} from Gemini ({error}): {}",
-                redact(&self.api_key, &excerpt)
-            )),
-        })
-    }
-
-    /// A request that got no response at all: the server is down, unknown, or hung up.
-    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        let cause = redact(&self.api_key, &root_cause(err));
-        copilot_http::send_error(err, &format!("Gemini at {}", self.base_url), &cause)
-    }
-
-    /// Turns a non-2xx response into the matching [`ProviderError`].
-    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
-        let status = response.status().as_u16();
-        let header_delay = copilot_http::retry_after(response.headers(), SystemTime::now());
-        let body = copilot_http::read_error_body(&mut response).await;
-        let error = wire::parse_error_body(&body);
+/// Gemini's status rules and credentials: a Google error's status and reason decide the error
+/// ([`Failure`]); the key or a Vertex AI token goes on every request.
+impl Adapter for GeminiProvider {
+    fn refusal(&self, refusal: Refusal<'_>, model: Option<&str>) -> ProviderError {
+        let status = refusal.status.as_u16();
+        let header_delay = copilot_http::retry_after(refusal.headers, refusal.received);
+        let error = wire::parse_error_body(refusal.body);
         let mut message = match &error {
             Some(error) => error.describe(),
-            None => wire::fallback_message(&body, self.api_key.as_ref()),
+            None => wire::fallback_message(refusal.body, self.upstream.secret()),
         };
         if message.is_empty() {
-            message = response.status().canonical_reason().unwrap_or("no error message").to_owned();
+            message = refusal.reason().to_owned();
         }
-        let mut message = redact(&self.api_key, &message);
+        let mut message = self.upstream.redact(&message);
         if let Auth::Vertex { project, .. } = &self.auth {
             match status {
                 401 => message.push_str(" (Vertex AI refused a freshly fetched access token too)"),
@@ -400,7 +333,7 @@ impl GeminiProvider {
                 _ => {}
             }
         }
-        tracing::debug!(status, %message, base_url = %self.base_url, "Gemini refused the request");
+        tracing::debug!(status, %message, base_url = %self.upstream.base_url(), "Gemini refused the request");
         let failure = Failure {
             status,
             message,
@@ -409,6 +342,32 @@ impl GeminiProvider {
             google_error: error.is_some(),
         };
         failure.into_error(model)
+    }
+
+    /// With the credentials. On Vertex, a 401 gets one new access token and one retry.
+    async fn transmit(&self, upstream: &Upstream, request: RequestBuilder) -> Result<Response, ProviderError> {
+        match &self.auth {
+            Auth::None => upstream.transmit(request).await,
+            Auth::ApiKey(key) => upstream.transmit(request.header(API_KEY_HEADER, key.clone())).await,
+            Auth::Vertex { tokens, user_project, .. } => {
+                let request = match user_project {
+                    Some(project) => request.header(USER_PROJECT_HEADER, project.clone()),
+                    None => request,
+                };
+                let token = tokens.get().await?;
+                let retry = request.try_clone();
+                let response = upstream.transmit(request.header(AUTHORIZATION, token.header.clone())).await?;
+                match retry {
+                    Some(retry) if response.status() == StatusCode::UNAUTHORIZED => {
+                        tracing::debug!(base_url = %upstream.base_url(), "Vertex AI refused the access token; fetching a new one");
+                        drop(response);
+                        let token = tokens.replace(&token).await?;
+                        upstream.transmit(retry.header(AUTHORIZATION, token.header.clone())).await
+                    }
+                    _ => Ok(response),
+                }
+            }
+        }
     }
 }
 
@@ -424,9 +383,8 @@ impl Provider for GeminiProvider {
         }
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
         let body = wire::GenerateBody::new(&request, &self.safety_settings);
-        let mut response = self
-            .send(copilot_http::with_trace_context(self.client.post(url), &request).json(&body), Some(&request.model))
-            .await?;
+        let post = copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body);
+        let mut response = self.upstream.send(self, post, Some(&request.model)).await?;
 
         // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
         // SSE reader would silently find empty; say so instead.
@@ -434,15 +392,15 @@ impl Provider for GeminiProvider {
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
             let content_type = content_type.to_owned();
             let body = copilot_http::read_capped(&mut response, 512).await;
-            let excerpt = copilot_http::excerpt(&body, 200, self.api_key.as_ref());
-            return Err(ProviderError::Protocol(format!(
-                "Gemini at {} answered with {content_type} instead of an event stream: {}",
-                self.base_url,
-                redact(&self.api_key, &excerpt)
-            )));
+            let excerpt = copilot_http::excerpt(&body, 200, self.upstream.secret());
+            return Err(ProviderError::Protocol(self.upstream.redact(&format!(
+                "{} answered with {content_type} instead of an event stream: {excerpt}",
+                self.upstream.name()
+            ))));
         }
-        tracing::debug!(model = %request.model, base_url = %self.base_url, "Gemini accepted the chat request");
-        Ok(copilot_http::chat_stream(ChatEvents::new(response, self.base_url.clone(), self.api_key.clone())))
+        let base_url = self.upstream.base_url();
+        tracing::debug!(model = %request.model, %base_url, "Gemini accepted the chat request");
+        Ok(copilot_http::chat_stream(ChatEvents::new(response, base_url.clone(), self.upstream.secret().cloned())))
     }
 
     /// Every model that supports `generateContent` (embedding-only and image models are left
@@ -462,7 +420,8 @@ impl Provider for GeminiProvider {
             if let Some(token) = &page_token {
                 url.query_pairs_mut().append_pair("pageToken", token);
             }
-            let page: wire::ListModelsResponse = self.fetch_json(self.client.get(url), None, "model list").await?;
+            let page: wire::ListModelsResponse =
+                self.upstream.fetch_json(self, self.upstream.get(url), None, "model list").await?;
             models.extend(
                 page.models
                     .into_iter()
@@ -476,7 +435,7 @@ impl Provider for GeminiProvider {
                 _ => return Ok(models),
             }
         }
-        tracing::warn!(base_url = %self.base_url, pages = MAX_LIST_PAGES, "Gemini's model list has more pages; listing only the first ones");
+        tracing::warn!(base_url = %self.upstream.base_url(), pages = MAX_LIST_PAGES, "Gemini's model list has more pages; listing only the first ones");
         Ok(models)
     }
 
@@ -484,10 +443,11 @@ impl Provider for GeminiProvider {
         let url = self.url_under(&self.describe_root, model, "")?;
         if self.is_vertex() {
             let found: wire::PublisherModel =
-                self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+                self.upstream.fetch_json(self, self.upstream.get(url), Some(model), "model description").await?;
             return Ok(found.into_info());
         }
-        let found: wire::Model = self.fetch_json(self.client.get(url), Some(model), "model description").await?;
+        let found: wire::Model =
+            self.upstream.fetch_json(self, self.upstream.get(url), Some(model), "model description").await?;
         Ok(found.into_info())
     }
 
@@ -500,7 +460,8 @@ impl Provider for GeminiProvider {
         }
         let mut url = self.models_url.clone();
         url.query_pairs_mut().append_pair("pageSize", "1");
-        let _: wire::ListModelsResponse = self.fetch_json(self.client.get(url), None, "model list").await?;
+        let _: wire::ListModelsResponse =
+            self.upstream.fetch_json(self, self.upstream.get(url), None, "model list").await?;
         Ok(HealthReport { version: None })
     }
 }
@@ -529,19 +490,12 @@ fn model_path(model: &str, vertex: bool) -> String {
     path
 }
 
-/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
-fn validate_base_url(raw: &str) -> Result<String, GeminiConfigError> {
-    let invalid = |reason: String| GeminiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
-    let trimmed = raw.trim().trim_end_matches('/');
-    let url = copilot_http::parse_base_url(trimmed, DEFAULT_BASE_URL).map_err(invalid)?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a base URL cannot carry a query or fragment (the key goes in `api_key`)".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("a base URL cannot carry credentials".into()));
-    }
-    Ok(trimmed.to_owned())
-}
+/// What a base URL may be: an http(s) URL without a query, a fragment or credentials.
+const BASE_URL_RULES: BaseUrlRules = BaseUrlRules {
+    example: DEFAULT_BASE_URL,
+    query_hint: " (the key goes in `api_key`)",
+    no_credentials: Some("a base URL cannot carry credentials"),
+};
 
 /// Whether a base URL is unset or the Gemini API's own, which on Vertex means "the location's".
 fn is_default_base_url(base_url: &str) -> bool {
@@ -571,17 +525,8 @@ fn api_key_header(key: &Secret) -> Result<HeaderValue, GeminiConfigError> {
     if key.expose().trim().is_empty() {
         return Err(GeminiConfigError::InvalidApiKey("it is empty"));
     }
-    let mut value = HeaderValue::from_str(key.expose().trim())
-        .map_err(|_| GeminiConfigError::InvalidApiKey("it holds characters that cannot be sent in an HTTP header"))?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-fn redact(key: &Option<Secret>, text: &str) -> String {
-    match key {
-        Some(key) => key.redact(text),
-        None => text.to_owned(),
-    }
+    copilot_http::secret_header(key.expose().trim())
+        .ok_or(GeminiConfigError::InvalidApiKey("it holds characters that cannot be sent in an HTTP header"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 //! HTTP plumbing shared by the Copilot provider adapters (Ollama, OpenAI-compatible, Gemini,
-//! Anthropic): the HTTP client they all build, reading a response's body (whole, or the capped
-//! body of an error), `Retry-After` headers, turning a reader's state into a [`ChatStream`], and
-//! the text of errors and excerpts they put into their messages, and the SSE decoder ([`sse`]).
+//! Anthropic): one [`Upstream`] per server, which sends, checks statuses, fetches JSON, reads
+//! error bodies and masks the key; the HTTP client they all build, `Retry-After` headers, turning
+//! a decoder into a [`ChatStream`], the text of errors and excerpts, and the SSE decoder ([`sse`]).
 //!
 //! Only what every adapter does the same way lives here; how a protocol's errors map to
-//! [`ProviderError`]s, and what the messages say, stays in each adapter.
+//! [`ProviderError`]s ([`Adapter`]), and what the messages say, stays in each adapter.
 
 mod client;
 pub mod sse;
 #[cfg(feature = "stream-check")]
 #[doc(hidden)]
 pub mod stream_check;
+mod upstream;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -20,9 +21,9 @@ use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError, Secret
 use futures::{FutureExt, StreamExt};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
-use serde::de::DeserializeOwned;
 
 pub use client::HttpClient;
+pub use upstream::{Adapter, BaseUrlRules, Refusal, Upstream, check_base_url, secret_header};
 
 /// A client builder with what every adapter sets: a connect timeout, no Nagle delay, and the
 /// adapter's `User-Agent` (`"copilot-ollama/0.1.0"`). There is no overall timeout: generations run
@@ -39,6 +40,16 @@ pub fn client_builder(user_agent: &'static str, connect_timeout: Duration) -> re
         // The gateway decides about retries (with backoff, budgets and fallback); reqwest's own
         // would also clone every request in case it retried.
         .retry(reqwest::retry::never().max_retries_per_request(0))
+}
+
+/// An adapter's [`HttpClient`]: [`client_builder`]'s settings, then what `configure` adds (default
+/// headers, a redirect policy). `Err` is the [`root_cause`] of why it cannot be built.
+pub fn adapter_client(
+    user_agent: &'static str,
+    connect_timeout: Duration,
+    configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
+) -> Result<HttpClient, String> {
+    HttpClient::new(move || configure(client_builder(user_agent, connect_timeout))).map_err(|e| root_cause(&e))
 }
 
 /// Parses the base URL an adapter is configured with (already trimmed as the adapter wants it),
@@ -58,7 +69,7 @@ pub const MAX_ERROR_BODY: usize = 16 * 1024;
 
 /// The body of an error response, up to about [`MAX_ERROR_BODY`] bytes; what arrives before a
 /// broken connection, if it breaks.
-pub async fn read_error_body(response: &mut Response) -> Vec<u8> {
+pub(crate) async fn read_error_body(response: &mut Response) -> Vec<u8> {
     read_capped(response, MAX_ERROR_BODY).await
 }
 
@@ -75,22 +86,6 @@ pub async fn read_capped(response: &mut Response, cap: usize) -> Vec<u8> {
     body
 }
 
-/// Why a whole JSON body could not be had: the adapter words it.
-#[derive(Debug)]
-pub enum BodyError {
-    /// The connection failed while the body was read; the [`root_cause`].
-    Read(String),
-    /// The body is not the JSON expected; with an [`excerpt`] of the body (200 characters).
-    Parse { error: serde_json::Error, excerpt: String },
-}
-
-/// Reads a whole (non-streamed) response body and decodes it as JSON; `secret` is masked in the
-/// excerpt of a body that is not.
-pub async fn read_json<T: DeserializeOwned>(response: Response, secret: Option<&Secret>) -> Result<T, BodyError> {
-    let body = response.bytes().await.map_err(|e| BodyError::Read(root_cause(&e)))?;
-    serde_json::from_slice(&body).map_err(|error| BodyError::Parse { error, excerpt: excerpt(&body, 200, secret) })
-}
-
 /// A response header's value as text for a log line or a message, with `secret` masked: an
 /// upstream may echo the key in a header (a request id made from it, say). `None` when the
 /// header is missing or not text.
@@ -103,17 +98,6 @@ pub fn header_text(headers: &HeaderMap, name: &str, secret: Option<&Secret>) -> 
 /// instrumented upstream joins the caller's trace.
 pub fn with_trace_context(builder: RequestBuilder, request: &ChatRequest) -> RequestBuilder {
     request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
-}
-
-/// A request that got no response at all: the server is down, unknown, or hung up. `server`
-/// names it in the message (`"Ollama at http://…"`); `cause` is the error's [`root_cause`], as
-/// the adapter may redact it.
-pub fn send_error(err: &reqwest::Error, server: &str, cause: &str) -> ProviderError {
-    if err.is_connect() {
-        ProviderError::Unreachable(format!("cannot connect to {server}: {cause}"))
-    } else {
-        ProviderError::Unreachable(format!("request to {server} failed: {cause}"))
-    }
 }
 
 /// The wait a `Retry-After` header asks for: seconds, or an HTTP date.

@@ -2,19 +2,17 @@
 //! `/api/show`, `/api/version`).
 //!
 //! [`OllamaProvider`] turns a [`ChatRequest`] into one streamed `POST /api/chat` and the NDJSON
-//! reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this module owns the HTTP client,
-//! the mapping of HTTP failures to [`ProviderError`], and the lifetime of a streamed response.
+//! reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this module holds the endpoints
+//! and Ollama's status rules, and sends through `copilot_http`'s [`Upstream`].
 
 mod stream;
 mod wire;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use copilot_http::{BodyError, DecodedBody, root_cause};
+use copilot_http::{Adapter, BaseUrlRules, DecodedBody, Refusal, Upstream};
 use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
@@ -67,9 +65,7 @@ pub enum OllamaConfigError {
 /// client, so connections are pooled and reused.
 #[derive(Debug)]
 pub struct OllamaProvider {
-    client: copilot_http::HttpClient,
-    /// Shared with every stream, which names the server in its error messages.
-    base_url: Arc<str>,
+    upstream: Upstream,
     keep_alive: Option<i64>,
     chat_url: Url,
     tags_url: Url,
@@ -79,69 +75,27 @@ pub struct OllamaProvider {
 
 impl OllamaProvider {
     pub fn new(config: OllamaConfig) -> Result<Self, OllamaConfigError> {
-        let base_url = validate_base_url(&config.base_url)?;
-        let endpoint = |path: &str| {
-            Url::parse(&format!("{base_url}{path}")).map_err(|e| OllamaConfigError::InvalidBaseUrl {
-                value: config.base_url.clone(),
-                reason: e.to_string(),
-            })
-        };
-        let (chat_url, tags_url, show_url, version_url) =
-            (endpoint("/api/chat")?, endpoint("/api/tags")?, endpoint("/api/show")?, endpoint("/api/version")?);
-
+        let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
+        let base_url = config.base_url.trim().trim_end_matches('/');
+        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
         let user_agent = concat!("copilot-ollama/", env!("CARGO_PKG_VERSION"));
-        let connect_timeout = config.connect_timeout;
-        let client = copilot_http::HttpClient::new(move || copilot_http::client_builder(user_agent, connect_timeout))
-            .map_err(|e| OllamaConfigError::HttpClient(root_cause(&e)))?;
-
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, |builder| builder)
+            .map_err(OllamaConfigError::HttpClient)?;
+        let upstream = Upstream::new(client, base_url, Some("Ollama"), None).with_reply_source("Ollama");
+        let endpoint = |path| upstream.endpoint(path).map_err(invalid);
         Ok(OllamaProvider {
-            client,
-            base_url: base_url.into(),
             keep_alive: config.keep_alive.map(KeepAlive::as_wire_seconds),
-            chat_url,
-            tags_url,
-            show_url,
-            version_url,
+            chat_url: endpoint("/api/chat")?,
+            tags_url: endpoint("/api/tags")?,
+            show_url: endpoint("/api/show")?,
+            version_url: endpoint("/api/version")?,
+            upstream,
         })
     }
 
     /// The server's base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
-    /// Sends a request and checks its status; the `model` it concerns turns a 404 into
-    /// [`ProviderError::ModelNotFound`].
-    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(error_from_response(response, model).await)
-    }
-
-    /// A whole (non-streamed) JSON response; `what` names it in error messages.
-    async fn fetch_json<T: DeserializeOwned>(
-        &self,
-        request: RequestBuilder,
-        model: Option<&str>,
-        what: &str,
-    ) -> Result<T, ProviderError> {
-        let response = self.send(request, model).await?;
-        copilot_http::read_json(response, None).await.map_err(|err| match err {
-            BodyError::Read(cause) => ProviderError::Interrupted(format!(
-                "connection lost to Ollama at {} while reading {what}: {cause}",
-                self.base_url
-            )),
-            BodyError::Parse { error, excerpt } => {
-                ProviderError::Protocol(format!("unexpected {what} from Ollama ({error}): {excerpt}"))
-            }
-        })
-    }
-
-    /// A request that got no response at all: the server is down, unknown, or hung up.
-    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        copilot_http::send_error(err, &format!("Ollama at {}", self.base_url), &root_cause(err))
+        self.upstream.base_url()
     }
 }
 
@@ -149,46 +103,51 @@ impl OllamaProvider {
 impl Provider for OllamaProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::ChatBody::new(&request, self.keep_alive);
-        let response = self
-            .send(
-                copilot_http::with_trace_context(self.client.post(self.chat_url.clone()), &request).json(&body),
-                Some(&request.model),
-            )
-            .await?;
-        tracing::debug!(model = %request.model, base_url = %self.base_url, "Ollama accepted the chat request");
-        let decoder = StreamDecoder::new(self.base_url.clone());
-        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Ollama", self.base_url.clone(), DRAIN_GRACE)))
+        let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request).json(&body);
+        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let base_url = self.upstream.base_url();
+        tracing::debug!(model = %request.model, %base_url, "Ollama accepted the chat request");
+        let decoder = StreamDecoder::new(base_url.clone());
+        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Ollama", base_url.clone(), DRAIN_GRACE)))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         let tags: wire::TagsResponse =
-            self.fetch_json(self.client.get(self.tags_url.clone()), None, "model list").await?;
+            self.upstream.fetch_json(self, self.upstream.get(self.tags_url.clone()), None, "model list").await?;
         Ok(tags.into_models())
     }
 
     async fn describe_model(&self, model: &str) -> Result<ModelInfo, ProviderError> {
-        let request = self.client.post(self.show_url.clone()).json(&wire::ShowBody { model });
-        let show: wire::ShowResponse = self.fetch_json(request, Some(model), "model description").await?;
+        let request = self.upstream.post(self.show_url.clone()).json(&wire::ShowBody { model });
+        let show: wire::ShowResponse =
+            self.upstream.fetch_json(self, request, Some(model), "model description").await?;
         Ok(show.into_model(model))
     }
 
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         let version: wire::VersionResponse =
-            self.fetch_json(self.client.get(self.version_url.clone()), None, "version").await?;
+            self.upstream.fetch_json(self, self.upstream.get(self.version_url.clone()), None, "version").await?;
         Ok(HealthReport { version: version.version })
     }
 }
 
-/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
-fn validate_base_url(raw: &str) -> Result<String, OllamaConfigError> {
-    let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
-    let trimmed = raw.trim().trim_end_matches('/');
-    let url = copilot_http::parse_base_url(trimmed, "http://localhost:11434").map_err(invalid)?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a base URL cannot carry a query or fragment".into()));
+/// Ollama's status rules: the message is Ollama's `error` field (or the body); the status alone
+/// decides the error.
+impl Adapter for OllamaProvider {
+    fn refusal(&self, refusal: Refusal<'_>, model: Option<&str>) -> ProviderError {
+        let retry_after = copilot_http::retry_after(refusal.headers, refusal.received);
+        let mut message = wire::error_message(refusal.body);
+        if message.is_empty() {
+            message = refusal.reason().to_owned();
+        }
+        tracing::debug!(status = refusal.status.as_u16(), %message, "Ollama refused the request");
+        status_error(refusal.status, message, retry_after, model)
     }
-    Ok(trimmed.to_owned())
 }
+
+/// What a base URL may be: any http(s) URL without a query or fragment.
+const BASE_URL_RULES: BaseUrlRules =
+    BaseUrlRules { example: "http://localhost:11434", query_hint: "", no_credentials: None };
 
 // ---------------------------------------------------------------------------------------------
 // Streaming
@@ -200,19 +159,6 @@ const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------------------------
 // Errors
-
-/// Turns a non-2xx response into the matching [`ProviderError`].
-async fn error_from_response(mut response: Response, model: Option<&str>) -> ProviderError {
-    let status = response.status();
-    let retry_after = copilot_http::retry_after(response.headers(), SystemTime::now());
-    let body = copilot_http::read_error_body(&mut response).await;
-    let mut message = wire::error_message(&body);
-    if message.is_empty() {
-        message = status.canonical_reason().unwrap_or("no error message").to_owned();
-    }
-    tracing::debug!(status = status.as_u16(), %message, "Ollama refused the request");
-    status_error(status, message, retry_after, model)
-}
 
 fn status_error(
     status: StatusCode,

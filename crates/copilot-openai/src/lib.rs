@@ -23,13 +23,12 @@ mod wire;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{BodyError, ChatStreamDecoder, EventSource, root_cause};
+use copilot_http::{Adapter, BaseUrlRules, ChatStreamDecoder, EventSource, Refusal, Upstream, root_cause};
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError, Secret,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::{Response, StatusCode, Url};
 
 use crate::stream::Step;
 #[doc(hidden)]
@@ -102,33 +101,23 @@ pub enum OpenAiConfigError {
 /// through one HTTP client, so connections are pooled and reused.
 #[derive(Debug)]
 pub struct OpenAiProvider {
-    client: copilot_http::HttpClient,
-    /// Shared with every stream, which names the server in its error messages.
-    base_url: Arc<str>,
+    /// Named by its base URL alone; masks the key in upstream text that might echo it.
+    upstream: Upstream,
     chat_url: Url,
     models_url: Url,
     body: BodySettings,
-    /// To scrub the key from upstream error text that might echo it.
-    api_key: Option<Secret>,
 }
 
 impl OpenAiProvider {
     pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiConfigError> {
-        let base_url = validate_base_url(&config.base_url)?;
-        let endpoint = |path: &str| {
-            Url::parse(&format!("{base_url}{path}")).map_err(|e| OpenAiConfigError::InvalidBaseUrl {
-                value: config.base_url.clone(),
-                reason: e.to_string(),
-            })
-        };
-        let (chat_url, models_url) = (endpoint("/chat/completions")?, endpoint("/models")?);
+        let invalid = |reason: String| OpenAiConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
+        let base_url = config.base_url.trim().trim_end_matches('/');
+        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
 
         let mut headers = HeaderMap::new();
         if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                .map_err(|_| OpenAiConfigError::InvalidHeader { what: "API key" })?;
-            // Keeps the value out of reqwest's and hyper's debug output.
-            value.set_sensitive(true);
+            let value = copilot_http::secret_header(&format!("Bearer {}", key.expose()))
+                .ok_or(OpenAiConfigError::InvalidHeader { what: "API key" })?;
             headers.insert(header::AUTHORIZATION, value);
         }
         if let Some(organization) = config.organization.as_deref().filter(|o| !o.trim().is_empty()) {
@@ -136,90 +125,54 @@ impl OpenAiProvider {
                 .map_err(|_| OpenAiConfigError::InvalidHeader { what: "organization" })?;
             headers.insert("openai-organization", value);
         }
-
         let user_agent = concat!("copilot-openai/", env!("CARGO_PKG_VERSION"));
-        let connect_timeout = config.connect_timeout;
-        let client = copilot_http::HttpClient::new(move || {
-            copilot_http::client_builder(user_agent, connect_timeout).default_headers(headers.clone())
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, move |builder| {
+            builder.default_headers(headers.clone())
         })
-        .map_err(|e| OpenAiConfigError::HttpClient(root_cause(&e)))?;
+        .map_err(OpenAiConfigError::HttpClient)?;
 
+        let upstream = Upstream::new(client, base_url, None, config.api_key);
+        let endpoint = |path| upstream.endpoint(path).map_err(invalid);
         Ok(OpenAiProvider {
-            client,
-            base_url: base_url.into(),
-            chat_url,
-            models_url,
+            chat_url: endpoint("/chat/completions")?,
+            models_url: endpoint("/models")?,
             body: BodySettings {
                 max_tokens_field: config.max_tokens_field,
                 include_usage: config.include_usage,
                 send_top_k: config.send_top_k,
             },
-            api_key: config.api_key,
+            upstream,
         })
     }
 
     /// The server's base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.upstream.base_url()
     }
+}
 
-    fn redact(&self, text: String) -> String {
-        match &self.api_key {
-            Some(key) => key.redact(&text),
-            None => text,
-        }
-    }
-
-    /// Sends a request and checks its status; the `model` it concerns turns a 404 about that
-    /// model into [`ProviderError::ModelNotFound`].
-    async fn send(&self, request: RequestBuilder, model: Option<&str>) -> Result<Response, ProviderError> {
-        let response = self.client.send(request).await.map_err(|e| self.send_error(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(self.error_from_response(response, model).await)
-    }
-
-    /// A whole (non-streamed) JSON response; `what` names it in error messages.
-    async fn fetch_json<T: DeserializeOwned>(&self, request: RequestBuilder, what: &str) -> Result<T, ProviderError> {
-        let response = self.send(request, None).await?;
-        copilot_http::read_json(response, self.api_key.as_ref()).await.map_err(|err| match err {
-            BodyError::Read(cause) => ProviderError::Interrupted(format!(
-                "connection lost to {} while reading {what}: {cause}",
-                self.base_url
-            )),
-            BodyError::Parse { error, excerpt } => ProviderError::Protocol(
-                self.redact(format!("unexpected {what} from {} ({error}): {excerpt}", self.base_url)),
-            ),
-        })
-    }
-
-    /// A request that got no response at all: the server is down, unknown, or hung up.
-    fn send_error(&self, err: &reqwest::Error) -> ProviderError {
-        copilot_http::send_error(err, &self.base_url, &root_cause(err))
-    }
-
-    /// Turns a non-2xx response into the matching [`ProviderError`].
-    async fn error_from_response(&self, mut response: Response, model: Option<&str>) -> ProviderError {
-        let status = response.status();
-        let retry_after = retry_after(response.headers(), status, SystemTime::now());
-        let secret = self.api_key.as_ref();
+/// The OpenAI-compatible status rules: the message from whichever error shape the server uses,
+/// the wait from whichever header it sets.
+impl Adapter for OpenAiProvider {
+    fn refusal(&self, refusal: Refusal<'_>, model: Option<&str>) -> ProviderError {
+        let (status, base_url) = (refusal.status, self.upstream.base_url());
+        let retry_after = retry_after(refusal.headers, status, refusal.received);
+        let secret = self.upstream.secret();
         // Some servers and proxies echo what they were sent in headers: masked like the body.
-        let request_id = copilot_http::header_text(response.headers(), "x-request-id", secret);
-        let body = copilot_http::read_error_body(&mut response).await;
-        let mut details = ErrorDetails::parse(&body).quoted(secret);
+        let request_id = copilot_http::header_text(refusal.headers, "x-request-id", secret);
+        let mut details = ErrorDetails::parse(refusal.body).quoted(secret);
         if details.message.is_empty() {
-            details.message = status.canonical_reason().unwrap_or("no error message").to_owned();
+            details.message = refusal.reason().to_owned();
         }
         tracing::debug!(
             status = status.as_u16(),
             message = %details.message,
             code = details.code.as_deref(),
             request_id = request_id.as_deref(),
-            base_url = %self.base_url,
+            %base_url,
             "the OpenAI-compatible server refused the request"
         );
-        status_error(status, details, retry_after, model, &self.base_url)
+        status_error(status, details, retry_after, model, base_url)
     }
 }
 
@@ -227,17 +180,19 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let body = wire::ChatBody::new(&request, self.body);
-        let post = copilot_http::with_trace_context(self.client.post(self.chat_url.clone()), &request)
+        let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request)
             .header(header::ACCEPT, "text/event-stream")
             .json(&body);
-        let response = self.send(post, Some(&request.model)).await?;
-        tracing::debug!(model = %request.model, base_url = %self.base_url, "the OpenAI-compatible server accepted the chat request");
-        let events = ChatEvents::new(response, self.base_url.clone(), self.api_key.clone());
+        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let base_url = self.upstream.base_url();
+        tracing::debug!(model = %request.model, %base_url, "the OpenAI-compatible server accepted the chat request");
+        let events = ChatEvents::new(response, base_url.clone(), self.upstream.secret().cloned());
         Ok(copilot_http::chat_stream(events))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
-        let list: wire::ModelList = self.fetch_json(self.client.get(self.models_url.clone()), "model list").await?;
+        let request = self.upstream.get(self.models_url.clone());
+        let list: wire::ModelList = self.upstream.fetch_json(self, request, None, "model list").await?;
         Ok(list.into_models())
     }
 
@@ -251,26 +206,19 @@ impl Provider for OpenAiProvider {
     /// `GET /models`: the one cheap endpoint every compatible server has, and one that checks
     /// the API key too.
     async fn health(&self) -> Result<HealthReport, ProviderError> {
-        let response = self.send(self.client.get(self.models_url.clone()), None).await?;
+        let response = self.upstream.send(self, self.upstream.get(self.models_url.clone()), None).await?;
         // The body is not needed; reading it lets the connection go back to the pool.
         let _ = response.bytes().await;
         Ok(HealthReport { version: None })
     }
 }
 
-/// The base URL as given minus any trailing slash, once it is known to be an http(s) URL.
-fn validate_base_url(raw: &str) -> Result<String, OpenAiConfigError> {
-    let invalid = |reason: String| OpenAiConfigError::InvalidBaseUrl { value: raw.to_owned(), reason };
-    let trimmed = raw.trim().trim_end_matches('/');
-    let url = copilot_http::parse_base_url(trimmed, "http://localhost:8000/v1").map_err(invalid)?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a base URL cannot carry a query or fragment".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("credentials go in api_key, not in the URL".into()));
-    }
-    Ok(trimmed.to_owned())
-}
+/// What a base URL may be: an http(s) URL without a query, a fragment or credentials.
+const BASE_URL_RULES: BaseUrlRules = BaseUrlRules {
+    example: "http://localhost:8000/v1",
+    query_hint: "",
+    no_credentials: Some("credentials go in api_key, not in the URL"),
+};
 
 // ---------------------------------------------------------------------------------------------
 // Streaming
