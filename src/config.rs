@@ -8,17 +8,21 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod provider;
 mod security;
+pub use provider::{
+    AnthropicSettings, ApiKeySource, EmbeddedSettings, GeminiSettings, KIND_KEYS, KeepAlive, KindSettings,
+    MaxTokensField, OllamaSettings, OllamaStore, OpenAiSettings, ProviderConfig, ProviderKind, ProviderPolicy,
+    ProviderTable, SafetySetting, normalize_ollama_host,
+};
 pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
-
-const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,8 +32,13 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
-    /// Named provider instances; the name is the `provider/` prefix clients use.
+    /// Named provider instances, as the server uses them (resolved at load from their tables);
+    /// the name is the `provider/` prefix clients use.
+    #[serde(skip)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// The `[providers.<name>]` tables as written, taken into `providers` at load.
+    #[serde(rename = "providers")]
+    provider_tables: BTreeMap<String, ProviderTable>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,212 +177,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// An Ollama server, over its native API.
-    Ollama,
-    /// GGUF models run in-process with llama.cpp.
-    Embedded,
-    /// Any OpenAI-compatible server: OpenAI, vLLM, llama.cpp's server, LM Studio, Ollama's `/v1`.
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// Google Gemini (the Generative Language API).
-    Gemini,
-    /// Anthropic's Messages API.
-    Anthropic,
-}
-
-impl ProviderKind {
-    fn from_name(name: &str) -> Option<ProviderKind> {
-        match name {
-            "ollama" => Some(ProviderKind::Ollama),
-            "embedded" => Some(ProviderKind::Embedded),
-            "openai" => Some(ProviderKind::OpenAi),
-            "gemini" => Some(ProviderKind::Gemini),
-            "anthropic" => Some(ProviderKind::Anthropic),
-            _ => None,
-        }
-    }
-
-    /// Where the upstream is when the config does not say.
-    fn default_base_url(self) -> &'static str {
-        match self {
-            ProviderKind::Ollama => "http://localhost:11434",
-            ProviderKind::Embedded => "",
-            ProviderKind::OpenAi => "https://api.openai.com/v1",
-            ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
-            ProviderKind::Anthropic => "https://api.anthropic.com",
-        }
-    }
-
-    /// The variable the API key is read from when neither `api_key_env` nor `api_key_file` is set.
-    pub fn default_key_variable(self) -> Option<&'static str> {
-        match self {
-            ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
-            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
-            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
-            ProviderKind::Ollama | ProviderKind::Embedded => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProviderConfig {
-    /// Which adapter serves this instance. May be left out when the instance's name is a kind.
-    pub kind: Option<ProviderKind>,
-    /// The upstream's base URL (default: the kind's usual one). For Ollama, `OLLAMA_HOST`-style
-    /// values (`host`, `host:port`) are accepted.
-    pub base_url: String,
-    /// How long the upstream may stay silent before the call gives up on it: the default for both
-    /// `first_token_timeout` and `idle_timeout`.
-    #[serde(with = "duration")]
-    pub timeout: Duration,
-    /// How long to wait for the first token (covers a model load on the upstream: be generous).
-    /// Past it the call falls back to the next target, or ends with DEADLINE_EXCEEDED.
-    #[serde(default, with = "optional_duration")]
-    pub first_token_timeout: Option<Duration>,
-    /// How long the upstream may pause between two chunks of a stream.
-    #[serde(default, with = "optional_duration")]
-    pub idle_timeout: Option<Duration>,
-    /// Retries of a failed attempt on this instance before falling back (only failures before the
-    /// first token, only retryable ones: unreachable, overloaded, rate limited, 5xx, timeout).
-    pub retries: u32,
-    /// First retry delay; doubled each retry up to `retry_backoff_max`, with jitter. A longer
-    /// `Retry-After` from the upstream wins.
-    #[serde(with = "duration")]
-    pub retry_backoff: Duration,
-    #[serde(with = "duration")]
-    pub retry_backoff_max: Duration,
-    /// Consecutive failures that open this instance's circuit breaker (0 disables it).
-    pub breaker_failures: u32,
-    /// How long an open breaker refuses calls before one probe call is let through.
-    #[serde(with = "duration")]
-    pub breaker_cooldown: Duration,
-    /// Calls this instance runs at once (unset: no limit).
-    pub max_concurrency: Option<usize>,
-    /// Calls that may wait for a free place when `max_concurrency` is reached; more get
-    /// RESOURCE_EXHAUSTED with RetryInfo.
-    pub max_queue: usize,
-    /// The longest a call waits in that queue.
-    #[serde(with = "duration")]
-    pub queue_timeout: Duration,
-    /// How often the instance is probed in the background (feeds routing and gRPC health).
-    #[serde(with = "duration")]
-    pub health_interval: Duration,
-    /// The environment variable holding this instance's API key.
-    pub api_key_env: Option<String>,
-    /// A file holding this instance's API key (e.g. a mounted Kubernetes Secret).
-    pub api_key_file: Option<PathBuf>,
-    /// How long to wait for a TCP connection to the upstream.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    /// How long ListModels waits for this instance.
-    #[serde(with = "duration")]
-    pub list_timeout: Duration,
-    /// Ollama: how long the model stays loaded after a request (`5m`, `1h`, `0s` to unload at
-    /// once, `-1` to keep it loaded). Unset: the Ollama server's own default.
-    pub keep_alive: Option<String>,
-    /// Options applied when a request leaves them unset.
-    pub defaults: DefaultOptions,
-    /// The model this instance serves when a request leaves `model` empty and this is the default
-    /// provider (`OLLAMA_MODEL`, `GEMINI_MODEL`, …); `copilot doctor` checks that it exists.
-    /// `routing.default_model` wins when both are set.
-    pub default_model: Option<String>,
-
-    /// Embedded: a directory whose `*.gguf` files are served, named by file stem
-    /// (default: the model cache that `copilot models fetch` fills).
-    pub models_dir: Option<PathBuf>,
-    /// Embedded: explicit `name = "/path/to/model.gguf"` entries.
-    pub models: BTreeMap<String, PathBuf>,
-    /// Embedded: Ollama's local model store, served without an Ollama server: `auto`
-    /// (`$OLLAMA_MODELS`, else `~/.ollama/models`), `off`, or a directory.
-    pub ollama_store: String,
-    /// Embedded: inference threads per model (default: all cores but one, at least one).
-    pub threads: Option<usize>,
-    /// Embedded: streams decoded together per model (parallel slots sharing one context).
-    pub parallel: usize,
-    /// Embedded: requests that may wait for a free slot; beyond it, RESOURCE_EXHAUSTED.
-    pub queue: usize,
-    /// Embedded: context window per stream in tokens (capped at the model's own).
-    pub context_length: u32,
-    /// Embedded: most tokens decoded in one step.
-    pub batch_size: u32,
-    /// Embedded: models to load at start instead of on first use.
-    pub preload: Vec<String>,
-    /// Embedded: drop the oldest turns of a conversation that does not fit the context, instead
-    /// of refusing it with INVALID_ARGUMENT.
-    pub truncate_prompt: bool,
-
-    /// OpenAI-compatible: the request field for the output limit, `max_tokens` (most servers) or
-    /// `max_completion_tokens` (OpenAI's newer models).
-    pub max_tokens_field: Option<String>,
-    /// OpenAI-compatible: ask for a usage chunk (`stream_options.include_usage`); turn off for
-    /// servers that reject it.
-    pub include_usage: bool,
-    /// OpenAI-compatible: send `top_k` (vLLM and llama.cpp accept it; OpenAI rejects it).
-    pub send_top_k: bool,
-    /// Gemini: the Google Cloud project whose Vertex AI endpoint serves Gemini. Used when no API
-    /// key is configured; credentials then come from Application Default Credentials.
-    pub project_id: Option<String>,
-    /// Gemini on Vertex AI: the location (`global`, `us-central1`, …). Default `global`.
-    pub location: Option<String>,
-    /// Gemini: `safetySettings`, passed through, e.g. `[{ category = "HARM_CATEGORY_HARASSMENT",
-    /// threshold = "BLOCK_ONLY_HIGH" }]`.
-    pub safety_settings: Vec<BTreeMap<String, String>>,
-    /// Anthropic: the `anthropic-version` header.
-    pub anthropic_version: Option<String>,
-    /// Anthropic: `max_tokens` for requests that set none (the API requires one).
-    pub default_max_tokens: Option<u32>,
-}
-
-impl Default for ProviderConfig {
-    fn default() -> Self {
-        Self {
-            kind: None,
-            base_url: String::new(),
-            timeout: Duration::from_secs(120),
-            first_token_timeout: None,
-            idle_timeout: None,
-            retries: 2,
-            retry_backoff: Duration::from_millis(200),
-            retry_backoff_max: Duration::from_secs(2),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(30),
-            max_concurrency: None,
-            max_queue: 0,
-            queue_timeout: Duration::from_secs(5),
-            health_interval: Duration::from_secs(10),
-            api_key_env: None,
-            api_key_file: None,
-            connect_timeout: Duration::from_secs(5),
-            list_timeout: Duration::from_secs(5),
-            keep_alive: None,
-            defaults: DefaultOptions::default(),
-            default_model: None,
-            models_dir: None,
-            models: BTreeMap::new(),
-            ollama_store: "auto".into(),
-            threads: None,
-            parallel: 4,
-            queue: 16,
-            context_length: 4096,
-            batch_size: 512,
-            preload: Vec::new(),
-            truncate_prompt: false,
-            max_tokens_field: None,
-            include_usage: true,
-            send_top_k: false,
-            project_id: None,
-            location: None,
-            safety_settings: Vec::new(),
-            anthropic_version: None,
-            default_max_tokens: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DefaultOptions {
@@ -400,7 +203,7 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), problem: problem.into() }
 }
 
@@ -460,104 +263,31 @@ impl Config {
 
     /// Fills derived defaults and checks everything that types alone cannot.
     fn finish(&mut self) -> Result<(), ConfigError> {
-        if self.providers.is_empty() {
+        self.resolve_providers()?;
+        self.resolve_default_route()?;
+        self.check_aliases()?;
+        self.check_server()?;
+        security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
+    }
+
+    /// The provider tables become the instances the server builds.
+    fn resolve_providers(&mut self) -> Result<(), ConfigError> {
+        if self.provider_tables.is_empty() {
             return Err(invalid("providers", "is empty: configure at least one provider"));
         }
-        for (name, provider) in &mut self.providers {
-            let key = |field: &str| format!("providers.{name}.{field}");
-            if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-                return Err(invalid(format!("providers.{name}"), "must be a name without '/' or spaces"));
-            }
-            let kind = match provider.kind.or_else(|| ProviderKind::from_name(name)) {
-                Some(kind) => kind,
-                None => {
-                    return Err(invalid(
-                        key("kind"),
-                        "is missing: set it to \"ollama\", \"embedded\", \"openai\", \"gemini\" or \"anthropic\"",
-                    ));
-                }
-            };
-            provider.kind = Some(kind);
-            if provider.base_url.trim().is_empty() {
-                provider.base_url = kind.default_base_url().to_string();
-            }
-            match kind {
-                ProviderKind::Ollama => {
-                    provider.base_url =
-                        normalize_ollama_host(&provider.base_url).map_err(|p| invalid(key("base_url"), p))?;
-                }
-                ProviderKind::Embedded => check_embedded(provider, &key)?,
-                ProviderKind::OpenAi | ProviderKind::Gemini | ProviderKind::Anthropic => {
-                    let url = provider.base_url.trim_end_matches('/');
-                    if !(url.starts_with("http://") || url.starts_with("https://")) || http::Uri::try_from(url).is_err()
-                    {
-                        return Err(invalid(key("base_url"), format!("'{url}' is not an http(s) URL")));
-                    }
-                    provider.base_url = url.to_string();
-                }
-            }
-            if let Some(field) = &provider.max_tokens_field
-                && field != "max_tokens"
-                && field != "max_completion_tokens"
-            {
-                return Err(invalid(key("max_tokens_field"), "must be \"max_tokens\" or \"max_completion_tokens\""));
-            }
-            for (field, value) in [
-                ("default_model", &mut provider.default_model),
-                ("project_id", &mut provider.project_id),
-                ("location", &mut provider.location),
-            ] {
-                if let Some(text) = value.as_deref().map(str::trim) {
-                    if text.is_empty() {
-                        *value = None;
-                    } else if text.contains(char::is_whitespace) {
-                        return Err(invalid(key(field), format!("'{text}' must not contain spaces")));
-                    } else {
-                        *value = Some(text.to_string());
-                    }
-                }
-            }
-            if kind != ProviderKind::Gemini {
-                for (field, set) in
-                    [("project_id", provider.project_id.is_some()), ("location", provider.location.is_some())]
-                {
-                    if set {
-                        return Err(invalid(key(field), "is for Gemini on Vertex AI (kind = \"gemini\") only"));
-                    }
-                }
-            } else if provider.location.is_some() && provider.project_id.is_none() {
-                return Err(invalid(
-                    key("location"),
-                    "needs a project: set providers.<name>.project_id (or GEMINI_PROJECT_ID) for Vertex AI",
-                ));
-            }
-            if provider.default_max_tokens == Some(0) {
-                return Err(invalid(key("default_max_tokens"), "must be at least 1"));
-            }
-            if provider.max_concurrency == Some(0) {
-                return Err(invalid(key("max_concurrency"), "must be at least 1 (leave it unset for no limit)"));
-            }
-            if provider.api_key_env.is_some() && provider.api_key_file.is_some() {
-                return Err(invalid(key("api_key_file"), "and api_key_env are both set; keep one"));
-            }
-            for (field, value) in
-                [("first_token_timeout", provider.first_token_timeout), ("idle_timeout", provider.idle_timeout)]
-            {
-                if value.is_some_and(|d| d.is_zero()) {
-                    return Err(invalid(key(field), "must be greater than zero"));
-                }
-            }
-            if provider.timeout.is_zero() {
-                return Err(invalid(key("timeout"), "must be greater than zero"));
-            }
-            if let Some(keep_alive) = &provider.keep_alive {
-                parse_keep_alive(keep_alive).map_err(|p| invalid(key("keep_alive"), p))?;
-            }
-            check_defaults(&provider.defaults, &key("defaults"))?;
+        for (name, table) in std::mem::take(&mut self.provider_tables) {
+            let provider = table.resolve(&name)?;
+            self.providers.insert(name, provider);
         }
-        // An explicit default provider wins; then the provider of the default model; then the
-        // only provider that names a default model of its own; then the only provider; then the
-        // embedded engine; then Ollama.
+        Ok(())
+    }
+
+    /// The default provider and model. An explicit default provider wins; then the provider of
+    /// the default model; then the only provider that names a default model of its own; then the
+    /// only provider; then the embedded engine; then Ollama. With several providers and none of
+    /// them the obvious default, there is none: bare model names are refused at call time,
+    /// prefixed names work.
+    fn resolve_default_route(&mut self) -> Result<(), ConfigError> {
         let with_default_model: Vec<&String> =
             self.providers.iter().filter(|(_, p)| p.default_model.is_some()).map(|(name, _)| name).collect();
         let model_provider = self
@@ -603,13 +333,15 @@ impl Config {
         #[cfg(feature = "embedded")]
         if let Some(provider) = &default_provider
             && self.routing.default_model.is_none()
-            && self.providers[provider].kind == Some(ProviderKind::Embedded)
+            && self.providers[provider].kind() == ProviderKind::Embedded
         {
             self.routing.default_model = Some(format!("{provider}/{}", copilot_embedded::download::DEFAULT_CHAT_MODEL));
         }
-        // With several providers and none of them the obvious default, there is no default
-        // provider: bare model names are refused at call time, prefixed names work.
         self.routing.default_provider = default_provider;
+        Ok(())
+    }
+
+    fn check_aliases(&self) -> Result<(), ConfigError> {
         for (alias, targets) in &self.routing.aliases {
             let key = format!("routing.aliases.{alias}");
             if alias.contains('/') || alias.is_empty() {
@@ -630,6 +362,10 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn check_server(&self) -> Result<(), ConfigError> {
         if self.server.worker_threads == Some(0) {
             return Err(invalid("server.worker_threads", "must be at least 1 (or unset: one per core)"));
         }
@@ -642,7 +378,7 @@ impl Config {
         if self.server.handshake_timeout.is_zero() {
             return Err(invalid("server.handshake_timeout", "must be more than 0s"));
         }
-        security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
+        Ok(())
     }
 
     /// The provider a bare model name goes to (always set after loading).
@@ -656,13 +392,13 @@ impl Config {
 /// hosted provider the environment selects (`LLM_PROVIDER`) or gives credentials or an endpoint
 /// for (`GEMINI_API_KEY`, `GEMINI_PROJECT_ID`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`,
 /// `ANTHROPIC_API_KEY`), named after its kind.
-fn builtin_providers(env: &BTreeMap<String, String>) -> BTreeMap<String, ProviderConfig> {
+fn builtin_providers(env: &BTreeMap<String, String>) -> BTreeMap<String, ProviderTable> {
     let set = |var: &str| env.get(var).is_some_and(|v| !v.trim().is_empty());
     let selected = env.get("LLM_PROVIDER").map(|v| v.trim().to_ascii_lowercase()).unwrap_or_default();
     let mut providers = BTreeMap::new();
-    providers.insert("ollama".to_string(), ProviderConfig::default());
+    providers.insert("ollama".to_string(), ProviderTable::default());
     if cfg!(feature = "embedded") {
-        providers.insert("embedded".to_string(), ProviderConfig::default());
+        providers.insert("embedded".to_string(), ProviderTable::default());
     }
     for (name, triggers) in [
         ("gemini", &["GEMINI_API_KEY", "GEMINI_PROJECT_ID"][..]),
@@ -670,35 +406,10 @@ fn builtin_providers(env: &BTreeMap<String, String>) -> BTreeMap<String, Provide
         ("anthropic", &["ANTHROPIC_API_KEY"][..]),
     ] {
         if selected == name || triggers.iter().any(|var| set(var)) {
-            providers.insert(name.to_string(), ProviderConfig::default());
+            providers.insert(name.to_string(), ProviderTable::default());
         }
     }
     providers
-}
-
-fn check_embedded(provider: &ProviderConfig, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    if !cfg!(feature = "embedded") {
-        return Err(invalid(
-            key("kind"),
-            "is \"embedded\", but this build has no embedded engine (it was built without the `embedded` feature)",
-        ));
-    }
-    if provider.parallel == 0 {
-        return Err(invalid(key("parallel"), "must be at least 1"));
-    }
-    if provider.context_length < 16 {
-        return Err(invalid(key("context_length"), "must be at least 16 tokens"));
-    }
-    if provider.batch_size == 0 {
-        return Err(invalid(key("batch_size"), "must be at least 1"));
-    }
-    if provider.threads == Some(0) {
-        return Err(invalid(key("threads"), "must be at least 1"));
-    }
-    if provider.ollama_store.trim().is_empty() {
-        return Err(invalid(key("ollama_store"), "must be \"auto\", \"off\" or a directory"));
-    }
-    Ok(())
 }
 
 /// Environment variables as a figment layer whose errors name the variable, not just the key.
@@ -863,7 +574,7 @@ fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> String 
         .join("; ")
 }
 
-fn check_defaults(d: &DefaultOptions, key: &str) -> Result<(), ConfigError> {
+pub(super) fn check_defaults(d: &DefaultOptions, key: &str) -> Result<(), ConfigError> {
     if let Some(t) = d.temperature
         && !(0.0..=2.0).contains(&t)
     {
@@ -881,43 +592,6 @@ fn check_defaults(d: &DefaultOptions, key: &str) -> Result<(), ConfigError> {
         return Err(invalid(format!("{key}.top_k"), "must be at least 1"));
     }
     Ok(())
-}
-
-/// Accepts what `OLLAMA_HOST` accepts: `host`, `host:port`, `scheme://host[:port]`. A value
-/// without a scheme gets `http://` and Ollama's port 11434, as Ollama's own client does.
-pub fn normalize_ollama_host(value: &str) -> Result<String, String> {
-    let value = value.trim().trim_end_matches('/');
-    if value.is_empty() {
-        return Err("is empty; set it to a URL such as http://localhost:11434".into());
-    }
-    let url = match value.split_once("://") {
-        Some(("http" | "https", rest)) if !rest.is_empty() => value.to_string(),
-        Some((scheme, _)) => return Err(format!("has scheme '{scheme}'; use http:// or https://")),
-        None => {
-            let has_port = match value.rsplit_once(':') {
-                Some((_, port)) => port.parse::<u16>().is_ok() && !value.ends_with(']'),
-                None => false,
-            };
-            if has_port { format!("http://{value}") } else { format!("http://{value}:{OLLAMA_DEFAULT_PORT}") }
-        }
-    };
-    http::Uri::try_from(url.as_str()).map_err(|e| format!("'{value}' is not a valid URL: {e}"))?;
-    Ok(url)
-}
-
-/// Ollama's keep_alive: a duration (`5m`), `0` to unload at once, or a negative number to keep
-/// the model loaded. Returns `None` for "forever".
-pub fn parse_keep_alive(value: &str) -> Result<Option<Duration>, String> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<i64>() {
-        return Ok((seconds >= 0).then(|| Duration::from_secs(seconds as u64)));
-    }
-    if value.starts_with('-') {
-        return Ok(None);
-    }
-    humantime::parse_duration(value)
-        .map(Some)
-        .map_err(|e| format!("'{value}' is not a duration like 5m or 1h, nor -1 (forever): {e}"))
 }
 
 /// An optional duration, in the same forms as [`duration`].
@@ -973,6 +647,14 @@ mod duration {
 mod tests {
     use super::*;
 
+    /// A Gemini instance's Vertex AI project and location.
+    fn vertex(provider: &ProviderConfig) -> (Option<&str>, Option<&str>) {
+        match &provider.settings {
+            KindSettings::Gemini(gemini) => (gemini.project_id.as_deref(), gemini.location.as_deref()),
+            other => panic!("not Gemini: {other:?}"),
+        }
+    }
+
     fn load(toml: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let file = toml.map(|text| {
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -988,10 +670,10 @@ mod tests {
         let config = load(None, &[]).unwrap();
         assert_eq!(config.server.addr.to_string(), "0.0.0.0:50051");
         assert_eq!(config.providers["ollama"].base_url, "http://localhost:11434");
-        assert_eq!(config.providers["ollama"].kind, Some(ProviderKind::Ollama));
+        assert_eq!(config.providers["ollama"].kind(), ProviderKind::Ollama);
         if cfg!(feature = "embedded") {
             assert_eq!(config.default_provider(), Some("embedded"));
-            assert_eq!(config.providers["embedded"].kind, Some(ProviderKind::Embedded));
+            assert_eq!(config.providers["embedded"].kind(), ProviderKind::Embedded);
             assert_eq!(config.routing.default_model.as_deref(), Some("embedded/qwen2.5-coder-0.5b-instruct"));
         } else {
             assert_eq!(config.default_provider(), Some("ollama"));
@@ -1062,7 +744,8 @@ mod tests {
         .unwrap();
         let ollama = &config.providers["ollama"];
         assert_eq!(ollama.base_url, "http://gpu-box:11434");
-        assert_eq!(ollama.timeout, Duration::from_secs(45));
+        assert_eq!(ollama.policy.first_token_timeout, Duration::from_secs(45));
+        assert_eq!(ollama.policy.idle_timeout, Duration::from_secs(45));
         assert_eq!(ollama.defaults.temperature, Some(0.2));
         assert_eq!(ollama.defaults.max_tokens, Some(256));
         assert_eq!(config.routing.default_model.as_deref(), Some("ollama/llama3.2:3b"));
@@ -1071,7 +754,7 @@ mod tests {
     #[test]
     fn durations_too_large_for_a_duration_are_refused_not_a_panic() {
         let config = load(Some("[providers.ollama]\ntimeout = 1.5\n"), &[]).unwrap();
-        assert_eq!(config.providers["ollama"].timeout, Duration::from_millis(1500));
+        assert_eq!(config.providers["ollama"].policy.idle_timeout, Duration::from_millis(1500));
         for bad in ["1e30", "-1.5", "inf", "nan"] {
             let err = load(Some(&format!("[providers.ollama]\ntimeout = {bad}\n")), &[]).unwrap_err().to_string();
             assert!(err.contains("is not a valid number of seconds"), "{bad}: {err}");
@@ -1095,7 +778,10 @@ mod tests {
         assert_eq!(config.server.addr.to_string(), "127.0.0.1:7000");
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
         assert_eq!(config.providers["ollama"].base_url, "http://env-host:80");
-        assert_eq!(config.providers["ollama"].keep_alive.as_deref(), Some("10m"));
+        assert_eq!(
+            config.providers["ollama"].settings,
+            KindSettings::Ollama(OllamaSettings { keep_alive: Some(KeepAlive::For(Duration::from_secs(600))) })
+        );
 
         let config = load(Some(toml), &[("COPILOT_SERVER__SHUTDOWN_GRACE", "2s")]).unwrap();
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(2));
@@ -1158,11 +844,11 @@ mod tests {
         assert_eq!(config.default_provider(), Some("gemini"));
         assert_eq!(config.routing.default_model.as_deref(), Some("gemini/gemini-2.0-flash-exp"));
         let gemini = &config.providers["gemini"];
-        assert_eq!(gemini.kind, Some(ProviderKind::Gemini));
+        assert_eq!(gemini.kind(), ProviderKind::Gemini);
         assert_eq!(gemini.base_url, "https://generativelanguage.googleapis.com");
         assert_eq!(gemini.defaults.temperature, Some(0.3));
         assert_eq!(gemini.defaults.max_tokens, Some(1024));
-        assert_eq!(gemini.project_id.as_deref(), Some("energy-prod"));
+        assert_eq!(vertex(gemini), (Some("energy-prod"), None));
         assert_eq!(config.providers["ollama"].default_model.as_deref(), Some("llama3.2:3b"));
         // Selecting it by name is enough to have it; the key is checked when providers are built.
         let config = load(None, &[("LLM_PROVIDER", "Gemini")]).unwrap();
@@ -1184,8 +870,8 @@ mod tests {
         )
         .unwrap();
         let gemini = &config.providers["gemini"];
-        assert_eq!(gemini.project_id.as_deref(), Some("p1"), "GEMINI_PROJECT_ID wins over GOOGLE_CLOUD_PROJECT");
-        assert_eq!(gemini.location.as_deref(), Some("europe-west4"));
+        // GEMINI_PROJECT_ID wins over GOOGLE_CLOUD_PROJECT.
+        assert_eq!(vertex(gemini), (Some("p1"), Some("europe-west4")));
         assert_eq!(gemini.base_url, "http://first:1", "GEMINI_BASE_URL wins over GOOGLE_GEMINI_BASE_URL");
         // GOOGLE_CLOUD_PROJECT alone (set on many Google Cloud machines) adds no provider.
         let config = load(None, &[("GOOGLE_CLOUD_PROJECT", "p2")]).unwrap();
@@ -1193,7 +879,7 @@ mod tests {
         let err = load(Some("[providers.gemini]\nlocation = \"us-central1\""), &[]).unwrap_err().to_string();
         assert!(err.contains("providers.gemini.location") && err.contains("project"), "{err}");
         let err = load(Some("[providers.ollama]\nproject_id = \"p\""), &[]).unwrap_err().to_string();
-        assert!(err.contains("providers.ollama.project_id") && err.contains("Vertex"), "{err}");
+        assert!(err.contains("providers.ollama.project_id") && err.contains("kind \"gemini\" only"), "{err}");
     }
 
     #[test]
@@ -1332,23 +1018,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/copilot.toml"), "{err}");
-    }
-
-    #[test]
-    fn ollama_host_forms() {
-        assert_eq!(normalize_ollama_host("0.0.0.0").unwrap(), "http://0.0.0.0:11434");
-        assert_eq!(normalize_ollama_host("box:8080").unwrap(), "http://box:8080");
-        assert_eq!(normalize_ollama_host("https://ollama.example.com/").unwrap(), "https://ollama.example.com");
-        assert!(normalize_ollama_host("ftp://x").is_err());
-        assert!(normalize_ollama_host("").is_err());
-    }
-
-    #[test]
-    fn keep_alive_forms() {
-        assert_eq!(parse_keep_alive("5m").unwrap(), Some(Duration::from_secs(300)));
-        assert_eq!(parse_keep_alive("0").unwrap(), Some(Duration::ZERO));
-        assert_eq!(parse_keep_alive("-1").unwrap(), None);
-        assert_eq!(parse_keep_alive("-1m").unwrap(), None);
-        assert!(parse_keep_alive("later").is_err());
     }
 }

@@ -288,7 +288,7 @@ fn reflection_v1alpha() -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProviderConfig;
+    use crate::config::{ProviderConfig, ProviderKind};
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
@@ -310,9 +310,10 @@ mod tests {
         config.server.addr = SocketAddr::from(([192, 0, 2, 1], 50051));
         config.server.worker_threads = Some(1);
         config.server.shutdown_grace = Duration::from_secs(1);
-        config
-            .providers
-            .insert("ollama".into(), ProviderConfig { base_url: "http://127.0.0.1:9".into(), ..Default::default() });
+        config.providers.insert(
+            "ollama".into(),
+            ProviderConfig { base_url: "http://127.0.0.1:9".into(), ..ProviderConfig::new(ProviderKind::Ollama) },
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -20,11 +20,8 @@ impl Advisor {
     }
 
     pub fn local(config: &Config) -> Advisor {
-        let providers = config
-            .providers
-            .iter()
-            .map(|(name, p)| (name.clone(), (p.kind.unwrap_or(ProviderKind::Ollama), p.base_url.clone())))
-            .collect();
+        let providers =
+            config.providers.iter().map(|(name, p)| (name.clone(), (p.kind(), p.base_url.clone()))).collect();
         Advisor { providers, local: true }
     }
 
@@ -256,10 +253,9 @@ mod tests {
     fn advisor(providers: &[(&str, ProviderKind, &str)]) -> Advisor {
         let mut config = Config::default();
         for (name, kind, url) in providers {
-            config.providers.insert(
-                name.to_string(),
-                ProviderConfig { kind: Some(*kind), base_url: url.to_string(), ..Default::default() },
-            );
+            let mut provider = ProviderConfig::new(*kind);
+            provider.base_url = url.to_string();
+            config.providers.insert(name.to_string(), provider);
         }
         Advisor::local(&config)
     }

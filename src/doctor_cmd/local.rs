@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use copilot::config::{Config, Overrides, PinThreads, ProviderConfig, ProviderKind};
+use copilot::config::{Config, EmbeddedSettings, KindSettings, Overrides, PinThreads, ProviderConfig, ProviderKind};
 use copilot::router::Instance;
 use copilot_provider::{ModelInfo, ProviderError};
 use tokio::net::TcpListener;
@@ -118,7 +118,7 @@ impl Wanted {
             add(&mut models, model, required);
         }
         #[cfg(feature = "embedded")]
-        if models.is_empty() && settings.kind == Some(ProviderKind::Embedded) {
+        if models.is_empty() && settings.kind() == ProviderKind::Embedded {
             add(&mut models, copilot_embedded::download::DEFAULT_CHAT_MODEL, required);
         }
         models
@@ -129,8 +129,10 @@ impl Wanted {
 fn build_one(config: &Config, name: &str) -> Result<Instance, String> {
     let mut one = config.clone();
     one.providers.retain(|n, _| n == name);
-    for settings in one.providers.values_mut() {
-        settings.preload.clear();
+    for provider in one.providers.values_mut() {
+        if let KindSettings::Embedded(settings) = &mut provider.settings {
+            settings.preload.clear();
+        }
     }
     copilot::providers::build(&one)?.pop().ok_or_else(|| format!("provider '{name}' was not built"))
 }
@@ -154,7 +156,7 @@ async fn check_provider(
     report: &mut Report,
 ) {
     let required = wanted.required(name);
-    let kind = settings.kind.unwrap_or(ProviderKind::Ollama);
+    let kind = settings.kind();
     // A WARN says why it is not a FAIL.
     let optional = |advice: String, required: bool| {
         if required { advice } else { format!("{advice} (needed only for calls routed to {name}/…)") }
@@ -169,11 +171,11 @@ async fn check_provider(
         }
     };
     let role = if wanted.default_provider.as_deref() == Some(name) { ", the default provider" } else { "" };
-    let place = match kind {
-        ProviderKind::Embedded => match &settings.models_dir {
-            Some(dir) => format!("models from {}", dir.display()),
-            None => "in-process".to_string(),
-        },
+    let place = match &settings.settings {
+        KindSettings::Embedded(EmbeddedSettings { models_dir: Some(dir), .. }) => {
+            format!("models from {}", dir.display())
+        }
+        KindSettings::Embedded(_) => "in-process".to_string(),
         _ => format!("at {}", instance.endpoint),
     };
     report.pass(setup, format!("{} {place}{role}", kind_label(kind)));
@@ -332,7 +334,7 @@ mod tests {
     fn config(providers: &[(&str, ProviderKind)], default_provider: &str, default_model: Option<&str>) -> Config {
         let mut config = Config::default();
         for (name, kind) in providers {
-            config.providers.insert(name.to_string(), ProviderConfig { kind: Some(*kind), ..Default::default() });
+            config.providers.insert(name.to_string(), ProviderConfig::new(*kind));
         }
         config.routing.default_provider = Some(default_provider.into());
         config.routing.default_model = default_model.map(String::from);

@@ -143,7 +143,7 @@ fn kubernetes_drain_probes_and_ports_agree_with_the_configuration() {
     let secret = manifest("Secret");
     let keys = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "api-keys").unwrap();
     for (name, provider) in &config.providers {
-        if let Some(file) = &provider.api_key_file {
+        if let copilot::config::ApiKeySource::File(file) = &provider.api_key {
             let key = file.strip_prefix(keys["mountPath"].as_str().unwrap()).ok().and_then(|key| key.to_str());
             let key = key.unwrap_or_else(|| panic!("providers.{name}.api_key_file {file:?} is outside the Secret"));
             assert!(secret["stringData"][key].is_string(), "the Secret has no key {key:?} for providers.{name}");
