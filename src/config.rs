@@ -557,7 +557,15 @@ fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> String 
     error
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            // `auth.keys[0].hash`, as the README and the other messages write array entries.
+            let key = e.path.iter().fold(String::new(), |mut key, part| {
+                match part.parse::<usize>() {
+                    Ok(index) => key.push_str(&format!("[{index}]")),
+                    Err(_) if key.is_empty() => key.push_str(part),
+                    Err(_) => key.push_str(&format!(".{part}")),
+                }
+                key
+            });
             let origin = e.metadata.as_ref().and_then(|m| match &m.source {
                 Some(source) => Some(source.to_string()),
                 None if m.name == "environment" => Some(m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path)),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+pub mod key_hash;
 pub mod metrics;
 pub mod observe;
 pub mod providers;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
-use crate::auth::KeyHash;
+use crate::key_hash::KeyHash;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +64,7 @@ pub struct ApiKeyConfig {
     /// Who holds the key; logs and traces show this, never the key.
     pub name: String,
     /// `sha256:<64 hex digits>`: the SHA-256 of the key.
-    pub hash: String,
+    pub hash: KeyHash,
     /// The models this key may use: `provider/model` names, alias names, `provider/*`, or `*`.
     /// Unset: every model.
     #[serde(default)]
@@ -175,8 +175,7 @@ pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsC
         if !names.insert(key.name.as_str()) {
             return Err(invalid(at("name"), format!("'{}' names two keys; names must be unique", key.name)));
         }
-        let hash = KeyHash::parse(&key.hash).map_err(|problem| invalid(at("hash"), problem))?;
-        if !hashes.insert(hash.to_string()) {
+        if !hashes.insert(key.hash.to_string()) {
             return Err(invalid(at("hash"), format!("is also the hash of another key than '{}'", key.name)));
         }
         if key.models.as_ref().is_some_and(|models| models.iter().any(|m| m.trim().is_empty())) {

@@ -1,6 +1,9 @@
 //! API keys and their hashes. Keys are long random strings, so a fast hash is enough to keep them
 //! out of the configuration (a slow password hash would cost milliseconds per call and protect
 //! nothing more); presented keys are compared to the configured hashes in constant time.
+//!
+//! Its own module, beside both: the configuration reads hashes (`auth.keys[].hash`) and the auth
+//! layer compares them, and neither depends on the other for it.
 
 use std::fmt;
 
@@ -47,6 +50,20 @@ impl fmt::Display for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(PREFIX)?;
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl serde::Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parsed where the configuration is read, so a bad hash is refused with its key named.
+impl<'de> serde::Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        KeyHash::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
