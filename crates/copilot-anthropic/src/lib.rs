@@ -24,7 +24,7 @@ mod wire;
 
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{Adapter, BaseUrlRules, DecodedBody, Refusal, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
 use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -207,7 +207,7 @@ impl Provider for AnthropicProvider {
         check_event_stream(response.headers().get(CONTENT_TYPE), base_url)?;
         tracing::debug!(model = %request.model, %base_url, "Anthropic accepted the chat request");
         let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
-        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Anthropic", base_url.clone(), DRAIN_GRACE)))
+        Ok(self.upstream.chat_stream(response, decoder, StreamOptions::default()))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -273,14 +273,6 @@ fn check_event_stream(content_type: Option<&HeaderValue>, base_url: &str) -> Res
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     copilot_http::retry_after_ms(headers).or_else(|| copilot_http::retry_after(headers, now))
 }
-
-// ---------------------------------------------------------------------------------------------
-// Streaming
-
-/// How long to wait, after `message_stop`, for the rest of the body (the end of the chunked
-/// encoding). Reading it lets the connection go back to the pool; dropping a body that is still
-/// open closes the connection instead.
-const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------------------------
 // Errors

@@ -41,8 +41,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copilot_http::{Adapter, BaseUrlRules, ChatStreamDecoder, EventSource, Refusal, Upstream, root_cause};
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
+use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -400,7 +400,9 @@ impl Provider for GeminiProvider {
         }
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "Gemini accepted the chat request");
-        Ok(copilot_http::chat_stream(ChatEvents::new(response, base_url.clone(), self.upstream.secret().cloned())))
+        let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
+        let options = StreamOptions { whole_body: false, finish_grace: Some(FinishGrace::Total(FINISH_GRACE)) };
+        Ok(self.upstream.chat_stream(response, decoder, options))
     }
 
     /// Every model that supports `generateContent` (embedding-only and image models are left
@@ -535,68 +537,7 @@ fn api_key_header(key: &Secret) -> Result<HeaderValue, GeminiConfigError> {
 /// How long, after the chunk carrying `finishReason`, to wait for the end of the body (which
 /// Google sends right after it). A chunk arriving meanwhile still counts (its usage included);
 /// a body still open after this is dropped and the stream ends anyway.
-const DRAIN_GRACE: Duration = Duration::from_millis(250);
-
-/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
-struct ChatEvents {
-    /// `None` once the stream has ended. Dropping it closes the connection: that is how Google
-    /// learns to stop generating when our caller goes away.
-    response: Option<Response>,
-    decoder: StreamDecoder,
-    /// Set once a chunk carried `finishReason`: the body has until then to end.
-    drain_deadline: Option<tokio::time::Instant>,
-    base_url: Arc<str>,
-}
-
-impl ChatEvents {
-    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
-        ChatEvents {
-            response: Some(response),
-            decoder: StreamDecoder::new(base_url.clone(), api_key),
-            drain_deadline: None,
-            base_url,
-        }
-    }
-}
-
-impl EventSource for ChatEvents {
-    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        loop {
-            if let Some(event) = self.decoder.next_event() {
-                if self.decoder.is_finished() {
-                    self.response = None;
-                } else if self.decoder.answer_complete() && self.drain_deadline.is_none() {
-                    self.drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                }
-                return Some(event);
-            }
-            let response = self.response.as_mut()?;
-            let read = match self.drain_deadline {
-                None => response.chunk().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, response.chunk()).await {
-                    Ok(read) => read,
-                    Err(_) => {
-                        self.response = None;
-                        return Some(Ok(self.decoder.done()));
-                    }
-                },
-            };
-            match read {
-                Ok(Some(chunk)) => self.decoder.push(&chunk),
-                Ok(None) => self.decoder.end(),
-                Err(err) => {
-                    self.response = None;
-                    let cause = self.decoder.redact(&root_cause(&err));
-                    let err = ProviderError::Interrupted(format!(
-                        "connection lost to Gemini at {} mid-stream: {cause}",
-                        self.base_url
-                    ));
-                    return Some(self.decoder.fail(err));
-                }
-            }
-        }
-    }
-}
+const FINISH_GRACE: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------------
 // Errors

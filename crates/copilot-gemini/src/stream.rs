@@ -55,14 +55,8 @@ impl StreamDecoder {
         self.finished
     }
 
-    /// Whether a chunk said how the answer ends: from then on, a broken or odd end of the body
-    /// does not undo it.
-    pub(crate) fn answer_complete(&self) -> bool {
-        self.state.finish.is_some()
-    }
-
     /// Ends the stream on `err`, or with the answer if it was already complete.
-    pub(crate) fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
+    fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
         if self.answer_complete() {
             return Ok(self.done());
         }
@@ -71,7 +65,7 @@ impl StreamDecoder {
     }
 
     /// The final event, now.
-    pub(crate) fn done(&mut self) -> ChatEvent {
+    fn done(&mut self) -> ChatEvent {
         self.finished = true;
         if let Some(reason) = &self.state.block_reason {
             tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
@@ -84,18 +78,11 @@ impl StreamDecoder {
         // Exactly the last bytes, so the answer does not depend on how the body was cut into reads.
         let tail = &self.tail[self.tail.len().saturating_sub(TAIL_BYTES)..];
         match wire::bare_error(tail) {
-            Some(error) => ProviderError::MidStream(self.redact(&error.describe())),
+            Some(error) => ProviderError::MidStream(copilot_http::redact(&error.describe(), self.api_key.as_ref())),
             None => ProviderError::Interrupted(format!(
                 "Gemini at {} ended the stream before any chunk carried a finishReason",
                 self.base_url
             )),
-        }
-    }
-
-    pub(crate) fn redact(&self, text: &str) -> String {
-        match &self.api_key {
-            Some(key) => key.redact(text),
-            None => text.to_owned(),
         }
     }
 
@@ -156,6 +143,16 @@ impl ChatStreamDecoder for StreamDecoder {
 
     fn buffered(&self) -> usize {
         self.sse.buffered()
+    }
+
+    /// A chunk said how the answer ends: from then on, a broken or odd end of the body does not
+    /// undo it.
+    fn answer_complete(&self) -> bool {
+        self.state.finish.is_some()
+    }
+
+    fn finish_now(&mut self) -> Option<ChatEvent> {
+        self.answer_complete().then(|| self.done())
     }
 }
 

@@ -8,21 +8,23 @@
 
 mod client;
 pub mod sse;
+mod stream;
 #[cfg(feature = "stream-check")]
 #[doc(hidden)]
 pub mod stream_check;
 mod upstream;
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, ProviderError, Secret};
-use futures::{FutureExt, StreamExt};
+#[cfg(doc)]
+use copilot_provider::ChatStream;
+use copilot_provider::{ChatRequest, ProviderError, Secret};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
 
 pub use client::HttpClient;
+pub use stream::{ChatStreamDecoder, FinishGrace, StreamOptions};
 pub use upstream::{Adapter, BaseUrlRules, Refusal, Upstream, check_base_url, secret_header};
 
 /// A client builder with what every adapter sets: a connect timeout, no Nagle delay, and the
@@ -112,127 +114,6 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after-ms")?.to_str().ok()?;
     copilot_provider::parse_retry_after_ms(value)
-}
-
-/// Ends a streamed response whose answer is complete, without keeping the caller waiting: what is
-/// left of the body (normally just the end of the chunked encoding) is read for at most `grace`,
-/// here if it has already arrived, else on a task of its own. Reading it lets the connection go
-/// back to the pool; dropping a body that is still open closes the connection instead. The final
-/// event must not wait for it: that would put one more network round on every call's latency.
-pub fn release_body(mut response: Response, grace: Duration) {
-    // Counted until the connection is back in the pool, so new requests on this thread wait a turn
-    // for it rather than open another (`HttpClient::send`). hyper puts it back from a task that
-    // reading the body's end wakes; a task spawned after that wake runs after it.
-    let returning = client::Returning::new();
-    let mut rest = Box::pin(async move { while let Ok(Some(_)) = response.chunk().await {} });
-    if rest.as_mut().now_or_never().is_some() {
-        tokio::spawn(async move { drop(returning) });
-        return;
-    }
-    tokio::spawn(async move {
-        // Arming a timer wakes the runtime's poller (tokio writes to its wake-up fd when a timer is
-        // due sooner than any other), so it waits one turn of the scheduler: until the final event
-        // has been written to the caller.
-        tokio::task::yield_now().await;
-        let _ = tokio::time::timeout(grace, rest).await;
-        tokio::task::yield_now().await;
-        drop(returning);
-    });
-}
-
-/// The state behind a [`ChatStream`]: what reads one streamed response and decodes its events.
-pub trait EventSource: Send + 'static {
-    /// The next event, or `None` once the stream has ended (after a `Done` or an error).
-    fn next_event(&mut self) -> impl Future<Output = Option<Result<ChatEvent, ProviderError>>> + Send;
-}
-
-/// The pure half of a chat stream: response-body bytes in, events out, no I/O. Each adapter has
-/// one (`StreamDecoder`); its [`EventSource`] reads the body into it, and the fuzz targets and
-/// benches drive it with bytes of their own. The last event is always a `Done` or an error.
-pub trait ChatStreamDecoder {
-    /// The next piece of the body (ignored once the stream has ended).
-    fn push(&mut self, chunk: &[u8]);
-    /// The body ended cleanly.
-    fn end(&mut self);
-    /// The next event the bytes so far hold; `None` when more are needed or the stream is over.
-    fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>>;
-    /// Bytes held for a line or an event not yet complete.
-    fn buffered(&self) -> usize;
-}
-
-/// A streamed response read into its adapter's decoder: the [`EventSource`] of adapters whose
-/// stream needs nothing besides the decoder. After the final event the rest of the body is
-/// released ([`release_body`]); after an error the response is dropped, closing the connection.
-pub struct DecodedBody<D> {
-    /// `None` once the stream has ended. Dropping the response closes the connection, which is
-    /// how the upstream learns to stop generating when our caller goes away.
-    response: Option<Response>,
-    decoder: D,
-    body_ended: bool,
-    /// Names the upstream in errors, e.g. "Ollama".
-    upstream: &'static str,
-    base_url: std::sync::Arc<str>,
-    /// How long the end of the body may take after the final event.
-    grace: Duration,
-}
-
-impl<D: ChatStreamDecoder> DecodedBody<D> {
-    pub fn new(
-        response: Response,
-        decoder: D,
-        upstream: &'static str,
-        base_url: std::sync::Arc<str>,
-        grace: Duration,
-    ) -> Self {
-        DecodedBody { response: Some(response), decoder, body_ended: false, upstream, base_url, grace }
-    }
-}
-
-impl<D: ChatStreamDecoder + Send + 'static> EventSource for DecodedBody<D> {
-    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        loop {
-            if let Some(event) = self.decoder.next_event() {
-                match &event {
-                    Ok(ChatEvent::Done(_)) => {
-                        if let Some(response) = self.response.take().filter(|_| !self.body_ended) {
-                            release_body(response, self.grace);
-                        }
-                    }
-                    Err(_) => self.response = None,
-                    Ok(ChatEvent::Delta(_)) => {}
-                }
-                return Some(event);
-            }
-            let response = self.response.as_mut()?;
-            match response.chunk().await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk),
-                Ok(None) => {
-                    self.body_ended = true;
-                    self.decoder.end();
-                }
-                Err(err) => {
-                    self.response = None;
-                    return Some(Err(ProviderError::Interrupted(format!(
-                        "connection lost to {} at {} mid-stream: {}",
-                        self.upstream,
-                        self.base_url,
-                        root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
-}
-
-/// The events of `source` as a [`ChatStream`]. Dropping the stream drops the source, and with it
-/// the response body: that closes the connection, which is how the upstream learns to stop
-/// generating when the caller goes away.
-pub fn chat_stream(source: impl EventSource) -> ChatStream {
-    futures::stream::unfold(source, |mut source| async move {
-        let item = source.next_event().await?;
-        Some((item, source))
-    })
-    .boxed()
 }
 
 /// The longest line (NDJSON) or event (SSE) a chat stream may hold. Real chunks are a few hundred

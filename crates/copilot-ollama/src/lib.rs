@@ -10,7 +10,7 @@ mod wire;
 
 use std::time::Duration;
 
-use copilot_http::{Adapter, BaseUrlRules, DecodedBody, Refusal, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
 use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
 use reqwest::{StatusCode, Url};
 
@@ -107,8 +107,7 @@ impl Provider for OllamaProvider {
         let response = self.upstream.send(self, post, Some(&request.model)).await?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "Ollama accepted the chat request");
-        let decoder = StreamDecoder::new(base_url.clone());
-        Ok(copilot_http::chat_stream(DecodedBody::new(response, decoder, "Ollama", base_url.clone(), DRAIN_GRACE)))
+        Ok(self.upstream.chat_stream(response, StreamDecoder::new(base_url.clone()), StreamOptions::default()))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -148,14 +147,6 @@ impl Adapter for OllamaProvider {
 /// What a base URL may be: any http(s) URL without a query or fragment.
 const BASE_URL_RULES: BaseUrlRules =
     BaseUrlRules { example: "http://localhost:11434", query_hint: "", no_credentials: None };
-
-// ---------------------------------------------------------------------------------------------
-// Streaming
-
-/// How long to wait, after the final chunk, for the rest of the body (the end of the chunked
-/// encoding, which Ollama sends right after). Reading it lets the connection go back to the pool;
-/// dropping a body that is still open closes the connection instead.
-const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------------------------
 // Errors

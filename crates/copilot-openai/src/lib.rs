@@ -20,20 +20,16 @@
 mod stream;
 mod wire;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{Adapter, BaseUrlRules, ChatStreamDecoder, EventSource, Refusal, Upstream, root_cause};
-use copilot_provider::{
-    ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, ModelInfo, Provider, ProviderError, Secret,
-};
+use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
+use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 
-use crate::stream::Step;
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
-use crate::wire::{BodySettings, ErrorDetails, Payload};
+use crate::wire::{BodySettings, ErrorDetails};
 
 /// The default base URL: hosted OpenAI.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -186,8 +182,12 @@ impl Provider for OpenAiProvider {
         let response = self.upstream.send(self, post, Some(&request.model)).await?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "the OpenAI-compatible server accepted the chat request");
-        let events = ChatEvents::new(response, base_url.clone(), self.upstream.secret().cloned());
-        Ok(copilot_http::chat_stream(events))
+        // A server that ignored `stream: true` answers with one `chat.completion` object.
+        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let whole_body = content_type.trim_start().to_ascii_lowercase().starts_with("application/json");
+        let options = StreamOptions { whole_body, finish_grace: Some(FinishGrace::EachRead(FINISH_GRACE)) };
+        let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
+        Ok(self.upstream.chat_stream(response, decoder, options))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -223,142 +223,9 @@ const BASE_URL_RULES: BaseUrlRules = BaseUrlRules {
 // ---------------------------------------------------------------------------------------------
 // Streaming
 
-/// How long to wait, after `[DONE]`, for the rest of the body (the end of the chunked
-/// encoding, which servers send right after). Reading it lets the connection go back to the
-/// pool; dropping a body that is still open closes the connection instead.
-const DRAIN_GRACE: Duration = Duration::from_millis(50);
-
 /// How long to wait after a `finish_reason` for the usage chunk and `[DONE]`. Servers send them
 /// right away; the wait only bounds a server that leaves the stream open after finishing.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
-
-/// The state behind a [`ChatStream`]: the response being read and the decoder of its events.
-struct ChatEvents {
-    /// `None` once the stream has ended. Dropping the response closes the connection, which is
-    /// how the server learns to stop generating when our caller goes away.
-    response: Option<Response>,
-    /// The server answered with one `chat.completion` object instead of a stream.
-    whole_body: bool,
-    /// The whole-body completion, once its text has gone out.
-    pending_done: Option<Completion>,
-    decoder: StreamDecoder,
-    body_ended: bool,
-    base_url: Arc<str>,
-}
-
-impl ChatEvents {
-    fn new(response: Response, base_url: Arc<str>, api_key: Option<Secret>) -> Self {
-        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let whole_body = content_type.trim_start().to_ascii_lowercase().starts_with("application/json");
-        ChatEvents {
-            response: Some(response),
-            whole_body,
-            pending_done: None,
-            decoder: StreamDecoder::new(base_url.clone(), api_key),
-            body_ended: false,
-            base_url,
-        }
-    }
-}
-
-impl EventSource for ChatEvents {
-    async fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if self.whole_body {
-            return self.read_whole_body().await;
-        }
-        loop {
-            if let Some(event) = self.decoder.next_event() {
-                match &event {
-                    Ok(ChatEvent::Done(_)) => self.release_body(),
-                    Err(_) => self.response = None,
-                    Ok(ChatEvent::Delta(_)) => {}
-                }
-                return Some(event);
-            }
-            let response = self.response.as_mut()?;
-            let read = if self.decoder.saw_finish_reason() {
-                match tokio::time::timeout(FINISH_GRACE, response.chunk()).await {
-                    Ok(read) => read,
-                    Err(_) => {
-                        tracing::debug!(base_url = %self.base_url, "no [DONE] after the finish_reason; completing");
-                        self.response = None;
-                        return Some(Ok(self.decoder.complete()));
-                    }
-                }
-            } else {
-                response.chunk().await
-            };
-            match read {
-                Ok(Some(bytes)) => self.decoder.push(&bytes),
-                Ok(None) => {
-                    self.decoder.end();
-                    self.body_ended = true;
-                }
-                Err(err) => {
-                    self.response = None;
-                    if self.decoder.saw_finish_reason() {
-                        // Everything that matters arrived; only the usage chunk or [DONE] is lost.
-                        tracing::debug!(base_url = %self.base_url, error = %root_cause(&err), "connection lost after the finish_reason");
-                        return Some(Ok(self.decoder.complete()));
-                    }
-                    return Some(Err(ProviderError::Interrupted(format!(
-                        "connection lost to {} mid-stream: {}",
-                        self.base_url,
-                        root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
-}
-
-impl ChatEvents {
-    /// Ends the stream after `[DONE]`, ignoring anything the body still holds.
-    fn release_body(&mut self) {
-        let Some(response) = self.response.take() else { return };
-        if !self.body_ended {
-            copilot_http::release_body(response, DRAIN_GRACE);
-        }
-    }
-
-    /// A server that ignored `stream: true` and sent one `chat.completion`: its text as one
-    /// delta, then the completion.
-    async fn read_whole_body(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if let Some(completion) = self.pending_done.take() {
-            return Some(Ok(ChatEvent::Done(completion)));
-        }
-        let response = self.response.take()?;
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(err) => {
-                return Some(Err(ProviderError::Interrupted(format!(
-                    "connection lost to {} while reading the completion: {}",
-                    self.base_url,
-                    root_cause(&err)
-                ))));
-            }
-        };
-        let answer = &mut self.decoder.answer;
-        let text = match wire::decode_completion(&body, answer.secret()) {
-            Ok(Payload::Chunk(info)) => match answer.absorb(info) {
-                Step::Emit(text) => Some(text),
-                Step::Fail(err) => return Some(Err(err)),
-                Step::Continue | Step::Complete => None,
-            },
-            Ok(Payload::Error(details)) => return Some(Err(answer.mid_stream(details))),
-            Ok(Payload::Done | Payload::Skip) => None,
-            Err(err) => return Some(Err(answer.scrub(err))),
-        };
-        let completion = answer.completion();
-        match text {
-            Some(text) => {
-                self.pending_done = Some(completion);
-                Some(Ok(ChatEvent::Delta(text)))
-            }
-            None => Some(Ok(ChatEvent::Done(completion))),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors

@@ -19,7 +19,16 @@ pub struct StreamDecoder {
     body_ended: bool,
     /// A `Done` or an error went out.
     finished: bool,
-    pub(crate) answer: Answer,
+    answer: Answer,
+    /// The events of a reply sent whole, not yet taken.
+    whole: Option<WholeReply>,
+}
+
+/// A whole `chat.completion` body, decoded: its text, then how it ended.
+#[derive(Debug)]
+struct WholeReply {
+    text: Option<String>,
+    end: Result<Completion, ProviderError>,
 }
 
 /// What the chunks so far said about the completion.
@@ -35,7 +44,7 @@ pub(crate) struct Answer {
 }
 
 /// What to do with one decoded item.
-pub(crate) enum Step {
+enum Step {
     Continue,
     Emit(String),
     Complete,
@@ -65,6 +74,7 @@ impl StreamDecoder {
                 base_url,
                 api_key,
             },
+            whole: None,
         }
     }
 
@@ -75,14 +85,24 @@ impl StreamDecoder {
 
     /// Whether a chunk carried a `finish_reason`: the answer is complete, only the usage chunk
     /// and `[DONE]` may follow.
-    pub(crate) fn saw_finish_reason(&self) -> bool {
+    fn saw_finish_reason(&self) -> bool {
         self.answer.finish.is_some()
     }
 
     /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
-    pub(crate) fn complete(&mut self) -> ChatEvent {
+    fn complete(&mut self) -> ChatEvent {
         self.finished = true;
         ChatEvent::Done(self.answer.completion())
+    }
+
+    /// The next event of a reply sent whole: its text as one delta, then the completion.
+    fn next_whole(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if let Some(text) = self.whole.as_mut()?.text.take() {
+            return Some(Ok(ChatEvent::Delta(text)));
+        }
+        let end = self.whole.take()?.end;
+        self.finished = true;
+        Some(end.map(ChatEvent::Done))
     }
 }
 
@@ -104,8 +124,23 @@ impl Answer {
         }
     }
 
+    /// A whole `chat.completion` body: its text, if any, and how it ended.
+    fn whole(&mut self, body: &[u8]) -> WholeReply {
+        let text = match wire::decode_completion(body, self.api_key.as_ref()) {
+            Ok(Payload::Chunk(info)) => match self.absorb(info) {
+                Step::Emit(text) => Some(text),
+                Step::Fail(err) => return WholeReply { text: None, end: Err(err) },
+                Step::Continue | Step::Complete => None,
+            },
+            Ok(Payload::Error(details)) => return WholeReply { text: None, end: Err(self.mid_stream(details)) },
+            Ok(Payload::Done | Payload::Skip) => None,
+            Err(err) => return WholeReply { text: None, end: Err(self.scrub(err)) },
+        };
+        WholeReply { text, end: Ok(self.completion()) }
+    }
+
     /// Takes what a chunk says about the completion; returns its text, if any.
-    pub(crate) fn absorb(&mut self, info: wire::ChunkInfo<'_>) -> Step {
+    fn absorb(&mut self, info: wire::ChunkInfo<'_>) -> Step {
         // Every chunk repeats them: copied only when they change.
         if let Some(model) = info.model
             && self.model != model
@@ -140,7 +175,7 @@ impl Answer {
         }
     }
 
-    pub(crate) fn completion(&mut self) -> Completion {
+    fn completion(&mut self) -> Completion {
         Completion {
             finish_reason: self.finish.unwrap_or_default(),
             model: std::mem::take(&mut self.model),
@@ -150,17 +185,13 @@ impl Answer {
         }
     }
 
-    pub(crate) fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
+    fn mid_stream(&self, details: ErrorDetails) -> ProviderError {
         let details = details.quoted(self.api_key.as_ref());
         let message = if details.message.is_empty() { "unknown error".to_owned() } else { details.message };
         self.scrub(ProviderError::MidStream(message))
     }
 
-    pub(crate) fn secret(&self) -> Option<&Secret> {
-        self.api_key.as_ref()
-    }
-
-    pub(crate) fn scrub(&self, err: ProviderError) -> ProviderError {
+    fn scrub(&self, err: ProviderError) -> ProviderError {
         err.redacted(self.api_key.as_ref())
     }
 }
@@ -181,6 +212,9 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+        if self.whole.is_some() {
+            return self.next_whole();
+        }
         if self.finished {
             return None;
         }
@@ -215,6 +249,27 @@ impl ChatStreamDecoder for StreamDecoder {
 
     fn buffered(&self) -> usize {
         self.sse.buffered()
+    }
+
+    fn push_whole(&mut self, body: &[u8]) {
+        if !self.finished {
+            self.body_ended = true;
+            self.whole = Some(self.answer.whole(body));
+        }
+    }
+
+    fn answer_complete(&self) -> bool {
+        self.saw_finish_reason()
+    }
+
+    /// The rest of the body stalled or broke after the `finish_reason`: only usage or `[DONE]`
+    /// is lost.
+    fn finish_now(&mut self) -> Option<ChatEvent> {
+        if !self.saw_finish_reason() {
+            return None;
+        }
+        tracing::debug!(base_url = %self.answer.base_url, "no [DONE] after the finish_reason; completing");
+        Some(self.complete())
     }
 }
 
