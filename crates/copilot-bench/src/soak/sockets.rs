@@ -143,6 +143,20 @@ fn goaway_code(bytes: &[u8]) -> Option<u32> {
     None
 }
 
+/// The HTTP/2 frames in `bytes` as `type/flags/stream/length` (hexadecimal type and flags), for a
+/// detail: `4/00/0/0 1/25/5/12 …`.
+fn describe_frames(bytes: &[u8]) -> String {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 9 {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes([bytes[at + 5], bytes[at + 6], bytes[at + 7], bytes[at + 8]]);
+        frames.push(format!("{:x}/{:02x}/{stream}/{length}", bytes[at + 3], bytes[at + 4]));
+        at += 9 + length;
+    }
+    format!("sent the preface, then frames {}", frames.join(" "))
+}
+
 /// An HTTP/2 error code's name (RFC 9113, 7).
 fn code_name(code: u32) -> String {
     REASONS.get(code as usize).map_or_else(|| format!("code {code}"), |(name, _)| (*name).to_owned())
@@ -212,7 +226,8 @@ async fn garbage_connection(addr: String, after_preface: bool, bytes: Vec<u8>, m
         None => tally.add_timed(format!("{kind}: still open at the end"), "", opened.elapsed()),
         Some(Err(_)) => tally.add_timed(
             format!("{kind}: still open after {GARBAGE_WAIT:?}"),
-            "closed by the soak",
+            // What was sent, so a connection the server keeps can be looked into.
+            if after_preface { describe_frames(&bytes[PREFACE.len()..]) } else { "closed by the soak".to_owned() },
             opened.elapsed(),
         ),
         Some(Ok(heard)) => tally.add_timed(format!("{kind}: {}", heard.label()), heard.detail(), opened.elapsed()),
@@ -244,6 +259,9 @@ mod tests {
         assert_eq!(goaway_code(&frame(GOAWAY, &[0, 0, 0, 0, 0, 0])), None);
         assert_eq!(code_name(11), "ENHANCE_YOUR_CALM");
         assert_eq!(code_name(99), "code 99");
+        let mut sent = frame(4, &[]);
+        sent.extend(frame(8, &[0, 0, 0, 1]));
+        assert_eq!(describe_frames(&sent), "sent the preface, then frames 4/00/0/0 8/00/0/4");
     }
 
     #[test]
