@@ -768,4 +768,27 @@ mod tests {
         let size = trailer_bytes(&status);
         assert!(size < 8 * 1024, "trailers of {size} bytes");
     }
+
+    /// Every `ErrorInfo.reason` this file can send is in the API's contract (the proto's comment)
+    /// and in the README's tables.
+    #[test]
+    fn every_reason_is_documented() {
+        let source = include_str!("error.rs");
+        let proto = include_str!("../proto/copilot/v1/copilot.proto");
+        let readme = include_str!("../README.md");
+        let mut reasons = std::collections::BTreeSet::new();
+        for (start, _) in source.match_indices('"') {
+            let rest = &source[start + 1..];
+            let end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(0);
+            if end > 4 && rest[..end].contains('_') && rest[end..].starts_with('"') {
+                reasons.insert(&rest[..end]);
+            }
+        }
+        assert!(reasons.len() > 30, "only {} reasons found: {reasons:?}", reasons.len());
+        for reason in reasons {
+            let quoted = format!("`{reason}`");
+            assert!(proto.contains(&quoted), "{reason} is not in the proto's list of errors");
+            assert!(readme.contains(&quoted), "{reason} is not in the README");
+        }
+    }
 }
