@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
-use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_http::sse::{SseBody, SseItem};
 use copilot_provider::{ChatEvent, ProviderError, Secret};
 
 use crate::wire::{self, Decoded, StreamState};
@@ -15,10 +15,8 @@ use crate::wire::{self, Decoded, StreamState};
 /// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    sse: SseDecoder,
+    body: SseBody,
     state: StreamState,
-    body_ended: bool,
-    finished: bool,
     base_url: Arc<str>,
 }
 
@@ -32,46 +30,34 @@ impl StreamDecoder {
     /// Like [`new`](Self::new), with lines and events limited to `limit` bytes (the fuzz targets
     /// use a small one to reach the limit quickly).
     pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
-        StreamDecoder {
-            sse: SseDecoder::with_limit(limit),
-            state: StreamState::new(api_key),
-            body_ended: false,
-            finished: false,
-            base_url,
-        }
+        StreamDecoder { body: SseBody::with_limit(limit), state: StreamState::new(api_key), base_url }
     }
 
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.body.is_finished()
     }
 
     fn fail(&mut self, err: ProviderError) -> Result<ChatEvent, ProviderError> {
-        self.finished = true;
+        self.body.finish();
         Err(err)
     }
 }
 
 impl ChatStreamDecoder for StreamDecoder {
     fn push(&mut self, chunk: &[u8]) {
-        if self.finished {
-            return;
-        }
-        self.sse.push(chunk);
+        self.body.push(chunk);
     }
 
     fn end(&mut self) {
-        if !self.body_ended {
-            self.body_ended = true;
-            self.sse.end();
-        }
+        self.body.end();
     }
 
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if self.finished {
+        if self.body.is_finished() {
             return None;
         }
-        while let Some(item) = self.sse.next_item() {
+        while let Some(item) = self.body.next_item() {
             let decoded = match item {
                 // The SSE rules' default event type, which a server that leaves out `event:` gets.
                 Ok(SseItem::Event { event, data }) => {
@@ -88,13 +74,13 @@ impl ChatStreamDecoder for StreamDecoder {
                 Decoded::Skip => {}
                 Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
                 Decoded::Done(completion) => {
-                    self.finished = true;
+                    self.body.finish();
                     return Some(Ok(ChatEvent::Done(completion)));
                 }
                 Decoded::Failed(err) => return Some(self.fail(err)),
             }
         }
-        if !self.body_ended {
+        if !self.body.ended() {
             return None;
         }
         let err =
@@ -103,6 +89,6 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn buffered(&self) -> usize {
-        self.sse.buffered()
+        self.body.buffered()
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
-use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_http::sse::{SseBody, SseItem};
 use copilot_provider::{ChatEvent, ProviderError, Secret};
 
 use crate::wire::{self, StreamState};
@@ -18,13 +18,11 @@ const TAIL_BYTES: usize = 16 * 1024;
 /// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    sse: SseDecoder,
+    body: SseBody,
     state: StreamState,
     /// The last bytes of the body, at least [`TAIL_BYTES`] of them once that many came: an error
     /// Google sends as bare JSON instead of an event is found in the last [`TAIL_BYTES`].
     tail: Vec<u8>,
-    body_ended: bool,
-    finished: bool,
     base_url: Arc<str>,
     api_key: Option<Secret>,
 }
@@ -40,11 +38,9 @@ impl StreamDecoder {
     /// use a small one to reach the limit quickly).
     pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
         StreamDecoder {
-            sse: SseDecoder::with_limit(limit),
+            body: SseBody::with_limit(limit),
             state: StreamState::default(),
             tail: Vec::new(),
-            body_ended: false,
-            finished: false,
             base_url,
             api_key,
         }
@@ -52,7 +48,7 @@ impl StreamDecoder {
 
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.body.is_finished()
     }
 
     /// Ends the stream on `err`, or with the answer if it was already complete.
@@ -60,13 +56,13 @@ impl StreamDecoder {
         if self.answer_complete() {
             return Ok(self.done());
         }
-        self.finished = true;
+        self.body.finish();
         Err(err)
     }
 
     /// The final event, now.
     fn done(&mut self) -> ChatEvent {
-        self.finished = true;
+        self.body.finish();
         if let Some(reason) = &self.state.block_reason {
             tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
         }
@@ -93,10 +89,10 @@ impl StreamDecoder {
 
 impl ChatStreamDecoder for StreamDecoder {
     fn push(&mut self, chunk: &[u8]) {
-        if self.finished {
+        if self.body.is_finished() {
             return;
         }
-        self.sse.push(chunk);
+        self.body.push(chunk);
         self.tail.extend_from_slice(chunk);
         if self.tail.len() > 2 * TAIL_BYTES {
             self.tail.drain(..self.tail.len() - TAIL_BYTES);
@@ -104,17 +100,14 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn end(&mut self) {
-        if !self.body_ended {
-            self.body_ended = true;
-            self.sse.end();
-        }
+        self.body.end();
     }
 
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if self.finished {
+        if self.body.is_finished() {
             return None;
         }
-        while let Some(item) = self.sse.next_item() {
+        while let Some(item) = self.body.next_item() {
             let applied = match item {
                 Ok(SseItem::Event { data, .. }) => {
                     self.state.apply(data, self.api_key.as_ref()).map_err(|err| self.redact_error(err))
@@ -131,7 +124,7 @@ impl ChatStreamDecoder for StreamDecoder {
                 Err(err) => return Some(self.fail(err)),
             }
         }
-        if !self.body_ended {
+        if !self.body.ended() {
             return None;
         }
         if self.answer_complete() {
@@ -142,7 +135,7 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn buffered(&self) -> usize {
-        self.sse.buffered()
+        self.body.buffered()
     }
 
     /// A chunk said how the answer ends: from then on, a broken or odd end of the body does not

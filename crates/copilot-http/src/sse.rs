@@ -263,6 +263,61 @@ impl SseDecoder {
     }
 }
 
+/// The body of an SSE chat stream as every SSE adapter's decoder holds it: the [`SseDecoder`],
+/// whether the body ended, and whether the stream is over (after its `Done` or error nothing more
+/// is read).
+#[derive(Debug)]
+pub struct SseBody {
+    sse: SseDecoder,
+    ended: bool,
+    finished: bool,
+}
+
+impl SseBody {
+    /// Lines and events of at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        SseBody { sse: SseDecoder::with_limit(limit), ended: false, finished: false }
+    }
+
+    /// The next piece of the body, unless the stream is over.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if !self.finished {
+            self.sse.push(bytes);
+        }
+    }
+
+    /// The body ended cleanly (once; later calls do nothing).
+    pub fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.sse.end();
+        }
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The stream is over: its last event went out.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next complete item ([`SseDecoder::next_item`]).
+    pub fn next_item(&mut self) -> Option<Result<SseItem<'_>, TooLong>> {
+        self.sse.next_item()
+    }
+
+    /// Bytes held for a line or an event not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

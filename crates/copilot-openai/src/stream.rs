@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
-use copilot_http::sse::{SseDecoder, SseItem};
+use copilot_http::sse::{SseBody, SseItem};
 use copilot_provider::{ChatEvent, Completion, FinishReason, ProviderError, Secret, UpstreamTimings, Usage};
 
 use crate::wire::{self, ErrorDetails, Finish, Payload};
@@ -15,10 +15,7 @@ use crate::wire::{self, ErrorDetails, Finish, Payload};
 /// The last event is always a [`ChatEvent::Done`] or an error; nothing follows it.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    sse: SseDecoder,
-    body_ended: bool,
-    /// A `Done` or an error went out.
-    finished: bool,
+    body: SseBody,
     answer: Answer,
     /// The events of a reply sent whole, not yet taken.
     whole: Option<WholeReply>,
@@ -62,9 +59,7 @@ impl StreamDecoder {
     /// use a small one to reach the limit quickly).
     pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
         StreamDecoder {
-            sse: SseDecoder::with_limit(limit),
-            body_ended: false,
-            finished: false,
+            body: SseBody::with_limit(limit),
             answer: Answer {
                 finish: None,
                 usage: None,
@@ -80,7 +75,7 @@ impl StreamDecoder {
 
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.body.is_finished()
     }
 
     /// Whether a chunk carried a `finish_reason`: the answer is complete, only the usage chunk
@@ -91,7 +86,7 @@ impl StreamDecoder {
 
     /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
     fn complete(&mut self) -> ChatEvent {
-        self.finished = true;
+        self.body.finish();
         ChatEvent::Done(self.answer.completion())
     }
 
@@ -101,7 +96,7 @@ impl StreamDecoder {
             return Some(Ok(ChatEvent::Delta(text)));
         }
         let end = self.whole.take()?.end;
-        self.finished = true;
+        self.body.finish();
         Some(end.map(ChatEvent::Done))
     }
 }
@@ -198,27 +193,21 @@ impl Answer {
 
 impl ChatStreamDecoder for StreamDecoder {
     fn push(&mut self, chunk: &[u8]) {
-        if self.finished {
-            return;
-        }
-        self.sse.push(chunk);
+        self.body.push(chunk);
     }
 
     fn end(&mut self) {
-        if !self.body_ended {
-            self.body_ended = true;
-            self.sse.end();
-        }
+        self.body.end();
     }
 
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
         if self.whole.is_some() {
             return self.next_whole();
         }
-        if self.finished {
+        if self.body.is_finished() {
             return None;
         }
-        while let Some(item) = self.sse.next_item() {
+        while let Some(item) = self.body.next_item() {
             let step = match item {
                 Ok(item) => self.answer.handle_item(item),
                 Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.answer.base_url, too_long.limit)),
@@ -228,19 +217,19 @@ impl ChatStreamDecoder for StreamDecoder {
                 Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
                 Step::Complete => return Some(Ok(self.complete())),
                 Step::Fail(err) => {
-                    self.finished = true;
+                    self.body.finish();
                     return Some(Err(err));
                 }
             }
         }
-        if !self.body_ended {
+        if !self.body.ended() {
             return None;
         }
         if self.saw_finish_reason() {
             tracing::debug!(base_url = %self.answer.base_url, "stream ended after its finish_reason without [DONE]");
             return Some(Ok(self.complete()));
         }
-        self.finished = true;
+        self.body.finish();
         Some(Err(ProviderError::Interrupted(format!(
             "{} ended the stream before it finished (no finish_reason, no [DONE])",
             self.answer.base_url
@@ -248,12 +237,11 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn buffered(&self) -> usize {
-        self.sse.buffered()
+        self.body.buffered()
     }
 
     fn push_whole(&mut self, body: &[u8]) {
-        if !self.finished {
-            self.body_ended = true;
+        if !self.body.is_finished() {
             self.whole = Some(self.answer.whole(body));
         }
     }
