@@ -102,11 +102,7 @@ pub struct AnthropicProvider {
 impl AnthropicProvider {
     pub fn new(config: AnthropicConfig) -> Result<Self, AnthropicConfigError> {
         let invalid = |reason: String| AnthropicConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
-        let mut base_url = config.base_url.trim().trim_end_matches('/');
-        if let Some(without) = base_url.strip_suffix("/v1") {
-            base_url = without.trim_end_matches('/');
-        }
-        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
+        let base_url = copilot_http::check_base_url(&config.base_url, &BASE_URL_RULES).map_err(invalid)?;
         if config.default_max_tokens == 0 {
             return Err(AnthropicConfigError::InvalidMaxTokens);
         }
@@ -250,9 +246,10 @@ fn header_value(field: &'static str, value: &str) -> Result<HeaderValue, Anthrop
     })
 }
 
-/// What a base URL may be (after a trailing `/v1` is dropped): an http(s) URL without a query or
-/// fragment.
-const BASE_URL_RULES: BaseUrlRules = BaseUrlRules { example: DEFAULT_BASE_URL, query_hint: "", no_credentials: None };
+/// What a base URL may be: an http(s) URL without a query or fragment; a trailing `/v1` (an
+/// OpenAI-style base URL) is dropped.
+const BASE_URL_RULES: BaseUrlRules =
+    BaseUrlRules { example: DEFAULT_BASE_URL, drop_suffix: Some("/v1"), query_hint: "", no_credentials: None };
 
 /// A 200 to a streamed request must be an event stream; a server that ignores `stream: true`
 /// (or a proxy's page) would otherwise look like a stream that ended before `message_stop`.

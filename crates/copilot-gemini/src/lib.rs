@@ -224,8 +224,7 @@ impl GeminiProvider {
             _ => config.base_url.clone(),
         };
         let invalid = |reason: String| GeminiConfigError::InvalidBaseUrl { value: raw_base_url.clone(), reason };
-        let base_url = raw_base_url.trim().trim_end_matches('/');
-        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
+        let base_url = copilot_http::check_base_url(&raw_base_url, &BASE_URL_RULES).map_err(invalid)?;
         let (api_root, describe_root, models_url) = match &vertex {
             None => {
                 let api_root = format!("{base_url}/{API_VERSION}/");
@@ -495,6 +494,7 @@ fn model_path(model: &str, vertex: bool) -> String {
 /// What a base URL may be: an http(s) URL without a query, a fragment or credentials.
 const BASE_URL_RULES: BaseUrlRules = BaseUrlRules {
     example: DEFAULT_BASE_URL,
+    drop_suffix: None,
     query_hint: " (the key goes in `api_key`)",
     no_credentials: Some("a base URL cannot carry credentials"),
 };

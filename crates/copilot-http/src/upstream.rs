@@ -198,16 +198,22 @@ impl Upstream {
 pub struct BaseUrlRules {
     /// A base URL that would do, for the messages.
     pub example: &'static str,
+    /// A last path segment that is tolerated and dropped (Anthropic's `/v1`: paths add their own).
+    pub drop_suffix: Option<&'static str>,
     /// Added to the refusal of a query or fragment (`" (the key goes in `api_key`)"`).
     pub query_hint: &'static str,
     /// Why a base URL may not carry a user or password; `None` lets it.
     pub no_credentials: Option<&'static str>,
 }
 
-/// Checks a base URL (already trimmed as the adapter wants it) against `rules`: http or https
-/// ([`crate::parse_base_url`]), no query or fragment, and credentials only where allowed. `Err`
-/// says why it cannot be used.
-pub fn check_base_url(trimmed: &str, rules: &BaseUrlRules) -> Result<Url, String> {
+/// The base URL as given minus surrounding white space and any trailing slash (and
+/// [`BaseUrlRules::drop_suffix`]), once it passes `rules`: http or https ([`crate::parse_base_url`]),
+/// no query or fragment, and credentials only where allowed. `Err` says why it cannot be used.
+pub fn check_base_url<'a>(raw: &'a str, rules: &BaseUrlRules) -> Result<&'a str, String> {
+    let mut trimmed = raw.trim().trim_end_matches('/');
+    if let Some(without) = rules.drop_suffix.and_then(|suffix| trimmed.strip_suffix(suffix)) {
+        trimmed = without.trim_end_matches('/');
+    }
     let url = crate::parse_base_url(trimmed, rules.example)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("a base URL cannot carry a query or fragment{}", rules.query_hint));
@@ -217,7 +223,7 @@ pub fn check_base_url(trimmed: &str, rules: &BaseUrlRules) -> Result<Url, String
     {
         return Err(reason.to_owned());
     }
-    Ok(url)
+    Ok(trimmed)
 }
 
 /// A credential as a header value, marked sensitive so reqwest's and hyper's `Debug` output hide
@@ -234,8 +240,16 @@ mod tests {
 
     #[test]
     fn base_url_rules() {
-        let strict = BaseUrlRules { example: "http://x", query_hint: " (hint)", no_credentials: Some("no users") };
-        assert_eq!(check_base_url("https://h/v1", &strict).unwrap().as_str(), "https://h/v1");
+        let strict = BaseUrlRules {
+            example: "http://x",
+            drop_suffix: None,
+            query_hint: " (hint)",
+            no_credentials: Some("no users"),
+        };
+        assert_eq!(check_base_url(" https://h/v1/ ", &strict).unwrap(), "https://h/v1");
+        let anthropic = BaseUrlRules { drop_suffix: Some("/v1"), ..strict };
+        assert_eq!(check_base_url("https://h/v1//", &anthropic).unwrap(), "https://h");
+        assert_eq!(check_base_url("https://h/p/", &anthropic).unwrap(), "https://h/p");
         assert_eq!(
             check_base_url("http://h/?k=1", &strict).unwrap_err(),
             "a base URL cannot carry a query or fragment (hint)"

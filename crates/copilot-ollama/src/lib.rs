@@ -76,8 +76,7 @@ pub struct OllamaProvider {
 impl OllamaProvider {
     pub fn new(config: OllamaConfig) -> Result<Self, OllamaConfigError> {
         let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
-        let base_url = config.base_url.trim().trim_end_matches('/');
-        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
+        let base_url = copilot_http::check_base_url(&config.base_url, &BASE_URL_RULES).map_err(invalid)?;
         let user_agent = concat!("copilot-ollama/", env!("CARGO_PKG_VERSION"));
         let client = copilot_http::adapter_client(user_agent, config.connect_timeout, |builder| builder)
             .map_err(OllamaConfigError::HttpClient)?;
@@ -146,7 +145,7 @@ impl Adapter for OllamaProvider {
 
 /// What a base URL may be: any http(s) URL without a query or fragment.
 const BASE_URL_RULES: BaseUrlRules =
-    BaseUrlRules { example: "http://localhost:11434", query_hint: "", no_credentials: None };
+    BaseUrlRules { example: "http://localhost:11434", drop_suffix: None, query_hint: "", no_credentials: None };
 
 // ---------------------------------------------------------------------------------------------
 // Errors

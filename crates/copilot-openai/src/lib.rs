@@ -107,8 +107,7 @@ pub struct OpenAiProvider {
 impl OpenAiProvider {
     pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiConfigError> {
         let invalid = |reason: String| OpenAiConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
-        let base_url = config.base_url.trim().trim_end_matches('/');
-        copilot_http::check_base_url(base_url, &BASE_URL_RULES).map_err(invalid)?;
+        let base_url = copilot_http::check_base_url(&config.base_url, &BASE_URL_RULES).map_err(invalid)?;
 
         let mut headers = HeaderMap::new();
         if let Some(key) = &config.api_key {
@@ -216,6 +215,7 @@ impl Provider for OpenAiProvider {
 /// What a base URL may be: an http(s) URL without a query, a fragment or credentials.
 const BASE_URL_RULES: BaseUrlRules = BaseUrlRules {
     example: "http://localhost:8000/v1",
+    drop_suffix: None,
     query_hint: "",
     no_credentials: Some("credentials go in api_key, not in the URL"),
 };
