@@ -231,3 +231,98 @@ fn release_body(mut response: Response, grace: Duration) {
         drop(returning);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use copilot_provider::Completion;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server whose one reply is a chunked body holding `body` that never ends.
+    async fn body_left_open(body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                request.push(byte[0]);
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n", body.len());
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            let _ = socket.read(&mut [0; 1]).await;
+        });
+        url
+    }
+
+    /// Each byte is a delta; a `!` completes the answer.
+    #[derive(Default)]
+    struct Letters {
+        pending: Vec<u8>,
+        complete: bool,
+        finished: bool,
+    }
+
+    impl ChatStreamDecoder for Letters {
+        fn push(&mut self, chunk: &[u8]) {
+            self.pending.extend_from_slice(chunk);
+        }
+
+        fn end(&mut self) {}
+
+        fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
+            if self.finished || self.pending.is_empty() {
+                return None;
+            }
+            let byte = self.pending.remove(0);
+            self.complete |= byte == b'!';
+            Some(Ok(ChatEvent::Delta(char::from(byte).to_string())))
+        }
+
+        fn buffered(&self) -> usize {
+            self.pending.len()
+        }
+
+        fn answer_complete(&self) -> bool {
+            self.complete
+        }
+
+        fn finish_now(&mut self) -> Option<ChatEvent> {
+            self.finished = self.complete;
+            self.complete.then(|| ChatEvent::Done(Completion::default()))
+        }
+    }
+
+    /// The events of `ab!` in a body left open, read with `finish_grace`, if they end within `wait`.
+    async fn events(
+        finish_grace: Option<FinishGrace>,
+        wait: Duration,
+    ) -> Option<Vec<Result<ChatEvent, ProviderError>>> {
+        let url = body_left_open("ab!").await;
+        let client = crate::adapter_client("test", Duration::from_secs(5), |builder| builder).unwrap();
+        let upstream = Upstream::new(client, url.as_str(), Some("Test"), None);
+        let response = upstream.get(&url).send().await.unwrap();
+        let stream =
+            upstream.chat_stream(response, Letters::default(), StreamOptions { whole_body: false, finish_grace });
+        tokio::time::timeout(wait, stream.collect()).await.ok()
+    }
+
+    #[tokio::test]
+    async fn a_body_left_open_after_the_answer_ends_with_the_finish_grace() {
+        let delta = |text: &str| Ok(ChatEvent::Delta(text.into()));
+        let grace = Duration::from_millis(100);
+        for finish_grace in [FinishGrace::EachRead(grace), FinishGrace::Total(grace)] {
+            let started = Instant::now();
+            let events = events(Some(finish_grace), Duration::from_secs(5)).await.expect("the stream ended");
+            assert_eq!(events, [delta("a"), delta("b"), delta("!"), Ok(ChatEvent::Done(Completion::default()))]);
+            assert!(started.elapsed() >= grace, "{finish_grace:?}: ended after {:?}", started.elapsed());
+        }
+        // Without a grace, the stream waits for the end of the body.
+        assert_eq!(events(None, Duration::from_millis(500)).await, None);
+    }
+}
