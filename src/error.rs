@@ -111,6 +111,11 @@ pub enum GatewayError {
     #[error("the request is not a valid {message_type}: {detail}")]
     MalformedRequest { message_type: String, detail: String },
 
+    /// The request body is not what the method takes: it ended inside a message, held none, or
+    /// held more than one for a method that takes one (`problem` says which).
+    #[error("the request body {problem}")]
+    MalformedBody { problem: String },
+
     /// A request message frame has its compressed flag set (or a flag other than 0 and 1) but the
     /// call named no `grpc-encoding`, so it cannot be read.
     #[error("a request message frame has compressed-flag {flag} but the call has no grpc-encoding")]
@@ -387,6 +392,13 @@ fn to_status(error: GatewayError) -> Status {
             );
             let metadata = HashMap::from([("message_type".to_string(), message_type)]);
             Status::with_error_details(Code::InvalidArgument, message, details("MALFORMED_REQUEST", metadata))
+        }
+        GatewayError::MalformedBody { problem } => {
+            let message = format!(
+                "the request body {problem}: send exactly one length-prefixed message (a 5-byte frame header, then \
+                 the message) and end the stream"
+            );
+            Status::with_error_details(Code::InvalidArgument, message, details("MALFORMED_REQUEST", HashMap::new()))
         }
         // The gRPC compression spec: such a message "MUST fail with INTERNAL status, its associated
         // description indicating the invalid Compressed-Flag condition".

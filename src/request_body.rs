@@ -15,6 +15,9 @@
 //!   server's budgets (`request_buffers.rs`); a stream that would go over is refused, and while
 //!   the server's budget is more than half used, a stream whose partial message has received
 //!   nothing for [`STALL_UNDER_PRESSURE`] is ended.
+//! - **Shape**: a method that takes one message gets exactly one; a body that ends inside a
+//!   message, holds none, or (for such a method) holds more than one is the caller's error,
+//!   INVALID_ARGUMENT / `MALFORMED_REQUEST`, where tonic would answer INTERNAL or drop the extra.
 //! - **Shutdown**: a body still being read when the shutdown grace period is over (`hard_stop`)
 //!   ends with UNAVAILABLE / `SHUTTING_DOWN`, like every other call cut by the shutdown, rather
 //!   than a reset stream with no status.
@@ -109,7 +112,8 @@ where
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(crate::deadline::parse_grpc_timeout);
-        let clock = ReadClock::new(received, self.layer.read_timeout, budget, is_request_stream(request.uri().path()));
+        let request_stream = is_request_stream(request.uri().path());
+        let clock = ReadClock::new(received, self.layer.read_timeout, budget, request_stream);
         let stop = Box::pin(self.layer.hard_stop.clone().cancelled_owned());
         self.inner.call(request.map(|inner| GuardedBody {
             inner,
@@ -120,6 +124,7 @@ where
             stop,
             ended: false,
             bytes_received: 0,
+            request_stream,
         }))
     }
 }
@@ -144,6 +149,8 @@ pin_project_lite::pin_project! {
         // Whether the body already ended with an error status (or its end).
         ended: bool,
         bytes_received: u64,
+        // Whether the method takes a stream of messages rather than exactly one.
+        request_stream: bool,
     }
 }
 
@@ -182,6 +189,10 @@ where
                         };
                         return fail(this.ended, this.held, error);
                     }
+                    if !*this.request_stream && this.frames.messages() > 1 {
+                        let problem = "holds more than one message, and the method takes one".to_string();
+                        return fail(this.ended, this.held, GatewayError::MalformedBody { problem });
+                    }
                     if let Err(full) = this.held.set(this.frames.partial()) {
                         return fail(this.ended, this.held, GatewayError::RequestBuffersFull(full));
                     }
@@ -191,6 +202,20 @@ where
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => {
+                let problem = match this.frames.current_frame_len() {
+                    _ if this.frames.partial() == 0 && (*this.request_stream || this.frames.messages() > 0) => None,
+                    Some(len) => {
+                        Some(format!("ended inside a message: {} of its {len} bytes arrived", this.frames.partial()))
+                    }
+                    None if this.frames.partial() > 0 => Some(format!(
+                        "ended inside a message's 5-byte frame header ({} bytes of it arrived)",
+                        this.frames.partial()
+                    )),
+                    None => Some("held no message".to_string()),
+                };
+                if let Some(problem) = problem {
+                    return fail(this.ended, this.held, GatewayError::MalformedBody { problem });
+                }
                 *this.ended = true;
                 let _ = this.held.set(0);
                 *this.timer = None;

@@ -20,10 +20,11 @@ use http::Request;
 use crate::admission::Admission;
 use crate::error::GatewayError;
 
-/// The HTTP/2 layer's header list limit for a metadata limit: four times it, at least 256 KiB, so
-/// that what this layer refuses reaches it.
+/// The HTTP/2 layer's header list limit for a metadata limit: four times it, at least 1 MiB, so
+/// that what this layer refuses reaches it. h2 holds one header block at a time per connection
+/// while decoding it, and drops a refused call's headers as soon as its status is sent.
 pub fn http2_header_list_limit(max_metadata_bytes: usize) -> u32 {
-    u32::try_from(max_metadata_bytes.saturating_mul(4).max(256 * 1024)).unwrap_or(u32::MAX)
+    u32::try_from(max_metadata_bytes.saturating_mul(4).max(1024 * 1024)).unwrap_or(u32::MAX)
 }
 
 /// The size of a request's header block as HTTP/2 counts it (RFC 9113 §6.5.2): each field's name
@@ -94,7 +95,7 @@ mod tests {
 
     #[test]
     fn the_http2_limit_leaves_room_above_the_metadata_limit() {
-        assert_eq!(http2_header_list_limit(16 * 1024), 256 * 1024);
+        assert_eq!(http2_header_list_limit(16 * 1024), 1024 * 1024);
         assert_eq!(http2_header_list_limit(1024 * 1024), 4 * 1024 * 1024);
         assert_eq!(http2_header_list_limit(usize::MAX), u32::MAX);
     }

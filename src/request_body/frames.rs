@@ -25,16 +25,36 @@ pub struct FrameReader {
     body_len: usize,
     /// Bytes of the current message still to come.
     body_left: usize,
+    /// Whole messages read so far.
+    messages: u64,
 }
 
 impl FrameReader {
     /// `compression`: whether the call named an encoding.
     pub fn new(max_bytes: usize, compression: bool) -> Self {
-        Self { max_bytes, compression, header: [0; FRAME_HEADER], header_len: 0, body_len: 0, body_left: 0 }
+        Self {
+            max_bytes,
+            compression,
+            header: [0; FRAME_HEADER],
+            header_len: 0,
+            body_len: 0,
+            body_left: 0,
+            messages: 0,
+        }
     }
 
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
+    }
+
+    /// Whole messages read so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// The size of the message being received, frame header included, once its header is in.
+    pub fn current_frame_len(&self) -> Option<usize> {
+        (self.body_left > 0).then_some(FRAME_HEADER + self.body_len)
     }
 
     /// Bytes of the message being received (its frame header included) that have arrived, while
@@ -50,6 +70,9 @@ impl FrameReader {
                 let n = self.body_left.min(chunk.len());
                 self.body_left -= n;
                 chunk = &chunk[n..];
+                if self.body_left == 0 {
+                    self.messages += 1;
+                }
                 continue;
             }
             let n = (FRAME_HEADER - self.header_len).min(chunk.len());
@@ -68,6 +91,9 @@ impl FrameReader {
                 }
                 self.body_len = size as usize;
                 self.body_left = size as usize;
+                if size == 0 {
+                    self.messages += 1;
+                }
             }
         }
         Ok(())
@@ -130,5 +156,6 @@ mod tests {
         assert_eq!(reader.partial(), 0);
         reader.read(&[0, 0, 0, 0, 0, 0, 0]).unwrap();
         assert_eq!(reader.partial(), 2);
+        assert_eq!(reader.messages(), 2, "the 10-byte message and the empty one");
     }
 }

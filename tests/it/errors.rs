@@ -297,8 +297,23 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     );
     assert!(fake.chat_requests().is_empty());
 
-    // The compressed flag without a grpc-encoding: INTERNAL, as the gRPC compression spec says.
+    // A body that ends inside its message or holds none, or two messages for a unary method (which
+    // tonic answered INTERNAL, or read half of).
     let hi = prompt("ollama/m", "hi").encode_to_vec();
+    let whole = RawBody::frame(0, &hi).into_bytes();
+    for (body, problem) in [
+        (whole[..whole.len() - 1].to_vec(), "ended inside a message"),
+        (whole[..3].to_vec(), "frame header"),
+        (Vec::new(), "held no message"),
+        ([&whole[..], &whole[..]].concat(), "more than one message"),
+    ] {
+        let (status, _) = raw_call(&connection, "Generate", &[], RawBody::raw(body)).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{problem}: {}", status.message());
+        assert_eq!(reason(&status), "MALFORMED_REQUEST");
+        assert!(status.message().contains(problem), "{}", status.message());
+    }
+
+    // The compressed flag without a grpc-encoding: INTERNAL, as the gRPC compression spec says.
     let (status, _) = raw_call(&connection, "Generate", &[], RawBody::frame(1, &hi)).await;
     assert_eq!(status.code(), Code::Internal, "{}", status.message());
     assert_eq!(reason(&status), "MALFORMED_REQUEST");

@@ -197,6 +197,16 @@ impl RawBody {
         RawBody { data: Some(bytes.into()), then_stall: false }
     }
 
+    /// The bytes this body sends.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.data.unwrap_or_default()
+    }
+
+    /// `bytes` as they are, then the end of the body: for bodies that are not one whole frame.
+    pub fn raw(bytes: impl Into<bytes::Bytes>) -> RawBody {
+        RawBody { data: Some(bytes.into()), then_stall: false }
+    }
+
     /// `first`, then a stall: the body never ends.
     pub fn stalled_after(first: impl Into<bytes::Bytes>) -> RawBody {
         RawBody { data: Some(first.into()), then_stall: true }

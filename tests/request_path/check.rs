@@ -236,7 +236,7 @@ impl Body for Chunks {
     }
 }
 
-/// How a call ended, once it kept every promise (or broke one of the [`OPEN`] findings').
+/// How a call ended, once it kept every promise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub code: Code,
@@ -244,20 +244,7 @@ pub struct Answer {
     pub reason: Option<String>,
     /// Response messages received before the status.
     pub messages: usize,
-    /// Which of the [`OPEN`] findings the answer is.
-    pub open: Option<&'static str>,
 }
-
-/// Broken promises this target found that are not fixed yet, told apart from new ones so that
-/// fuzzing can look past them (`fuzz/README.md`, "Found"): tonic answers INTERNAL, without an
-/// `ErrorInfo`, a call whose request body ends inside a frame (a header or a message cut short),
-/// or holds no whole message at all. Each is accepted only for a body of that shape and with exactly
-/// tonic's message. The fix belongs in the request-body layer, which follows the frames as they
-/// arrive; the test `open_findings_are_still_open` fails once it lands, so that this list goes.
-pub const OPEN: [(&str, &str); 2] = [
-    ("Unexpected EOF decoding stream.", "the request body ends inside a frame: INTERNAL without ErrorInfo"),
-    ("Missing request message.", "the request body holds no whole message: INTERNAL without ErrorInfo"),
-];
 
 /// What the request body holds, frame by frame, as the server reads it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -477,17 +464,6 @@ fn decode_messages(method: Method, mut data: &[u8]) -> Result<usize, String> {
 pub fn check_status(status: &Status, messages: usize, shape: BodyShape) -> Result<Answer, String> {
     let code = status.code();
     let shown = || format!("{:?}: {:?}", code, status.message());
-    let open = OPEN.iter().find(|(message, _)| {
-        code == Code::Internal
-            && status.message() == *message
-            && !shape.flagged
-            // tonic's message depends on where the body stops: inside a header or a message it is
-            // the first, right after the first header (the message missing) the second.
-            && if *message == OPEN[0].0 { shape.cut_short } else { shape.frames == 0 }
-    });
-    if let Some((_, finding)) = open {
-        return Ok(Answer { code, reason: None, messages, open: Some(finding) });
-    }
     // The compression spec's case, which the request-body guards answer with MALFORMED_REQUEST.
     let spec_internal = code == Code::Internal
         && shape.flagged
@@ -506,13 +482,13 @@ pub fn check_status(status: &Status, messages: usize, shape: BodyShape) -> Resul
         if messages == 0 {
             return Err("OK without a response message".into());
         }
-        return Ok(Answer { code, reason: None, messages, open: None });
+        return Ok(Answer { code, reason: None, messages });
     }
     let info = status.get_details_error_info().ok_or_else(|| format!("no ErrorInfo in the details of {}", shown()))?;
     if info.domain != ERROR_DOMAIN || info.reason.is_empty() {
         return Err(format!("ErrorInfo {{ reason: {:?}, domain: {:?} }} on {}", info.reason, info.domain, shown()));
     }
-    Ok(Answer { code, reason: Some(info.reason), messages, open: None })
+    Ok(Answer { code, reason: Some(info.reason), messages })
 }
 
 fn instance(name: &str, provider: Arc<dyn Provider>) -> Instance {

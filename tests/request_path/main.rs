@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use check::{Answer, BodyShape, Call, Caller, Framing, Method, OPEN, RequestPath, check_status};
+use check::{Answer, BodyShape, Call, Caller, Framing, Method, RequestPath, check_status};
 use copilot::error::ERROR_DOMAIN;
 use seeds::seeds;
 
@@ -54,8 +54,8 @@ fn the_seeds_reach_each_layer() {
     let path = RequestPath::new();
     let seeds: BTreeMap<_, _> = seeds().into_iter().collect();
     let answer = |name: &str| path.check(&seeds[name]);
-    let refused = |code, reason: &str| Answer { code, reason: Some(reason.into()), messages: 0, open: None };
-    assert_eq!(answer("generate.bin"), Answer { code: Code::Ok, reason: None, messages: 1, open: None });
+    let refused = |code, reason: &str| Answer { code, reason: Some(reason.into()), messages: 0 };
+    assert_eq!(answer("generate.bin"), Answer { code: Code::Ok, reason: None, messages: 1 });
     // A delta, then the summary.
     assert_eq!(answer("chat.bin").messages, 2);
     assert_eq!(answer("split-frame.bin").code, Code::Ok);
@@ -76,27 +76,29 @@ fn the_seeds_reach_each_layer() {
     assert_eq!(answer("declared-length-short-of-the-message.bin"), refused(Code::Internal, "MALFORMED_REQUEST"));
 }
 
-/// The open findings (`check.rs`, `OPEN`) are still what the server answers. When this fails
-/// because these bodies now get a request error with ErrorInfo, the finding is fixed: remove it
-/// from `OPEN` (and these seeds' `open-` prefix), so the check holds the server to it.
+/// What the fuzzer found, answered INTERNAL without ErrorInfo by tonic (a body that ends inside a
+/// frame, or holds no whole message) or silently half-read (two messages for a unary method), is
+/// the caller's error.
 #[test]
-fn open_findings_are_still_open() {
+fn bodies_that_are_not_one_whole_message_are_the_callers_error() {
     let path = RequestPath::new();
     let seeds: BTreeMap<_, _> = seeds().into_iter().collect();
-    for (name, finding) in [
-        ("open-message-cut-short.bin", OPEN[0].1),
-        ("open-declared-length-past-the-body.bin", OPEN[0].1),
-        ("open-header-cut-short.bin", OPEN[0].1),
-        ("open-empty-body.bin", OPEN[1].1),
-        ("open-header-without-its-message.bin", OPEN[1].1),
+    let refused = Answer { code: Code::InvalidArgument, reason: Some("MALFORMED_REQUEST".into()), messages: 0 };
+    for name in [
+        "found-message-cut-short.bin",
+        "found-declared-length-past-the-body.bin",
+        "found-header-cut-short.bin",
+        "found-empty-body.bin",
+        "found-header-without-its-message.bin",
+        "found-two-messages.bin",
     ] {
-        assert_eq!(path.check(&seeds[name]).open, Some(finding), "{name}");
+        assert_eq!(path.check(&seeds[name]), refused, "{name}");
     }
 }
 
 /// The check refuses what the fuzzer looks for: a request answered INTERNAL (as prost's own
 /// codec answers an undecodable message), an error without ErrorInfo, an over-long message; and
-/// accepts the compression spec's INTERNAL and the open findings only for bodies of their shape.
+/// accepts the compression spec's INTERNAL only for a body with a flagged frame.
 #[test]
 fn the_check_refuses_broken_promises() {
     let whole = BodyShape { frames: 1, ..BodyShape::default() };
@@ -124,16 +126,10 @@ fn the_check_refuses_broken_promises() {
     assert!(check::check_status(&malformed(Status::internal("compressed")), 0, whole).is_err());
     assert!(check::check_status(&Status::internal("compressed"), 0, flagged).is_err());
 
+    // tonic's own answers to a body cut short or without a message.
     let cut_short = BodyShape { cut_short: true, ..BodyShape::default() };
-    let empty = BodyShape::default();
-    let [(eof, _), (missing, _)] = OPEN;
-    assert!(check::check_status(&Status::internal(eof), 0, cut_short).unwrap().open.is_some());
-    assert!(check::check_status(&Status::internal(eof), 0, whole).is_err());
-    assert!(check::check_status(&Status::internal(missing), 0, empty).unwrap().open.is_some());
-    let after_a_message = BodyShape { frames: 1, cut_short: true, ..BodyShape::default() };
-    assert!(check::check_status(&Status::internal(missing), 0, cut_short).unwrap().open.is_some());
-    assert!(check::check_status(&Status::internal(missing), 0, after_a_message).is_err());
-    assert!(check::check_status(&Status::internal("other"), 0, cut_short).is_err());
+    assert!(check::check_status(&Status::internal("Unexpected EOF decoding stream."), 0, cut_short).is_err());
+    assert!(check::check_status(&Status::internal("Missing request message."), 0, BodyShape::default()).is_err());
 }
 
 #[test]

@@ -119,10 +119,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("no-key.bin", call(Method::Generate, Framing::Whole, Caller::NoKey, generate("echo/m", "Hi", None))),
         ("unknown-key.bin", call(Method::Chat, Framing::Whole, Caller::UnknownKey, chat("echo/m", vec![user("Hi")]))),
-        // A body that ends inside the message, inside the next frame's header, or holds nothing:
-        // the open findings (check.rs, OPEN).
+        // Found by the fuzzer, answered INTERNAL by tonic until the request-body guards answered
+        // them: a body that ends inside the message, inside the next frame's header, or holds
+        // nothing (INVALID_ARGUMENT / MALFORMED_REQUEST now).
         (
-            "open-message-cut-short.bin",
+            "found-message-cut-short.bin",
             call(
                 Method::Generate,
                 Framing::Truncated,
@@ -131,18 +132,27 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
-            "open-declared-length-past-the-body.bin",
+            "found-declared-length-past-the-body.bin",
             call(Method::Chat, Framing::DeclaredLength, Caller::Open, vec![0, 0, 0, 100, 0x0a, 0x01, b'm']),
         ),
         (
-            "open-header-cut-short.bin",
+            "found-header-cut-short.bin",
             call(Method::ListModels, Framing::DeclaredLength, Caller::Open, vec![0, 0, 0, 0, 0, 0]),
         ),
-        ("open-empty-body.bin", call(Method::GetModel, Framing::Truncated, Caller::Open, vec![5])),
+        ("found-empty-body.bin", call(Method::GetModel, Framing::Truncated, Caller::Open, vec![5])),
         // Found by the fuzzer: a whole frame header, then the end of the body.
         (
-            "open-header-without-its-message.bin",
+            "found-header-without-its-message.bin",
             call(Method::ListModels, Framing::Truncated, Caller::Open, vec![2, 255, 254]),
+        ),
+        // Two messages for a method that takes one (tonic dropped the second).
+        (
+            "found-two-messages.bin",
+            call(Method::Generate, Framing::DeclaredLength, Caller::Open, {
+                let message = generate("echo/m", "Hi", None);
+                let length = (message.len() as u32).to_be_bytes();
+                [&length[..], &message, &[0], &length, &message].concat()
+            }),
         ),
         // The rest of the message read as a frame flagged 0x65: the compression spec's INTERNAL.
         (
