@@ -3,7 +3,7 @@
 //!
 //! It speaks the real wire format, as described in the project's Anthropic reference notes:
 //! - every request needs `anthropic-version` (400 otherwise) and, once a key is set with
-//!   [`FakeAnthropic::with_api_key`], the right `x-api-key` (401 `authentication_error` otherwise,
+//!   [`Fake::with_api_key`], the right `x-api-key` (401 `authentication_error` otherwise,
 //!   whose message echoes the presented key partially, the way key-checking APIs do);
 //! - errors are `{"type":"error","error":{"type":"…","message":"…"},"request_id":"req_…"}` with a
 //!   `request-id` header, the error type following the status (`rate_limit_error` for 429,
@@ -33,10 +33,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -46,10 +45,9 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::fake::{Fake, KeyedWire, Wire};
 use crate::format::civil_from_days;
-use crate::harness::{
-    Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code, streamed_body,
-};
+use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
 use crate::script::{self, FakeModel, Finish, Step, flush_point};
 #[cfg(doc)]
 use crate::script::{Behaviour, Reply};
@@ -87,116 +85,33 @@ const KNOWN_FIELDS: [&str; 17] = [
     "context_management",
 ];
 
-/// A running fake Anthropic API. It stops accepting connections, and ends the streams it is still
-/// writing, when dropped.
-pub struct FakeAnthropic {
-    server: Server,
-    shared: Arc<Shared>,
-}
+/// A running fake Anthropic API: [`Fake`] over Anthropic's wire format.
+pub type FakeAnthropic = Fake<Anthropic>;
 
-impl FakeAnthropic {
-    /// Starts a server with no models and no API key on `127.0.0.1` and a free port.
-    ///
-    /// # Panics
-    /// If no loopback port can be bound.
-    pub async fn start() -> FakeAnthropic {
-        FakeAnthropic::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Anthropic server")
-    }
-
-    /// Starts a server with no models and no API key on `addr` (port 0 picks a free port).
-    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeAnthropic> {
-        let shared = Arc::new(Shared::new());
-        let server = Server::start(addr, "Anthropic", shared.harness.clone(), router(shared.clone())).await?;
-        Ok(FakeAnthropic { server, shared })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// `http://IP:PORT`, without a trailing slash (the API paths start with `/v1`).
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
-    /// Requires `x-api-key: key` on every request from now on.
-    pub fn with_api_key(self, key: impl Into<String>) -> Self {
-        self.set_api_key(Some(key.into()));
-        self
-    }
-
-    /// Sets (or, with `None`, drops) the key every request must present.
-    pub fn set_api_key(&self, key: Option<String>) {
-        *self.shared.api_key.write().unwrap() = key;
-    }
-
+impl Fake<Anthropic> {
     /// Adds a model, replacing one with the same id. Requests already in progress keep the script
     /// they started with. The listing shows the newest model first, like the API's.
     pub fn add_model(&self, model: FakeModel) {
-        self.shared.models.add(ModelEntry::new(model));
+        self.wire.models.add(ModelEntry::new(model));
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, id: &str) -> bool {
-        self.shared.models.remove(id)
+        self.wire.models.remove(id)
     }
 
     /// While set, `/v1/messages` answers 529 `overloaded_error`.
     pub fn set_busy(&self, busy: bool) {
-        self.shared.busy.store(busy, Ordering::Relaxed);
-    }
-
-    /// The next `count` message requests (for any known model) fail with `status` and an Anthropic
-    /// error body of the matching type, with a `retry-after: <seconds>` header when given; later
-    /// requests behave as scripted.
-    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        self.shared.harness.fail_next(count, status, retry_after);
-    }
-
-    /// Whether to keep message request bodies and headers (on by default). Long benchmark runs
-    /// turn it off so memory stays flat.
-    pub fn set_record_requests(&self, record: bool) {
-        self.shared.harness.set_record_requests(record);
-    }
-
-    /// The JSON body of every `/v1/messages` request received (including refused ones), in order.
-    /// Bodies that were not valid JSON are not recorded.
-    pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.harness.chat_requests()
-    }
-
-    /// The headers of every `/v1/messages` request received (including refused ones), in order.
-    pub fn request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.harness.request_headers()
-    }
-
-    /// Message requests the client abandoned (closed the connection) after they were accepted and
-    /// before their last event was written — including during `header_delay`.
-    pub fn disconnects(&self) -> usize {
-        self.shared.harness.disconnects()
-    }
-
-    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
-    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        self.shared.harness.wait_for_disconnects(n, timeout).await
-    }
-
-    /// Message responses that produced their last piece: the `message_stop` event, the `error`
-    /// event of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the
-    /// single object of a non-streamed request.
-    pub fn completed_streams(&self) -> usize {
-        self.shared.harness.completed_streams()
-    }
-
-    /// Message requests accepted (known model, not busy) and not yet finished or abandoned,
-    /// including those still in their `header_delay`.
-    pub fn active_streams(&self) -> usize {
-        self.shared.harness.active_streams()
+        self.wire.busy.store(busy, Ordering::Relaxed);
     }
 }
 
-/// State shared by the handle and the request handlers.
-struct Shared {
+/// Anthropic's wire format, and the state its handle and request handlers share. A failure
+/// scripted with [`Fake::fail_next`] is an Anthropic error body of the matching type (with a
+/// `retry-after` header when given a wait); a completed stream is one that sent `message_stop`,
+/// the `error` event of [`Behaviour::ErrorAfter`], or the single object of a request that was not
+/// streamed. A key set with [`Fake::set_api_key`] is required as `x-api-key`.
+pub struct Anthropic {
     models: Models<ModelEntry>,
     api_key: RwLock<Option<String>>,
     busy: AtomicBool,
@@ -205,17 +120,40 @@ struct Shared {
     next_id: AtomicU64,
 }
 
-impl Shared {
-    fn new() -> Self {
-        Shared {
+impl Wire for Anthropic {
+    const NAME: &'static str = "Anthropic";
+    const BASE_PATH: &'static str = "";
+
+    fn new(harness: Arc<Harness>) -> Self {
+        Anthropic {
             models: Models::new(),
             api_key: RwLock::new(None),
             busy: AtomicBool::new(false),
-            harness: Harness::new(),
+            harness,
             next_id: AtomicU64::new(1),
         }
     }
 
+    fn router(shared: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/messages", post(messages))
+            .route("/v1/models", get(list_models))
+            .route("/v1/models/{id}", get(get_model))
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            // The limit is checked in the handler so the refusal has Anthropic's body.
+            .layer(DefaultBodyLimit::max(2 * MAX_REQUEST_BYTES))
+            .with_state(shared)
+    }
+}
+
+impl KeyedWire for Anthropic {
+    fn api_key(&self) -> &RwLock<Option<String>> {
+        &self.api_key
+    }
+}
+
+impl Anthropic {
     fn find_model(&self, id: &str) -> Option<Arc<ModelEntry>> {
         self.models.find(id)
     }
@@ -322,26 +260,14 @@ fn display_name(id: &str) -> String {
     name
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/messages", post(messages))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        // The limit is checked in the handler so the refusal has Anthropic's body.
-        .layer(DefaultBodyLimit::max(2 * MAX_REQUEST_BYTES))
-        .with_state(shared)
-}
-
-async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
+async fn not_found(State(shared): State<Arc<Anthropic>>) -> Response {
     error_response(404, "Not Found", &shared.new_id("req"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Models
 
-async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn list_models(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let request_id = shared.new_id("req");
     if let Some(refusal) = shared.check_headers(&headers, &request_id) {
         return refusal;
@@ -389,7 +315,7 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQ
     json_response(StatusCode::OK, &body, &request_id)
 }
 
-async fn get_model(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_model(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let request_id = shared.new_id("req");
     if let Some(refusal) = shared.check_headers(&headers, &request_id) {
         return refusal;
@@ -448,7 +374,7 @@ struct ChatParams {
     last_user: String,
 }
 
-async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body: Bytes) -> Response {
     let request_id = shared.new_id("req");
     let parsed = serde_json::from_slice::<Value>(&body);
     if shared.harness.recording() {
@@ -927,6 +853,8 @@ fn rfc3339(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::script::{Behaviour, Reply};
 
     const KEY: &str = "sk-ant-api03-fake-test-key-abcdef";

@@ -12,7 +12,7 @@
 //! - Errors are `google.rpc.Status` bodies, pretty-printed like Google's:
 //!   `{"error": {"code", "message", "status", "details"}}`. A 429 carries `google.rpc.RetryInfo`
 //!   (`"retryDelay": "7s"`) when a delay is scripted, next to the `Retry-After` header.
-//! - Keys ([`FakeGemini::with_api_key`]) are read from `x-goog-api-key` or `?key=`. No key is 403
+//! - Keys ([`Fake::with_api_key`]) are read from `x-goog-api-key` or `?key=`. No key is 403
 //!   `PERMISSION_DENIED`; a wrong key is 400 `INVALID_ARGUMENT` with `ErrorInfo.reason:
 //!   "API_KEY_INVALID"`, as Google answers. Unlike Google, the message repeats the presented key in
 //!   full, so a test can prove that an adapter scrubs it from its errors.
@@ -20,7 +20,7 @@
 //!   wrong: unknown fields (e.g. snake_case `max_tokens`) are a 400 `Unknown name`, roles other than
 //!   `user`/`model`, empty `contents`, empty text parts, a seed outside int32, more than five stop
 //!   sequences and unknown safety categories or thresholds are 400s too.
-//! - A blocked prompt ([`FakeGemini::set_block_prompt`]) is HTTP 200 with one event holding
+//! - A blocked prompt ([`Fake::set_block_prompt`]) is HTTP 200 with one event holding
 //!   `promptFeedback.blockReason: "SAFETY"` and no candidates.
 //! - Unknown paths get Google's front-end HTML 404 page.
 //!
@@ -32,7 +32,7 @@
 //! - `DropConnectionAfter`: `tokens` chunks, then the connection is aborted.
 //! - `HttpError`: that status with a Google error body (the status name matching the code).
 //!
-//! Vertex AI mode ([`FakeGemini::require_vertex_auth`]) serves the same models and behaviours on
+//! Vertex AI mode ([`Fake::require_vertex_auth`]) serves the same models and behaviours on
 //! Vertex's paths (`/v1beta1/projects/{p}/locations/{l}/publishers/google/models/{m}:…`), with
 //! bearer tokens from a [`FakeGoogleAuth`](crate::FakeGoogleAuth) instead of keys, and Vertex's
 //! errors: 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED` for another project, and 404 "Publisher
@@ -43,10 +43,8 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -57,13 +55,14 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::fake::{Fake, KeyedWire, Wire};
 use crate::format::{form_value, json_kind, write_json_string};
 use crate::google::{FakeGoogleAuth, IssuedTokens, TokenCheck};
-use crate::harness::{FailNext, Harness, LOOPBACK, Models, Pieces, Server, StreamGuard, status_code, streamed_body};
+use crate::harness::{FailNext, Harness, Models, Pieces, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
 use crate::script::{Finish, Generation, Step};
 
-/// The message of the 503 that [`FakeGemini::set_busy`] turns on (Google's wording).
+/// The message of the 503 that [`Fake::set_busy`] turns on (Google's wording).
 pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
 
 /// The message of a scripted 429 (Google's wording).
@@ -147,49 +146,10 @@ const THRESHOLDS: &[&str] = &[
     "OFF",
 ];
 
-/// A running fake Gemini API. It stops accepting connections, and ends the streams it is still
-/// writing, when dropped.
-pub struct FakeGemini {
-    server: Server,
-    shared: Arc<Shared>,
-}
+/// A running fake Gemini API: [`Fake`] over Gemini's wire format.
+pub type FakeGemini = Fake<Gemini>;
 
-impl FakeGemini {
-    /// Starts a server with no models and no key check on `127.0.0.1` and a free port.
-    ///
-    /// # Panics
-    /// If no loopback port can be bound.
-    pub async fn start() -> FakeGemini {
-        FakeGemini::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Gemini server")
-    }
-
-    /// Starts a server with no models on `addr` (port 0 picks a free port).
-    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeGemini> {
-        let shared = Arc::new(Shared::new());
-        let server = Server::start(addr, "Gemini", shared.harness.clone(), router(shared.clone())).await?;
-        Ok(FakeGemini { server, shared })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// `http://IP:PORT`, without a trailing slash (the adapter appends `/v1beta/...`).
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
-    /// Requires this key on every request from now on.
-    pub fn with_api_key(self, key: impl Into<String>) -> Self {
-        self.set_api_key(Some(key.into()));
-        self
-    }
-
-    /// Requires this key on every request (`None`: no check, the default).
-    pub fn set_api_key(&self, key: Option<String>) {
-        *self.shared.api_key.write().unwrap() = key;
-    }
-
+impl Fake<Gemini> {
     /// Serves Vertex AI's Gemini paths from now on, for `project`:
     /// `POST /v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse`
     /// (the same bodies and streams as the Gemini API) and `GET
@@ -199,7 +159,7 @@ impl FakeGemini {
     /// (`ACCESS_TOKEN_TYPE_UNSUPPORTED` / `ACCESS_TOKEN_EXPIRED`); another project in the path is
     /// 403 `PERMISSION_DENIED`. The location is not checked. Without this, those paths are 404s.
     pub fn require_vertex_auth(&self, auth: &FakeGoogleAuth, project: &str) {
-        *self.shared.vertex.write().unwrap() = Some(VertexAuth { tokens: auth.issued(), project: project.to_owned() });
+        *self.wire.vertex.write().unwrap() = Some(VertexAuth { tokens: auth.issued(), project: project.to_owned() });
     }
 
     /// [`require_vertex_auth`](Self::require_vertex_auth), builder style.
@@ -215,83 +175,34 @@ impl FakeGemini {
     pub fn add_model(&self, model: FakeModel) {
         let mut model = model;
         model.name = model_id(&model.name).to_owned();
-        self.shared.models.add(model);
+        self.wire.models.add(model);
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        self.shared.models.remove(model_id(name))
+        self.wire.models.remove(model_id(name))
     }
 
     /// While set, chat answers 503 `UNAVAILABLE` "The model is overloaded", as Gemini does.
     pub fn set_busy(&self, busy: bool) {
-        self.shared.busy.store(busy, Ordering::Relaxed);
+        self.wire.busy.store(busy, Ordering::Relaxed);
     }
 
     /// While set, every chat is refused as a blocked prompt: HTTP 200 and one event with
     /// `promptFeedback.blockReason: "SAFETY"`, prompt usage and no candidates.
     pub fn set_block_prompt(&self, block: bool) {
-        self.shared.block_prompt.store(block, Ordering::Relaxed);
+        self.wire.block_prompt.store(block, Ordering::Relaxed);
     }
 
     /// Caps `models.list` pages at `size` models whatever `pageSize` asks for (Google may also
     /// return fewer than asked), to exercise pagination with few models. `0` removes the cap.
     pub fn set_page_size_cap(&self, size: usize) {
-        self.shared.page_size_cap.store(size, Ordering::Relaxed);
-    }
-
-    /// The next `count` chat requests (for any model) fail with `status` and a Google error body,
-    /// with a `Retry-After: <seconds>` header when given (and, on a 429, `RetryInfo` with the same
-    /// delay); later requests behave as scripted.
-    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        self.shared.harness.fail_next(count, status, retry_after);
-    }
-
-    /// Whether to keep what chat requests carried (on by default). Long benchmark runs turn it
-    /// off so memory stays flat.
-    pub fn set_record_requests(&self, record: bool) {
-        self.shared.harness.set_record_requests(record);
-    }
-
-    /// The JSON body of every chat request received (including refused ones), in order. Bodies
-    /// that were not valid JSON are not recorded.
-    pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.harness.chat_requests()
-    }
-
-    /// The headers of every chat request received (including refused ones), in order: to check
-    /// `x-goog-api-key`, `traceparent` and the like.
-    pub fn request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.harness.request_headers()
+        self.wire.page_size_cap.store(size, Ordering::Relaxed);
     }
 
     /// The path and query of every chat request received, in order.
     pub fn request_uris(&self) -> Vec<String> {
-        self.shared.request_uris.lock().unwrap().clone()
-    }
-
-    /// Chat requests the client abandoned (closed the connection) after they were accepted and
-    /// before their last event was written — including during `header_delay`.
-    pub fn disconnects(&self) -> usize {
-        self.shared.harness.disconnects()
-    }
-
-    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
-    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        self.shared.harness.wait_for_disconnects(n, timeout).await
-    }
-
-    /// Chat streams that produced their last piece: the chunk with `finishReason`, the blocked
-    /// prompt's event, the bare error of [`Behaviour::ErrorAfter`], or the clean end of
-    /// [`Behaviour::EndWithoutDone`]. Counted when that piece is handed to the connection.
-    pub fn completed_streams(&self) -> usize {
-        self.shared.harness.completed_streams()
-    }
-
-    /// Chat requests accepted and not yet finished or abandoned, including those still in their
-    /// `header_delay`.
-    pub fn active_streams(&self) -> usize {
-        self.shared.harness.active_streams()
+        self.wire.request_uris.lock().unwrap().clone()
     }
 }
 
@@ -300,8 +211,12 @@ fn model_id(name: &str) -> &str {
     name.strip_prefix("models/").unwrap_or(name)
 }
 
-/// State shared by the handle and the request handlers.
-struct Shared {
+/// Gemini's wire format, and the state its handle and request handlers share. A failure scripted
+/// with [`Fake::fail_next`] is a Google error body (and, on a 429 with a wait, `RetryInfo` with the
+/// same delay); a completed stream is one that sent its chunk with `finishReason`, the blocked
+/// prompt's event, or its bare error. A key set with [`Fake::set_api_key`] is read from
+/// `x-goog-api-key` or `?key=`.
+pub struct Gemini {
     models: Models<FakeModel>,
     api_key: RwLock<Option<String>>,
     busy: AtomicBool,
@@ -311,7 +226,7 @@ struct Shared {
     request_uris: Mutex<Vec<String>>,
     harness: Arc<Harness>,
     responses: AtomicU64,
-    /// Set by [`FakeGemini::require_vertex_auth`]: the Vertex AI paths are served.
+    /// Set by [`Fake::require_vertex_auth`]: the Vertex AI paths are served.
     vertex: RwLock<Option<VertexAuth>>,
 }
 
@@ -321,21 +236,48 @@ struct VertexAuth {
     project: String,
 }
 
-impl Shared {
-    fn new() -> Self {
-        Shared {
+impl Wire for Gemini {
+    const NAME: &'static str = "Gemini";
+    const BASE_PATH: &'static str = "";
+
+    fn new(harness: Arc<Harness>) -> Self {
+        Gemini {
             models: Models::new(),
             api_key: RwLock::new(None),
             busy: AtomicBool::new(false),
             block_prompt: AtomicBool::new(false),
             page_size_cap: AtomicUsize::new(0),
             request_uris: Mutex::new(Vec::new()),
-            harness: Harness::new(),
+            harness,
             responses: AtomicU64::new(0),
             vertex: RwLock::new(None),
         }
     }
 
+    fn router(shared: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1beta/models", get(list_models))
+            .route("/v1beta/models/{name}", get(get_model).post(model_method))
+            .route(
+                "/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{name}",
+                post(vertex_model_method),
+            )
+            .route("/v1beta1/publishers/google/models/{name}", get(vertex_get_model))
+            // Google's front end answers unknown paths and wrong methods with an HTML page.
+            .fallback(not_found_page)
+            .method_not_allowed_fallback(not_found_page)
+            .layer(DefaultBodyLimit::max(64 << 20))
+            .with_state(shared)
+    }
+}
+
+impl KeyedWire for Gemini {
+    fn api_key(&self) -> &RwLock<Option<String>> {
+        &self.api_key
+    }
+}
+
+impl Gemini {
     fn find_model(&self, name: &str) -> Option<Arc<FakeModel>> {
         self.models.find(model_id(name))
     }
@@ -364,7 +306,7 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl Gemini {
     /// `None` when a Vertex AI request may proceed; otherwise Vertex's refusal (or, with Vertex
     /// mode off, Google's 404 page). `project` is the one in the path, if it has one.
     fn check_vertex(&self, headers: &HeaderMap, project: Option<&str>, resource: &str) -> Option<Response> {
@@ -417,22 +359,6 @@ fn unauthenticated(message: &str, reason: &str) -> Response {
     response
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1beta/models", get(list_models))
-        .route("/v1beta/models/{name}", get(get_model).post(model_method))
-        .route(
-            "/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{name}",
-            post(vertex_model_method),
-        )
-        .route("/v1beta1/publishers/google/models/{name}", get(vertex_get_model))
-        // Google's front end answers unknown paths and wrong methods with an HTML page.
-        .fallback(not_found_page)
-        .method_not_allowed_fallback(not_found_page)
-        .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(shared)
-}
-
 async fn not_found_page(uri: Uri) -> Response {
     not_found_html(uri.path())
 }
@@ -458,7 +384,7 @@ fn not_found_html(path_text: &str) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Models
 
-async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+async fn list_models(State(shared): State<Arc<Gemini>>, headers: HeaderMap, uri: Uri) -> Response {
     if let Some(refusal) = shared.check_key(&headers, &uri) {
         return refusal;
     }
@@ -503,7 +429,7 @@ fn parse_page_token(token: &str) -> Option<usize> {
 }
 
 async fn get_model(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Gemini>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
@@ -528,7 +454,7 @@ async fn get_model(
 
 /// `GET /v1beta1/publishers/google/models/{model}`: Model Garden's entry for a Google model.
 async fn vertex_get_model(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Gemini>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
@@ -607,7 +533,7 @@ fn display_name(id: &str) -> String {
 // Chat
 
 async fn model_method(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Gemini>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
@@ -630,7 +556,7 @@ async fn model_method(
 /// `POST /v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}`:
 /// Vertex AI's Gemini, with the same bodies and streams as the Gemini API.
 async fn vertex_model_method(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Gemini>>,
     Path((project, location, name)): Path<(String, String, String)>,
     headers: HeaderMap,
     uri: Uri,
@@ -663,7 +589,7 @@ enum Api<'a> {
 
 /// A model method (`streamGenerateContent`) once the caller is authenticated.
 async fn generate(
-    shared: &Arc<Shared>,
+    shared: &Arc<Gemini>,
     api: Api<'_>,
     model_name: &str,
     method: &str,

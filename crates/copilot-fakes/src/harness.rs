@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::script::{Behaviour, FakeModel};
 
-/// `127.0.0.1` with port 0: a free loopback port, where [`start`](crate::FakeOllama::start) puts
+/// `127.0.0.1` with port 0: a free loopback port, where [`start`](crate::fake::Fake::start) puts
 /// a fake.
 pub(crate) const LOOPBACK: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
 
@@ -65,6 +65,10 @@ impl Server {
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(crate) fn harness(&self) -> &Harness {
+        &self.harness
     }
 }
 
@@ -111,8 +115,9 @@ struct Recorded {
 
 /// The state every fake keeps besides its protocol's: scripted failures, recorded requests, and
 /// how chat streams ended. Shared by the fake's handle, its request handlers and the stream
-/// guards.
-pub(crate) struct Harness {
+/// guards. Public only so that [`Wire::new`](crate::fake::Wire::new) can take it: the module is
+/// private, and so are its methods.
+pub struct Harness {
     fail_next: Mutex<Option<FailNext>>,
     record_requests: AtomicBool,
     recorded: Mutex<Recorded>,

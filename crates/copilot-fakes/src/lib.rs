@@ -15,8 +15,9 @@
 //! - [`FakeAnthropic`]: Anthropic's Messages API (`/v1/messages`, named SSE events).
 //!
 //! All of them serve models scripted with the same [`FakeModel`], [`Reply`] and [`Behaviour`]
-//! (see [`script`]), and share the same scaffolding: a loopback server that stops when dropped,
-//! `fail_next`, recorded requests, and counters of completed, active and abandoned streams.
+//! (see [`script`]), and share one handle, [`Fake`], over their wire format: a loopback server
+//! that stops when dropped, `fail_next`, recorded requests, and counters of completed, active and
+//! abandoned streams.
 //!
 //! Besides the providers, [`FakeGoogleAuth`] plays Google's OAuth token endpoint and metadata
 //! server (the credentials of Gemini on Vertex AI), and [`FakeCollector`] plays an OpenTelemetry
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod fake;
 mod format;
 pub mod gemini;
 pub mod google;
@@ -47,6 +49,7 @@ pub mod otlp;
 pub mod script;
 
 pub use anthropic::FakeAnthropic;
+pub use fake::Fake;
 pub use gemini::FakeGemini;
 pub use google::FakeGoogleAuth;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};

@@ -14,7 +14,6 @@
 //! work beyond formatting one line: no logging, one allocation per line.
 
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,10 +26,9 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::fake::{Fake, Wire};
 use crate::format::{civil_from_days, json_kind, write_json_string};
-use crate::harness::{
-    Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code, streamed_body,
-};
+use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
 use crate::script::{Generation, Step};
 
@@ -49,117 +47,62 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// should look like a real measurement rather than zero (which Ollama would omit).
 const PROMPT_EVAL_NANOS_PER_TOKEN: u64 = 25_000;
 
-/// A running fake Ollama server. It stops accepting connections, and ends the streams it is
-/// still writing, when dropped.
-pub struct FakeOllama {
-    server: Server,
-    shared: Arc<Shared>,
-}
+/// A running fake Ollama server: [`Fake`] over Ollama's wire format.
+pub type FakeOllama = Fake<Ollama>;
 
-impl FakeOllama {
-    /// Starts a server with no models on `127.0.0.1` and a free port.
-    ///
-    /// # Panics
-    /// If no loopback port can be bound.
-    pub async fn start() -> FakeOllama {
-        FakeOllama::start_on(LOOPBACK).await.expect("bind a loopback port for the fake Ollama server")
-    }
-
-    /// Starts a server with no models on `addr` (port 0 picks a free port).
-    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOllama> {
-        let shared = Arc::new(Shared { models: Models::new(), busy: AtomicBool::new(false), harness: Harness::new() });
-        let server = Server::start(addr, "Ollama", shared.harness.clone(), router(shared.clone())).await?;
-        Ok(FakeOllama { server, shared })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// `http://IP:PORT`, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
+impl Fake<Ollama> {
     /// Adds a model, replacing one of the same name (a missing tag counts as `:latest`). Requests
     /// already in progress keep the script they started with.
     pub fn add_model(&self, model: FakeModel) {
-        self.shared.models.add(ModelEntry::new(model));
+        self.wire.models.add(ModelEntry::new(model));
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        self.shared.models.remove(&canonical_name(name))
+        self.wire.models.remove(&canonical_name(name))
     }
 
     /// While set, `/api/chat` answers 503 with Ollama's queue-full error.
     pub fn set_busy(&self, busy: bool) {
-        self.shared.busy.store(busy, Ordering::Relaxed);
-    }
-
-    /// The next `count` chat requests (for any model) fail with `status` and an Ollama error body,
-    /// with a `Retry-After: <seconds>` header when given; later requests behave as scripted.
-    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        self.shared.harness.fail_next(count, status, retry_after);
-    }
-
-    /// Like [`fail_next`](Self::fail_next), with no `Retry-After` of its own but `headers` sent
-    /// verbatim, e.g. `("retry-after", "18446744073709551615")`.
-    pub fn fail_next_with_headers(&self, count: usize, status: u16, headers: &[(&str, &str)]) {
-        self.shared.harness.fail_next_with_headers(count, status, None, headers);
-    }
-
-    /// TCP connections accepted so far: a client that pools connections opens one for calls made
-    /// one after another.
-    pub fn connections_accepted(&self) -> usize {
-        self.shared.harness.connections_accepted()
-    }
-
-    /// Whether to keep chat request bodies for [`chat_requests`](Self::chat_requests) (on by
-    /// default). Long benchmark runs turn it off so memory stays flat.
-    pub fn set_record_requests(&self, record: bool) {
-        self.shared.harness.set_record_requests(record);
-    }
-
-    /// The JSON body of every `/api/chat` request received (including refused ones), in order.
-    /// Bodies that were not valid JSON are not recorded.
-    pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.harness.chat_requests()
-    }
-
-    /// Chat requests the client abandoned (closed the connection) after they were accepted and
-    /// before their final line was written — including during `header_delay`.
-    pub fn disconnects(&self) -> usize {
-        self.shared.harness.disconnects()
-    }
-
-    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
-    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        self.shared.harness.wait_for_disconnects(n, timeout).await
-    }
-
-    /// Chat responses that produced their final line: the `done:true` line, the `{"error"}` line
-    /// of [`Behaviour::ErrorAfter`], the clean end of [`Behaviour::EndWithoutDone`], or the single
-    /// object of a `stream:false` request. Counted when that line is handed to the connection.
-    pub fn completed_streams(&self) -> usize {
-        self.shared.harness.completed_streams()
-    }
-
-    /// Chat requests accepted (known model, not busy) and not yet finished or abandoned,
-    /// including those still in their `header_delay`.
-    pub fn active_streams(&self) -> usize {
-        self.shared.harness.active_streams()
+        self.wire.busy.store(busy, Ordering::Relaxed);
     }
 }
 
-/// State shared by the handle and the request handlers.
-struct Shared {
+/// Ollama's wire format, and the state its handle and request handlers share. A failure
+/// scripted with [`Fake::fail_next`] is an Ollama error body (`{"error":...}`); a completed stream
+/// is one that wrote its `done:true` line (or its `{"error"}` line, or the single object of a
+/// `stream:false` request). Ollama's fake keeps request bodies but not headers.
+pub struct Ollama {
     models: Models<ModelEntry>,
     busy: AtomicBool,
     harness: Arc<Harness>,
 }
 
-impl Shared {
+impl Wire for Ollama {
+    const NAME: &'static str = "Ollama";
+    const BASE_PATH: &'static str = "";
+
+    fn new(harness: Arc<Harness>) -> Self {
+        Ollama { models: Models::new(), busy: AtomicBool::new(false), harness }
+    }
+
+    fn router(shared: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(root))
+            .route("/api/version", get(version))
+            .route("/api/tags", get(tags))
+            .route("/api/show", post(show))
+            .route("/api/chat", post(chat))
+            // gin answers unknown routes and wrong methods alike with a plain-text 404.
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            // Ollama has no request size limit; long chat histories must not trip axum's 2 MB default.
+            .layer(DefaultBodyLimit::max(64 << 20))
+            .with_state(shared)
+    }
+}
+
+impl Ollama {
     fn find_model(&self, name: &str) -> Option<Arc<ModelEntry>> {
         self.models.find(&canonical_name(name))
     }
@@ -214,21 +157,6 @@ fn fake_digest(name: &str) -> String {
     digest
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(root))
-        .route("/api/version", get(version))
-        .route("/api/tags", get(tags))
-        .route("/api/show", post(show))
-        .route("/api/chat", post(chat))
-        // gin answers unknown routes and wrong methods alike with a plain-text 404.
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        // Ollama has no request size limit; long chat histories must not trip axum's 2 MB default.
-        .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(shared)
-}
-
 async fn root() -> Response {
     text_response(StatusCode::OK, "Ollama is running")
 }
@@ -241,7 +169,7 @@ async fn version() -> Response {
     json_value_response(StatusCode::OK, &json!({ "version": OLLAMA_VERSION }))
 }
 
-async fn tags(State(shared): State<Arc<Shared>>) -> Response {
+async fn tags(State(shared): State<Arc<Ollama>>) -> Response {
     let models = shared.models.read();
     let listing: Vec<Value> = models
         .iter()
@@ -259,7 +187,7 @@ async fn tags(State(shared): State<Arc<Shared>>) -> Response {
     json_value_response(StatusCode::OK, &json!({ "models": listing }))
 }
 
-async fn show(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn show(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
     let request = match parse_json_body(&body, "ShowRequest") {
         Ok(request) => request,
         Err(message) => return bad_request(&message),
@@ -346,7 +274,7 @@ struct ChatParams {
     last_user: String,
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
     let received = Instant::now();
     let request = match parse_json_body(&body, "ChatRequest") {
         Ok(request) => request,

@@ -23,10 +23,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -36,10 +35,10 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::fake::{Fake, KeyedWire, Wire};
 use crate::format::write_json_string;
 use crate::harness::{
-    FailNext, Harness, Keyed, LOOPBACK, Models, Pieces, Server, StreamGuard, broken_response, status_code,
-    streamed_body,
+    FailNext, Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body,
 };
 pub use crate::script::{Behaviour, FakeModel, Reply};
 use crate::script::{Generation, Step, flush_point};
@@ -134,103 +133,63 @@ pub const REASONING_TEXT: &str = "Let me think.";
 const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
 const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// A running fake OpenAI-compatible server. It stops accepting connections, and ends the streams
-/// it is still writing, when dropped.
-pub struct FakeOpenAi {
-    server: Server,
-    shared: Arc<Shared>,
-}
+/// A running fake OpenAI-compatible server: [`Fake`] over the OpenAI wire format.
+pub type FakeOpenAi = Fake<OpenAi>;
 
-impl FakeOpenAi {
-    /// Starts a server with no models on `127.0.0.1` and a free port.
-    ///
-    /// # Panics
-    /// If no loopback port can be bound.
-    pub async fn start() -> FakeOpenAi {
-        FakeOpenAi::start_on(LOOPBACK).await.expect("bind a loopback port for the fake OpenAI server")
-    }
-
-    /// Starts a server with no models on `addr` (port 0 picks a free port).
-    pub async fn start_on(addr: SocketAddr) -> io::Result<FakeOpenAi> {
-        let shared = Arc::new(Shared::new());
-        let server = Server::start(addr, "OpenAI", shared.harness.clone(), router(shared.clone())).await?;
-        Ok(FakeOpenAi { server, shared })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// `http://IP:PORT/v1`, without a trailing slash: what an adapter's base URL is set to.
-    pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr())
-    }
-
+impl Fake<OpenAi> {
     /// Adds a model, replacing one of the same name. Requests already in progress keep the
     /// script they started with.
     pub fn add_model(&self, model: FakeModel) {
-        self.shared.models.add(ModelEntry { created: unix_now(), model: Arc::new(model) });
+        self.wire.models.add(ModelEntry { created: unix_now(), model: Arc::new(model) });
     }
 
     /// Removes a model; returns whether it was there.
     pub fn remove_model(&self, name: &str) -> bool {
-        self.shared.models.remove(name)
+        self.wire.models.remove(name)
     }
 
     /// Makes `alias` name the model `target`, the way `gpt-4o-mini` names a dated snapshot:
     /// requests for the alias are served by the target, and every chunk's `model` field says
     /// the target's name. Listed in `/v1/models` too.
     pub fn add_alias(&self, alias: &str, target: &str) {
-        self.shared.aliases.write().unwrap().insert(alias.to_owned(), target.to_owned());
+        self.wire.aliases.write().unwrap().insert(alias.to_owned(), target.to_owned());
     }
 
     pub fn set_flavour(&self, flavour: Flavour) {
-        *self.shared.flavour.write().unwrap() = flavour;
+        *self.wire.flavour.write().unwrap() = flavour;
     }
 
     pub fn flavour(&self) -> Flavour {
-        self.shared.flavour()
-    }
-
-    /// Requires `Authorization: Bearer <key>` on every request (except with [`Flavour::Ollama`],
-    /// which ignores keys); `None` accepts anything, like a local server without auth.
-    pub fn set_api_key(&self, key: Option<impl Into<String>>) {
-        *self.shared.api_key.write().unwrap() = key.map(Into::into);
-    }
-
-    /// [`set_api_key`](Self::set_api_key) as a builder, as the other fakes have it.
-    pub fn with_api_key(self, key: impl Into<String>) -> Self {
-        self.set_api_key(Some(key));
-        self
+        self.wire.flavour()
     }
 
     /// While set, chat requests get OpenAI's 429 `insufficient_quota` (billing, not rate).
     pub fn set_quota_exhausted(&self, exhausted: bool) {
-        self.shared.quota_exhausted.store(exhausted, Ordering::Relaxed);
+        self.wire.quota_exhausted.store(exhausted, Ordering::Relaxed);
     }
 
     /// While set, chat requests get the flavour's 503 (OpenAI's "overloaded", llama.cpp's
     /// "Loading model").
     pub fn set_busy(&self, busy: bool) {
-        self.shared.busy.store(busy, Ordering::Relaxed);
+        self.wire.busy.store(busy, Ordering::Relaxed);
     }
 
     /// While set, a request with `max_tokens` is refused the way OpenAI's reasoning models
     /// refuse it (400 `unsupported_parameter`: use `max_completion_tokens`).
     pub fn set_require_max_completion_tokens(&self, require: bool) {
-        self.shared.require_max_completion_tokens.store(require, Ordering::Relaxed);
+        self.wire.require_max_completion_tokens.store(require, Ordering::Relaxed);
     }
 
     /// While set, a request carrying `stream_options` is refused with older vLLM's flat 400
     /// (`extra_forbidden`), like servers that predate the field.
     pub fn set_reject_stream_options(&self, reject: bool) {
-        self.shared.reject_stream_options.store(reject, Ordering::Relaxed);
+        self.wire.reject_stream_options.store(reject, Ordering::Relaxed);
     }
 
     /// While set, an SSE comment (`: ping`) goes before every event, as proxies and keep-alive
     /// timers send them.
     pub fn set_keepalive_comments(&self, on: bool) {
-        self.shared.keepalive_comments.store(on, Ordering::Relaxed);
+        self.wire.keepalive_comments.store(on, Ordering::Relaxed);
     }
 
     /// While set, chat requests are refused the way a misbehaving proxy in front of the server
@@ -238,59 +197,7 @@ impl FakeOpenAi {
     /// after `offset` characters of other text (to put it across the 500 characters a client may
     /// cut an error to), and an `x-request-id` header that echoes the key too. `None` turns it off.
     pub fn set_echo_key(&self, offset: Option<usize>) {
-        *self.shared.echo_key.write().unwrap() = offset;
-    }
-
-    /// The next `count` chat requests (for any model) fail with `status` and the flavour's error
-    /// body; a 429 is OpenAI's `rate_limit_exceeded`. With `retry_after`, a `Retry-After:
-    /// <seconds>` header (and, on a 429, exhausted `x-ratelimit-*-requests` headers) go with it.
-    pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>) {
-        self.shared.harness.fail_next(count, status, retry_after);
-    }
-
-    /// Like [`fail_next`](Self::fail_next), with no `Retry-After` of its own but `headers` sent
-    /// verbatim, e.g. `("retry-after-ms", "1e30")` as OpenAI spells its wait.
-    pub fn fail_next_with_headers(&self, count: usize, status: u16, headers: &[(&str, &str)]) {
-        self.shared.harness.fail_next_with_headers(count, status, None, headers);
-    }
-
-    /// Whether to keep chat requests for [`chat_requests`](Self::chat_requests) (on by default).
-    pub fn set_record_requests(&self, record: bool) {
-        self.shared.harness.set_record_requests(record);
-    }
-
-    /// The JSON body of every `/v1/chat/completions` request received (including refused ones),
-    /// in order. Bodies that were not valid JSON are not recorded.
-    pub fn chat_requests(&self) -> Vec<Value> {
-        self.shared.harness.chat_requests()
-    }
-
-    /// The headers of the requests in [`chat_requests`](Self::chat_requests), in the same order.
-    pub fn chat_request_headers(&self) -> Vec<HeaderMap> {
-        self.shared.harness.request_headers()
-    }
-
-    /// Chat requests the client abandoned (closed the connection) after they were accepted and
-    /// before their last event was written — including during `header_delay`.
-    pub fn disconnects(&self) -> usize {
-        self.shared.harness.disconnects()
-    }
-
-    /// Waits until [`disconnects`](Self::disconnects) reaches `n`; false if `timeout` passes first.
-    pub async fn wait_for_disconnects(&self, n: usize, timeout: Duration) -> bool {
-        self.shared.harness.wait_for_disconnects(n, timeout).await
-    }
-
-    /// Chat responses that wrote their last piece: `[DONE]` (or the finish chunk, for a flavour
-    /// without it), the mid-stream error, the clean end of [`Behaviour::EndWithoutDone`], or the
-    /// whole object of a non-streamed request.
-    pub fn completed_streams(&self) -> usize {
-        self.shared.harness.completed_streams()
-    }
-
-    /// Chat requests accepted and not yet finished or abandoned.
-    pub fn active_streams(&self) -> usize {
-        self.shared.harness.active_streams()
+        *self.wire.echo_key.write().unwrap() = offset;
     }
 }
 
@@ -305,8 +212,13 @@ impl Keyed for ModelEntry {
     }
 }
 
-/// State shared by the handle and the request handlers.
-struct Shared {
+/// The OpenAI wire format, in its [`Flavour`]s, and the state its handle and request handlers
+/// share. A failure scripted with [`Fake::fail_next`] is the flavour's error body (a 429 is
+/// OpenAI's `rate_limit_exceeded`, and with a wait comes with exhausted `x-ratelimit-*-requests`
+/// headers); a completed stream is one that wrote `[DONE]` (or the finish chunk, for a flavour
+/// without it). A key set with [`Fake::set_api_key`] is required as `Authorization: Bearer <key>`
+/// (except with [`Flavour::Ollama`], which ignores keys).
+pub struct OpenAi {
     models: Models<ModelEntry>,
     aliases: RwLock<HashMap<String, String>>,
     flavour: RwLock<Flavour>,
@@ -316,16 +228,19 @@ struct Shared {
     require_max_completion_tokens: AtomicBool,
     reject_stream_options: AtomicBool,
     keepalive_comments: AtomicBool,
-    /// [`FakeOpenAi::set_echo_key`].
+    /// [`Fake::set_echo_key`].
     echo_key: RwLock<Option<usize>>,
     harness: Arc<Harness>,
     /// Makes ids unique within a run.
     next_id: AtomicU64,
 }
 
-impl Shared {
-    fn new() -> Self {
-        Shared {
+impl Wire for OpenAi {
+    const NAME: &'static str = "OpenAI";
+    const BASE_PATH: &'static str = "/v1";
+
+    fn new(harness: Arc<Harness>) -> Self {
+        OpenAi {
             models: Models::new(),
             aliases: RwLock::new(HashMap::new()),
             flavour: RwLock::new(Flavour::OpenAi),
@@ -336,11 +251,33 @@ impl Shared {
             reject_stream_options: AtomicBool::new(false),
             keepalive_comments: AtomicBool::new(false),
             echo_key: RwLock::new(None),
-            harness: Harness::new(),
+            harness,
             next_id: AtomicU64::new(1),
         }
     }
 
+    fn router(shared: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", get(list_models))
+            .route("/v1/models/{*id}", get(get_model))
+            // llama.cpp serves its API with and without the /v1 prefix.
+            .route("/chat/completions", post(llama_cpp_chat))
+            .route("/models", get(llama_cpp_models))
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .layer(DefaultBodyLimit::max(64 << 20))
+            .with_state(shared)
+    }
+}
+
+impl KeyedWire for OpenAi {
+    fn api_key(&self) -> &RwLock<Option<String>> {
+        &self.api_key
+    }
+}
+
+impl OpenAi {
     fn flavour(&self) -> Flavour {
         *self.flavour.read().unwrap()
     }
@@ -379,20 +316,6 @@ impl Shared {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{*id}", get(get_model))
-        // llama.cpp serves its API with and without the /v1 prefix.
-        .route("/chat/completions", post(llama_cpp_chat))
-        .route("/models", get(llama_cpp_models))
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(shared)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,7 +407,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
 }
 
 /// Adds what every response of the flavour carries.
-fn finish_response(shared: &Shared, flavour: Flavour, mut response: Response) -> Response {
+fn finish_response(shared: &OpenAi, flavour: Flavour, mut response: Response) -> Response {
     if flavour.is_openai() {
         let id = shared.new_id("req_", 32);
         if let Ok(value) = HeaderValue::from_str(&id) {
@@ -495,7 +418,7 @@ fn finish_response(shared: &Shared, flavour: Flavour, mut response: Response) ->
     response
 }
 
-async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+async fn not_found(State(shared): State<Arc<OpenAi>>, method: Method, uri: Uri) -> Response {
     let flavour = shared.flavour();
     let response = match flavour {
         Flavour::OpenAi | Flavour::NoUsage => {
@@ -514,7 +437,7 @@ async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) 
 }
 
 /// The flavour's answer to a missing or wrong API key, if the request must be refused.
-fn check_auth(shared: &Shared, flavour: Flavour, headers: &HeaderMap) -> Option<Response> {
+fn check_auth(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap) -> Option<Response> {
     let expected = shared.api_key.read().unwrap().clone()?;
     if flavour == Flavour::Ollama {
         return None;
@@ -553,7 +476,7 @@ fn check_auth(shared: &Shared, flavour: Flavour, headers: &HeaderMap) -> Option<
     Some(finish_response(shared, flavour, response))
 }
 
-/// [`FakeOpenAi::set_echo_key`]'s refusal: the bearer key quoted whole at `offset` characters
+/// [`Fake::set_echo_key`]'s refusal: the bearer key quoted whole at `offset` characters
 /// into a plain-text body, and echoed in `x-request-id`.
 fn key_echo(headers: &HeaderMap, offset: usize) -> Response {
     let key = headers
@@ -630,7 +553,7 @@ fn parameter_count(size: &str) -> Option<u64> {
     Some((value * scale).round() as u64)
 }
 
-fn all_cards(shared: &Shared, flavour: Flavour) -> Vec<(String, Value)> {
+fn all_cards(shared: &OpenAi, flavour: Flavour) -> Vec<(String, Value)> {
     let models = shared.models.read();
     let mut cards: Vec<(String, Value)> =
         models.iter().map(|e| (e.model.name.clone(), model_card(e, &e.model.name, flavour))).collect();
@@ -644,7 +567,7 @@ fn all_cards(shared: &Shared, flavour: Flavour) -> Vec<(String, Value)> {
     cards
 }
 
-async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn list_models(State(shared): State<Arc<OpenAi>>, headers: HeaderMap) -> Response {
     let flavour = shared.flavour();
     if let Some(refusal) = check_auth(&shared, flavour, &headers) {
         return refusal;
@@ -654,7 +577,7 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
 }
 
 async fn llama_cpp_chat(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<OpenAi>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -667,7 +590,7 @@ async fn llama_cpp_chat(
     }
 }
 
-async fn llama_cpp_models(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn llama_cpp_models(State(shared): State<Arc<OpenAi>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if shared.flavour().is_llama_cpp() {
         list_models(State(shared), headers).await
     } else {
@@ -676,7 +599,7 @@ async fn llama_cpp_models(State(shared): State<Arc<Shared>>, method: Method, uri
 }
 
 async fn get_model(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<OpenAi>>,
     Path(id): Path<String>,
     method: Method,
     uri: Uri,
@@ -717,7 +640,7 @@ struct ChatParams {
     last_user: String,
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes) -> Response {
     let flavour = shared.flavour();
     if let Some(offset) = *shared.echo_key.read().unwrap() {
         return key_echo(&headers, offset);
@@ -726,7 +649,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     finish_response(&shared, flavour, response)
 }
 
-async fn chat_response(shared: &Arc<Shared>, flavour: Flavour, headers: &HeaderMap, body: Bytes) -> Response {
+async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderMap, body: Bytes) -> Response {
     let received = Instant::now();
     let request = match serde_json::from_slice::<Value>(&body) {
         Ok(value @ Value::Object(_)) => value,
@@ -842,7 +765,7 @@ fn scripted_failure(failure: FailNext, flavour: Flavour, model: &str) -> Respons
 }
 
 /// Reads and checks a chat request; `Err` is the 400 the flavour's server would answer.
-fn chat_params(shared: &Shared, flavour: Flavour, request: &Value) -> Result<ChatParams, ApiError> {
+fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<ChatParams, ApiError> {
     let model = match request.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         // llama.cpp serves its one model whatever (or whether) `model` says.
@@ -1011,7 +934,7 @@ struct ChunkWriter {
     comments: bool,
 }
 
-fn chunk_prefix(shared: &Shared, flavour: Flavour, model: &str) -> Vec<u8> {
+fn chunk_prefix(shared: &OpenAi, flavour: Flavour, model: &str) -> Vec<u8> {
     let id = shared.new_id("chatcmpl-", 29);
     let mut prefix = Vec::with_capacity(160);
     let _ =
@@ -1233,7 +1156,7 @@ fn stream_response(body: SseBody) -> Response {
 
 /// A non-streamed request: plays the whole script, then answers with one `chat.completion`.
 async fn whole_response(
-    shared: &Shared,
+    shared: &OpenAi,
     flavour: Flavour,
     mut generation: Generation,
     mut guard: StreamGuard,
@@ -1302,7 +1225,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_shaped_like_openais() {
-        let shared = Shared::new();
+        let shared = <OpenAi as Wire>::new(Harness::new());
         let a = shared.new_id("chatcmpl-", 29);
         let b = shared.new_id("chatcmpl-", 29);
         assert_ne!(a, b);

@@ -98,7 +98,7 @@ async fn streams_text_usage_and_the_answering_model() {
         })
     );
     // No key configured: no Authorization header at all.
-    let headers = &fake.chat_request_headers()[0];
+    let headers = &fake.request_headers()[0];
     assert!(headers.get("authorization").is_none());
     assert!(headers.get("openai-organization").is_none());
     assert_eq!(headers["accept"], "text/event-stream");
@@ -157,7 +157,7 @@ async fn the_api_key_and_organization_go_in_headers() {
     let (text, completion) = collect(&provider, request("m", "x")).await;
     completion.unwrap();
     assert_eq!(text, "ok");
-    let headers = &fake.chat_request_headers()[0];
+    let headers = &fake.request_headers()[0];
     assert_eq!(headers["authorization"], "Bearer sk-test-0123456789abcdef");
     assert_eq!(headers["openai-organization"], "org-123");
     assert!(provider.health().await.is_ok());
