@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::admin_listeners;
-use crate::admission::AdmissionLayer;
+use crate::admission::{AdmissionLayer, Admitting};
 use crate::auth::{Auth, AuthCheck};
-use crate::config::{Config, Threading};
+use crate::config::{Config, LimitsConfig, Threading};
 use crate::connection_limits::{CappedAcceptor, PrefaceTimeout, default_max_connections};
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
@@ -43,12 +43,31 @@ use crate::grpc::CopilotApi;
 use crate::health::{self, HealthState};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
-use crate::request_body::RequestBodyLayer;
+use crate::request_body::{RequestBodyGuard, RequestBodyLayer};
 use crate::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
 use crate::request_headers::{HeaderChecks, http2_header_list_limit};
 use crate::router::Router;
-use crate::rpc_trace::RpcTraceLayer;
+use crate::rpc_trace::{RpcTrace, RpcTraceLayer};
 use crate::tls::Tls;
+
+/// What every call goes through before `routes`, in this order: its trace, the checks on its
+/// headers, its API key, and the guards on its request body. (The fuzz target on the request path
+/// builds the same stack in-process.)
+pub type Guarded<S> = RpcTrace<Admitting<HeaderChecks, Admitting<AuthCheck, RequestBodyGuard<S>>>>;
+
+pub fn guarded<S>(
+    routes: S,
+    limits: &LimitsConfig,
+    auth: Option<Arc<Auth>>,
+    hard_stop: CancellationToken,
+) -> Guarded<S> {
+    tower::ServiceBuilder::new()
+        .layer(RpcTraceLayer)
+        .layer(AdmissionLayer::new(HeaderChecks { max_metadata_bytes: limits.max_metadata_bytes }))
+        .layer(AdmissionLayer::new(AuthCheck(auth)))
+        .layer(RequestBodyLayer::new(limits, hard_stop))
+        .service(routes)
+}
 
 /// The health-check name of the API, as the generated server names it.
 pub const SERVICE_NAME: &str = <CopilotServer<CopilotApi> as tonic::server::NamedService>::NAME;
@@ -125,12 +144,7 @@ async fn run(
         .clone()
         .routes()
         .prepare();
-    let service = tower::ServiceBuilder::new()
-        .layer(RpcTraceLayer)
-        .layer(AdmissionLayer::new(HeaderChecks { max_metadata_bytes: config.limits.max_metadata_bytes }))
-        .layer(AdmissionLayer::new(AuthCheck(Auth::from_config(&config.auth))))
-        .layer(RequestBodyLayer::new(&config.limits, hard_stop.clone()))
-        .service(routes);
+    let service = guarded(routes, &config.limits, Auth::from_config(&config.auth), hard_stop.clone());
     let tls = match config.server.tls.clone() {
         Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
         None => None,

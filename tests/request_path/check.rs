@@ -44,20 +44,17 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tower::ServiceExt;
 
-use copilot::admission::AdmissionLayer;
-use copilot::auth::{Auth, AuthCheck, KeyHash};
+use copilot::auth::{Auth, KeyHash};
 use copilot::config::{AliasTarget, ApiKeyConfig, AuthConfig, DefaultOptions, LimitsConfig};
 use copilot::error::{ERROR_DOMAIN, MAX_MESSAGE_BYTES};
 use copilot::gateway::Gateway;
 use copilot::grpc::CopilotApi;
 use copilot::proto::v1 as pb;
 use copilot::proto::v1::copilot_server::CopilotServer;
-use copilot::request_body::RequestBodyLayer;
 use copilot::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
-use copilot::request_headers::HeaderChecks;
 use copilot::resilience::Breaker;
 use copilot::router::{Instance, Router};
-use copilot::rpc_trace::{RpcTraceLayer, TracedBody};
+use copilot::rpc_trace::TracedBody;
 
 /// The key the "valid key" caller presents; the keyed service accepts only it.
 const KEY: &str = "cpk_fuzz";
@@ -286,8 +283,8 @@ impl BodyShape {
     }
 }
 
-/// The server's service stack, built as `server.rs` builds it (without health and reflection,
-/// which are tonic's), around the API with the given gateway, limits and keys.
+/// The server's service stack (`server::guarded`), around the API alone (health and reflection
+/// are tonic's) with the given gateway, limits and keys.
 pub fn api_service(
     gateway: Arc<Gateway>,
     limits: &LimitsConfig,
@@ -306,12 +303,7 @@ pub fn api_service(
             .max_decoding_message_size(limits.max_message_bytes),
     );
     let connection_buffer_bytes = limits.connection_buffer_bytes();
-    let service = tower::ServiceBuilder::new()
-        .layer(RpcTraceLayer)
-        .layer(AdmissionLayer::new(HeaderChecks { max_metadata_bytes: limits.max_metadata_bytes }))
-        .layer(AdmissionLayer::new(AuthCheck(auth)))
-        .layer(RequestBodyLayer::new(limits, hard_stop))
-        .service(routes.routes().prepare());
+    let service = copilot::server::guarded(routes.routes().prepare(), limits, auth, hard_stop);
     // Each call as if on a connection of its own, with that connection's budget of partly
     // received request bytes.
     tower::ServiceExt::map_request(service, move |mut request: http::Request<Chunks>| {
