@@ -21,7 +21,9 @@
 //!
 //! Besides the providers, [`FakeGoogleAuth`] plays Google's OAuth token endpoint and metadata
 //! server (the credentials of Gemini on Vertex AI), and [`FakeCollector`] plays an OpenTelemetry
-//! collector (OTLP/gRPC) for telemetry tests.
+//! collector (OTLP/gRPC) for telemetry tests. For the wire cases no fake produces (events split
+//! at awkward bytes, a body reset mid-stream), [`ScriptedServer`](scripted::ScriptedServer)
+//! answers each request with scripted bytes and pauses.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -47,6 +49,7 @@ pub mod ollama;
 pub mod openai;
 pub mod otlp;
 pub mod script;
+pub mod scripted;
 
 pub use anthropic::FakeAnthropic;
 pub use fake::Fake;

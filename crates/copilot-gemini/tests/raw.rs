@@ -4,61 +4,19 @@
 
 use std::time::{Duration, Instant};
 
+use copilot_fakes::scripted::{ScriptedServer, Step};
 use copilot_gemini::{GeminiAuth, GeminiConfig, GeminiProvider};
 use copilot_provider::{
     ChatEvent, ChatRequest, FinishReason, GenerationOptions, Message, Provider, ProviderError, Role, Secret, Usage,
 };
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const KEY: &str = "AIzaSyRaw-test-key-987654321";
 
-enum Step {
-    Write(Vec<u8>),
-    Pause(Duration),
-    /// Keep the connection open (the body never ends) for this long.
-    Hold(Duration),
-}
-
 /// Serves one scripted response to the first request, then closes the connection.
-async fn serve(script: Vec<Step>) -> GeminiProvider {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Headers, then as much body as Content-Length says.
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            request.extend_from_slice(&buf[..n]);
-            if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                if request.len() >= end + 4 + length {
-                    break;
-                }
-            }
-            if n == 0 {
-                return;
-            }
-        }
-        for step in script {
-            match step {
-                Step::Write(bytes) => {
-                    if socket.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Pause(d) => tokio::time::sleep(d).await,
-                Step::Hold(d) => tokio::time::sleep(d).await,
-            }
-        }
-    });
+async fn serve(mut script: Vec<Step>) -> GeminiProvider {
+    script.push(Step::Close);
+    let base_url = ScriptedServer::once(script).await.base_url();
     GeminiProvider::new(GeminiConfig { base_url, auth: GeminiAuth::ApiKey(Secret::new(KEY)), ..Default::default() })
         .unwrap()
 }
@@ -186,7 +144,8 @@ async fn a_body_left_open_after_the_finish_still_ends_the_stream() {
     let provider = serve(vec![
         head("200 OK", "text/event-stream", ""),
         Step::Write(b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"done\"}]},\"finishReason\": \"MAX_TOKENS\"}]}\r\n\r\n".to_vec()),
-        Step::Hold(Duration::from_secs(30)),
+        // The body stays open, never ending, for this long.
+        Step::Pause(Duration::from_secs(30)),
     ])
     .await;
     let started = Instant::now();

@@ -4,72 +4,16 @@
 
 use std::time::Duration;
 
+use copilot_fakes::scripted::{ScriptedServer, Step};
 use copilot_openai::{OpenAiConfig, OpenAiProvider};
 use copilot_provider::{
     ChatEvent, ChatRequest, Completion, FinishReason, GenerationOptions, Message, Provider, ProviderError, Role, Usage,
 };
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// What the server writes for the one request it answers.
-enum Step {
-    Write(Vec<u8>),
-    Pause(Duration),
-    /// Reset the connection (SO_LINGER 0), so the client sees an error rather than EOF.
-    Reset,
-}
 
 /// Serves one scripted response to the first request on the first connection.
 async fn serve(script: Vec<Step>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        read_request(&mut socket).await;
-        for step in script {
-            match step {
-                Step::Write(bytes) => {
-                    if socket.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Pause(d) => tokio::time::sleep(d).await,
-                Step::Reset => {
-                    // SO_LINGER 0 makes the close a reset. (Deprecated because a non-zero
-                    // linger blocks the thread on drop; zero does not.)
-                    #[allow(deprecated)]
-                    let _ = socket.set_linger(Some(Duration::ZERO));
-                    return;
-                }
-            }
-        }
-        // Hold the connection until the client is done with it.
-        let mut sink = [0u8; 1024];
-        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
-    base_url
-}
-
-async fn read_request(socket: &mut TcpStream) {
-    let mut buf = Vec::new();
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "client hung up before sending a request");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
-    while buf.len() < header_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.unwrap();
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    format!("{}/v1", ScriptedServer::once(script).await.base_url())
 }
 
 const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
