@@ -545,3 +545,6 @@ fn summarize(target: &Target, call: &CallContext, first_token_at: Option<Instant
         completion,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -193,7 +193,8 @@ pub(crate) mod tests {
     use super::*;
     use copilot_provider::*;
 
-    struct Nothing;
+    /// A provider that answers nothing useful: for tests that never call it (or only expect a refusal).
+    pub(crate) struct Nothing;
     #[copilot_provider::async_trait]
     impl Provider for Nothing {
         async fn chat(&self, _: ChatRequest) -> Result<ChatStream, ProviderError> {
