@@ -762,6 +762,22 @@ async fn instance_limits_queue_then_refuse() {
     assert_eq!(a.outstanding.load(Ordering::Relaxed), 0);
 }
 
+/// An instance at its limit is not waited for through an alias, nor retried: the next target
+/// gets the call at once.
+#[tokio::test(start_paused = true)]
+async fn a_full_instance_falls_back_without_retrying() {
+    let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
+    let other = Scripted::new([answer()]);
+    let full =
+        Instance { limit: Some(ConcurrencyLimit::new(1, 0, secs(60))), ..retrying("a", &provider, 2, ms(10), ms(10)) };
+    let (gw, _) = gateway(vec![full, instance("b", &other)], &["a/m", "b/m"]);
+    let _running = started(gw.chat(request("a/m"), call(None), STREAMED).await);
+    let start = Instant::now();
+    let (_, end) = complete(&gw, "pair", call(None)).await;
+    assert_eq!(end.unwrap().model, "b/m");
+    assert_eq!((provider.count(), other.times(start)), (1, vec![Duration::ZERO]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 
@@ -803,6 +819,33 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
     }
 }
 
+/// A call waiting in an instance's queue at the hard stop ends with SHUTTING_DOWN too: the running
+/// call ends at the hard stop and frees its place, and the queued call then stops before it
+/// reaches the upstream (the queue wait itself does not watch the hard stop).
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
+    let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
+    let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
+    let patient = Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) };
+    let (gw, hard_stop) = gateway(vec![patient], &[]);
+    let start = Instant::now();
+    let running = async { complete(&gw, "a/m", call(None)).await };
+    let queued = async {
+        sleep(ms(100)).await;
+        complete(&gw, "a/m", call(None)).await.1.unwrap_err()
+    };
+    let stop = async {
+        sleep(secs(1)).await;
+        hard_stop.cancel();
+    };
+    let ((text, running), queued, ()) = tokio::join!(running, queued, stop);
+    assert_eq!(text, "held");
+    assert_eq!(reason(&running.unwrap_err()), "SHUTTING_DOWN");
+    assert_eq!(reason(&queued), "SHUTTING_DOWN");
+    assert_eq!(Instant::now() - start, secs(1));
+    assert_eq!(provider.count(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Response limits
 
@@ -811,13 +854,14 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
 /// with RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE, and the upstream stream is dropped (cancelled).
 #[tokio::test(start_paused = true)]
 async fn response_limits_end_the_stream_and_cancel_the_upstream() {
-    let reply = || Step::Accept(vec![Item::Delta("abc"), Item::Delta("de"), Item::Delta("fghij"), Item::Hang]);
+    // Chunks of 4, 1 and 5 bytes: each limit is met exactly once before it is passed.
+    let reply = || Step::Accept(vec![Item::Delta("abcd"), Item::Delta("e"), Item::Delta("fghij"), Item::Hang]);
     let provider = Scripted::new([reply(), reply(), reply()]);
     let (gw, _) = gateway(vec![instance("a", &provider)], &[]);
     for (limit, text, chunk_bytes) in [
         (ResponseLimit::Chunk(4), "abcde", Some(5)),
         (ResponseLimit::Total(5), "abcde", None),
-        (ResponseLimit::Total(4), "abc", None),
+        (ResponseLimit::Total(4), "abcd", None),
     ] {
         let stream = started(gw.chat(request("a/m"), call(None), limit).await);
         let (got, end) = drain(stream).await;
