@@ -9,12 +9,9 @@ use copilot_fakes::{FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 
 use crate::harness::{Copilot, within};
+use crate::requests::{prompt, user};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn user(content: &str) -> Message {
-    Message { role: Role::User as i32, content: content.into() }
-}
 
 fn tokens(words: &[&str]) -> Reply {
     Reply::Tokens(words.iter().map(|w| w.to_string()).collect())
@@ -167,11 +164,7 @@ async fn first_users_defaults_apply_when_the_request_leaves_options_unset() {
     assert_eq!(sent["options"]["num_predict"], 33);
 
     // A bare name goes to the default provider.
-    let response = client
-        .generate(GenerateRequest { model: "qwen2.5:0.5b".into(), prompt: "pong".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let response = client.generate(prompt("qwen2.5:0.5b", "pong")).await.unwrap().into_inner();
     assert_eq!(response.text, "You said: pong");
 }
 
@@ -224,10 +217,7 @@ async fn list_models_names_them_in_routable_form_with_details() {
     assert_eq!(qwen.size_bytes, Some(531_000_000));
 
     // Every listed name is callable as is.
-    let response = client
-        .generate(GenerateRequest { model: qwen.name.clone(), prompt: "hi".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let response = client.generate(prompt(&qwen.name, "hi")).await.unwrap();
     assert_eq!(response.into_inner().model, "ollama/qwen2.5:0.5b");
 }
 
@@ -238,7 +228,7 @@ async fn calls_one_after_another_reuse_one_upstream_connection() {
     let copilot = Copilot::start(&fake, &[]).await;
     let mut client = copilot.client().await;
     // The start-up health probe may have a connection of its own: count from after a first call.
-    let request = GenerateRequest { model: "ollama/llama3.2:3b".into(), prompt: "hi".into(), ..Default::default() };
+    let request = prompt("ollama/llama3.2:3b", "hi");
     within(LIMIT, client.generate(request)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let opened = fake.connections_accepted();
@@ -247,7 +237,7 @@ async fn calls_one_after_another_reuse_one_upstream_connection() {
         let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
         let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
         assert_eq!(messages.len(), 4, "round {round}: {messages:?}");
-        let request = GenerateRequest { model: "ollama/llama3.2:3b".into(), prompt: "hi".into(), ..Default::default() };
+        let request = prompt("ollama/llama3.2:3b", "hi");
         assert_eq!(within(LIMIT, client.generate(request)).await.unwrap().into_inner().text, "a b c");
         // The rest of each body (the end of the chunked encoding) is read after the final event.
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{ChatRequest, GenerateRequest, GetModelRequest, ListModelsRequest, Message, Role};
+use copilot::proto::v1::{GenerateRequest, GetModelRequest, ListModelsRequest};
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::harness::{Copilot, within};
+use crate::requests::{HELLO, chat, prompt, reason, with_key};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -41,28 +42,6 @@ async fn start(auth_extra: &str, alpha_extra: &str, beta_extra: &str) -> (FakeOl
     (fake, copilot)
 }
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
-}
-
-fn prompt(model: &str) -> GenerateRequest {
-    GenerateRequest { model: model.into(), prompt: "hello there".into(), ..Default::default() }
-}
-
-fn chat(model: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: "hello there".into() }],
-        options: None,
-    }
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
-}
-
 async fn generate(
     client: &mut CopilotClient<Channel>,
     request: Request<GenerateRequest>,
@@ -75,30 +54,30 @@ async fn calls_without_a_valid_key_are_unauthenticated() {
     let (fake, copilot) = start("", "", "").await;
     let mut client = copilot.client().await;
 
-    let status = generate(&mut client, Request::new(prompt("ollama/small"))).await.unwrap_err();
+    let status = generate(&mut client, Request::new(prompt("ollama/small", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "API_KEY_MISSING");
     assert!(status.message().contains("Bearer"), "{}", status.message());
 
-    let mut request = Request::new(prompt("ollama/small"));
+    let mut request = Request::new(prompt("ollama/small", HELLO));
     request.metadata_mut().insert("authorization", format!("Basic {ALPHA}").parse().unwrap());
     let status = generate(&mut client, request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "API_KEY_MALFORMED");
 
-    let status = generate(&mut client, with_key(prompt("ollama/small"), WRONG)).await.unwrap_err();
+    let status = generate(&mut client, with_key(prompt("ollama/small", HELLO), WRONG)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "API_KEY_INVALID");
     assert!(!status.message().contains(WRONG), "the key must not be echoed: {}", status.message());
 
     let status = within(LIMIT, client.list_models(ListModelsRequest {})).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let status = within(LIMIT, client.chat(chat("ollama/small"))).await.unwrap_err();
+    let status = within(LIMIT, client.chat(chat("ollama/small", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(fake.chat_requests().is_empty(), "a refused call must not reach the upstream");
 
-    assert_eq!(generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap(), "ok");
-    let mut request = Request::new(prompt("ollama/small"));
+    assert_eq!(generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap(), "ok");
+    let mut request = Request::new(prompt("ollama/small", HELLO));
     request.metadata_mut().insert("authorization", format!("bearer {BETA}").parse().unwrap());
     assert_eq!(generate(&mut client, request).await.unwrap(), "ok", "the scheme is case-insensitive");
 }
@@ -108,21 +87,21 @@ async fn a_key_uses_only_the_models_it_is_allowed() {
     let (fake, copilot) = start("", "", "").await;
     let mut client = copilot.client().await;
 
-    assert_eq!(generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap(), "ok");
+    assert_eq!(generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap(), "ok");
     // A bare name is checked as what it routes to, and an allowed alias may route anywhere.
-    assert_eq!(generate(&mut client, with_key(prompt("small"), ALPHA)).await.unwrap(), "ok");
-    assert_eq!(generate(&mut client, with_key(prompt("ollama/small:latest"), ALPHA)).await.unwrap(), "ok");
-    assert_eq!(generate(&mut client, with_key(prompt("fast"), ALPHA)).await.unwrap(), "big");
+    assert_eq!(generate(&mut client, with_key(prompt("small", HELLO), ALPHA)).await.unwrap(), "ok");
+    assert_eq!(generate(&mut client, with_key(prompt("ollama/small:latest", HELLO), ALPHA)).await.unwrap(), "ok");
+    assert_eq!(generate(&mut client, with_key(prompt("fast", HELLO), ALPHA)).await.unwrap(), "big");
     let served = fake.chat_requests().len();
 
-    let status = generate(&mut client, with_key(prompt("ollama/big"), ALPHA)).await.unwrap_err();
+    let status = generate(&mut client, with_key(prompt("ollama/big", HELLO), ALPHA)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(reason(&status), "MODEL_NOT_ALLOWED");
     assert!(status.message().contains("'ollama/big'") && status.message().contains("'alpha'"), "{}", status.message());
     assert!(!status.message().contains(ALPHA), "{}", status.message());
-    let status = generate(&mut client, with_key(prompt("big"), ALPHA)).await.unwrap_err();
+    let status = generate(&mut client, with_key(prompt("big", HELLO), ALPHA)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let status = within(LIMIT, client.chat(with_key(chat("ollama/big"), ALPHA))).await.unwrap_err();
+    let status = within(LIMIT, client.chat(with_key(chat("ollama/big", HELLO), ALPHA))).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let status = within(LIMIT, client.get_model(with_key(GetModelRequest { model: "ollama/big".into() }, ALPHA)))
         .await
@@ -140,7 +119,7 @@ async fn a_key_uses_only_the_models_it_is_allowed() {
     assert_eq!(names(listed.into_inner()), ["fast", "ollama/small:latest"]);
     let listed = within(LIMIT, client.list_models(with_key(ListModelsRequest {}, BETA))).await.unwrap();
     assert_eq!(names(listed.into_inner()), ["fast", "ollama/big:latest", "ollama/small:latest"]);
-    assert_eq!(generate(&mut client, with_key(prompt("ollama/big"), BETA)).await.unwrap(), "big");
+    assert_eq!(generate(&mut client, with_key(prompt("ollama/big", HELLO), BETA)).await.unwrap(), "big");
 }
 
 async fn health(channel: Channel, key: Option<&str>) -> Result<(), tonic::Status> {
@@ -185,10 +164,10 @@ async fn health_and_reflection_are_open_unless_configured_closed() {
 async fn a_key_over_its_request_rate_is_told_when_to_retry() {
     let (_fake, copilot) = start("", "requests_per_minute = 2", "").await;
     let mut client = copilot.client().await;
-    generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap();
     within(LIMIT, client.list_models(with_key(ListModelsRequest {}, ALPHA))).await.unwrap();
 
-    let status = generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap_err();
+    let status = generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(reason(&status), "KEY_REQUEST_LIMIT");
     assert!(status.message().contains("2 requests per minute"), "{}", status.message());
@@ -199,7 +178,7 @@ async fn a_key_over_its_request_rate_is_told_when_to_retry() {
     assert_eq!(quota.violations[0].subject, "key:alpha");
 
     // Budgets are per key.
-    generate(&mut client, with_key(prompt("ollama/small"), BETA)).await.unwrap();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), BETA)).await.unwrap();
 }
 
 #[tokio::test]
@@ -211,7 +190,8 @@ async fn a_key_over_its_token_budget_is_refused_until_it_refills() {
     let mut client = copilot.client().await;
 
     // The streaming path charges what the completion used when it ends.
-    let mut stream = within(LIMIT, client.chat(with_key(chat("ollama/small"), ALPHA))).await.unwrap().into_inner();
+    let mut stream =
+        within(LIMIT, client.chat(with_key(chat("ollama/small", HELLO), ALPHA))).await.unwrap().into_inner();
     let mut usage = None;
     while let Some(item) = within(LIMIT, stream.next()).await {
         usage = item.unwrap().usage.or(usage);
@@ -219,7 +199,7 @@ async fn a_key_over_its_token_budget_is_refused_until_it_refills() {
     let usage = usage.expect("usage at the end of the stream");
     assert_eq!((usage.input_tokens, usage.output_tokens), (2, 30));
 
-    let status = generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap_err();
+    let status = generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(reason(&status), "KEY_TOKEN_LIMIT");
     assert!(status.message().contains("20 tokens per minute"), "{}", status.message());
@@ -230,8 +210,8 @@ async fn a_key_over_its_token_budget_is_refused_until_it_refills() {
     within(LIMIT, client.list_models(with_key(ListModelsRequest {}, ALPHA))).await.unwrap();
 
     // Generate charges too.
-    generate(&mut client, with_key(prompt("ollama/small"), BETA)).await.unwrap();
-    let status = within(LIMIT, client.chat(with_key(chat("ollama/small"), BETA))).await.unwrap_err();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), BETA)).await.unwrap();
+    let status = within(LIMIT, client.chat(with_key(chat("ollama/small", HELLO), BETA))).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
 }
 
@@ -270,7 +250,7 @@ async fn thirty_at_once(copilot: &Copilot, max_tokens: Option<u32>) -> (usize, u
     let client = copilot.client().await;
     let calls = (0..30).map(|_| {
         let mut client = client.clone();
-        let mut request = prompt("ollama/slow");
+        let mut request = prompt("ollama/slow", HELLO);
         request.options = Some(copilot::proto::v1::GenerationOptions { max_tokens, ..Default::default() });
         let request = with_key(request, BETA);
         async move { within(LIMIT, client.generate(request)).await.map(|r| r.into_inner()) }
@@ -309,9 +289,9 @@ async fn keys_never_reach_the_logs_but_their_names_may() {
     )
     .await;
     let mut client = copilot.client().await;
-    generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap();
-    generate(&mut client, with_key(prompt("ollama/big"), ALPHA)).await.unwrap_err();
-    generate(&mut client, with_key(prompt("ollama/small"), WRONG)).await.unwrap_err();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap();
+    generate(&mut client, with_key(prompt("ollama/big", HELLO), ALPHA)).await.unwrap_err();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), WRONG)).await.unwrap_err();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = copilot.logs();
     assert!(logs.contains("copilot listening"), "the log was captured:\n{logs}");
@@ -337,8 +317,8 @@ async fn a_key_made_by_copilot_keys_new_is_accepted() {
     let config = format!("[providers.ollama]\nretries = 0\n[auth]\nenabled = true\n{entry}");
     let copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
     let mut client = copilot.client().await;
-    generate(&mut client, with_key(prompt("ollama/small"), &key)).await.unwrap();
-    let status = generate(&mut client, Request::new(prompt("ollama/small"))).await.unwrap_err();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), &key)).await.unwrap();
+    let status = generate(&mut client, Request::new(prompt("ollama/small", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
@@ -359,7 +339,7 @@ async fn the_call_span_names_the_key_but_never_holds_it() {
     ];
     let copilot = Copilot::start_with(&config, &env).await;
     let mut client = copilot.client().await;
-    generate(&mut client, with_key(prompt("ollama/small"), ALPHA)).await.unwrap();
+    generate(&mut client, with_key(prompt("ollama/small", HELLO), ALPHA)).await.unwrap();
     within(LIMIT, client.list_models(with_key(ListModelsRequest {}, WRONG))).await.unwrap_err();
 
     let allowed =

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use copilot::error::MAX_MESSAGE_BYTES;
-use copilot::proto::v1::{
-    ChatRequest, GenerateRequest, GenerationOptions, GetModelRequest, ListModelsRequest, Message, Role,
-};
+use copilot::proto::v1::{ChatRequest, GenerationOptions, GetModelRequest, ListModelsRequest, Role};
 use copilot::validate::MAX_MODEL_NAME_BYTES;
 use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
@@ -13,24 +11,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, raw_call, raw_connection, within};
+use crate::requests::{chat, prompt, reason};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn prompt(model: &str, prompt: &str) -> GenerateRequest {
-    GenerateRequest { model: model.into(), prompt: prompt.into(), ..Default::default() }
-}
-
-fn chat(model: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: "hello".into() }],
-        options: None,
-    }
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
-}
 
 #[tokio::test]
 async fn invalid_requests_are_rejected_with_the_fields_named() {
@@ -61,7 +44,7 @@ async fn invalid_requests_are_rejected_with_the_fields_named() {
         assert_eq!(violations[0].field, field);
     }
 
-    let mut request = chat("ollama/m");
+    let mut request = chat("ollama/m", "hello");
     request.messages[0].role = Role::Unspecified as i32;
     let status = client.chat(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -91,7 +74,7 @@ async fn unknown_model_is_not_found() {
     assert!(status.message().contains("nope:7b") && status.message().contains("ListModels"), "{}", status.message());
     assert_eq!(reason(&status), "MODEL_NOT_FOUND");
 
-    let status = client.chat(chat("nope:7b")).await.unwrap_err();
+    let status = client.chat(chat("nope:7b", "hello")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -153,7 +136,7 @@ async fn drain(
     client: &mut copilot::proto::v1::copilot_client::CopilotClient<tonic::transport::Channel>,
     model: &str,
 ) -> (String, Option<tonic::Status>) {
-    let mut stream = within(LIMIT, client.chat(chat(model))).await.unwrap().into_inner();
+    let mut stream = within(LIMIT, client.chat(chat(model, "hello"))).await.unwrap().into_inner();
     let mut text = String::new();
     loop {
         match within(LIMIT, stream.next()).await {
@@ -214,7 +197,7 @@ async fn an_over_long_model_name_is_refused_without_being_echoed() {
 
     let statuses = [
         client.generate(prompt(&long, "hi")).await.unwrap_err(),
-        client.chat(chat(&long)).await.unwrap_err(),
+        client.chat(chat(&long, "hello")).await.unwrap_err(),
         client.get_model(GetModelRequest { model: long.clone() }).await.unwrap_err(),
     ];
     for status in statuses {
@@ -284,7 +267,7 @@ async fn malformed_request_messages_are_the_callers_error_and_the_connection_liv
     assert!(status.message().contains("copilot.v1.GenerateRequest"), "{}", status.message());
 
     // A ChatRequest whose messages[0].content is not UTF-8.
-    let mut bytes = chat("ollama/m").encode_to_vec();
+    let mut bytes = chat("ollama/m", "hello").encode_to_vec();
     let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
     bytes[at] = 0xff;
     let (status, _) = raw_call(&connection, "Chat", &[], RawBody::frame(0, &bytes)).await;

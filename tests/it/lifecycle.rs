@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use copilot::proto::v1::GenerateRequest;
 use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{ChatRequest, GenerateRequest, Message, Role};
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::Code;
@@ -15,16 +15,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::harness::{Copilot, RawBody, raw_connection, within};
+use crate::requests::{chat, prompt};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn chat(model: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: "talk to me".into() }],
-        options: None,
-    }
-}
 
 fn endless(delay_ms: u64) -> FakeModel {
     FakeModel::new("endless").with_reply(Reply::Endless).with_token_delay(Duration::from_millis(delay_ms))
@@ -51,7 +44,7 @@ async fn an_expired_deadline_is_deadline_exceeded_and_reaches_the_upstream() {
     assert!(within(LIMIT, fake.wait_for_disconnects(1, LIMIT)).await, "the upstream request was not dropped");
 
     // Streaming: the stream ends with DEADLINE_EXCEEDED after some chunks.
-    let mut request = tonic::Request::new(chat("ollama/endless"));
+    let mut request = tonic::Request::new(chat("ollama/endless", "talk to me"));
     request.set_timeout(Duration::from_millis(300));
     let mut stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
     let mut chunks = 0;
@@ -67,7 +60,7 @@ async fn an_expired_deadline_is_deadline_exceeded_and_reaches_the_upstream() {
     assert!(fake.wait_for_disconnects(2, LIMIT).await);
 
     // A slow upstream that has not even answered yet.
-    let mut request = tonic::Request::new(chat("ollama/slow-start"));
+    let mut request = tonic::Request::new(chat("ollama/slow-start", "talk to me"));
     request.set_timeout(Duration::from_millis(200));
     let status = within(LIMIT, client.chat(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
@@ -80,12 +73,7 @@ async fn a_silent_upstream_times_out_after_ollama_timeout() {
     let copilot = Copilot::start(&fake, &[("OLLAMA_TIMEOUT", "0.3")]).await;
     let mut client = copilot.client().await;
 
-    let status = within(
-        LIMIT,
-        client.generate(GenerateRequest { model: "ollama/endless".into(), prompt: "hi".into(), ..Default::default() }),
-    )
-    .await
-    .unwrap_err();
+    let status = within(LIMIT, client.generate(prompt("ollama/endless", "hi"))).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(status.get_details_error_info().unwrap().reason, "UPSTREAM_TIMEOUT");
     assert!(status.message().contains("timeout"), "{}", status.message());
@@ -99,7 +87,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
     let mut client = copilot.client().await;
 
     // Streaming: read a few chunks, then drop the stream.
-    let mut stream = client.chat(chat("ollama/endless")).await.unwrap().into_inner();
+    let mut stream = client.chat(chat("ollama/endless", "talk to me")).await.unwrap().into_inner();
     for _ in 0..3 {
         within(LIMIT, stream.next()).await.unwrap().unwrap();
     }
@@ -108,8 +96,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
     assert_eq!(fake.active_streams(), 0);
 
     // Unary: the client gives up on a Generate that is still running.
-    let generate =
-        client.generate(GenerateRequest { model: "ollama/endless".into(), prompt: "go".into(), ..Default::default() });
+    let generate = client.generate(prompt("ollama/endless", "go"));
     assert!(tokio::time::timeout(Duration::from_millis(300), generate).await.is_err());
     assert!(fake.wait_for_disconnects(2, LIMIT).await, "Ollama was not told to stop generating");
 }
@@ -134,7 +121,7 @@ async fn hundreds_of_streams_run_at_once_without_blocking_each_other() {
             let mut client = client.clone();
             let barrier = barrier.clone();
             tokio::spawn(async move {
-                let mut stream = client.chat(chat("ollama/m")).await.unwrap().into_inner();
+                let mut stream = client.chat(chat("ollama/m", "talk to me")).await.unwrap().into_inner();
                 let mut text = stream.next().await.unwrap().unwrap().content;
                 barrier.wait().await;
                 while let Some(chunk) = stream.next().await {
@@ -166,7 +153,7 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let channel = copilot.channel().await;
     let mut client = copilot::proto::v1::copilot_client::CopilotClient::new(channel.clone());
 
-    let mut stream = client.chat(chat("ollama/m")).await.unwrap().into_inner();
+    let mut stream = client.chat(chat("ollama/m", "talk to me")).await.unwrap().into_inner();
     let mut text = within(LIMIT, stream.next()).await.unwrap().unwrap().content;
     copilot.signal("TERM");
 
@@ -200,7 +187,7 @@ async fn calls_outliving_the_grace_period_end_with_unavailable() {
     let mut copilot = Copilot::start(&fake, &[("COPILOT_SERVER__SHUTDOWN_GRACE", "300ms")]).await;
     let mut client = copilot.client().await;
 
-    let mut stream = client.chat(chat("ollama/endless")).await.unwrap().into_inner();
+    let mut stream = client.chat(chat("ollama/endless", "talk to me")).await.unwrap().into_inner();
     within(LIMIT, stream.next()).await.unwrap().unwrap();
     copilot.signal("INT");
     let status = loop {
@@ -312,7 +299,7 @@ fn busy_threads(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<String
 
 async fn calls(client: &mut CopilotClient<Channel>, count: usize) {
     for _ in 0..count {
-        let request = GenerateRequest { model: "ollama/m".into(), prompt: "hi".into(), ..Default::default() };
+        let request = prompt("ollama/m", "hi");
         within(LIMIT, client.generate(request)).await.unwrap();
     }
 }

@@ -20,6 +20,7 @@ mod polyglot;
 mod prereqs;
 mod providers;
 mod request_bodies;
+mod requests;
 mod routing;
 mod telemetry;
 mod tls;

@@ -5,13 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use copilot::proto::v1::GenerateRequest;
 use hyper::client::conn::http2::SendRequest;
 use prost::Message as _;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::harness::{RawBody, raw_call, raw_connection, start_with_limits, within};
+use crate::requests::{prompt, reason};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -21,10 +21,6 @@ fn stalled(declared: u32, sent: usize) -> RawBody {
     bytes.extend(declared.to_be_bytes());
     bytes.extend(std::iter::repeat_n(0x0a, sent));
     RawBody::stalled_after(bytes)
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
 }
 
 /// A 90 KB partial message of a declared 100 KB, sent on `connection` in the background: the
@@ -39,7 +35,7 @@ fn hold(connection: &SendRequest<RawBody>, started: Instant) -> tokio::task::Joi
 
 /// A normal Generate on `connection` succeeds.
 async fn still_serves(connection: &SendRequest<RawBody>) {
-    let request = GenerateRequest { model: "ollama/m".into(), prompt: "hi".into(), ..Default::default() };
+    let request = prompt("ollama/m", "hi");
     let (status, reply) = raw_call(connection, "Generate", &[], RawBody::frame(0, &request.encode_to_vec())).await;
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     assert!(!reply.is_empty());
@@ -62,7 +58,7 @@ async fn a_request_that_stalls_ends_with_deadline_exceeded_after_the_read_timeou
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "ended after {took:?}");
 
     // A whole message whose stream is never closed is a stall too: tonic waits for the end.
-    let request = GenerateRequest { model: "ollama/m".into(), prompt: "hi".into(), ..Default::default() };
+    let request = prompt("ollama/m", "hi");
     let mut whole = vec![0];
     whole.extend((request.encoded_len() as u32).to_be_bytes());
     whole.extend(request.encode_to_vec());

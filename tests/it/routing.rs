@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use copilot::proto::v1::{ChatRequest, GenerateRequest, GetModelRequest, ListModelsRequest, Message, Role};
+use copilot::proto::v1::{GetModelRequest, ListModelsRequest};
 use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::Code;
@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::harness::{Copilot, within};
+use crate::requests::{HELLO, chat, prompt};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -27,18 +28,6 @@ fn ollama(name: &str, url: &str, extra: &str) -> String {
 fn closed_port_url() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     format!("http://127.0.0.1:{port}")
-}
-
-fn prompt(model: &str) -> GenerateRequest {
-    GenerateRequest { model: model.into(), prompt: "hello there".into(), ..Default::default() }
-}
-
-fn chat(model: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: "hello there".into() }],
-        options: None,
-    }
 }
 
 async fn fake_with(model: FakeModel) -> FakeOllama {
@@ -64,7 +53,7 @@ async fn an_alias_falls_back_in_order_before_the_first_token() {
     let copilot = Copilot::start_with(&config, &[]).await;
     let mut client = copilot.client().await;
 
-    let response = within(LIMIT, client.generate(prompt("smart"))).await.unwrap().into_inner();
+    let response = within(LIMIT, client.generate(prompt("smart", HELLO))).await.unwrap().into_inner();
     assert_eq!(response.model, "good/m");
     assert_eq!(response.text, "You said: hello there");
     assert_eq!(busy.chat_requests().len(), 1, "the busy target was tried once (retries = 0)");
@@ -73,7 +62,7 @@ async fn an_alias_falls_back_in_order_before_the_first_token() {
     assert_eq!(good.chat_requests().len(), 1);
 
     // The plain names still go straight to their instance, without fallback.
-    let status = client.generate(prompt("busy/m")).await.unwrap_err();
+    let status = client.generate(prompt("busy/m", HELLO)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
 }
 
@@ -96,7 +85,7 @@ async fn once_output_has_reached_the_client_there_is_no_fallback() {
     let copilot = Copilot::start_with(&config, &[]).await;
     let mut client = copilot.client().await;
 
-    let mut stream = within(LIMIT, client.chat(chat("smart"))).await.unwrap().into_inner();
+    let mut stream = within(LIMIT, client.chat(chat("smart", HELLO))).await.unwrap().into_inner();
     let mut text = String::new();
     let status = loop {
         match within(LIMIT, stream.next()).await {
@@ -121,20 +110,20 @@ async fn retries_back_off_and_honour_retry_after() {
     // One 429 asking for a one-second pause: the retry waits it out, then succeeds.
     fake.fail_next(1, 429, Some(1));
     let started = Instant::now();
-    let response = within(LIMIT, client.generate(prompt("flaky/m"))).await.unwrap().into_inner();
+    let response = within(LIMIT, client.generate(prompt("flaky/m", HELLO))).await.unwrap().into_inner();
     assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
     assert_eq!(response.text, "You said: hello there");
     assert_eq!(fake.chat_requests().len(), 2);
 
     // More failures than retries: the last one is the call's status, with its retry hint.
     fake.fail_next(3, 503, Some(0));
-    let status = within(LIMIT, client.generate(prompt("flaky/m"))).await.unwrap_err();
+    let status = within(LIMIT, client.generate(prompt("flaky/m", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(fake.chat_requests().len(), 5, "1 try + 2 retries");
 
     // A Retry-After beyond the call's deadline is not waited for.
     fake.fail_next(1, 429, Some(30));
-    let mut request = tonic::Request::new(prompt("flaky/m"));
+    let mut request = tonic::Request::new(prompt("flaky/m", HELLO));
     request.set_timeout(Duration::from_secs(2));
     let status = within(LIMIT, copilot.client_without_local_deadline().generate(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -163,7 +152,7 @@ async fn absurd_retry_waits_are_capped_not_a_crash() {
     let copilot = Copilot::start_with(&config, &[("TEST_OPENAI_KEY", KEY.into())]).await;
     let cap = Some(Duration::from_secs(3600));
     let with_deadline = |model: &str| {
-        let mut request = tonic::Request::new(chat(model));
+        let mut request = tonic::Request::new(chat(model, HELLO));
         request.set_timeout(Duration::from_secs(5));
         request
     };
@@ -177,7 +166,7 @@ async fn absurd_retry_waits_are_capped_not_a_crash() {
 
     // No retries, no deadline: straight to the status, whose hint is capped too.
     ollama_fake.fail_next_with_headers(1, 503, &[("retry-after", "18446744073709551615")]);
-    let status = within(LIMIT, copilot.client().await.chat(chat("once/m"))).await.unwrap_err();
+    let status = within(LIMIT, copilot.client().await.chat(chat("once/m", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.get_details_retry_info().unwrap().retry_delay, cap);
 
@@ -189,7 +178,7 @@ async fn absurd_retry_waits_are_capped_not_a_crash() {
     assert_eq!(openai_fake.chat_requests().len(), 1, "no retry within the deadline");
 
     // The server is still there for the next call.
-    let answer = within(LIMIT, copilot.client().await.chat(chat("open/m"))).await.unwrap().into_inner();
+    let answer = within(LIMIT, copilot.client().await.chat(chat("open/m", HELLO))).await.unwrap().into_inner();
     assert!(within(LIMIT, answer.collect::<Vec<_>>()).await.iter().all(Result::is_ok));
 }
 
@@ -202,7 +191,8 @@ async fn a_long_retry_after_is_not_waited_for_in_place() {
     let copilot = Copilot::start_with(&config, &[]).await;
     fake.fail_next(1, 429, Some(60));
     let started = std::time::Instant::now();
-    let status = within(Duration::from_secs(15), copilot.client().await.chat(chat("flaky/m"))).await.unwrap_err();
+    let status =
+        within(Duration::from_secs(15), copilot.client().await.chat(chat("flaky/m", HELLO))).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(60)));
     assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
@@ -210,7 +200,7 @@ async fn a_long_retry_after_is_not_waited_for_in_place() {
 
     // A short one is still waited for and retried.
     fake.fail_next(1, 429, Some(1));
-    let answer = within(LIMIT, copilot.client().await.chat(chat("flaky/m"))).await.unwrap().into_inner();
+    let answer = within(LIMIT, copilot.client().await.chat(chat("flaky/m", HELLO))).await.unwrap().into_inner();
     assert!(within(LIMIT, answer.collect::<Vec<_>>()).await.iter().all(Result::is_ok));
     assert_eq!(fake.chat_requests().len(), 3, "the short wait was retried");
 }
@@ -224,18 +214,18 @@ async fn the_circuit_breaker_opens_and_recovers() {
 
     fake.set_busy(true);
     for _ in 0..2 {
-        assert_eq!(client.generate(prompt("flaky/m")).await.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(client.generate(prompt("flaky/m", HELLO)).await.unwrap_err().code(), Code::Unavailable);
     }
     let sent = fake.chat_requests().len();
-    let status = client.generate(prompt("flaky/m")).await.unwrap_err();
+    let status = client.generate(prompt("flaky/m", HELLO)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.get_details_error_info().unwrap().reason, "CIRCUIT_OPEN");
     assert_eq!(fake.chat_requests().len(), sent, "an open breaker sends nothing upstream");
 
     fake.set_busy(false);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    client.generate(prompt("flaky/m")).await.expect("the half-open probe succeeds and closes the breaker");
-    client.generate(prompt("flaky/m")).await.unwrap();
+    client.generate(prompt("flaky/m", HELLO)).await.expect("the half-open probe succeeds and closes the breaker");
+    client.generate(prompt("flaky/m", HELLO)).await.unwrap();
 }
 
 #[tokio::test]
@@ -246,9 +236,9 @@ async fn over_the_concurrency_limit_calls_get_resource_exhausted() {
     let copilot = Copilot::start_with(&config, &[]).await;
     let mut client = copilot.client().await;
 
-    let mut running = within(LIMIT, client.chat(chat("small/m"))).await.unwrap().into_inner();
+    let mut running = within(LIMIT, client.chat(chat("small/m", HELLO))).await.unwrap().into_inner();
     within(LIMIT, running.next()).await.unwrap().unwrap();
-    let status = client.chat(chat("small/m")).await.unwrap_err();
+    let status = client.chat(chat("small/m", HELLO)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.get_details_retry_info().is_some(), "the client is told when to retry");
     assert!(status.message().contains("max_concurrency"), "{}", status.message());
@@ -256,7 +246,7 @@ async fn over_the_concurrency_limit_calls_get_resource_exhausted() {
     drop(running);
     assert!(fake.wait_for_disconnects(1, LIMIT).await);
     // The place is free again.
-    let mut next = within(LIMIT, client.chat(chat("small/m"))).await.unwrap().into_inner();
+    let mut next = within(LIMIT, client.chat(chat("small/m", HELLO))).await.unwrap().into_inner();
     within(LIMIT, next.next()).await.unwrap().unwrap();
 }
 
@@ -277,7 +267,7 @@ async fn replicas_share_the_load() {
     // Ten streams held open at once: least-outstanding balancing splits them evenly.
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let mut stream = within(LIMIT, client.chat(chat("local"))).await.unwrap().into_inner();
+        let mut stream = within(LIMIT, client.chat(chat("local", HELLO))).await.unwrap().into_inner();
         within(LIMIT, stream.next()).await.unwrap().unwrap();
         streams.push(stream);
     }

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use copilot::proto::v1::{ChatRequest, GenerateRequest, GenerationOptions, Message, Role};
+use copilot::proto::v1::{ChatRequest, GenerationOptions, Message, Role};
 use copilot_fakes::otlp::{AttrValue, FakeCollector, MetricData, SpanKind, SpanStatus};
 use copilot_fakes::{FakeAnthropic, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{Copilot, within};
+use crate::requests::prompt;
 
 const LIMIT: Duration = Duration::from_secs(20);
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -180,10 +181,7 @@ async fn metrics_follow_the_conventions() {
     let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &otel_env(&collector.endpoint())).await;
     let mut client = copilot.client().await;
     drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
-    let status = client
-        .generate(GenerateRequest { model: "ollama/missing".into(), prompt: "x".into(), ..Default::default() })
-        .await
-        .unwrap_err();
+    let status = client.generate(prompt("ollama/missing", "x")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
 
     let usage = collector.wait_for_metric("gen_ai.client.token.usage", LIMIT).await.expect("token usage");

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use copilot::proto::v1::GenerateRequest;
 use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot_fakes::{FakeModel, FakeOllama};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::requests::prompt;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -110,7 +110,7 @@ async fn connect(copilot: &Copilot, ca: &Ca, identity: Option<(String, String)>)
 }
 
 async fn generate(channel: Channel) -> Result<String, String> {
-    let request = GenerateRequest { model: "ollama/m".into(), prompt: "hi".into(), ..Default::default() };
+    let request = prompt("ollama/m", "hi");
     let response = within(LIMIT, CopilotClient::new(channel).generate(request)).await;
     response.map(|r| r.into_inner().text).map_err(|s| format!("{s:?}"))
 }
