@@ -24,6 +24,23 @@ pub enum Step {
     AwaitClientClose(Option<oneshot::Sender<()>>),
 }
 
+impl Step {
+    /// Writes `text` as it is.
+    pub fn text(text: &str) -> Step {
+        Step::Write(text.as_bytes().to_vec())
+    }
+
+    /// Writes one chunk of a chunked body, holding `data`.
+    pub fn chunk(data: &str) -> Step {
+        Step::text(&format!("{:x}\r\n{data}\r\n", data.len()))
+    }
+
+    /// Writes the last chunk of a chunked body.
+    pub fn end_of_body() -> Step {
+        Step::text("0\r\n\r\n")
+    }
+}
+
 /// A request as the server read it.
 #[derive(Clone, Debug)]
 pub struct ScriptedRequest {

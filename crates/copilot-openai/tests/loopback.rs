@@ -18,19 +18,6 @@ async fn serve(script: Vec<Step>) -> String {
 
 const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
 
-fn write(text: &str) -> Step {
-    Step::Write(text.as_bytes().to_vec())
-}
-
-/// One HTTP chunk holding `data`.
-fn chunk(data: &str) -> Step {
-    write(&format!("{:x}\r\n{data}\r\n", data.len()))
-}
-
-fn end_of_body() -> Step {
-    write("0\r\n\r\n")
-}
-
 fn delta(content: &str) -> String {
     format!(
         "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m-1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
@@ -91,14 +78,14 @@ async fn events_split_across_http_chunks_and_crlf_framing() {
     let events = format!("{}{}{}data: [DONE]\n\n", delta("Hé"), delta("llo"), finish("stop")).replace('\n', "\r\n");
     let bytes = events.as_bytes();
     // Cut into 7-byte HTTP chunks: through the JSON, the multi-byte 'é', and between \r and \n.
-    let mut script = vec![write(SSE_HEAD)];
+    let mut script = vec![Step::text(SSE_HEAD)];
     for piece in bytes.chunks(7) {
         script.push(Step::Write(format!("{:x}\r\n", piece.len()).into_bytes()));
         script.push(Step::Write(piece.to_vec()));
-        script.push(write("\r\n"));
+        script.push(Step::text("\r\n"));
         script.push(Step::Pause(Duration::from_millis(1)));
     }
-    script.push(end_of_body());
+    script.push(Step::end_of_body());
     let (deltas, completion) = run(script).await;
     assert_eq!(deltas.concat(), "Héllo");
     let completion = completion.unwrap();
@@ -109,9 +96,9 @@ async fn events_split_across_http_chunks_and_crlf_framing() {
 #[tokio::test]
 async fn a_connection_reset_after_the_finish_reason_still_completes() {
     let (deltas, completion) = run(vec![
-        write(SSE_HEAD),
-        chunk(&delta("ok")),
-        chunk(&finish("length")),
+        Step::text(SSE_HEAD),
+        Step::chunk(&delta("ok")),
+        Step::chunk(&finish("length")),
         Step::Pause(Duration::from_millis(20)),
         Step::Reset,
     ])
@@ -123,7 +110,8 @@ async fn a_connection_reset_after_the_finish_reason_still_completes() {
 #[tokio::test]
 async fn a_connection_reset_before_the_finish_reason_is_interrupted() {
     let (deltas, result) =
-        run(vec![write(SSE_HEAD), chunk(&delta("ok")), Step::Pause(Duration::from_millis(20)), Step::Reset]).await;
+        run(vec![Step::text(SSE_HEAD), Step::chunk(&delta("ok")), Step::Pause(Duration::from_millis(20)), Step::Reset])
+            .await;
     assert_eq!(deltas, ["ok"]);
     let Err(ProviderError::Interrupted(message)) = result else { panic!("{result:?}") };
     assert!(message.contains("mid-stream"), "{message}");
@@ -139,11 +127,11 @@ async fn done_alone_completes_and_the_last_usage_wins() {
         )
     };
     let (deltas, completion) = run(vec![
-        write(SSE_HEAD),
-        chunk(&with_usage("a", 1)),
-        chunk(&with_usage("b", 2)),
-        chunk("data: [DONE]\n\n"),
-        end_of_body(),
+        Step::text(SSE_HEAD),
+        Step::chunk(&with_usage("a", 1)),
+        Step::chunk(&with_usage("b", 2)),
+        Step::chunk("data: [DONE]\n\n"),
+        Step::end_of_body(),
     ])
     .await;
     assert_eq!(deltas, ["a", "b"]);
@@ -155,7 +143,8 @@ async fn done_alone_completes_and_the_last_usage_wins() {
 #[tokio::test]
 async fn text_on_the_finish_chunk_is_kept() {
     let last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" end\"},\"finish_reason\":\"stop\"}]}\n\n";
-    let (deltas, completion) = run(vec![write(SSE_HEAD), chunk(&delta("the")), chunk(last), end_of_body()]).await;
+    let (deltas, completion) =
+        run(vec![Step::text(SSE_HEAD), Step::chunk(&delta("the")), Step::chunk(last), Step::end_of_body()]).await;
     assert_eq!(deltas, ["the", " end"]);
     completion.unwrap();
 }
@@ -163,7 +152,8 @@ async fn text_on_the_finish_chunk_is_kept() {
 #[tokio::test]
 async fn an_aborted_generation_is_a_mid_stream_failure() {
     let (deltas, result) =
-        run(vec![write(SSE_HEAD), chunk(&delta("par")), chunk(&finish("abort")), end_of_body()]).await;
+        run(vec![Step::text(SSE_HEAD), Step::chunk(&delta("par")), Step::chunk(&finish("abort")), Step::end_of_body()])
+            .await;
     assert_eq!(deltas, ["par"]);
     let Err(ProviderError::MidStream(message)) = result else { panic!("{result:?}") };
     assert!(message.contains("abort"), "{message}");
@@ -172,13 +162,15 @@ async fn an_aborted_generation_is_a_mid_stream_failure() {
 #[tokio::test]
 async fn a_named_error_event_fails_the_stream() {
     let error = "event: error\ndata: {\"message\":\"overloaded\",\"type\":\"overloaded_error\"}\n\n";
-    let (_, result) = run(vec![write(SSE_HEAD), chunk(&delta("a")), chunk(error), end_of_body()]).await;
+    let (_, result) =
+        run(vec![Step::text(SSE_HEAD), Step::chunk(&delta("a")), Step::chunk(error), Step::end_of_body()]).await;
     assert_eq!(result, Err(ProviderError::MidStream("overloaded".into())));
 }
 
 #[tokio::test]
 async fn a_non_json_event_is_a_protocol_error() {
-    let (_, result) = run(vec![write(SSE_HEAD), chunk("data: <html>oops</html>\n\n"), end_of_body()]).await;
+    let (_, result) =
+        run(vec![Step::text(SSE_HEAD), Step::chunk("data: <html>oops</html>\n\n"), Step::end_of_body()]).await;
     assert!(matches!(result, Err(ProviderError::Protocol(_))), "{result:?}");
 }
 
@@ -186,7 +178,7 @@ async fn a_non_json_event_is_a_protocol_error() {
 async fn a_non_streamed_answer_is_accepted() {
     let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m-2024","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
     let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-    let (deltas, completion) = run(vec![write(&head), write(body)]).await;
+    let (deltas, completion) = run(vec![Step::text(&head), Step::text(body)]).await;
     assert_eq!(deltas, ["Hello!"]);
     let completion = completion.unwrap();
     assert_eq!(completion.model, "m-2024");
@@ -200,7 +192,7 @@ async fn lm_studio_string_errors_and_retry_after_ms() {
         r#"{"error":"No models loaded. Please load a model in the developer page or use the `lms load` command."}"#;
     let head =
         format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-    let (_, result) = run(vec![write(&head), write(body)]).await;
+    let (_, result) = run(vec![Step::text(&head), Step::text(body)]).await;
     assert_eq!(result, Err(ProviderError::ModelNotFound { model: "m".into() }));
 
     let body =
@@ -209,7 +201,7 @@ async fn lm_studio_string_errors_and_retry_after_ms() {
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nretry-after-ms: 1250\r\nretry-after: 2\r\nx-request-id: req_1\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let (_, result) = run(vec![write(&head), write(body)]).await;
+    let (_, result) = run(vec![Step::text(&head), Step::text(body)]).await;
     assert_eq!(
         result,
         Err(ProviderError::RateLimited {
