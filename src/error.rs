@@ -184,6 +184,8 @@ impl std::fmt::Display for KeyLimit {
 /// What the call was waiting for when time ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for a place on the provider instance (its `max_concurrency` and `max_queue`).
+    Queue,
     /// Waiting for the upstream to accept the request (includes a model load on the upstream).
     Response,
     /// Waiting for the first or the next chunk of output.
@@ -193,6 +195,7 @@ pub enum Phase {
 impl Phase {
     fn describe(self) -> String {
         match self {
+            Phase::Queue => "waiting for a free place on the provider instance (its max_concurrency)".to_string(),
             Phase::Response => "waiting for the provider to start answering".to_string(),
             Phase::Output { chunks_sent: 0 } => "waiting for the first token".to_string(),
             Phase::Output { chunks_sent } => format!("after {chunks_sent} chunks of output"),

@@ -20,7 +20,7 @@ use crate::config::{AliasTarget, DefaultOptions};
 use crate::deadline::{CallContext, later};
 use crate::error::{GatewayError, Phase};
 use crate::observe::{self, error_type};
-use crate::resilience::backoff;
+use crate::resilience::{ConcurrencyLimit, LimitReached, backoff};
 use crate::router::{Instance, Router, Target};
 use crate::validate::ValidRequest;
 
@@ -191,8 +191,18 @@ impl Gateway {
                 return Err(Outcome::FallBack(error));
             };
             let permit = match &instance.limit {
-                Some(limit) => match limit.acquire(call.deadline()).await {
+                Some(limit) => match self.queue(limit, call).await? {
                     Ok(permit) => Some(permit),
+                    Err(_) if call.deadline().is_some_and(|deadline| Instant::now() >= deadline) => {
+                        // The caller's own deadline ended the wait: its status, not the instance's.
+                        let budget = call.budget.unwrap_or_default();
+                        let phase = Phase::Queue;
+                        return Err(Outcome::Stop(GatewayError::DeadlineExceeded {
+                            target: target.name(),
+                            budget,
+                            phase,
+                        }));
+                    }
                     Err(reached) => {
                         let error = ProviderError::CapacityExhausted {
                             message: format!(
@@ -248,6 +258,20 @@ impl Gateway {
             }
         }
         Err(Outcome::FallBack(last_error.unwrap_or(GatewayError::CircuitOpen { target: target.name() })))
+    }
+
+    /// A place on the instance, waiting in its queue until its `queue_timeout` or the caller's
+    /// deadline; the hard stop ends the wait (a queued call must not outlive the grace period
+    /// because the call it waits for is slow to end).
+    async fn queue(
+        &self,
+        limit: &ConcurrencyLimit,
+        call: &CallContext,
+    ) -> Result<Result<OwnedSemaphorePermit, LimitReached>, Outcome> {
+        tokio::select! {
+            _ = self.hard_stop.cancelled() => Err(Outcome::Stop(GatewayError::ShuttingDown)),
+            acquired = limit.acquire(call.deadline()) => Ok(acquired),
+        }
     }
 
     /// Sends the request and waits for the first event, under the first-token timeout.

@@ -743,10 +743,12 @@ async fn instance_limits_queue_then_refuse() {
         assert!(status.message().contains("max_concurrency"), "{}", status.message());
     }
 
-    // A queued call gives up at its own deadline if that comes first.
+    // A queued call gives up at its own deadline if that comes first, with the deadline's status.
     let start = Instant::now();
-    refused(gw.chat(request("a/m"), call(Some(ms(500))), STREAMED).await);
+    let status = refused(gw.chat(request("a/m"), call(Some(ms(500))), STREAMED).await);
     assert_eq!(Instant::now() - start, ms(500));
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"));
+    assert!(status.message().contains("waiting for a free place"), "{}", status.message());
     assert_eq!(provider.count(), 1, "no refused call reached the upstream");
 
     // The running call ends 300 ms into the next one's wait: that one starts then.
@@ -842,6 +844,28 @@ async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
     assert_eq!(text, "held");
     assert_eq!(reason(&running.unwrap_err()), "SHUTTING_DOWN");
     assert_eq!(reason(&queued), "SHUTTING_DOWN");
+    assert_eq!(Instant::now() - start, secs(1));
+    assert_eq!(provider.count(), 1);
+}
+
+/// The queue watches the hard stop itself: a queued call ends at once even when the call it waits
+/// for is not being read (its client is slow), and so cannot free its place.
+#[tokio::test(start_paused = true)]
+async fn the_hard_stop_ends_a_queued_call_whose_running_call_is_not_read() {
+    let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
+    let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
+    let patient = Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) };
+    let (gw, hard_stop) = gateway(vec![patient], &[]);
+    // Started, holding the instance's only place, and never polled again.
+    let _running = started(gw.chat(request("a/m"), call(None), STREAMED).await);
+    let start = Instant::now();
+    let queued = async { refused(gw.chat(request("a/m"), call(None), STREAMED).await) };
+    let stop = async {
+        sleep(secs(1)).await;
+        hard_stop.cancel();
+    };
+    let (status, ()) = tokio::join!(queued, stop);
+    assert_eq!(reason(&status), "SHUTTING_DOWN");
     assert_eq!(Instant::now() - start, secs(1));
     assert_eq!(provider.count(), 1);
 }
