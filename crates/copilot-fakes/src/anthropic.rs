@@ -7,7 +7,7 @@
 //!   whose message echoes the presented key partially, the way key-checking APIs do);
 //! - errors are `{"type":"error","error":{"type":"…","message":"…"},"request_id":"req_…"}` with a
 //!   `request-id` header, the error type following the status (`rate_limit_error` for 429,
-//!   `overloaded_error` for 529, …); overload ([`FakeAnthropic::set_busy`]) is a 529;
+//!   `overloaded_error` for 529, …); overload ([`Fake::set_busy`]) is a 529;
 //! - request bodies are validated like the API does: `model`, `messages` and `max_tokens` are
 //!   required, roles are `user`/`assistant`, `temperature` is 0 to 1, and unknown top-level fields
 //!   (e.g. `seed`) are refused with "Extra inputs are not permitted";
@@ -33,8 +33,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -99,22 +99,16 @@ impl Fake<Anthropic> {
     pub fn remove_model(&self, id: &str) -> bool {
         self.wire.models.remove(id)
     }
-
-    /// While set, `/v1/messages` answers 529 `overloaded_error`.
-    pub fn set_busy(&self, busy: bool) {
-        self.wire.busy.store(busy, Ordering::Relaxed);
-    }
 }
 
 /// Anthropic's wire format, and the state its handle and request handlers share. A failure
 /// scripted with [`Fake::fail_next`] is an Anthropic error body of the matching type (with a
 /// `retry-after` header when given a wait); a completed stream is one that sent `message_stop`,
 /// the `error` event of [`Behaviour::ErrorAfter`], or the single object of a request that was not
-/// streamed. A key set with [`Fake::set_api_key`] is required as `x-api-key`.
+/// streamed. A key set with [`Fake::set_api_key`] is required as `x-api-key`. While
+/// [`Fake::set_busy`] is on, `/v1/messages` answers 529 `overloaded_error`.
 pub struct Anthropic {
     models: Models<ModelEntry>,
-    api_key: RwLock<Option<String>>,
-    busy: AtomicBool,
     harness: Arc<Harness>,
     /// Source of message and request ids.
     next_id: AtomicU64,
@@ -125,13 +119,7 @@ impl Wire for Anthropic {
     const BASE_PATH: &'static str = "";
 
     fn new(harness: Arc<Harness>) -> Self {
-        Anthropic {
-            models: Models::new(),
-            api_key: RwLock::new(None),
-            busy: AtomicBool::new(false),
-            harness,
-            next_id: AtomicU64::new(1),
-        }
+        Anthropic { models: Models::new(), harness, next_id: AtomicU64::new(1) }
     }
 
     fn router(shared: Arc<Self>) -> Router {
@@ -147,11 +135,7 @@ impl Wire for Anthropic {
     }
 }
 
-impl KeyedWire for Anthropic {
-    fn api_key(&self) -> &RwLock<Option<String>> {
-        &self.api_key
-    }
-}
+impl KeyedWire for Anthropic {}
 
 impl Anthropic {
     fn find_model(&self, id: &str) -> Option<Arc<ModelEntry>> {
@@ -167,7 +151,7 @@ impl Anthropic {
     /// The checks every endpoint makes, in the API's order: the key, then the version header;
     /// `Some` is the refusal.
     fn check_headers(&self, headers: &HeaderMap, request_id: &str) -> Option<Response> {
-        if let Some(expected) = self.api_key.read().unwrap().as_deref() {
+        if let Some(expected) = self.harness.api_key().as_deref() {
             let presented = headers.get("x-api-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             match presented {
                 None => {
@@ -397,7 +381,7 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
     let Some(entry) = shared.find_model(&params.model) else {
         return error_response(404, &format!("model: {}", params.model), &request_id);
     };
-    if shared.busy.load(Ordering::Relaxed) {
+    if shared.harness.busy() {
         return error_response(529, OVERLOADED_MESSAGE, &request_id);
     }
     if let Some(failure) = shared.harness.take_failure() {

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -86,6 +86,12 @@ impl<W> Fake<W> {
         self.harness().fail_next_with_headers(count, status, None, headers);
     }
 
+    /// While set, chat requests are refused the way the provider refuses them when it is
+    /// overloaded (see its fake: Ollama's queue-full 503, Anthropic's 529, …).
+    pub fn set_busy(&self, busy: bool) {
+        self.harness().set_busy(busy);
+    }
+
     /// TCP connections accepted so far: a client that pools connections opens one for calls made
     /// one after another.
     pub fn connections_accepted(&self) -> usize {
@@ -136,18 +142,15 @@ impl<W> Fake<W> {
     }
 }
 
-/// A wire format whose fake can require an API key.
-pub trait KeyedWire: Wire {
-    /// The key every request must present, `None` for no check.
-    fn api_key(&self) -> &RwLock<Option<String>>;
-}
+/// A wire format whose fake can require an API key (Ollama's has none).
+pub trait KeyedWire: Wire {}
 
 impl<W: KeyedWire> Fake<W> {
     /// Requires `key`, presented the provider's way (`Authorization: Bearer`, `x-api-key`,
     /// `x-goog-api-key` or `?key=`), on every request; `None` accepts anything, the default. A
     /// wrong or missing key gets the provider's 401 (see its fake).
     pub fn set_api_key(&self, key: Option<impl Into<String>>) {
-        *self.wire.api_key().write().unwrap() = key.map(Into::into);
+        self.harness().set_api_key(key.map(Into::into));
     }
 
     /// [`set_api_key`](Self::set_api_key) as a builder.

@@ -183,11 +183,6 @@ impl Fake<Gemini> {
         self.wire.models.remove(model_id(name))
     }
 
-    /// While set, chat answers 503 `UNAVAILABLE` "The model is overloaded", as Gemini does.
-    pub fn set_busy(&self, busy: bool) {
-        self.wire.busy.store(busy, Ordering::Relaxed);
-    }
-
     /// While set, every chat is refused as a blocked prompt: HTTP 200 and one event with
     /// `promptFeedback.blockReason: "SAFETY"`, prompt usage and no candidates.
     pub fn set_block_prompt(&self, block: bool) {
@@ -215,11 +210,10 @@ fn model_id(name: &str) -> &str {
 /// with [`Fake::fail_next`] is a Google error body (and, on a 429 with a wait, `RetryInfo` with the
 /// same delay); a completed stream is one that sent its chunk with `finishReason`, the blocked
 /// prompt's event, or its bare error. A key set with [`Fake::set_api_key`] is read from
-/// `x-goog-api-key` or `?key=`.
+/// `x-goog-api-key` or `?key=`. While [`Fake::set_busy`] is on, chat answers 503 `UNAVAILABLE`
+/// "The model is overloaded", as Gemini does.
 pub struct Gemini {
     models: Models<FakeModel>,
-    api_key: RwLock<Option<String>>,
-    busy: AtomicBool,
     block_prompt: AtomicBool,
     page_size_cap: AtomicUsize,
     /// Recorded next to the harness's headers and bodies.
@@ -243,8 +237,6 @@ impl Wire for Gemini {
     fn new(harness: Arc<Harness>) -> Self {
         Gemini {
             models: Models::new(),
-            api_key: RwLock::new(None),
-            busy: AtomicBool::new(false),
             block_prompt: AtomicBool::new(false),
             page_size_cap: AtomicUsize::new(0),
             request_uris: Mutex::new(Vec::new()),
@@ -271,11 +263,7 @@ impl Wire for Gemini {
     }
 }
 
-impl KeyedWire for Gemini {
-    fn api_key(&self) -> &RwLock<Option<String>> {
-        &self.api_key
-    }
-}
+impl KeyedWire for Gemini {}
 
 impl Gemini {
     fn find_model(&self, name: &str) -> Option<Arc<FakeModel>> {
@@ -284,7 +272,7 @@ impl Gemini {
 
     /// `None` when the request may proceed; otherwise Google's refusal.
     fn check_key(&self, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
-        let expected = self.api_key.read().unwrap().clone()?;
+        let expected = self.harness.api_key()?;
         let presented = match headers.get("x-goog-api-key") {
             Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
             None => query_param(uri, "key"),
@@ -626,7 +614,7 @@ async fn generate(
         };
         return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
     };
-    if shared.busy.load(Ordering::Relaxed) {
+    if shared.harness.busy() {
         return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
     }
     if let Some(failure) = shared.harness.take_failure() {

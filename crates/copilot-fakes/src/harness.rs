@@ -128,6 +128,10 @@ pub struct Harness {
     shutting_down: AtomicBool,
     /// TCP connections accepted, to tell pooled connections from new ones.
     connections: AtomicUsize,
+    /// While set, chat requests get the provider's answer when it is overloaded.
+    busy: AtomicBool,
+    /// The key every request must present; `None` checks none.
+    api_key: RwLock<Option<String>>,
 }
 
 impl Harness {
@@ -141,7 +145,25 @@ impl Harness {
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            busy: AtomicBool::new(false),
+            api_key: RwLock::new(None),
         })
+    }
+
+    pub(crate) fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_api_key(&self, key: Option<String>) {
+        *self.api_key.write().unwrap() = key;
+    }
+
+    pub(crate) fn api_key(&self) -> Option<String> {
+        self.api_key.read().unwrap().clone()
     }
 
     pub(crate) fn connections_accepted(&self) -> usize {

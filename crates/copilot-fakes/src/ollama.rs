@@ -15,7 +15,6 @@
 
 use std::io::{self, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -61,20 +60,15 @@ impl Fake<Ollama> {
     pub fn remove_model(&self, name: &str) -> bool {
         self.wire.models.remove(&canonical_name(name))
     }
-
-    /// While set, `/api/chat` answers 503 with Ollama's queue-full error.
-    pub fn set_busy(&self, busy: bool) {
-        self.wire.busy.store(busy, Ordering::Relaxed);
-    }
 }
 
 /// Ollama's wire format, and the state its handle and request handlers share. A failure
 /// scripted with [`Fake::fail_next`] is an Ollama error body (`{"error":...}`); a completed stream
 /// is one that wrote its `done:true` line (or its `{"error"}` line, or the single object of a
-/// `stream:false` request). Ollama's fake keeps request bodies but not headers.
+/// `stream:false` request). Ollama's fake keeps request bodies but not headers. While
+/// [`Fake::set_busy`] is on, `/api/chat` answers 503 with Ollama's queue-full error.
 pub struct Ollama {
     models: Models<ModelEntry>,
-    busy: AtomicBool,
     harness: Arc<Harness>,
 }
 
@@ -83,7 +77,7 @@ impl Wire for Ollama {
     const BASE_PATH: &'static str = "";
 
     fn new(harness: Arc<Harness>) -> Self {
-        Ollama { models: Models::new(), busy: AtomicBool::new(false), harness }
+        Ollama { models: Models::new(), harness }
     }
 
     fn router(shared: Arc<Self>) -> Router {
@@ -292,7 +286,7 @@ async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
         let message = format!("model \"{}\" not found, try pulling it first", params.model);
         return error_response(StatusCode::NOT_FOUND, &message);
     };
-    if shared.busy.load(Ordering::Relaxed) {
+    if shared.harness.busy() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
     }
     if let Some(failure) = shared.harness.take_failure() {

@@ -168,12 +168,6 @@ impl Fake<OpenAi> {
         self.wire.quota_exhausted.store(exhausted, Ordering::Relaxed);
     }
 
-    /// While set, chat requests get the flavour's 503 (OpenAI's "overloaded", llama.cpp's
-    /// "Loading model").
-    pub fn set_busy(&self, busy: bool) {
-        self.wire.busy.store(busy, Ordering::Relaxed);
-    }
-
     /// While set, a request with `max_tokens` is refused the way OpenAI's reasoning models
     /// refuse it (400 `unsupported_parameter`: use `max_completion_tokens`).
     pub fn set_require_max_completion_tokens(&self, require: bool) {
@@ -217,14 +211,13 @@ impl Keyed for ModelEntry {
 /// OpenAI's `rate_limit_exceeded`, and with a wait comes with exhausted `x-ratelimit-*-requests`
 /// headers); a completed stream is one that wrote `[DONE]` (or the finish chunk, for a flavour
 /// without it). A key set with [`Fake::set_api_key`] is required as `Authorization: Bearer <key>`
-/// (except with [`Flavour::Ollama`], which ignores keys).
+/// (except with [`Flavour::Ollama`], which ignores keys). While [`Fake::set_busy`] is on, chat
+/// requests get the flavour's 503 (OpenAI's "overloaded", llama.cpp's "Loading model").
 pub struct OpenAi {
     models: Models<ModelEntry>,
     aliases: RwLock<HashMap<String, String>>,
     flavour: RwLock<Flavour>,
-    api_key: RwLock<Option<String>>,
     quota_exhausted: AtomicBool,
-    busy: AtomicBool,
     require_max_completion_tokens: AtomicBool,
     reject_stream_options: AtomicBool,
     keepalive_comments: AtomicBool,
@@ -244,9 +237,7 @@ impl Wire for OpenAi {
             models: Models::new(),
             aliases: RwLock::new(HashMap::new()),
             flavour: RwLock::new(Flavour::OpenAi),
-            api_key: RwLock::new(None),
             quota_exhausted: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
             require_max_completion_tokens: AtomicBool::new(false),
             reject_stream_options: AtomicBool::new(false),
             keepalive_comments: AtomicBool::new(false),
@@ -271,11 +262,7 @@ impl Wire for OpenAi {
     }
 }
 
-impl KeyedWire for OpenAi {
-    fn api_key(&self) -> &RwLock<Option<String>> {
-        &self.api_key
-    }
-}
+impl KeyedWire for OpenAi {}
 
 impl OpenAi {
     fn flavour(&self) -> Flavour {
@@ -438,7 +425,7 @@ async fn not_found(State(shared): State<Arc<OpenAi>>, method: Method, uri: Uri) 
 
 /// The flavour's answer to a missing or wrong API key, if the request must be refused.
 fn check_auth(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap) -> Option<Response> {
-    let expected = shared.api_key.read().unwrap().clone()?;
+    let expected = shared.harness.api_key()?;
     if flavour == Flavour::Ollama {
         return None;
     }
@@ -694,7 +681,7 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
         .code("insufficient_quota")
         .response(flavour);
     }
-    if shared.busy.load(Ordering::Relaxed) {
+    if shared.harness.busy() {
         let message =
             if flavour.is_llama_cpp() { "Loading model" } else { "The server is overloaded or not ready yet." };
         return ApiError::new(503, message).response(flavour);
