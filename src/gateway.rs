@@ -19,9 +19,9 @@ use tracing::Instrument;
 use crate::config::{AliasTarget, DefaultOptions};
 use crate::deadline::{CallContext, later};
 use crate::error::{GatewayError, Phase};
-use crate::observe::{self, error_type};
 use crate::resilience::{ConcurrencyLimit, LimitReached, backoff};
 use crate::router::{Instance, Router, Target};
+use crate::telemetry::observe::{self, error_type};
 use crate::validate::ValidRequest;
 
 /// The longest a call waits on one instance for a retry. An upstream that asks for a longer

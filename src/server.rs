@@ -47,7 +47,7 @@ use crate::request_body::{RequestBodyGuard, RequestBodyLayer};
 use crate::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
 use crate::request_headers::{HeaderChecks, http2_header_list_limit};
 use crate::router::Router;
-use crate::rpc_trace::{RpcTrace, RpcTraceLayer};
+use crate::telemetry::rpc_trace::{RpcTrace, RpcTraceLayer};
 use crate::tls::Tls;
 
 /// What every call goes through before `routes`, in this order: its trace, the checks on its

@@ -19,6 +19,13 @@
 //!   listener serves at `/metrics` when `server.metrics_addr` is set.
 //! - Prompts and completions are recorded on spans only when the operator opts in with
 //!   `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
+//!
+//! This module sets them up; `rpc_trace` traces and measures each gRPC call, `observe` each call's
+//! attempts at a provider (the GenAI conventions), and `metrics` holds the instruments.
+
+pub mod metrics;
+pub mod observe;
+pub mod rpc_trace;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};

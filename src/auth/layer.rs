@@ -10,11 +10,11 @@ use http::Request;
 use super::{Auth, Caller};
 use crate::admission::Admission;
 use crate::error::GatewayError;
-use crate::rpc_trace::API_PREFIX;
+use crate::telemetry::rpc_trace::API_PREFIX;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 const REFLECTION_PREFIX: &str = "/grpc.reflection.";
-/// The span attribute naming the key a call came with (the rpc span of `rpc_trace.rs`).
+/// The span attribute naming the key a call came with (the rpc span of `telemetry/rpc_trace.rs`).
 pub const KEY_NAME_ATTRIBUTE: &str = "copilot.api_key.name";
 
 /// API keys as a layer (`AdmissionLayer::new(AuthCheck(Auth::from_config(..)))`); with auth off

@@ -54,7 +54,7 @@ use copilot::proto::v1::copilot_server::CopilotServer;
 use copilot::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
 use copilot::resilience::Breaker;
 use copilot::router::{Instance, Router};
-use copilot::rpc_trace::TracedBody;
+use copilot::telemetry::rpc_trace::TracedBody;
 
 /// The key the "valid key" caller presents; the keyed service accepts only it.
 const KEY: &str = "cpk_fuzz";

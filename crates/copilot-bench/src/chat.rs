@@ -130,7 +130,7 @@ fn seconds<D: TryInto<Duration>>(d: D) -> Option<f64> {
 
 /// The canonical upper-case name of a gRPC status code, as the server's traces write it.
 pub fn code_name(code: tonic::Code) -> &'static str {
-    copilot::rpc_trace::code_name(code as i32)
+    copilot::telemetry::rpc_trace::code_name(code as i32)
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ fn is_local(url: &str) -> bool {
 
 /// A status as a row's detail: `CODE: message`.
 pub fn describe_status(status: &Status) -> String {
-    format!("{}: {}", copilot::rpc_trace::code_name(status.code() as i32), status.message())
+    format!("{}: {}", copilot::telemetry::rpc_trace::code_name(status.code() as i32), status.message())
 }
 
 #[cfg(test)]

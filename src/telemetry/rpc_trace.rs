@@ -18,7 +18,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::metrics;
+use crate::telemetry::metrics::metrics;
 use crate::telemetry::metrics_enabled;
 
 pub const API_PREFIX: &str = "/copilot.v1.Copilot/";
