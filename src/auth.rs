@@ -17,7 +17,6 @@ pub use layer::AuthCheck;
 
 use crate::config::{ApiKeyConfig, AuthConfig};
 use crate::error::{AuthFailure, GatewayError, KeyLimit};
-use crate::router::Router;
 
 /// The configured keys, and which services need none.
 pub struct Auth {
@@ -88,7 +87,7 @@ impl ApiKey {
         }
     }
 
-    /// Whether this key may use `model`, in the form [`Router::allow_list_name`] gives.
+    /// Whether this key may use `model`, in the form `router::Plan::allow_list_name` gives.
     pub fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(model)))
     }
@@ -159,17 +158,14 @@ impl Caller {
         request.extensions().get::<Caller>().cloned()
     }
 
-    /// Refuses a model this key may not use: the name the client sent is resolved first, so
-    /// that the allow-list speaks of aliases and `provider/model` names whatever the client typed.
-    pub fn check_model(&self, router: &Router, requested: &str) -> Result<(), GatewayError> {
-        if self.0.models.is_none() {
-            return Ok(());
-        }
-        let model = router.allow_list_name(requested)?;
-        if self.0.allows(&model) {
+    /// Refuses a model this key may not use. `model` is the name the client sent as routing
+    /// resolved it (`Plan::allow_list_name`), so that the allow-list speaks of aliases and
+    /// `provider/model` names whatever the client typed.
+    pub fn check_model(&self, model: &str) -> Result<(), GatewayError> {
+        if self.0.allows(model) {
             Ok(())
         } else {
-            Err(GatewayError::ModelNotAllowed { key: self.0.name.clone(), model })
+            Err(GatewayError::ModelNotAllowed { key: self.0.name.clone(), model: model.to_string() })
         }
     }
 

@@ -20,7 +20,7 @@ use crate::config::{AliasTarget, DefaultOptions};
 use crate::deadline::{CallContext, later};
 use crate::error::{GatewayError, Phase};
 use crate::resilience::{ConcurrencyLimit, LimitReached, backoff};
-use crate::router::{Instance, Router, Target};
+use crate::router::{Instance, Plan, Router, Target};
 use crate::telemetry::observe::{self, error_type};
 use crate::validate::ValidRequest;
 
@@ -111,11 +111,11 @@ impl Gateway {
     /// the call's status.
     pub async fn chat(
         &self,
+        plan: &Plan,
         request: ValidRequest,
         call: CallContext,
         limit: ResponseLimit,
-    ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static, GatewayError> {
-        let plan = self.router.resolve(&request.model)?;
+    ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
         let order = plan.attempt_order();
         let mut failures: Vec<GatewayError> = Vec::new();
         for (index, target) in order.iter().enumerate() {
@@ -136,9 +136,9 @@ impl Gateway {
             }
         }
         let last = failures.pop().unwrap_or(GatewayError::NoDefaultModel);
-        Err(match plan.alias {
+        Err(match &plan.alias {
             Some(alias) if !failures.is_empty() => {
-                GatewayError::AllTargetsFailed { alias, earlier: failures, last: Box::new(last) }
+                GatewayError::AllTargetsFailed { alias: alias.clone(), earlier: failures, last: Box::new(last) }
             }
             _ => last,
         })
@@ -353,8 +353,7 @@ impl Gateway {
     }
 
     /// Everything known about one model (for an alias: about the first target that answers).
-    pub async fn describe(&self, name: &str) -> Result<(ListedModel, Option<ListedAlias>), GatewayError> {
-        let plan = self.router.resolve(name)?;
+    pub async fn describe(&self, plan: &Plan) -> Result<(ListedModel, Option<ListedAlias>), GatewayError> {
         let alias = plan.alias.clone().map(|alias| ListedAlias {
             name: alias,
             targets: plan.tiers.iter().flatten().map(|t| format!("{}/{}", t.instance.name, t.model)).collect(),

@@ -13,7 +13,7 @@ use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit, Summary};
 use crate::proto::v1 as pb;
-use crate::router::Router;
+use crate::router::Plan;
 use crate::validate;
 
 pub struct CopilotApi {
@@ -26,12 +26,14 @@ impl CopilotApi {
         Self { gateway, limits }
     }
 
-    /// Refuses a model the caller's key may not use (nothing to check when auth is off).
-    fn check_model(&self, caller: Option<&Caller>, model: &str) -> Result<(), Status> {
-        match caller {
-            Some(caller) => Ok(caller.check_model(self.gateway.router(), model)?),
-            None => Ok(()),
+    /// Where the call goes: resolved once, here, then checked against the caller's key (nothing
+    /// to check when auth is off) and handed to the gateway.
+    fn route(&self, caller: Option<&Caller>, model: &str) -> Result<Plan, Status> {
+        let plan = self.gateway.router().resolve(model)?;
+        if let Some(caller) = caller {
+            caller.check_model(&plan.allow_list_name())?;
         }
+        Ok(plan)
     }
 }
 
@@ -40,12 +42,12 @@ impl CopilotApi {
 /// `max_tokens` in the request, the instances' configured `defaults.max_tokens` bounds it.
 fn reserve(
     caller: Option<&Caller>,
-    router: &Router,
+    plan: &Plan,
     valid: &validate::ValidRequest,
 ) -> Result<Option<Reservation>, Status> {
     let Some(caller) = caller else { return Ok(None) };
     let prompt = valid.messages.iter().map(|message| message.content.as_str());
-    let max_tokens = valid.options.max_tokens.or_else(|| router.default_max_tokens(&valid.model));
+    let max_tokens = valid.options.max_tokens.or_else(|| plan.default_max_tokens());
     Ok(Some(caller.reserve(prompt, max_tokens)?))
 }
 
@@ -57,11 +59,11 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
-        self.check_model(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), self.gateway.router(), &valid)?;
+        let plan = self.route(caller.as_ref(), &valid.model)?;
+        let mut reservation = reserve(caller.as_ref(), &plan, &valid)?;
         // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
-        let events = self.gateway.chat(valid, call, limit).await?;
+        let events = self.gateway.chat(&plan, valid, call, limit).await?;
         futures::pin_mut!(events);
         let mut text = String::new();
         while let Some(event) = events.next().await {
@@ -91,11 +93,11 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
-        self.check_model(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), self.gateway.router(), &valid)?;
+        let plan = self.route(caller.as_ref(), &valid.model)?;
+        let mut reservation = reserve(caller.as_ref(), &plan, &valid)?;
         // Streamed with backpressure, so only each message is bounded, not the stream.
         let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
-        let events = self.gateway.chat(valid, call, limit).await?;
+        let events = self.gateway.chat(&plan, valid, call, limit).await?;
         let responses = events.map(move |event| match event {
             Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
             Ok(GatewayEvent::Done(summary)) => {
@@ -137,9 +139,8 @@ impl pb::copilot_server::Copilot for CopilotApi {
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
         validate::model_name(&request.get_ref().model)?;
-        self.check_model(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;
-        let name = request.into_inner().model;
-        let (listed, alias) = self.gateway.describe(name.trim()).await?;
+        let plan = self.route(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;
+        let (listed, alias) = self.gateway.describe(&plan).await?;
         let mut described = model(listed);
         if let Some(alias) = alias {
             described.name = alias.name;

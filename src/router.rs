@@ -83,6 +83,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The name per-key allow-lists match: the alias the client named, else `provider/model` as
+    /// routing resolved it (so a bare `llama3.2` is checked as `ollama/llama3.2`).
+    pub fn allow_list_name(&self) -> String {
+        match (&self.alias, self.tiers.first().and_then(|tier| tier.first())) {
+            (Some(alias), _) => alias.clone(),
+            (None, Some(target)) => format!("{}/{}", target.instance.name, target.model),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The most completion tokens a call that sets no `max_tokens` may be given by configuration:
+    /// the largest `defaults.max_tokens` among the instances it may go to (`None` when one of them
+    /// has none).
+    pub fn default_max_tokens(&self) -> Option<u32> {
+        let mut targets = self.tiers.iter().flatten().map(|target| target.instance.defaults.max_tokens);
+        targets.try_fold(0, |most, max_tokens| max_tokens.map(|n| most.max(n))).filter(|&n| n > 0)
+    }
+
     /// The targets in the order to try them: tier by tier; within a tier, available replicas with
     /// the fewest calls in flight first (ties keep the configured order).
     pub fn attempt_order(&self) -> Vec<Target> {
@@ -138,26 +156,6 @@ impl Router {
             return Ok(Plan { alias: Some(name.to_string()), tiers });
         }
         Ok(Plan { alias: None, tiers: vec![vec![self.target(name)?]] })
-    }
-
-    /// The name per-key allow-lists match: the alias a name refers to, else `provider/model` as
-    /// routing resolved it (so a bare `llama3.2` is checked as `ollama/llama3.2`).
-    pub fn allow_list_name(&self, requested: &str) -> Result<String, GatewayError> {
-        let plan = self.resolve(requested)?;
-        Ok(match (plan.alias, plan.tiers.first().and_then(|tier| tier.first())) {
-            (Some(alias), _) => alias,
-            (None, Some(target)) => format!("{}/{}", target.instance.name, target.model),
-            (None, None) => requested.to_string(),
-        })
-    }
-
-    /// The most completion tokens a call to `requested` that sets no `max_tokens` may be given by
-    /// configuration: the largest `defaults.max_tokens` among the instances it may go to (`None`
-    /// when one of them has none, or the name does not resolve).
-    pub fn default_max_tokens(&self, requested: &str) -> Option<u32> {
-        let plan = self.resolve(requested).ok()?;
-        let mut targets = plan.tiers.iter().flatten().map(|target| target.instance.defaults.max_tokens);
-        targets.try_fold(0, |most, max_tokens| max_tokens.map(|n| most.max(n))).filter(|&n| n > 0)
     }
 
     fn target(&self, name: &str) -> Result<Target, GatewayError> {
@@ -288,10 +286,11 @@ pub(crate) mod tests {
     #[test]
     fn allow_lists_see_aliases_and_resolved_provider_model_names() {
         let r = router(Some("fast"));
-        assert_eq!(r.allow_list_name("fast").unwrap(), "fast");
-        assert_eq!(r.allow_list_name("").unwrap(), "fast");
-        assert_eq!(r.allow_list_name("llama3.2").unwrap(), "ollama/llama3.2");
-        assert_eq!(r.allow_list_name("gpu/qwen").unwrap(), "gpu/qwen");
+        let name = |requested: &str| r.resolve(requested).unwrap().allow_list_name();
+        assert_eq!(name("fast"), "fast");
+        assert_eq!(name(""), "fast");
+        assert_eq!(name("llama3.2"), "ollama/llama3.2");
+        assert_eq!(name("gpu/qwen"), "gpu/qwen");
     }
 
     #[test]
@@ -307,12 +306,12 @@ pub(crate) mod tests {
         ]);
         let instances = vec![with_default("a", Some(100)), with_default("b", Some(300)), with_default("c", None)];
         let r = Router::new(instances, Some("a".into()), None, aliases);
-        assert_eq!(r.default_max_tokens("m"), Some(100));
-        assert_eq!(r.default_max_tokens("both"), Some(300));
-        assert_eq!(r.default_max_tokens("c/m"), None);
-        assert_eq!(r.default_max_tokens("open"), None, "one target may answer without a limit");
-        assert_eq!(r.default_max_tokens("nowhere/m"), Some(100), "an unknown prefix is a model of the default");
-        assert_eq!(r.default_max_tokens(""), None, "no default model");
+        let most = |requested: &str| r.resolve(requested).unwrap().default_max_tokens();
+        assert_eq!(most("m"), Some(100));
+        assert_eq!(most("both"), Some(300));
+        assert_eq!(most("c/m"), None);
+        assert_eq!(most("open"), None, "one target may answer without a limit");
+        assert_eq!(most("nowhere/m"), Some(100), "an unknown prefix is a model of the default");
     }
 
     #[test]

@@ -182,6 +182,17 @@ fn gateway(instances: Vec<Instance>, pair: &[&str]) -> (Gateway, CancellationTok
     (Gateway::new(Router::new(instances, None, None, aliases), hard_stop.clone()), hard_stop)
 }
 
+/// A call as the handlers make it: routed first, then handed to the gateway with its plan.
+async fn chat(
+    gateway: &Gateway,
+    request: ValidRequest,
+    call: CallContext,
+    limit: ResponseLimit,
+) -> Result<impl futures::Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
+    let plan = gateway.router().resolve(&request.model)?;
+    gateway.chat(&plan, request, call, limit).await
+}
+
 fn request(model: &str) -> ValidRequest {
     ValidRequest {
         model: model.into(),
@@ -247,7 +258,7 @@ async fn drain(
 
 /// Runs a call to the end: its text and summary, or its status (before or during output).
 async fn complete(gateway: &Gateway, model: &str, call: CallContext) -> (String, Result<Summary, Status>) {
-    match gateway.chat(request(model), call, STREAMED).await {
+    match chat(gateway, request(model), call, STREAMED).await {
         Ok(stream) => {
             let (text, end) = drain(stream).await;
             (text, end.map_err(Status::from))
@@ -556,7 +567,7 @@ async fn a_silent_start_is_an_upstream_timeout_then_a_fallback() {
         // Alone, the timeout is the status.
         slow.push(Step::Hang);
         let start = Instant::now();
-        let error = refusal(gw.chat(request("slow/m"), call(None), STREAMED).await);
+        let error = refusal(chat(&gw, request("slow/m"), call(None), STREAMED).await);
         assert_eq!(Instant::now() - start, secs(1));
         assert!(matches!(error, GatewayError::UpstreamTimeout { timeout, .. } if timeout == secs(1)), "{error:?}");
         let status = Status::from(error);
@@ -722,16 +733,16 @@ async fn instance_limits_queue_then_refuse() {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang]), answer()]);
     let limit = Some(ConcurrencyLimit::new(1, 1, secs(2)));
     let (gw, _) = gateway(vec![Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) }], &[]);
-    let running = started(gw.chat(request("a/m"), call(None), STREAMED).await);
+    let running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let a = gw.router().instances().next().unwrap().clone();
     assert_eq!(a.outstanding.load(Ordering::Relaxed), 1, "a running call counts as in flight");
 
     // A queued call and, while it waits, a call that finds the queue full.
     let start = Instant::now();
-    let queued = async { refused(gw.chat(request("a/m"), call(None), STREAMED).await) };
+    let queued = async { refused(chat(&gw, request("a/m"), call(None), STREAMED).await) };
     let over = async {
         sleep(ms(100)).await;
-        let status = refused(gw.chat(request("a/m"), call(None), STREAMED).await);
+        let status = refused(chat(&gw, request("a/m"), call(None), STREAMED).await);
         (Instant::now() - start, status)
     };
     let (queued, (over_at, over)) = tokio::join!(queued, over);
@@ -745,7 +756,7 @@ async fn instance_limits_queue_then_refuse() {
 
     // A queued call gives up at its own deadline if that comes first, with the deadline's status.
     let start = Instant::now();
-    let status = refused(gw.chat(request("a/m"), call(Some(ms(500))), STREAMED).await);
+    let status = refused(chat(&gw, request("a/m"), call(Some(ms(500))), STREAMED).await);
     assert_eq!(Instant::now() - start, ms(500));
     assert_eq!((status.code(), reason(&status).as_str()), (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"));
     assert!(status.message().contains("waiting for a free place"), "{}", status.message());
@@ -773,7 +784,7 @@ async fn a_full_instance_falls_back_without_retrying() {
     let full =
         Instance { limit: Some(ConcurrencyLimit::new(1, 0, secs(60))), ..retrying("a", &provider, 2, ms(10), ms(10)) };
     let (gw, _) = gateway(vec![full, instance("b", &other)], &["a/m", "b/m"]);
-    let _running = started(gw.chat(request("a/m"), call(None), STREAMED).await);
+    let _running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let start = Instant::now();
     let (_, end) = complete(&gw, "pair", call(None)).await;
     assert_eq!(end.unwrap().model, "b/m");
@@ -857,9 +868,9 @@ async fn the_hard_stop_ends_a_queued_call_whose_running_call_is_not_read() {
     let patient = Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) };
     let (gw, hard_stop) = gateway(vec![patient], &[]);
     // Started, holding the instance's only place, and never polled again.
-    let _running = started(gw.chat(request("a/m"), call(None), STREAMED).await);
+    let _running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let start = Instant::now();
-    let queued = async { refused(gw.chat(request("a/m"), call(None), STREAMED).await) };
+    let queued = async { refused(chat(&gw, request("a/m"), call(None), STREAMED).await) };
     let stop = async {
         sleep(secs(1)).await;
         hard_stop.cancel();
@@ -887,7 +898,7 @@ async fn response_limits_end_the_stream_and_cancel_the_upstream() {
         (ResponseLimit::Total(5), "abcde", None),
         (ResponseLimit::Total(4), "abcd", None),
     ] {
-        let stream = started(gw.chat(request("a/m"), call(None), limit).await);
+        let stream = started(chat(&gw, request("a/m"), call(None), limit).await);
         let (got, end) = drain(stream).await;
         assert_eq!(got, text, "{limit:?}");
         let error = end.unwrap_err();
