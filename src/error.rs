@@ -37,14 +37,14 @@ pub const MAX_FIELD_VIOLATIONS: usize = 5;
 
 /// Which provider and model a failed call was routed to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Target {
+pub struct TargetName {
     pub provider: String,
     pub model: String,
     /// Where the provider lives (base URL), for messages an operator can act on.
     pub endpoint: String,
 }
 
-impl Target {
+impl TargetName {
     pub fn routable_name(&self) -> String {
         format!("{}/{}", self.provider, self.model)
     }
@@ -62,19 +62,19 @@ pub enum GatewayError {
 
     /// The provider failed. `chunks_sent` tells whether the client already received output.
     #[error("{}: {error}", target.routable_name())]
-    Provider { target: Box<Target>, error: ProviderError, chunks_sent: usize },
+    Provider { target: Box<TargetName>, error: ProviderError, chunks_sent: usize },
 
     /// The caller's deadline (`grpc-timeout`) expired.
     #[error("{}: the call's deadline expired", target.routable_name())]
-    DeadlineExceeded { target: Box<Target>, budget: Duration, phase: Phase },
+    DeadlineExceeded { target: Box<TargetName>, budget: Duration, phase: Phase },
 
     /// The provider went quiet for longer than its configured timeout.
     #[error("{}: silent for {}", target.routable_name(), humantime::format_duration(*timeout))]
-    UpstreamTimeout { target: Box<Target>, timeout: Duration, phase: Phase },
+    UpstreamTimeout { target: Box<TargetName>, timeout: Duration, phase: Phase },
 
     /// The instance's circuit breaker is open after repeated failures.
     #[error("{}: circuit breaker open", target.routable_name())]
-    CircuitOpen { target: Box<Target> },
+    CircuitOpen { target: Box<TargetName> },
 
     /// Every target of an alias failed; `last` decides the status.
     #[error("every target of alias '{alias}' failed")]
@@ -104,7 +104,7 @@ pub enum GatewayError {
     /// (`chunk_bytes` None), or one chunk of a `Chat` stream (its size). The upstream request
     /// was cancelled.
     #[error("{}: the reply is over the limit of {limit} bytes", target.routable_name())]
-    ResponseTooLarge { target: Box<Target>, limit: usize, chunk_bytes: Option<usize> },
+    ResponseTooLarge { target: Box<TargetName>, limit: usize, chunk_bytes: Option<usize> },
 
     /// A request message could not be decoded: its bytes are not a `message_type` message, or a
     /// string field holds invalid UTF-8 (`detail` is prost's description).
@@ -279,7 +279,7 @@ fn details(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
     details
 }
 
-fn target_metadata(target: &Target) -> HashMap<String, String> {
+fn target_metadata(target: &TargetName) -> HashMap<String, String> {
     HashMap::from([("provider".to_string(), target.provider.clone()), ("model".to_string(), target.model.clone())])
 }
 
@@ -532,7 +532,7 @@ fn to_status(error: GatewayError) -> Status {
     }
 }
 
-fn provider_status(target: &Target, error: ProviderError, chunks_sent: usize) -> Status {
+fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize) -> Status {
     let name = target.routable_name();
     let provider = &target.provider;
     let endpoint = &target.endpoint;
@@ -625,8 +625,8 @@ fn provider_status(target: &Target, error: ProviderError, chunks_sent: usize) ->
 mod tests {
     use super::*;
 
-    fn target() -> Target {
-        Target { provider: "ollama".into(), model: "llama3.2".into(), endpoint: "http://localhost:11434".into() }
+    fn target() -> TargetName {
+        TargetName { provider: "ollama".into(), model: "llama3.2".into(), endpoint: "http://localhost:11434".into() }
     }
 
     fn status_of(error: ProviderError) -> Status {

@@ -21,6 +21,7 @@ use crate::deadline::{CallContext, later};
 use crate::error::{GatewayError, Phase};
 use crate::resilience::{ConcurrencyLimit, LimitReached, backoff};
 use crate::router::{Instance, Plan, Router, Target};
+use crate::summary::Summary;
 use crate::telemetry::observe::{self, error_type};
 use crate::validate::ValidRequest;
 
@@ -51,17 +52,6 @@ impl ResponseLimit {
             ResponseLimit::Chunk(max) | ResponseLimit::Total(max) => max,
         }
     }
-}
-
-/// The end of a successful completion: what the upstream reported, plus what the gateway measured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// The model that answered, in routable `provider/model` form.
-    pub model: String,
-    pub completion: Completion,
-    pub time_to_first_token: Option<Duration>,
-    pub total_duration: Duration,
-    pub output_tokens_per_second: f64,
 }
 
 /// A model as ListModels reports it.
@@ -228,17 +218,16 @@ impl Gateway {
                 Ok((first, upstream)) => {
                     pass.success();
                     let attempt = observe::Attempt::new(attempt_span, target, started);
-                    return Ok(relay(
-                        first,
-                        upstream,
-                        target.clone(),
-                        *call,
-                        self.hard_stop.clone(),
+                    let held = Relay {
+                        target: target.clone(),
+                        call: *call,
+                        limit,
+                        hard_stop: self.hard_stop.clone(),
+                        attempt,
                         permit,
                         in_flight,
-                        attempt,
-                        limit,
-                    ));
+                    };
+                    return Ok(relay(held, first, upstream));
                 }
                 Err(error) => {
                     observe::Attempt::new(attempt_span, target, started).failed(&error);
@@ -456,17 +445,25 @@ impl Drop for InFlight {
 /// stream drops the upstream one, which closes the upstream connection: that is how a client's
 /// cancel reaches the provider. It also holds the instance's concurrency permit until the end.
 #[allow(clippy::too_many_arguments)]
-fn relay(
-    first: ChatEvent,
-    mut upstream: ChatStream,
+/// What a relayed stream carries besides the upstream: where it goes, the call's clock and
+/// limit, the shutdown signal, its attempt's telemetry, and what it holds until it ends.
+struct Relay {
     target: Target,
     call: CallContext,
+    limit: ResponseLimit,
     hard_stop: CancellationToken,
+    attempt: observe::Attempt,
+    /// The instance's concurrency place, when it has a limit.
     permit: Option<OwnedSemaphorePermit>,
     in_flight: InFlight,
-    mut attempt: observe::Attempt,
-    limit: ResponseLimit,
+}
+
+fn relay(
+    relay: Relay,
+    first: ChatEvent,
+    mut upstream: ChatStream,
 ) -> impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static {
+    let Relay { target, call, limit, hard_stop, mut attempt, permit, in_flight } = relay;
     async_stream::stream! {
         let _permit = permit;
         let _in_flight = in_flight;

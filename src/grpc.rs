@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, Reservation};
 use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
-use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit, Summary};
+use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit};
 use crate::proto::v1 as pb;
 use crate::router::Plan;
+use crate::summary::Summary;
 use crate::validate;
 
 pub struct CopilotApi {

@@ -23,6 +23,7 @@ pub mod request_headers;
 pub mod resilience;
 pub mod router;
 pub mod server;
+pub mod summary;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

@@ -14,7 +14,7 @@ use copilot_provider::Provider;
 use tonic_types::FieldViolation;
 
 use crate::config::{AliasTarget, DefaultOptions};
-use crate::error::{GatewayError, Target as TargetName};
+use crate::error::{GatewayError, TargetName};
 use crate::resilience::{Breaker, ConcurrencyLimit};
 
 /// One configured provider instance and the server-side policy and state around it.

@@ -19,8 +19,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::deadline::CallContext;
 use crate::error::GatewayError;
-use crate::gateway::Summary;
 use crate::router::Target;
+use crate::summary::Summary;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::{capture_message_content, metrics_enabled};
 use crate::validate::ValidRequest;
