@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use copilot::proto::v1::{ChatRequest, GenerationOptions, ListModelsRequest, Message, Role};
+use copilot::proto::v1::{ChatRequest, GenerationOptions, ListModelsRequest};
 use copilot_fakes::{FakeAnthropic, FakeGemini, FakeModel, FakeOllama, FakeOpenAi, Reply};
-use futures::StreamExt;
 
 use crate::harness::{Copilot, scrub_environment, within};
+use crate::requests::{chat_text_and_model, user};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const KEY: &str = "test-key-7d1f0c9a2b";
@@ -48,19 +48,10 @@ async fn chat_with_the_default_model(copilot: &Copilot) -> (String, String) {
     let mut client = copilot.client().await;
     let request = ChatRequest {
         model: String::new(),
-        messages: vec![Message { role: Role::User as i32, content: "How much energy did we use?".into() }],
+        messages: vec![user("How much energy did we use?")],
         options: Some(GenerationOptions { max_tokens: Some(16), ..Default::default() }),
     };
-    let mut stream = within(LIMIT, client.chat(request)).await.expect("chat").into_inner();
-    let (mut text, mut model) = (String::new(), String::new());
-    while let Some(message) = within(LIMIT, stream.next()).await {
-        let message = message.unwrap_or_else(|status| panic!("{status:?}\nlog:\n{}", copilot.logs()));
-        text.push_str(&message.content);
-        if !message.model.is_empty() {
-            model = message.model;
-        }
-    }
-    (text, model)
+    chat_text_and_model(copilot, &mut client, request).await
 }
 
 async fn start(vars: &[(String, String)]) -> Copilot {

@@ -1,9 +1,19 @@
 //! The requests the tests send, built one way everywhere: a Generate or Chat call with only what
-//! a test cares about, an API key on a call, and the reason a refusal gives.
+//! a test cares about, an API key on a call; and what came back: the reason a refusal gives, the
+//! text and model of a streamed chat.
 
+use std::time::Duration;
+
+use copilot::proto::v1::copilot_client::CopilotClient;
 use copilot::proto::v1::{ChatRequest, GenerateRequest, Message, Role};
+use futures::StreamExt;
 use tonic::Request;
+use tonic::transport::Channel;
 use tonic_types::StatusExt;
+
+use crate::harness::{Copilot, within};
+
+const LIMIT: Duration = Duration::from_secs(20);
 
 /// What a test says when what is said does not matter.
 pub const HELLO: &str = "hello there";
@@ -33,4 +43,23 @@ pub fn with_key<T>(message: T, key: &str) -> Request<T> {
 /// The `ErrorInfo` reason a refusal carries, empty when it has none.
 pub fn reason(status: &tonic::Status) -> String {
     status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+/// Streams `request` on `client` to its end: the text, and the model the server answered with. A
+/// failed call panics with `copilot`'s log.
+pub async fn chat_text_and_model(
+    copilot: &Copilot,
+    client: &mut CopilotClient<Channel>,
+    request: ChatRequest,
+) -> (String, String) {
+    let mut stream = within(LIMIT, client.chat(request)).await.expect("chat").into_inner();
+    let (mut text, mut model) = (String::new(), String::new());
+    while let Some(message) = within(LIMIT, stream.next()).await {
+        let message = message.unwrap_or_else(|status| panic!("{status:?}\nlog:\n{}", copilot.logs()));
+        text.push_str(&message.content);
+        if !message.model.is_empty() {
+            model = message.model;
+        }
+    }
+    (text, model)
 }

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use copilot::proto::v1::{ChatRequest, ListModelsRequest, Message, Role};
+use copilot::proto::v1::ListModelsRequest;
 use copilot_fakes::google::TEST_PRIVATE_KEY_PEM;
 use copilot_fakes::{FakeGemini, FakeGoogleAuth, FakeModel, Reply};
-use futures::StreamExt;
 
 use crate::harness::{Copilot, scrub_environment, within};
+use crate::requests::{chat, chat_text_and_model};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -34,20 +34,7 @@ async fn chat_reaches_vertex_with_a_service_account_from_the_environment() {
 
     let mut client = copilot.client().await;
     for _ in 0..2 {
-        let request = ChatRequest {
-            model: String::new(),
-            messages: vec![Message { role: Role::User as i32, content: "Which API is this?".into() }],
-            options: None,
-        };
-        let mut stream = within(LIMIT, client.chat(request)).await.expect("chat").into_inner();
-        let (mut text, mut model) = (String::new(), String::new());
-        while let Some(message) = within(LIMIT, stream.next()).await {
-            let message = message.unwrap_or_else(|status| panic!("{status:?}\nlog:\n{}", copilot.logs()));
-            text.push_str(&message.content);
-            if !message.model.is_empty() {
-                model = message.model;
-            }
-        }
+        let (text, model) = chat_text_and_model(&copilot, &mut client, chat("", "Which API is this?")).await;
         assert_eq!(text, "Vertex");
         assert_eq!(model, "gemini/gemini-2.0-flash");
     }

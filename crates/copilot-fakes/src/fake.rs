@@ -1,6 +1,6 @@
 //! The handle of every provider fake: [`Fake<W>`] starts the server for a wire format `W` and
 //! answers, once for all of them, what the harness knows (scripted failures, recorded requests,
-//! how streams ended). Each wire format adds its own setters (`add_model`, `set_busy`, …) in an
+//! how streams ended). Each wire format adds its own setters (`add_model`, `set_flavour`, …) in an
 //! `impl Fake<Ollama>` beside its handlers.
 
 use std::io;
