@@ -34,9 +34,9 @@
 //!
 //! Vertex AI mode ([`Fake::require_vertex_auth`]) serves the same models and behaviours on
 //! Vertex's paths (`/v1beta1/projects/{p}/locations/{l}/publishers/google/models/{m}:…`), with
-//! bearer tokens from a [`FakeGoogleAuth`](crate::FakeGoogleAuth) instead of keys, and Vertex's
-//! errors: 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED` for another project, and 404 "Publisher
-//! Model `…` was not found".
+//! bearer tokens from a [`FakeGoogleAuth`] instead of keys, and Vertex's errors: 401
+//! `UNAUTHENTICATED`, 403 `PERMISSION_DENIED` for another project, and 404 "Publisher Model `…`
+//! was not found".
 //!
 //! Deviation: only `alt=sse` streaming is served. Without `alt=sse` the real API would stream a
 //! JSON array; the fake answers 400 saying so. Unary `generateContent` is not served either.
