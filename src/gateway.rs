@@ -145,7 +145,7 @@ impl Gateway {
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
         let instance = &target.instance;
         let mut last_error: Option<GatewayError> = None;
-        for attempt in 0..=instance.retries {
+        for attempt in 0..=instance.policy.retries {
             let (kind, reason) = match (&last_error, &fallback_reason) {
                 (Some(error), _) => ("retry", Some(error_type(error))),
                 (None, Some(reason)) => ("fallback", Some(reason.clone())),
@@ -156,7 +156,8 @@ impl Gateway {
                     Some(GatewayError::Provider { error, .. }) => error.retry_after(),
                     _ => None,
                 };
-                let pause = backoff(attempt, instance.retry_backoff, instance.retry_backoff_max, retry_after);
+                let pause =
+                    backoff(attempt, instance.policy.retry_backoff, instance.policy.retry_backoff_max, retry_after);
                 if pause > MAX_RETRY_PAUSE
                     || call.deadline().is_some_and(|deadline| later(Instant::now(), pause) >= deadline)
                 {
@@ -175,12 +176,12 @@ impl Gateway {
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
-            let Some(pass) = instance.breaker.allow() else {
+            let Some(pass) = instance.state.breaker.allow() else {
                 // Opened by this call's own failures: its last error says more than "circuit open".
                 let error = last_error.unwrap_or(GatewayError::CircuitOpen { target: target.name() });
                 return Err(Outcome::FallBack(error));
             };
-            let permit = match &instance.limit {
+            let permit = match &instance.state.limit {
                 Some(limit) => match self.queue(limit, call).await? {
                     Ok(permit) => Some(permit),
                     Err(_) if call.deadline().is_some_and(|deadline| Instant::now() >= deadline) => {
@@ -278,7 +279,7 @@ impl Gateway {
             options: with_defaults(request.options.clone(), &instance.defaults),
             trace_context: observe::trace_context(attempt_span),
         };
-        let give_up = wake_at(call, Instant::now(), instance.first_token_timeout);
+        let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
         let mut phase = Phase::Response;
         let first = async {
             let mut upstream = instance.provider.chat(upstream_request).await?;
@@ -295,7 +296,7 @@ impl Gateway {
             result = tokio::time::timeout_at(give_up, first) => match result {
                 Ok(Ok(started)) => Ok(started),
                 Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
-                Err(_) => Err(timed_out(call, target, instance.first_token_timeout, phase)),
+                Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, phase)),
             },
         }
     }
@@ -304,11 +305,12 @@ impl Gateway {
     /// fail are reported beside the others' models; the call fails only if every one failed.
     pub async fn list_models(&self) -> Result<Listing, GatewayError> {
         let calls = self.router.instances().map(|instance| async move {
-            let result = match tokio::time::timeout(instance.list_timeout, instance.provider.list_models()).await {
+            let result = match tokio::time::timeout(instance.policy.list_timeout, instance.provider.list_models()).await
+            {
                 Ok(result) => result,
                 Err(_) => Err(ProviderError::Unreachable(format!(
                     "no answer within {}",
-                    humantime::format_duration(instance.list_timeout)
+                    humantime::format_duration(instance.policy.list_timeout)
                 ))),
             };
             (instance.name.clone(), result)
@@ -350,9 +352,10 @@ impl Gateway {
         let mut last = None;
         for target in plan.attempt_order() {
             let instance = &target.instance;
-            let result = tokio::time::timeout(instance.list_timeout, instance.provider.describe_model(&target.model))
-                .await
-                .unwrap_or_else(|_| Err(ProviderError::Unreachable("no answer in time".into())));
+            let result =
+                tokio::time::timeout(instance.policy.list_timeout, instance.provider.describe_model(&target.model))
+                    .await
+                    .unwrap_or_else(|_| Err(ProviderError::Unreachable("no answer in time".into())));
             match result {
                 Ok(info) => return Ok((ListedModel { provider: instance.name.clone(), info }, alias)),
                 Err(error) => last = Some(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
@@ -430,14 +433,14 @@ struct InFlight(Arc<Instance>);
 
 impl InFlight {
     fn new(instance: Arc<Instance>) -> Self {
-        instance.outstanding.fetch_add(1, Ordering::Relaxed);
+        instance.state.outstanding.fetch_add(1, Ordering::Relaxed);
         Self(instance)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -467,7 +470,7 @@ fn relay(
     async_stream::stream! {
         let _permit = permit;
         let _in_flight = in_flight;
-        let silence = target.instance.idle_timeout;
+        let silence = target.instance.policy.idle_timeout;
         let mut chunks_sent = 0usize;
         let mut bytes_sent = 0usize;
         let mut first_token_at: Option<Instant> = None;

@@ -55,16 +55,17 @@ pub fn spawn_probes(gateway: Arc<Gateway>, health: Arc<HealthState>) {
         tokio::spawn(async move {
             let mut was_healthy: Option<bool> = None;
             loop {
-                let timeout = instance.health_interval.min(Duration::from_secs(5)).max(Duration::from_millis(100));
+                let timeout =
+                    instance.policy.health_interval.min(Duration::from_secs(5)).max(Duration::from_millis(100));
                 let result = tokio::time::timeout(timeout, instance.provider.health()).await;
                 let healthy = matches!(result, Ok(Ok(_)));
-                instance.healthy.store(healthy, Ordering::Relaxed);
+                instance.state.healthy.store(healthy, Ordering::Relaxed);
                 if was_healthy != Some(healthy) {
                     log_change(&instance, &result);
                     was_healthy = Some(healthy);
                 }
                 health.update(&gateway, &instance, healthy).await;
-                tokio::time::sleep(instance.health_interval).await;
+                tokio::time::sleep(instance.policy.health_interval).await;
             }
         });
     }

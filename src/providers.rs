@@ -2,7 +2,6 @@
 //! mapping from the configuration's types to the adapters' and the router's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use copilot_ollama::{OllamaConfig, OllamaProvider};
 use copilot_provider::{Provider, Secret};
@@ -13,8 +12,7 @@ use crate::config::{
     AnthropicSettings, ApiKeySource, Config, EmbeddedSettings, GeminiSettings, KeepAlive, KindSettings, MaxTokensField,
     OllamaSettings, OpenAiSettings, ProviderConfig, ProviderKind,
 };
-use crate::resilience::{Breaker, ConcurrencyLimit};
-use crate::router::Instance;
+use crate::router::{Instance, InstanceState, Labels};
 
 pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
     let mut instances = Vec::new();
@@ -36,33 +34,26 @@ pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
             Ok(uri) => (uri.host().map(String::from), uri.port_u16().or_else(|| default_port(&uri))),
             Err(_) => (None, None),
         };
-        let policy = &provider_config.policy;
+        let policy = provider_config.policy.clone();
         instances.push(Instance {
             name: name.clone(),
             provider,
             endpoint,
-            gen_ai_provider: match provider_config.kind() {
-                ProviderKind::Ollama => "ollama",
-                ProviderKind::Embedded => "llama.cpp",
-                ProviderKind::OpenAi => "openai",
-                ProviderKind::Gemini => "gcp.gemini",
-                ProviderKind::Anthropic => "anthropic",
+            labels: Labels {
+                gen_ai_provider: match provider_config.kind() {
+                    ProviderKind::Ollama => "ollama",
+                    ProviderKind::Embedded => "llama.cpp",
+                    ProviderKind::OpenAi => "openai",
+                    ProviderKind::Gemini => "gcp.gemini",
+                    ProviderKind::Anthropic => "anthropic",
+                },
+                in_process: provider_config.kind() == ProviderKind::Embedded,
+                server_address,
+                server_port,
             },
-            in_process: provider_config.kind() == ProviderKind::Embedded,
-            server_address,
-            server_port,
-            first_token_timeout: policy.first_token_timeout,
-            idle_timeout: policy.idle_timeout,
-            list_timeout: policy.list_timeout,
+            state: InstanceState::new(&policy),
+            policy,
             defaults: provider_config.defaults.clone(),
-            retries: policy.retries,
-            retry_backoff: policy.retry_backoff,
-            retry_backoff_max: policy.retry_backoff_max,
-            breaker: Breaker::new(policy.breaker_failures, policy.breaker_cooldown),
-            limit: policy.max_concurrency.map(|max| ConcurrencyLimit::new(max, policy.max_queue, policy.queue_timeout)),
-            health_interval: policy.health_interval,
-            outstanding: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
         });
     }
     Ok(instances)

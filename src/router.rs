@@ -8,52 +8,72 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use copilot_provider::Provider;
 use tonic_types::FieldViolation;
 
-use crate::config::{AliasTarget, DefaultOptions};
+use crate::config::{AliasTarget, DefaultOptions, ProviderPolicy};
 use crate::error::{GatewayError, TargetName};
 use crate::resilience::{Breaker, ConcurrencyLimit};
 
 /// One configured provider instance and the server-side policy and state around it.
 pub struct Instance {
+    /// The name clients use as the `provider/` prefix.
     pub name: String,
     pub provider: Arc<dyn Provider>,
     /// Where it lives, for error messages and logs (never carries credentials).
     pub endpoint: String,
-    /// `gen_ai.provider.name` of its spans and metrics (`ollama`, `openai`, `gcp.gemini`, …).
+    pub labels: Labels,
+    /// Timeouts, retries, breaker and limit settings, as configured.
+    pub policy: ProviderPolicy,
+    /// Options applied when a request leaves them unset.
+    pub defaults: DefaultOptions,
+    pub state: InstanceState,
+}
+
+/// What its spans and metrics say about an instance (the OpenTelemetry GenAI conventions).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// `gen_ai.provider.name` (`ollama`, `openai`, `gcp.gemini`, …).
     pub gen_ai_provider: &'static str,
     /// Runs inside this process (the embedded engine): INTERNAL spans and `gen_ai.server.*` metrics.
     pub in_process: bool,
-    /// `server.address` / `server.port` of its spans, from the endpoint.
+    /// `server.address` / `server.port`, from the endpoint.
     pub server_address: Option<String>,
     pub server_port: Option<u16>,
-    pub first_token_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub list_timeout: Duration,
-    pub defaults: DefaultOptions,
-    pub retries: u32,
-    pub retry_backoff: Duration,
-    pub retry_backoff_max: Duration,
+}
+
+/// What changes while the server runs.
+pub struct InstanceState {
     pub breaker: Breaker,
+    /// Its concurrency limit and queue, when `max_concurrency` is set.
     pub limit: Option<ConcurrencyLimit>,
-    pub health_interval: Duration,
     /// Calls in flight here, for balancing among replicas.
     pub outstanding: AtomicUsize,
     /// What the last background probe said (optimistic until the first one).
     pub healthy: AtomicBool,
 }
 
+impl InstanceState {
+    /// A closed breaker and an idle limit, built from `policy`.
+    pub fn new(policy: &ProviderPolicy) -> Self {
+        Self {
+            breaker: Breaker::new(policy.breaker_failures, policy.breaker_cooldown),
+            limit: policy.max_concurrency.map(|max| ConcurrencyLimit::new(max, policy.max_queue, policy.queue_timeout)),
+            outstanding: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+}
+
 impl Instance {
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.state.healthy.load(Ordering::Relaxed)
     }
 
     /// Whether a call could be sent here now (healthy and not refused by its breaker).
     pub fn available(&self) -> bool {
-        self.is_healthy() && !self.breaker.is_open()
+        self.is_healthy() && !self.state.breaker.is_open()
     }
 }
 
@@ -107,8 +127,9 @@ impl Plan {
         let mut order = Vec::new();
         for tier in &self.tiers {
             let mut replicas: Vec<_> = tier.iter().enumerate().collect();
-            replicas
-                .sort_by_key(|(i, t)| (!t.instance.available(), t.instance.outstanding.load(Ordering::Relaxed), *i));
+            replicas.sort_by_key(|(i, t)| {
+                (!t.instance.available(), t.instance.state.outstanding.load(Ordering::Relaxed), *i)
+            });
             order.extend(replicas.into_iter().map(|(_, t)| t.clone()));
         }
         order
@@ -188,6 +209,8 @@ impl Router {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
     use copilot_provider::*;
 
@@ -209,27 +232,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// The policy of the tests' instances: no retries, no breaker, no limit, one-second timeouts.
+    pub(crate) fn test_policy() -> ProviderPolicy {
+        ProviderPolicy {
+            first_token_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            list_timeout: Duration::from_secs(1),
+            retries: 0,
+            retry_backoff: Duration::from_millis(1),
+            retry_backoff_max: Duration::from_millis(1),
+            breaker_failures: 0,
+            breaker_cooldown: Duration::from_secs(1),
+            max_concurrency: None,
+            health_interval: Duration::from_secs(60),
+            ..ProviderPolicy::default()
+        }
+    }
+
     pub(crate) fn instance(name: &str) -> Instance {
+        let policy = test_policy();
         Instance {
             name: name.into(),
             provider: Arc::new(Nothing),
             endpoint: format!("http://{name}"),
-            gen_ai_provider: "test",
-            in_process: false,
-            server_address: None,
-            server_port: None,
-            first_token_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            list_timeout: Duration::from_secs(1),
+            labels: Labels { gen_ai_provider: "test", in_process: false, server_address: None, server_port: None },
+            state: InstanceState::new(&policy),
+            policy,
             defaults: DefaultOptions::default(),
-            retries: 0,
-            retry_backoff: Duration::from_millis(1),
-            retry_backoff_max: Duration::from_millis(1),
-            breaker: Breaker::new(0, Duration::from_secs(1)),
-            limit: None,
-            health_interval: Duration::from_secs(60),
-            outstanding: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
         }
     }
 
@@ -325,9 +354,9 @@ pub(crate) mod tests {
         let plan = r.resolve("fast").unwrap();
         let names = |plan: &Plan| plan.attempt_order().iter().map(|t| t.instance.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&plan), ["a", "b", "ollama"]);
-        plan.tiers[0][0].instance.outstanding.store(3, Ordering::Relaxed);
+        plan.tiers[0][0].instance.state.outstanding.store(3, Ordering::Relaxed);
         assert_eq!(names(&plan), ["b", "a", "ollama"], "the least busy replica first");
-        plan.tiers[0][1].instance.healthy.store(false, Ordering::Relaxed);
+        plan.tiers[0][1].instance.state.healthy.store(false, Ordering::Relaxed);
         assert_eq!(names(&plan), ["a", "b", "ollama"], "an unhealthy replica last");
     }
 }

@@ -170,8 +170,18 @@ fn instance(name: &str, provider: &Arc<Scripted>) -> Instance {
 }
 
 /// An instance that retries `retries` times with `base` backoff, at most `max`.
+/// `instance` with some of its policy or state changed.
+fn tuned(mut instance: Instance, change: impl FnOnce(&mut Instance)) -> Instance {
+    change(&mut instance);
+    instance
+}
+
 fn retrying(name: &str, provider: &Arc<Scripted>, retries: u32, base: Duration, max: Duration) -> Instance {
-    Instance { retries, retry_backoff: base, retry_backoff_max: max, ..instance(name, provider) }
+    tuned(instance(name, provider), |i| {
+        i.policy.retries = retries;
+        i.policy.retry_backoff = base;
+        i.policy.retry_backoff_max = max;
+    })
 }
 
 /// A gateway over `instances`, with the alias `pair` = the given targets in fallback order.
@@ -354,12 +364,12 @@ async fn the_classification_table() {
             // Alone, with a breaker that opens on the first failure it counts.
             let alone = Scripted::new([failure()]);
             let breaker = Breaker::new(1, secs(60));
-            let (gw, _) = gateway(vec![Instance { breaker, ..instance("alone", &alone) }], &[]);
+            let (gw, _) = gateway(vec![tuned(instance("alone", &alone), |i| i.state.breaker = breaker)], &[]);
             let status = complete(&gw, "alone/m", call(None)).await.1.unwrap_err();
             assert_eq!((status.code(), reason(&status).as_str()), (row.code, row.reason), "{case}: status");
             assert_eq!(status.get_details_error_info().unwrap().metadata["chunks_sent"], "0", "{case}");
             let instance = gw.router().instances().next().unwrap();
-            assert_eq!(instance.breaker.is_open(), row.counts_against_instance, "{case}: breaker");
+            assert_eq!(instance.state.breaker.is_open(), row.counts_against_instance, "{case}: breaker");
         }
     }
 }
@@ -658,7 +668,7 @@ async fn the_breaker_opens_probes_once_and_closes_or_reopens() {
     let unreachable = || Step::Refuse(ProviderError::Unreachable("refused".into()));
     let provider = Scripted::new([unreachable(), unreachable()]);
     let breaker = Breaker::new(2, secs(10));
-    let (gw, _) = gateway(vec![Instance { breaker, ..instance("a", &provider) }], &[]);
+    let (gw, _) = gateway(vec![tuned(instance("a", &provider), |i| i.state.breaker = breaker)], &[]);
 
     for _ in 0..2 {
         assert_eq!(reason(&complete(&gw, "a/m", call(None)).await.1.unwrap_err()), "UPSTREAM_UNREACHABLE");
@@ -711,7 +721,7 @@ async fn a_breaker_opened_by_the_call_itself_reports_the_upstream_error() {
     let unreachable = || Step::Refuse(ProviderError::Unreachable("refused".into()));
     let provider = Scripted::new([unreachable(), unreachable()]);
     let other = Scripted::new([answer()]);
-    let flaky = Instance { breaker: Breaker::new(2, secs(10)), ..retrying("a", &provider, 3, ms(10), ms(10)) };
+    let flaky = tuned(retrying("a", &provider, 3, ms(10), ms(10)), |i| i.state.breaker = Breaker::new(2, secs(10)));
     let (gw, _) = gateway(vec![flaky, instance("b", &other)], &["a/m", "b/m"]);
     let status = complete(&gw, "a/m", call(None)).await.1.unwrap_err();
     assert_eq!(reason(&status), "UPSTREAM_UNREACHABLE");
@@ -732,10 +742,16 @@ async fn a_breaker_opened_by_the_call_itself_reports_the_upstream_error() {
 async fn instance_limits_queue_then_refuse() {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang]), answer()]);
     let limit = Some(ConcurrencyLimit::new(1, 1, secs(2)));
-    let (gw, _) = gateway(vec![Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) }], &[]);
+    let (gw, _) = gateway(
+        vec![tuned(instance("a", &provider), |i| {
+            i.state.limit = limit;
+            i.policy.idle_timeout = secs(3600);
+        })],
+        &[],
+    );
     let running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let a = gw.router().instances().next().unwrap().clone();
-    assert_eq!(a.outstanding.load(Ordering::Relaxed), 1, "a running call counts as in flight");
+    assert_eq!(a.state.outstanding.load(Ordering::Relaxed), 1, "a running call counts as in flight");
 
     // A queued call and, while it waits, a call that finds the queue full.
     let start = Instant::now();
@@ -772,7 +788,7 @@ async fn instance_limits_queue_then_refuse() {
     let ((text, _), ()) = tokio::join!(next, finish);
     assert_eq!(text, "hello world");
     assert_eq!(provider.times(start)[1..], [ms(300)]);
-    assert_eq!(a.outstanding.load(Ordering::Relaxed), 0);
+    assert_eq!(a.state.outstanding.load(Ordering::Relaxed), 0);
 }
 
 /// An instance at its limit is not waited for through an alias, nor retried: the next target
@@ -781,8 +797,9 @@ async fn instance_limits_queue_then_refuse() {
 async fn a_full_instance_falls_back_without_retrying() {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
     let other = Scripted::new([answer()]);
-    let full =
-        Instance { limit: Some(ConcurrencyLimit::new(1, 0, secs(60))), ..retrying("a", &provider, 2, ms(10), ms(10)) };
+    let full = tuned(retrying("a", &provider, 2, ms(10), ms(10)), |i| {
+        i.state.limit = Some(ConcurrencyLimit::new(1, 0, secs(60)))
+    });
     let (gw, _) = gateway(vec![full, instance("b", &other)], &["a/m", "b/m"]);
     let _running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let start = Instant::now();
@@ -808,9 +825,11 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
     for (case, step, output) in cases {
         let provider = Scripted::new([step]);
         let other = Scripted::new([]);
-        let patient =
-            Instance { idle_timeout: secs(3600), first_token_timeout: secs(3600), ..instance("a", &provider) };
-        let a = Instance { retries: 1, ..patient };
+        let patient = tuned(instance("a", &provider), |i| {
+            i.policy.idle_timeout = secs(3600);
+            i.policy.first_token_timeout = secs(3600);
+        });
+        let a = tuned(patient, |i| i.policy.retries = 1);
         let (gw, hard_stop) = gateway(vec![a, instance("b", &other)], &["a/m", "b/m"]);
         let start = Instant::now();
         let stop = async {
@@ -839,7 +858,10 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
 async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
     let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
-    let patient = Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) };
+    let patient = tuned(instance("a", &provider), |i| {
+        i.state.limit = limit;
+        i.policy.idle_timeout = secs(3600);
+    });
     let (gw, hard_stop) = gateway(vec![patient], &[]);
     let start = Instant::now();
     let running = async { complete(&gw, "a/m", call(None)).await };
@@ -865,7 +887,10 @@ async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
 async fn the_hard_stop_ends_a_queued_call_whose_running_call_is_not_read() {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
     let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
-    let patient = Instance { limit, idle_timeout: secs(3600), ..instance("a", &provider) };
+    let patient = tuned(instance("a", &provider), |i| {
+        i.state.limit = limit;
+        i.policy.idle_timeout = secs(3600);
+    });
     let (gw, hard_stop) = gateway(vec![patient], &[]);
     // Started, holding the instance's only place, and never polled again.
     let _running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);

@@ -37,10 +37,10 @@ pub fn attempt_span(
     let span = tracing::info_span!(
         "gen_ai.attempt",
         otel.name = %format!("chat {}", target.model),
-        otel.kind = if instance.in_process { "internal" } else { "client" },
+        otel.kind = if instance.labels.in_process { "internal" } else { "client" },
         otel.status_code = Empty,
         gen_ai.operation.name = "chat",
-        gen_ai.provider.name = instance.gen_ai_provider,
+        gen_ai.provider.name = instance.labels.gen_ai_provider,
         gen_ai.request.model = %target.model,
         gen_ai.request.stream = true,
         gen_ai.request.temperature = options.temperature.map(f64::from),
@@ -48,8 +48,8 @@ pub fn attempt_span(
         gen_ai.request.top_k = options.top_k.map(i64::from),
         gen_ai.request.max_tokens = options.max_tokens.map(i64::from),
         gen_ai.request.seed = options.seed.map(|seed| seed as i64),
-        server.address = instance.server_address.as_deref(),
-        server.port = instance.server_port.map(i64::from),
+        server.address = instance.labels.server_address.as_deref(),
+        server.port = instance.labels.server_port.map(i64::from),
         copilot.provider.instance = %instance.name,
         copilot.attempt.number = i64::from(number),
         copilot.attempt.kind = kind,
@@ -137,13 +137,13 @@ fn metric_attributes(target: &Target) -> Vec<KeyValue> {
     let instance = &target.instance;
     let mut attributes = vec![
         KeyValue::new("gen_ai.operation.name", "chat"),
-        KeyValue::new("gen_ai.provider.name", instance.gen_ai_provider),
+        KeyValue::new("gen_ai.provider.name", instance.labels.gen_ai_provider),
         KeyValue::new("gen_ai.request.model", target.model.clone()),
     ];
-    if let Some(address) = &instance.server_address {
+    if let Some(address) = &instance.labels.server_address {
         attributes.push(KeyValue::new("server.address", address.clone()));
     }
-    if let Some(port) = instance.server_port {
+    if let Some(port) = instance.labels.server_port {
         attributes.push(KeyValue::new("server.port", i64::from(port)));
     }
     attributes
@@ -166,7 +166,7 @@ impl Attempt {
         let instance = &target.instance;
         let attributes = metrics_enabled().then(|| metric_attributes(target));
         let output = capture_message_content().then(String::new);
-        Self { span, started, attributes, in_process: instance.in_process, last_chunk: None, output }
+        Self { span, started, attributes, in_process: instance.labels.in_process, last_chunk: None, output }
     }
 
     /// A chunk of output arrived.

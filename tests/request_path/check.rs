@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,15 +44,14 @@ use tonic_types::StatusExt;
 use tower::ServiceExt;
 
 use copilot::auth::{Auth, KeyHash};
-use copilot::config::{AliasTarget, ApiKeyConfig, AuthConfig, DefaultOptions, LimitsConfig};
+use copilot::config::{AliasTarget, ApiKeyConfig, AuthConfig, DefaultOptions, LimitsConfig, ProviderPolicy};
 use copilot::error::{ERROR_DOMAIN, MAX_MESSAGE_BYTES};
 use copilot::gateway::Gateway;
 use copilot::grpc::CopilotApi;
 use copilot::proto::v1 as pb;
 use copilot::proto::v1::copilot_server::CopilotServer;
 use copilot::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
-use copilot::resilience::Breaker;
-use copilot::router::{Instance, Router};
+use copilot::router::{Instance, InstanceState, Labels, Router};
 use copilot::telemetry::rpc_trace::TracedBody;
 
 /// The key the "valid key" caller presents; the keyed service accepts only it.
@@ -485,27 +483,28 @@ pub fn check_status(status: &Status, messages: usize, shape: BodyShape) -> Resul
 
 fn instance(name: &str, provider: Arc<dyn Provider>) -> Instance {
     let timeout = Duration::from_secs(5);
-    Instance {
-        name: name.into(),
-        provider,
-        endpoint: format!("in-process://{name}"),
-        gen_ai_provider: "fuzz",
-        in_process: true,
-        server_address: None,
-        server_port: None,
+    let policy = ProviderPolicy {
         first_token_timeout: timeout,
         idle_timeout: timeout,
         list_timeout: timeout,
-        defaults: DefaultOptions::default(),
         // No retries and no breaker: every call's answer depends on the call alone.
         retries: 0,
         retry_backoff: Duration::ZERO,
         retry_backoff_max: Duration::ZERO,
-        breaker: Breaker::new(0, Duration::ZERO),
-        limit: None,
+        breaker_failures: 0,
+        breaker_cooldown: Duration::ZERO,
+        max_concurrency: None,
         health_interval: timeout,
-        outstanding: AtomicUsize::new(0),
-        healthy: AtomicBool::new(true),
+        ..ProviderPolicy::default()
+    };
+    Instance {
+        name: name.into(),
+        provider,
+        endpoint: format!("in-process://{name}"),
+        labels: Labels { gen_ai_provider: "fuzz", in_process: true, server_address: None, server_port: None },
+        state: InstanceState::new(&policy),
+        policy,
+        defaults: DefaultOptions::default(),
     }
 }
 

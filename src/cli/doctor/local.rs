@@ -200,7 +200,8 @@ async fn check_provider(
             return;
         }
     };
-    let listed = tokio::time::timeout(instance.list_timeout.min(CHECK_TIMEOUT), instance.provider.list_models()).await;
+    let listed =
+        tokio::time::timeout(instance.policy.list_timeout.min(CHECK_TIMEOUT), instance.provider.list_models()).await;
     let available: Vec<String> = match &listed {
         Ok(Ok(models)) => models.iter().map(|m| m.name.clone()).collect(),
         _ => Vec::new(),
