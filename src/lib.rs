@@ -1,31 +1,33 @@
 //! Copilot: a gRPC gateway to large language models.
 //!
 //! The binary (`src/main.rs`) wires these modules together; they are a library so integration
-//! tests and other tools can use the generated client (`proto::v1::copilot_client`).
+//! tests and other tools can use the generated client (`proto::v1::copilot_client`). The modules
+//! the binary, the tests, the fuzz target and the benchmark use are `pub`; the rest are the
+//! server's own (`pub(crate)`).
 
 pub mod admin_listeners;
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
-pub mod codec;
+pub(crate) mod codec;
 pub mod config;
-pub mod connection_limits;
-pub mod connection_threads;
-pub mod deadline;
+pub(crate) mod connection_limits;
+pub(crate) mod connection_threads;
+pub(crate) mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
-pub mod key_hash;
+pub(crate) mod key_hash;
 pub mod providers;
-pub mod request_body;
+pub(crate) mod request_body;
 pub mod request_buffers;
-pub mod request_headers;
-pub mod resilience;
+pub(crate) mod request_headers;
+pub(crate) mod resilience;
 pub mod router;
 pub mod server;
-pub mod summary;
+pub(crate) mod summary;
 pub mod telemetry;
-pub mod tls;
+pub(crate) mod tls;
 pub mod validate;
 
 /// Code generated from `proto/` by `build.rs`.
