@@ -196,7 +196,11 @@ where
                     if let Err(full) = this.held.set(this.frames.partial()) {
                         return fail(this.ended, this.held, GatewayError::RequestBuffersFull(full));
                     }
-                    this.clock.progress(Instant::now(), this.frames.partial());
+                    // Progress matters only to a partial message (its stall check) and to a
+                    // request stream (its per-message timeout): a whole message costs no clock read.
+                    if this.held.bytes() > 0 || this.clock.watches_messages() {
+                        this.clock.progress(Instant::now(), this.frames.partial());
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -310,6 +314,11 @@ impl ReadClock {
             last_progress: received,
             stall_check: received + STALL_UNDER_PRESSURE,
         }
+    }
+
+    /// Whether each message has its own read timeout (a request stream).
+    fn watches_messages(&self) -> bool {
+        self.request_stream
     }
 
     /// Bytes arrived at `now`; `partial` of an incomplete message are now held.
