@@ -1,153 +1,63 @@
 //! End-to-end checks of `OllamaProvider` against a scripted HTTP/1.1 server on loopback: what goes
 //! on the wire, how streamed bodies (split, cut, failing) come out, and connection handling.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use copilot_fakes::scripted::{ScriptedServer, Step};
 use copilot_ollama::{KeepAlive, OllamaConfig, OllamaProvider};
 use copilot_provider::{
     ChatEvent, ChatRequest, FinishReason, GenerationOptions, Message, Provider, ProviderError, Role, Usage,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// What the server does for one request.
-enum Step {
-    Write(Vec<u8>),
-    Pause(Duration),
-    /// Hang up without finishing the response.
-    Close,
-    /// Read until the client hangs up, then report it.
-    AwaitClientClose(oneshot::Sender<()>),
-}
-
-#[derive(Debug)]
-struct Recorded {
-    method: String,
-    path: String,
-    body: Value,
-}
-
-struct Server {
-    base_url: String,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-    connections: Arc<AtomicUsize>,
-}
+/// The scripted server, with the Ollama provider a test points at it.
+struct Server(ScriptedServer);
 
 impl Server {
     /// Serves one script per request, in order, over however many connections the client opens.
     async fn start(scripts: Vec<Vec<Step>>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let scripts = Arc::new(Mutex::new(scripts.into_iter()));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (recorded, accepted) = (requests.clone(), connections.clone());
-        tokio::spawn(async move {
-            loop {
-                let (socket, _) = listener.accept().await.unwrap();
-                accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(socket, scripts.clone(), recorded.clone()));
-            }
-        });
-        Server { base_url, requests, connections }
+        Server(ScriptedServer::start(scripts).await)
+    }
+
+    fn base_url(&self) -> String {
+        self.0.base_url()
+    }
+
+    fn connections(&self) -> usize {
+        self.0.connections_accepted()
     }
 
     fn provider(&self) -> OllamaProvider {
         OllamaProvider::new(OllamaConfig {
-            base_url: format!("{}/", self.base_url),
+            base_url: format!("{}/", self.base_url()),
             keep_alive: Some(KeepAlive::Forever),
             connect_timeout: Duration::from_secs(2),
         })
         .unwrap()
     }
 
+    /// Request `index`'s method, path and JSON body (`null` when it had none).
     fn request(&self, index: usize) -> (String, String, Value) {
-        let requests = self.requests.lock().unwrap();
-        let r = &requests[index];
-        (r.method.clone(), r.path.clone(), r.body.clone())
+        let request = self.0.requests()[index].clone();
+        let body = if request.body.is_empty() { Value::Null } else { serde_json::from_slice(&request.body).unwrap() };
+        (request.method, request.path, body)
     }
-}
-
-async fn serve_connection(
-    mut socket: TcpStream,
-    scripts: Arc<Mutex<std::vec::IntoIter<Vec<Step>>>>,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-) {
-    let mut buf = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut socket, &mut buf).await else { return };
-        requests.lock().unwrap().push(request);
-        let script = scripts.lock().unwrap().next().expect("more requests than scripts");
-        for step in script {
-            match step {
-                Step::Write(bytes) => {
-                    if socket.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Pause(d) => tokio::time::sleep(d).await,
-                Step::Close => return,
-                Step::AwaitClientClose(report) => {
-                    let mut sink = [0u8; 1024];
-                    while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
-                    let _ = report.send(());
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..header_end].to_vec()).unwrap();
-    let mut request_line = head.lines().next().unwrap().split(' ');
-    let (method, path) = (request_line.next().unwrap().to_owned(), request_line.next().unwrap().to_owned());
-    let length = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-        .unwrap_or(0usize);
-    while buf.len() < header_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf[header_end..header_end + length].to_vec();
-    buf.drain(..header_end + length);
-    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-    Some(Recorded { method, path, body })
 }
 
 const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 fn write(text: &str) -> Step {
-    Step::Write(text.as_bytes().to_vec())
+    Step::text(text)
 }
 
 fn chunk(data: &str) -> Step {
-    write(&format!("{:x}\r\n{data}\r\n", data.len()))
+    Step::chunk(data)
 }
 
 fn end_of_body() -> Step {
-    write("0\r\n\r\n")
+    Step::end_of_body()
 }
 
 fn json_response(status: &str, extra_headers: &str, body: &str) -> Step {
@@ -244,7 +154,7 @@ async fn consecutive_chats_reuse_one_connection() {
         // The end of the body is read after `Done` has been handed out, off the caller's path.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
@@ -262,13 +172,13 @@ async fn a_chat_sent_right_after_the_last_one_ended_reuses_its_connection() {
         let events = collect(&provider).await;
         assert!(matches!(events.last(), Some(Ok(ChatEvent::Done(_)))), "{events:?}");
     }
-    assert_eq!(server.connections.load(Ordering::SeqCst), 1, "each request waited for the connection to be back");
+    assert_eq!(server.connections(), 1, "each request waited for the connection to be back");
 }
 
 #[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
     let (closed_tx, closed_rx) = oneshot::channel();
-    let script = vec![write(STREAM_HEAD), chunk(&delta_line("one")), Step::AwaitClientClose(closed_tx)];
+    let script = vec![write(STREAM_HEAD), chunk(&delta_line("one")), Step::AwaitClientClose(Some(closed_tx))];
     let server = Server::start(vec![script]).await;
     let provider = server.provider();
 
@@ -346,7 +256,7 @@ async fn a_dropped_connection_is_interrupted() {
     let [Ok(ChatEvent::Delta(_)), Err(ProviderError::Interrupted(message))] = &events[..] else {
         panic!("unexpected events: {events:?}")
     };
-    assert!(message.contains("connection lost") && message.contains(&server.base_url), "{message}");
+    assert!(message.contains("connection lost") && message.contains(&server.base_url()), "{message}");
 }
 
 #[tokio::test]
@@ -359,7 +269,7 @@ async fn a_final_line_without_newline_still_completes() {
 
 #[tokio::test]
 async fn a_refused_connection_is_unreachable_and_names_the_server() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let provider = OllamaProvider::new(OllamaConfig {
