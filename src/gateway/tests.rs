@@ -851,11 +851,9 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
     }
 }
 
-/// A call waiting in an instance's queue at the hard stop ends with SHUTTING_DOWN too: the running
-/// call ends at the hard stop and frees its place, and the queued call then stops before it
-/// reaches the upstream (the queue wait itself does not watch the hard stop).
-#[tokio::test(start_paused = true)]
-async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
+/// An instance with one place and a queue of one, whose upstream answers one word and then hangs;
+/// the gateway's hard stop.
+fn one_place_held_forever() -> (Arc<Scripted>, Gateway, CancellationToken) {
     let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
     let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
     let patient = tuned(instance("a", &provider), |i| {
@@ -863,6 +861,14 @@ async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
         i.policy.idle_timeout = secs(3600);
     });
     let (gw, hard_stop) = gateway(vec![patient], &[]);
+    (provider, gw, hard_stop)
+}
+
+/// A call waiting in an instance's queue at the hard stop ends with SHUTTING_DOWN too, as does the
+/// running call it waits for, and neither is retried or reaches the upstream again.
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
+    let (provider, gw, hard_stop) = one_place_held_forever();
     let start = Instant::now();
     let running = async { complete(&gw, "a/m", call(None)).await };
     let queued = async {
@@ -885,13 +891,7 @@ async fn a_call_queued_at_the_hard_stop_ends_with_shutting_down() {
 /// for is not being read (its client is slow), and so cannot free its place.
 #[tokio::test(start_paused = true)]
 async fn the_hard_stop_ends_a_queued_call_whose_running_call_is_not_read() {
-    let provider = Scripted::new([Step::Accept(vec![Item::Delta("held"), Item::Hang])]);
-    let limit = Some(ConcurrencyLimit::new(1, 1, secs(60)));
-    let patient = tuned(instance("a", &provider), |i| {
-        i.state.limit = limit;
-        i.policy.idle_timeout = secs(3600);
-    });
-    let (gw, hard_stop) = gateway(vec![patient], &[]);
+    let (provider, gw, hard_stop) = one_place_held_forever();
     // Started, holding the instance's only place, and never polled again.
     let _running = started(chat(&gw, request("a/m"), call(None), STREAMED).await);
     let start = Instant::now();
