@@ -295,7 +295,7 @@ mod tests {
         let k = Arc::new(key(None));
         let now = Instant::now();
         let reservation = Caller(k.clone()).reserve_at(["x"], Some(1), now).unwrap();
-        reservation.settle_at(&Usage { input_tokens: 15, output_tokens: 10 }, now);
+        reservation.settle_at(&Usage { input_tokens: 15, output_tokens: 10, ..Default::default() }, now);
         let err = k.admit(true, now).unwrap_err();
         assert!(matches!(err, GatewayError::KeyLimited { limit: KeyLimit::TokensPerMinute(10), .. }), "{err:?}");
         assert!(k.admit(false, now).is_ok());
@@ -328,11 +328,11 @@ mod tests {
         // No max_tokens: the key's default (4) plus the prompt's 1.
         assert_eq!(token_limited(caller.reserve_at(["a"], None, t0)), std::time::Duration::from_secs(18));
         // The first used 1 of its 4: 3 come back, so 5 are left.
-        first.settle_at(&Usage { input_tokens: 1, output_tokens: 0 }, t0);
+        first.settle_at(&Usage { input_tokens: 1, output_tokens: 0, ..Default::default() }, t0);
         let third = caller.reserve_at(["a"], None, t0).unwrap();
         assert!(caller.reserve_at(["a"], Some(0), t0).is_err());
         // The second used 9 of its 4: the 5 over are a debt (-5).
-        second.settle_at(&Usage { input_tokens: 4, output_tokens: 5 }, t0);
+        second.settle_at(&Usage { input_tokens: 4, output_tokens: 5, ..Default::default() }, t0);
         // A call cancelled before any usage gives its whole reservation back (0).
         drop(third);
         assert_eq!(token_limited(caller.reserve_at(["a"], Some(0), t0)), std::time::Duration::from_secs(6));

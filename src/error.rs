@@ -537,6 +537,7 @@ fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize
     let provider = &target.provider;
     let endpoint = &target.endpoint;
     let retry_after = error.retry_after();
+    let mut unsupported = None;
     let (code, reason, message) = match error {
         ProviderError::InvalidRequest(msg) => (
             Code::InvalidArgument,
@@ -610,8 +611,24 @@ fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize
             "UPSTREAM_PROTOCOL_ERROR",
             format!("provider '{provider}' sent a response this server cannot read for {name}: {msg}"),
         ),
+        ProviderError::Unsupported { feature, message } => {
+            unsupported = Some(feature);
+            (
+                Code::FailedPrecondition,
+                "FEATURE_UNSUPPORTED",
+                format!(
+                    "model '{name}' cannot do {} ({message}); call GetModel for what it supports, and send the request \
+                     to a model whose capabilities list '{}'",
+                    feature.describe(),
+                    feature.as_str()
+                ),
+            )
+        }
     };
     let mut metadata = target_metadata(target);
+    if let Some(feature) = unsupported {
+        metadata.insert("feature".into(), feature.as_str().into());
+    }
     metadata.insert("chunks_sent".into(), chunks_sent.to_string());
     let mut d = details(reason, metadata);
     if let Some(delay) = retry_after {

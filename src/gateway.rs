@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use copilot_provider::{ChatEvent, ChatRequest, ChatStream, Completion, ModelInfo, ProviderError};
+mod turn;
+
+use copilot_provider::{
+    ChatEvent, ChatRequest, ChatStream, Completion, ModelInfo, ProviderError, ThinkingDelta, ToolCallDelta,
+};
 use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -34,6 +38,9 @@ pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
     Delta(String),
+    /// A piece of a tool call: the first of an index with its id and name, later ones without.
+    ToolCall(ToolCallDelta),
+    Thinking(ThinkingDelta),
     Done(Summary),
 }
 
@@ -144,6 +151,12 @@ impl Gateway {
         fallback_reason: Option<String>,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
         let instance = &target.instance;
+        if let Some(feature) = request.needs().first_missing(instance.provider.features()) {
+            // Refused here rather than sent: the adapter would have to drop what it cannot say.
+            let message = format!("provider '{}' cannot translate it", instance.name);
+            let error = ProviderError::Unsupported { feature, message };
+            return Err(Outcome::FallBack(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }));
+        }
         let mut last_error: Option<GatewayError> = None;
         for attempt in 0..=instance.policy.retries {
             let (kind, reason) = match (&last_error, &fallback_reason) {
@@ -277,6 +290,10 @@ impl Gateway {
             model: target.model.clone(),
             messages: request.messages.clone(),
             options: with_defaults(request.options.clone(), &instance.defaults),
+            tools: request.tools.clone(),
+            tool_choice: request.tool_choice.clone(),
+            response_format: request.response_format.clone(),
+            reasoning: request.reasoning,
             trace_context: observe::trace_context(attempt_span),
         };
         let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
@@ -391,6 +408,8 @@ fn classify(error: &GatewayError) -> Verdict {
             ProviderError::Unauthorized(_) | ProviderError::Protocol(_) | ProviderError::ModelUnusable(_) => {
                 verdict(false, true, true)
             }
+            // This model cannot; another may. Not ill health.
+            ProviderError::Unsupported { .. } => verdict(false, true, false),
         },
         // Too slow to start: another attempt here would likely be as slow.
         GatewayError::UpstreamTimeout { .. } => verdict(false, true, true),
@@ -482,6 +501,7 @@ fn relay(
         let stop = hard_stop.cancelled_owned();
         tokio::pin!(stop);
         let mut pending = Some(first);
+        let mut turn = turn::Turn::default();
         loop {
             let next = match pending.take() {
                 Some(event) => Ok(Some(Ok(event))),
@@ -499,34 +519,56 @@ fn relay(
                     }
                 },
             };
-            match next {
-                Ok(Some(Ok(ChatEvent::Delta(text)))) => {
-                    // Checked before the text is passed on, so a Generate never holds more than
-                    // the limit; breaking out drops the upstream stream, which cancels its request.
-                    bytes_sent = bytes_sent.saturating_add(text.len());
-                    let chunk_bytes = match limit {
-                        ResponseLimit::Chunk(max) => (text.len() > max).then_some(Some(text.len())),
-                        ResponseLimit::Total(max) => (bytes_sent > max).then_some(None),
-                    };
-                    if let Some(chunk_bytes) = chunk_bytes {
-                        let limit = limit.bytes();
-                        let error = GatewayError::ResponseTooLarge { target: target.name(), limit, chunk_bytes };
-                        attempt.failed(&error);
-                        yield Err(error);
+            let event = match next {
+                Ok(Some(Ok(ChatEvent::ToolCall(delta)))) => match turn.tool_call(delta) {
+                    Ok(delta) => Ok(Some(Ok(ChatEvent::ToolCall(delta)))),
+                    Err(error) => Ok(Some(Err(error))),
+                },
+                other => other,
+            };
+            match event {
+                Ok(Some(Ok(event))) => match output(event) {
+                    Upstream::End(mut completion) => {
+                        let (owed, reason) = turn.finish(completion.finish_reason);
+                        completion.finish_reason = reason;
+                        for delta in owed {
+                            attempt.tool_call(Instant::now(), &delta);
+                            yield Ok(GatewayEvent::ToolCall(delta));
+                        }
+                        let summary = summarize(&target, &call, first_token_at, completion);
+                        attempt.completed(&summary, &call);
+                        yield Ok(GatewayEvent::Done(summary));
                         break;
                     }
-                    last_progress = Instant::now();
-                    first_token_at.get_or_insert(last_progress);
-                    chunks_sent += 1;
-                    attempt.chunk(last_progress, &text);
-                    yield Ok(GatewayEvent::Delta(text));
-                }
-                Ok(Some(Ok(ChatEvent::Done(completion)))) => {
-                    let summary = summarize(&target, &call, first_token_at, completion);
-                    attempt.completed(&summary, &call);
-                    yield Ok(GatewayEvent::Done(summary));
-                    break;
-                }
+                    Upstream::Output(output) => {
+                        // Checked before the output is passed on, so a Generate never holds more
+                        // than the limit; breaking out drops the upstream stream, which cancels
+                        // its request.
+                        let size = output_bytes(&output);
+                        bytes_sent = bytes_sent.saturating_add(size);
+                        let chunk_bytes = match limit {
+                            ResponseLimit::Chunk(max) => (size > max).then_some(Some(size)),
+                            ResponseLimit::Total(max) => (bytes_sent > max).then_some(None),
+                        };
+                        if let Some(chunk_bytes) = chunk_bytes {
+                            let limit = limit.bytes();
+                            let error = GatewayError::ResponseTooLarge { target: target.name(), limit, chunk_bytes };
+                            attempt.failed(&error);
+                            yield Err(error);
+                            break;
+                        }
+                        last_progress = Instant::now();
+                        first_token_at.get_or_insert(last_progress);
+                        chunks_sent += 1;
+                        match &output {
+                            GatewayEvent::Delta(text) => attempt.chunk(last_progress, text),
+                            GatewayEvent::ToolCall(delta) => attempt.tool_call(last_progress, delta),
+                            GatewayEvent::Thinking(delta) => attempt.thinking(last_progress, delta),
+                            GatewayEvent::Done(_) => {}
+                        }
+                        yield Ok(output);
+                    }
+                },
                 Ok(Some(Err(error))) => {
                     let error = GatewayError::Provider { target: target.name(), error, chunks_sent };
                     attempt.failed(&error);
@@ -547,6 +589,37 @@ fn relay(
                 }
             }
         }
+    }
+}
+
+/// An upstream event: output as clients get it, or the completion that ends the stream.
+enum Upstream {
+    Output(GatewayEvent),
+    End(Completion),
+}
+
+fn output(event: ChatEvent) -> Upstream {
+    match event {
+        ChatEvent::Delta(text) => Upstream::Output(GatewayEvent::Delta(text)),
+        ChatEvent::ToolCall(delta) => Upstream::Output(GatewayEvent::ToolCall(delta)),
+        ChatEvent::Thinking(delta) => Upstream::Output(GatewayEvent::Thinking(delta)),
+        ChatEvent::Done(completion) => Upstream::End(completion),
+    }
+}
+
+/// The bytes an output event adds to the reply, for `limits.max_response_bytes`.
+fn output_bytes(event: &GatewayEvent) -> usize {
+    match event {
+        GatewayEvent::Delta(text) => text.len(),
+        GatewayEvent::ToolCall(delta) => {
+            delta.arguments.len()
+                + delta.signature.len()
+                + delta.id.as_ref().map_or(0, String::len)
+                + delta.name.as_ref().map_or(0, String::len)
+        }
+        GatewayEvent::Thinking(ThinkingDelta::Text(text)) => text.len(),
+        GatewayEvent::Thinking(ThinkingDelta::Signature(bytes) | ThinkingDelta::Redacted(bytes)) => bytes.len(),
+        GatewayEvent::Done(_) => 0,
     }
 }
 

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copilot_provider::{Completion, FinishReason};
+use copilot_provider::{AssembledTurn, Completion, FinishReason, Part, ThinkingDelta};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -47,7 +47,11 @@ fn reserve(
     valid: &validate::ValidRequest,
 ) -> Result<Option<Reservation>, Status> {
     let Some(caller) = caller else { return Ok(None) };
-    let prompt = valid.messages.iter().map(|message| message.content.as_str());
+    let prompt = valid.messages.iter().flat_map(|message| message.parts.iter()).filter_map(|part| match part {
+        Part::Text(text) => Some(text.as_str()),
+        Part::ToolCall(call) => Some(call.arguments.as_str()),
+        _ => None,
+    });
     let max_tokens = valid.options.max_tokens.or_else(|| plan.default_max_tokens());
     Ok(Some(caller.reserve(prompt, max_tokens)?))
 }
@@ -66,13 +70,31 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
         let events = self.gateway.chat(&plan, valid, call, limit).await?;
         futures::pin_mut!(events);
-        let mut text = String::new();
+        let mut turn = AssembledTurn::default();
         while let Some(event) = events.next().await {
             match event? {
-                GatewayEvent::Delta(delta) => text.push_str(&delta),
+                GatewayEvent::Delta(delta) => turn.text(&delta),
+                GatewayEvent::ToolCall(delta) => turn.tool_call(&delta),
+                GatewayEvent::Thinking(delta) => turn.thinking(&delta),
                 GatewayEvent::Done(summary) => {
                     if let Some(reservation) = reservation.take() {
                         reservation.settle(&summary.completion.usage);
+                    }
+                    let message = pb::Message {
+                        role: pb::Role::Assistant as i32,
+                        parts: turn.into_parts().into_iter().map(part).collect(),
+                        ..Default::default()
+                    };
+                    let mut text = String::new();
+                    let mut thinking = String::new();
+                    let mut tool_calls = Vec::new();
+                    for part in &message.parts {
+                        match &part.kind {
+                            Some(pb::part::Kind::Text(piece)) => text.push_str(piece),
+                            Some(pb::part::Kind::Thinking(piece)) => thinking.push_str(&piece.text),
+                            Some(pb::part::Kind::ToolCall(call)) => tool_calls.push(call.clone()),
+                            Some(pb::part::Kind::Image(_)) | None => {}
+                        }
                     }
                     return Ok(Response::new(pb::GenerateResponse {
                         text,
@@ -80,6 +102,9 @@ impl pb::copilot_server::Copilot for CopilotApi {
                         finish_reason: finish_reason(&summary.completion) as i32,
                         usage: Some(usage(&summary.completion)),
                         timing: Some(timing(&summary)),
+                        message: Some(message),
+                        tool_calls,
+                        thinking,
                     }));
                 }
             }
@@ -101,16 +126,28 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let events = self.gateway.chat(&plan, valid, call, limit).await?;
         let responses = events.map(move |event| match event {
             Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
+            Ok(GatewayEvent::ToolCall(delta)) => {
+                Ok(pb::ChatResponse { tool_calls: vec![tool_call_delta(delta)], ..Default::default() })
+            }
+            Ok(GatewayEvent::Thinking(ThinkingDelta::Text(thinking))) => {
+                Ok(pb::ChatResponse { thinking, ..Default::default() })
+            }
+            Ok(GatewayEvent::Thinking(ThinkingDelta::Signature(thinking_signature))) => {
+                Ok(pb::ChatResponse { thinking_signature, ..Default::default() })
+            }
+            Ok(GatewayEvent::Thinking(ThinkingDelta::Redacted(redacted_thinking))) => {
+                Ok(pb::ChatResponse { redacted_thinking, ..Default::default() })
+            }
             Ok(GatewayEvent::Done(summary)) => {
                 if let Some(reservation) = reservation.take() {
                     reservation.settle(&summary.completion.usage);
                 }
                 Ok(pb::ChatResponse {
-                    content: String::new(),
                     model: summary.model.clone(),
                     finish_reason: finish_reason(&summary.completion) as i32,
                     usage: Some(usage(&summary.completion)),
                     timing: Some(timing(&summary)),
+                    ..Default::default()
                 })
             }
             Err(error) => Err(Status::from(error)),
@@ -170,11 +207,56 @@ fn finish_reason(completion: &Completion) -> pb::FinishReason {
         FinishReason::Stop => pb::FinishReason::Stop,
         FinishReason::Length => pb::FinishReason::Length,
         FinishReason::ContentFilter => pb::FinishReason::ContentFilter,
+        FinishReason::ToolCalls => pb::FinishReason::ToolCalls,
     }
 }
 
 fn usage(completion: &Completion) -> pb::Usage {
-    pb::Usage { input_tokens: completion.usage.input_tokens, output_tokens: completion.usage.output_tokens }
+    let usage = &completion.usage;
+    pb::Usage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        cached_input_tokens: usage.cached_input_tokens,
+    }
+}
+
+fn tool_call_delta(delta: copilot_provider::ToolCallDelta) -> pb::ToolCallDelta {
+    pb::ToolCallDelta {
+        index: delta.index,
+        id: delta.id.unwrap_or_default(),
+        name: delta.name.unwrap_or_default(),
+        arguments_json: delta.arguments,
+        signature: delta.signature,
+    }
+}
+
+/// A part of an answer, as `GenerateResponse.message` holds it.
+fn part(part: Part) -> pb::Part {
+    use pb::part::Kind;
+    let kind = match part {
+        Part::Text(text) => Kind::Text(text),
+        Part::ToolCall(call) => Kind::ToolCall(pb::ToolCall {
+            id: call.id,
+            name: call.name,
+            arguments_json: call.arguments,
+            signature: call.signature,
+        }),
+        Part::Thinking(thinking) => Kind::Thinking(pb::Thinking {
+            text: thinking.text,
+            signature: thinking.signature,
+            redacted: thinking.redacted,
+        }),
+        // Answers hold no images; were one to, it would go back as it came.
+        Part::Image(image) => Kind::Image(pb::Image {
+            source: Some(match image.source {
+                copilot_provider::ImageSource::Data(data) => pb::image::Source::Data(data),
+                copilot_provider::ImageSource::Url(url) => pb::image::Source::Url(url),
+            }),
+            mime_type: image.mime_type,
+        }),
+    };
+    pb::Part { kind: Some(kind) }
 }
 
 fn timing(summary: &Summary) -> pb::Timing {

@@ -1,7 +1,9 @@
 //! Turns proto requests into validated domain requests, once, at the edge. Nothing past this
 //! module sees an unchecked request; every problem becomes a field violation a person can act on.
 
-use copilot_provider::{GenerationOptions, Message, Role};
+mod content;
+
+use copilot_provider::{GenerationOptions, Message, Reasoning, ResponseFormat, Role, Tool, ToolChoice};
 use tonic_types::FieldViolation;
 
 use crate::config::LimitsConfig;
@@ -47,12 +49,57 @@ fn check_model_name(model: &str, violations: &mut Vec<FieldViolation>) {
     }
 }
 
+pub use content::{MAX_IMAGES, MAX_TOOLS, sniff_image};
+
 /// A checked chat request, before routing: `model` is still the client's name for it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ValidRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub options: GenerationOptions,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub response_format: ResponseFormat,
+    pub reasoning: Option<Reasoning>,
+}
+
+impl ValidRequest {
+    /// What the request asks beyond text, which a target's adapter must be able to translate.
+    pub fn needs(&self) -> copilot_provider::Features {
+        copilot_provider::features_needed(
+            &self.messages,
+            &self.tools,
+            self.tool_choice.as_ref(),
+            &self.response_format,
+            self.reasoning,
+        )
+    }
+}
+
+/// What both methods may ask beyond text, checked.
+struct Asks {
+    tools: Vec<Tool>,
+    tool_choice: Option<ToolChoice>,
+    response_format: ResponseFormat,
+    reasoning: Option<Reasoning>,
+}
+
+fn asks(
+    tools: Vec<pb::Tool>,
+    tool_choice: Option<pb::ToolChoice>,
+    response_format: Option<pb::ResponseFormat>,
+    reasoning: Option<pb::Reasoning>,
+    violations: &mut Vec<FieldViolation>,
+) -> Asks {
+    let v = &mut content::Violations(violations);
+    let tools = content::tools(tools, v);
+    let tool_choice = content::tool_choice(tool_choice, &tools, v);
+    Asks {
+        tool_choice,
+        tools,
+        response_format: content::response_format(response_format, v),
+        reasoning: content::reasoning(reasoning, v),
+    }
 }
 
 pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
@@ -63,13 +110,22 @@ pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<V
     }
     check_prompt_size("prompt", [request.prompt.as_str(), request.system.as_str()], limits, &mut violations);
     let options = options(request.options, &mut violations);
+    let asks = asks(request.tools, request.tool_choice, request.response_format, request.reasoning, &mut violations);
     finish(violations)?;
     let mut messages = Vec::with_capacity(2);
     if !request.system.trim().is_empty() {
-        messages.push(Message { role: Role::System, content: request.system });
+        messages.push(Message::text(Role::System, request.system));
     }
-    messages.push(Message { role: Role::User, content: request.prompt });
-    Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
+    messages.push(Message::text(Role::User, request.prompt));
+    Ok(ValidRequest {
+        model: request.model.trim().to_string(),
+        messages,
+        options,
+        tools: asks.tools,
+        tool_choice: asks.tool_choice,
+        response_format: asks.response_format,
+        reasoning: asks.reasoning,
+    })
 }
 
 pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
@@ -89,38 +145,58 @@ pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequ
             ),
         )]));
     }
-    check_prompt_size("messages", request.messages.iter().map(|m| m.content.as_str()), limits, &mut violations);
+    check_prompt_size("messages", request.messages.iter().flat_map(content::texts), limits, &mut violations);
     let mut messages = Vec::with_capacity(request.messages.len());
+    let mut conversation = content::Conversation::default();
     for (i, message) in request.messages.into_iter().enumerate() {
         let role = match pb::Role::try_from(message.role) {
             Ok(pb::Role::System) => Some(Role::System),
             Ok(pb::Role::User) => Some(Role::User),
             Ok(pb::Role::Assistant) => Some(Role::Assistant),
+            Ok(pb::Role::Tool) => Some(Role::Tool),
             Ok(pb::Role::Unspecified) => {
                 violations.push(FieldViolation::new(
                     format!("messages[{i}].role"),
-                    "must be set to ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
+                    "must be set to ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
                 ));
                 None
             }
             Err(_) => {
                 violations.push(FieldViolation::new(
                     format!("messages[{i}].role"),
-                    format!("{} is not a known role; use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT", message.role),
+                    format!(
+                        "{} is not a known role; use ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
+                        message.role
+                    ),
                 ));
                 None
             }
         };
-        if message.content.trim().is_empty() {
-            violations.push(FieldViolation::new(format!("messages[{i}].content"), "must not be empty"));
-        }
-        if let Some(role) = role {
-            messages.push(Message { role, content: message.content });
+        match role {
+            Some(role) => {
+                let v = &mut content::Violations(&mut violations);
+                if let Some(message) = content::message(i, role, message, &mut conversation, v) {
+                    messages.push(message);
+                }
+            }
+            None if message.content.trim().is_empty() && message.parts.is_empty() => {
+                violations.push(FieldViolation::new(format!("messages[{i}].content"), "must not be empty"));
+            }
+            None => {}
         }
     }
     let options = options(request.options, &mut violations);
+    let asks = asks(request.tools, request.tool_choice, request.response_format, request.reasoning, &mut violations);
     finish(violations)?;
-    Ok(ValidRequest { model: request.model.trim().to_string(), messages, options })
+    Ok(ValidRequest {
+        model: request.model.trim().to_string(),
+        messages,
+        options,
+        tools: asks.tools,
+        tool_choice: asks.tool_choice,
+        response_format: asks.response_format,
+        reasoning: asks.reasoning,
+    })
 }
 
 /// The prompt's total length in characters against `limits.max_prompt_chars`.
@@ -224,11 +300,12 @@ mod tests {
             prompt: "Hi".into(),
             system: "Be brief".into(),
             options: None,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(valid.model, "ollama/llama3.2");
-        assert_eq!(valid.messages[0], Message { role: Role::System, content: "Be brief".into() });
-        assert_eq!(valid.messages[1], Message { role: Role::User, content: "Hi".into() });
+        assert_eq!(valid.messages[0], Message::text(Role::System, "Be brief"));
+        assert_eq!(valid.messages[1], Message::text(Role::User, "Hi"));
     }
 
     #[test]
@@ -274,9 +351,9 @@ mod tests {
     fn chat_checks_every_message() {
         let err = chat(pb::ChatRequest {
             messages: vec![
-                pb::Message { role: pb::Role::User as i32, content: "ok".into() },
-                pb::Message { role: pb::Role::Unspecified as i32, content: "x".into() },
-                pb::Message { role: 42, content: "".into() },
+                pb::Message { role: pb::Role::User as i32, content: "ok".into(), ..Default::default() },
+                pb::Message { role: pb::Role::Unspecified as i32, content: "x".into(), ..Default::default() },
+                pb::Message { role: 42, content: "".into(), ..Default::default() },
             ],
             ..Default::default()
         })
@@ -288,7 +365,8 @@ mod tests {
     #[test]
     fn prompt_length_counts_characters_over_every_message() {
         let limits = LimitsConfig { max_prompt_chars: 5, max_messages: 2, ..LimitsConfig::default() };
-        let message = |content: &str| pb::Message { role: pb::Role::User as i32, content: content.into() };
+        let message =
+            |content: &str| pb::Message { role: pb::Role::User as i32, content: content.into(), ..Default::default() };
         let request = |contents: &[&str]| pb::ChatRequest {
             messages: contents.iter().map(|c| message(c)).collect(),
             ..Default::default()
@@ -312,7 +390,7 @@ mod tests {
     #[test]
     fn options_pass_through() {
         let valid = chat(pb::ChatRequest {
-            messages: vec![pb::Message { role: pb::Role::User as i32, content: "hi".into() }],
+            messages: vec![pb::Message { role: pb::Role::User as i32, content: "hi".into(), ..Default::default() }],
             options: Some(pb::GenerationOptions {
                 temperature: Some(0.0),
                 max_tokens: Some(5),

@@ -128,7 +128,7 @@ impl Provider for Scripted {
                     Item::Wait(pause) => sleep(pause).await,
                     Item::Delta(text) => yield Ok(ChatEvent::Delta(text.to_string())),
                     Item::Done(output_tokens) => {
-                        let usage = Usage { input_tokens: 1, output_tokens };
+                        let usage = Usage { input_tokens: 1, output_tokens, ..Default::default() };
                         yield Ok(ChatEvent::Done(Completion { usage, ..Completion::default() }));
                     }
                     Item::Fail(error) => {
@@ -204,11 +204,7 @@ async fn chat(
 }
 
 fn request(model: &str) -> ValidRequest {
-    ValidRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User, content: "hi".into() }],
-        options: Default::default(),
-    }
+    ValidRequest { model: model.into(), messages: vec![Message::text(Role::User, "hi")], ..Default::default() }
 }
 
 /// A call arriving now, with the given `grpc-timeout`.
@@ -253,6 +249,15 @@ async fn drain(
     while let Some(item) = stream.next().await {
         match item {
             Ok(GatewayEvent::Delta(delta)) => text.push_str(&delta),
+            // Written into the text so a test sees them in order among it.
+            Ok(GatewayEvent::ToolCall(delta)) => text.push_str(&format!(
+                "[call {} {} {} {}]",
+                delta.index,
+                delta.id.as_deref().unwrap_or("-"),
+                delta.name.as_deref().unwrap_or("-"),
+                delta.arguments
+            )),
+            Ok(GatewayEvent::Thinking(delta)) => text.push_str(&format!("[thinking {delta:?}]")),
             Ok(GatewayEvent::Done(summary)) => {
                 assert!(stream.next().await.is_none(), "nothing follows Done");
                 return (text, Ok(summary));

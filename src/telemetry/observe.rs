@@ -10,7 +10,7 @@
 //! `copilot.time_to_first_token` (s, from the call's arrival), `copilot.output_tokens_per_second`,
 //! `copilot.provider.instance`, `copilot.attempt.{number,kind,reason,outcome}`.
 
-use copilot_provider::{FinishReason, ProviderError, Role};
+use copilot_provider::{AssembledTurn, FinishReason, Message, Part, ProviderError, Role, ThinkingDelta, ToolCallDelta};
 use opentelemetry::propagation::Injector;
 use opentelemetry::{KeyValue, StringValue, Value};
 use tokio::time::Instant;
@@ -74,16 +74,26 @@ pub fn attempt_span(
         let system: Vec<_> = request.messages.iter().filter(|m| m.role == Role::System).collect();
         if !system.is_empty() {
             let parts: Vec<_> =
-                system.iter().map(|m| serde_json::json!({"type": "text", "content": m.content})).collect();
+                system.iter().map(|m| serde_json::json!({"type": "text", "content": m.content()})).collect();
             span.set_attribute("gen_ai.system_instructions", serde_json::Value::from(parts).to_string());
         }
-        let input: Vec<_> = request
-            .messages
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .map(|m| serde_json::json!({"role": m.role.as_str(), "parts": [{"type": "text", "content": m.content}]}))
-            .collect();
+        let input: Vec<_> = request.messages.iter().filter(|m| m.role != Role::System).map(message_json).collect();
         span.set_attribute("gen_ai.input.messages", serde_json::Value::from(input).to_string());
+        if !request.tools.is_empty() {
+            let tools: Vec<_> = request
+                .tools
+                .iter()
+                .map(|tool| {
+                    serde_json::json!({
+                        "type": "function",
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": tool.parameters.as_deref().map(json_or_text),
+                    })
+                })
+                .collect();
+            span.set_attribute("gen_ai.tool.definitions", serde_json::Value::from(tools).to_string());
+        }
     }
     span
 }
@@ -106,6 +116,43 @@ pub fn trace_context(span: &tracing::Span) -> Vec<(String, String)> {
     headers.0
 }
 
+/// A message as the GenAI conventions' `gen_ai.input.messages` write it.
+fn message_json(message: &Message) -> serde_json::Value {
+    if message.role == Role::Tool {
+        let id = message.tool_call_id.as_deref().unwrap_or_default();
+        let part = serde_json::json!({"type": "tool_call_response", "id": id, "result": message.content()});
+        return serde_json::json!({"role": "tool", "parts": [part]});
+    }
+    serde_json::json!({"role": message.role.as_str(), "parts": parts_json(&message.parts)})
+}
+
+/// Parts as the conventions write them. Images are described, not copied: a trace is no place
+/// for megabytes of pixels.
+fn parts_json(parts: &[Part]) -> Vec<serde_json::Value> {
+    use copilot_provider::ImageSource;
+    parts
+        .iter()
+        .map(|part| match part {
+            Part::Text(text) => serde_json::json!({"type": "text", "content": text}),
+            Part::ToolCall(call) => serde_json::json!({
+                "type": "tool_call", "id": call.id, "name": call.name, "arguments": json_or_text(&call.arguments),
+            }),
+            Part::Thinking(thinking) => serde_json::json!({"type": "reasoning", "content": thinking.text}),
+            Part::Image(image) => match &image.source {
+                ImageSource::Url(url) => serde_json::json!({"type": "uri", "modality": "image", "uri": url}),
+                ImageSource::Data(data) => serde_json::json!({
+                    "type": "blob", "modality": "image", "mime_type": image.mime_type, "size": data.len(),
+                }),
+            },
+        })
+        .collect()
+}
+
+/// JSON text as a value where it parses, else as the text itself.
+fn json_or_text(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
 /// A low-cardinality name for what went wrong, for `error.type`.
 pub fn error_type(error: &GatewayError) -> String {
     match error {
@@ -122,6 +169,7 @@ pub fn error_type(error: &GatewayError) -> String {
             ProviderError::MidStream(_) => "mid_stream_error".into(),
             ProviderError::Interrupted(_) => "interrupted".into(),
             ProviderError::Protocol(_) => "protocol_error".into(),
+            ProviderError::Unsupported { .. } => "feature_unsupported".into(),
         },
         GatewayError::DeadlineExceeded { .. } => "deadline_exceeded".into(),
         GatewayError::UpstreamTimeout { .. } => "timeout".into(),
@@ -157,20 +205,20 @@ pub struct Attempt {
     attributes: Option<Vec<KeyValue>>,
     in_process: bool,
     last_chunk: Option<Instant>,
-    /// The completion text, kept only when content capture is on.
-    output: Option<String>,
+    /// The answer, kept only when content capture is on.
+    output: Option<AssembledTurn>,
 }
 
 impl Attempt {
     pub fn new(span: tracing::Span, target: &Target, started: Instant) -> Self {
         let instance = &target.instance;
         let attributes = metrics_enabled().then(|| metric_attributes(target));
-        let output = capture_message_content().then(String::new);
+        let output = capture_message_content().then(AssembledTurn::default);
         Self { span, started, attributes, in_process: instance.labels.in_process, last_chunk: None, output }
     }
 
-    /// A chunk of output arrived.
-    pub fn chunk(&mut self, at: Instant, text: &str) {
+    /// Output arrived: a chunk for the metrics.
+    fn progress(&mut self, at: Instant) {
         if let Some(attributes) = &self.attributes {
             let m = metrics();
             match self.last_chunk {
@@ -179,8 +227,29 @@ impl Attempt {
             }
             self.last_chunk = Some(at);
         }
+    }
+
+    /// A piece of text arrived.
+    pub fn chunk(&mut self, at: Instant, text: &str) {
+        self.progress(at);
         if let Some(output) = &mut self.output {
-            output.push_str(text);
+            output.text(text);
+        }
+    }
+
+    /// A piece of a tool call arrived.
+    pub fn tool_call(&mut self, at: Instant, delta: &ToolCallDelta) {
+        self.progress(at);
+        if let Some(output) = &mut self.output {
+            output.tool_call(delta);
+        }
+    }
+
+    /// A piece of thinking arrived.
+    pub fn thinking(&mut self, at: Instant, delta: &ThinkingDelta) {
+        self.progress(at);
+        if let Some(output) = &mut self.output {
+            output.thinking(delta);
         }
     }
 
@@ -190,6 +259,7 @@ impl Attempt {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::ContentFilter => "content_filter",
+            FinishReason::ToolCalls => "tool_calls",
         };
         let span = &self.span;
         span.record("copilot.attempt.outcome", "completed");
@@ -199,6 +269,12 @@ impl Attempt {
         }
         span.record("gen_ai.usage.input_tokens", i64::from(completion.usage.input_tokens));
         span.record("gen_ai.usage.output_tokens", i64::from(completion.usage.output_tokens));
+        if let Some(tokens) = completion.usage.reasoning_tokens {
+            span.set_attribute("gen_ai.usage.reasoning.output_tokens", i64::from(tokens));
+        }
+        if let Some(tokens) = completion.usage.cached_input_tokens {
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", i64::from(tokens));
+        }
         span.set_attribute("gen_ai.response.finish_reasons", Value::Array(vec![StringValue::from(finish)].into()));
         if let Some(ttft) = summary.time_to_first_token {
             span.record("copilot.time_to_first_token", ttft.as_secs_f64());
@@ -207,7 +283,7 @@ impl Attempt {
         if let Some(output) = &self.output {
             let message = serde_json::json!([{
                 "role": "assistant",
-                "parts": [{"type": "text", "content": output}],
+                "parts": parts_json(output.parts()),
                 "finish_reason": finish,
             }]);
             span.set_attribute("gen_ai.output.messages", message.to_string());

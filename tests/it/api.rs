@@ -31,6 +31,7 @@ async fn generate_returns_the_whole_text_with_usage_and_timing() {
             prompt: "Say hello to the world".into(),
             system: "You are terse".into(),
             options: None,
+            ..Default::default()
         }),
     )
     .await
@@ -68,12 +69,13 @@ async fn chat_streams_each_chunk_then_a_final_message() {
     let request = ChatRequest {
         model: "ollama/llama3.2:3b".into(),
         messages: vec![
-            Message { role: Role::System as i32, content: "Answer in one line".into() },
+            Message { role: Role::System as i32, content: "Answer in one line".into(), ..Default::default() },
             user("What colour is the sky?"),
-            Message { role: Role::Assistant as i32, content: "Do you mean by day?".into() },
+            Message { role: Role::Assistant as i32, content: "Do you mean by day?".into(), ..Default::default() },
             user("Yes"),
         ],
         options: None,
+        ..Default::default()
     };
     let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
     let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
@@ -233,7 +235,12 @@ async fn calls_one_after_another_reuse_one_upstream_connection() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let opened = fake.connections_accepted();
     for round in 0..5 {
-        let request = ChatRequest { model: "ollama/llama3.2:3b".into(), messages: vec![user("hi")], options: None };
+        let request = ChatRequest {
+            model: "ollama/llama3.2:3b".into(),
+            messages: vec![user("hi")],
+            options: None,
+            ..Default::default()
+        };
         let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
         let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
         assert_eq!(messages.len(), 4, "round {round}: {messages:?}");

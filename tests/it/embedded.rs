@@ -60,8 +60,9 @@ async fn embedded(settings: &[(&str, &str)]) -> Copilot {
 fn ask(model: &str, content: &str, options: GenerationOptions) -> ChatRequest {
     ChatRequest {
         model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: content.into() }],
+        messages: vec![Message { role: Role::User as i32, content: content.into(), ..Default::default() }],
         options: Some(options),
+        ..Default::default()
     }
 }
 
@@ -242,11 +243,12 @@ async fn a_prompt_longer_than_the_context_is_refused_or_truncated() {
     let conversation = ChatRequest {
         model: QWEN.into(),
         messages: vec![
-            Message { role: Role::User as i32, content: long.clone() },
-            Message { role: Role::Assistant as i32, content: "ok".into() },
-            Message { role: Role::User as i32, content: "Hi".into() },
+            Message { role: Role::User as i32, content: long.clone(), ..Default::default() },
+            Message { role: Role::Assistant as i32, content: "ok".into(), ..Default::default() },
+            Message { role: Role::User as i32, content: "Hi".into(), ..Default::default() },
         ],
         options: Some(greedy(4)),
+        ..Default::default()
     };
     let mut stream = within(LIMIT, client.chat(conversation)).await.unwrap().into_inner();
     let mut last = None;

@@ -50,6 +50,7 @@ async fn chat_with_the_default_model(copilot: &Copilot) -> (String, String) {
         model: String::new(),
         messages: vec![user("How much energy did we use?")],
         options: Some(GenerationOptions { max_tokens: Some(16), ..Default::default() }),
+        ..Default::default()
     };
     chat_text_and_model(copilot, &mut client, request).await
 }

@@ -16,8 +16,12 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn chat(contents: &[&str]) -> ChatRequest {
     ChatRequest {
         model: "ollama/m".into(),
-        messages: contents.iter().map(|c| Message { role: Role::User as i32, content: c.to_string() }).collect(),
+        messages: contents
+            .iter()
+            .map(|c| Message { role: Role::User as i32, content: c.to_string(), ..Default::default() })
+            .collect(),
         options: None,
+        ..Default::default()
     }
 }
 

@@ -67,6 +67,25 @@ async fn the_node_example_calls_generate_streams_chat_and_handles_errors_and_dea
     check_example("node", &node, "check.js", "client.js").await;
 }
 
+/// `buf breaking` against the API as it last landed: the commit named in `proto/LANDED` (moved
+/// forward when a change to the proto lands), so old clients keep working.
+#[test]
+fn the_proto_stays_compatible_with_the_last_landed_one() {
+    let landed = std::fs::read_to_string(format!("{REPO}/proto/LANDED")).expect("read proto/LANDED");
+    let commit = landed.lines().find(|line| !line.starts_with('#') && !line.trim().is_empty()).expect("a commit");
+    let output = Command::new(tool("BUF", ".tools/node_modules/.bin/buf", "buf"))
+        .args(["breaking", "--against", &format!(".git#ref={}", commit.trim())])
+        .current_dir(REPO)
+        .output()
+        .expect("run buf (scripts/test installs it from npm: @bufbuild/buf)");
+    assert!(
+        output.status.success(),
+        "buf breaking found incompatible changes:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn the_proto_passes_buf_lint() {
     let output = Command::new(tool("BUF", ".tools/node_modules/.bin/buf", "buf"))

@@ -19,10 +19,11 @@ fn chat(model: &str, max_tokens: Option<u32>) -> ChatRequest {
     ChatRequest {
         model: model.into(),
         messages: vec![
-            Message { role: Role::System as i32, content: "Be brief.".into() },
-            Message { role: Role::User as i32, content: "Tell me about the sea".into() },
+            Message { role: Role::System as i32, content: "Be brief.".into(), ..Default::default() },
+            Message { role: Role::User as i32, content: "Tell me about the sea".into(), ..Default::default() },
         ],
         options: Some(GenerationOptions { max_tokens, temperature: Some(0.5), ..Default::default() }),
+        ..Default::default()
     }
 }
 

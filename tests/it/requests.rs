@@ -20,7 +20,7 @@ pub const HELLO: &str = "hello there";
 
 /// A user's message.
 pub fn user(content: &str) -> Message {
-    Message { role: Role::User as i32, content: content.into() }
+    Message { role: Role::User as i32, content: content.into(), ..Default::default() }
 }
 
 /// A Generate call for `model` with `prompt` and no options.
@@ -30,7 +30,7 @@ pub fn prompt(model: &str, prompt: &str) -> GenerateRequest {
 
 /// A Chat call for `model` with one user message and no options.
 pub fn chat(model: &str, content: &str) -> ChatRequest {
-    ChatRequest { model: model.into(), messages: vec![user(content)], options: None }
+    ChatRequest { model: model.into(), messages: vec![user(content)], options: None, ..Default::default() }
 }
 
 /// `message` as a call that presents `key` (`authorization: Bearer <key>`).

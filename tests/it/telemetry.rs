@@ -35,8 +35,13 @@ fn ollama_config(url: &str, extra: &str) -> String {
 fn chat_with_traceparent(model: &str) -> tonic::Request<ChatRequest> {
     let mut request = tonic::Request::new(ChatRequest {
         model: model.into(),
-        messages: vec![Message { role: Role::User as i32, content: "tell me a secret recipe".into() }],
+        messages: vec![Message {
+            role: Role::User as i32,
+            content: "tell me a secret recipe".into(),
+            ..Default::default()
+        }],
         options: Some(GenerationOptions { temperature: Some(0.5), max_tokens: Some(50), ..Default::default() }),
+        ..Default::default()
     });
     request.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse().unwrap());
     request

@@ -516,7 +516,7 @@ impl Provider for Echo {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let done = Completion {
             model: request.model,
-            usage: Usage { input_tokens: 1, output_tokens: 1 },
+            usage: Usage { input_tokens: 1, output_tokens: 1, ..Default::default() },
             ..Default::default()
         };
         Ok(Box::pin(futures::stream::iter([Ok(ChatEvent::Delta("echo".into())), Ok(ChatEvent::Done(done))])))

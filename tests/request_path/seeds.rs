@@ -13,12 +13,18 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let call = |method, framing, caller, payload: Vec<u8>| Call { method, framing, caller, payload }.to_input();
     let whole = |method, payload| call(method, Framing::Whole, Caller::Open, payload);
     let generate = |model: &str, prompt: &str, options| {
-        pb::GenerateRequest { model: model.into(), prompt: prompt.into(), system: "Be brief.".into(), options }
-            .encode_to_vec()
+        pb::GenerateRequest {
+            model: model.into(),
+            prompt: prompt.into(),
+            system: "Be brief.".into(),
+            options,
+            ..Default::default()
+        }
+        .encode_to_vec()
     };
-    let message = |role: i32, content: &str| pb::Message { role, content: content.into() };
+    let message = |role: i32, content: &str| pb::Message { role, content: content.into(), ..Default::default() };
     let chat = |model: &str, messages: Vec<pb::Message>| {
-        pb::ChatRequest { model: model.into(), messages, options: None }.encode_to_vec()
+        pb::ChatRequest { model: model.into(), messages, options: None, ..Default::default() }.encode_to_vec()
     };
     let user = |content: &str| message(pb::Role::User as i32, content);
     let options = |temperature| Some(pb::GenerationOptions { temperature: Some(temperature), ..Default::default() });

@@ -66,9 +66,14 @@ impl<'a> MessagesBody<'a> {
 
         let mut system: Option<Cow<'a, str>> = None;
         let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(request.messages.len());
-        for message in &request.messages {
-            let content = message.content.as_str();
-            match message.role {
+        let texts = request.messages.iter().flat_map(|message| {
+            message.parts.iter().filter_map(move |part| match part {
+                copilot_provider::Part::Text(text) => Some((message.role, text.as_str())),
+                _ => None,
+            })
+        });
+        for (role, content) in texts {
+            match role {
                 Role::System => append_paragraph(&mut system, content),
                 role => {
                     let role = role.as_str();
@@ -299,7 +304,11 @@ impl StreamState {
         Completion {
             finish_reason: self.finish_reason,
             model: self.model.clone(),
-            usage: Usage { input_tokens: saturate(self.input_tokens), output_tokens: saturate(self.output_tokens) },
+            usage: Usage {
+                input_tokens: saturate(self.input_tokens),
+                output_tokens: saturate(self.output_tokens),
+                ..Usage::default()
+            },
             timings: Default::default(),
             response_id: self.response_id.clone(),
         }
@@ -507,10 +516,7 @@ mod tests {
     fn request(messages: &[(Role, &str)], options: GenerationOptions) -> ChatRequest {
         ChatRequest {
             model: "claude-sonnet-4-5".into(),
-            messages: messages
-                .iter()
-                .map(|(role, content)| Message { role: *role, content: (*content).into() })
-                .collect(),
+            messages: messages.iter().map(|(role, content)| Message::text(*role, *content)).collect(),
             options,
             ..Default::default()
         }
@@ -665,7 +671,7 @@ mod tests {
             finish_reason: FinishReason::Length,
             model: "claude-sonnet-4-5-20250929".into(),
             // Cache reads and writes count as input; output counts are cumulative, not summed.
-            usage: Usage { input_tokens: 25, output_tokens: 4 },
+            usage: Usage { input_tokens: 25, output_tokens: 4, ..Default::default() },
             timings: Default::default(),
             response_id: Some("msg_01".into()),
         };

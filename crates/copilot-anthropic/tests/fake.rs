@@ -43,7 +43,7 @@ fn provider(fake: &FakeAnthropic) -> AnthropicProvider {
 }
 
 fn user(content: &str) -> Message {
-    Message { role: Role::User, content: content.into() }
+    Message::text(Role::User, content)
 }
 
 fn request(messages: Vec<Message>, options: GenerationOptions) -> ChatRequest {
@@ -67,6 +67,7 @@ fn split(events: Vec<Result<ChatEvent, ProviderError>>) -> (Vec<String>, Result<
         match event {
             Ok(ChatEvent::Delta(text)) => deltas.push(text),
             Ok(ChatEvent::Done(completion)) => end = Some(Ok(completion)),
+            Ok(other) => panic!("a text stream produced {other:?}"),
             Err(err) => end = Some(Err(err)),
         }
     }
@@ -78,9 +79,9 @@ async fn streams_deltas_then_done_with_usage_and_sends_the_right_request() {
     let fake = fake_with(FakeModel::new(MODEL).with_reply(tokens(&["Te", "al", ", of course."]))).await;
     let req = request(
         vec![
-            Message { role: Role::System, content: "Be terse.".into() },
+            Message::text(Role::System, "Be terse."),
             user("Name a colour"),
-            Message { role: Role::Assistant, content: "Which kind?".into() },
+            Message::text(Role::Assistant, "Which kind?"),
             user("Any"),
         ],
         GenerationOptions { temperature: Some(0.5), top_k: Some(40), seed: Some(9), ..Default::default() },
@@ -92,7 +93,7 @@ async fn streams_deltas_then_done_with_usage_and_sends_the_right_request() {
     assert_eq!(done.finish_reason, FinishReason::Stop);
     assert_eq!(done.model, MODEL);
     // 2 + 3 + 2 + 1 words in, 3 chunks out.
-    assert_eq!(done.usage, Usage { input_tokens: 8, output_tokens: 3 });
+    assert_eq!(done.usage, Usage { input_tokens: 8, output_tokens: 3, ..Default::default() });
 
     assert_eq!(
         fake.chat_requests(),
@@ -323,10 +324,8 @@ async fn refused_requests_are_not_sent() {
     let provider = provider(&fake);
     let hot = request(vec![user("x")], GenerationOptions { temperature: Some(1.5), ..Default::default() });
     assert!(matches!(provider.chat(hot).await, Err(ProviderError::InvalidRequest(_))));
-    let assistant_first = request(
-        vec![Message { role: Role::Assistant, content: "Hello".into() }, user("Hi")],
-        GenerationOptions::default(),
-    );
+    let assistant_first =
+        request(vec![Message::text(Role::Assistant, "Hello"), user("Hi")], GenerationOptions::default());
     assert!(matches!(provider.chat(assistant_first).await, Err(ProviderError::InvalidRequest(_))));
     assert!(fake.chat_requests().is_empty());
 }

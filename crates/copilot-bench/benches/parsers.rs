@@ -132,6 +132,11 @@ fn decode(mut decoder: impl ChatStreamDecoder, reads: &[&[u8]]) -> usize {
         while let Some(event) = decoder.next_event() {
             match event.expect("the benchmark streams are valid") {
                 ChatEvent::Delta(text) => deltas += usize::from(!black_box(text).is_empty()),
+                ChatEvent::ToolCall(delta) => deltas += usize::from(!black_box(delta).arguments.is_empty()),
+                ChatEvent::Thinking(delta) => {
+                    black_box(delta);
+                    deltas += 1;
+                }
                 ChatEvent::Done(completion) => {
                     black_box(completion);
                 }

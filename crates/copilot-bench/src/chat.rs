@@ -22,8 +22,9 @@ impl ChatParams {
     pub fn request(&self) -> ChatRequest {
         ChatRequest {
             model: self.model.clone(),
-            messages: vec![Message { role: Role::User.into(), content: self.prompt.clone() }],
+            messages: vec![Message { role: Role::User.into(), content: self.prompt.clone(), ..Default::default() }],
             options: Some(self.options()),
+            ..Default::default()
         }
     }
 
@@ -34,6 +35,7 @@ impl ChatParams {
             prompt: self.prompt.clone(),
             system: String::new(),
             options: Some(self.options()),
+            ..Default::default()
         }
     }
 

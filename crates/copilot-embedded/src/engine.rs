@@ -447,7 +447,7 @@ fn finish(slot: &mut Slot, reason: FinishReason) {
     let completion = Completion {
         finish_reason: reason,
         model: slot.job.model_name.clone(),
-        usage: Usage { input_tokens: slot.job.prompt.len() as u32, output_tokens: slot.generated },
+        usage: Usage { input_tokens: slot.job.prompt.len() as u32, output_tokens: slot.generated, ..Usage::default() },
         timings: UpstreamTimings {
             load: slot.job.load,
             prompt_eval: Some(first - slot.admitted),

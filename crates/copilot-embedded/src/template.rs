@@ -139,7 +139,7 @@ impl ChatTemplate {
     /// The prompt for `messages`, ending where the assistant's reply should begin.
     pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
         let messages: Value =
-            messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect();
+            messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content() }).collect();
         // The variables `apply_chat_template` passes; `tools` and `documents` are None there too
         // when the caller has none, and templates test for that with `is not none`.
         let ctx = context! {
@@ -357,7 +357,7 @@ mod tests {
     const GEMMA3_STYLE: &str = include_str!("../tests/fixtures/gemma3-style-chat-template.jinja");
 
     fn msg(role: Role, content: &str) -> Message {
-        Message { role, content: content.to_owned() }
+        Message::text(role, content)
     }
 
     /// system, user, assistant, user — with whitespace the trimming templates must remove.

@@ -652,6 +652,7 @@ impl Pieces for StreamBody {
         }
         // The generation hands control back to the runtime before each step.
         match self.generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => Some(Ok(delta_event(text))),
             Step::Done(stop) => {
                 let closing = [
@@ -711,6 +712,7 @@ async fn message_response(
     let mut content = String::new();
     let stop = loop {
         match generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => content.push_str(text),
             Step::Done(stop) => break Some((stop.reason, stop.sequence.map(str::to_owned))),
             Step::EndWithoutDone => break None,

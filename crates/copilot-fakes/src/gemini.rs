@@ -889,6 +889,7 @@ impl Pieces for ChatBody {
         }
         let misbehaves = self.generation.misbehaves();
         match self.generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => {
                 let mut event = content_event_start(text, self.suffix.len());
                 // Like Gemini, the chunk with the last text is the one that says why generation

@@ -473,6 +473,7 @@ impl Pieces for ChatBody {
             return Some(Err(io::Error::other("fake Ollama server shut down")));
         }
         match self.generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => Some(Ok(Bytes::from(content_line(&self.prefix, text, true)))),
             Step::Done(finish) => {
                 self.finished = true;
@@ -521,6 +522,7 @@ async fn aggregate_response(
     let mut content = String::new();
     loop {
         match generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => content.push_str(text),
             Step::Done(finish) => {
                 guard.finish(true);

@@ -1095,6 +1095,7 @@ impl Pieces for SseBody {
             return Some(Ok(self.chunks.role()));
         }
         match self.generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => Some(Ok(self.chunks.content(text))),
             Step::Done(finish) => {
                 self.finished = true;
@@ -1153,6 +1154,7 @@ async fn whole_response(
     let mut content = String::new();
     let finish_reason = loop {
         match generation.next().await {
+            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
             Step::Content(text) => content.push_str(text),
             Step::Done(finish) => break finish.reason(),
             Step::Error(message) => {

@@ -20,6 +20,92 @@ pub enum Reply {
     /// away. For cancellation and deadline tests. With `stream:false` it stops at the model's
     /// `context_length`, as a real model would, with `done_reason:"length"`.
     Endless,
+    /// An answer beyond text: thinking, text and tool calls, in this order. Each piece is one
+    /// chunk (for the token limit and the behaviours' counts), and each fake writes it the way its
+    /// provider does — see [`Piece`].
+    Turn(Vec<Piece>),
+}
+
+/// One piece of a [`Reply::Turn`].
+#[derive(Clone, Debug)]
+pub enum Piece {
+    /// A chunk of answer text.
+    Text(String),
+    /// A chunk of thinking, in the provider's own field for it.
+    Thinking(String),
+    /// The signature that closes the thinking so far (Anthropic's `signature_delta`, Gemini's
+    /// `thoughtSignature`); providers without signatures leave it out.
+    ThinkingSignature(Vec<u8>),
+    /// Tool calls made together. Providers that stream arguments (OpenAI-compatible, Anthropic)
+    /// send each call's arguments in fragments cut at [`FakeToolCall::splits`]; the others send
+    /// whole calls. Each fake orders and interleaves the calls as its provider does.
+    ToolCalls(Vec<FakeToolCall>),
+}
+
+/// A tool call a fake model makes.
+#[derive(Clone, Debug)]
+pub struct FakeToolCall {
+    /// The provider's id for the call; `None` for providers that may omit one (Gemini before 3,
+    /// Ollama before 0.12.10), which then send none.
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments' JSON text, as the model writes it.
+    pub arguments: String,
+    /// Byte offsets in `arguments` where a streaming provider cuts it into fragments (any byte,
+    /// even inside a number or an escape: real servers do).
+    pub splits: Vec<usize>,
+    /// Gemini's `thoughtSignature` beside the call.
+    pub signature: Option<Vec<u8>>,
+}
+
+impl FakeToolCall {
+    pub fn new(id: &str, name: &str, arguments: &str) -> Self {
+        FakeToolCall {
+            id: Some(id.to_owned()),
+            name: name.to_owned(),
+            arguments: arguments.to_owned(),
+            splits: Vec::new(),
+            signature: None,
+        }
+    }
+
+    /// The call without a provider id.
+    pub fn without_id(mut self) -> Self {
+        self.id = None;
+        self
+    }
+
+    pub fn split_at(mut self, splits: &[usize]) -> Self {
+        self.splits = splits.to_vec();
+        self
+    }
+
+    pub fn with_signature(mut self, signature: &[u8]) -> Self {
+        self.signature = Some(signature.to_vec());
+        self
+    }
+
+    /// The arguments in fragments, cut at `splits` (offsets out of range are ignored; a cut
+    /// inside a UTF-8 character moves to its start).
+    pub fn fragments(&self) -> Vec<&str> {
+        let mut cuts: Vec<usize> =
+            self.splits.iter().copied().filter(|&at| at > 0 && at < self.arguments.len()).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut fragments = Vec::with_capacity(cuts.len() + 1);
+        let mut start = 0;
+        for mut cut in cuts {
+            while !self.arguments.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut > start {
+                fragments.push(&self.arguments[start..cut]);
+                start = cut;
+            }
+        }
+        fragments.push(&self.arguments[start..]);
+        fragments
+    }
 }
 
 /// How a chat response ends. The variants with `tokens` send up to that many content chunks
@@ -125,6 +211,8 @@ impl Finish {
 /// where the protocol says more (Anthropic's stop sequence).
 pub(crate) enum Step<'a, D = Finish> {
     Content(&'a str),
+    /// A piece of a [`Reply::Turn`] other than text.
+    Piece(&'a Piece),
     /// The reply is over.
     Done(D),
     /// [`Behaviour::ErrorAfter`]'s message.
@@ -139,8 +227,12 @@ pub(crate) enum Step<'a, D = Finish> {
 #[derive(Clone, Copy)]
 pub(crate) enum Chunk {
     Token(usize),
+    /// A piece of a [`Reply::Turn`], by index.
+    Piece(usize),
     Span(usize, usize),
-    Tok { first: bool },
+    Tok {
+        first: bool,
+    },
 }
 
 /// Plays a model's script for one request: which chunks, how fast, and how it ends. Shared by
@@ -163,7 +255,7 @@ impl Generation {
     pub(crate) fn new(model: Arc<FakeModel>, last_user: &str, limit: usize) -> Self {
         let text = match model.reply {
             Reply::Echo => format!("You said: {last_user}"),
-            Reply::Tokens(_) | Reply::Endless => String::new(),
+            Reply::Tokens(_) | Reply::Endless | Reply::Turn(_) => String::new(),
         };
         let cut = match &model.behaviour {
             Behaviour::ErrorAfter { tokens, .. }
@@ -201,6 +293,7 @@ impl Generation {
     pub(crate) fn exhausted(&self) -> bool {
         match &self.model.reply {
             Reply::Tokens(tokens) => self.cursor >= tokens.len(),
+            Reply::Turn(pieces) => self.cursor >= pieces.len(),
             Reply::Echo => self.cursor >= self.text.len(),
             Reply::Endless => false,
         }
@@ -209,9 +302,28 @@ impl Generation {
     /// Produces the next step; must not be called again after a step other than `Content`.
     pub(crate) async fn next(&mut self) -> Step<'_> {
         match self.next_chunk().await {
-            Ok(chunk) => Step::Content(self.take(chunk)),
+            Ok(chunk) => self.take_step(chunk),
             Err(finish) => self.ending(finish),
         }
+    }
+
+    /// Counts a chunk as sent and gives it as a step: text as [`Step::Content`], another piece
+    /// of a turn as [`Step::Piece`].
+    pub(crate) fn take_step<D>(&mut self, chunk: Chunk) -> Step<'_, D> {
+        self.sent += 1;
+        match (chunk, &self.model.reply) {
+            (Chunk::Piece(index), Reply::Turn(pieces)) => match &pieces[index] {
+                Piece::Text(text) => Step::Content(text),
+                piece => Step::Piece(piece),
+            },
+            _ => Step::Content(self.text(chunk)),
+        }
+    }
+
+    /// Whether the reply makes tool calls (its finish then says so, in the provider's words,
+    /// where the provider does).
+    pub(crate) fn calls_tools(&self) -> bool {
+        matches!(&self.model.reply, Reply::Turn(pieces) if pieces.iter().any(|p| matches!(p, Piece::ToolCalls(_))))
     }
 
     /// The next chunk, after the model's pause before it; `Err` says why the reply ends instead
@@ -246,6 +358,10 @@ impl Generation {
     pub(crate) fn text(&self, chunk: Chunk) -> &str {
         match (chunk, &self.model.reply) {
             (Chunk::Token(index), Reply::Tokens(tokens)) => &tokens[index],
+            (Chunk::Piece(index), Reply::Turn(pieces)) => match &pieces[index] {
+                Piece::Text(text) | Piece::Thinking(text) => text,
+                Piece::ThinkingSignature(_) | Piece::ToolCalls(_) => "",
+            },
             (Chunk::Span(start, end), _) => &self.text[start..end],
             (Chunk::Tok { first: true }, _) => "tok",
             _ => " tok",
@@ -288,6 +404,13 @@ impl Generation {
                 Some(Chunk::Span(start, end))
             }
             Reply::Endless => Some(Chunk::Tok { first: self.sent == 0 }),
+            Reply::Turn(pieces) => {
+                let index = self.cursor;
+                (index < pieces.len()).then(|| {
+                    self.cursor += 1;
+                    Chunk::Piece(index)
+                })
+            }
         }
     }
 }

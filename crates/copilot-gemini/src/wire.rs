@@ -113,21 +113,24 @@ impl<'a> GenerateBody<'a> {
         let mut contents: Vec<Content<'a>> = Vec::with_capacity(request.messages.len());
         let mut system = Vec::new();
         for message in &request.messages {
-            if message.content.is_empty() {
-                continue;
-            }
-            let part = Part { text: &message.content };
-            let role = match message.role {
-                Role::System => {
-                    system.push(part);
+            for part in &message.parts {
+                let copilot_provider::Part::Text(text) = part else { continue };
+                if text.is_empty() {
                     continue;
                 }
-                Role::User => "user",
-                Role::Assistant => "model",
-            };
-            match contents.last_mut() {
-                Some(turn) if turn.role == role => turn.parts.push(part),
-                _ => contents.push(Content { role, parts: vec![part] }),
+                let part = Part { text };
+                let role = match message.role {
+                    Role::System => {
+                        system.push(part);
+                        continue;
+                    }
+                    Role::User | Role::Tool => "user",
+                    Role::Assistant => "model",
+                };
+                match contents.last_mut() {
+                    Some(turn) if turn.role == role => turn.parts.push(part),
+                    _ => contents.push(Content { role, parts: vec![part] }),
+                }
             }
         }
         GenerateBody {
@@ -198,6 +201,9 @@ struct UsageMetadata {
     /// Thinking tokens, billed as output.
     #[serde(default)]
     thoughts_token_count: Option<u64>,
+    /// Prompt tokens read from the context cache, included in `promptTokenCount`.
+    #[serde(default)]
+    cached_content_token_count: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +291,8 @@ impl StreamState {
                 output_tokens: saturate(
                     usage.candidates_token_count.unwrap_or(0).saturating_add(usage.thoughts_token_count.unwrap_or(0)),
                 ),
+                reasoning_tokens: usage.thoughts_token_count.map(saturate),
+                cached_input_tokens: usage.cached_content_token_count.map(saturate),
             };
         }
         if let Some(model) = chunk.model_version
@@ -577,10 +585,7 @@ mod tests {
     fn request(messages: &[(Role, &str)], options: GenerationOptions) -> ChatRequest {
         ChatRequest {
             model: "gemini-2.5-flash".into(),
-            messages: messages
-                .iter()
-                .map(|(role, content)| Message { role: *role, content: (*content).into() })
-                .collect(),
+            messages: messages.iter().map(|(role, content)| Message::text(*role, *content)).collect(),
             options,
             ..Default::default()
         }
@@ -687,7 +692,7 @@ mod tests {
             Completion {
                 finish_reason: FinishReason::Stop,
                 model: "gemini-2.5-flash".into(),
-                usage: Usage { input_tokens: 18, output_tokens: 2 },
+                usage: Usage { input_tokens: 18, output_tokens: 2, ..Default::default() },
                 timings: Default::default(),
                 response_id: Some("a1b2c3".into()),
             }
@@ -713,7 +718,7 @@ mod tests {
             // A later chunk without usageMetadata does not reset it.
             r#"{"candidates":[{"content":{"parts":[{"text":"c"}]},"finishReason":"MAX_TOKENS"}]}"#,
         ]);
-        assert_eq!(state.completion().usage, Usage { input_tokens: 9, output_tokens: 44 });
+        assert_eq!(state.completion().usage, Usage { input_tokens: 9, output_tokens: 44, ..Default::default() });
         assert_eq!(state.completion().finish_reason, FinishReason::Length);
         assert_eq!(state.completion().model, "");
     }
@@ -749,7 +754,7 @@ mod tests {
         assert!(deltas.is_empty());
         assert_eq!(state.finish, Some(FinishReason::ContentFilter));
         assert_eq!(state.block_reason.as_deref(), Some("PROHIBITED_CONTENT"));
-        assert_eq!(state.completion().usage, Usage { input_tokens: 7, output_tokens: 0 });
+        assert_eq!(state.completion().usage, Usage { input_tokens: 7, output_tokens: 0, ..Default::default() });
         assert_eq!(state.completion().model, "gemini-2.0-flash");
     }
 

@@ -42,7 +42,7 @@ fn user(content: &str) -> ChatRequest {
 fn chat_request(model: &str, messages: &[(Role, &str)], options: GenerationOptions) -> ChatRequest {
     ChatRequest {
         model: model.into(),
-        messages: messages.iter().map(|(role, content)| Message { role: *role, content: (*content).into() }).collect(),
+        messages: messages.iter().map(|(role, content)| Message::text(*role, *content)).collect(),
         options,
         ..Default::default()
     }
@@ -62,6 +62,7 @@ async fn collect(mut stream: ChatStream) -> (Vec<String>, Result<Completion, Pro
                 deltas.push(text);
             }
             Some(Ok(ChatEvent::Done(completion))) => break Ok(completion),
+            Some(Ok(other)) => panic!("a text stream produced {other:?}"),
             Some(Err(err)) => break Err(err),
             None => panic!("stream ended without Done or an error"),
         }
@@ -93,7 +94,7 @@ async fn streams_deltas_then_done_with_usage_and_model() {
         Completion {
             finish_reason: FinishReason::Stop,
             model: MODEL.into(),
-            usage: Usage { input_tokens: 5, output_tokens: 3 },
+            usage: Usage { input_tokens: 5, output_tokens: 3, ..Default::default() },
             timings: Default::default(),
             response_id: done.response_id.clone(),
         }
@@ -128,7 +129,7 @@ async fn turns_merge_and_echo_reaches_the_model() {
     assert_eq!(deltas.concat(), "You said: how are you");
     assert_eq!(deltas.len(), 5, "{deltas:?}");
     let completion = outcome.unwrap();
-    assert_eq!(completion.usage, Usage { input_tokens: 7, output_tokens: 5 });
+    assert_eq!(completion.usage, Usage { input_tokens: 7, output_tokens: 5, ..Default::default() });
     assert_eq!(
         fake.chat_requests()[0]["contents"],
         json!([
@@ -191,7 +192,7 @@ async fn max_tokens_ends_with_length() {
     assert_eq!(deltas, ["tok", " tok", " tok", " tok"]);
     let completion = outcome.unwrap();
     assert_eq!(completion.finish_reason, FinishReason::Length);
-    assert_eq!(completion.usage, Usage { input_tokens: 2, output_tokens: 4 });
+    assert_eq!(completion.usage, Usage { input_tokens: 2, output_tokens: 4, ..Default::default() });
 }
 
 #[tokio::test]
@@ -347,7 +348,7 @@ async fn a_blocked_prompt_ends_as_content_filter() {
     assert!(deltas.is_empty(), "{deltas:?}");
     let completion = outcome.unwrap();
     assert_eq!(completion.finish_reason, FinishReason::ContentFilter);
-    assert_eq!(completion.usage, Usage { input_tokens: 3, output_tokens: 0 });
+    assert_eq!(completion.usage, Usage { input_tokens: 3, output_tokens: 0, ..Default::default() });
     assert_eq!(completion.model, MODEL);
 }
 

@@ -40,7 +40,7 @@ fn json_error(status: &str, body: &str) -> Vec<Step> {
 fn request() -> ChatRequest {
     ChatRequest {
         model: "gemini-2.5-flash".into(),
-        messages: vec![Message { role: Role::User, content: "hi".into() }],
+        messages: vec![Message::text(Role::User, "hi")],
         options: GenerationOptions::default(),
         ..Default::default()
     }
@@ -136,7 +136,7 @@ async fn events_split_anywhere_decode_the_same() {
     let Some(ChatEvent::Done(done)) = items.last() else { panic!("{items:?}") };
     assert_eq!(done.finish_reason, FinishReason::Stop);
     assert_eq!(done.model, "gemini-2.5-flash-001");
-    assert_eq!(done.usage, Usage { input_tokens: 4, output_tokens: 12 });
+    assert_eq!(done.usage, Usage { input_tokens: 4, output_tokens: 12, ..Default::default() });
 }
 
 #[tokio::test]

@@ -76,11 +76,7 @@ fn provider(base_url: String, credentials: GoogleCredentials) -> GeminiProvider 
 }
 
 fn user(model: &str, content: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![Message { role: Role::User, content: content.into() }],
-        ..Default::default()
-    }
+    ChatRequest { model: model.into(), messages: vec![Message::text(Role::User, content)], ..Default::default() }
 }
 
 /// The whole answer, or the error the call or the stream ended with.
@@ -91,6 +87,7 @@ async fn chat(provider: &GeminiProvider, model: &str) -> Result<String, Provider
         match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("stream stalled") {
             Some(Ok(ChatEvent::Delta(delta))) => text.push_str(&delta),
             Some(Ok(ChatEvent::Done(_))) => return Ok(text),
+            Some(Ok(other)) => panic!("a text stream produced {other:?}"),
             Some(Err(err)) => return Err(err),
             None => panic!("stream ended without Done"),
         }

@@ -180,7 +180,7 @@ impl<D: ChatStreamDecoder> DecodedBody<D> {
                 }
             }
             Err(_) => self.response = None,
-            Ok(ChatEvent::Delta(_)) => {
+            Ok(ChatEvent::Delta(_) | ChatEvent::ToolCall(_) | ChatEvent::Thinking(_)) => {
                 if let Some(FinishGrace::Total(grace)) = self.options.finish_grace
                     && self.deadline.is_none()
                     && self.decoder.answer_complete()

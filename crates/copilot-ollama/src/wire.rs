@@ -33,7 +33,7 @@ pub(crate) struct ChatBody<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct ChatMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    pub content: std::borrow::Cow<'a, str>,
 }
 
 /// Ollama's `options` map. Unset fields are left out so the model's own defaults (from its
@@ -83,7 +83,7 @@ impl<'a> ChatBody<'a> {
             messages: request
                 .messages
                 .iter()
-                .map(|m| ChatMessage { role: m.role.as_str(), content: &m.content })
+                .map(|m| ChatMessage { role: m.role.as_str(), content: m.content() })
                 .collect(),
             stream: true,
             options: Options::from_generation(&request.options),
@@ -261,7 +261,11 @@ pub(crate) fn decode_line(line: &[u8]) -> LineEvent {
     let completion = Completion {
         finish_reason,
         model: chunk.model.into_owned(),
-        usage: Usage { input_tokens: saturate(chunk.prompt_eval_count), output_tokens: saturate(chunk.eval_count) },
+        usage: Usage {
+            input_tokens: saturate(chunk.prompt_eval_count),
+            output_tokens: saturate(chunk.eval_count),
+            ..Usage::default()
+        },
         timings: UpstreamTimings {
             load: nanos(chunk.load_duration),
             prompt_eval: nanos(chunk.prompt_eval_duration),
@@ -477,7 +481,7 @@ mod tests {
         let expected = Completion {
             finish_reason: FinishReason::Stop,
             model: "llama3.2:latest".into(),
-            usage: Usage { input_tokens: 26, output_tokens: 120 },
+            usage: Usage { input_tokens: 26, output_tokens: 120, ..Default::default() },
             timings: UpstreamTimings {
                 load: Some(Duration::from_millis(12)),
                 prompt_eval: Some(Duration::from_millis(130)),
@@ -495,7 +499,7 @@ mod tests {
         let line = br#"{"model":"m","done":true,"eval_count":3}"#;
         let LineEvent::Done { tail: None, completion } = decode_line(line) else { panic!("not done") };
         assert_eq!(completion.finish_reason, FinishReason::Stop);
-        assert_eq!(completion.usage, Usage { input_tokens: 0, output_tokens: 3 });
+        assert_eq!(completion.usage, Usage { input_tokens: 0, output_tokens: 3, ..Default::default() });
         assert_eq!(completion.timings, UpstreamTimings::default());
     }
 
@@ -553,10 +557,7 @@ mod tests {
     fn request(options: GenerationOptions) -> ChatRequest {
         ChatRequest {
             model: "llama3.2".into(),
-            messages: vec![
-                Message { role: Role::System, content: "be brief".into() },
-                Message { role: Role::User, content: "hi".into() },
-            ],
+            messages: vec![Message::text(Role::System, "be brief"), Message::text(Role::User, "hi")],
             options,
             ..Default::default()
         }

@@ -91,9 +91,10 @@ fn streamed_reply(deltas: &[&str]) -> Vec<Step> {
 fn chat_request() -> ChatRequest {
     ChatRequest {
         model: "llama3.2".into(),
-        messages: vec![Message { role: Role::User, content: "Say hi".into() }],
+        messages: vec![Message::text(Role::User, "Say hi")],
         options: GenerationOptions { temperature: Some(0.5), max_tokens: Some(2), ..Default::default() },
         trace_context: vec![("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into())],
+        ..Default::default()
     }
 }
 
@@ -125,7 +126,7 @@ async fn chat_posts_the_request_and_streams_deltas_then_done() {
     assert_eq!((first.as_str(), second.as_str()), ("Hel", "lo"));
     assert_eq!(done.finish_reason, FinishReason::Length);
     assert_eq!(done.model, "llama3.2:latest");
-    assert_eq!(done.usage, Usage { input_tokens: 26, output_tokens: 2 });
+    assert_eq!(done.usage, Usage { input_tokens: 26, output_tokens: 2, ..Default::default() });
     assert_eq!(done.timings.total, Some(Duration::from_millis(2500)));
     assert_eq!(done.timings.generation, Some(Duration::from_micros(2)));
     assert_eq!(done.timings.load, None);

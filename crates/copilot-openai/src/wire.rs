@@ -46,7 +46,7 @@ pub(crate) struct ChatBody<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct ChatMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    pub content: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,7 +74,7 @@ impl<'a> ChatBody<'a> {
             messages: request
                 .messages
                 .iter()
-                .map(|m| ChatMessage { role: m.role.as_str(), content: &m.content })
+                .map(|m| ChatMessage { role: m.role.as_str(), content: m.content() })
                 .collect(),
             stream: true,
             stream_options: settings.include_usage.then_some(StreamOptions { include_usage: true }),
@@ -376,9 +376,11 @@ fn chunk_info(chunk: Chunk<'_>) -> ChunkInfo<'_> {
     let mut info = ChunkInfo {
         model: chunk.model.filter(|m| !m.is_empty()),
         id: chunk.id.filter(|id| !id.is_empty()),
-        usage: chunk
-            .usage
-            .map(|u| Usage { input_tokens: saturate(u.prompt_tokens), output_tokens: saturate(u.completion_tokens) }),
+        usage: chunk.usage.map(|u| Usage {
+            input_tokens: saturate(u.prompt_tokens),
+            output_tokens: saturate(u.completion_tokens),
+            ..Usage::default()
+        }),
         timings: chunk.timings.map(|t| UpstreamTimings {
             prompt_eval: t.prompt_ms.and_then(millis),
             generation: t.predicted_ms.and_then(millis),
@@ -545,9 +547,9 @@ mod tests {
         ChatRequest {
             model: "gpt-4o-mini".into(),
             messages: vec![
-                Message { role: Role::System, content: "Be brief.".into() },
-                Message { role: Role::User, content: "Hi".into() },
-                Message { role: Role::Assistant, content: "Hello".into() },
+                Message::text(Role::System, "Be brief."),
+                Message::text(Role::User, "Hi"),
+                Message::text(Role::Assistant, "Hello"),
             ],
             options,
             ..Default::default()
@@ -650,21 +652,21 @@ mod tests {
         let usage =
             chunk(json!({"model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,
             "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}));
-        assert_eq!(usage.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
+        assert_eq!(usage.usage, Some(Usage { input_tokens: 12, output_tokens: 3, ..Default::default() }));
     }
 
     #[test]
     fn tolerates_the_known_deviations() {
         // Usage chunk with choices missing or null.
         let info = chunk(json!({"usage":{"prompt_tokens":1,"completion_tokens":2}}));
-        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 2 }));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 2, ..Default::default() }));
         let info = chunk(json!({"choices":null,"usage":{"prompt_tokens":1}}));
-        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 0 }));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 1, output_tokens: 0, ..Default::default() }));
         // Usage and timings riding on the finish chunk (llama.cpp).
         let info = chunk(json!({"model":"qwen","choices":[{"index":0,"delta":{},"finish_reason":"length"}],
             "usage":{"prompt_tokens":5,"completion_tokens":7},"timings":{"prompt_n":5,"prompt_ms":12.5,"predicted_n":7,"predicted_ms":70.0}}));
         assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Length)));
-        assert_eq!(info.usage, Some(Usage { input_tokens: 5, output_tokens: 7 }));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 5, output_tokens: 7, ..Default::default() }));
         let timings = info.timings.unwrap();
         assert_eq!(timings.prompt_eval, Some(Duration::from_micros(12_500)));
         assert_eq!(timings.generation, Some(Duration::from_millis(70)));
@@ -748,7 +750,7 @@ mod tests {
         let Payload::Chunk(info) = decode_completion(body.as_bytes(), None).unwrap() else { panic!() };
         assert_eq!(info.content.as_deref(), Some("Hello!"));
         assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Stop)));
-        assert_eq!(info.usage, Some(Usage { input_tokens: 12, output_tokens: 3 }));
+        assert_eq!(info.usage, Some(Usage { input_tokens: 12, output_tokens: 3, ..Default::default() }));
         assert_eq!(info.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
         assert!(matches!(decode_completion(br#"{"error":{"message":"x"}}"#, None).unwrap(), Payload::Error(_)));
         assert!(decode_completion(b"nope", None).is_err());

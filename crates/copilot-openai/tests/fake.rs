@@ -37,10 +37,7 @@ fn provider(config: OpenAiConfig) -> OpenAiProvider {
 fn request(model: &str, user: &str) -> ChatRequest {
     ChatRequest {
         model: model.into(),
-        messages: vec![
-            Message { role: Role::System, content: "Be brief.".into() },
-            Message { role: Role::User, content: user.into() },
-        ],
+        messages: vec![Message::text(Role::System, "Be brief."), Message::text(Role::User, user)],
         options: GenerationOptions::default(),
         ..Default::default()
     }
@@ -63,6 +60,7 @@ async fn collect(provider: &OpenAiProvider, request: ChatRequest) -> (String, Re
                 assert!(stream.next().await.is_none(), "items after Done");
                 return (text, Ok(completion));
             }
+            Ok(other) => panic!("a text stream produced {other:?}"),
             Err(err) => {
                 assert!(stream.next().await.is_none(), "items after an error");
                 return (text, Err(err));
@@ -85,7 +83,7 @@ async fn streams_text_usage_and_the_answering_model() {
     // The chunks name the dated snapshot that answered, not the alias asked for.
     assert_eq!(completion.model, "gpt-4o-mini-2024-07-18");
     // prompt_tokens is the fake's word count over all messages: "Be brief." + "hi there".
-    assert_eq!(completion.usage, Usage { input_tokens: 4, output_tokens: 3 });
+    assert_eq!(completion.usage, Usage { input_tokens: 4, output_tokens: 3, ..Default::default() });
 
     let sent = &fake.chat_requests()[0];
     assert_eq!(
@@ -120,7 +118,7 @@ async fn every_flavour_completes_with_the_same_text() {
         let expected_usage = match flavour {
             // Never sends usage: zeros, and no failure.
             Flavour::NoUsage => Usage::default(),
-            _ => Usage { input_tokens: 3, output_tokens: 3 },
+            _ => Usage { input_tokens: 3, output_tokens: 3, ..Default::default() },
         };
         assert_eq!(completion.usage, expected_usage, "{flavour:?}");
         // llama.cpp reports its own timings on the finish chunk.

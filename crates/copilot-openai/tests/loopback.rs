@@ -43,7 +43,7 @@ fn provider(base_url: &str) -> OpenAiProvider {
 fn request() -> ChatRequest {
     ChatRequest {
         model: "m".into(),
-        messages: vec![Message { role: Role::User, content: "hi".into() }],
+        messages: vec![Message::text(Role::User, "hi")],
         options: GenerationOptions::default(),
         ..Default::default()
     }
@@ -62,6 +62,7 @@ async fn run(script: Vec<Step>) -> (Vec<String>, Result<Completion, ProviderErro
             match item {
                 Ok(ChatEvent::Delta(text)) => deltas.push(text),
                 Ok(ChatEvent::Done(completion)) => return Ok(completion),
+                Ok(other) => panic!("a text stream produced {other:?}"),
                 Err(err) => return Err(err),
             }
         }
@@ -136,7 +137,7 @@ async fn done_alone_completes_and_the_last_usage_wins() {
     .await;
     assert_eq!(deltas, ["a", "b"]);
     let completion = completion.unwrap();
-    assert_eq!(completion.usage, Usage { input_tokens: 4, output_tokens: 2 });
+    assert_eq!(completion.usage, Usage { input_tokens: 4, output_tokens: 2, ..Default::default() });
     assert_eq!(completion.finish_reason, FinishReason::Stop);
 }
 
@@ -183,7 +184,7 @@ async fn a_non_streamed_answer_is_accepted() {
     let completion = completion.unwrap();
     assert_eq!(completion.model, "m-2024");
     assert_eq!(completion.finish_reason, FinishReason::Length);
-    assert_eq!(completion.usage, Usage { input_tokens: 3, output_tokens: 2 });
+    assert_eq!(completion.usage, Usage { input_tokens: 3, output_tokens: 2, ..Default::default() });
 }
 
 #[tokio::test]

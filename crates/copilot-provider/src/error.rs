@@ -55,6 +55,11 @@ pub enum ProviderError {
     /// The upstream sent something that does not follow its own protocol.
     #[error("the upstream sent a malformed response: {0}")]
     Protocol(String),
+
+    /// The model cannot do what the request asks (the upstream said so, e.g. Ollama's "does not
+    /// support tools"): `message` says it in the upstream's words.
+    #[error("the model cannot do {}: {message}", .feature.describe())]
+    Unsupported { feature: crate::Feature, message: String },
 }
 
 impl ProviderError {
@@ -84,6 +89,9 @@ impl ProviderError {
             ProviderError::MidStream(message) => ProviderError::MidStream(key.redact(&message)),
             ProviderError::Interrupted(message) => ProviderError::Interrupted(key.redact(&message)),
             ProviderError::Protocol(message) => ProviderError::Protocol(key.redact(&message)),
+            ProviderError::Unsupported { feature, message } => {
+                ProviderError::Unsupported { feature, message: key.redact(&message) }
+            }
         }
     }
 

@@ -4,11 +4,15 @@
 //! types. Everything that does not depend on the protocol — validation, routing, deadlines, retries,
 //! error mapping to gRPC — lives in the server, so an adapter stays a plain translation.
 
+mod assemble;
+mod content;
 mod error;
 mod retry_after;
 mod secret;
 mod types;
 
+pub use assemble::AssembledTurn;
+pub use content::*;
 pub use error::ProviderError;
 pub use retry_after::{
     MAX_RETRY_AFTER, clamp_retry_after, parse_retry_after, parse_retry_after_ms, retry_after_from_secs_f64,
@@ -42,4 +46,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// A cheap liveness probe of the upstream.
     async fn health(&self) -> Result<HealthReport, ProviderError>;
+
+    /// What this adapter can translate beyond text. The server refuses (or, for an alias, skips)
+    /// a request needing anything else, so [`chat`](Self::chat) never sees one; a model that
+    /// cannot do what its adapter can is refused by the upstream, which the adapter reports as
+    /// [`ProviderError::Unsupported`] where it can tell.
+    fn features(&self) -> Features {
+        Features::NONE
+    }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::content::*;
+
 /// A validated chat request addressed to one provider. `model` is the provider's own model name
 /// (the part after `provider/` in a client's model name).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -9,15 +11,121 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub options: GenerationOptions,
+    /// Tools the model may call (names unique, schemas JSON objects).
+    pub tools: Vec<Tool>,
+    /// `None` leaves it to the provider (auto, when there are tools). Names a tool of `tools`.
+    pub tool_choice: Option<ToolChoice>,
+    pub response_format: ResponseFormat,
+    /// `None` leaves it to the model.
+    pub reasoning: Option<Reasoning>,
     /// W3C trace context headers (`traceparent`, `tracestate`) that HTTP adapters send upstream,
     /// so an instrumented upstream joins the caller's trace. Empty when tracing is off.
     pub trace_context: Vec<(String, String)>,
 }
 
+impl ChatRequest {
+    /// What the request asks beyond text: an adapter lacking one of these must not see it.
+    pub fn needs(&self) -> Features {
+        features_needed(&self.messages, &self.tools, self.tool_choice.as_ref(), &self.response_format, self.reasoning)
+    }
+
+    /// The name of the tool call `id` answers: the call in an earlier assistant message (the
+    /// server checked that there is one).
+    pub fn tool_name_of(&self, id: &str) -> Option<&str> {
+        self.messages.iter().flat_map(Message::tool_calls).find(|call| call.id == id).map(|call| call.name.as_str())
+    }
+}
+
+/// What a request made of these asks beyond text (see [`ChatRequest::needs`]; the server asks it
+/// of its own validated request before there is a `ChatRequest`).
+pub fn features_needed(
+    messages: &[Message],
+    tools: &[Tool],
+    tool_choice: Option<&ToolChoice>,
+    response_format: &ResponseFormat,
+    reasoning: Option<Reasoning>,
+) -> Features {
+    let mut needs = Features::NONE;
+    if !tools.is_empty() || tool_choice.is_some() {
+        needs = needs.with(Feature::Tools);
+    }
+    match response_format {
+        ResponseFormat::Text => {}
+        ResponseFormat::JsonObject => needs = needs.with(Feature::JsonObject),
+        ResponseFormat::JsonSchema { .. } => needs = needs.with(Feature::JsonSchema),
+    }
+    match reasoning {
+        None => {}
+        Some(Reasoning::Off) => needs = needs.with(Feature::ThinkingOff),
+        Some(Reasoning::On { .. }) => needs = needs.with(Feature::Thinking),
+    }
+    for message in messages {
+        if message.role == Role::Tool {
+            needs = needs.with(Feature::Tools);
+        }
+        for part in &message.parts {
+            needs = match part {
+                Part::Text(_) => needs,
+                Part::ToolCall(_) => needs.with(Feature::Tools),
+                Part::Thinking(_) => needs.with(Feature::Thinking),
+                Part::Image(Image { source: ImageSource::Data(_), .. }) => needs.with(Feature::Images),
+                Part::Image(Image { source: ImageSource::Url(_), .. }) => needs.with(Feature::ImageUrls),
+            };
+        }
+    }
+    needs
+}
+
+/// One message of a conversation: its parts in order. A plain text message is one text part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub role: Role,
-    pub content: String,
+    pub parts: Vec<Part>,
+    /// [`Role::Tool`] only: the id of the call this result answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message of plain text.
+    pub fn text(role: Role, text: impl Into<String>) -> Message {
+        Message { role, parts: vec![Part::Text(text.into())], tool_call_id: None }
+    }
+
+    /// A tool's result, answering the call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Message {
+        Message { role: Role::Tool, parts: vec![Part::Text(content.into())], tool_call_id: Some(id.into()) }
+    }
+
+    /// The message's text: its text parts, joined (borrowed when there is one).
+    pub fn content(&self) -> std::borrow::Cow<'_, str> {
+        let mut texts = self.parts.iter().filter_map(|part| match part {
+            Part::Text(text) => Some(text.as_str()),
+            _ => None,
+        });
+        match (texts.next(), texts.next()) {
+            (None, _) => std::borrow::Cow::Borrowed(""),
+            (Some(only), None) => std::borrow::Cow::Borrowed(only),
+            (Some(first), Some(second)) => {
+                let mut joined = String::from(first);
+                joined.push_str(second);
+                texts.for_each(|text| joined.push_str(text));
+                std::borrow::Cow::Owned(joined)
+            }
+        }
+    }
+
+    /// Whether the message is nothing but text.
+    pub fn is_text_only(&self) -> bool {
+        self.parts.iter().all(|part| matches!(part, Part::Text(_)))
+    }
+
+    /// The tool calls among its parts (an assistant message's).
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::ToolCall(call) => Some(call),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +133,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result ([`Message::tool_call_id`] names the call).
+    Tool,
 }
 
 impl Role {
@@ -34,6 +144,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -55,6 +166,10 @@ pub struct GenerationOptions {
 pub enum ChatEvent {
     /// Text the model added since the previous event (never empty).
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
+    /// A piece of thinking.
+    Thinking(ThinkingDelta),
     /// The end of a successful completion; always the last item.
     Done(Completion),
 }
@@ -82,12 +197,21 @@ pub enum FinishReason {
     Length,
     /// The upstream withheld output for safety or policy reasons.
     ContentFilter,
+    /// The model stopped for its tool calls to be run. Adapters report what the upstream said;
+    /// the server settles it from the calls themselves.
+    ToolCalls,
 }
 
+/// Token counts. `input_tokens` includes cached ones and `output_tokens` thinking ones, whatever
+/// the upstream's own convention (adapters add them up where it counts them apart).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// Of `output_tokens`, those spent thinking, when the upstream reports them.
+    pub reasoning_tokens: Option<u32>,
+    /// Of `input_tokens`, those read from the upstream's prompt cache, when it reports them.
+    pub cached_input_tokens: Option<u32>,
 }
 
 /// Durations the upstream measured itself (Ollama reports these in its final chunk). Each is

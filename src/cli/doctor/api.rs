@@ -374,6 +374,7 @@ async fn generate(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report
         prompt: "Reply with one short sentence: what colour is a clear daytime sky?".into(),
         system: String::new(),
         options: Some(GenerationOptions { max_tokens: Some(TEST_MAX_TOKENS), ..Default::default() }),
+        ..Default::default()
     });
     // The server learns the deadline too, and drops the upstream request when it passes.
     request.set_timeout(suite.timeout);
@@ -415,8 +416,13 @@ async fn generate(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report
 async fn chat(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report: &mut Report) {
     let mut request = Request::new(ChatRequest {
         model: suite.model.to_string(),
-        messages: vec![Message { role: Role::User as i32, content: "Say hello in five words or fewer.".into() }],
+        messages: vec![Message {
+            role: Role::User as i32,
+            content: "Say hello in five words or fewer.".into(),
+            ..Default::default()
+        }],
         options: Some(GenerationOptions { max_tokens: Some(TEST_MAX_TOKENS), ..Default::default() }),
+        ..Default::default()
     });
     request.set_timeout(suite.timeout);
     let started = Instant::now();
