@@ -8,6 +8,8 @@ mod deploy;
 mod doctor;
 #[cfg(feature = "embedded")]
 mod embedded;
+#[cfg(feature = "embedded")]
+mod embedded_tools;
 mod environment;
 mod errors;
 mod grpcurl;
