@@ -447,4 +447,267 @@ mod tests {
         assert!(generate(request("s".repeat(MAX_STOP_BYTES))).is_ok());
         assert_eq!(fields(generate(request("s".repeat(MAX_STOP_BYTES + 1))).unwrap_err()), ["options.stop[0]"]);
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Parts, tools, tool results, response formats, reasoning (issue 16)
+
+    fn user(text: &str) -> pb::Message {
+        pb::Message { role: pb::Role::User as i32, content: text.into(), ..Default::default() }
+    }
+
+    fn assistant_calling(ids: &[&str]) -> pb::Message {
+        let parts = ids
+            .iter()
+            .map(|id| pb::Part {
+                kind: Some(pb::part::Kind::ToolCall(pb::ToolCall {
+                    id: (*id).into(),
+                    name: "get_weather".into(),
+                    arguments_json: r#"{"id":9007199254740993,"x":1.0}"#.into(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        pb::Message { role: pb::Role::Assistant as i32, parts, ..Default::default() }
+    }
+
+    fn result(id: &str) -> pb::Message {
+        pb::Message {
+            role: pb::Role::Tool as i32,
+            content: "18C".into(),
+            tool_call_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn tool(name: &str, schema: &str) -> pb::Tool {
+        pb::Tool { name: name.into(), parameters_json_schema: schema.into(), ..Default::default() }
+    }
+
+    fn conversation(messages: Vec<pb::Message>) -> pb::ChatRequest {
+        pb::ChatRequest { messages, ..Default::default() }
+    }
+
+    #[test]
+    fn a_tool_loop_passes_with_arguments_kept_as_written() {
+        let valid = chat(pb::ChatRequest {
+            tools: vec![tool("get_weather", r#"{"type":"object"}"#)],
+            tool_choice: Some(pb::ToolChoice { name: "get_weather".into(), ..Default::default() }),
+            ..conversation(vec![user("Weather?"), assistant_calling(&["a", "b"]), result("b"), result("a")])
+        })
+        .unwrap();
+        assert_eq!(valid.tool_choice, Some(ToolChoice::Named("get_weather".into())));
+        assert_eq!(valid.tools[0].parameters.as_deref(), Some(r#"{"type":"object"}"#));
+        let call = valid.messages[1].tool_calls().next().unwrap();
+        assert_eq!(call.arguments, r#"{"id":9007199254740993,"x":1.0}"#);
+        assert_eq!(valid.messages[3], Message::tool_result("a", "18C"));
+        assert!(valid.needs().contains(copilot_provider::Feature::Tools));
+    }
+
+    #[test]
+    fn tool_results_must_answer_the_latest_calls_each_once_before_the_conversation_goes_on() {
+        let err = chat(conversation(vec![
+            user("q"),
+            assistant_calling(&["a"]),
+            result("zzz"),
+            result("a"),
+            result("a"),
+            pb::Message { tool_call_id: "a".into(), ..user("stray") },
+            pb::Message { role: pb::Role::Tool as i32, content: "x".into(), ..Default::default() },
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "messages[2].tool_call_id",
+                "messages[4].tool_call_id",
+                "messages[5].tool_call_id",
+                "messages[6].tool_call_id"
+            ]
+        );
+        let err =
+            chat(conversation(vec![user("q"), assistant_calling(&["a", "b"]), result("a"), user("and?")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("messages[3]") && text.contains("[\"b\"]"), "{text}");
+        let err =
+            chat(conversation(vec![user("q"), assistant_calling(&["a"]), result("a"), assistant_calling(&["a"])]))
+                .unwrap_err();
+        assert_eq!(fields(err), ["messages[3].parts[0].tool_call.id"]);
+    }
+
+    #[test]
+    fn tools_are_checked_for_names_duplicates_and_schemas() {
+        let err = chat(pb::ChatRequest {
+            tools: vec![
+                tool("ok_name-1", ""),
+                tool("ok_name-1", ""),
+                tool("has space", ""),
+                tool(&"x".repeat(65), ""),
+                tool("bad_schema", "{\"type\":"),
+                tool("not_object", "[1]"),
+            ],
+            tool_choice: Some(pb::ToolChoice { name: "missing".into(), ..Default::default() }),
+            ..conversation(vec![user("q")])
+        })
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "tools[1].name",
+                "tools[2].name",
+                "tools[3].name",
+                "tools[4].parameters_json_schema",
+                "tools[5].parameters_json_schema",
+                "tool_choice.name"
+            ]
+        );
+        let too_many = (0..=MAX_TOOLS).map(|i| tool(&format!("t{i}"), "")).collect();
+        assert_eq!(
+            fields(chat(pb::ChatRequest { tools: too_many, ..conversation(vec![user("q")]) }).unwrap_err()),
+            ["tools"]
+        );
+        let no_tools = pb::ChatRequest {
+            tool_choice: Some(pb::ToolChoice { mode: pb::ToolChoiceMode::Required as i32, ..Default::default() }),
+            ..conversation(vec![user("q")])
+        };
+        assert_eq!(fields(chat(no_tools).unwrap_err()), ["tool_choice"]);
+        let contradiction = pb::ChatRequest {
+            tools: vec![tool("f", "")],
+            tool_choice: Some(pb::ToolChoice { mode: pb::ToolChoiceMode::None as i32, name: "f".into() }),
+            ..conversation(vec![user("q")])
+        };
+        assert_eq!(fields(chat(contradiction).unwrap_err()), ["tool_choice.name"]);
+    }
+
+    #[test]
+    fn parts_are_checked_by_kind_and_role() {
+        let part = |kind| pb::Part { kind: Some(kind) };
+        let png = b"\x89PNG\r\n\x1a\n rest".to_vec();
+        let image = |data: Vec<u8>, mime: &str| {
+            part(pb::part::Kind::Image(pb::Image {
+                source: Some(pb::image::Source::Data(data)),
+                mime_type: mime.into(),
+            }))
+        };
+        let url = |url: &str| {
+            part(pb::part::Kind::Image(pb::Image {
+                source: Some(pb::image::Source::Url(url.into())),
+                ..Default::default()
+            }))
+        };
+        let ok = chat(conversation(vec![pb::Message {
+            role: pb::Role::User as i32,
+            parts: vec![
+                part(pb::part::Kind::Text("What is this?".into())),
+                image(png.clone(), "image/png"),
+                url("https://x/y.jpg"),
+            ],
+            ..Default::default()
+        }]))
+        .unwrap();
+        let needs = ok.needs();
+        assert!(
+            needs.contains(copilot_provider::Feature::Images) && needs.contains(copilot_provider::Feature::ImageUrls)
+        );
+
+        let err = chat(conversation(vec![
+            pb::Message {
+                role: pb::Role::User as i32,
+                parts: vec![
+                    image(png.clone(), "image/jpeg"),
+                    image(b"GIF89a...".to_vec(), ""),
+                    image(b"plain text".to_vec(), "image/png"),
+                    image(png.clone(), "image/tiff"),
+                    url("file:///etc/passwd"),
+                    pb::Part { kind: None },
+                    part(pb::part::Kind::Thinking(pb::Thinking { text: "hm".into(), ..Default::default() })),
+                ],
+                content: String::new(),
+                ..Default::default()
+            },
+            pb::Message {
+                role: pb::Role::Assistant as i32,
+                content: "x".into(),
+                parts: vec![image(png, "image/png")],
+                ..Default::default()
+            },
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "messages[0].parts[0].image.mime_type",
+                "messages[0].parts[1].image.mime_type",
+                "messages[0].parts[2].image.data",
+                "messages[0].parts[3].image.mime_type",
+                "messages[0].parts[4].image.url",
+                "messages[0].parts[5]",
+                "messages[0].parts[6].thinking",
+                "messages[1].parts"
+            ]
+        );
+    }
+
+    #[test]
+    fn response_formats_and_reasoning_are_checked() {
+        let schema = |name: &str, schema: &str| {
+            Some(pb::ResponseFormat {
+                format: Some(pb::response_format::Format::JsonSchema(pb::JsonSchemaFormat {
+                    name: name.into(),
+                    schema_json: schema.into(),
+                    strict: true,
+                })),
+            })
+        };
+        let valid = chat(pb::ChatRequest {
+            response_format: schema("", r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#),
+            reasoning: Some(pb::Reasoning {
+                enabled: true,
+                amount: Some(pb::reasoning::Amount::BudgetTokens(2048)),
+                include_thoughts: true,
+            }),
+            ..conversation(vec![user("q")])
+        })
+        .unwrap();
+        assert!(
+            matches!(&valid.response_format, ResponseFormat::JsonSchema { name, strict: true, .. } if name == "response")
+        );
+        assert_eq!(
+            valid.reasoning,
+            Some(Reasoning::On {
+                amount: copilot_provider::ReasoningAmount::BudgetTokens(2048),
+                include_thoughts: true
+            })
+        );
+        let err = chat(pb::ChatRequest {
+            response_format: schema("bad name", "not json"),
+            reasoning: Some(pb::Reasoning { enabled: false, include_thoughts: true, ..Default::default() }),
+            ..conversation(vec![user("q")])
+        })
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            ["response_format.json_schema.name", "response_format.json_schema.schema_json", "reasoning.enabled"]
+        );
+        let off = chat(pb::ChatRequest { reasoning: Some(pb::Reasoning::default()), ..conversation(vec![user("q")]) });
+        assert_eq!(off.unwrap().reasoning, Some(Reasoning::Off));
+        let zero = pb::GenerateRequest {
+            prompt: "q".into(),
+            reasoning: Some(pb::Reasoning {
+                enabled: true,
+                amount: Some(pb::reasoning::Amount::BudgetTokens(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(fields(generate(zero).unwrap_err()), ["reasoning.budget_tokens"]);
+    }
+
+    #[test]
+    fn image_types_are_told_by_their_bytes() {
+        assert_eq!(sniff_image(b"\xFF\xD8\xFF\xE0"), Some("image/jpeg"));
+        assert_eq!(sniff_image(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(sniff_image(b"GIF87a"), Some("image/gif"));
+        assert_eq!(sniff_image(b"RIFF\0\0\0\0WAVE"), None);
+        assert_eq!(sniff_image(b""), None);
+    }
 }

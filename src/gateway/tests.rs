@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use copilot_provider::{
-    ChatEvent, ChatRequest, ChatStream, Completion, HealthReport, Message, ModelInfo, Provider, ProviderError, Role,
-    Usage,
+    ChatEvent, ChatRequest, ChatStream, Completion, Feature, Features, FinishReason, HealthReport, Message, ModelInfo,
+    Provider, ProviderError, Role, Tool, ToolCallDelta, Usage,
 };
 use futures::StreamExt;
 use tokio::time::{Instant, sleep};
@@ -46,6 +46,8 @@ enum Item {
     Delta(&'static str),
     /// The end of a successful completion reporting this many output tokens.
     Done(u32),
+    /// Any event, as an adapter would produce it.
+    Event(ChatEvent),
     /// An error inside the stream; the stream ends with it.
     Fail(ProviderError),
     /// Nothing more, ever (neither an event nor the end).
@@ -68,11 +70,17 @@ struct Scripted {
     calls: Mutex<Vec<Call>>,
     /// Accepted streams dropped so far (the gateway dropping one is how an upstream is cancelled).
     dropped: Arc<AtomicUsize>,
+    /// What it says it can translate.
+    features: Features,
 }
 
 impl Scripted {
     fn new(steps: impl IntoIterator<Item = Step>) -> Arc<Self> {
         Arc::new(Self { steps: Mutex::new(steps.into_iter().collect()), ..Self::default() })
+    }
+
+    fn with_features(steps: impl IntoIterator<Item = Step>, features: Features) -> Arc<Self> {
+        Arc::new(Self { steps: Mutex::new(steps.into_iter().collect()), features, ..Self::default() })
     }
 
     fn push(&self, step: Step) {
@@ -127,6 +135,7 @@ impl Provider for Scripted {
                 match item {
                     Item::Wait(pause) => sleep(pause).await,
                     Item::Delta(text) => yield Ok(ChatEvent::Delta(text.to_string())),
+                    Item::Event(event) => yield Ok(event),
                     Item::Done(output_tokens) => {
                         let usage = Usage { input_tokens: 1, output_tokens, ..Default::default() };
                         yield Ok(ChatEvent::Done(Completion { usage, ..Completion::default() }));
@@ -153,6 +162,10 @@ impl Provider for Scripted {
 
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         Nothing.health().await
+    }
+
+    fn features(&self) -> Features {
+        self.features
     }
 }
 
@@ -941,4 +954,131 @@ async fn response_limits_end_the_stream_and_cancel_the_upstream() {
         assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "RESPONSE_TOO_LARGE"));
     }
     assert_eq!(provider.dropped(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tool calls and features
+
+fn piece(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> Item {
+    Item::Event(ChatEvent::ToolCall(ToolCallDelta {
+        index,
+        id: id.map(Into::into),
+        name: name.map(Into::into),
+        arguments: arguments.into(),
+        ..Default::default()
+    }))
+}
+
+fn finished(reason: FinishReason) -> Item {
+    Item::Event(ChatEvent::Done(Completion { finish_reason: reason, ..Completion::default() }))
+}
+
+fn with_tools(model: &str) -> ValidRequest {
+    let tool = Tool { name: "f".into(), ..Default::default() };
+    ValidRequest { tools: vec![tool], ..request(model) }
+}
+
+/// Whatever the upstream sends, clients get each call's id and name once, on its first piece
+/// (an id made up where the upstream gave none), `{}` for a call whose arguments never came, and
+/// TOOL_CALLS when calls end an answer the upstream said stopped.
+#[tokio::test(start_paused = true)]
+async fn tool_calls_reach_clients_in_one_shape_whatever_the_upstream_sends() {
+    let provider = Scripted::with_features(
+        [Step::Accept(vec![
+            Item::Delta("Checking."),
+            piece(0, Some("up_1"), Some("f"), ""),
+            piece(1, None, Some("g"), "{\"a\":"),
+            // Repeated id and name (some servers send them on every piece) are not passed on.
+            piece(0, Some("up_1"), Some("f"), "{\"x\":1.0}"),
+            piece(1, None, None, "9007199254740993}"),
+            piece(2, Some("up_3"), Some("h"), ""),
+            finished(FinishReason::Stop),
+        ])],
+        Features::of(&[Feature::Tools]),
+    );
+    let (gw, _) = gateway(vec![instance("a", &provider)], &[]);
+    let (text, end) = drain(started(chat(&gw, with_tools("a/m"), call(None), STREAMED).await)).await;
+    let summary = end.unwrap();
+    assert_eq!(summary.completion.finish_reason, FinishReason::ToolCalls);
+    let made_up = text.split(' ').nth(6).unwrap().to_string();
+    assert!(made_up.starts_with("call_") && made_up.len() == 29, "{text}");
+    assert_eq!(
+        text,
+        format!(
+            "Checking.[call 0 up_1 f ][call 1 {made_up} g {{\"a\":][call 0 - - {{\"x\":1.0}}][call 1 - - \
+             9007199254740993}}][call 2 up_3 h ][call 2 - - {{}}]"
+        )
+    );
+}
+
+/// A cut answer keeps LENGTH (its arguments may be incomplete); an upstream that says tool_calls
+/// without a call gets STOP; a piece that starts a call out of order or without a name is the
+/// upstream's protocol error, and the upstream is cancelled.
+#[tokio::test(start_paused = true)]
+async fn the_finish_reason_follows_the_calls_and_broken_calls_are_protocol_errors() {
+    let provider = Scripted::with_features(
+        [
+            Step::Accept(vec![piece(0, None, Some("f"), "{\"x\":"), finished(FinishReason::Length)]),
+            Step::Accept(vec![Item::Delta("no call"), finished(FinishReason::ToolCalls)]),
+            Step::Accept(vec![Item::Delta("a"), piece(1, None, Some("f"), "{}"), Item::Hang]),
+            Step::Accept(vec![piece(0, Some("x"), None, "{}"), Item::Hang]),
+        ],
+        Features::of(&[Feature::Tools]),
+    );
+    let (gw, _) = gateway(vec![instance("a", &provider)], &[]);
+    let (_, end) = drain(started(chat(&gw, with_tools("a/m"), call(None), STREAMED).await)).await;
+    assert_eq!(end.unwrap().completion.finish_reason, FinishReason::Length);
+    let (_, end) = drain(started(chat(&gw, with_tools("a/m"), call(None), STREAMED).await)).await;
+    assert_eq!(end.unwrap().completion.finish_reason, FinishReason::Stop);
+    for expected in ["tool call 1 began before call 0", "without the tool's name"] {
+        let outcome = chat(&gw, with_tools("a/m"), call(None), STREAMED).await;
+        let (_, end) = match outcome {
+            Ok(stream) => drain(stream).await,
+            Err(error) => (String::new(), Err(error)),
+        };
+        let status = Status::from(end.unwrap_err());
+        assert_eq!((status.code(), reason(&status).as_str()), (Code::Internal, "UPSTREAM_PROTOCOL_ERROR"));
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    assert_eq!(provider.dropped(), 4);
+}
+
+/// A request needing what an instance's adapter cannot translate never reaches it: a plain
+/// model is refused with FAILED_PRECONDITION / FEATURE_UNSUPPORTED naming the feature, and an
+/// alias skips that target for the next one that can.
+#[tokio::test(start_paused = true)]
+async fn a_target_that_cannot_serve_the_request_is_refused_or_skipped() {
+    let text_only = Scripted::new([]);
+    let with_tools_provider = Scripted::with_features([answer()], Features::of(&[Feature::Tools]));
+    let (gw, _) = gateway(vec![instance("a", &text_only), instance("b", &with_tools_provider)], &["a/m", "b/m"]);
+
+    let status = refused(chat(&gw, with_tools("a/m"), call(None), STREAMED).await);
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::FailedPrecondition, "FEATURE_UNSUPPORTED"));
+    assert!(status.message().contains("'a/m' cannot do tool calling"), "{}", status.message());
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.metadata.get("feature").map(String::as_str), Some("tools"));
+
+    let (text, end) = drain(started(chat(&gw, with_tools("pair"), call(None), STREAMED).await)).await;
+    assert_eq!(text, "hello world");
+    assert!(end.is_ok());
+    assert_eq!((text_only.count(), with_tools_provider.count()), (0, 1));
+
+    // Without tools the text-only target serves the alias as before.
+    text_only.push(answer());
+    let (text, _) = drain(started(chat(&gw, request("pair"), call(None), STREAMED).await)).await;
+    assert_eq!((text.as_str(), text_only.count()), ("hello world", 1));
+}
+
+/// Tool-call arguments count against limits.max_response_bytes as text does.
+#[tokio::test(start_paused = true)]
+async fn tool_call_arguments_count_against_the_response_limit() {
+    let provider = Scripted::with_features(
+        [Step::Accept(vec![piece(0, Some("c"), Some("f"), "{\"abc\":"), piece(0, None, None, "12345}"), Item::Hang])],
+        Features::of(&[Feature::Tools]),
+    );
+    let (gw, _) = gateway(vec![instance("a", &provider)], &[]);
+    let stream = started(chat(&gw, with_tools("a/m"), call(None), ResponseLimit::Total(12)).await);
+    let (_, end) = drain(stream).await;
+    assert!(matches!(end, Err(GatewayError::ResponseTooLarge { limit: 12, .. })), "{end:?}");
+    assert_eq!(provider.dropped(), 1);
 }
