@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod conformance;
 mod connections;
 mod deploy;
 mod doctor;
