@@ -180,6 +180,21 @@ struct Choice<'a> {
 struct Delta<'a> {
     #[serde(borrow)]
     content: Option<Cow<'a, str>>,
+    /// llama.cpp's and DeepSeek's thinking; vLLM's newer `reasoning`.
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Vec<serde::de::IgnoredAny>,
+}
+
+impl Delta<'_> {
+    /// Whether the delta carries output: text, thinking or a piece of a tool call.
+    fn has_output(&self) -> bool {
+        let some = |text: &Option<Cow<'_, str>>| text.as_deref().is_some_and(|t| !t.is_empty());
+        some(&self.content) || some(&self.reasoning_content) || some(&self.reasoning) || !self.tool_calls.is_empty()
+    }
 }
 
 fn bad_response(what: &str, error: impl std::fmt::Display) -> CallError {
@@ -206,7 +221,7 @@ struct SseState {
 }
 
 impl SseState {
-    /// Takes in one event's data; true if it carried non-empty content.
+    /// Takes in one event's data; true if it carried output (text, thinking or a tool-call piece).
     fn event(&mut self, data: &str) -> Result<bool, CallError> {
         if data.trim() == "[DONE]" {
             self.done = true;
@@ -223,7 +238,7 @@ impl SseState {
         }
         let mut content = false;
         for choice in &chunk.choices {
-            content |= choice.delta.as_ref().and_then(|d| d.content.as_deref()).is_some_and(|c| !c.is_empty());
+            content |= choice.delta.as_ref().is_some_and(Delta::has_output);
             self.finished |= choice.finish_reason.is_some();
         }
         Ok(content)

@@ -78,7 +78,8 @@ impl Backend for GrpcBackend {
                 let mut stream = client.chat(self.chat.clone()).await.map_err(status_error)?.into_inner();
                 let mut output_tokens = None;
                 while let Some(message) = stream.message().await.map_err(status_error)? {
-                    if !message.content.is_empty() {
+                    // Text, thinking and tool-call pieces are all output chunks.
+                    if !message.content.is_empty() || !message.thinking.is_empty() || !message.tool_calls.is_empty() {
                         clock.chunk();
                     }
                     if let Some(usage) = message.usage {

@@ -221,6 +221,10 @@ struct OllamaLine<'a> {
 struct OllamaMessage<'a> {
     #[serde(default, borrow)]
     content: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    thinking: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    tool_calls: Vec<serde::de::IgnoredAny>,
 }
 
 /// What an Ollama chat answer has said so far.
@@ -231,7 +235,7 @@ struct NdjsonState {
 }
 
 impl NdjsonState {
-    /// Takes in one JSON line; true if it carried non-empty content.
+    /// Takes in one JSON line; true if it carried output: text, thinking or tool calls.
     fn line(&mut self, line: &[u8]) -> Result<bool, CallError> {
         let line: OllamaLine =
             serde_json::from_slice(line).map_err(|e| CallError::new("BAD RESPONSE", format!("NDJSON line: {e}")))?;
@@ -243,7 +247,7 @@ impl NdjsonState {
             // Ollama leaves out a zero eval_count.
             self.eval_count = Some(line.eval_count.unwrap_or(0));
         }
-        Ok(line.message.is_some_and(|m| !m.content.is_empty()))
+        Ok(line.message.is_some_and(|m| !m.content.is_empty() || !m.thinking.is_empty() || !m.tool_calls.is_empty()))
     }
 
     fn finish(self) -> Result<Option<u64>, CallError> {

@@ -40,6 +40,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod bench_models;
 pub mod fake;
 mod format;
 pub mod gemini;

@@ -45,6 +45,9 @@ async fn main() -> std::io::Result<()> {
             .with_token_delay(token_delay)
             .with_header_delay(header_delay),
     );
+    for model in [copilot_fakes::bench_models::thinking(), copilot_fakes::bench_models::tool_calls()] {
+        fake.add_model(model.with_token_delay(token_delay).with_header_delay(header_delay));
+    }
 
     // One line on stdout, so scripts can wait for it before sending traffic.
     println!("fake-ollama listening on {}", fake.base_url());
