@@ -84,6 +84,20 @@ struct Asks {
     reasoning: Option<Reasoning>,
 }
 
+impl Asks {
+    fn request(self, model: &str, messages: Vec<Message>, options: GenerationOptions) -> ValidRequest {
+        ValidRequest {
+            model: model.trim().to_string(),
+            messages,
+            options,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+            response_format: self.response_format,
+            reasoning: self.reasoning,
+        }
+    }
+}
+
 fn asks(
     tools: Vec<pb::Tool>,
     tool_choice: Option<pb::ToolChoice>,
@@ -117,15 +131,7 @@ pub fn generate(request: pb::GenerateRequest, limits: &LimitsConfig) -> Result<V
         messages.push(Message::text(Role::System, request.system));
     }
     messages.push(Message::text(Role::User, request.prompt));
-    Ok(ValidRequest {
-        model: request.model.trim().to_string(),
-        messages,
-        options,
-        tools: asks.tools,
-        tool_choice: asks.tool_choice,
-        response_format: asks.response_format,
-        reasoning: asks.reasoning,
-    })
+    Ok(asks.request(&request.model, messages, options))
 }
 
 pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
@@ -188,15 +194,7 @@ pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequ
     let options = options(request.options, &mut violations);
     let asks = asks(request.tools, request.tool_choice, request.response_format, request.reasoning, &mut violations);
     finish(violations)?;
-    Ok(ValidRequest {
-        model: request.model.trim().to_string(),
-        messages,
-        options,
-        tools: asks.tools,
-        tool_choice: asks.tool_choice,
-        response_format: asks.response_format,
-        reasoning: asks.reasoning,
-    })
+    Ok(asks.request(&request.model, messages, options))
 }
 
 /// The prompt's total length in characters against `limits.max_prompt_chars`.

@@ -252,11 +252,7 @@ impl Native for OllamaWire {
         body.get("format").filter(|f| f.is_object()).cloned()
     }
     fn tool_results(&self, body: &Value) -> Vec<(Option<String>, String)> {
-        array(body, "/messages")
-            .iter()
-            .filter(|m| m["role"] == "tool")
-            .map(|m| (m.get("tool_call_id").map(text), text(&m["content"])))
-            .collect()
+        OpenAiWire.tool_results(body)
     }
     fn thinking_on(&self, body: &Value) -> bool {
         body.get("think").is_some_and(|t| t != &json!(false))
