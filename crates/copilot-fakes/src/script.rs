@@ -147,6 +147,10 @@ pub struct FakeModel {
     /// Size on disk in bytes, as `/api/tags` reports it.
     pub size: u64,
     pub capabilities: Vec<String>,
+    /// What the model says instead of `reply` when the conversation ends with tool results (the
+    /// second turn of a tool loop); `None` says `reply` again. An [`Reply::Echo`] here repeats the
+    /// last tool result.
+    pub after_tool_result: Option<Reply>,
 }
 
 impl FakeModel {
@@ -164,6 +168,23 @@ impl FakeModel {
             context_length: 131_072,
             size: 2_019_393_189,
             capabilities: vec!["completion".to_owned()],
+            after_tool_result: None,
+        }
+    }
+
+    /// Says `reply` when the conversation ends with tool results (see [`Self::after_tool_result`]).
+    pub fn with_reply_after_tool_result(mut self, reply: Reply) -> Self {
+        self.after_tool_result = Some(reply);
+        self
+    }
+
+    /// The model as it answers a conversation that ends with tool results or not.
+    pub(crate) fn answering(self: &Arc<Self>, tool_result_last: bool) -> Arc<FakeModel> {
+        match (&self.after_tool_result, tool_result_last) {
+            (Some(reply), true) => {
+                Arc::new(FakeModel { reply: reply.clone(), after_tool_result: None, ..(**self).clone() })
+            }
+            _ => self.clone(),
         }
     }
 
