@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use copilot_fakes::{FakeModel, FakeOllama, Reply};
+use copilot_fakes::{FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
 
 use crate::harness::{Copilot, tool};
 
@@ -65,6 +65,61 @@ async fn the_python_example_calls_generate_streams_chat_and_handles_errors_and_d
 async fn the_node_example_calls_generate_streams_chat_and_handles_errors_and_deadlines() {
     let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
     check_example("node", &node, "check.js", "client.js").await;
+}
+
+/// The tool-loop and structured-output example (`tools.py` / `tools.js`) against a fake Ollama
+/// whose `weather` model calls `get_weather`, then answers with what the tool returned, and whose
+/// `intent` model answers JSON.
+async fn check_tools_example(dir: &str, program: &str, script: &str) {
+    let fake = FakeOllama::start().await;
+    let call = FakeToolCall::new("call_w1", "get_weather", r#"{"city":"Paris"}"#);
+    let mut weather = FakeModel::new("weather")
+        .with_reply(Reply::Turn(vec![Piece::ToolCalls(vec![call])]))
+        .with_reply_after_tool_result(Reply::Echo);
+    weather.capabilities.push("tools".into());
+    fake.add_model(weather);
+    let json = [r#"{"intent":"weather","#, r#""city":"Paris"}"#];
+    fake.add_model(FakeModel::new("intent").with_reply(Reply::Tokens(json.map(String::from).to_vec())));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let addr = copilot.addr.to_string();
+    let args = [
+        script,
+        "--address",
+        &addr,
+        "--model",
+        "ollama/weather",
+        "--structured-model",
+        "ollama/intent",
+        "What is the weather in Paris?",
+    ];
+    let (ok, stdout, all) = run_example(dir, program, &args).await;
+    assert!(ok, "{all}");
+    assert!(stdout.contains(r#"tool call: get_weather({"city":"Paris"}) [call_w1]"#), "{all}");
+    // The model's second turn repeats the tool's result, so it went through.
+    let answer = stdout.lines().find_map(|line| line.strip_prefix("answer: You said: ")).expect(&all);
+    let result: serde_json::Value = serde_json::from_str(answer).expect(&all);
+    assert_eq!(result, serde_json::json!({"city": "Paris", "temperature_c": 18, "sky": "clear"}), "{all}");
+    let structured = stdout.lines().find_map(|line| line.strip_prefix("structured: ")).expect(&all);
+    let structured: serde_json::Value = serde_json::from_str(structured).expect(&all);
+    assert_eq!(structured, serde_json::json!({"intent": "weather", "city": "Paris"}), "{all}");
+    // The upstream got the tools, then the result tied to the call, and the schema.
+    let requests = fake.chat_requests();
+    assert_eq!(requests[0]["tools"][0]["function"]["name"], "get_weather", "{requests:?}");
+    let last_message = requests[1]["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+    assert_eq!(last_message["role"], "tool", "{requests:?}");
+    assert_eq!(requests[2]["format"]["required"][0], "intent", "{requests:?}");
+}
+
+#[tokio::test]
+async fn the_python_tools_example_runs_a_tool_loop_and_gets_structured_output() {
+    let python = tool("PYTHON", ".tools/venv/bin/python", "python3");
+    check_tools_example("python", &python, "tools.py").await;
+}
+
+#[tokio::test]
+async fn the_node_tools_example_runs_a_tool_loop_and_gets_structured_output() {
+    let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
+    check_tools_example("node", &node, "tools.js").await;
 }
 
 /// `buf breaking` against the API as it last landed: the commit named in `proto/LANDED` (moved
