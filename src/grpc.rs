@@ -80,31 +80,16 @@ impl pb::copilot_server::Copilot for CopilotApi {
                     if let Some(reservation) = reservation.take() {
                         reservation.settle(&summary.completion.usage);
                     }
-                    let message = pb::Message {
-                        role: pb::Role::Assistant as i32,
-                        parts: turn.into_parts().into_iter().map(part).collect(),
-                        ..Default::default()
-                    };
-                    let mut text = String::new();
-                    let mut thinking = String::new();
-                    let mut tool_calls = Vec::new();
-                    for part in &message.parts {
-                        match &part.kind {
-                            Some(pb::part::Kind::Text(piece)) => text.push_str(piece),
-                            Some(pb::part::Kind::Thinking(piece)) => thinking.push_str(&piece.text),
-                            Some(pb::part::Kind::ToolCall(call)) => tool_calls.push(call.clone()),
-                            Some(pb::part::Kind::Image(_)) | None => {}
-                        }
-                    }
+                    let (text, answer) = generated(turn);
                     return Ok(Response::new(pb::GenerateResponse {
                         text,
                         model: summary.model.clone(),
                         finish_reason: finish_reason(&summary.completion) as i32,
                         usage: Some(usage(&summary.completion)),
                         timing: Some(timing(&summary)),
-                        message: Some(message),
-                        tool_calls,
-                        thinking,
+                        message: answer.message,
+                        tool_calls: answer.tool_calls,
+                        thinking: answer.thinking,
                     }));
                 }
             }
@@ -219,6 +204,37 @@ fn usage(completion: &Completion) -> pb::Usage {
         reasoning_tokens: usage.reasoning_tokens,
         cached_input_tokens: usage.cached_input_tokens,
     }
+}
+
+/// What a `Generate` answer holds beyond its text.
+#[derive(Default)]
+struct BeyondText {
+    /// The whole turn, when it holds more than text.
+    message: Option<pb::Message>,
+    tool_calls: Vec<pb::ToolCall>,
+    thinking: String,
+}
+
+/// A collected answer as `GenerateResponse` gives it: its text, and the rest. A text answer is
+/// its text alone, moved rather than copied into a second field.
+fn generated(turn: AssembledTurn) -> (String, BeyondText) {
+    let parts = turn.into_parts();
+    if parts.iter().all(|part| matches!(part, Part::Text(_))) {
+        let text = parts.into_iter().filter_map(|part| if let Part::Text(text) = part { Some(text) } else { None });
+        return (text.collect(), BeyondText::default());
+    }
+    let parts: Vec<pb::Part> = parts.into_iter().map(part).collect();
+    let (mut text, mut rest) = (String::new(), BeyondText::default());
+    for part in &parts {
+        match &part.kind {
+            Some(pb::part::Kind::Text(piece)) => text.push_str(piece),
+            Some(pb::part::Kind::Thinking(piece)) => rest.thinking.push_str(&piece.text),
+            Some(pb::part::Kind::ToolCall(call)) => rest.tool_calls.push(call.clone()),
+            Some(pb::part::Kind::Image(_)) | None => {}
+        }
+    }
+    rest.message = Some(pb::Message { role: pb::Role::Assistant as i32, parts, ..Default::default() });
+    (text, rest)
 }
 
 fn tool_call_delta(delta: copilot_provider::ToolCallDelta) -> pb::ToolCallDelta {
