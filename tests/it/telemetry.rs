@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use copilot::proto::v1::{ChatRequest, GenerationOptions, Message, Role};
 use copilot_fakes::otlp::{AttrValue, FakeCollector, MetricData, SpanKind, SpanStatus};
-use copilot_fakes::{FakeAnthropic, FakeModel, FakeOllama, Reply};
+use copilot_fakes::{FakeAnthropic, FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -334,6 +334,59 @@ async fn prompts_and_completions_are_recorded_only_when_the_operator_opts_in() {
     let output: serde_json::Value = serde_json::from_str(attempt.str_attr("gen_ai.output.messages").unwrap()).unwrap();
     assert_eq!(output[0]["parts"][0]["content"], "Flour first");
     assert_eq!(output[0]["finish_reason"], "stop");
+}
+
+/// A tool loop's turn on the attempt span: `tool_calls` as the finish reason always; the tool
+/// definitions, the calls with their arguments and the results only when content capture is on.
+#[tokio::test]
+async fn tool_calls_follow_the_conventions_and_their_content_is_opt_in() {
+    for capture in [false, true] {
+        let collector = FakeCollector::start().await;
+        let fake = FakeOllama::start().await;
+        let call = FakeToolCall::new("call_1", "get_weather", r#"{"city":"Paris","id":9007199254740993}"#);
+        let mut model = FakeModel::new("m").with_reply(Reply::Turn(vec![Piece::ToolCalls(vec![call])]));
+        model.capabilities.push("tools".into());
+        fake.add_model(model);
+        let mut env = otel_env(&collector.endpoint());
+        if capture {
+            env.push(("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true".into()));
+        }
+        let copilot = Copilot::start_with(&ollama_config(&fake.base_url(), ""), &env).await;
+        let mut client = copilot.client().await;
+        let mut request = chat_with_traceparent("ollama/m");
+        let schema = r#"{"type":"object","properties":{"city":{"type":"string"}}}"#;
+        request.get_mut().tools = vec![copilot::proto::v1::Tool {
+            name: "get_weather".into(),
+            parameters_json_schema: schema.into(),
+            ..Default::default()
+        }];
+        drain(within(LIMIT, client.chat(request)).await.unwrap().into_inner()).await;
+
+        let attempt = collector.wait_for_span(LIMIT, |s| s.name == "chat m").await.unwrap();
+        assert_eq!(
+            attempt.attr("gen_ai.response.finish_reasons"),
+            Some(&AttrValue::Array(vec![AttrValue::Str("tool_calls".into())]))
+        );
+        let attributes = format!("{:?}", attempt.attributes);
+        if !capture {
+            assert!(attempt.attr("gen_ai.tool.definitions").is_none(), "{attributes}");
+            assert!(!attributes.contains("Paris") && !attributes.contains("city"), "content leaked: {attributes}");
+            continue;
+        }
+        let tools: serde_json::Value =
+            serde_json::from_str(attempt.str_attr("gen_ai.tool.definitions").unwrap()).unwrap();
+        assert_eq!(tools[0]["name"], "get_weather");
+        assert_eq!(tools[0]["parameters"]["properties"]["city"]["type"], "string");
+        let output: serde_json::Value =
+            serde_json::from_str(attempt.str_attr("gen_ai.output.messages").unwrap()).unwrap();
+        let part = &output[0]["parts"][0];
+        assert_eq!(
+            (part["type"].as_str(), part["id"].as_str(), part["name"].as_str()),
+            (Some("tool_call"), Some("call_1"), Some("get_weather"))
+        );
+        assert_eq!(part["arguments"]["city"], "Paris");
+        assert_eq!(output[0]["finish_reason"], "tool_calls");
+    }
 }
 
 #[tokio::test]
