@@ -20,11 +20,25 @@
 //!   `finish_reason` nor `[DONE]`.
 //! - [`Behaviour::DropConnectionAfter`]: some chunks, then the connection breaks.
 //! - [`Behaviour::HttpError`]: that status and the flavour's error body.
+//!
+//! A [`Reply::Turn`] is written the way each server writes it: [`Piece::ToolCalls`] as
+//! `delta.tool_calls` (OpenAI and llama.cpp one call after another, the first piece with `id`,
+//! `type`, `name` and `arguments: ""`, then the fragments; vLLM without `arguments` on the first
+//! piece and with the next call's first piece in the chunk of the previous call's last fragment;
+//! Ollama each call whole), ids made up in the server's shape when the script gives none, and
+//! `finish_reason: "tool_calls"` (OpenAI says `stop` when `tool_choice` named the function);
+//! [`Piece::Thinking`] as `reasoning_content` (llama.cpp) or `reasoning` (vLLM, Ollama), and on
+//! hosted OpenAI only counted in `reasoning_tokens`; without streaming, one `message` with
+//! `tool_calls`. Requests are checked as the servers check them where it is cheap: tool calls in
+//! history answered by tool messages for every id, `tool_choice` naming one of `tools`, tool
+//! names, `response_format` (and OpenAI's "json" rule), `reasoning_effort` values, images only in
+//! user messages as valid `data:` URLs of a type the server decodes (or URLs where it fetches
+//! them). [`Fake::set_unsupported`] makes the model refuse a capability in its server's words.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -41,7 +55,7 @@ use crate::harness::{
     FailNext, Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body,
 };
 pub use crate::script::{Behaviour, FakeModel, Reply};
-use crate::script::{Generation, Step, flush_point};
+use crate::script::{FakeToolCall, Finish, Generation, Piece, Step, flush_point};
 
 /// Which server the fake plays, with that server's deviations from hosted OpenAI.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,6 +112,26 @@ impl Flavour {
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("reasoning_content"),
             Flavour::Ollama => Some("reasoning"),
             _ => None,
+        }
+    }
+
+    /// Where a [`Piece::Thinking`] goes: hosted OpenAI never streams its reasoning (it only
+    /// counts it in `reasoning_tokens`); vLLM's current field is `reasoning`.
+    fn thinking_field(self) -> Option<&'static str> {
+        match self {
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("reasoning_content"),
+            Flavour::Vllm | Flavour::Ollama => Some("reasoning"),
+            Flavour::OpenAi | Flavour::NoUsage => None,
+        }
+    }
+
+    /// A tool call's id as the server makes them up.
+    fn tool_call_id(self, shared: &OpenAi) -> String {
+        match self {
+            Flavour::OpenAi | Flavour::NoUsage => shared.new_id("call_", 24),
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => shared.new_id("", 32),
+            Flavour::Vllm => shared.new_id("chatcmpl-tool-", 32),
+            Flavour::Ollama => shared.new_id("call_", 8),
         }
     }
 
@@ -193,6 +227,42 @@ impl Fake<OpenAi> {
     pub fn set_echo_key(&self, offset: Option<usize>) {
         *self.wire.echo_key.write().unwrap() = offset;
     }
+
+    /// Makes every model refuse requests that use these capabilities (`"tools"`, `"vision"`,
+    /// `"thinking"`, `"json_schema"`) the way the flavour's server refuses a model that cannot
+    /// (Ollama's "does not support tools", vLLM without `--enable-auto-tool-choice`, llama.cpp
+    /// without `--jinja` or `--mmproj`, OpenAI's models without vision or reasoning).
+    pub fn set_unsupported(&self, capabilities: &[&str]) {
+        *self.wire.unsupported.write().unwrap() = capabilities.iter().map(|c| (*c).to_owned()).collect();
+    }
+
+    /// Prompt tokens reported as read from the prompt cache (`prompt_tokens_details.cached_tokens`).
+    pub fn set_cached_prompt_tokens(&self, tokens: usize) {
+        self.wire.cached_tokens.store(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// The images chat requests carried, in order: `data:` URLs decoded, other URLs as sent.
+    pub fn received_images(&self) -> Vec<FakeImage> {
+        self.wire.images.lock().unwrap().clone()
+    }
+}
+
+/// An image a chat request carried in an `image_url` part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeImage {
+    /// A `data:<mime>;base64,…` URL, decoded.
+    Data { mime_type: String, bytes: Vec<u8> },
+    /// A URL the server would fetch.
+    Url(String),
+}
+
+/// The image types the servers decode: OpenAI's list; llama.cpp's stb_image reads no WebP.
+fn image_type_allowed(flavour: Flavour, mime_type: &str) -> bool {
+    match mime_type {
+        "image/png" | "image/jpeg" | "image/gif" => true,
+        "image/webp" => !flavour.is_llama_cpp(),
+        _ => false,
+    }
 }
 
 struct ModelEntry {
@@ -223,6 +293,12 @@ pub struct OpenAi {
     keepalive_comments: AtomicBool,
     /// [`Fake::set_echo_key`].
     echo_key: RwLock<Option<usize>>,
+    /// [`Fake::set_unsupported`].
+    unsupported: RwLock<Vec<String>>,
+    /// [`Fake::set_cached_prompt_tokens`].
+    cached_tokens: AtomicU64,
+    /// [`Fake::received_images`].
+    images: Mutex<Vec<FakeImage>>,
     harness: Arc<Harness>,
     /// Makes ids unique within a run.
     next_id: AtomicU64,
@@ -242,6 +318,9 @@ impl Wire for OpenAi {
             reject_stream_options: AtomicBool::new(false),
             keepalive_comments: AtomicBool::new(false),
             echo_key: RwLock::new(None),
+            unsupported: RwLock::new(Vec::new()),
+            cached_tokens: AtomicU64::new(0),
+            images: Mutex::new(Vec::new()),
             harness,
             next_id: AtomicU64::new(1),
         }
@@ -625,6 +704,9 @@ struct ChatParams {
     prompt_words: usize,
     /// The last user message's text, for [`Reply::Echo`].
     last_user: String,
+    /// Whether `tool_choice` names a function (OpenAI then finishes with `stop`, not
+    /// `tool_calls`).
+    forced_function: bool,
 }
 
 async fn chat(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -705,8 +787,13 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
         flavour,
         include_usage: params.include_usage,
         comments: shared.keepalive_comments.load(Ordering::Relaxed),
+        shared: shared.clone(),
     };
-    let timing = Timing { received, responding, prompt_words: params.prompt_words };
+    let finish =
+        FinishWords { calls_tools: generation.calls_tools(), forced_function: params.forced_function, flavour };
+    let auto_reasoning = !matches!(entry.model.reply, Reply::Turn(_));
+    let cached_tokens = (shared.cached_tokens.load(Ordering::Relaxed) as usize).min(params.prompt_words);
+    let timing = Timing { received, responding, prompt_words: params.prompt_words, cached_tokens };
     if params.stream {
         stream_response(SseBody {
             generation,
@@ -716,9 +803,12 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
             queue: VecDeque::new(),
             started: false,
             finished: false,
+            finish,
+            auto_reasoning,
+            thinking_pieces: 0,
         })
     } else {
-        whole_response(shared, flavour, generation, guard, &served_as, timing).await
+        whole_response(shared, flavour, generation, guard, &served_as, timing, finish).await
     }
 }
 
@@ -774,7 +864,10 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
     }
     let mut prompt_words = 0;
     let mut last_user = String::new();
-    for message in messages {
+    // The calls of the latest assistant message not yet answered by a tool message.
+    let mut unanswered: Vec<String> = Vec::new();
+    let mut images = Vec::new();
+    for (position, message) in messages.iter().enumerate() {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
             return Err(ApiError::new(
@@ -784,12 +877,83 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
             .param("messages.role")
             .code("invalid_value"));
         }
+        if role == "tool" {
+            let id = message.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+            match unanswered.iter().position(|call| call == id) {
+                Some(at) => {
+                    unanswered.remove(at);
+                }
+                None => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'. (messages.[{position}], tool_call_id {id:?})"),
+                    )
+                    .param("messages.role"));
+                }
+            }
+        } else if !unanswered.is_empty() {
+            return Err(unanswered_calls(position - 1, &unanswered));
+        }
+        let calls = match message.get("tool_calls") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(calls)) if role == "assistant" => calls.clone(),
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "Invalid 'messages.tool_calls': only assistant messages take an array of tool calls.",
+                )
+                .param("messages.tool_calls")
+                .code("invalid_type"));
+            }
+        };
+        for call in &calls {
+            let function = call.get("function");
+            let (Some(id), Some("function"), Some(_), Some(arguments)) = (
+                call.get("id").and_then(Value::as_str),
+                call.get("type").and_then(Value::as_str),
+                function.and_then(|f| f.get("name")).and_then(Value::as_str),
+                function.and_then(|f| f.get("arguments")),
+            ) else {
+                return Err(ApiError::new(400, format!("Invalid 'messages[{position}].tool_calls': each needs an id, type 'function' and a function with a name and arguments."))
+                    .param("messages.tool_calls"));
+            };
+            if !arguments.is_string() {
+                return Err(ApiError::new(400, format!("Invalid type for 'messages[{position}].tool_calls.function.arguments': expected a string, but got an object instead."))
+                    .param("messages.tool_calls.function.arguments")
+                    .code("invalid_type"));
+            }
+            unanswered.push(id.to_owned());
+        }
         let text = match message.get("content") {
             Some(Value::String(text)) => text.clone(),
             Some(Value::Array(parts)) => {
-                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+                let mut texts = Vec::new();
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => texts.extend(part.get("text").and_then(Value::as_str)),
+                        Some("image_url") if role != "user" => {
+                            return Err(ApiError::new(400, format!("Image URLs are only allowed for messages with role 'user', but this message with role '{role}' contains an image URL."))
+                                .param("messages")
+                                .code("invalid_value"));
+                        }
+                        Some("image_url") => {
+                            let url = part.get("image_url").and_then(|i| i.get("url")).and_then(Value::as_str);
+                            images.push(image(flavour, url.unwrap_or(""))?);
+                        }
+                        _ => {
+                            return Err(ApiError::new(
+                                400,
+                                "Invalid 'messages.content': each part needs a type of 'text' or 'image_url'.",
+                            )
+                            .param("messages.content")
+                            .code("invalid_value"));
+                        }
+                    }
+                }
+                texts.join(" ")
             }
-            None | Some(Value::Null) if role == "assistant" => String::new(),
+            // Only an assistant message that calls tools may say nothing.
+            None | Some(Value::Null) if role == "assistant" && !calls.is_empty() => String::new(),
             _ => {
                 return Err(ApiError::new(
                     400,
@@ -803,6 +967,16 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
         if role == "user" {
             last_user = text;
         }
+    }
+    if !unanswered.is_empty() {
+        return Err(unanswered_calls(messages.len() - 1, &unanswered));
+    }
+    let forced_function = check_tools(flavour, request)?;
+    check_response_format(flavour, request, messages)?;
+    check_reasoning(flavour, request)?;
+    check_supported(shared, flavour, request, &model, !images.is_empty())?;
+    if shared.harness.recording() {
+        shared.images.lock().unwrap().extend(images);
     }
 
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -872,24 +1046,260 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
         }
     }
 
-    Ok(ChatParams { model, stream, include_usage, limit, prompt_words: prompt_words.max(1), last_user })
+    Ok(ChatParams {
+        model,
+        stream,
+        include_usage,
+        limit,
+        prompt_words: prompt_words.max(1),
+        last_user,
+        forced_function,
+    })
+}
+
+/// OpenAI's 400 for tool calls the next messages do not answer.
+fn unanswered_calls(position: usize, ids: &[String]) -> ApiError {
+    ApiError::new(
+        400,
+        format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {} (messages.[{position}])",
+            ids.join(", ")
+        ),
+    )
+    .param("messages")
+}
+
+/// An `image_url`'s URL: a `data:` URL of an image type the server decodes, with valid base64,
+/// or (where the server fetches them) an `http(s)` URL.
+fn image(flavour: Flavour, url: &str) -> Result<FakeImage, ApiError> {
+    use base64::Engine as _;
+    let invalid = |why: &str| {
+        ApiError::new(
+            400,
+            format!(
+                "Invalid image_url: {why}. You uploaded an unsupported image. Please make sure your image is valid."
+            ),
+        )
+        .param("messages.content.image_url")
+        .code("invalid_image_format")
+    };
+    if let Some(rest) = url.strip_prefix("data:") {
+        let Some((mime_type, data)) = rest.split_once(";base64,") else { return Err(invalid("not a base64 data URL")) };
+        if !image_type_allowed(flavour, mime_type) {
+            return Err(invalid(&format!("{mime_type} is not a supported image type")));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| invalid("bad base64"))?;
+        return Ok(FakeImage::Data { mime_type: mime_type.to_owned(), bytes });
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(invalid("expected a data URL or an http(s) URL"));
+    }
+    // Ollama's /v1 takes images as data URLs only.
+    if flavour == Flavour::Ollama {
+        return Err(ApiError::new(400, "invalid image input").param("messages.content.image_url"));
+    }
+    Ok(FakeImage::Url(url.to_owned()))
+}
+
+/// `tools` and `tool_choice` as OpenAI checks them; returns whether the choice names a function.
+fn check_tools(flavour: Flavour, request: &Value) -> Result<bool, ApiError> {
+    let tools = match request.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools.clone(),
+        Some(_) => return Err(ApiError::new(400, "Invalid type for 'tools': expected an array.").param("tools")),
+    };
+    let mut names = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let function = tool.get("function");
+        let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(
+                ApiError::new(400, format!("Invalid value for 'tools[{i}].type': expected 'function'.")).param("tools")
+            );
+        }
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ApiError::new(400, format!("Invalid 'tools[{i}].function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."))
+                .param("tools.function.name")
+                .code("invalid_value"));
+        }
+        if let Some(parameters) = function.and_then(|f| f.get("parameters"))
+            && !parameters.is_object()
+        {
+            return Err(ApiError::new(
+                400,
+                format!("Invalid type for 'tools[{i}].function.parameters': expected an object."),
+            )
+            .param("tools.function.parameters"));
+        }
+        names.push(name.to_owned());
+    }
+    let choice = request.get("tool_choice").filter(|c| !c.is_null());
+    if choice.is_some() && tools.is_empty() && flavour.is_openai() {
+        return Err(ApiError::new(
+            400,
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+        )
+        .param("tool_choice"));
+    }
+    match choice {
+        None => Ok(false),
+        Some(Value::String(mode)) if matches!(mode.as_str(), "auto" | "none" | "required") => Ok(false),
+        Some(choice @ Value::Object(_)) if choice.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = choice.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
+            if !names.iter().any(|known| known == name) {
+                return Err(ApiError::new(
+                    400,
+                    format!("Invalid value for 'tool_choice': function '{name}' is not one of the 'tools'."),
+                )
+                .param("tool_choice")
+                .code("invalid_value"));
+            }
+            Ok(true)
+        }
+        Some(_) => Err(ApiError::new(
+            400,
+            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a named function.",
+        )
+        .param("tool_choice")
+        .code("invalid_value")),
+    }
+}
+
+/// `response_format` as OpenAI checks it (a `json_object` answer needs the word "json" in the
+/// messages there).
+fn check_response_format(flavour: Flavour, request: &Value, messages: &[Value]) -> Result<(), ApiError> {
+    let Some(format) = request.get("response_format").filter(|f| !f.is_null()) else { return Ok(()) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(()),
+        Some("json_object") => {
+            let says_json = messages.iter().any(|m| m.to_string().to_ascii_lowercase().contains("json"));
+            if flavour.is_openai() && !says_json {
+                return Err(ApiError::new(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.")
+                    .param("messages"));
+            }
+            Ok(())
+        }
+        Some("json_schema") => {
+            let schema = format.get("json_schema");
+            let name = schema.and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("");
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(ApiError::new(400, "Invalid 'response_format.json_schema.name': expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
+                    .param("response_format.json_schema.name"));
+            }
+            if !schema.and_then(|s| s.get("schema")).is_some_and(Value::is_object) {
+                return Err(ApiError::new(
+                    400,
+                    "Invalid type for 'response_format.json_schema.schema': expected an object.",
+                )
+                .param("response_format.json_schema.schema"));
+            }
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            400,
+            "Invalid value for 'response_format.type': expected 'text', 'json_object' or 'json_schema'.",
+        )
+        .param("response_format.type")),
+    }
+}
+
+/// `reasoning_effort` and `chat_template_kwargs` as the servers check them.
+fn check_reasoning(flavour: Flavour, request: &Value) -> Result<(), ApiError> {
+    if let Some(effort) = request.get("reasoning_effort").filter(|e| !e.is_null())
+        && !matches!(effort.as_str(), Some("none" | "minimal" | "low" | "medium" | "high"))
+    {
+        return Err(ApiError::new(400, format!("Invalid value for 'reasoning_effort': {effort}. Supported values are: 'none', 'minimal', 'low', 'medium', and 'high'."))
+            .param("reasoning_effort")
+            .code("invalid_value"));
+    }
+    if flavour.is_openai() && request.get("chat_template_kwargs").is_some() {
+        return Err(ApiError::new(400, "Unrecognized request argument supplied: chat_template_kwargs"));
+    }
+    Ok(())
+}
+
+/// [`Fake::set_unsupported`]'s refusals, in each server's words.
+fn check_supported(
+    shared: &OpenAi,
+    flavour: Flavour,
+    request: &Value,
+    model: &str,
+    images: bool,
+) -> Result<(), ApiError> {
+    let unsupported = shared.unsupported.read().unwrap();
+    let lacks = |capability: &str| unsupported.iter().any(|c| c == capability);
+    let has = |field: &str| request.get(field).is_some_and(|v| !v.is_null());
+    if lacks("tools") && has("tools") {
+        let message = match flavour {
+            Flavour::Ollama => format!("registry.ollama.ai/library/{model} does not support tools"),
+            Flavour::Vllm => "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set".to_owned(),
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => "tools param requires --jinja flag".to_owned(),
+            Flavour::OpenAi | Flavour::NoUsage => "tools is not supported in this model. For a list of supported models, refer to https://platform.openai.com/docs/guides/function-calling#models-supporting-function-calling.".to_owned(),
+        };
+        return Err(ApiError::new(400, message));
+    }
+    if lacks("vision") && images {
+        let message = match flavour {
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+                    .to_owned()
+            }
+            Flavour::Ollama => format!("registry.ollama.ai/library/{model} does not support image input"),
+            _ => "Invalid content type. image_url is only supported by certain models.".to_owned(),
+        };
+        return Err(ApiError::new(400, message).param("messages"));
+    }
+    if lacks("thinking") && has("reasoning_effort") {
+        let message = match flavour {
+            Flavour::Ollama => format!("\"{model}\" does not support thinking"),
+            _ => "Unsupported parameter: 'reasoning_effort' is not supported with this model.".to_owned(),
+        };
+        return Err(ApiError::new(400, message).param("reasoning_effort").code("unsupported_parameter"));
+    }
+    let schema =
+        request.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_schema");
+    if lacks("json_schema") && schema {
+        return Err(ApiError::new(
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+        )
+        .param("response_format"));
+    }
+    Ok(())
 }
 
 struct Timing {
     received: Instant,
     responding: Instant,
     prompt_words: usize,
+    /// [`Fake::set_cached_prompt_tokens`], at most the prompt.
+    cached_tokens: usize,
 }
 
 impl Timing {
-    fn usage(&self, completion_tokens: usize) -> Value {
-        json!({
+    /// Counts as OpenAI does: the cached and reasoning tokens are part of the totals. OpenAI
+    /// details both; llama.cpp only the cached tokens; vLLM and Ollama neither.
+    fn usage(&self, flavour: Flavour, completion_tokens: usize, reasoning_tokens: usize) -> Value {
+        let mut usage = json!({
             "prompt_tokens": self.prompt_words,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_words + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-        })
+        });
+        match flavour {
+            Flavour::OpenAi | Flavour::NoUsage => {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached_tokens, "audio_tokens": 0});
+                usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0});
+            }
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached_tokens});
+            }
+            Flavour::Vllm => usage["prompt_tokens_details"] = Value::Null,
+            Flavour::Ollama => {}
+        }
+        usage
     }
 
     /// llama.cpp's `timings`: the header wait stands in for prompt processing.
@@ -919,6 +1329,28 @@ struct ChunkWriter {
     flavour: Flavour,
     include_usage: bool,
     comments: bool,
+    /// For the ids of tool calls.
+    shared: Arc<OpenAi>,
+}
+
+/// How a reply's `finish_reason` is worded.
+#[derive(Clone, Copy)]
+struct FinishWords {
+    calls_tools: bool,
+    forced_function: bool,
+    flavour: Flavour,
+}
+
+impl FinishWords {
+    /// `tool_calls` after calls, except that OpenAI says `stop` when `tool_choice` named the
+    /// function.
+    fn reason(self, finish: Finish) -> &'static str {
+        let forced_on_openai = self.forced_function && self.flavour.is_openai();
+        match finish {
+            Finish::Stop if self.calls_tools && !forced_on_openai => "tool_calls",
+            finish => finish.reason(),
+        }
+    }
 }
 
 fn chunk_prefix(shared: &OpenAi, flavour: Flavour, model: &str) -> Vec<u8> {
@@ -988,6 +1420,70 @@ impl ChunkWriter {
         self.event(&delta, None, b"")
     }
 
+    /// A [`Piece::Thinking`], in the flavour's field (one it has).
+    fn thinking(&self, field: &str, text: &str) -> Bytes {
+        let mut delta = Vec::with_capacity(text.len() + 40);
+        let _ = write!(delta, "{{\"content\":null,\"{field}\":");
+        write_json_string(&mut delta, text);
+        delta.push(b'}');
+        self.event(&delta, None, b"")
+    }
+
+    /// A [`Piece::ToolCalls`], as the flavour streams it: OpenAI and llama.cpp one call after
+    /// the other, the first piece with id, type, name and empty arguments, then the fragments;
+    /// vLLM the same without `arguments` on the first piece, and the next call's first piece in
+    /// the chunk of the previous call's last fragment; Ollama each call whole, in a chunk of its
+    /// own.
+    fn tool_calls(&self, calls: &[FakeToolCall], out: &mut VecDeque<Bytes>) {
+        let piece = |index: usize, id: Option<&str>, name: Option<&str>, arguments: Option<&str>| {
+            let mut function = serde_json::Map::new();
+            if let Some(name) = name {
+                function.insert("name".into(), json!(name));
+            }
+            if let Some(arguments) = arguments {
+                function.insert("arguments".into(), json!(arguments));
+            }
+            let mut piece = json!({"index": index});
+            if let Some(id) = id {
+                piece["id"] = json!(id);
+                piece["type"] = json!("function");
+            }
+            piece["function"] = Value::Object(function);
+            piece
+        };
+        let event = |pieces: Vec<Value>| {
+            let delta = json!({"tool_calls": pieces});
+            self.event(&serde_json::to_vec(&delta).expect("serializing a JSON value cannot fail"), None, b"")
+        };
+        let flavour = self.flavour;
+        let mut carried: Vec<Value> = Vec::new();
+        for (index, call) in calls.iter().enumerate() {
+            let id = call.id.clone().unwrap_or_else(|| flavour.tool_call_id(&self.shared));
+            match flavour {
+                Flavour::Ollama => {
+                    out.push_back(event(vec![piece(index, Some(&id), Some(&call.name), Some(&call.arguments))]));
+                }
+                Flavour::Vllm => {
+                    carried.push(piece(index, Some(&id), Some(&call.name), None));
+                    out.push_back(event(std::mem::take(&mut carried)));
+                    let mut fragments: Vec<&str> = call.fragments().into_iter().filter(|f| !f.is_empty()).collect();
+                    // The last fragment shares a chunk with the next call's first piece.
+                    let held = if index + 1 < calls.len() { fragments.pop() } else { None };
+                    for fragment in fragments {
+                        out.push_back(event(vec![piece(index, None, None, Some(fragment))]));
+                    }
+                    carried.extend(held.map(|fragment| piece(index, None, None, Some(fragment))));
+                }
+                _ => {
+                    out.push_back(event(vec![piece(index, Some(&id), Some(&call.name), Some(""))]));
+                    for fragment in call.fragments().into_iter().filter(|f| !f.is_empty()) {
+                        out.push_back(event(vec![piece(index, None, None, Some(fragment))]));
+                    }
+                }
+            }
+        }
+    }
+
     fn content(&self, text: &str) -> Bytes {
         let mut delta = Vec::with_capacity(text.len() + 40);
         if self.flavour == Flavour::Ollama {
@@ -1003,8 +1499,8 @@ impl ChunkWriter {
 
     /// The events that end a complete reply: the `finish_reason` chunk, the usage chunk and
     /// `[DONE]`, as the flavour sends them.
-    fn ending(&self, finish_reason: &str, timing: &Timing, sent: usize, out: &mut VecDeque<Bytes>) {
-        let usage = timing.usage(sent);
+    fn ending(&self, finish_reason: &str, timing: &Timing, sent: usize, reasoning: usize, out: &mut VecDeque<Bytes>) {
+        let usage = timing.usage(self.flavour, sent, reasoning);
         match self.flavour.usage_mode() {
             UsageMode::OnFinishChunk => {
                 let mut extra = Vec::new();
@@ -1068,6 +1564,12 @@ struct SseBody {
     queue: VecDeque<Bytes>,
     started: bool,
     finished: bool,
+    finish: FinishWords,
+    /// Whether the flavour's canned reasoning goes first (not for a [`Reply::Turn`], which
+    /// scripts its own).
+    auto_reasoning: bool,
+    /// [`Piece::Thinking`]s sent, counted as reasoning tokens.
+    thinking_pieces: usize,
 }
 
 impl Pieces for SseBody {
@@ -1089,18 +1591,33 @@ impl Pieces for SseBody {
         }
         if !self.started {
             self.started = true;
-            if let Some(field) = self.chunks.flavour.reasoning_field() {
+            if let Some(field) = self.chunks.flavour.reasoning_field().filter(|_| self.auto_reasoning) {
                 self.queue.push_back(self.chunks.reasoning(field));
             }
             return Some(Ok(self.chunks.role()));
         }
         match self.generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
+            Step::Piece(Piece::Thinking(text)) => {
+                self.thinking_pieces += 1;
+                match self.chunks.flavour.thinking_field() {
+                    Some(field) => Some(Ok(self.chunks.thinking(field, text))),
+                    // Not streamed, only counted: an SSE comment keeps the body going.
+                    None => Some(Ok(Bytes::from_static(b": reasoning\n\n"))),
+                }
+            }
+            // No signatures in this protocol.
+            Step::Piece(Piece::ThinkingSignature(_)) => Some(Ok(Bytes::from_static(b": signature\n\n"))),
+            Step::Piece(Piece::ToolCalls(calls)) => {
+                self.chunks.tool_calls(calls, &mut self.queue);
+                self.queue.pop_front().map(Ok)
+            }
+            Step::Piece(Piece::Text(text)) => Some(Ok(self.chunks.content(text))),
             Step::Content(text) => Some(Ok(self.chunks.content(text))),
             Step::Done(finish) => {
                 self.finished = true;
                 let sent = self.generation.sent();
-                self.chunks.ending(finish.reason(), &self.timing, sent, &mut self.queue);
+                let reason = self.finish.reason(finish);
+                self.chunks.ending(reason, &self.timing, sent, self.thinking_pieces, &mut self.queue);
                 self.next_queued()
             }
             Step::Error(message) => {
@@ -1150,13 +1667,28 @@ async fn whole_response(
     mut guard: StreamGuard,
     model: &str,
     timing: Timing,
+    finish: FinishWords,
 ) -> Response {
     let mut content = String::new();
+    let mut thinking = String::new();
+    let mut thinking_pieces = 0;
+    let mut calls = Vec::new();
     let finish_reason = loop {
         match generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
+            Step::Piece(Piece::Thinking(text)) => {
+                thinking.push_str(text);
+                thinking_pieces += 1;
+            }
+            Step::Piece(Piece::ThinkingSignature(_)) => {}
+            Step::Piece(Piece::ToolCalls(made)) => {
+                for call in made {
+                    let id = call.id.clone().unwrap_or_else(|| flavour.tool_call_id(shared));
+                    calls.push(json!({"id": id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}));
+                }
+            }
+            Step::Piece(Piece::Text(text)) => content.push_str(text),
             Step::Content(text) => content.push_str(text),
-            Step::Done(finish) => break finish.reason(),
+            Step::Done(done) => break finish.reason(done),
             Step::Error(message) => {
                 guard.finish(true);
                 return ApiError::new(500, message).response(flavour);
@@ -1174,6 +1706,15 @@ async fn whole_response(
     };
     guard.finish(true);
     let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls);
+    }
+    if let Some(field) = flavour.thinking_field().filter(|_| !thinking.is_empty()) {
+        message[field] = json!(thinking);
+    }
     if flavour.is_openai() {
         message["refusal"] = Value::Null;
         message["annotations"] = json!([]);
@@ -1184,7 +1725,7 @@ async fn whole_response(
         "created": unix_now(),
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
-        "usage": timing.usage(generation.sent()),
+        "usage": timing.usage(flavour, generation.sent(), thinking_pieces),
     });
     if let Some(fingerprint) = flavour.system_fingerprint() {
         object["system_fingerprint"] = json!(fingerprint);

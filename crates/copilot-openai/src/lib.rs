@@ -15,7 +15,34 @@
 //!   (older llama.cpp), and fails the stream with [`ProviderError::MidStream`];
 //! - only a stream that ends with neither a `finish_reason` nor `[DONE]` is
 //!   [`ProviderError::Interrupted`];
-//! - `role`-only deltas, reasoning deltas, SSE comments and unknown fields are skipped.
+//! - `role`-only deltas, SSE comments and unknown fields are skipped.
+//!
+//! # Beyond text: what maps to what
+//! | Copilot | request | answer |
+//! |---|---|---|
+//! | [`Tool`](copilot_provider::Tool) | `tools[{type:"function",function:{name,description,parameters,strict}}]`, the schema as the client wrote it | — |
+//! | [`ToolChoice`](copilot_provider::ToolChoice) | `tool_choice`: `"auto"`, `"none"`, `"required"`, `{type:"function",function:{name}}` | — |
+//! | a call in an assistant message | `tool_calls[{id,type:"function",function:{name,arguments}}]`, `content: null` when it says nothing else | `delta.tool_calls[{index,id?,function:{name?,arguments?}}]`, or a whole reply's `message.tool_calls` |
+//! | a `ROLE_TOOL` result | `{role:"tool",tool_call_id,content}`, one per call | — |
+//! | [`ResponseFormat`](copilot_provider::ResponseFormat) | `response_format`: `{type:"json_object"}` or `{type:"json_schema",json_schema:{name,schema,strict}}` | the text |
+//! | reasoning on | `reasoning_effort` `low`/`medium`/`high` (a budget becomes the nearest level) | `delta.reasoning_content` (llama.cpp, DeepSeek, LM Studio) or `delta.reasoning` (vLLM, Ollama), passed on only with `include_thoughts` |
+//! | reasoning off | as configured ([`ThinkingOff`]): `reasoning_effort:"none"` or `chat_template_kwargs.enable_thinking:false`; otherwise refused | — |
+//! | thinking in history | `reasoning_content` on the assistant message (DeepSeek and Kimi require it on tool-call turns); signatures and redacted blocks (other providers') are not sent | — |
+//! | an image | a content part `{type:"image_url",image_url:{url}}`: bytes as a `data:<mime>;base64,` URL, or the client's `http(s)` URL; content is an array of parts only when a message has an image | — |
+//! | finish | — | `tool_calls` / `function_call` → [`FinishReason::ToolCalls`](copilot_provider::FinishReason) |
+//! | usage | — | `prompt_tokens_details.cached_tokens`, `completion_tokens_details.reasoning_tokens` (both already in the totals) |
+//!
+//! Tool calls are numbered as they begin: the upstream's `index` says which call a piece
+//! continues, but a new `id` under a known index begins another call (servers that number every
+//! call 0), and pieces without an index continue the latest call. Argument text is passed on as
+//! it came, never parsed, so it survives byte for byte; ids are passed on as the server made
+//! them (the server core makes one up where a server gave none). A `refusal` is the model's
+//! answer: it is passed on as text, and the answer then finishes as
+//! [`FinishReason::ContentFilter`](copilot_provider::FinishReason), so a client that asked for
+//! JSON knows why it got prose. A refusal that says the *model* cannot (Ollama's "does not
+//! support tools", vLLM without `--enable-auto-tool-choice`, llama.cpp without `--jinja` or an
+//! `mmproj`, OpenAI's "not supported with this model") is
+//! [`ProviderError::Unsupported`](copilot_provider::ProviderError) for the feature it names.
 
 mod stream;
 mod wire;
@@ -23,12 +50,14 @@ mod wire;
 use std::time::{Duration, SystemTime};
 
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
-use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use copilot_provider::{
+    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning, Secret,
+};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
-pub use crate::stream::StreamDecoder;
+pub use crate::stream::{MAX_TOOL_CALLS, StreamDecoder};
 use crate::wire::{BodySettings, ErrorDetails};
 
 /// The default base URL: hosted OpenAI.
@@ -44,6 +73,22 @@ pub enum MaxTokensField {
     /// `max_completion_tokens`: required by OpenAI's reasoning models (o-series, gpt-5), which
     /// reject `max_tokens`.
     MaxCompletionTokens,
+}
+
+/// How a server is told not to think, for models that think by default. No one field does it
+/// everywhere, so [`Feature::ThinkingOff`] is declared only when one is chosen
+/// ([`OpenAiProvider::with_thinking_off`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ThinkingOff {
+    /// The server cannot be told: requests that turn thinking off are refused before they are
+    /// sent.
+    #[default]
+    Unsupported,
+    /// `reasoning_effort: "none"`: OpenAI's gpt-5.1 and later, Ollama's `/v1`.
+    ReasoningEffortNone,
+    /// `chat_template_kwargs: {"enable_thinking": false}`: vLLM, SGLang and llama.cpp serving
+    /// Qwen3-style templates.
+    EnableThinkingFalse,
 }
 
 /// How to reach one OpenAI-compatible server.
@@ -102,6 +147,8 @@ pub struct OpenAiProvider {
     chat_url: Url,
     models_url: Url,
     body: BodySettings,
+    /// Whether the server fetches `http(s)` image URLs itself.
+    image_urls: bool,
 }
 
 impl OpenAiProvider {
@@ -135,9 +182,26 @@ impl OpenAiProvider {
                 max_tokens_field: config.max_tokens_field,
                 include_usage: config.include_usage,
                 send_top_k: config.send_top_k,
+                thinking_off: ThinkingOff::Unsupported,
             },
+            image_urls: true,
             upstream,
         })
+    }
+
+    /// How to turn thinking off on this server; anything but [`ThinkingOff::Unsupported`]
+    /// declares [`Feature::ThinkingOff`].
+    pub fn with_thinking_off(mut self, thinking_off: ThinkingOff) -> Self {
+        self.body.thinking_off = thinking_off;
+        self
+    }
+
+    /// Whether the server fetches images given as `http(s)` URLs (OpenAI, vLLM and llama.cpp
+    /// do, the default; Ollama's `/v1` does not). Without it, such requests are refused before
+    /// they are sent; images given as bytes always go, as `data:` URLs.
+    pub fn with_image_urls(mut self, fetches: bool) -> Self {
+        self.image_urls = fetches;
+        self
     }
 
     /// The server's base URL, without a trailing slash.
@@ -174,19 +238,44 @@ impl Adapter for OpenAiProvider {
 #[async_trait::async_trait]
 impl Provider for OpenAiProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let body = wire::ChatBody::new(&request, self.body);
+        let body = wire::ChatBody::new(&request, self.body)?;
         let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request)
             .header(header::ACCEPT, "text/event-stream")
             .json(&body);
-        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let response = self
+            .upstream
+            .send(self, post, Some(&request.model))
+            .await
+            .map_err(|err| model_cannot(err, request.needs()))?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "the OpenAI-compatible server accepted the chat request");
         // A server that ignored `stream: true` answers with one `chat.completion` object.
         let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let whole_body = content_type.trim_start().to_ascii_lowercase().starts_with("application/json");
         let options = StreamOptions { whole_body, finish_grace: Some(FinishGrace::EachRead(FINISH_GRACE)) };
-        let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
+        let thoughts = matches!(request.reasoning, Some(Reasoning::On { include_thoughts: true, .. }));
+        let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned()).with_thoughts(thoughts);
         Ok(self.upstream.chat_stream(response, decoder, options))
+    }
+
+    /// Tools, both JSON formats, reasoning and images (as `data:` URLs) always; images by URL
+    /// and turning thinking off as configured. Whether the *model* can is the server's to say
+    /// (a refusal that says the model cannot is [`ProviderError::Unsupported`]).
+    fn features(&self) -> Features {
+        let mut features = Features::of(&[
+            Feature::Tools,
+            Feature::JsonObject,
+            Feature::JsonSchema,
+            Feature::Thinking,
+            Feature::Images,
+        ]);
+        if self.image_urls {
+            features = features.with(Feature::ImageUrls);
+        }
+        if self.body.thinking_off != ThinkingOff::Unsupported {
+            features = features.with(Feature::ThinkingOff);
+        }
+        features
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -262,6 +351,57 @@ fn status_error(
         503 => ProviderError::Overloaded { message: details.message, retry_after },
         status => ProviderError::Upstream { status, message: details.message },
     }
+}
+
+/// A refusal that says the *model* (or the server as started) cannot do something the request
+/// needs, as [`ProviderError::Unsupported`]; anything else unchanged. Each server words it its own
+/// way, so this reads the known wordings, and only for features the request does use.
+fn model_cannot(err: ProviderError, needs: Features) -> ProviderError {
+    let message = match &err {
+        ProviderError::InvalidRequest(message) => message,
+        ProviderError::Upstream { status: 500 | 501, message } => message,
+        _ => return err,
+    };
+    let feature = match cannot_feature(message) {
+        // An image given by URL that the server would not fetch.
+        Some(Feature::Images) if !needs.contains(Feature::Images) => Some(Feature::ImageUrls),
+        other => other,
+    };
+    match feature.filter(|feature| needs.contains(*feature)) {
+        Some(feature) => ProviderError::Unsupported { feature, message: message.clone() },
+        None => err,
+    }
+}
+
+/// The feature an upstream's refusal says the model cannot serve, if it says one.
+fn cannot_feature(message: &str) -> Option<Feature> {
+    let lower = message.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(needle);
+    // Ollama: `registry.ollama.ai/library/gemma:2b does not support tools` (and `thinking`).
+    if has("does not support tools")
+        // vLLM without --enable-auto-tool-choice; llama.cpp without --jinja.
+        || has("enable-auto-tool-choice")
+        || has("tools param requires --jinja")
+        // OpenAI: "tools is not supported in this model".
+        || (has("tools") && has("not supported"))
+    {
+        return Some(Feature::Tools);
+    }
+    if has("does not support thinking") || (has("reasoning_effort") && (has("not supported") || has("unrecognized"))) {
+        return Some(Feature::Thinking);
+    }
+    // OpenAI: "Invalid content type. image_url is only supported by certain models."; llama.cpp:
+    // "image input is not supported - hint: ... you may need to provide the mmproj".
+    if (has("image") && (has("not supported") || has("only supported") || has("does not support"))) || has("mmproj") {
+        return Some(Feature::Images);
+    }
+    if has("json_schema") && has("not supported") {
+        return Some(Feature::JsonSchema);
+    }
+    if has("json_object") && has("not supported") {
+        return Some(Feature::JsonObject);
+    }
+    None
 }
 
 /// The wait the server asks for: `retry-after-ms` (OpenAI), then `Retry-After`, then, on a 429,

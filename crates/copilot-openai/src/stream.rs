@@ -2,13 +2,20 @@
 //! no I/O. The adapter reads the body and feeds it here; the fuzz targets and benches drive the
 //! same decoder with bytes of their own.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
 use copilot_http::sse::{SseBody, SseItem};
-use copilot_provider::{ChatEvent, Completion, FinishReason, ProviderError, Secret, UpstreamTimings, Usage};
+use copilot_provider::{
+    ChatEvent, Completion, FinishReason, ProviderError, Secret, ThinkingDelta, ToolCallDelta, UpstreamTimings, Usage,
+};
 
-use crate::wire::{self, ErrorDetails, Finish, Payload};
+use crate::wire::{self, CallPiece, ErrorDetails, Finish, Payload};
+
+/// Most tool calls one answer may make (as many as the server passes on): far above what models
+/// do, low enough that a runaway upstream cannot grow the decoder's state without bound.
+pub const MAX_TOOL_CALLS: usize = 256;
 
 /// Decodes one chat stream's server-sent events. Feed it the body with [`push`](Self::push) and
 /// [`end`](Self::end), and take events with [`next_event`](Self::next_event) after each push.
@@ -17,15 +24,10 @@ use crate::wire::{self, ErrorDetails, Finish, Payload};
 pub struct StreamDecoder {
     body: SseBody,
     answer: Answer,
-    /// The events of a reply sent whole, not yet taken.
-    whole: Option<WholeReply>,
-}
-
-/// A whole `chat.completion` body, decoded: its text, then how it ended.
-#[derive(Debug)]
-struct WholeReply {
-    text: Option<String>,
-    end: Result<Completion, ProviderError>,
+    /// Events decoded from one chunk (text, thinking and tool calls may share one), not yet taken.
+    pending: VecDeque<ChatEvent>,
+    /// How a reply sent whole ended, once its events are taken.
+    whole_end: Option<Result<Completion, ProviderError>>,
 }
 
 /// What the chunks so far said about the completion.
@@ -38,12 +40,23 @@ pub(crate) struct Answer {
     timings: UpstreamTimings,
     base_url: Arc<str>,
     api_key: Option<Secret>,
+    /// Whether thinking text goes out (the request asked for thoughts).
+    thoughts: bool,
+    /// The calls begun so far, by our index: the upstream's index and id for each.
+    calls: Vec<CallSlot>,
+    /// Whether the model refused (OpenAI's `refusal`): the answer then ends as filtered.
+    refused: bool,
 }
 
-/// What to do with one decoded item.
+#[derive(Debug)]
+struct CallSlot {
+    upstream_index: Option<u64>,
+    id: Option<String>,
+}
+
+/// What to do after one decoded item.
 enum Step {
     Continue,
-    Emit(String),
     Complete,
     Fail(ProviderError),
 }
@@ -68,14 +81,25 @@ impl StreamDecoder {
                 timings: UpstreamTimings::default(),
                 base_url,
                 api_key,
+                thoughts: false,
+                calls: Vec::new(),
+                refused: false,
             },
-            whole: None,
+            pending: VecDeque::new(),
+            whole_end: None,
         }
+    }
+
+    /// Passes the model's thinking on as [`ChatEvent::Thinking`] (when the request asked for
+    /// thoughts); without it, thinking deltas are dropped.
+    pub fn with_thoughts(mut self, thoughts: bool) -> Self {
+        self.answer.thoughts = thoughts;
+        self
     }
 
     /// Whether the last event went out.
     pub fn is_finished(&self) -> bool {
-        self.body.is_finished()
+        self.body.is_finished() && self.pending.is_empty() && self.whole_end.is_none()
     }
 
     /// Whether a chunk carried a `finish_reason`: the answer is complete, only the usage chunk
@@ -89,20 +113,10 @@ impl StreamDecoder {
         self.body.finish();
         ChatEvent::Done(self.answer.completion())
     }
-
-    /// The next event of a reply sent whole: its text as one delta, then the completion.
-    fn next_whole(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if let Some(text) = self.whole.as_mut()?.text.take() {
-            return Some(Ok(ChatEvent::Delta(text)));
-        }
-        let end = self.whole.take()?.end;
-        self.body.finish();
-        Some(end.map(ChatEvent::Done))
-    }
 }
 
 impl Answer {
-    fn handle_item(&mut self, item: SseItem<'_>) -> Step {
+    fn handle_item(&mut self, item: SseItem<'_>, out: &mut VecDeque<ChatEvent>) -> Step {
         let payload = match item {
             SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
             SseItem::Event { event: Some("error"), data } => {
@@ -114,28 +128,30 @@ impl Answer {
             Ok(Payload::Done) => Step::Complete,
             Ok(Payload::Skip) => Step::Continue,
             Ok(Payload::Error(details)) => Step::Fail(self.mid_stream(details)),
-            Ok(Payload::Chunk(info)) => self.absorb(info),
+            Ok(Payload::Chunk(info)) => self.absorb(info, out),
             Err(err) => Step::Fail(self.scrub(err)),
         }
     }
 
-    /// A whole `chat.completion` body: its text, if any, and how it ended.
-    fn whole(&mut self, body: &[u8]) -> WholeReply {
-        let text = match wire::decode_completion(body, self.api_key.as_ref()) {
-            Ok(Payload::Chunk(info)) => match self.absorb(info) {
-                Step::Emit(text) => Some(text),
-                Step::Fail(err) => return WholeReply { text: None, end: Err(err) },
-                Step::Continue | Step::Complete => None,
-            },
-            Ok(Payload::Error(details)) => return WholeReply { text: None, end: Err(self.mid_stream(details)) },
-            Ok(Payload::Done | Payload::Skip) => None,
-            Err(err) => return WholeReply { text: None, end: Err(self.scrub(err)) },
-        };
-        WholeReply { text, end: Ok(self.completion()) }
+    /// A whole `chat.completion` body: its events go to `out`; returns how it ended.
+    fn whole(&mut self, body: &[u8], out: &mut VecDeque<ChatEvent>) -> Result<Completion, ProviderError> {
+        match wire::decode_completion(body, self.api_key.as_ref()) {
+            Ok(Payload::Chunk(info)) => {
+                if let Step::Fail(err) = self.absorb(info, out) {
+                    out.clear();
+                    return Err(err);
+                }
+            }
+            Ok(Payload::Error(details)) => return Err(self.mid_stream(details)),
+            Ok(Payload::Done | Payload::Skip) => {}
+            Err(err) => return Err(self.scrub(err)),
+        }
+        Ok(self.completion())
     }
 
-    /// Takes what a chunk says about the completion; returns its text, if any.
-    fn absorb(&mut self, info: wire::ChunkInfo<'_>) -> Step {
+    /// Takes what a chunk says about the completion; its thinking, text and tool-call pieces go
+    /// to `out`, in that order (the order a model produces them in).
+    fn absorb(&mut self, info: wire::ChunkInfo<'_>, out: &mut VecDeque<ChatEvent>) -> Step {
         // Every chunk repeats them: copied only when they change.
         if let Some(model) = info.model
             && self.model != model
@@ -154,6 +170,25 @@ impl Answer {
         if let Some(timings) = info.timings {
             self.timings = timings;
         }
+        if let Some(thinking) = info.thinking.filter(|_| self.thoughts) {
+            out.push_back(ChatEvent::Thinking(ThinkingDelta::Text(thinking)));
+        }
+        if let Some(text) = info.content {
+            out.push_back(ChatEvent::Delta(text));
+        }
+        // A refusal is the model's answer, so it is passed on as text, and the answer ends as
+        // withheld (below) so a client expecting JSON knows why it got prose.
+        if let Some(refusal) = info.refusal {
+            self.refused = true;
+            out.push_back(ChatEvent::Delta(refusal));
+        }
+        for piece in info.tool_calls {
+            match self.tool_call(piece) {
+                Ok(Some(delta)) => out.push_back(ChatEvent::ToolCall(delta)),
+                Ok(None) => {}
+                Err(err) => return Step::Fail(err),
+            }
+        }
         match info.finish {
             Some(Finish::Ended(reason)) => self.finish = Some(reason),
             Some(Finish::Aborted(reason)) => {
@@ -164,15 +199,66 @@ impl Answer {
             }
             None => {}
         }
-        match info.content {
-            Some(text) => Step::Emit(text),
-            None => Step::Continue,
+        Step::Continue
+    }
+
+    /// A piece of a tool call, numbered as calls begin. The upstream's own index usually says
+    /// which call a piece continues; a piece with a new id under a known index begins another
+    /// call (servers that number every call 0), and a piece without an index continues the
+    /// latest call unless its id is new.
+    fn tool_call(&mut self, piece: CallPiece) -> Result<Option<ToolCallDelta>, ProviderError> {
+        let same_call = |slot: &CallSlot| match (&piece.id, &slot.id) {
+            (Some(new), Some(old)) => new == old,
+            _ => true,
+        };
+        let found = match piece.index {
+            Some(index) => self.calls.iter().rposition(|slot| slot.upstream_index == Some(index)),
+            // Without an index, a name begins a call (unless it repeats the latest call's id).
+            None if piece.name.is_some() && piece.id.is_none() => None,
+            None => self.calls.len().checked_sub(1),
         }
+        .filter(|&at| same_call(&self.calls[at]));
+        let index = match found {
+            Some(at) => {
+                if piece.arguments.is_empty() {
+                    return Ok(None);
+                }
+                at
+            }
+            None => {
+                if self.calls.len() == MAX_TOOL_CALLS {
+                    return Err(ProviderError::Protocol(format!(
+                        "{} sent more than {MAX_TOOL_CALLS} tool calls in one answer",
+                        self.base_url
+                    )));
+                }
+                if piece.name.is_none() {
+                    return Err(ProviderError::Protocol(format!(
+                        "{} began a tool call without the tool's name",
+                        self.base_url
+                    )));
+                }
+                self.calls.push(CallSlot { upstream_index: piece.index, id: piece.id.clone() });
+                self.calls.len() - 1
+            }
+        };
+        let first = found.is_none();
+        Ok(Some(ToolCallDelta {
+            index: index as u32,
+            id: piece.id.filter(|_| first),
+            name: piece.name.filter(|_| first),
+            arguments: piece.arguments,
+            signature: Vec::new(),
+        }))
     }
 
     fn completion(&mut self) -> Completion {
+        let mut finish_reason = self.finish.unwrap_or_default();
+        if self.refused && finish_reason == FinishReason::Stop {
+            finish_reason = FinishReason::ContentFilter;
+        }
         Completion {
-            finish_reason: self.finish.unwrap_or_default(),
+            finish_reason,
             model: std::mem::take(&mut self.model),
             usage: self.usage.unwrap_or_default(),
             timings: self.timings,
@@ -201,22 +287,32 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn next_event(&mut self) -> Option<Result<ChatEvent, ProviderError>> {
-        if self.whole.is_some() {
-            return self.next_whole();
+        if let Some(event) = self.pending.pop_front() {
+            return Some(Ok(event));
+        }
+        if let Some(end) = self.whole_end.take() {
+            self.body.finish();
+            return Some(end.map(ChatEvent::Done));
         }
         if self.body.is_finished() {
             return None;
         }
         while let Some(item) = self.body.next_item() {
             let step = match item {
-                Ok(item) => self.answer.handle_item(item),
+                Ok(item) => self.answer.handle_item(item, &mut self.pending),
                 Err(too_long) => Step::Fail(copilot_http::line_too_long(&self.answer.base_url, too_long.limit)),
             };
             match step {
-                Step::Continue => {}
-                Step::Emit(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Step::Continue => {
+                    if let Some(event) = self.pending.pop_front() {
+                        return Some(Ok(event));
+                    }
+                }
+                // `[DONE]` carries nothing, and what came before it has been taken.
                 Step::Complete => return Some(Ok(self.complete())),
                 Step::Fail(err) => {
+                    // What the failing chunk held is dropped with it: the error ends the stream.
+                    self.pending.clear();
                     self.body.finish();
                     return Some(Err(err));
                 }
@@ -241,8 +337,8 @@ impl ChatStreamDecoder for StreamDecoder {
     }
 
     fn push_whole(&mut self, body: &[u8]) {
-        if !self.body.is_finished() {
-            self.whole = Some(self.answer.whole(body));
+        if !self.body.is_finished() && self.whole_end.is_none() {
+            self.whole_end = Some(self.answer.whole(body, &mut self.pending));
         }
     }
 

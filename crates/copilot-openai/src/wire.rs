@@ -9,11 +9,15 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use copilot_http::quote;
-use copilot_provider::{ChatRequest, FinishReason, ModelInfo, ProviderError, Secret, UpstreamTimings, Usage};
+use copilot_provider::{
+    ChatRequest, Effort, FinishReason, Image, ImageSource, Message, ModelInfo, Part, ProviderError, Reasoning,
+    ReasoningAmount, ResponseFormat, Role, Secret, ToolChoice, UpstreamTimings, Usage,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::MaxTokensField;
+use crate::{MaxTokensField, ThinkingOff};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -41,12 +45,125 @@ pub(crate) struct ChatBody<'a> {
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<WireResponseFormat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<&'static str>,
+    /// vLLM's, SGLang's and llama.cpp's way to reach the chat template: `enable_thinking: false`
+    /// turns thinking off for Qwen3-style templates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<TemplateKwargs>,
 }
 
+/// One message. `content` is a plain string unless the message holds more than text (servers
+/// that only take strings then keep working), and `null` for an assistant turn that only calls
+/// tools.
 #[derive(Debug, Serialize)]
 pub(crate) struct ChatMessage<'a> {
     pub role: &'static str,
-    pub content: std::borrow::Cow<'a, str>,
+    pub content: Option<Content<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<&'a str>,
+    /// Earlier thinking, as DeepSeek, Kimi and llama.cpp take it back (DeepSeek and Kimi require
+    /// it on turns that call tools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<ContentPart<'a>>),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ContentPart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: ImageUrl<'a> },
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ImageUrl<'a> {
+    /// `https://…`, or the image itself as a `data:<mime>;base64,…` URL.
+    pub url: Cow<'a, str>,
+}
+
+/// An earlier call, in assistant history: `arguments` is the JSON text, as the model wrote it.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireToolCall<'a> {
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: WireFunctionCall<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireFunctionCall<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireTool<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: WireFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireFunction<'a> {
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub description: &'a str,
+    /// Sent as the client wrote it: a number is not reformatted on the way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+/// `"auto"`, `"none"`, `"required"` or `{"type":"function","function":{"name":…}}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum WireToolChoice<'a> {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: FunctionName<'a>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FunctionName<'a> {
+    pub name: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum WireResponseFormat<'a> {
+    JsonObject,
+    JsonSchema { json_schema: WireJsonSchema<'a> },
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireJsonSchema<'a> {
+    pub name: &'a str,
+    pub schema: Box<RawValue>,
+    pub strict: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TemplateKwargs {
+    pub enable_thinking: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,22 +177,61 @@ pub(crate) struct BodySettings {
     pub max_tokens_field: MaxTokensField,
     pub include_usage: bool,
     pub send_top_k: bool,
+    pub thinking_off: ThinkingOff,
 }
 
 impl<'a> ChatBody<'a> {
-    pub fn new(request: &'a ChatRequest, settings: BodySettings) -> Self {
+    /// `Err` only for JSON text that is not JSON, which the server's validation already refused.
+    pub fn new(request: &'a ChatRequest, settings: BodySettings) -> Result<Self, ProviderError> {
         let options = &request.options;
         let (max_tokens, max_completion_tokens) = match settings.max_tokens_field {
             MaxTokensField::MaxTokens => (options.max_tokens, None),
             MaxTokensField::MaxCompletionTokens => (None, options.max_tokens),
         };
-        ChatBody {
+        let tools = request
+            .tools
+            .iter()
+            .map(|tool| {
+                Ok(WireTool {
+                    kind: "function",
+                    function: WireFunction {
+                        name: &tool.name,
+                        description: &tool.description,
+                        parameters: tool.parameters.as_deref().map(|s| raw_json(s, "tool parameters")).transpose()?,
+                        strict: tool.strict,
+                    },
+                })
+            })
+            .collect::<Result<_, ProviderError>>()?;
+        let tool_choice = request.tool_choice.as_ref().map(|choice| match choice {
+            ToolChoice::Auto => WireToolChoice::Mode("auto"),
+            ToolChoice::None => WireToolChoice::Mode("none"),
+            ToolChoice::Required => WireToolChoice::Mode("required"),
+            ToolChoice::Named(name) => WireToolChoice::Function { kind: "function", function: FunctionName { name } },
+        });
+        let response_format = match &request.response_format {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(WireResponseFormat::JsonObject),
+            ResponseFormat::JsonSchema { name, schema, strict } => Some(WireResponseFormat::JsonSchema {
+                json_schema: WireJsonSchema { name, schema: raw_json(schema, "JSON schema")?, strict: *strict },
+            }),
+        };
+        let (reasoning_effort, chat_template_kwargs) = match request.reasoning {
+            None | Some(Reasoning::On { amount: ReasoningAmount::Default, .. }) => (None, None),
+            Some(Reasoning::On { amount: ReasoningAmount::Effort(effort), .. }) => (Some(effort.as_str()), None),
+            Some(Reasoning::On { amount: ReasoningAmount::BudgetTokens(tokens), .. }) => {
+                (Some(Effort::from_budget(tokens).as_str()), None)
+            }
+            Some(Reasoning::Off) => match settings.thinking_off {
+                ThinkingOff::ReasoningEffortNone => (Some("none"), None),
+                ThinkingOff::EnableThinkingFalse => (None, Some(TemplateKwargs { enable_thinking: false })),
+                // Not declared as a feature, so never asked for.
+                ThinkingOff::Unsupported => (None, None),
+            },
+        };
+        Ok(ChatBody {
             model: &request.model,
-            messages: request
-                .messages
-                .iter()
-                .map(|m| ChatMessage { role: m.role.as_str(), content: m.content() })
-                .collect(),
+            messages: request.messages.iter().map(chat_message).collect(),
             stream: true,
             stream_options: settings.include_usage.then_some(StreamOptions { include_usage: true }),
             temperature: options.temperature,
@@ -85,10 +241,103 @@ impl<'a> ChatBody<'a> {
             stop: &options.stop,
             seed: options.seed,
             top_k: options.top_k.filter(|_| settings.send_top_k),
+            tools,
+            tool_choice,
+            response_format,
+            reasoning_effort,
+            chat_template_kwargs,
+        })
+    }
+}
+
+fn raw_json(text: &str, what: &str) -> Result<Box<RawValue>, ProviderError> {
+    RawValue::from_string(text.to_owned())
+        .map_err(|err| ProviderError::InvalidRequest(format!("the {what} are not valid JSON: {err}")))
+}
+
+/// One message as OpenAI writes it: text parts joined into a string unless images come with
+/// them, earlier tool calls in `tool_calls`, earlier thinking in `reasoning_content`.
+fn chat_message(message: &Message) -> ChatMessage<'_> {
+    let has_images = message.parts.iter().any(|part| matches!(part, Part::Image(_)));
+    let content = if has_images {
+        Content::Parts(
+            message
+                .parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(ContentPart::Text { text }),
+                    Part::Image(image) => Some(ContentPart::ImageUrl { image_url: ImageUrl { url: image_url(image) } }),
+                    Part::ToolCall(_) | Part::Thinking(_) => None,
+                })
+                .collect(),
+        )
+    } else {
+        Content::Text(message.content())
+    };
+    let tool_calls: Vec<WireToolCall<'_>> = message
+        .tool_calls()
+        .map(|call| WireToolCall {
+            id: &call.id,
+            kind: "function",
+            function: WireFunctionCall { name: &call.name, arguments: &call.arguments },
+        })
+        .collect();
+    let content = match content {
+        Content::Text(text) if text.is_empty() && !tool_calls.is_empty() => None,
+        content => Some(content),
+    };
+    let mut thinking = message.parts.iter().filter_map(|part| match part {
+        Part::Thinking(thinking) if !thinking.redacted && !thinking.text.is_empty() => Some(thinking.text.as_str()),
+        _ => None,
+    });
+    let reasoning_content = match (thinking.next(), thinking.next()) {
+        (None, _) => None,
+        (Some(only), None) => Some(Cow::Borrowed(only)),
+        (Some(first), Some(second)) => {
+            let mut joined = format!("{first}{second}");
+            thinking.for_each(|more| joined.push_str(more));
+            Some(Cow::Owned(joined))
+        }
+    };
+    ChatMessage {
+        role: message.role.as_str(),
+        content,
+        tool_calls,
+        tool_call_id: message.tool_call_id.as_deref().filter(|_| message.role == Role::Tool),
+        reasoning_content: reasoning_content.filter(|_| message.role == Role::Assistant),
+    }
+}
+
+/// An image as `image_url` takes it: its URL, or its bytes as a `data:` URL.
+fn image_url(image: &Image) -> Cow<'_, str> {
+    match &image.source {
+        ImageSource::Url(url) => Cow::Borrowed(url),
+        ImageSource::Data(bytes) => {
+            let mut url = String::with_capacity(image.mime_type.len() + 13 + bytes.len().div_ceil(3) * 4);
+            url.push_str("data:");
+            url.push_str(&image.mime_type);
+            url.push_str(";base64,");
+            base64_into(bytes, &mut url);
+            Cow::Owned(url)
         }
     }
 }
 
+/// Standard base64 with padding, appended to `out`.
+fn base64_into(bytes: &[u8], out: &mut String) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for group in bytes.chunks(3) {
+        let b = [group[0], group.get(1).copied().unwrap_or(0), group.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+}
 // ---------------------------------------------------------------------------------------------
 // Errors
 
@@ -221,12 +470,51 @@ struct Choice<'a> {
     finish_reason: Option<Cow<'a, str>>,
 }
 
-/// Only `content` matters: `role`-only deltas, `reasoning_content` / `reasoning` (llama.cpp,
-/// vLLM, LM Studio, Ollama), `refusal` and `tool_calls` deltas carry no answer text.
+/// What a choice adds: answer text, thinking (llama.cpp, DeepSeek and LM Studio call it
+/// `reasoning_content`, vLLM and Ollama `reasoning`), a refusal, and pieces of tool calls.
 #[derive(Debug, Deserialize)]
 struct Delta<'a> {
     #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
     content: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "copilot_http::borrow_str")]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireCallPiece>>,
+}
+
+/// A piece of a tool call (`delta.tool_calls[]`), or a whole one (`message.tool_calls[]`).
+#[derive(Debug, Deserialize)]
+struct WireCallPiece {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunctionPiece>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunctionPiece {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "arguments_text")]
+    arguments: Option<String>,
+}
+
+/// `arguments` is the JSON text in a string; a server that sends the object itself gets its
+/// text taken as it came, so no number is reformatted.
+fn arguments_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let raw = Option::<Box<RawValue>>::deserialize(deserializer)?;
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw.get()).map(Some).map_err(serde::de::Error::custom),
+        Some(b'n') => Ok(None),
+        _ => Ok(Some(raw.get().to_owned())),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +523,22 @@ struct WireUsage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +587,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
 pub(crate) struct ChunkInfo<'a> {
     /// Answer text (never empty).
     pub content: Option<String>,
+    /// Thinking text (never empty).
+    pub thinking: Option<String>,
+    /// The model's refusal text (never empty).
+    pub refusal: Option<String>,
+    /// Pieces of tool calls, in the order the chunk lists them.
+    pub tool_calls: Vec<CallPiece>,
     /// The choice's `finish_reason`, already mapped.
     pub finish: Option<Finish>,
     pub usage: Option<Usage>,
@@ -291,6 +601,16 @@ pub(crate) struct ChunkInfo<'a> {
     /// The `id` field (the completion's id), when present and not empty.
     pub id: Option<Cow<'a, str>>,
     pub timings: Option<UpstreamTimings>,
+}
+
+/// A piece of a tool call as the upstream numbered it: `index` is the upstream's (a whole reply's
+/// calls are numbered by position), `id` and `name` are there when it sent them (not empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CallPiece {
+    pub index: Option<u64>,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// How the upstream said the choice ended.
@@ -379,7 +699,9 @@ fn chunk_info(chunk: Chunk<'_>) -> ChunkInfo<'_> {
         usage: chunk.usage.map(|u| Usage {
             input_tokens: saturate(u.prompt_tokens),
             output_tokens: saturate(u.completion_tokens),
-            ..Usage::default()
+            // Both are already counted in the totals, as `Usage` counts them.
+            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens).map(|n| saturate(Some(n))),
+            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).map(|n| saturate(Some(n))),
         }),
         timings: chunk.timings.map(|t| UpstreamTimings {
             prompt_eval: t.prompt_ms.and_then(millis),
@@ -389,14 +711,35 @@ fn chunk_info(chunk: Chunk<'_>) -> ChunkInfo<'_> {
         ..Default::default()
     };
     if let Some(choice) = chunk.choices.and_then(|c| c.choice) {
-        info.content =
-            choice.delta.or(choice.message).and_then(|d| d.content).filter(|c| !c.is_empty()).map(Cow::into_owned);
         info.finish = choice.finish_reason.map(|reason| map_finish_reason(&reason));
+        let whole = choice.delta.is_none() && choice.message.is_some();
+        let Some(delta) = choice.delta.or(choice.message) else { return info };
+        let text = |field: Option<Cow<'_, str>>| field.filter(|t| !t.is_empty()).map(Cow::into_owned);
+        info.content = text(delta.content);
+        // Servers in between renames send both, with the same text.
+        info.thinking = text(delta.reasoning_content).or_else(|| text(delta.reasoning));
+        info.refusal = text(delta.refusal);
+        info.tool_calls = delta
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(position, piece)| {
+                let (name, arguments) = piece.function.map_or((None, None), |f| (f.name, f.arguments));
+                CallPiece {
+                    // A whole call is a call of its own, whatever its (often missing) index says.
+                    index: if whole { Some(position as u64) } else { piece.index },
+                    id: piece.id.filter(|id| !id.is_empty()),
+                    name: name.filter(|name| !name.is_empty()),
+                    arguments: arguments.unwrap_or_default(),
+                }
+            })
+            .collect();
     }
     info
 }
 
-/// `stop`, `length` and `content_filter` as such; tool and function calls end the turn normally.
+/// `stop`, `length`, `content_filter` and `tool_calls` (or the older `function_call`) as such.
 /// Unknown values (servers add their own, like `eos`) count as a normal stop, except the ones
 /// that say the server gave up.
 pub(crate) fn map_finish_reason(reason: &str) -> Finish {
@@ -404,7 +747,8 @@ pub(crate) fn map_finish_reason(reason: &str) -> Finish {
         "length" => Finish::Ended(FinishReason::Length),
         "content_filter" => Finish::Ended(FinishReason::ContentFilter),
         "abort" | "error" => Finish::Aborted(reason.to_owned()),
-        "stop" | "tool_calls" | "function_call" => Finish::Ended(FinishReason::Stop),
+        "tool_calls" | "function_call" => Finish::Ended(FinishReason::ToolCalls),
+        "stop" => Finish::Ended(FinishReason::Stop),
         other => {
             tracing::debug!(finish_reason = other, "unknown finish_reason, taken as a normal stop");
             Finish::Ended(FinishReason::Stop)
@@ -556,11 +900,15 @@ mod tests {
         }
     }
 
-    const DEFAULTS: BodySettings =
-        BodySettings { max_tokens_field: MaxTokensField::MaxTokens, include_usage: true, send_top_k: false };
+    const DEFAULTS: BodySettings = BodySettings {
+        max_tokens_field: MaxTokensField::MaxTokens,
+        include_usage: true,
+        send_top_k: false,
+        thinking_off: ThinkingOff::Unsupported,
+    };
 
     fn body(options: GenerationOptions, settings: BodySettings) -> Value {
-        serde_json::to_value(ChatBody::new(&request(options), settings)).unwrap()
+        serde_json::to_value(ChatBody::new(&request(options), settings).unwrap()).unwrap()
     }
 
     #[test]
@@ -580,6 +928,264 @@ mod tests {
         );
         let without_usage = BodySettings { include_usage: false, ..DEFAULTS };
         assert!(body(GenerationOptions::default(), without_usage).get("stream_options").is_none());
+    }
+
+    const SCHEMA: &str = r#"{"type":"object","properties":{"id":{"type":"integer","maximum":9007199254740993},"x":{"type":"number","multipleOf":1.0}},"required":["id","x"],"additionalProperties":false}"#;
+
+    fn tool_call(id: &str, name: &str, arguments: &str) -> Part {
+        Part::ToolCall(copilot_provider::ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+            signature: vec![],
+        })
+    }
+
+    fn tool_request() -> ChatRequest {
+        ChatRequest {
+            model: "gpt-4o".into(),
+            messages: vec![
+                Message::text(Role::User, "Weather in Paris and Oslo?"),
+                Message {
+                    role: Role::Assistant,
+                    parts: vec![
+                        Part::Text("Checking.".into()),
+                        tool_call("call_a", "get_weather", r#"{"city":"Paris","id":9007199254740993}"#),
+                    ],
+                    tool_call_id: None,
+                },
+                Message::tool_result("call_a", "18C"),
+                Message {
+                    role: Role::Assistant,
+                    parts: vec![tool_call("call_b", "get_weather", r#"{"city":"Oslo","x":1.0}"#)],
+                    tool_call_id: None,
+                },
+                Message::tool_result("call_b", "3C"),
+            ],
+            tools: vec![
+                copilot_provider::Tool {
+                    name: "get_weather".into(),
+                    description: "Current weather".into(),
+                    parameters: Some(SCHEMA.into()),
+                    strict: true,
+                },
+                copilot_provider::Tool { name: "now".into(), ..Default::default() },
+            ],
+            tool_choice: Some(ToolChoice::Named("get_weather".into())),
+            response_format: ResponseFormat::JsonSchema { name: "weather".into(), schema: SCHEMA.into(), strict: true },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tools_history_and_schemas_go_out_as_openai_writes_them() {
+        let request = tool_request();
+        let text = serde_json::to_string(&ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+        // The schemas go out byte for byte: no number reformatted.
+        assert_eq!(text.matches(SCHEMA).count(), 2, "{text}");
+        let sent: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            sent["messages"],
+            json!([
+                {"role": "user", "content": "Weather in Paris and Oslo?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"id\":9007199254740993}"}}]},
+                {"role": "tool", "content": "18C", "tool_call_id": "call_a"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_b", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\",\"x\":1.0}"}}]},
+                {"role": "tool", "content": "3C", "tool_call_id": "call_b"},
+            ])
+        );
+        assert_eq!(sent["tools"][0]["type"], "function");
+        assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+        assert_eq!(sent["tools"][0]["function"]["description"], "Current weather");
+        assert_eq!(sent["tools"][0]["function"]["strict"], true);
+        // A tool without parameters or description sends neither.
+        assert_eq!(sent["tools"][1], json!({"type": "function", "function": {"name": "now"}}));
+        assert_eq!(sent["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+        assert_eq!(sent["response_format"]["type"], "json_schema");
+        assert_eq!(sent["response_format"]["json_schema"]["name"], "weather");
+        assert_eq!(sent["response_format"]["json_schema"]["strict"], true);
+        assert!(sent.get("reasoning_effort").is_none() && sent.get("chat_template_kwargs").is_none());
+
+        for (choice, wire) in
+            [(ToolChoice::Auto, "auto"), (ToolChoice::None, "none"), (ToolChoice::Required, "required")]
+        {
+            let request = ChatRequest { tool_choice: Some(choice), ..tool_request() };
+            let sent = serde_json::to_value(ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+            assert_eq!(sent["tool_choice"], wire);
+        }
+        let request = ChatRequest { response_format: ResponseFormat::JsonObject, ..tool_request() };
+        let sent = serde_json::to_value(ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+        assert_eq!(sent["response_format"], json!({"type": "json_object"}));
+        let request = ChatRequest { tools: vec![], tool_choice: None, ..request };
+        let sent = serde_json::to_value(ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+        assert!(sent.get("tools").is_none() && sent.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn json_that_is_not_json_is_refused_not_sent() {
+        let request = ChatRequest {
+            response_format: ResponseFormat::JsonSchema { name: "x".into(), schema: "{".into(), strict: false },
+            ..tool_request()
+        };
+        assert!(matches!(ChatBody::new(&request, DEFAULTS), Err(ProviderError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn reasoning_maps_to_an_effort_and_off_to_the_configured_field() {
+        let sent = |reasoning: Option<Reasoning>, thinking_off: ThinkingOff| {
+            let request = ChatRequest { reasoning, ..request(GenerationOptions::default()) };
+            serde_json::to_value(ChatBody::new(&request, BodySettings { thinking_off, ..DEFAULTS }).unwrap()).unwrap()
+        };
+        let on = |amount| Some(Reasoning::On { amount, include_thoughts: true });
+        let effort = |body: Value| body.get("reasoning_effort").cloned();
+        assert_eq!(
+            effort(sent(on(ReasoningAmount::Effort(Effort::High)), ThinkingOff::Unsupported)),
+            Some(json!("high"))
+        );
+        assert_eq!(effort(sent(on(ReasoningAmount::BudgetTokens(1024)), ThinkingOff::Unsupported)), Some(json!("low")));
+        assert_eq!(
+            effort(sent(on(ReasoningAmount::BudgetTokens(4096)), ThinkingOff::Unsupported)),
+            Some(json!("medium"))
+        );
+        assert_eq!(
+            effort(sent(on(ReasoningAmount::BudgetTokens(32768)), ThinkingOff::Unsupported)),
+            Some(json!("high"))
+        );
+        assert_eq!(effort(sent(on(ReasoningAmount::Default), ThinkingOff::Unsupported)), None);
+        assert_eq!(effort(sent(None, ThinkingOff::Unsupported)), None);
+        assert_eq!(effort(sent(Some(Reasoning::Off), ThinkingOff::ReasoningEffortNone)), Some(json!("none")));
+        let off = sent(Some(Reasoning::Off), ThinkingOff::EnableThinkingFalse);
+        assert_eq!(off["chat_template_kwargs"], json!({"enable_thinking": false}));
+        assert!(off.get("reasoning_effort").is_none());
+    }
+
+    #[test]
+    fn thinking_goes_back_as_reasoning_content() {
+        let thinking = |text: &str, redacted| {
+            Part::Thinking(copilot_provider::Thinking { text: text.into(), signature: b"sig".to_vec(), redacted })
+        };
+        let request = ChatRequest {
+            messages: vec![
+                Message::text(Role::User, "Hi"),
+                Message {
+                    role: Role::Assistant,
+                    parts: vec![
+                        thinking("First, ", false),
+                        thinking("opaque", true),
+                        thinking("then.", false),
+                        tool_call("c1", "f", "{}"),
+                    ],
+                    tool_call_id: None,
+                },
+                Message::tool_result("c1", "ok"),
+            ],
+            ..Default::default()
+        };
+        let sent = serde_json::to_value(ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+        assert_eq!(sent["messages"][1]["reasoning_content"], "First, then.");
+        assert_eq!(sent["messages"][1]["content"], Value::Null);
+        assert!(sent["messages"][0].get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn images_make_content_parts_and_text_alone_stays_a_string() {
+        let image = |source| Part::Image(Image { source, mime_type: "image/png".into() });
+        let request = ChatRequest {
+            messages: vec![
+                Message::text(Role::System, "Describe."),
+                Message {
+                    role: Role::User,
+                    parts: vec![
+                        Part::Text("What is this?".into()),
+                        image(ImageSource::Data(b"\x89PNG\r\n".to_vec())),
+                        image(ImageSource::Url("https://example.com/cat.png".into())),
+                    ],
+                    tool_call_id: None,
+                },
+            ],
+            ..Default::default()
+        };
+        let sent = serde_json::to_value(ChatBody::new(&request, DEFAULTS).unwrap()).unwrap();
+        assert_eq!(sent["messages"][0], json!({"role": "system", "content": "Describe."}));
+        assert_eq!(
+            sent["messages"][1]["content"],
+            json!([
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn base64_as_rfc_4648_writes_it() {
+        for (input, expected) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")]
+        {
+            let mut out = String::new();
+            base64_into(input.as_bytes(), &mut out);
+            assert_eq!(out, expected, "{input:?}");
+        }
+        let mut out = String::new();
+        base64_into(&[0xfb, 0xff, 0xbf], &mut out);
+        assert_eq!(out, "+/+/");
+    }
+
+    #[test]
+    fn decodes_tool_call_pieces_thinking_and_refusals() {
+        let first = chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[
+            {"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}));
+        assert_eq!(
+            first.tool_calls,
+            [CallPiece { index: Some(0), id: Some("call_1".into()), name: Some("f".into()), arguments: String::new() }]
+        );
+        // vLLM: two indexes in one chunk, no `arguments` on the first piece.
+        let two = chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":[
+            {"index":0,"function":{"arguments":"{}"}},
+            {"index":1,"id":"chatcmpl-tool-9","type":"function","function":{"name":"g"}}]}}]}));
+        assert_eq!(two.tool_calls[0], CallPiece { index: Some(0), arguments: "{}".into(), ..Default::default() });
+        assert_eq!(two.tool_calls[1].arguments, "");
+        assert_eq!(two.tool_calls[1].id.as_deref(), Some("chatcmpl-tool-9"));
+        // `tool_calls: null` and empty ids are nothing.
+        assert!(chunk(json!({"choices":[{"index":0,"delta":{"tool_calls":null}}]})).tool_calls.is_empty());
+        let empty_id =
+            chunk(json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"","function":{"arguments":"1"}}]}}]}));
+        assert_eq!(empty_id.tool_calls[0].id, None);
+
+        let thinking = chunk(json!({"choices":[{"delta":{"reasoning_content":"hmm","content":null}}]}));
+        assert_eq!(thinking.thinking.as_deref(), Some("hmm"));
+        let vllm = chunk(json!({"choices":[{"delta":{"reasoning":"new field"}}]}));
+        assert_eq!(vllm.thinking.as_deref(), Some("new field"));
+        let both = chunk(json!({"choices":[{"delta":{"reasoning":"same","reasoning_content":"same"}}]}));
+        assert_eq!(both.thinking.as_deref(), Some("same"));
+        let refusal = chunk(json!({"choices":[{"delta":{"refusal":"I can't help with that."}}]}));
+        assert_eq!(refusal.refusal.as_deref(), Some("I can't help with that."));
+        assert_eq!(refusal.content, None);
+    }
+
+    #[test]
+    fn whole_replies_carry_whole_calls_numbered_by_position() {
+        let body = json!({"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,
+            "message":{"role":"assistant","content":null,"reasoning_content":"think","tool_calls":[
+                {"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1.0}"}},
+                {"id":"call_2","type":"function","function":{"name":"g","arguments":"{}"}}]},
+            "finish_reason":"tool_calls"}]})
+        .to_string();
+        let Payload::Chunk(info) = decode_completion(body.as_bytes(), None).unwrap() else { panic!() };
+        assert_eq!(info.finish, Some(Finish::Ended(FinishReason::ToolCalls)));
+        assert_eq!(info.thinking.as_deref(), Some("think"));
+        assert_eq!(info.content, None);
+        let calls: Vec<_> =
+            info.tool_calls.iter().map(|c| (c.index, c.name.as_deref(), c.arguments.as_str())).collect();
+        assert_eq!(calls, [(Some(0), Some("f"), r#"{"a":1.0}"#), (Some(1), Some("g"), "{}")]);
+        // A server that writes the arguments as an object: its text, as it came.
+        let object = r#"{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":{"id":9007199254740993, "x":1.0}}}]},"finish_reason":"stop"}]}"#;
+        let Payload::Chunk(info) = decode_completion(object.as_bytes(), None).unwrap() else { panic!() };
+        assert_eq!(info.tool_calls[0].arguments, r#"{"id":9007199254740993, "x":1.0}"#);
     }
 
     #[test]
@@ -614,6 +1220,9 @@ mod tests {
         match decode_data(&data.to_string(), None).unwrap() {
             Payload::Chunk(info) => ChunkInfo {
                 content: info.content,
+                thinking: info.thinking,
+                refusal: info.refusal,
+                tool_calls: info.tool_calls,
                 finish: info.finish,
                 usage: info.usage,
                 model: owned(info.model),
@@ -652,7 +1261,10 @@ mod tests {
         let usage =
             chunk(json!({"model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,
             "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}));
-        assert_eq!(usage.usage, Some(Usage { input_tokens: 12, output_tokens: 3, ..Default::default() }));
+        assert_eq!(
+            usage.usage,
+            Some(Usage { input_tokens: 12, output_tokens: 3, reasoning_tokens: Some(0), cached_input_tokens: Some(0) })
+        );
     }
 
     #[test]
@@ -693,8 +1305,8 @@ mod tests {
         assert_eq!(map_finish_reason("stop"), Finish::Ended(FinishReason::Stop));
         assert_eq!(map_finish_reason("length"), Finish::Ended(FinishReason::Length));
         assert_eq!(map_finish_reason("content_filter"), Finish::Ended(FinishReason::ContentFilter));
-        assert_eq!(map_finish_reason("tool_calls"), Finish::Ended(FinishReason::Stop));
-        assert_eq!(map_finish_reason("function_call"), Finish::Ended(FinishReason::Stop));
+        assert_eq!(map_finish_reason("tool_calls"), Finish::Ended(FinishReason::ToolCalls));
+        assert_eq!(map_finish_reason("function_call"), Finish::Ended(FinishReason::ToolCalls));
         assert_eq!(map_finish_reason("eos"), Finish::Ended(FinishReason::Stop));
         assert_eq!(map_finish_reason("abort"), Finish::Aborted("abort".into()));
     }

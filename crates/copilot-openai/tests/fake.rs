@@ -83,7 +83,10 @@ async fn streams_text_usage_and_the_answering_model() {
     // The chunks name the dated snapshot that answered, not the alias asked for.
     assert_eq!(completion.model, "gpt-4o-mini-2024-07-18");
     // prompt_tokens is the fake's word count over all messages: "Be brief." + "hi there".
-    assert_eq!(completion.usage, Usage { input_tokens: 4, output_tokens: 3, ..Default::default() });
+    assert_eq!(
+        completion.usage,
+        Usage { input_tokens: 4, output_tokens: 3, reasoning_tokens: Some(0), cached_input_tokens: Some(0) }
+    );
 
     let sent = &fake.chat_requests()[0];
     assert_eq!(
@@ -118,6 +121,13 @@ async fn every_flavour_completes_with_the_same_text() {
         let expected_usage = match flavour {
             // Never sends usage: zeros, and no failure.
             Flavour::NoUsage => Usage::default(),
+            // OpenAI details the cached and reasoning tokens, llama.cpp the cached ones.
+            Flavour::OpenAi => {
+                Usage { input_tokens: 3, output_tokens: 3, reasoning_tokens: Some(0), cached_input_tokens: Some(0) }
+            }
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                Usage { input_tokens: 3, output_tokens: 3, cached_input_tokens: Some(0), ..Default::default() }
+            }
             _ => Usage { input_tokens: 3, output_tokens: 3, ..Default::default() },
         };
         assert_eq!(completion.usage, expected_usage, "{flavour:?}");
