@@ -707,6 +707,8 @@ struct ChatParams {
     /// Whether `tool_choice` names a function (OpenAI then finishes with `stop`, not
     /// `tool_calls`).
     forced_function: bool,
+    /// Whether the conversation ends with tool results ([`FakeModel::after_tool_result`]).
+    tool_result_last: bool,
 }
 
 async fn chat(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -778,7 +780,9 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
     };
     let responding = Instant::now();
     let served_as = entry.model.name.clone();
-    let mut generation = Generation::new(entry.model.clone(), &params.last_user, params.limit);
+    // The second turn of a tool loop may be scripted apart.
+    let model = entry.model.answering(params.tool_result_last);
+    let mut generation = Generation::new(model.clone(), &params.last_user, params.limit);
     if !params.stream {
         generation.stop_at_context_length();
     }
@@ -791,7 +795,7 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
     };
     let finish =
         FinishWords { calls_tools: generation.calls_tools(), forced_function: params.forced_function, flavour };
-    let auto_reasoning = !matches!(entry.model.reply, Reply::Turn(_));
+    let auto_reasoning = !matches!(model.reply, Reply::Turn(_));
     let cached_tokens = (shared.cached_tokens.load(Ordering::Relaxed) as usize).min(params.prompt_words);
     let timing = Timing { received, responding, prompt_words: params.prompt_words, cached_tokens };
     if params.stream {
@@ -964,10 +968,13 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
             }
         };
         prompt_words += text.split_whitespace().count();
-        if role == "user" {
+        let tool_result_last = role == "tool" && position + 1 == messages.len();
+        // An echo after tool results repeats the last result.
+        if role == "user" || tool_result_last {
             last_user = text;
         }
     }
+    let tool_result_last = messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("tool");
     if !unanswered.is_empty() {
         return Err(unanswered_calls(messages.len() - 1, &unanswered));
     }
@@ -1054,6 +1061,7 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
         prompt_words: prompt_words.max(1),
         last_user,
         forced_function,
+        tool_result_last,
     })
 }
 

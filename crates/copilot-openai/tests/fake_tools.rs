@@ -174,13 +174,16 @@ async fn arguments_are_byte_exact_wherever_the_server_cuts_them() {
 #[tokio::test]
 async fn a_tool_result_round_trips_over_two_turns() {
     for flavour in ALL_FLAVOURS {
-        let reply = calls(vec![FakeToolCall::new("call_1", "get_weather", ARGUMENTS)]);
-        let (fake, provider) = fake_with(flavour, reply).await;
+        let (fake, provider) = fake_with(flavour, Reply::Tokens(vec![])).await;
+        fake.add_model(
+            FakeModel::new("m")
+                .with_reply(calls(vec![FakeToolCall::new("call_1", "get_weather", ARGUMENTS)]))
+                .with_reply_after_tool_result(Reply::Tokens(vec!["Sunny, 21C.".into()])),
+        );
         let first = tool_request("Weather in Zürich?");
         let (turn, completion) = run(&provider, first.clone()).await;
         completion.unwrap();
 
-        fake.add_model(FakeModel::new("m").with_reply(Reply::Tokens(vec!["Sunny, 21C.".into()])));
         let mut second = first;
         second.messages.push(Message { role: Role::Assistant, parts: turn.into_parts(), tool_call_id: None });
         second.messages.push(Message::tool_result("call_1", r#"{"temp":21}"#));
