@@ -36,7 +36,8 @@ pub fn seed_corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 /// body), asserting the promises that hold whatever the input; returns the events.
 pub fn decode<D: ChatStreamDecoder>(mut decoder: D, reads: &[&[u8]], limit: usize) -> Vec<Event> {
     let mut events: Vec<Event> = Vec::new();
-    let ended = |events: &[Event]| events.last().is_some_and(|e| !matches!(e, Ok(ChatEvent::Delta(_))));
+    // Tool-call and thinking pieces go on like text: only `Done` or an error ends a stream.
+    let ended = |events: &[Event]| events.last().is_some_and(|e| matches!(e, Ok(ChatEvent::Done(_)) | Err(_)));
     let take = |decoder: &mut D, events: &mut Vec<Event>| {
         while let Some(event) = decoder.next_event() {
             assert!(!ended(events), "an event after the end of the stream: {event:?} after {:?}", events.last());
