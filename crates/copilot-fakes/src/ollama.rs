@@ -13,8 +13,10 @@
 //! The streaming path is also what the `fake-ollama` benchmark binary runs, so it avoids per-chunk
 //! work beyond formatting one line: no logging, one allocation per line.
 
+use std::borrow::Cow;
 use std::io::{self, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -29,6 +31,7 @@ use crate::fake::{Fake, Wire};
 use crate::format::{civil_from_days, json_kind, write_json_string};
 use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
+use crate::script::{FakeToolCall, Piece};
 use crate::script::{Generation, Step};
 
 /// The version `GET /api/version` reports.
@@ -60,6 +63,15 @@ impl Fake<Ollama> {
     pub fn remove_model(&self, name: &str) -> bool {
         self.wire.models.remove(&canonical_name(name))
     }
+
+    /// Whether chat requests are checked against the model's capabilities as Ollama checks them:
+    /// tools for a model without `tools` get `<name> does not support tools`, a truthy `think`
+    /// for one without `thinking` gets `"<model>" does not support thinking`, images for one
+    /// without `vision` get `this model is missing data required for image input` (all 400). Off
+    /// by default, so that a [`FakeModel::new`] (listed with `completion` alone) plays any script.
+    pub fn set_capability_checks(&self, check: bool) {
+        self.wire.check_capabilities.store(check, Ordering::Relaxed);
+    }
 }
 
 /// Ollama's wire format, and the state its handle and request handlers share. A failure
@@ -70,6 +82,7 @@ impl Fake<Ollama> {
 pub struct Ollama {
     models: Models<ModelEntry>,
     harness: Arc<Harness>,
+    check_capabilities: AtomicBool,
 }
 
 impl Wire for Ollama {
@@ -77,7 +90,7 @@ impl Wire for Ollama {
     const BASE_PATH: &'static str = "";
 
     fn new(harness: Arc<Harness>) -> Self {
-        Ollama { models: Models::new(), harness }
+        Ollama { models: Models::new(), harness, check_capabilities: AtomicBool::new(false) }
     }
 
     fn router(shared: Arc<Self>) -> Router {
@@ -266,6 +279,10 @@ struct ChatParams {
     prompt_words: usize,
     /// Content of the last user message, for [`Reply::Echo`].
     last_user: String,
+    /// Whether the request turns thinking off (`think:false`); thinking models think otherwise.
+    think_off: bool,
+    /// What the request needs of the model: `tools`, `thinking`, `vision`.
+    needs: Vec<&'static str>,
 }
 
 async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
@@ -286,6 +303,22 @@ async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
         let message = format!("model \"{}\" not found, try pulling it first", params.model);
         return error_response(StatusCode::NOT_FOUND, &message);
     };
+    if shared.check_capabilities.load(Ordering::Relaxed) {
+        let has = |capability: &str| entry.model.capabilities.iter().any(|c| c == capability);
+        // In the order Ollama checks them.
+        let wanted = ["thinking", "tools", "vision"].into_iter().filter(|need| params.needs.contains(need));
+        if let Some(missing) = wanted.into_iter().find(|need| !has(need)) {
+            // Ollama's own words: the resolved name for tools (from the capability check when the
+            // model is scheduled), the requested one for thinking (checked first, in the
+            // handler), and the runner's error for images.
+            let message = match missing {
+                "tools" => format!("registry.ollama.ai/library/{} does not support tools", entry.key),
+                "thinking" => format!("{:?} does not support thinking", params.model),
+                _ => "this model is missing data required for image input".to_owned(),
+            };
+            return bad_request(&message);
+        }
+    }
     if shared.harness.busy() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
     }
@@ -313,10 +346,12 @@ async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
             prefix,
             timing,
             prompt_words: params.prompt_words,
+            think_off: params.think_off,
+            calls: 0,
             finished: false,
         })
     } else {
-        aggregate_response(generation, guard, prefix, timing, params.prompt_words).await
+        aggregate_response(generation, guard, prefix, timing, params.prompt_words, params.think_off).await
     }
 }
 
@@ -333,6 +368,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
 
     let mut prompt_words = 0;
     let mut last_user = "";
+    let mut needs = Vec::new();
     match request.get("messages") {
         None | Some(Value::Null) => {}
         Some(Value::Array(messages)) => {
@@ -348,14 +384,66 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
                     }
                 };
                 prompt_words += content.split_whitespace().count();
-                if message.get("role").and_then(Value::as_str) == Some("user") {
+                let role = message.get("role").and_then(Value::as_str);
+                if role == Some("user") {
                     last_user = content;
+                }
+                if check_images(message)? && !needs.contains(&"vision") {
+                    needs.push("vision");
+                }
+                check_tool_calls(message)?;
+                // Stricter than Ollama, which renders a result without its tool's name: the
+                // templates that show results name the tool, so a client that leaves it out
+                // gets worse answers, silently.
+                if role == Some("tool") && message.get("tool_name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return Err("a tool message must name its tool (tool_name)".to_owned());
                 }
             }
         }
         Some(other) => {
             return Err(type_error("ChatRequest", "messages", "[]api.Message", other));
         }
+    }
+
+    match request.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tools)) => {
+            for tool in tools {
+                let name = tool.pointer("/function/name");
+                if !tool.is_object() || !name.is_none_or(Value::is_string) {
+                    return Err(type_error("ChatRequest", "tools", "api.Tool", tool));
+                }
+                if name.and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return Err("a tool must have a function name".to_owned());
+                }
+            }
+            if !tools.is_empty() {
+                needs.push("tools");
+            }
+        }
+        Some(other) => return Err(type_error("ChatRequest", "tools", "api.Tools", other)),
+    }
+
+    let think_off = match request.get("think") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(on)) => {
+            if *on {
+                needs.push("thinking");
+            }
+            !on
+        }
+        Some(Value::String(level)) if ["high", "medium", "low"].contains(&level.as_str()) => {
+            needs.push("thinking");
+            false
+        }
+        Some(Value::String(level)) => return Err(format!("invalid think value: {level:?}")),
+        Some(_) => return Err("think must be a boolean or string (\"high\", \"medium\", \"low\")".to_owned()),
+    };
+
+    match request.get("format") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(Value::String(format)) if format.is_empty() || format == "json" => {}
+        Some(other) => return Err(format!("invalid JSON schema in format: {other}")),
     }
 
     let stream = match request.get("stream") {
@@ -392,7 +480,56 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         limit,
         prompt_words: prompt_words.max(1),
         last_user: last_user.to_owned(),
+        think_off,
+        needs,
     })
+}
+
+/// A message's `images`: base64 strings, as Go decodes `[]byte`. Returns whether there are any.
+fn check_images(message: &Value) -> Result<bool, String> {
+    use base64::Engine as _;
+    match message.get("images") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Array(images)) => {
+            for image in images {
+                let Value::String(data) = image else {
+                    return Err(type_error("ChatRequest", "messages.images", "api.ImageData", image));
+                };
+                if let Err(err) = base64::engine::general_purpose::STANDARD.decode(data) {
+                    return Err(format!("illegal base64 data ({err})"));
+                }
+            }
+            Ok(!images.is_empty())
+        }
+        Some(other) => Err(type_error("ChatRequest", "messages.images", "[]api.ImageData", other)),
+    }
+}
+
+/// An assistant message's earlier calls: `{id?, function:{name, arguments:{object}}}`, where Go
+/// decodes `arguments` into a map (so a JSON string, as OpenAI writes it, is refused).
+fn check_tool_calls(message: &Value) -> Result<(), String> {
+    let calls = match message.get("tool_calls") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(calls)) => calls,
+        Some(other) => return Err(type_error("ChatRequest", "messages.tool_calls", "[]api.ToolCall", other)),
+    };
+    for call in calls {
+        match call.pointer("/function/arguments") {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(other) => {
+                return Err(type_error(
+                    "ChatRequest",
+                    "messages.tool_calls.function.arguments",
+                    "api.ToolCallFunctionArguments",
+                    other,
+                ));
+            }
+        }
+        if call.pointer("/function/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err("a tool call in the history has no function name".to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// Parses a request body as a JSON object; when it is not one, the 400 message Ollama's gin
@@ -459,6 +596,9 @@ struct ChatBody {
     prefix: Vec<u8>,
     timing: Timing,
     prompt_words: usize,
+    think_off: bool,
+    /// Tool calls written so far: Ollama numbers them across the response.
+    calls: usize,
     finished: bool,
 }
 
@@ -472,33 +612,39 @@ impl Pieces for ChatBody {
             self.guard.finish(false);
             return Some(Err(io::Error::other("fake Ollama server shut down")));
         }
-        match self.generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
-            Step::Content(text) => Some(Ok(Bytes::from(content_line(&self.prefix, text, true)))),
-            Step::Done(finish) => {
-                self.finished = true;
-                self.guard.finish(true);
-                let stats = self.timing.stats(self.prompt_words, self.generation.sent());
-                let line = final_line(&self.prefix, "", finish.reason(), &stats, true);
-                Some(Ok(Bytes::from(line)))
-            }
-            Step::Error(message) => {
-                self.finished = true;
-                self.guard.finish(true);
-                let mut line = error_body(message);
-                line.push(b'\n');
-                Some(Ok(Bytes::from(line)))
-            }
-            Step::EndWithoutDone => {
-                self.finished = true;
-                self.guard.finish(true);
-                None
-            }
-            Step::Abort => {
-                self.finished = true;
-                self.guard.finish(false);
-                Some(Err(io::Error::other("fake Ollama dropped the connection")))
-            }
+        loop {
+            return match self.generation.next().await {
+                Step::Piece(piece) => match piece_line(&self.prefix, piece, self.think_off, &mut self.calls) {
+                    Some(line) => Some(Ok(Bytes::from(line))),
+                    // Nothing Ollama would write (a signature, or thinking turned off).
+                    None => continue,
+                },
+                Step::Content(text) => Some(Ok(Bytes::from(content_line(&self.prefix, text, true)))),
+                Step::Done(finish) => {
+                    self.finished = true;
+                    self.guard.finish(true);
+                    let stats = self.timing.stats(self.prompt_words, self.generation.sent());
+                    let line = final_line(&self.prefix, &Whole::default(), finish.reason(), &stats, true);
+                    Some(Ok(Bytes::from(line)))
+                }
+                Step::Error(message) => {
+                    self.finished = true;
+                    self.guard.finish(true);
+                    let mut line = error_body(message);
+                    line.push(b'\n');
+                    Some(Ok(Bytes::from(line)))
+                }
+                Step::EndWithoutDone => {
+                    self.finished = true;
+                    self.guard.finish(true);
+                    None
+                }
+                Step::Abort => {
+                    self.finished = true;
+                    self.guard.finish(false);
+                    Some(Err(io::Error::other("fake Ollama dropped the connection")))
+                }
+            };
         }
     }
 }
@@ -518,16 +664,23 @@ async fn aggregate_response(
     prefix: Vec<u8>,
     timing: Timing,
     prompt_words: usize,
+    think_off: bool,
 ) -> Response {
-    let mut content = String::new();
+    let mut message = Whole::default();
     loop {
         match generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
-            Step::Content(text) => content.push_str(text),
+            Step::Piece(Piece::Thinking(text)) if !think_off => message.thinking.push_str(text),
+            Step::Piece(Piece::ToolCalls(calls)) => {
+                for call in calls {
+                    message.calls.push(tool_call_object(call, message.calls.len()));
+                }
+            }
+            Step::Piece(_) => {}
+            Step::Content(text) => message.content.to_mut().push_str(text),
             Step::Done(finish) => {
                 guard.finish(true);
                 let stats = timing.stats(prompt_words, generation.sent());
-                let object = final_line(&prefix, &content, finish.reason(), &stats, false);
+                let object = final_line(&prefix, &message, finish.reason(), &stats, false);
                 return json_response(StatusCode::OK, object);
             }
             Step::Error(message) => {
@@ -536,7 +689,7 @@ async fn aggregate_response(
             }
             Step::EndWithoutDone => {
                 guard.finish(true);
-                return json_response(StatusCode::OK, content_line(&prefix, &content, false));
+                return json_response(StatusCode::OK, message_line(&prefix, &message, false));
             }
             Step::Abort => {
                 guard.finish(false);
@@ -544,6 +697,58 @@ async fn aggregate_response(
             }
         }
     }
+}
+
+/// What an assistant message holds, as one streamed chunk carries it or a `stream:false` answer
+/// gathers it.
+#[derive(Default)]
+struct Whole<'a> {
+    content: Cow<'a, str>,
+    thinking: String,
+    /// Each call's object, written as Ollama writes it.
+    calls: Vec<Vec<u8>>,
+}
+
+/// The chunk a piece of a turn is, or `None` where Ollama writes nothing: it has no thinking
+/// signatures, and a model told `think:false` does not think.
+fn piece_line(prefix: &[u8], piece: &Piece, think_off: bool, calls: &mut usize) -> Option<Vec<u8>> {
+    let message = match piece {
+        Piece::Text(text) => Whole { content: Cow::Borrowed(text), ..Whole::default() },
+        Piece::Thinking(text) if !think_off => Whole { thinking: text.clone(), ..Whole::default() },
+        Piece::Thinking(_) | Piece::ThinkingSignature(_) => return None,
+        // Calls parsed together arrive whole, in one chunk, numbered across the response.
+        Piece::ToolCalls(list) => Whole {
+            calls: list
+                .iter()
+                .map(|call| {
+                    *calls += 1;
+                    tool_call_object(call, *calls - 1)
+                })
+                .collect(),
+            ..Whole::default()
+        },
+    };
+    Some(message_line(prefix, &message, true))
+}
+
+/// `{"id":…,"function":{"index":…,"name":…,"arguments":{…}}}`. Ollama re-encodes the arguments
+/// from the object it parsed; the fake writes the script's text as it is, so that tests can tell
+/// whether the adapter keeps it byte for byte. Calls without arguments get `{}`, as Go encodes an
+/// empty map; ids are left out as servers before v0.12.10 do when the script gives none.
+fn tool_call_object(call: &FakeToolCall, index: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(call.arguments.len() + call.name.len() + 64);
+    out.push(b'{');
+    if let Some(id) = &call.id {
+        out.extend_from_slice(b"\"id\":");
+        write_json_string(&mut out, id);
+        out.push(b',');
+    }
+    let _ = write!(out, "\"function\":{{\"index\":{index},\"name\":");
+    write_json_string(&mut out, &call.name);
+    out.extend_from_slice(b",\"arguments\":");
+    out.extend_from_slice(if call.arguments.trim().is_empty() { b"{}" } else { call.arguments.as_bytes() });
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// `{"model":"NAME","created_at":"` — the same for every line of a response, so built once.
@@ -556,27 +761,52 @@ fn line_prefix(model: &str) -> Vec<u8> {
 }
 
 fn content_line(prefix: &[u8], content: &str, newline: bool) -> Vec<u8> {
-    let mut line = Vec::with_capacity(prefix.len() + content.len() + 96);
+    message_line(prefix, &Whole { content: Cow::Borrowed(content), ..Whole::default() }, newline)
+}
+
+/// A `done:false` chunk carrying `message`.
+fn message_line(prefix: &[u8], message: &Whole<'_>, newline: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + message.content.len() + 96);
     line.extend_from_slice(prefix);
     write_timestamp(&mut line, SystemTime::now());
-    line.extend_from_slice(b"\",\"message\":{\"role\":\"assistant\",\"content\":");
-    write_json_string(&mut line, content);
-    line.extend_from_slice(b"},\"done\":false}");
+    write_message(&mut line, message);
+    line.extend_from_slice(b",\"done\":false}");
     if newline {
         line.push(b'\n');
     }
     line
 }
 
+/// `","message":{…}` after the timestamp, with the fields in Go's order (`api.Message`) and the
+/// empty ones left out (`omitempty`), `content` aside.
+fn write_message(line: &mut Vec<u8>, message: &Whole<'_>) {
+    line.extend_from_slice(b"\",\"message\":{\"role\":\"assistant\",\"content\":");
+    write_json_string(line, &message.content);
+    if !message.thinking.is_empty() {
+        line.extend_from_slice(b",\"thinking\":");
+        write_json_string(line, &message.thinking);
+    }
+    if !message.calls.is_empty() {
+        line.extend_from_slice(b",\"tool_calls\":[");
+        for (i, call) in message.calls.iter().enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(call);
+        }
+        line.push(b']');
+    }
+    line.push(b'}');
+}
+
 /// The `done:true` object, with fields in Ollama's order; a zero `eval_count` is left out, as
 /// Go's `omitempty` does.
-fn final_line(prefix: &[u8], content: &str, done_reason: &str, stats: &Stats, newline: bool) -> Vec<u8> {
-    let mut line = Vec::with_capacity(prefix.len() + content.len() + 320);
+fn final_line(prefix: &[u8], message: &Whole<'_>, done_reason: &str, stats: &Stats, newline: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + message.content.len() + 320);
     line.extend_from_slice(prefix);
     write_timestamp(&mut line, SystemTime::now());
-    line.extend_from_slice(b"\",\"message\":{\"role\":\"assistant\",\"content\":");
-    write_json_string(&mut line, content);
-    line.extend_from_slice(b"},\"done_reason\":");
+    write_message(&mut line, message);
+    line.extend_from_slice(b",\"done_reason\":");
     write_json_string(&mut line, done_reason);
     let _ = write!(
         line,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
+use copilot_fakes::{Behaviour, FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
 use serde_json::{Value, json};
 
 fn tokens(words: &[&str]) -> Reply {
@@ -360,4 +360,146 @@ async fn dropping_the_fake_stops_the_server_and_its_streams() {
     });
     assert!(!drained.await.expect("the stream ends"), "an endless stream breaks rather than completing");
     assert!(client().get(format!("{base_url}/api/version")).send().await.is_err());
+}
+
+fn turn() -> FakeModel {
+    FakeModel::new("qwen3").with_reply(Reply::Turn(vec![
+        Piece::Thinking("Hmm.".into()),
+        Piece::ThinkingSignature(b"sig".to_vec()),
+        Piece::Text("Checking.".into()),
+        Piece::ToolCalls(vec![
+            FakeToolCall::new("call_a1", "get_weather", r#"{"city":"Zürich","id":9007199254740993,"x":1.0}"#),
+            FakeToolCall::new("x", "now", "").without_id(),
+        ]),
+        Piece::ToolCalls(vec![FakeToolCall::new("call_b2", "get_weather", r#"{"city":"Bern"}"#)]),
+    ]))
+}
+
+#[tokio::test]
+async fn a_turn_streams_thinking_text_and_whole_calls_as_ollama_does() {
+    let fake = fake_with(turn()).await;
+    let response = post_chat(&fake, chat_body("qwen3", "q")).await;
+    assert_eq!(response.status(), 200);
+    let mut raw = response.text().await.unwrap();
+    // The arguments are written as the script has them, not re-encoded.
+    assert!(raw.contains(r#""arguments":{"city":"Zürich","id":9007199254740993,"x":1.0}"#), "{raw}");
+    raw.pop();
+    let lines: Vec<Value> = raw.split('\n').map(|l| serde_json::from_str(l).unwrap()).collect();
+    // No line for the signature: Ollama has none.
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[0]["message"], json!({"role": "assistant", "content": "", "thinking": "Hmm."}));
+    assert_eq!(lines[1]["message"], json!({"role": "assistant", "content": "Checking."}));
+    assert_eq!(
+        lines[2]["message"]["tool_calls"],
+        json!([
+            {"id": "call_a1", "function": {"index": 0, "name": "get_weather",
+             "arguments": {"city": "Zürich", "id": 9007199254740993u64, "x": 1.0}}},
+            {"function": {"index": 1, "name": "now", "arguments": {}}},
+        ])
+    );
+    assert_eq!(lines[3]["message"]["tool_calls"][0]["function"]["index"], 2, "numbered across the response");
+    assert_eq!((lines[4]["done"].clone(), lines[4]["done_reason"].clone()), (json!(true), json!("stop")));
+}
+
+#[tokio::test]
+async fn a_turn_not_streamed_gathers_thinking_text_and_calls() {
+    let fake = fake_with(turn()).await;
+    let mut body = chat_body("qwen3", "q");
+    body["stream"] = json!(false);
+    let answer: Value = post_chat(&fake, body).await.json().await.unwrap();
+    assert_eq!(answer["message"]["content"], "Checking.");
+    assert_eq!(answer["message"]["thinking"], "Hmm.");
+    let names: Vec<&str> = answer["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_weather", "now", "get_weather"]);
+    assert_eq!(answer["done_reason"], "stop");
+}
+
+#[tokio::test]
+async fn think_false_turns_thinking_off() {
+    let fake = fake_with(turn()).await;
+    let mut body = chat_body("qwen3", "q");
+    body["think"] = json!(false);
+    let (lines, _) = read_ndjson(post_chat(&fake, body).await).await;
+    assert!(lines.iter().all(|l| l["message"].get("thinking").is_none()), "{lines:?}");
+}
+
+async fn refusal(fake: &FakeOllama, body: Value) -> String {
+    let response = post_chat(fake, body).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn capability_checks_refuse_in_ollamas_words() {
+    let fake = fake_with(FakeModel::new("gemma3:1b")).await;
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let with = |key: &str, value: Value| {
+        let mut body = chat_body("gemma3:1b", "hi");
+        body[key] = value;
+        body
+    };
+    // Off by default: a plain FakeModel plays any script.
+    assert_eq!(post_chat(&fake, with("tools", tools.clone())).await.status(), 200);
+
+    fake.set_capability_checks(true);
+    assert_eq!(
+        refusal(&fake, with("tools", tools.clone())).await,
+        "registry.ollama.ai/library/gemma3:1b does not support tools"
+    );
+    assert_eq!(refusal(&fake, with("think", json!("low"))).await, r#""gemma3:1b" does not support thinking"#);
+    let mut body = chat_body("gemma3:1b", "hi");
+    body["messages"][0]["images"] = json!(["R0lGODlh"]);
+    assert_eq!(refusal(&fake, body).await, "this model is missing data required for image input");
+    // Thinking is checked first, as Ollama does.
+    let mut body = with("tools", tools.clone());
+    body["think"] = json!(true);
+    assert!(refusal(&fake, body).await.contains("does not support thinking"));
+    // Turning thinking off, or an empty tool list, asks nothing of the model.
+    assert_eq!(post_chat(&fake, with("think", json!(false))).await.status(), 200);
+    assert_eq!(post_chat(&fake, with("tools", json!([]))).await.status(), 200);
+
+    let mut model = FakeModel::new("gemma3:1b");
+    model.capabilities = ["completion", "tools", "thinking", "vision"].map(String::from).to_vec();
+    fake.add_model(model);
+    let mut body = with("tools", tools);
+    body["think"] = json!("high");
+    body["messages"][0]["images"] = json!(["R0lGODlh"]);
+    assert_eq!(post_chat(&fake, body).await.status(), 200);
+}
+
+#[tokio::test]
+async fn malformed_tool_messages_are_refused() {
+    let fake = fake_with(FakeModel::new("qwen3")).await;
+    let with_messages = |messages: Value| json!({"model": "qwen3", "messages": messages});
+    let refused = [
+        // A result must name its tool.
+        json!([{"role": "tool", "content": "18C", "tool_call_id": "c1"}]),
+        // Arguments are an object on Ollama's wire, not OpenAI's string.
+        json!([{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]),
+        json!([{"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]}]),
+        json!([{"role": "user", "content": "hi", "images": ["not base64!"]}]),
+    ];
+    for messages in refused {
+        let status = post_chat(&fake, with_messages(messages.clone())).await.status();
+        assert_eq!(status, 400, "{messages}");
+    }
+    let mut body = chat_body("qwen3", "hi");
+    body["think"] = json!("extreme");
+    assert_eq!(refusal(&fake, body).await, r#"invalid think value: "extreme""#);
+    let mut body = chat_body("qwen3", "hi");
+    body["format"] = json!("yaml");
+    assert!(refusal(&fake, body).await.contains("format"));
+
+    let accepted = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {"a": 1}}}]},
+        {"role": "tool", "content": "18C", "tool_name": "f", "tool_call_id": "c1"},
+    ]);
+    assert_eq!(post_chat(&fake, with_messages(accepted)).await.status(), 200);
 }

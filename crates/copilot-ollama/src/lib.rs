@@ -2,8 +2,31 @@
 //! `/api/show`, `/api/version`).
 //!
 //! [`OllamaProvider`] turns a [`ChatRequest`] into one streamed `POST /api/chat` and the NDJSON
-//! reply into [`ChatEvent`]s. The wire formats live in `wire.rs`; this module holds the endpoints
+//! reply into [`ChatEvent`](copilot_provider::ChatEvent)s. The wire formats live in `wire.rs`; this module holds the endpoints
 //! and Ollama's status rules, and sends through `copilot_http`'s [`Upstream`].
+//!
+//! # Beyond text: what maps to what
+//! | Copilot | Ollama |
+//! |---|---|
+//! | `tools` | `tools: [{type:"function", function:{name, description, parameters}}]`, the schema as the client wrote it; a tool without one gets `{"type":"object","properties":{}}` |
+//! | tool choice `auto` / unset | every tool offered |
+//! | tool choice `none` | no tool offered (Ollama has no `tool_choice`) |
+//! | tool choice naming a tool | that tool alone is offered: the model may still answer in text, which Ollama cannot prevent |
+//! | tool choice `required` | every tool offered, and nothing more: Ollama cannot force a call |
+//! | streamed calls | `message.tool_calls: [{id?, function:{index, name, arguments:{…}}}]`, whole calls, one or several per chunk: each gets the next index of a count kept here (Ollama's own `index` restarts with some parsers), `arguments` is the object's text byte for byte (`RawValue`), no `id` before v0.12.10 (the server makes one up) |
+//! | finish | `done_reason` `stop` stays [`FinishReason::Stop`](copilot_provider::FinishReason) after calls (the server settles `TOOL_CALLS`), `length` is `Length` |
+//! | assistant history | `{role:"assistant", content, thinking?, tool_calls:[{id, function:{name, arguments:{…}}}]}`, arguments sent as the client's text so numbers keep their digits |
+//! | `ROLE_TOOL` result | `{role:"tool", content, tool_name, tool_call_id}`: the name of the call it answers (the templates render the name; `tool_call_id` is read since v0.12.10 and ignored before) |
+//! | `json_object` / `json_schema` | `format: "json"` / `format: <schema>` (`strict` adds nothing: Ollama always constrains by grammar) |
+//! | reasoning off | `think: false` |
+//! | reasoning on, default amount | `think: true` |
+//! | reasoning on, effort | `think: "low" \| "medium" \| "high"`: gpt-oss takes the level, other thinking models take any level as on (some older servers refused a level for them) |
+//! | reasoning on, token budget | the nearest level ([`Effort::from_budget`](copilot_provider::Effort::from_budget)): Ollama takes no budget |
+//! | streamed thinking | `message.thinking` → thinking text, passed on only with `include_thoughts` (Ollama has no signatures); thinking tokens are inside `eval_count`, not counted apart |
+//! | thinking in history | the `thinking` field of the assistant message (redacted blocks and signatures from other providers are dropped) |
+//! | images | `images: ["<raw base64>"]` on the message; image URLs are not declared (Ollama fetches none) |
+//! | "model cannot" refusals | `<name> does not support tools` and `"<model>" does not support thinking` (400), `this model is missing data required for image input` (400 or 500) → [`ProviderError::Unsupported`] with the feature |
+//! | capabilities | `/api/show`'s (`completion`, `tools`, `thinking`, `vision`, `insert`, `embedding`), plus `json_object` and `json_schema` for every completion model (`format` works on any) |
 
 mod stream;
 mod wire;
@@ -11,7 +34,9 @@ mod wire;
 use std::time::Duration;
 
 use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
-use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError};
+use copilot_provider::{
+    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning,
+};
 use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
@@ -101,12 +126,16 @@ impl OllamaProvider {
 #[async_trait::async_trait]
 impl Provider for OllamaProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let body = wire::ChatBody::new(&request, self.keep_alive);
+        let body = wire::ChatBody::new(&request, self.keep_alive)?;
         let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request).json(&body);
         let response = self.upstream.send(self, post, Some(&request.model)).await?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "Ollama accepted the chat request");
-        Ok(self.upstream.chat_stream(response, StreamDecoder::new(base_url.clone()), StreamOptions::default()))
+        let mut decoder = StreamDecoder::new(base_url.clone());
+        if !matches!(request.reasoning, Some(Reasoning::On { include_thoughts: true, .. })) {
+            decoder = decoder.without_thoughts();
+        }
+        Ok(self.upstream.chat_stream(response, decoder, StreamOptions::default()))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -126,6 +155,19 @@ impl Provider for OllamaProvider {
         let version: wire::VersionResponse =
             self.upstream.fetch_json(self, self.upstream.get(self.version_url.clone()), None, "version").await?;
         Ok(HealthReport { version: version.version })
+    }
+
+    /// Everything but image URLs: Ollama takes images as data only. Whether a model can is
+    /// Ollama's to say (`does not support tools`, …), which comes back as `Unsupported`.
+    fn features(&self) -> Features {
+        Features::of(&[
+            Feature::Tools,
+            Feature::JsonObject,
+            Feature::JsonSchema,
+            Feature::Thinking,
+            Feature::ThinkingOff,
+            Feature::Images,
+        ])
     }
 }
 
@@ -156,6 +198,9 @@ fn status_error(
     retry_after: Option<Duration>,
     model: Option<&str>,
 ) -> ProviderError {
+    if let Some(feature) = unsupported_feature(status, &message) {
+        return ProviderError::Unsupported { feature, message };
+    }
     match (status.as_u16(), model) {
         (400 | 422, _) => ProviderError::InvalidRequest(message),
         (401 | 403, _) => ProviderError::Unauthorized(message),
@@ -164,6 +209,25 @@ fn status_error(
         (429, _) => ProviderError::RateLimited { message, retry_after },
         (503, _) => ProviderError::Overloaded { message, retry_after },
         (status, _) => ProviderError::Upstream { status, message },
+    }
+}
+
+/// The feature a refusal says the model lacks. Ollama checks the model's capabilities before
+/// running it: `<name> does not support tools` (400), `"<model>" does not support thinking` (400);
+/// images reach a model without a vision projector and fail in its runner with `this model is
+/// missing data required for image input` (400 or 500, by version).
+fn unsupported_feature(status: StatusCode, message: &str) -> Option<Feature> {
+    if !matches!(status.as_u16(), 400 | 500) {
+        return None;
+    }
+    if message.contains("does not support tools") {
+        Some(Feature::Tools)
+    } else if message.contains("does not support thinking") {
+        Some(Feature::Thinking)
+    } else if message.contains("does not support vision") || message.contains("missing data required for image input") {
+        Some(Feature::Images)
+    } else {
+        None
     }
 }
 
@@ -189,6 +253,27 @@ mod tests {
         assert_eq!(map(503, None), ProviderError::Overloaded { message: "msg".into(), retry_after: None });
         assert_eq!(map(500, Some("m")), ProviderError::Upstream { status: 500, message: "msg".into() });
         assert_eq!(map(502, Some("m")), ProviderError::Upstream { status: 502, message: "msg".into() });
+    }
+
+    #[test]
+    fn a_model_that_cannot_is_unsupported_naming_the_feature() {
+        let map = |code, message: &str| status_error(status(code), message.into(), None, Some("m"));
+        let unsupported = |feature, message: &str| ProviderError::Unsupported { feature, message: message.into() };
+        let tools = "registry.ollama.ai/library/gemma3:1b does not support tools";
+        assert_eq!(map(400, tools), unsupported(Feature::Tools, tools));
+        let thinking = r#""gemma3:1b" does not support thinking"#;
+        assert_eq!(map(400, thinking), unsupported(Feature::Thinking, thinking));
+        let vision = "this model is missing data required for image input";
+        assert_eq!(map(500, vision), unsupported(Feature::Images, vision));
+        assert_eq!(map(400, vision), unsupported(Feature::Images, vision));
+        let vision = "registry.ollama.ai/library/qwen3:8b does not support vision";
+        assert_eq!(map(400, vision), unsupported(Feature::Images, vision));
+        // Other statuses keep their meaning whatever the text says.
+        assert_eq!(map(503, tools), ProviderError::Overloaded { message: tools.into(), retry_after: None });
+        assert_eq!(
+            map(400, "does not support generate"),
+            ProviderError::InvalidRequest("does not support generate".into())
+        );
     }
 
     #[test]

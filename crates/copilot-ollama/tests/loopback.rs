@@ -312,7 +312,7 @@ async fn models_and_health() {
 
     let info = provider.describe_model("llama3.2").await.unwrap();
     assert_eq!(info.context_length, Some(131072));
-    assert_eq!(info.capabilities, ["completion", "tools"]);
+    assert_eq!(info.capabilities, ["completion", "tools", "json_object", "json_schema"]);
     let (method, path, body) = server.request(1);
     assert_eq!((method.as_str(), path.as_str(), body), ("POST", "/api/show", json!({"model": "llama3.2"})));
 
