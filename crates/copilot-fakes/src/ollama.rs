@@ -283,6 +283,8 @@ struct ChatParams {
     think_off: bool,
     /// What the request needs of the model: `tools`, `thinking`, `vision`.
     needs: Vec<&'static str>,
+    /// Whether the conversation ends with tool results (the second turn of a tool loop).
+    tool_result_last: bool,
 }
 
 async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
@@ -334,7 +336,9 @@ async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
         Err((status, message)) => return error_response(status_code(status), message),
     };
     let timing = Timing { received, responding: Instant::now() };
-    let mut generation = Generation::new(entry.model.clone(), &params.last_user, params.limit);
+    // The second turn of a tool loop may be scripted apart.
+    let model = entry.model.answering(params.tool_result_last);
+    let mut generation = Generation::new(model, &params.last_user, params.limit);
     if !params.stream {
         generation.stop_at_context_length();
     }
@@ -369,6 +373,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
     let mut prompt_words = 0;
     let mut last_user = "";
     let mut needs = Vec::new();
+    let mut tool_result_last = false;
     match request.get("messages") {
         None | Some(Value::Null) => {}
         Some(Value::Array(messages)) => {
@@ -385,7 +390,9 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
                 };
                 prompt_words += content.split_whitespace().count();
                 let role = message.get("role").and_then(Value::as_str);
-                if role == Some("user") {
+                tool_result_last = role == Some("tool");
+                // An echo after tool results repeats the last result.
+                if role == Some("user") || tool_result_last {
                     last_user = content;
                 }
                 if check_images(message)? && !needs.contains(&"vision") {
@@ -482,6 +489,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         last_user: last_user.to_owned(),
         think_off,
         needs,
+        tool_result_last,
     })
 }
 

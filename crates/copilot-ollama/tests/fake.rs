@@ -24,7 +24,8 @@ const WEATHER_SCHEMA: &str =
 async fn fake(name: &str, pieces: Vec<Piece>, lacking: &[&str]) -> FakeOllama {
     let fake = FakeOllama::start().await;
     fake.set_capability_checks(true);
-    let mut model = FakeModel::new(name).with_reply(Reply::Turn(pieces));
+    // After tool results, it repeats the last one.
+    let mut model = FakeModel::new(name).with_reply(Reply::Turn(pieces)).with_reply_after_tool_result(Reply::Echo);
     model.capabilities = ["completion", "tools", "thinking", "vision"]
         .into_iter()
         .filter(|c| !lacking.contains(c))
@@ -197,11 +198,6 @@ async fn tool_results_round_trip_over_two_turns() {
         .collect();
     assert_eq!(calls.len(), 2);
 
-    fake.add_model({
-        let mut model = FakeModel::new("qwen3").with_reply(Reply::Turn(vec![Piece::Text("18C at 09:41.".into())]));
-        model.capabilities = vec!["completion".into(), "tools".into()];
-        model
-    });
     let assistant = Message {
         role: Role::Assistant,
         parts: calls.iter().cloned().map(Part::ToolCall).collect(),
@@ -214,7 +210,9 @@ async fn tool_results_round_trip_over_two_turns() {
         Message::tool_result(&calls[0].id, "18C"),
     ];
     let second = events(&fake, request("qwen3", messages)).await;
-    assert_eq!(second[0], Ok(ChatEvent::Delta("18C at 09:41.".into())));
+    let text: String =
+        second.iter().filter_map(|e| if let Ok(ChatEvent::Delta(t)) = e { Some(t.as_str()) } else { None }).collect();
+    assert_eq!(text, "You said: 18C", "the second turn answers the results");
     assert_eq!(done(&second), FinishReason::Stop);
 
     let body = last_body(&fake);
