@@ -15,9 +15,61 @@
 //!   [`AnthropicConfig::default_max_tokens`].
 //! - `seed` has no equivalent and is ignored. A `temperature` above 1 (the API's maximum; the
 //!   gateway allows 2) is refused with [`ProviderError::InvalidRequest`].
-//! - A stream `error` event of type `overloaded_error` that arrives before any text is reported as
-//!   [`ProviderError::Overloaded`] (nothing was produced, so it is as retryable as a 529); any other
-//!   error event is [`ProviderError::MidStream`].
+//! - A stream `error` event of type `overloaded_error` that arrives before anything went to the
+//!   caller is reported as [`ProviderError::Overloaded`] (nothing was produced, so it is as
+//!   retryable as a 529); any other error event is [`ProviderError::MidStream`].
+//!
+//! Beyond text ([`Provider::features`]: tools, JSON Schema output, thinking on and off, images as
+//! data and as URLs):
+//! - **Tools**: each [`Tool`](copilot_provider::Tool) is `{name, description, input_schema,
+//!   strict}`, the schema sent exactly as the client wrote it (raw JSON, never re-serialised); a
+//!   tool without parameters gets `{"type":"object","properties":{}}`. Tool choice: auto →
+//!   `{type:auto}`, none → `{type:none}`, required → `{type:any}`, a named tool → `{type:tool,
+//!   name}`.
+//! - **Calls in the stream**: `content_block_start {type:tool_use,id,name,input:{}}` is the first
+//!   piece of a call (its id and name), each `input_json_delta.partial_json` the next piece of its
+//!   arguments, exactly as sent (a call without arguments sends only `""`: the server makes it
+//!   `{}`). Calls are numbered from 0 in the order their blocks start: Anthropic's block `index`
+//!   also counts text and thinking blocks, so it is not the call's index. `stop_reason: tool_use`
+//!   is [`FinishReason::ToolCalls`](copilot_provider::FinishReason::ToolCalls).
+//! - **History**: an assistant message's parts become its content blocks in order — `thinking
+//!   {thinking, signature}`, `redacted_thinking {data}`, `text`, `tool_use {id, name, input}`
+//!   (the arguments as raw JSON, so `1.0` and 64-bit integers are untouched). `ROLE_TOOL` results
+//!   become `tool_result {tool_use_id, content}` blocks that start the next user message, in the
+//!   order of the calls, followed by any user text of that step (one message, as the API
+//!   requires). Ids outside `^[a-zA-Z0-9_-]+$` (another provider's, like `functions.f:0`) are
+//!   rewritten the same way in the `tool_use` and its `tool_result`: each other character becomes
+//!   `_`, and an FNV-1a hash of the whole id is appended so distinct ids stay distinct.
+//! - **Structured output**: `json_schema` is the native `output_config: {format: {type:
+//!   json_schema, schema}}` (the schema as written; Anthropic's output is always constrained, so
+//!   `strict` changes nothing). `json_object` is not offered: Anthropic has no JSON mode and its
+//!   schemas need `additionalProperties: false` on every object, so "any object" cannot be said,
+//!   and the server refuses it (FEATURE_UNSUPPORTED) rather than have it answered wrongly.
+//! - **Reasoning**: on is `thinking: {type: enabled, budget_tokens}` — the request's budget, or
+//!   [`Effort::budget_tokens`](copilot_provider::Effort::budget_tokens) for an effort (medium
+//!   when unset); off, or unset, sends no `thinking` (Claude's default is off). A budget below
+//!   Anthropic's minimum of 1,024 is refused with [`ProviderError::InvalidRequest`], not raised.
+//!   `max_tokens` (which counts the thinking) must exceed the budget: without one it is the budget
+//!   plus [`AnthropicConfig::default_max_tokens`]; with one at or below it, a budget from an
+//!   effort shrinks to `max_tokens - 1` (not below 1,024) and a budget the client chose is
+//!   refused. Thoughts not asked for (`include_thoughts` false) are `display: omitted`: Anthropic
+//!   then sends the signature alone, which stays valid on the next turn (text stripped here would
+//!   not). A forced tool choice with thinking on is refused, as Anthropic refuses it.
+//! - **Thinking in the stream**: a `thinking` block's `thinking_delta`s are
+//!   [`ThinkingDelta::Text`](copilot_provider::ThinkingDelta::Text), its `signature_delta`s
+//!   (joined) one [`ThinkingDelta::Signature`](copilot_provider::ThinkingDelta::Signature) when
+//!   the block stops; a `redacted_thinking` block is one
+//!   [`ThinkingDelta::Redacted`](copilot_provider::ThinkingDelta::Redacted) with its `data`.
+//!   Signatures and data are the UTF-8 bytes of Anthropic's strings, sent back unchanged;
+//!   thinking without a signature (another provider's) is refused, since Anthropic refuses it.
+//! - **Usage**: `input_tokens` adds `cache_read_input_tokens` and `cache_creation_input_tokens`,
+//!   which Anthropic counts apart; `cached_input_tokens` is `cache_read_input_tokens`. Anthropic
+//!   reports no separate thinking count.
+//! - **Images**: data as `{type: image, source: {type: base64, media_type, data}}`, URLs as
+//!   `source: {type: url, url}`, which Anthropic fetches; in user messages and tool results.
+//! - **Models**: every Claude model calls tools; the Models API's `capabilities` add `vision`
+//!   and `image_urls` (`image_input`), `json_schema` (`structured_outputs`) and `thinking`, and
+//!   `max_input_tokens` is the context length.
 
 mod stream;
 mod wire;
@@ -25,7 +77,9 @@ mod wire;
 use std::time::{Duration, SystemTime};
 
 use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
-use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use copilot_provider::{
+    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Secret,
+};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 
@@ -229,6 +283,19 @@ impl Provider for AnthropicProvider {
     }
 
     /// `GET /v1/models?limit=1`: the cheapest call that checks both reachability and the key.
+    /// JSON objects without a schema are missing: Anthropic has no such mode (see the module
+    /// docs).
+    fn features(&self) -> Features {
+        Features::of(&[
+            Feature::Tools,
+            Feature::JsonSchema,
+            Feature::Thinking,
+            Feature::ThinkingOff,
+            Feature::Images,
+            Feature::ImageUrls,
+        ])
+    }
+
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         let mut url = self.models_url.clone();
         url.query_pairs_mut().append_pair("limit", "1");

@@ -30,7 +30,7 @@ impl StreamDecoder {
     /// Like [`new`](Self::new), with lines and events limited to `limit` bytes (the fuzz targets
     /// use a small one to reach the limit quickly).
     pub fn with_line_limit(base_url: Arc<str>, api_key: Option<Secret>, limit: usize) -> Self {
-        StreamDecoder { body: SseBody::with_limit(limit), state: StreamState::new(api_key), base_url }
+        StreamDecoder { body: SseBody::with_limit(limit), state: StreamState::new(api_key, limit), base_url }
     }
 
     /// Whether the last event went out.
@@ -73,6 +73,8 @@ impl ChatStreamDecoder for StreamDecoder {
             match decoded {
                 Decoded::Skip => {}
                 Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
+                Decoded::ToolCall(delta) => return Some(Ok(ChatEvent::ToolCall(delta))),
+                Decoded::Thinking(delta) => return Some(Ok(ChatEvent::Thinking(delta))),
                 Decoded::Done(completion) => {
                     self.body.finish();
                     return Some(Ok(ChatEvent::Done(completion)));

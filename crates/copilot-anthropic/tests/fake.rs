@@ -93,7 +93,10 @@ async fn streams_deltas_then_done_with_usage_and_sends_the_right_request() {
     assert_eq!(done.finish_reason, FinishReason::Stop);
     assert_eq!(done.model, MODEL);
     // 2 + 3 + 2 + 1 words in, 3 chunks out.
-    assert_eq!(done.usage, Usage { input_tokens: 8, output_tokens: 3, ..Default::default() });
+    assert_eq!(
+        done.usage,
+        Usage { input_tokens: 8, output_tokens: 3, reasoning_tokens: None, cached_input_tokens: Some(0) }
+    );
 
     assert_eq!(
         fake.chat_requests(),

@@ -48,9 +48,9 @@ use serde_json::{Value, json};
 use crate::fake::{Fake, KeyedWire, Wire};
 use crate::format::civil_from_days;
 use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
-use crate::script::{self, FakeModel, Finish, Step, flush_point};
 #[cfg(doc)]
-use crate::script::{Behaviour, Reply};
+use crate::script::Behaviour;
+use crate::script::{self, FakeModel, Finish, Piece, Reply, Step, flush_point};
 
 /// The `anthropic-version` values the fake accepts (the two the API has ever had).
 pub const ANTHROPIC_VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
@@ -65,7 +65,7 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
 
 /// Top-level fields of `POST /v1/messages` the API knows; anything else is refused.
-const KNOWN_FIELDS: [&str; 17] = [
+const KNOWN_FIELDS: [&str; 18] = [
     "model",
     "messages",
     "max_tokens",
@@ -83,6 +83,7 @@ const KNOWN_FIELDS: [&str; 17] = [
     "container",
     "mcp_servers",
     "context_management",
+    "output_config",
 ];
 
 /// A running fake Anthropic API: [`Fake`] over Anthropic's wire format.
@@ -210,12 +211,21 @@ impl ModelEntry {
         }
     }
 
+    /// With the `capabilities` object of the current API, from the model's capability names
+    /// (`vision`, `json_schema`, `thinking`), and its context length as `max_input_tokens`.
     fn to_json(&self) -> Value {
+        let has = |name: &str| json!({"supported": self.model.capabilities.iter().any(|c| c == name)});
         json!({
             "type": "model",
             "id": self.model.name,
             "display_name": self.display_name,
             "created_at": self.created_at,
+            "max_input_tokens": self.model.context_length,
+            "capabilities": {
+                "image_input": has("vision"),
+                "structured_outputs": has("json_schema"),
+                "thinking": {"supported": self.model.capabilities.iter().any(|c| c == "thinking"), "types": {}},
+            },
         })
     }
 }
@@ -356,6 +366,8 @@ struct ChatParams {
     input_words: usize,
     /// Text of the last user message, for [`Reply::Echo`].
     last_user: String,
+    /// `thinking.display: "omitted"`: thinking blocks carry their signature but no text.
+    omit_thinking: bool,
 }
 
 async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -408,6 +420,10 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
                 message_id,
                 model: params.model,
                 input_words: params.input_words,
+                turn: matches!(entry.model.reply, Reply::Turn(_)),
+                omit_thinking: params.omit_thinking,
+                block: None,
+                blocks: 0,
             },
             &request_id,
         )
@@ -499,7 +515,205 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         Some(_) => return Err("messages: Input should be a valid list".to_owned()),
     }
 
-    Ok(ChatParams { model, stream, limit, stop_sequences, input_words: input_words.max(1), last_user })
+    let omit_thinking = check_beyond_text(fields, limit)?;
+    Ok(ChatParams { model, stream, limit, stop_sequences, input_words: input_words.max(1), last_user, omit_thinking })
+}
+
+/// The API's checks of tools, tool choice, thinking, structured output and content blocks, in
+/// its words where known (the ones clients trip over: tool results that do not start the message
+/// after the calls, ids outside `^[a-zA-Z0-9_-]+$`, a thinking budget under 1,024 or not under
+/// `max_tokens`, thinking in history without its signature, a forced tool with thinking on).
+/// `Ok` says whether thinking text is to be omitted.
+fn check_beyond_text(fields: &serde_json::Map<String, Value>, max_tokens: usize) -> Result<bool, String> {
+    let mut tool_names = Vec::new();
+    match fields.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tools)) => {
+            for (i, tool) in tools.iter().enumerate() {
+                match tool.get("name").and_then(Value::as_str) {
+                    Some(name) if is_id(name) && name.len() <= 128 => tool_names.push(name.to_owned()),
+                    _ => {
+                        return Err(format!(
+                            "tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+                        ));
+                    }
+                }
+                match tool.get("input_schema") {
+                    Some(schema @ Value::Object(_)) if schema["type"] == "object" => {}
+                    Some(Value::Object(_)) => {
+                        return Err(format!("tools.{i}.custom.input_schema.type: Input should be 'object'"));
+                    }
+                    _ => return Err(format!("tools.{i}.custom.input_schema: Field required")),
+                }
+            }
+        }
+        Some(_) => return Err("tools: Input should be a valid list".to_owned()),
+    }
+    let forced = match fields.get("tool_choice") {
+        None | Some(Value::Null) => false,
+        Some(choice) => match choice.get("type").and_then(Value::as_str) {
+            Some("auto" | "none") => false,
+            Some("any") => true,
+            Some("tool") => match choice.get("name").and_then(Value::as_str) {
+                Some(name) if tool_names.iter().any(|n| n == name) => true,
+                _ => return Err("tool_choice.tool.name: the named tool is not one of `tools`".to_owned()),
+            },
+            _ => return Err("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'".to_owned()),
+        },
+    };
+    let mut omit_thinking = false;
+    if let Some(thinking) = fields.get("thinking").filter(|t| !t.is_null()) {
+        match thinking.get("type").and_then(Value::as_str) {
+            Some("enabled") => {
+                let budget = thinking.get("budget_tokens").and_then(Value::as_u64);
+                let Some(budget) = budget else {
+                    return Err("thinking.enabled.budget_tokens: Field required".to_owned());
+                };
+                if budget < 1024 {
+                    return Err(
+                        "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024".to_owned()
+                    );
+                }
+                if budget as usize >= max_tokens {
+                    return Err("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our \
+                                documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                        .to_owned());
+                }
+                if forced {
+                    return Err("Thinking may not be enabled when tool_choice forces tool use.".to_owned());
+                }
+                match thinking.get("display").and_then(Value::as_str) {
+                    None | Some("summarized") => {}
+                    Some("omitted") => omit_thinking = true,
+                    Some(_) => {
+                        return Err("thinking.enabled.display: Input should be 'summarized' or 'omitted'".to_owned());
+                    }
+                }
+            }
+            Some("disabled") => {}
+            _ => return Err("thinking.type: Input should be 'enabled' or 'disabled'".to_owned()),
+        }
+    }
+    if let Some(config) = fields.get("output_config") {
+        let format = &config["format"];
+        if format["type"] != "json_schema" {
+            return Err("output_config.format.type: Input should be 'json_schema'".to_owned());
+        }
+        if !format["schema"].is_object() {
+            return Err("output_config.format.schema: Input should be a valid dictionary".to_owned());
+        }
+    }
+    if let Some(Value::Array(messages)) = fields.get("messages") {
+        check_blocks(messages)?;
+    }
+    Ok(omit_thinking)
+}
+
+/// Whether `id` matches `^[a-zA-Z0-9_-]+$`, the API's pattern for tool-use ids and tool names.
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The content blocks of every message, and the pairing of tool results with the calls before.
+fn check_blocks(messages: &[Value]) -> Result<(), String> {
+    let empty = Vec::new();
+    let blocks_of = |message: &Value| message.get("content").and_then(Value::as_array).unwrap_or(&empty).clone();
+    let mut open_calls: Vec<String> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let blocks = blocks_of(message);
+        // The results that start this message answer the previous message's calls, all of them.
+        let leading: Vec<String> = blocks
+            .iter()
+            .take_while(|b| b["type"] == "tool_result")
+            .map(|b| b["tool_use_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !open_calls.is_empty() {
+            let missing: Vec<&str> = open_calls.iter().filter(|id| !leading.contains(id)).map(String::as_str).collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "messages.{}: `tool_use` ids were found without `tool_result` blocks immediately after: {}. Each \
+                     `tool_use` block must have a corresponding `tool_result` block in the next message.",
+                    i - 1,
+                    missing.join(", ")
+                ));
+            }
+        }
+        for (j, block) in blocks.iter().enumerate() {
+            let at = format!("messages.{i}.content.{j}");
+            match block["type"].as_str().unwrap_or_default() {
+                "tool_use" => {
+                    if !block["id"].as_str().is_some_and(is_id) {
+                        return Err(format!("{at}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"));
+                    }
+                    if !block["input"].is_object() {
+                        return Err(format!("{at}.tool_use.input: Input should be a valid dictionary"));
+                    }
+                }
+                "tool_result" => {
+                    let id = block["tool_use_id"].as_str().unwrap_or_default();
+                    if !is_id(id) {
+                        return Err(format!(
+                            "{at}.tool_result.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+                        ));
+                    }
+                    if j >= leading.len() {
+                        return Err(format!(
+                            "messages.{i}: messages following `tool_use` blocks must begin with a matching number of \
+                             `tool_result` blocks"
+                        ));
+                    }
+                    if !open_calls.iter().any(|call| call == id) {
+                        return Err(format!(
+                            "{at}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` \
+                             block must have a corresponding `tool_use` block in the previous message."
+                        ));
+                    }
+                }
+                "thinking" if block["signature"].as_str().is_none_or(str::is_empty) => {
+                    return Err(format!("{at}.thinking.signature: Field required"));
+                }
+                "redacted_thinking" if block["data"].as_str().is_none_or(str::is_empty) => {
+                    return Err(format!("{at}.redacted_thinking.data: Field required"));
+                }
+                "image" => check_image(&block["source"], &at)?,
+                _ => {}
+            }
+        }
+        open_calls = blocks
+            .iter()
+            .filter(|b| b["type"] == "tool_use")
+            .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+    }
+    Ok(())
+}
+
+/// An image block's `source`: base64 data of an accepted type, or a URL the API fetches.
+fn check_image(source: &Value, at: &str) -> Result<(), String> {
+    match source["type"].as_str() {
+        Some("base64") => {
+            let media_type = source["media_type"].as_str().unwrap_or_default();
+            if !["image/jpeg", "image/png", "image/gif", "image/webp"].contains(&media_type) {
+                return Err(format!(
+                    "{at}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or \
+                     'image/webp'"
+                ));
+            }
+            let data = source["data"].as_str().unwrap_or_default();
+            let base64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+            if data.is_empty() || !data.len().is_multiple_of(4) || !data.bytes().all(base64) {
+                return Err(format!("{at}.image.source.base64.data: The image data is not valid base64"));
+            }
+            Ok(())
+        }
+        Some("url")
+            if source["url"].as_str().is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")) =>
+        {
+            Ok(())
+        }
+        Some("url") => Err(format!("{at}.image.source.url.url: Input should be a valid URL")),
+        _ => Err(format!("{at}.image.source: Input tag should be 'base64' or 'url'")),
+    }
 }
 
 /// The text of a `content` or `system` value: a string, or the `text` of its text blocks.
@@ -575,7 +789,22 @@ impl Generation {
             Err(Finish::Stop) => return self.script.ending(Stop { reason: "end_turn", sequence: None }),
             Err(Finish::Length) => return self.script.ending(Stop { reason: "max_tokens", sequence: None }),
         };
-        let stop = self.find_stop(self.script.text(chunk));
+        // A turn's pieces other than text (thinking, signatures, calls) are not searched for stop
+        // sequences, as the API does not.
+        if matches!(chunk, script::Chunk::Piece(_)) {
+            match self.script.take_step::<Stop<'_>>(chunk) {
+                Step::Content(text) => {
+                    let stop = find_stop(&self.stop_sequences, text);
+                    if let Some((index, _)) = stop {
+                        self.stopped_by = Some(index);
+                    }
+                    return Step::Content(stop.map_or(text, |(_, at)| &text[..at]));
+                }
+                Step::Piece(piece) => return Step::Piece(piece),
+                _ => unreachable!("take_step gives content or a piece"),
+            }
+        }
+        let stop = find_stop(&self.stop_sequences, self.script.text(chunk));
         if let Some((index, at)) = stop {
             self.stopped_by = Some(index);
             if at == 0 {
@@ -587,15 +816,28 @@ impl Generation {
         Step::Content(stop.map_or(text, |(_, at)| &text[..at]))
     }
 
-    /// The earliest stop sequence in `text`: its index and where it starts.
-    fn find_stop(&self, text: &str) -> Option<(usize, usize)> {
-        self.stop_sequences
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.is_empty())
-            .filter_map(|(i, s)| text.find(s.as_str()).map(|at| (i, at)))
-            .min_by_key(|&(_, at)| at)
+    /// Whether the reply makes tool calls (it then stops with `tool_use`).
+    fn calls_tools(&self) -> bool {
+        self.script.calls_tools()
     }
+}
+
+/// The earliest stop sequence in `text`: its index and where it starts.
+fn find_stop(stop_sequences: &[String], text: &str) -> Option<(usize, usize)> {
+    stop_sequences
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.is_empty())
+        .filter_map(|(i, s)| text.find(s.as_str()).map(|at| (i, at)))
+        .min_by_key(|&(_, at)| at)
+}
+
+/// The kind of the content block a stream has open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Text,
+    Thinking,
+    ToolUse,
 }
 
 /// The body of a streamed reply.
@@ -612,28 +854,112 @@ struct StreamBody {
     message_id: String,
     model: String,
     input_words: usize,
+    /// A [`Reply::Turn`]: blocks open as its pieces come, rather than one text block up front.
+    turn: bool,
+    omit_thinking: bool,
+    /// The open content block: its index and kind. A block stays open until the next one
+    /// starts or the message ends, so an error can cut one short, as it does on the API.
+    block: Option<(usize, BlockKind)>,
+    /// Blocks started so far: the next block's index.
+    blocks: usize,
+}
+
+impl StreamBody {
+    fn close_block(&mut self) {
+        if let Some((index, _)) = self.block.take() {
+            self.queue
+                .push_back(named_event("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        }
+    }
+
+    fn start_block(&mut self, kind: BlockKind, content_block: Value) -> usize {
+        self.close_block();
+        let index = self.blocks;
+        self.blocks += 1;
+        self.block = Some((index, kind));
+        self.queue.push_back(named_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": content_block}),
+        ));
+        index
+    }
+
+    /// The open block if it is of `kind`, else a new one.
+    fn block_of(&mut self, kind: BlockKind) -> usize {
+        match self.block {
+            Some((index, open)) if open == kind => index,
+            _ => self.start_block(
+                kind,
+                match kind {
+                    BlockKind::Text => json!({"type": "text", "text": ""}),
+                    BlockKind::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    BlockKind::ToolUse => unreachable!("tool_use blocks are started with their call"),
+                },
+            ),
+        }
+    }
+
+    fn block_delta(&mut self, index: usize, delta: Value) {
+        self.queue.push_back(named_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+    }
+
+    /// A piece of a turn, as the API streams it: text and thinking in their blocks, a signature
+    /// closing its thinking block, each tool call a `tool_use` block whose input streams in
+    /// `input_json_delta` fragments (`""` alone for a call without arguments).
+    fn queue_piece(&mut self, piece: &Piece) {
+        match piece {
+            Piece::Text(text) => {
+                let index = self.block_of(BlockKind::Text);
+                self.block_delta(index, json!({"type": "text_delta", "text": text}));
+            }
+            Piece::Thinking(text) => {
+                let index = self.block_of(BlockKind::Thinking);
+                if !self.omit_thinking {
+                    self.block_delta(index, json!({"type": "thinking_delta", "thinking": text}));
+                }
+            }
+            Piece::ThinkingSignature(signature) => {
+                let index = self.block_of(BlockKind::Thinking);
+                let signature = String::from_utf8_lossy(signature);
+                self.block_delta(index, json!({"type": "signature_delta", "signature": signature}));
+                self.close_block();
+            }
+            Piece::ToolCalls(calls) => {
+                for call in calls {
+                    let id = call.id.clone().unwrap_or_else(|| format!("toolu_01FakeAnthropic{:010}", self.blocks));
+                    let index = self.start_block(
+                        BlockKind::ToolUse,
+                        json!({"type": "tool_use", "id": id, "name": call.name, "input": {}}),
+                    );
+                    for fragment in call.fragments() {
+                        self.block_delta(index, json!({"type": "input_json_delta", "partial_json": fragment}));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Pieces for StreamBody {
     async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
         if !self.started {
             self.started = true;
-            self.queue.extend([
-                named_event(
-                    "message_start",
-                    &json!({"type": "message_start", "message": {
-                        "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
-                        "content": [], "stop_reason": null, "stop_sequence": null,
-                        "usage": {"input_tokens": self.input_words, "cache_creation_input_tokens": 0,
-                                  "cache_read_input_tokens": 0, "output_tokens": 1},
-                    }}),
-                ),
-                named_event(
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                ),
-                named_event("ping", &json!({"type": "ping"})),
-            ]);
+            self.queue.push_back(named_event(
+                "message_start",
+                &json!({"type": "message_start", "message": {
+                    "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": self.input_words, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": 0, "output_tokens": 1},
+                }}),
+            ));
+            if !self.turn {
+                self.block_of(BlockKind::Text);
+            }
+            self.queue.push_back(named_event("ping", &json!({"type": "ping"})));
         }
         if let Some(event) = self.queue.pop_front() {
             flush_point().await;
@@ -652,24 +978,36 @@ impl Pieces for StreamBody {
         }
         // The generation hands control back to the runtime before each step.
         match self.generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
-            Step::Content(text) => Some(Ok(delta_event(text))),
+            // Plain replies keep to their one text block, written directly.
+            Step::Content(text) if !self.turn => Some(Ok(delta_event(text))),
+            Step::Content(text) => {
+                let piece = Piece::Text(text.to_owned());
+                self.queue_piece(&piece);
+                self.queue.pop_front().map(Ok)
+            }
+            Step::Piece(piece) => {
+                let piece = piece.clone();
+                self.queue_piece(&piece);
+                self.queue.pop_front().map(Ok)
+            }
             Step::Done(stop) => {
-                let closing = [
-                    named_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
+                let (mut reason, sequence) = (stop.reason, stop.sequence.map(str::to_owned));
+                if reason == "end_turn" && self.generation.calls_tools() {
+                    reason = "tool_use";
+                }
+                self.close_block();
+                self.queue.extend([
                     named_event(
                         "message_delta",
                         &json!({"type": "message_delta",
-                                "delta": {"stop_reason": stop.reason, "stop_sequence": stop.sequence},
+                                "delta": {"stop_reason": reason, "stop_sequence": sequence},
                                 "usage": {"output_tokens": self.generation.sent()}}),
                     ),
                     named_event("message_stop", &json!({"type": "message_stop"})),
-                ];
+                ]);
                 self.finished = true;
                 self.completes_with_queue = true;
-                let first = closing[0].clone();
-                self.queue.extend(closing.into_iter().skip(1));
-                Some(Ok(first))
+                self.queue.pop_front().map(Ok)
             }
             Step::Error(message) => {
                 let event = error_event(message);
@@ -701,7 +1039,8 @@ fn stream_response(body: StreamBody, request_id: &str) -> Response {
         .expect("static response parts are valid")
 }
 
-/// Without `stream`: plays the whole script (with its delays), then answers with one message.
+/// Without `stream`: plays the whole script (with its delays), then answers with one message
+/// whose content blocks are what the stream would have held.
 async fn message_response(
     mut generation: Generation,
     mut guard: StreamGuard,
@@ -709,11 +1048,43 @@ async fn message_response(
     params: &ChatParams,
     request_id: &str,
 ) -> Response {
-    let mut content = String::new();
+    let mut content: Vec<Value> = Vec::new();
     let stop = loop {
         match generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
-            Step::Content(text) => content.push_str(text),
+            Step::Content(text) => match content.last_mut() {
+                Some(Value::Object(block)) if block["type"] == "text" => {
+                    let joined = format!("{}{text}", block["text"].as_str().unwrap_or_default());
+                    block.insert("text".into(), Value::String(joined));
+                }
+                _ => content.push(json!({"type": "text", "text": text})),
+            },
+            Step::Piece(Piece::Thinking(text)) => {
+                let text = if params.omit_thinking { "" } else { text.as_str() };
+                match content.last_mut() {
+                    Some(Value::Object(block)) if block["type"] == "thinking" && block["signature"] == "" => {
+                        let joined = format!("{}{text}", block["thinking"].as_str().unwrap_or_default());
+                        block.insert("thinking".into(), Value::String(joined));
+                    }
+                    _ => content.push(json!({"type": "thinking", "thinking": text, "signature": ""})),
+                }
+            }
+            Step::Piece(Piece::ThinkingSignature(signature)) => {
+                let signature = Value::String(String::from_utf8_lossy(signature).into_owned());
+                match content.last_mut() {
+                    Some(Value::Object(block)) if block["type"] == "thinking" && block["signature"] == "" => {
+                        block.insert("signature".into(), signature);
+                    }
+                    _ => content.push(json!({"type": "thinking", "thinking": "", "signature": signature})),
+                }
+            }
+            Step::Piece(Piece::ToolCalls(calls)) => {
+                for call in calls {
+                    let id = call.id.clone().unwrap_or_else(|| format!("toolu_01FakeAnthropic{:010}", content.len()));
+                    let input = serde_json::from_str::<Value>(&call.arguments).unwrap_or_else(|_| json!({}));
+                    content.push(json!({"type": "tool_use", "id": id, "name": call.name, "input": input}));
+                }
+            }
+            Step::Piece(Piece::Text(text)) => content.push(json!({"type": "text", "text": text})),
             Step::Done(stop) => break Some((stop.reason, stop.sequence.map(str::to_owned))),
             Step::EndWithoutDone => break None,
             Step::Error(message) => {
@@ -728,13 +1099,19 @@ async fn message_response(
         }
     };
     guard.finish(true);
-    let (stop_reason, stop_sequence) = stop.map_or((None, None), |(reason, sequence)| (Some(reason), sequence));
+    if content.is_empty() {
+        content.push(json!({"type": "text", "text": ""}));
+    }
+    let (mut stop_reason, stop_sequence) = stop.map_or((None, None), |(reason, sequence)| (Some(reason), sequence));
+    if stop_reason == Some("end_turn") && generation.calls_tools() {
+        stop_reason = Some("tool_use");
+    }
     let body = json!({
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": params.model,
-        "content": [{"type": "text", "text": content}],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {"input_tokens": params.input_words, "cache_creation_input_tokens": 0,
