@@ -368,6 +368,8 @@ struct ChatParams {
     last_user: String,
     /// `thinking.display: "omitted"`: thinking blocks carry their signature but no text.
     omit_thinking: bool,
+    /// The last message holds tool results alone (see [`FakeModel::after_tool_result`]).
+    tool_result_last: bool,
 }
 
 async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -407,7 +409,8 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
         Err((status, message)) => return error_response(status, message, &request_id),
     };
     let message_id = shared.new_id("msg");
-    let generation = Generation::new(entry.model.clone(), &params);
+    let model = entry.model.answering(params.tool_result_last);
+    let generation = Generation::new(model.clone(), &params);
     if params.stream {
         stream_response(
             StreamBody {
@@ -420,7 +423,7 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
                 message_id,
                 model: params.model,
                 input_words: params.input_words,
-                turn: matches!(entry.model.reply, Reply::Turn(_)),
+                turn: matches!(model.reply, Reply::Turn(_)),
                 omit_thinking: params.omit_thinking,
                 block: None,
                 blocks: 0,
@@ -494,6 +497,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         Some(system) => count_words(&text_of(system, "system")?),
     };
     let mut last_user = String::new();
+    let mut tool_result_last = false;
     match fields.get("messages") {
         None => return Err("messages: Field required".to_owned()),
         Some(Value::Array(messages)) => {
@@ -510,13 +514,37 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
                 if role == Some("user") {
                     last_user = text;
                 }
+                // A message of tool results alone ends the second turn of a tool loop: an echo
+                // repeats the last result.
+                let results: Vec<&Value> = match content {
+                    Value::Array(blocks) if blocks.iter().all(|b| b["type"] == "tool_result") => {
+                        blocks.iter().collect()
+                    }
+                    _ => Vec::new(),
+                };
+                tool_result_last = !results.is_empty();
+                if let Some(result) = results.last() {
+                    last_user = match &result["content"] {
+                        Value::Null => String::new(),
+                        content => text_of(content, &format!("messages.{i}.content"))?,
+                    };
+                }
             }
         }
         Some(_) => return Err("messages: Input should be a valid list".to_owned()),
     }
 
     let omit_thinking = check_beyond_text(fields, limit)?;
-    Ok(ChatParams { model, stream, limit, stop_sequences, input_words: input_words.max(1), last_user, omit_thinking })
+    Ok(ChatParams {
+        model,
+        stream,
+        limit,
+        stop_sequences,
+        input_words: input_words.max(1),
+        last_user,
+        omit_thinking,
+        tool_result_last,
+    })
 }
 
 /// The API's checks of tools, tool choice, thinking, structured output and content blocks, in
@@ -1218,7 +1246,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::script::{Behaviour, Reply};
+    use crate::script::Behaviour;
 
     const KEY: &str = "sk-ant-api03-fake-test-key-abcdef";
 
@@ -1514,6 +1542,180 @@ mod tests {
         assert_eq!((status, error["type"].as_str()), (404, Some("not_found_error")));
         assert_eq!(error_of(get(&fake, "/v1/models?limit=0").await).await.0, 400);
         assert_eq!(error_of(get(&fake, "/v2/whatever").await).await.0, 404);
+    }
+
+    fn turn_model(pieces: Vec<Piece>) -> FakeModel {
+        FakeModel::new("claude-x").with_reply(Reply::Turn(pieces))
+    }
+
+    fn thinking_then_calls() -> Vec<Piece> {
+        use crate::script::FakeToolCall;
+        vec![
+            Piece::Thinking("Two cities.".into()),
+            Piece::ThinkingSignature(b"EqQBsig".to_vec()),
+            Piece::Text("Checking.".into()),
+            Piece::ToolCalls(vec![
+                FakeToolCall::new("toolu_a", "w", r#"{"city":"Paris"}"#).split_at(&[4]),
+                FakeToolCall::new("toolu_b", "now", ""),
+            ]),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_turn_streams_thinking_text_and_tool_use_blocks() {
+        let fake = fake_with(turn_model(thinking_then_calls())).await;
+        let (events, clean) = read_events(post(&fake, &body("claude-x", true)).await).await;
+        assert!(clean);
+        let summary: Vec<String> = events
+            .iter()
+            .map(|(name, data)| match name.as_str() {
+                "content_block_start" => format!("start {} {}", data["index"], data["content_block"]),
+                "content_block_delta" => format!("delta {} {}", data["index"], data["delta"]),
+                "content_block_stop" => format!("stop {}", data["index"]),
+                "message_delta" => format!("message_delta {}", data["delta"]["stop_reason"]),
+                other => other.to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "message_start",
+                "ping",
+                r#"start 0 {"signature":"","thinking":"","type":"thinking"}"#,
+                r#"delta 0 {"thinking":"Two cities.","type":"thinking_delta"}"#,
+                r#"delta 0 {"signature":"EqQBsig","type":"signature_delta"}"#,
+                "stop 0",
+                r#"start 1 {"text":"","type":"text"}"#,
+                r#"delta 1 {"text":"Checking.","type":"text_delta"}"#,
+                "stop 1",
+                r#"start 2 {"id":"toolu_a","input":{},"name":"w","type":"tool_use"}"#,
+                r#"delta 2 {"partial_json":"{\"ci","type":"input_json_delta"}"#,
+                r#"delta 2 {"partial_json":"ty\":\"Paris\"}","type":"input_json_delta"}"#,
+                "stop 2",
+                r#"start 3 {"id":"toolu_b","input":{},"name":"now","type":"tool_use"}"#,
+                r#"delta 3 {"partial_json":"","type":"input_json_delta"}"#,
+                "stop 3",
+                r#"message_delta "tool_use""#,
+                "message_stop",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn omitted_thinking_keeps_its_signature_and_a_whole_message_holds_every_block() {
+        let fake = fake_with(turn_model(thinking_then_calls())).await;
+        let mut request = body("claude-x", true);
+        request["max_tokens"] = json!(3000);
+        request["thinking"] = json!({"type": "enabled", "budget_tokens": 1024, "display": "omitted"});
+        let (events, _) = read_events(post(&fake, &request).await).await;
+        assert!(events.iter().all(|(_, data)| data["delta"]["type"] != "thinking_delta"));
+        assert!(events.iter().any(|(_, data)| data["delta"]["type"] == "signature_delta"));
+
+        let message: Value = post(&fake, &body("claude-x", false)).await.json().await.unwrap();
+        assert_eq!(
+            message["content"],
+            json!([
+                {"type": "thinking", "thinking": "Two cities.", "signature": "EqQBsig"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_a", "name": "w", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_b", "name": "now", "input": {}},
+            ])
+        );
+        assert_eq!(message["stop_reason"], "tool_use");
+    }
+
+    #[tokio::test]
+    async fn an_error_can_cut_a_tool_call_short() {
+        use crate::script::FakeToolCall;
+        let call = FakeToolCall::new("toolu_a", "w", r#"{"city":"Paris"}"#);
+        let model = turn_model(vec![Piece::ToolCalls(vec![call]), Piece::Text("never".into())])
+            .with_behaviour(Behaviour::ErrorAfter { tokens: 1, message: "x".into() });
+        let fake = fake_with(model).await;
+        let (events, _) = read_events(post(&fake, &body("claude-x", true)).await).await;
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["message_start", "ping", "content_block_start", "content_block_delta", "error"]);
+    }
+
+    fn history(messages: Value) -> Value {
+        json!({"model": "claude-x", "max_tokens": 100, "messages": messages})
+    }
+
+    fn call_turn(id: &str) -> Value {
+        json!({"role": "assistant", "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": id, "name": "w", "input": {}},
+        ]})
+    }
+
+    async fn refused(fake: &FakeAnthropic, request: &Value) -> String {
+        let (status, error) = error_of(post(fake, request).await).await;
+        assert_eq!((status, error["type"].as_str()), (400, Some("invalid_request_error")), "{error}");
+        error["message"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_are_checked_as_the_api_does() {
+        let fake = fake_with(FakeModel::new("claude-x")).await;
+        let ask = json!({"role": "user", "content": "Paris?"});
+        let result = |id: &str| json!({"type": "tool_result", "tool_use_id": id, "content": "sun"});
+
+        let fine = history(
+            json!([ask, call_turn("toolu_a"), {"role": "user", "content": [result("toolu_a"), {"type": "text", "text": "ok"}]}]),
+        );
+        assert_eq!(post(&fake, &fine).await.status(), 200);
+
+        let text_first = history(
+            json!([ask, call_turn("toolu_a"), {"role": "user", "content": [{"type": "text", "text": "ok"}, result("toolu_a")]}]),
+        );
+        let message = refused(&fake, &text_first).await;
+        assert!(message.contains("`tool_use` ids were found without `tool_result` blocks"), "{message}");
+        let stray = history(
+            json!([ask, call_turn("toolu_a"), {"role": "user", "content": [result("toolu_a"), {"type": "text", "text": "ok"}, result("toolu_a")]}]),
+        );
+        assert!(refused(&fake, &stray).await.contains("must begin with a matching number of `tool_result` blocks"));
+        let unknown = history(
+            json!([ask, call_turn("toolu_a"), {"role": "user", "content": [result("toolu_a"), result("toolu_z")]}]),
+        );
+        assert!(refused(&fake, &unknown).await.contains("unexpected `tool_use_id`"));
+        let bad_id =
+            history(json!([ask, call_turn("functions.w:0"), {"role": "user", "content": [result("functions.w:0")]}]));
+        assert!(refused(&fake, &bad_id).await.contains("tool_use.id: String should match pattern"));
+
+        let unsigned = history(
+            json!([ask, {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}]}, {"role": "user", "content": "go"}]),
+        );
+        assert!(refused(&fake, &unsigned).await.contains("thinking.signature: Field required"));
+
+        let mut thinking = body("claude-x", true);
+        thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 512});
+        assert!(refused(&fake, &thinking).await.contains("greater than or equal to 1024"));
+        thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+        assert!(refused(&fake, &thinking).await.contains("`max_tokens` must be greater than `thinking.budget_tokens`"));
+        thinking["max_tokens"] = json!(2000);
+        thinking["tools"] = json!([{"name": "w", "input_schema": {"type": "object"}}]);
+        thinking["tool_choice"] = json!({"type": "any"});
+        assert!(refused(&fake, &thinking).await.contains("tool_choice forces tool use"));
+
+        let mut image = body("claude-x", true);
+        image["messages"] = json!([{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": "AAAA"}}]}]);
+        assert!(refused(&fake, &image).await.contains("media_type"));
+        let mut tool = body("claude-x", true);
+        tool["tools"] = json!([{"name": "w"}]);
+        assert!(refused(&fake, &tool).await.contains("input_schema: Field required"));
+    }
+
+    #[tokio::test]
+    async fn after_tool_results_a_model_may_answer_differently() {
+        let model = turn_model(thinking_then_calls()).with_reply_after_tool_result(Reply::Echo);
+        let fake = fake_with(model).await;
+        let request = history(json!([
+            {"role": "user", "content": "Paris?"},
+            call_turn("toolu_a"),
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_a", "content": "sunny"}]},
+        ]));
+        let message: Value = post(&fake, &request).await.json().await.unwrap();
+        assert_eq!(message["content"], json!([{"type": "text", "text": "You said: sunny"}]));
+        assert_eq!(message["stop_reason"], "end_turn");
     }
 
     #[test]
