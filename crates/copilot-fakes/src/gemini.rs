@@ -20,6 +20,29 @@
 //!   wrong: unknown fields (e.g. snake_case `max_tokens`) are a 400 `Unknown name`, roles other than
 //!   `user`/`model`, empty `contents`, empty text parts, a seed outside int32, more than five stop
 //!   sequences and unknown safety categories or thresholds are 400s too.
+//! - Tools, structured output and thinking are checked where Gemini checks them: parts are one
+//!   of `text`/`inlineData`/`functionCall`/`functionResponse`/… (unknown fields are 400s), a
+//!   `thoughtSignature` must be base64, a turn of `functionCall` parts must follow a user turn and
+//!   the user turn after it must hold exactly one `functionResponse` per call ("Please ensure that
+//!   the number of function response parts is equal to the number of function call parts…"), a
+//!   function response must be an object, declarations need valid names and not both
+//!   `parameters` and `parametersJsonSchema`, `allowedFunctionNames` need mode `ANY` and declared
+//!   names, `responseJsonSchema` needs `responseMimeType: application/json`, `thinkingConfig`
+//!   takes a budget or a level, not both; images (`inlineData`) must be base64 PNG, JPEG, WebP,
+//!   HEIC or HEIF. Per model: Gemma refuses tools ("Function calling is not enabled for
+//!   models/…") and JSON mode; `thinkingConfig` needs a model with the `thinking` capability,
+//!   `thinkingLevel` a `gemini-3` model, and budget 0 is refused by `-pro` models ("This model
+//!   only works in thinking mode"); a `gemini-3` model refuses a history whose steps' first calls
+//!   lack their `thoughtSignature` ("Function call is missing a thought_signature"). Bodies are
+//!   kept as sent ([`Fake::request_bodies`]) for byte-exact checks.
+//! - [`Reply::Turn`] pieces are written as Gemini does: thinking as `{"text", "thought": true}`
+//!   parts (only when `thinkingConfig.includeThoughts` is set; they count as
+//!   `thoughtsTokenCount` either way), a thinking signature as Gemini's closing
+//!   `{"text": "", "thoughtSignature"}` part, and tool calls as whole `functionCall` parts (all
+//!   the calls of a piece in one chunk, `args` as the scripted text, left out when empty, `id`
+//!   when scripted, `thoughtSignature` beside a call that has one). The finish is `STOP` after
+//!   calls too: Gemini has no tool-calls finish. Unary `generateContent` is not served, so there
+//!   is no whole-response form.
 //! - A blocked prompt ([`Fake::set_block_prompt`]) is HTTP 200 with one event holding
 //!   `promptFeedback.blockReason: "SAFETY"` and no candidates.
 //! - Unknown paths get Google's front-end HTML 404 page.
@@ -52,6 +75,8 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -60,7 +85,7 @@ use crate::format::{form_value, json_kind, write_json_string};
 use crate::google::{FakeGoogleAuth, IssuedTokens, TokenCheck};
 use crate::harness::{FailNext, Harness, Models, Pieces, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
-use crate::script::{Finish, Generation, Step};
+use crate::script::{Finish, Generation, Piece, Step};
 
 /// The message of the 503 that [`Fake::set_busy`] turns on (Google's wording).
 pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
@@ -199,6 +224,12 @@ impl Fake<Gemini> {
     pub fn request_uris(&self) -> Vec<String> {
         self.wire.request_uris.lock().unwrap().clone()
     }
+
+    /// The body of every chat request received, in order, exactly as sent (where
+    /// [`chat_requests`](Fake::chat_requests) parses them, and so rewrites their numbers).
+    pub fn request_bodies(&self) -> Vec<String> {
+        self.wire.request_bodies.lock().unwrap().clone()
+    }
 }
 
 /// `models/gemini-x` → `gemini-x`.
@@ -218,6 +249,8 @@ pub struct Gemini {
     page_size_cap: AtomicUsize,
     /// Recorded next to the harness's headers and bodies.
     request_uris: Mutex<Vec<String>>,
+    /// The chat bodies as sent, for what a parsed `Value` would reformat (numbers).
+    request_bodies: Mutex<Vec<String>>,
     harness: Arc<Harness>,
     responses: AtomicU64,
     /// Set by [`Fake::require_vertex_auth`]: the Vertex AI paths are served.
@@ -240,6 +273,7 @@ impl Wire for Gemini {
             block_prompt: AtomicBool::new(false),
             page_size_cap: AtomicUsize::new(0),
             request_uris: Mutex::new(Vec::new()),
+            request_bodies: Mutex::new(Vec::new()),
             harness,
             responses: AtomicU64::new(0),
             vertex: RwLock::new(None),
@@ -531,6 +565,7 @@ async fn model_method(
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
+        shared.request_bodies.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
     }
     let Some((model_name, method)) = name.rsplit_once(':') else {
         return not_found_page(uri).await;
@@ -554,6 +589,7 @@ async fn vertex_model_method(
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
+        shared.request_bodies.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
     }
     let Some((model_name, method)) = name.rsplit_once(':') else {
         return not_found_page(uri).await;
@@ -614,6 +650,9 @@ async fn generate(
         };
         return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
     };
+    if let Err(message) = check_for_model(&params, &model) {
+        return google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+    }
     if shared.harness.busy() {
         return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
     }
@@ -641,7 +680,16 @@ async fn generate(
     }
 
     let generation = Generation::new(model, &params.last_user, params.limit);
-    let stream = ChatBody { generation, guard, prompt_words: params.prompt_words, suffix, finished: false };
+    let include_thoughts = params.thinking.as_ref().is_some_and(|t| t.include_thoughts);
+    let stream = ChatBody {
+        generation,
+        guard,
+        prompt_words: params.prompt_words,
+        include_thoughts,
+        thoughts: 0,
+        suffix,
+        finished: false,
+    };
     sse_response(streamed_body(stream))
 }
 
@@ -693,6 +741,21 @@ struct ChatParams {
     prompt_words: usize,
     /// The text of the last `user` turn, for [`Reply::Echo`].
     last_user: String,
+    /// Each content's role and what its parts hold.
+    turns: Vec<(&'static str, PartsSeen)>,
+    /// Function declarations were sent.
+    has_tools: bool,
+    /// `responseMimeType` is `application/json`.
+    json_mode: bool,
+    thinking: Option<ThinkingSeen>,
+}
+
+/// What `generationConfig.thinkingConfig` asked for.
+#[derive(Debug, Default)]
+struct ThinkingSeen {
+    include_thoughts: bool,
+    budget: Option<i64>,
+    level: bool,
 }
 
 /// Both JSON spellings of a field, as Google's parser accepts them.
@@ -720,6 +783,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
 
     let mut prompt_words = 0;
     let mut last_user = String::new();
+    let mut turns = Vec::new();
     let contents = match request.get("contents") {
         Some(Value::Array(contents)) if !contents.is_empty() => contents,
         Some(Value::Array(_)) | None | Some(Value::Null) => {
@@ -739,23 +803,25 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         };
         let role = match content.get("role") {
             None | Some(Value::Null) => "user",
-            Some(Value::String(role)) if role.is_empty() => "user",
-            Some(Value::String(role)) if role == "user" || role == "model" => role.as_str(),
+            Some(Value::String(role)) if role.is_empty() || role == "user" => "user",
+            Some(Value::String(role)) if role == "model" => "model",
             Some(_) => return Err("Please use a valid role: user, model.".to_owned()),
         };
-        let (text, words) = parts_text(content, &format!("contents[{i}]"))?;
-        prompt_words += words;
-        if role == "user" {
-            last_user = text;
+        let seen = check_parts(content, &format!("contents[{i}]"))?;
+        prompt_words += seen.words;
+        if role == "user" && seen.others > 0 {
+            last_user.clone_from(&seen.text);
         }
+        turns.push((role, seen));
     }
+    check_turns(&turns)?;
     if let Some(system) = field(request, "systemInstruction", "system_instruction") {
         let Value::Object(system) = system else {
             return Err(format!(
                 "Invalid value at 'system_instruction' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), {system}"
             ));
         };
-        prompt_words += parts_text(system, "system_instruction")?.1;
+        prompt_words += check_parts(system, "system_instruction")?.words;
     }
 
     let mut limit = usize::MAX;
@@ -827,44 +893,424 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         }
     }
 
-    Ok(ChatParams { limit, prompt_words: prompt_words.max(1), last_user })
+    let (has_tools, declared) = check_tools(request)?;
+    let mut json_mode = false;
+    let mut thinking = None;
+    if let Some(Value::Object(config)) = field(request, "generationConfig", "generation_config") {
+        json_mode = check_output_format(config)?;
+        thinking = check_thinking(config)?;
+    }
+    check_tool_config(request, &declared)?;
+    Ok(ChatParams { limit, prompt_words: prompt_words.max(1), last_user, turns, has_tools, json_mode, thinking })
 }
 
-/// The text of a `Content`'s parts, joined, and the words in them (counted part by part); `at`
-/// names the content in error messages.
-fn parts_text(content: &Map<String, Value>, at: &str) -> Result<(String, usize), String> {
+/// What a `Content`'s parts hold, once each part is valid.
+#[derive(Debug, Default)]
+struct PartsSeen {
+    /// The text parts (thoughts aside), joined.
+    text: String,
+    /// Whitespace-separated words in them, counted part by part.
+    words: usize,
+    /// Each `functionCall` part: its name, and whether a `thoughtSignature` is beside it.
+    calls: Vec<(String, bool)>,
+    /// `functionResponse` parts.
+    responses: usize,
+    /// Parts other than function responses (text, data, calls).
+    others: usize,
+    /// `inlineData` parts.
+    images: usize,
+}
+
+/// The part fields Gemini's `Part` has (both JSON spellings).
+const PART_FIELDS: &[&str] = &[
+    "text",
+    "thought",
+    "thoughtSignature",
+    "thought_signature",
+    "inlineData",
+    "inline_data",
+    "fileData",
+    "file_data",
+    "functionCall",
+    "function_call",
+    "functionResponse",
+    "function_response",
+    "executableCode",
+    "executable_code",
+    "codeExecutionResult",
+    "code_execution_result",
+    "videoMetadata",
+    "video_metadata",
+    "partMetadata",
+    "part_metadata",
+];
+
+/// The image types Gemini reads.
+const IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"];
+
+/// What Gemini accepts in place of a signature, for history made elsewhere.
+const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// Checks a `Content`'s parts as Gemini's JSON binding and validation do; `at` names the content
+/// in error messages.
+fn check_parts(content: &Map<String, Value>, at: &str) -> Result<PartsSeen, String> {
     let parts = match content.get("parts") {
         Some(Value::Array(parts)) if !parts.is_empty() => parts,
         _ => return Err(format!("* GenerateContentRequest.{at}.parts: contents.parts must not be empty.\n")),
     };
-    let mut text = String::new();
-    let mut words = 0;
+    let mut seen = PartsSeen::default();
     for (j, part) in parts.iter().enumerate() {
+        let at = format!("{at}.parts[{j}]");
         let Value::Object(part) = part else {
             return Err(format!(
-                "Invalid value at '{at}.parts[{j}]' (type.googleapis.com/google.ai.generativelanguage.v1beta.Part), {part}"
+                "Invalid value at '{at}' (type.googleapis.com/google.ai.generativelanguage.v1beta.Part), {part}"
             ));
         };
-        match part.get("text") {
-            // proto3 JSON: an empty string is the same as no value, which leaves the oneof unset.
-            Some(Value::String(piece)) if !piece.is_empty() => {
-                text.push_str(piece);
-                words += piece.split_whitespace().count();
+        if let Some(unknown) = part.keys().find(|k| !PART_FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "Invalid JSON payload received. Unknown name \"{unknown}\" at '{at}': Cannot find field."
+            ));
+        }
+        let signature = field(part, "thoughtSignature", "thought_signature");
+        if let Some(value) = signature {
+            let valid = value.as_str().is_some_and(|s| s == SKIP_SIGNATURE || BASE64.decode(s).is_ok());
+            if !valid {
+                return Err(format!("Invalid value at '{at}.thought_signature' (TYPE_BYTES), {value}"));
             }
-            Some(Value::String(_)) | None | Some(Value::Null) => {
-                let has_other_data = part.keys().any(|k| k != "text" && k != "thought");
-                if !has_other_data {
+        }
+        if let Some(value) = part.get("thought").filter(|v| !v.is_null() && !v.is_boolean()) {
+            return Err(format!("Invalid value at '{at}.thought' (TYPE_BOOL), {value}"));
+        }
+        // The `data` oneof: exactly one of these. proto3 JSON: an empty text is no value.
+        let mut data = Vec::new();
+        match part.get("text") {
+            Some(Value::String(text)) if !text.is_empty() => {
+                data.push("text");
+                if part.get("thought") != Some(&Value::Bool(true)) {
+                    seen.text.push_str(text);
+                    seen.words += text.split_whitespace().count();
+                }
+            }
+            Some(Value::String(_)) | None | Some(Value::Null) => {}
+            Some(other) => return Err(format!("Invalid value at '{at}.text' (TYPE_STRING), {other}")),
+        }
+        for (camel, snake) in [
+            ("inlineData", "inline_data"),
+            ("fileData", "file_data"),
+            ("functionCall", "function_call"),
+            ("functionResponse", "function_response"),
+            ("executableCode", "executable_code"),
+            ("codeExecutionResult", "code_execution_result"),
+        ] {
+            if field(part, camel, snake).is_some() {
+                data.push(snake);
+            }
+        }
+        match data.as_slice() {
+            // Gemini's own `{"text": "", "thoughtSignature": …}` closing part.
+            [] if signature.is_some() => {}
+            [] => {
+                return Err(format!(
+                    "* GenerateContentRequest.{at}.data: required oneof field 'data' must have one initialized field\n"
+                ));
+            }
+            [_] => {}
+            [_, second, ..] => {
+                return Err(format!(
+                    "Invalid JSON payload received. Oneof field 'data' is already set. Cannot set '{second}' at '{at}'"
+                ));
+            }
+        }
+        if let Some(call) = field(part, "functionCall", "function_call") {
+            let name = call.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                return Err(format!("* GenerateContentRequest.{at}.function_call.name: Name cannot be empty.\n"));
+            }
+            if let Some(args) = call.get("args").filter(|a| !a.is_null() && !a.is_object()) {
+                return Err(format!(
+                    "Invalid value at '{at}.function_call.args' (type.googleapis.com/google.protobuf.Struct), {args}"
+                ));
+            }
+            seen.calls.push((name.to_owned(), signature.is_some()));
+        }
+        if let Some(response) = field(part, "functionResponse", "function_response") {
+            if response.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(format!("* GenerateContentRequest.{at}.function_response.name: Name cannot be empty.\n"));
+            }
+            match response.get("response") {
+                Some(Value::Object(_)) => {}
+                None | Some(Value::Null) => {
                     return Err(format!(
-                        "* GenerateContentRequest.{at}.parts[{j}].data: required oneof field 'data' must have one initialized field\n"
+                        "* GenerateContentRequest.{at}.function_response.response: response must be set.\n"
+                    ));
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "Invalid value at '{at}.function_response.response' (type.googleapis.com/google.protobuf.Struct), {other}"
                     ));
                 }
             }
-            Some(other) => {
-                return Err(format!("Invalid value at '{at}.parts[{j}].text' (TYPE_STRING), {other}"));
+            seen.responses += 1;
+        } else {
+            seen.others += 1;
+        }
+        if let Some(inline) = field(part, "inlineData", "inline_data") {
+            let mime = inline.get("mimeType").or_else(|| inline.get("mime_type")).and_then(Value::as_str);
+            let data = inline.get("data").and_then(Value::as_str);
+            match (mime, data) {
+                (Some(mime), _) if !IMAGE_TYPES.contains(&mime) => {
+                    return Err(format!("Unsupported MIME type: {mime}"));
+                }
+                (Some(_), Some(data)) if BASE64.decode(data).is_ok() => seen.images += 1,
+                _ => {
+                    return Err(format!(
+                        "Invalid value at '{at}.inline_data' (type.googleapis.com/google.ai.generativelanguage.v1beta.Blob), {inline}"
+                    ));
+                }
             }
         }
     }
-    Ok((text, words))
+    Ok(seen)
+}
+
+/// The function-calling rules Gemini checks across turns: a turn of calls follows a user turn,
+/// and the user turn after it answers every call, in one `functionResponse` part each.
+fn check_turns(turns: &[(&str, PartsSeen)]) -> Result<(), String> {
+    for (i, (role, seen)) in turns.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|p| &turns[p]);
+        if !seen.calls.is_empty() && previous.is_some_and(|(role, _)| *role != "user") {
+            return Err("Please ensure that function call turn comes immediately after a user turn or after a function response turn.".to_owned());
+        }
+        if seen.responses > 0 {
+            let calls = match previous {
+                Some((role, before)) if *role == "model" && !before.calls.is_empty() => before.calls.len(),
+                _ => {
+                    return Err(
+                        "Please ensure that function response turn comes immediately after a function call turn."
+                            .to_owned(),
+                    );
+                }
+            };
+            if *role != "user" || seen.responses != calls {
+                return Err("Please ensure that the number of function response parts is equal to the number of function call parts of the function call turn.".to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gemini 3's rule: in the current turn (since the last user turn that is not only function
+/// responses), the first call of each step carries its `thoughtSignature`.
+fn check_signatures(turns: &[(&str, PartsSeen)]) -> Result<(), String> {
+    let start = turns.iter().rposition(|(role, seen)| *role == "user" && seen.others > 0).unwrap_or(0);
+    let mut position = 0;
+    for (role, seen) in &turns[start..] {
+        if *role != "model" {
+            position += 1;
+            continue;
+        }
+        if let Some((name, false)) = seen.calls.first() {
+            return Err(format!(
+                "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance. Additional data, function call `default_api:{name}` , position {}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+                position + 1
+            ));
+        }
+        position += 1;
+    }
+    Ok(())
+}
+
+/// `tools`: function declarations, checked as Gemini does. Returns whether any were declared,
+/// and their names.
+fn check_tools(request: &Map<String, Value>) -> Result<(bool, Vec<String>), String> {
+    let Some(tools) = field(request, "tools", "tools") else { return Ok((false, Vec::new())) };
+    let Some(tools) = tools.as_array() else {
+        return Err(format!(
+            "Invalid value at 'tools' (type.googleapis.com/google.ai.generativelanguage.v1beta.Tool), {tools}"
+        ));
+    };
+    let mut names = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(declarations) = tool.get("functionDeclarations").or_else(|| tool.get("function_declarations")) else {
+            continue;
+        };
+        for (j, declaration) in declarations.as_array().into_iter().flatten().enumerate() {
+            let at = format!("tools[{i}].function_declarations[{j}]");
+            let Value::Object(declaration) = declaration else {
+                return Err(format!(
+                    "Invalid value at '{at}' (type.googleapis.com/google.ai.generativelanguage.v1beta.FunctionDeclaration), {declaration}"
+                ));
+            };
+            const FIELDS: &[&str] = &[
+                "name",
+                "description",
+                "parameters",
+                "parametersJsonSchema",
+                "parameters_json_schema",
+                "response",
+                "responseJsonSchema",
+                "response_json_schema",
+                "behavior",
+            ];
+            if let Some(unknown) = declaration.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+                return Err(format!(
+                    "Invalid JSON payload received. Unknown name \"{unknown}\" at '{at}': Cannot find field."
+                ));
+            }
+            let name = declaration.get("name").and_then(Value::as_str).unwrap_or_default();
+            let valid = name.len() <= 64
+                && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+            if !valid {
+                return Err(format!(
+                    "* GenerateContentRequest.{at}.name: Invalid function name. Must start with a letter or an underscore. Must be alphameric (a-z, A-Z, 0-9), underscores (_), dots (.), colons (:), or dashes (-), with a maximum length of 64.\n"
+                ));
+            }
+            let schema = field(declaration, "parametersJsonSchema", "parameters_json_schema");
+            if schema.is_some() && declaration.get("parameters").is_some() {
+                return Err(format!(
+                    "* GenerateContentRequest.{at}: parameters and parameters_json_schema cannot both be set.\n"
+                ));
+            }
+            if let Some(schema) = schema.filter(|s| !s.is_object() && !s.is_boolean()) {
+                return Err(format!(
+                    "Invalid value at '{at}.parameters_json_schema' (type.googleapis.com/google.protobuf.Value), {schema}"
+                ));
+            }
+            names.push(name.to_owned());
+        }
+    }
+    Ok((!names.is_empty(), names))
+}
+
+/// `toolConfig.functionCallingConfig`: a known mode, and names only with `ANY`, each declared.
+fn check_tool_config(request: &Map<String, Value>, declared: &[String]) -> Result<(), String> {
+    let Some(config) = field(request, "toolConfig", "tool_config") else { return Ok(()) };
+    let Some(calling) = config.get("functionCallingConfig").or_else(|| config.get("function_calling_config")) else {
+        return Ok(());
+    };
+    let mode = calling.get("mode").and_then(Value::as_str).unwrap_or("MODE_UNSPECIFIED");
+    if !["MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"].contains(&mode) {
+        return Err(format!(
+            "Invalid value at 'tool_config.function_calling_config.mode' (type.googleapis.com/google.ai.generativelanguage.v1beta.FunctionCallingConfig.Mode), \"{mode}\""
+        ));
+    }
+    if mode == "ANY" && declared.is_empty() {
+        return Err("* GenerateContentRequest.tool_config.function_calling_config.mode: mode ANY requires function_declarations.\n".to_owned());
+    }
+    let allowed = calling.get("allowedFunctionNames").or_else(|| calling.get("allowed_function_names"));
+    if let Some(allowed) = allowed.and_then(Value::as_array).filter(|a| !a.is_empty()) {
+        if mode != "ANY" && mode != "VALIDATED" {
+            return Err("* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: allowed_function_names should only be set when mode is ANY.\n".to_owned());
+        }
+        if let Some(unknown) = allowed.iter().find(|n| !n.as_str().is_some_and(|n| declared.iter().any(|d| d == n))) {
+            return Err(format!(
+                "* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: {unknown} is not the name of a function declaration.\n"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `responseMimeType` and the schemas that need it; returns whether JSON output was asked for.
+fn check_output_format(config: &Map<String, Value>) -> Result<bool, String> {
+    let mime = field(config, "responseMimeType", "response_mime_type").and_then(Value::as_str).unwrap_or("text/plain");
+    if !["text/plain", "application/json", "text/x.enum"].contains(&mime) {
+        return Err(format!(
+            "* GenerateContentRequest.generation_config.response_mime_type: allowed mimetypes are `text/plain`, `application/json`, and `text/x.enum`, got {mime}.\n"
+        ));
+    }
+    let json_schema = field(config, "responseJsonSchema", "response_json_schema");
+    let schema = field(config, "responseSchema", "response_schema");
+    if json_schema.is_some() && schema.is_some() {
+        return Err("* GenerateContentRequest.generation_config: response_schema and response_json_schema cannot both be set.\n".to_owned());
+    }
+    if json_schema.is_some() && mime != "application/json" {
+        return Err("* GenerateContentRequest.generation_config.response_mime_type: response_mime_type must be application/json when response_json_schema is set.\n".to_owned());
+    }
+    if let Some(value) = json_schema.filter(|s| !s.is_object() && !s.is_boolean()) {
+        return Err(format!(
+            "Invalid value at 'generation_config.response_json_schema' (type.googleapis.com/google.protobuf.Value), {value}"
+        ));
+    }
+    Ok(mime == "application/json")
+}
+
+/// `thinkingConfig`: its fields, and not both a budget and a level.
+fn check_thinking(config: &Map<String, Value>) -> Result<Option<ThinkingSeen>, String> {
+    let Some(thinking) = field(config, "thinkingConfig", "thinking_config") else { return Ok(None) };
+    let Value::Object(thinking) = thinking else {
+        return Err(format!(
+            "Invalid value at 'generation_config.thinking_config' (type.googleapis.com/google.ai.generativelanguage.v1beta.ThinkingConfig), {thinking}"
+        ));
+    };
+    const FIELDS: &[&str] = &[
+        "includeThoughts",
+        "include_thoughts",
+        "thinkingBudget",
+        "thinking_budget",
+        "thinkingLevel",
+        "thinking_level",
+    ];
+    if let Some(unknown) = thinking.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "Invalid JSON payload received. Unknown name \"{unknown}\" at 'generation_config.thinking_config': Cannot find field."
+        ));
+    }
+    let budget = match field(thinking, "thinkingBudget", "thinking_budget") {
+        None => None,
+        Some(value) => match integer(value).filter(|n| i32::try_from(*n).is_ok()) {
+            Some(n) => Some(n),
+            None => {
+                return Err(format!(
+                    "Invalid value at 'generation_config.thinking_config.thinking_budget' (TYPE_INT32), {value}"
+                ));
+            }
+        },
+    };
+    let level = match field(thinking, "thinkingLevel", "thinking_level") {
+        None => false,
+        Some(Value::String(level)) if ["LOW", "MEDIUM", "HIGH", "MINIMAL"].contains(&level.as_str()) => true,
+        Some(value) => {
+            return Err(format!(
+                "Invalid value at 'generation_config.thinking_config.thinking_level' (type.googleapis.com/google.ai.generativelanguage.v1beta.ThinkingConfig.ThinkingLevel), {value}"
+            ));
+        }
+    };
+    if budget.is_some() && level {
+        return Err("* GenerateContentRequest.generation_config.thinking_config: thinking_budget and thinking_level cannot both be set.\n".to_owned());
+    }
+    let include_thoughts = field(thinking, "includeThoughts", "include_thoughts") == Some(&Value::Bool(true));
+    Ok(Some(ThinkingSeen { include_thoughts, budget, level }))
+}
+
+/// What the model itself refuses, in Gemini's words: Gemma has neither function calling nor JSON
+/// mode; thinking needs a thinking model, levels need Gemini 3, a Pro model cannot stop thinking;
+/// Gemini 3 wants its signatures back.
+fn check_for_model(params: &ChatParams, model: &FakeModel) -> Result<(), String> {
+    let name = &model.name;
+    let gemma = name.starts_with("gemma");
+    if params.has_tools && gemma {
+        return Err(format!("Function calling is not enabled for models/{name}"));
+    }
+    if params.json_mode && gemma {
+        return Err(format!("JSON mode is not enabled for models/{name}"));
+    }
+    if let Some(thinking) = &params.thinking {
+        if !model.capabilities.iter().any(|c| c == "thinking") {
+            return Err("Thinking is not supported for this model.".to_owned());
+        }
+        if thinking.level && !name.starts_with("gemini-3") {
+            return Err("Thinking level is not supported for this model.".to_owned());
+        }
+        if thinking.budget == Some(0) && name.contains("-pro") {
+            return Err("Budget 0 is invalid. This model only works in thinking mode.".to_owned());
+        }
+    }
+    if name.starts_with("gemini-3") {
+        check_signatures(&params.turns)?;
+    }
+    Ok(())
 }
 
 /// The response body of a streamed chat.
@@ -872,6 +1318,11 @@ struct ChatBody {
     generation: Generation,
     guard: StreamGuard,
     prompt_words: usize,
+    /// `thinkingConfig.includeThoughts`: thinking pieces are streamed as thought parts only when
+    /// asked for (they are counted as thought tokens either way).
+    include_thoughts: bool,
+    /// Thinking pieces so far (`thoughtsTokenCount`).
+    thoughts: usize,
     /// `,"modelVersion": …,"responseId": …}` and the event's blank line: the same for every event.
     suffix: Vec<u8>,
     finished: bool,
@@ -888,55 +1339,108 @@ impl Pieces for ChatBody {
             return Some(Err(io::Error::other("fake Gemini server shut down")));
         }
         let misbehaves = self.generation.misbehaves();
-        match self.generation.next().await {
-            Step::Piece(_) => unimplemented!("this fake does not write tool calls or thinking yet"),
-            Step::Content(text) => {
-                let mut event = content_event_start(text, self.suffix.len());
-                // Like Gemini, the chunk with the last text is the one that says why generation
-                // ended.
-                let finish = if misbehaves {
-                    None
-                } else if self.generation.exhausted() {
-                    Some(Finish::Stop)
-                } else if self.generation.at_limit() {
-                    Some(Finish::Length)
-                } else {
-                    None
-                };
-                let finish = finish.map(finish_reason);
-                content_event_end(&mut event, finish, self.prompt_words, self.generation.sent(), &self.suffix);
-                if finish.is_some() {
+        loop {
+            let mut event = event_start(self.suffix.len());
+            let mut hidden = false;
+            match self.generation.next().await {
+                Step::Content(text) => write_text_part(&mut event, text),
+                Step::Piece(Piece::Thinking(text)) if self.include_thoughts => {
+                    self.thoughts += 1;
+                    event.extend_from_slice(b"{\"text\": ");
+                    write_json_string(&mut event, text);
+                    event.extend_from_slice(b",\"thought\": true}");
+                }
+                Step::Piece(Piece::Thinking(_)) => {
+                    self.thoughts += 1;
+                    hidden = true;
+                }
+                // Gemini's closing part: no text, the signature.
+                Step::Piece(Piece::ThinkingSignature(signature)) => {
+                    event.extend_from_slice(b"{\"text\": \"\",\"thoughtSignature\": \"");
+                    event.extend_from_slice(BASE64.encode(signature).as_bytes());
+                    event.extend_from_slice(b"\"}");
+                }
+                // Whole calls, all in this chunk, the signature beside the call it came with.
+                Step::Piece(Piece::ToolCalls(calls)) => {
+                    for (i, call) in calls.iter().enumerate() {
+                        if i > 0 {
+                            event.push(b',');
+                        }
+                        event.extend_from_slice(b"{\"functionCall\": {\"name\": ");
+                        write_json_string(&mut event, &call.name);
+                        if !call.arguments.is_empty() {
+                            event.extend_from_slice(b",\"args\": ");
+                            event.extend_from_slice(call.arguments.as_bytes());
+                        }
+                        if let Some(id) = &call.id {
+                            event.extend_from_slice(b",\"id\": ");
+                            write_json_string(&mut event, id);
+                        }
+                        event.push(b'}');
+                        if let Some(signature) = &call.signature {
+                            event.extend_from_slice(b",\"thoughtSignature\": \"");
+                            event.extend_from_slice(BASE64.encode(signature).as_bytes());
+                            event.push(b'"');
+                        }
+                        event.push(b'}');
+                    }
+                }
+                Step::Piece(Piece::Text(text)) => write_text_part(&mut event, text),
+                // The reply ran out (or hit the limit) without a chunk to carry the reason: an
+                // empty one carries it.
+                Step::Done(finish) => {
+                    write_text_part(&mut event, "");
+                    let candidates = self.generation.sent() - self.thoughts;
+                    let usage = (self.prompt_words, candidates, self.thoughts);
+                    content_event_end(&mut event, Some(finish_reason(finish)), usage, &self.suffix);
                     self.finished = true;
                     self.guard.finish(true);
+                    return Some(Ok(Bytes::from(event)));
                 }
-                Some(Ok(Bytes::from(event)))
+                Step::Error(message) => {
+                    let mut body = google_error_body(StatusCode::INTERNAL_SERVER_ERROR, message, Vec::new());
+                    body.push(b'\n');
+                    self.finished = true;
+                    self.guard.finish(true);
+                    return Some(Ok(Bytes::from(body)));
+                }
+                Step::EndWithoutDone => {
+                    self.finished = true;
+                    self.guard.finish(true);
+                    return None;
+                }
+                Step::Abort => {
+                    self.finished = true;
+                    self.guard.finish(false);
+                    return Some(Err(io::Error::other("fake Gemini dropped the connection")));
+                }
             }
-            // The reply ran out (or hit the limit) without a chunk to carry the reason: an empty
-            // one carries it.
-            Step::Done(finish) => {
-                let sent = self.generation.sent();
-                let event = content_event("", Some(finish_reason(finish)), self.prompt_words, sent, &self.suffix);
-                self.finished = true;
-                self.guard.finish(true);
-                Some(Ok(Bytes::from(event)))
+            if hidden {
+                if !self.generation.exhausted() && !self.generation.at_limit() {
+                    continue;
+                }
+                // Hidden, and the last piece: the finish still needs a chunk.
+                write_text_part(&mut event, "");
             }
-            Step::Error(message) => {
-                let mut body = google_error_body(StatusCode::INTERNAL_SERVER_ERROR, message, Vec::new());
-                body.push(b'\n');
-                self.finished = true;
-                self.guard.finish(true);
-                Some(Ok(Bytes::from(body)))
-            }
-            Step::EndWithoutDone => {
-                self.finished = true;
-                self.guard.finish(true);
+            // Like Gemini, the chunk with the last piece is the one that says why generation
+            // ended (STOP after calls too: Gemini has no tool-calls finish).
+            let finish = if misbehaves {
                 None
-            }
-            Step::Abort => {
+            } else if self.generation.exhausted() {
+                Some(Finish::Stop)
+            } else if self.generation.at_limit() {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            let finish = finish.map(finish_reason);
+            let usage = (self.prompt_words, self.generation.sent() - self.thoughts, self.thoughts);
+            content_event_end(&mut event, finish, usage, &self.suffix);
+            if finish.is_some() {
                 self.finished = true;
-                self.guard.finish(false);
-                Some(Err(io::Error::other("fake Gemini dropped the connection")))
+                self.guard.finish(true);
             }
+            return Some(Ok(Bytes::from(event)));
         }
     }
 }
@@ -949,31 +1453,38 @@ fn finish_reason(finish: Finish) -> &'static str {
     }
 }
 
-/// One `data:` event, laid out the way Gemini writes them.
+/// One `data:` event with one text part, laid out the way Gemini writes them.
+#[cfg(test)]
 fn content_event(text: &str, finish: Option<&str>, prompt: usize, candidates: usize, suffix: &[u8]) -> Vec<u8> {
-    let mut event = content_event_start(text, suffix.len());
-    content_event_end(&mut event, finish, prompt, candidates, suffix);
+    let mut event = event_start(suffix.len() + text.len());
+    write_text_part(&mut event, text);
+    content_event_end(&mut event, finish, (prompt, candidates, 0), suffix);
     event
 }
 
-/// A [`content_event`] up to its text, so the text can be copied before what follows is known.
-fn content_event_start(text: &str, suffix_len: usize) -> Vec<u8> {
-    let mut event = Vec::with_capacity(text.len() + suffix_len + 320);
-    event.extend_from_slice(b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": ");
-    write_json_string(&mut event, text);
+/// An event up to its first part.
+fn event_start(capacity: usize) -> Vec<u8> {
+    let mut event = Vec::with_capacity(capacity + 320);
+    event.extend_from_slice(b"data: {\"candidates\": [{\"content\": {\"parts\": [");
     event
 }
 
-/// The rest of a [`content_event`] after its text.
-fn content_event_end(event: &mut Vec<u8>, finish: Option<&str>, prompt: usize, candidates: usize, suffix: &[u8]) {
-    event.extend_from_slice(b"}],\"role\": \"model\"}");
+fn write_text_part(event: &mut Vec<u8>, text: &str) {
+    event.extend_from_slice(b"{\"text\": ");
+    write_json_string(event, text);
+    event.push(b'}');
+}
+
+/// The rest of an event after its parts; `usage` is (prompt, candidates, thoughts).
+fn content_event_end(event: &mut Vec<u8>, finish: Option<&str>, usage: (usize, usize, usize), suffix: &[u8]) {
+    event.extend_from_slice(b"],\"role\": \"model\"}");
     if let Some(reason) = finish {
         event.extend_from_slice(b",\"finishReason\": \"");
         event.extend_from_slice(reason.as_bytes());
         event.push(b'"');
     }
     event.extend_from_slice(b",\"index\": 0}]");
-    write_usage(event, prompt, candidates);
+    write_usage(event, usage.0, usage.1, usage.2);
     event.extend_from_slice(suffix);
 }
 
@@ -987,22 +1498,26 @@ fn blocked_event(prompt: usize, suffix: &[u8]) -> Vec<u8> {
         b"{\"category\": \"HARM_CATEGORY_HARASSMENT\",\"probability\": \"HIGH\",\"blocked\": true},",
     );
     event.extend_from_slice(b"{\"category\": \"HARM_CATEGORY_DANGEROUS_CONTENT\",\"probability\": \"NEGLIGIBLE\"}]}");
-    write_usage(&mut event, prompt, 0);
+    write_usage(&mut event, prompt, 0, 0);
     event.extend_from_slice(suffix);
     event
 }
 
 /// `,"usageMetadata": {…}` with running totals; zero counts are omitted, as proto3 JSON does.
-fn write_usage(out: &mut Vec<u8>, prompt: usize, candidates: usize) {
+/// Thought tokens are apart from the candidates' but in the total, as Gemini counts them.
+fn write_usage(out: &mut Vec<u8>, prompt: usize, candidates: usize, thoughts: usize) {
     let mut usage = String::with_capacity(160);
     let _ = write!(usage, ",\"usageMetadata\": {{\"promptTokenCount\": {prompt}");
     if candidates > 0 {
         let _ = write!(usage, ",\"candidatesTokenCount\": {candidates}");
     }
+    if thoughts > 0 {
+        let _ = write!(usage, ",\"thoughtsTokenCount\": {thoughts}");
+    }
     let _ = write!(
         usage,
         ",\"totalTokenCount\": {},\"promptTokensDetails\": [{{\"modality\": \"TEXT\",\"tokenCount\": {prompt}}}]}}",
-        prompt + candidates
+        prompt + candidates + thoughts
     );
     out.extend_from_slice(usage.as_bytes());
 }
@@ -1119,6 +1634,109 @@ mod tests {
             "safety_settings[0].category",
         );
         refused(json!([1]), "Expected an object");
+    }
+
+    #[test]
+    fn function_calling_is_checked_like_gemini() {
+        let user = json!({"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]});
+        let calls = |signature: bool| {
+            let mut first = json!({"functionCall": {"name": "w", "args": {"city": "Paris"}}});
+            if signature {
+                first["thoughtSignature"] = json!("c2ln");
+            }
+            json!({"role": "model", "parts": [first, {"functionCall": {"name": "w", "args": {"city": "Rome"}}}]})
+        };
+        let response = json!({"functionResponse": {"name": "w", "response": {"result": "sunny"}}});
+        let answers = |n: usize| json!({"role": "user", "parts": vec![response.clone(); n]});
+        let params = |contents: Value| chat_params(&json!({"contents": contents}));
+
+        let ok = params(json!([user, calls(true), answers(2)])).unwrap();
+        assert_eq!(ok.turns[1].1.calls, [("w".to_owned(), true), ("w".to_owned(), false)]);
+        assert_eq!(ok.last_user, "Weather in Paris and Rome?", "responses are not the user's words");
+        let short = params(json!([user, calls(true), answers(1)])).unwrap_err();
+        assert!(short.contains("number of function response parts is equal"), "{short}");
+        let orphan = params(json!([user, answers(1)])).unwrap_err();
+        assert!(orphan.contains("comes immediately after a function call turn"), "{orphan}");
+        let after_model =
+            params(json!([user, {"role": "model", "parts": [{"text": "Hm."}]}, calls(true)])).unwrap_err();
+        assert!(after_model.contains("function call turn comes immediately after a user turn"), "{after_model}");
+
+        // Gemini 3 wants the first call's signature back; 2.5 does not check.
+        let mut model = FakeModel::new("gemini-3-pro");
+        let unsigned = params(json!([user, calls(false), answers(2)])).unwrap();
+        let missing = check_for_model(&unsigned, &model).unwrap_err();
+        assert!(missing.contains("missing a thought_signature") && missing.contains("default_api:w"), "{missing}");
+        check_for_model(&params(json!([user, calls(true), answers(2)])).unwrap(), &model).unwrap();
+        model.name = "gemini-2.5-flash".into();
+        check_for_model(&unsigned, &model).unwrap();
+
+        let refused = |part: Value, expected: &str| {
+            let message = params(json!([{"role": "user", "parts": [part]}])).unwrap_err();
+            assert!(message.contains(expected), "{message}");
+        };
+        refused(json!({"text": "a", "thoughtSignature": "not base64!"}), "thought_signature");
+        refused(json!({"text": "a", "functionCall": {"name": "f"}}), "Oneof field 'data' is already set");
+        refused(json!({"functionResponse": {"name": "f", "response": "text"}}), "function_response.response");
+        refused(json!({"text": "a", "function_id": 1}), "Unknown name \"function_id\"");
+        refused(json!({"inlineData": {"mimeType": "image/gif", "data": "R0lG"}}), "Unsupported MIME type");
+        // Gemini's own closing part is accepted back.
+        params(json!([{"role": "user", "parts": [{"text": "", "thoughtSignature": "c2ln"}]}])).unwrap();
+    }
+
+    #[test]
+    fn tools_output_formats_and_thinking_are_checked() {
+        let user = json!([{"role": "user", "parts": [{"text": "hi"}]}]);
+        let refused = |extra: Value, expected: &str| {
+            let mut request = json!({"contents": user});
+            request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let message = chat_params(&request).unwrap_err();
+            assert!(message.contains(expected), "{message}");
+        };
+        let tools = json!([{"functionDeclarations": [{"name": "f", "parametersJsonSchema": {"type": "object"}}]}]);
+        refused(json!({"tools": [{"functionDeclarations": [{"name": "1f"}]}]}), "Invalid function name");
+        refused(
+            json!({"tools": [{"functionDeclarations": [{"name": "f", "parameters": {}, "parametersJsonSchema": {}}]}]}),
+            "cannot both",
+        );
+        refused(
+            json!({"tools": tools, "toolConfig": {"functionCallingConfig": {"mode": "AUTO", "allowedFunctionNames": ["f"]}}}),
+            "only be set when mode is ANY",
+        );
+        refused(
+            json!({"tools": tools, "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["g"]}}}),
+            "not the name",
+        );
+        refused(json!({"toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}), "requires function_declarations");
+        refused(json!({"generationConfig": {"responseJsonSchema": {"type": "object"}}}), "must be application/json");
+        refused(
+            json!({"generationConfig": {"thinkingConfig": {"thinkingBudget": 10, "thinkingLevel": "LOW"}}}),
+            "cannot both",
+        );
+        refused(json!({"generationConfig": {"thinkingConfig": {"thinkingLevel": "low"}}}), "thinking_level");
+
+        let request = json!({"contents": user, "tools": tools, "generationConfig": {"responseMimeType": "application/json", "thinkingConfig": {"includeThoughts": true, "thinkingBudget": 0}}});
+        let params = chat_params(&request).unwrap();
+        let model = |name: &str, caps: &[&str]| {
+            let mut model = FakeModel::new(name);
+            model.capabilities = caps.iter().map(|c| (*c).to_owned()).collect();
+            model
+        };
+        assert!(
+            check_for_model(&params, &model("gemma-3-27b-it", &["thinking"]))
+                .unwrap_err()
+                .contains("Function calling is not enabled")
+        );
+        assert!(
+            check_for_model(&params, &model("gemini-2.0-flash", &[]))
+                .unwrap_err()
+                .contains("Thinking is not supported")
+        );
+        assert!(
+            check_for_model(&params, &model("gemini-2.5-pro", &["thinking"]))
+                .unwrap_err()
+                .contains("only works in thinking mode")
+        );
+        check_for_model(&params, &model("gemini-2.5-flash", &["thinking"])).unwrap();
     }
 
     #[test]

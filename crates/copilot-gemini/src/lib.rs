@@ -19,6 +19,53 @@
 //! models; a description comes from `GET {base}/v1beta1/publishers/google/models/{model}`, and
 //! health is a valid token.
 //!
+//! Beyond text (wire shapes in `wire.rs`, the stream in `stream.rs`):
+//! - **Tools**: `tools: [{functionDeclarations: [{name, description, parametersJsonSchema}]}]`,
+//!   the schema sent as the client wrote it (`RawValue`); `strict` has no Gemini equivalent.
+//!   Tool choice is `toolConfig.functionCallingConfig.mode`: auto `AUTO`, none `NONE`, required
+//!   `ANY`, a named tool `ANY` with `allowedFunctionNames: [name]`.
+//! - **Calls in the stream** are whole `functionCall` parts without an index, several in one chunk
+//!   or one per chunk: each becomes one [`ToolCallDelta`](copilot_provider::ToolCallDelta)
+//!   numbered by a running index, its `args` object passed on as the exact text Gemini wrote (a
+//!   missing `args` is `{}`), its `id` only when Gemini gives one (Gemini 3; otherwise the server
+//!   makes one up), and the `thoughtSignature` beside it as the delta's signature. `finishReason`
+//!   is `STOP` with calls too and is reported as a stop (the server settles it into tool calls);
+//!   `MALFORMED_FUNCTION_CALL`, `UNEXPECTED_TOOL_CALL` and `TOO_MANY_TOOL_CALLS` end the stream as
+//!   [`ProviderError::MidStream`] with Gemini's `finishMessage`. At most
+//!   1,024 calls per answer; a call without a name, non-object `args` or a signature that is not
+//!   base64 is [`ProviderError::Protocol`].
+//! - **History**: an assistant message is one `model` turn, part for part: text, `functionCall
+//!   {name, args (the arguments' text), id}` with its `thoughtSignature` beside it, thinking as
+//!   `{text, thought: true, thoughtSignature}`. A thinking part with only a signature (Gemini's
+//!   closing signature, which the stream reports after its part's text) goes back on the text part
+//!   before it when that has none, else as Gemini's own `{text: "", thoughtSignature}` part.
+//!   Anthropic's redacted thinking is left out (nothing Gemini can read). The `ROLE_TOOL` results
+//!   of a step become one `user` turn of `functionResponse {name, response, id}` parts in the
+//!   order of the calls (Gemini pairs them by position when there are no ids); `response` is the
+//!   result when it is a JSON object, else `{"result": <text>}`. Ids go back only when Gemini
+//!   wrote them: one Copilot made up (`call_` and 24 letters and digits) is left out.
+//! - **Structured output**: `generationConfig.responseMimeType: "application/json"`, plus
+//!   `responseJsonSchema` (the client's schema as written) for a JSON Schema; Gemini always
+//!   constrains to it, so `strict` changes nothing.
+//! - **Reasoning**: `generationConfig.thinkingConfig`. Off is `thinkingBudget: 0`; on asks for
+//!   `includeThoughts` when thoughts are to be returned, an effort is `thinkingLevel`
+//!   `LOW`/`MEDIUM`/`HIGH` on Gemini 3 and the effort's budget before it (2.5 has no levels), a
+//!   budget is `thinkingBudget`, and the model's default is the dynamic budget `-1` before Gemini
+//!   3 (2.5 Flash-Lite thinks only when asked) and nothing on Gemini 3. Parts with
+//!   `thought: true` stream as thinking text; a `thoughtSignature` on any part but a call closes
+//!   the thinking as its signature. `thoughtsTokenCount` is added to the output tokens and
+//!   reported as reasoning tokens; `cachedContentTokenCount` as cached input tokens.
+//! - **Images**: `inlineData {mimeType, data (base64)}` in the user turn. URLs are not declared
+//!   (so the server refuses them): `fileData` takes only files Google stores (the Files API, or
+//!   `gs://` on Vertex AI), not a URL Gemini would fetch.
+//! - **What a model cannot do** comes back as Gemini's 400s and becomes
+//!   [`ProviderError::Unsupported`] naming the feature: "Function calling is not enabled for
+//!   models/…" (tools), "JSON mode is not enabled…" (JSON output), "Image input modality is not
+//!   enabled…" (images), "…only works in thinking mode" (turning thinking off), "Thinking is not
+//!   supported…" (thinking). Listings say what a listing does not: every `gemini-` chat model has
+//!   `tools`, `json_object`, `json_schema` and `vision`; `thinking` comes from the model's own
+//!   flag (on Vertex, from the name: 2.5 and 3).
+//!
 //! How the real API's quirks are handled:
 //! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
 //!   prompt was blocked). A body that ends before that is [`ProviderError::Interrupted`].
@@ -42,7 +89,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
-use copilot_provider::{ChatRequest, ChatStream, HealthReport, ModelInfo, Provider, ProviderError, Secret};
+use copilot_provider::{
+    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Secret,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -381,9 +430,13 @@ impl Provider for GeminiProvider {
             )));
         }
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
-        let body = wire::GenerateBody::new(&request, &self.safety_settings);
+        let body = wire::GenerateBody::new(&request, &self.safety_settings)?;
         let post = copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body);
-        let mut response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let mut response = self
+            .upstream
+            .send(self, post, Some(&request.model))
+            .await
+            .map_err(|err| wire::model_cannot(err, &request))?;
 
         // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
         // SSE reader would silently find empty; say so instead.
@@ -402,6 +455,20 @@ impl Provider for GeminiProvider {
         let decoder = StreamDecoder::new(base_url.clone(), self.upstream.secret().cloned());
         let options = StreamOptions { whole_body: false, finish_grace: Some(FinishGrace::Total(FINISH_GRACE)) };
         Ok(self.upstream.chat_stream(response, decoder, options))
+    }
+
+    /// Tools, JSON and JSON Schema output, reasoning (on, off, effort or budget) and images as
+    /// data. Not images by URL: Gemini's `fileData` takes only files it stores itself (the Files
+    /// API, or `gs://` on Vertex AI), never an `https://` URL it would fetch.
+    fn features(&self) -> Features {
+        Features::of(&[
+            Feature::Tools,
+            Feature::JsonObject,
+            Feature::JsonSchema,
+            Feature::Thinking,
+            Feature::ThinkingOff,
+            Feature::Images,
+        ])
     }
 
     /// Every model that supports `generateContent` (embedding-only and image models are left

@@ -2,6 +2,7 @@
 //! [`ChatEvent`]s out, with no I/O. The adapter reads the body and feeds it here; the fuzz targets
 //! and benches drive the same decoder with bytes of their own.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use copilot_http::ChatStreamDecoder;
@@ -20,6 +21,8 @@ const TAIL_BYTES: usize = 16 * 1024;
 pub struct StreamDecoder {
     body: SseBody,
     state: StreamState,
+    /// Events of the last chunk not yet taken (a chunk may hold thinking, text and several calls).
+    pending: VecDeque<ChatEvent>,
     /// The last bytes of the body, at least [`TAIL_BYTES`] of them once that many came: an error
     /// Google sends as bare JSON instead of an event is found in the last [`TAIL_BYTES`].
     tail: Vec<u8>,
@@ -40,6 +43,7 @@ impl StreamDecoder {
         StreamDecoder {
             body: SseBody::with_limit(limit),
             state: StreamState::default(),
+            pending: VecDeque::new(),
             tail: Vec::new(),
             base_url,
             api_key,
@@ -107,11 +111,15 @@ impl ChatStreamDecoder for StreamDecoder {
         if self.body.is_finished() {
             return None;
         }
+        if let Some(event) = self.pending.pop_front() {
+            return Some(Ok(event));
+        }
         while let Some(item) = self.body.next_item() {
             let applied = match item {
-                Ok(SseItem::Event { data, .. }) => {
-                    self.state.apply(data, self.api_key.as_ref()).map_err(|err| self.redact_error(err))
-                }
+                Ok(SseItem::Event { data, .. }) => self
+                    .state
+                    .apply(data, self.api_key.as_ref(), &mut self.pending)
+                    .map_err(|err| self.redact_error(err)),
                 // Not a field of Gemini's streams: ignored, as the SSE rules say.
                 Ok(SseItem::ErrorLine(_)) => continue,
                 Err(too_long) => {
@@ -119,9 +127,15 @@ impl ChatStreamDecoder for StreamDecoder {
                 }
             };
             match applied {
-                Ok(Some(text)) => return Some(Ok(ChatEvent::Delta(text))),
-                Ok(None) => {}
-                Err(err) => return Some(self.fail(err)),
+                Ok(()) => {
+                    if let Some(event) = self.pending.pop_front() {
+                        return Some(Ok(event));
+                    }
+                }
+                Err(err) => {
+                    self.pending.clear();
+                    return Some(self.fail(err));
+                }
             }
         }
         if !self.body.ended() {

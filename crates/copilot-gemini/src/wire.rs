@@ -6,16 +6,22 @@
 //! (zero) fields omitted — so every response field here is optional or defaulted.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use copilot_http::quote;
 use copilot_provider::{
-    ChatRequest, Completion, FinishReason, GenerationOptions, ModelInfo, ProviderError, Role, Secret, Usage,
+    ChatEvent, ChatRequest, Completion, Effort, Feature, FinishReason, GenerationOptions, Image, ImageSource, Message,
+    ModelInfo, ProviderError, Reasoning, ReasoningAmount, ResponseFormat, Role, Secret, ThinkingDelta, ToolCallDelta,
+    ToolChoice, Usage,
 };
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::SafetySetting;
 
@@ -32,6 +38,11 @@ pub(crate) struct GenerateBody<'a> {
     pub contents: Vec<Content<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_instruction: Option<SystemInstruction<'a>>,
+    /// One `Tool` holding every declaration (Gemini groups functions; one group is enough).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolGroup<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_config: Option<ToolConfig<'a>>,
     #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
     pub generation_config: GenerationConfig<'a>,
     /// Empty means Google's default thresholds.
@@ -39,16 +50,120 @@ pub(crate) struct GenerateBody<'a> {
     pub safety_settings: &'a [SafetySetting],
 }
 
-/// One turn: `user` or `model`, with one text part per message of that turn.
+/// One turn: `user` or `model`, its parts in order.
 #[derive(Debug, Serialize)]
 pub(crate) struct Content<'a> {
     pub role: &'static str,
     pub parts: Vec<Part<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+/// A `Part`: one of `text`, `inlineData`, `functionCall`, `functionResponse`, with `thought` and
+/// `thoughtSignature` beside it.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Part<'a> {
-    pub text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub thought: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inline_data: Option<InlineData<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_response: Option<FunctionResponse<'a>>,
+    /// Base64, as proto3 JSON writes `bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
+}
+
+impl<'a> Part<'a> {
+    fn text(text: &'a str) -> Self {
+        Part { text: Some(text), ..Default::default() }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InlineData<'a> {
+    pub mime_type: &'a str,
+    /// Base64.
+    pub data: String,
+}
+
+/// An earlier call, sent back: `args` is the call's own JSON text, so its numbers stay as written.
+#[derive(Debug, Serialize)]
+pub(crate) struct FunctionCall<'a> {
+    pub name: &'a str,
+    pub args: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FunctionResponse<'a> {
+    pub name: &'a str,
+    pub response: ToolResult<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+}
+
+/// A tool's result as Gemini's `response` (a `Struct`, so an object): a result that is a JSON
+/// object goes as written; anything else as `{"result": <the text>}`, the key Google's SDKs use.
+#[derive(Debug)]
+pub(crate) enum ToolResult<'a> {
+    Object(&'a RawValue),
+    /// A result of several text parts, joined.
+    OwnedObject(Box<RawValue>),
+    Text(Cow<'a, str>),
+}
+
+impl Serialize for ToolResult<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            ToolResult::Object(raw) => raw.serialize(serializer),
+            ToolResult::OwnedObject(raw) => raw.serialize(serializer),
+            ToolResult::Text(text) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("result", text)?;
+                map.end()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ToolGroup<'a> {
+    pub function_declarations: Vec<FunctionDeclaration<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FunctionDeclaration<'a> {
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub description: &'a str,
+    /// The client's JSON Schema as written (`parametersJsonSchema` takes full JSON Schema, where
+    /// `parameters` takes only Google's OpenAPI subset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters_json_schema: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ToolConfig<'a> {
+    pub function_calling_config: FunctionCallingConfig<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FunctionCallingConfig<'a> {
+    /// `AUTO`, `ANY` (at least one call) or `NONE`.
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_function_names: Vec<&'a str>,
 }
 
 /// A `Content` without a role (Gemini ignores the role of a system instruction).
@@ -73,6 +188,61 @@ pub(crate) struct GenerationConfig<'a> {
     pub stop_sequences: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<i32>,
+    /// `application/json` for JSON output (with or without a schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_mime_type: Option<&'static str>,
+    /// The client's JSON Schema as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_json_schema: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_config: Option<ThinkingConfig>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ThinkingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include_thoughts: Option<bool>,
+    /// Tokens; `0` turns thinking off, `-1` lets the model decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_budget: Option<i64>,
+    /// `LOW`, `MEDIUM` or `HIGH` (Gemini 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_level: Option<&'static str>,
+}
+
+impl ThinkingConfig {
+    /// Off is a zero budget. On: an effort is Gemini 3's `thinkingLevel`, and a budget (or, before
+    /// Gemini 3, which has no levels, the effort's budget) is `thinkingBudget`; on by default is
+    /// the dynamic budget `-1` before Gemini 3 (2.5 Flash-Lite does not think unless asked) and
+    /// nothing on Gemini 3, which always thinks.
+    fn new(reasoning: Reasoning, model: &str) -> Option<Self> {
+        let (amount, include_thoughts) = match reasoning {
+            Reasoning::Off => return Some(ThinkingConfig { thinking_budget: Some(0), ..Default::default() }),
+            Reasoning::On { amount, include_thoughts } => (amount, include_thoughts),
+        };
+        let mut config = ThinkingConfig { include_thoughts: include_thoughts.then_some(true), ..Default::default() };
+        match amount {
+            ReasoningAmount::Default if !is_gemini_3(model) => config.thinking_budget = Some(-1),
+            ReasoningAmount::Default => {}
+            ReasoningAmount::Effort(effort) if is_gemini_3(model) => {
+                config.thinking_level = Some(match effort {
+                    Effort::Low => "LOW",
+                    Effort::Medium => "MEDIUM",
+                    Effort::High => "HIGH",
+                })
+            }
+            ReasoningAmount::Effort(effort) => config.thinking_budget = Some(i64::from(effort.budget_tokens())),
+            ReasoningAmount::BudgetTokens(tokens) => config.thinking_budget = Some(i64::from(tokens)),
+        }
+        (config != ThinkingConfig::default()).then_some(config)
+    }
+}
+
+/// Whether a model is of the Gemini 3 generation: thinking levels, call ids, and signatures
+/// that must come back with its calls.
+pub(crate) fn is_gemini_3(model: &str) -> bool {
+    model.rsplit('/').next().unwrap_or(model).starts_with("gemini-3")
 }
 
 impl<'a> GenerationConfig<'a> {
@@ -84,6 +254,7 @@ impl<'a> GenerationConfig<'a> {
             max_output_tokens: options.max_tokens,
             stop_sequences: &options.stop,
             seed: options.seed.map(wire_seed),
+            ..Default::default()
         }
     }
 
@@ -94,6 +265,9 @@ impl<'a> GenerationConfig<'a> {
             && self.max_output_tokens.is_none()
             && self.stop_sequences.is_empty()
             && self.seed.is_none()
+            && self.response_mime_type.is_none()
+            && self.response_json_schema.is_none()
+            && self.thinking_config.is_none()
     }
 }
 
@@ -104,49 +278,251 @@ pub(crate) fn wire_seed(seed: u64) -> i32 {
     i32::try_from(seed).unwrap_or((seed % (1 << 31)) as i32)
 }
 
+/// JSON text the client wrote (a schema, arguments, a result), as a raw value sent unchanged.
+fn raw_json<'a>(text: &'a str, what: &str) -> Result<&'a RawValue, ProviderError> {
+    serde_json::from_str(text.trim()).map_err(|e| {
+        ProviderError::InvalidRequest(format!("{what} is not valid JSON ({e}), so Gemini cannot be sent it"))
+    })
+}
+
+/// Whether an id is one Copilot made up (`call_` and 24 letters and digits) because the upstream
+/// gave none: Gemini before 3 writes no ids, and is sent back none.
+fn is_made_up_id(id: &str) -> bool {
+    id.len() == 29 && id.starts_with("call_") && id.bytes().skip(5).all(|b| b.is_ascii_alphanumeric())
+}
+
+fn signature(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty()).then(|| BASE64.encode(bytes))
+}
+
 impl<'a> GenerateBody<'a> {
     /// System messages, wherever they appear, become the parts of `systemInstruction` (in order);
-    /// the others become `contents`, assistant as `model`. Consecutive messages of the same role
-    /// are merged into one turn with one part each (Gemini expects alternating turns, and parts
-    /// keep the message boundaries). Empty messages are dropped: Gemini refuses an empty text part.
-    pub fn new(request: &'a ChatRequest, safety_settings: &'a [SafetySetting]) -> Self {
+    /// the others become `contents`, assistant as `model` and tool results as `user`.
+    /// Consecutive messages of the same role are merged into one turn (Gemini expects alternating
+    /// turns; parts keep the message boundaries), so the results of one step's calls become the
+    /// one user turn of `functionResponse` parts Gemini requires, put in the order of the calls
+    /// (Gemini pairs results with calls by position when calls have no id). Empty text is dropped:
+    /// Gemini refuses an empty text part.
+    pub fn new(request: &'a ChatRequest, safety_settings: &'a [SafetySetting]) -> Result<Self, ProviderError> {
         let mut contents: Vec<Content<'a>> = Vec::with_capacity(request.messages.len());
         let mut system = Vec::new();
-        for message in &request.messages {
-            for part in &message.parts {
-                let copilot_provider::Part::Text(text) = part else { continue };
-                if text.is_empty() {
+        let messages = &request.messages;
+        let mut at = 0;
+        while at < messages.len() {
+            let message = &messages[at];
+            at += 1;
+            let (role, parts) = match message.role {
+                Role::System => {
+                    system.extend(texts(message).map(Part::text));
                     continue;
                 }
-                let part = Part { text };
-                let role = match message.role {
-                    Role::System => {
-                        system.push(part);
-                        continue;
-                    }
-                    Role::User | Role::Tool => "user",
-                    Role::Assistant => "model",
-                };
-                match contents.last_mut() {
-                    Some(turn) if turn.role == role => turn.parts.push(part),
-                    _ => contents.push(Content { role, parts: vec![part] }),
+                Role::User => ("user", user_parts(message)?),
+                Role::Assistant => ("model", model_parts(message)?),
+                Role::Tool => {
+                    let run = messages[at - 1..].iter().take_while(|m| m.role == Role::Tool).count();
+                    let parts = function_responses(request, &messages[at - 1..at - 1 + run])?;
+                    at += run - 1;
+                    ("user", parts)
                 }
+            };
+            if parts.is_empty() {
+                continue;
+            }
+            match contents.last_mut() {
+                Some(turn) if turn.role == role => turn.parts.extend(parts),
+                _ => contents.push(Content { role, parts }),
             }
         }
-        GenerateBody {
+
+        let mut generation_config = GenerationConfig::from_options(&request.options);
+        match &request.response_format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => generation_config.response_mime_type = Some("application/json"),
+            // Gemini has no `strict`: a `responseJsonSchema` always constrains the output.
+            ResponseFormat::JsonSchema { schema, .. } => {
+                generation_config.response_mime_type = Some("application/json");
+                generation_config.response_json_schema = Some(raw_json(schema, "the response JSON Schema")?);
+            }
+        }
+        generation_config.thinking_config = request.reasoning.and_then(|r| ThinkingConfig::new(r, &request.model));
+
+        let declarations = request
+            .tools
+            .iter()
+            .map(|tool| {
+                Ok(FunctionDeclaration {
+                    name: &tool.name,
+                    description: &tool.description,
+                    parameters_json_schema: match &tool.parameters {
+                        Some(schema) => {
+                            Some(raw_json(schema, &format!("the parameters schema of tool {:?}", tool.name))?)
+                        }
+                        None => None,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, ProviderError>>()?;
+        let tools =
+            if declarations.is_empty() { Vec::new() } else { vec![ToolGroup { function_declarations: declarations }] };
+        let tool_config = request.tool_choice.as_ref().map(|choice| {
+            let (mode, allowed_function_names) = match choice {
+                ToolChoice::Auto => ("AUTO", Vec::new()),
+                ToolChoice::None => ("NONE", Vec::new()),
+                ToolChoice::Required => ("ANY", Vec::new()),
+                ToolChoice::Named(name) => ("ANY", vec![name.as_str()]),
+            };
+            ToolConfig { function_calling_config: FunctionCallingConfig { mode, allowed_function_names } }
+        });
+
+        Ok(GenerateBody {
             contents,
             system_instruction: (!system.is_empty()).then_some(SystemInstruction { parts: system }),
-            generation_config: GenerationConfig::from_options(&request.options),
+            tools,
+            tool_config,
+            generation_config,
             safety_settings,
+        })
+    }
+}
+
+/// A message's non-empty text parts.
+fn texts(message: &Message) -> impl Iterator<Item = &str> {
+    message.parts.iter().filter_map(|part| match part {
+        copilot_provider::Part::Text(text) if !text.is_empty() => Some(text.as_str()),
+        _ => None,
+    })
+}
+
+/// The image types Gemini reads (no GIF, which Copilot's clients may send).
+const GEMINI_IMAGE_TYPES: [&str; 5] = ["image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"];
+
+/// A user message: text, and images as `inlineData`.
+fn user_parts(message: &Message) -> Result<Vec<Part<'_>>, ProviderError> {
+    let mut parts = Vec::with_capacity(message.parts.len());
+    for part in &message.parts {
+        match part {
+            copilot_provider::Part::Text(text) if text.is_empty() => {}
+            copilot_provider::Part::Text(text) => parts.push(Part::text(text)),
+            copilot_provider::Part::Image(Image { source: ImageSource::Data(bytes), mime_type }) => {
+                if !GEMINI_IMAGE_TYPES.contains(&mime_type.as_str()) {
+                    return Err(ProviderError::Unsupported {
+                        feature: Feature::Images,
+                        message: format!("Gemini reads PNG, JPEG, WebP, HEIC and HEIF images, not {mime_type}"),
+                    });
+                }
+                parts.push(Part {
+                    inline_data: Some(InlineData { mime_type, data: BASE64.encode(bytes) }),
+                    ..Default::default()
+                });
+            }
+            // Not declared (see `features`): the server refuses these before they get here.
+            copilot_provider::Part::Image(Image { source: ImageSource::Url(_), .. }) => {
+                return Err(ProviderError::InvalidRequest(
+                    "Gemini takes images as data, not as URLs (it fetches only gs:// files, on Vertex AI)".into(),
+                ));
+            }
+            copilot_provider::Part::ToolCall(_) | copilot_provider::Part::Thinking(_) => {
+                return Err(ProviderError::InvalidRequest(
+                    "a user message holds a tool call or thinking, which only the assistant writes".into(),
+                ));
+            }
         }
     }
+    Ok(parts)
+}
+
+/// An assistant message, part for part, signatures where Gemini put them: a call's beside its
+/// `functionCall`; thinking as a `thought` part with its own; a signature that came alone (Gemini
+/// puts one on the last part of an answer without calls, and the stream reports it after that
+/// part's text) back on the text part before it when that one has none, else on a
+/// `{"text": "", "thoughtSignature": …}` part of its own, as Gemini itself sends it.
+fn model_parts(message: &Message) -> Result<Vec<Part<'_>>, ProviderError> {
+    let mut parts: Vec<Part<'_>> = Vec::with_capacity(message.parts.len());
+    for part in &message.parts {
+        match part {
+            copilot_provider::Part::Text(text) if text.is_empty() => {}
+            copilot_provider::Part::Text(text) => parts.push(Part::text(text)),
+            copilot_provider::Part::ToolCall(call) => {
+                let args = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+                parts.push(Part {
+                    function_call: Some(FunctionCall {
+                        name: &call.name,
+                        args: raw_json(args, &format!("the arguments of call {:?}", call.id))?,
+                        id: Some(call.id.as_str()).filter(|id| !id.is_empty() && !is_made_up_id(id)),
+                    }),
+                    thought_signature: signature(&call.signature),
+                    ..Default::default()
+                });
+            }
+            // Anthropic's opaque block: nothing Gemini can read.
+            copilot_provider::Part::Thinking(thinking) if thinking.redacted => {}
+            copilot_provider::Part::Thinking(thinking) if !thinking.text.is_empty() => parts.push(Part {
+                text: Some(&thinking.text),
+                thought: true,
+                thought_signature: signature(&thinking.signature),
+                ..Default::default()
+            }),
+            copilot_provider::Part::Thinking(thinking) if thinking.signature.is_empty() => {}
+            copilot_provider::Part::Thinking(thinking) => match parts.last_mut() {
+                Some(last) if last.text.is_some() && last.thought_signature.is_none() => {
+                    last.thought_signature = signature(&thinking.signature)
+                }
+                _ => parts.push(Part {
+                    text: Some(""),
+                    thought_signature: signature(&thinking.signature),
+                    ..Default::default()
+                }),
+            },
+            copilot_provider::Part::Image(_) => {
+                return Err(ProviderError::InvalidRequest(
+                    "an assistant message holds an image, which Gemini does not take back".into(),
+                ));
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// A run of tool results: one `functionResponse` each, in the order of the calls they answer.
+/// The id goes with it only when the call had Gemini's own.
+fn function_responses<'a>(request: &'a ChatRequest, results: &'a [Message]) -> Result<Vec<Part<'a>>, ProviderError> {
+    let mut answered = Vec::with_capacity(results.len());
+    for result in results {
+        let id = result.tool_call_id.as_deref().unwrap_or_default();
+        let found = request.messages.iter().rev().find_map(|m| m.tool_calls().enumerate().find(|(_, c)| c.id == id));
+        let Some((position, call)) = found else {
+            return Err(ProviderError::InvalidRequest(format!("the tool result for {id:?} answers no earlier call")));
+        };
+        let content = result.content();
+        let trimmed = content.trim();
+        let object = trimmed.starts_with('{') && serde_json::from_str::<&RawValue>(trimmed).is_ok();
+        let response = match content {
+            Cow::Borrowed(text) if object => ToolResult::Object(raw_json(text, "a tool result")?),
+            Cow::Owned(text) if object => ToolResult::OwnedObject(
+                RawValue::from_string(text.trim().to_owned())
+                    .map_err(|e| ProviderError::InvalidRequest(format!("a tool result is not valid JSON ({e})")))?,
+            ),
+            content => ToolResult::Text(content),
+        };
+        let id = Some(call.id.as_str()).filter(|id| !id.is_empty() && !is_made_up_id(id));
+        answered.push((
+            position,
+            Part { function_response: Some(FunctionResponse { name: &call.name, response, id }), ..Default::default() },
+        ));
+    }
+    answered.sort_by_key(|(position, _)| *position);
+    Ok(answered.into_iter().map(|(_, part)| part).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
 // The streamed response
 
+/// Calls one answer may make; a stream with more is refused (every call is an event, so an
+/// endless stream of them must end somewhere).
+pub(crate) const MAX_TOOL_CALLS: u32 = 1024;
+
 /// One SSE `data:` payload. Only what we use is declared; `safetyRatings`, `citationMetadata`,
-/// `responseId`, `*TokensDetails` and future fields are skipped without being built.
+/// `*TokensDetails` and future fields are skipped without being built.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StreamChunk<'a> {
@@ -173,21 +549,42 @@ struct Candidate<'a> {
     content: Option<CandidateContent<'a>>,
     #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     finish_reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
+    finish_message: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct CandidateContent<'a> {
     #[serde(borrow, default)]
-    parts: Option<PartsText<'a>>,
+    parts: Option<Vec<PartIn<'a>>>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PartIn<'a> {
     #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
     text: Option<Cow<'a, str>>,
     /// A thought summary (only sent with `includeThoughts`), not part of the answer.
     #[serde(default)]
     thought: bool,
+    #[serde(borrow, default)]
+    function_call: Option<FunctionCallIn<'a>>,
+    /// Base64.
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
+    thought_signature: Option<Cow<'a, str>>,
+}
+
+/// A whole call: Gemini never splits one across chunks.
+#[derive(Deserialize)]
+struct FunctionCallIn<'a> {
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
+    name: Option<Cow<'a, str>>,
+    /// An object; kept as the text Gemini wrote, so its numbers reach the client unchanged.
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+    /// Only Gemini 3 writes one.
+    #[serde(borrow, default, deserialize_with = "copilot_http::borrow_str")]
+    id: Option<Cow<'a, str>>,
 }
 
 /// Running totals; any field is omitted when zero.
@@ -234,34 +631,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
     }
 }
 
-/// The concatenated text of a `parts` array, thought parts skipped. A single text part (the
-/// usual case) stays borrowed from the input when it has no escapes.
-struct PartsText<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for PartsText<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PartsVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for PartsVisitor<'a> {
-            type Value = PartsText<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of parts")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PartsText<'a>, A::Error> {
-                let mut text: Option<Cow<'a, str>> = None;
-                while let Some(part) = seq.next_element::<PartIn<'a>>()? {
-                    let Some(piece) = part.text.filter(|_| !part.thought) else { continue };
-                    match &mut text {
-                        None => text = Some(piece),
-                        Some(joined) => joined.to_mut().push_str(&piece),
-                    }
-                }
-                Ok(PartsText(text))
-            }
-        }
-        deserializer.deserialize_seq(PartsVisitor(PhantomData))
-    }
-}
-
 /// What a stream has said so far about how it ends. Chunks only ever add to it.
 #[derive(Debug, Default)]
 pub(crate) struct StreamState {
@@ -273,15 +642,29 @@ pub(crate) struct StreamState {
     response_id: Option<String>,
     /// `promptFeedback.blockReason` when the prompt itself was refused.
     pub block_reason: Option<String>,
+    /// Calls so far: the next call's index (Gemini's calls carry none).
+    calls: u32,
 }
 
 impl StreamState {
-    /// Reads one `data:` payload; returns the text it adds, if any (never empty).
+    /// Reads one `data:` payload and adds the events it holds to `events`, in the order of its
+    /// parts: thought text as thinking, text as one delta per run of text parts, each
+    /// `functionCall` as a whole call with the next index, and a `thoughtSignature` beside a call
+    /// as that call's signature, elsewhere as a thinking signature after its part's text.
     /// `secret` is masked in the excerpt of a chunk that is not JSON.
-    pub fn apply(&mut self, data: &str, secret: Option<&Secret>) -> Result<Option<String>, ProviderError> {
-        let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-            ProviderError::Protocol(format!("unexpected stream chunk from Gemini ({e}): {}", quote(data, 200, secret)))
-        })?;
+    pub fn apply(
+        &mut self,
+        data: &str,
+        secret: Option<&Secret>,
+        events: &mut VecDeque<ChatEvent>,
+    ) -> Result<(), ProviderError> {
+        let protocol = |what: String| {
+            ProviderError::Protocol(format!(
+                "unexpected stream chunk from Gemini ({what}): {}",
+                quote(data, 200, secret)
+            ))
+        };
+        let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| protocol(e.to_string()))?;
         if let Some(error) = chunk.error {
             return Err(ProviderError::MidStream(error.describe()));
         }
@@ -310,12 +693,68 @@ impl StreamState {
             self.finish = Some(FinishReason::ContentFilter);
             self.block_reason = Some(reason.into_owned());
         }
-        let Some(candidate) = chunk.candidates.and_then(|c| c.0) else { return Ok(None) };
+        let Some(candidate) = chunk.candidates.and_then(|c| c.0) else { return Ok(()) };
+        if let Some(reason) = candidate.finish_reason.as_deref()
+            && let Some(failure) = tool_call_failure(reason)
+        {
+            let detail = candidate.finish_message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+            let message = match detail {
+                Some(detail) => format!("Gemini stopped with {reason} ({failure}): {detail}"),
+                None => format!("Gemini stopped with {reason} ({failure})"),
+            };
+            return Err(ProviderError::MidStream(message));
+        }
+        for part in candidate.content.and_then(|c| c.parts).unwrap_or_default() {
+            let signature = match part.thought_signature.as_deref().filter(|s| !s.is_empty()) {
+                Some(encoded) => Some(
+                    BASE64
+                        .decode(encoded)
+                        .map_err(|e| protocol(format!("a thoughtSignature that is not base64: {e}")))?,
+                ),
+                None => None,
+            };
+            if let Some(call) = part.function_call {
+                let name = call
+                    .name
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| protocol("a functionCall without a name".into()))?;
+                let arguments = match call.args.map(RawValue::get) {
+                    None | Some("null") => "{}".to_owned(),
+                    Some(args) if args.starts_with('{') => args.to_owned(),
+                    Some(_) => return Err(protocol(format!("the args of functionCall {name:?} are not an object"))),
+                };
+                if self.calls >= MAX_TOOL_CALLS {
+                    return Err(protocol(format!("more than {MAX_TOOL_CALLS} function calls in one answer")));
+                }
+                events.push_back(ChatEvent::ToolCall(ToolCallDelta {
+                    index: self.calls,
+                    id: call.id.filter(|id| !id.is_empty()).map(Cow::into_owned),
+                    name: Some(name.into_owned()),
+                    arguments,
+                    signature: signature.unwrap_or_default(),
+                }));
+                self.calls += 1;
+                continue;
+            }
+            match part.text.filter(|t| !t.is_empty()) {
+                Some(text) if part.thought => {
+                    events.push_back(ChatEvent::Thinking(ThinkingDelta::Text(text.into_owned())))
+                }
+                Some(text) => match events.back_mut() {
+                    Some(ChatEvent::Delta(joined)) => joined.push_str(&text),
+                    _ => events.push_back(ChatEvent::Delta(text.into_owned())),
+                },
+                None => {}
+            }
+            if let Some(signature) = signature {
+                events.push_back(ChatEvent::Thinking(ThinkingDelta::Signature(signature)));
+            }
+        }
+        // Last: a failure above leaves the answer unfinished.
         if let Some(reason) = candidate.finish_reason {
             self.finish = Some(finish_reason(&reason));
         }
-        let text = candidate.content.and_then(|c| c.parts).and_then(|p| p.0);
-        Ok(text.filter(|t| !t.is_empty()).map(Cow::into_owned))
+        Ok(())
     }
 
     pub fn completion(&self) -> Completion {
@@ -329,9 +768,22 @@ impl StreamState {
     }
 }
 
+/// The finish reasons that say a tool call went wrong, and what each means: the answer is then a
+/// failure ([`ProviderError::MidStream`], as the upstream failed after the stream began), not a
+/// stop with calls missing.
+fn tool_call_failure(reason: &str) -> Option<&'static str> {
+    match reason {
+        "MALFORMED_FUNCTION_CALL" => Some("the model wrote a function call that does not parse"),
+        "UNEXPECTED_TOOL_CALL" => Some("the model called a tool although none was available to it"),
+        "TOO_MANY_TOOL_CALLS" => Some("the model made more tool calls than Gemini allows in one turn"),
+        _ => None,
+    }
+}
+
 /// Gemini's `finishReason` in provider-independent terms. Policy stops (safety, recitation,
-/// blocklists, PII, unsupported language, their image variants) are content filtering; the
-/// others (`OTHER`, tool-call failures, unknown future values) count as a plain stop.
+/// blocklists, PII, unsupported language, their image variants) are content filtering; `STOP` is
+/// a stop even after calls (the server settles that into a tool-calls finish); the others
+/// (`OTHER`, unknown future values) count as a plain stop.
 pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "MAX_TOKENS" => FinishReason::Length,
@@ -404,6 +856,40 @@ impl ErrorStatus {
     /// `google.rpc.ErrorInfo.reason`, e.g. `"API_KEY_INVALID"`.
     pub fn reason(&self) -> Option<&str> {
         self.detail("google.rpc.ErrorInfo").find_map(|d| d.get("reason")?.as_str())
+    }
+}
+
+/// A refusal in which Gemini says the model cannot do what the request asks, as
+/// [`ProviderError::Unsupported`] naming the feature: "Function calling is not enabled for
+/// models/gemma-3-27b-it", "JSON mode is not enabled for …", "Image input modality is not enabled
+/// for …", "Budget 0 is invalid. This model only works in thinking mode.", "Thinking is not
+/// supported for this model." (and the same for `thinking_level`). Other errors pass unchanged.
+pub(crate) fn model_cannot(err: ProviderError, request: &ChatRequest) -> ProviderError {
+    let ProviderError::InvalidRequest(message) = err else { return err };
+    let lower = message.to_ascii_lowercase();
+    let feature = if lower.contains("function calling is not enabled") {
+        Some(Feature::Tools)
+    } else if lower.contains("json mode is not enabled") {
+        Some(match request.response_format {
+            ResponseFormat::JsonSchema { .. } => Feature::JsonSchema,
+            _ => Feature::JsonObject,
+        })
+    } else if lower.contains("image input modality is not enabled") {
+        Some(Feature::Images)
+    } else if lower.contains("only works in thinking mode") {
+        Some(Feature::ThinkingOff)
+    } else if lower.contains("thinking is not supported")
+        || lower.contains("thinking is not enabled")
+        || lower.contains("thinking level is not supported")
+        || lower.contains("thinking_level is not supported")
+    {
+        Some(Feature::Thinking)
+    } else {
+        None
+    };
+    match feature {
+        Some(feature) => ProviderError::Unsupported { feature, message },
+        None => ProviderError::InvalidRequest(message),
     }
 }
 
@@ -511,6 +997,7 @@ impl Model {
         let mut capabilities = Vec::new();
         if methods.iter().any(|m| m == "generateContent") {
             capabilities.push("completion".to_owned());
+            capabilities.extend(gemini_capabilities(&name).iter().map(|c| (*c).to_owned()));
         }
         if methods.iter().any(|m| m == "embedContent") {
             capabilities.push("embedding".to_owned());
@@ -548,14 +1035,30 @@ impl PublisherModel {
 
 /// What is known of a Vertex model from its name alone.
 pub(crate) fn vertex_model_info(id: &str) -> ModelInfo {
-    let capability = if id.contains("embedding") { "embedding" } else { "completion" };
+    let mut capabilities = Vec::new();
+    if id.contains("embedding") {
+        capabilities.push("embedding".to_owned());
+    } else {
+        capabilities.push("completion".to_owned());
+        capabilities.extend(gemini_capabilities(id).iter().map(|c| (*c).to_owned()));
+        if id.starts_with("gemini-2.5") || is_gemini_3(id) {
+            capabilities.push("thinking".to_owned());
+        }
+    }
     ModelInfo {
         name: id.to_owned(),
         family: family(id),
         parameter_size: parameter_size(id),
-        capabilities: vec![capability.to_owned()],
+        capabilities,
         ..Default::default()
     }
+}
+
+/// What every Gemini chat model does and a listing does not say (Google documents function
+/// calling, JSON Schema output and image input for the whole `gemini-` family; Gemma models on the
+/// API have neither tools nor JSON mode, so they get none of these).
+fn gemini_capabilities(id: &str) -> &'static [&'static str] {
+    if id.starts_with("gemini-") { &["tools", "json_object", "json_schema", "vision"] } else { &[] }
 }
 
 /// The name's leading words, up to the first one that starts with a digit:
@@ -594,7 +1097,7 @@ mod tests {
     #[test]
     fn body_maps_roles_and_system_instruction_and_omits_unset_options() {
         let req = request(&[(Role::System, "You are terse."), (Role::User, "Hi")], GenerationOptions::default());
-        let body = serde_json::to_value(GenerateBody::new(&req, &[])).unwrap();
+        let body = serde_json::to_value(GenerateBody::new(&req, &[]).unwrap()).unwrap();
         assert_eq!(
             body,
             json!({
@@ -619,7 +1122,7 @@ mod tests {
             ],
             GenerationOptions::default(),
         );
-        let body = serde_json::to_value(GenerateBody::new(&req, &[])).unwrap();
+        let body = serde_json::to_value(GenerateBody::new(&req, &[]).unwrap()).unwrap();
         assert_eq!(
             body,
             json!({
@@ -648,7 +1151,7 @@ mod tests {
         );
         let safety =
             [SafetySetting { category: "HARM_CATEGORY_HARASSMENT".into(), threshold: "BLOCK_ONLY_HIGH".into() }];
-        let body = serde_json::to_value(GenerateBody::new(&req, &safety)).unwrap();
+        let body = serde_json::to_value(GenerateBody::new(&req, &safety).unwrap()).unwrap();
         assert_eq!(
             body["generationConfig"],
             json!({"temperature": 0.5, "topP": 0.25, "topK": 40, "maxOutputTokens": 256, "stopSequences": ["END"], "seed": 7})
@@ -660,7 +1163,7 @@ mod tests {
         assert!(body.get("systemInstruction").is_none());
 
         let req = request(&[(Role::User, "Hi")], GenerationOptions { max_tokens: Some(5), ..Default::default() });
-        let body = serde_json::to_value(GenerateBody::new(&req, &[])).unwrap();
+        let body = serde_json::to_value(GenerateBody::new(&req, &[]).unwrap()).unwrap();
         assert_eq!(body["generationConfig"], json!({"maxOutputTokens": 5}));
     }
 
@@ -675,8 +1178,14 @@ mod tests {
     }
 
     fn apply_all(chunks: &[&str]) -> (Vec<String>, StreamState) {
-        let mut state = StreamState::default();
-        let deltas = chunks.iter().filter_map(|c| state.apply(c, None).unwrap()).collect();
+        let (events, state) = events_of_state(StreamState::default(), chunks);
+        let deltas = events
+            .into_iter()
+            .filter_map(|e| match e {
+                ChatEvent::Delta(text) => Some(text),
+                _ => None,
+            })
+            .collect();
         (deltas, state)
     }
 
@@ -718,7 +1227,10 @@ mod tests {
             // A later chunk without usageMetadata does not reset it.
             r#"{"candidates":[{"content":{"parts":[{"text":"c"}]},"finishReason":"MAX_TOKENS"}]}"#,
         ]);
-        assert_eq!(state.completion().usage, Usage { input_tokens: 9, output_tokens: 44, ..Default::default() });
+        assert_eq!(
+            state.completion().usage,
+            Usage { input_tokens: 9, output_tokens: 44, reasoning_tokens: Some(40), cached_input_tokens: None }
+        );
         assert_eq!(state.completion().finish_reason, FinishReason::Length);
         assert_eq!(state.completion().model, "");
     }
@@ -771,20 +1283,29 @@ mod tests {
     #[test]
     fn an_error_event_fails_the_stream() {
         let mut state = StreamState::default();
-        let err =
-            state.apply(r#"{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}"#, None);
+        let err = state.apply(
+            r#"{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}"#,
+            None,
+            &mut VecDeque::new(),
+        );
         assert_eq!(err, Err(ProviderError::MidStream("INTERNAL: Internal error encountered.".into())));
     }
 
     #[test]
     fn malformed_chunks_are_protocol_errors_with_a_short_excerpt() {
         let mut state = StreamState::default();
-        let Err(ProviderError::Protocol(message)) = state.apply("<html>bad gateway</html>", None) else { panic!() };
+        let Err(ProviderError::Protocol(message)) = state.apply("<html>bad gateway</html>", None, &mut VecDeque::new())
+        else {
+            panic!()
+        };
         assert!(message.contains("<html>bad gateway</html>"), "{message}");
         let long = format!("{{\"candidates\": {}", "x".repeat(5000));
-        let Err(ProviderError::Protocol(message)) = state.apply(&long, None) else { panic!() };
+        let Err(ProviderError::Protocol(message)) = state.apply(&long, None, &mut VecDeque::new()) else { panic!() };
         assert!(message.len() < 500, "excerpt not shortened: {} bytes", message.len());
-        assert!(matches!(state.apply(r#"{"candidates":[{"finishReason":7}]}"#, None), Err(ProviderError::Protocol(_))));
+        assert!(matches!(
+            state.apply(r#"{"candidates":[{"finishReason":7}]}"#, None, &mut VecDeque::new()),
+            Err(ProviderError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -873,17 +1394,378 @@ mod tests {
                 name: "gemini-2.5-flash".into(),
                 family: "gemini".into(),
                 context_length: Some(1_048_576),
-                capabilities: vec!["completion".into(), "thinking".into()],
+                capabilities: ["completion", "tools", "json_object", "json_schema", "vision", "thinking"]
+                    .map(String::from)
+                    .to_vec(),
                 ..Default::default()
             }
         );
         assert_eq!(infos[1].family, "text-embedding");
         assert_eq!(infos[1].capabilities, ["embedding"]);
         assert_eq!(infos[2].parameter_size, "27B");
+        assert_eq!(infos[2].capabilities, ["completion"], "Gemma has no tools or JSON mode on the API");
         assert_eq!(infos[2].family, "gemma");
         assert_eq!(infos[2].context_length, None);
 
         let empty: ListModelsResponse = serde_json::from_value(json!({})).unwrap();
         assert!(empty.models.is_none() && empty.next_page_token.is_none());
+    }
+
+    // ---- tools, structured output, reasoning, images ----
+
+    use copilot_provider::{Part as P, Thinking, Tool, ToolCall};
+
+    fn call(id: &str, name: &str, arguments: &str, signature: &[u8]) -> P {
+        P::ToolCall(ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+            signature: signature.to_vec(),
+        })
+    }
+
+    fn assistant(parts: Vec<P>) -> Message {
+        Message { role: Role::Assistant, parts, tool_call_id: None }
+    }
+
+    fn body_of(request: &ChatRequest) -> serde_json::Value {
+        serde_json::to_value(GenerateBody::new(request, &[]).unwrap()).unwrap()
+    }
+
+    /// The body as the adapter writes it, as text (what `serde_json::Value` would reformat).
+    fn body_text(request: &ChatRequest) -> String {
+        serde_json::to_string(&GenerateBody::new(request, &[]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tools_and_tool_choice_map_to_declarations_and_function_calling_config() {
+        let schema = r#"{"type":"object","properties":{"id":{"type":"integer","maximum":9007199254740993},"x":{"type":"number","default":1.0}}}"#;
+        let mut req = request(&[(Role::User, "Hi")], GenerationOptions::default());
+        req.tools = vec![
+            Tool {
+                name: "lookup".into(),
+                description: "Looks up.".into(),
+                parameters: Some(schema.into()),
+                strict: true,
+            },
+            Tool { name: "now".into(), description: String::new(), parameters: None, strict: false },
+        ];
+        let body = body_of(&req);
+        assert_eq!(body["tools"][0]["functionDeclarations"][1], json!({"name": "now"}));
+        assert_eq!(body["tools"][0]["functionDeclarations"][0]["description"], "Looks up.");
+        assert!(body.get("toolConfig").is_none());
+        assert!(
+            body_text(&req).contains(&format!(r#""parametersJsonSchema":{schema}"#)),
+            "the schema is sent as written"
+        );
+
+        for (choice, expected) in [
+            (ToolChoice::Auto, json!({"mode": "AUTO"})),
+            (ToolChoice::None, json!({"mode": "NONE"})),
+            (ToolChoice::Required, json!({"mode": "ANY"})),
+            (ToolChoice::Named("now".into()), json!({"mode": "ANY", "allowedFunctionNames": ["now"]})),
+        ] {
+            req.tool_choice = Some(choice);
+            assert_eq!(body_of(&req)["toolConfig"], json!({"functionCallingConfig": expected}));
+        }
+    }
+
+    #[test]
+    fn response_formats_map_to_mime_type_and_json_schema() {
+        let mut req = request(&[(Role::User, "Hi")], GenerationOptions::default());
+        req.response_format = ResponseFormat::JsonObject;
+        assert_eq!(body_of(&req)["generationConfig"], json!({"responseMimeType": "application/json"}));
+        let schema = r#"{"type": "object", "properties": {"n": {"type": "number", "minimum": 1.0}}}"#;
+        req.response_format = ResponseFormat::JsonSchema { name: "answer".into(), schema: schema.into(), strict: true };
+        assert_eq!(body_of(&req)["generationConfig"]["responseMimeType"], "application/json");
+        assert!(body_text(&req).contains(&format!(r#""responseJsonSchema":{schema}"#)), "{}", body_text(&req));
+    }
+
+    #[test]
+    fn tool_history_goes_back_as_calls_and_one_turn_of_responses_in_call_order() {
+        let made_up = "call_0123456789abcdefABCDEFgh";
+        let mut req = request(&[(Role::User, "Weather?")], GenerationOptions::default());
+        req.messages.push(assistant(vec![
+            P::Text("Checking.".into()),
+            call(made_up, "weather", r#"{"id":9007199254740993,"x":1.0}"#, b"sig-1"),
+            call("call_b", "time", "", b""),
+        ]));
+        // Results in another order than the calls: they go back in the calls' order.
+        req.messages.push(Message::tool_result("call_b", "12:00"));
+        req.messages.push(Message::tool_result(made_up, r#"{"temp": 21.50, "ok": true}"#));
+        req.messages.push(Message::text(Role::User, "Thanks"));
+        let body = body_of(&req);
+        assert_eq!(body["contents"][1]["role"], "model");
+        assert_eq!(body["contents"][1]["parts"][0], json!({"text": "Checking."}));
+        assert_eq!(
+            body["contents"][1]["parts"][1],
+            json!({"functionCall": {"name": "weather", "args": {"id": 9007199254740993u64, "x": 1.0}}, "thoughtSignature": "c2lnLTE="})
+        );
+        assert_eq!(
+            body["contents"][1]["parts"][2],
+            json!({"functionCall": {"name": "time", "args": {}, "id": "call_b"}})
+        );
+        assert_eq!(
+            body["contents"][2],
+            json!({"role": "user", "parts": [
+                {"functionResponse": {"name": "weather", "response": {"temp": 21.50, "ok": true}}},
+                {"functionResponse": {"name": "time", "response": {"result": "12:00"}, "id": "call_b"}},
+                {"text": "Thanks"},
+            ]})
+        );
+        let text = body_text(&req);
+        assert!(text.contains(r#""args":{"id":9007199254740993,"x":1.0}"#), "{text}");
+        assert!(text.contains(r#""response":{"temp": 21.50, "ok": true}"#), "{text}");
+    }
+
+    #[test]
+    fn non_object_results_are_wrapped() {
+        let mut req = request(&[(Role::User, "Go")], GenerationOptions::default());
+        req.messages.push(assistant(vec![
+            call("a", "f", "{}", b""),
+            call("b", "f", "{}", b""),
+            call("c", "f", "{}", b""),
+        ]));
+        req.messages.push(Message::tool_result("a", "[1, 2]"));
+        req.messages.push(Message::tool_result("b", "{not json"));
+        req.messages.push(Message {
+            parts: vec![P::Text("{\"a\":".into()), P::Text("1}".into())],
+            ..Message::tool_result("c", "")
+        });
+        let body = body_of(&req);
+        let responses: Vec<_> = body["contents"][2]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["functionResponse"]["response"].clone())
+            .collect();
+        assert_eq!(responses, [json!({"result": "[1, 2]"}), json!({"result": "{not json"}), json!({"a": 1})]);
+    }
+
+    #[test]
+    fn thinking_goes_back_as_thought_parts_with_signatures_where_they_came() {
+        let mut req = request(&[(Role::User, "Q")], GenerationOptions::default());
+        req.messages.push(assistant(vec![
+            P::Thinking(Thinking { text: "Let me think.".into(), signature: b"t-sig".to_vec(), redacted: false }),
+            P::Text("Answer.".into()),
+            // A signature that came alone, after the answer's text: back on that text.
+            P::Thinking(Thinking { text: String::new(), signature: b"last".to_vec(), redacted: false }),
+            P::Thinking(Thinking { text: String::new(), signature: b"opaque".to_vec(), redacted: true }),
+        ]));
+        req.messages.push(Message::text(Role::User, "More"));
+        req.messages.push(assistant(vec![P::Thinking(Thinking {
+            text: String::new(),
+            signature: b"alone".to_vec(),
+            redacted: false,
+        })]));
+        let body = body_of(&req);
+        assert_eq!(
+            body["contents"][1]["parts"],
+            json!([
+                {"text": "Let me think.", "thought": true, "thoughtSignature": "dC1zaWc="},
+                {"text": "Answer.", "thoughtSignature": "bGFzdA=="},
+            ])
+        );
+        assert_eq!(body["contents"][3]["parts"], json!([{"text": "", "thoughtSignature": "YWxvbmU="}]));
+    }
+
+    #[test]
+    fn reasoning_maps_to_thinking_config() {
+        let config = |model: &str, reasoning| {
+            let mut req = request(&[(Role::User, "Q")], GenerationOptions::default());
+            req.model = model.into();
+            req.reasoning = Some(reasoning);
+            body_of(&req)["generationConfig"].get("thinkingConfig").cloned()
+        };
+        let on = |amount, include_thoughts| Reasoning::On { amount, include_thoughts };
+        assert_eq!(config("gemini-2.5-flash", Reasoning::Off), Some(json!({"thinkingBudget": 0})));
+        assert_eq!(
+            config("gemini-2.5-flash", on(ReasoningAmount::Default, true)),
+            Some(json!({"includeThoughts": true, "thinkingBudget": -1}))
+        );
+        assert_eq!(config("gemini-3-pro-preview", on(ReasoningAmount::Default, false)), None);
+        assert_eq!(
+            config("gemini-3-pro-preview", on(ReasoningAmount::Default, true)),
+            Some(json!({"includeThoughts": true}))
+        );
+        assert_eq!(
+            config("models/gemini-3-flash", on(ReasoningAmount::Effort(Effort::Low), false)),
+            Some(json!({"thinkingLevel": "LOW"}))
+        );
+        assert_eq!(
+            config("gemini-3-flash", on(ReasoningAmount::Effort(Effort::High), true)),
+            Some(json!({"includeThoughts": true, "thinkingLevel": "HIGH"}))
+        );
+        assert_eq!(
+            config("gemini-2.5-pro", on(ReasoningAmount::Effort(Effort::Medium), false)),
+            Some(json!({"thinkingBudget": 8192}))
+        );
+        assert_eq!(
+            config("gemini-3-flash", on(ReasoningAmount::BudgetTokens(512), false)),
+            Some(json!({"thinkingBudget": 512}))
+        );
+    }
+
+    #[test]
+    fn images_go_as_inline_data() {
+        let mut req = request(&[], GenerationOptions::default());
+        req.messages.push(Message {
+            role: Role::User,
+            parts: vec![
+                P::Text("What is this?".into()),
+                P::Image(Image {
+                    source: ImageSource::Data(vec![0x89, b'P', b'N', b'G', 0, 255]),
+                    mime_type: "image/png".into(),
+                }),
+            ],
+            tool_call_id: None,
+        });
+        assert_eq!(
+            body_of(&req)["contents"][0]["parts"],
+            json!([{"text": "What is this?"}, {"inlineData": {"mimeType": "image/png", "data": "iVBORwD/"}}])
+        );
+        req.messages[0].parts[1] =
+            P::Image(Image { source: ImageSource::Data(vec![b'G']), mime_type: "image/gif".into() });
+        assert!(matches!(
+            GenerateBody::new(&req, &[]),
+            Err(ProviderError::Unsupported { feature: Feature::Images, message }) if message.contains("image/gif")
+        ));
+        req.messages[0].parts[1] =
+            P::Image(Image { source: ImageSource::Url("https://x/y.png".into()), mime_type: String::new() });
+        assert!(matches!(GenerateBody::new(&req, &[]), Err(ProviderError::InvalidRequest(_))));
+    }
+
+    fn events_of(chunks: &[&str]) -> (Vec<ChatEvent>, StreamState) {
+        events_of_state(StreamState::default(), chunks)
+    }
+
+    /// The events of each chunk, taken before the next is read (as the decoder does).
+    fn events_of_state(mut state: StreamState, chunks: &[&str]) -> (Vec<ChatEvent>, StreamState) {
+        let mut events = Vec::new();
+        for chunk in chunks {
+            let mut queue = VecDeque::new();
+            state.apply(chunk, None, &mut queue).unwrap();
+            events.extend(queue);
+        }
+        (events, state)
+    }
+
+    fn tool(index: u32, id: Option<&str>, name: &str, arguments: &str, signature: &[u8]) -> ChatEvent {
+        ChatEvent::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(String::from),
+            name: Some(name.into()),
+            arguments: arguments.into(),
+            signature: signature.to_vec(),
+        })
+    }
+
+    #[test]
+    fn calls_get_a_running_index_whether_in_one_chunk_or_several() {
+        let (events, state) = events_of(&[
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Let me look."},{"functionCall":{"name":"a","args":{"id":9007199254740993,"x":1.0}},"thoughtSignature":"c2ln"},{"functionCall":{"name":"b","args":{ "q" : "é\u00e9" }}}]}}]}"#,
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"functionCall":{"name":"c","id":"fc-3"}}]},"finishReason":"STOP"}]}"#,
+        ]);
+        assert_eq!(
+            events,
+            [
+                ChatEvent::Delta("Let me look.".into()),
+                tool(0, None, "a", r#"{"id":9007199254740993,"x":1.0}"#, b"sig"),
+                tool(1, None, "b", r#"{ "q" : "é\u00e9" }"#, b""),
+                tool(2, Some("fc-3"), "c", "{}", b""),
+            ]
+        );
+        assert_eq!(state.completion().finish_reason, FinishReason::Stop, "Gemini says STOP; the server settles it");
+    }
+
+    #[test]
+    fn thoughts_stream_as_thinking_and_signatures_close_them() {
+        let (events, state) = events_of(&[
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hmm, ","thought":true}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"ok.","thought":true,"thoughtSignature":"dDE="},{"text":"Answer"}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"!","thoughtSignature":"bGFzdA=="}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"thoughtsTokenCount":7,"cachedContentTokenCount":3}}"#,
+        ]);
+        assert_eq!(
+            events,
+            [
+                ChatEvent::Thinking(ThinkingDelta::Text("Hmm, ".into())),
+                ChatEvent::Thinking(ThinkingDelta::Text("ok.".into())),
+                ChatEvent::Thinking(ThinkingDelta::Signature(b"t1".to_vec())),
+                ChatEvent::Delta("Answer".into()),
+                ChatEvent::Delta("!".into()),
+                ChatEvent::Thinking(ThinkingDelta::Signature(b"last".to_vec())),
+            ]
+        );
+        assert_eq!(
+            state.completion().usage,
+            Usage { input_tokens: 5, output_tokens: 9, reasoning_tokens: Some(7), cached_input_tokens: Some(3) }
+        );
+    }
+
+    #[test]
+    fn tool_call_failures_are_errors_and_bad_calls_protocol_errors() {
+        let mut state = StreamState::default();
+        let mut events = VecDeque::new();
+        for (reason, says) in
+            [("MALFORMED_FUNCTION_CALL", "does not parse"), ("UNEXPECTED_TOOL_CALL", "none was available")]
+        {
+            let chunk = format!(
+                r#"{{"candidates":[{{"finishReason":"{reason}","finishMessage":"Malformed function call: print(x"}}]}}"#
+            );
+            let Err(ProviderError::MidStream(message)) = state.apply(&chunk, None, &mut events) else {
+                panic!("{reason}")
+            };
+            assert!(message.contains(reason) && message.contains(says) && message.contains("print(x"), "{message}");
+            assert_eq!(state.finish, None);
+        }
+        for (bad, says) in [
+            (r#"{"functionCall":{"args":{}}}"#, "without a name"),
+            (r#"{"functionCall":{"name":"f","args":[1]}}"#, "not an object"),
+            (r#"{"functionCall":{"name":"f"},"thoughtSignature":"!!"}"#, "not base64"),
+        ] {
+            let chunk = format!(r#"{{"candidates":[{{"content":{{"parts":[{bad}]}}}}]}}"#);
+            let Err(ProviderError::Protocol(message)) = state.apply(&chunk, None, &mut events) else { panic!("{bad}") };
+            assert!(message.contains(says), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_number_of_calls_is_bounded() {
+        let mut state = StreamState::default();
+        let mut events = VecDeque::new();
+        let chunk = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f"}}]}}]}"#;
+        for _ in 0..MAX_TOOL_CALLS {
+            state.apply(chunk, None, &mut events).unwrap();
+        }
+        assert!(
+            matches!(state.apply(chunk, None, &mut events), Err(ProviderError::Protocol(m)) if m.contains("more than"))
+        );
+    }
+
+    #[test]
+    fn model_cannot_errors_name_the_feature() {
+        let req = request(&[(Role::User, "Q")], GenerationOptions::default());
+        let cannot = |message: &str| model_cannot(ProviderError::InvalidRequest(message.into()), &req);
+        assert!(matches!(
+            cannot("INVALID_ARGUMENT: Function calling is not enabled for models/gemma-3-27b-it"),
+            ProviderError::Unsupported { feature: Feature::Tools, .. }
+        ));
+        assert!(matches!(
+            cannot("INVALID_ARGUMENT: JSON mode is not enabled for models/gemma-3-27b-it"),
+            ProviderError::Unsupported { feature: Feature::JsonObject, .. }
+        ));
+        assert!(matches!(
+            cannot("INVALID_ARGUMENT: Budget 0 is invalid. This model only works in thinking mode."),
+            ProviderError::Unsupported { feature: Feature::ThinkingOff, .. }
+        ));
+        assert!(matches!(
+            cannot("INVALID_ARGUMENT: Thinking is not supported for this model."),
+            ProviderError::Unsupported { feature: Feature::Thinking, .. }
+        ));
+        assert_eq!(cannot("INVALID_ARGUMENT: other"), ProviderError::InvalidRequest("INVALID_ARGUMENT: other".into()));
+        assert_eq!(
+            model_cannot(ProviderError::Unauthorized("x".into()), &req),
+            ProviderError::Unauthorized("x".into())
+        );
     }
 }

@@ -400,9 +400,11 @@ async fn list_models_follows_pages_and_keeps_chat_models() {
     assert_eq!(names, ["gemini-2.0-flash", "gemini-2.5-pro", "gemma-3-27b-it", "gemini-2.5-flash-lite"]);
     assert_eq!(models[0].context_length, Some(1_048_576));
     assert_eq!(models[0].family, "gemini");
-    assert_eq!(models[0].capabilities, ["completion"]);
-    assert_eq!(models[1].capabilities, ["completion", "thinking"]);
+    // What every Gemini model does (a listing does not say), and thinking where it says so.
+    assert_eq!(models[0].capabilities, ["completion", "tools", "json_object", "json_schema", "vision"]);
+    assert_eq!(models[1].capabilities, ["completion", "tools", "json_object", "json_schema", "vision", "thinking"]);
     assert_eq!(models[2].parameter_size, "27B");
+    assert_eq!(models[2].capabilities, ["completion"]);
     assert_eq!(models[3].context_length, Some(1_000_000));
 }
 
@@ -415,7 +417,7 @@ async fn describe_and_health() {
     let info = provider.describe_model("gemini-2.5-pro").await.unwrap();
     assert_eq!(info.name, "gemini-2.5-pro");
     assert_eq!(info.context_length, Some(1_048_576));
-    assert_eq!(info.capabilities, ["completion", "thinking"]);
+    assert_eq!(info.capabilities, ["completion", "tools", "json_object", "json_schema", "vision", "thinking"]);
     // The `models/` form names the same model.
     assert_eq!(provider.describe_model("models/gemini-2.5-pro").await.unwrap(), info);
 

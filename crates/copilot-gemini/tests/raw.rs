@@ -136,7 +136,12 @@ async fn events_split_anywhere_decode_the_same() {
     let Some(ChatEvent::Done(done)) = items.last() else { panic!("{items:?}") };
     assert_eq!(done.finish_reason, FinishReason::Stop);
     assert_eq!(done.model, "gemini-2.5-flash-001");
-    assert_eq!(done.usage, Usage { input_tokens: 4, output_tokens: 12, ..Default::default() });
+    assert_eq!(
+        done.usage,
+        Usage { input_tokens: 4, output_tokens: 12, reasoning_tokens: Some(10), ..Default::default() }
+    );
+    // The thought part is thinking, apart from the text.
+    assert_eq!(items[0], ChatEvent::Thinking(copilot_provider::ThinkingDelta::Text("thinking…".into())));
 }
 
 #[tokio::test]

@@ -318,7 +318,7 @@ async fn models_are_the_configured_ones_described_by_vertex_and_health_is_a_toke
 
     let described = provider.describe_model(MODEL).await.unwrap();
     assert_eq!(described.name, MODEL);
-    assert_eq!(described.capabilities, vec!["completion"]);
+    assert_eq!(described.capabilities, vec!["completion", "tools", "json_object", "json_schema", "vision"]);
     assert_eq!(
         provider.describe_model("gemini-nope").await.unwrap_err(),
         ProviderError::ModelNotFound { model: "gemini-nope".into() }
