@@ -650,6 +650,8 @@ async fn generate(
         };
         return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
     };
+    let tool_result_last = params.turns.last().is_some_and(|(role, seen)| *role == "user" && seen.others == 0);
+    let model = model.answering(tool_result_last);
     if let Err(message) = check_for_model(&params, &model) {
         return google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
     }
@@ -812,6 +814,10 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         if role == "user" && seen.others > 0 {
             last_user.clone_from(&seen.text);
         }
+        // An echo after tool results repeats the last result.
+        if role == "user" && seen.others == 0 && i + 1 == contents.len() {
+            last_user.clone_from(&seen.last_result);
+        }
         turns.push((role, seen));
     }
     check_turns(&turns)?;
@@ -915,6 +921,8 @@ struct PartsSeen {
     calls: Vec<(String, bool)>,
     /// `functionResponse` parts.
     responses: usize,
+    /// The last function response: its `result` text, or its JSON.
+    last_result: String,
     /// Parts other than function responses (text, data, calls).
     others: usize,
     /// `inlineData` parts.
@@ -1051,6 +1059,12 @@ fn check_parts(content: &Map<String, Value>, at: &str) -> Result<PartsSeen, Stri
                 }
             }
             seen.responses += 1;
+            seen.last_result = match &response["response"] {
+                Value::Object(fields) if fields.len() == 1 && fields.get("result").is_some_and(Value::is_string) => {
+                    fields["result"].as_str().unwrap_or_default().to_owned()
+                }
+                other => other.to_string(),
+            };
         } else {
             seen.others += 1;
         }
@@ -1652,7 +1666,7 @@ mod tests {
 
         let ok = params(json!([user, calls(true), answers(2)])).unwrap();
         assert_eq!(ok.turns[1].1.calls, [("w".to_owned(), true), ("w".to_owned(), false)]);
-        assert_eq!(ok.last_user, "Weather in Paris and Rome?", "responses are not the user's words");
+        assert_eq!(ok.last_user, "sunny", "an echo after tool results repeats the last result");
         let short = params(json!([user, calls(true), answers(1)])).unwrap_err();
         assert!(short.contains("number of function response parts is equal"), "{short}");
         let orphan = params(json!([user, answers(1)])).unwrap_err();
