@@ -30,8 +30,8 @@
 //!   names, `responseJsonSchema` needs `responseMimeType: application/json`, `thinkingConfig`
 //!   takes a budget or a level, not both; images (`inlineData`) must be base64 PNG, JPEG, WebP,
 //!   HEIC or HEIF. Per model: Gemma refuses tools ("Function calling is not enabled for
-//!   models/…") and JSON mode; `thinkingConfig` needs a model with the `thinking` capability,
-//!   `thinkingLevel` a `gemini-3` model, and budget 0 is refused by `-pro` models ("This model
+//!   models/…") and JSON mode; `thinkingConfig` is refused by Gemma, Gemini 1.x and 2.0
+//!   ("Thinking is not supported for this model."), `thinkingLevel` needs a `gemini-3` model, and budget 0 is refused by `-pro` models ("This model
 //!   only works in thinking mode"); a `gemini-3` model refuses a history whose steps' first calls
 //!   lack their `thoughtSignature` ("Function call is missing a thought_signature"). Bodies are
 //!   kept as sent ([`Fake::request_bodies`]) for byte-exact checks.
@@ -1299,8 +1299,8 @@ fn check_thinking(config: &Map<String, Value>) -> Result<Option<ThinkingSeen>, S
 }
 
 /// What the model itself refuses, in Gemini's words: Gemma has neither function calling nor JSON
-/// mode; thinking needs a thinking model, levels need Gemini 3, a Pro model cannot stop thinking;
-/// Gemini 3 wants its signatures back.
+/// mode; Gemma, Gemini 1.x and 2.0 do not think, levels need Gemini 3, a Pro model cannot stop
+/// thinking; Gemini 3 wants its signatures back.
 fn check_for_model(params: &ChatParams, model: &FakeModel) -> Result<(), String> {
     let name = &model.name;
     let gemma = name.starts_with("gemma");
@@ -1311,7 +1311,7 @@ fn check_for_model(params: &ChatParams, model: &FakeModel) -> Result<(), String>
         return Err(format!("JSON mode is not enabled for models/{name}"));
     }
     if let Some(thinking) = &params.thinking {
-        if !model.capabilities.iter().any(|c| c == "thinking") {
+        if ["gemini-1.", "gemini-2.0"].iter().any(|old| name.starts_with(old)) || gemma {
             return Err("Thinking is not supported for this model.".to_owned());
         }
         if thinking.level && !name.starts_with("gemini-3") {
