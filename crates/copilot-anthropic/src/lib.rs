@@ -47,14 +47,22 @@
 //!   and the server refuses it (FEATURE_UNSUPPORTED) rather than have it answered wrongly.
 //! - **Reasoning**: on is `thinking: {type: enabled, budget_tokens}` — the request's budget, or
 //!   [`Effort::budget_tokens`](copilot_provider::Effort::budget_tokens) for an effort (medium
-//!   when unset); off, or unset, sends no `thinking` (Claude's default is off). A budget below
-//!   Anthropic's minimum of 1,024 is refused with [`ProviderError::InvalidRequest`], not raised.
-//!   `max_tokens` (which counts the thinking) must exceed the budget: without one it is the budget
-//!   plus [`AnthropicConfig::default_max_tokens`]; with one at or below it, a budget from an
-//!   effort shrinks to `max_tokens - 1` (not below 1,024) and a budget the client chose is
-//!   refused. Thoughts not asked for (`include_thoughts` false) are `display: omitted`: Anthropic
-//!   then sends the signature alone, which stays valid on the next turn (text stripped here would
+//!   when unset); off is `{type: disabled}`, said outright because the newest models think
+//!   unless told not to; unset sends nothing. A budget below Anthropic's minimum of 1,024 is
+//!   refused with [`ProviderError::InvalidRequest`], not raised. `max_tokens` (which counts the
+//!   thinking) must exceed the budget: without one it is the budget plus
+//!   [`AnthropicConfig::default_max_tokens`]; with one at or below it, a budget from an effort
+//!   shrinks to `max_tokens - 1` (not below 1,024) and a budget the client chose is refused.
+//!   Thoughts not asked for (`include_thoughts` false) are `display: omitted`: Anthropic then
+//!   sends the signature alone, which stays valid on the next turn (text stripped here would
 //!   not). A forced tool choice with thinking on is refused, as Anthropic refuses it.
+//! - **Adaptive thinking**: the newest models refuse budgets ("`thinking.type.enabled` is not
+//!   supported for this model. Use `thinking.type.adaptive` and `output_config.effort`"). On
+//!   that refusal the request is sent again, once, as `thinking: {type: adaptive}` with
+//!   `output_config.effort` (the effort, or the budget's nearest one; none for the default), and
+//!   the model is remembered so later requests go adaptive straight away.
+//! - **What a model cannot do**: a 400 saying the model does not support thinking, structured
+//!   output, images or tools is [`ProviderError::Unsupported`] naming that feature.
 //! - **Thinking in the stream**: a `thinking` block's `thinking_delta`s are
 //!   [`ThinkingDelta::Text`](copilot_provider::ThinkingDelta::Text), its `signature_delta`s
 //!   (joined) one [`ThinkingDelta::Signature`](copilot_provider::ThinkingDelta::Signature) when
@@ -74,11 +82,13 @@
 mod stream;
 mod wire;
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
-    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Secret,
+    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning, Secret,
 };
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -86,7 +96,7 @@ use reqwest::{StatusCode, Url};
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
 pub use crate::wire::AnthropicModel;
-use crate::wire::UpstreamError;
+use crate::wire::{ThinkingStyle, UpstreamError};
 
 /// Anthropic's public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -151,7 +161,13 @@ pub struct AnthropicProvider {
     default_max_tokens: u32,
     messages_url: Url,
     models_url: Url,
+    /// Models that refused budgeted thinking and take adaptive thinking only (the newest ones),
+    /// learned from their refusals so each costs one retry, once.
+    adaptive_thinking: Mutex<HashSet<String>>,
 }
+
+/// Most models remembered as taking adaptive thinking only: a bound on what refusals can grow.
+const MAX_ADAPTIVE_MODELS: usize = 1024;
 
 impl AnthropicProvider {
     pub fn new(config: AnthropicConfig) -> Result<Self, AnthropicConfigError> {
@@ -183,7 +199,26 @@ impl AnthropicProvider {
             models_url: endpoint("/v1/models")?,
             default_max_tokens: config.default_max_tokens,
             upstream,
+            adaptive_thinking: Mutex::new(HashSet::new()),
         })
+    }
+
+    async fn send_chat(&self, request: &ChatRequest, style: ThinkingStyle) -> Result<reqwest::Response, ProviderError> {
+        let body = wire::MessagesBody::new(request, self.default_max_tokens, style)?;
+        let post = copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), request).json(&body);
+        self.upstream.send(self, post, Some(&request.model)).await
+    }
+
+    fn remember_adaptive(&self, model: &str) {
+        let mut models = self.adaptive_models();
+        if models.len() < MAX_ADAPTIVE_MODELS {
+            models.insert(model.to_owned());
+        }
+    }
+
+    fn adaptive_models(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set holds no invariant a panic elsewhere could break.
+        self.adaptive_thinking.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The API's base URL, without a trailing slash or `/v1`.
@@ -242,17 +277,33 @@ impl Adapter for AnthropicProvider {
             message.push_str(&format!("; is {} an Anthropic API base URL?", self.upstream.base_url()));
         }
         tracing::debug!(status = status.as_u16(), %message, "Anthropic refused the request");
+        if status == StatusCode::BAD_REQUEST
+            && let Some(feature) = wire::unsupported_feature(&error.message)
+        {
+            return ProviderError::Unsupported { feature, message };
+        }
         status_error(status, &error, message, retry_after, model)
     }
 }
 
 #[async_trait::async_trait]
 impl Provider for AnthropicProvider {
+    /// A model that refuses budgeted thinking ("use thinking.type.adaptive") is asked again,
+    /// once, with adaptive thinking, and remembered as taking only that.
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let body = wire::MessagesBody::new(&request, self.default_max_tokens)?;
-        let post =
-            copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), &request).json(&body);
-        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let thinks = matches!(request.reasoning, Some(Reasoning::On { .. }));
+        let known = thinks && self.adaptive_models().contains(&request.model);
+        let style = if known { ThinkingStyle::Adaptive } else { ThinkingStyle::Budget };
+        let response = match self.send_chat(&request, style).await {
+            Err(ProviderError::InvalidRequest(message))
+                if thinks && !known && wire::wants_adaptive_thinking(&message) =>
+            {
+                tracing::debug!(model = %request.model, "Anthropic wants adaptive thinking for this model; asking again");
+                self.remember_adaptive(&request.model);
+                self.send_chat(&request, ThinkingStyle::Adaptive).await?
+            }
+            other => other?,
+        };
         let base_url = self.upstream.base_url();
         check_event_stream(response.headers().get(CONTENT_TYPE), base_url)?;
         tracing::debug!(model = %request.model, %base_url, "Anthropic accepted the chat request");

@@ -125,20 +125,63 @@ pub(crate) enum WireToolChoice<'a> {
     Tool { name: &'a str },
 }
 
+/// How a model takes thinking: a token budget (`enabled`), or, on the newest models, which
+/// refuse budgets, `adaptive` with an `output_config.effort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ThinkingStyle {
+    #[default]
+    Budget,
+    Adaptive,
+}
+
+/// Whether an upstream refusal says the model takes adaptive thinking only ("\"thinking.type.enabled\"
+/// is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" …").
+pub(crate) fn wants_adaptive_thinking(message: &str) -> bool {
+    message.contains("thinking.type.enabled") && message.contains("thinking.type.adaptive")
+}
+
+/// The feature a refusal says the model lacks ("… does not support thinking", "… is not
+/// supported for this model"), so the server reports the model, not the request, as the cause;
+/// `None` for any other refusal, and for the adaptive-thinking one, which the adapter answers
+/// by asking again.
+pub(crate) fn unsupported_feature(message: &str) -> Option<Feature> {
+    let lower = message.to_ascii_lowercase();
+    let cannot = lower.contains("does not support") || lower.contains("not supported for this model");
+    if !cannot || wants_adaptive_thinking(message) {
+        return None;
+    }
+    if lower.contains("thinking") {
+        Some(Feature::Thinking)
+    } else if ["output_config", "output_format", "structured output", "json schema"].iter().any(|k| lower.contains(k)) {
+        Some(Feature::JsonSchema)
+    } else if lower.contains("image") {
+        Some(Feature::Images)
+    } else if lower.contains("tool") {
+        Some(Feature::Tools)
+    } else {
+        None
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct WireThinking {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub budget_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u32>,
     /// `omitted` when the client does not want the thoughts: Anthropic then sends the signature
     /// alone, which (unlike thinking text the gateway would strip) is still valid on the next turn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display: Option<&'static str>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct OutputConfig<'a> {
-    pub format: OutputFormat<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<OutputFormat<'a>>,
+    /// With adaptive thinking: how hard the model thinks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effort: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,7 +245,7 @@ impl<'a> MessagesBody<'a> {
     /// - A final assistant turn is a prefill the model continues; its trailing whitespace is
     ///   trimmed because the API rejects a prefill ending in whitespace.
     /// - `seed` has no Anthropic equivalent and is ignored; a `temperature` above 1 is refused.
-    pub fn new(request: &'a ChatRequest, default_max_tokens: u32) -> Result<Self, ProviderError> {
+    pub fn new(request: &'a ChatRequest, default_max_tokens: u32, style: ThinkingStyle) -> Result<Self, ProviderError> {
         let options = &request.options;
         if let Some(t) = options.temperature
             && t > MAX_TEMPERATURE
@@ -283,13 +326,13 @@ impl<'a> MessagesBody<'a> {
             }
         }
 
-        let (thinking, max_tokens) = thinking(request, default_max_tokens)?;
+        let ThinkingPlan { thinking, max_tokens, effort } = thinking(request, default_max_tokens, style)?;
         let tool_choice = match (&request.tool_choice, request.tools.is_empty()) {
             (_, true) | (None, _) => None,
             (Some(ToolChoice::Auto), _) => Some(WireToolChoice::Auto),
             (Some(ToolChoice::None), _) => Some(WireToolChoice::None),
             (Some(forced @ (ToolChoice::Required | ToolChoice::Named(_))), _) => {
-                if thinking.is_some() {
+                if thinking.as_ref().is_some_and(|t| t.kind != "disabled") {
                     return Err(ProviderError::InvalidRequest(
                         "Anthropic cannot force a tool call (tool_choice required or a named tool) while thinking \
                          is on: use tool_choice auto, or turn reasoning off"
@@ -303,7 +346,7 @@ impl<'a> MessagesBody<'a> {
             }
         };
         let tools = request.tools.iter().map(wire_tool).collect::<Result<Vec<_>, _>>()?;
-        let output_config = match &request.response_format {
+        let format = match &request.response_format {
             ResponseFormat::Text => None,
             // Anthropic has no JSON mode, and its schemas need `additionalProperties: false` on
             // every object, so "any object" cannot be said: the adapter does not declare
@@ -313,10 +356,11 @@ impl<'a> MessagesBody<'a> {
                     "Anthropic has no JSON-object mode: ask for a JSON Schema (response_format json_schema)".into(),
                 ));
             }
-            ResponseFormat::JsonSchema { schema, .. } => Some(OutputConfig {
-                format: OutputFormat { kind: "json_schema", schema: raw_json(schema, "response_format.json_schema")? },
-            }),
+            ResponseFormat::JsonSchema { schema, .. } => {
+                Some(OutputFormat { kind: "json_schema", schema: raw_json(schema, "response_format.json_schema")? })
+            }
         };
+        let output_config = (format.is_some() || effort.is_some()).then_some(OutputConfig { format, effort });
 
         Ok(MessagesBody {
             model: &request.model,
@@ -336,19 +380,64 @@ impl<'a> MessagesBody<'a> {
     }
 }
 
-/// `thinking` and the `max_tokens` that goes with it. The budget is the request's
-/// `budget_tokens`, or [`Effort::budget_tokens`] for an effort (medium by default). It must be
-/// at least [`MIN_THINKING_BUDGET`] and below `max_tokens`:
+/// What a request's reasoning becomes: `thinking`, the `max_tokens` that goes with it, and the
+/// effort of adaptive thinking.
+struct ThinkingPlan {
+    thinking: Option<WireThinking>,
+    max_tokens: u32,
+    effort: Option<&'static str>,
+}
+
+/// Off is `{type: disabled}`: the newest models think unless told not to. On, with
+/// [`ThinkingStyle::Budget`], is `{type: enabled, budget_tokens}`: the request's `budget_tokens`,
+/// or [`Effort::budget_tokens`] for an effort (medium by default). The budget must be at least
+/// [`MIN_THINKING_BUDGET`] and below `max_tokens`:
 /// - a `budget_tokens` below the minimum is refused (raising it would spend what the client
 ///   capped);
 /// - without a `max_tokens`, it is the budget plus the default, so the answer keeps its room;
 /// - with one at or below the budget, a budget from an effort shrinks to fit (down to the
 ///   minimum), and a `budget_tokens` the client chose is refused.
-fn thinking(request: &ChatRequest, default_max_tokens: u32) -> Result<(Option<WireThinking>, u32), ProviderError> {
+///
+/// With [`ThinkingStyle::Adaptive`] it is `{type: adaptive}` and `output_config.effort` (a
+/// budget as the nearest effort; none for the model's default), `max_tokens` as for no thinking.
+fn thinking(
+    request: &ChatRequest,
+    default_max_tokens: u32,
+    style: ThinkingStyle,
+) -> Result<ThinkingPlan, ProviderError> {
     let asked_max = request.options.max_tokens;
-    let Some(Reasoning::On { amount, include_thoughts }) = request.reasoning else {
-        return Ok((None, asked_max.unwrap_or(default_max_tokens)));
+    let (amount, include_thoughts) = match request.reasoning {
+        None => {
+            return Ok(ThinkingPlan {
+                thinking: None,
+                max_tokens: asked_max.unwrap_or(default_max_tokens),
+                effort: None,
+            });
+        }
+        Some(Reasoning::Off) => {
+            let off = WireThinking { kind: "disabled", budget_tokens: None, display: None };
+            return Ok(ThinkingPlan {
+                thinking: Some(off),
+                max_tokens: asked_max.unwrap_or(default_max_tokens),
+                effort: None,
+            });
+        }
+        Some(Reasoning::On { amount, include_thoughts }) => (amount, include_thoughts),
     };
+    let display = (!include_thoughts).then_some("omitted");
+    if style == ThinkingStyle::Adaptive {
+        let effort = match amount {
+            ReasoningAmount::Default => None,
+            ReasoningAmount::Effort(effort) => Some(effort.as_str()),
+            ReasoningAmount::BudgetTokens(tokens) => Some(Effort::from_budget(tokens).as_str()),
+        };
+        let thinking = WireThinking { kind: "adaptive", budget_tokens: None, display };
+        return Ok(ThinkingPlan {
+            thinking: Some(thinking),
+            max_tokens: asked_max.unwrap_or(default_max_tokens),
+            effort,
+        });
+    }
     let (budget, chosen) = match amount {
         ReasoningAmount::Default => (Effort::Medium.budget_tokens(), false),
         ReasoningAmount::Effort(effort) => (effort.budget_tokens(), false),
@@ -371,8 +460,8 @@ fn thinking(request: &ChatRequest, default_max_tokens: u32) -> Result<(Option<Wi
             )));
         }
     };
-    let display = (!include_thoughts).then_some("omitted");
-    Ok((Some(WireThinking { kind: "enabled", budget_tokens: budget, display }), max_tokens))
+    let thinking = WireThinking { kind: "enabled", budget_tokens: Some(budget), display };
+    Ok(ThinkingPlan { thinking: Some(thinking), max_tokens, effort: None })
 }
 
 fn wire_tool(tool: &Tool) -> Result<WireTool<'_>, ProviderError> {
@@ -1118,7 +1207,7 @@ mod tests {
 
     fn body(messages: &[(Role, &str)], options: GenerationOptions) -> Result<serde_json::Value, ProviderError> {
         let req = request(messages, options);
-        MessagesBody::new(&req, 4096).map(|b| serde_json::to_value(b).unwrap())
+        MessagesBody::new(&req, 4096, ThinkingStyle::Budget).map(|b| serde_json::to_value(b).unwrap())
     }
 
     #[test]
@@ -1488,13 +1577,13 @@ mod tests {
     }
 
     fn wire(request: &ChatRequest) -> Result<(serde_json::Value, String), ProviderError> {
-        let body = MessagesBody::new(request, 4096)?;
+        let body = MessagesBody::new(request, 4096, ThinkingStyle::Budget)?;
         let text = serde_json::to_string(&body).unwrap();
         Ok((serde_json::from_str(&text).unwrap(), text))
     }
 
     fn refusal(request: &ChatRequest) -> String {
-        match MessagesBody::new(request, 4096) {
+        match MessagesBody::new(request, 4096, ThinkingStyle::Budget) {
             Err(ProviderError::InvalidRequest(message)) => message,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -1647,7 +1736,7 @@ mod tests {
 
         let mut off = chat(vec![Message::text(Role::User, "x")]);
         off.reasoning = Some(Reasoning::Off);
-        assert!(wire(&off).unwrap().0.get("thinking").is_none());
+        assert_eq!(wire(&off).unwrap().0["thinking"], json!({"type": "disabled"}));
 
         let message = refusal(&thinking_request(ReasoningAmount::BudgetTokens(512), true, None));
         assert!(message.contains("at least 1024") && message.contains("512"), "{message}");
@@ -1846,5 +1935,33 @@ mod tests {
         let info = AnthropicModel::from(model).into_model_info();
         assert_eq!(info.context_length, Some(200_000));
         assert_eq!(info.capabilities, ["completion", "tools", "vision", "image_urls", "json_schema", "thinking"]);
+    }
+
+    #[test]
+    fn adaptive_thinking_is_effort_and_refusals_name_what_the_model_lacks() {
+        let mut request = thinking_request(ReasoningAmount::BudgetTokens(20_000), false, None);
+        let body = |request: &ChatRequest| {
+            serde_json::to_value(MessagesBody::new(request, 4096, ThinkingStyle::Adaptive).unwrap()).unwrap()
+        };
+        let adaptive = body(&request);
+        assert_eq!(adaptive["thinking"], json!({"type": "adaptive", "display": "omitted"}));
+        assert_eq!(adaptive["output_config"], json!({"effort": "high"}));
+        assert_eq!(adaptive["max_tokens"], 4096);
+        request.reasoning = Some(Reasoning::On { amount: ReasoningAmount::Default, include_thoughts: true });
+        request.response_format = ResponseFormat::JsonSchema { name: "a".into(), schema: "{}".into(), strict: true };
+        let adaptive = body(&request);
+        assert_eq!(adaptive["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(adaptive["output_config"], json!({"format": {"type": "json_schema", "schema": {}}}));
+
+        let refusal = "\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \
+                       \"output_config.effort\" to control thinking behavior.";
+        assert!(wants_adaptive_thinking(refusal));
+        assert_eq!(unsupported_feature(refusal), None);
+        assert_eq!(unsupported_feature("'claude-3-haiku' does not support thinking"), Some(Feature::Thinking));
+        assert_eq!(
+            unsupported_feature("output_config.format is not supported for this model"),
+            Some(Feature::JsonSchema)
+        );
+        assert_eq!(unsupported_feature("messages.0: max_tokens: Field required"), None);
     }
 }

@@ -451,3 +451,54 @@ async fn features_and_model_capabilities_say_what_is_supported() {
     assert_eq!(info.capabilities, ["completion", "tools", "vision", "image_urls", "json_schema", "thinking"]);
     assert_eq!(info.context_length, Some(200_000));
 }
+
+#[tokio::test]
+async fn a_model_that_takes_adaptive_thinking_only_is_asked_again_and_remembered() {
+    let fake = FakeAnthropic::start().await.with_api_key(KEY);
+    let mut model = FakeModel::new(MODEL).with_reply(Reply::Turn(vec![
+        Piece::Thinking("Hm.".into()),
+        Piece::ThinkingSignature(b"sig".to_vec()),
+        Piece::Text("Yes.".into()),
+    ]));
+    model.capabilities.push(copilot_fakes::anthropic::ADAPTIVE_THINKING.into());
+    fake.add_model(model);
+    let provider = provider(&fake);
+    let mut req = ask("Sure?");
+    req.reasoning = Some(Reasoning::On { amount: ReasoningAmount::Effort(Effort::High), include_thoughts: true });
+    for _ in 0..2 {
+        let (events, done) = run(&provider, req.clone()).await;
+        assert_eq!(done.unwrap().finish_reason, FinishReason::Stop);
+        assert_eq!(events.last(), Some(&ChatEvent::Delta("Yes.".into())));
+    }
+    let sent = fake.chat_requests();
+    let thinking: Vec<&serde_json::Value> = sent.iter().map(|body| &body["thinking"]).collect();
+    // Refused once with a budget, then adaptive, and adaptive straight away the next time.
+    assert_eq!(
+        thinking,
+        [
+            &json!({"type": "enabled", "budget_tokens": 24576}),
+            &json!({"type": "adaptive"}),
+            &json!({"type": "adaptive"})
+        ]
+    );
+    assert_eq!(sent[2]["output_config"], json!({"effort": "high"}));
+
+    // Off is said outright: the newest models think unless told not to.
+    req.reasoning = Some(Reasoning::Off);
+    run(&provider, req).await.1.expect("completed");
+    assert_eq!(fake.chat_requests()[3]["thinking"], json!({"type": "disabled"}));
+}
+
+#[tokio::test]
+async fn a_model_that_cannot_think_is_unsupported_not_a_bad_request() {
+    let fake = FakeAnthropic::start().await.with_api_key(KEY);
+    let message = format!("'{MODEL}' does not support thinking");
+    fake.add_model(FakeModel::new(MODEL).with_behaviour(Behaviour::HttpError { status: 400, message }));
+    let mut req = ask("x");
+    req.reasoning = Some(Reasoning::On { amount: ReasoningAmount::Default, include_thoughts: true });
+    let err = provider(&fake).chat(req).await.err().expect("refused");
+    let ProviderError::Unsupported { feature: Feature::Thinking, message } = &err else {
+        panic!("expected Unsupported thinking, got {err:?}")
+    };
+    assert!(message.contains("does not support thinking"), "{message}");
+}

@@ -55,6 +55,10 @@ use crate::script::{self, FakeModel, Finish, Piece, Reply, Step, flush_point};
 /// The `anthropic-version` values the fake accepts (the two the API has ever had).
 pub const ANTHROPIC_VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
 
+/// A [`FakeModel::capabilities`] entry that makes a model take adaptive thinking only, as the
+/// newest models do: a request with `thinking.type: "enabled"` gets their 400.
+pub const ADAPTIVE_THINKING: &str = "adaptive_thinking";
+
 /// The message of Anthropic's overload errors (a 529 body, or a mid-stream `error` event).
 pub const OVERLOADED_MESSAGE: &str = "Overloaded";
 
@@ -395,6 +399,12 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
     let Some(entry) = shared.find_model(&params.model) else {
         return error_response(404, &format!("model: {}", params.model), &request_id);
     };
+    // The newest models take adaptive thinking only.
+    if entry.model.capabilities.iter().any(|c| c == ADAPTIVE_THINKING) && request["thinking"]["type"] == "enabled" {
+        let message = "\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \
+                       \"output_config.effort\" to control thinking behavior.";
+        return error_response(400, message, &request_id);
+    }
     if shared.harness.busy() {
         return error_response(529, OVERLOADED_MESSAGE, &request_id);
     }
@@ -618,17 +628,28 @@ fn check_beyond_text(fields: &serde_json::Map<String, Value>, max_tokens: usize)
                     }
                 }
             }
+            Some("adaptive") => {
+                if forced {
+                    return Err("Thinking may not be enabled when tool_choice forces tool use.".to_owned());
+                }
+                omit_thinking = thinking.get("display").and_then(Value::as_str) == Some("omitted");
+            }
             Some("disabled") => {}
-            _ => return Err("thinking.type: Input should be 'enabled' or 'disabled'".to_owned()),
+            _ => return Err("thinking.type: Input should be 'enabled', 'adaptive' or 'disabled'".to_owned()),
         }
     }
     if let Some(config) = fields.get("output_config") {
-        let format = &config["format"];
-        if format["type"] != "json_schema" {
-            return Err("output_config.format.type: Input should be 'json_schema'".to_owned());
+        if let Some(format) = config.get("format") {
+            if format["type"] != "json_schema" {
+                return Err("output_config.format.type: Input should be 'json_schema'".to_owned());
+            }
+            if !format["schema"].is_object() {
+                return Err("output_config.format.schema: Input should be a valid dictionary".to_owned());
+            }
         }
-        if !format["schema"].is_object() {
-            return Err("output_config.format.schema: Input should be a valid dictionary".to_owned());
+        match config.get("effort").map(|e| e.as_str()) {
+            None | Some(Some("low" | "medium" | "high" | "max")) => {}
+            Some(_) => return Err("output_config.effort: Input should be 'low', 'medium', 'high' or 'max'".to_owned()),
         }
     }
     if let Some(Value::Array(messages)) = fields.get("messages") {
