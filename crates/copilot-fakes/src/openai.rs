@@ -80,6 +80,9 @@ pub enum Flavour {
     /// is a `data: {"error":...}` event followed by `data: [DONE]`; models list `max_model_len`;
     /// unknown routes get FastAPI's `{"detail":"Not Found"}`.
     Vllm,
+    /// DeepSeek (and Kimi): OpenAI's framing and errors, thinking in `reasoning_content`, and a
+    /// 400 for an assistant message with `tool_calls` sent back without its `reasoning_content`.
+    DeepSeek,
     /// Ollama's `/v1`: `system_fingerprint: "fp_ollama"`, thinking in a `reasoning` delta,
     /// `max_completion_tokens` ignored, errors with `type` but `code: null`, plain-text 404 for
     /// unknown routes; no API key is checked.
@@ -89,7 +92,7 @@ pub enum Flavour {
 impl Flavour {
     fn usage_mode(self) -> UsageMode {
         match self {
-            Flavour::OpenAi | Flavour::Vllm | Flavour::Ollama => UsageMode::SeparateChunk,
+            Flavour::OpenAi | Flavour::DeepSeek | Flavour::Vllm | Flavour::Ollama => UsageMode::SeparateChunk,
             Flavour::NoUsage => UsageMode::Never,
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => UsageMode::OnFinishChunk,
         }
@@ -104,7 +107,7 @@ impl Flavour {
     }
 
     fn is_openai(self) -> bool {
-        matches!(self, Flavour::OpenAi | Flavour::NoUsage)
+        matches!(self, Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek)
     }
 
     fn reasoning_field(self) -> Option<&'static str> {
@@ -121,6 +124,7 @@ impl Flavour {
         match self {
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("reasoning_content"),
             Flavour::Vllm | Flavour::Ollama => Some("reasoning"),
+            Flavour::DeepSeek => Some("reasoning_content"),
             Flavour::OpenAi | Flavour::NoUsage => None,
         }
     }
@@ -128,7 +132,7 @@ impl Flavour {
     /// A tool call's id as the server makes them up.
     fn tool_call_id(self, shared: &OpenAi) -> String {
         match self {
-            Flavour::OpenAi | Flavour::NoUsage => shared.new_id("call_", 24),
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => shared.new_id("call_", 24),
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => shared.new_id("", 32),
             Flavour::Vllm => shared.new_id("chatcmpl-tool-", 32),
             Flavour::Ollama => shared.new_id("call_", 8),
@@ -138,6 +142,7 @@ impl Flavour {
     fn system_fingerprint(self) -> Option<&'static str> {
         match self {
             Flavour::OpenAi | Flavour::NoUsage => Some("fp_560af6e559"),
+            Flavour::DeepSeek => Some("fp_8802369eaa_prod0623_fp8_kvcache"),
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("b6153-0b5c7d5c"),
             Flavour::Ollama => Some("fp_ollama"),
             Flavour::Vllm => None,
@@ -146,7 +151,7 @@ impl Flavour {
 
     fn owned_by(self) -> &'static str {
         match self {
-            Flavour::OpenAi | Flavour::NoUsage => "system",
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => "system",
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => "llamacpp",
             Flavour::Vllm => "vllm",
             Flavour::Ollama => "library",
@@ -426,7 +431,7 @@ impl ApiError {
     fn object(&self, flavour: Flavour) -> Value {
         let status = self.status.as_u16();
         match flavour {
-            Flavour::OpenAi | Flavour::NoUsage => {
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => {
                 json!({"message": self.message, "type": self.kind, "param": self.param, "code": self.code})
             }
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
@@ -487,7 +492,7 @@ fn finish_response(shared: &OpenAi, flavour: Flavour, mut response: Response) ->
 async fn not_found(State(shared): State<Arc<OpenAi>>, method: Method, uri: Uri) -> Response {
     let flavour = shared.flavour();
     let response = match flavour {
-        Flavour::OpenAi | Flavour::NoUsage => {
+        Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => {
             ApiError::new(404, format!("Invalid URL ({method} {})", uri.path())).response(flavour)
         }
         Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => ApiError::new(404, "File Not Found").response(flavour),
@@ -517,7 +522,7 @@ fn check_auth(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap) -> Option<
         return None;
     }
     let response = match flavour {
-        Flavour::OpenAi | Flavour::NoUsage => {
+        Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => {
             let error = match given {
                 None | Some("") => ApiError::new(
                     401,
@@ -673,7 +678,7 @@ async fn get_model(
 ) -> Response {
     let flavour = shared.flavour();
     // Only OpenAI and Ollama serve single model cards.
-    if !matches!(flavour, Flavour::OpenAi | Flavour::NoUsage | Flavour::Ollama) {
+    if !matches!(flavour, Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek | Flavour::Ollama) {
         return not_found(State(shared), method, uri).await;
     }
     if let Some(refusal) = check_auth(&shared, flavour, &headers) {
@@ -910,6 +915,11 @@ fn chat_params(shared: &OpenAi, flavour: Flavour, request: &Value) -> Result<Cha
                 .code("invalid_type"));
             }
         };
+        let reasoning = message.get("reasoning_content").filter(|r| !r.is_null());
+        if flavour == Flavour::DeepSeek && !calls.is_empty() && reasoning.is_none() {
+            return Err(ApiError::new(400, format!("Missing `reasoning_content` field in the assistant message at message index {position}. For more information, please refer to https://api-docs.deepseek.com/guides/thinking_mode#tool-calls"))
+                .param("messages"));
+        }
         for call in &calls {
             let function = call.get("function");
             let (Some(id), Some("function"), Some(_), Some(arguments)) = (
@@ -1245,7 +1255,7 @@ fn check_supported(
             Flavour::Ollama => format!("registry.ollama.ai/library/{model} does not support tools"),
             Flavour::Vllm => "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set".to_owned(),
             Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => "tools param requires --jinja flag".to_owned(),
-            Flavour::OpenAi | Flavour::NoUsage => "tools is not supported in this model. For a list of supported models, refer to https://platform.openai.com/docs/guides/function-calling#models-supporting-function-calling.".to_owned(),
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => "tools is not supported in this model. For a list of supported models, refer to https://platform.openai.com/docs/guides/function-calling#models-supporting-function-calling.".to_owned(),
         };
         return Err(ApiError::new(400, message));
     }
@@ -1297,7 +1307,7 @@ impl Timing {
             "total_tokens": self.prompt_words + completion_tokens,
         });
         match flavour {
-            Flavour::OpenAi | Flavour::NoUsage => {
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => {
                 usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached_tokens, "audio_tokens": 0});
                 usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0});
             }

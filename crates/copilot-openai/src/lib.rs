@@ -373,32 +373,41 @@ fn model_cannot(err: ProviderError, needs: Features) -> ProviderError {
     }
 }
 
-/// The feature an upstream's refusal says the model cannot serve, if it says one.
+/// The feature an upstream's refusal says the model cannot serve, if it says one. Only words
+/// about the model (or the server as started) count: a refusal of the client's own schema ("'allOf'
+/// is not supported") stays a plain invalid request.
 fn cannot_feature(message: &str) -> Option<Feature> {
     let lower = message.to_ascii_lowercase();
     let has = |needle: &str| lower.contains(needle);
-    // Ollama: `registry.ollama.ai/library/gemma:2b does not support tools` (and `thinking`).
+    let about_the_model =
+        ["with this model", "in this model", "by this model", "certain models"].iter().any(|words| has(words));
+    // Ollama: "registry.ollama.ai/library/gemma:2b does not support tools"; vLLM without
+    // --enable-auto-tool-choice; llama.cpp without --jinja; OpenAI: "tools is not supported in
+    // this model".
     if has("does not support tools")
-        // vLLM without --enable-auto-tool-choice; llama.cpp without --jinja.
         || has("enable-auto-tool-choice")
-        || has("tools param requires --jinja")
-        // OpenAI: "tools is not supported in this model".
-        || (has("tools") && has("not supported"))
+        || has("requires --jinja")
+        || (has("tools") && about_the_model)
     {
         return Some(Feature::Tools);
     }
-    if has("does not support thinking") || (has("reasoning_effort") && (has("not supported") || has("unrecognized"))) {
+    // Ollama: "\"qwen2.5\" does not support thinking"; OpenAI: "Unsupported parameter:
+    // 'reasoning_effort' is not supported with this model."
+    if has("does not support thinking")
+        || (has("reasoning_effort") && (about_the_model || has("unrecognized request argument")))
+    {
         return Some(Feature::Thinking);
     }
-    // OpenAI: "Invalid content type. image_url is only supported by certain models."; llama.cpp:
-    // "image input is not supported - hint: ... you may need to provide the mmproj".
-    if (has("image") && (has("not supported") || has("only supported") || has("does not support"))) || has("mmproj") {
+    // OpenAI: "image_url is only supported by certain models"; llama.cpp: "image input is not
+    // supported - hint: ... you may need to provide the mmproj"; Ollama: "does not support image
+    // input"; vLLM: "... is not a multimodal model".
+    if has("image") && (about_the_model || has("mmproj") || has("does not support") || has("not a multimodal")) {
         return Some(Feature::Images);
     }
-    if has("json_schema") && has("not supported") {
+    if has("json_schema") && about_the_model {
         return Some(Feature::JsonSchema);
     }
-    if has("json_object") && has("not supported") {
+    if has("json_object") && about_the_model {
         return Some(Feature::JsonObject);
     }
     None
@@ -486,6 +495,46 @@ mod tests {
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (header::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn refusals_that_say_the_model_cannot_name_the_feature() {
+        let all = Features::of(&Feature::ALL);
+        let cannot = |message: &str| match model_cannot(ProviderError::InvalidRequest(message.into()), all) {
+            ProviderError::Unsupported { feature, .. } => Some(feature),
+            _ => None,
+        };
+        assert_eq!(cannot("registry.ollama.ai/library/gemma:2b does not support tools"), Some(Feature::Tools));
+        assert_eq!(
+            cannot("\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set"),
+            Some(Feature::Tools)
+        );
+        assert_eq!(cannot("tools param requires --jinja flag"), Some(Feature::Tools));
+        assert_eq!(
+            cannot("Unsupported parameter: 'reasoning_effort' is not supported with this model."),
+            Some(Feature::Thinking)
+        );
+        assert_eq!(
+            cannot("Invalid content type. image_url is only supported by certain models."),
+            Some(Feature::Images)
+        );
+        assert_eq!(
+            cannot("Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."),
+            Some(Feature::JsonSchema)
+        );
+        // The client's own schema or request at fault: a plain refusal.
+        assert_eq!(cannot("Invalid schema for function 'f': In context=(), 'allOf' is not supported."), None);
+        assert_eq!(cannot("Invalid 'tools[0].function.name': string does not match pattern."), None);
+        // Only for what the request uses; an image by URL the server will not fetch is about URLs.
+        let urls = Features::of(&[Feature::ImageUrls]);
+        let err = ProviderError::InvalidRequest("image input is not supported - you may need the mmproj".into());
+        assert!(matches!(
+            model_cannot(err.clone(), urls),
+            ProviderError::Unsupported { feature: Feature::ImageUrls, .. }
+        ));
+        assert_eq!(model_cannot(err.clone(), Features::NONE), err);
+        let other = ProviderError::RateLimited { message: "does not support tools".into(), retry_after: None };
+        assert_eq!(model_cannot(other.clone(), all), other);
     }
 
     #[test]

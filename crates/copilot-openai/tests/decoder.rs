@@ -6,7 +6,7 @@ use copilot_http::stream_check;
 #[test]
 fn the_seed_corpus_decodes_the_same_however_it_is_cut() {
     stream_check::replay_seeds("openai_sse", |limit| {
-        copilot_openai::StreamDecoder::with_line_limit("http://seed".into(), None, limit)
+        copilot_openai::StreamDecoder::with_line_limit("http://seed".into(), None, limit).with_thoughts(true)
     });
 }
 

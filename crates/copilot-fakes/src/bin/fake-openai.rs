@@ -17,7 +17,7 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    /// Which server to play: openai, no-usage, llama-cpp, llama-cpp-old, vllm, ollama.
+    /// Which server to play: openai, no-usage, llama-cpp, llama-cpp-old, vllm, ollama, deepseek.
     #[arg(long, default_value = "openai", value_parser = parse_flavour)]
     flavour: Flavour,
     /// Require this API key (`Authorization: Bearer ...`).
@@ -39,6 +39,7 @@ fn parse_flavour(name: &str) -> Result<Flavour, String> {
         "llama-cpp-old" => Flavour::LlamaCppOldErrors,
         "vllm" => Flavour::Vllm,
         "ollama" => Flavour::Ollama,
+        "deepseek" => Flavour::DeepSeek,
         other => return Err(format!("unknown flavour {other:?}")),
     })
 }
