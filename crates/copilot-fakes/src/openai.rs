@@ -27,8 +27,9 @@
 //! piece and with the next call's first piece in the chunk of the previous call's last fragment;
 //! Ollama each call whole), ids made up in the server's shape when the script gives none, and
 //! `finish_reason: "tool_calls"` (OpenAI says `stop` when `tool_choice` named the function);
-//! [`Piece::Thinking`] as `reasoning_content` (llama.cpp) or `reasoning` (vLLM, Ollama), and on
-//! hosted OpenAI only counted in `reasoning_tokens`; without streaming, one `message` with
+//! [`Piece::Thinking`] as `reasoning` (vLLM, Ollama) or `reasoning_content` (llama.cpp,
+//! DeepSeek, and the OpenAI flavours: hosted OpenAI sends none, the OpenAI-style services that do
+//! use this field), counted in `reasoning_tokens`; without streaming, one `message` with
 //! `tool_calls`. Requests are checked as the servers check them where it is cheap: tool calls in
 //! history answered by tool messages for every id, `tool_choice` naming one of `tools`, tool
 //! names, `response_format` (and OpenAI's "json" rule), `reasoning_effort` values, images only in
@@ -118,14 +119,17 @@ impl Flavour {
         }
     }
 
-    /// Where a [`Piece::Thinking`] goes: hosted OpenAI never streams its reasoning (it only
-    /// counts it in `reasoning_tokens`); vLLM's current field is `reasoning`.
-    fn thinking_field(self) -> Option<&'static str> {
+    /// Where a [`Piece::Thinking`] goes: vLLM's current field and Ollama's is `reasoning`, the
+    /// others' `reasoning_content`. Hosted OpenAI itself sends no reasoning text on chat
+    /// completions, so a script that thinks makes the OpenAI flavours the OpenAI-style services
+    /// that do (DeepSeek's field, which most copy); the thinking counts in `reasoning_tokens`
+    /// either way.
+    fn thinking_field(self) -> &'static str {
         match self {
-            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => Some("reasoning_content"),
-            Flavour::Vllm | Flavour::Ollama => Some("reasoning"),
-            Flavour::DeepSeek => Some("reasoning_content"),
-            Flavour::OpenAi | Flavour::NoUsage => None,
+            Flavour::Vllm | Flavour::Ollama => "reasoning",
+            Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek | Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                "reasoning_content"
+            }
         }
     }
 
@@ -1617,11 +1621,7 @@ impl Pieces for SseBody {
         match self.generation.next().await {
             Step::Piece(Piece::Thinking(text)) => {
                 self.thinking_pieces += 1;
-                match self.chunks.flavour.thinking_field() {
-                    Some(field) => Some(Ok(self.chunks.thinking(field, text))),
-                    // Not streamed, only counted: an SSE comment keeps the body going.
-                    None => Some(Ok(Bytes::from_static(b": reasoning\n\n"))),
-                }
+                Some(Ok(self.chunks.thinking(self.chunks.flavour.thinking_field(), text)))
             }
             // No signatures in this protocol.
             Step::Piece(Piece::ThinkingSignature(_)) => Some(Ok(Bytes::from_static(b": signature\n\n"))),
@@ -1730,8 +1730,8 @@ async fn whole_response(
         }
         message["tool_calls"] = Value::Array(calls);
     }
-    if let Some(field) = flavour.thinking_field().filter(|_| !thinking.is_empty()) {
-        message[field] = json!(thinking);
+    if !thinking.is_empty() {
+        message[flavour.thinking_field()] = json!(thinking);
     }
     if flavour.is_openai() {
         message["refusal"] = Value::Null;
