@@ -707,9 +707,7 @@ impl StreamState {
         for part in candidate.content.and_then(|c| c.parts).unwrap_or_default() {
             let signature = match part.thought_signature.as_deref().filter(|s| !s.is_empty()) {
                 Some(encoded) => Some(
-                    BASE64
-                        .decode(encoded)
-                        .map_err(|e| protocol(format!("a thoughtSignature that is not base64: {e}")))?,
+                    decode_bytes(encoded).ok_or_else(|| protocol("a thoughtSignature that is not base64".into()))?,
                 ),
                 None => None,
             };
@@ -766,6 +764,13 @@ impl StreamState {
             response_id: self.response_id.clone(),
         }
     }
+}
+
+/// A proto3 JSON `bytes` value: base64, standard or URL-safe, padded or not (Google writes the
+/// standard form; its parsers take all four).
+fn decode_bytes(encoded: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [BASE64, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|engine| engine.decode(encoded).ok())
 }
 
 /// The finish reasons that say a tool call went wrong, and what each means: the answer is then a
@@ -1727,6 +1732,14 @@ mod tests {
             let Err(ProviderError::Protocol(message)) = state.apply(&chunk, None, &mut events) else { panic!("{bad}") };
             assert!(message.contains(says), "{message}");
         }
+    }
+
+    #[test]
+    fn signatures_decode_in_every_base64_form() {
+        for encoded in ["+/8=", "+/8", "-_8=", "-_8"] {
+            assert_eq!(decode_bytes(encoded), Some(vec![0xfb, 0xff]), "{encoded}");
+        }
+        assert_eq!(decode_bytes("!!"), None);
     }
 
     #[test]
