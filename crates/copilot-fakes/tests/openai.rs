@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use copilot_fakes::openai::REASONING_TEXT;
-use copilot_fakes::{Behaviour, FakeModel, FakeOpenAi, Flavour, Reply};
+use copilot_fakes::{Behaviour, FakeModel, FakeOpenAi, FakeToolCall, Flavour, Piece, Reply};
 use serde_json::{Value, json};
 
 fn tokens(words: &[&str]) -> Reply {
@@ -398,4 +398,121 @@ async fn a_client_that_goes_away_is_counted() {
     assert!(fake.wait_for_disconnects(1, Duration::from_secs(5)).await);
     assert_eq!(fake.active_streams(), 0);
     assert_eq!(fake.completed_streams(), 0);
+}
+
+fn tool_body(stream: bool) -> Value {
+    json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "Weather in Paris and Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+        "stream": stream,
+    })
+}
+
+fn two_calls() -> Reply {
+    Reply::Turn(vec![Piece::ToolCalls(vec![
+        FakeToolCall::new("call_a", "weather", r#"{"city":"Paris"}"#).split_at(&[4]),
+        FakeToolCall::new("call_b", "weather", r#"{"city":"Oslo"}"#).split_at(&[4]),
+    ])])
+}
+
+/// The `delta`s of a stream's chunks that have choices, and its last `finish_reason`.
+async fn deltas(fake: &FakeOpenAi, body: &Value) -> (Vec<Value>, Value) {
+    let events = read_events(post_chat(fake, body).await).await;
+    let chunks: Vec<Value> = events.iter().filter(|e| *e != "data: [DONE]").map(|e| data(e)).collect();
+    let with_choice: Vec<&Value> = chunks.iter().filter(|c| !c["choices"].as_array().unwrap().is_empty()).collect();
+    let finish = with_choice.last().unwrap()["choices"][0]["finish_reason"].clone();
+    (with_choice.iter().map(|c| c["choices"][0]["delta"].clone()).collect(), finish)
+}
+
+#[tokio::test]
+async fn tool_calls_stream_as_each_server_streams_them() {
+    let fake = fake_with(FakeModel::new("m").with_reply(two_calls())).await;
+    let (openai, finish) = deltas(&fake, &tool_body(true)).await;
+    assert_eq!(finish, "tool_calls");
+    let call = |index: u32, id: &str| json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": "weather", "arguments": ""}}]});
+    let args = |index: u32, text: &str| json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]});
+    assert_eq!(
+        openai[1..6],
+        [call(0, "call_a"), args(0, "{\"ci"), args(0, "ty\":\"Paris\"}"), call(1, "call_b"), args(1, "{\"ci")]
+    );
+
+    // vLLM: no arguments on a first piece, and a call's last fragment in one chunk with the next
+    // call's first piece.
+    fake.set_flavour(Flavour::Vllm);
+    let (vllm, finish) = deltas(&fake, &tool_body(true)).await;
+    assert_eq!(finish, "tool_calls");
+    let first =
+        |index: u32, id: &str| json!({"index": index, "id": id, "type": "function", "function": {"name": "weather"}});
+    assert_eq!(vllm[1], json!({"tool_calls": [first(0, "call_a")]}));
+    assert_eq!(vllm[2], args(0, "{\"ci"));
+    assert_eq!(
+        vllm[3],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Paris\"}"}}, first(1, "call_b")]})
+    );
+
+    // Ollama: each call whole.
+    fake.set_flavour(Flavour::Ollama);
+    let (ollama, _) = deltas(&fake, &tool_body(true)).await;
+    assert_eq!(ollama[1]["tool_calls"][0]["function"], json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"}));
+    assert_eq!(ollama[2]["tool_calls"][0]["index"], 1);
+
+    // Not streamed: one message, content null.
+    fake.set_flavour(Flavour::OpenAi);
+    let whole: Value = post_chat(&fake, &tool_body(false)).await.json().await.unwrap();
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(choice["message"]["tool_calls"][1]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+    assert_eq!(choice["message"]["tool_calls"][1]["id"], "call_b");
+}
+
+#[tokio::test]
+async fn requests_are_checked_as_openai_checks_them() {
+    let fake = fake_with(FakeModel::new("m").with_reply(tokens(&["ok"]))).await;
+    let refused = async |body: Value| {
+        let response = post_chat(&fake, &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        error["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let mut unanswered = tool_body(true);
+    unanswered["messages"] = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}},
+            {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+        {"role": "user", "content": "and?"},
+    ]);
+    assert!(refused(unanswered).await.contains("did not have response messages: c2"));
+    let mut stray = tool_body(true);
+    stray["messages"] =
+        json!([{"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "x", "content": "r"}]);
+    assert!(refused(stray).await.contains("must be a response to a preceeding message with 'tool_calls'"));
+    let mut object_arguments = tool_body(true);
+    object_arguments["messages"] = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+    ]);
+    assert!(refused(object_arguments).await.contains("expected a string"));
+    let mut unknown_choice = tool_body(true);
+    unknown_choice["tool_choice"] = json!({"type": "function", "function": {"name": "nope"}});
+    assert!(refused(unknown_choice).await.contains("'nope'"));
+    let mut bad_name = tool_body(true);
+    bad_name["tools"][0]["function"]["name"] = json!("get weather");
+    assert!(refused(bad_name).await.contains("does not match pattern"));
+    let mut no_json = stream_body("m", false);
+    no_json["response_format"] = json!({"type": "json_object"});
+    assert!(refused(no_json).await.contains("'json'"));
+    let mut assistant_image = stream_body("m", false);
+    assistant_image["messages"] = json!([{"role": "assistant", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
+    assert!(refused(assistant_image).await.contains("only allowed for messages with role 'user'"));
+    let mut bad_effort = stream_body("m", false);
+    bad_effort["reasoning_effort"] = json!("extreme");
+    assert!(refused(bad_effort).await.contains("reasoning_effort"));
+    assert!(fake.received_images().is_empty());
 }
