@@ -84,7 +84,7 @@ pub enum ThinkingOff {
     /// sent.
     #[default]
     Unsupported,
-    /// `reasoning_effort: "none"`: OpenAI's gpt-5.1 and later, Ollama's `/v1`.
+    /// `reasoning_effort: "none"`: OpenAI's gpt-5.1 and later, and servers that follow it.
     ReasoningEffortNone,
     /// `chat_template_kwargs: {"enable_thinking": false}`: vLLM, SGLang and llama.cpp serving
     /// Qwen3-style templates.
