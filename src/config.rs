@@ -20,7 +20,7 @@ mod security;
 pub use provider::{
     AnthropicSettings, ApiKeySource, EmbeddedSettings, GeminiSettings, KIND_KEYS, KeepAlive, KindSettings,
     MaxTokensField, OllamaSettings, OllamaStore, OpenAiSettings, ProviderConfig, ProviderKind, ProviderPolicy,
-    ProviderTable, SafetySetting, normalize_ollama_host,
+    ProviderTable, SafetySetting, ThinkingOff, normalize_ollama_host,
 };
 pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
 

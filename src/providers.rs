@@ -10,7 +10,7 @@ use copilot_provider::{Provider, Secret};
 use crate::config::OllamaStore;
 use crate::config::{
     AnthropicSettings, ApiKeySource, Config, EmbeddedSettings, GeminiSettings, KeepAlive, KindSettings, MaxTokensField,
-    OllamaSettings, OpenAiSettings, ProviderConfig, ProviderKind,
+    OllamaSettings, OpenAiSettings, ProviderConfig, ProviderKind, ThinkingOff,
 };
 use crate::router::{Instance, InstanceState, Labels};
 
@@ -145,7 +145,13 @@ fn openai(
         include_usage: settings.include_usage,
         send_top_k: settings.send_top_k,
     };
-    copilot_openai::OpenAiProvider::new(adapter).map_err(|e| format!("provider '{name}': {e}"))
+    let thinking_off = match settings.thinking_off {
+        ThinkingOff::Unsupported => copilot_openai::ThinkingOff::Unsupported,
+        ThinkingOff::ReasoningEffortNone => copilot_openai::ThinkingOff::ReasoningEffortNone,
+        ThinkingOff::EnableThinkingFalse => copilot_openai::ThinkingOff::EnableThinkingFalse,
+    };
+    let provider = copilot_openai::OpenAiProvider::new(adapter).map_err(|e| format!("provider '{name}': {e}"))?;
+    Ok(provider.with_thinking_off(thinking_off).with_image_urls(settings.image_urls))
 }
 
 fn gemini(

@@ -253,12 +253,35 @@ pub struct OpenAiSettings {
     pub include_usage: bool,
     /// Send `top_k` (vLLM and llama.cpp accept it; OpenAI rejects it).
     pub send_top_k: bool,
+    /// How the server is told not to think, if it can be.
+    pub thinking_off: ThinkingOff,
+    /// Whether the server fetches images given as URLs (Ollama's `/v1` does not).
+    pub image_urls: bool,
 }
 
 impl Default for OpenAiSettings {
     fn default() -> Self {
-        Self { max_tokens_field: MaxTokensField::MaxTokens, include_usage: true, send_top_k: false }
+        Self {
+            max_tokens_field: MaxTokensField::MaxTokens,
+            include_usage: true,
+            send_top_k: false,
+            thinking_off: ThinkingOff::Unsupported,
+            image_urls: true,
+        }
     }
+}
+
+/// How an OpenAI-compatible server is told not to think: no one field works everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThinkingOff {
+    /// It cannot be: a request turning thinking off is refused (FEATURE_UNSUPPORTED).
+    Unsupported,
+    /// `reasoning_effort: "none"` (OpenAI's newer models).
+    ReasoningEffortNone,
+    /// `chat_template_kwargs: {enable_thinking: false}` (vLLM and llama.cpp serving Qwen3 and
+    /// similar templates).
+    EnableThinkingFalse,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -442,6 +465,8 @@ pub struct ProviderTable {
     pub max_tokens_field: Option<MaxTokensField>,
     pub include_usage: Option<bool>,
     pub send_top_k: Option<bool>,
+    pub thinking_off: Option<ThinkingOff>,
+    pub image_urls: Option<bool>,
     pub project_id: Option<String>,
     pub location: Option<String>,
     pub safety_settings: Option<Vec<SafetySetting>>,
@@ -486,6 +511,8 @@ impl Default for ProviderTable {
             max_tokens_field: None,
             include_usage: None,
             send_top_k: None,
+            thinking_off: None,
+            image_urls: None,
             project_id: None,
             location: None,
             safety_settings: None,
@@ -513,6 +540,8 @@ pub const KIND_KEYS: &[(&str, &[ProviderKind])] = &[
     ("max_tokens_field", &[OpenAi]),
     ("include_usage", &[OpenAi]),
     ("send_top_k", &[OpenAi]),
+    ("thinking_off", &[OpenAi]),
+    ("image_urls", &[OpenAi]),
     ("project_id", &[Gemini]),
     ("location", &[Gemini]),
     ("safety_settings", &[Gemini]),
@@ -538,6 +567,8 @@ impl ProviderTable {
             "max_tokens_field" => self.max_tokens_field.is_some(),
             "include_usage" => self.include_usage.is_some(),
             "send_top_k" => self.send_top_k.is_some(),
+            "thinking_off" => self.thinking_off.is_some(),
+            "image_urls" => self.image_urls.is_some(),
             "project_id" => self.project_id.is_some(),
             "location" => self.location.is_some(),
             "safety_settings" => self.safety_settings.is_some(),
@@ -587,6 +618,8 @@ impl ProviderTable {
                     max_tokens_field: self.max_tokens_field.unwrap_or(defaults.max_tokens_field),
                     include_usage: self.include_usage.unwrap_or(defaults.include_usage),
                     send_top_k: self.send_top_k.unwrap_or(defaults.send_top_k),
+                    thinking_off: self.thinking_off.unwrap_or(defaults.thinking_off),
+                    image_urls: self.image_urls.unwrap_or(defaults.image_urls),
                 })
             }
             Gemini => {
@@ -776,7 +809,8 @@ mod tests {
             "models_dir" | "ollama_store" => "\"/tmp\"",
             "models" => "{ m = \"/tmp/m.gguf\" }",
             "preload" => "[\"m\"]",
-            "truncate_prompt" | "include_usage" | "send_top_k" => "true",
+            "truncate_prompt" | "include_usage" | "send_top_k" | "image_urls" => "true",
+            "thinking_off" => "\"reasoning_effort_none\"",
             "max_tokens_field" => "\"max_completion_tokens\"",
             "safety_settings" => "[{ category = \"c\", threshold = \"t\" }]",
             // A location needs a project, on Gemini.
@@ -811,6 +845,7 @@ mod tests {
         let config = load(
             "[providers.vllm]\nkind = \"openai\"\nbase_url = \"http://h:1/v1\"\n\
              max_tokens_field = \"max_completion_tokens\"\nsend_top_k = true\n\
+             thinking_off = \"enable_thinking_false\"\nimage_urls = false\n\
              [providers.gemini]\napi_key_env = \"HOME\"\nsafety_settings = [{ category = \"c\", threshold = \"t\" }]\n",
             &[],
         )
@@ -820,6 +855,8 @@ mod tests {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
             include_usage: true,
             send_top_k: true,
+            thinking_off: ThinkingOff::EnableThinkingFalse,
+            image_urls: false,
         };
         assert_eq!(vllm.settings, KindSettings::OpenAi(expected));
         assert_eq!(vllm.api_key, ApiKeySource::KindDefault);

@@ -763,23 +763,39 @@ fn image_url_request(model: &str) -> ChatRequest {
 // ---------------------------------------------------------------------------------------------
 // Every provider
 
+macro_rules! upstream {
+    ($($fake:ty),*) => {$(
+        impl Upstream for $fake {
+            fn add(&self, model: FakeModel) {
+                self.add_model(model);
+            }
+            fn bodies(&self) -> Vec<Value> {
+                self.chat_requests()
+            }
+        }
+    )*};
+}
+
+upstream!(
+    copilot_fakes::FakeOllama,
+    copilot_fakes::FakeOpenAi,
+    copilot_fakes::FakeGemini,
+    copilot_fakes::FakeAnthropic
+);
+
 macro_rules! conformance {
     ($module:ident, $fake:ty, $kind:literal, $native:expr, unsupported: $unsupported:expr) => {
+        conformance!($module, $fake, $kind, $native, unsupported: $unsupported, prepare: |_| {});
+    };
+    ($module:ident, $fake:ty, $kind:literal, $native:expr, unsupported: $unsupported:expr, prepare: $prepare:expr) => {
         mod $module {
             use super::*;
-
-            impl Upstream for $fake {
-                fn add(&self, model: FakeModel) {
-                    self.add_model(model);
-                }
-                fn bodies(&self) -> Vec<Value> {
-                    self.chat_requests()
-                }
-            }
 
             /// The fake, and Copilot with one provider `up` of this kind in front of it.
             async fn run(scenario: impl AsyncFnOnce(Case<'_>)) {
                 let fake = <$fake>::start().await;
+                let prepare: fn(&$fake) = $prepare;
+                prepare(&fake);
                 let key = if $kind == "ollama" { "" } else { "api_key_env = \"CONFORMANCE_KEY\"\n" };
                 let config = format!(
                     "[providers.up]\nkind = \"{}\"\nbase_url = \"{}\"\n{key}retries = 0\nbreaker_failures = 0\n",
@@ -857,5 +873,12 @@ macro_rules! conformance {
 
 conformance!(ollama, copilot_fakes::FakeOllama, "ollama", OllamaWire, unsupported: vec![("image_urls", image_url_request("up/m"))]);
 conformance!(openai, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![]);
+// The same adapter against the compatible servers' own ways of streaming calls and thinking.
+conformance!(vllm, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![],
+    prepare: |fake| fake.set_flavour(copilot_fakes::Flavour::Vllm));
+conformance!(llama_cpp, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![],
+    prepare: |fake| fake.set_flavour(copilot_fakes::Flavour::LlamaCpp));
+conformance!(ollama_v1, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![],
+    prepare: |fake| fake.set_flavour(copilot_fakes::Flavour::Ollama));
 conformance!(gemini, copilot_fakes::FakeGemini, "gemini", GeminiWire, unsupported: vec![("image_urls", image_url_request("up/m"))]);
 conformance!(anthropic, copilot_fakes::FakeAnthropic, "anthropic", AnthropicWire, unsupported: vec![("json_object", json_object_request("up/m"))]);
