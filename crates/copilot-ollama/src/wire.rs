@@ -236,7 +236,11 @@ fn message<'a>(request: &'a ChatRequest, message: &'a Message) -> Result<ChatMes
                 id: &call.id,
                 function: WireCallFunction {
                     name: &call.name,
-                    arguments: json_text(&call.arguments, "tool arguments")?,
+                    // A call that came without arguments may be kept with none.
+                    arguments: json_text(
+                        if call.arguments.trim().is_empty() { "{}" } else { &call.arguments },
+                        "tool arguments",
+                    )?,
                 },
             }),
             // Ollama's thinking has no signature; a redacted block has no text to give back.
@@ -1069,7 +1073,7 @@ mod tests {
                 Part::ToolCall(ToolCall {
                     id: "call_2".into(),
                     name: "now".into(),
-                    arguments: "{}".into(),
+                    arguments: String::new(),
                     signature: vec![],
                 }),
             ],
