@@ -24,9 +24,12 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::stop::StopMatcher;
+use crate::tool_calls::{Parsed, ToolCallParser};
 
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = u32::MAX;
@@ -60,6 +63,10 @@ pub struct Job {
     /// The model name reported in the final event.
     pub model_name: String,
     pub load: Option<Duration>,
+    /// A grammar the answer must follow (JSON, a tool call), applied before the final pick.
+    pub grammar: Option<LlamaSampler>,
+    /// Reads `<tool_call>` blocks out of the answer, when the request offered tools.
+    pub tool_calls: Option<ToolCallParser>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +204,7 @@ struct Slot {
     seq: i32,
     job: Job,
     phase: Phase,
-    sampler: LlamaSampler,
+    sampler: Sampling,
     /// Position of the next token in this sequence.
     position: i32,
     generated: u32,
@@ -222,6 +229,27 @@ impl Slot {
             pending.push_str(&text);
         } else {
             self.outbox.push_back(Ok(ChatEvent::Delta(text)));
+        }
+    }
+
+    /// The answer's next text, through the tool-call parser when there is one.
+    fn push_answer(&mut self, text: &str) -> Result<(), ProviderError> {
+        let Some(parser) = self.job.tool_calls.as_mut() else {
+            self.push_text(text.to_owned());
+            return Ok(());
+        };
+        let mut parsed = Vec::new();
+        parser.push(text, &mut parsed)?;
+        self.push_parsed(parsed);
+        Ok(())
+    }
+
+    fn push_parsed(&mut self, parsed: Vec<Parsed>) {
+        for item in parsed {
+            match item {
+                Parsed::Text(text) => self.push_text(text),
+                Parsed::Call(call) => self.outbox.push_back(Ok(ChatEvent::ToolCall(call))),
+            }
         }
     }
 
@@ -293,7 +321,7 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn admit(&mut self, job: Job) {
+    fn admit(&mut self, mut job: Job) {
         let Some(index) = self.slots.iter().position(Option::is_none) else {
             // Unreachable: admit is only called with a free slot.
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -307,7 +335,7 @@ impl<'m> Scheduler<'m> {
         stops.extend(job.end_markers.iter().cloned());
         let slot = Slot {
             seq: index as i32,
-            sampler: sampler(&job.options),
+            sampler: Sampling { chain: sampler(&job.options), grammar: job.grammar.take() },
             phase: Phase::Prompt { done: 0 },
             position: 0,
             generated: 0,
@@ -395,8 +423,13 @@ impl<'m> Scheduler<'m> {
         for index in 0..self.slots.len() {
             let Some(slot) = self.slots[index].as_mut() else { continue };
             let Some(at) = slot.logits_at else { continue };
-            let token = slot.sampler.sample(&self.context, at);
-            self.advance(index, token);
+            match slot.sampler.sample(&self.context, at) {
+                Ok(token) => self.advance(index, token),
+                Err(message) => {
+                    slot.outbox.push_back(Err(ProviderError::MidStream(message)));
+                    slot.phase = Phase::Draining;
+                }
+            }
         }
         true
     }
@@ -413,11 +446,17 @@ impl<'m> Scheduler<'m> {
         }
         slot.generated += 1;
         self.piece.clear();
-        vocab.token_to_piece_into(token, &mut self.piece, false, None);
+        // `<tool_call>` may be a special token, whose text is hidden unless asked for.
+        let special = slot.job.tool_calls.is_some();
+        vocab.token_to_piece_into(token, &mut self.piece, special, None);
         slot.partial_utf8.extend_from_slice(&self.piece);
         let text = take_complete_utf8(&mut slot.partial_utf8);
         let (text, stopped) = slot.stop.push(&text);
-        slot.push_text(text);
+        if let Err(e) = slot.push_answer(&text) {
+            slot.outbox.push_back(Err(e));
+            slot.phase = Phase::Draining;
+            return;
+        }
         if stopped {
             return finish(slot, FinishReason::Stop);
         }
@@ -439,9 +478,22 @@ impl<'m> Scheduler<'m> {
     }
 }
 
-fn finish(slot: &mut Slot, reason: FinishReason) {
+fn finish(slot: &mut Slot, mut reason: FinishReason) {
     let rest = slot.stop.finish();
-    slot.push_text(rest);
+    if let Err(e) = slot.push_answer(&rest) {
+        slot.outbox.push_back(Err(e));
+        slot.phase = Phase::Draining;
+        return;
+    }
+    if let Some(parser) = slot.job.tool_calls.as_mut() {
+        let mut parsed = Vec::new();
+        parser.finish(&mut parsed);
+        let called = parser.called();
+        slot.push_parsed(parsed);
+        if called && reason == FinishReason::Stop {
+            reason = FinishReason::ToolCalls;
+        }
+    }
     let now = Instant::now();
     let first = slot.first_token.unwrap_or(now);
     let completion = Completion {
@@ -458,6 +510,51 @@ fn finish(slot: &mut Slot, reason: FinishReason) {
     };
     slot.outbox.push_back(Ok(ChatEvent::Done(completion)));
     slot.phase = Phase::Draining;
+}
+
+/// A slot's sampler: the usual chain, and the grammar the answer must follow, if any.
+struct Sampling {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl Sampling {
+    /// Picks the next token from the logits at `at`, and lets the samplers see it.
+    ///
+    /// With a grammar, as llama.cpp's own `common_sampler` does: pick without it first and keep
+    /// the pick if the grammar allows it (checking one token is cheap), and only otherwise mask
+    /// the whole vocabulary with the grammar and pick again. Masking every step would check
+    /// each of ~150k token texts against the grammar for every token generated.
+    fn sample(&mut self, context: &LlamaContext<'_>, at: i32) -> Result<LlamaToken, String> {
+        let Some(grammar) = self.grammar.as_mut() else {
+            return Ok(self.chain.sample(context, at));
+        };
+        let mut candidates = context.token_data_array_ith(at);
+        candidates.apply_sampler(&mut self.chain);
+        let picked = candidates.selected_token();
+        let allowed = picked.is_some_and(|token| {
+            let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
+            one.apply_sampler(grammar);
+            one.data.first().is_some_and(|d| d.logit().is_finite())
+        });
+        let token = match picked {
+            Some(token) if allowed => token,
+            _ => {
+                let mut candidates = context.token_data_array_ith(at);
+                candidates.apply_sampler(grammar);
+                if !candidates.data.iter().any(|d| d.logit().is_finite()) {
+                    return Err("the grammar constraining the answer allows no next token".into());
+                }
+                candidates.apply_sampler(&mut self.chain);
+                candidates.selected_token().ok_or("the sampler picked no token under the grammar")?
+            }
+        };
+        grammar
+            .try_accept(token)
+            .map_err(|e| format!("the grammar constraining the answer rejected the sampled token: {e}"))?;
+        self.chain.accept(token);
+        Ok(token)
+    }
 }
 
 /// Greedy at temperature 0; otherwise llama.cpp's usual chain with its usual defaults.

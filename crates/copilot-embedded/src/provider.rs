@@ -7,16 +7,20 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use copilot_provider::{
-    ChatRequest, ChatStream, HealthReport, Message, ModelInfo, Provider, ProviderError, Role, async_trait,
+    ChatRequest, ChatStream, Feature, Features, HealthReport, Message, ModelInfo, Provider, ProviderError,
+    ResponseFormat, Role, Tool, ToolChoice, async_trait,
 };
 use futures::StreamExt;
+use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::engine::{EngineHandle, EngineSettings, Job};
 use crate::gguf::GgufInfo;
+use crate::grammar::{GrammarCache, JSON_OBJECT_SCHEMA, ROOT, TOOL_CALL_OPEN, TOOL_CALL_ROOT};
 use crate::store::{LocalModel, ModelSources, Origin, discover};
-use crate::template::ChatTemplate;
+use crate::template::{ChatTemplate, mentions_tools};
+use crate::tool_calls::ToolCallParser;
 
 /// Messages buffered per stream between the engine and the gRPC side.
 const STREAM_BUFFER: usize = 64;
@@ -40,6 +44,8 @@ struct Inner {
     catalog: RwLock<BTreeMap<String, LocalModel>>,
     /// One async lock per model: a load in progress makes only that model's callers wait.
     loaded: Mutex<HashMap<String, ModelCell>>,
+    /// JSON Schema conversions, shared by every model (a grammar is text, not tied to a vocabulary).
+    grammars: GrammarCache,
 }
 
 /// A model's loaded state, behind the lock that serializes its loading and unloading.
@@ -56,8 +62,12 @@ impl EmbeddedProvider {
     /// Finds the configured models. Must be called inside a tokio runtime when `keep_alive` is set
     /// (it starts the task that unloads idle models).
     pub fn new(config: EmbeddedConfig) -> Self {
-        let inner =
-            Arc::new(Inner { catalog: RwLock::new(BTreeMap::new()), loaded: Mutex::new(HashMap::new()), config });
+        let inner = Arc::new(Inner {
+            catalog: RwLock::new(BTreeMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            grammars: GrammarCache::default(),
+            config,
+        });
         inner.rediscover();
         if let Some(keep_alive) = inner.config.keep_alive
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -198,11 +208,16 @@ struct Prepared {
     dropped_turns: usize,
 }
 
-fn prepare(loaded: &Loaded, mut messages: Vec<Message>, truncate: bool) -> Result<Prepared, ProviderError> {
+fn prepare(
+    loaded: &Loaded,
+    mut messages: Vec<Message>,
+    tools: &[Tool],
+    truncate: bool,
+) -> Result<Prepared, ProviderError> {
     let context = loaded.engine.settings().context_per_slot as usize;
     let mut dropped_turns = 0;
     loop {
-        let tokens = tokenize(loaded, &messages)?;
+        let tokens = tokenize(loaded, &messages, tools)?;
         if tokens.is_empty() {
             return Err(ProviderError::InvalidRequest("the prompt is empty after templating".into()));
         }
@@ -230,8 +245,9 @@ fn prepare(loaded: &Loaded, mut messages: Vec<Message>, truncate: bool) -> Resul
     }
 }
 
-fn tokenize(loaded: &Loaded, messages: &[Message]) -> Result<Vec<LlamaToken>, ProviderError> {
-    let text = loaded.template.render(messages).map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+fn tokenize(loaded: &Loaded, messages: &[Message], tools: &[Tool]) -> Result<Vec<LlamaToken>, ProviderError> {
+    let text =
+        loaded.template.render_with_tools(messages, tools).map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
     let vocab = loaded.engine.model().vocab();
     // Templates usually write the BOS token themselves; adding another one degrades the output.
     let bos_in_text = loaded.info.bos_token.as_deref().is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
@@ -245,23 +261,40 @@ impl Provider for EmbeddedProvider {
         let entry = self.inner.lookup(&request.model)?;
         let (loaded, load) = self.inner.ensure_loaded(&entry).await?;
         touch(&loaded);
+        if request.needs().contains(Feature::Tools) && !loaded.template.supports_tools() {
+            return Err(ProviderError::Unsupported {
+                feature: Feature::Tools,
+                message: format!("the chat template of embedded model '{}' has no place for tools", entry.name),
+            });
+        }
         let truncate = self.inner.config.truncate_prompt;
         let for_prepare = loaded.clone();
-        let messages = request.messages;
-        let prepared = tokio::task::spawn_blocking(move || prepare(&for_prepare, messages, truncate))
-            .await
-            .map_err(|e| ProviderError::Protocol(format!("tokenizing failed: {e}")))??;
+        let inner = self.inner.clone();
+        let ChatRequest { messages, options, tools, tool_choice, response_format, .. } = request;
+        // Converting a schema and tokenizing a long conversation are CPU work: off the runtime.
+        let (prepared, grammar, plan) = tokio::task::spawn_blocking(move || {
+            let plan = inner.plan(tools, tool_choice.as_ref(), &response_format)?;
+            let prepared = prepare(&for_prepare, messages, &plan.tools, truncate)?;
+            let grammar = plan.constraint.sampler(for_prepare.engine.model())?;
+            Ok::<_, ProviderError>((prepared, grammar, plan))
+        })
+        .await
+        .map_err(|e| ProviderError::Protocol(format!("tokenizing failed: {e}")))??;
         if prepared.dropped_turns > 0 {
             tracing::debug!(model = %entry.name, dropped = prepared.dropped_turns, "dropped the oldest turns to fit");
         }
+        let tool_calls =
+            (!plan.tools.is_empty()).then(|| ToolCallParser::new(plan.tools.iter().map(|t| t.name.clone()).collect()));
         let (out, events) = tokio_mpsc::channel(STREAM_BUFFER);
         let job = Job {
             prompt: prepared.tokens,
-            options: request.options,
+            options,
             end_markers: loaded.template.end_of_turn_markers().to_vec(),
             out,
             model_name: entry.name.clone(),
             load,
+            grammar,
+            tool_calls,
         };
         loaded.engine.submit(job).map_err(|_| {
             let settings = loaded.engine.settings();
@@ -300,12 +333,97 @@ impl Provider for EmbeddedProvider {
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         Ok(HealthReport { version: Some(format!("llama.cpp via llama-cpp-2, {} models", self.model_names().len())) })
     }
+
+    /// Tools for models whose chat template lists them (others answer `Unsupported`); JSON by
+    /// grammar for every model. No images: no vision projector is configured.
+    fn features(&self) -> Features {
+        Features::of(&[Feature::Tools, Feature::JsonObject, Feature::JsonSchema])
+    }
+}
+
+/// What a request asks of the template and the sampler.
+struct Plan {
+    /// Tools the template lists for the model.
+    tools: Vec<Tool>,
+    constraint: Constraint,
+}
+
+/// The grammar the answer must follow.
+enum Constraint {
+    Free,
+    /// From the first token.
+    Grammar {
+        gbnf: String,
+        root: &'static str,
+    },
+    /// Dormant until the model writes `<tool_call>`, then this grammar to the end.
+    Lazy {
+        gbnf: String,
+        root: &'static str,
+    },
+}
+
+impl Inner {
+    /// A forced tool choice (required, or a named tool) is a grammar for one call; else a JSON
+    /// response format is one for the answer; else offered tools get the lazy tool-call grammar.
+    fn plan(
+        &self,
+        tools: Vec<Tool>,
+        tool_choice: Option<&ToolChoice>,
+        response_format: &ResponseFormat,
+    ) -> Result<Plan, ProviderError> {
+        let tools = match tool_choice {
+            Some(ToolChoice::None) => Vec::new(),
+            _ => tools,
+        };
+        let forced: Vec<&Tool> = match tool_choice {
+            Some(ToolChoice::Required) => tools.iter().collect(),
+            Some(ToolChoice::Named(name)) => tools.iter().filter(|t| &t.name == name).collect(),
+            _ => Vec::new(),
+        };
+        let constraint = if !forced.is_empty() {
+            Constraint::Grammar { gbnf: self.grammars.tool_call(&forced)?, root: TOOL_CALL_ROOT }
+        } else {
+            match response_format {
+                ResponseFormat::JsonObject => {
+                    Constraint::Grammar { gbnf: self.grammars.schema(JSON_OBJECT_SCHEMA)?.to_string(), root: ROOT }
+                }
+                ResponseFormat::JsonSchema { schema, .. } => {
+                    Constraint::Grammar { gbnf: self.grammars.schema(schema)?.to_string(), root: ROOT }
+                }
+                ResponseFormat::Text if !tools.is_empty() => {
+                    let all: Vec<&Tool> = tools.iter().collect();
+                    Constraint::Lazy { gbnf: self.grammars.tool_call(&all)?, root: TOOL_CALL_ROOT }
+                }
+                ResponseFormat::Text => Constraint::Free,
+            }
+        };
+        Ok(Plan { tools, constraint })
+    }
+}
+
+impl Constraint {
+    fn sampler(&self, model: &llama_cpp_2::model::LlamaModel) -> Result<Option<LlamaSampler>, ProviderError> {
+        let sampler = match self {
+            Constraint::Free => return Ok(None),
+            Constraint::Grammar { gbnf, root } => LlamaSampler::grammar(model, gbnf, root),
+            Constraint::Lazy { gbnf, root } => LlamaSampler::grammar_lazy(model, gbnf, root, [TOOL_CALL_OPEN], &[]),
+        };
+        sampler
+            .map(Some)
+            .map_err(|e| ProviderError::InvalidRequest(format!("llama.cpp could not load the answer's grammar: {e}")))
+    }
 }
 
 fn model_info(name: &str, info: &GgufInfo) -> ModelInfo {
     let mut capabilities = vec!["completion".to_string()];
-    if info.chat_template.is_some() {
+    if let Some(template) = &info.chat_template {
         capabilities.push("chat".to_string());
+        if mentions_tools(template) {
+            capabilities.push(Feature::Tools.as_str().to_string());
+        }
+        capabilities.push(Feature::JsonObject.as_str().to_string());
+        capabilities.push(Feature::JsonSchema.as_str().to_string());
     }
     ModelInfo {
         name: name.to_string(),

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use copilot_provider::Message;
+use copilot_provider::{Message, Role, Tool};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Kwargs;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value, context};
@@ -75,6 +75,8 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     end_markers: Vec<String>,
+    /// Whether the template lists tools for the model (it reads the `tools` variable).
+    tools: bool,
 }
 
 /// Where a [`ChatTemplate`] came from.
@@ -121,6 +123,7 @@ impl ChatTemplate {
         };
         let description = format!("{source} (architecture {architecture})");
         let end_markers = end_markers_in(&text, eos_token);
+        let tools = mentions_tools(&text);
 
         let mut env = new_environment();
         env.add_template_owned(TEMPLATE_NAME, text)
@@ -133,21 +136,37 @@ impl ChatTemplate {
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
             end_markers,
+            tools,
         })
     }
 
     /// The prompt for `messages`, ending where the assistant's reply should begin.
     pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
-        let messages: Value =
-            messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content() }).collect();
-        // The variables `apply_chat_template` passes; `tools` and `documents` are None there too
-        // when the caller has none, and templates test for that with `is not none`.
+        self.render_with_tools(messages, &[])
+    }
+
+    /// The prompt for `messages` with `tools` listed for the model (none: no tool section).
+    ///
+    /// Tools go in as `transformers` passes them: `{"type": "function", "function": {"name",
+    /// "description", "parameters"}}` with the schema as an object. Earlier calls go in the
+    /// assistant message's `tool_calls` with `arguments` as an object (templates write it with
+    /// `tojson`), and results as `role: "tool"` messages with the call's id and tool name.
+    pub fn render_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<String, TemplateError> {
+        let messages: Vec<Value> =
+            messages.iter().map(|m| self.message_value(m, messages)).collect::<Result<_, _>>()?;
+        let tools: Value = if tools.is_empty() {
+            // `apply_chat_template` passes None without tools, and templates test `if tools`
+            // or `tools is not none`.
+            Value::from(())
+        } else {
+            tools.iter().map(|t| self.tool_value(t)).collect::<Result<Vec<_>, _>>()?.into()
+        };
         let ctx = context! {
             messages,
             add_generation_prompt => true,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-            tools => (),
+            tools,
             documents => (),
         };
         self.env
@@ -158,6 +177,63 @@ impl ChatTemplate {
 
     pub fn source(&self) -> TemplateSource {
         self.source
+    }
+
+    /// Whether the template shows the model a list of tools, so that it can call them.
+    pub fn supports_tools(&self) -> bool {
+        self.tools
+    }
+
+    fn message_value(&self, message: &Message, all: &[Message]) -> Result<Value, TemplateError> {
+        let content = message.content();
+        let value = match message.role {
+            Role::Assistant => {
+                let calls: Vec<Value> = message
+                    .tool_calls()
+                    .map(|call| {
+                        let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+                        let function = context! {
+                            name => call.name.as_str(),
+                            arguments => self.json(arguments, "a tool call's arguments")?,
+                        };
+                        Ok(context! { id => call.id.as_str(), type => "function", function })
+                    })
+                    .collect::<Result<_, TemplateError>>()?;
+                if calls.is_empty() {
+                    context! { role => "assistant", content }
+                } else {
+                    context! { role => "assistant", content, tool_calls => calls }
+                }
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().unwrap_or_default();
+                let name = all
+                    .iter()
+                    .flat_map(Message::tool_calls)
+                    .find(|call| call.id == id)
+                    .map(|call| call.name.as_str())
+                    .unwrap_or_default();
+                context! { role => "tool", content, tool_call_id => id, name }
+            }
+            role => context! { role => role.as_str(), content },
+        };
+        Ok(value)
+    }
+
+    fn tool_value(&self, tool: &Tool) -> Result<Value, TemplateError> {
+        let parameters = tool.parameters.as_deref().unwrap_or(r#"{"type": "object", "properties": {}}"#);
+        let function = context! {
+            name => tool.name.as_str(),
+            description => tool.description.as_str(),
+            parameters => self.json(parameters, "a tool's parameters")?,
+        };
+        Ok(context! { type => "function", function })
+    }
+
+    /// JSON text as a template value, keys in the order written.
+    fn json(&self, text: &str, what: &str) -> Result<Value, TemplateError> {
+        serde_json::from_str(text)
+            .map_err(|e| TemplateError::Render(format!("{}: {what} are not valid JSON: {e}", self.description)))
     }
 
     /// Strings that end a turn in this template family (e.g. `<|im_end|>`), for the engine to stop
@@ -196,6 +272,18 @@ fn end_markers_in(template: &str, eos_token: &str) -> Vec<String> {
         markers.push(eos_token.to_owned());
     }
     markers
+}
+
+/// Whether a template reads the `tools` variable (outside a comment, roughly: a template that
+/// only mentions tools in prose is rare, and the model would simply not call any).
+pub fn mentions_tools(template: &str) -> bool {
+    let bytes = template.as_bytes();
+    template.match_indices("tools").any(|(at, _)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + 5).copied();
+        let word = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        !word(before) && !word(after)
+    })
 }
 
 /// An environment that behaves like the one `transformers` renders chat templates in.
@@ -350,7 +438,7 @@ fn describe(err: &Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use copilot_provider::Role;
+    use copilot_provider::Part;
 
     const QWEN25: &str = include_str!("../tests/fixtures/qwen2.5-chat-template.jinja");
     const LLAMA31_STYLE: &str = include_str!("../tests/fixtures/llama3.1-style-chat-template.jinja");
@@ -485,6 +573,63 @@ mod tests {
         let Ok(bytes) = std::fs::read(&path) else { return };
         let needle = QWEN25.as_bytes();
         assert!(bytes.windows(needle.len()).any(|w| w == needle), "{} holds another template", path.display());
+    }
+
+    #[test]
+    fn real_qwen25_template_lists_tools_and_renders_calls_and_results() {
+        let template = ChatTemplate::for_model(Some(QWEN25), "qwen2", "<|endoftext|>", "<|im_end|>").unwrap();
+        assert!(template.supports_tools());
+        let tools = [Tool {
+            name: "get_weather".into(),
+            description: "Get the weather.".into(),
+            // Key order as written, `<` as written, and a 64-bit integer whole.
+            parameters: Some(
+                r#"{"type":"object","properties":{"city":{"type":"string","description":"<city>"}},"required":["city"],"maxId":9007199254740993}"#
+                    .into(),
+            ),
+            strict: false,
+        }];
+        let call = copilot_provider::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Paris", "days": 2}"#.into(),
+            signature: Vec::new(),
+        };
+        let messages = [
+            msg(Role::User, "Weather in Paris?"),
+            Message { role: Role::Assistant, parts: vec![Part::ToolCall(call)], tool_call_id: None },
+            Message::tool_result("call_1", r#"{"temp": 18}"#),
+        ];
+        assert_eq!(
+            template.render_with_tools(&messages, &tools).unwrap(),
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n\
+             # Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+             You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n\
+             {\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Get the weather.\", \
+             \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"description\": \"<city>\"}}, \
+             \"required\": [\"city\"], \"maxId\": 9007199254740993}}}\n</tools>\n\n\
+             For each function call, return a json object with function name and arguments within \
+             <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n\
+             </tool_call><|im_end|>\n\
+             <|im_start|>user\nWeather in Paris?<|im_end|>\n\
+             <|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n\
+             </tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\n{\"temp\": 18}\n</tool_response><|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        // Without tools (tool choice none), the history still renders and no tool section appears.
+        let plain = template.render_with_tools(&messages, &[]).unwrap();
+        assert!(!plain.contains("# Tools") && plain.contains("<tool_response>"), "{plain}");
+    }
+
+    #[test]
+    fn which_templates_list_tools() {
+        assert!(mentions_tools("{%- if tools %}x{% endif %}"));
+        assert!(mentions_tools("{{ tools | tojson }}"));
+        assert!(!mentions_tools("{{ message.tool_calls }}{{ my_tools_x }}"));
+        for built_in in [GEMMA, LLAMA3, CHATML] {
+            assert!(!mentions_tools(built_in));
+        }
     }
 
     #[test]
