@@ -736,6 +736,17 @@ async fn refusals(mut case: Case<'_>, unsupported: &[(&str, ChatRequest)]) {
     }
 }
 
+/// Reasoning turned off: OpenAI-compatible servers have no one way to say it, so it is refused
+/// unless `thinking_off` is configured.
+fn thinking_off_request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![user("No thinking, please")],
+        reasoning: Some(pb::Reasoning { enabled: false, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 fn json_object_request(model: &str) -> ChatRequest {
     let format = pb::response_format::Format::JsonObject(pb::JsonObjectFormat {});
     ChatRequest {
@@ -872,7 +883,7 @@ macro_rules! conformance {
 }
 
 conformance!(ollama, copilot_fakes::FakeOllama, "ollama", OllamaWire, unsupported: vec![("image_urls", image_url_request("up/m"))]);
-conformance!(openai, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![]);
+conformance!(openai, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![("thinking_off", thinking_off_request("up/m"))]);
 // The same adapter against the compatible servers' own ways of streaming calls and thinking.
 conformance!(vllm, copilot_fakes::FakeOpenAi, "openai", OpenAiWire, unsupported: vec![],
     prepare: |fake| fake.set_flavour(copilot_fakes::Flavour::Vllm));

@@ -48,7 +48,14 @@ impl GrpcBackend {
             temperature: load.temperature,
             max_tokens: load.max_tokens,
         };
-        Ok(GrpcBackend { clients, rpc: load.rpc, chat: params.request(), generate: params.generate_request() })
+        let (mut chat, mut generate) = (params.request(), params.generate_request());
+        if load.thinking {
+            let reasoning =
+                copilot::proto::v1::Reasoning { enabled: true, include_thoughts: true, ..Default::default() };
+            chat.reasoning = Some(reasoning);
+            generate.reasoning = Some(reasoning);
+        }
+        Ok(GrpcBackend { clients, rpc: load.rpc, chat, generate })
     }
 
     /// What it drives, for reports.

@@ -117,6 +117,10 @@ pub struct LoadArgs {
     /// Sampling temperature; 0 is greedy, so runs are comparable.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Ask for reasoning with its thoughts returned (gRPC `reasoning {enabled, include_thoughts}`,
+    /// Ollama's `think: true`), to stream thinking: with the fakes' `thinking` model.
+    #[arg(long)]
+    pub thinking: bool,
     /// Requests sent before measuring, not counted (default: one per caller in a closed loop, 10 in
     /// an open loop; sent up to that many at once, so connection pools are warm).
     #[arg(long)]

@@ -123,12 +123,15 @@ pub struct OllamaBackend {
 impl OllamaBackend {
     pub fn new(base_url: &str, model: &str, load: &LoadArgs, stream_generate: bool) -> Result<Self, BoxError> {
         let stream = load.rpc.streaming() || stream_generate;
-        let body = json!({
+        let mut body = json!({
             "model": model,
             "messages": [{"role": "user", "content": load.scenario.prompt()}],
             "stream": stream,
             "options": {"num_predict": load.max_tokens, "temperature": load.temperature},
         });
+        if load.thinking {
+            body["think"] = json!(true);
+        }
         Ok(OllamaBackend {
             client: http_client()?,
             url: format!("{}/api/chat", base_url.trim_end_matches('/')),
