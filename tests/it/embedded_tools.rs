@@ -213,7 +213,7 @@ async fn the_model_lists_its_capabilities_and_images_are_refused_precisely() {
         ],
         ..Default::default()
     };
-    let status = run(&copilot, chat(vec![with_image], 10)).await.err().expect("refused");
+    let status = run(&copilot, chat(vec![with_image], 10)).await.expect_err("refused");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     let info = status.get_details_error_info().expect("an ErrorInfo");
     assert_eq!(info.reason, "FEATURE_UNSUPPORTED");
