@@ -184,6 +184,24 @@ async fn a_forced_tool_call_then_its_result_ends_in_a_text_answer() {
 }
 
 #[tokio::test]
+async fn with_a_free_choice_the_models_call_reaches_the_client_as_a_call() {
+    let copilot = embedded().await;
+    let mut request = chat(vec![user("What's the weather in Paris?")], 120);
+    request.tools = vec![Tool {
+        parameters_json_schema:
+            r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#.into(),
+        ..weather_tool()
+    }];
+    let answer = run(&copilot, request).await.unwrap();
+    assert_eq!(answer.finish, Some(FinishReason::ToolCalls), "{answer:?}");
+    let [call] = answer.calls.as_slice() else { panic!("one call: {answer:?}") };
+    assert_eq!(call.name, "get_weather");
+    assert!(call.id.starts_with("call_"), "{:?}", call.id);
+    assert_eq!(object(&call.arguments_json)["city"], "Paris", "{}", call.arguments_json);
+    assert_eq!(answer.text, "");
+}
+
+#[tokio::test]
 async fn the_model_lists_its_capabilities_and_images_are_refused_precisely() {
     let copilot = embedded().await;
     let mut client = copilot.client().await;

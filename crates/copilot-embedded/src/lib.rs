@@ -28,8 +28,11 @@
 //!   makes up the ids. Tool choice: `none` renders no tools; `required` and a named tool force one
 //!   call with a grammar (the name one of the tools, the arguments that tool's schema); `auto`
 //!   leaves the model free until it writes `<tool_call>`, then holds the call to the same grammar
-//!   (llama.cpp's lazy grammar). A forced tool choice takes precedence over a JSON response format,
-//!   which takes precedence over `auto`.
+//!   (llama.cpp's lazy grammar). Under a grammar an answer holds one call. A forced tool choice
+//!   takes precedence over a JSON response format, which takes precedence over `auto`. With a free
+//!   choice, small models often write the call object without the tags (Qwen2.5-Coder 0.5B puts
+//!   it in a ```` ```json ```` fence): an answer that is nothing but such an object, naming an
+//!   offered tool, is taken as that call, as llama.cpp's own parser for this format does.
 //! - **Images**: not supported. No vision projector is configured, so `Feature::Images` is not
 //!   declared and the server refuses image requests with FEATURE_UNSUPPORTED.
 //! - **Reasoning**: not supported (no thinking models in the catalog); not declared either.

@@ -12,6 +12,13 @@
 //! [`ToolCallDelta`] with the arguments' JSON text sliced out of what the model wrote (never
 //! re-serialized). Ids are left to the server.
 //!
+//! Small models often leave the tags out and answer with the call object alone, bare or in a
+//! ` ```json ` fence (Qwen2.5-Coder 0.5B does, given tools and a free choice). As llama.cpp's own
+//! parser for this format does, an answer that is nothing but such an object is taken as a call
+//! when the object is exactly `{"name": <a tool offered>, "arguments": {...}}`; any other object,
+//! or one followed by more text, is text. An answer that opens with `{` or a fence is therefore
+//! held back until it ends or shows it is not a lone call.
+//!
 //! What is not a call stays text, as the model wrote it (tags included): a block whose JSON does
 //! not parse, names a tool the request did not offer, or has arguments that are not an object, and
 //! a block still open when the answer ends (cut by `max_tokens`). A block that grows past
@@ -43,6 +50,8 @@ pub struct ToolCallParser {
     /// Text not yet classified: a possible start of `<tool_call>`, or an open block's body.
     buffer: String,
     in_call: bool,
+    /// Nothing but whitespace seen yet: the answer may be a call without tags.
+    at_start: bool,
     calls: u32,
     /// Whitespace outside the blocks, held: dropped around calls, kept inside text.
     whitespace: String,
@@ -57,7 +66,7 @@ struct CallBody<'a> {
 
 impl ToolCallParser {
     pub fn new(names: Vec<String>) -> Self {
-        Self { names, buffer: String::new(), in_call: false, calls: 0, whitespace: String::new() }
+        Self { names, buffer: String::new(), in_call: false, at_start: true, calls: 0, whitespace: String::new() }
     }
 
     /// Whether a call was parsed.
@@ -68,6 +77,9 @@ impl ToolCallParser {
     /// Takes the next piece of the answer.
     pub fn push(&mut self, text: &str, out: &mut Vec<Parsed>) -> Result<(), ProviderError> {
         self.buffer.push_str(text);
+        if self.at_start && !self.untagged_call(false, out) {
+            return Ok(());
+        }
         loop {
             if self.in_call {
                 let Some(end) = self.buffer.find(TOOL_CALL_CLOSE) else {
@@ -103,6 +115,11 @@ impl ToolCallParser {
 
     /// The answer ended: what is still held back.
     pub fn finish(&mut self, out: &mut Vec<Parsed>) {
+        if self.at_start {
+            self.untagged_call(true, out);
+            // Tagged blocks held back behind the start: parsed now. A block too long stays text.
+            let _ = self.push("", out);
+        }
         let rest = std::mem::take(&mut self.buffer);
         if self.in_call {
             self.in_call = false;
@@ -114,6 +131,75 @@ impl ToolCallParser {
         if !self.called() {
             let whitespace = std::mem::take(&mut self.whitespace);
             push_text(out, whitespace);
+        }
+    }
+
+    /// Looks for a call without tags at the start of the answer; returns false while it cannot
+    /// tell yet (the text stays held). A call found is taken out of the buffer.
+    fn untagged_call(&mut self, finished: bool, out: &mut Vec<Parsed>) -> bool {
+        match self.scan_untagged(finished) {
+            Untagged::NeedMore => return false,
+            Untagged::No => {}
+            Untagged::Call { consumed, call } => {
+                self.buffer.drain(..consumed);
+                self.whitespace.clear();
+                out.push(Parsed::Call(call));
+                self.calls += 1;
+            }
+        }
+        self.at_start = false;
+        true
+    }
+
+    fn scan_untagged(&self, finished: bool) -> Untagged {
+        let more = if finished { Untagged::No } else { Untagged::NeedMore };
+        let text = self.buffer.as_str();
+        let start = text.len() - text.trim_start().len();
+        let rest = &text[start..];
+        if rest.is_empty() {
+            return more;
+        }
+        let (fenced, object_at) = if let Some(fence) = rest.strip_prefix("```") {
+            let Some(newline) = fence.find('\n') else {
+                return if fence.len() > 8 { Untagged::No } else { more };
+            };
+            if !matches!(fence[..newline].trim(), "" | "json" | "JSON") {
+                return Untagged::No;
+            }
+            let after = &fence[newline + 1..];
+            if after.trim_start().is_empty() {
+                return more;
+            }
+            (true, start + 3 + newline + 1 + (after.len() - after.trim_start().len()))
+        } else if "```".starts_with(rest) {
+            return more;
+        } else {
+            (false, start)
+        };
+        if !text[object_at..].starts_with('{') {
+            return Untagged::No;
+        }
+        let Some(length) = json_object_length(&text[object_at..]) else {
+            return if text.len() > MAX_CALL_BYTES { Untagged::No } else { more };
+        };
+        let Some(call) = self.call(&text[object_at..object_at + length]) else { return Untagged::No };
+        let mut rest = text[object_at + length..].trim_start();
+        if fenced {
+            match rest.strip_prefix("```") {
+                Some(after) => rest = after,
+                // The answer ended before the fence closed: the object alone is still a lone call.
+                None if rest.is_empty() && finished => {}
+                None if "```".starts_with(rest) => return more,
+                // More inside the fence than the object: not a lone call.
+                None => return Untagged::No,
+            }
+        }
+        // A model that goes on after the object (restating a call and its result, say) is
+        // writing about a call, not making one.
+        match rest.trim().is_empty() {
+            false => Untagged::No,
+            true if !finished => Untagged::NeedMore,
+            true => Untagged::Call { consumed: text.len(), call },
         }
     }
 
@@ -169,6 +255,45 @@ impl ToolCallParser {
     }
 }
 
+/// What the start of an answer says about a call without tags.
+enum Untagged {
+    NeedMore,
+    No,
+    /// A call, taking the first `consumed` bytes of the answer.
+    Call {
+        consumed: usize,
+        call: ToolCallDelta,
+    },
+}
+
+/// The length of the JSON object that `text` starts with, once it closes.
+fn json_object_length(text: &str) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, byte) in text.bytes().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn push_text(out: &mut Vec<Parsed>, text: String) {
     if text.is_empty() {
         return;
@@ -200,7 +325,7 @@ mod tests {
         let mut parser = parser();
         let mut out = Vec::new();
         let mut at = 0;
-        for &cut in cuts.iter().chain([text.len()].iter()) {
+        for &cut in cuts.iter().filter(|&&cut| cut <= text.len()).chain([text.len()].iter()) {
             parser.push(&text[at..cut], &mut out).unwrap();
             at = cut;
         }
@@ -282,6 +407,50 @@ mod tests {
         let chunk = "a".repeat(4096);
         let err = (0..100).find_map(|_| parser.push(&chunk, &mut out).err()).expect("bounded");
         assert!(matches!(&err, ProviderError::Protocol(m) if m.contains("without a </tool_call>")), "{err:?}");
+    }
+
+    #[test]
+    fn a_call_without_tags_bare_or_fenced_split_anywhere() {
+        let expected = vec![call(0, "get_weather", "{\"city\": \"Paris\", \"note\": \"{not} \\\"a\\\" brace\"}")];
+        for text in [
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"note\": \"{not} \\\"a\\\" brace\"}}",
+            "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Paris\", \"note\": \"{not} \\\"a\\\" brace\"}\n}\n```",
+            "\n```\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"note\": \"{not} \\\"a\\\" brace\"}}\n",
+        ] {
+            for cut in 0..=text.len() {
+                assert_eq!(parse_in_pieces(text, &[cut]), expected, "{text:?} cut at {cut}");
+            }
+        }
+        // An object followed by more is text, and a tagged call after it still a call.
+        let text = "{\"name\": \"get_time\", \"arguments\": {}}\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>";
+        assert_eq!(
+            parse_in_pieces(text, &[7]),
+            vec![Parsed::Text("{\"name\": \"get_time\", \"arguments\": {}}\n".into()), call(0, "get_weather", "{}")]
+        );
+    }
+
+    #[test]
+    fn a_tagged_call_behind_an_unclosed_object_is_still_found_at_the_end() {
+        let text = "{\"x\": \"<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        assert_eq!(parse_in_pieces(text, &[3]), vec![Parsed::Text("{\"x\": \"".into()), call(0, "get_time", "{}")]);
+    }
+
+    #[test]
+    fn objects_that_are_not_lone_calls_stay_text() {
+        for text in [
+            "{\"city\": \"Paris\"}",
+            "{\"name\": \"launch_rockets\", \"arguments\": {}}",
+            "```json\n{\"name\": \"get_time\", \"arguments\": {}}\n{\"more\": 1}\n```",
+            "{\"name\": \"get_time\", \"arguments\": {}}\n{\"temperature\": 31}",
+            "```json\n{\"name\": \"get_time\", \"arguments\": {}}\n```\nThat is the call.",
+            "```python\nprint({\"name\": 1})\n```",
+            "Sure: {\"name\": \"get_time\", \"arguments\": {}}",
+            "{\"name\": \"get_time\", \"arguments\": {\"zone\": \"cut off",
+            "``",
+            "{\"unclosed\": \"object <tool_call>",
+        ] {
+            assert_eq!(parse_in_pieces(text, &[1, 9]), vec![Parsed::Text(text.into())], "{text}");
+        }
     }
 
     #[test]

@@ -201,8 +201,8 @@ async fn a_tool_result_round_trip_ends_in_a_text_answer() {
     let question = Message::text(Role::User, "What is the weather in Paris right now, in celsius?");
     let mut first = request(vec![question.clone()], 120);
     first.tools = vec![weather_tool()];
-    // Left to itself (auto), this small model writes the call as a Markdown JSON block rather than
-    // a `<tool_call>`; forcing the choice gets the template's format.
+    // Forced, so the arguments follow the schema (left to itself, this small model leaves out
+    // the optional-looking `unit`).
     first.tool_choice = Some(ToolChoice::Named("get_weather".into()));
     let answer = run(&provider, first).await.unwrap();
     let [call] = answer.calls.as_slice() else { panic!("the model calls the tool: {:?}", answer.text) };
@@ -227,9 +227,29 @@ async fn a_tool_result_round_trip_ends_in_a_text_answer() {
     let mut second = request(vec![question, assistant, result], 80);
     second.tools = vec![weather_tool()];
     let answer = run(&provider, second).await.unwrap();
-    assert!(answer.calls.is_empty(), "answers from the result: {:?}", answer.calls);
+    assert!(answer.calls.is_empty(), "answers from the result: {:?} {:?}", answer.calls, answer.text);
     assert_eq!(answer.done.finish_reason, FinishReason::Stop);
     assert!(answer.text.contains("31"), "the answer uses the tool's result: {:?} (call {arguments})", answer.text);
+}
+
+#[tokio::test]
+async fn with_a_free_choice_a_call_written_without_tags_is_still_a_call() {
+    let provider = provider();
+    let mut req = request(vec![Message::text(Role::User, "What's the weather in Paris?")], 120);
+    req.tools = vec![Tool {
+        parameters: Some(
+            r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#.into(),
+        ),
+        ..weather_tool()
+    }];
+    let answer = run(&provider, req).await.unwrap();
+    // This model answers with the call object in a ```json fence rather than in <tool_call> tags.
+    let [call] = answer.calls.as_slice() else { panic!("one call: {:?} {:?}", answer.calls, answer.text) };
+    assert_eq!(call.name.as_deref(), Some("get_weather"));
+    let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+    assert_eq!(arguments["city"], "Paris", "{}", call.arguments);
+    assert_eq!(answer.text, "", "nothing but the call");
+    assert_eq!(answer.done.finish_reason, FinishReason::ToolCalls);
 }
 
 #[tokio::test]
