@@ -4,6 +4,11 @@
 //! `cargo run --release -p copilot-embedded --example grammar_bench -- MODEL.gguf [threads] [tokens] [reps]`
 //!
 //! Greedy sampling, one slot; each case runs `reps` times after a warm-up and the best run counts.
+//!
+//! Qwen2.5-Coder 0.5B Q4_K_M, 2 threads on a 2-core x86-64 VM (`-- MODEL 2 128 2`): free 26.1
+//! tok/s, json_schema 25.9, json_object 26.4, forced tool call 24.9. Masking the whole vocabulary
+//! with the grammar at every step instead (no "pick first, check the pick" fast path) gave 14.6,
+//! 13.9 and 16.3 against 24.8 free.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
