@@ -138,6 +138,17 @@ async fn a_json_schema_answer_validates_against_the_schema() {
 }
 
 #[tokio::test]
+async fn sampled_at_a_temperature_the_answer_still_validates() {
+    let provider = provider();
+    let mut req = request(vec![Message::text(Role::User, "Invent a software developer. Answer in JSON.")], 200);
+    req.options = GenerationOptions { temperature: Some(1.2), seed: Some(7), ..greedy(200) };
+    req.response_format = ResponseFormat::JsonSchema { name: "person".into(), schema: PERSON.into(), strict: true };
+    let answer = run(&provider, req).await.unwrap();
+    assert_eq!(answer.done.finish_reason, FinishReason::Stop, "{:?}", answer.text);
+    validate(PERSON, &answer.text);
+}
+
+#[tokio::test]
 async fn a_json_object_answer_parses_as_an_object() {
     let provider = provider();
     let mut req = request(vec![Message::text(Role::User, "List three colors and their hex codes.")], 200);
