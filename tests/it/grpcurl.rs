@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use copilot_fakes::{FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
+use copilot_fakes::{FakeModel, FakeOllama};
 use tokio::process::Command;
 
 use crate::harness::{Copilot, installed_tool};
@@ -110,14 +110,8 @@ async fn the_readme_grpcurl_session_runs_as_shown() {
 #[tokio::test]
 async fn the_readme_tools_session_runs_as_shown() {
     let fake = FakeOllama::start().await;
-    let call = FakeToolCall::new("call_w1", "get_weather", r#"{"city":"Paris"}"#);
-    let mut weather = FakeModel::new("weather")
-        .with_reply(Reply::Turn(vec![Piece::ToolCalls(vec![call])]))
-        .with_reply_after_tool_result(Reply::Echo);
-    weather.capabilities.push("tools".into());
-    fake.add_model(weather);
-    let json = [r#"{"intent":"weather","#, r#""city":"Paris"}"#];
-    fake.add_model(FakeModel::new("intent").with_reply(Reply::Tokens(json.map(String::from).to_vec())));
+    fake.add_model(copilot_fakes::models::weather());
+    fake.add_model(copilot_fakes::models::intent());
     let copilot = Copilot::start(&fake, &[]).await;
     let steps = session("### Tools and structured output with grpcurl");
     assert!(steps.len() >= 4, "the session has a call, a result, a JSON answer and an error");

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use copilot_fakes::{FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
+use copilot_fakes::{FakeModel, FakeOllama, Reply};
 
 use crate::harness::{Copilot, tool};
 
@@ -72,14 +72,8 @@ async fn the_node_example_calls_generate_streams_chat_and_handles_errors_and_dea
 /// `intent` model answers JSON.
 async fn check_tools_example(dir: &str, program: &str, script: &str) {
     let fake = FakeOllama::start().await;
-    let call = FakeToolCall::new("call_w1", "get_weather", r#"{"city":"Paris"}"#);
-    let mut weather = FakeModel::new("weather")
-        .with_reply(Reply::Turn(vec![Piece::ToolCalls(vec![call])]))
-        .with_reply_after_tool_result(Reply::Echo);
-    weather.capabilities.push("tools".into());
-    fake.add_model(weather);
-    let json = [r#"{"intent":"weather","#, r#""city":"Paris"}"#];
-    fake.add_model(FakeModel::new("intent").with_reply(Reply::Tokens(json.map(String::from).to_vec())));
+    fake.add_model(copilot_fakes::models::weather());
+    fake.add_model(copilot_fakes::models::intent());
     let copilot = Copilot::start(&fake, &[]).await;
     let addr = copilot.addr.to_string();
     let args = [

@@ -40,12 +40,12 @@
 //! ```
 
 pub mod anthropic;
-pub mod bench_models;
 pub mod fake;
 mod format;
 pub mod gemini;
 pub mod google;
 mod harness;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod otlp;

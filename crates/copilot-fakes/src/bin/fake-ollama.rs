@@ -2,13 +2,14 @@
 //!
 //! Serves two echoing demo models, `llama3.2:3b` and `qwen2.5:0.5b`, and `endless`, which streams
 //! `" tok"` chunks until the request's token limit (so a benchmark chooses the answer's length),
-//! on the given address until interrupted. Request bodies are not recorded, so memory stays flat over long benchmark runs.
+//! plus the scripted models of `copilot_fakes::models` (`thinking`, `tool-calls`, and the README
+//! tools session's `weather` and `intent`), on the given address until interrupted. Request bodies are not recorded, so memory stays flat over long benchmark runs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use copilot_fakes::{FakeModel, FakeOllama, Reply};
+use copilot_fakes::{FakeModel, FakeOllama, Reply, models};
 
 #[derive(Parser)]
 #[command(name = "fake-ollama", about = "A fake Ollama server whose models echo the last user message")]
@@ -45,7 +46,8 @@ async fn main() -> std::io::Result<()> {
             .with_token_delay(token_delay)
             .with_header_delay(header_delay),
     );
-    for model in [copilot_fakes::bench_models::thinking(), copilot_fakes::bench_models::tool_calls()] {
+    let scripted = [models::thinking(), models::tool_calls(), models::weather(), models::intent()];
+    for model in scripted {
         fake.add_model(model.with_token_delay(token_delay).with_header_delay(header_delay));
     }
 

@@ -63,7 +63,7 @@ async fn main() -> std::io::Result<()> {
             .with_token_delay(token_delay)
             .with_header_delay(header_delay),
     );
-    for model in [copilot_fakes::bench_models::thinking(), copilot_fakes::bench_models::tool_calls()] {
+    for model in [copilot_fakes::models::thinking(), copilot_fakes::models::tool_calls()] {
         fake.add_model(model.with_token_delay(token_delay).with_header_delay(header_delay));
     }
 
