@@ -223,6 +223,11 @@ impl Reservation {
         self.settle_at(usage, Instant::now());
     }
 
+    /// Charges the estimate as it stands: for a call whose upstream reported no usage.
+    pub fn keep(mut self) {
+        self.reserved = 0;
+    }
+
     fn settle_at(mut self, usage: &Usage, now: Instant) {
         let reserved = std::mem::take(&mut self.reserved);
         if let Some((_, bucket)) = &self.key.tokens {

@@ -133,6 +133,9 @@ pub struct RoutingConfig {
     /// The model used when a request leaves `model` empty, in the form clients use. Defaults to
     /// the embedded default chat model when the default provider is the embedded engine.
     pub default_model: Option<String>,
+    /// The model an `Embed` call that leaves `model` empty uses, in the form clients use; none by
+    /// default (such calls are refused with MODEL_REQUIRED).
+    pub default_embedding_model: Option<String>,
     /// Names clients may use for an ordered list of targets: the first that can serve does; a
     /// target is a `provider/model` name or `{ replicas = [...] }`, several instances serving the
     /// same model among which load is spread.

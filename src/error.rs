@@ -60,6 +60,10 @@ pub enum GatewayError {
     #[error("no model was named and no default model is configured")]
     NoDefaultModel,
 
+    /// An `Embed` call left `model` empty and no default embedding model is configured.
+    #[error("no model was named and no default embedding model is configured")]
+    NoDefaultEmbeddingModel,
+
     /// The provider failed. `chunks_sent` tells whether the client already received output.
     #[error("{}: {error}", target.routable_name())]
     Provider { target: Box<TargetName>, error: ProviderError, chunks_sent: usize },
@@ -297,6 +301,14 @@ fn to_status(error: GatewayError) -> Status {
                            (or OLLAMA_MODEL) on the server";
             let mut d = details("MODEL_REQUIRED", HashMap::new());
             d.add_bad_request_violation("model", "required: no default model is configured");
+            Status::with_error_details(Code::InvalidArgument, message, d)
+        }
+        GatewayError::NoDefaultEmbeddingModel => {
+            let message = "no model was named and no default embedding model is configured: set `model` to an \
+                           embedding model (ListModels marks them `embedding`), or configure \
+                           routing.default_embedding_model on the server";
+            let mut d = details("MODEL_REQUIRED", HashMap::new());
+            d.add_bad_request_violation("model", "required: no default embedding model is configured");
             Status::with_error_details(Code::InvalidArgument, message, d)
         }
         GatewayError::Provider { target, error, chunks_sent } => provider_status(&target, error, chunks_sent),

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+mod embed;
 mod turn;
 
 use copilot_provider::{
-    ChatEvent, ChatRequest, ChatStream, Completion, ModelInfo, ProviderError, ThinkingDelta, ToolCallDelta,
+    ChatEvent, ChatRequest, ChatStream, Completion, EmbedRequest, Embeddings, Feature, Features, ModelInfo,
+    ProviderError, ThinkingDelta, ToolCallDelta,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -27,7 +29,9 @@ use crate::resilience::{ConcurrencyLimit, LimitReached, backoff};
 use crate::router::{Instance, Plan, Router, Target};
 use crate::summary::Summary;
 use crate::telemetry::observe::{self, error_type};
-use crate::validate::ValidRequest;
+use crate::validate::{ValidEmbed, ValidRequest};
+
+pub use embed::Embedded;
 
 /// The longest a call waits on one instance for a retry. An upstream that asks for a longer
 /// pause (`Retry-After`) is not waited for in place: the next target is tried, or the client gets
@@ -113,12 +117,37 @@ impl Gateway {
         call: CallContext,
         limit: ResponseLimit,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
+        let started = self.run(plan, &ChatOperation { request: &request }, &call).await?;
+        let Started { output: (first, upstream), target, attempt, permit, in_flight } = started;
+        let hard_stop = self.hard_stop.clone();
+        Ok(relay(Relay { target, call, limit, hard_stop, attempt, permit, in_flight }, first, upstream))
+    }
+
+    /// Embeds a request's inputs: the first target that answers does, with the same retries,
+    /// fallback, limits and deadlines as a completion. The vectors come back as the upstream gave
+    /// them, checked for count and shape; the handler normalises them.
+    pub async fn embed(&self, plan: &Plan, request: ValidEmbed, call: CallContext) -> Result<Embedded, GatewayError> {
+        let started = self.run(plan, &EmbedOperation { request: &request }, &call).await?;
+        let Started { output: embeddings, target, attempt, .. } = started;
+        let embedded = embed::checked(&target, request.inputs.len(), embeddings)?;
+        attempt.embedded(&embedded, &call);
+        Ok(embedded)
+    }
+
+    /// Tries the plan's targets in order until one starts `operation`; when every one failed, the
+    /// last failure decides the status.
+    async fn run<O: Operation>(
+        &self,
+        plan: &Plan,
+        operation: &O,
+        call: &CallContext,
+    ) -> Result<Started<O::Output>, GatewayError> {
         let order = plan.attempt_order();
         let mut failures: Vec<GatewayError> = Vec::new();
         for (index, target) in order.iter().enumerate() {
             let fallback_reason = failures.last().map(error_type);
-            match self.try_target(target, &request, &call, limit, fallback_reason).await {
-                Ok(stream) => return Ok(stream),
+            match self.try_target(target, operation, call, fallback_reason).await {
+                Ok(started) => return Ok(started),
                 Err(Outcome::Stop(error)) => return Err(error),
                 Err(Outcome::FallBack(error)) => {
                     if index + 1 < order.len() {
@@ -141,19 +170,19 @@ impl Gateway {
         })
     }
 
-    /// Attempts one target, retrying what is worth retrying, until it produces a first event.
-    async fn try_target(
+    /// Attempts one target, retrying what is worth retrying, until `operation` starts on it.
+    async fn try_target<O: Operation>(
         &self,
         target: &Target,
-        request: &ValidRequest,
+        operation: &O,
         call: &CallContext,
-        limit: ResponseLimit,
         fallback_reason: Option<String>,
-    ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + 'static + use<>, Outcome> {
+    ) -> Result<Started<O::Output>, Outcome> {
         let instance = &target.instance;
-        if let Some(feature) = request.needs().first_missing(instance.provider.features()) {
+        if let Some(feature) = operation.needs().first_missing(instance.provider.features()) {
             // Refused here rather than sent: the adapter would have to drop what it cannot say.
-            let message = format!("provider '{}' cannot translate it", instance.name);
+            let message =
+                format!("provider '{}' ({}) cannot translate it", instance.name, instance.labels.gen_ai_provider);
             let error = ProviderError::Unsupported { feature, message };
             return Err(Outcome::FallBack(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }));
         }
@@ -225,26 +254,17 @@ impl Gateway {
                 None => None,
             };
             let in_flight = InFlight::new(instance.clone());
-            let attempt_span = observe::attempt_span(target, request, attempt + 1, kind, reason.as_deref());
+            let attempt_span = operation.span(target, attempt + 1, kind, reason.as_deref());
             let started = Instant::now();
-            let first = self.first_event(target, request, call, &attempt_span).instrument(attempt_span.clone()).await;
-            match first {
-                Ok((first, upstream)) => {
+            let outcome = operation.attempt(self, target, call, &attempt_span).instrument(attempt_span.clone()).await;
+            match outcome {
+                Ok(output) => {
                     pass.success();
-                    let attempt = observe::Attempt::new(attempt_span, target, started);
-                    let held = Relay {
-                        target: target.clone(),
-                        call: *call,
-                        limit,
-                        hard_stop: self.hard_stop.clone(),
-                        attempt,
-                        permit,
-                        in_flight,
-                    };
-                    return Ok(relay(held, first, upstream));
+                    let attempt = observe::Attempt::new(attempt_span, target, started, O::NAME);
+                    return Ok(Started { output, target: target.clone(), attempt, permit, in_flight });
                 }
                 Err(error) => {
-                    observe::Attempt::new(attempt_span, target, started).failed(&error);
+                    observe::Attempt::new(attempt_span, target, started, O::NAME).failed(&error);
                     let verdict = classify(&error);
                     if verdict.counts_against_instance {
                         pass.failure();
@@ -277,7 +297,7 @@ impl Gateway {
         }
     }
 
-    /// Sends the request and waits for the first event, under the first-token timeout.
+    /// Sends a chat request and waits for the first event, under the first-token timeout.
     async fn first_event(
         &self,
         target: &Target,
@@ -418,6 +438,111 @@ fn classify(error: &GatewayError) -> Verdict {
 }
 
 /// Options the request left unset take the instance's configured defaults.
+/// One kind of upstream call the core drives through a plan: a completion (up to its first event)
+/// or an embedding call (its whole answer). Retries, fallback, the breaker, concurrency limits
+/// and refusals by feature are the same for both.
+trait Operation: Sync {
+    /// The GenAI operation name: `chat` or `embeddings`.
+    const NAME: &'static str;
+    type Output: Send;
+    /// What the call needs of a target's adapter.
+    fn needs(&self) -> Features;
+    /// The attempt's span.
+    fn span(&self, target: &Target, number: u32, kind: &'static str, reason: Option<&str>) -> tracing::Span;
+    /// One attempt on `target`.
+    fn attempt(
+        &self,
+        gateway: &Gateway,
+        target: &Target,
+        call: &CallContext,
+        span: &tracing::Span,
+    ) -> impl std::future::Future<Output = Result<Self::Output, GatewayError>> + Send;
+}
+
+/// A target's attempt that started, and what the call holds until it ends.
+struct Started<T> {
+    output: T,
+    target: Target,
+    attempt: observe::Attempt,
+    /// The instance's concurrency place, when it has a limit.
+    permit: Option<OwnedSemaphorePermit>,
+    in_flight: InFlight,
+}
+
+struct ChatOperation<'a> {
+    request: &'a ValidRequest,
+}
+
+impl Operation for ChatOperation<'_> {
+    const NAME: &'static str = "chat";
+    type Output = (ChatEvent, ChatStream);
+
+    fn needs(&self) -> Features {
+        self.request.needs()
+    }
+
+    fn span(&self, target: &Target, number: u32, kind: &'static str, reason: Option<&str>) -> tracing::Span {
+        observe::attempt_span(target, self.request, number, kind, reason)
+    }
+
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        target: &Target,
+        call: &CallContext,
+        span: &tracing::Span,
+    ) -> Result<Self::Output, GatewayError> {
+        gateway.first_event(target, self.request, call, span).await
+    }
+}
+
+struct EmbedOperation<'a> {
+    request: &'a ValidEmbed,
+}
+
+impl Operation for EmbedOperation<'_> {
+    const NAME: &'static str = "embeddings";
+    type Output = Embeddings;
+
+    fn needs(&self) -> Features {
+        let needs = Features::of(&[Feature::Embeddings]);
+        if self.request.dimensions.is_some() { needs.with(Feature::EmbeddingDimensions) } else { needs }
+    }
+
+    fn span(&self, target: &Target, number: u32, kind: &'static str, reason: Option<&str>) -> tracing::Span {
+        observe::embed_span(target, self.request, number, kind, reason)
+    }
+
+    /// The whole answer, under the first-token timeout (an embedding answer comes all at once).
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        target: &Target,
+        call: &CallContext,
+        span: &tracing::Span,
+    ) -> Result<Embeddings, GatewayError> {
+        let instance = &target.instance;
+        let request = EmbedRequest {
+            model: target.model.clone(),
+            inputs: self.request.inputs.clone(),
+            dimensions: self.request.dimensions,
+            task: self.request.task,
+            truncate: self.request.truncate,
+            trace_context: observe::trace_context(span),
+        };
+        let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
+        tokio::select! {
+            biased;
+            _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
+            result = tokio::time::timeout_at(give_up, instance.provider.embed(request)) => match result {
+                Ok(Ok(embeddings)) => Ok(embeddings),
+                Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
+                Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, Phase::Response)),
+            },
+        }
+    }
+}
+
 fn with_defaults(
     mut options: copilot_provider::GenerationOptions,
     defaults: &DefaultOptions,

@@ -160,6 +160,36 @@ impl pb::copilot_server::Copilot for CopilotApi {
         Ok(Response::new(pb::ListModelsResponse { models, failed_providers }))
     }
 
+    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let call = CallContext::from_request(&request);
+        let caller = Caller::of(&request);
+        let valid = validate::embed(request.into_inner(), &self.limits)?;
+        let plan = self.gateway.router().resolve_embedding(&valid.model)?;
+        // The inputs' estimated tokens are held against the key's budget until the upstream's count
+        // settles them (or, when it reports none, the estimate is charged).
+        let reservation = match &caller {
+            Some(caller) => {
+                caller.check_model(&plan.allow_list_name())?;
+                Some(caller.reserve(valid.inputs.iter().map(String::as_str), Some(0))?)
+            }
+            None => None,
+        };
+        let embedded = self.gateway.embed(&plan, valid, call).await?;
+        match (reservation, embedded.input_tokens) {
+            (Some(reservation), Some(input_tokens)) => {
+                reservation.settle(&copilot_provider::Usage { input_tokens, ..Default::default() })
+            }
+            (Some(reservation), None) => reservation.keep(),
+            (None, _) => {}
+        }
+        Ok(Response::new(pb::EmbedResponse {
+            usage: Some(pb::Usage { input_tokens: embedded.input_tokens.unwrap_or(0), ..Default::default() }),
+            dimensions: embedded.dimensions,
+            model: embedded.model,
+            embeddings: embedded.vectors.into_iter().map(|values| pb::Embedding { values }).collect(),
+        }))
+    }
+
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
         validate::model_name(&request.get_ref().model)?;
         let plan = self.route(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;
@@ -184,6 +214,7 @@ fn model(listed: ListedModel) -> pb::Model {
         size_bytes: listed.info.size_bytes,
         capabilities: listed.info.capabilities,
         alias_targets: Vec::new(),
+        embedding_length: listed.info.embedding_length,
     }
 }
 

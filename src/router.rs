@@ -140,6 +140,7 @@ pub struct Router {
     instances: BTreeMap<String, Arc<Instance>>,
     default_provider: Option<String>,
     default_model: Option<String>,
+    default_embedding_model: Option<String>,
     aliases: BTreeMap<String, Vec<AliasTarget>>,
 }
 
@@ -153,7 +154,22 @@ impl Router {
         aliases: BTreeMap<String, Vec<AliasTarget>>,
     ) -> Self {
         let instances = instances.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
-        Self { instances, default_provider, default_model, aliases }
+        Self { instances, default_provider, default_model, default_embedding_model: None, aliases }
+    }
+
+    /// The model an `Embed` call that names none goes to.
+    pub fn with_default_embedding_model(mut self, model: Option<String>) -> Self {
+        self.default_embedding_model = model.filter(|m| !m.trim().is_empty());
+        self
+    }
+
+    /// Where an `Embed` call goes: as [`resolve`](Self::resolve), but an empty name means the
+    /// default embedding model.
+    pub fn resolve_embedding(&self, requested: &str) -> Result<Plan, GatewayError> {
+        match requested {
+            "" => self.resolve(self.default_embedding_model.as_deref().ok_or(GatewayError::NoDefaultEmbeddingModel)?),
+            name => self.resolve(name),
+        }
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {

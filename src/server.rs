@@ -124,7 +124,8 @@ async fn run(
         config.default_provider().map(String::from),
         config.routing.default_model.clone(),
         config.routing.aliases.clone(),
-    );
+    )
+    .with_default_embedding_model(config.routing.default_embedding_model.clone());
     let gateway = Arc::new(Gateway::new(router, hard_stop.clone()));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -197,6 +197,65 @@ pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequ
     Ok(asks.request(&request.model, messages, options))
 }
 
+/// A checked `Embed` request, before routing: `model` is still the client's name for it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValidEmbed {
+    pub model: String,
+    pub inputs: Vec<String>,
+    pub dimensions: Option<u32>,
+    pub task: copilot_provider::EmbeddingTask,
+    pub truncate: bool,
+}
+
+pub fn embed(request: pb::EmbedRequest, limits: &LimitsConfig) -> Result<ValidEmbed, GatewayError> {
+    use copilot_provider::EmbeddingTask;
+    let mut violations = Vec::new();
+    check_model_name(&request.model, &mut violations);
+    if request.inputs.is_empty() {
+        violations.push(FieldViolation::new("inputs", "must contain at least one text"));
+    }
+    if request.inputs.len() > limits.max_embed_inputs {
+        // Checking each of a flood of inputs would only lengthen the answer.
+        return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+            "inputs",
+            format!(
+                "has {} texts; this server accepts at most {} per call (its limits.max_embed_inputs): split them",
+                request.inputs.len(),
+                limits.max_embed_inputs
+            ),
+        )]));
+    }
+    check_prompt_size("inputs", request.inputs.iter().map(String::as_str), limits, &mut violations);
+    for (i, input) in request.inputs.iter().enumerate() {
+        if input.trim().is_empty() {
+            violations.push(FieldViolation::new(format!("inputs[{i}]"), "must not be empty"));
+        }
+    }
+    if request.dimensions == Some(0) {
+        violations.push(FieldViolation::new("dimensions", "must be at least 1; leave it unset for the model's own"));
+    }
+    let task = match pb::EmbeddingTask::try_from(request.task) {
+        Ok(pb::EmbeddingTask::Unspecified) => EmbeddingTask::Unspecified,
+        Ok(pb::EmbeddingTask::Query) => EmbeddingTask::Query,
+        Ok(pb::EmbeddingTask::Document) => EmbeddingTask::Document,
+        Ok(pb::EmbeddingTask::SemanticSimilarity) => EmbeddingTask::SemanticSimilarity,
+        Ok(pb::EmbeddingTask::Classification) => EmbeddingTask::Classification,
+        Ok(pb::EmbeddingTask::Clustering) => EmbeddingTask::Clustering,
+        Err(_) => {
+            violations.push(FieldViolation::new("task", format!("{} is not a known task", request.task)));
+            EmbeddingTask::Unspecified
+        }
+    };
+    finish(violations)?;
+    Ok(ValidEmbed {
+        model: request.model.trim().to_string(),
+        inputs: request.inputs,
+        dimensions: request.dimensions,
+        task,
+        truncate: request.truncate,
+    })
+}
+
 /// The prompt's total length in characters against `limits.max_prompt_chars`.
 fn check_prompt_size<'a>(
     field: &str,
@@ -707,5 +766,24 @@ mod tests {
         assert_eq!(sniff_image(b"GIF87a"), Some("image/gif"));
         assert_eq!(sniff_image(b"RIFF\0\0\0\0WAVE"), None);
         assert_eq!(sniff_image(b""), None);
+    }
+
+    #[test]
+    fn embed_requests_are_checked() {
+        let request = |inputs: &[&str]| pb::EmbedRequest {
+            model: "ollama/nomic-embed-text".into(),
+            inputs: inputs.iter().map(|i| i.to_string()).collect(),
+            task: pb::EmbeddingTask::Query as i32,
+            ..Default::default()
+        };
+        let valid = embed(request(&["a", "b"]), &LimitsConfig::default()).unwrap();
+        assert_eq!((valid.inputs.len(), valid.task), (2, copilot_provider::EmbeddingTask::Query));
+        let bad = pb::EmbedRequest { dimensions: Some(0), task: 99, ..request(&["a", " "]) };
+        assert_eq!(fields(embed(bad, &LimitsConfig::default()).unwrap_err()), ["inputs[1]", "dimensions", "task"]);
+        assert_eq!(fields(embed(request(&[]), &LimitsConfig::default()).unwrap_err()), ["inputs"]);
+        let limits = LimitsConfig { max_embed_inputs: 2, max_prompt_chars: 4, ..LimitsConfig::default() };
+        let err = embed(request(&["a", "b", "c"]), &limits).unwrap_err();
+        assert!(err.to_string().contains("max_embed_inputs"), "{err}");
+        assert_eq!(fields(embed(request(&["abc", "de"]), &limits).unwrap_err()), ["inputs"]);
     }
 }

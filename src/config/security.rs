@@ -103,6 +103,8 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// The most messages one Chat request may carry.
     pub max_messages: usize,
+    /// The most inputs one Embed request may carry.
+    pub max_embed_inputs: usize,
     /// The most characters of prompt one request may carry: the sum over all its messages
     /// (Generate: the prompt plus the system prompt).
     pub max_prompt_chars: usize,
@@ -143,6 +145,7 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
             max_messages: 1000,
+            max_embed_inputs: 2048,
             max_prompt_chars: 1_000_000,
             // 64 KiB under gRPC clients' default 4 MiB receive limit, which the reply's envelope
             // would otherwise push a reply of exactly 4 MiB of text over.
@@ -191,6 +194,7 @@ pub(super) fn check(tls: Option<&TlsConfig>, auth: &AuthConfig, limits: &LimitsC
     for (field, value) in [
         ("max_message_bytes", limits.max_message_bytes),
         ("max_messages", limits.max_messages),
+        ("max_embed_inputs", limits.max_embed_inputs),
         ("max_prompt_chars", limits.max_prompt_chars),
         ("max_response_bytes", limits.max_response_bytes),
     ] {

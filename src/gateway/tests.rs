@@ -24,7 +24,7 @@ use crate::error::Phase;
 use crate::resilience::{Breaker, ConcurrencyLimit};
 use crate::router::tests::Nothing;
 use crate::router::{Instance, Router};
-use crate::validate::ValidRequest;
+use crate::validate::{ValidEmbed, ValidRequest};
 
 // ---------------------------------------------------------------------------------------------
 // The scripted provider
@@ -72,6 +72,8 @@ struct Scripted {
     dropped: Arc<AtomicUsize>,
     /// What it says it can translate.
     features: Features,
+    /// What each call to `embed` answers, in order.
+    embeddings: Mutex<VecDeque<Result<copilot_provider::Embeddings, ProviderError>>>,
 }
 
 impl Scripted {
@@ -166,6 +168,14 @@ impl Provider for Scripted {
 
     fn features(&self) -> Features {
         self.features
+    }
+
+    async fn embed(
+        &self,
+        request: copilot_provider::EmbedRequest,
+    ) -> Result<copilot_provider::Embeddings, ProviderError> {
+        self.calls.lock().unwrap().push(Call { at: Instant::now(), model: request.model.clone(), max_tokens: None });
+        self.embeddings.lock().unwrap().pop_front().expect("an embed call the script did not expect")
     }
 }
 
@@ -1081,4 +1091,60 @@ async fn tool_call_arguments_count_against_the_response_limit() {
     let (_, end) = drain(stream).await;
     assert!(matches!(end, Err(GatewayError::ResponseTooLarge { limit: 12, .. })), "{end:?}");
     assert_eq!(provider.dropped(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+fn embed_request(model: &str) -> ValidEmbed {
+    ValidEmbed { model: model.into(), inputs: vec!["a".into(), "b".into()], ..Default::default() }
+}
+
+fn vectors(vectors: Vec<Vec<f32>>) -> Result<copilot_provider::Embeddings, ProviderError> {
+    Ok(copilot_provider::Embeddings { vectors, model: String::new(), input_tokens: Some(4) })
+}
+
+/// `Embed` takes the chat path's policy: a target that cannot embed is refused or skipped by an
+/// alias, a retryable failure is retried, and the answer comes back normalised, in order.
+#[tokio::test(start_paused = true)]
+async fn embeddings_are_routed_retried_and_normalised() {
+    let chat_only = Scripted::new([]);
+    let embedder = Scripted::with_features([], Features::of(&[Feature::Embeddings]));
+    embedder
+        .embeddings
+        .lock()
+        .unwrap()
+        .extend([Err(ProviderError::Unreachable("refused".into())), vectors(vec![vec![3.0, 4.0], vec![0.0, 5.0]])]);
+    let retrying_embedder = retrying("b", &embedder, 1, secs(1), secs(1));
+    let (gw, _) = gateway(vec![instance("a", &chat_only), retrying_embedder], &["a/m", "b/e"]);
+
+    let plan = gw.router().resolve("a/m").unwrap();
+    let status = Status::from(gw.embed(&plan, embed_request("a/m"), call(None)).await.unwrap_err());
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::FailedPrecondition, "FEATURE_UNSUPPORTED"));
+    assert_eq!(status.get_details_error_info().unwrap().metadata["feature"], "embedding");
+
+    let plan = gw.router().resolve("pair").unwrap();
+    let embedded = gw.embed(&plan, embed_request("pair"), call(None)).await.unwrap();
+    assert_eq!(embedded.vectors, [vec![0.6, 0.8], vec![0.0, 1.0]]);
+    assert_eq!((embedded.model.as_str(), embedded.dimensions, embedded.input_tokens), ("b/e", 2, Some(4)));
+    assert_eq!((chat_only.count(), embedder.count()), (0, 2));
+
+    // Shortened vectors need an adapter that can shorten them.
+    let plan = gw.router().resolve("b/e").unwrap();
+    let shortened = ValidEmbed { dimensions: Some(1), ..embed_request("b/e") };
+    let status = Status::from(gw.embed(&plan, shortened, call(None)).await.unwrap_err());
+    assert_eq!(status.get_details_error_info().unwrap().metadata["feature"], "embedding_dimensions");
+}
+
+/// An empty name goes to the configured default embedding model, or is MODEL_REQUIRED.
+#[test]
+fn an_embed_without_a_model_uses_the_default_embedding_model() {
+    let provider = Scripted::new([]);
+    let router = Router::new(vec![instance("a", &provider)], None, Some("a/chat".into()), BTreeMap::new());
+    let status = Status::from(refusal(router.resolve_embedding("")));
+    assert_eq!(reason(&status), "MODEL_REQUIRED");
+    assert!(status.message().contains("routing.default_embedding_model"), "{}", status.message());
+    let router = router.with_default_embedding_model(Some("a/embedder".into()));
+    let plan = router.resolve_embedding("").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.attempt_order()[0].model, "embedder");
 }

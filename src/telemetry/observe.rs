@@ -19,11 +19,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::deadline::CallContext;
 use crate::error::GatewayError;
+use crate::gateway::Embedded;
 use crate::router::Target;
 use crate::summary::Summary;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::{capture_message_content, metrics_enabled};
-use crate::validate::ValidRequest;
+use crate::validate::{ValidEmbed, ValidRequest};
 
 pub fn attempt_span(
     target: &Target,
@@ -116,6 +117,42 @@ pub fn trace_context(span: &tracing::Span) -> Vec<(String, String)> {
     headers.0
 }
 
+/// An `Embed` attempt's span: `embeddings {model}`, with the conventions' embedding attributes.
+pub fn embed_span(
+    target: &Target,
+    request: &ValidEmbed,
+    number: u32,
+    kind: &'static str,
+    reason: Option<&str>,
+) -> tracing::Span {
+    let instance = &target.instance;
+    let span = tracing::info_span!(
+        "gen_ai.attempt",
+        otel.name = %format!("embeddings {}", target.model),
+        otel.kind = if instance.labels.in_process { "internal" } else { "client" },
+        otel.status_code = Empty,
+        gen_ai.operation.name = "embeddings",
+        gen_ai.provider.name = instance.labels.gen_ai_provider,
+        gen_ai.request.model = %target.model,
+        gen_ai.embeddings.dimension.count = request.dimensions.map(i64::from),
+        server.address = instance.labels.server_address.as_deref(),
+        server.port = instance.labels.server_port.map(i64::from),
+        copilot.provider.instance = %instance.name,
+        copilot.embeddings.inputs = request.inputs.len() as i64,
+        copilot.attempt.number = i64::from(number),
+        copilot.attempt.kind = kind,
+        copilot.attempt.reason = reason,
+        copilot.attempt.outcome = Empty,
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        error.type = Empty,
+    );
+    if !span.is_disabled() {
+        span.set_attribute("gen_ai.request.encoding_formats", Value::Array(vec![StringValue::from("float")].into()));
+    }
+    span
+}
+
 /// A message as the GenAI conventions' `gen_ai.input.messages` write it.
 fn message_json(message: &Message) -> serde_json::Value {
     if message.role == Role::Tool {
@@ -181,10 +218,10 @@ pub fn error_type(error: &GatewayError) -> String {
 }
 
 /// The attributes every metric point of an attempt carries.
-fn metric_attributes(target: &Target) -> Vec<KeyValue> {
+fn metric_attributes(target: &Target, operation: &'static str) -> Vec<KeyValue> {
     let instance = &target.instance;
     let mut attributes = vec![
-        KeyValue::new("gen_ai.operation.name", "chat"),
+        KeyValue::new("gen_ai.operation.name", operation),
         KeyValue::new("gen_ai.provider.name", instance.labels.gen_ai_provider),
         KeyValue::new("gen_ai.request.model", target.model.clone()),
     ];
@@ -210,9 +247,10 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn new(span: tracing::Span, target: &Target, started: Instant) -> Self {
+    /// `operation` is the GenAI operation name: `chat` or `embeddings`.
+    pub fn new(span: tracing::Span, target: &Target, started: Instant, operation: &'static str) -> Self {
         let instance = &target.instance;
-        let attributes = metrics_enabled().then(|| metric_attributes(target));
+        let attributes = metrics_enabled().then(|| metric_attributes(target, operation));
         let output = capture_message_content().then(AssembledTurn::default);
         Self { span, started, attributes, in_process: instance.labels.in_process, last_chunk: None, output }
     }
@@ -315,6 +353,28 @@ impl Attempt {
                 let per_token = generation.as_secs_f64() / f64::from(tokens_after_first);
                 m.server_time_per_output_token.record(per_token, &attributes);
             }
+        }
+    }
+
+    /// An `Embed` attempt's answer.
+    pub fn embedded(self, embedded: &Embedded, call: &CallContext) {
+        let span = &self.span;
+        span.record("copilot.attempt.outcome", "completed");
+        span.record("gen_ai.response.model", embedded.model.as_str());
+        span.record("gen_ai.embeddings.dimension.count", i64::from(embedded.dimensions));
+        if let Some(tokens) = embedded.input_tokens {
+            span.record("gen_ai.usage.input_tokens", i64::from(tokens));
+        }
+        let Some(attributes) = self.attributes else { return };
+        let m = metrics();
+        m.operation_duration.record(self.started.elapsed().as_secs_f64(), &attributes);
+        if let Some(tokens) = embedded.input_tokens {
+            let mut with_type = attributes.clone();
+            with_type.push(KeyValue::new("gen_ai.token.type", "input"));
+            m.token_usage.record(u64::from(tokens), &with_type);
+        }
+        if self.in_process {
+            m.server_request_duration.record((Instant::now() - call.received).as_secs_f64(), &attributes);
         }
     }
 

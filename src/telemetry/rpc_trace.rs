@@ -154,6 +154,7 @@ fn api_method(name: &str) -> Option<ApiMethod> {
         "Chat" => ("Chat", "copilot.v1.Copilot/Chat"),
         "ListModels" => ("ListModels", "copilot.v1.Copilot/ListModels"),
         "GetModel" => ("GetModel", "copilot.v1.Copilot/GetModel"),
+        "Embed" => ("Embed", "copilot.v1.Copilot/Embed"),
         // Unknown methods get UNIMPLEMENTED from the router; nothing to trace.
         _ => return None,
     };

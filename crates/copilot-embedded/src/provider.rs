@@ -433,6 +433,7 @@ fn model_info(name: &str, info: &GgufInfo) -> ModelInfo {
         context_length: info.context_length,
         size_bytes: Some(info.file_size),
         capabilities,
+        ..Default::default()
     }
 }
 

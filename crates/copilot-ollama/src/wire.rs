@@ -622,6 +622,7 @@ fn model_info(
         context_length,
         size_bytes,
         capabilities: capabilities.map(with_formats).unwrap_or_default(),
+        ..Default::default()
     }
 }
 

@@ -195,10 +195,14 @@ pub enum Feature {
     ThinkingOff,
     Images,
     ImageUrls,
+    /// Embedding texts (`Provider::embed`).
+    Embeddings,
+    /// Embeddings shortened to a requested number of dimensions.
+    EmbeddingDimensions,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 9] = [
         Feature::Tools,
         Feature::JsonObject,
         Feature::JsonSchema,
@@ -206,6 +210,8 @@ impl Feature {
         Feature::ThinkingOff,
         Feature::Images,
         Feature::ImageUrls,
+        Feature::Embeddings,
+        Feature::EmbeddingDimensions,
     ];
 
     /// The name in `Model.capabilities` and in errors.
@@ -218,6 +224,8 @@ impl Feature {
             Feature::ThinkingOff => "thinking_off",
             Feature::Images => "vision",
             Feature::ImageUrls => "image_urls",
+            Feature::Embeddings => "embedding",
+            Feature::EmbeddingDimensions => "embedding_dimensions",
         }
     }
 
@@ -231,17 +239,19 @@ impl Feature {
             Feature::ThinkingOff => "turning reasoning off",
             Feature::Images => "images",
             Feature::ImageUrls => "images given as URLs",
+            Feature::Embeddings => "embeddings",
+            Feature::EmbeddingDimensions => "embeddings of a chosen dimension",
         }
     }
 
-    fn bit(self) -> u8 {
-        1 << self as u8
+    fn bit(self) -> u16 {
+        1 << self as u16
     }
 }
 
 /// A set of [`Feature`]s: what an adapter can translate, or what a request needs.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Features(u8);
+pub struct Features(u16);
 
 impl Features {
     /// Text only.

@@ -54,4 +54,15 @@ pub trait Provider: Send + Sync + 'static {
     fn features(&self) -> Features {
         Features::NONE
     }
+
+    /// Embeds the request's inputs, splitting them into the upstream's own batch limit and
+    /// returning one vector per input, in order. Called only for adapters that declare
+    /// [`Feature::Embeddings`].
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let _ = request;
+        Err(ProviderError::Unsupported {
+            feature: Feature::Embeddings,
+            message: "this provider has no embeddings API".into(),
+        })
+    }
 }

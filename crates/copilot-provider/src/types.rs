@@ -242,6 +242,47 @@ pub struct ModelInfo {
     pub size_bytes: Option<u64>,
     /// e.g. `"completion"`, `"tools"`, `"vision"`, `"thinking"`, `"embedding"`.
     pub capabilities: Vec<String>,
+    /// For an embedding model: its vectors' length, when the upstream says.
+    pub embedding_length: Option<u32>,
+}
+
+/// A validated embedding request addressed to one provider: `model` is the provider's own name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedRequest {
+    pub model: String,
+    /// At least one, none empty.
+    pub inputs: Vec<String>,
+    /// Shorten the vectors to this many dimensions (at least 1); only sent to adapters that
+    /// declare [`Feature::EmbeddingDimensions`].
+    pub dimensions: Option<u32>,
+    pub task: EmbeddingTask,
+    /// Cut over-long inputs to the model's context instead of failing.
+    pub truncate: bool,
+    /// As [`ChatRequest::trace_context`].
+    pub trace_context: Vec<(String, String)>,
+}
+
+/// What embedding vectors are for (Gemini embeds differently per task; others ignore it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EmbeddingTask {
+    #[default]
+    Unspecified,
+    Query,
+    Document,
+    SemanticSimilarity,
+    Classification,
+    Clustering,
+}
+
+/// The vectors of an embedding call, one per input in order, as the upstream gave them (the
+/// server checks their count and lengths and normalises them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// The model that answered, as the upstream names it; empty when it does not say.
+    pub model: String,
+    /// Input tokens, when the upstream reports them.
+    pub input_tokens: Option<u32>,
 }
 
 /// The answer to a health probe.
