@@ -928,6 +928,7 @@ mod tests {
                     context_length: None,
                     size_bytes: Some(2019393189),
                     capabilities: ["completion", "tools", "json_object", "json_schema"].map(String::from).to_vec(),
+                    ..Default::default()
                 },
                 ModelInfo { name: "bare:1b".into(), ..Default::default() },
             ]
