@@ -181,8 +181,12 @@ impl Gateway {
         let instance = &target.instance;
         if let Some(feature) = operation.needs().first_missing(instance.provider.features()) {
             // Refused here rather than sent: the adapter would have to drop what it cannot say.
-            let message =
-                format!("provider '{}' ({}) cannot translate it", instance.name, instance.labels.gen_ai_provider);
+            let message = match instance.provider.lacking(feature) {
+                Some(why) => format!("provider '{}': {why}", instance.name),
+                None => {
+                    format!("provider '{}' ({}) cannot translate it", instance.name, instance.labels.gen_ai_provider)
+                }
+            };
             let error = ProviderError::Unsupported { feature, message };
             return Err(Outcome::FallBack(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }));
         }

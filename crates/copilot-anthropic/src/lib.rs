@@ -347,6 +347,13 @@ impl Provider for AnthropicProvider {
         ])
     }
 
+    fn lacking(&self, feature: Feature) -> Option<&'static str> {
+        (feature == Feature::Embeddings).then_some(
+            "Anthropic has no embeddings API; embed with another provider (Anthropic's own docs point to Voyage AI, \
+             reachable as an OpenAI-compatible provider)",
+        )
+    }
+
     async fn health(&self) -> Result<HealthReport, ProviderError> {
         let mut url = self.models_url.clone();
         url.query_pairs_mut().append_pair("limit", "1");

@@ -59,4 +59,4 @@ pub use google::FakeGoogleAuth;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};
 pub use openai::{FakeOpenAi, Flavour};
 pub use otlp::FakeCollector;
-pub use script::{FakeToolCall, Piece};
+pub use script::{FakeToolCall, Piece, fake_embedding};

@@ -147,6 +147,9 @@ pub struct FakeModel {
     /// Size on disk in bytes, as `/api/tags` reports it.
     pub size: u64,
     pub capabilities: Vec<String>,
+    /// For an embedding model: the length of its vectors ([`fake_embedding`] makes them). A model
+    /// with none cannot embed, and one with some cannot chat, as the providers answer.
+    pub embedding_length: Option<u32>,
     /// What the model says instead of `reply` when the conversation ends with tool results (the
     /// second turn of a tool loop); `None` says `reply` again. An [`Reply::Echo`] here repeats the
     /// last tool result.
@@ -169,7 +172,18 @@ impl FakeModel {
             size: 2_019_393_189,
             capabilities: vec!["completion".to_owned()],
             after_tool_result: None,
+            embedding_length: None,
         }
+    }
+
+    /// An embedding model whose vectors have `dimensions` components.
+    pub fn embedding(name: &str, dimensions: u32) -> Self {
+        let mut model = FakeModel::new(name);
+        model.embedding_length = Some(dimensions);
+        model.capabilities = vec!["embedding".to_owned()];
+        model.family = "nomic-bert".to_owned();
+        model.context_length = 2048;
+        model
     }
 
     /// Says `reply` when the conversation ends with tool results (see [`Self::after_tool_result`]).
@@ -207,6 +221,26 @@ impl FakeModel {
         self.header_delay = delay;
         self
     }
+}
+
+/// The vector a fake embedding model gives `text`: deterministic, different for different texts,
+/// and deliberately not of unit length (as llama.cpp's and Gemini's shortened vectors are not), so
+/// a test can tell whether the gateway normalised it. Component `i` is built from the text's bytes
+/// and `i`; the first is the text's length in bytes, so order mix-ups show.
+pub fn fake_embedding(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        state = (state ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..dimensions)
+        .map(|i| {
+            if i == 0 {
+                return text.len() as f32;
+            }
+            state = (state ^ i as u64).wrapping_mul(0x0100_0000_01b3);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
 }
 
 /// Why a reply that behaves ended. Each protocol has its own words for these.

@@ -55,6 +55,13 @@ pub trait Provider: Send + Sync + 'static {
         Features::NONE
     }
 
+    /// Why this adapter lacks `feature`, when there is more to say than that it cannot translate
+    /// it (e.g. "Anthropic has no embeddings API"): the refusal's message.
+    fn lacking(&self, feature: Feature) -> Option<&'static str> {
+        let _ = feature;
+        None
+    }
+
     /// Embeds the request's inputs, splitting them into the upstream's own batch limit and
     /// returning one vector per input, in order. Called only for adapters that declare
     /// [`Feature::Embeddings`].
