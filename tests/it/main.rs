@@ -11,6 +11,8 @@ mod doctor;
 mod embedded;
 #[cfg(feature = "embedded")]
 mod embedded_tools;
+#[cfg(any())]
+mod embeddings;
 mod environment;
 mod errors;
 mod grpcurl;
