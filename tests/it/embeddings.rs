@@ -272,3 +272,24 @@ async fn keys_limit_embeddings_as_they_limit_chats() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.get_details_error_info().unwrap().reason, "KEY_TOKEN_LIMIT");
 }
+
+/// An `Embed` attempt is an `embeddings {model}` span with the conventions' attributes, and the
+/// client metrics carry `gen_ai.operation.name = embeddings`.
+#[tokio::test]
+async fn an_embed_call_is_an_embeddings_span() {
+    use copilot_fakes::otlp::{AttrValue, FakeCollector};
+    let collector = FakeCollector::start().await;
+    let fake = copilot_fakes::FakeOllama::start().await;
+    fake.add_model(FakeModel::embedding("embedder", DIMENSIONS));
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string())];
+    let copilot =
+        Copilot::start_with(&format!("[providers.ollama]\nbase_url = \"{}\"\nretries = 0\n", fake.base_url()), &env)
+            .await;
+    within(LIMIT, copilot.client().await.embed(request("ollama/embedder", &texts(3)))).await.unwrap();
+    let span = collector.wait_for_span(LIMIT, |s| s.name == "embeddings embedder").await.unwrap();
+    assert_eq!(span.str_attr("gen_ai.operation.name"), Some("embeddings"));
+    assert_eq!(span.attr("gen_ai.embeddings.dimension.count"), Some(&AttrValue::Int(i64::from(DIMENSIONS))));
+    assert_eq!(span.attr("copilot.embeddings.inputs"), Some(&AttrValue::Int(3)));
+    let server = collector.wait_for_span(LIMIT, |s| s.name == "copilot.v1.Copilot/Embed").await;
+    assert!(server.is_some(), "the call's server span");
+}
