@@ -1,4 +1,5 @@
-//! A fake of Ollama's native HTTP API (`/api/chat`, `/api/tags`, `/api/show`, `/api/version`, `/`).
+//! A fake of Ollama's native HTTP API (`/api/chat`, `/api/embed`, `/api/tags`, `/api/show`,
+//! `/api/version`, `/`).
 //!
 //! It speaks the real wire format, as described in the project's Ollama reference notes: errors are
 //! `{"error":"..."}` with a JSON content type, chat streams are NDJSON (`application/x-ndjson`)
@@ -10,13 +11,19 @@
 //! abandoned by the client — so cancellation tests can assert that dropping a stream really closed
 //! the upstream connection.
 //!
+//! `POST /api/embed` embeds with the script's [`FakeModel::embedding`] models, as described under
+//! [`Fake::embed_requests`]. One difference is deliberate: **real Ollama L2-normalises its vectors,
+//! and the fake does not**: it answers [`fake_embedding`] as it is, so that a test sees whether
+//! the gateway normalises what an adapter returns. A model without an `embedding_length` cannot
+//! embed, and an embedding model cannot chat (`"<model>" does not support chat`), as in Ollama.
+//!
 //! The streaming path is also what the `fake-ollama` benchmark binary runs, so it avoids per-chunk
 //! work beyond formatting one line: no logging, one allocation per line.
 
 use std::borrow::Cow;
 use std::io::{self, Write as _};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -32,7 +39,7 @@ use crate::format::{civil_from_days, json_kind, write_json_string};
 use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
 use crate::script::{FakeToolCall, Piece};
-use crate::script::{Generation, Step};
+use crate::script::{Generation, Step, fake_embedding};
 
 /// The version `GET /api/version` reports.
 pub const OLLAMA_VERSION: &str = "0.12.3";
@@ -72,6 +79,25 @@ impl Fake<Ollama> {
     pub fn set_capability_checks(&self, check: bool) {
         self.wire.check_capabilities.store(check, Ordering::Relaxed);
     }
+
+    /// The JSON body of every `/api/embed` request received (including refused ones), in order,
+    /// while requests are recorded ([`Fake::set_record_requests`]).
+    ///
+    /// The fake's `/api/embed` checks a request as Ollama does: `model` is required; `input` is
+    /// a string (an empty one embeds nothing) or an array of strings (anything else is 400
+    /// `invalid input type`), and `input: []` is a 200 with `embeddings: []`; `truncate` (a bool,
+    /// `true` when absent or null) and `dimensions` (an integer) are type-checked like Go's JSON
+    /// binding. An unknown model is 404; a model that cannot embed is 400 `"<model>" does not
+    /// support embeddings`. An input's tokens are its whitespace-separated words (at least one,
+    /// as a tokenizer adds its own markers): past the model's `context_length`, `truncate:false`
+    /// is 400 `the input length exceeds the context length`, and `truncate:true` embeds the text
+    /// up to the end of its `context_length`-th word. Each vector is [`fake_embedding`] of that
+    /// text, cut to `dimensions` when that is positive and below the model's length (a larger
+    /// one is ignored, as in Ollama), and **never normalised**. `prompt_eval_count` is the tokens
+    /// embedded. [`Fake::set_busy`] and [`Fake::fail_next`] apply as to chat.
+    pub fn embed_requests(&self) -> Vec<Value> {
+        self.wire.embed_requests.lock().unwrap().clone()
+    }
 }
 
 /// Ollama's wire format, and the state its handle and request handlers share. A failure
@@ -83,6 +109,7 @@ pub struct Ollama {
     models: Models<ModelEntry>,
     harness: Arc<Harness>,
     check_capabilities: AtomicBool,
+    embed_requests: Mutex<Vec<Value>>,
 }
 
 impl Wire for Ollama {
@@ -90,7 +117,12 @@ impl Wire for Ollama {
     const BASE_PATH: &'static str = "";
 
     fn new(harness: Arc<Harness>) -> Self {
-        Ollama { models: Models::new(), harness, check_capabilities: AtomicBool::new(false) }
+        Ollama {
+            models: Models::new(),
+            harness,
+            check_capabilities: AtomicBool::new(false),
+            embed_requests: Mutex::new(Vec::new()),
+        }
     }
 
     fn router(shared: Arc<Self>) -> Router {
@@ -100,6 +132,7 @@ impl Wire for Ollama {
             .route("/api/tags", get(tags))
             .route("/api/show", post(show))
             .route("/api/chat", post(chat))
+            .route("/api/embed", post(embed))
             // gin answers unknown routes and wrong methods alike with a plain-text 404.
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
@@ -227,6 +260,9 @@ async fn show(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
     }
     model_info.insert("general.quantization_version".into(), json!(2));
     model_info.insert(format!("{}.context_length", model.family), json!(model.context_length));
+    // A chat model's `embedding_length` is its hidden size, which real Ollama lists too.
+    let embedding_length = model.embedding_length.unwrap_or(FAKE_HIDDEN_SIZE);
+    model_info.insert(format!("{}.embedding_length", model.family), json!(embedding_length));
 
     let modelfile = format!(
         "# Modelfile generated by \"ollama show\"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM {}\n\nFROM /root/.ollama/models/blobs/sha256-{}\nTEMPLATE \"{{{{ .Prompt }}}}\"\n",
@@ -255,6 +291,139 @@ fn model_details(model: &FakeModel) -> Value {
         "parameter_size": model.parameter_size,
         "quantization_level": model.quantization_level,
     })
+}
+
+/// The `<family>.embedding_length` `/api/show` gives a model that cannot embed: the hidden size
+/// every real model lists, which is not the length of any vector it gives.
+const FAKE_HIDDEN_SIZE: u32 = 3072;
+
+/// `POST /api/embed`, as described under [`Fake::embed_requests`].
+async fn embed(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
+    let received = Instant::now();
+    let request = match parse_json_body(&body, "EmbedRequest") {
+        Ok(request) => request,
+        Err(message) => return bad_request(&message),
+    };
+    let params = embed_params(&request);
+    if shared.harness.recording() {
+        shared.embed_requests.lock().unwrap().push(request);
+    }
+    let params = match params {
+        Ok(params) => params,
+        Err(message) => return bad_request(&message),
+    };
+    let Some(entry) = shared.find_model(&params.model) else {
+        let message = format!("model \"{}\" not found, try pulling it first", params.model);
+        return error_response(StatusCode::NOT_FOUND, &message);
+    };
+    let Some(length) = entry.model.embedding_length else {
+        return bad_request(&format!("{:?} does not support embeddings", params.model));
+    };
+    if shared.harness.busy() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE);
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        let status = status_code(failure.status);
+        let mut response = error_response(status, &format!("scripted failure ({})", failure.status));
+        failure.add_retry_after(&mut response);
+        return response;
+    }
+    let context = entry.model.context_length as usize;
+    let mut dimensions = length as usize;
+    if let Some(wanted) = params.dimensions.and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0) {
+        dimensions = dimensions.min(wanted);
+    }
+    let mut embeddings = Vec::with_capacity(params.inputs.len());
+    let mut tokens = 0usize;
+    for input in &params.inputs {
+        let (text, count) = match cut_to_words(input, context) {
+            Some(cut) if params.truncate => (cut, context),
+            Some(_) => return bad_request("the input length exceeds the context length"),
+            None => (input.as_str(), input.split_whitespace().count().max(1)),
+        };
+        tokens += count;
+        embeddings.push(fake_embedding(text, dimensions));
+    }
+    let responding = Instant::now();
+    json_value_response(
+        StatusCode::OK,
+        &json!({
+            "model": params.model,
+            "embeddings": embeddings,
+            "total_duration": nanos(responding - received) + tokens as u64 * PROMPT_EVAL_NANOS_PER_TOKEN,
+            "load_duration": nanos(Duration::ZERO),
+            "prompt_eval_count": tokens,
+        }),
+    )
+}
+
+/// What an embed request asks for, validated the way Ollama's handler does.
+struct EmbedParams {
+    model: String,
+    inputs: Vec<String>,
+    truncate: bool,
+    dimensions: Option<i64>,
+}
+
+/// Reads an embed request; `Err` is the 400 message Ollama would answer with.
+fn embed_params(request: &Value) -> Result<EmbedParams, String> {
+    let model = match request.get("model") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(model)) => model.as_str(),
+        Some(other) => return Err(type_error("EmbedRequest", "model", "string", other)),
+    };
+    let truncate = match request.get("truncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(truncate)) => *truncate,
+        Some(other) => return Err(type_error("EmbedRequest", "truncate", "bool", other)),
+    };
+    let dimensions = match request.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_i64() {
+            Some(dimensions) => Some(dimensions),
+            None => return Err(type_error("EmbedRequest", "dimensions", "int", value)),
+        },
+    };
+    if model.is_empty() {
+        return Err("model is required".to_owned());
+    }
+    let inputs = match request.get("input") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(input)) if input.is_empty() => Vec::new(),
+        Some(Value::String(input)) => vec![input.clone()],
+        Some(Value::Array(items)) => {
+            let mut inputs = Vec::with_capacity(items.len());
+            for item in items {
+                let Some(text) = item.as_str() else { return Err("invalid input type".to_owned()) };
+                inputs.push(text.to_owned());
+            }
+            inputs
+        }
+        Some(_) => return Err("invalid input type".to_owned()),
+    };
+    Ok(EmbedParams { model: model.to_owned(), inputs, truncate, dimensions })
+}
+
+/// `text` up to the end of its `words`-th whitespace-separated word when it has more words than
+/// that; `None` when it fits.
+fn cut_to_words(text: &str, words: usize) -> Option<&str> {
+    let mut seen = 0;
+    let mut in_word = false;
+    for (at, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if in_word && seen == words {
+                return text[at..].split_whitespace().next().map(|_| &text[..at]);
+            }
+            in_word = false;
+        } else if !in_word {
+            in_word = true;
+            seen += 1;
+            if seen > words {
+                return Some(text[..at].trim_end());
+            }
+        }
+    }
+    None
 }
 
 /// `"3.2B"` → 3_200_000_000, `"494.03M"` → 494_030_000.
@@ -305,6 +474,9 @@ async fn chat(State(shared): State<Arc<Ollama>>, body: Bytes) -> Response {
         let message = format!("model \"{}\" not found, try pulling it first", params.model);
         return error_response(StatusCode::NOT_FOUND, &message);
     };
+    if entry.model.embedding_length.is_some() {
+        return bad_request(&format!("{:?} does not support chat", params.model));
+    }
     if shared.check_capabilities.load(Ordering::Relaxed) {
         let has = |capability: &str| entry.model.capabilities.iter().any(|c| c == capability);
         // In the order Ollama checks them.
@@ -911,6 +1083,17 @@ mod tests {
         assert_eq!(canonical_name("llama3.2"), "llama3.2:latest");
         assert_eq!(canonical_name("llama3.2:3b"), "llama3.2:3b");
         assert_eq!(canonical_name("host:5000/ns/model"), "host:5000/ns/model:latest");
+    }
+
+    #[test]
+    fn inputs_are_cut_after_their_last_allowed_word() {
+        assert_eq!(cut_to_words("one two three", 3), None);
+        assert_eq!(cut_to_words("one two three  ", 3), None);
+        assert_eq!(cut_to_words("one two three", 2), Some("one two"));
+        assert_eq!(cut_to_words("  one\ttwo \n three four", 2), Some("  one\ttwo"));
+        assert_eq!(cut_to_words("é ü ö", 1), Some("é"));
+        assert_eq!(cut_to_words("", 0), None);
+        assert_eq!(cut_to_words("a", 0), Some(""));
     }
 
     #[test]

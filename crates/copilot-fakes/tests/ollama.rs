@@ -503,3 +503,129 @@ async fn malformed_tool_messages_are_refused() {
     ]);
     assert_eq!(post_chat(&fake, with_messages(accepted)).await.status(), 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+async fn post_embed(fake: &FakeOllama, body: Value) -> (u16, Value) {
+    let response =
+        client().post(format!("{}/api/embed", fake.base_url())).json(&body).send().await.expect("send embed request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("embed answers are JSON"))
+}
+
+async fn embedding_fake() -> FakeOllama {
+    let fake = fake_with(FakeModel::embedding("nomic-embed-text", 8)).await;
+    let mut short = FakeModel::embedding("short-embed", 4);
+    short.context_length = 3;
+    fake.add_model(short);
+    fake.add_model(FakeModel::new("llama3.2"));
+    fake
+}
+
+#[tokio::test]
+async fn embed_answers_fake_embeddings_in_order_unnormalised() {
+    let fake = embedding_fake().await;
+    let body = json!({"model": "nomic-embed-text", "input": ["first text", "a second, longer text"]});
+    let (status, answer) = post_embed(&fake, body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "nomic-embed-text");
+    let vectors: Vec<Vec<f32>> = serde_json::from_value(answer["embeddings"].clone()).unwrap();
+    let expected =
+        vec![copilot_fakes::fake_embedding("first text", 8), copilot_fakes::fake_embedding("a second, longer text", 8)];
+    assert_eq!(vectors, expected);
+    let norm: f32 = vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 0.01, "the fake does not normalise, unlike Ollama: {norm}");
+    assert_eq!(answer["prompt_eval_count"], 6);
+    assert!(answer["total_duration"].as_u64().unwrap() > 0);
+    assert!(answer.get("load_duration").is_some());
+    assert_eq!(fake.embed_requests(), vec![body]);
+    assert!(fake.chat_requests().is_empty());
+
+    // One string is one input; an empty string or none embeds nothing.
+    let (_, answer) = post_embed(&fake, json!({"model": "nomic-embed-text", "input": "solo"})).await;
+    assert_eq!(answer["embeddings"], json!([copilot_fakes::fake_embedding("solo", 8)]));
+    for input in [json!([]), json!(""), Value::Null] {
+        let (status, answer) = post_embed(&fake, json!({"model": "nomic-embed-text", "input": input})).await;
+        assert_eq!((status, &answer["embeddings"]), (200, &json!([])), "{input}");
+    }
+}
+
+#[tokio::test]
+async fn embed_dimensions_cut_vectors_and_larger_ones_are_ignored() {
+    let fake = embedding_fake().await;
+    let (_, answer) = post_embed(&fake, json!({"model": "nomic-embed-text", "input": ["x"], "dimensions": 3})).await;
+    assert_eq!(answer["embeddings"], json!([copilot_fakes::fake_embedding("x", 3)]));
+    for ignored in [json!(100), json!(0), json!(-2)] {
+        let body = json!({"model": "nomic-embed-text", "input": ["x"], "dimensions": ignored});
+        let (_, answer) = post_embed(&fake, body).await;
+        assert_eq!(answer["embeddings"][0].as_array().unwrap().len(), 8, "{ignored}");
+    }
+}
+
+#[tokio::test]
+async fn embed_truncates_over_long_inputs_unless_told_not_to() {
+    let fake = embedding_fake().await;
+    let body = json!({"model": "short-embed", "input": ["one two three four five"]});
+    let (status, answer) = post_embed(&fake, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["embeddings"], json!([copilot_fakes::fake_embedding("one two three", 4)]));
+    assert_eq!(answer["prompt_eval_count"], 3);
+    let body = json!({"model": "short-embed", "input": ["fits here", "one two three four"], "truncate": false});
+    assert_eq!(post_embed(&fake, body).await, (400, json!({"error": "the input length exceeds the context length"})));
+    let body = json!({"model": "short-embed", "input": ["one two three"], "truncate": false});
+    assert_eq!(post_embed(&fake, body).await.0, 200);
+}
+
+#[tokio::test]
+async fn embed_refusals_are_ollamas() {
+    let fake = embedding_fake().await;
+    let refused = |message: &str| (400, json!({"error": message}));
+    let cases = [
+        (json!({"input": ["x"]}), refused("model is required")),
+        (json!({"model": "nomic-embed-text", "input": ["x", 3]}), refused("invalid input type")),
+        (json!({"model": "nomic-embed-text", "input": 3}), refused("invalid input type")),
+        (
+            json!({"model": "nomic-embed-text", "input": ["x"], "truncate": "no"}),
+            refused("json: cannot unmarshal string into Go struct field EmbedRequest.truncate of type bool"),
+        ),
+        (
+            json!({"model": "nomic-embed-text", "input": ["x"], "dimensions": "4"}),
+            refused("json: cannot unmarshal string into Go struct field EmbedRequest.dimensions of type int"),
+        ),
+        (json!({"model": "llama3.2", "input": ["x"]}), refused(r#""llama3.2" does not support embeddings"#)),
+        (
+            json!({"model": "missing", "input": ["x"]}),
+            (404, json!({"error": r#"model "missing" not found, try pulling it first"#})),
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(post_embed(&fake, body.clone()).await, expected, "{body}");
+    }
+    assert_eq!(fake.embed_requests().len(), 7, "refused requests are recorded too");
+
+    fake.fail_next(1, 500, None);
+    let body = json!({"model": "nomic-embed-text", "input": ["x"]});
+    assert_eq!(post_embed(&fake, body.clone()).await.0, 500);
+    fake.set_busy(true);
+    assert_eq!(post_embed(&fake, body).await.0, 503);
+}
+
+#[tokio::test]
+async fn an_embedding_model_cannot_chat_and_shows_its_length() {
+    let fake = embedding_fake().await;
+    let response = post_chat(&fake, chat_body("nomic-embed-text", "hi")).await;
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer, json!({"error": r#""nomic-embed-text" does not support chat"#}));
+
+    let show = |model: &str| {
+        let request = client().post(format!("{}/api/show", fake.base_url())).json(&json!({"model": model}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let shown = show("nomic-embed-text").await;
+    assert_eq!(shown["capabilities"], json!(["embedding"]));
+    assert_eq!(shown["model_info"]["nomic-bert.embedding_length"], 8);
+    // A chat model lists its hidden size there, as in Ollama.
+    assert_eq!(show("llama3.2").await["model_info"]["llama.embedding_length"], 3072);
+}

@@ -1,5 +1,5 @@
-//! The Copilot provider adapter for Ollama's native HTTP API (`/api/chat`, `/api/tags`,
-//! `/api/show`, `/api/version`).
+//! The Copilot provider adapter for Ollama's native HTTP API (`/api/chat`, `/api/embed`,
+//! `/api/tags`, `/api/show`, `/api/version`).
 //!
 //! [`OllamaProvider`] turns a [`ChatRequest`] into one streamed `POST /api/chat` and the NDJSON
 //! reply into [`ChatEvent`](copilot_provider::ChatEvent)s. The wire formats live in `wire.rs`; this module holds the endpoints
@@ -27,6 +27,21 @@
 //! | images | `images: ["<raw base64>"]` on the message; image URLs are not declared (Ollama fetches none) |
 //! | "model cannot" refusals | `<name> does not support tools` and `"<model>" does not support thinking` (400), `this model is missing data required for image input` (400 or 500) → [`ProviderError::Unsupported`] with the feature |
 //! | capabilities | `/api/show`'s (`completion`, `tools`, `thinking`, `vision`, `insert`, `embedding`), plus `json_object` and `json_schema` for every completion model (`format` works on any) |
+//! | an embedding model asked to chat | `"<model>" does not support chat` (400) → [`ProviderError::InvalidRequest`] with Ollama's words (no [`Feature`] names chat) |
+//!
+//! # Embeddings: what maps to what
+//! | Copilot | Ollama |
+//! |---|---|
+//! | [`EmbedRequest`] | one `POST /api/embed {model, input: [..], truncate, dimensions?, keep_alive?}`: Ollama has no batch limit, so every input goes in one request |
+//! | vectors | `embeddings: [[..]]`, one per input in order, passed on as they come. Ollama L2-normalises them itself; the gateway normalises (again) whatever an adapter returns |
+//! | `dimensions` | `dimensions` (declared as [`Feature::EmbeddingDimensions`]): Ollama cuts the vectors to that length and normalises again; a value above the model's length is ignored, which the gateway's length check then sees |
+//! | `truncate` | `truncate`, always sent (Ollama's default is `true`): `false` makes an over-long input a 400 `the input length exceeds the context length` → [`ProviderError::InvalidRequest`] with Ollama's words |
+//! | task | not sent: Ollama has no task type (a model that wants a prefix such as `search_query: ` gets it from the caller's text) |
+//! | usage | `prompt_eval_count` → `input_tokens` |
+//! | model | the answer's `model` |
+//! | a model that cannot embed | `"<model>" does not support embeddings` (400) → [`ProviderError::Unsupported`] with [`Feature::Embeddings`] |
+//! | `ListModels` / `DescribeModel` | the `embedding` capability as Ollama lists it; `/api/show`'s `<architecture>.embedding_length` as `embedding_length`, for models with that capability only (a chat model's is its hidden size) |
+//! | answer size | at most 1 MiB plus 384 KiB per input (room for 16,384 components a vector as JSON text); more is a [`ProviderError::Protocol`], a connection lost while reading it [`ProviderError::Interrupted`] |
 
 mod stream;
 mod wire;
@@ -35,9 +50,10 @@ use std::time::Duration;
 
 use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
-    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning,
+    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
+    ProviderError, Reasoning,
 };
-use reqwest::{StatusCode, Url};
+use reqwest::{Response, StatusCode, Url};
 
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
@@ -47,7 +63,7 @@ pub use crate::stream::StreamDecoder;
 pub struct OllamaConfig {
     /// e.g. `"http://localhost:11434"`; a trailing slash is tolerated.
     pub base_url: String,
-    /// Sent as `keep_alive` with every chat request when set; Ollama's own default (5 minutes)
+    /// Sent as `keep_alive` with every chat and embed request when set; Ollama's own default (5 minutes)
     /// applies otherwise.
     pub keep_alive: Option<KeepAlive>,
     /// TCP connect timeout for the HTTP client.
@@ -93,6 +109,7 @@ pub struct OllamaProvider {
     upstream: Upstream,
     keep_alive: Option<i64>,
     chat_url: Url,
+    embed_url: Url,
     tags_url: Url,
     show_url: Url,
     version_url: Url,
@@ -110,6 +127,7 @@ impl OllamaProvider {
         Ok(OllamaProvider {
             keep_alive: config.keep_alive.map(KeepAlive::as_wire_seconds),
             chat_url: endpoint("/api/chat")?,
+            embed_url: endpoint("/api/embed")?,
             tags_url: endpoint("/api/tags")?,
             show_url: endpoint("/api/show")?,
             version_url: endpoint("/api/version")?,
@@ -121,6 +139,44 @@ impl OllamaProvider {
     pub fn base_url(&self) -> &str {
         self.upstream.base_url()
     }
+
+    /// The whole body of a successful `/api/embed` answer, refused past `cap` bytes.
+    async fn read_embed_answer(&self, mut response: Response, cap: usize) -> Result<Vec<u8>, ProviderError> {
+        let too_large = || {
+            ProviderError::Protocol(format!(
+                "{} sent an embedding answer larger than {cap} bytes; it was not read",
+                self.upstream.name()
+            ))
+        };
+        if response.content_length().is_some_and(|length| length > cap as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len().saturating_add(chunk.len()) > cap {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(err) => {
+                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
+                        "connection lost to {} while reading embeddings: {}",
+                        self.upstream.name(),
+                        copilot_http::root_cause(&err)
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// The most an `/api/embed` answer for `inputs` inputs may hold: 1 MiB, plus room for a vector of
+/// 16,384 components written as JSON text (24 bytes each at most) per input.
+fn embed_answer_cap(inputs: usize) -> usize {
+    (1usize << 20).saturating_add(inputs.saturating_mul(16_384 * 24))
 }
 
 #[async_trait::async_trait]
@@ -136,6 +192,28 @@ impl Provider for OllamaProvider {
             decoder = decoder.without_thoughts();
         }
         Ok(self.upstream.chat_stream(response, decoder, StreamOptions::default()))
+    }
+
+    /// Every input in one `/api/embed` request (Ollama has no batch limit), the vectors as
+    /// Ollama gives them.
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let body = wire::EmbedBody::new(&request, self.keep_alive);
+        let post = request
+            .trace_context
+            .iter()
+            .fold(self.upstream.post(self.embed_url.clone()), |post, (name, value)| {
+                post.header(name.as_str(), value.as_str())
+            })
+            .json(&body);
+        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let answer = self.read_embed_answer(response, embed_answer_cap(request.inputs.len())).await?;
+        let parsed: wire::EmbedResponse = serde_json::from_slice(&answer).map_err(|error| {
+            let excerpt = copilot_http::excerpt(&answer, 200, None);
+            ProviderError::Protocol(format!("unexpected embeddings from Ollama ({error}): {excerpt}"))
+        })?;
+        let embeddings = parsed.into_embeddings();
+        tracing::debug!(model = %request.model, vectors = embeddings.vectors.len(), "Ollama embedded the inputs");
+        Ok(embeddings)
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -158,7 +236,8 @@ impl Provider for OllamaProvider {
     }
 
     /// Everything but image URLs: Ollama takes images as data only. Whether a model can is
-    /// Ollama's to say (`does not support tools`, …), which comes back as `Unsupported`.
+    /// Ollama's to say (`does not support tools`, `does not support embeddings`, …), which comes
+    /// back as `Unsupported`.
     fn features(&self) -> Features {
         Features::of(&[
             Feature::Tools,
@@ -167,6 +246,8 @@ impl Provider for OllamaProvider {
             Feature::Thinking,
             Feature::ThinkingOff,
             Feature::Images,
+            Feature::Embeddings,
+            Feature::EmbeddingDimensions,
         ])
     }
 }
@@ -213,7 +294,8 @@ fn status_error(
 }
 
 /// The feature a refusal says the model lacks. Ollama checks the model's capabilities before
-/// running it: `<name> does not support tools` (400), `"<model>" does not support thinking` (400);
+/// running it: `<name> does not support tools` (400), `"<model>" does not support thinking` (400),
+/// `"<model>" does not support embeddings` (400, a chat model asked to embed);
 /// images reach a model without a vision projector and fail in its runner with `this model is
 /// missing data required for image input` (400 or 500, by version).
 fn unsupported_feature(status: StatusCode, message: &str) -> Option<Feature> {
@@ -224,6 +306,8 @@ fn unsupported_feature(status: StatusCode, message: &str) -> Option<Feature> {
         Some(Feature::Tools)
     } else if message.contains("does not support thinking") {
         Some(Feature::Thinking)
+    } else if message.contains("does not support embeddings") {
+        Some(Feature::Embeddings)
     } else if message.contains("does not support vision") || message.contains("missing data required for image input") {
         Some(Feature::Images)
     } else {
@@ -277,6 +361,28 @@ mod tests {
     }
 
     #[test]
+    fn embedding_refusals_map_to_precise_errors() {
+        let map = |code, message: &str| status_error(status(code), message.into(), None, Some("m"));
+        let embeddings = r#""llama3.2:latest" does not support embeddings"#;
+        assert_eq!(
+            map(400, embeddings),
+            ProviderError::Unsupported { feature: Feature::Embeddings, message: embeddings.into() }
+        );
+        // No feature names chat: an embedding model asked to chat is a bad request, in Ollama's words.
+        let chat = r#""nomic-embed-text" does not support chat"#;
+        assert_eq!(map(400, chat), ProviderError::InvalidRequest(chat.into()));
+        let too_long = "the input length exceeds the context length";
+        assert_eq!(map(400, too_long), ProviderError::InvalidRequest(too_long.into()));
+    }
+
+    #[test]
+    fn embed_answers_are_bounded_by_their_input_count() {
+        assert_eq!(embed_answer_cap(0), 1 << 20);
+        assert_eq!(embed_answer_cap(2), (1 << 20) + 2 * 16_384 * 24);
+        assert_eq!(embed_answer_cap(usize::MAX), usize::MAX);
+    }
+
+    #[test]
     fn retry_after_is_carried_on_429_and_503() {
         let wait = Some(Duration::from_secs(7));
         assert_eq!(status_error(status(429), "m".into(), wait, None).retry_after(), wait);
@@ -301,6 +407,7 @@ mod tests {
         let provider = OllamaProvider::new(config("http://localhost:11434/")).unwrap();
         assert_eq!(provider.base_url(), "http://localhost:11434");
         assert_eq!(provider.chat_url.as_str(), "http://localhost:11434/api/chat");
+        assert_eq!(provider.embed_url.as_str(), "http://localhost:11434/api/embed");
         let provider = OllamaProvider::new(config("https://gpu-box.example/ollama")).unwrap();
         assert_eq!(provider.version_url.as_str(), "https://gpu-box.example/ollama/api/version");
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use copilot_provider::{
-    ChatRequest, Completion, Effort, Feature, FinishReason, GenerationOptions, Image, ImageSource, Message, ModelInfo,
-    Part, ProviderError, Reasoning, ReasoningAmount, ResponseFormat, Role, ToolChoice, UpstreamTimings, Usage,
+    ChatRequest, Completion, Effort, EmbedRequest, Embeddings, Feature, FinishReason, GenerationOptions, Image,
+    ImageSource, Message, ModelInfo, Part, ProviderError, Reasoning, ReasoningAmount, ResponseFormat, Role, ToolChoice,
+    UpstreamTimings, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -531,6 +532,59 @@ fn nanos(value: Option<i64>) -> Option<Duration> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// The body of `POST /api/embed`. `truncate` is always sent: Ollama's default is `true`, and a
+/// request that did not ask for truncation must be refused, not silently cut.
+#[derive(Debug, Serialize)]
+pub(crate) struct EmbedBody<'a> {
+    pub model: &'a str,
+    pub input: &'a [String],
+    pub truncate: bool,
+    /// Ollama truncates its vectors to this many components and normalises them again; a value
+    /// above the model's own length is ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<i64>,
+}
+
+impl<'a> EmbedBody<'a> {
+    pub fn new(request: &'a EmbedRequest, keep_alive: Option<i64>) -> Self {
+        EmbedBody {
+            model: &request.model,
+            input: &request.inputs,
+            truncate: request.truncate,
+            dimensions: request.dimensions,
+            keep_alive,
+        }
+    }
+}
+
+/// The answer of `POST /api/embed`: `{model, embeddings, total_duration, load_duration,
+/// prompt_eval_count}`. The vectors are taken as they come; their count and lengths are the
+/// server's to check.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbedResponse {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    embeddings: Option<Vec<Vec<f32>>>,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+}
+
+impl EmbedResponse {
+    pub fn into_embeddings(self) -> Embeddings {
+        Embeddings {
+            vectors: self.embeddings.unwrap_or_default(),
+            model: self.model.unwrap_or_default(),
+            input_tokens: self.prompt_eval_count.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Model listing, description, version
 
 #[derive(Debug, Default, Deserialize)]
@@ -588,22 +642,32 @@ pub(crate) struct ShowResponse {
 
 impl ShowResponse {
     pub fn into_model(self, name: &str) -> ModelInfo {
-        let context_length = self.model_info.as_ref().and_then(context_length);
-        model_info(name.to_owned(), self.details, self.capabilities, None, context_length)
+        let context_length = self.model_info.as_ref().and_then(|info| architecture_field(info, "context_length"));
+        // Every model's `model_info` has `<arch>.embedding_length` (a chat model's hidden size):
+        // it is the vectors' length only for a model that can embed.
+        let embeds = self.capabilities.as_ref().is_some_and(|c| c.iter().any(|c| c == "embedding"));
+        let embedding_length = if embeds {
+            self.model_info.as_ref().and_then(|info| architecture_field(info, "embedding_length"))
+        } else {
+            None
+        };
+        let mut info = model_info(name.to_owned(), self.details, self.capabilities, None, context_length);
+        info.embedding_length = embedding_length;
+        info
     }
 }
 
-/// The context window from `model_info`, which keys it by architecture
-/// (`"llama.context_length"`). Any `*.context_length` key serves when the architecture is absent.
-fn context_length(info: &serde_json::Map<String, serde_json::Value>) -> Option<u32> {
+/// A number `model_info` keys by architecture (`"llama.context_length"`,
+/// `"nomic-bert.embedding_length"`). Any `*.<field>` key serves when the architecture is absent.
+fn architecture_field(info: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<u32> {
     let as_u32 = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
     let by_architecture = info
         .get("general.architecture")
         .and_then(|a| a.as_str())
-        .and_then(|arch| info.get(&format!("{arch}.context_length")))
+        .and_then(|arch| info.get(&format!("{arch}.{field}")))
         .and_then(as_u32);
-    by_architecture
-        .or_else(|| info.iter().filter(|(key, _)| key.ends_with(".context_length")).find_map(|(_, v)| as_u32(v)))
+    let suffix = format!(".{field}");
+    by_architecture.or_else(|| info.iter().filter(|(key, _)| key.ends_with(&suffix)).find_map(|(_, v)| as_u32(v)))
 }
 
 fn model_info(
@@ -964,6 +1028,77 @@ mod tests {
         let body = json!({"capabilities": ["completion", "vision", "tools", "thinking", "json_schema"]});
         let info = serde_json::from_value::<ShowResponse>(body).unwrap().into_model("q");
         assert_eq!(info.capabilities, ["completion", "vision", "tools", "thinking", "json_schema", "json_object"]);
+    }
+
+    #[test]
+    fn show_gives_the_embedding_length_of_embedding_models_only() {
+        let body = json!({
+            "model_info": {"general.architecture": "nomic-bert", "nomic-bert.embedding_length": 768,
+                           "nomic-bert.context_length": 2048},
+            "capabilities": ["embedding"],
+        });
+        let info = serde_json::from_value::<ShowResponse>(body).unwrap().into_model("nomic-embed-text");
+        assert_eq!((info.embedding_length, info.context_length), (Some(768), Some(2048)));
+        // A chat model's `embedding_length` is its hidden size, not a vector length it gives.
+        let body = json!({
+            "model_info": {"general.architecture": "llama", "llama.embedding_length": 4096},
+            "capabilities": ["completion"],
+        });
+        let info = serde_json::from_value::<ShowResponse>(body).unwrap().into_model("llama3");
+        assert_eq!(info.embedding_length, None);
+        // Without an architecture, any `*.embedding_length` serves; a bad value is no length.
+        let body = json!({"model_info": {"bert.embedding_length": 384}, "capabilities": ["embedding"]});
+        assert_eq!(serde_json::from_value::<ShowResponse>(body).unwrap().into_model("e").embedding_length, Some(384));
+        let body = json!({"model_info": {"bert.embedding_length": -1}, "capabilities": ["embedding"]});
+        assert_eq!(serde_json::from_value::<ShowResponse>(body).unwrap().into_model("e").embedding_length, None);
+    }
+
+    fn embed_request(dimensions: Option<u32>, truncate: bool) -> EmbedRequest {
+        EmbedRequest {
+            model: "nomic-embed-text".into(),
+            inputs: vec!["a".into(), "b c".into()],
+            dimensions,
+            truncate,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn embed_bodies_always_say_truncate_and_carry_dimensions_and_keep_alive() {
+        let text =
+            |request: &EmbedRequest, keep_alive| serde_json::to_value(EmbedBody::new(request, keep_alive)).unwrap();
+        assert_eq!(
+            text(&embed_request(None, false), None),
+            json!({"model": "nomic-embed-text", "input": ["a", "b c"], "truncate": false})
+        );
+        assert_eq!(
+            text(&embed_request(Some(64), true), Some(-1)),
+            json!({"model": "nomic-embed-text", "input": ["a", "b c"], "truncate": true, "dimensions": 64,
+                   "keep_alive": -1})
+        );
+    }
+
+    #[test]
+    fn embed_responses_map_vectors_in_order_with_usage() {
+        let body = json!({"model": "nomic-embed-text", "embeddings": [[1.0, -0.5], [0.25, 2.0]],
+                          "total_duration": 14_143_917, "load_duration": 1_019_500, "prompt_eval_count": 8});
+        let embeddings = serde_json::from_value::<EmbedResponse>(body).unwrap().into_embeddings();
+        assert_eq!(
+            embeddings,
+            Embeddings {
+                vectors: vec![vec![1.0, -0.5], vec![0.25, 2.0]],
+                model: "nomic-embed-text".into(),
+                input_tokens: Some(8)
+            }
+        );
+        // Fields Ollama leaves out stay empty; a count too large for u32 saturates.
+        let embeddings = serde_json::from_value::<EmbedResponse>(json!({"prompt_eval_count": 1u64 << 40}))
+            .unwrap()
+            .into_embeddings();
+        assert_eq!(embeddings, Embeddings { input_tokens: Some(u32::MAX), ..Default::default() });
+        // A component that is not a number is a malformed answer, not a panic.
+        assert!(serde_json::from_value::<EmbedResponse>(json!({"embeddings": [[1.0, null]]})).is_err());
+        assert!(serde_json::from_value::<EmbedResponse>(json!({"embeddings": [["x"]]})).is_err());
     }
 
     // -----------------------------------------------------------------------------------------

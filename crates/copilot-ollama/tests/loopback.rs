@@ -323,3 +323,109 @@ async fn models_and_health() {
     let Err(ProviderError::Protocol(message)) = provider.health().await else { panic!("expected Protocol") };
     assert!(message.contains("Ollama is running"), "{message}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings: what Ollama's answer may be, and what it must not do to the adapter
+
+fn embed_request(inputs: &[&str]) -> copilot_provider::EmbedRequest {
+    copilot_provider::EmbedRequest {
+        model: "nomic-embed-text".into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        truncate: false,
+        trace_context: vec![("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into())],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn embed_posts_one_request_and_passes_the_vectors_on_as_they_are() {
+    // Not one vector per input, and of different lengths: that is the server's to check.
+    let answer = json!({"model": "nomic-embed-text", "embeddings": [[3.0, 4.0], [1.0]], "prompt_eval_count": 5});
+    let server = Server::start(vec![vec![json_response("200 OK", "", &answer.to_string())]]).await;
+    let embeddings = server.provider().embed(embed_request(&["a", "b", "c"])).await.unwrap();
+    assert_eq!(embeddings.vectors, vec![vec![3.0, 4.0], vec![1.0]]);
+    assert_eq!(embeddings.input_tokens, Some(5));
+    let (method, path, body) = server.request(0);
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/embed"));
+    assert_eq!(
+        body,
+        json!({"model": "nomic-embed-text", "input": ["a", "b", "c"], "truncate": false, "keep_alive": -1})
+    );
+}
+
+#[tokio::test]
+async fn malformed_embed_answers_are_protocol_errors() {
+    let server = Server::start(vec![
+        vec![json_response("200 OK", "", r#"{"embeddings":[[1.0,"x"]]}"#)],
+        vec![json_response("200 OK", "", "<html>proxy</html>")],
+        vec![json_response("200 OK", "", r#"{"embeddings":[[1e999]]}"#)],
+        vec![json_response("200 OK", "", r#"{"embeddings":[[1e39]]}"#)],
+    ])
+    .await;
+    let provider = server.provider();
+    for _ in 0..2 {
+        let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+        let ProviderError::Protocol(message) = &err else { panic!("{err:?}") };
+        assert!(message.contains("unexpected embeddings from Ollama"), "{message}");
+    }
+    // A number too large for any float is malformed; one too large for an f32 only is infinite,
+    // which the server's check refuses.
+    assert!(matches!(provider.embed(embed_request(&["a"])).await, Err(ProviderError::Protocol(_))));
+    let vectors = provider.embed(embed_request(&["a"])).await.unwrap().vectors;
+    assert!(vectors[0][0].is_infinite(), "{vectors:?}");
+}
+
+#[tokio::test]
+async fn an_embed_answer_past_its_bound_is_refused() {
+    // One input's bound is 1 MiB plus 384 KiB: a declared length past it is not read at all.
+    let declared = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1500000\r\n\r\n";
+    let chunked = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let padding = " ".repeat(1_500_000);
+    let server = Server::start(vec![
+        vec![write(declared), Step::Close],
+        vec![write(chunked), chunk("{\"embeddings\":[[1.0]]"), chunk(&padding), chunk("}"), end_of_body()],
+    ])
+    .await;
+    let provider = server.provider();
+    for _ in 0..2 {
+        let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+        let ProviderError::Protocol(message) = &err else { panic!("{err:?}") };
+        assert!(message.contains("larger than 1441792 bytes"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn an_embed_answer_cut_short_is_interrupted() {
+    let chunked = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let server = Server::start(vec![vec![write(chunked), chunk("{\"embeddings\":[[1.0,"), Step::Close]]).await;
+    let err = server.provider().embed(embed_request(&["a"])).await.unwrap_err();
+    let ProviderError::Interrupted(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("connection lost") && message.contains(&server.base_url()), "{message}");
+}
+
+#[tokio::test]
+async fn embed_refusals_use_the_chat_rules() {
+    let server = Server::start(vec![
+        vec![json_response("400 Bad Request", "", r#"{"error":"\"llama3.2\" does not support embeddings"}"#)],
+        vec![json_response("400 Bad Request", "", r#"{"error":"the input length exceeds the context length"}"#)],
+        vec![json_response(
+            "404 Not Found",
+            "",
+            r#"{"error":"model \"nomic-embed-text\" not found, try pulling it first"}"#,
+        )],
+        vec![json_response("503 Service Unavailable", "Retry-After: 2\r\n", r#"{"error":"busy"}"#)],
+    ])
+    .await;
+    let provider = server.provider();
+    let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Unsupported { feature: copilot_provider::Feature::Embeddings, .. }),
+        "{err:?}"
+    );
+    let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+    assert_eq!(err, ProviderError::InvalidRequest("the input length exceeds the context length".into()));
+    let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+    assert_eq!(err, ProviderError::ModelNotFound { model: "nomic-embed-text".into() });
+    let err = provider.embed(embed_request(&["a"])).await.unwrap_err();
+    assert_eq!(err, ProviderError::Overloaded { message: "busy".into(), retry_after: Some(Duration::from_secs(2)) });
+}
