@@ -25,7 +25,7 @@ use reqwest::{RequestBuilder, Response, Url};
 
 pub use client::HttpClient;
 pub use stream::{ChatStreamDecoder, FinishGrace, StreamOptions};
-pub use upstream::{Adapter, BaseUrlRules, Refusal, Upstream, check_base_url, secret_header};
+pub use upstream::{Adapter, BaseUrlRules, MAX_JSON_BYTES, Refusal, Upstream, check_base_url, secret_header};
 
 /// A client builder with what every adapter sets: a connect timeout, no Nagle delay, and the
 /// adapter's `User-Agent` (`"copilot-ollama/0.1.0"`). There is no overall timeout: generations run
@@ -99,7 +99,12 @@ pub fn header_text(headers: &HeaderMap, name: &str, secret: Option<&Secret>) -> 
 /// Adds the caller's W3C trace context (`traceparent`, `tracestate`) to an upstream request, so an
 /// instrumented upstream joins the caller's trace.
 pub fn with_trace_context(builder: RequestBuilder, request: &ChatRequest) -> RequestBuilder {
-    request.trace_context.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
+    with_headers(builder, &request.trace_context)
+}
+
+/// `builder` with these headers (a request's W3C trace context, for one that is not a chat).
+pub fn with_headers(builder: RequestBuilder, headers: &[(String, String)]) -> RequestBuilder {
+    headers.iter().fold(builder, |builder, (name, value)| builder.header(name.as_str(), value.as_str()))
 }
 
 /// The wait a `Retry-After` header asks for: seconds, or an HTTP date.

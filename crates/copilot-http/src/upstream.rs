@@ -168,7 +168,8 @@ impl Upstream {
         Err(adapter.refusal(refusal, model))
     }
 
-    /// A whole (non-streamed) JSON response; `what` names it in error messages.
+    /// A whole (non-streamed) JSON response, at most [`MAX_JSON_BYTES`]; `what` names it in error
+    /// messages.
     pub async fn fetch_json<T: DeserializeOwned, A: Adapter>(
         &self,
         adapter: &A,
@@ -176,14 +177,22 @@ impl Upstream {
         model: Option<&str>,
         what: &str,
     ) -> Result<T, ProviderError> {
+        self.fetch_json_within(adapter, request, model, what, MAX_JSON_BYTES).await
+    }
+
+    /// As [`fetch_json`](Self::fetch_json), for an answer of at most `max_bytes` (an embedding
+    /// answer's bound grows with its inputs). A larger answer is not read: its declared length or
+    /// the bytes so far decide, before it could take the memory.
+    pub async fn fetch_json_within<T: DeserializeOwned, A: Adapter>(
+        &self,
+        adapter: &A,
+        request: RequestBuilder,
+        model: Option<&str>,
+        what: &str,
+        max_bytes: usize,
+    ) -> Result<T, ProviderError> {
         let response = self.send(adapter, request, model).await?;
-        let body = response.bytes().await.map_err(|err| {
-            ProviderError::Interrupted(self.redact(&format!(
-                "connection lost to {} while reading {what}: {}",
-                self.name,
-                root_cause(&err)
-            )))
-        })?;
+        let body = self.read_within(response, what, max_bytes).await?;
         serde_json::from_slice(&body).map_err(|error| {
             let excerpt = excerpt(&body, 200, self.secret.as_ref());
             ProviderError::Protocol(
@@ -191,7 +200,46 @@ impl Upstream {
             )
         })
     }
+
+    /// A whole response body of at most `max_bytes`.
+    async fn read_within(
+        &self,
+        mut response: Response,
+        what: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let too_large = || {
+            ProviderError::Protocol(format!("{} sent {what} larger than {max_bytes} bytes; it was not read", self.name))
+        };
+        if response.content_length().is_some_and(|length| length > max_bytes as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len().saturating_add(chunk.len()) > max_bytes {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(err) => {
+                    return Err(ProviderError::Interrupted(self.redact(&format!(
+                        "connection lost to {} while reading {what}: {}",
+                        self.name,
+                        root_cause(&err)
+                    ))));
+                }
+            }
+        }
+    }
 }
+
+/// The most a whole JSON answer (a model list, a model's description) may hold: far above any
+/// real one (a listing of a thousand models is under 1 MiB), low enough that a hostile upstream
+/// cannot take the server's memory with one.
+pub const MAX_JSON_BYTES: usize = 16 << 20;
 
 /// What an adapter's base URL must be beyond an http(s) URL.
 #[derive(Debug, Clone, Copy)]

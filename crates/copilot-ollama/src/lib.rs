@@ -53,7 +53,7 @@ use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Reasoning,
 };
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
 pub use crate::stream::StreamDecoder;
@@ -139,38 +139,6 @@ impl OllamaProvider {
     pub fn base_url(&self) -> &str {
         self.upstream.base_url()
     }
-
-    /// The whole body of a successful `/api/embed` answer, refused past `cap` bytes.
-    async fn read_embed_answer(&self, mut response: Response, cap: usize) -> Result<Vec<u8>, ProviderError> {
-        let too_large = || {
-            ProviderError::Protocol(format!(
-                "{} sent an embedding answer larger than {cap} bytes; it was not read",
-                self.upstream.name()
-            ))
-        };
-        if response.content_length().is_some_and(|length| length > cap as u64) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len().saturating_add(chunk.len()) > cap {
-                        return Err(too_large());
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(err) => {
-                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
-                        "connection lost to {} while reading embeddings: {}",
-                        self.upstream.name(),
-                        copilot_http::root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
 }
 
 /// The most an `/api/embed` answer for `inputs` inputs may hold: 1 MiB, plus room for a vector of
@@ -198,19 +166,11 @@ impl Provider for OllamaProvider {
     /// Ollama gives them.
     async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
         let body = wire::EmbedBody::new(&request, self.keep_alive);
-        let post = request
-            .trace_context
-            .iter()
-            .fold(self.upstream.post(self.embed_url.clone()), |post, (name, value)| {
-                post.header(name.as_str(), value.as_str())
-            })
-            .json(&body);
-        let response = self.upstream.send(self, post, Some(&request.model)).await?;
-        let answer = self.read_embed_answer(response, embed_answer_cap(request.inputs.len())).await?;
-        let parsed: wire::EmbedResponse = serde_json::from_slice(&answer).map_err(|error| {
-            let excerpt = copilot_http::excerpt(&answer, 200, None);
-            ProviderError::Protocol(format!("unexpected embeddings from Ollama ({error}): {excerpt}"))
-        })?;
+        let post =
+            copilot_http::with_headers(self.upstream.post(self.embed_url.clone()), &request.trace_context).json(&body);
+        let cap = embed_answer_cap(request.inputs.len());
+        let parsed: wire::EmbedResponse =
+            self.upstream.fetch_json_within(self, post, Some(&request.model), "embeddings", cap).await?;
         let embeddings = parsed.into_embeddings();
         tracing::debug!(model = %request.model, vectors = embeddings.vectors.len(), "Ollama embedded the inputs");
         Ok(embeddings)
