@@ -46,6 +46,20 @@
 //! - A blocked prompt ([`Fake::set_block_prompt`]) is HTTP 200 with one event holding
 //!   `promptFeedback.blockReason: "SAFETY"` and no candidates.
 //! - Unknown paths get Google's front-end HTML 404 page.
+//! - Embeddings: `POST /v1beta/models/{model}:batchEmbedContents` (`{"requests": [{"model",
+//!   "content": {"parts": [{"text"}]}, "taskType"?, "title"?, "outputDimensionality"?}]}` →
+//!   `{"embeddings": [{"values"}]}`) and `:embedContent` (one request, its `model` optional →
+//!   `{"embedding": {"values"}}`), each vector [`fake_embedding`] of the parts' text, cut to
+//!   `outputDimensionality`; no usage (Gemini reports none). Checked as Gemini does: more than
+//!   [`MAX_EMBED_BATCH`] requests ("at most 100 requests can be in one batch"), no requests, a
+//!   request `model` other than the path's, empty parts or text, a text that is not a string,
+//!   unknown fields, an unknown `taskType` and an `outputDimensionality` that is not positive or
+//!   is over the model's length are 400s; a model that cannot embed (a chat model, or none) is
+//!   Gemini's 404 "models/… is not found for API version v1beta, or is not supported for
+//!   embedContent" (for `batchEmbedContents` too, naming that method). Scripted failures
+//!   ([`Fake::fail_next`]), [`Fake::set_busy`], a model's `header_delay` and its
+//!   [`Behaviour::HttpError`] apply to embeddings too; bodies are kept
+//!   ([`Fake::embed_requests`]), apart from the chat requests.
 //!
 //! [`Behaviour`]s map onto Gemini like this:
 //! - `ErrorAfter`: `tokens` chunks, then the error as bare multi-line JSON (no `data:` prefix) —
@@ -85,7 +99,7 @@ use crate::format::{form_value, json_kind, write_json_string};
 use crate::google::{FakeGoogleAuth, IssuedTokens, TokenCheck};
 use crate::harness::{FailNext, Harness, Models, Pieces, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
-use crate::script::{Finish, Generation, Piece, Step};
+use crate::script::{Finish, Generation, Piece, Step, fake_embedding};
 
 /// The message of the 503 that [`Fake::set_busy`] turns on (Google's wording).
 pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
@@ -230,6 +244,12 @@ impl Fake<Gemini> {
     pub fn request_bodies(&self) -> Vec<String> {
         self.wire.request_bodies.lock().unwrap().clone()
     }
+
+    /// The JSON body of every `:batchEmbedContents` and `:embedContent` request received
+    /// (including refused ones), in order; they are not among [`chat_requests`](Fake::chat_requests).
+    pub fn embed_requests(&self) -> Vec<Value> {
+        self.wire.embed_requests.lock().unwrap().clone()
+    }
 }
 
 /// `models/gemini-x` → `gemini-x`.
@@ -251,6 +271,8 @@ pub struct Gemini {
     request_uris: Mutex<Vec<String>>,
     /// The chat bodies as sent, for what a parsed `Value` would reformat (numbers).
     request_bodies: Mutex<Vec<String>>,
+    /// The JSON bodies of `:batchEmbedContents` / `:embedContent` requests, in order.
+    embed_requests: Mutex<Vec<Value>>,
     harness: Arc<Harness>,
     responses: AtomicU64,
     /// Set by [`Fake::require_vertex_auth`]: the Vertex AI paths are served.
@@ -274,6 +296,7 @@ impl Wire for Gemini {
             page_size_cap: AtomicUsize::new(0),
             request_uris: Mutex::new(Vec::new()),
             request_bodies: Mutex::new(Vec::new()),
+            embed_requests: Mutex::new(Vec::new()),
             harness,
             responses: AtomicU64::new(0),
             vertex: RwLock::new(None),
@@ -562,6 +585,17 @@ async fn model_method(
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
+    if let Some((model_name, method @ ("batchEmbedContents" | "embedContent"))) = name.rsplit_once(':') {
+        if shared.harness.recording()
+            && let Ok(value) = &parsed
+        {
+            shared.embed_requests.lock().unwrap().push(value.clone());
+        }
+        if let Some(refusal) = shared.check_key(&headers, &uri) {
+            return refusal;
+        }
+        return embed(&shared, model_name, method == "batchEmbedContents", parsed).await;
+    }
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
@@ -693,6 +727,186 @@ async fn generate(
         finished: false,
     };
     sse_response(streamed_body(stream))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// Gemini refuses a `batchEmbedContents` with more requests than this.
+pub const MAX_EMBED_BATCH: usize = 100;
+
+/// What Gemini accepts in an `EmbedContentRequest` (both JSON spellings).
+const EMBED_FIELDS: &[&str] =
+    &["model", "content", "taskType", "task_type", "title", "outputDimensionality", "output_dimensionality"];
+
+const TASK_TYPES: &[&str] = &[
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+];
+
+/// `POST /v1beta/models/{model}:batchEmbedContents` (`batch`) or `:embedContent`, once the caller
+/// is authenticated.
+async fn embed(
+    shared: &Arc<Gemini>,
+    model_name: &str,
+    batch: bool,
+    parsed: Result<Value, serde_json::Error>,
+) -> Response {
+    let bad = |message: String| google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return bad(format!("Invalid JSON payload received. {err}")),
+    };
+    let method = if batch { "batchEmbedContents" } else { "embedContent" };
+    let Some(model) = shared.find_model(model_name).filter(|m| m.embedding_length.is_some()) else {
+        return google_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "models/{model_name} is not found for API version v1beta, or is not supported for {method}. Call ListModels to see the list of available models and their supported methods."
+            ),
+            Vec::new(),
+        );
+    };
+    let path_model = format!("models/{}", model_id(model_name));
+    let requests: Vec<(String, &Value)> = if batch {
+        let Some(object) = request.as_object() else {
+            return bad(format!("Invalid JSON payload received. Expected an object, got {}.", json_kind(&request)));
+        };
+        if let Some(unknown) = object.keys().find(|k| k.as_str() != "requests") {
+            return bad(format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+        }
+        match object.get("requests") {
+            Some(Value::Array(requests)) if requests.len() > MAX_EMBED_BATCH => {
+                return bad(format!(
+                    "* BatchEmbedContentsRequest.requests: at most {MAX_EMBED_BATCH} requests can be in one batch\n"
+                ));
+            }
+            Some(Value::Array(requests)) if !requests.is_empty() => {
+                requests.iter().enumerate().map(|(i, r)| (format!("requests[{i}]"), r)).collect()
+            }
+            Some(Value::Array(_)) | None | Some(Value::Null) => {
+                return bad("* BatchEmbedContentsRequest.requests: requests must not be empty.\n".to_owned());
+            }
+            Some(other) => {
+                return bad(format!(
+                    "Invalid value at 'requests' (type.googleapis.com/google.ai.generativelanguage.v1beta.EmbedContentRequest), {other}"
+                ));
+            }
+        }
+    } else {
+        vec![(String::new(), &request)]
+    };
+    let native = model.embedding_length.unwrap_or_default() as usize;
+    let mut vectors = Vec::with_capacity(requests.len());
+    for (at, one) in &requests {
+        match embed_request(one, at, &path_model, batch, native) {
+            Ok((text, dimensions)) => vectors.push(fake_embedding(&text, dimensions)),
+            Err(message) => return bad(message),
+        }
+    }
+    if shared.harness.busy() {
+        return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        return scripted_failure(failure);
+    }
+    if !model.header_delay.is_zero() {
+        tokio::time::sleep(model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &model.behaviour {
+        return google_error(status_code(*status), message, Vec::new());
+    }
+    let embedding = |values: Vec<f32>| json!({ "values": values });
+    let body = if batch {
+        json!({ "embeddings": vectors.into_iter().map(embedding).collect::<Vec<_>>() })
+    } else {
+        json!({ "embedding": vectors.into_iter().next().map(embedding) })
+    };
+    pretty_json(StatusCode::OK, &body)
+}
+
+/// One `EmbedContentRequest` checked as Gemini does (`at` is its place, e.g. `requests[3]`, empty
+/// for `embedContent`): the text of its parts and the vector length it asks for.
+fn embed_request(
+    request: &Value,
+    at: &str,
+    path_model: &str,
+    batch: bool,
+    native: usize,
+) -> Result<(String, usize), String> {
+    let prefix = if at.is_empty() { String::new() } else { format!("{at}.") };
+    let Some(object) = request.as_object() else {
+        return Err(format!(
+            "Invalid value at '{at}' (type.googleapis.com/google.ai.generativelanguage.v1beta.EmbedContentRequest), {request}"
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|k| !EMBED_FIELDS.contains(&k.as_str())) {
+        let place = if at.is_empty() { String::new() } else { format!(" at '{at}'") };
+        return Err(format!("Invalid JSON payload received. Unknown name \"{unknown}\"{place}: Cannot find field."));
+    }
+    match object.get("model") {
+        Some(Value::String(model)) if model == path_model => {}
+        None if !batch => {}
+        Some(Value::String(model)) => {
+            return Err(format!(
+                "* BatchEmbedContentsRequest.{prefix}model: the model in the request ({model}) must match the model in the URL ({path_model}).\n"
+            ));
+        }
+        None | Some(Value::Null) => {
+            return Err(format!("* BatchEmbedContentsRequest.{prefix}model: model is required.\n"));
+        }
+        Some(other) => return Err(format!("Invalid value at '{prefix}model' (TYPE_STRING), {other}")),
+    }
+    let parts = match object.get("content").and_then(|c| c.get("parts")) {
+        Some(Value::Array(parts)) if !parts.is_empty() => parts,
+        _ => return Err(format!("* EmbedContentRequest.{prefix}content.parts: contents.parts must not be empty.\n")),
+    };
+    let mut text = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        match part.get("text") {
+            Some(Value::String(piece)) if !piece.is_empty() => text.push_str(piece),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(format!(
+                    "* EmbedContentRequest.{prefix}content.parts[{i}].data: required oneof field 'data' must have one initialized field\n"
+                ));
+            }
+            Some(other) => {
+                return Err(format!("Invalid value at '{prefix}content.parts[{i}].text' (TYPE_STRING), {other}"));
+            }
+        }
+    }
+    if let Some(task) = object.get("taskType").or_else(|| object.get("task_type"))
+        && !task.as_str().is_some_and(|t| TASK_TYPES.contains(&t))
+    {
+        return Err(format!(
+            "Invalid value at '{prefix}task_type' (type.googleapis.com/google.ai.generativelanguage.v1beta.TaskType), {task}"
+        ));
+    }
+    let dimensions = match object.get("outputDimensionality").or_else(|| object.get("output_dimensionality")) {
+        None | Some(Value::Null) => native,
+        Some(value) => match value.as_i64() {
+            Some(n) if n > 0 && n as usize <= native => n as usize,
+            Some(n) if n > 0 => {
+                return Err(format!(
+                    "* EmbedContentRequest.{prefix}output_dimensionality: outputDimensionality must be at most {native}, not {n}.\n"
+                ));
+            }
+            Some(n) => {
+                return Err(format!(
+                    "* EmbedContentRequest.{prefix}output_dimensionality: outputDimensionality must be positive, not {n}.\n"
+                ));
+            }
+            None => return Err(format!("Invalid value at '{prefix}output_dimensionality' (TYPE_INT32), {value}")),
+        },
+    };
+    Ok((text, dimensions))
 }
 
 fn sse_response(body: Body) -> Response {

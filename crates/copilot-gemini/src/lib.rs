@@ -3,7 +3,8 @@
 //!
 //! [`GeminiProvider`] turns a [`ChatRequest`] into one `POST
 //! /v1beta/models/{model}:streamGenerateContent?alt=sse` and the server-sent events of the reply
-//! into [`ChatEvent`]s; `GET /v1beta/models[/{model}]` serves listing, description and health. The
+//! into [`ChatEvent`]s; `GET /v1beta/models[/{model}]` serves listing, description and health;
+//! `:batchEmbedContents` serves embeddings (see **Embeddings** below). The
 //! API key travels only in the `x-goog-api-key` header — never in the URL, where the `?key=` form
 //! would put it into proxy logs and error messages. The wire formats live in `wire.rs`; this
 //! module holds the endpoints, the credentials and Gemini's status rules, and sends through
@@ -66,6 +67,39 @@
 //!   `tools`, `json_object`, `json_schema` and `vision`; `thinking` comes from the model's own
 //!   flag (on Vertex, from the name: 2.5 and 3).
 //!
+//! **Embeddings** ([`Provider::embed`], Gemini API only):
+//! - `POST /v1beta/models/{model}:batchEmbedContents` with `{"requests": [{"model":
+//!   "models/{model}", "content": {"parts": [{"text"}]}, "taskType"?, "outputDimensionality"?}]}`,
+//!   one request per input, each naming the path's model (Gemini checks that they match), and
+//!   `{"embeddings": [{"values"}]}` back. At most 100 requests per batch (Gemini's limit: "at most
+//!   100 requests can be in one batch"): more inputs go as several batches, one after another,
+//!   and the vectors are put back in input order; each batch must answer one vector per input
+//!   (else [`ProviderError::Protocol`]), and any failing batch fails the call. The answer is read
+//!   up to 32 MiB. Vectors are returned as Gemini gave them (only its full 3,072-dimension output
+//!   is normalised; the server normalises).
+//! - `task`: `taskType` `RETRIEVAL_QUERY` (query), `RETRIEVAL_DOCUMENT` (document),
+//!   `SEMANTIC_SIMILARITY`, `CLASSIFICATION`, `CLUSTERING`; unspecified sends none (the model's
+//!   default). `dimensions` is `outputDimensionality` (declared: [`Feature::EmbeddingDimensions`]).
+//! - Usage: Gemini reports none for `batchEmbedContents`, so `input_tokens` is `None`, and no
+//!   model name comes back.
+//! - `truncate`: the Gemini API has no switch — it cuts inputs over the model's limit (2,048
+//!   tokens for gemini-embedding-001) silently. With `truncate` the inputs go as they are. Without
+//!   it, an input that is *surely* too long — more than 6 bytes per token of the limit (12,288
+//!   bytes for gemini-embedding-001; ordinary text averages about 4) — is refused before sending
+//!   as [`ProviderError::InvalidRequest`] naming its index and the limit; a shorter input that is
+//!   still over the limit cannot be told without a tokenizer and is cut by Gemini. Models whose
+//!   limit is not known here are not checked.
+//! - A model that cannot embed: Gemini answers 404 "models/… is not found for API version v1beta,
+//!   or is not supported for embedContent" alike for an unknown model and a chat model, so the
+//!   model is then described: listed without `embedContent` → [`ProviderError::Unsupported`]
+//!   (feature embeddings, naming its methods), else [`ProviderError::ModelNotFound`]. Other
+//!   errors map as for chat.
+//! - Listings include models with `embedContent`, marked `embedding` (and no chat
+//!   capabilities); `embedding_length` comes from the name, since the listing has no dimension
+//!   (gemini-embedding-* 3,072; text-embedding-004 and embedding-001 768).
+//! - On Vertex AI (`:predict`, one instance per call for gemini-embedding-001) embeddings are not
+//!   implemented yet: [`Feature::Embeddings`] is not declared there, and `embed` refuses.
+//!
 //! How the real API's quirks are handled:
 //! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
 //!   prompt was blocked). A body that ends before that is [`ProviderError::Interrupted`].
@@ -90,7 +124,8 @@ use std::time::Duration;
 
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
-    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Secret,
+    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
+    ProviderError, Secret,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
@@ -120,6 +155,14 @@ const LIST_PAGE_SIZE: &str = "1000";
 
 /// A listing stops after this many pages even if the server keeps offering more.
 const MAX_LIST_PAGES: usize = 20;
+
+/// The most an embeddings answer may hold: 100 vectors of 3,072 numbers at up to ~25 bytes each
+/// is under 8 MiB.
+const MAX_EMBED_RESPONSE_BYTES: usize = 32 << 20;
+
+/// Why a Vertex AI provider does not embed.
+const VERTEX_NO_EMBEDDINGS: &str =
+    "embeddings through Vertex AI (`:predict`) are not implemented yet; use the Gemini API (an API key) to embed";
 
 /// How to reach the Gemini API.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +394,54 @@ impl GeminiProvider {
         self.url_under(&self.api_root, model, suffix)
     }
 
+    /// Why Gemini answered an embedding request for `model` with its 404 ("models/… is not found
+    /// for API version v1beta, or is not supported for embedContent"), which it gives alike to a
+    /// model that does not exist and to one that cannot embed: the model's description tells.
+    async fn cannot_embed(&self, model: &str) -> ProviderError {
+        let Ok(url) = self.url_under(&self.describe_root, model, "") else {
+            return ProviderError::ModelNotFound { model: model.to_owned() };
+        };
+        match self
+            .upstream
+            .fetch_json::<wire::Model, _>(self, self.upstream.get(url), Some(model), "model description")
+            .await
+        {
+            Ok(found) if !found.supports_embed_content() => ProviderError::Unsupported {
+                feature: Feature::Embeddings,
+                message: format!(
+                    "{model} cannot embed: Gemini lists its methods as [{}], without embedContent",
+                    found.methods()
+                ),
+            },
+            _ => ProviderError::ModelNotFound { model: model.to_owned() },
+        }
+    }
+
+    /// A `batchEmbedContents` answer's body, up to [`MAX_EMBED_RESPONSE_BYTES`].
+    async fn read_embeddings(&self, mut response: Response) -> Result<Vec<u8>, ProviderError> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_EMBED_RESPONSE_BYTES {
+                        return Err(ProviderError::Protocol(format!(
+                            "Gemini's embeddings answer is larger than {MAX_EMBED_RESPONSE_BYTES} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(err) => {
+                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
+                        "connection lost to {} while reading embeddings: {}",
+                        self.upstream.name(),
+                        copilot_http::root_cause(&err)
+                    ))));
+                }
+            }
+        }
+    }
+
     fn url_under(&self, root: &str, model: &str, suffix: &str) -> Result<Url, ProviderError> {
         Url::parse(&format!("{root}{}{suffix}", model_path(model, self.is_vertex())))
             .map_err(|e| ProviderError::InvalidRequest(format!("invalid Gemini model name {model:?}: {e}")))
@@ -459,20 +550,81 @@ impl Provider for GeminiProvider {
 
     /// Tools, JSON and JSON Schema output, reasoning (on, off, effort or budget) and images as
     /// data. Not images by URL: Gemini's `fileData` takes only files it stores itself (the Files
-    /// API, or `gs://` on Vertex AI), never an `https://` URL it would fetch.
+    /// API, or `gs://` on Vertex AI), never an `https://` URL it would fetch. Embeddings (with
+    /// `outputDimensionality`) on the Gemini API, not yet on Vertex AI.
     fn features(&self) -> Features {
-        Features::of(&[
+        let chat = [
             Feature::Tools,
             Feature::JsonObject,
             Feature::JsonSchema,
             Feature::Thinking,
             Feature::ThinkingOff,
             Feature::Images,
-        ])
+        ];
+        if self.is_vertex() {
+            Features::of(&chat)
+        } else {
+            Features::of(&[&chat[..], &[Feature::Embeddings, Feature::EmbeddingDimensions]].concat())
+        }
     }
 
-    /// Every model that supports `generateContent` (embedding-only and image models are left
-    /// out), following `nextPageToken` for at most [`MAX_LIST_PAGES`] pages.
+    fn lacking(&self, feature: Feature) -> Option<&'static str> {
+        match feature {
+            Feature::Embeddings | Feature::EmbeddingDimensions if self.is_vertex() => Some(VERTEX_NO_EMBEDDINGS),
+            _ => None,
+        }
+    }
+
+    /// `batchEmbedContents`, [`wire::MAX_EMBED_BATCH`] inputs at a time, the pieces one after
+    /// another (see the module docs).
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        if self.is_vertex() {
+            return Err(ProviderError::Unsupported {
+                feature: Feature::Embeddings,
+                message: VERTEX_NO_EMBEDDINGS.into(),
+            });
+        }
+        if !request.truncate {
+            wire::check_input_lengths(&request)?;
+        }
+        let url = self.model_url(&request.model, ":batchEmbedContents")?;
+        let resource = wire::embed_model_resource(&request.model);
+        let mut vectors = Vec::with_capacity(request.inputs.len());
+        for piece in request.inputs.chunks(wire::MAX_EMBED_BATCH) {
+            let body = wire::BatchEmbedBody::new(&resource, piece, request.task, request.dimensions);
+            let post = request
+                .trace_context
+                .iter()
+                .fold(self.upstream.post(url.clone()), |post, (name, value)| post.header(name.as_str(), value.as_str()))
+                .json(&body);
+            let response = match self.upstream.send(self, post, Some(&request.model)).await {
+                Ok(response) => response,
+                Err(ProviderError::ModelNotFound { model }) => return Err(self.cannot_embed(&model).await),
+                Err(err) => return Err(err),
+            };
+            let bytes = self.read_embeddings(response).await?;
+            let parsed: wire::BatchEmbedResponse = serde_json::from_slice(&bytes).map_err(|error| {
+                let excerpt = copilot_http::excerpt(&bytes, 200, self.upstream.secret());
+                ProviderError::Protocol(
+                    self.upstream.redact(&format!("unexpected embeddings from Gemini ({error}): {excerpt}")),
+                )
+            })?;
+            let got = parsed.into_vectors();
+            // Checked per piece: a short piece and a long one would add up and shift the rest.
+            if got.len() != piece.len() {
+                return Err(ProviderError::Protocol(format!(
+                    "Gemini returned {} embeddings for a batch of {} inputs",
+                    got.len(),
+                    piece.len()
+                )));
+            }
+            vectors.extend(got);
+        }
+        Ok(Embeddings { vectors, model: String::new(), input_tokens: None })
+    }
+
+    /// Every model that supports `generateContent` or `embedContent` (image-only models are
+    /// left out), following `nextPageToken` for at most [`MAX_LIST_PAGES`] pages.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         if let Auth::Vertex { models, .. } = &self.auth {
             return Ok(models
@@ -494,7 +646,7 @@ impl Provider for GeminiProvider {
                 page.models
                     .into_iter()
                     .flatten()
-                    .filter(wire::Model::supports_generate_content)
+                    .filter(|m| m.supports_generate_content() || m.supports_embed_content())
                     .map(wire::Model::into_info),
             );
             match page.next_page_token.filter(|t| !t.is_empty()) {
@@ -765,6 +917,19 @@ mod tests {
         }
         let debug = format!("{:?}", vertex("", "my-project", "global").unwrap());
         assert!(debug.contains("my-project") && debug.contains("127.0.0.1:1"), "{debug}");
+    }
+
+    #[test]
+    fn embeddings_are_declared_on_the_gemini_api_only() {
+        let studio = GeminiProvider::new(config("http://localhost:1")).unwrap();
+        assert!(studio.features().contains(Feature::Embeddings));
+        assert!(studio.features().contains(Feature::EmbeddingDimensions));
+        assert_eq!(studio.lacking(Feature::Embeddings), None);
+        let vertex = vertex("", "p-1", "global").unwrap();
+        assert!(!vertex.features().contains(Feature::Embeddings));
+        assert!(!vertex.features().contains(Feature::EmbeddingDimensions));
+        assert!(vertex.features().contains(Feature::Tools));
+        assert_eq!(vertex.lacking(Feature::Embeddings), Some(VERTEX_NO_EMBEDDINGS));
     }
 
     #[test]

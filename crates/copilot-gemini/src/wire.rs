@@ -15,9 +15,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use copilot_http::quote;
 use copilot_provider::{
-    ChatEvent, ChatRequest, Completion, Effort, Feature, FinishReason, GenerationOptions, Image, ImageSource, Message,
-    ModelInfo, ProviderError, Reasoning, ReasoningAmount, ResponseFormat, Role, Secret, ThinkingDelta, ToolCallDelta,
-    ToolChoice, Usage,
+    ChatEvent, ChatRequest, Completion, Effort, EmbedRequest, EmbeddingTask, Feature, FinishReason, GenerationOptions,
+    Image, ImageSource, Message, ModelInfo, ProviderError, Reasoning, ReasoningAmount, ResponseFormat, Role, Secret,
+    ThinkingDelta, ToolCallDelta, ToolChoice, Usage,
 };
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -960,6 +960,142 @@ pub(crate) fn bare_error(tail: &[u8]) -> Option<ErrorStatus> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// Gemini refuses a `batchEmbedContents` with more requests than this ("at most 100 requests can
+/// be in one batch").
+pub(crate) const MAX_EMBED_BATCH: usize = 100;
+
+/// The body of `POST /v1beta/models/{model}:batchEmbedContents`.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchEmbedBody<'a> {
+    requests: Vec<EmbedContentRequest<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedContentRequest<'a> {
+    /// `models/{model}`: must be the model in the path.
+    model: &'a str,
+    content: EmbedContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbedContent<'a> {
+    parts: [TextPart<'a>; 1],
+}
+
+#[derive(Debug, Serialize)]
+struct TextPart<'a> {
+    text: &'a str,
+}
+
+impl<'a> BatchEmbedBody<'a> {
+    /// One request per input, each naming `model` (the resource name, `models/…`).
+    pub fn new(model: &'a str, inputs: &'a [String], task: EmbeddingTask, dimensions: Option<u32>) -> Self {
+        let task_type = task_type(task);
+        BatchEmbedBody {
+            requests: inputs
+                .iter()
+                .map(|text| EmbedContentRequest {
+                    model,
+                    content: EmbedContent { parts: [TextPart { text }] },
+                    task_type,
+                    output_dimensionality: dimensions,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Gemini's `taskType` for a task; none for [`EmbeddingTask::Unspecified`] (the model's default).
+pub(crate) fn task_type(task: EmbeddingTask) -> Option<&'static str> {
+    match task {
+        EmbeddingTask::Unspecified => None,
+        EmbeddingTask::Query => Some("RETRIEVAL_QUERY"),
+        EmbeddingTask::Document => Some("RETRIEVAL_DOCUMENT"),
+        EmbeddingTask::SemanticSimilarity => Some("SEMANTIC_SIMILARITY"),
+        EmbeddingTask::Classification => Some("CLASSIFICATION"),
+        EmbeddingTask::Clustering => Some("CLUSTERING"),
+    }
+}
+
+/// The model's resource name as a request inside a batch names it: a bare id gets `models/`;
+/// `models/…` and `tunedModels/…` are kept.
+pub(crate) fn embed_model_resource(model: &str) -> String {
+    if model.starts_with("models/") || model.starts_with("tunedModels/") {
+        model.to_owned()
+    } else {
+        format!("models/{model}")
+    }
+}
+
+/// The answer to `batchEmbedContents`: `{"embeddings": [{"values": [...]}]}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BatchEmbedResponse {
+    #[serde(default)]
+    embeddings: Option<Vec<ContentEmbedding>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentEmbedding {
+    #[serde(default)]
+    values: Option<Vec<f32>>,
+}
+
+impl BatchEmbedResponse {
+    /// The vectors in order (one missing its `values` is empty, which the server refuses).
+    pub fn into_vectors(self) -> Vec<Vec<f32>> {
+        self.embeddings.into_iter().flatten().map(|e| e.values.unwrap_or_default()).collect()
+    }
+}
+
+/// Input token limits of Gemini's embedding models, where known: Gemini cuts longer inputs
+/// silently.
+pub(crate) fn embedding_input_limit(model: &str) -> Option<u32> {
+    let id = model.rsplit('/').next().unwrap_or(model);
+    match id {
+        "gemini-embedding-001" | "text-embedding-004" | "embedding-001" => Some(2048),
+        _ => None,
+    }
+}
+
+/// Bytes per token above which an input is surely longer than its model's limit: no tokenizer
+/// Gemini uses packs more than this into a token of ordinary text (English averages about 4,
+/// other scripts fewer bytes).
+pub(crate) const SURE_BYTES_PER_TOKEN: usize = 6;
+
+/// Without `truncate`: refuses an input that is surely over the model's input limit
+/// ([`SURE_BYTES_PER_TOKEN`] bytes per token), since Gemini would cut it silently. Shorter inputs
+/// (and every input of a model whose limit is unknown) go as they are.
+pub(crate) fn check_input_lengths(request: &EmbedRequest) -> Result<(), ProviderError> {
+    let Some(limit) = embedding_input_limit(&request.model) else { return Ok(()) };
+    let max_bytes = limit as usize * SURE_BYTES_PER_TOKEN;
+    match request.inputs.iter().position(|input| input.len() > max_bytes) {
+        None => Ok(()),
+        Some(index) => Err(ProviderError::InvalidRequest(format!(
+            "input {index} is too long for {}: {} bytes is more than its {limit} input tokens (Gemini would cut it silently); shorten it or set truncate",
+            request.model,
+            request.inputs[index].len()
+        ))),
+    }
+}
+
+/// Vector lengths of Gemini's embedding models when no `outputDimensionality` is asked for (the
+/// listing does not say).
+fn embedding_length(id: &str) -> Option<u32> {
+    match id {
+        "text-embedding-004" | "embedding-001" => Some(768),
+        id if id.starts_with("gemini-embedding") => Some(3072),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Models
 
 /// `GET /v1beta/models`.
@@ -993,6 +1129,16 @@ impl Model {
         self.supported_generation_methods.iter().flatten().any(|m| m == "generateContent")
     }
 
+    /// Whether it embeds (Gemini's embedding models list `embedContent`).
+    pub fn supports_embed_content(&self) -> bool {
+        self.supported_generation_methods.iter().flatten().any(|m| m == "embedContent")
+    }
+
+    /// Its methods, for a message: `generateContent, countTokens`.
+    pub fn methods(&self) -> String {
+        self.supported_generation_methods.iter().flatten().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+
     pub fn into_info(self) -> ModelInfo {
         let name = match self.name.strip_prefix("models/") {
             Some(id) => id.to_owned(),
@@ -1004,7 +1150,8 @@ impl Model {
             capabilities.push("completion".to_owned());
             capabilities.extend(gemini_capabilities(&name).iter().map(|c| (*c).to_owned()));
         }
-        if methods.iter().any(|m| m == "embedContent") {
+        let embeds = methods.iter().any(|m| m == "embedContent");
+        if embeds {
             capabilities.push("embedding".to_owned());
         }
         if self.thinking == Some(true) {
@@ -1015,6 +1162,7 @@ impl Model {
             parameter_size: parameter_size(&name),
             context_length: self.input_token_limit.map(saturate),
             capabilities,
+            embedding_length: if embeds { embedding_length(&name) } else { None },
             name,
             ..Default::default()
         }
@@ -1780,5 +1928,77 @@ mod tests {
             model_cannot(ProviderError::Unauthorized("x".into()), &req),
             ProviderError::Unauthorized("x".into())
         );
+    }
+
+    #[test]
+    fn embed_bodies_name_the_model_and_carry_task_and_dimensions() {
+        let inputs = vec!["a \"quoted\" text".to_owned(), "b".to_owned()];
+        let body = BatchEmbedBody::new("models/gemini-embedding-001", &inputs, EmbeddingTask::Query, Some(768));
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"requests": [
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a \"quoted\" text"}]},
+                 "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 768},
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]},
+                 "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 768},
+            ]})
+        );
+        let plain = BatchEmbedBody::new("models/m", &inputs[1..], EmbeddingTask::Unspecified, None);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"requests": [{"model": "models/m", "content": {"parts": [{"text": "b"}]}}]})
+        );
+        assert_eq!(task_type(EmbeddingTask::Document), Some("RETRIEVAL_DOCUMENT"));
+        assert_eq!(task_type(EmbeddingTask::SemanticSimilarity), Some("SEMANTIC_SIMILARITY"));
+        assert_eq!(task_type(EmbeddingTask::Classification), Some("CLASSIFICATION"));
+        assert_eq!(task_type(EmbeddingTask::Clustering), Some("CLUSTERING"));
+        assert_eq!(embed_model_resource("gemini-embedding-001"), "models/gemini-embedding-001");
+        assert_eq!(embed_model_resource("models/gemini-embedding-001"), "models/gemini-embedding-001");
+        assert_eq!(embed_model_resource("tunedModels/mine"), "tunedModels/mine");
+    }
+
+    #[test]
+    fn embed_answers_keep_order_and_never_panic() {
+        let parsed: BatchEmbedResponse =
+            serde_json::from_str(r#"{"embeddings":[{"values":[1,2.5]},{},{"values":[-3e-2]}]}"#).unwrap();
+        assert_eq!(parsed.into_vectors(), [vec![1.0, 2.5], vec![], vec![-0.03]]);
+        let empty: BatchEmbedResponse = serde_json::from_str("{}").unwrap();
+        assert!(empty.into_vectors().is_empty());
+        // Out of f32's range is infinite, which the server refuses; not a panic here.
+        let huge: BatchEmbedResponse = serde_json::from_str(r#"{"embeddings":[{"values":[1e300]}]}"#).unwrap();
+        assert!(huge.into_vectors()[0][0].is_infinite());
+    }
+
+    #[test]
+    fn only_surely_over_long_inputs_are_refused_without_truncate() {
+        let request = |model: &str, input: String| EmbedRequest {
+            model: model.into(),
+            inputs: vec!["short".into(), input],
+            ..Default::default()
+        };
+        let limit = 2048 * SURE_BYTES_PER_TOKEN;
+        assert!(check_input_lengths(&request("gemini-embedding-001", "x".repeat(limit))).is_ok());
+        let err = check_input_lengths(&request("models/gemini-embedding-001", "x".repeat(limit + 1))).unwrap_err();
+        assert!(matches!(&err, ProviderError::InvalidRequest(m) if m.contains("input 1")), "{err:?}");
+        // A model whose limit is unknown is not checked.
+        assert!(check_input_lengths(&request("gemini-embedding-9", "x".repeat(10 * limit))).is_ok());
+    }
+
+    #[test]
+    fn embedding_models_are_marked_with_their_length() {
+        let model = |name: &str, methods: &[&str]| Model {
+            name: format!("models/{name}"),
+            input_token_limit: Some(2048),
+            supported_generation_methods: Some(methods.iter().map(|m| (*m).to_owned()).collect()),
+            thinking: None,
+        };
+        let info = model("gemini-embedding-001", &["embedContent", "countTokens"]).into_info();
+        assert_eq!((info.capabilities.as_slice(), info.embedding_length), (&["embedding".to_owned()][..], Some(3072)));
+        assert_eq!(model("text-embedding-004", &["embedContent"]).into_info().embedding_length, Some(768));
+        assert_eq!(model("new-embedder", &["embedContent"]).into_info().embedding_length, None);
+        let chat = model("gemini-2.5-flash", &["generateContent"]);
+        assert!(!chat.supports_embed_content());
+        assert_eq!(chat.methods(), "generateContent");
+        assert_eq!(chat.into_info().embedding_length, None);
     }
 }

@@ -385,7 +385,7 @@ fn model_named(name: &str, context_length: u32, capabilities: &[&str]) -> FakeMo
 }
 
 #[tokio::test]
-async fn list_models_follows_pages_and_keeps_chat_models() {
+async fn list_models_follows_pages_and_keeps_chat_and_embedding_models() {
     let fake = FakeGemini::start().await.with_api_key(KEY);
     fake.add_model(model_named("gemini-2.0-flash", 1_048_576, &["completion"]));
     fake.add_model(model_named("text-embedding-004", 2048, &["embedding"]));
@@ -397,15 +397,23 @@ async fn list_models_follows_pages_and_keeps_chat_models() {
 
     let models = provider(&fake).list_models().await.unwrap();
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["gemini-2.0-flash", "gemini-2.5-pro", "gemma-3-27b-it", "gemini-2.5-flash-lite"]);
+    assert_eq!(
+        names,
+        ["gemini-2.0-flash", "text-embedding-004", "gemini-2.5-pro", "gemma-3-27b-it", "gemini-2.5-flash-lite"]
+    );
     assert_eq!(models[0].context_length, Some(1_048_576));
     assert_eq!(models[0].family, "gemini");
+    assert_eq!(models[0].embedding_length, None);
     // What every Gemini model does (a listing does not say), and thinking where it says so.
     assert_eq!(models[0].capabilities, ["completion", "tools", "json_object", "json_schema", "vision"]);
-    assert_eq!(models[1].capabilities, ["completion", "tools", "json_object", "json_schema", "vision", "thinking"]);
-    assert_eq!(models[2].parameter_size, "27B");
-    assert_eq!(models[2].capabilities, ["completion"]);
-    assert_eq!(models[3].context_length, Some(1_000_000));
+    // `embedContent` only: an embedding model, its vector length from its name.
+    assert_eq!(models[1].capabilities, ["embedding"]);
+    assert_eq!(models[1].embedding_length, Some(768));
+    assert_eq!(models[1].context_length, Some(2048));
+    assert_eq!(models[2].capabilities, ["completion", "tools", "json_object", "json_schema", "vision", "thinking"]);
+    assert_eq!(models[3].parameter_size, "27B");
+    assert_eq!(models[3].capabilities, ["completion"]);
+    assert_eq!(models[4].context_length, Some(1_000_000));
 }
 
 #[tokio::test]
