@@ -417,31 +417,6 @@ impl GeminiProvider {
         }
     }
 
-    /// A `batchEmbedContents` answer's body, up to [`MAX_EMBED_RESPONSE_BYTES`].
-    async fn read_embeddings(&self, mut response: Response) -> Result<Vec<u8>, ProviderError> {
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_EMBED_RESPONSE_BYTES {
-                        return Err(ProviderError::Protocol(format!(
-                            "Gemini's embeddings answer is larger than {MAX_EMBED_RESPONSE_BYTES} bytes"
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(err) => {
-                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
-                        "connection lost to {} while reading embeddings: {}",
-                        self.upstream.name(),
-                        copilot_http::root_cause(&err)
-                    ))));
-                }
-            }
-        }
-    }
-
     fn url_under(&self, root: &str, model: &str, suffix: &str) -> Result<Url, ProviderError> {
         Url::parse(&format!("{root}{}{suffix}", model_path(model, self.is_vertex())))
             .map_err(|e| ProviderError::InvalidRequest(format!("invalid Gemini model name {model:?}: {e}")))
@@ -592,23 +567,16 @@ impl Provider for GeminiProvider {
         let mut vectors = Vec::with_capacity(request.inputs.len());
         for piece in request.inputs.chunks(wire::MAX_EMBED_BATCH) {
             let body = wire::BatchEmbedBody::new(&resource, piece, request.task, request.dimensions);
-            let post = request
-                .trace_context
-                .iter()
-                .fold(self.upstream.post(url.clone()), |post, (name, value)| post.header(name.as_str(), value.as_str()))
-                .json(&body);
-            let response = match self.upstream.send(self, post, Some(&request.model)).await {
-                Ok(response) => response,
+            let post = copilot_http::with_headers(self.upstream.post(url.clone()), &request.trace_context).json(&body);
+            let parsed: wire::BatchEmbedResponse = match self
+                .upstream
+                .fetch_json_within(self, post, Some(&request.model), "embeddings", MAX_EMBED_RESPONSE_BYTES)
+                .await
+            {
+                Ok(parsed) => parsed,
                 Err(ProviderError::ModelNotFound { model }) => return Err(self.cannot_embed(&model).await),
                 Err(err) => return Err(err),
             };
-            let bytes = self.read_embeddings(response).await?;
-            let parsed: wire::BatchEmbedResponse = serde_json::from_slice(&bytes).map_err(|error| {
-                let excerpt = copilot_http::excerpt(&bytes, 200, self.upstream.secret());
-                ProviderError::Protocol(
-                    self.upstream.redact(&format!("unexpected embeddings from Gemini ({error}): {excerpt}")),
-                )
-            })?;
             let got = parsed.into_vectors();
             // Checked per piece: a short piece and a long one would add up and shift the rest.
             if got.len() != piece.len() {

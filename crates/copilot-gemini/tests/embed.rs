@@ -296,4 +296,21 @@ async fn a_short_answer_is_a_protocol_error_not_a_panic() {
         let err = provider.embed(request(&["a", "b"])).await.unwrap_err();
         assert!(matches!(err, ProviderError::Protocol(_)), "{answer}: {err:?}");
     }
+    // An answer declared larger than 32 MiB is not read.
+    let script = vec![
+        Step::Write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40000000\r\nconnection: close\r\n\r\n{"
+                .to_vec(),
+        ),
+        Step::Close,
+    ];
+    let base_url = ScriptedServer::once(script).await.base_url();
+    let provider = GeminiProvider::new(GeminiConfig {
+        base_url,
+        auth: GeminiAuth::ApiKey(Secret::new(KEY)),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = provider.embed(request(&["a"])).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Protocol(m) if m.contains("larger than")), "{err:?}");
 }
