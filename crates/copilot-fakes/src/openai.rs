@@ -250,6 +250,31 @@ impl Fake<OpenAi> {
         self.wire.cached_tokens.store(tokens as u64, Ordering::Relaxed);
     }
 
+    /// The JSON body of every embeddings request received (including refused ones), in order.
+    pub fn embed_requests(&self) -> Vec<Value> {
+        self.wire.embed_requests.lock().unwrap().clone()
+    }
+
+    /// While set, `encoding_format: "base64"` is refused with a 400, as by a server that writes
+    /// only JSON numbers and checks the field (a plausible server, not one of the flavours: they
+    /// all take base64, or ignore the field as [`Flavour::LlamaCppOldErrors`] does).
+    pub fn set_reject_base64(&self, reject: bool) {
+        self.wire.reject_base64.store(reject, Ordering::Relaxed);
+    }
+
+    /// While set, `dimensions` is refused the way the flavour refuses a model that cannot shorten
+    /// (OpenAI's text-embedding-ada-002, vLLM's models without Matryoshka); llama.cpp ignores the
+    /// field either way.
+    pub fn set_refuse_dimensions(&self, refuse: bool) {
+        self.wire.refuse_dimensions.store(refuse, Ordering::Relaxed);
+    }
+
+    /// While set, an embeddings response lists its vectors last input first (with the right
+    /// `index`es), which a client must put back in order.
+    pub fn set_embeddings_reversed(&self, reversed: bool) {
+        self.wire.embeddings_reversed.store(reversed, Ordering::Relaxed);
+    }
+
     /// The images chat requests carried, in order: `data:` URLs decoded, other URLs as sent.
     pub fn received_images(&self) -> Vec<FakeImage> {
         self.wire.images.lock().unwrap().clone()
@@ -308,6 +333,14 @@ pub struct OpenAi {
     cached_tokens: AtomicU64,
     /// [`Fake::received_images`].
     images: Mutex<Vec<FakeImage>>,
+    /// [`Fake::embed_requests`].
+    embed_requests: Mutex<Vec<Value>>,
+    /// [`Fake::set_reject_base64`].
+    reject_base64: AtomicBool,
+    /// [`Fake::set_refuse_dimensions`].
+    refuse_dimensions: AtomicBool,
+    /// [`Fake::set_embeddings_reversed`].
+    embeddings_reversed: AtomicBool,
     harness: Arc<Harness>,
     /// Makes ids unique within a run.
     next_id: AtomicU64,
@@ -330,6 +363,10 @@ impl Wire for OpenAi {
             unsupported: RwLock::new(Vec::new()),
             cached_tokens: AtomicU64::new(0),
             images: Mutex::new(Vec::new()),
+            embed_requests: Mutex::new(Vec::new()),
+            reject_base64: AtomicBool::new(false),
+            refuse_dimensions: AtomicBool::new(false),
+            embeddings_reversed: AtomicBool::new(false),
             harness,
             next_id: AtomicU64::new(1),
         }
@@ -339,6 +376,8 @@ impl Wire for OpenAi {
         Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(list_models))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/embeddings", post(llama_cpp_embeddings))
             .route("/v1/models/{*id}", get(get_model))
             // llama.cpp serves its API with and without the /v1 prefix.
             .route("/chat/completions", post(llama_cpp_chat))
@@ -752,19 +791,11 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
         Err(error) => return error.response(flavour),
     };
     let Some(entry) = shared.find_model(&params.model, flavour) else {
-        let error = match flavour {
-            Flavour::Vllm => ApiError::new(404, format!("The model `{}` does not exist.", params.model)).param("model"),
-            Flavour::Ollama => {
-                ApiError::new(404, format!("model \"{}\" not found, try pulling it first", params.model))
-            }
-            _ => ApiError::new(
-                404,
-                format!("The model `{}` does not exist or you do not have access to it.", params.model),
-            )
-            .code("model_not_found"),
-        };
-        return error.response(flavour);
+        return model_not_found(flavour, &params.model).response(flavour);
     };
+    if entry.model.embedding_length.is_some() {
+        return not_a_chat_model(flavour, &entry.model.name).response(flavour);
+    }
     if shared.quota_exhausted.load(Ordering::Relaxed) {
         return ApiError::new(
             429,
@@ -852,6 +883,261 @@ fn scripted_failure(failure: FailNext, flavour: Flavour, model: &str) -> Respons
         }
     }
     response
+}
+
+/// The flavour's answer to a request for a model it does not have.
+fn model_not_found(flavour: Flavour, model: &str) -> ApiError {
+    match flavour {
+        Flavour::Vllm => ApiError::new(404, format!("The model `{model}` does not exist.")).param("model"),
+        Flavour::Ollama => ApiError::new(404, format!("model \"{model}\" not found, try pulling it first")),
+        _ => ApiError::new(404, format!("The model `{model}` does not exist or you do not have access to it."))
+            .code("model_not_found"),
+    }
+}
+
+/// The flavour's answer to a chat request for an embedding model.
+fn not_a_chat_model(flavour: Flavour, model: &str) -> ApiError {
+    match flavour {
+        Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => ApiError::new(
+            404,
+            "This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?",
+        )
+        .param("model"),
+        Flavour::Vllm => ApiError::new(400, "The model does not support Chat Completions API"),
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+            ApiError::new(501, "This server does not support completions. Start it without `--embeddings`")
+        }
+        Flavour::Ollama => ApiError::new(400, format!("\"{model}\" does not support chat")),
+    }
+}
+
+/// The flavour's answer to an embeddings request for a model that cannot embed.
+fn cannot_embed(flavour: Flavour) -> ApiError {
+    match flavour {
+        Flavour::OpenAi | Flavour::NoUsage | Flavour::DeepSeek => {
+            ApiError::new(403, "You are not allowed to generate embeddings from this model")
+                .kind("invalid_request_error")
+        }
+        Flavour::Vllm => ApiError::new(400, "The model does not support Embeddings API"),
+        // Ollama passes on its runner's (llama.cpp's) words.
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors | Flavour::Ollama => {
+            ApiError::new(501, "This server does not support embeddings. Start it with `--embeddings`")
+        }
+    }
+}
+
+/// OpenAI's limit of inputs per embeddings request (the other flavours are held to it too).
+pub const MAX_EMBED_INPUTS: usize = 2048;
+
+async fn llama_cpp_embeddings(
+    State(shared): State<Arc<OpenAi>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if shared.flavour().is_llama_cpp() {
+        embeddings(State(shared), headers, body).await
+    } else {
+        not_found(State(shared), method, uri).await
+    }
+}
+
+/// `POST /v1/embeddings`: `fake_embedding` per input (its text cut to the model's context where
+/// the request asks vLLM to cut), shortened to `dimensions`, as JSON numbers or base64.
+async fn embeddings(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes) -> Response {
+    let flavour = shared.flavour();
+    let response = embeddings_response(&shared, flavour, &headers, &body);
+    finish_response(&shared, flavour, response)
+}
+
+fn embeddings_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
+    let request = match serde_json::from_slice::<Value>(body) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => return ApiError::new(400, "We could not parse the JSON body of your request.").response(flavour),
+    };
+    if shared.harness.recording() {
+        shared.embed_requests.lock().unwrap().push(request.clone());
+    }
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return refusal;
+    }
+    let invalid_input = || {
+        let message = match flavour {
+            Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                "\"input\" must be a string or an array of strings".to_owned()
+            }
+            _ => {
+                "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+                    .to_owned()
+            }
+        };
+        ApiError::new(400, message).param("input").response(flavour)
+    };
+    let model_name = request.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let inputs: Vec<String> = match request.get("input") {
+        Some(Value::String(text)) => vec![text.clone()],
+        Some(Value::Array(items)) => {
+            let mut inputs = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(text) => inputs.push(text.clone()),
+                    _ => return invalid_input(),
+                }
+            }
+            inputs
+        }
+        _ => return invalid_input(),
+    };
+    if inputs.is_empty() || inputs.iter().any(String::is_empty) {
+        if flavour.is_llama_cpp() {
+            return ApiError::new(400, "Input content cannot be empty").response(flavour);
+        }
+        return invalid_input();
+    }
+    if inputs.len() > MAX_EMBED_INPUTS {
+        return ApiError::new(
+            400,
+            format!(
+                "Invalid 'input': array too long. Expected an array with maximum length {MAX_EMBED_INPUTS}, but got an array with length {} instead.",
+                inputs.len()
+            ),
+        )
+        .param("input")
+        .code("array_above_max_length")
+        .response(flavour);
+    }
+    // Older llama.cpp ignores the field and always writes numbers.
+    let base64 = match request.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(format)) if format == "float" => false,
+        Some(Value::String(format)) if format == "base64" => {
+            if shared.reject_base64.load(Ordering::Relaxed) {
+                return ApiError::new(400, "Invalid value for 'encoding_format': only \"float\" is supported.")
+                    .param("encoding_format")
+                    .response(flavour);
+            }
+            flavour != Flavour::LlamaCppOldErrors
+        }
+        Some(other) if flavour != Flavour::LlamaCppOldErrors => {
+            return ApiError::new(
+                400,
+                format!("Invalid value for 'encoding_format': {other}. Supported values are: 'float' and 'base64'."),
+            )
+            .param("encoding_format")
+            .response(flavour);
+        }
+        Some(_) => false,
+    };
+    let truncate = request.get("truncate_prompt_tokens").filter(|v| !v.is_null());
+    if truncate.is_some() && flavour.is_openai() {
+        return ApiError::new(400, "Unrecognized request argument supplied: truncate_prompt_tokens").response(flavour);
+    }
+    let Some(entry) = shared.find_model(&model_name, flavour) else {
+        return model_not_found(flavour, &model_name).response(flavour);
+    };
+    let model = &entry.model;
+    let Some(native) = model.embedding_length else {
+        return cannot_embed(flavour).response(flavour);
+    };
+    if shared.harness.busy() {
+        let message =
+            if flavour.is_llama_cpp() { "Loading model" } else { "The server is overloaded or not ready yet." };
+        return ApiError::new(503, message).response(flavour);
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        return scripted_failure(failure, flavour, &model.name);
+    }
+    let mut dimensions = native as usize;
+    // llama.cpp ignores the field.
+    if let Some(asked) = request.get("dimensions").filter(|v| !v.is_null())
+        && !flavour.is_llama_cpp()
+    {
+        if shared.refuse_dimensions.load(Ordering::Relaxed) {
+            let message = match flavour {
+                Flavour::Vllm => format!(
+                    "Model \"{}\" does not support matryoshka representation, changing output dimensions will lead to poor results.",
+                    model.name
+                ),
+                _ => "This model does not support specifying dimensions.".to_owned(),
+            };
+            return ApiError::new(400, message).param("dimensions").response(flavour);
+        }
+        match asked.as_u64() {
+            Some(asked @ 1..) if asked <= u64::from(native) => dimensions = asked as usize,
+            _ => {
+                return ApiError::new(
+                    400,
+                    format!("Invalid value for 'dimensions' = {asked}. Must be between 1 and {native}."),
+                )
+                .param("dimensions")
+                .response(flavour);
+            }
+        }
+    }
+    // vLLM cuts to the model's context (-1) or to the number given.
+    let cut_to = truncate
+        .filter(|_| flavour == Flavour::Vllm)
+        .and_then(Value::as_i64)
+        .map(|n| if n < 0 { model.context_length as usize } else { n as usize });
+    let context = model.context_length as usize;
+    let mut prompt_tokens = 0;
+    let mut data = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        let words: Vec<&str> = input.split_whitespace().collect();
+        let mut text = input.clone();
+        let mut tokens = words.len().max(1);
+        let limit = cut_to.or((flavour == Flavour::Ollama).then_some(context));
+        if let Some(limit) = limit.filter(|&limit| tokens > limit) {
+            // Ollama's /v1 cuts silently (its truncate defaults to true).
+            text = words[..limit].join(" ");
+            tokens = limit;
+        } else if tokens > context {
+            let error = match flavour {
+                Flavour::Vllm => ApiError::new(
+                    400,
+                    format!(
+                        "This model's maximum context length is {context} tokens. However, you requested {tokens} tokens in the input for embedding generation. Please reduce the length of the input."
+                    ),
+                ),
+                Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+                    ApiError::new(500, "input is too large to process. increase the physical batch size")
+                }
+                _ => ApiError::new(
+                    400,
+                    format!(
+                        "This model's maximum context length is {context} tokens, however you requested {tokens} tokens ({tokens} in your prompt; 0 for the completion). Please reduce your prompt; or completion length."
+                    ),
+                ),
+            };
+            return error.response(flavour);
+        }
+        prompt_tokens += tokens;
+        let mut vector = crate::script::fake_embedding(&text, native as usize);
+        vector.truncate(dimensions);
+        let embedding = if base64 {
+            use base64::Engine as _;
+            let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(vector)
+        };
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    if shared.embeddings_reversed.load(Ordering::Relaxed) {
+        data.reverse();
+    }
+    let mut object = json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    });
+    if flavour == Flavour::Vllm {
+        object["id"] = json!(shared.new_id("embd-", 32));
+        object["created"] = json!(unix_now());
+    }
+    json_response(StatusCode::OK, &object)
 }
 
 /// Reads and checks a chat request; `Err` is the 400 the flavour's server would answer.

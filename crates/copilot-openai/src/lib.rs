@@ -43,15 +43,38 @@
 //! support tools", vLLM without `--enable-auto-tool-choice`, llama.cpp without `--jinja` or an
 //! `mmproj`, OpenAI's "not supported with this model") is
 //! [`ProviderError::Unsupported`](copilot_provider::ProviderError) for the feature it names.
+//!
+//! # Embeddings
+//! [`Provider::embed`] posts `{model, input: [..], dimensions?, encoding_format}` to
+//! `{base_url}/embeddings`, at most [`with_embed_batch`](OpenAiProvider::with_embed_batch) inputs
+//! (OpenAI's 2,048 by default) per request, the requests one after another and their vectors
+//! reassembled in input order (any failure fails the call).
+//! | Copilot | request | answer |
+//! |---|---|---|
+//! | vectors | `encoding_format: "base64"` (little-endian f32, a quarter of the bytes; what the Python SDK asks for); after one refusal that names `encoding_format`/`base64`, `"float"` from then on | `data[].embedding`, numbers or base64 whichever came (older llama.cpp ignores the field), placed by `data[].index`: a missing, repeated or out-of-range index is [`ProviderError::Protocol`] |
+//! | `dimensions` | `dimensions` ([`Feature::EmbeddingDimensions`]) | OpenAI's "does not support specifying dimensions" (ada-002) and vLLM's "does not support matryoshka representation" are [`ProviderError::Unsupported`]; so is a vector of another length (llama.cpp ignores the field) |
+//! | `truncate` | vLLM's `truncate_prompt_tokens: -1` (cut to the model's context) | hosted OpenAI's "Unrecognized request argument" becomes a refusal that says the server cannot cut; Ollama's `/v1` cuts whatever is asked (use the Ollama adapter to be refused instead), llama.cpp refuses long inputs either way |
+//! | over-long input, no `truncate` | — | the upstream's 400 ("This model's maximum context length is 8192 tokens, however you requested …"), [`ProviderError::InvalidRequest`] with its words (llama.cpp: a 500, "input is too large to process") |
+//! | a model that cannot embed | — | [`ProviderError::Unsupported`] for [`Feature::Embeddings`]: OpenAI's 403 "You are not allowed to generate embeddings from this model", vLLM's "The model does not support Embeddings API", llama.cpp's (and Ollama's runner's) 501 "This server does not support embeddings", llama.cpp's "Pooling type 'none' is not OAI compatible", Azure's "The embeddings operation does not work with the specified model" |
+//! | `task` | not sent: these models take no task | — |
+//! | usage | — | `usage.prompt_tokens`, summed over the requests (none if any lacks it) |
+//!
+//! Vectors are passed on as they came (the server checks and normalises them). Each response is
+//! read up to [`MAX_EMBED_RESPONSE_BYTES`]. Listings do not say which models embed, except that
+//! OpenAI's own `text-embedding-3-small`/`-large`/`ada-002` are marked (`embedding`, with their
+//! lengths). A chat request for an embedding model gets OpenAI's 404 "This is not a chat model",
+//! which is [`ProviderError::InvalidRequest`], not an unknown model.
 
 mod stream;
 mod wire;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
-    ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning, Secret,
+    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
+    ProviderError, Reasoning, Secret,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -146,7 +169,12 @@ pub struct OpenAiProvider {
     upstream: Upstream,
     chat_url: Url,
     models_url: Url,
+    embeddings_url: Url,
     body: BodySettings,
+    /// Inputs per embeddings request ([`OpenAiProvider::with_embed_batch`]).
+    embed_batch: usize,
+    /// Set once the server refused `encoding_format: "base64"`: floats are asked for from then on.
+    embed_floats: AtomicBool,
     /// Whether the server fetches `http(s)` image URLs itself.
     image_urls: bool,
 }
@@ -178,6 +206,9 @@ impl OpenAiProvider {
         Ok(OpenAiProvider {
             chat_url: endpoint("/chat/completions")?,
             models_url: endpoint("/models")?,
+            embeddings_url: endpoint("/embeddings")?,
+            embed_batch: MAX_EMBED_BATCH,
+            embed_floats: AtomicBool::new(false),
             body: BodySettings {
                 max_tokens_field: config.max_tokens_field,
                 include_usage: config.include_usage,
@@ -201,6 +232,15 @@ impl OpenAiProvider {
     /// they are sent; images given as bytes always go, as `data:` URLs.
     pub fn with_image_urls(mut self, fetches: bool) -> Self {
         self.image_urls = fetches;
+        self
+    }
+
+    /// Inputs per embeddings request, at most OpenAI's 2,048 (the default); a larger call is
+    /// split into requests of this many and reassembled in order. Lower it for a server with a
+    /// smaller limit, or one that answers only in JSON numbers with long vectors (each response is
+    /// capped at [`MAX_EMBED_RESPONSE_BYTES`]).
+    pub fn with_embed_batch(mut self, inputs: usize) -> Self {
+        self.embed_batch = inputs.clamp(1, MAX_EMBED_BATCH);
         self
     }
 
@@ -258,6 +298,36 @@ impl Provider for OpenAiProvider {
         Ok(self.upstream.chat_stream(response, decoder, options))
     }
 
+    /// One request per [`with_embed_batch`](OpenAiProvider::with_embed_batch) inputs, one after
+    /// another, the vectors reassembled in input order (see the module docs for the mapping).
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let mut vectors = Vec::with_capacity(request.inputs.len());
+        let mut model = String::new();
+        let mut tokens = Some(0u64);
+        for inputs in request.inputs.chunks(self.embed_batch) {
+            let answer = self.embed_batch_of(&request, inputs).await?;
+            if let Some(dimensions) = request.dimensions
+                && let Some(other) = answer.vectors.iter().map(Vec::len).find(|&len| len != dimensions as usize)
+            {
+                return Err(ProviderError::Unsupported {
+                    feature: Feature::EmbeddingDimensions,
+                    message: format!(
+                        "{} ignored dimensions: {dimensions} were asked for and a vector of {other} came back",
+                        self.upstream.base_url()
+                    ),
+                });
+            }
+            vectors.extend(answer.vectors);
+            if model.is_empty() {
+                model = answer.model;
+            }
+            tokens = tokens.zip(answer.prompt_tokens).map(|(sum, more)| sum.saturating_add(more));
+        }
+        let base_url = self.upstream.base_url();
+        tracing::debug!(model = %request.model, inputs = vectors.len(), %base_url, "the OpenAI-compatible server embedded");
+        Ok(Embeddings { vectors, model, input_tokens: tokens.map(|t| u32::try_from(t).unwrap_or(u32::MAX)) })
+    }
+
     /// Tools, both JSON formats, reasoning and images (as `data:` URLs) always; images by URL
     /// and turning thinking off as configured. Whether the *model* can is the server's to say
     /// (a refusal that says the model cannot is [`ProviderError::Unsupported`]).
@@ -268,6 +338,8 @@ impl Provider for OpenAiProvider {
             Feature::JsonSchema,
             Feature::Thinking,
             Feature::Images,
+            Feature::Embeddings,
+            Feature::EmbeddingDimensions,
         ]);
         if self.image_urls {
             features = features.with(Feature::ImageUrls);
@@ -299,6 +371,136 @@ impl Provider for OpenAiProvider {
         let _ = response.bytes().await;
         Ok(HealthReport { version: None })
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// OpenAI's limit of inputs per embeddings request.
+pub const MAX_EMBED_BATCH: usize = 2048;
+
+/// The largest embeddings response read (per request). 2,048 vectors of 3,072 dimensions are
+/// 34 MB in base64 and about 125 MB as JSON numbers.
+pub const MAX_EMBED_RESPONSE_BYTES: usize = 160 << 20;
+
+impl OpenAiProvider {
+    /// One request's worth of inputs: base64 asked for until the server refuses it, then floats.
+    async fn embed_batch_of(
+        &self,
+        request: &EmbedRequest,
+        inputs: &[String],
+    ) -> Result<wire::EmbedAnswer, ProviderError> {
+        let base64 = !self.embed_floats.load(Ordering::Relaxed);
+        match self.post_embeddings(request, inputs, base64).await {
+            Err(err) if base64 && refuses_base64(&err) => {
+                tracing::debug!(base_url = %self.upstream.base_url(), %err, "the server refused base64 embeddings; asking for floats");
+                self.embed_floats.store(true, Ordering::Relaxed);
+                self.post_embeddings(request, inputs, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn post_embeddings(
+        &self,
+        request: &EmbedRequest,
+        inputs: &[String],
+        base64: bool,
+    ) -> Result<wire::EmbedAnswer, ProviderError> {
+        let body = wire::EmbedBody {
+            model: &request.model,
+            input: inputs,
+            dimensions: request.dimensions,
+            encoding_format: if base64 { "base64" } else { "float" },
+            truncate_prompt_tokens: request.truncate.then_some(-1),
+        };
+        let post = request
+            .trace_context
+            .iter()
+            .fold(self.upstream.post(self.embeddings_url.clone()), |post, (name, value)| {
+                post.header(name.as_str(), value.as_str())
+            })
+            .json(&body);
+        let mut response =
+            self.upstream.send(self, post, Some(&request.model)).await.map_err(|err| embed_refusal(err, request))?;
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_EMBED_RESPONSE_BYTES {
+                        return Err(ProviderError::Protocol(format!(
+                            "the embeddings response from {} is larger than {} MiB; lower the batch size",
+                            self.upstream.base_url(),
+                            MAX_EMBED_RESPONSE_BYTES >> 20
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
+                        "connection lost to {} while reading embeddings: {}",
+                        self.upstream.base_url(),
+                        copilot_http::root_cause(&err)
+                    ))));
+                }
+            }
+        }
+        let unexpected = |why: String| {
+            let excerpt = copilot_http::excerpt(&bytes, 200, self.upstream.secret());
+            ProviderError::Protocol(
+                self.upstream
+                    .redact(&format!("unexpected embeddings from {} ({why}): {excerpt}", self.upstream.base_url())),
+            )
+        };
+        let parsed: wire::EmbedResponse = serde_json::from_slice(&bytes).map_err(|err| unexpected(err.to_string()))?;
+        parsed.into_answer(inputs.len()).map_err(unexpected)
+    }
+}
+
+/// Whether a refusal is about `encoding_format: "base64"` (a server that only writes floats).
+fn refuses_base64(err: &ProviderError) -> bool {
+    let ProviderError::InvalidRequest(message) = err else { return false };
+    let lower = message.to_ascii_lowercase();
+    lower.contains("encoding_format") || lower.contains("base64")
+}
+
+/// An embeddings refusal in the terms the request can act on: the model cannot embed
+/// ([`Feature::Embeddings`]), cannot shorten ([`Feature::EmbeddingDimensions`]), or the server
+/// cannot cut inputs; anything else unchanged.
+fn embed_refusal(err: ProviderError, request: &EmbedRequest) -> ProviderError {
+    let message = match &err {
+        ProviderError::InvalidRequest(message)
+        | ProviderError::Unauthorized(message)
+        | ProviderError::Upstream { status: 500 | 501, message } => message,
+        _ => return err,
+    };
+    let lower = message.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(needle);
+    // OpenAI (403): "You are not allowed to generate embeddings from this model"; vLLM: "The model
+    // does not support Embeddings API"; llama.cpp and Ollama's runner: "This server does not
+    // support embeddings. Start it with `--embeddings`"; llama.cpp with `--pooling none`:
+    // "Pooling type 'none' is not OAI compatible"; Azure: "The embeddings operation does not work
+    // with the specified model".
+    if has("generate embeddings from this model")
+        || has("does not support embeddings")
+        || has("pooling type 'none' is not oai compatible")
+        || has("embeddings operation does not work")
+    {
+        return ProviderError::Unsupported { feature: Feature::Embeddings, message: message.clone() };
+    }
+    // OpenAI's text-embedding-ada-002: "This model does not support specifying dimensions."; vLLM:
+    // "Model \"x\" does not support matryoshka representation, ...".
+    if request.dimensions.is_some() && (has("specifying dimensions") || has("matryoshka")) {
+        return ProviderError::Unsupported { feature: Feature::EmbeddingDimensions, message: message.clone() };
+    }
+    // Hosted OpenAI: "Unrecognized request argument supplied: truncate_prompt_tokens".
+    if request.truncate && matches!(err, ProviderError::InvalidRequest(_)) && has("truncate_prompt_tokens") {
+        return ProviderError::InvalidRequest(format!(
+            "this server cannot cut over-long inputs (it does not take vLLM's truncate_prompt_tokens): {message}"
+        ));
+    }
+    err
 }
 
 /// What a base URL may be: an http(s) URL without a query, a fragment or credentials.
@@ -339,6 +541,9 @@ fn status_error(
         },
         400 | 413 | 422 => ProviderError::InvalidRequest(details.message),
         401 | 403 => ProviderError::Unauthorized(details.message),
+        // OpenAI, to a chat request for an embedding model: "This is not a chat model and thus not
+        // supported in the v1/chat/completions endpoint." The model exists; it cannot chat.
+        404 if details.message.contains("not a chat model") => ProviderError::InvalidRequest(details.message),
         404 => match model {
             Some(model) if details.is_model_not_found() => ProviderError::ModelNotFound { model: model.to_owned() },
             _ => not_found(details.message),
@@ -618,5 +823,57 @@ mod tests {
         .unwrap();
         let debug = format!("{provider:?}");
         assert!(!debug.contains("sk-live-abcdef123456"), "{debug}");
+    }
+
+    #[test]
+    fn embedding_refusals_name_what_cannot_be_done() {
+        let plain = EmbedRequest::default();
+        let shorten = EmbedRequest { dimensions: Some(256), ..Default::default() };
+        let cut = EmbedRequest { truncate: true, ..Default::default() };
+        let feature = |err: ProviderError, request: &EmbedRequest| match embed_refusal(err, request) {
+            ProviderError::Unsupported { feature, .. } => Some(feature),
+            _ => None,
+        };
+        for err in [
+            ProviderError::Unauthorized("You are not allowed to generate embeddings from this model".into()),
+            ProviderError::InvalidRequest("The model does not support Embeddings API".into()),
+            ProviderError::Upstream {
+                status: 501,
+                message: "This server does not support embeddings. Start it with `--embeddings`".into(),
+            },
+            ProviderError::InvalidRequest(
+                "Pooling type 'none' is not OAI compatible. Please use a different pooling type".into(),
+            ),
+            ProviderError::InvalidRequest(
+                "The embeddings operation does not work with the specified model, gpt-35-turbo.".into(),
+            ),
+        ] {
+            assert_eq!(feature(err.clone(), &plain), Some(Feature::Embeddings), "{err:?}");
+        }
+        let ada = ProviderError::InvalidRequest("This model does not support specifying dimensions.".into());
+        assert_eq!(feature(ada.clone(), &shorten), Some(Feature::EmbeddingDimensions));
+        assert_eq!(embed_refusal(ada.clone(), &plain), ada);
+        let vllm = ProviderError::InvalidRequest(
+            "Model \"BAAI/bge-m3\" does not support matryoshka representation, changing output dimensions will lead to poor results.".into(),
+        );
+        assert_eq!(feature(vllm, &shorten), Some(Feature::EmbeddingDimensions));
+        let unknown =
+            ProviderError::InvalidRequest("Unrecognized request argument supplied: truncate_prompt_tokens".into());
+        let ProviderError::InvalidRequest(message) = embed_refusal(unknown, &cut) else { panic!() };
+        assert!(message.starts_with("this server cannot cut over-long inputs"), "{message}");
+        // A bad key stays a bad key; an over-long input stays the upstream's refusal.
+        let key = ProviderError::Unauthorized("Incorrect API key provided".into());
+        assert_eq!(embed_refusal(key.clone(), &plain), key);
+        let long = ProviderError::InvalidRequest("This model's maximum context length is 8192 tokens".into());
+        assert_eq!(embed_refusal(long.clone(), &cut), long);
+        assert!(refuses_base64(&ProviderError::InvalidRequest("Invalid value for 'encoding_format'".into())));
+        assert!(!refuses_base64(&ProviderError::Upstream { status: 500, message: "base64".into() }));
+    }
+
+    #[test]
+    fn a_chat_request_for_an_embedding_model_is_not_an_unknown_model() {
+        let body = r#"{"error":{"message":"This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?","type":"invalid_request_error","param":"model","code":null}}"#;
+        let err = status_error(status(404), details(body), None, Some("text-embedding-3-small"), "http://h/v1");
+        assert!(matches!(err, ProviderError::InvalidRequest(ref m) if m.contains("not a chat model")), "{err:?}");
     }
 }

@@ -807,6 +807,7 @@ impl ModelList {
 impl ModelCard {
     fn into_model(self) -> Option<ModelInfo> {
         let name = self.id.filter(|id| !id.is_empty())?;
+        let embedding_length = known_embedding_length(&name);
         let meta = self.meta;
         let context = self.max_model_len.or_else(|| meta.as_ref().and_then(|m| m.n_ctx_train));
         Some(ModelInfo {
@@ -814,6 +815,8 @@ impl ModelCard {
             context_length: context.and_then(|n| u32::try_from(n).ok()),
             parameter_size: meta.as_ref().and_then(|m| m.n_params).map(parameter_size).unwrap_or_default(),
             size_bytes: meta.and_then(|m| m.size),
+            capabilities: embedding_length.map(|_| vec!["embedding".to_owned()]).unwrap_or_default(),
+            embedding_length,
             ..Default::default()
         })
     }
@@ -879,6 +882,160 @@ pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
         total += number * scale;
     }
     copilot_provider::retry_after_from_secs_f64(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// The body of `POST {base}/embeddings`.
+#[derive(Debug, Serialize)]
+pub(crate) struct EmbedBody<'a> {
+    pub model: &'a str,
+    pub input: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    /// `"base64"` (little-endian f32, a quarter of the bytes of JSON numbers) or `"float"`.
+    pub encoding_format: &'static str,
+    /// vLLM's switch to cut over-long inputs; `-1` is the model's own limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncate_prompt_tokens: Option<i32>,
+}
+
+/// An embeddings response: `{object:"list", data:[{object:"embedding", index, embedding}], model,
+/// usage}`. Only what the adapter uses is read.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbedResponse {
+    #[serde(default)]
+    data: Option<Vec<EmbedItem>>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<EmbedUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbedItem {
+    #[serde(default)]
+    index: Option<u64>,
+    embedding: Vector,
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbedUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+}
+
+/// One vector, as JSON numbers or as base64 of little-endian f32s, whichever the server sent
+/// (some ignore `encoding_format`).
+#[derive(Debug, PartialEq)]
+struct Vector(Vec<f32>);
+
+impl<'de> Deserialize<'de> for Vector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of numbers or a base64 string")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vector, A::Error> {
+                // The hint is the server's word: bounded, so it cannot make a huge allocation.
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(value) = seq.next_element::<f32>()? {
+                    values.push(value);
+                }
+                Ok(Vector(values))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vector, E> {
+                let bytes = base64_decode(text).ok_or_else(|| E::custom("an embedding is not valid base64"))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(E::custom(format!(
+                        "a base64 embedding holds {} bytes, not a whole number of 4-byte floats",
+                        bytes.len()
+                    )));
+                }
+                Ok(Vector(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The vectors of an embeddings response, placed by `index` (servers need not keep the order),
+/// for `count` inputs; the answering model's name; the prompt tokens, when reported.
+#[derive(Debug, PartialEq)]
+pub(crate) struct EmbedAnswer {
+    pub vectors: Vec<Vec<f32>>,
+    pub model: String,
+    pub prompt_tokens: Option<u64>,
+}
+
+impl EmbedResponse {
+    /// `Err` says how the answer breaks the protocol: a missing, repeated or out-of-range index.
+    pub fn into_answer(self, count: usize) -> Result<EmbedAnswer, String> {
+        let items = self.data.unwrap_or_default();
+        let mut slots: Vec<Option<Vec<f32>>> = (0..count).map(|_| None).collect();
+        for (position, item) in items.into_iter().enumerate() {
+            let index = item.index.ok_or_else(|| format!("embedding {position} of the answer has no index"))?;
+            let slot = usize::try_from(index)
+                .ok()
+                .and_then(|i| slots.get_mut(i))
+                .ok_or_else(|| format!("an embedding has index {index}, but {count} inputs were sent"))?;
+            if slot.is_some() {
+                return Err(format!("two embeddings have index {index}"));
+            }
+            *slot = Some(item.embedding.0);
+        }
+        let vectors = slots
+            .into_iter()
+            .enumerate()
+            .map(|(index, slot)| slot.ok_or_else(|| format!("no embedding came back for input {index}")))
+            .collect::<Result<_, _>>()?;
+        Ok(EmbedAnswer {
+            vectors,
+            model: self.model.unwrap_or_default(),
+            prompt_tokens: self.usage.and_then(|u| u.prompt_tokens),
+        })
+    }
+}
+
+/// Standard base64 (padding optional); `None` for anything else.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 3);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &c in text {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    // A single leftover character (6 bits) cannot end base64.
+    (bits < 6).then_some(out)
+}
+
+/// What OpenAI's own listing does not say: the embedding models it serves and their lengths.
+pub(crate) fn known_embedding_length(model: &str) -> Option<u32> {
+    match model {
+        "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
+        "text-embedding-3-large" => Some(3072),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -1480,5 +1637,89 @@ mod tests {
         for bad in [1e30, f64::INFINITY, f64::NAN, -1.0] {
             assert_eq!(millis(bad), None, "{bad}");
         }
+    }
+
+    fn answer(body: Value, count: usize) -> Result<EmbedAnswer, String> {
+        serde_json::from_value::<EmbedResponse>(body).map_err(|e| e.to_string())?.into_answer(count)
+    }
+
+    #[test]
+    fn embeddings_decode_from_floats_and_base64_by_index() {
+        // [1.0, -2.5] as little-endian f32 bytes, base64.
+        let b64 = {
+            let mut out = String::new();
+            let bytes: Vec<u8> = [1.0f32, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+            base64_into(&bytes, &mut out);
+            out
+        };
+        let body = json!({"object":"list","model":"text-embedding-3-small",
+            "usage":{"prompt_tokens":8,"total_tokens":8},
+            "data":[{"object":"embedding","index":1,"embedding":b64},
+                    {"object":"embedding","index":0,"embedding":[0.0023,-0.0093]}]});
+        let answer = answer(body, 2).unwrap();
+        assert_eq!(answer.vectors, [vec![0.0023, -0.0093], vec![1.0, -2.5]]);
+        assert_eq!((answer.model.as_str(), answer.prompt_tokens), ("text-embedding-3-small", Some(8)));
+        // No usage, no model: left empty.
+        let answer = self::answer(json!({"data":[{"index":0,"embedding":[1]}]}), 1).unwrap();
+        assert_eq!((answer.model.as_str(), answer.prompt_tokens), ("", None));
+    }
+
+    #[test]
+    fn broken_embedding_answers_are_refused_with_a_reason() {
+        let cases = [
+            (json!({"data":[{"index":0,"embedding":[1]}]}), 2, "no embedding came back for input 1"),
+            (
+                json!({"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[2]}]}),
+                2,
+                "two embeddings have index 0",
+            ),
+            (json!({"data":[{"index":5,"embedding":[1]}]}), 1, "index 5, but 1 inputs"),
+            (json!({"data":[{"embedding":[1]}]}), 1, "has no index"),
+            (json!({"data":[{"index":0,"embedding":"AAA"}]}), 1, "not a whole number"),
+            (json!({"data":[{"index":0,"embedding":"!!!!"}]}), 1, "not valid base64"),
+            (json!({"data":[{"index":0,"embedding":["x"]}]}), 1, "invalid type"),
+            (json!({"data":[{"index":0,"embedding":{"a":1}}]}), 1, "an array of numbers or a base64 string"),
+            (json!({"data":null}), 1, "no embedding came back for input 0"),
+        ];
+        for (body, count, expected) in cases {
+            let err = answer(body.clone(), count).unwrap_err();
+            assert!(err.contains(expected), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for len in 0..10 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+            let mut text = String::new();
+            base64_into(&bytes, &mut text);
+            assert_eq!(base64_decode(&text).as_deref(), Some(&bytes[..]), "{text}");
+            assert_eq!(base64_decode(text.trim_end_matches('=')).as_deref(), Some(&bytes[..]), "{text}");
+        }
+        assert_eq!(base64_decode("A"), None);
+        assert_eq!(base64_decode("AA=A"), None);
+        assert_eq!(base64_decode("A A="), None);
+    }
+
+    #[test]
+    fn embed_bodies() {
+        let inputs = ["a".to_owned(), "b".to_owned()];
+        let body = EmbedBody {
+            model: "m",
+            input: &inputs,
+            dimensions: None,
+            encoding_format: "base64",
+            truncate_prompt_tokens: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"model":"m","input":["a","b"],"encoding_format":"base64"})
+        );
+        let body =
+            EmbedBody { dimensions: Some(256), encoding_format: "float", truncate_prompt_tokens: Some(-1), ..body };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"model":"m","input":["a","b"],"dimensions":256,"encoding_format":"float","truncate_prompt_tokens":-1})
+        );
     }
 }
