@@ -60,7 +60,7 @@
 //! | usage | — | `usage.prompt_tokens`, summed over the requests (none if any lacks it) |
 //!
 //! Vectors are passed on as they came (the server checks and normalises them). Each response is
-//! read up to [`MAX_EMBED_RESPONSE_BYTES`]. Listings do not say which models embed, except that
+//! read up to 1 MiB plus 384 KiB per input (16,384 components as JSON text), like Ollama's. Listings do not say which models embed, except that
 //! OpenAI's own `text-embedding-3-small`/`-large`/`ada-002` are marked (`embedding`, with their
 //! lengths). A chat request for an embedding model gets OpenAI's 404 "This is not a chat model",
 //! which is [`ProviderError::InvalidRequest`], not an unknown model.
@@ -237,8 +237,7 @@ impl OpenAiProvider {
 
     /// Inputs per embeddings request, at most OpenAI's 2,048 (the default); a larger call is
     /// split into requests of this many and reassembled in order. Lower it for a server with a
-    /// smaller limit, or one that answers only in JSON numbers with long vectors (each response is
-    /// capped at [`MAX_EMBED_RESPONSE_BYTES`]).
+    /// smaller limit, or to hold fewer vectors in memory at a time.
     pub fn with_embed_batch(mut self, inputs: usize) -> Self {
         self.embed_batch = inputs.clamp(1, MAX_EMBED_BATCH);
         self
@@ -379,9 +378,12 @@ impl Provider for OpenAiProvider {
 /// OpenAI's limit of inputs per embeddings request.
 pub const MAX_EMBED_BATCH: usize = 2048;
 
-/// The largest embeddings response read (per request). 2,048 vectors of 3,072 dimensions are
-/// 34 MB in base64 and about 125 MB as JSON numbers.
-pub const MAX_EMBED_RESPONSE_BYTES: usize = 160 << 20;
+/// The most an embeddings answer for `inputs` inputs may hold (as for Ollama's): 1 MiB, plus
+/// room for a vector of 16,384 components written as JSON text (24 bytes each at most) per input.
+/// Base64 takes under a quarter of that.
+fn embed_answer_cap(inputs: usize) -> usize {
+    (1usize << 20).saturating_add(inputs.saturating_mul(16_384 * 24))
+}
 
 impl OpenAiProvider {
     /// One request's worth of inputs: base64 asked for until the server refuses it, then floats.
@@ -414,47 +416,16 @@ impl OpenAiProvider {
             encoding_format: if base64 { "base64" } else { "float" },
             truncate_prompt_tokens: request.truncate.then_some(-1),
         };
-        let post = request
-            .trace_context
-            .iter()
-            .fold(self.upstream.post(self.embeddings_url.clone()), |post, (name, value)| {
-                post.header(name.as_str(), value.as_str())
-            })
+        let post = copilot_http::with_headers(self.upstream.post(self.embeddings_url.clone()), &request.trace_context)
             .json(&body);
-        let mut response =
-            self.upstream.send(self, post, Some(&request.model)).await.map_err(|err| embed_refusal(err, request))?;
-        let mut bytes = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if bytes.len() + chunk.len() > MAX_EMBED_RESPONSE_BYTES {
-                        return Err(ProviderError::Protocol(format!(
-                            "the embeddings response from {} is larger than {} MiB; lower the batch size",
-                            self.upstream.base_url(),
-                            MAX_EMBED_RESPONSE_BYTES >> 20
-                        )));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    return Err(ProviderError::Interrupted(self.upstream.redact(&format!(
-                        "connection lost to {} while reading embeddings: {}",
-                        self.upstream.base_url(),
-                        copilot_http::root_cause(&err)
-                    ))));
-                }
-            }
-        }
-        let unexpected = |why: String| {
-            let excerpt = copilot_http::excerpt(&bytes, 200, self.upstream.secret());
-            ProviderError::Protocol(
-                self.upstream
-                    .redact(&format!("unexpected embeddings from {} ({why}): {excerpt}", self.upstream.base_url())),
-            )
-        };
-        let parsed: wire::EmbedResponse = serde_json::from_slice(&bytes).map_err(|err| unexpected(err.to_string()))?;
-        parsed.into_answer(inputs.len()).map_err(unexpected)
+        let parsed: wire::EmbedResponse = self
+            .upstream
+            .fetch_json_within(self, post, Some(&request.model), "embeddings", embed_answer_cap(inputs.len()))
+            .await
+            .map_err(|err| embed_refusal(err, request))?;
+        parsed.into_answer(inputs.len()).map_err(|why| {
+            ProviderError::Protocol(format!("unexpected embeddings from {}: {why}", self.upstream.base_url()))
+        })
     }
 }
 
