@@ -59,7 +59,13 @@
 //!   embedContent" (for `batchEmbedContents` too, naming that method). Scripted failures
 //!   ([`Fake::fail_next`]), [`Fake::set_busy`], a model's `header_delay` and its
 //!   [`Behaviour::HttpError`] apply to embeddings too; bodies are kept
-//!   ([`Fake::embed_requests`]), apart from the chat requests.
+//!   ([`Fake::embed_requests`]), apart from the chat requests. On Vertex AI, `:predict` with
+//!   `{"instances": [{"content", "task_type"?}], "parameters": {"outputDimensionality"?,
+//!   "autoTruncate"?}}` → `{"predictions": [{"embeddings": {"values", "statistics":
+//!   {"token_count", "truncated"}}}]}`, tokens counted as words against the model's
+//!   `context_length`: over it, the text is cut (`autoTruncate`, the default) or refused (400);
+//!   one instance per call for `gemini-embedding` models, else [`VERTEX_MAX_INSTANCES`]; a chat
+//!   model answers [`VERTEX_PREDICT_CHAT_MESSAGE`] (400), an unknown one Vertex's 404.
 //!
 //! [`Behaviour`]s map onto Gemini like this:
 //! - `ErrorAfter`: `tokens` chunks, then the error as bare multi-line JSON (no `data:` prefix) —
@@ -620,6 +626,18 @@ async fn vertex_model_method(
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
+    if let Some((model_name, "predict")) = name.rsplit_once(':') {
+        if shared.harness.recording()
+            && let Ok(value) = &parsed
+        {
+            shared.embed_requests.lock().unwrap().push(value.clone());
+        }
+        let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
+        if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
+            return refusal;
+        }
+        return vertex_predict(&shared, &resource, model_name, parsed).await;
+    }
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
@@ -830,6 +848,101 @@ async fn embed(
         json!({ "embedding": vectors.into_iter().next().map(embedding) })
     };
     pretty_json(StatusCode::OK, &body)
+}
+
+/// What Vertex AI's chat models answer on `:predict`.
+pub const VERTEX_PREDICT_CHAT_MESSAGE: &str = "Gemini cannot be accessed through Vertex Predict/RawPredict API. Please follow https://cloud.google.com/vertex-ai/docs/generative-ai/start/quickstarts/quickstart-multimodal for Gemini usage.";
+
+/// Vertex AI's text-embedding models take at most this many instances per `:predict`.
+pub const VERTEX_MAX_INSTANCES: usize = 250;
+
+/// `POST …/publishers/google/models/{model}:predict` on Vertex AI, once the caller is
+/// authenticated: text embeddings.
+async fn vertex_predict(
+    shared: &Arc<Gemini>,
+    resource: &str,
+    model_name: &str,
+    parsed: Result<Value, serde_json::Error>,
+) -> Response {
+    let bad = |message: String| google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return bad(format!("Invalid JSON payload received. {err}")),
+    };
+    let Some(model) = shared.find_model(model_name) else {
+        return google_error(StatusCode::NOT_FOUND, &format!("Publisher Model `{resource}` not found."), Vec::new());
+    };
+    let Some(native) = model.embedding_length.map(|d| d as usize) else {
+        return google_error(StatusCode::BAD_REQUEST, VERTEX_PREDICT_CHAT_MESSAGE, Vec::new());
+    };
+    let instances = match request.get("instances") {
+        Some(Value::Array(instances)) if !instances.is_empty() => instances,
+        _ => return bad("Instances field is required and must be a non-empty list.".to_owned()),
+    };
+    let most = if model.name.starts_with("gemini-embedding") { 1 } else { VERTEX_MAX_INSTANCES };
+    if instances.len() > most {
+        return bad(format!(
+            "Unable to submit request because the model supports at most {most} instances per request; batchSize must be {most}."
+        ));
+    }
+    let parameters = request.get("parameters").cloned().unwrap_or(Value::Null);
+    let truncate = match parameters.get("autoTruncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return bad(format!("Invalid value at 'parameters.autoTruncate' (TYPE_BOOL), {other}")),
+    };
+    let dimensions = match parameters.get("outputDimensionality") {
+        None | Some(Value::Null) => native,
+        Some(value) => match value.as_u64() {
+            Some(n) if n > 0 && n as usize <= native => n as usize,
+            _ => return bad(format!("Value of outputDimensionality must be between 1 and {native}, got {value}.")),
+        },
+    };
+    let limit = model.context_length as usize;
+    let mut predictions = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.iter().enumerate() {
+        let text = match instance.get("content") {
+            Some(Value::String(text)) if !text.is_empty() => text,
+            _ => return bad(format!("The content of instance {i} must be a non-empty string.")),
+        };
+        if let Some(task) = instance.get("task_type")
+            && !task.as_str().is_some_and(|t| TASK_TYPES.contains(&t))
+        {
+            return bad(format!("Unsupported task_type {task} in instance {i}."));
+        }
+        // Tokens are words here.
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let (embedded, truncated) = if words.len() > limit {
+            if !truncate {
+                return bad(format!(
+                    "Unable to submit request because the input token count is {} but the model supports up to {limit}. Reduce the input token count and try again. You can also enable auto truncation.",
+                    words.len()
+                ));
+            }
+            (words[..limit].join(" "), true)
+        } else {
+            (text.clone(), false)
+        };
+        let tokens = words.len().min(limit);
+        predictions.push(json!({"embeddings": {
+            "values": fake_embedding(&embedded, dimensions),
+            "statistics": {"token_count": tokens as f64, "truncated": truncated},
+        }}));
+    }
+    if shared.harness.busy() {
+        return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        return scripted_failure(failure);
+    }
+    if let Behaviour::HttpError { status, message } = &model.behaviour {
+        return google_error(status_code(*status), message, Vec::new());
+    }
+    let characters: usize = instances.iter().filter_map(|i| i["content"].as_str()).map(|t| t.chars().count()).sum();
+    pretty_json(
+        StatusCode::OK,
+        &json!({"predictions": predictions, "metadata": {"billableCharacterCount": characters}}),
+    )
 }
 
 /// One `EmbedContentRequest` checked as Gemini does (`at` is its place, e.g. `requests[3]`, empty

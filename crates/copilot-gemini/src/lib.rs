@@ -67,7 +67,7 @@
 //!   `tools`, `json_object`, `json_schema` and `vision`; `thinking` comes from the model's own
 //!   flag (on Vertex, from the name: 2.5 and 3).
 //!
-//! **Embeddings** ([`Provider::embed`], Gemini API only):
+//! **Embeddings** ([`Provider::embed`]) on the Gemini API:
 //! - `POST /v1beta/models/{model}:batchEmbedContents` with `{"requests": [{"model":
 //!   "models/{model}", "content": {"parts": [{"text"}]}, "taskType"?, "outputDimensionality"?}]}`,
 //!   one request per input, each naming the path's model (Gemini checks that they match), and
@@ -96,9 +96,19 @@
 //!   errors map as for chat.
 //! - Listings include models with `embedContent`, marked `embedding` (and no chat
 //!   capabilities); `embedding_length` comes from the name, since the listing has no dimension
-//!   (gemini-embedding-* 3,072; text-embedding-004 and embedding-001 768).
-//! - On Vertex AI (`:predict`, one instance per call for gemini-embedding-001) embeddings are not
-//!   implemented yet: [`Feature::Embeddings`] is not declared there, and `embed` refuses.
+//!   (gemini-embedding-* 3,072; text-embedding-004/005, text-multilingual-embedding-002 and
+//!   embedding-001 768; on Vertex AI, whose listing is the configured models, likewise).
+//!
+//! On Vertex AI, embeddings go to `POST …/publishers/google/models/{model}:predict` with
+//! `{"instances": [{"content", "task_type"?}], "parameters": {"outputDimensionality"?,
+//! "autoTruncate"}}` and come back as `{"predictions": [{"embeddings": {"values", "statistics":
+//! {"token_count"}}}]}`: one instance per call for `gemini-embedding` models (Vertex: "batchSize
+//! must be 1"), up to 250 for the text-embedding models, the calls one after another and each
+//! checked to answer one vector per instance. `truncate` is Vertex's own `autoTruncate`, so an
+//! over-long input without it is Vertex's INVALID_ARGUMENT ([`ProviderError::InvalidRequest`] in
+//! its words). `input_tokens` is the sum of the `token_count`s (none if any is missing). A chat
+//! model's "Gemini cannot be accessed through Vertex Predict/RawPredict API" is
+//! [`ProviderError::Unsupported`] (embeddings); an unknown model Vertex's 404.
 //!
 //! How the real API's quirks are handled:
 //! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
@@ -159,10 +169,6 @@ const MAX_LIST_PAGES: usize = 20;
 /// The most an embeddings answer may hold: 100 vectors of 3,072 numbers at up to ~25 bytes each
 /// is under 8 MiB.
 const MAX_EMBED_RESPONSE_BYTES: usize = 32 << 20;
-
-/// Why a Vertex AI provider does not embed.
-const VERTEX_NO_EMBEDDINGS: &str =
-    "embeddings through Vertex AI (`:predict`) are not implemented yet; use the Gemini API (an API key) to embed";
 
 /// How to reach the Gemini API.
 #[derive(Debug, Clone, PartialEq)]
@@ -394,6 +400,34 @@ impl GeminiProvider {
         self.url_under(&self.api_root, model, suffix)
     }
 
+    /// Embeddings through Vertex AI's `:predict` (see the module docs).
+    async fn vertex_embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let url = self.model_url(&request.model, ":predict")?;
+        let mut vectors = Vec::with_capacity(request.inputs.len());
+        let mut tokens = Some(0u64);
+        for piece in request.inputs.chunks(wire::vertex_embed_batch(&request.model)) {
+            let body = wire::PredictBody::new(piece, request.task, request.dimensions, request.truncate);
+            let post = copilot_http::with_headers(self.upstream.post(url.clone()), &request.trace_context).json(&body);
+            let parsed: wire::PredictResponse = self
+                .upstream
+                .fetch_json_within(self, post, Some(&request.model), "embeddings", MAX_EMBED_RESPONSE_BYTES)
+                .await
+                .map_err(wire::vertex_cannot_embed)?;
+            let (got, counted) = parsed.into_parts();
+            if got.len() != piece.len() {
+                return Err(ProviderError::Protocol(format!(
+                    "Vertex AI returned {} embeddings for a batch of {} inputs",
+                    got.len(),
+                    piece.len()
+                )));
+            }
+            tokens = tokens.zip(counted).map(|(sum, count)| sum.saturating_add(count));
+            vectors.extend(got);
+        }
+        let input_tokens = tokens.map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+        Ok(Embeddings { vectors, model: String::new(), input_tokens })
+    }
+
     /// Why Gemini answered an embedding request for `model` with its 404 ("models/… is not found
     /// for API version v1beta, or is not supported for embedContent"), which it gives alike to a
     /// model that does not exist and to one that cannot embed: the model's description tells.
@@ -525,39 +559,26 @@ impl Provider for GeminiProvider {
 
     /// Tools, JSON and JSON Schema output, reasoning (on, off, effort or budget) and images as
     /// data. Not images by URL: Gemini's `fileData` takes only files it stores itself (the Files
-    /// API, or `gs://` on Vertex AI), never an `https://` URL it would fetch. Embeddings (with
-    /// `outputDimensionality`) on the Gemini API, not yet on Vertex AI.
+    /// API, or `gs://` on Vertex AI), never an `https://` URL it would fetch. Embeddings, with
+    /// `outputDimensionality`, on both APIs.
     fn features(&self) -> Features {
-        let chat = [
+        Features::of(&[
             Feature::Tools,
             Feature::JsonObject,
             Feature::JsonSchema,
             Feature::Thinking,
             Feature::ThinkingOff,
             Feature::Images,
-        ];
-        if self.is_vertex() {
-            Features::of(&chat)
-        } else {
-            Features::of(&[&chat[..], &[Feature::Embeddings, Feature::EmbeddingDimensions]].concat())
-        }
-    }
-
-    fn lacking(&self, feature: Feature) -> Option<&'static str> {
-        match feature {
-            Feature::Embeddings | Feature::EmbeddingDimensions if self.is_vertex() => Some(VERTEX_NO_EMBEDDINGS),
-            _ => None,
-        }
+            Feature::Embeddings,
+            Feature::EmbeddingDimensions,
+        ])
     }
 
     /// `batchEmbedContents`, [`wire::MAX_EMBED_BATCH`] inputs at a time, the pieces one after
-    /// another (see the module docs).
+    /// another (on Vertex AI, `:predict`; see the module docs).
     async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
         if self.is_vertex() {
-            return Err(ProviderError::Unsupported {
-                feature: Feature::Embeddings,
-                message: VERTEX_NO_EMBEDDINGS.into(),
-            });
+            return self.vertex_embed(request).await;
         }
         if !request.truncate {
             wire::check_input_lengths(&request)?;
@@ -888,16 +909,13 @@ mod tests {
     }
 
     #[test]
-    fn embeddings_are_declared_on_the_gemini_api_only() {
-        let studio = GeminiProvider::new(config("http://localhost:1")).unwrap();
-        assert!(studio.features().contains(Feature::Embeddings));
-        assert!(studio.features().contains(Feature::EmbeddingDimensions));
-        assert_eq!(studio.lacking(Feature::Embeddings), None);
-        let vertex = vertex("", "p-1", "global").unwrap();
-        assert!(!vertex.features().contains(Feature::Embeddings));
-        assert!(!vertex.features().contains(Feature::EmbeddingDimensions));
-        assert!(vertex.features().contains(Feature::Tools));
-        assert_eq!(vertex.lacking(Feature::Embeddings), Some(VERTEX_NO_EMBEDDINGS));
+    fn embeddings_are_declared_on_both_apis() {
+        for provider in
+            [GeminiProvider::new(config("http://localhost:1")).unwrap(), vertex("", "p-1", "global").unwrap()]
+        {
+            assert!(provider.features().contains(Feature::Embeddings));
+            assert!(provider.features().contains(Feature::EmbeddingDimensions));
+        }
     }
 
     #[test]

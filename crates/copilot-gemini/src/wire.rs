@@ -1054,6 +1054,109 @@ impl BatchEmbedResponse {
     }
 }
 
+/// The body of Vertex AI's `POST …/publishers/google/models/{model}:predict` for text embeddings.
+#[derive(Debug, Serialize)]
+pub(crate) struct PredictBody<'a> {
+    instances: Vec<PredictInstance<'a>>,
+    parameters: PredictParameters,
+}
+
+#[derive(Debug, Serialize)]
+struct PredictInstance<'a> {
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_type: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PredictParameters {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u32>,
+    auto_truncate: bool,
+}
+
+impl<'a> PredictBody<'a> {
+    pub fn new(inputs: &'a [String], task: EmbeddingTask, dimensions: Option<u32>, truncate: bool) -> Self {
+        let task_type = task_type(task);
+        PredictBody {
+            instances: inputs.iter().map(|content| PredictInstance { content, task_type }).collect(),
+            parameters: PredictParameters { output_dimensionality: dimensions, auto_truncate: truncate },
+        }
+    }
+}
+
+/// Instances per `:predict` call: Vertex's gemini-embedding models take one ("batchSize must be
+/// 1"), its text-embedding models up to 250.
+pub(crate) fn vertex_embed_batch(model: &str) -> usize {
+    let id = model.rsplit('/').next().unwrap_or(model);
+    if id.starts_with("gemini-embedding") { 1 } else { 250 }
+}
+
+/// The answer to `:predict`: `{"predictions": [{"embeddings": {"values", "statistics":
+/// {"token_count", "truncated"}}}]}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PredictResponse {
+    #[serde(default)]
+    predictions: Option<Vec<Prediction>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Prediction {
+    #[serde(default)]
+    embeddings: Option<PredictEmbedding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictEmbedding {
+    #[serde(default)]
+    values: Option<Vec<f32>>,
+    #[serde(default)]
+    statistics: Option<PredictStatistics>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictStatistics {
+    /// A JSON number (Vertex writes it as a float).
+    #[serde(default)]
+    token_count: Option<f64>,
+}
+
+impl PredictResponse {
+    /// The vectors in order, and the tokens they took when every one says.
+    pub fn into_parts(self) -> (Vec<Vec<f32>>, Option<u64>) {
+        let mut tokens = Some(0u64);
+        let vectors = self
+            .predictions
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let embedding = p.embeddings.unwrap_or(PredictEmbedding { values: None, statistics: None });
+                let count = embedding.statistics.and_then(|s| s.token_count).filter(|c| c.is_finite() && *c >= 0.0);
+                tokens = match (tokens, count) {
+                    (Some(sum), Some(count)) => Some(sum.saturating_add(count as u64)),
+                    _ => None,
+                };
+                embedding.values.unwrap_or_default()
+            })
+            .collect();
+        (vectors, tokens)
+    }
+}
+
+/// Vertex's refusal of a chat model on `:predict` ("Gemini cannot be accessed through Vertex
+/// Predict/RawPredict API") as [`ProviderError::Unsupported`] embeddings; other errors unchanged.
+pub(crate) fn vertex_cannot_embed(err: ProviderError) -> ProviderError {
+    match err {
+        ProviderError::InvalidRequest(message)
+            if message.to_ascii_lowercase().contains("cannot be accessed through vertex predict") =>
+        {
+            ProviderError::Unsupported { feature: Feature::Embeddings, message }
+        }
+        err => err,
+    }
+}
+
 /// Input token limits of Gemini's embedding models, where known: Gemini cuts longer inputs
 /// silently.
 pub(crate) fn embedding_input_limit(model: &str) -> Option<u32> {
@@ -1089,7 +1192,7 @@ pub(crate) fn check_input_lengths(request: &EmbedRequest) -> Result<(), Provider
 /// listing does not say).
 fn embedding_length(id: &str) -> Option<u32> {
     match id {
-        "text-embedding-004" | "embedding-001" => Some(768),
+        "text-embedding-004" | "text-embedding-005" | "text-multilingual-embedding-002" | "embedding-001" => Some(768),
         id if id.starts_with("gemini-embedding") => Some(3072),
         _ => None,
     }
@@ -1203,6 +1306,7 @@ pub(crate) fn vertex_model_info(id: &str) -> ModelInfo {
         family: family(id),
         parameter_size: parameter_size(id),
         capabilities,
+        embedding_length: if id.contains("embedding") { embedding_length(id) } else { None },
         ..Default::default()
     }
 }
@@ -1996,9 +2100,52 @@ mod tests {
         assert_eq!((info.capabilities.as_slice(), info.embedding_length), (&["embedding".to_owned()][..], Some(3072)));
         assert_eq!(model("text-embedding-004", &["embedContent"]).into_info().embedding_length, Some(768));
         assert_eq!(model("new-embedder", &["embedContent"]).into_info().embedding_length, None);
+        // On Vertex, from the name alone.
+        assert_eq!(vertex_model_info("text-embedding-005").embedding_length, Some(768));
+        assert_eq!(vertex_model_info("gemini-embedding-001").capabilities, ["embedding"]);
+        assert_eq!(vertex_model_info("gemini-2.5-flash").embedding_length, None);
         let chat = model("gemini-2.5-flash", &["generateContent"]);
         assert!(!chat.supports_embed_content());
         assert_eq!(chat.methods(), "generateContent");
         assert_eq!(chat.into_info().embedding_length, None);
+    }
+
+    #[test]
+    fn vertex_predict_bodies_and_answers() {
+        let inputs = vec!["a".to_owned(), "b".to_owned()];
+        let body = PredictBody::new(&inputs, EmbeddingTask::Query, Some(256), false);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"instances": [{"content": "a", "task_type": "RETRIEVAL_QUERY"}, {"content": "b", "task_type": "RETRIEVAL_QUERY"}],
+                   "parameters": {"outputDimensionality": 256, "autoTruncate": false}})
+        );
+        let plain = PredictBody::new(&inputs[..1], EmbeddingTask::Unspecified, None, true);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"instances": [{"content": "a"}], "parameters": {"autoTruncate": true}})
+        );
+        assert_eq!(vertex_embed_batch("gemini-embedding-001"), 1);
+        assert_eq!(vertex_embed_batch("models/gemini-embedding-001"), 1);
+        assert_eq!(vertex_embed_batch("text-embedding-005"), 250);
+
+        let answer: PredictResponse = serde_json::from_str(
+            r#"{"predictions":[{"embeddings":{"values":[1,2],"statistics":{"token_count":2.0,"truncated":false}}},
+                               {"embeddings":{"values":[3],"statistics":{"token_count":5}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.into_parts(), (vec![vec![1.0, 2.0], vec![3.0]], Some(7)));
+        // A count missing (or nonsense) anywhere: no usage rather than a wrong one.
+        let answer: PredictResponse = serde_json::from_str(
+            r#"{"predictions":[{"embeddings":{"values":[1],"statistics":{"token_count":-1}}},{}]}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.into_parts(), (vec![vec![1.0], vec![]], None));
+
+        let chat = ProviderError::InvalidRequest(
+            "INVALID_ARGUMENT: Gemini cannot be accessed through Vertex Predict/RawPredict API.".into(),
+        );
+        assert!(matches!(vertex_cannot_embed(chat), ProviderError::Unsupported { feature: Feature::Embeddings, .. }));
+        let other = ProviderError::InvalidRequest("input too long".into());
+        assert_eq!(vertex_cannot_embed(other.clone()), other);
     }
 }

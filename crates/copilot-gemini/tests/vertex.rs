@@ -326,3 +326,66 @@ async fn models_are_the_configured_ones_described_by_vertex_and_health_is_a_toke
     provider.health().await.unwrap();
     assert_eq!(google.auth.token_requests(), 1);
 }
+
+#[tokio::test]
+async fn embeddings_go_to_predict_one_instance_at_a_time_for_gemini_embedding() {
+    use copilot_fakes::script::fake_embedding;
+    use copilot_provider::{EmbedRequest, EmbeddingTask, Feature};
+    use serde_json::json;
+
+    let google = Google::start().await;
+    google.vertex.add_model(FakeModel::embedding("gemini-embedding-001", 8));
+    let mut text_embedding = FakeModel::embedding("text-embedding-005", 8);
+    text_embedding.context_length = 2;
+    google.vertex.add_model(text_embedding);
+    let provider = google.service_account_provider();
+    assert!(provider.features().contains(Feature::Embeddings));
+
+    let inputs = vec!["one two".to_owned(), "three".to_owned(), "four five six".to_owned()];
+    let request = EmbedRequest {
+        model: "gemini-embedding-001".into(),
+        inputs: inputs.clone(),
+        dimensions: Some(4),
+        task: EmbeddingTask::Document,
+        truncate: false,
+        ..Default::default()
+    };
+    let embeddings = provider.embed(request).await.unwrap();
+    let expected: Vec<Vec<f32>> = inputs.iter().map(|t| fake_embedding(t, 4)).collect();
+    assert_eq!(embeddings.vectors, expected);
+    // Vertex counts tokens (the fake: words).
+    assert_eq!(embeddings.input_tokens, Some(6));
+    let bodies = google.vertex.embed_requests();
+    assert_eq!(bodies.len(), 3, "gemini-embedding-001 takes one instance per call");
+    assert_eq!(
+        bodies[0],
+        json!({"instances": [{"content": "one two", "task_type": "RETRIEVAL_DOCUMENT"}],
+               "parameters": {"outputDimensionality": 4, "autoTruncate": false}})
+    );
+    assert!(google.vertex.request_uris().is_empty(), "embeddings are not chats");
+
+    // text-embedding models take many per call; truncate is autoTruncate, and without it an
+    // over-long input is Vertex's INVALID_ARGUMENT in its words.
+    let mut request = EmbedRequest { model: "text-embedding-005".into(), inputs: inputs.clone(), ..Default::default() };
+    let err = provider.embed(request.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::InvalidRequest(m) if m.contains("supports up to 2") && m.contains("auto truncation")),
+        "{err:?}"
+    );
+    request.truncate = true;
+    let embeddings = provider.embed(request).await.unwrap();
+    assert_eq!(embeddings.vectors.len(), 3);
+    // Cut by Vertex to its limit (the fake's: two words).
+    assert_eq!(embeddings.vectors[2], fake_embedding("four five", 8));
+    let last = google.vertex.embed_requests().pop().unwrap();
+    assert_eq!(last["instances"].as_array().unwrap().len(), 3);
+    assert_eq!(last["parameters"], json!({"autoTruncate": true}));
+
+    // A chat model cannot embed; an unknown model is not found.
+    let chat = EmbedRequest { model: MODEL.into(), inputs: vec!["hi".into()], ..Default::default() };
+    let err = provider.embed(chat).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Unsupported { feature: Feature::Embeddings, .. }), "{err:?}");
+    let unknown = EmbedRequest { model: "nope-embedding".into(), inputs: vec!["hi".into()], ..Default::default() };
+    let err = provider.embed(unknown).await.unwrap_err();
+    assert_eq!(err, ProviderError::ModelNotFound { model: "nope-embedding".into() });
+}
