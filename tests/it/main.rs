@@ -11,7 +11,6 @@ mod doctor;
 mod embedded;
 #[cfg(feature = "embedded")]
 mod embedded_tools;
-#[cfg(any())]
 mod embeddings;
 mod environment;
 mod errors;

@@ -27,7 +27,7 @@
 //! | images | `images: ["<raw base64>"]` on the message; image URLs are not declared (Ollama fetches none) |
 //! | "model cannot" refusals | `<name> does not support tools` and `"<model>" does not support thinking` (400), `this model is missing data required for image input` (400 or 500) → [`ProviderError::Unsupported`] with the feature |
 //! | capabilities | `/api/show`'s (`completion`, `tools`, `thinking`, `vision`, `insert`, `embedding`), plus `json_object` and `json_schema` for every completion model (`format` works on any) |
-//! | an embedding model asked to chat | `"<model>" does not support chat` (400) → [`ProviderError::InvalidRequest`] with Ollama's words (no [`Feature`] names chat) |
+//! | an embedding model asked to chat | `"<model>" does not support chat` (400) → [`ProviderError::Unsupported`] with [`Feature::Completion`] |
 //!
 //! # Embeddings: what maps to what
 //! | Copilot | Ollama |
@@ -255,7 +255,8 @@ fn status_error(
 
 /// The feature a refusal says the model lacks. Ollama checks the model's capabilities before
 /// running it: `<name> does not support tools` (400), `"<model>" does not support thinking` (400),
-/// `"<model>" does not support embeddings` (400, a chat model asked to embed);
+/// `"<model>" does not support embeddings` (400, a chat model asked to embed), `"<model>" does not
+/// support chat` (400, an embedding model asked to chat);
 /// images reach a model without a vision projector and fail in its runner with `this model is
 /// missing data required for image input` (400 or 500, by version).
 fn unsupported_feature(status: StatusCode, message: &str) -> Option<Feature> {
@@ -268,6 +269,8 @@ fn unsupported_feature(status: StatusCode, message: &str) -> Option<Feature> {
         Some(Feature::Thinking)
     } else if message.contains("does not support embeddings") {
         Some(Feature::Embeddings)
+    } else if message.contains("does not support chat") {
+        Some(Feature::Completion)
     } else if message.contains("does not support vision") || message.contains("missing data required for image input") {
         Some(Feature::Images)
     } else {
@@ -328,9 +331,8 @@ mod tests {
             map(400, embeddings),
             ProviderError::Unsupported { feature: Feature::Embeddings, message: embeddings.into() }
         );
-        // No feature names chat: an embedding model asked to chat is a bad request, in Ollama's words.
         let chat = r#""nomic-embed-text" does not support chat"#;
-        assert_eq!(map(400, chat), ProviderError::InvalidRequest(chat.into()));
+        assert_eq!(map(400, chat), ProviderError::Unsupported { feature: Feature::Completion, message: chat.into() });
         let too_long = "the input length exceeds the context length";
         assert_eq!(map(400, too_long), ProviderError::InvalidRequest(too_long.into()));
     }

@@ -115,7 +115,8 @@ async fn a_model_that_cannot_embed_is_unsupported_and_an_embedding_model_cannot_
     let chat =
         ChatRequest { model: MODEL.into(), messages: vec![Message::text(Role::User, "hi")], ..Default::default() };
     let err = provider.chat(chat).await.err().expect("an embedding model cannot chat");
-    assert_eq!(err, ProviderError::InvalidRequest(format!("{MODEL:?} does not support chat")));
+    let message = format!("{MODEL:?} does not support chat");
+    assert_eq!(err, ProviderError::Unsupported { feature: Feature::Completion, message });
 }
 
 #[tokio::test]

@@ -63,7 +63,8 @@
 //! read up to 1 MiB plus 384 KiB per input (16,384 components as JSON text), like Ollama's. Listings do not say which models embed, except that
 //! OpenAI's own `text-embedding-3-small`/`-large`/`ada-002` are marked (`embedding`, with their
 //! lengths). A chat request for an embedding model gets OpenAI's 404 "This is not a chat model",
-//! which is [`ProviderError::InvalidRequest`], not an unknown model.
+//! reported as the model lacking [`Feature::Completion`] (`FEATURE_UNSUPPORTED`), not as an
+//! unknown model.
 
 mod stream;
 mod wire;
@@ -505,6 +506,18 @@ fn status_error(
             "{message} (no such endpoint at {base_url}: base_url must include the API version path, e.g. http://localhost:8000/v1)"
         ),
     };
+    // An embedding model asked to chat, in each server's words: OpenAI's 404 "This is not a chat
+    // model…", vLLM's "The model does not support Chat Completions API", Ollama's `"m" does not
+    // support chat`, llama.cpp's 501 "This server does not support completions". The model exists;
+    // it cannot chat.
+    let lower = details.message.to_ascii_lowercase();
+    if matches!(status.as_u16(), 400 | 404 | 501)
+        && ["not a chat model", "does not support chat", "does not support completions"]
+            .iter()
+            .any(|w| lower.contains(w))
+    {
+        return ProviderError::Unsupported { feature: Feature::Completion, message: details.message };
+    }
     match status.as_u16() {
         400 | 413 | 422 if details.code.as_deref() == Some("model_not_found") => match model {
             Some(model) => ProviderError::ModelNotFound { model: model.to_owned() },
@@ -512,9 +525,6 @@ fn status_error(
         },
         400 | 413 | 422 => ProviderError::InvalidRequest(details.message),
         401 | 403 => ProviderError::Unauthorized(details.message),
-        // OpenAI, to a chat request for an embedding model: "This is not a chat model and thus not
-        // supported in the v1/chat/completions endpoint." The model exists; it cannot chat.
-        404 if details.message.contains("not a chat model") => ProviderError::InvalidRequest(details.message),
         404 => match model {
             Some(model) if details.is_model_not_found() => ProviderError::ModelNotFound { model: model.to_owned() },
             _ => not_found(details.message),
@@ -845,6 +855,9 @@ mod tests {
     fn a_chat_request_for_an_embedding_model_is_not_an_unknown_model() {
         let body = r#"{"error":{"message":"This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?","type":"invalid_request_error","param":"model","code":null}}"#;
         let err = status_error(status(404), details(body), None, Some("text-embedding-3-small"), "http://h/v1");
-        assert!(matches!(err, ProviderError::InvalidRequest(ref m) if m.contains("not a chat model")), "{err:?}");
+        assert!(
+            matches!(err, ProviderError::Unsupported { feature: Feature::Completion, ref message } if message.contains("not a chat model")),
+            "{err:?}"
+        );
     }
 }

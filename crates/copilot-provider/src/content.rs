@@ -197,12 +197,15 @@ pub enum Feature {
     ImageUrls,
     /// Embedding texts (`Provider::embed`).
     Embeddings,
+    /// Chat completions: every adapter translates them; only a model can lack them (an
+    /// embedding-only model), which its upstream says.
+    Completion,
     /// Embeddings shortened to a requested number of dimensions.
     EmbeddingDimensions,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 10] = [
         Feature::Tools,
         Feature::JsonObject,
         Feature::JsonSchema,
@@ -212,6 +215,7 @@ impl Feature {
         Feature::ImageUrls,
         Feature::Embeddings,
         Feature::EmbeddingDimensions,
+        Feature::Completion,
     ];
 
     /// The name in `Model.capabilities` and in errors.
@@ -226,6 +230,7 @@ impl Feature {
             Feature::ImageUrls => "image_urls",
             Feature::Embeddings => "embedding",
             Feature::EmbeddingDimensions => "embedding_dimensions",
+            Feature::Completion => "completion",
         }
     }
 
@@ -241,6 +246,7 @@ impl Feature {
             Feature::ImageUrls => "images given as URLs",
             Feature::Embeddings => "embeddings",
             Feature::EmbeddingDimensions => "embeddings of a chosen dimension",
+            Feature::Completion => "chat completions",
         }
     }
 
