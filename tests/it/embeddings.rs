@@ -111,6 +111,19 @@ async fn a_chat_model_cannot_embed(mut case: Case<'_>) {
     assert_eq!((info.reason.as_str(), info.metadata["feature"].as_str()), ("FEATURE_UNSUPPORTED", "embedding"));
 }
 
+/// An embedding model asked to chat: the upstream's own refusal, as FEATURE_UNSUPPORTED naming
+/// `completion`.
+async fn an_embedding_model_cannot_chat(mut case: Case<'_>) {
+    use copilot::proto::v1::{ChatRequest, Message, Role};
+    case.upstream.add(FakeModel::embedding("embedder", DIMENSIONS));
+    let message = Message { role: Role::User as i32, content: "hi".into(), ..Default::default() };
+    let chat = ChatRequest { model: "up/embedder".into(), messages: vec![message], ..Default::default() };
+    let status = within(LIMIT, case.client.chat(chat)).await.map(|_| ()).unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!((info.reason.as_str(), info.metadata["feature"].as_str()), ("FEATURE_UNSUPPORTED", "completion"));
+}
+
 /// Every upstream call goes through the server's checks: too many inputs, empty ones.
 async fn bad_requests_never_reach_the_upstream(mut case: Case<'_>) {
     case.upstream.add(FakeModel::embedding("embedder", DIMENSIONS));
@@ -123,9 +136,11 @@ async fn bad_requests_never_reach_the_upstream(mut case: Case<'_>) {
     assert!(case.upstream.embed_bodies().is_empty());
 }
 
-async fn the_listing_marks_embedding_models(mut case: Case<'_>) {
-    case.upstream.add(FakeModel::embedding("embedder", DIMENSIONS));
-    let model = within(LIMIT, case.client.get_model(GetModelRequest { model: "up/embedder".into() }))
+/// `name`: a model the provider's listing says embeds (OpenAI-compatible listings say nothing, so
+/// the adapter knows OpenAI's own embedding models by name).
+async fn the_listing_marks_embedding_models(mut case: Case<'_>, name: &str) {
+    case.upstream.add(FakeModel::embedding(name, DIMENSIONS));
+    let model = within(LIMIT, case.client.get_model(GetModelRequest { model: format!("up/{name}") }))
         .await
         .unwrap()
         .into_inner()
@@ -135,7 +150,7 @@ async fn the_listing_marks_embedding_models(mut case: Case<'_>) {
 }
 
 macro_rules! embeddings {
-    ($module:ident, $fake:ty, $kind:literal) => {
+    ($module:ident, $fake:ty, $kind:literal, $listed:literal) => {
         mod $module {
             use super::*;
 
@@ -173,21 +188,26 @@ macro_rules! embeddings {
             }
 
             #[tokio::test]
+            async fn an_embedding_model_cannot_chat() {
+                run(super::an_embedding_model_cannot_chat).await;
+            }
+
+            #[tokio::test]
             async fn bad_requests_never_reach_the_upstream() {
                 run(super::bad_requests_never_reach_the_upstream).await;
             }
 
             #[tokio::test]
             async fn the_listing_marks_embedding_models() {
-                run(super::the_listing_marks_embedding_models).await;
+                run(async |case| super::the_listing_marks_embedding_models(case, $listed).await).await;
             }
         }
     };
 }
 
-embeddings!(ollama, copilot_fakes::FakeOllama, "ollama");
-embeddings!(openai, copilot_fakes::FakeOpenAi, "openai");
-embeddings!(gemini, copilot_fakes::FakeGemini, "gemini");
+embeddings!(ollama, copilot_fakes::FakeOllama, "ollama", "embedder");
+embeddings!(openai, copilot_fakes::FakeOpenAi, "openai", "text-embedding-3-small");
+embeddings!(gemini, copilot_fakes::FakeGemini, "gemini", "embedder");
 
 /// Gemini embeds differently per task: the task reaches it as its `taskType`.
 #[tokio::test]

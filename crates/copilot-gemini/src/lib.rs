@@ -93,7 +93,8 @@
 //!   or is not supported for embedContent" alike for an unknown model and a chat model, so the
 //!   model is then described: listed without `embedContent` → [`ProviderError::Unsupported`]
 //!   (feature embeddings, naming its methods), else [`ProviderError::ModelNotFound`]. Other
-//!   errors map as for chat.
+//!   errors map as for chat. An embedding model asked to chat gets the same 404, told apart the
+//!   same way (feature completion, listed without `generateContent`).
 //! - Listings include models with `embedContent`, marked `embedding` (and no chat
 //!   capabilities); `embedding_length` comes from the name, since the listing has no dimension
 //!   (gemini-embedding-* 3,072; text-embedding-004/005, text-multilingual-embedding-002 and
@@ -428,24 +429,27 @@ impl GeminiProvider {
         Ok(Embeddings { vectors, model: String::new(), input_tokens })
     }
 
-    /// Why Gemini answered an embedding request for `model` with its 404 ("models/… is not found
-    /// for API version v1beta, or is not supported for embedContent"), which it gives alike to a
-    /// model that does not exist and to one that cannot embed: the model's description tells.
-    async fn cannot_embed(&self, model: &str) -> ProviderError {
+    /// Why Gemini answered a request for `model` with its 404 ("models/… is not found for API
+    /// version v1beta, or is not supported for embedContent", or "… for generateContent"), which it
+    /// gives alike to a model that does not exist and to one without that method: the model's
+    /// description tells. `feature` is what the request needed: embeddings (`embedContent`) or
+    /// completions (`generateContent`).
+    async fn not_found_or_cannot(&self, model: &str, feature: Feature) -> ProviderError {
         let Ok(url) = self.url_under(&self.describe_root, model, "") else {
             return ProviderError::ModelNotFound { model: model.to_owned() };
+        };
+        let (method, can) = match feature {
+            Feature::Embeddings => ("embedContent", wire::Model::supports_embed_content as fn(&wire::Model) -> bool),
+            _ => ("generateContent", wire::Model::supports_generate_content as fn(&wire::Model) -> bool),
         };
         match self
             .upstream
             .fetch_json::<wire::Model, _>(self, self.upstream.get(url), Some(model), "model description")
             .await
         {
-            Ok(found) if !found.supports_embed_content() => ProviderError::Unsupported {
-                feature: Feature::Embeddings,
-                message: format!(
-                    "{model} cannot embed: Gemini lists its methods as [{}], without embedContent",
-                    found.methods()
-                ),
+            Ok(found) if !can(&found) => ProviderError::Unsupported {
+                feature,
+                message: format!("Gemini lists the methods of {model} as [{}], without {method}", found.methods()),
             },
             _ => ProviderError::ModelNotFound { model: model.to_owned() },
         }
@@ -532,11 +536,14 @@ impl Provider for GeminiProvider {
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
         let body = wire::GenerateBody::new(&request, &self.safety_settings)?;
         let post = copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body);
-        let mut response = self
-            .upstream
-            .send(self, post, Some(&request.model))
-            .await
-            .map_err(|err| wire::model_cannot(err, &request))?;
+        let mut response = match self.upstream.send(self, post, Some(&request.model)).await {
+            Ok(response) => response,
+            // An embedding model asked to chat gets the same 404 as an unknown model.
+            Err(ProviderError::ModelNotFound { model }) => {
+                return Err(self.not_found_or_cannot(&model, Feature::Completion).await);
+            }
+            Err(err) => return Err(wire::model_cannot(err, &request)),
+        };
 
         // Without `alt=sse` (a proxy that drops the query, say) Gemini streams a JSON array that an
         // SSE reader would silently find empty; say so instead.
@@ -595,7 +602,9 @@ impl Provider for GeminiProvider {
                 .await
             {
                 Ok(parsed) => parsed,
-                Err(ProviderError::ModelNotFound { model }) => return Err(self.cannot_embed(&model).await),
+                Err(ProviderError::ModelNotFound { model }) => {
+                    return Err(self.not_found_or_cannot(&model, Feature::Embeddings).await);
+                }
                 Err(err) => return Err(err),
             };
             let got = parsed.into_vectors();

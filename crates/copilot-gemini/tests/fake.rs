@@ -257,16 +257,20 @@ async fn http_errors_map_by_status() {
 }
 
 #[tokio::test]
-async fn unknown_and_embedding_models_are_not_found() {
+async fn unknown_models_are_not_found_and_embedding_models_cannot_chat() {
     let fake = fake_with(FakeModel::new(MODEL)).await;
     let mut embedding = FakeModel::new("text-embedding-004");
     embedding.capabilities = vec!["embedding".into()];
     fake.add_model(embedding);
     let provider = provider(&fake);
-    for model in ["gemini-nope", "text-embedding-004"] {
-        let err = provider.chat(chat_request(model, &[(Role::User, "hi")], Default::default())).await.err().unwrap();
-        assert_eq!(err, ProviderError::ModelNotFound { model: model.into() });
-    }
+    let chat = |model: &str| chat_request(model, &[(Role::User, "hi")], Default::default());
+    let err = provider.chat(chat("gemini-nope")).await.err().unwrap();
+    assert_eq!(err, ProviderError::ModelNotFound { model: "gemini-nope".into() });
+    let err = provider.chat(chat("text-embedding-004")).await.err().unwrap();
+    assert!(
+        matches!(err, ProviderError::Unsupported { feature: copilot_provider::Feature::Completion, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
