@@ -43,6 +43,7 @@ pub fn describe_post(url: &str, api: &str, framing: &str, rpc: Rpc, stream: bool
         (_, false) => "stream: false".to_owned(),
         (Rpc::Generate, true) => format!("stream: true, {framing} collected"),
         (Rpc::Chat, true) => format!("stream: true, {framing}"),
+        (Rpc::Embed, true) => "embeddings".to_owned(),
     };
     format!("HTTP/1.1 POST {url} ({api}, {exchange}), model {model}")
 }
@@ -93,6 +94,9 @@ impl OpenAiBackend {
         load: &LoadArgs,
         stream_generate: bool,
     ) -> Result<Self, BoxError> {
+        if load.rpc == Rpc::Embed {
+            return Err("--rpc embed is measured against Ollama's /api/embed only (--upstream-kind ollama)".into());
+        }
         let stream = load.rpc.streaming() || stream_generate;
         let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         let mut body = json!({

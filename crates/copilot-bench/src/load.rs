@@ -32,6 +32,7 @@ pub struct GrpcBackend {
     clients: Vec<GrpcClient>,
     rpc: Rpc,
     chat: ChatRequest,
+    embed: copilot::proto::v1::EmbedRequest,
     generate: GenerateRequest,
 }
 
@@ -55,7 +56,12 @@ impl GrpcBackend {
             chat.reasoning = Some(reasoning);
             generate.reasoning = Some(reasoning);
         }
-        Ok(GrpcBackend { clients, rpc: load.rpc, chat, generate })
+        let embed = copilot::proto::v1::EmbedRequest {
+            model: target.model.clone(),
+            inputs: vec![load.scenario.prompt(); load.embed_batch as usize],
+            ..Default::default()
+        };
+        Ok(GrpcBackend { clients, rpc: load.rpc, chat, generate, embed })
     }
 
     /// What it drives, for reports.
@@ -63,6 +69,7 @@ impl GrpcBackend {
         let method = match rpc {
             Rpc::Generate => "Generate (unary)",
             Rpc::Chat => "Chat (server streaming)",
+            Rpc::Embed => "Embed (unary)",
         };
         let model = if target.model.is_empty() { "(server default)" } else { &target.model };
         format!("gRPC copilot.v1.Copilot/{method} at {}, model {model}", target.addr)
@@ -80,6 +87,10 @@ impl Backend for GrpcBackend {
             Rpc::Generate => {
                 let response = client.generate(self.generate.clone()).await.map_err(status_error)?.into_inner();
                 Ok(response.usage.map(|usage| u64::from(usage.output_tokens)))
+            }
+            Rpc::Embed => {
+                let response = client.embed(self.embed.clone()).await.map_err(status_error)?.into_inner();
+                Ok(Some(response.embeddings.len() as u64))
             }
             Rpc::Chat => {
                 let mut stream = client.chat(self.chat.clone()).await.map_err(status_error)?.into_inner();

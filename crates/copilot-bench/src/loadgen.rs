@@ -39,6 +39,9 @@ pub enum Rpc {
     Generate,
     /// Streaming: the answer chunk by chunk (gRPC `Chat`; HTTP NDJSON or SSE).
     Chat,
+    /// Embeddings: `--embed-batch` copies of the prompt embedded in one call (gRPC `Embed`; Ollama
+    /// `/api/embed`). A request's "tokens" are its vectors.
+    Embed,
 }
 
 impl Rpc {
@@ -117,6 +120,9 @@ pub struct LoadArgs {
     /// Sampling temperature; 0 is greedy, so runs are comparable.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Inputs per call with `--rpc embed`.
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..=2048))]
+    pub embed_batch: u32,
     /// Ask for reasoning with its thoughts returned (gRPC `reasoning {enabled, include_thoughts}`,
     /// Ollama's `think: true`), to stream thinking: with the fakes' `thinking` model.
     #[arg(long)]

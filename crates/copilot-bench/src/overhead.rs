@@ -122,6 +122,18 @@ pub struct OllamaBackend {
 
 impl OllamaBackend {
     pub fn new(base_url: &str, model: &str, load: &LoadArgs, stream_generate: bool) -> Result<Self, BoxError> {
+        let base_url = base_url.trim_end_matches('/');
+        if load.rpc == Rpc::Embed {
+            let inputs = vec![load.scenario.prompt(); load.embed_batch as usize];
+            let body = json!({"model": model, "input": inputs, "truncate": false});
+            return Ok(OllamaBackend {
+                client: http_client()?,
+                url: format!("{base_url}/api/embed"),
+                rpc: load.rpc,
+                stream: false,
+                body: Bytes::from(body.to_string()),
+            });
+        }
         let stream = load.rpc.streaming() || stream_generate;
         let mut body = json!({
             "model": model,
@@ -134,7 +146,7 @@ impl OllamaBackend {
         }
         Ok(OllamaBackend {
             client: http_client()?,
-            url: format!("{}/api/chat", base_url.trim_end_matches('/')),
+            url: format!("{base_url}/api/chat"),
             rpc: load.rpc,
             stream,
             body: Bytes::from(body.to_string()),
@@ -159,6 +171,12 @@ impl Backend for OllamaBackend {
         if !response.status().is_success() {
             return Err(status_error(response).await);
         }
+        if self.rpc == Rpc::Embed {
+            let body = response.bytes().await.map_err(transport_error)?;
+            let answer: EmbedAnswer = serde_json::from_slice(&body)
+                .map_err(|e| CallError::new("BAD RESPONSE", format!("embed answer: {e}")))?;
+            return Ok(Some(answer.embeddings.len() as u64));
+        }
         let mut state = NdjsonState::default();
         if !self.stream {
             let body = response.bytes().await.map_err(transport_error)?;
@@ -179,6 +197,12 @@ impl Backend for OllamaBackend {
         lines.finish(|line| state.line(line).map(drop))?;
         state.finish()
     }
+}
+
+/// An `/api/embed` answer: only how many vectors came.
+#[derive(Deserialize)]
+struct EmbedAnswer {
+    embeddings: Vec<serde::de::IgnoredAny>,
 }
 
 /// Splits a byte stream into lines, whatever the chunk boundaries.

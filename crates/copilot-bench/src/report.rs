@@ -162,6 +162,7 @@ pub fn render_run(run: &RunReport) -> String {
         match run.rpc {
             Rpc::Generate => "generate (unary)",
             Rpc::Chat => "chat (streaming)",
+            Rpc::Embed => "embed (unary, vectors counted as tokens)",
         },
         run.scenario.name(),
         run.prompt_words,

@@ -43,3 +43,9 @@ pub fn intent() -> FakeModel {
     let json = [r#"{"intent":"weather","#, r#""city":"Paris"}"#];
     FakeModel::new("intent").with_reply(Reply::Tokens(json.map(String::from).to_vec()))
 }
+
+/// `embedder`: an embedding model of 768 dimensions (`nomic-embed-text`'s), for `copilot-bench
+/// overhead --rpc embed`.
+pub fn embedder() -> FakeModel {
+    FakeModel::embedding("embedder", 768)
+}

@@ -46,7 +46,7 @@ async fn main() -> std::io::Result<()> {
             .with_token_delay(token_delay)
             .with_header_delay(header_delay),
     );
-    let scripted = [models::thinking(), models::tool_calls(), models::weather(), models::intent()];
+    let scripted = [models::thinking(), models::tool_calls(), models::weather(), models::intent(), models::embedder()];
     for model in scripted {
         fake.add_model(model.with_token_delay(token_delay).with_header_delay(header_delay));
     }
