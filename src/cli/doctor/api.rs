@@ -321,51 +321,39 @@ async fn reflection(suite: &Suite<'_>, channel: Channel, authorization: Authoriz
     }
 }
 
-async fn list_services_v1(channel: Channel, authorization: Authorization) -> Result<Vec<String>, Status> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+/// `list_services_v1` and `list_services_v1alpha`: the same exchange over each version's generated
+/// types (identical messages in two packages).
+macro_rules! list_services {
+    ($name:ident, $version:ident) => {
+        async fn $name(channel: Channel, authorization: Authorization) -> Result<Vec<String>, Status> {
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::{ServerReflectionRequest, ServerReflectionResponse};
 
-    let mut client = ServerReflectionClient::with_interceptor(channel, authorization);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+            let mut client = ServerReflectionClient::with_interceptor(channel, authorization);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let answer: Option<ServerReflectionResponse> = bounded(PROBE_TIMEOUT, async {
+                let mut answers = client.server_reflection_info(futures::stream::iter([request])).await?.into_inner();
+                answers.message().await
+            })
+            .await?;
+            match answer.and_then(|a| a.message_response) {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    Ok(list.service.into_iter().map(|s| s.name).collect())
+                }
+                Some(MessageResponse::ErrorResponse(e)) => Err(Status::new(Code::from(e.error_code), e.error_message)),
+                _ => Err(Status::internal("reflection answered without a service list")),
+            }
+        }
     };
-    let answer: Option<ServerReflectionResponse> = bounded(PROBE_TIMEOUT, async {
-        let mut answers = client.server_reflection_info(futures::stream::iter([request])).await?.into_inner();
-        answers.message().await
-    })
-    .await?;
-    match answer.and_then(|a| a.message_response) {
-        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
-        Some(MessageResponse::ErrorResponse(e)) => Err(Status::new(Code::from(e.error_code), e.error_message)),
-        _ => Err(Status::internal("reflection answered without a service list")),
-    }
 }
 
-async fn list_services_v1alpha(channel: Channel, authorization: Authorization) -> Result<Vec<String>, Status> {
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::{ServerReflectionRequest, ServerReflectionResponse};
-
-    let mut client = ServerReflectionClient::with_interceptor(channel, authorization);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let answer: Option<ServerReflectionResponse> = bounded(PROBE_TIMEOUT, async {
-        let mut answers = client.server_reflection_info(futures::stream::iter([request])).await?.into_inner();
-        answers.message().await
-    })
-    .await?;
-    match answer.and_then(|a| a.message_response) {
-        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
-        Some(MessageResponse::ErrorResponse(e)) => Err(Status::new(Code::from(e.error_code), e.error_message)),
-        _ => Err(Status::internal("reflection answered without a service list")),
-    }
-}
+list_services!(list_services_v1, v1);
+list_services!(list_services_v1alpha, v1alpha);
 
 /// A unary Generate, and its latency against the threshold. Returns whether it worked.
 async fn generate(suite: &Suite<'_>, api: &mut CopilotClient<Authorized>, report: &mut Report) -> bool {
