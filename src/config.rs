@@ -133,8 +133,9 @@ pub struct RoutingConfig {
     /// The model used when a request leaves `model` empty, in the form clients use. Defaults to
     /// the embedded default chat model when the default provider is the embedded engine.
     pub default_model: Option<String>,
-    /// The model an `Embed` call that leaves `model` empty uses, in the form clients use; none by
-    /// default (such calls are refused with MODEL_REQUIRED).
+    /// The model an `Embed` call that leaves `model` empty uses, in the form clients use. Defaults to
+    /// the embedded default embedding model when the default provider is the embedded engine;
+    /// otherwise none (such calls are refused with MODEL_REQUIRED).
     pub default_embedding_model: Option<String>,
     /// Names clients may use for an ordered list of targets: the first that can serve does; a
     /// target is a `provider/model` name or `{ replicas = [...] }`, several instances serving the
@@ -339,6 +340,17 @@ impl Config {
             && self.providers[provider].kind() == ProviderKind::Embedded
         {
             self.routing.default_model = Some(format!("{provider}/{}", copilot_embedded::download::DEFAULT_CHAT_MODEL));
+        }
+        if self.routing.default_embedding_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            self.routing.default_embedding_model = None;
+        }
+        #[cfg(feature = "embedded")]
+        if let Some(provider) = &default_provider
+            && self.routing.default_embedding_model.is_none()
+            && self.providers[provider].kind() == ProviderKind::Embedded
+        {
+            self.routing.default_embedding_model =
+                Some(format!("{provider}/{}", copilot_embedded::download::DEFAULT_EMBEDDING_MODEL));
         }
         self.routing.default_provider = default_provider;
         Ok(())

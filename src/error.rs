@@ -561,8 +561,13 @@ fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize
             "MODEL_NOT_FOUND",
             format!(
                 "model '{name}' not found: provider '{provider}' does not have '{}'; call ListModels for the models \
-                 you can use (for Ollama, `ollama pull {}` adds it)",
-                target.model, target.model
+                 you can use ({})",
+                target.model,
+                if endpoint == crate::providers::IN_PROCESS {
+                    format!("for the embedded engine, `copilot models fetch {}` adds a catalog model", target.model)
+                } else {
+                    format!("for Ollama, `ollama pull {}` adds it", target.model)
+                }
             ),
         ),
         ProviderError::Unauthorized(msg) => (

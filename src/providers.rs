@@ -14,6 +14,9 @@ use crate::config::{
 };
 use crate::router::{Instance, InstanceState, Labels};
 
+/// The endpoint shown for the embedded engine, which has none.
+pub const IN_PROCESS: &str = "in-process";
+
 pub fn build(config: &Config) -> Result<Vec<Instance>, String> {
     let mut instances = Vec::new();
     for (name, provider_config) in &config.providers {
@@ -206,7 +209,10 @@ fn ollama(name: &str, config: &ProviderConfig, settings: &OllamaSettings) -> Res
 
 #[cfg(feature = "embedded")]
 fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider>, String), String> {
+    use copilot_embedded::embedder::EmbedderSettings;
     use copilot_embedded::engine::EngineSettings;
+    // Enough to fill a decode with short inputs; llama.cpp allows 256 sequences.
+    const EMBEDDING_BATCH_INPUTS: usize = 64;
     use copilot_embedded::store::{ModelSources, default_ollama_store};
     use copilot_embedded::{EmbeddedConfig, EmbeddedProvider, download};
 
@@ -236,6 +242,12 @@ fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider
             context_per_slot: settings.context_length,
             batch_size: settings.batch_size,
         },
+        embedder: EmbedderSettings {
+            threads: settings.threads.unwrap_or((cores - 1).max(1)),
+            batch_tokens: settings.embedding_batch_tokens,
+            batch_inputs: EMBEDDING_BATCH_INPUTS,
+            queue: settings.queue,
+        },
         // Ollama's semantics: a keep_alive of -1 keeps models loaded.
         keep_alive: match settings.keep_alive {
             KeepAlive::For(d) => Some(d),
@@ -256,7 +268,7 @@ fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider
             }
         });
     }
-    Ok((provider, "in-process".to_string()))
+    Ok((provider, IN_PROCESS.to_string()))
 }
 
 #[cfg(not(feature = "embedded"))]

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[cfg(feature = "embedded")]
-use copilot_embedded::download::{self, CATALOG, CatalogModel, DEFAULT_CHAT_MODEL, FetchOptions, Status};
+use copilot_embedded::download::{
+    self, CATALOG, CatalogModel, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, FetchOptions, Status,
+};
 
 #[derive(clap::Args)]
 pub struct ModelsArgs {
@@ -25,7 +27,7 @@ enum ModelsCommand {
         #[arg(long)]
         verify: bool,
     },
-    /// Download, assemble and verify models (default: the default chat model).
+    /// Download, assemble and verify models (default: the default chat and embedding models).
     Fetch {
         /// Catalog names, as `copilot models list` shows them.
         #[arg(value_name = "NAME")]
@@ -85,14 +87,18 @@ fn list(dir: &Path, verify: bool) -> Result<ExitCode, ExitCode> {
     println!("{:<name_width$}  {:<file_width$}  {:>8}  STATUS", "NAME", "FILE", "MiB");
     for model in CATALOG {
         let status = download::status(model, dir, verify);
-        let name = if model.name == DEFAULT_CHAT_MODEL { format!("{} *", model.name) } else { model.name.to_owned() };
+        let name = match model.name {
+            DEFAULT_CHAT_MODEL => format!("{} *", model.name),
+            DEFAULT_EMBEDDING_MODEL => format!("{} +", model.name),
+            _ => model.name.to_owned(),
+        };
         let mib = model.size as f64 / (1024.0 * 1024.0);
         println!("{name:<name_width$}  {:<file_width$}  {mib:>8.1}  {}", model.file_name, status.label());
         if let Status::Mismatch { detail } = status {
             println!("    {detail}");
         }
     }
-    println!("* the default chat model");
+    println!("* the default chat model, + the default embedding model");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -100,7 +106,7 @@ fn list(dir: &Path, verify: bool) -> Result<ExitCode, ExitCode> {
 fn fetch(dir: &Path, names: &[String], all: bool) -> Result<ExitCode, ExitCode> {
     let models = match (all, names.is_empty()) {
         (true, _) => CATALOG.iter().collect(),
-        (false, true) => resolve(&[DEFAULT_CHAT_MODEL.to_owned()])?,
+        (false, true) => resolve(&[DEFAULT_CHAT_MODEL.to_owned(), DEFAULT_EMBEDDING_MODEL.to_owned()])?,
         (false, false) => resolve(names)?,
     };
     let opts = FetchOptions { progress: true, ..FetchOptions::for_dir(dir) };

@@ -221,6 +221,9 @@ pub struct EmbeddedSettings {
     pub context_length: u32,
     /// Most tokens decoded in one step.
     pub batch_size: u32,
+    /// Most tokens an embedding model takes in one decode (the inputs of several calls share
+    /// it); also the longest input it embeds, with the model's own limit.
+    pub embedding_batch_tokens: u32,
     /// Models loaded at start.
     pub preload: Vec<String>,
     /// Drop the oldest turns of a conversation that does not fit, instead of refusing it.
@@ -240,6 +243,7 @@ impl Default for EmbeddedSettings {
             queue: 16,
             context_length: 4096,
             batch_size: 512,
+            embedding_batch_tokens: 2048,
             preload: Vec::new(),
             truncate_prompt: false,
         }
@@ -460,6 +464,7 @@ pub struct ProviderTable {
     pub queue: Option<usize>,
     pub context_length: Option<u32>,
     pub batch_size: Option<u32>,
+    pub embedding_batch_tokens: Option<u32>,
     pub preload: Option<Vec<String>>,
     pub truncate_prompt: Option<bool>,
     pub max_tokens_field: Option<MaxTokensField>,
@@ -506,6 +511,7 @@ impl Default for ProviderTable {
             queue: None,
             context_length: None,
             batch_size: None,
+            embedding_batch_tokens: None,
             preload: None,
             truncate_prompt: None,
             max_tokens_field: None,
@@ -535,6 +541,7 @@ pub const KIND_KEYS: &[(&str, &[ProviderKind])] = &[
     ("queue", &[Embedded]),
     ("context_length", &[Embedded]),
     ("batch_size", &[Embedded]),
+    ("embedding_batch_tokens", &[Embedded]),
     ("preload", &[Embedded]),
     ("truncate_prompt", &[Embedded]),
     ("max_tokens_field", &[OpenAi]),
@@ -562,6 +569,7 @@ impl ProviderTable {
             "queue" => self.queue.is_some(),
             "context_length" => self.context_length.is_some(),
             "batch_size" => self.batch_size.is_some(),
+            "embedding_batch_tokens" => self.embedding_batch_tokens.is_some(),
             "preload" => self.preload.is_some(),
             "truncate_prompt" => self.truncate_prompt.is_some(),
             "max_tokens_field" => self.max_tokens_field.is_some(),
@@ -716,6 +724,7 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
         queue: keys.queue.unwrap_or(defaults.queue),
         context_length: keys.context_length.unwrap_or(defaults.context_length),
         batch_size: keys.batch_size.unwrap_or(defaults.batch_size),
+        embedding_batch_tokens: keys.embedding_batch_tokens.unwrap_or(defaults.embedding_batch_tokens),
         preload: keys.preload.clone().unwrap_or_default(),
         truncate_prompt: keys.truncate_prompt.unwrap_or(defaults.truncate_prompt),
     };
@@ -730,6 +739,9 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
     }
     if settings.threads == Some(0) {
         return Err(invalid(key("threads"), "must be at least 1"));
+    }
+    if settings.embedding_batch_tokens < 16 {
+        return Err(invalid(key("embedding_batch_tokens"), "must be at least 16 tokens"));
     }
     Ok(settings)
 }

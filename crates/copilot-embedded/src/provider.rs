@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use copilot_provider::{
-    ChatRequest, ChatStream, Feature, Features, HealthReport, Message, ModelInfo, Provider, ProviderError,
-    ResponseFormat, Role, Tool, ToolChoice, async_trait,
+    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, Message, ModelInfo, Provider,
+    ProviderError, ResponseFormat, Role, Tool, ToolChoice, async_trait,
 };
 use futures::StreamExt;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc as tokio_mpsc;
 
+use crate::embedder::{EmbedJob, EmbedderHandle, EmbedderSettings};
 use crate::engine::{EngineHandle, EngineSettings, Job};
 use crate::gguf::GgufInfo;
 use crate::grammar::{GrammarCache, JSON_OBJECT_SCHEMA, ROOT, TOOL_CALL_OPEN, TOOL_CALL_ROOT};
@@ -29,6 +30,8 @@ const STREAM_BUFFER: usize = 64;
 pub struct EmbeddedConfig {
     pub sources: ModelSources,
     pub engine: EngineSettings,
+    /// For embedding models (those whose GGUF declares a pooling type).
+    pub embedder: EmbedderSettings,
     /// How long an idle model stays loaded; `None` keeps it loaded for good.
     pub keep_alive: Option<Duration>,
     /// Drop the oldest turns of a conversation that does not fit the context, instead of refusing it.
@@ -52,10 +55,25 @@ struct Inner {
 type ModelCell = Arc<tokio::sync::Mutex<Option<Arc<Loaded>>>>;
 
 struct Loaded {
-    engine: EngineHandle,
-    template: ChatTemplate,
+    runner: Runner,
     info: GgufInfo,
     last_used: Mutex<Instant>,
+}
+
+/// What runs a loaded model: a chat engine with its template, or an embedding engine.
+enum Runner {
+    // Boxed: a template is several hundred bytes, an embedding engine's handle a few words.
+    Chat { engine: EngineHandle, template: Box<ChatTemplate> },
+    Embed(EmbedderHandle),
+}
+
+impl Loaded {
+    fn in_flight(&self) -> usize {
+        match &self.runner {
+            Runner::Chat { engine, .. } => engine.in_flight(),
+            Runner::Embed(embedder) => embedder.in_flight(),
+        }
+    }
 }
 
 impl EmbeddedProvider {
@@ -131,26 +149,39 @@ impl Inner {
             return Ok((loaded.clone(), None));
         }
         let info = entry.info.as_ref().map_err(|e| ProviderError::ModelUnusable(e.to_string()))?.clone();
-        let template = ChatTemplate::for_model(
-            info.chat_template.as_deref(),
-            &info.architecture,
-            info.bos_token.as_deref().unwrap_or(""),
-            info.eos_token.as_deref().unwrap_or(""),
-        )
-        .map_err(|e| ProviderError::ModelUnusable(format!("model '{}': {e}", entry.name)))?;
         let path = entry.path.clone();
-        let settings = self.engine_settings(&info);
         let name = entry.name.clone();
+        let start: Box<dyn FnOnce() -> Result<Runner, ProviderError> + Send> = if info.is_embedding_model() {
+            let settings = self.config.embedder.clone();
+            Box::new(move || {
+                let embedder = EmbedderHandle::start(&path, settings);
+                embedder.map(Runner::Embed).map_err(|e| ProviderError::ModelUnusable(e.to_string()))
+            })
+        } else {
+            let template = ChatTemplate::for_model(
+                info.chat_template.as_deref(),
+                &info.architecture,
+                info.bos_token.as_deref().unwrap_or(""),
+                info.eos_token.as_deref().unwrap_or(""),
+            )
+            .map_err(|e| ProviderError::ModelUnusable(format!("model '{}': {e}", entry.name)))?;
+            let settings = self.engine_settings(&info);
+            Box::new(move || {
+                let engine = EngineHandle::start(&path, settings);
+                engine
+                    .map(|engine| Runner::Chat { engine, template: Box::new(template) })
+                    .map_err(|e| ProviderError::ModelUnusable(e.to_string()))
+            })
+        };
         // The load runs to completion even if the caller goes away, so the next caller benefits.
         let load = tokio::spawn(async move {
             let started = Instant::now();
-            let engine = tokio::task::spawn_blocking(move || EngineHandle::start(&path, settings))
+            let runner = tokio::task::spawn_blocking(start)
                 .await
-                .map_err(|e| ProviderError::ModelUnusable(format!("loading '{name}' panicked: {e}")))?
-                .map_err(|e| ProviderError::ModelUnusable(e.to_string()))?;
+                .map_err(|e| ProviderError::ModelUnusable(format!("loading '{name}' panicked: {e}")))??;
             let took = started.elapsed();
             tracing::info!(model = %name, load_ms = took.as_millis() as u64, "embedded model loaded");
-            let loaded = Arc::new(Loaded { engine, template, info, last_used: Mutex::new(Instant::now()) });
+            let loaded = Arc::new(Loaded { runner, info, last_used: Mutex::new(Instant::now()) });
             *guard = Some(loaded.clone());
             Ok((loaded, Some(took)))
         });
@@ -190,8 +221,7 @@ async fn unload_idle(inner: Weak<Inner>, keep_alive: Duration) {
         for (name, cell) in cells {
             let Ok(mut guard) = cell.try_lock() else { continue };
             let idle = guard.as_ref().is_some_and(|loaded| {
-                loaded.engine.in_flight() == 0
-                    && loaded.last_used.lock().map(|t| t.elapsed() >= keep_alive).unwrap_or(false)
+                loaded.in_flight() == 0 && loaded.last_used.lock().map(|t| t.elapsed() >= keep_alive).unwrap_or(false)
             });
             if idle {
                 *guard = None;
@@ -208,16 +238,43 @@ struct Prepared {
     dropped_turns: usize,
 }
 
+/// A loaded chat model's parts, as prompting needs them.
+#[derive(Clone, Copy)]
+struct ChatModel<'a> {
+    engine: &'a EngineHandle,
+    template: &'a ChatTemplate,
+    info: &'a GgufInfo,
+}
+
+impl Loaded {
+    /// The chat engine, or a refusal naming the model when it only embeds.
+    fn chat_model(&self, name: &str) -> Result<ChatModel<'_>, ProviderError> {
+        match &self.runner {
+            Runner::Chat { engine, template } => Ok(ChatModel { engine, template, info: &self.info }),
+            Runner::Embed(_) => Err(embedding_only(name)),
+        }
+    }
+}
+
+fn embedding_only(name: &str) -> ProviderError {
+    ProviderError::Unsupported {
+        feature: Feature::Completion,
+        message: format!(
+            "embedded model '{name}' is an embedding model: call Embed with it, or chat with a chat model"
+        ),
+    }
+}
+
 fn prepare(
-    loaded: &Loaded,
+    model: ChatModel<'_>,
     mut messages: Vec<Message>,
     tools: &[Tool],
     truncate: bool,
 ) -> Result<Prepared, ProviderError> {
-    let context = loaded.engine.settings().context_per_slot as usize;
+    let context = model.engine.settings().context_per_slot as usize;
     let mut dropped_turns = 0;
     loop {
-        let tokens = tokenize(loaded, &messages, tools)?;
+        let tokens = tokenize(model, &messages, tools)?;
         if tokens.is_empty() {
             return Err(ProviderError::InvalidRequest("the prompt is empty after templating".into()));
         }
@@ -245,12 +302,12 @@ fn prepare(
     }
 }
 
-fn tokenize(loaded: &Loaded, messages: &[Message], tools: &[Tool]) -> Result<Vec<LlamaToken>, ProviderError> {
+fn tokenize(model: ChatModel<'_>, messages: &[Message], tools: &[Tool]) -> Result<Vec<LlamaToken>, ProviderError> {
     let text =
-        loaded.template.render_with_tools(messages, tools).map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-    let vocab = loaded.engine.model().vocab();
+        model.template.render_with_tools(messages, tools).map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+    let vocab = model.engine.model().vocab();
     // Templates usually write the BOS token themselves; adding another one degrades the output.
-    let bos_in_text = loaded.info.bos_token.as_deref().is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
+    let bos_in_text = model.info.bos_token.as_deref().is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
     let add_bos = vocab.should_add_bos() && !bos_in_text;
     Ok(vocab.tokenize(text.as_bytes(), add_bos, true))
 }
@@ -259,9 +316,14 @@ fn tokenize(loaded: &Loaded, messages: &[Message], tools: &[Tool]) -> Result<Vec
 impl Provider for EmbeddedProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
         let entry = self.inner.lookup(&request.model)?;
+        // Refused before loading: an embedding model has no chat template to answer with.
+        if entry.info.as_ref().is_ok_and(GgufInfo::is_embedding_model) {
+            return Err(embedding_only(&entry.name));
+        }
         let (loaded, load) = self.inner.ensure_loaded(&entry).await?;
         touch(&loaded);
-        if request.needs().contains(Feature::Tools) && !loaded.template.supports_tools() {
+        let model = loaded.chat_model(&entry.name)?;
+        if request.needs().contains(Feature::Tools) && !model.template.supports_tools() {
             return Err(ProviderError::Unsupported {
                 feature: Feature::Tools,
                 message: format!("the chat template of embedded model '{}' has no place for tools", entry.name),
@@ -270,12 +332,14 @@ impl Provider for EmbeddedProvider {
         let truncate = self.inner.config.truncate_prompt;
         let for_prepare = loaded.clone();
         let inner = self.inner.clone();
+        let name = entry.name.clone();
         let ChatRequest { messages, options, tools, tool_choice, response_format, .. } = request;
         // Converting a schema and tokenizing a long conversation are CPU work: off the runtime.
         let (prepared, grammar, plan) = tokio::task::spawn_blocking(move || {
+            let model = for_prepare.chat_model(&name)?;
             let plan = inner.plan(tools, tool_choice.as_ref(), &response_format)?;
-            let prepared = prepare(&for_prepare, messages, &plan.tools, truncate)?;
-            let grammar = plan.constraint.sampler(for_prepare.engine.model())?;
+            let prepared = prepare(model, messages, &plan.tools, truncate)?;
+            let grammar = plan.constraint.sampler(model.engine.model())?;
             Ok::<_, ProviderError>((prepared, grammar, plan))
         })
         .await
@@ -289,15 +353,15 @@ impl Provider for EmbeddedProvider {
         let job = Job {
             prompt: prepared.tokens,
             options,
-            end_markers: loaded.template.end_of_turn_markers().to_vec(),
+            end_markers: model.template.end_of_turn_markers().to_vec(),
             out,
             model_name: entry.name.clone(),
             load,
             grammar,
             tool_calls,
         };
-        loaded.engine.submit(job).map_err(|_| {
-            let settings = loaded.engine.settings();
+        model.engine.submit(job).map_err(|_| {
+            let settings = model.engine.settings();
             ProviderError::CapacityExhausted {
                 message: format!(
                     "all {} slots of embedded model '{}' are busy and {} requests are already waiting",
@@ -307,6 +371,47 @@ impl Provider for EmbeddedProvider {
             }
         })?;
         Ok(tokio_stream_from(events))
+    }
+
+    /// One call's inputs go to the model's embedding engine together; it packs them with other
+    /// calls' into shared decodes. Vectors come back as llama.cpp pools them (the server scales
+    /// them to unit length).
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let entry = self.inner.lookup(&request.model)?;
+        if entry.info.as_ref().is_ok_and(|info| !info.is_embedding_model()) {
+            return Err(chat_only(&entry.name));
+        }
+        let (loaded, _) = self.inner.ensure_loaded(&entry).await?;
+        touch(&loaded);
+        let Runner::Embed(embedder) = &loaded.runner else { return Err(chat_only(&entry.name)) };
+        let for_tokens = loaded.clone();
+        let name = entry.name.clone();
+        let EmbedRequest { inputs, truncate, .. } = request;
+        // Tokenizing thousands of inputs is CPU work: off the runtime.
+        let inputs = tokio::task::spawn_blocking(move || {
+            let Runner::Embed(embedder) = &for_tokens.runner else { return Err(chat_only(&name)) };
+            tokenize_inputs(embedder, &name, &inputs, truncate)
+        })
+        .await
+        .map_err(|e| ProviderError::Protocol(format!("tokenizing failed: {e}")))??;
+        let input_tokens = inputs.iter().map(Vec::len).sum::<usize>();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        embedder.submit(EmbedJob { inputs, reply }).map_err(|_| ProviderError::CapacityExhausted {
+            message: format!(
+                "embedded model '{}' already has {} embedding calls queued or running",
+                entry.name,
+                embedder.settings().queue
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+        })?;
+        let vectors = answer
+            .await
+            .map_err(|_| ProviderError::Protocol("the embedding thread stopped before answering".into()))??;
+        Ok(Embeddings {
+            vectors,
+            model: entry.name.clone(),
+            input_tokens: Some(u32::try_from(input_tokens).unwrap_or(u32::MAX)),
+        })
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -335,9 +440,17 @@ impl Provider for EmbeddedProvider {
     }
 
     /// Tools for models whose chat template lists them (others answer `Unsupported`); JSON by
-    /// grammar for every model. No images: no vision projector is configured.
+    /// grammar for every chat model; embeddings for embedding models. No images: no vision
+    /// projector is configured. No shortened embeddings: the catalog's model is not Matryoshka.
     fn features(&self) -> Features {
-        Features::of(&[Feature::Tools, Feature::JsonObject, Feature::JsonSchema])
+        Features::of(&[Feature::Tools, Feature::JsonObject, Feature::JsonSchema, Feature::Embeddings])
+    }
+
+    fn lacking(&self, feature: Feature) -> Option<&'static str> {
+        (feature == Feature::EmbeddingDimensions).then_some(
+            "the embedded engine's embedding models give their full vectors only (all-MiniLM-L6-v2 was not trained \
+             to be shortened); leave dimensions unset",
+        )
     }
 }
 
@@ -415,7 +528,66 @@ impl Constraint {
     }
 }
 
+fn chat_only(name: &str) -> ProviderError {
+    ProviderError::Unsupported {
+        feature: Feature::Embeddings,
+        message: format!(
+            "embedded model '{name}' is a chat model: its GGUF declares no pooling, so it has no sentence \
+             embedding; embed with an embedding model such as {}",
+            crate::download::DEFAULT_EMBEDDING_MODEL
+        ),
+    }
+}
+
+/// Each input as the model's tokens (with its own special tokens, such as BERT's `[CLS]` and
+/// `[SEP]`; text that looks like a special token is text), checked against the longest input the
+/// engine takes: refused, or cut keeping the final special token, when `truncate` says so.
+fn tokenize_inputs(
+    embedder: &EmbedderHandle,
+    name: &str,
+    inputs: &[String],
+    truncate: bool,
+) -> Result<Vec<Vec<LlamaToken>>, ProviderError> {
+    let vocab = embedder.model().vocab();
+    let limit = embedder.max_input_tokens().max(2);
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let mut tokens = vocab.tokenize(text.as_bytes(), true, false);
+            if tokens.is_empty() {
+                return Err(ProviderError::InvalidRequest(format!("input {index} has no tokens")));
+            }
+            if tokens.len() > limit {
+                if !truncate {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "input {index} is {} tokens, and embedded model '{name}' embeds at most {limit}: shorten or \
+                         split it, or set truncate to embed its first {limit} tokens",
+                        tokens.len()
+                    )));
+                }
+                let last = tokens[tokens.len() - 1];
+                tokens.truncate(limit - 1);
+                tokens.push(last);
+            }
+            Ok(tokens)
+        })
+        .collect()
+}
+
 fn model_info(name: &str, info: &GgufInfo) -> ModelInfo {
+    if info.is_embedding_model() {
+        return ModelInfo {
+            name: name.to_string(),
+            family: info.architecture.clone(),
+            parameter_size: info.parameter_size(),
+            quantization: info.quantization(),
+            context_length: info.context_length,
+            size_bytes: Some(info.file_size),
+            capabilities: vec!["embedding".to_string()],
+            embedding_length: info.embedding_length,
+        };
+    }
     let mut capabilities = vec!["completion".to_string()];
     if let Some(template) = &info.chat_template {
         capabilities.push("chat".to_string());

@@ -1,0 +1,318 @@
+//! The engine for one embedding model: a dedicated OS thread owning a llama.cpp context in
+//! embedding mode, with the model's own pooling (mean for MiniLM), that packs the inputs of every
+//! waiting call into one batch per decode — one sequence per input — and hands each call its
+//! vectors in order once all of its inputs are done.
+//!
+//! It runs apart from the chat engines, so embedding work never holds a chat slot. Inputs are
+//! taken round-robin from the waiting calls, so a call of 2,048 inputs shares each decode with a
+//! call of one instead of making it wait for the whole batch. The caller checks every input
+//! against [`EmbedderHandle::max_input_tokens`] first: llama.cpp aborts the process (it does not
+//! return an error) on a sequence longer than the model's positions or a batch larger than the
+//! context's micro-batch.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+
+use copilot_provider::ProviderError;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::oneshot;
+
+use crate::engine::{EngineError, backend};
+
+/// llama.cpp's bound on sequence ids in one context.
+const LLAMA_MAX_SEQ: usize = 256;
+
+/// What an embedding engine may use.
+#[derive(Debug, Clone)]
+pub struct EmbedderSettings {
+    pub threads: usize,
+    /// Most tokens in one decode; also the longest input (with the model's own limit).
+    pub batch_tokens: u32,
+    /// Most inputs (sequences) in one decode.
+    pub batch_inputs: usize,
+    /// Calls that may wait (or be in progress) before new ones are refused.
+    pub queue: usize,
+}
+
+impl Default for EmbedderSettings {
+    /// The server's defaults with two threads.
+    fn default() -> Self {
+        Self { threads: 2, batch_tokens: 2048, batch_inputs: 64, queue: 16 }
+    }
+}
+
+/// One `Embed` call's tokenized inputs, and where its vectors go.
+pub struct EmbedJob {
+    pub inputs: Vec<Vec<LlamaToken>>,
+    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, ProviderError>>,
+}
+
+/// Submission refused: the queue is full.
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// The tokio side's handle on a running embedding engine; dropping it stops the thread once the
+/// calls in progress are answered.
+pub struct EmbedderHandle {
+    model: Arc<LlamaModel>,
+    jobs: mpsc::SyncSender<EmbedJob>,
+    in_flight: Arc<AtomicUsize>,
+    settings: EmbedderSettings,
+    max_input_tokens: usize,
+}
+
+impl EmbedderHandle {
+    /// Loads the model and starts its thread. Blocking: call it from a blocking-friendly thread.
+    pub fn start(path: &Path, mut settings: EmbedderSettings) -> Result<EmbedderHandle, EngineError> {
+        let backend = backend()?;
+        let shown = path.display().to_string();
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| EngineError::Load { path: shown.clone(), detail: e.to_string() })?;
+        let model = Arc::new(model);
+        settings.batch_inputs = settings.batch_inputs.clamp(1, LLAMA_MAX_SEQ);
+        settings.batch_tokens = settings.batch_tokens.max(1);
+        // Positions beyond the trained ones do not exist in a BERT-like model (an abort, not an
+        // error), and an input must fit one decode.
+        let trained = match model.n_ctx_train() {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let max_input_tokens = trained.min(settings.batch_tokens as usize);
+        let (jobs, queue) = mpsc::sync_channel(settings.queue.max(1));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread_model = model.clone();
+        let thread_settings = settings.clone();
+        let thread_in_flight = in_flight.clone();
+        std::thread::Builder::new()
+            .name("copilot-embed".into())
+            .spawn(move || {
+                let context = match new_context(&thread_model, &thread_settings) {
+                    Ok(context) => {
+                        let _ = ready_tx.send(Ok(()));
+                        context
+                    }
+                    Err(detail) => {
+                        let _ = ready_tx.send(Err(detail));
+                        return;
+                    }
+                };
+                Batcher::new(context, &thread_settings, thread_in_flight).run(queue);
+            })
+            .map_err(|e| EngineError::Thread(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(EmbedderHandle { model, jobs, in_flight, settings, max_input_tokens }),
+            Ok(Err(detail)) => Err(EngineError::Context { path: shown, detail }),
+            Err(_) => Err(EngineError::Context { path: shown, detail: "the embedding thread died".into() }),
+        }
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    pub fn settings(&self) -> &EmbedderSettings {
+        &self.settings
+    }
+
+    /// The longest input, in tokens, this engine can embed.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
+    }
+
+    /// Calls queued or in progress.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Hands a call to the engine, or refuses it at once when the queue is full. Every input must
+    /// be 1..=[`max_input_tokens`](Self::max_input_tokens) tokens long.
+    pub fn submit(&self, job: EmbedJob) -> Result<(), QueueFull> {
+        debug_assert!(job.inputs.iter().all(|i| !i.is_empty() && i.len() <= self.max_input_tokens));
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.settings.queue.max(1) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueFull);
+        }
+        self.jobs.try_send(job).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            QueueFull
+        })
+    }
+}
+
+fn new_context<'m>(model: &'m LlamaModel, settings: &EmbedderSettings) -> Result<LlamaContext<'m>, String> {
+    let backend = backend().map_err(|e| e.to_string())?;
+    let threads = settings.threads.max(1) as i32;
+    let params = LlamaContextParams::default()
+        .with_embeddings(true)
+        .with_n_ctx(NonZeroU32::new(settings.batch_tokens))
+        .with_n_batch(settings.batch_tokens)
+        // An encoder takes the whole batch in one micro-batch (llama.cpp asserts it).
+        .with_n_ubatch(settings.batch_tokens)
+        .with_n_seq_max(settings.batch_inputs as u32)
+        // Any sequence may use the whole context (a decoder embedder keeps a KV cache).
+        .with_kv_unified(true)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model.new_context(backend, params).map_err(|e| e.to_string())
+}
+
+/// A call in progress.
+struct Active {
+    job: EmbedJob,
+    /// The next input to put in a batch; inputs before it are done or in the current batch.
+    next: usize,
+    vectors: Vec<Vec<f32>>,
+}
+
+struct Batcher<'m> {
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    batch_tokens: usize,
+    batch_inputs: usize,
+    active: VecDeque<Active>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<'m> Batcher<'m> {
+    fn new(context: LlamaContext<'m>, settings: &EmbedderSettings, in_flight: Arc<AtomicUsize>) -> Self {
+        let batch_tokens = settings.batch_tokens as usize;
+        Self {
+            context,
+            batch: LlamaBatch::new(batch_tokens, settings.batch_inputs as i32),
+            batch_tokens,
+            batch_inputs: settings.batch_inputs,
+            active: VecDeque::new(),
+            in_flight,
+        }
+    }
+
+    fn run(mut self, queue: mpsc::Receiver<EmbedJob>) {
+        let mut accepting = true;
+        loop {
+            if self.active.is_empty() {
+                if !accepting {
+                    return;
+                }
+                match queue.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while accepting {
+                match queue.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => accepting = false,
+                }
+            }
+            self.step();
+        }
+    }
+
+    fn admit(&mut self, job: EmbedJob) {
+        let vectors = Vec::with_capacity(job.inputs.len());
+        self.active.push_back(Active { job, next: 0, vectors });
+    }
+
+    /// One decode over inputs taken round-robin from the calls in progress.
+    fn step(&mut self) {
+        // A caller that went away (deadline, cancellation) gets no more decodes.
+        let before = self.active.len();
+        self.active.retain(|a| !a.job.reply.is_closed());
+        self.in_flight.fetch_sub(before - self.active.len(), Ordering::AcqRel);
+        if self.active.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        // (call, input) per sequence id, in batch order.
+        let mut placed: Vec<(usize, usize)> = Vec::new();
+        let mut tokens = 0usize;
+        'fill: loop {
+            let mut added = false;
+            for (index, active) in self.active.iter_mut().enumerate() {
+                if placed.len() == self.batch_inputs {
+                    break 'fill;
+                }
+                let Some(input) = active.job.inputs.get(active.next) else { continue };
+                if tokens + input.len() > self.batch_tokens {
+                    // Round-robin stops at the first input that does not fit, so no call is
+                    // overtaken by smaller inputs behind it.
+                    break 'fill;
+                }
+                let seq = placed.len() as i32;
+                if self.batch.add_sequence(input, seq, true).is_err() {
+                    break 'fill;
+                }
+                tokens += input.len();
+                placed.push((index, active.next));
+                active.next += 1;
+                added = true;
+            }
+            if !added {
+                break;
+            }
+        }
+        if placed.is_empty() {
+            // Unreachable while every input fits a batch (the provider checks it): fail rather than spin.
+            let first = [(0, self.active[0].next)];
+            self.fail(&first, "an input is longer than one embedding batch");
+            return;
+        }
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            self.fail(&placed, &format!("llama.cpp failed to embed: {e}"));
+            return;
+        }
+        for (seq, &(index, _)) in placed.iter().enumerate() {
+            let vector = match self.context.embeddings_seq_ith(seq as i32) {
+                Ok(values) => values.to_vec(),
+                Err(e) => {
+                    self.fail(&placed, &format!("llama.cpp gave no pooled embedding: {e}"));
+                    return;
+                }
+            };
+            self.active[index].vectors.push(vector);
+        }
+        // A decoder embedder keeps KV state; an encoder has none and this is free.
+        self.context.clear_kv_cache();
+        self.answer_finished();
+    }
+
+    /// Answers the calls whose every input has its vector.
+    fn answer_finished(&mut self) {
+        let mut index = 0;
+        while index < self.active.len() {
+            let active = &self.active[index];
+            if active.vectors.len() < active.job.inputs.len() {
+                index += 1;
+                continue;
+            }
+            if let Some(done) = self.active.remove(index) {
+                let _ = done.job.reply.send(Ok(done.vectors));
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Fails the calls that had inputs in the failed batch; the others go on.
+    fn fail(&mut self, placed: &[(usize, usize)], message: &str) {
+        tracing::error!("{message}");
+        let mut calls: Vec<usize> = placed.iter().map(|&(index, _)| index).collect();
+        calls.sort_unstable();
+        calls.dedup();
+        for index in calls.into_iter().rev() {
+            if let Some(active) = self.active.remove(index) {
+                let _ = active.job.reply.send(Err(ProviderError::Protocol(message.to_string())));
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
