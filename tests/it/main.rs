@@ -10,6 +10,8 @@ mod doctor;
 #[cfg(feature = "embedded")]
 mod embedded;
 #[cfg(feature = "embedded")]
+mod embedded_embeddings;
+#[cfg(feature = "embedded")]
 mod embedded_tools;
 mod embeddings;
 mod environment;
