@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::request_buffers::{BufferFull, BufferScope};
-use copilot_provider::ProviderError;
+use copilot_provider::{Feature, ProviderError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetail, ErrorDetails, FieldViolation, StatusExt};
 
@@ -628,6 +628,18 @@ fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize
             "UPSTREAM_PROTOCOL_ERROR",
             format!("provider '{provider}' sent a response this server cannot read for {name}: {msg}"),
         ),
+        // Counting is the provider's endpoint, not a model capability: no listing marks it.
+        ProviderError::Unsupported { feature: feature @ Feature::CountTokens, message } => {
+            unsupported = Some(feature);
+            (
+                Code::FailedPrecondition,
+                "FEATURE_UNSUPPORTED",
+                format!(
+                    "model '{name}' cannot do token counting ({message}); send CountTokens to a model of a provider \
+                     that counts, such as Gemini (also on Vertex AI) or Anthropic"
+                ),
+            )
+        }
         ProviderError::Unsupported { feature, message } => {
             unsupported = Some(feature);
             (

@@ -14,7 +14,7 @@ mod turn;
 
 use copilot_provider::{
     ChatEvent, ChatRequest, ChatStream, Completion, EmbedRequest, Embeddings, Feature, Features, ModelInfo,
-    ProviderError, ThinkingDelta, ToolCallDelta,
+    ProviderError, ThinkingDelta, TokenCount, ToolCallDelta,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -134,6 +134,27 @@ impl Gateway {
         Ok(embedded)
     }
 
+    /// Counts a conversation's input tokens: the first target whose provider counts does, with the
+    /// same retries, fallback (skipping targets that cannot count), limits and deadlines as a
+    /// completion.
+    pub async fn count_tokens(
+        &self,
+        plan: &Plan,
+        request: ValidRequest,
+        call: CallContext,
+    ) -> Result<Counted, GatewayError> {
+        let started = self.run(plan, &CountOperation { request: &request }, &call).await?;
+        let Started { output: count, target, attempt, .. } = started;
+        let answered_by = if count.model.is_empty() { &target.model } else { &count.model };
+        let counted = Counted {
+            model: format!("{}/{}", target.instance.name, answered_by),
+            input_tokens: count.input_tokens,
+            exact: count.exact,
+        };
+        attempt.counted(&counted, &call);
+        Ok(counted)
+    }
+
     /// Tries the plan's targets in order until one starts `operation`; when every one failed, the
     /// last failure decides the status.
     async fn run<O: Operation>(
@@ -183,6 +204,10 @@ impl Gateway {
             // Refused here rather than sent: the adapter would have to drop what it cannot say.
             let message = match instance.provider.lacking(feature) {
                 Some(why) => format!("provider '{}': {why}", instance.name),
+                None if feature == Feature::CountTokens => format!(
+                    "provider '{}' ({}) has no token-counting endpoint, and Copilot does not guess",
+                    instance.name, instance.labels.gen_ai_provider
+                ),
                 None => {
                     format!("provider '{}' ({}) cannot translate it", instance.name, instance.labels.gen_ai_provider)
                 }
@@ -446,7 +471,7 @@ fn classify(error: &GatewayError) -> Verdict {
 /// or an embedding call (its whole answer). Retries, fallback, the breaker, concurrency limits
 /// and refusals by feature are the same for both.
 trait Operation: Sync {
-    /// The GenAI operation name: `chat` or `embeddings`.
+    /// The GenAI operation name: `chat`, `embeddings` or `count_tokens`.
     const NAME: &'static str;
     type Output: Send;
     /// What the call needs of a target's adapter.
@@ -540,6 +565,64 @@ impl Operation for EmbedOperation<'_> {
             _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
             result = tokio::time::timeout_at(give_up, instance.provider.embed(request)) => match result {
                 Ok(Ok(embeddings)) => Ok(embeddings),
+                Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
+                Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, Phase::Response)),
+            },
+        }
+    }
+}
+
+/// A `CountTokens` call's answer, as clients get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// The model that counted, in routable `provider/model` form.
+    pub model: String,
+    pub input_tokens: u32,
+    /// The provider says the count is exact (false: its own estimate).
+    pub exact: bool,
+}
+
+/// Counting a conversation's tokens: the chat request without generation options, whose target's
+/// adapter must count (and translate what the conversation holds: tools, images).
+struct CountOperation<'a> {
+    request: &'a ValidRequest,
+}
+
+impl Operation for CountOperation<'_> {
+    /// The GenAI conventions name no operation for counting; this is Copilot's own name for it.
+    const NAME: &'static str = "count_tokens";
+    type Output = TokenCount;
+
+    fn needs(&self) -> Features {
+        self.request.needs().with(Feature::CountTokens)
+    }
+
+    fn span(&self, target: &Target, number: u32, kind: &'static str, reason: Option<&str>) -> tracing::Span {
+        observe::count_span(target, self.request, number, kind, reason)
+    }
+
+    /// The whole answer, under the first-token timeout (a count comes all at once).
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        target: &Target,
+        call: &CallContext,
+        span: &tracing::Span,
+    ) -> Result<TokenCount, GatewayError> {
+        let instance = &target.instance;
+        let request = ChatRequest {
+            model: target.model.clone(),
+            messages: self.request.messages.clone(),
+            tools: self.request.tools.clone(),
+            trace_context: observe::trace_context(span),
+            ..Default::default()
+        };
+        let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
+        tokio::select! {
+            biased;
+            _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
+            result = tokio::time::timeout_at(give_up, instance.provider.count_tokens(request)) => match result {
+                Ok(Ok(count)) => Ok(count),
                 Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
                 Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, Phase::Response)),
             },

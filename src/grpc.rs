@@ -190,6 +190,24 @@ impl pb::copilot_server::Copilot for CopilotApi {
         }))
     }
 
+    /// Routed and checked against the key's models like a chat; no tokens are reserved or charged
+    /// (nothing is generated), while the call still spent one of the key's requests at admission.
+    async fn count_tokens(
+        &self,
+        request: Request<pb::CountTokensRequest>,
+    ) -> Result<Response<pb::CountTokensResponse>, Status> {
+        let call = CallContext::from_request(&request);
+        let caller = Caller::of(&request);
+        let valid = validate::count_tokens(request.into_inner(), &self.limits)?;
+        let plan = self.route(caller.as_ref(), &valid.model)?;
+        let counted = self.gateway.count_tokens(&plan, valid, call).await?;
+        Ok(Response::new(pb::CountTokensResponse {
+            input_tokens: counted.input_tokens,
+            exact: counted.exact,
+            model: counted.model,
+        }))
+    }
+
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
         validate::model_name(&request.get_ref().model)?;
         let plan = self.route(Caller::of(&request).as_ref(), request.get_ref().model.trim())?;

@@ -197,6 +197,13 @@ pub fn chat(request: pb::ChatRequest, limits: &LimitsConfig) -> Result<ValidRequ
     Ok(asks.request(&request.model, messages, options))
 }
 
+/// A `CountTokens` request, checked as the chat request it is without generation options: the
+/// same rules for its messages and tools, the same field names in violations.
+pub fn count_tokens(request: pb::CountTokensRequest, limits: &LimitsConfig) -> Result<ValidRequest, GatewayError> {
+    let pb::CountTokensRequest { model, messages, tools } = request;
+    chat(pb::ChatRequest { model, messages, tools, ..Default::default() }, limits)
+}
+
 /// A checked `Embed` request, before routing: `model` is still the client's name for it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ValidEmbed {
@@ -766,6 +773,29 @@ mod tests {
         assert_eq!(sniff_image(b"GIF87a"), Some("image/gif"));
         assert_eq!(sniff_image(b"RIFF\0\0\0\0WAVE"), None);
         assert_eq!(sniff_image(b""), None);
+    }
+
+    #[test]
+    fn count_requests_are_checked_as_chats() {
+        let user = pb::Message { role: pb::Role::User as i32, content: "hi".into(), ..Default::default() };
+        let tool = |schema: &str| pb::Tool {
+            name: "lookup".into(),
+            parameters_json_schema: schema.into(),
+            ..Default::default()
+        };
+        let request = pb::CountTokensRequest {
+            model: " gemini/gemini-2.5-flash ".into(),
+            messages: vec![user.clone()],
+            tools: vec![tool(r#"{"type":"object"}"#)],
+        };
+        let valid = count_tokens(request, &LimitsConfig::default()).unwrap();
+        assert_eq!((valid.model.as_str(), valid.messages.len(), valid.tools.len()), ("gemini/gemini-2.5-flash", 1, 1));
+        assert_eq!((valid.tool_choice, valid.reasoning), (None, None));
+        let empty = pb::CountTokensRequest { model: "m".into(), ..Default::default() };
+        assert_eq!(fields(count_tokens(empty, &LimitsConfig::default()).unwrap_err()), ["messages"]);
+        let bad_tool = pb::CountTokensRequest { model: "m".into(), messages: vec![user], tools: vec![tool("{nope")] };
+        let violations = fields(count_tokens(bad_tool, &LimitsConfig::default()).unwrap_err());
+        assert!(violations.iter().all(|f| f.starts_with("tools[0]")) && !violations.is_empty(), "{violations:?}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ impl Auth {
     /// Lets the call through, with its caller attached, or says why not.
     fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let path = request.uri().path();
-        // Only completions spend tokens; every call of the API spends a request.
+        // Only completions spend tokens (Embed settles its own in the handler; CountTokens generates
+        // nothing and spends none); every call of the API spends a request.
         let api_call = path.strip_prefix(API_PREFIX).map(|method| matches!(method, "Generate" | "Chat"));
         if api_call.is_none()
             && ((self.open_health && path.starts_with(HEALTH_PREFIX))

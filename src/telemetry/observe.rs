@@ -19,7 +19,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::deadline::CallContext;
 use crate::error::GatewayError;
-use crate::gateway::Embedded;
+use crate::gateway::{Counted, Embedded};
 use crate::router::Target;
 use crate::summary::Summary;
 use crate::telemetry::metrics::metrics;
@@ -71,32 +71,39 @@ pub fn attempt_span(
         let stops: Vec<StringValue> = options.stop.iter().map(|s| s.clone().into()).collect();
         span.set_attribute("gen_ai.request.stop_sequences", Value::Array(stops.into()));
     }
-    if capture_message_content() {
-        let system: Vec<_> = request.messages.iter().filter(|m| m.role == Role::System).collect();
-        if !system.is_empty() {
-            let parts: Vec<_> =
-                system.iter().map(|m| serde_json::json!({"type": "text", "content": m.content()})).collect();
-            span.set_attribute("gen_ai.system_instructions", serde_json::Value::from(parts).to_string());
-        }
-        let input: Vec<_> = request.messages.iter().filter(|m| m.role != Role::System).map(message_json).collect();
-        span.set_attribute("gen_ai.input.messages", serde_json::Value::from(input).to_string());
-        if !request.tools.is_empty() {
-            let tools: Vec<_> = request
-                .tools
-                .iter()
-                .map(|tool| {
-                    serde_json::json!({
-                        "type": "function",
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool.parameters.as_deref().map(json_or_text),
-                    })
-                })
-                .collect();
-            span.set_attribute("gen_ai.tool.definitions", serde_json::Value::from(tools).to_string());
-        }
-    }
+    capture_input(&span, request);
     span
+}
+
+/// The request's system instructions, messages and tool definitions on `span`, when message
+/// content capture is on (never otherwise: prompts stay out of telemetry by default).
+fn capture_input(span: &tracing::Span, request: &ValidRequest) {
+    if !capture_message_content() {
+        return;
+    }
+    let system: Vec<_> = request.messages.iter().filter(|m| m.role == Role::System).collect();
+    if !system.is_empty() {
+        let parts: Vec<_> =
+            system.iter().map(|m| serde_json::json!({"type": "text", "content": m.content()})).collect();
+        span.set_attribute("gen_ai.system_instructions", serde_json::Value::from(parts).to_string());
+    }
+    let input: Vec<_> = request.messages.iter().filter(|m| m.role != Role::System).map(message_json).collect();
+    span.set_attribute("gen_ai.input.messages", serde_json::Value::from(input).to_string());
+    if !request.tools.is_empty() {
+        let tools: Vec<_> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                serde_json::json!({
+                    "type": "function",
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters.as_deref().map(json_or_text),
+                })
+            })
+            .collect();
+        span.set_attribute("gen_ai.tool.definitions", serde_json::Value::from(tools).to_string());
+    }
 }
 
 /// The W3C trace context of an attempt, as headers for the upstream request, so an instrumented
@@ -149,6 +156,43 @@ pub fn embed_span(
     );
     if !span.is_disabled() {
         span.set_attribute("gen_ai.request.encoding_formats", Value::Array(vec![StringValue::from("float")].into()));
+    }
+    span
+}
+
+/// A `CountTokens` attempt's span: `count_tokens {model}`. The GenAI conventions name no operation
+/// for counting, so `gen_ai.operation.name` is Copilot's own `count_tokens`; the count itself is
+/// `copilot.count_tokens.input_tokens` (not `gen_ai.usage.input_tokens`: nothing was consumed) and
+/// `copilot.count_tokens.exact`. The messages and tools are recorded only with content capture on.
+pub fn count_span(
+    target: &Target,
+    request: &ValidRequest,
+    number: u32,
+    kind: &'static str,
+    reason: Option<&str>,
+) -> tracing::Span {
+    let instance = &target.instance;
+    let span = tracing::info_span!(
+        "gen_ai.attempt",
+        otel.name = %format!("count_tokens {}", target.model),
+        otel.kind = if instance.labels.in_process { "internal" } else { "client" },
+        otel.status_code = Empty,
+        gen_ai.operation.name = "count_tokens",
+        gen_ai.provider.name = instance.labels.gen_ai_provider,
+        gen_ai.request.model = %target.model,
+        server.address = instance.labels.server_address.as_deref(),
+        server.port = instance.labels.server_port.map(i64::from),
+        copilot.provider.instance = %instance.name,
+        copilot.attempt.number = i64::from(number),
+        copilot.attempt.kind = kind,
+        copilot.attempt.reason = reason,
+        copilot.attempt.outcome = Empty,
+        copilot.count_tokens.input_tokens = Empty,
+        copilot.count_tokens.exact = Empty,
+        error.type = Empty,
+    );
+    if !span.is_disabled() {
+        capture_input(&span, request);
     }
     span
 }
@@ -247,7 +291,7 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// `operation` is the GenAI operation name: `chat` or `embeddings`.
+    /// `operation` is the GenAI operation name: `chat`, `embeddings` or `count_tokens`.
     pub fn new(span: tracing::Span, target: &Target, started: Instant, operation: &'static str) -> Self {
         let instance = &target.instance;
         let attributes = metrics_enabled().then(|| metric_attributes(target, operation));
@@ -373,6 +417,21 @@ impl Attempt {
             with_type.push(KeyValue::new("gen_ai.token.type", "input"));
             m.token_usage.record(u64::from(tokens), &with_type);
         }
+        if self.in_process {
+            m.server_request_duration.record((Instant::now() - call.received).as_secs_f64(), &attributes);
+        }
+    }
+
+    /// A `CountTokens` attempt's answer: the count on the span, the duration metric (no token
+    /// usage: counting consumes none).
+    pub fn counted(self, counted: &Counted, call: &CallContext) {
+        let span = &self.span;
+        span.record("copilot.attempt.outcome", "completed");
+        span.record("copilot.count_tokens.input_tokens", i64::from(counted.input_tokens));
+        span.record("copilot.count_tokens.exact", counted.exact);
+        let Some(attributes) = self.attributes else { return };
+        let m = metrics();
+        m.operation_duration.record(self.started.elapsed().as_secs_f64(), &attributes);
         if self.in_process {
             m.server_request_duration.record((Instant::now() - call.received).as_secs_f64(), &attributes);
         }

@@ -155,6 +155,7 @@ fn api_method(name: &str) -> Option<ApiMethod> {
         "ListModels" => ("ListModels", "copilot.v1.Copilot/ListModels"),
         "GetModel" => ("GetModel", "copilot.v1.Copilot/GetModel"),
         "Embed" => ("Embed", "copilot.v1.Copilot/Embed"),
+        "CountTokens" => ("CountTokens", "copilot.v1.Copilot/CountTokens"),
         // Unknown methods get UNIMPLEMENTED from the router; nothing to trace.
         _ => return None,
     };

@@ -75,6 +75,11 @@
 //!   reports no separate thinking count.
 //! - **Images**: data as `{type: image, source: {type: base64, media_type, data}}`, URLs as
 //!   `source: {type: url, url}`, which Anthropic fetches; in user messages and tool results.
+//! - **Token counts** ([`Provider::count_tokens`]): `POST /v1/messages/count_tokens` with the
+//!   request translated exactly as for a chat (system, merged turns, tool results, tools) minus
+//!   `max_tokens` and `stream`, `{"input_tokens"}` back (read up to 64 KiB). Anthropic calls the
+//!   count an estimate, so it is reported as not exact. Errors map as for chat (an unknown
+//!   model is its 404).
 //! - **Models**: every Claude model calls tools; the Models API's `capabilities` add `vision`
 //!   and `image_urls` (`image_input`), `json_schema` (`structured_outputs`) and `thinking`, and
 //!   `max_input_tokens` is the context length.
@@ -89,6 +94,7 @@ use std::time::{Duration, SystemTime};
 use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning, Secret,
+    TokenCount,
 };
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -160,11 +166,15 @@ pub struct AnthropicProvider {
     upstream: Upstream,
     default_max_tokens: u32,
     messages_url: Url,
+    count_tokens_url: Url,
     models_url: Url,
     /// Models that refused budgeted thinking and take adaptive thinking only (the newest ones),
     /// learned from their refusals so each costs one retry, once.
     adaptive_thinking: Mutex<HashSet<String>>,
 }
+
+/// The most a `count_tokens` answer may hold (it is one number).
+const MAX_COUNT_RESPONSE_BYTES: usize = 64 << 10;
 
 /// Most models remembered as taking adaptive thinking only: a bound on what refusals can grow.
 const MAX_ADAPTIVE_MODELS: usize = 1024;
@@ -196,6 +206,7 @@ impl AnthropicProvider {
         let endpoint = |path| upstream.endpoint(path).map_err(invalid);
         Ok(AnthropicProvider {
             messages_url: endpoint("/v1/messages")?,
+            count_tokens_url: endpoint("/v1/messages/count_tokens")?,
             models_url: endpoint("/v1/models")?,
             default_max_tokens: config.default_max_tokens,
             upstream,
@@ -344,7 +355,21 @@ impl Provider for AnthropicProvider {
             Feature::ThinkingOff,
             Feature::Images,
             Feature::ImageUrls,
+            Feature::CountTokens,
         ])
+    }
+
+    /// `POST /v1/messages/count_tokens` with the request translated as for a chat; Anthropic
+    /// calls its count an estimate, so it is not exact.
+    async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
+        let body = wire::CountTokensBody::new(&request)?;
+        let post =
+            copilot_http::with_trace_context(self.upstream.post(self.count_tokens_url.clone()), &request).json(&body);
+        let answer: wire::TokenCountAnswer = self
+            .upstream
+            .fetch_json_within(self, post, Some(&request.model), "token count", MAX_COUNT_RESPONSE_BYTES)
+            .await?;
+        Ok(TokenCount { input_tokens: answer.input_tokens, exact: false, model: String::new() })
     }
 
     fn lacking(&self, feature: Feature) -> Option<&'static str> {

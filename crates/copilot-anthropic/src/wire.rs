@@ -380,6 +380,48 @@ impl<'a> MessagesBody<'a> {
     }
 }
 
+/// The body of `POST /v1/messages/count_tokens`: a messages body without `max_tokens` and
+/// `stream`, which the endpoint does not take (nor the sampling options, which a count request
+/// has none of).
+#[derive(Debug, Serialize)]
+pub(crate) struct CountTokensBody<'a> {
+    pub model: &'a str,
+    pub messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<WireThinking>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<OutputConfig<'a>>,
+}
+
+impl<'a> CountTokensBody<'a> {
+    /// The request translated exactly as for a chat ([`MessagesBody::new`]: system prompt, merged
+    /// turns, tool results, tools), so the count is of what a chat would send.
+    pub fn new(request: &'a ChatRequest) -> Result<Self, ProviderError> {
+        let body = MessagesBody::new(request, 1, ThinkingStyle::Budget)?;
+        Ok(CountTokensBody {
+            model: body.model,
+            messages: body.messages,
+            system: body.system,
+            tools: body.tools,
+            tool_choice: body.tool_choice,
+            thinking: body.thinking,
+            output_config: body.output_config,
+        })
+    }
+}
+
+/// The answer to `count_tokens`: `{"input_tokens": N}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenCountAnswer {
+    pub input_tokens: u32,
+}
+
 /// What a request's reasoning becomes: `thinking`, the `max_tokens` that goes with it, and the
 /// effort of adaptive thinking.
 struct ThinkingPlan {
@@ -1208,6 +1250,34 @@ mod tests {
     fn body(messages: &[(Role, &str)], options: GenerationOptions) -> Result<serde_json::Value, ProviderError> {
         let req = request(messages, options);
         MessagesBody::new(&req, 4096, ThinkingStyle::Budget).map(|b| serde_json::to_value(b).unwrap())
+    }
+
+    #[test]
+    fn a_count_is_the_messages_body_without_max_tokens_or_stream() {
+        let mut req = request(
+            &[(Role::System, "Be brief."), (Role::User, "Hi"), (Role::User, "there"), (Role::Assistant, "Well ")],
+            GenerationOptions::default(),
+        );
+        req.tools =
+            vec![Tool { name: "lookup".into(), description: "Looks up.".into(), parameters: None, strict: false }];
+        let body = serde_json::to_value(CountTokensBody::new(&req).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "claude-sonnet-4-5",
+                "messages": [
+                    {"role": "user", "content": "Hi\n\nthere"},
+                    {"role": "assistant", "content": "Well"},
+                ],
+                "system": "Be brief.",
+                "tools": [{"name": "lookup", "description": "Looks up.", "input_schema": {"type": "object", "properties": {}}}],
+            })
+        );
+        let only_assistant = request(&[(Role::Assistant, "Hi")], GenerationOptions::default());
+        assert!(matches!(CountTokensBody::new(&only_assistant), Err(ProviderError::InvalidRequest(_))));
+        let answer: TokenCountAnswer = serde_json::from_str(r#"{"input_tokens": 14}"#).unwrap();
+        assert_eq!(answer.input_tokens, 14);
+        assert!(serde_json::from_str::<TokenCountAnswer>(r#"{"tokens": 14}"#).is_err());
     }
 
     #[test]

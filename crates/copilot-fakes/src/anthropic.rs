@@ -1,5 +1,5 @@
-//! A fake of Anthropic's Messages API (`POST /v1/messages`, `GET /v1/models`,
-//! `GET /v1/models/{id}`).
+//! A fake of Anthropic's Messages API (`POST /v1/messages`, `POST /v1/messages/count_tokens`,
+//! `GET /v1/models`, `GET /v1/models/{id}`).
 //!
 //! It speaks the real wire format, as described in the project's Anthropic reference notes:
 //! - every request needs `anthropic-version` (400 otherwise) and, once a key is set with
@@ -15,6 +15,12 @@
 //!   flushed on its own: `message_start`, `content_block_start`, `ping`, one `content_block_delta`
 //!   (`text_delta`) per chunk, `content_block_stop`, `message_delta` (stop reason and cumulative
 //!   `output_tokens`), `message_stop`; without `stream` the reply is one `message` object.
+//!
+//! `POST /v1/messages/count_tokens` takes the same body without `max_tokens` and `stream` ("Extra
+//! inputs are not permitted" for those and any other field it does not know), checks it as
+//! `/v1/messages` does, and answers `{"input_tokens"}` counted by [`script::fake_token_count`]
+//! (words of the system prompt and the messages, per message, per tool); an unknown model is the
+//! same 404. Bodies are kept ([`Fake::count_requests`]).
 //!
 //! `max_tokens` is honoured (one chunk counts as one token; `stop_reason: "max_tokens"`), and so
 //! are `stop_sequences` found within a chunk (the chunk is cut before it; `stop_reason:
@@ -33,8 +39,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -48,9 +54,7 @@ use serde_json::{Value, json};
 use crate::fake::{Fake, KeyedWire, Wire};
 use crate::format::civil_from_days;
 use crate::harness::{Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body};
-#[cfg(doc)]
-use crate::script::Behaviour;
-use crate::script::{self, FakeModel, Finish, Piece, Reply, Step, flush_point};
+use crate::script::{self, Behaviour, FakeModel, Finish, Piece, Reply, Step, fake_token_count, flush_point};
 
 /// The `anthropic-version` values the fake accepts (the two the API has ever had).
 pub const ANTHROPIC_VERSIONS: [&str; 2] = ["2023-06-01", "2023-01-01"];
@@ -104,6 +108,12 @@ impl Fake<Anthropic> {
     pub fn remove_model(&self, id: &str) -> bool {
         self.wire.models.remove(id)
     }
+
+    /// The JSON body of every `/v1/messages/count_tokens` request received (including refused
+    /// ones), in order; they are not among [`chat_requests`](Fake::chat_requests).
+    pub fn count_requests(&self) -> Vec<Value> {
+        self.wire.count_requests.lock().unwrap().clone()
+    }
 }
 
 /// Anthropic's wire format, and the state its handle and request handlers share. A failure
@@ -117,6 +127,8 @@ pub struct Anthropic {
     harness: Arc<Harness>,
     /// Source of message and request ids.
     next_id: AtomicU64,
+    /// The JSON bodies of `count_tokens` requests, in order.
+    count_requests: Mutex<Vec<Value>>,
 }
 
 impl Wire for Anthropic {
@@ -124,12 +136,13 @@ impl Wire for Anthropic {
     const BASE_PATH: &'static str = "";
 
     fn new(harness: Arc<Harness>) -> Self {
-        Anthropic { models: Models::new(), harness, next_id: AtomicU64::new(1) }
+        Anthropic { models: Models::new(), harness, next_id: AtomicU64::new(1), count_requests: Mutex::new(Vec::new()) }
     }
 
     fn router(shared: Arc<Self>) -> Router {
         Router::new()
             .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
             .route("/v1/models", get(list_models))
             .route("/v1/models/{id}", get(get_model))
             .fallback(not_found)
@@ -443,6 +456,100 @@ async fn messages(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body
     } else {
         message_response(generation, guard, &message_id, &params, &request_id).await
     }
+}
+
+/// Top-level fields of `POST /v1/messages/count_tokens`: a messages request's without `max_tokens`,
+/// `stream`, the sampling options and `metadata`; anything else is refused.
+const COUNT_FIELDS: [&str; 9] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "mcp_servers",
+    "context_management",
+];
+
+/// `POST /v1/messages/count_tokens`: the request checked as a message request is (minus
+/// `max_tokens`, which is refused here like any field the endpoint does not take), then
+/// `{"input_tokens"}`: [`fake_token_count`] of the system prompt's and the messages' words, the
+/// messages and the tools. An unknown model is the 404 of `/v1/messages`.
+async fn count_tokens(State(shared): State<Arc<Anthropic>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request_id = shared.new_id("req");
+    let parsed = serde_json::from_slice::<Value>(&body);
+    if shared.harness.recording()
+        && let Ok(value) = &parsed
+    {
+        shared.count_requests.lock().unwrap().push(value.clone());
+    }
+    if let Some(refusal) = shared.check_headers(&headers, &request_id) {
+        return refusal;
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return error_response(413, "Request exceeds the maximum allowed number of bytes.", &request_id);
+    }
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return error_response(400, &format!("There was an error parsing the body: {err}"), &request_id),
+    };
+    let (model, count) = match count_params(&request) {
+        Ok(counted) => counted,
+        Err(message) => return error_response(400, &message, &request_id),
+    };
+    let Some(entry) = shared.find_model(&model) else {
+        return error_response(404, &format!("model: {model}"), &request_id);
+    };
+    if shared.harness.busy() {
+        return error_response(529, OVERLOADED_MESSAGE, &request_id);
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        let mut response = error_response(failure.status, default_message(failure.status), &request_id);
+        failure.add_retry_after(&mut response);
+        return response;
+    }
+    if let Behaviour::HttpError { status, message } = &entry.model.behaviour {
+        return error_response(*status, message, &request_id);
+    }
+    json_response(StatusCode::OK, &json!({ "input_tokens": count }), &request_id)
+}
+
+/// A count request's model and count; `Err` is the 400 message the API would answer with.
+fn count_params(request: &Value) -> Result<(String, usize), String> {
+    let Value::Object(fields) = request else {
+        return Err("Input should be a valid dictionary or object to extract fields from".to_owned());
+    };
+    if let Some(extra) = fields.keys().find(|k| !COUNT_FIELDS.contains(&k.as_str())) {
+        return Err(format!("{extra}: Extra inputs are not permitted"));
+    }
+    let model = match fields.get("model") {
+        None => return Err("model: Field required".to_owned()),
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => return Err("model: Input should be a valid, non-empty string".to_owned()),
+    };
+    let mut words = match fields.get("system") {
+        None | Some(Value::Null) => 0,
+        Some(system) => count_words(&text_of(system, "system")?),
+    };
+    let messages = match fields.get("messages") {
+        None => return Err("messages: Field required".to_owned()),
+        Some(Value::Array(messages)) => messages,
+        Some(_) => return Err("messages: Input should be a valid list".to_owned()),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        if !matches!(message.get("role").and_then(Value::as_str), Some("user" | "assistant")) {
+            return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
+        }
+        let Some(content) = message.get("content") else {
+            return Err(format!("messages.{i}.content: Field required"));
+        };
+        words += count_words(&text_of(content, &format!("messages.{i}.content"))?);
+    }
+    check_beyond_text(fields, usize::MAX)?;
+    let tools = fields.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let descriptions = tools.iter().map(|tool| tool.get("description").and_then(Value::as_str).unwrap_or_default());
+    Ok((model, fake_token_count(words, messages.len(), descriptions)))
 }
 
 /// Reads what a message request asks for; `Err` is the 400 message the API would answer with.

@@ -66,6 +66,17 @@
 //!   `context_length`: over it, the text is cut (`autoTruncate`, the default) or refused (400);
 //!   one instance per call for `gemini-embedding` models, else [`VERTEX_MAX_INSTANCES`]; a chat
 //!   model answers [`VERTEX_PREDICT_CHAT_MESSAGE`] (400), an unknown one Vertex's 404.
+//! - Token counts: `POST /v1beta/models/{model}:countTokens` with `{"contents"}` (the turns alone)
+//!   or `{"generateContentRequest": {"model", "contents", "systemInstruction"?, "tools"?, …}}`,
+//!   never both (400), the inner `model` required and equal to the path's (400), the conversation
+//!   checked as a chat's; on Vertex AI the same fields flat (`{"contents", "systemInstruction"?,
+//!   "tools"?, "generationConfig"?}`, unknown names 400). The answer is `{"totalTokens",
+//!   "promptTokensDetails"}` (Vertex adds `totalBillableCharacters`), the count
+//!   [`fake_token_count`] of the text words, the turns and the tools, so a count of the bare
+//!   `contents` leaves the system instruction and the tools out, as Gemini's does. An unknown or
+//!   embedding model is the 404 of chat ("… or is not supported for countTokens"; Vertex's
+//!   "Publisher Model … was not found"). Scripted failures, [`Fake::set_busy`] and
+//!   [`Behaviour::HttpError`] apply; bodies are kept ([`Fake::count_requests`]).
 //!
 //! [`Behaviour`]s map onto Gemini like this:
 //! - `ErrorAfter`: `tokens` chunks, then the error as bare multi-line JSON (no `data:` prefix) —
@@ -105,7 +116,7 @@ use crate::format::{form_value, json_kind, write_json_string};
 use crate::google::{FakeGoogleAuth, IssuedTokens, TokenCheck};
 use crate::harness::{FailNext, Harness, Models, Pieces, StreamGuard, status_code, streamed_body};
 pub use crate::script::{Behaviour, FakeModel, Reply};
-use crate::script::{Finish, Generation, Piece, Step, fake_embedding};
+use crate::script::{Finish, Generation, Piece, Step, fake_embedding, fake_token_count};
 
 /// The message of the 503 that [`Fake::set_busy`] turns on (Google's wording).
 pub const OVERLOADED_MESSAGE: &str = "The model is overloaded. Please try again later.";
@@ -256,6 +267,12 @@ impl Fake<Gemini> {
     pub fn embed_requests(&self) -> Vec<Value> {
         self.wire.embed_requests.lock().unwrap().clone()
     }
+
+    /// The JSON body of every `:countTokens` request received (including refused ones), on
+    /// either API, in order; they are not among [`chat_requests`](Fake::chat_requests).
+    pub fn count_requests(&self) -> Vec<Value> {
+        self.wire.count_requests.lock().unwrap().clone()
+    }
 }
 
 /// `models/gemini-x` → `gemini-x`.
@@ -279,6 +296,8 @@ pub struct Gemini {
     request_bodies: Mutex<Vec<String>>,
     /// The JSON bodies of `:batchEmbedContents` / `:embedContent` requests, in order.
     embed_requests: Mutex<Vec<Value>>,
+    /// The JSON bodies of `:countTokens` requests, in order.
+    count_requests: Mutex<Vec<Value>>,
     harness: Arc<Harness>,
     responses: AtomicU64,
     /// Set by [`Fake::require_vertex_auth`]: the Vertex AI paths are served.
@@ -303,6 +322,7 @@ impl Wire for Gemini {
             request_uris: Mutex::new(Vec::new()),
             request_bodies: Mutex::new(Vec::new()),
             embed_requests: Mutex::new(Vec::new()),
+            count_requests: Mutex::new(Vec::new()),
             harness,
             responses: AtomicU64::new(0),
             vertex: RwLock::new(None),
@@ -358,6 +378,14 @@ impl Gemini {
 }
 
 impl Gemini {
+    fn record_count(&self, parsed: &Result<Value, serde_json::Error>) {
+        if self.harness.recording()
+            && let Ok(value) = parsed
+        {
+            self.count_requests.lock().unwrap().push(value.clone());
+        }
+    }
+
     /// `None` when a Vertex AI request may proceed; otherwise Vertex's refusal (or, with Vertex
     /// mode off, Google's 404 page). `project` is the one in the path, if it has one.
     fn check_vertex(&self, headers: &HeaderMap, project: Option<&str>, resource: &str) -> Option<Response> {
@@ -602,6 +630,13 @@ async fn model_method(
         }
         return embed(&shared, model_name, method == "batchEmbedContents", parsed).await;
     }
+    if let Some((model_name, "countTokens")) = name.rsplit_once(':') {
+        shared.record_count(&parsed);
+        if let Some(refusal) = shared.check_key(&headers, &uri) {
+            return refusal;
+        }
+        return count_tokens(&shared, Api::Studio, model_name, parsed).await;
+    }
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
         shared.request_uris.lock().unwrap().push(uri.path_and_query().map_or_else(String::new, |pq| pq.to_string()));
@@ -637,6 +672,14 @@ async fn vertex_model_method(
             return refusal;
         }
         return vertex_predict(&shared, &resource, model_name, parsed).await;
+    }
+    if let Some((model_name, "countTokens")) = name.rsplit_once(':') {
+        shared.record_count(&parsed);
+        let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
+        if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
+            return refusal;
+        }
+        return count_tokens(&shared, Api::Vertex { resource: &resource }, model_name, parsed).await;
     }
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
@@ -745,6 +788,126 @@ async fn generate(
         finished: false,
     };
     sse_response(streamed_body(stream))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token counts
+
+/// The fields of Vertex AI's flat `CountTokensRequest`.
+const VERTEX_COUNT_FIELDS: &[&str] = &[
+    "model",
+    "instances",
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "tools",
+    "generationConfig",
+    "generation_config",
+];
+
+/// `POST …/models/{model}:countTokens` once the caller is authenticated. The Gemini API takes
+/// `contents` alone (the turns only) or `generateContentRequest` (a whole `GenerateContentRequest`
+/// naming its `model`), never both; Vertex AI takes the fields flat. Either way the conversation is
+/// checked as a chat's is, and counted with [`fake_token_count`].
+async fn count_tokens(
+    shared: &Arc<Gemini>,
+    api: Api<'_>,
+    model_name: &str,
+    parsed: Result<Value, serde_json::Error>,
+) -> Response {
+    let bad = |message: String| google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return bad(format!("Invalid JSON payload received. {err}")),
+    };
+    let Value::Object(fields) = &request else {
+        return bad(format!("Invalid JSON payload received. Expected an object, got {}.", json_kind(&request)));
+    };
+    let counted = match api {
+        Api::Studio => {
+            const FIELDS: &[&str] = &["contents", "generateContentRequest", "generate_content_request"];
+            if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+                return bad(format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+            }
+            let wrapped = field(fields, "generateContentRequest", "generate_content_request");
+            match (fields.get("contents").filter(|c| !c.is_null()), wrapped) {
+                (Some(_), Some(_)) => {
+                    return bad(
+                        "* CountTokensRequest: contents and generate_content_request cannot both be set.\n".into()
+                    );
+                }
+                (Some(contents), None) => json!({ "contents": contents }),
+                (None, Some(generate)) => {
+                    let path_model = format!("models/{}", model_id(model_name));
+                    match generate.get("model") {
+                        Some(Value::String(model)) if model == &path_model => {}
+                        Some(Value::String(model)) => {
+                            return bad(format!(
+                                "* CountTokensRequest.generate_content_request.model: the model in the request ({model}) must match the model in the URL ({path_model}).\n"
+                            ));
+                        }
+                        _ => {
+                            return bad(
+                                "* CountTokensRequest.generate_content_request.model: model is required.\n".into()
+                            );
+                        }
+                    }
+                    generate.clone()
+                }
+                (None, None) => return bad("* CountTokensRequest.contents: contents is not specified\n".into()),
+            }
+        }
+        Api::Vertex { .. } => {
+            if let Some(unknown) = fields.keys().find(|k| !VERTEX_COUNT_FIELDS.contains(&k.as_str())) {
+                return bad(format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+            }
+            request.clone()
+        }
+    };
+    let params = match chat_params(&counted) {
+        Ok(params) => params,
+        Err(message) => return bad(message),
+    };
+    let Some(model) = shared.find_model(model_name).filter(|m| !is_embedding(m)) else {
+        let message = match api {
+            Api::Studio => format!(
+                "models/{model_name} is not found for API version v1beta, or is not supported for countTokens. Call ListModels to see the list of available models and their supported methods."
+            ),
+            Api::Vertex { resource } => format!(
+                "Publisher Model `{resource}` was not found or your project does not have access to it. Please ensure you are using a valid model version. For more information, see: https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+            ),
+        };
+        return google_error(StatusCode::NOT_FOUND, &message, Vec::new());
+    };
+    if shared.harness.busy() {
+        return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        return scripted_failure(failure);
+    }
+    if let Behaviour::HttpError { status, message } = &model.behaviour {
+        return google_error(status_code(*status), message, Vec::new());
+    }
+    let descriptions = declarations(&counted).filter_map(|d| d.get("description").and_then(Value::as_str));
+    let total = fake_token_count(params.words, params.turns.len(), descriptions);
+    let details = json!([{"modality": "TEXT", "tokenCount": total}]);
+    let body = match api {
+        Api::Studio => json!({"totalTokens": total, "promptTokensDetails": details}),
+        Api::Vertex { .. } => {
+            json!({"totalTokens": total, "totalBillableCharacters": params.characters, "promptTokensDetails": details})
+        }
+    };
+    pretty_json(StatusCode::OK, &body)
+}
+
+/// Every function declaration of a request's tools.
+fn declarations(request: &Value) -> impl Iterator<Item = &Value> {
+    let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    tools
+        .iter()
+        .filter_map(|tool| tool.get("functionDeclarations").or_else(|| tool.get("function_declarations")))
+        .filter_map(Value::as_array)
+        .flatten()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1068,6 +1231,10 @@ struct ChatParams {
     limit: usize,
     /// `promptTokenCount`: whitespace-separated words over all text parts, at least 1.
     prompt_words: usize,
+    /// The same words, counted from 0 (for a token count).
+    words: usize,
+    /// Characters of all text parts (Vertex AI's billable characters).
+    characters: usize,
     /// The text of the last `user` turn, for [`Reply::Echo`].
     last_user: String,
     /// Each content's role and what its parts hold.
@@ -1111,6 +1278,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
     }
 
     let mut prompt_words = 0;
+    let mut characters = 0;
     let mut last_user = String::new();
     let mut turns = Vec::new();
     let contents = match request.get("contents") {
@@ -1138,6 +1306,7 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         };
         let seen = check_parts(content, &format!("contents[{i}]"))?;
         prompt_words += seen.words;
+        characters += seen.text.chars().count();
         if role == "user" && seen.others > 0 {
             last_user.clone_from(&seen.text);
         }
@@ -1154,7 +1323,9 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
                 "Invalid value at 'system_instruction' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), {system}"
             ));
         };
-        prompt_words += check_parts(system, "system_instruction")?.words;
+        let seen = check_parts(system, "system_instruction")?;
+        prompt_words += seen.words;
+        characters += seen.text.chars().count();
     }
 
     let mut limit = usize::MAX;
@@ -1234,7 +1405,17 @@ fn chat_params(request: &Value) -> Result<ChatParams, String> {
         thinking = check_thinking(config)?;
     }
     check_tool_config(request, &declared)?;
-    Ok(ChatParams { limit, prompt_words: prompt_words.max(1), last_user, turns, has_tools, json_mode, thinking })
+    Ok(ChatParams {
+        limit,
+        prompt_words: prompt_words.max(1),
+        words: prompt_words,
+        characters,
+        last_user,
+        turns,
+        has_tools,
+        json_mode,
+        thinking,
+    })
 }
 
 /// What a `Content`'s parts hold, once each part is valid.

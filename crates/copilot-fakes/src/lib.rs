@@ -59,4 +59,4 @@ pub use google::FakeGoogleAuth;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};
 pub use openai::{FakeOpenAi, Flavour};
 pub use otlp::FakeCollector;
-pub use script::{FakeToolCall, Piece, fake_embedding};
+pub use script::{COUNT_PER_TOOL, COUNT_PER_TURN, FakeToolCall, Piece, fake_embedding, fake_token_count};

@@ -223,6 +223,23 @@ impl FakeModel {
     }
 }
 
+/// What a fake counting endpoint adds for each turn (content, message) of a conversation.
+pub const COUNT_PER_TURN: usize = 2;
+
+/// What a fake counting endpoint adds for each tool, besides the words of its description.
+pub const COUNT_PER_TOOL: usize = 10;
+
+/// The input tokens a fake counting endpoint (Gemini's `countTokens`, Anthropic's
+/// `count_tokens`) reports: every whitespace-separated word of the conversation's texts (the
+/// system prompt included), plus [`COUNT_PER_TURN`] per turn of the conversation as sent, plus
+/// [`COUNT_PER_TOOL`] and the words of its description per tool. Deterministic, and moved by each
+/// of those, so a test can tell that the system prompt and the tools reached the upstream.
+pub fn fake_token_count<'a>(words: usize, turns: usize, tool_descriptions: impl IntoIterator<Item = &'a str>) -> usize {
+    let tools: usize =
+        tool_descriptions.into_iter().map(|description| COUNT_PER_TOOL + description.split_whitespace().count()).sum();
+    words + COUNT_PER_TURN * turns + tools
+}
+
 /// The vector a fake embedding model gives `text`: deterministic, different for different texts,
 /// and deliberately not of unit length (as llama.cpp's and Gemini's shortened vectors are not), so
 /// a test can tell whether the gateway normalised it. Component `i` is built from the text's bytes

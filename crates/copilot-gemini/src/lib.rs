@@ -111,6 +111,19 @@
 //! model's "Gemini cannot be accessed through Vertex Predict/RawPredict API" is
 //! [`ProviderError::Unsupported`] (embeddings); an unknown model Vertex's 404.
 //!
+//! **Token counts** ([`Provider::count_tokens`], exact: Gemini's own tokenizer):
+//! - Gemini API: `POST /v1beta/models/{model}:countTokens` with `{"generateContentRequest":
+//!   {"model": "models/{model}", "contents", "systemInstruction"?, "tools"?}}`, the request mapped
+//!   exactly as for chat (`GenerateBody` in `wire.rs`): the wrapped form is the one that counts the
+//!   system instruction and the tools (a bare `contents` counts neither). `{"totalTokens"}` comes
+//!   back; a missing count is 0 (proto3 JSON omits zeros). A 404 is told apart as for embeddings:
+//!   a model listed without `countTokens` is [`ProviderError::Unsupported`] (feature
+//!   `count_tokens`), else [`ProviderError::ModelNotFound`].
+//! - Vertex AI: `POST …/publishers/google/models/{model}:countTokens` with the same fields flat
+//!   (`{"contents", "systemInstruction"?, "tools"?}`), `{"totalTokens", "totalBillableCharacters"}`
+//!   back; its 404 is the model's.
+//! - Answers are read up to 64 KiB; other errors map as for chat.
+//!
 //! How the real API's quirks are handled:
 //! - The stream has no `[DONE]`: it is complete once a chunk carried a `finishReason` (or the
 //!   prompt was blocked). A body that ends before that is [`ProviderError::Interrupted`].
@@ -136,7 +149,7 @@ use std::time::Duration;
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
-    ProviderError, Secret,
+    ProviderError, Secret, TokenCount,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
@@ -432,14 +445,15 @@ impl GeminiProvider {
     /// Why Gemini answered a request for `model` with its 404 ("models/… is not found for API
     /// version v1beta, or is not supported for embedContent", or "… for generateContent"), which it
     /// gives alike to a model that does not exist and to one without that method: the model's
-    /// description tells. `feature` is what the request needed: embeddings (`embedContent`) or
-    /// completions (`generateContent`).
+    /// description tells. `feature` is what the request needed: embeddings (`embedContent`), a
+    /// token count (`countTokens`) or completions (`generateContent`).
     async fn not_found_or_cannot(&self, model: &str, feature: Feature) -> ProviderError {
         let Ok(url) = self.url_under(&self.describe_root, model, "") else {
             return ProviderError::ModelNotFound { model: model.to_owned() };
         };
         let (method, can) = match feature {
             Feature::Embeddings => ("embedContent", wire::Model::supports_embed_content as fn(&wire::Model) -> bool),
+            Feature::CountTokens => ("countTokens", wire::Model::supports_count_tokens as fn(&wire::Model) -> bool),
             _ => ("generateContent", wire::Model::supports_generate_content as fn(&wire::Model) -> bool),
         };
         match self
@@ -578,7 +592,35 @@ impl Provider for GeminiProvider {
             Feature::Images,
             Feature::Embeddings,
             Feature::EmbeddingDimensions,
+            Feature::CountTokens,
         ])
+    }
+
+    /// `:countTokens` with the request mapped as for chat (see the module docs); Gemini's count
+    /// is its tokenizer's, so exact.
+    async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
+        let url = self.model_url(&request.model, ":countTokens")?;
+        let post = copilot_http::with_trace_context(self.upstream.post(url), &request);
+        // Vertex AI takes the request's fields flat; the Gemini API wants them wrapped, with the model.
+        let post = if self.is_vertex() {
+            post.json(&wire::GenerateBody::new(&request, &[])?)
+        } else {
+            post.json(&wire::CountTokensBody::new(&request)?)
+        };
+        let model = Some(request.model.as_str());
+        let parsed: wire::CountTokensResponse = match self
+            .upstream
+            .fetch_json_within(self, post, model, "token count", wire::MAX_COUNT_RESPONSE_BYTES)
+            .await
+        {
+            Ok(parsed) => parsed,
+            // Gemini's 404 is alike for an unknown model and one without countTokens.
+            Err(ProviderError::ModelNotFound { model }) if !self.is_vertex() => {
+                return Err(self.not_found_or_cannot(&model, Feature::CountTokens).await);
+            }
+            Err(err) => return Err(wire::model_cannot(err, &request)),
+        };
+        Ok(TokenCount { input_tokens: parsed.total()?, exact: true, model: String::new() })
     }
 
     /// `batchEmbedContents`, [`wire::MAX_EMBED_BATCH`] inputs at a time, the pieces one after

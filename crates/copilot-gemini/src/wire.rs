@@ -1054,6 +1054,56 @@ impl BatchEmbedResponse {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Token counts
+
+/// The most a `countTokens` answer may hold: a count and a short list per modality.
+pub(crate) const MAX_COUNT_RESPONSE_BYTES: usize = 64 << 10;
+
+/// The body of `POST /v1beta/models/{model}:countTokens` on the Gemini API: the whole
+/// `generateContentRequest` (the form that counts the system instruction and the tools; a bare
+/// `contents` counts neither), mapped exactly as a chat request is.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CountTokensBody<'a> {
+    pub generate_content_request: CountedRequest<'a>,
+}
+
+/// A `GenerateContentRequest` with the `model` it must name inside a count request.
+#[derive(Debug, Serialize)]
+pub(crate) struct CountedRequest<'a> {
+    /// `models/{model}`.
+    pub model: String,
+    #[serde(flatten)]
+    pub body: GenerateBody<'a>,
+}
+
+impl<'a> CountTokensBody<'a> {
+    pub fn new(request: &'a ChatRequest) -> Result<Self, ProviderError> {
+        let body = GenerateBody::new(request, &[])?;
+        Ok(CountTokensBody {
+            generate_content_request: CountedRequest { model: embed_model_resource(&request.model), body },
+        })
+    }
+}
+
+/// The answer to `countTokens` on either API: `{"totalTokens": N, …}` (Vertex AI adds
+/// `totalBillableCharacters`). proto3 JSON leaves a zero out, so a missing count is 0.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CountTokensResponse {
+    #[serde(default)]
+    total_tokens: i64,
+}
+
+impl CountTokensResponse {
+    /// The count, which must be a non-negative int32 as the API declares it.
+    pub fn total(&self) -> Result<u32, ProviderError> {
+        u32::try_from(self.total_tokens)
+            .map_err(|_| ProviderError::Protocol(format!("a token count of {} is not a count", self.total_tokens)))
+    }
+}
+
 /// The body of Vertex AI's `POST …/publishers/google/models/{model}:predict` for text embeddings.
 #[derive(Debug, Serialize)]
 pub(crate) struct PredictBody<'a> {
@@ -1237,6 +1287,11 @@ impl Model {
         self.supported_generation_methods.iter().flatten().any(|m| m == "embedContent")
     }
 
+    /// Whether its tokens can be counted (`countTokens`: chat models list it).
+    pub fn supports_count_tokens(&self) -> bool {
+        self.supported_generation_methods.iter().flatten().any(|m| m == "countTokens")
+    }
+
     /// Its methods, for a message: `generateContent, countTokens`.
     pub fn methods(&self) -> String {
         self.supported_generation_methods.iter().flatten().map(String::as_str).collect::<Vec<_>>().join(", ")
@@ -1362,6 +1417,44 @@ mod tests {
                 "systemInstruction": {"parts": [{"text": "You are terse."}]},
             })
         );
+    }
+
+    #[test]
+    fn a_count_wraps_the_chat_body_with_its_model() {
+        let mut req = request(&[(Role::System, "Be brief."), (Role::User, "Hi")], GenerationOptions::default());
+        req.tools = vec![copilot_provider::Tool {
+            name: "lookup".into(),
+            description: "Looks up.".into(),
+            parameters: Some(r#"{"type":"object"}"#.into()),
+            strict: false,
+        }];
+        let body = serde_json::to_value(CountTokensBody::new(&req).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"generateContentRequest": {
+                "model": "models/gemini-2.5-flash",
+                "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                "tools": [{"functionDeclarations": [
+                    {"name": "lookup", "description": "Looks up.", "parametersJsonSchema": {"type": "object"}}
+                ]}],
+            }})
+        );
+        req.model = "models/gemini-2.5-flash".into();
+        let body = serde_json::to_value(CountTokensBody::new(&req).unwrap()).unwrap();
+        assert_eq!(body["generateContentRequest"]["model"], "models/gemini-2.5-flash");
+    }
+
+    #[test]
+    fn count_answers_are_read_as_proto3_json() {
+        let read = |text: &str| serde_json::from_str::<CountTokensResponse>(text).unwrap().total();
+        assert_eq!(
+            read(r#"{"totalTokens": 31, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 31}]}"#),
+            Ok(31)
+        );
+        assert_eq!(read(r#"{"totalTokens": 7, "totalBillableCharacters": 20}"#), Ok(7));
+        assert_eq!(read("{}"), Ok(0));
+        assert!(matches!(read(r#"{"totalTokens": -1}"#), Err(ProviderError::Protocol(_))));
     }
 
     #[test]

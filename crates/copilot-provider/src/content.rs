@@ -202,10 +202,13 @@ pub enum Feature {
     Completion,
     /// Embeddings shortened to a requested number of dimensions.
     EmbeddingDimensions,
+    /// Counting a conversation's input tokens (`Provider::count_tokens`): a provider's counting
+    /// endpoint, not an estimate made here.
+    CountTokens,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 10] = [
+    pub const ALL: [Feature; 11] = [
         Feature::Tools,
         Feature::JsonObject,
         Feature::JsonSchema,
@@ -216,6 +219,7 @@ impl Feature {
         Feature::Embeddings,
         Feature::EmbeddingDimensions,
         Feature::Completion,
+        Feature::CountTokens,
     ];
 
     /// The name in `Model.capabilities` and in errors.
@@ -231,6 +235,7 @@ impl Feature {
             Feature::Embeddings => "embedding",
             Feature::EmbeddingDimensions => "embedding_dimensions",
             Feature::Completion => "completion",
+            Feature::CountTokens => "count_tokens",
         }
     }
 
@@ -247,6 +252,7 @@ impl Feature {
             Feature::Embeddings => "embeddings",
             Feature::EmbeddingDimensions => "embeddings of a chosen dimension",
             Feature::Completion => "chat completions",
+            Feature::CountTokens => "token counting",
         }
     }
 

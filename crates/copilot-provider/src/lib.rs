@@ -72,4 +72,16 @@ pub trait Provider: Send + Sync + 'static {
             message: "this provider has no embeddings API".into(),
         })
     }
+
+    /// Counts the input tokens `request` (its messages, system prompt and tools; it carries no
+    /// generation options) would take on `request.model`, with the upstream's own counting
+    /// endpoint. Called only for adapters that declare [`Feature::CountTokens`]; an adapter
+    /// without such an endpoint keeps this default rather than guess.
+    async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
+        let _ = request;
+        Err(ProviderError::Unsupported {
+            feature: Feature::CountTokens,
+            message: "this provider has no token-counting endpoint".into(),
+        })
+    }
 }

@@ -285,6 +285,16 @@ pub struct Embeddings {
     pub input_tokens: Option<u32>,
 }
 
+/// How many input tokens a conversation takes, as an upstream's counting endpoint said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenCount {
+    pub input_tokens: u32,
+    /// The upstream says its count is exact (false: it says the count is an estimate).
+    pub exact: bool,
+    /// The model that counted, as the upstream names it; empty when it does not say.
+    pub model: String,
+}
+
 /// The answer to a health probe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthReport {
