@@ -74,6 +74,10 @@ struct Scripted {
     features: Features,
     /// What each call to `embed` answers, in order.
     embeddings: Mutex<VecDeque<Result<copilot_provider::Embeddings, ProviderError>>>,
+    /// What each call to `count_tokens` answers, in order.
+    counts: Mutex<VecDeque<Result<copilot_provider::TokenCount, ProviderError>>>,
+    /// The requests `count_tokens` got.
+    counted: Mutex<Vec<ChatRequest>>,
 }
 
 impl Scripted {
@@ -176,6 +180,12 @@ impl Provider for Scripted {
     ) -> Result<copilot_provider::Embeddings, ProviderError> {
         self.calls.lock().unwrap().push(Call { at: Instant::now(), model: request.model.clone(), max_tokens: None });
         self.embeddings.lock().unwrap().pop_front().expect("an embed call the script did not expect")
+    }
+
+    async fn count_tokens(&self, request: ChatRequest) -> Result<copilot_provider::TokenCount, ProviderError> {
+        self.calls.lock().unwrap().push(Call { at: Instant::now(), model: request.model.clone(), max_tokens: None });
+        self.counted.lock().unwrap().push(request);
+        self.counts.lock().unwrap().pop_front().expect("a count the script did not expect")
     }
 }
 
@@ -1134,6 +1144,39 @@ async fn embeddings_are_routed_retried_and_normalised() {
     let shortened = ValidEmbed { dimensions: Some(1), ..embed_request("b/e") };
     let status = Status::from(gw.embed(&plan, shortened, call(None)).await.unwrap_err());
     assert_eq!(status.get_details_error_info().unwrap().metadata["feature"], "embedding_dimensions");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token counts
+
+/// `CountTokens` takes the chat path's policy too: a target whose adapter cannot count is refused
+/// without being asked (or skipped by an alias), a retryable failure is retried, and the request
+/// reaches the adapter with its messages and tools but no generation options.
+#[tokio::test(start_paused = true)]
+async fn counts_are_routed_retried_and_refused_where_nothing_counts() {
+    let chat_only = Scripted::new([]);
+    let counter = Scripted::with_features([], Features::of(&[Feature::CountTokens, Feature::Tools]));
+    counter.counts.lock().unwrap().extend([
+        Err(ProviderError::Overloaded { message: "busy".into(), retry_after: None }),
+        Ok(copilot_provider::TokenCount { input_tokens: 42, exact: false, model: String::new() }),
+    ]);
+    let retrying_counter = retrying("b", &counter, 1, secs(1), secs(1));
+    let (gw, _) = gateway(vec![instance("a", &chat_only), retrying_counter], &["a/m", "b/e"]);
+    let with_tool = ValidRequest { tools: vec![Tool { name: "t".into(), ..Default::default() }], ..request("pair") };
+
+    let plan = gw.router().resolve("a/m").unwrap();
+    let status = Status::from(gw.count_tokens(&plan, request("a/m"), call(None)).await.unwrap_err());
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::FailedPrecondition, "FEATURE_UNSUPPORTED"));
+    assert_eq!(status.get_details_error_info().unwrap().metadata["feature"], "count_tokens");
+    assert!(status.message().contains("no token-counting endpoint"), "{}", status.message());
+
+    let plan = gw.router().resolve("pair").unwrap();
+    let counted = gw.count_tokens(&plan, with_tool, call(None)).await.unwrap();
+    assert_eq!(counted, Counted { model: "b/e".into(), input_tokens: 42, exact: false });
+    assert_eq!((chat_only.count(), counter.count()), (0, 2));
+    let sent = counter.counted.lock().unwrap().pop().unwrap();
+    assert_eq!((sent.model.as_str(), sent.tools.len(), sent.messages.len()), ("e", 1, 1));
+    assert_eq!(sent.options, copilot_provider::GenerationOptions::default());
 }
 
 /// An empty name goes to the configured default embedding model, or is MODEL_REQUIRED.

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod conformance;
 mod connections;
+mod count_tokens;
 mod deploy;
 mod doctor;
 #[cfg(feature = "embedded")]

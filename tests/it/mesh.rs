@@ -76,7 +76,7 @@ macro_rules! reflection_test {
                 .collect();
             let copilot_file = files.iter().find(|f| f.package() == "copilot.v1").expect("copilot.v1 file");
             let rpcs: Vec<_> = copilot_file.service[0].method.iter().map(|m| m.name().to_string()).collect();
-            assert_eq!(rpcs, ["Generate", "Chat", "ListModels", "GetModel", "Embed"]);
+            assert_eq!(rpcs, ["Generate", "Chat", "ListModels", "GetModel", "Embed", "CountTokens"]);
 
             // Clients then fetch each import by file name; every one must resolve.
             for dependency in &copilot_file.dependency {
