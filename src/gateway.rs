@@ -467,9 +467,9 @@ fn classify(error: &GatewayError) -> Verdict {
 }
 
 /// Options the request left unset take the instance's configured defaults.
-/// One kind of upstream call the core drives through a plan: a completion (up to its first event)
-/// or an embedding call (its whole answer). Retries, fallback, the breaker, concurrency limits
-/// and refusals by feature are the same for both.
+/// One kind of upstream call the core drives through a plan: a completion (up to its first event),
+/// an embedding call or a token count (their whole answer). Retries, fallback, the breaker,
+/// concurrency limits and refusals by feature are the same for all.
 trait Operation: Sync {
     /// The GenAI operation name: `chat`, `embeddings` or `count_tokens`.
     const NAME: &'static str;

@@ -8,7 +8,10 @@
 //!
 //! Attributes the conventions do not name use a `copilot.` prefix:
 //! `copilot.time_to_first_token` (s, from the call's arrival), `copilot.output_tokens_per_second`,
-//! `copilot.provider.instance`, `copilot.attempt.{number,kind,reason,outcome}`.
+//! `copilot.provider.instance`, `copilot.attempt.{number,kind,reason,outcome}`,
+//! `copilot.embeddings.inputs`, `copilot.count_tokens.{input_tokens,exact}`. `Embed` attempts are
+//! `embeddings {model}` spans; `CountTokens` attempts `count_tokens {model}`, an operation name of
+//! Copilot's own (the conventions name none for counting).
 
 use copilot_provider::{AssembledTurn, FinishReason, Message, Part, ProviderError, Role, ThinkingDelta, ToolCallDelta};
 use opentelemetry::propagation::Injector;

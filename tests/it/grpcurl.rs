@@ -118,6 +118,24 @@ async fn the_readme_tools_session_runs_as_shown() {
     replay(steps, &copilot).await;
 }
 
+#[tokio::test]
+async fn the_readme_count_tokens_session_runs_as_shown() {
+    let gemini = copilot_fakes::FakeGemini::start().await;
+    gemini.add_model(FakeModel::new("gemini-2.5-flash"));
+    let ollama = FakeOllama::start().await;
+    ollama.add_model(FakeModel::new("llama3.2:3b"));
+    let config = format!(
+        "[providers.gemini]\nkind = \"gemini\"\nbase_url = \"{}\"\napi_key_env = \"GEMINI_KEY\"\n\
+         [providers.ollama]\nbase_url = \"{}\"\n",
+        gemini.base_url(),
+        ollama.base_url()
+    );
+    let copilot = Copilot::start_with(&config, &[("GEMINI_KEY", "k".into())]).await;
+    let steps = session("## Counting tokens");
+    assert_eq!(steps.len(), 2, "a count and a refusal");
+    replay(steps, &copilot).await;
+}
+
 #[test]
 fn the_comparison_skips_ellipses_and_numbers_but_not_text() {
     let shown = "{ \"a\": 1 }\n...\n{ \"c\": \"0.25s\" }\n";
