@@ -466,7 +466,6 @@ fn classify(error: &GatewayError) -> Verdict {
     }
 }
 
-/// Options the request left unset take the instance's configured defaults.
 /// One kind of upstream call the core drives through a plan: a completion (up to its first event),
 /// an embedding call or a token count (their whole answer). Retries, fallback, the breaker,
 /// concurrency limits and refusals by feature are the same for all.
@@ -630,6 +629,7 @@ impl Operation for CountOperation<'_> {
     }
 }
 
+/// Options the request left unset take the instance's configured defaults.
 fn with_defaults(
     mut options: copilot_provider::GenerationOptions,
     defaults: &DefaultOptions,
