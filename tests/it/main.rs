@@ -26,6 +26,8 @@ mod mesh;
 mod polyglot;
 mod prereqs;
 mod providers;
+#[cfg(feature = "embedded")]
+mod rag;
 mod request_bodies;
 mod requests;
 mod routing;
