@@ -636,7 +636,7 @@ fn provider_status(target: &TargetName, error: ProviderError, chunks_sent: usize
                 "FEATURE_UNSUPPORTED",
                 format!(
                     "model '{name}' cannot do token counting ({message}); send CountTokens to a model of a provider \
-                     that counts, such as Gemini (also on Vertex AI) or Anthropic"
+                     that counts, such as the embedded engine's chat models, Gemini (also on Vertex AI) or Anthropic"
                 ),
             )
         }

@@ -212,3 +212,55 @@ async fn the_model_is_listed_as_an_embedding_model_and_misuse_is_refused_precise
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(feature(&status), ("FEATURE_UNSUPPORTED".into(), "embedding_dimensions".into()));
 }
+
+/// `CountTokens` on the embedded engine is exact: the very number of tokens `Chat` gives the model
+/// for the same conversation (its template, its tokenizer), tools included.
+#[tokio::test]
+async fn count_tokens_on_the_embedded_engine_is_what_chat_consumes() {
+    use copilot::proto::v1::{CountTokensRequest, GenerationOptions, Tool};
+
+    let copilot = embedded().await;
+    let mut client = copilot.client().await;
+    let messages = vec![
+        Message { role: Role::System as i32, content: "You answer in one word.".into(), ..Default::default() },
+        Message {
+            role: Role::User as i32,
+            content: "What colour is the sky on a clear day?".into(),
+            ..Default::default()
+        },
+    ];
+    let weather = Tool {
+        name: "get_weather".into(),
+        description: "The current weather in a city.".into(),
+        parameters_json_schema: r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#
+            .into(),
+        strict: false,
+    };
+    let count =
+        |tools: Vec<Tool>, model: &str| CountTokensRequest { model: model.into(), messages: messages.clone(), tools };
+    let counted = within(LIMIT, client.count_tokens(count(vec![], QWEN))).await.unwrap().into_inner();
+    assert!(counted.exact);
+    assert_eq!(counted.model, QWEN);
+
+    let chat = ChatRequest {
+        model: QWEN.into(),
+        messages: messages.clone(),
+        options: Some(GenerationOptions { temperature: Some(0.0), max_tokens: Some(1), ..Default::default() }),
+        ..Default::default()
+    };
+    let mut stream = within(LIMIT, client.chat(chat)).await.unwrap().into_inner();
+    let mut used = None;
+    while let Some(chunk) = within(LIMIT, stream.message()).await.unwrap() {
+        used = chunk.usage.map(|u| u.input_tokens).or(used);
+    }
+    assert_eq!(Some(counted.input_tokens), used, "CountTokens against Chat's own usage");
+
+    // The tools' listing in the template counts too.
+    let with_tools = within(LIMIT, client.count_tokens(count(vec![weather], QWEN))).await.unwrap().into_inner();
+    assert!(with_tools.input_tokens > counted.input_tokens + 20, "{with_tools:?} vs {counted:?}");
+
+    // An embedding model has no chat prompt to count.
+    let status = within(LIMIT, client.count_tokens(count(vec![], MINILM))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().metadata["feature"], "count_tokens");
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, Message, ModelInfo, Provider,
-    ProviderError, ResponseFormat, Role, Tool, ToolChoice, async_trait,
+    ProviderError, ResponseFormat, Role, TokenCount, Tool, ToolChoice, async_trait,
 };
 use futures::StreamExt;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -414,6 +414,45 @@ impl Provider for EmbeddedProvider {
         })
     }
 
+    /// Exact: the tokens the model would be given for this conversation — its chat template
+    /// rendered with the tools the request offers (as `chat` renders them for a free tool choice),
+    /// then its own tokenizer, as `chat` does before generating.
+    async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
+        let entry = self.inner.lookup(&request.model)?;
+        if entry.info.as_ref().is_ok_and(GgufInfo::is_embedding_model) {
+            return Err(ProviderError::Unsupported {
+                feature: Feature::CountTokens,
+                message: format!(
+                    "embedded model '{}' is an embedding model: CountTokens counts a chat prompt; Embed reports the \
+                     tokens it embedded in its usage",
+                    entry.name
+                ),
+            });
+        }
+        let (loaded, _) = self.inner.ensure_loaded(&entry).await?;
+        touch(&loaded);
+        let name = entry.name.clone();
+        let ChatRequest { messages, tools, .. } = request;
+        let tokens = tokio::task::spawn_blocking(move || {
+            let model = loaded.chat_model(&name)?;
+            // As chat would refuse them: a count is of a prompt the model can be given.
+            if !tools.is_empty() && !model.template.supports_tools() {
+                return Err(ProviderError::Unsupported {
+                    feature: Feature::Tools,
+                    message: format!("the chat template of embedded model '{name}' has no place for tools"),
+                });
+            }
+            tokenize(model, &messages, &tools)
+        })
+        .await
+        .map_err(|e| ProviderError::Protocol(format!("tokenizing failed: {e}")))??;
+        Ok(TokenCount {
+            input_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            exact: true,
+            model: entry.name.clone(),
+        })
+    }
+
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         self.inner.rediscover();
         let catalog = self.inner.catalog.read().map_err(|_| poisoned())?;
@@ -440,10 +479,17 @@ impl Provider for EmbeddedProvider {
     }
 
     /// Tools for models whose chat template lists them (others answer `Unsupported`); JSON by
-    /// grammar for every chat model; embeddings for embedding models. No images: no vision
+    /// grammar for every chat model; embeddings for embedding models; exact token counts for chat
+    /// models. No images: no vision
     /// projector is configured. No shortened embeddings: the catalog's model is not Matryoshka.
     fn features(&self) -> Features {
-        Features::of(&[Feature::Tools, Feature::JsonObject, Feature::JsonSchema, Feature::Embeddings])
+        Features::of(&[
+            Feature::Tools,
+            Feature::JsonObject,
+            Feature::JsonSchema,
+            Feature::Embeddings,
+            Feature::CountTokens,
+        ])
     }
 
     fn lacking(&self, feature: Feature) -> Option<&'static str> {
