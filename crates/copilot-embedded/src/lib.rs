@@ -37,6 +37,17 @@
 //! - **Images**: not supported. No vision projector is configured, so `Feature::Images` is not
 //!   declared and the server refuses image requests with FEATURE_UNSUPPORTED.
 //! - **Reasoning**: not supported (no thinking models in the catalog); not declared either.
+//! - **Embeddings**: a GGUF that declares a pooling type (mean, CLS, last token) is an embedding
+//!   model: it loads on an `embedder` engine (llama.cpp with `embeddings = true` and the model's
+//!   own pooling) instead of a chat engine, is listed with the `embedding` capability and its
+//!   `embedding_length`, and answers `Embed` only (a chat call is refused, as is an `Embed` to a
+//!   chat model). Inputs are tokenized with the model's special tokens (`[CLS]` … `[SEP]`) and
+//!   checked against the longest input the engine takes before anything is decoded: llama.cpp
+//!   aborts the process on a longer one. No shortened vectors (`EmbeddingDimensions` is lacking).
+//!   The catalog's all-MiniLM-L6-v2 is converted from its safetensors at fetch time
+//!   (`download/convert.rs`, `convert_bert.py`).
+//! - **Token counts**: exact — the chat template rendered with the request's tools, then the
+//!   model's tokenizer: the very tokens `chat` would decode.
 
 pub mod download;
 pub mod embedder;
