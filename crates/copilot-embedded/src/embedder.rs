@@ -13,7 +13,6 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 use copilot_provider::ProviderError;
@@ -21,11 +20,10 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::oneshot;
 
-use crate::engine::{EngineError, backend};
+use crate::engine::{ContextThread, EngineError, InFlight, backend, load_model, spawn_context_thread};
 
 /// llama.cpp's bound on sequence ids in one context.
 const LLAMA_MAX_SEQ: usize = 256;
@@ -64,7 +62,7 @@ pub struct QueueFull;
 pub struct EmbedderHandle {
     model: Arc<LlamaModel>,
     jobs: mpsc::SyncSender<EmbedJob>,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: InFlight,
     settings: EmbedderSettings,
     max_input_tokens: usize,
 }
@@ -72,11 +70,7 @@ pub struct EmbedderHandle {
 impl EmbedderHandle {
     /// Loads the model and starts its thread. Blocking: call it from a blocking-friendly thread.
     pub fn start(path: &Path, mut settings: EmbedderSettings) -> Result<EmbedderHandle, EngineError> {
-        let backend = backend()?;
-        let shown = path.display().to_string();
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|e| EngineError::Load { path: shown.clone(), detail: e.to_string() })?;
-        let model = Arc::new(model);
+        let model = load_model(path)?;
         settings.batch_inputs = settings.batch_inputs.clamp(1, LLAMA_MAX_SEQ);
         settings.batch_tokens = settings.batch_tokens.max(1);
         // Positions beyond the trained ones do not exist in a BERT-like model (an abort, not an
@@ -87,32 +81,10 @@ impl EmbedderHandle {
         };
         let max_input_tokens = trained.min(settings.batch_tokens as usize);
         let (jobs, queue) = mpsc::sync_channel(settings.queue.max(1));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread_model = model.clone();
-        let thread_settings = settings.clone();
-        let thread_in_flight = in_flight.clone();
-        std::thread::Builder::new()
-            .name("copilot-embed".into())
-            .spawn(move || {
-                let context = match new_context(&thread_model, &thread_settings) {
-                    Ok(context) => {
-                        let _ = ready_tx.send(Ok(()));
-                        context
-                    }
-                    Err(detail) => {
-                        let _ = ready_tx.send(Err(detail));
-                        return;
-                    }
-                };
-                Batcher::new(context, &thread_settings, thread_in_flight).run(queue);
-            })
-            .map_err(|e| EngineError::Thread(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(EmbedderHandle { model, jobs, in_flight, settings, max_input_tokens }),
-            Ok(Err(detail)) => Err(EngineError::Context { path: shown, detail }),
-            Err(_) => Err(EngineError::Context { path: shown, detail: "the embedding thread died".into() }),
-        }
+        let in_flight = InFlight::default();
+        let work = EmbedThread { settings: settings.clone(), in_flight: in_flight.clone(), queue };
+        spawn_context_thread(&model, path, "copilot-embed", work)?;
+        Ok(EmbedderHandle { model, jobs, in_flight, settings, max_input_tokens })
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -130,21 +102,31 @@ impl EmbedderHandle {
 
     /// Calls queued or in progress.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.get()
     }
 
     /// Hands a call to the engine, or refuses it at once when the queue is full. Every input must
     /// be 1..=[`max_input_tokens`](Self::max_input_tokens) tokens long.
     pub fn submit(&self, job: EmbedJob) -> Result<(), QueueFull> {
         debug_assert!(job.inputs.iter().all(|i| !i.is_empty() && i.len() <= self.max_input_tokens));
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.settings.queue.max(1) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(QueueFull);
-        }
-        self.jobs.try_send(job).map_err(|_| {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            QueueFull
-        })
+        if self.in_flight.submit(self.settings.queue.max(1), &self.jobs, job) { Ok(()) } else { Err(QueueFull) }
+    }
+}
+
+/// The embedding engine's thread: its context, and the batcher that serves the calls.
+struct EmbedThread {
+    settings: EmbedderSettings,
+    in_flight: InFlight,
+    queue: mpsc::Receiver<EmbedJob>,
+}
+
+impl ContextThread for EmbedThread {
+    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String> {
+        new_context(model, &self.settings)
+    }
+
+    fn run<'m>(self, _model: &'m LlamaModel, context: LlamaContext<'m>) {
+        Batcher::new(context, &self.settings, self.in_flight).run(self.queue);
     }
 }
 
@@ -179,11 +161,11 @@ struct Batcher<'m> {
     batch_tokens: usize,
     batch_inputs: usize,
     active: VecDeque<Active>,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: InFlight,
 }
 
 impl<'m> Batcher<'m> {
-    fn new(context: LlamaContext<'m>, settings: &EmbedderSettings, in_flight: Arc<AtomicUsize>) -> Self {
+    fn new(context: LlamaContext<'m>, settings: &EmbedderSettings, in_flight: InFlight) -> Self {
         let batch_tokens = settings.batch_tokens as usize;
         Self {
             context,
@@ -228,7 +210,7 @@ impl<'m> Batcher<'m> {
         // A caller that went away (deadline, cancellation) gets no more decodes.
         let before = self.active.len();
         self.active.retain(|a| !a.job.reply.is_closed());
-        self.in_flight.fetch_sub(before - self.active.len(), Ordering::AcqRel);
+        self.in_flight.done(before - self.active.len());
         if self.active.is_empty() {
             return;
         }
@@ -297,7 +279,7 @@ impl<'m> Batcher<'m> {
             }
             if let Some(done) = self.active.remove(index) {
                 let _ = done.job.reply.send(Ok(done.vectors));
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.in_flight.done(1);
             }
         }
     }
@@ -311,7 +293,7 @@ impl<'m> Batcher<'m> {
         for index in calls.into_iter().rev() {
             if let Some(active) = self.active.remove(index) {
                 let _ = active.job.reply.send(Err(ProviderError::Protocol(message.to_string())));
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.in_flight.done(1);
             }
         }
     }

@@ -91,7 +91,7 @@ pub struct EngineHandle {
     model: Arc<LlamaModel>,
     jobs: mpsc::SyncSender<Job>,
     /// Jobs submitted and not yet finished (queued or in a slot).
-    in_flight: Arc<AtomicUsize>,
+    in_flight: InFlight,
     settings: EngineSettings,
 }
 
@@ -107,43 +107,98 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|e| EngineError::Backend(e.clone()))
 }
 
+/// Loads the GGUF file at `path` (blocking).
+pub(crate) fn load_model(path: &Path) -> Result<Arc<LlamaModel>, EngineError> {
+    let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+        .map_err(|e| EngineError::Load { path: path.display().to_string(), detail: e.to_string() })?;
+    Ok(Arc::new(model))
+}
+
+/// Work that owns one llama.cpp context of a model, on a thread of its own: a chat engine's
+/// scheduler, an embedding engine's batcher.
+pub(crate) trait ContextThread: Send + 'static {
+    /// Makes the context, on the thread that will use it.
+    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String>;
+    /// Serves jobs until their channel closes.
+    fn run<'m>(self, model: &'m LlamaModel, context: LlamaContext<'m>);
+}
+
+/// Starts `work` on a thread called `name`; returns once its context exists, or why it could not
+/// be made (`path` names the model in that error).
+pub(crate) fn spawn_context_thread(
+    model: &Arc<LlamaModel>,
+    path: &Path,
+    name: &str,
+    work: impl ContextThread,
+) -> Result<(), EngineError> {
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let model = model.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let context = match work.context(&model) {
+                Ok(context) => {
+                    let _ = ready_tx.send(Ok(()));
+                    context
+                }
+                Err(detail) => {
+                    let _ = ready_tx.send(Err(detail));
+                    return;
+                }
+            };
+            work.run(&model, context);
+        })
+        .map_err(|e| EngineError::Thread(e.to_string()))?;
+    let path = path.display().to_string();
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(detail)) => Err(EngineError::Context { path, detail }),
+        Err(_) => Err(EngineError::Context { path, detail: format!("the {name} thread died") }),
+    }
+}
+
+/// Jobs handed to an engine thread and not yet finished (queued or running), bounded when they
+/// are submitted: beyond the bound a job is refused at once rather than queued without end.
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sends `job` unless `limit` jobs are already in flight or the channel is full.
+    pub(crate) fn submit<T>(&self, limit: usize, jobs: &mpsc::SyncSender<T>, job: T) -> bool {
+        // The channel takes jobs as the thread frees up, so its own bound alone would let more
+        // wait than `limit`; counting keeps the promise.
+        if self.0.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if jobs.try_send(job).is_err() {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// `count` jobs finished, or were dropped.
+    pub(crate) fn done(&self, count: usize) {
+        self.0.fetch_sub(count, Ordering::AcqRel);
+    }
+}
+
 impl EngineHandle {
     /// Loads the model and starts its thread. Blocking: call it from a blocking-friendly thread.
     pub fn start(path: &Path, settings: EngineSettings) -> Result<EngineHandle, EngineError> {
-        let backend = backend()?;
-        let shown = path.display().to_string();
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|e| EngineError::Load { path: shown.clone(), detail: e.to_string() })?;
-        let model = Arc::new(model);
+        let model = load_model(path)?;
         // The in-flight count enforces "slots + queue"; the channel must hold that many, because
         // jobs can arrive faster than the engine thread moves them into slots.
         let (jobs, queue) = mpsc::sync_channel(settings.slots.max(1) + settings.queue);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread_model = model.clone();
-        let thread_settings = settings.clone();
-        let thread_in_flight = in_flight.clone();
-        std::thread::Builder::new()
-            .name("copilot-llama".into())
-            .spawn(move || {
-                let context = match new_context(&thread_model, &thread_settings) {
-                    Ok(context) => {
-                        let _ = ready_tx.send(Ok(()));
-                        context
-                    }
-                    Err(detail) => {
-                        let _ = ready_tx.send(Err(detail));
-                        return;
-                    }
-                };
-                Scheduler::new(&thread_model, context, thread_settings, thread_in_flight).run(queue);
-            })
-            .map_err(|e| EngineError::Thread(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(EngineHandle { model, jobs, in_flight, settings }),
-            Ok(Err(detail)) => Err(EngineError::Context { path: shown, detail }),
-            Err(_) => Err(EngineError::Context { path: shown, detail: "the inference thread died".into() }),
-        }
+        let in_flight = InFlight::default();
+        let work = ChatThread { settings: settings.clone(), in_flight: in_flight.clone(), queue };
+        spawn_context_thread(&model, path, "copilot-llama", work)?;
+        Ok(EngineHandle { model, jobs, in_flight, settings })
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -156,22 +211,30 @@ impl EngineHandle {
 
     /// Jobs queued or running.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.get()
     }
 
     /// Hands a job to the engine, or refuses it at once when the slots and the queue are full.
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        // Slots take jobs off the channel as they free up, so the channel bound alone would let
-        // `slots + queue` wait; count in-flight jobs to keep the promise "slots busy + queue full".
         let limit = self.settings.slots + self.settings.queue;
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(QueueFull);
-        }
-        self.jobs.try_send(job).map_err(|_| {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            QueueFull
-        })
+        if self.in_flight.submit(limit, &self.jobs, job) { Ok(()) } else { Err(QueueFull) }
+    }
+}
+
+/// The chat engine's thread: its context, and the scheduler that serves its slots.
+struct ChatThread {
+    settings: EngineSettings,
+    in_flight: InFlight,
+    queue: mpsc::Receiver<Job>,
+}
+
+impl ContextThread for ChatThread {
+    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String> {
+        new_context(model, &self.settings)
+    }
+
+    fn run<'m>(self, model: &'m LlamaModel, context: LlamaContext<'m>) {
+        Scheduler::new(model, context, self.settings, self.in_flight).run(self.queue);
     }
 }
 
@@ -278,17 +341,12 @@ struct Scheduler<'m> {
     settings: EngineSettings,
     slots: Vec<Option<Slot>>,
     batch: LlamaBatch<'static>,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: InFlight,
     piece: Vec<u8>,
 }
 
 impl<'m> Scheduler<'m> {
-    fn new(
-        model: &'m LlamaModel,
-        context: LlamaContext<'m>,
-        settings: EngineSettings,
-        in_flight: Arc<AtomicUsize>,
-    ) -> Self {
+    fn new(model: &'m LlamaModel, context: LlamaContext<'m>, settings: EngineSettings, in_flight: InFlight) -> Self {
         let slots = (0..settings.slots.max(1)).map(|_| None).collect();
         let batch = LlamaBatch::new(settings.batch_size as usize, settings.slots.max(1) as i32);
         Self { model, context, settings, slots, batch, in_flight, piece: Vec::with_capacity(32) }
@@ -324,11 +382,11 @@ impl<'m> Scheduler<'m> {
     fn admit(&mut self, mut job: Job) {
         let Some(index) = self.slots.iter().position(Option::is_none) else {
             // Unreachable: admit is only called with a free slot.
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.done(1);
             return;
         };
         if job.out.is_closed() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.done(1);
             return;
         }
         let mut stops = job.options.stop.clone();
@@ -366,7 +424,7 @@ impl<'m> Scheduler<'m> {
     fn release(&mut self, index: usize) {
         if let Some(slot) = self.slots[index].take() {
             let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.done(1);
         }
     }
 
