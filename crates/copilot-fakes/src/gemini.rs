@@ -65,7 +65,16 @@
 //!   {"token_count", "truncated"}}}]}`, tokens counted as words against the model's
 //!   `context_length`: over it, the text is cut (`autoTruncate`, the default) or refused (400);
 //!   one instance per call for `gemini-embedding` models, else [`VERTEX_MAX_INSTANCES`]; a chat
-//!   model answers [`VERTEX_PREDICT_CHAT_MESSAGE`] (400), an unknown one Vertex's 404.
+//!   model answers [`VERTEX_PREDICT_CHAT_MESSAGE`] (400), an unknown one Vertex's 404. The Gemini
+//!   embedding models after gemini-embedding-001 (`gemini-embedding-*` otherwise, or a model with
+//!   the [`VERTEX_EMBED_CONTENT_CAPABILITY`]) answer `:predict` with Vertex's 400
+//!   FAILED_PRECONDITION [`VERTEX_PRECONDITION_MESSAGE`] and embed through `:embedContent`: one
+//!   input, `{"content": {"parts": [{"text"}]}, "embedContentConfig": {"taskType"?, "title"?,
+//!   "outputDimensionality"?, "autoTruncate"?}}` (the settings also read at the top) →
+//!   `{"embedding": {"values"}, "usageMetadata": {"promptTokenCount"}, "truncated"?}`, checked as
+//!   `:predict` is (an over-long input without `autoTruncate` is 400, unknown fields 400); any
+//!   other model there is 400 "Publisher Model `…` is not supported in the embedContent API.", an
+//!   unknown one Vertex's 404. Bodies are kept with the other embedding requests.
 //! - Token counts: `POST /v1beta/models/{model}:countTokens` with `{"contents"}` (the turns alone)
 //!   or `{"generateContentRequest": {"model", "contents", "systemInstruction"?, "tools"?, …}}`,
 //!   never both (400), the inner `model` required and equal to the path's (400), the conversation
@@ -673,6 +682,18 @@ async fn vertex_model_method(
         }
         return vertex_predict(&shared, &resource, model_name, parsed).await;
     }
+    if let Some((model_name, "embedContent")) = name.rsplit_once(':') {
+        if shared.harness.recording()
+            && let Ok(value) = &parsed
+        {
+            shared.embed_requests.lock().unwrap().push(value.clone());
+        }
+        let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
+        if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
+            return refusal;
+        }
+        return vertex_embed_content(&shared, &resource, model_name, parsed).await;
+    }
     if let Some((model_name, "countTokens")) = name.rsplit_once(':') {
         shared.record_count(&parsed);
         let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
@@ -1038,6 +1059,9 @@ async fn vertex_predict(
     let Some(native) = model.embedding_length.map(|d| d as usize) else {
         return google_error(StatusCode::BAD_REQUEST, VERTEX_PREDICT_CHAT_MESSAGE, Vec::new());
     };
+    if vertex_embeds_by_embed_content(&model) {
+        return google_error_named(StatusCode::BAD_REQUEST, "FAILED_PRECONDITION", VERTEX_PRECONDITION_MESSAGE);
+    }
     let instances = match request.get("instances") {
         Some(Value::Array(instances)) if !instances.is_empty() => instances,
         _ => return bad("Instances field is required and must be a non-empty list.".to_owned()),
@@ -1106,6 +1130,128 @@ async fn vertex_predict(
         StatusCode::OK,
         &json!({"predictions": predictions, "metadata": {"billableCharacterCount": characters}}),
     )
+}
+
+/// What Vertex AI answers (400 FAILED_PRECONDITION) on `:predict` for a model it serves only
+/// through `:embedContent`.
+pub const VERTEX_PRECONDITION_MESSAGE: &str = "Precondition check failed.";
+
+/// The capability that makes the Vertex fake serve an embedding model through `:embedContent`
+/// only, whatever its name (otherwise the name decides: `gemini-embedding-*` other than
+/// `gemini-embedding-001`).
+pub const VERTEX_EMBED_CONTENT_CAPABILITY: &str = "vertex_embed_content";
+
+/// Whether Vertex serves this embedding model through `:embedContent` (and refuses `:predict`).
+fn vertex_embeds_by_embed_content(model: &FakeModel) -> bool {
+    let by_name = model.name.strip_prefix("gemini-embedding-").is_some_and(|rest| !rest.starts_with("001"));
+    by_name || model.capabilities.iter().any(|c| c == VERTEX_EMBED_CONTENT_CAPABILITY)
+}
+
+/// What Vertex's `EmbedContentRequest` takes, at the top and in `embedContentConfig`.
+const VERTEX_EMBED_FIELDS: &[&str] =
+    &["model", "content", "title", "taskType", "outputDimensionality", "autoTruncate", "embedContentConfig"];
+const VERTEX_EMBED_CONFIG_FIELDS: &[&str] = &["title", "taskType", "outputDimensionality", "autoTruncate"];
+
+/// `POST …/publishers/google/models/{model}:embedContent` on Vertex AI, once the caller is
+/// authenticated: one input, `{"content": {"parts": [{"text"}]}, "embedContentConfig":
+/// {"taskType"?, "title"?, "outputDimensionality"?, "autoTruncate"?}}` → `{"embedding":
+/// {"values"}, "usageMetadata": {"promptTokenCount"}, "truncated"?}` (tokens are words, as on
+/// `:predict`; `truncated` only when true, as proto3 JSON leaves `false` out).
+async fn vertex_embed_content(
+    shared: &Arc<Gemini>,
+    resource: &str,
+    model_name: &str,
+    parsed: Result<Value, serde_json::Error>,
+) -> Response {
+    let bad = |message: String| google_error(StatusCode::BAD_REQUEST, &message, Vec::new());
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return bad(format!("Invalid JSON payload received. {err}")),
+    };
+    let Some(model) = shared.find_model(model_name) else {
+        return google_error(StatusCode::NOT_FOUND, &format!("Publisher Model `{resource}` not found."), Vec::new());
+    };
+    let native = match model.embedding_length {
+        Some(native) if vertex_embeds_by_embed_content(&model) => native as usize,
+        _ => return bad(format!("Publisher Model `{resource}` is not supported in the embedContent API.")),
+    };
+    let Some(object) = request.as_object() else {
+        return bad(format!("Invalid JSON payload received. Expected an object, got {}.", json_kind(&request)));
+    };
+    if let Some(unknown) = object.keys().find(|k| !VERTEX_EMBED_FIELDS.contains(&k.as_str())) {
+        return bad(format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+    }
+    let config = object.get("embedContentConfig").cloned().unwrap_or(Value::Null);
+    if let Some(unknown) =
+        config.as_object().and_then(|c| c.keys().find(|k| !VERTEX_EMBED_CONFIG_FIELDS.contains(&k.as_str())))
+    {
+        return bad(format!(
+            "Invalid JSON payload received. Unknown name \"{unknown}\" at 'embed_content_config': Cannot find field."
+        ));
+    }
+    // A setting in `embedContentConfig`, else at the top.
+    let setting = |name: &str| config.get(name).or_else(|| object.get(name)).filter(|v| !v.is_null());
+    let parts = object.get("content").and_then(|c| c.get("parts")).and_then(Value::as_array);
+    let texts: Option<Vec<&str>> =
+        parts.and_then(|parts| parts.iter().map(|p| p.get("text").and_then(Value::as_str)).collect());
+    let text = match texts {
+        Some(texts) if !texts.is_empty() && texts.iter().all(|t| !t.is_empty()) => texts.join(" "),
+        _ => return bad("content.parts must hold at least one non-empty text part.".to_owned()),
+    };
+    if let Some(task) = setting("taskType")
+        && !task.as_str().is_some_and(|t| TASK_TYPES.contains(&t))
+    {
+        return bad(format!(
+            "Invalid value at 'embed_content_config.task_type' (type.googleapis.com/google.cloud.aiplatform.v1beta1.EmbedContentRequest.EmbeddingTaskType), {task}"
+        ));
+    }
+    let truncate = match setting("autoTruncate") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return bad(format!("Invalid value at 'embed_content_config.auto_truncate' (TYPE_BOOL), {other}"));
+        }
+    };
+    let dimensions = match setting("outputDimensionality") {
+        None => native,
+        Some(value) => match value.as_u64() {
+            Some(n) if n > 0 && n as usize <= native => n as usize,
+            _ => return bad(format!("Value of outputDimensionality must be between 1 and {native}, got {value}.")),
+        },
+    };
+    let limit = model.context_length as usize;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (embedded, truncated) = if words.len() > limit {
+        if !truncate {
+            return bad(format!(
+                "Unable to submit request because the input token count is {} but the model supports up to {limit}. Reduce the input token count and try again. You can also enable auto truncation.",
+                words.len()
+            ));
+        }
+        (words[..limit].join(" "), true)
+    } else {
+        (text.clone(), false)
+    };
+    if shared.harness.busy() {
+        return google_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED_MESSAGE, Vec::new());
+    }
+    if let Some(failure) = shared.harness.take_failure() {
+        return scripted_failure(failure);
+    }
+    if !model.header_delay.is_zero() {
+        tokio::time::sleep(model.header_delay).await;
+    }
+    if let Behaviour::HttpError { status, message } = &model.behaviour {
+        return google_error(status_code(*status), message, Vec::new());
+    }
+    let mut body = json!({
+        "embedding": {"values": fake_embedding(&embedded, dimensions)},
+        "usageMetadata": {"promptTokenCount": words.len().min(limit)},
+    });
+    if truncated {
+        body["truncated"] = json!(true);
+    }
+    pretty_json(StatusCode::OK, &body)
 }
 
 /// One `EmbedContentRequest` checked as Gemini does (`at` is its place, e.g. `requests[3]`, empty
@@ -2081,6 +2227,13 @@ fn google_error_body(status: StatusCode, message: &str, details: Vec<Value>) -> 
 
 fn google_error(status: StatusCode, message: &str, details: Vec<Value>) -> Response {
     json_response(status, google_error_body(status, message, details))
+}
+
+/// A Google error whose canonical code is not the one its HTTP status usually carries (Vertex's
+/// 400 FAILED_PRECONDITION).
+fn google_error_named(status: StatusCode, name: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
+    json_response(status, serde_json::to_vec_pretty(&body).expect("serializing a JSON value cannot fail"))
 }
 
 fn pretty_json(status: StatusCode, value: &Value) -> Response {

@@ -414,19 +414,36 @@ impl GeminiProvider {
         self.url_under(&self.api_root, model, suffix)
     }
 
-    /// Embeddings through Vertex AI's `:predict` (see the module docs).
+    /// Embeddings on Vertex AI: `:predict` or `:embedContent` by the model
+    /// ([`wire::vertex_embed_method`]; see the module docs).
     async fn vertex_embed(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
+        match wire::vertex_embed_method(&request.model) {
+            wire::VertexEmbedMethod::EmbedContent => self.vertex_embed_content(&request).await,
+            wire::VertexEmbedMethod::Predict => self.vertex_predict(request).await,
+        }
+    }
+
+    /// Embeddings through Vertex AI's `:predict`; a model that Vertex serves only through
+    /// `:embedContent` (its FAILED_PRECONDITION on the first call) goes there instead.
+    async fn vertex_predict(&self, request: EmbedRequest) -> Result<Embeddings, ProviderError> {
         let url = self.model_url(&request.model, ":predict")?;
         let mut vectors = Vec::with_capacity(request.inputs.len());
         let mut tokens = Some(0u64);
         for piece in request.inputs.chunks(wire::vertex_embed_batch(&request.model)) {
             let body = wire::PredictBody::new(piece, request.task, request.dimensions, request.truncate);
             let post = copilot_http::with_headers(self.upstream.post(url.clone()), &request.trace_context).json(&body);
-            let parsed: wire::PredictResponse = self
+            let parsed: wire::PredictResponse = match self
                 .upstream
                 .fetch_json_within(self, post, Some(&request.model), "embeddings", MAX_EMBED_RESPONSE_BYTES)
                 .await
-                .map_err(wire::vertex_cannot_embed)?;
+            {
+                Ok(parsed) => parsed,
+                // Nothing embedded yet: the whole call goes the other way.
+                Err(err) if vectors.is_empty() && wire::predict_wants_embed_content(&err) => {
+                    return self.vertex_embed_content(&request).await;
+                }
+                Err(err) => return Err(wire::vertex_cannot_embed(err)),
+            };
             let (got, counted) = parsed.into_parts();
             if got.len() != piece.len() {
                 return Err(ProviderError::Protocol(format!(
@@ -437,6 +454,37 @@ impl GeminiProvider {
             }
             tokens = tokens.zip(counted).map(|(sum, count)| sum.saturating_add(count));
             vectors.extend(got);
+        }
+        let input_tokens = tokens.map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+        Ok(Embeddings { vectors, model: String::new(), input_tokens })
+    }
+
+    /// Embeddings through Vertex AI's `:embedContent`: one input per call, the calls one after
+    /// another (under the call's deadline, as every request), the vectors in input order. Any
+    /// failure fails the call; a refusal of the request names the input it was for.
+    async fn vertex_embed_content(&self, request: &EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let url = self.model_url(&request.model, ":embedContent")?;
+        let mut vectors = Vec::with_capacity(request.inputs.len());
+        let mut tokens = Some(0u64);
+        for (index, text) in request.inputs.iter().enumerate() {
+            let body = wire::VertexEmbedContentBody::new(text, request.task, request.dimensions, request.truncate);
+            let post = copilot_http::with_headers(self.upstream.post(url.clone()), &request.trace_context).json(&body);
+            let parsed: wire::VertexEmbedContentResponse = self
+                .upstream
+                .fetch_json_within(self, post, Some(&request.model), "embeddings", MAX_EMBED_RESPONSE_BYTES)
+                .await
+                .map_err(|err| match wire::vertex_cannot_embed(err) {
+                    ProviderError::InvalidRequest(message) if request.inputs.len() > 1 => {
+                        ProviderError::InvalidRequest(format!("input {index}: {message}"))
+                    }
+                    err => err,
+                })?;
+            let (vector, counted) = parsed.into_parts();
+            let Some(vector) = vector else {
+                return Err(ProviderError::Protocol(format!("Vertex AI returned no embedding for input {index}")));
+            };
+            tokens = tokens.zip(counted).map(|(sum, count)| sum.saturating_add(count));
+            vectors.push(vector);
         }
         let input_tokens = tokens.map(|t| u32::try_from(t).unwrap_or(u32::MAX));
         Ok(Embeddings { vectors, model: String::new(), input_tokens })

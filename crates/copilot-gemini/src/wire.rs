@@ -1207,6 +1207,95 @@ pub(crate) fn vertex_cannot_embed(err: ProviderError) -> ProviderError {
     }
 }
 
+/// How Vertex AI embeds with a model: the method is chosen once, here, by the model's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VertexEmbedMethod {
+    /// `:predict`, many instances per call (text-embedding-*, text-multilingual-embedding-*,
+    /// gemini-embedding-001 and anything not named below).
+    Predict,
+    /// `:embedContent`, one input per call: the Gemini embedding models after
+    /// gemini-embedding-001 (gemini-embedding-2, gemini-embedding-2-preview, …), for which Vertex
+    /// no longer serves `:predict` (it answers 400 FAILED_PRECONDITION "Precondition check
+    /// failed.").
+    EmbedContent,
+}
+
+/// The Vertex AI method for `model` (a bare id or a resource name): `:embedContent` for
+/// `gemini-embedding-*` other than `gemini-embedding-001`, `:predict` otherwise.
+pub(crate) fn vertex_embed_method(model: &str) -> VertexEmbedMethod {
+    let id = model.rsplit('/').next().unwrap_or(model);
+    match id.strip_prefix("gemini-embedding-") {
+        Some(rest) if !rest.starts_with("001") => VertexEmbedMethod::EmbedContent,
+        _ => VertexEmbedMethod::Predict,
+    }
+}
+
+/// Whether a `:predict` refusal is Vertex's answer for a model served only through
+/// `:embedContent`: 400 FAILED_PRECONDITION "Precondition check failed." (its whole message).
+pub(crate) fn predict_wants_embed_content(err: &ProviderError) -> bool {
+    matches!(err, ProviderError::InvalidRequest(message)
+        if message.trim_end_matches('.').eq_ignore_ascii_case("FAILED_PRECONDITION: Precondition check failed"))
+}
+
+/// The body of Vertex AI's `POST …/publishers/google/models/{model}:embedContent`: one input.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VertexEmbedContentBody<'a> {
+    content: EmbedContent<'a>,
+    embed_content_config: EmbedContentConfig,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedContentConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u32>,
+    auto_truncate: bool,
+}
+
+impl<'a> VertexEmbedContentBody<'a> {
+    pub fn new(text: &'a str, task: EmbeddingTask, dimensions: Option<u32>, truncate: bool) -> Self {
+        VertexEmbedContentBody {
+            content: EmbedContent { parts: [TextPart { text }] },
+            embed_content_config: EmbedContentConfig {
+                task_type: task_type(task),
+                output_dimensionality: dimensions,
+                auto_truncate: truncate,
+            },
+        }
+    }
+}
+
+/// The answer to Vertex's `:embedContent`: `{"embedding": {"values"}, "usageMetadata":
+/// {"promptTokenCount"}, "truncated"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VertexEmbedContentResponse {
+    #[serde(default)]
+    embedding: Option<ContentEmbedding>,
+    #[serde(default)]
+    usage_metadata: Option<EmbedUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedUsage {
+    /// proto3 JSON leaves a zero out.
+    #[serde(default)]
+    prompt_token_count: i64,
+}
+
+impl VertexEmbedContentResponse {
+    /// The vector (`None` when the answer has none) and the tokens it took (`None` without
+    /// `usageMetadata`, or with a count that is not one).
+    pub fn into_parts(self) -> (Option<Vec<f32>>, Option<u64>) {
+        let tokens = self.usage_metadata.and_then(|u| u64::try_from(u.prompt_token_count).ok());
+        (self.embedding.and_then(|e| e.values), tokens)
+    }
+}
+
 /// Input token limits of Gemini's embedding models, where known: Gemini cuts longer inputs
 /// silently.
 pub(crate) fn embedding_input_limit(model: &str) -> Option<u32> {
@@ -2244,5 +2333,64 @@ mod tests {
         assert!(matches!(vertex_cannot_embed(chat), ProviderError::Unsupported { feature: Feature::Embeddings, .. }));
         let other = ProviderError::InvalidRequest("input too long".into());
         assert_eq!(vertex_cannot_embed(other.clone()), other);
+    }
+
+    #[test]
+    fn vertex_embed_method_is_chosen_by_model() {
+        use VertexEmbedMethod::{EmbedContent, Predict};
+        for model in [
+            "text-embedding-005",
+            "text-multilingual-embedding-002",
+            "gemini-embedding-001",
+            "publishers/google/models/gemini-embedding-001",
+            "textembedding-gecko@003",
+            "gemini-2.5-flash",
+        ] {
+            assert_eq!(vertex_embed_method(model), Predict, "{model}");
+        }
+        for model in ["gemini-embedding-2", "gemini-embedding-2-preview", "models/gemini-embedding-3"] {
+            assert_eq!(vertex_embed_method(model), EmbedContent, "{model}");
+        }
+        // Vertex's refusal of `:predict` for such a model, as the error mapping words it.
+        let refusal = ProviderError::InvalidRequest("FAILED_PRECONDITION: Precondition check failed.".into());
+        assert!(predict_wants_embed_content(&refusal));
+        for other in [
+            ProviderError::InvalidRequest("INVALID_ARGUMENT: Precondition check failed for quota".into()),
+            ProviderError::Upstream { status: 412, message: "FAILED_PRECONDITION: Precondition check failed.".into() },
+        ] {
+            assert!(!predict_wants_embed_content(&other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn vertex_embed_content_bodies_and_answers() {
+        let body = VertexEmbedContentBody::new("a b", EmbeddingTask::Document, Some(256), false);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"content": {"parts": [{"text": "a b"}]},
+                   "embedContentConfig": {"taskType": "RETRIEVAL_DOCUMENT", "outputDimensionality": 256, "autoTruncate": false}})
+        );
+        let plain = VertexEmbedContentBody::new("a", EmbeddingTask::Unspecified, None, true);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"content": {"parts": [{"text": "a"}]}, "embedContentConfig": {"autoTruncate": true}})
+        );
+
+        let answer: VertexEmbedContentResponse = serde_json::from_str(
+            r#"{"embedding":{"values":[0.5,-1]},"usageMetadata":{"promptTokenCount":3},"truncated":true}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.into_parts(), (Some(vec![0.5, -1.0]), Some(3)));
+        // proto3 JSON leaves a zero count out; no usage at all is no count.
+        let answer: VertexEmbedContentResponse =
+            serde_json::from_str(r#"{"embedding":{"values":[1]},"usageMetadata":{}}"#).unwrap();
+        assert_eq!(answer.into_parts(), (Some(vec![1.0]), Some(0)));
+        let answer: VertexEmbedContentResponse = serde_json::from_str(r#"{"embedding":{"values":[1]}}"#).unwrap();
+        assert_eq!(answer.into_parts(), (Some(vec![1.0]), None));
+        let answer: VertexEmbedContentResponse =
+            serde_json::from_str(r#"{"embedding":{"values":[1]},"usageMetadata":{"promptTokenCount":-2}}"#).unwrap();
+        assert_eq!(answer.into_parts(), (Some(vec![1.0]), None));
+        let answer: VertexEmbedContentResponse = serde_json::from_str(r#"{"embedding":{}}"#).unwrap();
+        assert_eq!(answer.into_parts(), (None, None));
     }
 }

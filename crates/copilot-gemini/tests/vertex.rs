@@ -389,3 +389,77 @@ async fn embeddings_go_to_predict_one_instance_at_a_time_for_gemini_embedding() 
     let err = provider.embed(unknown).await.unwrap_err();
     assert_eq!(err, ProviderError::ModelNotFound { model: "nope-embedding".into() });
 }
+
+#[tokio::test]
+async fn newer_gemini_embedding_models_go_to_embed_content_one_input_per_call() {
+    use copilot_fakes::gemini::VERTEX_EMBED_CONTENT_CAPABILITY;
+    use copilot_fakes::script::fake_embedding;
+    use copilot_provider::{EmbedRequest, EmbeddingTask};
+    use serde_json::json;
+
+    let google = Google::start().await;
+    let mut newer = FakeModel::embedding("gemini-embedding-2", 8);
+    newer.context_length = 3;
+    google.vertex.add_model(newer);
+    let provider = google.service_account_provider();
+
+    let inputs = vec!["one two".to_owned(), "three".to_owned(), "four five six".to_owned()];
+    let request = EmbedRequest {
+        model: "gemini-embedding-2".into(),
+        inputs: inputs.clone(),
+        dimensions: Some(4),
+        task: EmbeddingTask::Query,
+        truncate: false,
+        ..Default::default()
+    };
+    let embeddings = provider.embed(request.clone()).await.unwrap();
+    let expected: Vec<Vec<f32>> = inputs.iter().map(|t| fake_embedding(t, 4)).collect();
+    assert_eq!(embeddings.vectors, expected, "in input order");
+    assert_eq!(embeddings.input_tokens, Some(6), "usageMetadata.promptTokenCount summed");
+    let bodies = google.vertex.embed_requests();
+    assert_eq!(bodies.len(), 3, "one input per :embedContent call");
+    for (body, text) in bodies.iter().zip(&inputs) {
+        assert_eq!(
+            body,
+            &json!({"content": {"parts": [{"text": text}]},
+                    "embedContentConfig": {"taskType": "RETRIEVAL_QUERY", "outputDimensionality": 4, "autoTruncate": false}})
+        );
+    }
+
+    // An over-long input without truncate fails the whole call, naming the input, after the
+    // inputs before it went (nothing after it is sent).
+    let mut long = request.clone();
+    long.inputs = vec!["a".into(), "b c d e".into(), "f".into()];
+    let err = provider.embed(long.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::InvalidRequest(m) if m.starts_with("input 1: INVALID_ARGUMENT: ") && m.contains("supports up to 3")),
+        "{err:?}"
+    );
+    assert_eq!(google.vertex.embed_requests().len(), 5);
+    // With truncate it is Vertex's autoTruncate: cut to the limit.
+    long.truncate = true;
+    let embeddings = provider.embed(long).await.unwrap();
+    assert_eq!(embeddings.vectors[1], fake_embedding("b c d", 4));
+    assert_eq!(embeddings.input_tokens, Some(5));
+
+    // Unknown: Vertex's 404.
+    let unknown = EmbedRequest { model: "gemini-embedding-9".into(), inputs: vec!["hi".into()], ..Default::default() };
+    assert_eq!(
+        provider.embed(unknown).await.unwrap_err(),
+        ProviderError::ModelNotFound { model: "gemini-embedding-9".into() }
+    );
+
+    // A model the adapter would send to :predict but that Vertex serves only through
+    // :embedContent: its FAILED_PRECONDITION sends the whole call there.
+    let mut other = FakeModel::embedding("text-embedding-next", 8);
+    other.capabilities.push(VERTEX_EMBED_CONTENT_CAPABILITY.into());
+    google.vertex.add_model(other);
+    let before = google.vertex.embed_requests().len();
+    let request = EmbedRequest { model: "text-embedding-next".into(), inputs: inputs.clone(), ..Default::default() };
+    let embeddings = provider.embed(request).await.unwrap();
+    assert_eq!(embeddings.vectors, inputs.iter().map(|t| fake_embedding(t, 8)).collect::<Vec<_>>());
+    let sent = &google.vertex.embed_requests()[before..];
+    assert_eq!(sent.len(), 4, "one refused :predict, then three :embedContent calls");
+    assert!(sent[0].get("instances").is_some(), "{:?}", sent[0]);
+    assert!(sent[1..].iter().all(|b| b.get("content").is_some()), "{sent:?}");
+}
