@@ -75,3 +75,93 @@ async fn a_missing_key_file_stops_the_server_at_start() {
     assert!(!output.status.success(), "started without its key file:\n{stderr}");
     assert!(stderr.contains("/nonexistent/copilot-key.json"), "{stderr}");
 }
+
+/// Copilot on Vertex AI, configured by environment alone, with `fake` behind it.
+async fn vertex_copilot(auth: &FakeGoogleAuth, vertex: &FakeGemini, dir: &tempfile::TempDir) -> Copilot {
+    let key_file = dir.path().join("service-account.json");
+    std::fs::write(&key_file, auth.service_account_json(TEST_PRIVATE_KEY_PEM, None)).unwrap();
+    Copilot::start_env_only(&[
+        ("LLM_PROVIDER", "gemini".into()),
+        ("GEMINI_PROJECT_ID", "test-project".into()),
+        ("GOOGLE_CLOUD_LOCATION", "us-central1".into()),
+        ("GOOGLE_APPLICATION_CREDENTIALS", key_file.display().to_string()),
+        ("GEMINI_BASE_URL", vertex.base_url()),
+        ("GEMINI_MODEL", "gemini-2.0-flash".into()),
+    ])
+    .await
+}
+
+/// gemini-embedding-2 on Vertex AI embeds through `:embedContent`, one input per call: the
+/// vectors in input order (at unit length, as the server returns every vector), the usage the
+/// sum of Vertex's `promptTokenCount`s, and dimensions, task and truncate in
+/// `embedContentConfig`. An input Vertex refuses mid-batch fails the whole call with its
+/// INVALID_ARGUMENT, naming the input, and nothing after it is sent.
+#[tokio::test]
+async fn newer_gemini_embedding_models_embed_through_embed_content() {
+    use copilot::proto::v1::{EmbedRequest, EmbeddingTask};
+    use copilot_fakes::fake_embedding;
+    use serde_json::json;
+    use tonic::Code;
+
+    let auth = FakeGoogleAuth::start().await;
+    let vertex = FakeGemini::start().await.with_vertex_auth(&auth, "test-project");
+    let mut model = FakeModel::embedding("gemini-embedding-2", 16);
+    model.context_length = 4;
+    vertex.add_model(model);
+    let dir = tempfile::tempdir().unwrap();
+    let copilot = vertex_copilot(&auth, &vertex, &dir).await;
+    let mut client = copilot.client().await;
+
+    let inputs = vec!["the first text".to_owned(), "second".to_owned(), "and the third one".to_owned()];
+    let request = EmbedRequest {
+        model: "gemini/gemini-embedding-2".into(),
+        inputs: inputs.clone(),
+        dimensions: Some(8),
+        task: EmbeddingTask::Document as i32,
+        truncate: false,
+    };
+    let response = within(LIMIT, client.embed(request.clone())).await.unwrap().into_inner();
+    assert_eq!(response.embeddings.len(), 3);
+    for (input, embedding) in inputs.iter().zip(&response.embeddings) {
+        let raw = fake_embedding(input, 8);
+        let norm = raw.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        for (got, want) in embedding.values.iter().zip(&raw) {
+            assert!((f64::from(*got) - f64::from(*want) / norm).abs() < 1e-5, "{input}: {:?}", embedding.values);
+        }
+        assert_eq!(embedding.values.len(), 8, "{input}");
+    }
+    assert_eq!(response.usage.unwrap().input_tokens, 3 + 1 + 4, "promptTokenCount summed (the fake: words)");
+    let bodies = vertex.embed_requests();
+    assert_eq!(bodies.len(), 3, "one input per :embedContent call: {bodies:?}");
+    for (body, input) in bodies.iter().zip(&inputs) {
+        assert_eq!(
+            body,
+            &json!({"content": {"parts": [{"text": input}]},
+                    "embedContentConfig": {"taskType": "RETRIEVAL_DOCUMENT", "outputDimensionality": 8, "autoTruncate": false}})
+        );
+    }
+    assert!(vertex.request_uris().is_empty(), "embeddings are not chats");
+
+    // The second of three inputs is over the model's limit (4 tokens) without truncate.
+    let over = EmbedRequest {
+        inputs: vec!["fine".into(), "one two three four five".into(), "never sent".into()],
+        ..request.clone()
+    };
+    let status = within(LIMIT, client.embed(over.clone())).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("input 1: INVALID_ARGUMENT")
+            && status.message().contains("the model supports up to 4"),
+        "{}",
+        status.message()
+    );
+    let bodies = vertex.embed_requests();
+    assert_eq!(bodies.len(), 5, "the third input is never sent: {bodies:?}");
+
+    // With truncate, Vertex cuts it (autoTruncate) and counts the tokens it kept.
+    let truncated = EmbedRequest { truncate: true, ..over };
+    let response = within(LIMIT, client.embed(truncated)).await.unwrap().into_inner();
+    assert_eq!(response.embeddings.len(), 3);
+    assert_eq!(response.usage.unwrap().input_tokens, 1 + 4 + 2);
+    assert_eq!(vertex.embed_requests().last().unwrap()["embedContentConfig"]["autoTruncate"], true);
+}
