@@ -111,6 +111,24 @@
 //! model's "Gemini cannot be accessed through Vertex Predict/RawPredict API" is
 //! [`ProviderError::Unsupported`] (embeddings); an unknown model Vertex's 404.
 //!
+//! The Gemini embedding models after gemini-embedding-001 (`gemini-embedding-2`,
+//! `gemini-embedding-2-preview`, …) are not served through `:predict` on Vertex (it answers 400
+//! FAILED_PRECONDITION "Precondition check failed."): they go to `POST
+//! …/publishers/google/models/{model}:embedContent` with `{"content": {"parts": [{"text"}]},
+//! "embedContentConfig": {"taskType"?, "outputDimensionality"?, "autoTruncate"}}` and come back as
+//! `{"embedding": {"values"}, "usageMetadata": {"promptTokenCount"}, "truncated"?}`. The method is
+//! chosen once, by name (`wire::vertex_embed_method`): `:embedContent` for `gemini-embedding-*`
+//! other than `gemini-embedding-001`, `:predict` for everything else (text-embedding-*,
+//! text-multilingual-embedding-*, gemini-embedding-001); a `:predict` model whose first call gets
+//! that FAILED_PRECONDITION is sent, whole, to `:embedContent` instead. `:embedContent` takes one
+//! input: the inputs go one per call, one after another (under the call's deadline), each answer
+//! read up to the same limit and checked to hold a vector (else [`ProviderError::Protocol`]), the
+//! vectors in input order. `task`, `dimensions` and `truncate` map as for `:predict`;
+//! `input_tokens` is the sum of the `promptTokenCount`s (none if an answer has no
+//! `usageMetadata`). Any failing call fails the whole call; a refusal
+//! ([`ProviderError::InvalidRequest`], e.g. an over-long input without `truncate`) is prefixed
+//! `input {i}: ` when there are several inputs, and nothing after it is sent.
+//!
 //! **Token counts** ([`Provider::count_tokens`], exact: Gemini's own tokenizer):
 //! - Gemini API: `POST /v1beta/models/{model}:countTokens` with `{"generateContentRequest":
 //!   {"model": "models/{model}", "contents", "systemInstruction"?, "tools"?}}`, the request mapped
