@@ -25,6 +25,7 @@ pub(crate) mod request_headers;
 pub(crate) mod resilience;
 pub mod router;
 pub mod server;
+pub mod state;
 pub(crate) mod summary;
 pub mod telemetry;
 pub(crate) mod tls;

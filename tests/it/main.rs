@@ -31,6 +31,7 @@ mod rag;
 mod request_bodies;
 mod requests;
 mod routing;
+mod shared_budgets;
 mod telemetry;
 mod tls;
 mod vertex;

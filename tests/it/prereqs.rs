@@ -327,3 +327,33 @@ fn serving_without_the_ca_bundle_needs_ca_certificates() {
     fs::remove_file(machine.root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
     machine.check("serve").missing(&["ca-certificates"]);
 }
+
+/// A test machine: what serving needs, plus Python's venv, Node.js with npm, and a Redis server of
+/// version 5 or newer for the shared-state tests.
+#[test]
+fn testing_needs_venv_node_npm_and_a_recent_redis_server() {
+    let machine = Machine::new();
+    debian_llvm14(&machine);
+    machine.stub("python3", "exit 0");
+    machine.check("serve").missing(&[]);
+    machine.check("test").missing(&["nodejs", "npm", "redis-server"]);
+    machine.stub("node", "echo v18.19.0");
+    machine.stub("npm", "echo 9.2.0");
+    let check = machine.check("test");
+    check.missing(&["redis-server"]);
+    assert!(check.reason("redis-server").contains("5 or newer"), "{}", check.output);
+    // Debian bookworm's, and an old one.
+    machine.stub(
+        "redis-server",
+        "echo 'Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d7c971a948f0'",
+    );
+    machine.check("test").missing(&[]);
+    machine.stub(
+        "redis-server",
+        "echo 'Redis server v=4.0.9 sha=00000000:0 malloc=jemalloc-3.6.0 bits=64 build=9435c3c2879311f3'",
+    );
+    machine.check("test").missing(&["redis-server"]);
+    // A redis-server that says nothing it can be judged by.
+    machine.stub("redis-server", "exit 1");
+    machine.check("test").missing(&["redis-server"]);
+}
