@@ -558,16 +558,28 @@ impl Operation for EmbedOperation<'_> {
             truncate: self.request.truncate,
             trace_context: observe::trace_context(span),
         };
-        let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
-        tokio::select! {
-            biased;
-            _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
-            result = tokio::time::timeout_at(give_up, instance.provider.embed(request)) => match result {
-                Ok(Ok(embeddings)) => Ok(embeddings),
-                Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
-                Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, Phase::Response)),
-            },
-        }
+        whole_answer(gateway, target, call, instance.provider.embed(request)).await
+    }
+}
+
+/// A unary upstream answer (embeddings, a count), which comes all at once: bounded by the
+/// first-token timeout and the call's deadline, and ended by a hard stop.
+async fn whole_answer<T>(
+    gateway: &Gateway,
+    target: &Target,
+    call: &CallContext,
+    answer: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, GatewayError> {
+    let timeout = target.instance.policy.first_token_timeout;
+    let give_up = wake_at(call, Instant::now(), timeout);
+    tokio::select! {
+        biased;
+        _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
+        result = tokio::time::timeout_at(give_up, answer) => match result {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
+            Err(_) => Err(timed_out(call, target, timeout, Phase::Response)),
+        },
     }
 }
 
@@ -616,16 +628,7 @@ impl Operation for CountOperation<'_> {
             trace_context: observe::trace_context(span),
             ..Default::default()
         };
-        let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
-        tokio::select! {
-            biased;
-            _ = gateway.hard_stop.cancelled() => Err(GatewayError::ShuttingDown),
-            result = tokio::time::timeout_at(give_up, instance.provider.count_tokens(request)) => match result {
-                Ok(Ok(count)) => Ok(count),
-                Ok(Err(error)) => Err(GatewayError::Provider { target: target.name(), error, chunks_sent: 0 }),
-                Err(_) => Err(timed_out(call, target, instance.policy.first_token_timeout, Phase::Response)),
-            },
-        }
+        whole_answer(gateway, target, call, instance.provider.count_tokens(request)).await
     }
 }
 

@@ -670,8 +670,10 @@ async fn vertex_model_method(
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
-    if let Some((model_name, "predict")) = name.rsplit_once(':') {
-        if shared.harness.recording()
+    if let Some((model_name, method @ ("predict" | "embedContent" | "countTokens"))) = name.rsplit_once(':') {
+        if method == "countTokens" {
+            shared.record_count(&parsed);
+        } else if shared.harness.recording()
             && let Ok(value) = &parsed
         {
             shared.embed_requests.lock().unwrap().push(value.clone());
@@ -680,27 +682,11 @@ async fn vertex_model_method(
         if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
             return refusal;
         }
-        return vertex_predict(&shared, &resource, model_name, parsed).await;
-    }
-    if let Some((model_name, "embedContent")) = name.rsplit_once(':') {
-        if shared.harness.recording()
-            && let Ok(value) = &parsed
-        {
-            shared.embed_requests.lock().unwrap().push(value.clone());
-        }
-        let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
-        if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
-            return refusal;
-        }
-        return vertex_embed_content(&shared, &resource, model_name, parsed).await;
-    }
-    if let Some((model_name, "countTokens")) = name.rsplit_once(':') {
-        shared.record_count(&parsed);
-        let resource = format!("projects/{project}/locations/{location}/publishers/google/models/{model_name}");
-        if let Some(refusal) = shared.check_vertex(&headers, Some(&project), &resource) {
-            return refusal;
-        }
-        return count_tokens(&shared, Api::Vertex { resource: &resource }, model_name, parsed).await;
+        return match method {
+            "predict" => vertex_predict(&shared, &resource, model_name, parsed).await,
+            "embedContent" => vertex_embed_content(&shared, &resource, model_name, parsed).await,
+            _ => count_tokens(&shared, Api::Vertex { resource: &resource }, model_name, parsed).await,
+        };
     }
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), parsed.as_ref().ok().cloned());
