@@ -121,9 +121,10 @@ async fn the_same_text_gives_the_same_vector() {
     assert_eq!(vectors(&batched)[3..], vectors(&embed(&copilot, request(MINILM, &batch)).await.unwrap())[3..]);
 }
 
-/// Calls that arrive together share decodes; each still gets its own vectors, in its order.
+/// Calls that arrive together share decodes (the packing is unit-tested in `embedder.rs`); each
+/// still gets its own vectors, in its order, whichever decodes they went through.
 #[tokio::test]
-async fn concurrent_calls_share_decodes_and_each_gets_its_own_vectors() {
+async fn concurrent_calls_each_get_their_own_vectors_in_order() {
     let copilot = embedded().await;
     // 100 distinct inputs: more than one decode takes (64), so a call spans several.
     let texts: Vec<String> =

@@ -215,45 +215,28 @@ impl<'m> Batcher<'m> {
             return;
         }
         self.batch.clear();
-        // (call, input) per sequence id, in batch order.
-        let mut placed: Vec<(usize, usize)> = Vec::new();
-        let mut tokens = 0usize;
-        'fill: loop {
-            let mut added = false;
-            for (index, active) in self.active.iter_mut().enumerate() {
-                if placed.len() == self.batch_inputs {
-                    break 'fill;
-                }
-                let Some(input) = active.job.inputs.get(active.next) else { continue };
-                if tokens + input.len() > self.batch_tokens {
-                    // Round-robin stops at the first input that does not fit, so no call is
-                    // overtaken by smaller inputs behind it.
-                    break 'fill;
-                }
-                let seq = placed.len() as i32;
-                if self.batch.add_sequence(input, seq, true).is_err() {
-                    break 'fill;
-                }
-                tokens += input.len();
-                placed.push((index, active.next));
-                active.next += 1;
-                added = true;
-            }
-            if !added {
+        let remaining: Vec<&[Vec<LlamaToken>]> = self.active.iter().map(|a| &a.job.inputs[a.next..]).collect();
+        // The call of each sequence, by sequence id.
+        let mut placed = pack(&remaining, Vec::len, self.batch_inputs, self.batch_tokens);
+        for (seq, &index) in placed.iter().enumerate() {
+            let active = &mut self.active[index];
+            if self.batch.add_sequence(&active.job.inputs[active.next], seq as i32, true).is_err() {
+                // Unreachable: the batch was sized for these limits. Decode what fits.
+                placed.truncate(seq);
                 break;
             }
+            active.next += 1;
         }
         if placed.is_empty() {
             // Unreachable while every input fits a batch (the provider checks it): fail rather than spin.
-            let first = [(0, self.active[0].next)];
-            self.fail(&first, "an input is longer than one embedding batch");
+            self.fail(&[0], "an input is longer than one embedding batch");
             return;
         }
         if let Err(e) = self.context.decode(&mut self.batch) {
             self.fail(&placed, &format!("llama.cpp failed to embed: {e}"));
             return;
         }
-        for (seq, &(index, _)) in placed.iter().enumerate() {
+        for (seq, &index) in placed.iter().enumerate() {
             let vector = match self.context.embeddings_seq_ith(seq as i32) {
                 Ok(values) => values.to_vec(),
                 Err(e) => {
@@ -285,9 +268,9 @@ impl<'m> Batcher<'m> {
     }
 
     /// Fails the calls that had inputs in the failed batch; the others go on.
-    fn fail(&mut self, placed: &[(usize, usize)], message: &str) {
+    fn fail(&mut self, placed: &[usize], message: &str) {
         tracing::error!("{message}");
-        let mut calls: Vec<usize> = placed.iter().map(|&(index, _)| index).collect();
+        let mut calls = placed.to_vec();
         calls.sort_unstable();
         calls.dedup();
         for index in calls.into_iter().rev() {
@@ -296,5 +279,61 @@ impl<'m> Batcher<'m> {
                 self.in_flight.done(1);
             }
         }
+    }
+}
+
+/// Which calls' next inputs make the next decode, by sequence id: one input from each call in
+/// turn (round-robin, so a call of 2,048 inputs shares each decode with a call of one), while
+/// there are sequences and tokens left. Packing stops at the first input that does not fit, so no
+/// call is overtaken by smaller inputs behind it. `remaining[c]` are call `c`'s inputs not yet
+/// embedded, in order.
+fn pack<T>(remaining: &[&[T]], len: impl Fn(&T) -> usize, max_inputs: usize, max_tokens: usize) -> Vec<usize> {
+    let mut taken = vec![0; remaining.len()];
+    let mut placed = Vec::new();
+    let mut tokens = 0;
+    loop {
+        let mut added = false;
+        for (call, inputs) in remaining.iter().enumerate() {
+            let Some(input) = inputs.get(taken[call]) else { continue };
+            if placed.len() == max_inputs || tokens + len(input) > max_tokens {
+                return placed;
+            }
+            tokens += len(input);
+            taken[call] += 1;
+            placed.push(call);
+            added = true;
+        }
+        if !added {
+            return placed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack;
+
+    fn packed(calls: &[&[usize]], max_inputs: usize, max_tokens: usize) -> Vec<usize> {
+        pack(calls, |n| *n, max_inputs, max_tokens)
+    }
+
+    #[test]
+    fn calls_share_a_decode_in_turn() {
+        // A big call and two small ones: the small ones are in the first decode, not after the big one.
+        let big = [5; 100];
+        assert_eq!(packed(&[&big, &[5], &[5, 5]], 64, 2048), [vec![0, 1, 2, 0, 2], vec![0; 59],].concat());
+        // Everything of the small calls, and the big one's first inputs, within 7 sequences.
+        assert_eq!(packed(&[&big, &[5], &[5, 5]], 7, 2048), [0, 1, 2, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn the_token_budget_ends_the_decode_at_the_first_input_that_does_not_fit() {
+        // 10 + 400 fit in 512; the next round's 10 would too, but the 400 of call 1 stops it first.
+        assert_eq!(packed(&[&[10, 10, 10], &[400, 400]], 64, 512), [0, 1, 0]);
+        assert_eq!(packed(&[&[300], &[300]], 64, 512), [0]);
+        // An input as long as the budget goes alone.
+        assert_eq!(packed(&[&[512], &[1]], 64, 512), [0]);
+        assert!(packed(&[&[513]], 64, 512).is_empty());
+        assert!(packed(&[], 64, 512).is_empty());
     }
 }
