@@ -2,9 +2,12 @@
 //! use, and its request and token budgets. The layer in `auth/layer.rs` identifies the caller and
 //! admits or refuses the call; the handlers check the model once it is known, reserve an
 //! estimate of the completion's tokens, and settle the reservation with the tokens it used.
+//! With `state.redis_url` the budgets are kept in Redis for every replica (`auth/shared.rs`);
+//! otherwise, and as `state.on_error = "local"`'s fallback, in this process (`auth/bucket.rs`).
 
 mod bucket;
 mod layer;
+mod shared;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,20 +17,26 @@ use copilot_provider::Usage;
 pub use crate::key_hash::{KeyHash, new_key};
 pub use bucket::Bucket;
 pub use layer::AuthCheck;
+use shared::Held;
+pub use shared::SharedKeyBudgets;
 
 use crate::config::{ApiKeyConfig, AuthConfig};
 use crate::error::{AuthFailure, GatewayError, KeyLimit};
+use crate::state::{Limits, Op, SharedBudgets};
 
 /// The configured keys, and which services need none.
 pub struct Auth {
     keys: Vec<Arc<ApiKey>>,
     open_health: bool,
     open_reflection: bool,
+    /// The budgets in Redis, when `state.redis_url` is set.
+    shared: Option<Arc<SharedKeyBudgets>>,
 }
 
 impl Auth {
-    /// `None` when authentication is off (the configuration was checked when loaded).
-    pub fn from_config(config: &AuthConfig) -> Option<Arc<Auth>> {
+    /// `None` when authentication is off (the configuration was checked when loaded). With
+    /// `shared`, every key's budgets are those in Redis.
+    pub fn from_config(config: &AuthConfig, shared: Option<Arc<SharedKeyBudgets>>) -> Option<Arc<Auth>> {
         if !config.enabled {
             return None;
         }
@@ -37,7 +46,7 @@ impl Auth {
             .iter()
             .map(|key| Arc::new(ApiKey::from_config(key, config.default_reserved_tokens, now)))
             .collect();
-        Some(Arc::new(Auth { keys, open_health: config.open_health, open_reflection: config.open_reflection }))
+        Some(Arc::new(Auth { keys, open_health: config.open_health, open_reflection: config.open_reflection, shared }))
     }
 
     /// The key the `authorization` metadata carries.
@@ -67,6 +76,8 @@ impl Auth {
 pub struct ApiKey {
     pub name: String,
     hash: KeyHash,
+    /// What names this key in Redis ([`SharedBudgets::key_id`]): neither the key nor its hash.
+    id: String,
     /// `None`: every model.
     models: Option<Vec<ModelPattern>>,
     requests: Option<(u32, Bucket)>,
@@ -80,6 +91,7 @@ impl ApiKey {
         ApiKey {
             name: config.name.clone(),
             hash: config.hash.clone(),
+            id: SharedBudgets::key_id(&config.hash),
             models: config.models.as_ref().map(|models| models.iter().map(|m| ModelPattern::new(m)).collect()),
             requests: config.requests_per_minute.map(|n| (n, Bucket::per_minute(u64::from(n), now))),
             tokens: config.tokens_per_minute.map(|n| (n, Bucket::per_minute(n, now))),
@@ -90,6 +102,18 @@ impl ApiKey {
     /// Whether this key may use `model`, in the form `router::Plan::allow_list_name` gives.
     pub fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(model)))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests.as_ref().map(|(n, _)| *n),
+            tokens_per_minute: self.tokens.as_ref().map(|(n, _)| *n),
+        }
+    }
+
+    /// Whether a call of this key spends anything at admission.
+    fn has_limits(&self) -> bool {
+        self.requests.is_some() || self.tokens.is_some()
     }
 
     /// Admits one call: refused while the token budget is spent (completions only) or when the
@@ -110,6 +134,29 @@ impl ApiKey {
             })?;
         }
         Ok(())
+    }
+}
+
+impl ApiKey {
+    /// Takes `tokens` from this replica's token bucket, or says when they would fit.
+    fn take_tokens(&self, tokens: u64, now: Instant) -> Result<(), GatewayError> {
+        let Some((per_minute, bucket)) = &self.tokens else { return Ok(()) };
+        bucket.take(tokens as f64, now).map_err(|retry_after| GatewayError::KeyLimited {
+            key: self.name.clone(),
+            limit: KeyLimit::TokensPerMinute(*per_minute),
+            retry_after,
+        })
+    }
+
+    /// A charge or refund on this replica's token bucket.
+    fn settle_locally(&self, op: Op, now: Instant) {
+        if let Some((_, bucket)) = &self.tokens {
+            match op {
+                Op::Charge(tokens) => bucket.charge(tokens as f64, now),
+                Op::Refund(tokens) => bucket.refund(tokens as f64, now),
+                Op::Admit { .. } | Op::Take(_) => {}
+            }
+        }
     }
 }
 
@@ -150,8 +197,17 @@ impl ModelPattern {
 }
 
 /// The caller of a Copilot API call, as the auth layer identified it (absent when auth is off).
-#[derive(Clone, Debug)]
-pub struct Caller(pub Arc<ApiKey>);
+#[derive(Clone)]
+pub struct Caller {
+    pub key: Arc<ApiKey>,
+    shared: Option<Arc<SharedKeyBudgets>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Caller").field(&self.key).finish()
+    }
+}
 
 impl Caller {
     pub fn of<T>(request: &tonic::Request<T>) -> Option<Caller> {
@@ -162,21 +218,40 @@ impl Caller {
     /// resolved it (`Plan::allow_list_name`), so that the allow-list speaks of aliases and
     /// `provider/model` names whatever the client typed.
     pub fn check_model(&self, model: &str) -> Result<(), GatewayError> {
-        if self.0.allows(model) {
+        if self.key.allows(model) {
             Ok(())
         } else {
-            Err(GatewayError::ModelNotAllowed { key: self.0.name.clone(), model: model.to_string() })
+            Err(GatewayError::ModelNotAllowed { key: self.key.name.clone(), model: model.to_string() })
         }
     }
 
     /// Reserves the tokens a completion may use against the key's token budget, or refuses the
-    /// call when they do not fit: see [`estimate_tokens`].
-    pub fn reserve<'a>(
+    /// call when they do not fit: see [`estimate_tokens`]. With shared budgets, in Redis.
+    pub async fn reserve<'a>(
         &self,
         prompt: impl IntoIterator<Item = &'a str>,
         max_tokens: Option<u32>,
     ) -> Result<Reservation, GatewayError> {
-        self.reserve_at(prompt, max_tokens, Instant::now())
+        let Some(shared) = &self.shared else { return self.reserve_at(prompt, max_tokens, Instant::now()) };
+        let Some(reserved) = self.estimate(prompt, max_tokens) else { return Ok(self.nothing_reserved()) };
+        let (reserved, shared) = match shared.take(&self.key, reserved).await? {
+            Held::Shared => (reserved, Some(shared.clone())),
+            Held::Local => (reserved, None),
+            Held::Nothing => (0, None),
+        };
+        Ok(Reservation { key: self.key.clone(), reserved, shared })
+    }
+
+    /// The tokens to reserve, `None` when the key has no token budget. A call estimated above the
+    /// whole budget reserves all of it (it waits for a full bucket rather than never fitting);
+    /// what it uses beyond is charged as debt.
+    fn estimate<'a>(&self, prompt: impl IntoIterator<Item = &'a str>, max_tokens: Option<u32>) -> Option<u64> {
+        let (per_minute, _) = self.key.tokens.as_ref()?;
+        Some(estimate_tokens(prompt, max_tokens.unwrap_or(self.key.default_reserved)).min(*per_minute))
+    }
+
+    fn nothing_reserved(&self) -> Reservation {
+        Reservation { key: self.key.clone(), reserved: 0, shared: None }
     }
 
     fn reserve_at<'a>(
@@ -185,18 +260,9 @@ impl Caller {
         max_tokens: Option<u32>,
         now: Instant,
     ) -> Result<Reservation, GatewayError> {
-        let Some((per_minute, bucket)) = &self.0.tokens else {
-            return Ok(Reservation { key: self.0.clone(), reserved: 0 });
-        };
-        // A call estimated above the whole budget reserves all of it (it waits for a full
-        // bucket rather than never fitting); what it uses beyond is charged as debt.
-        let reserved = estimate_tokens(prompt, max_tokens.unwrap_or(self.0.default_reserved)).min(*per_minute);
-        bucket.take(reserved as f64, now).map_err(|retry_after| GatewayError::KeyLimited {
-            key: self.0.name.clone(),
-            limit: KeyLimit::TokensPerMinute(*per_minute),
-            retry_after,
-        })?;
-        Ok(Reservation { key: self.0.clone(), reserved })
+        let Some(reserved) = self.estimate(prompt, max_tokens) else { return Ok(self.nothing_reserved()) };
+        self.key.take_tokens(reserved, now)?;
+        Ok(Reservation { key: self.key.clone(), reserved, shared: None })
     }
 }
 
@@ -210,10 +276,17 @@ pub fn estimate_tokens<'a>(prompt: impl IntoIterator<Item = &'a str>, completion
 /// Tokens held against a key's budget while its completion runs. [`Reservation::settle`] replaces
 /// them with the usage reported; dropped unsettled (the call failed or was cancelled before any
 /// usage was known), they are given back.
-#[derive(Debug)]
 pub struct Reservation {
     key: Arc<ApiKey>,
     reserved: u64,
+    /// Set when the tokens were taken in Redis: the settlement goes there too.
+    shared: Option<Arc<SharedKeyBudgets>>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation").field("key", &self.key.name).field("reserved", &self.reserved).finish()
+    }
 }
 
 impl Reservation {
@@ -230,22 +303,25 @@ impl Reservation {
 
     fn settle_at(mut self, usage: &Usage, now: Instant) {
         let reserved = std::mem::take(&mut self.reserved);
-        if let Some((_, bucket)) = &self.key.tokens {
-            let used = u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
-            if used >= reserved {
-                bucket.charge((used - reserved) as f64, now);
-            } else {
-                bucket.refund((reserved - used) as f64, now);
-            }
-        }
+        let used = u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
+        let op = if used >= reserved { Op::Charge(used - reserved) } else { Op::Refund(reserved - used) };
+        self.apply(op, now);
     }
 
     fn release_at(&mut self, now: Instant) {
         let reserved = std::mem::take(&mut self.reserved);
-        if reserved > 0
-            && let Some((_, bucket)) = &self.key.tokens
-        {
-            bucket.refund(reserved as f64, now);
+        if reserved > 0 {
+            self.apply(Op::Refund(reserved), now);
+        }
+    }
+
+    fn apply(&self, op: Op, now: Instant) {
+        if matches!(op, Op::Charge(0) | Op::Refund(0)) || self.key.tokens.is_none() {
+            return;
+        }
+        match &self.shared {
+            Some(shared) => shared.settle(self.key.clone(), op),
+            None => self.key.settle_locally(op, now),
         }
     }
 }
@@ -299,7 +375,7 @@ mod tests {
     fn a_spent_token_budget_refuses_completions_but_not_listings() {
         let k = Arc::new(key(None));
         let now = Instant::now();
-        let reservation = Caller(k.clone()).reserve_at(["x"], Some(1), now).unwrap();
+        let reservation = Caller { key: k.clone(), shared: None }.reserve_at(["x"], Some(1), now).unwrap();
         reservation.settle_at(&Usage { input_tokens: 15, output_tokens: 10, ..Default::default() }, now);
         let err = k.admit(true, now).unwrap_err();
         assert!(matches!(err, GatewayError::KeyLimited { limit: KeyLimit::TokensPerMinute(10), .. }), "{err:?}");
@@ -323,7 +399,7 @@ mod tests {
 
     #[test]
     fn reservations_cannot_overdraw_the_token_budget() {
-        let caller = Caller(Arc::new(key(None)));
+        let caller = Caller { key: Arc::new(key(None)), shared: None };
         let t0 = Instant::now();
         // 10 per minute; "abcdefgh" is 2 tokens, plus max_tokens 2: 4 each.
         let first = caller.reserve_at(["abcdefgh"], Some(2), t0).unwrap();
@@ -346,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_call_estimated_above_the_budget_reserves_all_of_it() {
-        let caller = Caller(Arc::new(key(None)));
+        let caller = Caller { key: Arc::new(key(None)), shared: None };
         let t0 = Instant::now();
         let big = caller.reserve_at(["a"], Some(1000), t0).unwrap();
         assert_eq!(token_limited(caller.reserve_at(["a"], Some(0), t0)), std::time::Duration::from_secs(6));
@@ -367,7 +443,7 @@ mod tests {
             }],
             ..AuthConfig::default()
         };
-        let auth = Auth::from_config(&config).unwrap();
+        let auth = Auth::from_config(&config, None).unwrap();
         let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
         assert_eq!(auth.identify(Some(&header("Bearer cpk_good"))).unwrap().name, "team");
         assert_eq!(auth.identify(Some(&header("bearer  cpk_good "))).unwrap().name, "team");
@@ -380,6 +456,6 @@ mod tests {
         assert_eq!(failure(Some("Basic cpk_good")), AuthFailure::Malformed);
         assert_eq!(failure(Some("Bearer ")), AuthFailure::Malformed);
         assert_eq!(failure(Some("Bearer cpk_bad")), AuthFailure::Unknown);
-        assert!(Auth::from_config(&AuthConfig::default()).is_none());
+        assert!(Auth::from_config(&AuthConfig::default(), None).is_none());
     }
 }

@@ -17,12 +17,14 @@ use serde::{Deserialize, Serialize};
 
 mod provider;
 mod security;
+mod state;
 pub use provider::{
     AnthropicSettings, ApiKeySource, EmbeddedSettings, GeminiSettings, KIND_KEYS, KeepAlive, KindSettings,
     MaxTokensField, OllamaSettings, OllamaStore, OpenAiSettings, ProviderConfig, ProviderKind, ProviderPolicy,
     ProviderTable, SafetySetting, ThinkingOff, normalize_ollama_host,
 };
 pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
+pub use state::{OnStateError, RedisUrl, StateConfig};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +34,8 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    /// The Redis every replica shares (`[state]`); unset, budgets are this process's own.
+    pub state: StateConfig,
     /// Named provider instances, as the server uses them (resolved at load from their tables);
     /// the name is the `provider/` prefix clients use.
     #[serde(skip)]
@@ -271,6 +275,7 @@ impl Config {
         self.resolve_default_route()?;
         self.check_aliases()?;
         self.check_server()?;
+        state::check(&mut self.state)?;
         security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
     }
 
@@ -522,6 +527,7 @@ fn copilot_env(env: &BTreeMap<String, String>) -> EnvLayer {
         let Some(rest) = var.strip_prefix("COPILOT_") else { continue };
         let key = match rest {
             "ADDR" => "server.addr".to_string(),
+            "REDIS_URL" => "state.redis_url".to_string(),
             other if other.contains("__") => other.to_ascii_lowercase().replace("__", "."),
             _ => continue,
         };

@@ -156,6 +156,11 @@ pub enum GatewayError {
     /// The caller's key is over one of its per-minute budgets.
     #[error("key '{key}' is over its {limit}")]
     KeyLimited { key: String, limit: KeyLimit, retry_after: Duration },
+
+    /// The shared Redis that holds the keys' budgets failed, and `state.on_error = "closed"`
+    /// refuses calls it cannot check. `problem` names no password.
+    #[error("the shared key budgets are unavailable: {problem}")]
+    StateUnavailable { problem: String },
 }
 
 /// Why a call's credentials were refused. Never carries the key itself.
@@ -540,6 +545,16 @@ fn to_status(error: GatewayError) -> Status {
             d.set_retry_info(Some(retry_after));
             d.add_quota_failure_violation(format!("key:{key}"), limit.to_string());
             Status::with_error_details(Code::ResourceExhausted, message, d)
+        }
+        GatewayError::StateUnavailable { problem } => {
+            let message = format!(
+                "this call's API key budget cannot be checked: the shared Redis (state.redis_url) failed ({problem}), \
+                 and state.on_error = \"closed\" refuses such calls; retry shortly"
+            );
+            let metadata = HashMap::from([("config_key".to_string(), "state.on_error".to_string())]);
+            let mut d = details("STATE_UNAVAILABLE", metadata);
+            d.set_retry_info(Some(Duration::from_secs(1)));
+            Status::with_error_details(Code::Unavailable, message, d)
         }
     }
 }

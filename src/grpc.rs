@@ -41,7 +41,7 @@ impl CopilotApi {
 /// Holds the completion's estimated tokens against the caller's budget until it is settled (a
 /// reservation dropped unsettled, by an error or a cancelled call, is given back). Without a
 /// `max_tokens` in the request, the instances' configured `defaults.max_tokens` bounds it.
-fn reserve(
+async fn reserve(
     caller: Option<&Caller>,
     plan: &Plan,
     valid: &validate::ValidRequest,
@@ -53,7 +53,7 @@ fn reserve(
         _ => None,
     });
     let max_tokens = valid.options.max_tokens.or_else(|| plan.default_max_tokens());
-    Ok(Some(caller.reserve(prompt, max_tokens)?))
+    Ok(Some(caller.reserve(prompt, max_tokens).await?))
 }
 
 type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
@@ -65,7 +65,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         let plan = self.route(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), &plan, &valid)?;
+        let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
         // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
         let events = self.gateway.chat(&plan, valid, call, limit).await?;
@@ -105,7 +105,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let caller = Caller::of(&request);
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         let plan = self.route(caller.as_ref(), &valid.model)?;
-        let mut reservation = reserve(caller.as_ref(), &plan, &valid)?;
+        let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
         // Streamed with backpressure, so only each message is bounded, not the stream.
         let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
         let events = self.gateway.chat(&plan, valid, call, limit).await?;
@@ -153,7 +153,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         }));
         // A key sees only the models it may use.
         if let Some(caller) = Caller::of(&request) {
-            models.retain(|model| caller.0.allows(&model.name));
+            models.retain(|model| caller.key.allows(&model.name));
         }
         let failed_providers =
             listing.failures.into_iter().map(|(provider, message)| pb::ProviderFailure { provider, message }).collect();
@@ -170,7 +170,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         let reservation = match &caller {
             Some(caller) => {
                 caller.check_model(&plan.allow_list_name())?;
-                Some(caller.reserve(valid.inputs.iter().map(String::as_str), Some(0))?)
+                Some(caller.reserve(valid.inputs.iter().map(String::as_str), Some(0)).await?)
             }
             None => None,
         };

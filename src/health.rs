@@ -1,7 +1,10 @@
 //! Background probes of every provider instance. They feed routing (an unhealthy replica is tried
 //! last) and `grpc.health.v1`: `copilot.v1.Copilot` is SERVING while at least one instance can
 //! serve, and each instance has its own entry, `provider/<name>`, for operators. `""` stays SERVING
-//! while the process runs (liveness); both turn NOT_SERVING for good when a drain starts.
+//! while the process runs (liveness); both turn NOT_SERVING for good when a drain starts. With
+//! `state.redis_url`, the entry `state` says whether the shared Redis answers; the API's own entry
+//! does not follow it (a Redis blip must not pull every replica from its endpoints at once: calls get
+//! `state.on_error`'s answer instead).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::gateway::Gateway;
 use crate::router::Instance;
+use crate::state::SharedState;
+
+/// The health-check name of the shared Redis.
+pub const STATE_SERVICE: &str = "state";
 
 /// The health-check name of one instance.
 pub fn instance_service_name(instance: &str) -> String {
@@ -34,6 +41,14 @@ impl HealthState {
         self.draining.store(true, Ordering::SeqCst);
         self.reporter.set_service_status("", ServingStatus::NotServing).await;
         self.reporter.set_service_status(self.api_service, ServingStatus::NotServing).await;
+    }
+
+    /// One entry's status, unless draining.
+    async fn set(&self, service: &str, up: bool) {
+        if !self.draining.load(Ordering::SeqCst) {
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            self.reporter.set_service_status(service, status).await;
+        }
     }
 
     async fn update(&self, gateway: &Gateway, instance: &Instance, healthy: bool) {
@@ -96,4 +111,34 @@ fn log_change(instance: &Instance, result: &ProbeResult) {
             "provider did not answer its health probe in time"
         ),
     }
+}
+
+/// PINGs the shared Redis every `state.health_interval` (bounded by `state.timeout`) for the `state`
+/// entry; the first probe runs at once, and the entry starts SERVING (as the budgets assume).
+pub async fn spawn_state_probe(state: Arc<SharedState>, health: Arc<HealthState>) {
+    health.set(STATE_SERVICE, true).await;
+    tokio::spawn(async move {
+        let mut was_up: Option<bool> = None;
+        loop {
+            let result = state.ping().await;
+            let up = result.is_ok();
+            if was_up != Some(up) {
+                match &result {
+                    Ok(took) => {
+                        tracing::info!(url = %state.url(), ping_ms = took.as_secs_f64() * 1e3, "the shared Redis answers")
+                    }
+                    Err(e) => tracing::warn!(
+                        url = %state.url(),
+                        on_error = state.on_error.name(),
+                        "the shared Redis does not answer ({e}); key budgets are decided by state.on_error = \"{}\" until \
+                         it does",
+                        state.on_error.name()
+                    ),
+                }
+                was_up = Some(up);
+            }
+            health.set(STATE_SERVICE, up).await;
+            tokio::time::sleep(state.health_interval).await;
+        }
+    });
 }

@@ -17,7 +17,7 @@
 
 use http::Request;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Admit};
 use crate::error::GatewayError;
 
 /// The HTTP/2 layer's header list limit for a metadata limit: four times it, at least 1 MiB, so
@@ -57,7 +57,13 @@ pub struct HeaderChecks {
 }
 
 impl Admission for HeaderChecks {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+    fn admit<B>(&self, request: &mut Request<B>) -> Admit {
+        self.check(request).into()
+    }
+}
+
+impl HeaderChecks {
+    fn check<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
         let (size, largest) = header_list_size(request);
         if size > self.max_metadata_bytes {
             return Err(GatewayError::MetadataTooLarge {

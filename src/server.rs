@@ -34,7 +34,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin_listeners;
 use crate::admission::{AdmissionLayer, Admitting};
-use crate::auth::{Auth, AuthCheck};
+use crate::auth::{Auth, AuthCheck, SharedKeyBudgets};
 use crate::config::{Config, LimitsConfig, Threading};
 use crate::connection_limits::{CappedAcceptor, PrefaceTimeout, default_max_connections};
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
@@ -47,6 +47,7 @@ use crate::request_body::{RequestBodyGuard, RequestBodyLayer};
 use crate::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
 use crate::request_headers::{HeaderChecks, http2_header_list_limit};
 use crate::router::Router;
+use crate::state::SharedState;
 use crate::telemetry::rpc_trace::{RpcTrace, RpcTraceLayer};
 use crate::tls::Tls;
 
@@ -145,7 +146,15 @@ async fn run(
         .clone()
         .routes()
         .prepare();
-    let service = guarded(routes, &config.limits, Auth::from_config(&config.auth), hard_stop.clone());
+    let state =
+        SharedState::from_config(&config.state).map_err(|e| ServeError::Setup(format!("state.redis_url: {e}")))?;
+    if let Some(state) = &state {
+        tracing::info!(url = %state.url(), on_error = state.on_error.name(), "key budgets shared in Redis at {}", state.url());
+        health::spawn_state_probe(state.clone(), health.clone()).await;
+    }
+    let shared_budgets = state.map(SharedKeyBudgets::start);
+    let auth = Auth::from_config(&config.auth, shared_budgets);
+    let service = guarded(routes, &config.limits, auth, hard_stop.clone());
     let tls = match config.server.tls.clone() {
         Some(tls) => Some(Tls::start(tls).await.map_err(ServeError::Setup)?),
         None => None,

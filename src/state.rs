@@ -1,5 +1,153 @@
-//! State shared by every replica, in Redis (or Valkey): the key budgets that must hold across
-//! replicas (`limiter`). Issue 18, stage 1 of `docs/design/shared-state.md`: the limiter and its
-//! tests against a real server; the server does not use it yet (budgets are still per replica).
+//! State shared by every replica, in Redis (or Valkey), when `state.redis_url` is set: the API keys'
+//! budgets (`limiter`), so that N replicas admit together what one would. This module owns the
+//! connection (one multiplexed connection that reconnects by itself, created lazily so that an
+//! unreachable Redis never stops the server from starting), bounds every operation by
+//! `state.timeout`, and keeps the `up` signal that gRPC health (`state`) and the metrics show.
+//! What a failed operation means for a call (`state.on_error`) is decided by the caller
+//! (`auth/shared.rs`).
 
 pub mod limiter;
+mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use crate::config::{OnStateError, RedisUrl, StateConfig};
+pub use limiter::{Budget, Limits, Op, SharedBudgets, StateError, Verdict};
+pub use metrics::state_metrics;
+
+/// The shared store of one replica: its connection and what it knows of Redis's health.
+pub struct SharedState {
+    budgets: SharedBudgets,
+    connection: ConnectionManager,
+    url: RedisUrl,
+    timeout: Duration,
+    pub on_error: OnStateError,
+    pub health_interval: Duration,
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState").field("url", &self.url).field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl SharedState {
+    /// `None` without `state.redis_url`. Connects lazily: the first operation (or the first health
+    /// probe) opens the connection. Must run inside the Tokio runtime.
+    pub fn from_config(config: &StateConfig) -> Result<Option<Arc<SharedState>>, StateError> {
+        let Some(url) = &config.redis_url else { return Ok(None) };
+        let connection = connection(url, config.tls_ca_file.as_deref(), config.timeout)?;
+        Ok(Some(Arc::new(SharedState {
+            budgets: SharedBudgets::new(connection.clone(), &config.key_prefix, config.timeout),
+            connection,
+            url: url.clone(),
+            timeout: config.timeout,
+            on_error: config.on_error,
+            health_interval: config.health_interval,
+            // Unknown until the first probe; assumed up so that the first calls try Redis.
+            up: AtomicBool::new(true),
+        })))
+    }
+
+    /// The URL, password masked.
+    pub fn url(&self) -> &RedisUrl {
+        &self.url
+    }
+
+    /// Whether the last operation or probe reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            state_metrics().up.record(u64::from(up), &[]);
+        }
+    }
+
+    /// Applies `op` to the budgets of the key `key_id` ([`SharedBudgets::key_id`]), timed and counted.
+    pub async fn apply(&self, key_id: &str, limits: Limits, op: Op) -> Result<Verdict, StateError> {
+        let started = Instant::now();
+        let result = self.budgets.apply_to(key_id, limits, op, None).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(StateError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        let metrics = state_metrics();
+        let operation = opentelemetry::KeyValue::new("operation", op.name());
+        metrics.duration.record(started.elapsed().as_secs_f64(), std::slice::from_ref(&operation));
+        metrics.operations.add(1, &[operation, opentelemetry::KeyValue::new("outcome", outcome)]);
+        self.observe(result.is_ok());
+        result
+    }
+
+    /// One PING, bounded by the timeout: how long it took.
+    pub async fn ping(&self) -> Result<Duration, StateError> {
+        let started = Instant::now();
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut connection))
+            .await
+            .map_err(|_| StateError::Timeout(self.timeout))
+            .and_then(|answer| answer.map_err(|e| StateError::Redis(e.to_string())));
+        self.observe(result.is_ok());
+        result.map(|_| started.elapsed())
+    }
+
+    /// What `copilot doctor` shows: the server's version and eviction policy (`INFO server`,
+    /// `CONFIG GET maxmemory-policy`, which a managed Redis may refuse: then `None`).
+    pub async fn describe(&self) -> Result<(String, Option<String>), StateError> {
+        let mut connection = self.connection.clone();
+        let bound = self.timeout * 4;
+        let info: String = tokio::time::timeout(bound, redis::cmd("INFO").arg("server").query_async(&mut connection))
+            .await
+            .map_err(|_| StateError::Timeout(bound))?
+            .map_err(|e| StateError::Redis(e.to_string()))?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:").or_else(|| line.strip_prefix("valkey_version:")))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let mut config_get = redis::cmd("CONFIG");
+        config_get.arg("GET").arg("maxmemory-policy");
+        let policy = tokio::time::timeout(bound, config_get.query_async::<Vec<String>>(&mut connection))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        Ok((version, policy.and_then(|pair| pair.into_iter().nth(1))))
+    }
+}
+
+/// The connection: multiplexed, reconnecting after an error with a short backoff, every command and
+/// every connection attempt bounded by `timeout`.
+fn connection(
+    url: &RedisUrl,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<ConnectionManager, StateError> {
+    // rediss:// builds its TLS configuration from the process's default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| StateError::Url(format!("cannot read state.tls_ca_file {}: {e}", path.display())))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(url.expose(), certificates)
+        }
+        None => redis::Client::open(url.expose()),
+    }
+    .map_err(|e| StateError::Url(e.to_string()))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StateError::Redis(e.to_string()))
+}

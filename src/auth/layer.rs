@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use http::Request;
 
 use super::{Auth, Caller};
-use crate::admission::Admission;
+use crate::admission::{Admission, Admit};
 use crate::error::GatewayError;
 use crate::telemetry::rpc_trace::API_PREFIX;
 
@@ -23,17 +24,29 @@ pub const KEY_NAME_ATTRIBUTE: &str = "copilot.api_key.name";
 pub struct AuthCheck(pub Option<Arc<Auth>>);
 
 impl Admission for AuthCheck {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+    fn admit<B>(&self, request: &mut Request<B>) -> Admit {
         match &self.0 {
             Some(auth) => auth.admit(request),
-            None => Ok(()),
+            None => Admit::Now(Ok(())),
         }
     }
 }
 
 impl Auth {
-    /// Lets the call through, with its caller attached, or says why not.
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+    /// Lets the call through, with its caller attached, or says why not. With shared budgets the
+    /// key is identified now and its budget checked in Redis, later.
+    fn admit<B>(&self, request: &mut Request<B>) -> Admit {
+        match self.identify_and_admit(request) {
+            Ok(Some(later)) => Admit::Later(later),
+            Ok(None) => Admit::Now(Ok(())),
+            Err(error) => Admit::Now(Err(error)),
+        }
+    }
+
+    fn identify_and_admit<B>(
+        &self,
+        request: &mut Request<B>,
+    ) -> Result<Option<BoxFuture<'static, Result<(), GatewayError>>>, GatewayError> {
         let path = request.uri().path();
         // Only completions spend tokens (Embed settles its own in the handler; CountTokens generates
         // nothing and spends none); every call of the API spends a request.
@@ -42,15 +55,18 @@ impl Auth {
             && ((self.open_health && path.starts_with(HEALTH_PREFIX))
                 || (self.open_reflection && path.starts_with(REFLECTION_PREFIX)))
         {
-            return Ok(());
+            return Ok(None);
         }
-        let key = self.identify(request.headers().get(http::header::AUTHORIZATION))?;
+        let key = self.identify(request.headers().get(http::header::AUTHORIZATION))?.clone();
         tracing::Span::current().record(KEY_NAME_ATTRIBUTE, key.name.as_str());
-        if let Some(uses_tokens) = api_call {
-            key.admit(uses_tokens, Instant::now())?;
+        request.extensions_mut().insert(Caller { key: key.clone(), shared: self.shared.clone() });
+        let Some(uses_tokens) = api_call else { return Ok(None) };
+        match &self.shared {
+            Some(shared) if key.has_limits() => {
+                let shared = shared.clone();
+                Ok(Some(Box::pin(async move { shared.admit(&key, uses_tokens).await })))
+            }
+            _ => key.admit(uses_tokens, Instant::now()).map(|()| None),
         }
-        let caller = Caller(key.clone());
-        request.extensions_mut().insert(caller);
-        Ok(())
     }
 }

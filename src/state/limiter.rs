@@ -29,6 +29,18 @@ pub enum Op {
     Refund(u64),
 }
 
+impl Op {
+    /// Its name in metrics and in the script.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Admit { .. } => "admit",
+            Op::Take(_) => "take",
+            Op::Charge(_) => "charge",
+            Op::Refund(_) => "refund",
+        }
+    }
+}
+
 /// A key's per-minute budgets; `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -87,12 +99,17 @@ impl SharedBudgets {
             .await
             .map_err(|_| StateError::Timeout(timeout))?
             .map_err(|e| StateError::Redis(e.to_string()))?;
-        Ok(SharedBudgets {
+        Ok(SharedBudgets::new(connection, prefix, timeout))
+    }
+
+    /// The budgets on an existing connection.
+    pub fn new(connection: ConnectionManager, prefix: &str, timeout: Duration) -> SharedBudgets {
+        SharedBudgets {
             connection,
             script: redis::Script::new(include_str!("limiter.lua")),
             prefix: prefix.to_string(),
             timeout,
-        })
+        }
     }
 
     /// The part of a key's Redis names that identifies it: 16 bytes of a hash of its configured
@@ -116,18 +133,26 @@ impl SharedBudgets {
         op: Op,
         now_micros: Option<u64>,
     ) -> Result<Verdict, StateError> {
-        let id = Self::key_id(key);
-        let (name, amount) = match op {
-            Op::Admit { uses_tokens } => ("admit", u64::from(uses_tokens)),
-            Op::Take(n) => ("take", n),
-            Op::Charge(n) => ("charge", n),
-            Op::Refund(n) => ("refund", n),
+        self.apply_to(&Self::key_id(key), limits, op, now_micros).await
+    }
+
+    /// [`apply_at`](Self::apply_at) on the key whose [`key_id`](Self::key_id) is `id`.
+    pub async fn apply_to(
+        &self,
+        id: &str,
+        limits: Limits,
+        op: Op,
+        now_micros: Option<u64>,
+    ) -> Result<Verdict, StateError> {
+        let amount = match op {
+            Op::Admit { uses_tokens } => u64::from(uses_tokens),
+            Op::Take(n) | Op::Charge(n) | Op::Refund(n) => n,
         };
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(format!("copilot:{}:rl:{{{id}}}:requests", self.prefix))
             .key(format!("copilot:{}:rl:{{{id}}}:tokens", self.prefix))
-            .arg(name)
+            .arg(op.name())
             .arg(limits.requests_per_minute.unwrap_or(0))
             .arg(limits.tokens_per_minute.unwrap_or(0))
             .arg(amount)

@@ -28,10 +28,12 @@ mod prereqs;
 mod providers;
 #[cfg(feature = "embedded")]
 mod rag;
+mod redis_server;
 mod request_bodies;
 mod requests;
 mod routing;
 mod shared_budgets;
+mod shared_limits;
 mod telemetry;
 mod tls;
 mod vertex;

@@ -3,75 +3,15 @@
 //! it): `auth/bucket.rs`'s rule replayed on a fixed clock, exactly the budget admitted across
 //! several connections at once, and a Redis that stops and comes back.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use copilot::auth::KeyHash;
 use copilot::state::limiter::{Budget, Limits, Op, SharedBudgets, StateError, Verdict};
 
+use crate::redis_server::RedisServer;
+
 const TIMEOUT: Duration = Duration::from_millis(200);
 const SECOND_US: u64 = 1_000_000;
-
-/// A `redis-server` of its own on a free loopback port, without persistence; killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run redis-server (scripts/install-build-deps --for test installs it: apt redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { child, port, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The keys the server holds, with `redis-cli`'s help avoided: through a plain connection.
-    fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_connection().unwrap();
-        redis::cmd("KEYS").arg("*").query(&mut connection).unwrap()
-    }
-
-    fn pttl(&self, key: &str) -> i64 {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_connection().unwrap();
-        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn key() -> KeyHash {
     KeyHash::of("cp_test_secret_key")
@@ -187,7 +127,6 @@ async fn keys_are_namespaced_opaque_and_expire() {
 #[tokio::test]
 async fn a_stopped_redis_is_an_error_in_bounded_time_and_a_restarted_one_is_used_again() {
     let mut redis = RedisServer::start();
-    let port = redis.port;
     let budgets = SharedBudgets::connect(&redis.url(), "test", TIMEOUT).await.unwrap();
     let key = key();
     let limits = Limits { requests_per_minute: Some(1), tokens_per_minute: None };
@@ -203,7 +142,7 @@ async fn a_stopped_redis_is_an_error_in_bounded_time_and_a_restarted_one_is_used
         assert!(started.elapsed() < TIMEOUT * 3, "took {:?}", started.elapsed());
     }
 
-    let _restarted = RedisServer::start_on(port);
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match budgets.apply(&key, limits, admit).await {
@@ -222,9 +161,9 @@ async fn a_stopped_redis_is_an_error_in_bounded_time_and_a_restarted_one_is_used
 /// An address where nothing listens: connecting fails within the timeout.
 #[tokio::test]
 async fn connecting_to_no_redis_fails_in_bounded_time() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nothing = RedisServer::not_started();
     let started = Instant::now();
-    let error = SharedBudgets::connect(&format!("redis://127.0.0.1:{port}/"), "test", TIMEOUT).await.unwrap_err();
+    let error = SharedBudgets::connect(&nothing.url(), "test", TIMEOUT).await.unwrap_err();
     assert!(matches!(error, StateError::Redis(_) | StateError::Timeout(_)), "{error:?}");
     assert!(started.elapsed() < TIMEOUT * 3, "took {:?}", started.elapsed());
     let error = SharedBudgets::connect("http://127.0.0.1/", "test", TIMEOUT).await.unwrap_err();

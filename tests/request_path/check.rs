@@ -344,19 +344,22 @@ impl RequestPath {
             aliases,
         );
         let gateway = Arc::new(Gateway::new(router, hard_stop.clone()));
-        let auth = Auth::from_config(&AuthConfig {
-            enabled: true,
-            keys: vec![ApiKeyConfig {
-                name: "fuzz".into(),
-                hash: KeyHash::of(KEY),
-                models: Some(KEY_MODELS.map(String::from).to_vec()),
-                requests_per_minute: None,
-                // Large, so calls are rarely refused for it; a completion's reservation is still
-                // taken and settled on every call.
-                tokens_per_minute: Some(1_000_000_000),
-            }],
-            ..AuthConfig::default()
-        });
+        let auth = Auth::from_config(
+            &AuthConfig {
+                enabled: true,
+                keys: vec![ApiKeyConfig {
+                    name: "fuzz".into(),
+                    hash: KeyHash::of(KEY),
+                    models: Some(KEY_MODELS.map(String::from).to_vec()),
+                    requests_per_minute: None,
+                    // Large, so calls are rarely refused for it; a completion's reservation is still
+                    // taken and settled on every call.
+                    tokens_per_minute: Some(1_000_000_000),
+                }],
+                ..AuthConfig::default()
+            },
+            None,
+        );
         assert!(auth.is_some(), "the fuzz key is accepted");
         let open = api_service(gateway.clone(), &limits(), None, hard_stop.clone());
         let keyed = api_service(gateway, &limits(), auth, hard_stop);
