@@ -392,3 +392,30 @@ async fn a_listener_that_never_answers_fails_the_connection_row_within_bounds() 
     assert!(run.rows("ListModels").is_empty(), "nothing more is tried:\n{run}");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn the_shared_redis_gets_a_row_with_its_password_masked() {
+    let fake = fake_with(FakeModel::new("llama3.2:3b").with_reply(reply(&["ok"]))).await;
+    let redis = crate::redis_server::RedisServer::start_secured("pw-never-printed", None);
+    let url = format!("redis://:pw-never-printed@127.0.0.1:{}/", redis.port);
+    let mut env = ollama_env(&fake, "llama3.2:3b");
+    env.push(("COPILOT_REDIS_URL", url));
+    let run = doctor(&[], Some(OLLAMA_ONLY), &env).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    run.assert_row("shared state (Redis)", "PASS", &format!("redis://:***@127.0.0.1:{}/: PING", redis.port));
+    run.assert_row("shared state (Redis)", "PASS", "Redis 7");
+    run.assert_row("shared state (Redis)", "PASS", "maxmemory-policy noeviction");
+    assert!(!run.stdout.contains("pw-never-printed") && !run.stderr.contains("pw-never-printed"), "{run}");
+
+    // Down: a warning with the default policy, a failure with on_error = closed.
+    let nothing = crate::redis_server::RedisServer::not_started();
+    let mut env = ollama_env(&fake, "llama3.2:3b");
+    env.push(("COPILOT_REDIS_URL", nothing.url()));
+    let run = doctor(&[], Some(OLLAMA_ONLY), &env).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    run.assert_row("shared state (Redis)", "WARN", "does not answer");
+    env.push(("COPILOT_STATE__ON_ERROR", "closed".into()));
+    let run = doctor(&[], Some(OLLAMA_ONLY), &env).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    run.assert_row("shared state (Redis)", "FAIL", "refused (on_error = closed)");
+}

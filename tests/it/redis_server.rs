@@ -10,12 +10,33 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// More `redis-server` arguments: a password, TLS.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new() };
+        server.restart();
+        server
+    }
+
+    /// A server that requires `password`; with `tls` (certificate and key, PEM) it speaks only TLS
+    /// (no client certificates).
+    pub fn start_secured(password: &str, tls: Option<(&str, &str)>) -> RedisServer {
+        let mut server = RedisServer::not_started();
+        server.extra = vec!["--requirepass".into(), password.into()];
+        if let Some((cert_pem, key_pem)) = tls {
+            let cert = server.dir.path().join("redis.crt");
+            let key = server.dir.path().join("redis.key");
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            let port = server.port.to_string();
+            server.extra.extend(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"].map(String::from));
+            server.extra.extend(["--tls-cert-file".into(), cert.display().to_string()]);
+            server.extra.extend(["--tls-key-file".into(), key.display().to_string()]);
+        }
         server.restart();
         server
     }
@@ -24,7 +45,7 @@ impl RedisServer {
     /// when Copilot starts.
     pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer { child: None, port, dir: tempfile::tempdir().unwrap() }
+        RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new() }
     }
 
     pub fn url(&self) -> String {
@@ -39,6 +60,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -265,3 +265,44 @@ async fn a_redis_down_at_startup_does_not_stop_the_server_and_is_used_once_up() 
     assert_eq!(admitted(&results), 1, "{results:?}");
     assert_eq!(redis.keys().len(), 1, "the request bucket is in Redis: {:?}", redis.keys());
 }
+
+#[tokio::test]
+async fn a_tls_redis_with_a_password_is_shared_and_the_password_is_never_shown() {
+    const PASSWORD: &str = "s3cret-redis-pass";
+    let ca = crate::tls::Ca::new("redis test CA");
+    let (cert, key) = ca.issue("127.0.0.1");
+    let redis = RedisServer::start_secured(PASSWORD, Some((&cert, &key)));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
+    let hash = copilot::auth::KeyHash::of(KEY);
+    let start = |password: &'static str| {
+        let config = format!(
+            "[providers.ollama]\nretries = 0\n\
+             [state]\nredis_url = \"rediss://:{password}@127.0.0.1:{}/\"\ntls_ca_file = \"{}\"\n\
+             health_interval = \"200ms\"\n\
+             [auth]\nenabled = true\n[[auth.keys]]\nname = \"team\"\nhash = \"{hash}\"\nrequests_per_minute = 1\n",
+            redis.port,
+            ca_file.display()
+        );
+        let fake = fake.base_url();
+        async move { Copilot::start_with(&config, &[("OLLAMA_HOST", fake)]).await }
+    };
+    let a = start(PASSWORD).await;
+    let b = start(PASSWORD).await;
+    wait_for_state(&a, ServingStatus::Serving).await;
+    generate(&mut a.client().await, prompt("ollama/m", HELLO)).await.unwrap();
+    let status = generate(&mut b.client().await, prompt("ollama/m", HELLO)).await.unwrap_err();
+    assert_eq!(reason(&status), "KEY_REQUEST_LIMIT", "the budget is shared over TLS: {status:?}");
+
+    // A wrong password: Redis refuses, the replica says so (without either password) and falls back.
+    let wrong = start("not-the-password").await;
+    wait_for_state(&wrong, ServingStatus::NotServing).await;
+    generate(&mut wrong.client().await, prompt("ollama/m", HELLO)).await.unwrap();
+    for copilot in [&a, &b, &wrong] {
+        let logs = copilot.logs();
+        assert!(logs.contains(&format!("rediss://:***@127.0.0.1:{}/", redis.port)), "{logs}");
+        assert!(!logs.contains(PASSWORD) && !logs.contains("not-the-password"), "{logs}");
+    }
+}

@@ -11,8 +11,11 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use copilot::config::{Config, EmbeddedSettings, KindSettings, Overrides, PinThreads, ProviderConfig, ProviderKind};
+use copilot::config::{
+    Config, EmbeddedSettings, KindSettings, OnStateError, Overrides, PinThreads, ProviderConfig, ProviderKind,
+};
 use copilot::router::Instance;
+use copilot::state::SharedState;
 use copilot_provider::{ModelInfo, ProviderError};
 use tokio::net::TcpListener;
 
@@ -44,6 +47,9 @@ pub async fn run(options: &Options, config_path: Option<&Path>, report: &mut Rep
                 config.auth.keys.len()
             ),
         );
+    }
+    if config.state.redis_url.is_some() {
+        check_state(&config, report).await;
     }
     let advisor = Advisor::local(&config);
     let wanted = Wanted::new(&config, &options.model);
@@ -247,6 +253,53 @@ fn details(info: &ModelInfo) -> String {
 
 /// Starts the gateway in-process on loopback, as `copilot serve` would with this configuration
 /// (minus TLS, API keys and the extra listeners), runs the gRPC checks against it, and stops it.
+/// The shared Redis: reachable, how fast, which server, and what it does when full. Unreachable is a
+/// FAIL only with `on_error = "closed"` (then every call with a budget is refused); otherwise the
+/// server works on this replica's budgets, and it is a WARN.
+async fn check_state(config: &Config, report: &mut Report) {
+    const CHECK: &str = "shared state (Redis)";
+    let state = match SharedState::from_config(&config.state) {
+        Ok(Some(state)) => state,
+        Ok(None) => return,
+        Err(e) => return report.fail(CHECK, e.to_string(), "fix state.redis_url or state.tls_ca_file".to_string()),
+    };
+    let url = state.url().masked();
+    match state.ping().await {
+        Ok(took) => {
+            let (server, policy) = match state.describe().await {
+                Ok((version, policy)) => {
+                    (format!("Redis {version}"), policy.unwrap_or_else(|| "unknown (CONFIG GET refused)".into()))
+                }
+                Err(e) => (format!("INFO failed: {e}"), "unknown".into()),
+            };
+            report.pass(
+                CHECK,
+                format!(
+                    "{url}: PING {:.1} ms, {server}, maxmemory-policy {policy}; key budgets shared, on_error = {}",
+                    took.as_secs_f64() * 1e3,
+                    config.state.on_error.name()
+                ),
+            );
+        }
+        Err(e) => {
+            let closed = config.state.on_error == OnStateError::Closed;
+            let effect = if closed {
+                "every call of a key with a budget is refused (on_error = closed)"
+            } else {
+                "each replica falls back to its own budgets (on_error = local) or admits (open)"
+            };
+            report.problem(
+                closed,
+                CHECK,
+                format!("{url} does not answer: {e}; {effect}"),
+                "start Redis, or check state.redis_url (host, port, password, rediss:// for TLS) and the network \
+                 path to it"
+                    .to_string(),
+            );
+        }
+    }
+}
+
 async fn gateway(config: &Config, options: &Options, advisor: &Advisor, report: &mut Report) {
     const CHECK: &str = "gateway: started";
     let mut served = config.clone();
