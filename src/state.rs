@@ -42,6 +42,7 @@ impl SharedState {
     pub fn from_config(config: &StateConfig) -> Result<Option<Arc<SharedState>>, StateError> {
         let Some(url) = &config.redis_url else { return Ok(None) };
         let connection = connection(url, config.tls_ca_file.as_deref(), config.timeout)?;
+        state_metrics().up.record(1, &[]);
         Ok(Some(Arc::new(SharedState {
             budgets: SharedBudgets::new(connection.clone(), &config.key_prefix, config.timeout),
             connection,
