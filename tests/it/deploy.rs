@@ -176,6 +176,20 @@ fn kubernetes_drain_probes_and_ports_agree_with_the_configuration() {
 
     let hpa = manifest("HorizontalPodAutoscaler");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+
+    // The shared Redis's URL (it holds the password) comes from the Secret, optionally, and the
+    // NetworkPolicy lets the replicas reach it.
+    let redis_url = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "COPILOT_REDIS_URL").unwrap();
+    let reference = &redis_url["valueFrom"]["secretKeyRef"];
+    assert_eq!(reference["name"], secret["metadata"]["name"]);
+    assert_eq!(reference["optional"], true, "without a Redis the replicas keep their own budgets");
+    let egress_ports: Vec<&Value> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap())
+        .collect();
+    assert!(egress_ports.iter().any(|p| p["port"] == 6379), "the NetworkPolicy must let Redis calls out");
 }
 
 #[test]
@@ -194,14 +208,29 @@ fn the_compose_stop_grace_covers_the_drain() {
     assert!(stop >= drain + EXIT_WORK, "stop_grace_period {stop:?} must cover the drain {drain:?} + {EXIT_WORK:?}");
     assert!(compose["services"]["ollama"].get("ports").is_none(), "Ollama must not be published");
     assert_eq!(compose["networks"]["private"]["internal"], true);
+
+    // Copilot shares its budgets through the compose Redis, with the password Redis requires.
+    let redis = &compose["services"]["redis"];
+    assert!(redis.get("ports").is_none(), "Redis must not be published");
+    assert_eq!(redis["networks"], serde_yaml_ng::from_str::<Value>("[private]").unwrap());
+    let command: Vec<&str> = redis["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let password = command.iter().position(|a| *a == "--requirepass").map(|i| default_of(command[i + 1])).unwrap();
+    let url = config.state.redis_url.as_ref().expect("COPILOT_REDIS_URL in the compose environment");
+    assert_eq!(url.expose(), format!("redis://:{password}@redis:6379/0"));
 }
 
-/// Compose's `${VAR:-default}` as compose resolves it when VAR is unset.
+/// A value with compose's `${VAR:-default}`s as compose resolves them when the variables are unset.
 fn default_of(value: &str) -> String {
-    match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).and_then(|v| v.split_once(":-")) {
-        Some((_, default)) => default.to_string(),
-        None => value.to_string(),
+    let mut resolved = String::new();
+    let mut rest = value;
+    while let Some((before, after)) = rest.split_once("${") {
+        let (expression, tail) = after.split_once('}').expect("a closed ${...}");
+        resolved.push_str(before);
+        resolved.push_str(expression.split_once(":-").map_or("", |(_, default)| default));
+        rest = tail;
     }
+    resolved.push_str(rest);
+    resolved
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub type GrpcClient = CopilotClient<H2Connection>;
 #[derive(Clone, Debug)]
 pub struct H2Connection {
     sender: http2::SendRequest<tonic::body::Body>,
+    /// `authorization: Bearer <key>` on every call, for a server with API keys.
+    authorization: Option<http::HeaderValue>,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>>;
@@ -40,7 +42,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
         self.sender.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> ResponseFuture {
+        if let Some(value) = &self.authorization {
+            request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+        }
         Box::pin(self.sender.send_request(request))
     }
 }
@@ -48,11 +53,25 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
 /// Connects to `addr` (`http://host:port`; plaintext HTTP/2, as Copilot serves without TLS) within
 /// five seconds, and drives the connection on a task of its own.
 pub async fn connect(addr: &str) -> Result<GrpcClient, BoxError> {
+    connect_with_key(addr, None).await
+}
+
+/// [`connect`], sending `api_key` as `authorization: Bearer <key>` on every call.
+pub async fn connect_with_key(addr: &str, api_key: Option<&str>) -> Result<GrpcClient, BoxError> {
     let uri: http::Uri = addr.parse().map_err(|e| format!("invalid --addr {addr:?}: {e}"))?;
+    let authorization = match api_key {
+        Some(key) => {
+            let mut value = http::HeaderValue::try_from(format!("Bearer {key}"))
+                .map_err(|_| "the API key holds characters an authorization header cannot carry")?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
     let (sender, connection) = handshake(addr).await?;
     // A connection that fails makes every call on it fail, and the calls report it.
     tokio::spawn(connection);
-    Ok(CopilotClient::with_origin(H2Connection { sender }, uri))
+    Ok(CopilotClient::with_origin(H2Connection { sender, authorization }, uri))
 }
 
 /// A plaintext HTTP/2 connection to `addr` with request bodies of type `B`: the handle that sends

@@ -76,13 +76,17 @@ pub struct Target {
     /// The model, as `provider/model`; empty means the server's default model.
     #[arg(long, default_value = "")]
     pub model: String,
+    /// An API key, sent as `authorization: Bearer <key>` (for a server with `auth.enabled`).
+    #[arg(long, env = "COPILOT_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: Option<String>,
 }
 
 impl Target {
     /// Connects once, up front, so an unreachable server is one clear error rather than a failure
     /// per request. Clones of the client share the connection (one HTTP/2 stream per call).
     pub async fn connect(&self) -> Result<GrpcClient, BoxError> {
-        h2_client::connect(&self.addr).await
+        h2_client::connect_with_key(&self.addr, self.api_key.as_deref()).await
     }
 }
 

@@ -413,7 +413,7 @@ async fn run_with(
     };
 
     // (b) the same load through Copilot.
-    let target = Target { addr: copilot.addr.clone(), model: copilot.model.clone() };
+    let target = Target { addr: copilot.addr.clone(), model: copilot.model.clone(), api_key: None };
     let backend = Arc::new(GrpcBackend::connect(&target, cmd.connections, &cmd.load).await?);
     let description = format!(
         "{}, over {} HTTP/2 connection(s)\n  path: client → Copilot (gRPC) → the same {fake_name} at {} ({})",
