@@ -24,7 +24,7 @@ pub use provider::{
     ProviderTable, SafetySetting, ThinkingOff, normalize_ollama_host,
 };
 pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
-pub use state::{OnStateError, RedisUrl, StateConfig};
+pub use state::{OnStateError, RedisTopology, RedisUrl, StateConfig};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -114,13 +114,14 @@ fn log_change(instance: &Instance, result: &ProbeResult) {
 }
 
 /// PINGs the shared Redis every `state.health_interval` (bounded by `state.timeout`) for the `state`
-/// entry; the first probe runs at once, and the entry starts SERVING (as the budgets assume).
+/// entry. The entry is NOT_SERVING until the first probe, which runs at once and waits for the
+/// connection to be made, has reached Redis.
 pub async fn spawn_state_probe(state: Arc<SharedState>, health: Arc<HealthState>) {
-    health.set(STATE_SERVICE, true).await;
+    health.set(STATE_SERVICE, false).await;
     tokio::spawn(async move {
         let mut was_up: Option<bool> = None;
+        let mut result = state.connect().await;
         loop {
-            let result = state.ping().await;
             let up = result.is_ok();
             if was_up != Some(up) {
                 match &result {
@@ -139,6 +140,7 @@ pub async fn spawn_state_probe(state: Arc<SharedState>, health: Arc<HealthState>
             }
             health.set(STATE_SERVICE, up).await;
             tokio::time::sleep(state.health_interval).await;
+            result = state.ping().await;
         }
     });
 }

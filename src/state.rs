@@ -1,11 +1,12 @@
 //! State shared by every replica, in Redis (or Valkey), when `state.redis_url` is set: the API keys'
 //! budgets (`limiter`), so that N replicas admit together what one would. This module owns the
-//! connection (one multiplexed connection that reconnects by itself, created lazily so that an
-//! unreachable Redis never stops the server from starting), bounds every operation by
-//! `state.timeout`, and keeps the `up` signal that gRPC health (`state`) and the metrics show.
+//! connection (`connection.rs`: one server or a Cluster, created lazily so that an unreachable
+//! Redis never stops the server from starting), bounds every operation by `state.timeout`, and
+//! keeps the `up` signal that gRPC health (`state`) and the metrics show.
 //! What a failed operation means for a call (`state.on_error`) is decided by the caller
 //! (`auth/shared.rs`).
 
+mod connection;
 pub mod limiter;
 mod metrics;
 
@@ -13,16 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-
 use crate::config::{OnStateError, RedisUrl, StateConfig};
+pub use connection::Connection;
 pub use limiter::{Budget, Limits, Op, SharedBudgets, StateError, Verdict};
 pub use metrics::state_metrics;
 
 /// The shared store of one replica: its connection and what it knows of Redis's health.
 pub struct SharedState {
     budgets: SharedBudgets,
-    connection: ConnectionManager,
+    connection: Connection,
     url: RedisUrl,
     timeout: Duration,
     pub on_error: OnStateError,
@@ -41,7 +41,7 @@ impl SharedState {
     /// probe) opens the connection. Must run inside the Tokio runtime.
     pub fn from_config(config: &StateConfig) -> Result<Option<Arc<SharedState>>, StateError> {
         let Some(url) = &config.redis_url else { return Ok(None) };
-        let connection = connection(url, config.tls_ca_file.as_deref(), config.timeout)?;
+        let connection = Connection::open(url, config.topology, config.tls_ca_file.as_deref(), config.timeout)?;
         state_metrics().up.record(1, &[]);
         Ok(Some(Arc::new(SharedState {
             budgets: SharedBudgets::new(connection.clone(), &config.key_prefix, config.timeout),
@@ -90,11 +90,21 @@ impl SharedState {
 
     /// One PING, bounded by the timeout: how long it took.
     pub async fn ping(&self) -> Result<Duration, StateError> {
+        self.ping_within(self.timeout).await
+    }
+
+    /// The first PING: it waits for the connection to be made (at most [`connection::CONNECT_TIMEOUT`]
+    /// or the timeout), so that the connection is up before calls need it.
+    pub async fn connect(&self) -> Result<Duration, StateError> {
+        self.ping_within(self.timeout.max(connection::CONNECT_TIMEOUT)).await
+    }
+
+    async fn ping_within(&self, bound: Duration) -> Result<Duration, StateError> {
         let started = Instant::now();
         let mut connection = self.connection.clone();
-        let result = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut connection))
+        let result = tokio::time::timeout(bound, redis::cmd("PING").query_async::<String>(&mut connection))
             .await
-            .map_err(|_| StateError::Timeout(self.timeout))
+            .map_err(|_| StateError::Timeout(bound))
             .and_then(|answer| answer.map_err(|e| StateError::Redis(e.to_string())));
         self.observe(result.is_ok());
         result.map(|_| started.elapsed())
@@ -123,32 +133,4 @@ impl SharedState {
             .and_then(Result::ok);
         Ok((version, policy.and_then(|pair| pair.into_iter().nth(1))))
     }
-}
-
-/// The connection: multiplexed, reconnecting after an error with a short backoff, every command and
-/// every connection attempt bounded by `timeout`.
-fn connection(
-    url: &RedisUrl,
-    ca_file: Option<&std::path::Path>,
-    timeout: Duration,
-) -> Result<ConnectionManager, StateError> {
-    // rediss:// builds its TLS configuration from the process's default provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| StateError::Url(format!("cannot read state.tls_ca_file {}: {e}", path.display())))?;
-            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(url.expose(), certificates)
-        }
-        None => redis::Client::open(url.expose()),
-    }
-    .map_err(|e| StateError::Url(e.to_string()))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StateError::Redis(e.to_string()))
 }

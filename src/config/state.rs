@@ -14,6 +14,9 @@ pub struct StateConfig {
     /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS) or `unix:///path`
     /// (env `COPILOT_REDIS_URL`). It holds the password: the logs show it masked.
     pub redis_url: Option<RedisUrl>,
+    /// `single`: one server (or a primary behind a stable address); `cluster`: a Redis Cluster,
+    /// `redis_url` naming any node (or the cluster's configuration endpoint).
+    pub topology: RedisTopology,
     /// PEM CA certificates that sign the Redis server's certificate (`rediss://`), instead of the
     /// system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -35,6 +38,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            topology: RedisTopology::Single,
             tls_ca_file: None,
             key_prefix: "default".into(),
             timeout: Duration::from_millis(50),
@@ -42,6 +46,13 @@ impl Default for StateConfig {
             health_interval: Duration::from_secs(2),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisTopology {
+    Single,
+    Cluster,
 }
 
 /// The failure policy of the shared budgets.

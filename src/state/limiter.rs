@@ -12,6 +12,8 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+
+use super::Connection;
 use sha2::{Digest, Sha256};
 
 use crate::key_hash::KeyHash;
@@ -74,7 +76,7 @@ pub enum StateError {
 /// The shared budgets of every key, in one Redis.
 #[derive(Clone)]
 pub struct SharedBudgets {
-    connection: ConnectionManager,
+    connection: Connection,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -99,11 +101,11 @@ impl SharedBudgets {
             .await
             .map_err(|_| StateError::Timeout(timeout))?
             .map_err(|e| StateError::Redis(e.to_string()))?;
-        Ok(SharedBudgets::new(connection, prefix, timeout))
+        Ok(SharedBudgets::new(Connection::Single(connection), prefix, timeout))
     }
 
     /// The budgets on an existing connection.
-    pub fn new(connection: ConnectionManager, prefix: &str, timeout: Duration) -> SharedBudgets {
+    pub fn new(connection: Connection, prefix: &str, timeout: Duration) -> SharedBudgets {
         SharedBudgets {
             connection,
             script: redis::Script::new(include_str!("limiter.lua")),

@@ -342,11 +342,13 @@ fn testing_needs_venv_node_npm_and_a_recent_redis_server() {
     let check = machine.check("test");
     check.missing(&["redis-server"]);
     assert!(check.reason("redis-server").contains("5 or newer"), "{}", check.output);
-    // Debian bookworm's, and an old one.
+    // Debian bookworm's (with its redis-cli), and an old one.
     machine.stub(
         "redis-server",
         "echo 'Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d7c971a948f0'",
     );
+    machine.check("test").missing(&["redis-server"]);
+    machine.stub("redis-cli", "echo 'redis-cli 7.0.15'");
     machine.check("test").missing(&[]);
     machine.stub(
         "redis-server",

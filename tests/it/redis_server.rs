@@ -109,6 +109,53 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster of `n` primaries (no replicas) on loopback, its slots spread by `redis-cli
+/// --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let mut node = RedisServer::not_started();
+            node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"].map(String::from).to_vec();
+            node.restart();
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli (Debian's redis-tools, installed with redis-server)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            let client = redis::Client::open(node.url()).unwrap();
+            let mut connection = client.get_connection().unwrap();
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut connection).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ok: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Every key of every node.
+    pub fn keys(&self) -> Vec<(u16, String)> {
+        self.nodes.iter().flat_map(|node| node.keys().into_iter().map(|key| (node.port, key))).collect()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if self.child.is_some() {

@@ -23,8 +23,16 @@ use crate::requests::{HELLO, chat, prompt, reason, with_key};
 const LIMIT: Duration = Duration::from_secs(20);
 const KEY: &str = "cpk_shared_test_key";
 
-/// A copilot in front of `fake` whose one key `team` has `limits`, its budgets in `redis`.
+/// A copilot in front of `fake` whose one key `team` has `limits`, its budgets in `redis`, once its
+/// connection to Redis is up (its `state` health entry SERVING).
 async fn replica(fake: &FakeOllama, redis: &RedisServer, limits: &str, state: &str) -> Copilot {
+    let copilot = replica_starting(fake, redis, limits, state).await;
+    wait_for_state(&copilot, ServingStatus::Serving).await;
+    copilot
+}
+
+/// [`replica`] as soon as it listens.
+async fn replica_starting(fake: &FakeOllama, redis: &RedisServer, limits: &str, state: &str) -> Copilot {
     let hash = copilot::auth::KeyHash::of(KEY);
     let config = format!(
         "[providers.ollama]\nretries = 0\nbreaker_failures = 0\n\
@@ -193,7 +201,6 @@ async fn with_on_error_local_a_replica_falls_back_to_its_own_budget_and_resumes_
     let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
     let copilot = replica(&fake, &redis, "requests_per_minute = 2", "on_error = \"local\"").await;
     let mut client = copilot.client().await;
-    wait_for_state(&copilot, ServingStatus::Serving).await;
     let (results, _) = calls(&mut client, 3).await;
     assert_eq!(admitted(&results), 2, "the shared budget: {results:?}");
 
@@ -284,7 +291,7 @@ async fn with_on_error_closed_calls_are_refused_fast_while_redis_is_stopped_or_h
 async fn a_redis_down_at_startup_does_not_stop_the_server_and_is_used_once_up() {
     let mut redis = RedisServer::not_started();
     let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
-    let copilot = replica(&fake, &redis, "requests_per_minute = 1", "").await;
+    let copilot = replica_starting(&fake, &redis, "requests_per_minute = 1", "").await;
     wait_for_state(&copilot, ServingStatus::NotServing).await;
     let mut client = copilot.client().await;
     // on_error = "local" (the default): this replica's own budget.
@@ -325,6 +332,7 @@ async fn a_tls_redis_with_a_password_is_shared_and_the_password_is_never_shown()
     let a = start(PASSWORD).await;
     let b = start(PASSWORD).await;
     wait_for_state(&a, ServingStatus::Serving).await;
+    wait_for_state(&b, ServingStatus::Serving).await;
     generate(&mut a.client().await, prompt("ollama/m", HELLO)).await.unwrap();
     let status = generate(&mut b.client().await, prompt("ollama/m", HELLO)).await.unwrap_err();
     assert_eq!(reason(&status), "KEY_REQUEST_LIMIT", "the budget is shared over TLS: {status:?}");
@@ -338,4 +346,27 @@ async fn a_tls_redis_with_a_password_is_shared_and_the_password_is_never_shown()
         assert!(logs.contains(&format!("rediss://:***@127.0.0.1:{}/", redis.port)), "{logs}");
         assert!(!logs.contains(PASSWORD) && !logs.contains("not-the-password"), "{logs}");
     }
+}
+
+#[tokio::test]
+async fn replicas_share_budgets_through_a_redis_cluster() {
+    let cluster = crate::redis_server::RedisCluster::start(3);
+    let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
+    let mut replicas = Vec::new();
+    for seed in [&cluster.nodes[0], &cluster.nodes[1]] {
+        replicas.push(
+            replica(&fake, seed, "requests_per_minute = 10\ntokens_per_minute = 100000", "topology = \"cluster\"")
+                .await,
+        );
+    }
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut client = replicas[i % 2].client().await;
+        calls.push(async move { generate(&mut client, prompt("ollama/m", HELLO)).await });
+    }
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(admitted(&results), 10, "{results:?}");
+    // The key's buckets live in one slot (the hash tag), so on one node: the scripts run there.
+    let keys = cluster.keys();
+    assert!(!keys.is_empty() && keys.iter().all(|(node, _)| *node == keys[0].0), "{keys:?}");
 }

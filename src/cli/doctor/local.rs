@@ -264,7 +264,7 @@ async fn check_state(config: &Config, report: &mut Report) {
         Err(e) => return report.fail(CHECK, e.to_string(), "fix state.redis_url or state.tls_ca_file".to_string()),
     };
     let url = state.url().masked();
-    match state.ping().await {
+    match state.connect().await {
         Ok(took) => {
             let (server, policy) = match state.describe().await {
                 Ok((version, policy)) => {
