@@ -228,8 +228,8 @@ async fn with_on_error_local_a_replica_falls_back_to_its_own_budget_and_resumes_
 async fn with_on_error_open_calls_are_admitted_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
-    let config = format!("on_error = \"open\"\n[server]\nmetrics_addr = \"127.0.0.1:0\"");
-    let copilot = replica(&fake, &redis, "requests_per_minute = 1", &config).await;
+    let config = "on_error = \"open\"\n[server]\nmetrics_addr = \"127.0.0.1:0\"";
+    let copilot = replica(&fake, &redis, "requests_per_minute = 1", config).await;
     let mut client = copilot.client().await;
     let (results, _) = calls(&mut client, 2).await;
     assert_eq!(admitted(&results), 1, "{results:?}");
