@@ -15,9 +15,11 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod cache;
 mod provider;
 mod security;
 mod state;
+pub use cache::{CacheConfig, CacheScope};
 pub use provider::{
     AnthropicSettings, ApiKeySource, EmbeddedSettings, GeminiSettings, KIND_KEYS, KeepAlive, KindSettings,
     MaxTokensField, OllamaSettings, OllamaStore, OpenAiSettings, ProviderConfig, ProviderKind, ProviderPolicy,
@@ -36,6 +38,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The Redis every replica shares (`[state]`); unset, budgets are this process's own.
     pub state: StateConfig,
+    pub cache: CacheConfig,
     /// Named provider instances, as the server uses them (resolved at load from their tables);
     /// the name is the `provider/` prefix clients use.
     #[serde(skip)]
@@ -276,6 +279,7 @@ impl Config {
         self.check_aliases()?;
         self.check_server()?;
         state::check(&mut self.state)?;
+        self.cache.check()?;
         security::check(self.server.tls.as_ref(), &self.auth, &self.limits)
     }
 

@@ -161,6 +161,14 @@ pub enum GatewayError {
     /// refuses calls it cannot check. `problem` names no password.
     #[error("the shared key budgets are unavailable: {problem}")]
     StateUnavailable { problem: String },
+
+    /// The call set `CacheControl.mode` (`mode`, as the proto names it) and the response cache is off.
+    #[error("the call asks the response cache for {mode} and it is off")]
+    CacheDisabled { mode: &'static str },
+
+    /// A `CACHE_MODE_ONLY_IF_CACHED` call found no stored answer.
+    #[error("no stored answer for a call that asked for one only")]
+    CacheMiss,
 }
 
 /// Why a call's credentials were refused. Never carries the key itself.
@@ -556,6 +564,23 @@ fn to_status(error: GatewayError) -> Status {
             d.set_retry_info(Some(Duration::from_secs(1)));
             Status::with_error_details(Code::Unavailable, message, d)
         }
+        GatewayError::CacheDisabled { mode } => {
+            let message = format!(
+                "the call's CacheControl.mode is {mode}, and this server's response cache is off (its \
+                 cache.enabled): leave CacheControl unset, or ask the server's operator to enable the cache"
+            );
+            let metadata = HashMap::from([
+                ("mode".to_string(), mode.to_string()),
+                ("config_key".to_string(), "cache.enabled".to_string()),
+            ]);
+            Status::with_error_details(Code::FailedPrecondition, message, details("CACHE_DISABLED", metadata))
+        }
+        GatewayError::CacheMiss => Status::with_error_details(
+            Code::NotFound,
+            "the response cache holds no answer for this call, which asked for a cached answer only \
+             (CACHE_MODE_ONLY_IF_CACHED); the model was not called: call without it to have the model answer",
+            details("CACHE_MISS", HashMap::new()),
+        ),
     }
 }
 

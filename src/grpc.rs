@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Reservation};
+use crate::cache::{Lookup, ResponseCache};
 use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit};
@@ -20,11 +21,18 @@ use crate::validate;
 pub struct CopilotApi {
     gateway: Arc<Gateway>,
     limits: LimitsConfig,
+    cache: ResponseCache,
 }
 
 impl CopilotApi {
     pub fn new(gateway: Arc<Gateway>, limits: LimitsConfig) -> Self {
-        Self { gateway, limits }
+        Self { gateway, limits, cache: ResponseCache::disabled() }
+    }
+
+    /// Answers from `cache` where it can (see `cache.rs`).
+    pub fn with_cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Where the call goes: resolved once, here, then checked against the caller's key (nothing
@@ -63,8 +71,13 @@ impl pb::copilot_server::Copilot for CopilotApi {
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
+        let cache = validate::cache_control(request.get_ref().cache.as_ref())?;
         let valid = validate::generate(request.into_inner(), &self.limits)?;
         let plan = self.route(caller.as_ref(), &valid.model)?;
+        let storing = match self.cache.generate(caller.as_ref(), &plan, &valid, cache).await? {
+            Lookup::Hit(response) => return Ok(Response::new(response)),
+            Lookup::Miss(storing) => storing,
+        };
         let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
         // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
         let limit = ResponseLimit::Total(self.limits.max_response_bytes);
@@ -81,7 +94,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
                         reservation.settle(&summary.completion.usage);
                     }
                     let (text, answer) = generated(turn);
-                    return Ok(Response::new(pb::GenerateResponse {
+                    let response = pb::GenerateResponse {
                         text,
                         model: summary.model.clone(),
                         finish_reason: finish_reason(&summary.completion) as i32,
@@ -90,7 +103,12 @@ impl pb::copilot_server::Copilot for CopilotApi {
                         message: answer.message,
                         tool_calls: answer.tool_calls,
                         thinking: answer.thinking,
-                    }));
+                        cached: false,
+                    };
+                    if let Some(storing) = storing {
+                        storing.generate(&response);
+                    }
+                    return Ok(Response::new(response));
                 }
             }
         }
@@ -103,8 +121,15 @@ impl pb::copilot_server::Copilot for CopilotApi {
     async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
+        let cache = validate::cache_control(request.get_ref().cache.as_ref())?;
         let valid = validate::chat(request.into_inner(), &self.limits)?;
         let plan = self.route(caller.as_ref(), &valid.model)?;
+        let storing = match self.cache.chat(caller.as_ref(), &plan, &valid, cache).await? {
+            Lookup::Hit(replay) => {
+                return Ok(Response::new(Box::pin(futures::stream::iter(replay.into_iter().map(Ok)))));
+            }
+            Lookup::Miss(storing) => storing,
+        };
         let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
         // Streamed with backpressure, so only each message is bounded, not the stream.
         let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
@@ -137,7 +162,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
             }
             Err(error) => Err(Status::from(error)),
         });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(crate::cache::recording(responses, storing))))
     }
 
     async fn list_models(
@@ -163,15 +188,20 @@ impl pb::copilot_server::Copilot for CopilotApi {
     async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
+        let cache = validate::cache_control(request.get_ref().cache.as_ref())?;
         let valid = validate::embed(request.into_inner(), &self.limits)?;
         let plan = self.gateway.router().resolve_embedding(&valid.model)?;
+        if let Some(caller) = &caller {
+            caller.check_model(&plan.allow_list_name())?;
+        }
+        let storing = match self.cache.embed(caller.as_ref(), &plan, &valid, cache).await? {
+            Lookup::Hit(response) => return Ok(Response::new(response)),
+            Lookup::Miss(storing) => storing,
+        };
         // The inputs' estimated tokens are held against the key's budget until the upstream's count
         // settles them (or, when it reports none, the estimate is charged).
         let reservation = match &caller {
-            Some(caller) => {
-                caller.check_model(&plan.allow_list_name())?;
-                Some(caller.reserve(valid.inputs.iter().map(String::as_str), Some(0)).await?)
-            }
+            Some(caller) => Some(caller.reserve(valid.inputs.iter().map(String::as_str), Some(0)).await?),
             None => None,
         };
         let embedded = self.gateway.embed(&plan, valid, call).await?;
@@ -182,12 +212,17 @@ impl pb::copilot_server::Copilot for CopilotApi {
             (Some(reservation), None) => reservation.keep(),
             (None, _) => {}
         }
-        Ok(Response::new(pb::EmbedResponse {
+        let response = pb::EmbedResponse {
             usage: Some(pb::Usage { input_tokens: embedded.input_tokens.unwrap_or(0), ..Default::default() }),
             dimensions: embedded.dimensions,
             model: embedded.model,
             embeddings: embedded.vectors.into_iter().map(|values| pb::Embedding { values }).collect(),
-        }))
+            cached: false,
+        };
+        if let Some(storing) = storing {
+            storing.embed(&response);
+        }
+        Ok(Response::new(response))
     }
 
     /// Routed and checked against the key's models like a chat; no tokens are reserved or charged

@@ -8,6 +8,7 @@
 pub mod admin_listeners;
 pub(crate) mod admission;
 pub mod auth;
+pub mod cache;
 pub(crate) mod codec;
 pub mod config;
 pub(crate) mod connection_limits;

@@ -137,8 +137,11 @@ async fn run(
     let health = HealthState::new(reporter, SERVICE_NAME);
     let routes = tonic::service::Routes::builder()
         .add_service(
-            CopilotServer::new(CopilotApi::new(gateway.clone(), config.limits.clone()))
-                .max_decoding_message_size(config.limits.max_message_bytes),
+            CopilotServer::new(
+                CopilotApi::new(gateway.clone(), config.limits.clone())
+                    .with_cache(crate::cache::ResponseCache::from_config(&config.cache)),
+            )
+            .max_decoding_message_size(config.limits.max_message_bytes),
         )
         .add_service(health_service.clone())
         .add_service(reflection_v1()?)

@@ -6,6 +6,7 @@ mod content;
 use copilot_provider::{GenerationOptions, Message, Reasoning, ResponseFormat, Role, Tool, ToolChoice};
 use tonic_types::FieldViolation;
 
+use crate::cache::{CacheControl, CacheMode};
 use crate::config::LimitsConfig;
 use crate::error::{GatewayError, truncate_bytes};
 use crate::proto::v1 as pb;
@@ -51,8 +52,9 @@ fn check_model_name(model: &str, violations: &mut Vec<FieldViolation>) {
 
 pub use content::{MAX_IMAGES, MAX_TOOLS, sniff_image};
 
-/// A checked chat request, before routing: `model` is still the client's name for it.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A checked chat request, before routing: `model` is still the client's name for it. Its
+/// serialization is the response cache's key (`cache::key`): every field is in it.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct ValidRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -204,8 +206,9 @@ pub fn count_tokens(request: pb::CountTokensRequest, limits: &LimitsConfig) -> R
     chat(pb::ChatRequest { model, messages, tools, ..Default::default() }, limits)
 }
 
-/// A checked `Embed` request, before routing: `model` is still the client's name for it.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A checked `Embed` request, before routing: `model` is still the client's name for it. Its
+/// serialization is the response cache's key, like [`ValidRequest`]'s.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct ValidEmbed {
     pub model: String,
     pub inputs: Vec<String>,
@@ -261,6 +264,45 @@ pub fn embed(request: pb::EmbedRequest, limits: &LimitsConfig) -> Result<ValidEm
         task,
         truncate: request.truncate,
     })
+}
+
+/// What a call asks of the response cache, checked. It is taken apart from the request: the
+/// validated request is the cache's key, and the same call with another mode is the same entry.
+pub fn cache_control(control: Option<&pb::CacheControl>) -> Result<CacheControl, GatewayError> {
+    let Some(control) = control else { return Ok(CacheControl::default()) };
+    let mut violations = Vec::new();
+    let mode = match pb::CacheMode::try_from(control.mode) {
+        Ok(pb::CacheMode::Unspecified) => CacheMode::Default,
+        Ok(pb::CacheMode::Use) => CacheMode::Use,
+        Ok(pb::CacheMode::Skip) => CacheMode::Skip,
+        Ok(pb::CacheMode::Refresh) => CacheMode::Refresh,
+        Ok(pb::CacheMode::OnlyIfCached) => CacheMode::OnlyIfCached,
+        Err(_) => {
+            violations.push(FieldViolation::new(
+                "cache.mode",
+                format!(
+                    "{} is not a known mode; use CACHE_MODE_USE, CACHE_MODE_SKIP, CACHE_MODE_REFRESH or \
+                     CACHE_MODE_ONLY_IF_CACHED, or leave it unset",
+                    control.mode
+                ),
+            ));
+            CacheMode::Default
+        }
+    };
+    let ttl = match control.ttl {
+        None => None,
+        Some(prost_types::Duration { seconds, nanos })
+            if seconds >= 0 && (0..1_000_000_000).contains(&nanos) && (seconds, nanos) != (0, 0) =>
+        {
+            Some(std::time::Duration::new(seconds as u64, nanos as u32))
+        }
+        Some(_) => {
+            violations.push(FieldViolation::new("cache.ttl", "must be more than 0s; leave it unset for the server's"));
+            None
+        }
+    };
+    finish(violations)?;
+    Ok(CacheControl { mode, ttl })
 }
 
 /// The prompt's total length in characters against `limits.max_prompt_chars`.
@@ -796,6 +838,24 @@ mod tests {
         let bad_tool = pb::CountTokensRequest { model: "m".into(), messages: vec![user], tools: vec![tool("{nope")] };
         let violations = fields(count_tokens(bad_tool, &LimitsConfig::default()).unwrap_err());
         assert!(violations.iter().all(|f| f.starts_with("tools[0]")) && !violations.is_empty(), "{violations:?}");
+    }
+
+    #[test]
+    fn cache_controls_are_checked() {
+        let control = |mode: i32, ttl: Option<(i64, i32)>| pb::CacheControl {
+            mode,
+            ttl: ttl.map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+        };
+        assert_eq!(cache_control(None).unwrap(), CacheControl::default());
+        assert_eq!(
+            cache_control(Some(&control(pb::CacheMode::OnlyIfCached as i32, Some((1, 500_000_000))))).unwrap(),
+            CacheControl { mode: CacheMode::OnlyIfCached, ttl: Some(std::time::Duration::from_millis(1500)) }
+        );
+        assert_eq!(cache_control(Some(&control(4, None))).unwrap().mode, CacheMode::OnlyIfCached);
+        assert_eq!(fields(cache_control(Some(&control(9, Some((0, 0))))).unwrap_err()), ["cache.mode", "cache.ttl"]);
+        for ttl in [(-1, 0), (0, -1), (1, 1_000_000_000)] {
+            assert_eq!(fields(cache_control(Some(&control(1, Some(ttl)))).unwrap_err()), ["cache.ttl"], "{ttl:?}");
+        }
     }
 
     #[test]

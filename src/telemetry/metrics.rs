@@ -38,6 +38,17 @@ pub struct Metrics {
     pub active_requests: UpDownCounter<i64>,
     /// `copilot.rpc.server.errors`: API calls that ended with a non-OK status, by status code.
     pub rpc_errors: Counter<u64>,
+    /// `copilot.cache.requests`: calls that could use the response cache, by `result` (`hit`,
+    /// `miss`, `bypass`) and `rpc.method`.
+    pub cache_requests: Counter<u64>,
+    /// `copilot.cache.stores`: answers stored in the response cache.
+    pub cache_stores: Counter<u64>,
+    /// `copilot.cache.evictions`: entries the in-process store evicted for room.
+    pub cache_evictions: Counter<u64>,
+    /// `copilot.cache.bytes`: the size of the entries the in-process store holds.
+    pub cache_bytes: UpDownCounter<i64>,
+    /// `copilot.cache.oversize`: answers not stored, being over `cache.max_entry_bytes`.
+    pub cache_oversize: Counter<u64>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -99,6 +110,31 @@ pub fn metrics() -> &'static Metrics {
                 .u64_counter("copilot.rpc.server.errors")
                 .with_unit("{error}")
                 .with_description("API calls that ended with a non-OK gRPC status")
+                .build(),
+            cache_requests: meter
+                .u64_counter("copilot.cache.requests")
+                .with_unit("{request}")
+                .with_description("Calls that could use the response cache, by result (hit, miss, bypass)")
+                .build(),
+            cache_stores: meter
+                .u64_counter("copilot.cache.stores")
+                .with_unit("{entry}")
+                .with_description("Answers stored in the response cache")
+                .build(),
+            cache_evictions: meter
+                .u64_counter("copilot.cache.evictions")
+                .with_unit("{entry}")
+                .with_description("Response cache entries evicted for room")
+                .build(),
+            cache_bytes: meter
+                .i64_up_down_counter("copilot.cache.bytes")
+                .with_unit("By")
+                .with_description("Size of the entries the in-process response cache holds")
+                .build(),
+            cache_oversize: meter
+                .u64_counter("copilot.cache.oversize")
+                .with_unit("{answer}")
+                .with_description("Answers not stored in the response cache, being over cache.max_entry_bytes")
                 .build(),
         }
     })

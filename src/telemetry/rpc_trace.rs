@@ -86,6 +86,7 @@ where
             error.type = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             copilot.api_key.name = tracing::field::Empty,
+            copilot.cache = tracing::field::Empty,
         );
         // Without trace export the span is disabled: no context to extract or report.
         let mut trace_id = None;

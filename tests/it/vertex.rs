@@ -119,6 +119,7 @@ async fn newer_gemini_embedding_models_embed_through_embed_content() {
         dimensions: Some(8),
         task: EmbeddingTask::Document as i32,
         truncate: false,
+        cache: None,
     };
     let response = within(LIMIT, client.embed(request.clone())).await.unwrap().into_inner();
     assert_eq!(response.embeddings.len(), 3);

@@ -4,7 +4,7 @@
 //! it into values would lose what a 64-bit integer or `1.0` says.
 
 /// One piece of a message, in the order the message holds them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Part {
     Text(String),
     Image(Image),
@@ -16,14 +16,14 @@ pub enum Part {
 
 /// An image in a user message. Validated at the edge: the MIME type is one of
 /// [`IMAGE_MIME_TYPES`] and matches the bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Image {
     pub source: ImageSource,
     /// `image/png`, `image/jpeg`, `image/webp` or `image/gif`; for a URL, possibly empty.
     pub mime_type: String,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub enum ImageSource {
     /// The image file's bytes.
     Data(Vec<u8>),
@@ -46,7 +46,7 @@ impl std::fmt::Debug for ImageSource {
 pub const IMAGE_MIME_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/webp", "image/gif"];
 
 /// A complete tool call.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ToolCall {
     /// Unique in the conversation: the upstream's, or made up by the server when it gave none.
     pub id: String,
@@ -58,7 +58,7 @@ pub struct ToolCall {
 }
 
 /// A block of the model's thinking.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Thinking {
     /// May be empty (thoughts withheld, or redacted).
     pub text: String,
@@ -70,7 +70,7 @@ pub struct Thinking {
 
 /// A tool the model may call. Validated at the edge: the name is 1–64 of `[A-Za-z0-9_-]`, unique
 /// in the request, and `parameters` is a JSON object's text.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Tool {
     pub name: String,
     pub description: String,
@@ -80,7 +80,7 @@ pub struct Tool {
 }
 
 /// What the model must do with the request's tools.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum ToolChoice {
     Auto,
     /// No tool calls: answer in text.
@@ -92,7 +92,7 @@ pub enum ToolChoice {
 }
 
 /// The shape of the answer's text.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub enum ResponseFormat {
     #[default]
     Text,
@@ -103,13 +103,13 @@ pub enum ResponseFormat {
 }
 
 /// Whether and how hard the model thinks. A request without one leaves it to the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Reasoning {
     Off,
     On { amount: ReasoningAmount, include_thoughts: bool },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum ReasoningAmount {
     /// The model's default.
     #[default]
@@ -119,7 +119,7 @@ pub enum ReasoningAmount {
     BudgetTokens(u32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Effort {
     Low,
     Medium,

@@ -77,7 +77,7 @@ pub fn features_needed(
 }
 
 /// One message of a conversation: its parts in order. A plain text message is one text part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Message {
     pub role: Role,
     pub parts: Vec<Part>,
@@ -128,7 +128,7 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Role {
     System,
     User,
@@ -151,7 +151,7 @@ impl Role {
 
 /// Sampling and length controls. `None` means "the model's own default"; values were range-checked
 /// by the server before an adapter sees them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct GenerationOptions {
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
@@ -263,7 +263,7 @@ pub struct EmbedRequest {
 }
 
 /// What embedding vectors are for (Gemini embeds differently per task; others ignore it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub enum EmbeddingTask {
     #[default]
     Unspecified,
