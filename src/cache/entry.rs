@@ -31,6 +31,8 @@ pub struct CacheEntry {
     pub answer: Option<Answer>,
 }
 
+// Decoded once per hit and taken apart at once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Answer {
     /// A `Generate` answer, as it was sent (`cached` false; its `timing` is replaced on a hit).

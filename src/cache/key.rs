@@ -353,7 +353,8 @@ mod tests {
             truncate: false,
         };
         let of = |request: &ValidEmbed| key(Scope::Shared, Method::Embed, &plan(), Asked::Embedding(request)).unwrap();
-        let changes: &[(&str, fn(&mut ValidEmbed))] = &[
+        type EmbedChange = fn(&mut ValidEmbed);
+        let changes: &[(&str, EmbedChange)] = &[
             ("model", |r| r.model = "ollama/f".into()),
             ("inputs", |r| r.inputs.reverse()),
             ("inputs split differently", |r| r.inputs = vec!["ab".into()]),

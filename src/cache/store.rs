@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -116,7 +116,7 @@ impl MemoryStore {
     /// when another task holds its housekeeping lock), else in the background.
     fn without_waiting(work: impl Future<Output = ()> + Send + 'static) {
         let mut work = Box::pin(work);
-        if let Poll::Pending = work.poll_unpin(&mut Context::from_waker(futures::task::noop_waker_ref())) {
+        if work.poll_unpin(&mut Context::from_waker(futures::task::noop_waker_ref())).is_pending() {
             // Handlers run on Tokio; outside a runtime there is no background to wait in.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(work);

@@ -128,8 +128,8 @@ pub fn metrics() -> &'static Metrics {
                 .build(),
             cache_bytes: meter
                 .i64_up_down_counter("copilot.cache.bytes")
-                .with_unit("By")
-                .with_description("Size of the entries the in-process response cache holds")
+                // No unit: Prometheus would name it `copilot_cache_bytes_bytes`.
+                .with_description("Bytes of the entries the in-process response cache holds")
                 .build(),
             cache_oversize: meter
                 .u64_counter("copilot.cache.oversize")

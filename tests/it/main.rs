@@ -31,6 +31,7 @@ mod rag;
 mod redis_server;
 mod request_bodies;
 mod requests;
+mod response_cache;
 mod routing;
 mod shared_budgets;
 mod shared_limits;
