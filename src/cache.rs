@@ -219,7 +219,7 @@ impl ResponseCache {
             CacheMode::OnlyIfCached => (true, false),
         };
         let scope = match (self.config.scope, caller) {
-            (CacheScope::Key, Some(caller)) => Scope::Key(&caller.0.name),
+            (CacheScope::Key, Some(caller)) => Scope::Key(&caller.key.name),
             _ => Scope::Shared,
         };
         let key = if look || keep { key::key(scope, method, plan, request) } else { None };
