@@ -136,6 +136,18 @@ async fn the_readme_count_tokens_session_runs_as_shown() {
     replay(steps, &copilot).await;
 }
 
+#[tokio::test]
+async fn the_readme_response_cache_session_runs_as_shown() {
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("llama3.2:3b"));
+    let config = format!("[providers.ollama]\nbase_url = \"{}\"\n[cache]\nenabled = true\n", fake.base_url());
+    let copilot = Copilot::start_with(&config, &[]).await;
+    let steps = session("## Response cache");
+    assert_eq!(steps.len(), 5, "a cached-only miss, a miss and a hit of Generate, of Chat");
+    replay(steps, &copilot).await;
+    assert_eq!(fake.chat_requests().len(), 2, "the hits did not reach the upstream");
+}
+
 #[test]
 fn the_comparison_skips_ellipses_and_numbers_but_not_text() {
     let shown = "{ \"a\": 1 }\n...\n{ \"c\": \"0.25s\" }\n";
