@@ -56,11 +56,16 @@ impl GrpcBackend {
             chat.reasoning = Some(reasoning);
             generate.reasoning = Some(reasoning);
         }
-        let embed = copilot::proto::v1::EmbedRequest {
+        let mut embed = copilot::proto::v1::EmbedRequest {
             model: target.model.clone(),
             inputs: vec![load.scenario.prompt(); load.embed_batch as usize],
             ..Default::default()
         };
+        if let Some(mode) = load.cache_mode {
+            chat.cache = Some(mode.control());
+            generate.cache = Some(mode.control());
+            embed.cache = Some(mode.control());
+        }
         Ok(GrpcBackend { clients, rpc: load.rpc, chat, generate, embed })
     }
 

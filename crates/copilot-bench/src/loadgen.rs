@@ -85,6 +85,29 @@ impl Scenario {
     }
 }
 
+/// `CacheControl.mode`, as `--cache-mode` names it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    Use,
+    Skip,
+    Refresh,
+    OnlyIfCached,
+}
+
+impl CacheMode {
+    pub fn control(self) -> copilot::proto::v1::CacheControl {
+        use copilot::proto::v1::CacheMode as Mode;
+        let mode = match self {
+            CacheMode::Use => Mode::Use,
+            CacheMode::Skip => Mode::Skip,
+            CacheMode::Refresh => Mode::Refresh,
+            CacheMode::OnlyIfCached => Mode::OnlyIfCached,
+        };
+        copilot::proto::v1::CacheControl { mode: mode as i32, ttl: None }
+    }
+}
+
 /// How much load, of what shape, for how long: the options `load`, `overhead` and `http` share.
 #[derive(clap::Args, Clone, Debug, Serialize)]
 pub struct LoadArgs {
@@ -120,6 +143,12 @@ pub struct LoadArgs {
     /// Sampling temperature; 0 is greedy, so runs are comparable.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// The response cache's mode on every gRPC request (`CacheControl.mode`): `use`, `skip`,
+    /// `refresh` (a miss every time: the model answers and the answer is stored) or
+    /// `only-if-cached`; unset leaves it to the server. With `--temperature 0` (the default) every
+    /// request is the same call, so with the server's cache on all but the first are hits.
+    #[arg(long, value_enum)]
+    pub cache_mode: Option<CacheMode>,
     /// Inputs per call with `--rpc embed`.
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..=2048))]
     pub embed_batch: u32,
@@ -668,6 +697,14 @@ mod tests {
 
     fn args(argv: &[&str]) -> LoadArgs {
         Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).unwrap().load
+    }
+
+    #[test]
+    fn cache_modes_become_the_requests_cache_control() {
+        assert_eq!(args(&[]).cache_mode, None);
+        let mode = args(&["--cache-mode", "only-if-cached"]).cache_mode.unwrap();
+        assert_eq!(mode.control().mode, copilot::proto::v1::CacheMode::OnlyIfCached as i32);
+        assert_eq!(args(&["--cache-mode", "refresh"]).cache_mode.unwrap().control().mode, 3);
     }
 
     #[test]
