@@ -1,9 +1,10 @@
 //! The response cache through the real binary (issue 18, stage 3): a miss then a hit that never
 //! reaches the upstream (the fakes count its calls), byte for byte; `Chat` replayed with the
-//! original usage and `cached` on every message; what changes the key (an option, the API key
-//! unless entries are shared); ttls; the per-call modes and the cache off; what is never stored
-//! (errors, cancelled streams, filtered answers, answers over `max_entry_bytes`); `Embed`; the
-//! budgets a hit spends; the span attribute and the metrics.
+//! original usage and `cached` on every message, thinking and tool calls keeping their bounds;
+//! what changes the key (an option, the API key unless entries are shared); ttls; the per-call
+//! modes and the cache off; what is never stored (errors, cancelled streams, filtered answers,
+//! answers over `max_entry_bytes`); `Embed`; the budgets a hit spends; the span attribute and the
+//! metrics.
 
 use std::time::Duration;
 
@@ -474,4 +475,59 @@ async fn an_embed_hit_returns_the_same_vectors_without_an_upstream_call() {
     let skipped = EmbedRequest { cache: Some(CacheControl { mode: CacheMode::Skip as i32, ttl: None }), ..request() };
     assert!(!within(LIMIT, client.embed(Request::new(skipped))).await.unwrap().into_inner().cached);
     assert_eq!(fake.embed_requests().len(), 3);
+}
+
+/// A `Chat` answer beyond text: thinking, text and a tool call. The replay keeps the thinking and
+/// tool-call messages as they were, merges the text, and ends with `TOOL_CALLS`.
+#[tokio::test]
+async fn a_chat_hit_replays_thinking_and_tool_calls_with_their_bounds() {
+    use copilot::proto::v1::{Reasoning, Tool};
+    use copilot_fakes::{FakeToolCall, Piece};
+    let (fake, copilot) = start(Some(""), "", &[]).await;
+    let call = FakeToolCall::new("call_1", "get_weather", r#"{"city":"Paris"}"#);
+    let pieces = vec![
+        Piece::Thinking("The user".into()),
+        Piece::Thinking(" wants weather.".into()),
+        Piece::Text("Let me ".into()),
+        Piece::Text("check.".into()),
+        Piece::ToolCalls(vec![call]),
+    ];
+    let mut model = FakeModel::new("m").with_reply(Reply::Turn(pieces));
+    model.capabilities.extend(["tools".into(), "thinking".into()]);
+    fake.add_model(model);
+    let mut client = copilot.client().await;
+    let request = || ChatRequest {
+        tools: vec![Tool {
+            name: "get_weather".into(),
+            parameters_json_schema: r#"{"type":"object"}"#.into(),
+            ..Default::default()
+        }],
+        reasoning: Some(Reasoning { enabled: true, include_thoughts: true, ..Default::default() }),
+        ..chat_request("weather in Paris?", greedy())
+    };
+
+    let original = chat(&mut client, request()).await.unwrap();
+    let replay = chat(&mut client, request()).await.unwrap();
+    assert_eq!(calls(&fake), 1);
+    assert_eq!(original.last().unwrap().finish_reason, FinishReason::ToolCalls as i32, "{original:?}");
+    assert!(original.iter().any(|m| !m.thinking.is_empty()) && original.iter().any(|m| !m.tool_calls.is_empty()));
+
+    // What the replay must be: the original's messages, runs of text-only ones merged, each
+    // marked cached, the last with the replay's timing.
+    let text_only = |m: &ChatResponse| ChatResponse { content: m.content.clone(), ..Default::default() } == *m;
+    let mut expected: Vec<ChatResponse> = Vec::new();
+    for message in &original {
+        match expected.last_mut() {
+            Some(last) if text_only(last) && text_only(message) => last.content.push_str(&message.content),
+            _ => expected.push(message.clone()),
+        }
+    }
+    for message in &mut expected {
+        message.cached = true;
+    }
+    let strip_timing = |messages: &[ChatResponse]| -> Vec<ChatResponse> {
+        messages.iter().map(|m| ChatResponse { timing: None, ..m.clone() }).collect()
+    };
+    assert_eq!(strip_timing(&replay), strip_timing(&expected));
+    assert!(replay.len() < original.len(), "{replay:?}");
 }
