@@ -136,8 +136,22 @@ struct Material<'a> {
 pub fn key(scope: Scope<'_>, method: Method, plan: &Plan, request: Asked<'_>) -> Option<CacheKey> {
     let material = Material { version: KEY_VERSION, scope, method, route: Route::of(plan), request };
     let mut hasher = HashWriter(Sha256::new());
-    serde_json::to_writer(&mut hasher, &material).ok()?;
+    material.serialize(&mut serde_json::Serializer::with_formatter(&mut hasher, KeyFormatter)).ok()?;
     Some(CacheKey(hasher.0.finalize().into()))
+}
+
+/// `serde_json`'s compact form, except for bytes (images, signatures, which `copilot_provider`
+/// serializes as bytes): those go into the hash as they are, after their length, rather than as
+/// a JSON array of numbers (four times the bytes, each written apart). `<` begins no JSON value
+/// and the length says where the bytes end, so the encoding stays unambiguous.
+struct KeyFormatter;
+
+impl serde_json::ser::Formatter for KeyFormatter {
+    fn write_byte_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+        write!(writer, "<{}:", bytes.len())?;
+        writer.write_all(bytes)?;
+        writer.write_all(b">")
+    }
 }
 
 /// Feeds what is written into the hash.
@@ -414,6 +428,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(of(&plain), of(&controlled));
+    }
+
+    /// Bytes (an image's, a signature) are encoded as themselves after their length, not as JSON
+    /// numbers; the rest is compact JSON.
+    #[test]
+    fn bytes_are_encoded_as_they_are() {
+        let image = Image { source: ImageSource::Data(vec![1, b'>', 3]), mime_type: "image/png".into() };
+        let mut encoded = Vec::new();
+        image.serialize(&mut serde_json::Serializer::with_formatter(&mut encoded, KeyFormatter)).unwrap();
+        assert_eq!(encoded, b"{\"source\":{\"Data\":<3:\x01>\x03>},\"mime_type\":\"image/png\"}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct Image {
 #[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub enum ImageSource {
     /// The image file's bytes.
-    Data(Vec<u8>),
+    Data(#[serde(serialize_with = "as_bytes")] Vec<u8>),
     /// An `http(s)://` URL the provider fetches itself.
     Url(String),
 }
@@ -39,6 +39,12 @@ impl std::fmt::Debug for ImageSource {
             ImageSource::Url(url) => f.debug_tuple("Url").field(url).finish(),
         }
     }
+}
+
+/// Bytes serialized as bytes (`serialize_bytes`), not as a sequence of numbers: the response
+/// cache's key (`src/cache/key.rs` in the server) hashes them as they are.
+fn as_bytes<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 /// The image types every provider that sees images accepts (llama.cpp's stb_image aside, which
@@ -54,6 +60,7 @@ pub struct ToolCall {
     /// The arguments' JSON text, exactly as the model wrote it (`{}` for none).
     pub arguments: String,
     /// Gemini's `thoughtSignature` that came with the call; empty otherwise.
+    #[serde(serialize_with = "as_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -63,6 +70,7 @@ pub struct Thinking {
     /// May be empty (thoughts withheld, or redacted).
     pub text: String,
     /// The provider's opaque signature, returned unchanged; empty when it gave none.
+    #[serde(serialize_with = "as_bytes")]
     pub signature: Vec<u8>,
     /// Anthropic's `redacted_thinking`: the data is in `signature`.
     pub redacted: bool,
