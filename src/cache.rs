@@ -46,7 +46,8 @@ use key::{Asked, Scope};
 /// The span attribute that says what the cache did for the call: `hit`, `miss` or `bypass`.
 pub const CACHE_ATTRIBUTE: &str = "copilot.cache";
 
-/// Consecutive text-only chunks of a `Chat` answer are stored merged, up to this many bytes each.
+/// Consecutive text-only chunks of a `Chat` answer are stored merged, up to this many bytes each
+/// (and never more than `limits.max_response_bytes`, the most a `Chat` message may carry).
 pub const MERGED_TEXT_BYTES: usize = 16 * 1024;
 
 /// What a call asks of the cache (`CacheControl`), checked by `validate::cache_control`.
@@ -90,6 +91,8 @@ pub fn deterministic(options: &GenerationOptions) -> bool {
 pub struct ResponseCache {
     config: CacheConfig,
     store: Option<Arc<dyn CacheStore>>,
+    /// The most text a merged `Chat` message holds.
+    merged_text_bytes: usize,
 }
 
 /// What a lookup found: the answer, or a miss with what to store (nothing when the call is not
@@ -103,17 +106,24 @@ impl ResponseCache {
     /// The cache the configuration asks for: off, or in process.
     pub fn from_config(config: &CacheConfig) -> ResponseCache {
         let store = config.enabled.then(|| Arc::new(MemoryStore::new(config.max_bytes)) as Arc<dyn CacheStore>);
-        ResponseCache { config: config.clone(), store }
+        ResponseCache { config: config.clone(), store, merged_text_bytes: MERGED_TEXT_BYTES }
+    }
+
+    /// Merges no more text into one replayed `Chat` message than `max_message_bytes`
+    /// (`limits.max_response_bytes`): a replay keeps the bound a live stream keeps.
+    pub fn with_message_limit(mut self, max_message_bytes: usize) -> ResponseCache {
+        self.merged_text_bytes = MERGED_TEXT_BYTES.min(max_message_bytes);
+        self
     }
 
     /// No cache: every call bypasses it, and one that asks for it is refused (`CACHE_DISABLED`).
     pub fn disabled() -> ResponseCache {
-        ResponseCache { config: CacheConfig::default(), store: None }
+        ResponseCache { config: CacheConfig::default(), store: None, merged_text_bytes: MERGED_TEXT_BYTES }
     }
 
     /// A cache on `store` (the Redis store, or a test's).
     pub fn with_store(config: &CacheConfig, store: Arc<dyn CacheStore>) -> ResponseCache {
-        ResponseCache { config: config.clone(), store: Some(store) }
+        ResponseCache { config: config.clone(), store: Some(store), merged_text_bytes: MERGED_TEXT_BYTES }
     }
 
     pub async fn generate(
@@ -246,7 +256,8 @@ impl ResponseCache {
         counted(method, "miss");
         let ttl = control.ttl.map_or(self.config.ttl, |ttl| ttl.min(self.config.ttl));
         let max_entry_bytes = usize::try_from(self.config.max_entry_bytes).unwrap_or(usize::MAX);
-        Ok(Lookup::Miss(keep.then(|| Storing { store: store.clone(), key, ttl, max_entry_bytes })))
+        let merged_text_bytes = self.merged_text_bytes;
+        Ok(Lookup::Miss(keep.then(|| Storing { store: store.clone(), key, ttl, max_entry_bytes, merged_text_bytes })))
     }
 }
 
@@ -280,6 +291,7 @@ pub struct Storing {
     key: CacheKey,
     ttl: Duration,
     max_entry_bytes: usize,
+    merged_text_bytes: usize,
 }
 
 impl Storing {
@@ -333,7 +345,7 @@ impl ChatRecorder {
         if text_only(chunk)
             && let Some(last) = self.chunks.last_mut()
             && text_only(last)
-            && last.content.len() + chunk.content.len() <= MERGED_TEXT_BYTES
+            && last.content.len() + chunk.content.len() <= self.storing.merged_text_bytes
         {
             last.content.push_str(&chunk.content);
             self.bytes += chunk.content.len();
@@ -458,6 +470,7 @@ mod tests {
             key: CacheKey::from_bytes([1; 32]),
             ttl: Duration::from_secs(60),
             max_entry_bytes,
+            merged_text_bytes: MERGED_TEXT_BYTES,
         }
     }
 
@@ -479,9 +492,17 @@ mod tests {
         chunks: Vec<Result<pb::ChatResponse, ()>>,
         max_entry_bytes: usize,
     ) -> Option<Vec<pb::ChatResponse>> {
+        record_merging(chunks, max_entry_bytes, MERGED_TEXT_BYTES).await
+    }
+
+    async fn record_merging(
+        chunks: Vec<Result<pb::ChatResponse, ()>>,
+        max_entry_bytes: usize,
+        merged_text_bytes: usize,
+    ) -> Option<Vec<pb::ChatResponse>> {
         let store = Arc::new(Kept::default());
-        let passed: Vec<_> =
-            recording(futures::stream::iter(chunks.clone()), Some(storing(&store, max_entry_bytes))).collect().await;
+        let storing = Storing { merged_text_bytes, ..storing(&store, max_entry_bytes) };
+        let passed: Vec<_> = recording(futures::stream::iter(chunks.clone()), Some(storing)).collect().await;
         assert_eq!(passed, chunks, "the stream passes through unchanged");
         let stored = store.0.lock().unwrap().values().next().cloned()?;
         match entry::decode(&stored) {
@@ -519,6 +540,21 @@ mod tests {
         let stored = record(chunks, 1 << 20).await.expect("stored");
         let sizes: Vec<usize> = stored.iter().map(|chunk| chunk.content.len()).collect();
         assert_eq!(sizes, [16_000, 16_000, 8_000, 0]);
+    }
+
+    #[tokio::test]
+    async fn merged_text_stays_within_the_servers_message_limit() {
+        let config = CacheConfig { enabled: true, ..CacheConfig::default() };
+        let cache = ResponseCache::with_store(&config, Arc::new(Kept::default())).with_message_limit(2500);
+        assert_eq!(cache.merged_text_bytes, 2500);
+        let piece = "x".repeat(1000);
+        let mut chunks: Vec<_> = (0..5).map(|_| Ok(text(&piece))).collect();
+        chunks.push(Ok(last(pb::FinishReason::Stop)));
+        let stored = record_merging(chunks, 1 << 20, cache.merged_text_bytes).await.expect("stored");
+        let sizes: Vec<usize> = stored.iter().map(|chunk| chunk.content.len()).collect();
+        assert_eq!(sizes, [2000, 2000, 1000, 0]);
+        let roomy = ResponseCache::with_store(&config, Arc::new(Kept::default())).with_message_limit(1 << 30);
+        assert_eq!(roomy.merged_text_bytes, MERGED_TEXT_BYTES);
     }
 
     #[tokio::test]

@@ -138,8 +138,10 @@ async fn run(
     let routes = tonic::service::Routes::builder()
         .add_service(
             CopilotServer::new(
-                CopilotApi::new(gateway.clone(), config.limits.clone())
-                    .with_cache(crate::cache::ResponseCache::from_config(&config.cache)),
+                CopilotApi::new(gateway.clone(), config.limits.clone()).with_cache(
+                    crate::cache::ResponseCache::from_config(&config.cache)
+                        .with_message_limit(config.limits.max_response_bytes),
+                ),
             )
             .max_decoding_message_size(config.limits.max_message_bytes),
         )
