@@ -17,8 +17,8 @@ use copilot_provider::Usage;
 pub use crate::key_hash::{KeyHash, new_key};
 pub use bucket::Bucket;
 pub use layer::AuthCheck;
-use shared::Held;
 pub use shared::SharedKeyBudgets;
+use shared::{DeferredAdmission, Held};
 
 use crate::config::{ApiKeyConfig, AuthConfig};
 use crate::error::{AuthFailure, GatewayError, KeyLimit};
@@ -116,6 +116,10 @@ impl ApiKey {
         self.requests.is_some() || self.tokens.is_some()
     }
 
+    fn has_token_budget(&self) -> bool {
+        self.tokens.is_some()
+    }
+
     /// Admits one call: refused while the token budget is spent (completions only) or when the
     /// request budget is.
     fn admit(&self, uses_tokens: bool, now: Instant) -> Result<(), GatewayError> {
@@ -148,14 +152,17 @@ impl ApiKey {
         })
     }
 
-    /// A charge or refund on this replica's token bucket.
+    /// A settlement on this replica's own buckets (Redis could not take it): a charge or refund, or
+    /// the request of a call refused before its deferred admission (which spends nothing more if the
+    /// bucket is empty).
     fn settle_locally(&self, op: Op, now: Instant) {
-        if let Some((_, bucket)) = &self.tokens {
-            match op {
-                Op::Charge(tokens) => bucket.charge(tokens as f64, now),
-                Op::Refund(tokens) => bucket.refund(tokens as f64, now),
-                Op::Admit { .. } | Op::Take(_) => {}
+        match (op, &self.tokens) {
+            (Op::Charge(tokens), Some((_, bucket))) => bucket.charge(tokens as f64, now),
+            (Op::Refund(tokens), Some((_, bucket))) => bucket.refund(tokens as f64, now),
+            (Op::Admit { uses_tokens }, _) => {
+                let _ = self.admit(uses_tokens, now);
             }
+            _ => {}
         }
     }
 }
@@ -201,6 +208,8 @@ impl ModelPattern {
 pub struct Caller {
     pub key: Arc<ApiKey>,
     shared: Option<Arc<SharedKeyBudgets>>,
+    /// The admission left to the reservation, when budgets are shared (one round trip for both).
+    deferred: Option<Arc<DeferredAdmission>>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -234,7 +243,11 @@ impl Caller {
     ) -> Result<Reservation, GatewayError> {
         let Some(shared) = &self.shared else { return self.reserve_at(prompt, max_tokens, Instant::now()) };
         let Some(reserved) = self.estimate(prompt, max_tokens) else { return Ok(self.nothing_reserved()) };
-        let (reserved, shared) = match shared.take(&self.key, reserved).await? {
+        let op = match self.deferred.as_ref().and_then(|deferred| deferred.claim()) {
+            Some(uses_tokens) => Op::AdmitAndTake { uses_tokens, tokens: reserved },
+            None => Op::Take(reserved),
+        };
+        let (reserved, shared) = match shared.take(&self.key, op).await? {
             Held::Shared => (reserved, Some(shared.clone())),
             Held::Local => (reserved, None),
             Held::Nothing => (0, None),
@@ -375,7 +388,8 @@ mod tests {
     fn a_spent_token_budget_refuses_completions_but_not_listings() {
         let k = Arc::new(key(None));
         let now = Instant::now();
-        let reservation = Caller { key: k.clone(), shared: None }.reserve_at(["x"], Some(1), now).unwrap();
+        let reservation =
+            Caller { key: k.clone(), shared: None, deferred: None }.reserve_at(["x"], Some(1), now).unwrap();
         reservation.settle_at(&Usage { input_tokens: 15, output_tokens: 10, ..Default::default() }, now);
         let err = k.admit(true, now).unwrap_err();
         assert!(matches!(err, GatewayError::KeyLimited { limit: KeyLimit::TokensPerMinute(10), .. }), "{err:?}");
@@ -399,7 +413,7 @@ mod tests {
 
     #[test]
     fn reservations_cannot_overdraw_the_token_budget() {
-        let caller = Caller { key: Arc::new(key(None)), shared: None };
+        let caller = Caller { key: Arc::new(key(None)), shared: None, deferred: None };
         let t0 = Instant::now();
         // 10 per minute; "abcdefgh" is 2 tokens, plus max_tokens 2: 4 each.
         let first = caller.reserve_at(["abcdefgh"], Some(2), t0).unwrap();
@@ -422,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_call_estimated_above_the_budget_reserves_all_of_it() {
-        let caller = Caller { key: Arc::new(key(None)), shared: None };
+        let caller = Caller { key: Arc::new(key(None)), shared: None, deferred: None };
         let t0 = Instant::now();
         let big = caller.reserve_at(["a"], Some(1000), t0).unwrap();
         assert_eq!(token_limited(caller.reserve_at(["a"], Some(0), t0)), std::time::Duration::from_secs(6));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use http::Request;
 
-use super::{Auth, Caller};
+use super::{Auth, Caller, DeferredAdmission};
 use crate::admission::{Admission, Admit};
 use crate::error::GatewayError;
 use crate::telemetry::rpc_trace::API_PREFIX;
@@ -34,7 +34,9 @@ impl Admission for AuthCheck {
 
 impl Auth {
     /// Lets the call through, with its caller attached, or says why not. With shared budgets the
-    /// key is identified now and its budget checked in Redis, later.
+    /// key is identified now and its budget checked in Redis, later — or, for a call whose handler
+    /// reserves tokens (`Generate`, `Chat`, `Embed` of a key with a token budget), together with
+    /// that reservation, in one round trip (`DeferredAdmission`).
     fn admit<B>(&self, request: &mut Request<B>) -> Admit {
         match self.identify_and_admit(request) {
             Ok(Some(later)) => Admit::Later(later),
@@ -50,7 +52,9 @@ impl Auth {
         let path = request.uri().path();
         // Only completions spend tokens (Embed settles its own in the handler; CountTokens generates
         // nothing and spends none); every call of the API spends a request.
-        let api_call = path.strip_prefix(API_PREFIX).map(|method| matches!(method, "Generate" | "Chat"));
+        let method = path.strip_prefix(API_PREFIX);
+        let api_call = method.map(|method| matches!(method, "Generate" | "Chat"));
+        let reserves = method.is_some_and(|method| matches!(method, "Generate" | "Chat" | "Embed"));
         if api_call.is_none()
             && ((self.open_health && path.starts_with(HEALTH_PREFIX))
                 || (self.open_reflection && path.starts_with(REFLECTION_PREFIX)))
@@ -59,14 +63,20 @@ impl Auth {
         }
         let key = self.identify(request.headers().get(http::header::AUTHORIZATION))?.clone();
         tracing::Span::current().record(KEY_NAME_ATTRIBUTE, key.name.as_str());
-        request.extensions_mut().insert(Caller { key: key.clone(), shared: self.shared.clone() });
-        let Some(uses_tokens) = api_call else { return Ok(None) };
-        match &self.shared {
-            Some(shared) if key.has_limits() => {
-                let shared = shared.clone();
-                Ok(Some(Box::pin(async move { shared.admit(&key, uses_tokens).await })))
+        let mut caller = Caller { key: key.clone(), shared: self.shared.clone(), deferred: None };
+        let admission = match (api_call, &self.shared) {
+            (None, _) => Ok(None),
+            (Some(uses_tokens), Some(shared)) if reserves && key.has_token_budget() => {
+                caller.deferred = Some(DeferredAdmission::new(key, shared.clone(), uses_tokens));
+                Ok(None)
             }
-            _ => key.admit(uses_tokens, Instant::now()).map(|()| None),
-        }
+            (Some(uses_tokens), Some(shared)) if key.has_limits() => {
+                let shared = shared.clone();
+                Ok(Some(Box::pin(async move { shared.admit(&key, uses_tokens).await }) as BoxFuture<'static, _>))
+            }
+            (Some(uses_tokens), _) => key.admit(uses_tokens, Instant::now()).map(|()| None),
+        };
+        request.extensions_mut().insert(caller);
+        admission
     }
 }

@@ -6,6 +6,7 @@
 //! buckets (`local`), admit (`open`), or refuse (`closed`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -54,12 +55,24 @@ impl SharedKeyBudgets {
         }
     }
 
-    /// Takes `tokens` from `key`'s token budget, in Redis.
-    pub async fn take(&self, key: &ApiKey, tokens: u64) -> Result<Held, GatewayError> {
-        match self.state.apply(&key.id, key.limits(), Op::Take(tokens)).await {
+    /// Takes tokens from `key`'s token budget in Redis: `op` is a `Take`, or an `AdmitAndTake` for a
+    /// call whose admission was deferred to its reservation.
+    pub async fn take(&self, key: &ApiKey, op: Op) -> Result<Held, GatewayError> {
+        match self.state.apply(&key.id, key.limits(), op).await {
             Ok(verdict) => verdict_result(key, verdict).map(|()| Held::Shared),
             Err(error) => match self.fall_back(key, &error)? {
-                OnStateError::Local => key.take_tokens(tokens, Instant::now()).map(|()| Held::Local),
+                OnStateError::Local => {
+                    let now = Instant::now();
+                    let tokens = match op {
+                        Op::AdmitAndTake { uses_tokens, tokens } => {
+                            key.admit(uses_tokens, now)?;
+                            tokens
+                        }
+                        Op::Take(tokens) => tokens,
+                        Op::Admit { .. } | Op::Charge(_) | Op::Refund(_) => 0,
+                    };
+                    key.take_tokens(tokens, now).map(|()| Held::Local)
+                }
                 _ => Ok(Held::Nothing),
             },
         }
@@ -120,5 +133,34 @@ async fn send_settlements(state: Arc<SharedState>, mut queue: mpsc::Receiver<(Ar
             }
         }))
         .await;
+    }
+}
+
+/// A call's admission left to its reservation, so that both cost one round trip to Redis. A call
+/// that ends before it reserves (refused by validation, routing or the key's models) still spends
+/// its request: in the background, when this is dropped.
+pub struct DeferredAdmission {
+    key: Arc<ApiKey>,
+    shared: Arc<SharedKeyBudgets>,
+    uses_tokens: bool,
+    pending: AtomicBool,
+}
+
+impl DeferredAdmission {
+    pub fn new(key: Arc<ApiKey>, shared: Arc<SharedKeyBudgets>, uses_tokens: bool) -> Arc<DeferredAdmission> {
+        Arc::new(DeferredAdmission { key, shared, uses_tokens, pending: AtomicBool::new(true) })
+    }
+
+    /// The admission to make with the reservation (whether the call spends tokens), once.
+    pub fn claim(&self) -> Option<bool> {
+        self.pending.swap(false, Ordering::Relaxed).then_some(self.uses_tokens)
+    }
+}
+
+impl Drop for DeferredAdmission {
+    fn drop(&mut self) {
+        if let Some(uses_tokens) = self.claim() {
+            self.shared.settle(self.key.clone(), Op::Admit { uses_tokens });
+        }
     }
 }

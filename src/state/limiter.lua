@@ -1,10 +1,11 @@
 -- Copilot's shared key budgets: the rule of src/auth/bucket.rs, one round trip per operation.
 -- KEYS[1]: the key's request bucket, KEYS[2]: its token bucket (one hash tag: one cluster slot).
--- ARGV[1]: op: "admit" | "take" | "charge" | "refund"
+-- ARGV[1]: op: "admit" | "take" | "admit_take" | "charge" | "refund"
 -- ARGV[2]: requests_per_minute (0: none)   ARGV[3]: tokens_per_minute (0: none)
 -- ARGV[4]: admit: 1 when the call spends tokens (Generate, Chat), else 0;
---          take/charge/refund: the tokens
+--          take/admit_take/charge/refund: the tokens
 -- ARGV[5]: tests only: "now" in microseconds; empty: the server's clock (TIME)
+-- ARGV[6]: admit_take: 1 when the call spends tokens, else 0 (admit, then take, in one trip)
 -- Returns {0} done, or {1, retry_after_ms} (requests) / {2, retry_after_ms} (tokens).
 -- A bucket is a hash {l = level, t = microseconds}; no key means a full bucket.
 local EPSILON = 1e-9
@@ -43,19 +44,28 @@ local op = ARGV[1]
 local requests, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
 local amount = tonumber(ARGV[4])
 
-if op == 'admit' then
-  -- Completions are refused while the token budget is spent (in debt or empty)...
-  if tokens > 0 and amount > 0 then
+-- Admission: completions are refused while the token budget is spent (in debt or empty), and every
+-- call takes one request. Returns nil when admitted, else the refusal.
+local function admit(uses_tokens)
+  if tokens > 0 and uses_tokens then
     local level = load(KEYS[2], tokens)
     if level + EPSILON < 1 then return {2, wait_for(tokens, level, 1)} end
   end
-  -- ...and every call takes one request.
   if requests > 0 then
     local level, at = load(KEYS[1], requests)
     if level + EPSILON < 1 then return {1, wait_for(requests, level, 1)} end
     store(KEYS[1], requests, level - 1, at)
   end
-  return {0}
+  return nil
+end
+
+if op == 'admit' then
+  return admit(amount > 0) or {0}
+end
+if op == 'admit_take' then
+  local refused = admit(ARGV[6] == '1')
+  if refused then return refused end
+  op = 'take'
 end
 
 if tokens <= 0 then return {0} end

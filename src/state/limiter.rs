@@ -25,6 +25,9 @@ pub enum Op {
     Admit { uses_tokens: bool },
     /// Reserve a completion's estimated tokens, or refuse.
     Take(u64),
+    /// `Admit` then `Take`, in one round trip (the request is spent even when the tokens do not fit,
+    /// as with the two apart).
+    AdmitAndTake { uses_tokens: bool, tokens: u64 },
     /// Charge tokens used beyond the reservation (may go into debt).
     Charge(u64),
     /// Give back tokens reserved and not used.
@@ -37,6 +40,7 @@ impl Op {
         match self {
             Op::Admit { .. } => "admit",
             Op::Take(_) => "take",
+            Op::AdmitAndTake { .. } => "admit_take",
             Op::Charge(_) => "charge",
             Op::Refund(_) => "refund",
         }
@@ -146,9 +150,10 @@ impl SharedBudgets {
         op: Op,
         now_micros: Option<u64>,
     ) -> Result<Verdict, StateError> {
-        let amount = match op {
-            Op::Admit { uses_tokens } => u64::from(uses_tokens),
-            Op::Take(n) | Op::Charge(n) | Op::Refund(n) => n,
+        let (amount, uses_tokens) = match op {
+            Op::Admit { uses_tokens } => (u64::from(uses_tokens), false),
+            Op::AdmitAndTake { uses_tokens, tokens } => (tokens, uses_tokens),
+            Op::Take(n) | Op::Charge(n) | Op::Refund(n) => (n, false),
         };
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -158,7 +163,8 @@ impl SharedBudgets {
             .arg(limits.requests_per_minute.unwrap_or(0))
             .arg(limits.tokens_per_minute.unwrap_or(0))
             .arg(amount)
-            .arg(now_micros.map(|n| n.to_string()).unwrap_or_default());
+            .arg(now_micros.map(|n| n.to_string()).unwrap_or_default())
+            .arg(u8::from(uses_tokens));
         let mut connection = self.connection.clone();
         let answer: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await

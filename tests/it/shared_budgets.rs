@@ -169,3 +169,23 @@ async fn connecting_to_no_redis_fails_in_bounded_time() {
     let error = SharedBudgets::connect("http://127.0.0.1/", "test", TIMEOUT).await.unwrap_err();
     assert!(matches!(error, StateError::Url(_)), "{error:?}");
 }
+
+/// `admit_take` is `admit` then `take` at the same instant, in one round trip: the request is spent
+/// even when the tokens do not fit.
+#[tokio::test]
+async fn admit_and_take_is_admit_then_take() {
+    let redis = RedisServer::start();
+    let budgets = SharedBudgets::connect(&redis.url(), "test", TIMEOUT).await.unwrap();
+    let key = key();
+    let limits = Limits { requests_per_minute: Some(2), tokens_per_minute: Some(60) };
+    let at = |seconds: u64| Some(1_000 * SECOND_US + seconds * SECOND_US);
+    let both = |tokens| Op::AdmitAndTake { uses_tokens: true, tokens };
+    assert_eq!(budgets.apply_at(&key, limits, both(50), at(0)).await.unwrap(), Verdict::Done);
+    // 10 tokens left, 30 wanted: 20 more refill in 20 s; the request is spent all the same.
+    assert_eq!(budgets.apply_at(&key, limits, both(30), at(0)).await.unwrap(), limited(Budget::Tokens, 20_000));
+    // Both requests are spent: the next call waits 30 s for one.
+    assert_eq!(budgets.apply_at(&key, limits, both(1), at(0)).await.unwrap(), limited(Budget::Requests, 30_000));
+    // An Embed (no token check at admission) with nothing to take spends a request only.
+    let embed = Op::AdmitAndTake { uses_tokens: false, tokens: 0 };
+    assert_eq!(budgets.apply_at(&key, limits, embed, at(30)).await.unwrap(), Verdict::Done);
+}

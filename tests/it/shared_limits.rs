@@ -370,3 +370,29 @@ async fn replicas_share_budgets_through_a_redis_cluster() {
     let keys = cluster.keys();
     assert!(!keys.is_empty() && keys.iter().all(|(node, _)| *node == keys[0].0), "{keys:?}");
 }
+
+#[tokio::test]
+async fn a_call_refused_before_its_reservation_still_spends_a_request() {
+    // With a token budget, admission is made with the reservation (one round trip); a call that
+    // never gets there (an invalid request) spends its request in the background.
+    let redis = RedisServer::start();
+    let fake = fake_with(Reply::Tokens(vec!["ok".into()])).await;
+    let copilot = replica(&fake, &redis, "requests_per_minute = 3\ntokens_per_minute = 100000", "").await;
+    let mut client = copilot.client().await;
+    for _ in 0..2 {
+        let status = generate(&mut client, prompt("ollama/m", "")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    generate(&mut client, prompt("ollama/m", HELLO)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match generate(&mut client, prompt("ollama/m", HELLO)).await {
+            Err(status) => {
+                assert_eq!(reason(&status), "KEY_REQUEST_LIMIT", "{status:?}");
+                break;
+            }
+            Ok(_) => assert!(Instant::now() < deadline, "the invalid calls never spent their requests"),
+        }
+    }
+    assert_eq!(fake.chat_requests().len(), 1, "the fourth call must be refused");
+}
