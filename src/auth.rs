@@ -255,6 +255,15 @@ impl Caller {
         Ok(Reservation { key: self.key.clone(), reserved, shared })
     }
 
+    /// Makes the admission this call's reservation was to make, for a call answered without one
+    /// (a cache hit): its request is spent, or the call refused.
+    pub async fn admit_deferred(&self) -> Result<(), GatewayError> {
+        match (&self.shared, self.deferred.as_ref().and_then(|deferred| deferred.claim())) {
+            (Some(shared), Some(uses_tokens)) => shared.admit(&self.key, uses_tokens).await,
+            _ => Ok(()),
+        }
+    }
+
     /// The tokens to reserve, `None` when the key has no token budget. A call estimated above the
     /// whole budget reserves all of it (it waits for a full bucket rather than never fitting);
     /// what it uses beyond is charged as debt.

@@ -17,6 +17,7 @@
 
 mod entry;
 pub mod key;
+mod redis_store;
 mod store;
 
 use std::pin::Pin;
@@ -30,6 +31,7 @@ use opentelemetry::KeyValue;
 use prost::Message as _;
 
 pub use key::{CacheKey, Method};
+pub use redis_store::RedisStore;
 pub use store::{CacheStore, MemoryStore};
 
 use crate::auth::Caller;
@@ -37,6 +39,7 @@ use crate::config::{CacheConfig, CacheScope};
 use crate::error::GatewayError;
 use crate::proto::v1 as pb;
 use crate::router::Plan;
+use crate::state::SharedState;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::metrics_enabled;
 use crate::validate::{ValidEmbed, ValidRequest};
@@ -103,9 +106,13 @@ pub enum Lookup<T> {
 }
 
 impl ResponseCache {
-    /// The cache the configuration asks for: off, or in process.
-    pub fn from_config(config: &CacheConfig) -> ResponseCache {
-        let store = config.enabled.then(|| Arc::new(MemoryStore::new(config.max_bytes)) as Arc<dyn CacheStore>);
+    /// The cache the configuration asks for: off, in the shared Redis when there is one (every
+    /// replica answers from what any stored), or in process.
+    pub fn from_config(config: &CacheConfig, shared: Option<&Arc<SharedState>>) -> ResponseCache {
+        let store = config.enabled.then(|| match shared {
+            Some(state) => Arc::new(RedisStore::start(state.clone())) as Arc<dyn CacheStore>,
+            None => Arc::new(MemoryStore::new(config.max_bytes)) as Arc<dyn CacheStore>,
+        });
         ResponseCache { config: config.clone(), store, merged_text_bytes: MERGED_TEXT_BYTES }
     }
 
@@ -241,6 +248,11 @@ impl ResponseCache {
             if let Some(bytes) = store.get(&key).await {
                 match entry::decode(&bytes) {
                     Some(answer) => {
+                        // A hit spends no tokens, but the call's request, whose admission may have
+                        // been left to the reservation (shared budgets) that a hit never makes.
+                        if let Some(caller) = caller {
+                            caller.admit_deferred().await?;
+                        }
                         counted(method, "hit");
                         return Ok(Lookup::Hit(answer));
                     }

@@ -135,11 +135,13 @@ async fn run(
         reporter.set_service_status(health::instance_service_name(&instance.name), ServingStatus::Serving).await;
     }
     let health = HealthState::new(reporter, SERVICE_NAME);
+    let state =
+        SharedState::from_config(&config.state).map_err(|e| ServeError::Setup(format!("state.redis_url: {e}")))?;
     let routes = tonic::service::Routes::builder()
         .add_service(
             CopilotServer::new(
                 CopilotApi::new(gateway.clone(), config.limits.clone()).with_cache(
-                    crate::cache::ResponseCache::from_config(&config.cache)
+                    crate::cache::ResponseCache::from_config(&config.cache, state.as_ref())
                         .with_message_limit(config.limits.max_response_bytes),
                 ),
             )
@@ -151,10 +153,8 @@ async fn run(
         .clone()
         .routes()
         .prepare();
-    let state =
-        SharedState::from_config(&config.state).map_err(|e| ServeError::Setup(format!("state.redis_url: {e}")))?;
     if let Some(state) = &state {
-        tracing::info!(url = %state.url(), on_error = state.on_error.name(), "key budgets shared in Redis at {}", state.url());
+        tracing::info!(url = %state.url(), on_error = state.on_error.name(), "key budgets{} shared in Redis at {}", if config.cache.enabled { " and the response cache" } else { "" }, state.url());
         health::spawn_state_probe(state.clone(), health.clone()).await;
     }
     let shared_budgets = state.map(SharedKeyBudgets::start);

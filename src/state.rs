@@ -24,6 +24,7 @@ pub struct SharedState {
     budgets: SharedBudgets,
     connection: Connection,
     url: RedisUrl,
+    key_prefix: String,
     timeout: Duration,
     pub on_error: OnStateError,
     pub health_interval: Duration,
@@ -47,6 +48,7 @@ impl SharedState {
             budgets: SharedBudgets::new(connection.clone(), &config.key_prefix, config.timeout),
             connection,
             url: url.clone(),
+            key_prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             on_error: config.on_error,
             health_interval: config.health_interval,
@@ -75,17 +77,62 @@ impl SharedState {
     pub async fn apply(&self, key_id: &str, limits: Limits, op: Op) -> Result<Verdict, StateError> {
         let started = Instant::now();
         let result = self.budgets.apply_to(key_id, limits, op, None).await;
-        let outcome = match &result {
+        self.record(op.name(), started, &result);
+        result
+    }
+
+    /// The name of a key of this deployment: `copilot:<key_prefix>:<what>`.
+    pub fn key(&self, what: &str) -> String {
+        format!("copilot:{}:{what}", self.key_prefix)
+    }
+
+    /// `GET key`, timed and counted as `cache_get`.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        self.run("cache_get", command).await
+    }
+
+    /// `SET key value PX ttl`, timed and counted as `cache_set`.
+    pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StateError> {
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(value).arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.run("cache_set", command).await
+    }
+
+    /// `DEL key`, timed and counted as `cache_remove`.
+    pub async fn delete(&self, key: &str) -> Result<(), StateError> {
+        let mut command = redis::cmd("DEL");
+        command.arg(key);
+        self.run::<i64>("cache_remove", command).await.map(|_| ())
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        command: redis::Cmd,
+    ) -> Result<T, StateError> {
+        let started = Instant::now();
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(self.timeout, command.query_async::<T>(&mut connection))
+            .await
+            .map_err(|_| StateError::Timeout(self.timeout))
+            .and_then(|answer| answer.map_err(|e| StateError::Redis(e.to_string())));
+        self.record(operation, started, &result);
+        result
+    }
+
+    fn record<T>(&self, operation: &'static str, started: Instant, result: &Result<T, StateError>) {
+        let outcome = match result {
             Ok(_) => "ok",
             Err(StateError::Timeout(_)) => "timeout",
             Err(_) => "error",
         };
         let metrics = state_metrics();
-        let operation = opentelemetry::KeyValue::new("operation", op.name());
+        let operation = opentelemetry::KeyValue::new("operation", operation);
         metrics.duration.record(started.elapsed().as_secs_f64(), std::slice::from_ref(&operation));
         metrics.operations.add(1, &[operation, opentelemetry::KeyValue::new("outcome", outcome)]);
         self.observe(result.is_ok());
-        result
     }
 
     /// One PING, bounded by the timeout: how long it took.

@@ -406,6 +406,12 @@ async fn the_shared_redis_gets_a_row_with_its_password_masked() {
     run.assert_row("shared state (Redis)", "PASS", "Redis 7");
     run.assert_row("shared state (Redis)", "PASS", "maxmemory-policy noeviction");
     assert!(!run.stdout.contains("pw-never-printed") && !run.stderr.contains("pw-never-printed"), "{run}");
+    // The cache in a Redis that evicts nothing would fill it: a warning.
+    env.push(("COPILOT_CACHE__ENABLED", "true".into()));
+    let run = doctor(&[], Some(OLLAMA_ONLY), &env).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    run.assert_row("shared state (Redis)", "WARN", "key budgets and the response cache shared");
+    assert!(run.stdout.contains("volatile-lru"), "{run}");
 
     // Down: a warning with the default policy, a failure with on_error = closed.
     let nothing = crate::redis_server::RedisServer::not_started();

@@ -34,6 +34,7 @@ mod requests;
 mod response_cache;
 mod routing;
 mod shared_budgets;
+mod shared_cache;
 mod shared_limits;
 mod telemetry;
 mod tls;

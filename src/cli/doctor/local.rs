@@ -272,14 +272,20 @@ async fn check_state(config: &Config, report: &mut Report) {
                 }
                 Err(e) => (format!("INFO failed: {e}"), "unknown".into()),
             };
-            report.pass(
-                CHECK,
-                format!(
-                    "{url}: PING {:.1} ms, {server}, maxmemory-policy {policy}; key budgets shared, on_error = {}",
-                    took.as_secs_f64() * 1e3,
-                    config.state.on_error.name()
-                ),
+            let detail = format!(
+                "{url}: PING {:.1} ms, {server}, maxmemory-policy {policy}; key budgets{} shared, on_error = {}",
+                took.as_secs_f64() * 1e3,
+                if config.cache.enabled { " and the response cache" } else { "" },
+                config.state.on_error.name()
             );
+            if config.cache.enabled && policy == "noeviction" {
+                let advice = "give Redis an eviction policy (maxmemory-policy volatile-lru: every key Copilot writes \
+                              expires): with noeviction a full Redis refuses new cache entries"
+                    .to_string();
+                report.problem(false, CHECK, detail, advice);
+            } else {
+                report.pass(CHECK, detail);
+            }
         }
         Err(e) => {
             let closed = config.state.on_error == OnStateError::Closed;
