@@ -143,6 +143,24 @@ impl Copilot {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The Prometheus page of a copilot started with a metrics listener (`server.metrics_addr =
+    /// "127.0.0.1:0"`): the whole HTTP response.
+    pub async fn metrics_page(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let logs = self.logs();
+        let addr = logs
+            .lines()
+            .find_map(|line| line.split("metrics listening on ").nth(1))
+            .and_then(|rest| rest.split(['"', ' ']).next())
+            .expect("the metrics listener's address in the log")
+            .to_string();
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut page = String::new();
+        within(Duration::from_secs(20), stream.read_to_string(&mut page)).await.unwrap();
+        page
+    }
+
     /// The process id of the server.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("copilot is running")
@@ -162,6 +180,15 @@ impl Copilot {
             Err(_) => panic!("copilot did not exit within {limit:?}; its log:\n{}", self.logs()),
         }
     }
+}
+
+/// The sum of the samples of a Prometheus `page` whose line starts with `name` and holds every one
+/// of `labels`; 0 when there is none.
+pub fn sample(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs `future`, failing the test instead of hanging if it takes longer than `limit`.

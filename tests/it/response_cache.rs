@@ -15,11 +15,10 @@ use copilot::proto::v1::{
 };
 use copilot_fakes::{Behaviour, FakeGemini, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, sample, within};
 use crate::requests::{reason, user, with_key};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -44,7 +43,7 @@ async fn start(cache: Option<&str>, extra: &str, env: &[(&str, String)]) -> (Fak
     (fake, copilot)
 }
 
-fn greedy() -> Option<GenerationOptions> {
+pub fn greedy() -> Option<GenerationOptions> {
     Some(GenerationOptions { temperature: Some(0.0), ..Default::default() })
 }
 
@@ -62,14 +61,14 @@ fn chat_request(content: &str, options: Option<GenerationOptions>) -> ChatReques
     ChatRequest { model: "ollama/m".into(), messages: vec![user(content)], options, ..Default::default() }
 }
 
-async fn generate(
+pub async fn generate(
     client: &mut CopilotClient<Channel>,
     request: impl tonic::IntoRequest<GenerateRequest>,
 ) -> Result<GenerateResponse, Status> {
     within(LIMIT, client.generate(request)).await.map(tonic::Response::into_inner)
 }
 
-async fn chat(client: &mut CopilotClient<Channel>, request: ChatRequest) -> Result<Vec<ChatResponse>, Status> {
+pub async fn chat(client: &mut CopilotClient<Channel>, request: ChatRequest) -> Result<Vec<ChatResponse>, Status> {
     let mut stream = within(LIMIT, client.chat(request)).await?.into_inner();
     let mut messages = Vec::new();
     while let Some(message) = within(LIMIT, stream.next()).await {
@@ -392,31 +391,6 @@ async fn errors_cancelled_streams_and_filtered_answers_are_not_stored() {
     assert_eq!(gemini.chat_requests().len(), 2, "a filtered answer is not stored");
 }
 
-/// The Prometheus page of `copilot`, started with a metrics listener.
-async fn metrics_page(copilot: &Copilot) -> String {
-    let logs = copilot.logs();
-    let addr = logs
-        .lines()
-        .find_map(|line| line.split("metrics listening on ").nth(1))
-        .and_then(|rest| rest.split(['"', ' ']).next())
-        .expect("the metrics listener's address in the log")
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    within(LIMIT, stream.read_to_string(&mut page)).await.unwrap();
-    page
-}
-
-/// The value of the sample of `page` whose line starts with `name` and holds every one of
-/// `labels`; 0 when there is none.
-fn sample(page: &str, name: &str, labels: &[&str]) -> f64 {
-    page.lines()
-        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn an_answer_over_max_entry_bytes_is_not_stored_and_the_metrics_count_it_all() {
     let env = [("COPILOT_SERVER__METRICS_ADDR", "127.0.0.1:0".to_string())];
@@ -442,7 +416,7 @@ async fn an_answer_over_max_entry_bytes_is_not_stored_and_the_metrics_count_it_a
     // Not cacheable: a bypass.
     generate(&mut client, generate_request("short", None, None)).await.unwrap();
 
-    let page = metrics_page(&copilot).await;
+    let page = copilot.metrics_page().await;
     let requests = |result: &str| sample(&page, "copilot_cache_requests", &[&format!("result=\"{result}\"")]);
     assert_eq!((requests("hit"), requests("miss"), requests("bypass")), (1.0, 5.0, 1.0), "{page}");
     assert_eq!(sample(&page, "copilot_cache_stores", &[]), 1.0, "{page}");

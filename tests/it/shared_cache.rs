@@ -5,18 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, GenerationOptions};
+use copilot::proto::v1::{ChatRequest, ChatResponse, GenerateRequest};
 use copilot_fakes::{FakeModel, FakeOllama, Reply};
-use futures::StreamExt;
-use tonic::Status;
-use tonic::transport::Channel;
 
-use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::harness::{Copilot, OLLAMA_ONLY};
 use crate::redis_server::RedisServer;
 use crate::requests::{reason, user, with_key};
+use crate::response_cache::{chat, generate, greedy};
 
-const LIMIT: Duration = Duration::from_secs(20);
 const KEY: &str = "cpk_shared_cache_test_key";
 
 async fn fake() -> FakeOllama {
@@ -56,28 +52,8 @@ async fn wait_for_entries(redis: &RedisServer, n: usize) -> Vec<String> {
     }
 }
 
-fn greedy() -> Option<GenerationOptions> {
-    Some(GenerationOptions { temperature: Some(0.0), ..Default::default() })
-}
-
 fn generate_request(prompt: &str) -> GenerateRequest {
     GenerateRequest { model: "ollama/m".into(), prompt: prompt.into(), options: greedy(), ..Default::default() }
-}
-
-async fn generate(
-    client: &mut CopilotClient<Channel>,
-    request: impl tonic::IntoRequest<GenerateRequest>,
-) -> Result<GenerateResponse, Status> {
-    within(LIMIT, client.generate(request)).await.map(tonic::Response::into_inner)
-}
-
-async fn chat(client: &mut CopilotClient<Channel>, request: ChatRequest) -> Result<Vec<ChatResponse>, Status> {
-    let mut stream = within(LIMIT, client.chat(request)).await?.into_inner();
-    let mut messages = Vec::new();
-    while let Some(message) = within(LIMIT, stream.next()).await {
-        messages.push(message?);
-    }
-    Ok(messages)
 }
 
 fn text(messages: &[ChatResponse]) -> String {

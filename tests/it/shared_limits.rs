@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, within};
+use crate::harness::{Copilot, sample, within};
 use crate::redis_server::RedisServer;
 use crate::requests::{HELLO, chat, prompt, reason, with_key};
 
@@ -153,32 +153,6 @@ async fn an_overrun_on_one_replica_refuses_the_next_completion_on_another() {
     assert_eq!(fake.chat_requests().len(), 1);
 }
 
-/// The Prometheus page of a copilot started with `server.metrics_addr = "127.0.0.1:0"`.
-async fn metrics(copilot: &Copilot) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let logs = copilot.logs();
-    let addr = logs
-        .lines()
-        .find_map(|line| line.split("metrics listening on ").nth(1))
-        .and_then(|rest| rest.split(['"', ' ']).next())
-        .expect("the metrics listener's address in the log")
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    within(LIMIT, stream.read_to_string(&mut page)).await.unwrap();
-    page
-}
-
-/// The value of the series `name` whose labels contain `labels`.
-fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
-    page.lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .find(|line| line.contains(labels))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 /// Admits `n` calls in a row, returning how many were admitted and the slowest call.
 async fn calls(client: &mut CopilotClient<Channel>, n: usize) -> (Vec<Result<String, tonic::Status>>, Duration) {
     let mut results = Vec::new();
@@ -233,17 +207,17 @@ async fn with_on_error_open_calls_are_admitted_while_redis_is_down() {
     let mut client = copilot.client().await;
     let (results, _) = calls(&mut client, 2).await;
     assert_eq!(admitted(&results), 1, "{results:?}");
-    let page = metrics(&copilot).await;
-    assert_eq!(metric(&page, "copilot_state_up", ""), Some(1.0), "{page}");
-    assert_eq!(metric(&page, "copilot_state_operations_total", "operation=\"admit\",outcome=\"ok\""), Some(2.0));
+    let page = copilot.metrics_page().await;
+    assert_eq!(sample(&page, "copilot_state_up", &[]), 1.0, "{page}");
+    assert_eq!(sample(&page, "copilot_state_operations_total", &["operation=\"admit\"", "outcome=\"ok\""]), 2.0);
 
     redis.stop();
     let (results, slowest) = calls(&mut client, 4).await;
     assert_eq!(admitted(&results), 4, "{results:?}");
     assert!(slowest < Duration::from_secs(2), "a call took {slowest:?}");
-    let page = metrics(&copilot).await;
-    assert_eq!(metric(&page, "copilot_state_up", ""), Some(0.0), "{page}");
-    assert_eq!(metric(&page, "copilot_state_fallbacks_total", "policy=\"open\""), Some(4.0), "{page}");
+    let page = copilot.metrics_page().await;
+    assert_eq!(sample(&page, "copilot_state_up", &[]), 0.0, "{page}");
+    assert_eq!(sample(&page, "copilot_state_fallbacks_total", &["policy=\"open\""]), 4.0, "{page}");
 
     redis.restart();
     wait_for_state(&copilot, ServingStatus::Serving).await;

@@ -10,7 +10,6 @@ use copilot::proto::v1::{ChatRequest, GenerationOptions, Message, Role};
 use copilot_fakes::otlp::{AttrValue, FakeCollector, MetricData, SpanKind, SpanStatus};
 use copilot_fakes::{FakeAnthropic, FakeModel, FakeOllama, FakeToolCall, Piece, Reply};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{Copilot, within};
 use crate::requests::prompt;
@@ -266,16 +265,7 @@ async fn prometheus_metrics_and_trace_ids_in_logs() {
     drain(within(LIMIT, client.chat(chat_with_traceparent("ollama/m"))).await.unwrap().into_inner()).await;
 
     let logs = copilot.logs();
-    let metrics_addr = logs
-        .lines()
-        .find_map(|line| line.split("metrics listening on ").nth(1))
-        .and_then(|rest| rest.split(['"', ' ']).next())
-        .expect("the metrics listener's address in the log")
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&metrics_addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    within(LIMIT, stream.read_to_string(&mut page)).await.unwrap();
+    let page = copilot.metrics_page().await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     for family in
         ["gen_ai_client_operation_duration_seconds", "gen_ai_client_token_usage", "rpc_server_call_duration_seconds"]
