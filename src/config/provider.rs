@@ -213,6 +213,9 @@ pub struct EmbeddedSettings {
     pub ollama_store: OllamaStore,
     /// Inference threads per model (unset: all cores but one).
     pub threads: Option<usize>,
+    /// Threads for decodes of more than one token — prompts, several streams at once, embeddings
+    /// (unset: all cores).
+    pub batch_threads: Option<usize>,
     /// Streams decoded together per model.
     pub parallel: usize,
     /// Requests that may wait for a free slot.
@@ -239,6 +242,7 @@ impl Default for EmbeddedSettings {
             models: BTreeMap::new(),
             ollama_store: OllamaStore::Auto,
             threads: None,
+            batch_threads: None,
             parallel: 4,
             queue: 16,
             context_length: 4096,
@@ -460,6 +464,7 @@ pub struct ProviderTable {
     pub models: Option<BTreeMap<String, PathBuf>>,
     pub ollama_store: Option<OllamaStore>,
     pub threads: Option<usize>,
+    pub batch_threads: Option<usize>,
     pub parallel: Option<usize>,
     pub queue: Option<usize>,
     pub context_length: Option<u32>,
@@ -507,6 +512,7 @@ impl Default for ProviderTable {
             models: None,
             ollama_store: None,
             threads: None,
+            batch_threads: None,
             parallel: None,
             queue: None,
             context_length: None,
@@ -537,6 +543,7 @@ pub const KIND_KEYS: &[(&str, &[ProviderKind])] = &[
     ("models", &[Embedded]),
     ("ollama_store", &[Embedded]),
     ("threads", &[Embedded]),
+    ("batch_threads", &[Embedded]),
     ("parallel", &[Embedded]),
     ("queue", &[Embedded]),
     ("context_length", &[Embedded]),
@@ -565,6 +572,7 @@ impl ProviderTable {
             "models" => self.models.is_some(),
             "ollama_store" => self.ollama_store.is_some(),
             "threads" => self.threads.is_some(),
+            "batch_threads" => self.batch_threads.is_some(),
             "parallel" => self.parallel.is_some(),
             "queue" => self.queue.is_some(),
             "context_length" => self.context_length.is_some(),
@@ -720,6 +728,7 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
         models: keys.models.clone().unwrap_or_default(),
         ollama_store: keys.ollama_store.clone().unwrap_or(defaults.ollama_store),
         threads: keys.threads,
+        batch_threads: keys.batch_threads,
         parallel: keys.parallel.unwrap_or(defaults.parallel),
         queue: keys.queue.unwrap_or(defaults.queue),
         context_length: keys.context_length.unwrap_or(defaults.context_length),
@@ -739,6 +748,9 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
     }
     if settings.threads == Some(0) {
         return Err(invalid(key("threads"), "must be at least 1"));
+    }
+    if settings.batch_threads == Some(0) {
+        return Err(invalid(key("batch_threads"), "must be at least 1"));
     }
     if settings.embedding_batch_tokens < 16 {
         return Err(invalid(key("embedding_batch_tokens"), "must be at least 16 tokens"));
@@ -904,6 +916,7 @@ mod tests {
             ("parallel = 0", "parallel"),
             ("context_length = 8", "context_length"),
             ("threads = 0", "threads"),
+            ("batch_threads = 0", "batch_threads"),
             ("ollama_store = \" \"", "ollama_store"),
         ] {
             let err = load(&format!("[providers.embedded]\n{toml}\n"), &[]).unwrap_err();

@@ -31,6 +31,7 @@ const LLAMA_MAX_SEQ: usize = 256;
 /// What an embedding engine may use.
 #[derive(Debug, Clone)]
 pub struct EmbedderSettings {
+    /// Threads per decode (every decode is a batch of inputs: the server gives it `batch_threads`).
     pub threads: usize,
     /// Most tokens in one decode; also the longest input (with the model's own limit).
     pub batch_tokens: u32,

@@ -40,8 +40,11 @@ const PAUSED_NAP: Duration = Duration::from_millis(1);
 /// What one engine (one loaded model) is allowed to use.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// Threads for generation and prompt processing.
+    /// Threads for decodes of one token (one stream generating).
     pub threads: usize,
+    /// Threads for decodes of more (prompt processing, several streams at once): llama.cpp's
+    /// `n_threads_batch`.
+    pub batch_threads: usize,
     /// Sequences decoded together (parallel streams).
     pub slots: usize,
     /// Requests that may wait for a free slot before new ones are refused.
@@ -243,13 +246,14 @@ fn new_context<'m>(model: &'m LlamaModel, settings: &EngineSettings) -> Result<L
     let slots = settings.slots.max(1) as u32;
     let n_ctx = settings.context_per_slot.saturating_mul(slots);
     let threads = settings.threads.max(1) as i32;
+    let batch_threads = settings.batch_threads.max(1) as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(settings.batch_size)
         .with_n_ubatch(settings.batch_size)
         .with_n_seq_max(slots)
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(batch_threads);
     model.new_context(backend, params).map_err(|e| e.to_string())
 }
 

@@ -40,7 +40,14 @@ fn provider() -> EmbeddedProvider {
     }
     EmbeddedProvider::new(EmbeddedConfig {
         sources: ModelSources { models_dir: None, files, ollama_store: None },
-        engine: EngineSettings { threads: 2, slots: 1, queue: 4, context_per_slot: 2048, batch_size: 512 },
+        engine: EngineSettings {
+            threads: 2,
+            batch_threads: 2,
+            slots: 1,
+            queue: 4,
+            context_per_slot: 2048,
+            batch_size: 512,
+        },
         embedder: copilot_embedded::embedder::EmbedderSettings::default(),
         keep_alive: None,
         truncate_prompt: false,
