@@ -214,7 +214,7 @@ pub struct EmbeddedSettings {
     /// Inference threads per model (unset: all cores but one).
     pub threads: Option<usize>,
     /// Threads for decodes of more than one token — prompts, several streams at once, embeddings
-    /// (unset: all cores).
+    /// (unset: `threads`).
     pub batch_threads: Option<usize>,
     /// Streams decoded together per model.
     pub parallel: usize,
