@@ -30,6 +30,10 @@ pub struct HttpCmd {
     #[arg(long, env = "COPILOT_BENCH_API_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub api_key: Option<String>,
+    /// Speak HTTP/2 without TLS (prior knowledge, as to nginx's `listen … http2`): every caller on
+    /// one connection, as a gRPC client does. The floor of a gateway's first hop.
+    #[arg(long)]
+    pub http2: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub load: LoadArgs,
@@ -49,9 +53,13 @@ pub fn describe_post(url: &str, api: &str, framing: &str, rpc: Rpc, stream: bool
 }
 
 pub fn http_client() -> Result<reqwest::Client, BoxError> {
+    build_client(reqwest::Client::builder())
+}
+
+fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, BoxError> {
     // reqwest is built without a TLS crypto provider and refuses to build a client until one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder().tcp_nodelay(true).build().map_err(|e| format!("cannot build an HTTP client: {e}"))?)
+    Ok(builder.tcp_nodelay(true).build().map_err(|e| format!("cannot build an HTTP client: {e}"))?)
 }
 
 /// A request failure before any answer (connection refused, reset, …).
@@ -83,6 +91,8 @@ pub struct OpenAiBackend {
     /// (then collected, as Copilot does).
     stream: bool,
     body: Bytes,
+    /// How reports name the protocol (`--http2` changes it).
+    http_version: &'static str,
 }
 
 impl OpenAiBackend {
@@ -110,12 +120,24 @@ impl OpenAiBackend {
             body["stream_options"] = json!({"include_usage": true});
         }
         let body = Bytes::from(body.to_string());
-        Ok(OpenAiBackend { client: http_client()?, url, api_key, rpc: load.rpc, stream, body })
+        Ok(OpenAiBackend {
+            client: http_client()?,
+            url,
+            api_key,
+            rpc: load.rpc,
+            stream,
+            body,
+            http_version: "HTTP/1.1",
+        })
     }
 
     /// What it drives, for reports.
     pub fn describe(&self, model: &str) -> String {
-        describe_post(&self.url, "OpenAI-compatible", "SSE", self.rpc, self.stream, model)
+        describe_post(&self.url, "OpenAI-compatible", "SSE", self.rpc, self.stream, model).replacen(
+            "HTTP/1.1",
+            self.http_version,
+            1,
+        )
     }
 }
 
@@ -260,7 +282,12 @@ impl SseState {
 
 pub async fn run(cmd: HttpCmd) -> Result<ExitCode, BoxError> {
     let started_unix_s = report::unix_now();
-    let backend = Arc::new(OpenAiBackend::new(&cmd.base_url, &cmd.model, cmd.api_key.clone(), &cmd.load, false)?);
+    let mut backend = OpenAiBackend::new(&cmd.base_url, &cmd.model, cmd.api_key.clone(), &cmd.load, false)?;
+    if cmd.http2 {
+        backend.client = build_client(reqwest::Client::builder().http2_prior_knowledge())?;
+        backend.http_version = "HTTP/2";
+    }
+    let backend = Arc::new(backend);
     let info = RunInfo { label: "http".to_owned(), target: backend.describe(&cmd.model), pid: cmd.load.pid };
     let run = loadgen::measure(backend, &cmd.load, info).await?;
     report::emit_single("http", started_unix_s, &cmd, &run, cmd.load.json.as_deref())
