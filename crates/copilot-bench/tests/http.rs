@@ -2,17 +2,13 @@
 //! HTTP/2 with `--http2` (prior knowledge), the direct hop `scripts/bench-gateways` measures.
 //! Counts and the protocol are asserted, never timings.
 
+mod common;
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A workspace binary next to this package's own (nextest and `cargo test --workspace` build them).
-fn sibling(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_copilot-bench")).parent().unwrap().join(name);
-    assert!(path.is_file(), "{} is missing: build the workspace's binaries first", path.display());
-    path
-}
+use common::{run_with_report, sibling};
 
 /// fake-openai on a free loopback port, killed when dropped.
 struct Fake(Child, String);
@@ -43,23 +39,10 @@ impl Drop for Fake {
 }
 
 fn http_run(base_url: &str, extra: &[&str]) -> serde_json::Value {
-    let json = std::env::temp_dir().join(format!("copilot-bench-http-{}-{}.json", std::process::id(), extra.len()));
-    let output = Command::new(env!("CARGO_BIN_EXE_copilot-bench"))
-        .args(["http", "--base-url", base_url, "--model", "gpt-4o-mini", "--rpc", "generate"])
-        .args(["--concurrency", "4", "--requests", "40", "--quiet", "--json"])
-        .arg(&json)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "copilot-bench http failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(json);
-    report
+    let mut args = vec!["http", "--base-url", base_url, "--model", "gpt-4o-mini", "--rpc", "generate"];
+    args.extend(["--concurrency", "4", "--requests", "40"]);
+    args.extend_from_slice(extra);
+    run_with_report(&args)
 }
 
 #[test]

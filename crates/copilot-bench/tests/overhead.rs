@@ -2,46 +2,16 @@
 //! debug binaries), drives both paths with its own gRPC and HTTP clients, and writes its JSON report.
 //! Timings are not asserted (they are measured, never tested); counts and the shape of the run are.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// A workspace binary next to this package's own (`cargo test --workspace` and nextest build every
-/// binary of the workspace before running tests).
-fn sibling(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_copilot-bench")).parent().unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace's binaries first (cargo build --workspace)",
-        path.display()
-    );
-    path
-}
+use common::{run_with_report, sibling};
 
 fn overhead(args: &[&str]) -> serde_json::Value {
-    let json =
-        std::env::temp_dir().join(format!("copilot-bench-test-{}-{}.json", std::process::id(), args.join("_").len()));
-    let output = Command::new(env!("CARGO_BIN_EXE_copilot-bench"))
-        .arg("overhead")
-        .args(args)
-        .arg("--copilot-bin")
-        .arg(sibling("copilot"))
-        .arg("--fake-bin")
-        .arg(sibling("fake-ollama"))
-        .arg("--quiet")
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "copilot-bench overhead failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(json);
-    report
+    let (copilot, fake) = (sibling("copilot"), sibling("fake-ollama"));
+    let mut all = vec!["overhead"];
+    all.extend_from_slice(args);
+    all.extend(["--copilot-bin", copilot.to_str().unwrap(), "--fake-bin", fake.to_str().unwrap()]);
+    run_with_report(&all)
 }
 
 #[test]
