@@ -197,10 +197,8 @@ impl AnthropicProvider {
             headers.insert(HeaderName::from_static("anthropic-beta"), header_value("beta", &config.beta.join(","))?);
         }
         let user_agent = concat!("copilot-anthropic/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, move |builder| {
-            builder.default_headers(headers.clone())
-        })
-        .map_err(AnthropicConfigError::HttpClient)?;
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, headers, |builder| builder)
+            .map_err(AnthropicConfigError::HttpClient)?;
 
         let upstream = Upstream::new(client, base_url, Some("Anthropic"), config.api_key);
         let endpoint = |path| upstream.endpoint(path).map_err(invalid);

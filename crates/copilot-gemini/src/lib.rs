@@ -169,7 +169,7 @@ use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Secret, TokenCount,
 };
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
 
@@ -375,7 +375,7 @@ impl GeminiProvider {
         // No redirects: Google does not redirect API calls, and following one would carry the key
         // header to wherever it points.
         let user_agent = concat!("copilot-gemini/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, |builder| {
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, HeaderMap::new(), |builder| {
             builder.redirect(reqwest::redirect::Policy::none())
         })
         .map_err(GeminiConfigError::HttpClient)?;

@@ -6,7 +6,8 @@
 //! `cargo run --release -p copilot-http --example upstream_memory -- CLIENT STREAMS URL [WAVES]`
 //!
 //! CLIENT is `reqwest`, `hyper` (hyper-util's client with its default buffers) or `hyperNk` (an
-//! exact read buffer of N KiB). STREAMS streamed `POST URL` calls (Ollama's `/api/chat` of a
+//! exact read buffer of N KiB); a `-wrapped` suffix reads hyper's answer through a
+//! `reqwest::Response` (what the adapters take), as a transport under them would. STREAMS streamed `POST URL` calls (Ollama's `/api/chat` of a
 //! `fake-ollama --token-delay-ms 50`) run at once on one current-thread runtime, as on one of
 //! Copilot's connection threads, each reading its answer chunk by chunk; WAVES times over, all
 //! starting again together (the lockstep case). Prints the process's RSS before and at its peak,
@@ -46,7 +47,15 @@ async fn call(client: &str, url: &str, reqwest: &reqwest::Client, hyper: &HyperC
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(BODY.as_bytes())))
             .map_err(|e| e.to_string())?;
-        let mut body = hyper.request(request).await.map_err(|e| e.to_string())?.into_body();
+        let response = hyper.request(request).await.map_err(|e| e.to_string())?;
+        if client.ends_with("-wrapped") {
+            let mut response = reqwest::Response::from(response.map(reqwest::Body::wrap));
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                got += chunk.len();
+            }
+            return Ok(got);
+        }
+        let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
                 got += data.len();
@@ -66,9 +75,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let reqwest = copilot_http::client_builder("upstream-memory", Duration::from_secs(5)).build()?;
     let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-    if let Some(kib) = client.strip_prefix("hyper").and_then(|rest| rest.strip_suffix('k')) {
+    let size = client.trim_end_matches("-wrapped");
+    if let Some(kib) = size.strip_prefix("hyper").and_then(|rest| rest.strip_suffix('k')) {
         builder.http1_read_buf_exact_size(kib.parse::<usize>()? * 1024);
-    } else if client != "hyper" && client != "reqwest" {
+    } else if size != "hyper" && size != "reqwest" {
         return Err(usage.into());
     }
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();

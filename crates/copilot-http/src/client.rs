@@ -5,6 +5,8 @@
 //! every chunk of its answer would then cross threads (a futex wake-up, and a slow wake of an idle
 //! core) — what the server's per-connection threads exist to avoid. So each thread builds its own
 //! client from the adapter's settings the first time it calls, and its connections serve its calls.
+//! Plain-HTTP requests go through hyper's own client instead ([`crate::direct`]), also one per
+//! thread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use reqwest::{IntoUrl, RequestBuilder, Response};
+
+use crate::direct::{Direct, DirectClient, SendError};
 
 /// Builds an adapter's client, the same way each time.
 type Build = Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>;
@@ -25,12 +29,15 @@ pub struct HttpClient {
     /// Built up front, so that settings that cannot make a client fail at start-up; also what a
     /// thread uses should building its own ever fail.
     first: reqwest::Client,
+    /// How plain-HTTP requests are sent without reqwest.
+    direct: Direct,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
+    static DIRECT_CLIENTS: RefCell<HashMap<u64, DirectClient>> = RefCell::new(HashMap::new());
     /// Connections of this thread whose answer is complete but which are not back in their pool
     /// yet (see [`crate::release_body`]).
     static RETURNING: Arc<AtomicUsize> = Arc::new(AtomicUsize::new(0));
@@ -58,10 +65,14 @@ impl Drop for Returning {
 }
 
 impl HttpClient {
-    /// `build` returns the adapter's configured builder (see [`crate::client_builder`]).
-    pub fn new(build: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static) -> Result<Self, reqwest::Error> {
+    /// `build` returns the adapter's configured builder (see [`crate::client_builder`]); `direct`
+    /// has the same default headers and connect timeout.
+    pub(crate) fn new(
+        build: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
+        direct: Direct,
+    ) -> Result<Self, reqwest::Error> {
         let first = build().build()?;
-        Ok(HttpClient { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), build: Arc::new(build), first })
+        Ok(HttpClient { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), build: Arc::new(build), first, direct })
     }
 
     pub fn get<U: IntoUrl>(&self, url: U) -> RequestBuilder {
@@ -76,14 +87,21 @@ impl HttpClient {
     /// there (a few scheduler turns at most). When many answers end at once and their callers ask
     /// again at once, the new requests would otherwise run before the pool has its connections
     /// back, and each open one of its own (~25 KiB inside hyper, kept until idle too long).
-    pub async fn send(&self, request: RequestBuilder) -> reqwest::Result<Response> {
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response, SendError> {
         for _ in 0..MAX_POOL_WAIT_TURNS {
             if RETURNING.with(|returning| returning.load(Ordering::Relaxed)) == 0 {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        request.send().await
+        let (client, request) = request.build_split();
+        let request = request.map_err(SendError::Reqwest)?;
+        if self.direct.takes(&request) {
+            let direct = DIRECT_CLIENTS
+                .with_borrow_mut(|clients| clients.entry(self.id).or_insert_with(|| self.direct.client()).clone());
+            return self.direct.send(&direct, request).await;
+        }
+        client.execute(request).await.map_err(SendError::Reqwest)
     }
 
     /// This thread's client (a cheap handle: clones share the pool).
@@ -100,7 +118,11 @@ impl HttpClient {
 /// As reqwest shows a client: header values marked sensitive (the API keys) are masked.
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").field("id", &self.id).field("client", &self.first).finish_non_exhaustive()
+        f.debug_struct("HttpClient")
+            .field("id", &self.id)
+            .field("client", &self.first)
+            .field("direct", &self.direct)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,13 +131,16 @@ mod tests {
     use std::sync::Barrier;
     use std::time::Duration;
 
+    use reqwest::header::HeaderMap;
+
     use super::*;
 
     /// The address a client's pooled connection came from, per request, as a server sees it.
     async fn peer_ports(client: &HttpClient, url: &str, calls: usize) -> Vec<u16> {
         let mut ports = Vec::new();
         for _ in 0..calls {
-            let body = client.get(url).send().await.unwrap().text().await.unwrap();
+            // Through `send`: a plain-HTTP request takes the direct client, one per thread too.
+            let body = client.send(client.get(url)).await.unwrap().text().await.unwrap();
             ports.push(body.parse().unwrap());
         }
         ports
@@ -180,8 +205,7 @@ mod tests {
         });
 
         let client =
-            HttpClient::new(|| crate::client_builder("test", Duration::from_secs(5)).timeout(Duration::from_secs(5)))
-                .unwrap();
+            crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
         // The first thread calls, then keeps its runtime (and its idle pooled connection) alive
         // while the second calls.
         let (first_called, second_called) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));

@@ -7,6 +7,7 @@
 //! [`ProviderError`]s ([`Adapter`]), and what the messages say, stays in each adapter.
 
 mod client;
+mod direct;
 pub mod sse;
 mod stream;
 #[cfg(feature = "stream-check")]
@@ -24,6 +25,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
 
 pub use client::HttpClient;
+pub use direct::SendError;
 pub use stream::{ChatStreamDecoder, FinishGrace, StreamOptions};
 pub use upstream::{Adapter, BaseUrlRules, MAX_JSON_BYTES, Refusal, Upstream, check_base_url, secret_header};
 
@@ -44,14 +46,22 @@ pub fn client_builder(user_agent: &'static str, connect_timeout: Duration) -> re
         .retry(reqwest::retry::never().max_retries_per_request(0))
 }
 
-/// An adapter's [`HttpClient`]: [`client_builder`]'s settings, then what `configure` adds (default
-/// headers, a redirect policy). `Err` is the [`root_cause`] of why it cannot be built.
+/// An adapter's [`HttpClient`]: [`client_builder`]'s settings and `default_headers` (its API key,
+/// marked sensitive), then what `configure` adds (a redirect policy). Plain-HTTP requests are sent
+/// with the same headers by hyper's own client (see `direct.rs`). `Err` is the [`root_cause`] of
+/// why it cannot be built.
 pub fn adapter_client(
     user_agent: &'static str,
     connect_timeout: Duration,
+    default_headers: HeaderMap,
     configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
 ) -> Result<HttpClient, String> {
-    HttpClient::new(move || configure(client_builder(user_agent, connect_timeout))).map_err(|e| root_cause(&e))
+    let direct = direct::Direct::new(user_agent, default_headers.clone(), connect_timeout);
+    HttpClient::new(
+        move || configure(client_builder(user_agent, connect_timeout).default_headers(default_headers.clone())),
+        direct,
+    )
+    .map_err(|e| root_cause(&e))
 }
 
 /// Parses the base URL an adapter is configured with (already trimmed as the adapter wants it),

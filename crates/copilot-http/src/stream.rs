@@ -304,7 +304,9 @@ mod tests {
         wait: Duration,
     ) -> Option<Vec<Result<ChatEvent, ProviderError>>> {
         let url = body_left_open("ab!").await;
-        let client = crate::adapter_client("test", Duration::from_secs(5), |builder| builder).unwrap();
+        let client =
+            crate::adapter_client("test", Duration::from_secs(5), reqwest::header::HeaderMap::new(), |builder| builder)
+                .unwrap();
         let upstream = Upstream::new(client, url.as_str(), Some("Test"), None);
         let response = upstream.get(&url).send().await.unwrap();
         let stream =

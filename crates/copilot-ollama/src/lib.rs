@@ -53,6 +53,7 @@ use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Reasoning,
 };
+use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 
 #[doc(hidden)]
@@ -120,8 +121,9 @@ impl OllamaProvider {
         let invalid = |reason: String| OllamaConfigError::InvalidBaseUrl { value: config.base_url.clone(), reason };
         let base_url = copilot_http::check_base_url(&config.base_url, &BASE_URL_RULES).map_err(invalid)?;
         let user_agent = concat!("copilot-ollama/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, |builder| builder)
-            .map_err(OllamaConfigError::HttpClient)?;
+        let client =
+            copilot_http::adapter_client(user_agent, config.connect_timeout, HeaderMap::new(), |builder| builder)
+                .map_err(OllamaConfigError::HttpClient)?;
         let upstream = Upstream::new(client, base_url, Some("Ollama"), None).with_reply_source("Ollama");
         let endpoint = |path| upstream.endpoint(path).map_err(invalid);
         Ok(OllamaProvider {

@@ -197,10 +197,8 @@ impl OpenAiProvider {
             headers.insert("openai-organization", value);
         }
         let user_agent = concat!("copilot-openai/", env!("CARGO_PKG_VERSION"));
-        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, move |builder| {
-            builder.default_headers(headers.clone())
-        })
-        .map_err(OpenAiConfigError::HttpClient)?;
+        let client = copilot_http::adapter_client(user_agent, config.connect_timeout, headers, |builder| builder)
+            .map_err(OpenAiConfigError::HttpClient)?;
 
         let upstream = Upstream::new(client, base_url, None, config.api_key);
         let endpoint = |path| upstream.endpoint(path).map_err(invalid);

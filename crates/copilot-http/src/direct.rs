@@ -1,0 +1,172 @@
+//! Plain-HTTP upstreams (a local Ollama, vLLM or llama.cpp server) are sent with hyper's own
+//! HTTP/1.1 client instead of reqwest's. Every streamed call holds one upstream connection for its
+//! whole answer, and reqwest gives no say over what hyper keeps per connection: with it, a
+//! connection held ~12 KiB more, and hyper's read buffer, left adaptive, reallocated at 16 KiB
+//! whenever a chunk was still queued. Here the read buffer has an exact, small size
+//! ([`READ_BUFFER`]). BENCHMARKS.md, "Memory per stream", has the measurements.
+//!
+//! Requests are still built with reqwest's builder and answers are still `reqwest::Response`s, so
+//! the adapters do not know which client sent them. TLS, proxies and requests with a timeout of
+//! their own stay with reqwest (see [`Direct::takes`]).
+
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::{Request, Response};
+
+/// hyper's read buffer per upstream connection. Answers are streamed in chunks of tens to hundreds
+/// of bytes; a larger body (a batch of embeddings) takes more reads of this size, never more memory.
+const READ_BUFFER: usize = 2 * 1024;
+
+/// How long an idle pooled connection is kept (reqwest's default too).
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Environment variables through which reqwest would send plain HTTP to a proxy.
+const PROXY_VARIABLES: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
+
+/// What reqwest's client adds to each request, added here for the requests sent directly.
+#[derive(Clone, Debug)]
+pub(crate) struct Direct {
+    defaults: HeaderMap,
+    connect_timeout: Duration,
+    /// Off when the environment names a proxy: those requests must go through reqwest, which
+    /// honours it.
+    enabled: bool,
+}
+
+/// One thread's client (see [`crate::HttpClient`] for why there is one per thread).
+pub(crate) type DirectClient = Client<HttpConnector, reqwest::Body>;
+
+impl Direct {
+    /// `defaults`: the adapter's default headers (its API key, marked sensitive); the
+    /// `User-Agent` and `Accept: */*` are added as reqwest adds them.
+    pub(crate) fn new(user_agent: &'static str, defaults: HeaderMap, connect_timeout: Duration) -> Self {
+        Self::with_environment(user_agent, defaults, connect_timeout, |name| std::env::var_os(name))
+    }
+
+    fn with_environment(
+        user_agent: &'static str,
+        mut defaults: HeaderMap,
+        connect_timeout: Duration,
+        variable: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Self {
+        defaults.entry(USER_AGENT).or_insert(HeaderValue::from_static(user_agent));
+        defaults.entry(ACCEPT).or_insert(HeaderValue::from_static("*/*"));
+        let proxied = PROXY_VARIABLES.iter().any(|name| variable(name).is_some_and(|value| !value.is_empty()));
+        Direct { defaults, connect_timeout, enabled: !proxied }
+    }
+
+    /// Whether `request` is sent directly: plain HTTP, no proxy, and no timeout of its own (reqwest
+    /// bounds such a request's body too; the gateway's own calls have their deadlines elsewhere).
+    pub(crate) fn takes(&self, request: &Request) -> bool {
+        self.enabled && request.url().scheme() == "http" && request.timeout().is_none()
+    }
+
+    pub(crate) fn client(&self) -> DirectClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE).http1_read_buf_exact_size(READ_BUFFER);
+        builder.build(connector)
+    }
+
+    /// Sends `request` on `client`, with the default headers it does not set itself.
+    pub(crate) async fn send(&self, client: &DirectClient, request: Request) -> Result<Response, SendError> {
+        let mut request = hyper::Request::try_from(request).map_err(SendError::Reqwest)?;
+        let headers = request.headers_mut();
+        for (name, value) in &self.defaults {
+            if !headers.contains_key(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        let response = client.request(request).await.map_err(SendError::Direct)?;
+        Ok(Response::from(response.map(reqwest::Body::wrap)))
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// From reqwest: building the request, or sending it the usual way.
+    Reqwest(reqwest::Error),
+    /// From hyper's client, for a request sent directly.
+    Direct(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The server could not be reached at all (refused, unknown, connect timeout).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Reqwest(err) => err.is_connect(),
+            SendError::Direct(err) => err.is_connect(),
+        }
+    }
+
+    /// The request's own timeout passed (only reqwest applies one).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendError::Reqwest(err) if err.is_timeout())
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Reqwest(err) => err.fmt(f),
+            SendError::Direct(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Reqwest(err) => Some(err),
+            SendError::Direct(err) => Some(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(url: &str, timeout: Option<Duration>) -> Request {
+        let mut request = crate::client_builder("test", Duration::from_secs(1)).build().unwrap().get(url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        request.build().unwrap()
+    }
+
+    #[test]
+    fn plain_http_goes_direct_and_tls_proxies_and_own_timeouts_go_through_reqwest() {
+        let direct = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |_| None);
+        assert!(direct.takes(&request("http://127.0.0.1:11434/api/chat", None)));
+        assert!(!direct.takes(&request("https://api.openai.com/v1/chat/completions", None)));
+        assert!(!direct.takes(&request("http://metadata.google.internal/token", Some(Duration::from_secs(5)))));
+
+        for variable in PROXY_VARIABLES {
+            let proxied = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |name| {
+                (name == variable).then(|| "http://proxy.internal:3128".into())
+            });
+            assert!(!proxied.takes(&request("http://127.0.0.1:11434/api/chat", None)), "{variable}");
+        }
+        let empty = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |_| Some("".into()));
+        assert!(empty.takes(&request("http://127.0.0.1:11434/api/chat", None)), "an empty proxy variable is none");
+    }
+
+    #[test]
+    fn the_adapters_headers_come_first_then_reqwests_defaults() {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, HeaderValue::from_static("custom/1"));
+        let direct = Direct::with_environment("copilot-test/0", headers, Duration::from_secs(1), |_| None);
+        assert_eq!(direct.defaults[USER_AGENT], "custom/1");
+        assert_eq!(direct.defaults[ACCEPT], "*/*");
+        let direct = Direct::with_environment("copilot-test/0", HeaderMap::new(), Duration::from_secs(1), |_| None);
+        assert_eq!(direct.defaults[USER_AGENT], "copilot-test/0");
+    }
+}
