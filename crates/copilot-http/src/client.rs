@@ -173,6 +173,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_masks_the_keys_in_default_headers_on_both_clients() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", crate::secret_header("sk-ant-secret-0123456789").unwrap());
+        let client = crate::adapter_client("test", Duration::from_secs(5), headers, |builder| builder).unwrap();
+        let shown = format!("{client:?}");
+        assert!(shown.contains("direct") && shown.contains("x-api-key"), "{shown}");
+        assert!(!shown.contains("0123456789"), "{shown}");
+    }
+
+    #[test]
     fn each_thread_has_its_own_pool_and_reuses_it() {
         // A tiny HTTP/1.1 server, on a runtime of its own, that answers each request with the
         // client's source port.
