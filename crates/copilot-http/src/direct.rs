@@ -24,6 +24,11 @@ const READ_BUFFER: usize = 2 * 1024;
 /// How long an idle pooled connection is kept (reqwest's default too).
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+/// TCP keepalive probes, as reqwest sends them: a connection whose upstream vanished during a long
+/// silent generation is found dead by the kernel, not only by the gateway's idle timeout.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// Environment variables through which reqwest would send plain HTTP to a proxy.
 const PROXY_VARIABLES: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
 
@@ -69,6 +74,9 @@ impl Direct {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_keepalive(Some(KEEPALIVE));
+        connector.set_keepalive_interval(Some(KEEPALIVE));
+        connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE).http1_read_buf_exact_size(READ_BUFFER);
         builder.build(connector)
