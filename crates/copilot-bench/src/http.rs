@@ -91,8 +91,9 @@ pub struct OpenAiBackend {
     /// (then collected, as Copilot does).
     stream: bool,
     body: Bytes,
-    /// How reports name the protocol (`--http2` changes it).
-    http_version: &'static str,
+    /// The HTTP version every answer must come in (`--http2` makes it HTTP/2): checked per call,
+    /// so a run reported as HTTP/2 was HTTP/2.
+    version: reqwest::Version,
 }
 
 impl OpenAiBackend {
@@ -127,17 +128,17 @@ impl OpenAiBackend {
             rpc: load.rpc,
             stream,
             body,
-            http_version: "HTTP/1.1",
+            version: reqwest::Version::HTTP_11,
         })
     }
 
     /// What it drives, for reports.
     pub fn describe(&self, model: &str) -> String {
-        describe_post(&self.url, "OpenAI-compatible", "SSE", self.rpc, self.stream, model).replacen(
-            "HTTP/1.1",
-            self.http_version,
-            1,
-        )
+        let described = describe_post(&self.url, "OpenAI-compatible", "SSE", self.rpc, self.stream, model);
+        match self.version {
+            reqwest::Version::HTTP_2 => described.replacen("HTTP/1.1", "HTTP/2", 1),
+            _ => described,
+        }
     }
 }
 
@@ -152,6 +153,10 @@ impl Backend for OpenAiBackend {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(transport_error)?;
+        if response.version() != self.version {
+            let message = format!("asked for {:?}, answered in {:?}", self.version, response.version());
+            return Err(CallError::new("PROTOCOL", message));
+        }
         if !response.status().is_success() {
             return Err(status_error(response).await);
         }
@@ -285,7 +290,7 @@ pub async fn run(cmd: HttpCmd) -> Result<ExitCode, BoxError> {
     let mut backend = OpenAiBackend::new(&cmd.base_url, &cmd.model, cmd.api_key.clone(), &cmd.load, false)?;
     if cmd.http2 {
         backend.client = build_client(reqwest::Client::builder().http2_prior_knowledge())?;
-        backend.http_version = "HTTP/2";
+        backend.version = reqwest::Version::HTTP_2;
     }
     let backend = Arc::new(backend);
     let info = RunInfo { label: "http".to_owned(), target: backend.describe(&cmd.model), pid: cmd.load.pid };
