@@ -172,6 +172,56 @@ mod tests {
         })
     }
 
+    /// An HTTP/1.1 server on its own thread: `/start` redirects (307) to `/elsewhere`, which
+    /// answers `arrived`.
+    fn redirecting_server() -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                            line.clear();
+                        }
+                        let reply = if request_line.starts_with("GET /start") {
+                            "HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\narrived"
+                        };
+                        if writer.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_sent_directly_and_its_redirects_are_not_followed() {
+        let base = redirecting_server();
+        let client =
+            crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
+        let start = format!("{base}/start");
+        // The direct client answers with the redirect itself; the key never goes elsewhere.
+        let direct = client.send(client.get(&start)).await.unwrap();
+        assert_eq!(direct.status(), 307);
+        // A request with its own timeout goes through reqwest, which follows it.
+        let through_reqwest = client.send(client.get(&start).timeout(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(through_reqwest.status(), 200);
+        assert_eq!(through_reqwest.text().await.unwrap(), "arrived");
+    }
+
     #[test]
     fn debug_output_masks_the_keys_in_default_headers_on_both_clients() {
         let mut headers = HeaderMap::new();
