@@ -213,8 +213,11 @@ impl AnthropicProvider {
     }
 
     async fn send_chat(&self, request: &ChatRequest, style: ThinkingStyle) -> Result<reqwest::Response, ProviderError> {
-        let body = wire::MessagesBody::new(request, self.default_max_tokens, style)?;
-        let post = copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), request).json(&body);
+        // The body is serialised into the request here and not kept across the wait for the answer.
+        let post = {
+            let body = wire::MessagesBody::new(request, self.default_max_tokens, style)?;
+            copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), request).json(&body)
+        };
         self.upstream.send(self, post, Some(&request.model)).await
     }
 

@@ -614,8 +614,11 @@ impl Provider for GeminiProvider {
             )));
         }
         let url = self.model_url(&request.model, ":streamGenerateContent?alt=sse")?;
-        let body = wire::GenerateBody::new(&request, &self.safety_settings)?;
-        let post = copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body);
+        // The body is serialised into the request here and not kept across the wait for the answer.
+        let post = {
+            let body = wire::GenerateBody::new(&request, &self.safety_settings)?;
+            copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body)
+        };
         let mut response = match self.upstream.send(self, post, Some(&request.model)).await {
             Ok(response) => response,
             // An embedding model asked to chat gets the same 404 as an unknown model.

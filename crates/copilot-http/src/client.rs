@@ -11,9 +11,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use futures::{FutureExt, TryFutureExt, future};
 use reqwest::{IntoUrl, RequestBuilder, Response};
 
 use crate::direct::{Direct, DirectClient, SendError};
@@ -64,6 +66,17 @@ impl Drop for Returning {
     }
 }
 
+/// Waits while connections are on their way back to this thread's pool, a few scheduler turns at
+/// most (see [`HttpClient::send`]).
+async fn returning_connections() {
+    for _ in 0..MAX_POOL_WAIT_TURNS {
+        if RETURNING.with(|returning| returning.load(Ordering::Relaxed)) == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 impl HttpClient {
     /// `build` returns the adapter's configured builder (see [`crate::client_builder`]); `direct`
     /// has the same default headers and connect timeout.
@@ -87,21 +100,24 @@ impl HttpClient {
     /// there (a few scheduler turns at most). When many answers end at once and their callers ask
     /// again at once, the new requests would otherwise run before the pool has its connections
     /// back, and each open one of its own (~25 KiB inside hyper, kept until idle too long).
-    pub async fn send(&self, request: RequestBuilder) -> Result<Response, SendError> {
-        for _ in 0..MAX_POOL_WAIT_TURNS {
-            if RETURNING.with(|returning| returning.load(Ordering::Relaxed)) == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+    ///
+    /// The request is built and handed to its client before the returned future is first polled
+    /// (neither client starts sending before that), so the future holds the client's own small
+    /// future and not the request too: thousands of calls wait here at once when many start
+    /// together, and each copy of a request is ~270 bytes (BENCHMARKS.md, "Memory per stream").
+    pub fn send(&self, request: RequestBuilder) -> impl Future<Output = Result<Response, SendError>> + Send + use<> {
         let (client, request) = request.build_split();
-        let request = request.map_err(SendError::Reqwest)?;
-        if self.direct.takes(&request) {
-            let direct = DIRECT_CLIENTS
-                .with_borrow_mut(|clients| clients.entry(self.id).or_insert_with(|| self.direct.client()).clone());
-            return self.direct.send(&direct, request).await;
-        }
-        client.execute(request).await.map_err(SendError::Reqwest)
+        let sending = request.map_err(SendError::Reqwest).map(|request| {
+            if self.direct.takes(&request) {
+                let direct = DIRECT_CLIENTS
+                    .with_borrow_mut(|clients| clients.entry(self.id).or_insert_with(|| self.direct.client()).clone());
+                self.direct.send(&direct, request).left_future()
+            } else {
+                client.execute(request).map_err(SendError::Reqwest).right_future()
+            }
+        });
+        // Not an `async` block: that would keep `sending` twice, as its capture and as what it awaits.
+        returning_connections().then(move |()| future::ready(sending).try_flatten())
     }
 
     /// This thread's client (a cheap handle: clones share the pool).

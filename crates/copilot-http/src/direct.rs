@@ -9,6 +9,7 @@
 //! the adapters do not know which client sent them. TLS, proxies and requests with a timeout of
 //! their own stay with reqwest (see [`Direct::takes`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
@@ -82,17 +83,26 @@ impl Direct {
         builder.build(connector)
     }
 
-    /// Sends `request` on `client`, with the default headers it does not set itself.
-    pub(crate) async fn send(&self, client: &DirectClient, request: Request) -> Result<Response, SendError> {
-        let mut request = hyper::Request::try_from(request).map_err(SendError::Reqwest)?;
-        let headers = request.headers_mut();
-        for (name, value) in &self.defaults {
-            if !headers.contains_key(name) {
-                headers.insert(name, value.clone());
+    /// Sends `request` on `client`, with the default headers it does not set itself. The request
+    /// moves into hyper's (boxed) future now; nothing is sent before the returned future is polled.
+    pub(crate) fn send(
+        &self,
+        client: &DirectClient,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, SendError>> + Send + use<> {
+        let sending = hyper::Request::try_from(request).map_err(SendError::Reqwest).map(|mut request| {
+            let headers = request.headers_mut();
+            for (name, value) in &self.defaults {
+                if !headers.contains_key(name) {
+                    headers.insert(name, value.clone());
+                }
             }
+            client.request(request)
+        });
+        async move {
+            let response = sending?.await.map_err(SendError::Direct)?;
+            Ok(Response::from(response.map(reqwest::Body::wrap)))
         }
-        let response = client.request(request).await.map_err(SendError::Direct)?;
-        Ok(Response::from(response.map(reqwest::Body::wrap)))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use copilot_provider::{ProviderError, Secret};
+use futures::TryFutureExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{IntoUrl, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -130,8 +131,8 @@ impl Upstream {
 
     /// Sends `request` as it is; `Err` when no response came at all (the server is down, unknown,
     /// or hung up).
-    pub async fn transmit(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
-        self.client.send(request).await.map_err(|err| {
+    pub fn transmit(&self, request: RequestBuilder) -> impl Future<Output = Result<Response, ProviderError>> + Send {
+        self.client.send(request).map_err(|err| {
             let cause = self.redact(&root_cause(&err));
             if err.is_connect() {
                 ProviderError::Unreachable(format!("cannot connect to {}: {cause}", self.name))
@@ -141,15 +142,17 @@ impl Upstream {
         })
     }
 
-    /// Sends `request` the adapter's way and checks its status ([`check`](Self::check)).
-    pub async fn send<A: Adapter>(
-        &self,
-        adapter: &A,
+    /// Sends `request` the adapter's way and checks its status ([`check`](Self::check)). The
+    /// request goes to the adapter's `transmit` now, so the future holds it once, not at every
+    /// level it passes through (an `async` block would also keep a second copy of the transmitting
+    /// future beside the one it awaits).
+    pub fn send<'a, A: Adapter>(
+        &'a self,
+        adapter: &'a A,
         request: RequestBuilder,
-        model: Option<&str>,
-    ) -> Result<Response, ProviderError> {
-        let response = adapter.transmit(self, request).await?;
-        self.check(adapter, response, model).await
+        model: Option<&'a str>,
+    ) -> impl Future<Output = Result<Response, ProviderError>> + Send + 'a {
+        adapter.transmit(self, request).and_then(move |response| self.check(adapter, response, model))
     }
 
     /// A successful response as it is; any other, read and mapped by the adapter's rules.

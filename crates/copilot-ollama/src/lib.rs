@@ -152,8 +152,11 @@ fn embed_answer_cap(inputs: usize) -> usize {
 #[async_trait::async_trait]
 impl Provider for OllamaProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let body = wire::ChatBody::new(&request, self.keep_alive)?;
-        let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request).json(&body);
+        // The body is serialised into the request here and not kept across the wait for the answer.
+        let post = {
+            let body = wire::ChatBody::new(&request, self.keep_alive)?;
+            copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request).json(&body)
+        };
         let response = self.upstream.send(self, post, Some(&request.model)).await?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "Ollama accepted the chat request");

@@ -276,10 +276,13 @@ impl Adapter for OpenAiProvider {
 #[async_trait::async_trait]
 impl Provider for OpenAiProvider {
     async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let body = wire::ChatBody::new(&request, self.body)?;
-        let post = copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request)
-            .header(header::ACCEPT, "text/event-stream")
-            .json(&body);
+        // The body is serialised into the request here and not kept across the wait for the answer.
+        let post = {
+            let body = wire::ChatBody::new(&request, self.body)?;
+            copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request)
+                .header(header::ACCEPT, "text/event-stream")
+                .json(&body)
+        };
         let response = self
             .upstream
             .send(self, post, Some(&request.model))
