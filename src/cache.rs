@@ -20,13 +20,14 @@ pub mod key;
 mod redis_store;
 mod store;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use copilot_provider::GenerationOptions;
-use futures::Stream;
+use futures::{FutureExt, Stream, future};
 use opentelemetry::KeyValue;
 use prost::Message as _;
 
@@ -210,22 +211,27 @@ impl ResponseCache {
         })
     }
 
-    /// The decision and the lookup, recorded on the span and in the metrics.
-    async fn lookup(
-        &self,
-        caller: Option<&Caller>,
+    /// The decision and the lookup, recorded on the span and in the metrics. Everything but the
+    /// store's answer is decided here, at once; only a lookup in the store is a future of its own,
+    /// boxed: it is ~1.7 KiB (a round trip to the store, the caller's deferred admission), which
+    /// every call waiting on its upstream would otherwise carry inside its own future.
+    fn lookup<'a>(
+        &'a self,
+        caller: Option<&'a Caller>,
         method: Method,
         plan: &Plan,
         request: Asked<'_>,
         deterministic: bool,
         control: CacheControl,
-    ) -> Result<Lookup<Answer>, GatewayError> {
+    ) -> impl Future<Output = Result<Lookup<Answer>, GatewayError>> + Send + use<'a> {
         let Some(store) = &self.store else {
-            if control.mode != CacheMode::Default {
-                return Err(GatewayError::CacheDisabled { mode: control.mode.proto_name() });
-            }
-            tracing::Span::current().record(CACHE_ATTRIBUTE, "bypass");
-            return Ok(Lookup::Miss(None));
+            let bypass = if control.mode != CacheMode::Default {
+                Err(GatewayError::CacheDisabled { mode: control.mode.proto_name() })
+            } else {
+                tracing::Span::current().record(CACHE_ATTRIBUTE, "bypass");
+                Ok(Lookup::Miss(None))
+            };
+            return future::ready(bypass).left_future();
         };
         let by_default = deterministic || !self.config.deterministic_only;
         let (look, keep) = match control.mode {
@@ -242,34 +248,53 @@ impl ResponseCache {
         let key = if look || keep { key::key(scope, method, plan, request) } else { None };
         let Some(key) = key else {
             counted(method, "bypass");
-            return Ok(Lookup::Miss(None));
+            return future::ready(Ok(Lookup::Miss(None))).left_future();
         };
-        if look {
-            if let Some(bytes) = store.get(&key).await {
-                match entry::decode(&bytes) {
-                    Some(answer) => {
-                        // A hit spends no tokens, but the call's request, whose admission may have
-                        // been left to the reservation (shared budgets) that a hit never makes.
-                        if let Some(caller) = caller {
-                            caller.admit_deferred().await?;
-                        }
-                        counted(method, "hit");
-                        return Ok(Lookup::Hit(answer));
+        let storing = keep.then(|| self.storing(store, key, &control));
+        if !look {
+            counted(method, "miss");
+            return future::ready(Ok(Lookup::Miss(storing))).left_future();
+        }
+        Box::pin(self.find(store, caller, method, key, storing, control.mode)).right_future()
+    }
+
+    /// Looks `key` up in the store: a hit, or a miss with what to store.
+    async fn find(
+        &self,
+        store: &Arc<dyn CacheStore>,
+        caller: Option<&Caller>,
+        method: Method,
+        key: CacheKey,
+        storing: Option<Storing>,
+        mode: CacheMode,
+    ) -> Result<Lookup<Answer>, GatewayError> {
+        if let Some(bytes) = store.get(&key).await {
+            match entry::decode(&bytes) {
+                Some(answer) => {
+                    // A hit spends no tokens, but the call's request, whose admission may have
+                    // been left to the reservation (shared budgets) that a hit never makes.
+                    if let Some(caller) = caller {
+                        caller.admit_deferred().await?;
                     }
-                    // Another version's entry, or a damaged one: a miss, and gone.
-                    None => store.remove(&key),
+                    counted(method, "hit");
+                    return Ok(Lookup::Hit(answer));
                 }
-            }
-            if control.mode == CacheMode::OnlyIfCached {
-                counted(method, "miss");
-                return Err(GatewayError::CacheMiss);
+                // Another version's entry, or a damaged one: a miss, and gone.
+                None => store.remove(&key),
             }
         }
         counted(method, "miss");
+        if mode == CacheMode::OnlyIfCached {
+            return Err(GatewayError::CacheMiss);
+        }
+        Ok(Lookup::Miss(storing))
+    }
+
+    /// What a miss stores once the answer is complete.
+    fn storing(&self, store: &Arc<dyn CacheStore>, key: CacheKey, control: &CacheControl) -> Storing {
         let ttl = control.ttl.map_or(self.config.ttl, |ttl| ttl.min(self.config.ttl));
         let max_entry_bytes = usize::try_from(self.config.max_entry_bytes).unwrap_or(usize::MAX);
-        let merged_text_bytes = self.merged_text_bytes;
-        Ok(Lookup::Miss(keep.then(|| Storing { store: store.clone(), key, ttl, max_entry_bytes, merged_text_bytes })))
+        Storing { store: store.clone(), key, ttl, max_entry_bytes, merged_text_bytes: self.merged_text_bytes }
     }
 }
 

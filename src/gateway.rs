@@ -113,11 +113,11 @@ impl Gateway {
     pub async fn chat(
         &self,
         plan: &Plan,
-        request: ValidRequest,
+        request: &ValidRequest,
         call: CallContext,
         limit: ResponseLimit,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
-        let started = self.run(plan, &ChatOperation { request: &request }, &call).await?;
+        let started = self.run(plan, &ChatOperation { request }, &call).await?;
         let Started { output: (first, upstream), target, attempt, permit, in_flight } = started;
         let hard_stop = self.hard_stop.clone();
         Ok(relay(Relay { target, call, limit, hard_stop, attempt, permit, in_flight }, first, upstream))

@@ -1,5 +1,6 @@
 //! The `copilot.v1.Copilot` gRPC handlers: validate, hand to the gateway, translate back to proto.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,10 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Reservation};
-use crate::cache::{Lookup, ResponseCache};
+use crate::cache::{CacheControl, Lookup, ResponseCache};
 use crate::config::LimitsConfig;
 use crate::deadline::CallContext;
+use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayEvent, ListedModel, ResponseLimit};
 use crate::proto::v1 as pb;
 use crate::router::Plan;
@@ -66,103 +68,172 @@ async fn reserve(
 
 type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::copilot_server::Copilot for CopilotApi {
-    async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
+/// A `Generate` or `Chat` call, validated and routed.
+struct CompletionCall {
+    call: CallContext,
+    caller: Option<Caller>,
+    cache: CacheControl,
+    valid: validate::ValidRequest,
+    plan: Plan,
+}
+
+impl CopilotApi {
+    /// Everything about a completion call that needs no waiting: its deadline, its caller, its
+    /// validated request and its route.
+    fn completion_call<T>(
+        &self,
+        request: Request<T>,
+        cache: impl FnOnce(&T) -> Option<&pb::CacheControl>,
+        validate: impl FnOnce(T, &LimitsConfig) -> Result<validate::ValidRequest, GatewayError>,
+    ) -> Result<CompletionCall, Status> {
         let call = CallContext::from_request(&request);
         let caller = Caller::of(&request);
-        let cache = validate::cache_control(request.get_ref().cache.as_ref())?;
-        let valid = validate::generate(request.into_inner(), &self.limits)?;
+        let cache = validate::cache_control(cache(request.get_ref()))?;
+        let valid = validate(request.into_inner(), &self.limits)?;
         let plan = self.route(caller.as_ref(), &valid.model)?;
-        let storing = match self.cache.generate(caller.as_ref(), &plan, &valid, cache).await? {
-            Lookup::Hit(response) => return Ok(Response::new(response)),
-            Lookup::Miss(storing) => storing,
-        };
-        let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
-        // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
-        let limit = ResponseLimit::Total(self.limits.max_response_bytes);
-        let events = self.gateway.chat(&plan, valid, call, limit).await?;
-        futures::pin_mut!(events);
-        let mut turn = AssembledTurn::default();
-        while let Some(event) = events.next().await {
-            match event? {
-                GatewayEvent::Delta(delta) => turn.text(&delta),
-                GatewayEvent::ToolCall(delta) => turn.tool_call(&delta),
-                GatewayEvent::Thinking(delta) => turn.thinking(&delta),
-                GatewayEvent::Done(summary) => {
+        Ok(CompletionCall { call, caller, cache, valid, plan })
+    }
+
+    /// The cache, the caller's budget, then the gateway, the answer collected whole.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would keep a second copy of `generate`, its argument")]
+    fn generate_answer(
+        &self,
+        generate: CompletionCall,
+    ) -> impl Future<Output = Result<Response<pb::GenerateResponse>, Status>> + Send {
+        async move {
+            let CompletionCall { call, caller, cache, valid, plan } = &generate;
+            let storing = match self.cache.generate(caller.as_ref(), plan, valid, *cache).await? {
+                Lookup::Hit(response) => return Ok(Response::new(response)),
+                Lookup::Miss(storing) => storing,
+            };
+            let mut reservation = reserve(caller.as_ref(), plan, valid).await?;
+            // Collected whole, so bounded whole: past the limit the gateway cancels the upstream.
+            let limit = ResponseLimit::Total(self.limits.max_response_bytes);
+            let events = self.gateway.chat(plan, valid, *call, limit).await?;
+            futures::pin_mut!(events);
+            let mut turn = AssembledTurn::default();
+            while let Some(event) = events.next().await {
+                match event? {
+                    GatewayEvent::Delta(delta) => turn.text(&delta),
+                    GatewayEvent::ToolCall(delta) => turn.tool_call(&delta),
+                    GatewayEvent::Thinking(delta) => turn.thinking(&delta),
+                    GatewayEvent::Done(summary) => {
+                        if let Some(reservation) = reservation.take() {
+                            reservation.settle(&summary.completion.usage);
+                        }
+                        let (text, answer) = generated(turn);
+                        let response = pb::GenerateResponse {
+                            text,
+                            model: summary.model.clone(),
+                            finish_reason: finish_reason(&summary.completion) as i32,
+                            usage: Some(usage(&summary.completion)),
+                            timing: Some(timing(&summary)),
+                            message: answer.message,
+                            tool_calls: answer.tool_calls,
+                            thinking: answer.thinking,
+                            cached: false,
+                        };
+                        if let Some(storing) = storing {
+                            storing.generate(&response);
+                        }
+                        return Ok(Response::new(response));
+                    }
+                }
+            }
+            // The gateway's stream always ends with Done or an error.
+            Err(Status::internal("the completion ended without a result"))
+        }
+    }
+
+    /// The cache, the caller's budget, then the gateway: the stream of the call's answer.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would keep a second copy of `chat`, its argument")]
+    fn chat_stream(
+        &self,
+        chat: CompletionCall,
+    ) -> impl Future<Output = Result<Response<ChatResponseStream>, Status>> + Send {
+        async move {
+            let CompletionCall { call, caller, cache, valid, plan } = &chat;
+            let storing = match self.cache.chat(caller.as_ref(), plan, valid, *cache).await? {
+                Lookup::Hit(replay) => {
+                    let replay: ChatResponseStream = Box::pin(futures::stream::iter(replay.into_iter().map(Ok)));
+                    return Ok(Response::new(replay));
+                }
+                Lookup::Miss(storing) => storing,
+            };
+            let mut reservation = reserve(caller.as_ref(), plan, valid).await?;
+            // Streamed with backpressure, so only each message is bounded, not the stream.
+            let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
+            let events = self.gateway.chat(plan, valid, *call, limit).await?;
+            let responses = events.map(move |event| match event {
+                Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
+                Ok(GatewayEvent::ToolCall(delta)) => {
+                    Ok(pb::ChatResponse { tool_calls: vec![tool_call_delta(delta)], ..Default::default() })
+                }
+                Ok(GatewayEvent::Thinking(ThinkingDelta::Text(thinking))) => {
+                    Ok(pb::ChatResponse { thinking, ..Default::default() })
+                }
+                Ok(GatewayEvent::Thinking(ThinkingDelta::Signature(thinking_signature))) => {
+                    Ok(pb::ChatResponse { thinking_signature, ..Default::default() })
+                }
+                Ok(GatewayEvent::Thinking(ThinkingDelta::Redacted(redacted_thinking))) => {
+                    Ok(pb::ChatResponse { redacted_thinking, ..Default::default() })
+                }
+                Ok(GatewayEvent::Done(summary)) => {
                     if let Some(reservation) = reservation.take() {
                         reservation.settle(&summary.completion.usage);
                     }
-                    let (text, answer) = generated(turn);
-                    let response = pb::GenerateResponse {
-                        text,
+                    Ok(pb::ChatResponse {
                         model: summary.model.clone(),
                         finish_reason: finish_reason(&summary.completion) as i32,
                         usage: Some(usage(&summary.completion)),
                         timing: Some(timing(&summary)),
-                        message: answer.message,
-                        tool_calls: answer.tool_calls,
-                        thinking: answer.thinking,
-                        cached: false,
-                    };
-                    if let Some(storing) = storing {
-                        storing.generate(&response);
-                    }
-                    return Ok(Response::new(response));
+                        ..Default::default()
+                    })
                 }
-            }
+                Err(error) => Err(Status::from(error)),
+            });
+            let responses: ChatResponseStream = Box::pin(crate::cache::recording(responses, storing));
+            Ok(Response::new(responses))
         }
-        // The gateway's stream always ends with Done or an error.
-        Err(Status::internal("the completion ended without a result"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::copilot_server::Copilot for CopilotApi {
+    // Written out, not as an `async fn`: the request is validated and routed before the future
+    // exists, so the future holds the validated call once, where `async_trait` would keep the
+    // proto request twice (as the future's argument and as the body's local) beside it. A
+    // `Generate` future lives as long as its answer takes, and thousands of `Chat` futures wait
+    // for their upstream's first token at once (BENCHMARKS.md, "Memory per stream").
+    fn generate<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<pb::GenerateResponse>, Status>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.completion_call(request, |request| request.cache.as_ref(), validate::generate) {
+            Ok(call) => Box::pin(self.generate_answer(call)),
+            Err(status) => Box::pin(futures::future::ready(Err(status))),
+        }
     }
 
     type ChatStream = ChatResponseStream;
 
-    async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
-        let call = CallContext::from_request(&request);
-        let caller = Caller::of(&request);
-        let cache = validate::cache_control(request.get_ref().cache.as_ref())?;
-        let valid = validate::chat(request.into_inner(), &self.limits)?;
-        let plan = self.route(caller.as_ref(), &valid.model)?;
-        let storing = match self.cache.chat(caller.as_ref(), &plan, &valid, cache).await? {
-            Lookup::Hit(replay) => {
-                return Ok(Response::new(Box::pin(futures::stream::iter(replay.into_iter().map(Ok)))));
-            }
-            Lookup::Miss(storing) => storing,
-        };
-        let mut reservation = reserve(caller.as_ref(), &plan, &valid).await?;
-        // Streamed with backpressure, so only each message is bounded, not the stream.
-        let limit = ResponseLimit::Chunk(self.limits.max_response_bytes);
-        let events = self.gateway.chat(&plan, valid, call, limit).await?;
-        let responses = events.map(move |event| match event {
-            Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
-            Ok(GatewayEvent::ToolCall(delta)) => {
-                Ok(pb::ChatResponse { tool_calls: vec![tool_call_delta(delta)], ..Default::default() })
-            }
-            Ok(GatewayEvent::Thinking(ThinkingDelta::Text(thinking))) => {
-                Ok(pb::ChatResponse { thinking, ..Default::default() })
-            }
-            Ok(GatewayEvent::Thinking(ThinkingDelta::Signature(thinking_signature))) => {
-                Ok(pb::ChatResponse { thinking_signature, ..Default::default() })
-            }
-            Ok(GatewayEvent::Thinking(ThinkingDelta::Redacted(redacted_thinking))) => {
-                Ok(pb::ChatResponse { redacted_thinking, ..Default::default() })
-            }
-            Ok(GatewayEvent::Done(summary)) => {
-                if let Some(reservation) = reservation.take() {
-                    reservation.settle(&summary.completion.usage);
-                }
-                Ok(pb::ChatResponse {
-                    model: summary.model.clone(),
-                    finish_reason: finish_reason(&summary.completion) as i32,
-                    usage: Some(usage(&summary.completion)),
-                    timing: Some(timing(&summary)),
-                    ..Default::default()
-                })
-            }
-            Err(error) => Err(Status::from(error)),
-        });
-        Ok(Response::new(Box::pin(crate::cache::recording(responses, storing))))
+    // Written out, as `generate` is.
+    fn chat<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request<pb::ChatRequest>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Self::ChatStream>, Status>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.completion_call(request, |request| request.cache.as_ref(), validate::chat) {
+            Ok(call) => Box::pin(self.chat_stream(call)),
+            Err(status) => Box::pin(futures::future::ready(Err(status))),
+        }
     }
 
     async fn list_models(

@@ -233,7 +233,7 @@ async fn chat(
     limit: ResponseLimit,
 ) -> Result<impl futures::Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
     let plan = gateway.router().resolve(&request.model)?;
-    gateway.chat(&plan, request, call, limit).await
+    gateway.chat(&plan, &request, call, limit).await
 }
 
 fn request(model: &str) -> ValidRequest {
