@@ -238,6 +238,45 @@ mod tests {
         assert_eq!(through_reqwest.text().await.unwrap(), "arrived");
     }
 
+    /// `send` builds the request before its future is polled; that must not start anything. A
+    /// future dropped unpolled (a `select!` that chose another branch) opens no connection on
+    /// either client: the only connection the server sees is the request that was awaited.
+    #[tokio::test]
+    async fn a_send_dropped_before_it_is_polled_opens_no_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buffer[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let client =
+            crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
+        drop(client.send(client.get(&url)));
+        drop(client.send(client.get(&url).timeout(Duration::from_secs(5))));
+        let answer = client.send(client.get(&url)).await.unwrap();
+        assert_eq!(answer.text().await.unwrap(), "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "only the awaited request connected");
+    }
+
     #[test]
     fn debug_output_masks_the_keys_in_default_headers_on_both_clients() {
         let mut headers = HeaderMap::new();
