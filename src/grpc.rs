@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use copilot_provider::{AssembledTurn, Completion, FinishReason, Part, ThinkingDelta};
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -67,6 +68,21 @@ async fn reserve(
 }
 
 type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ChatResponse, Status>> + Send>>;
+
+/// The future a handler returns: `answer`'s for a call that could be prepared, else the refusal.
+fn answered<'a, T, F>(
+    call: Result<CompletionCall, Status>,
+    answer: impl FnOnce(CompletionCall) -> F,
+) -> BoxFuture<'a, Result<T, Status>>
+where
+    F: Future<Output = Result<T, Status>> + Send + 'a,
+    T: Send + 'a,
+{
+    match call {
+        Ok(call) => Box::pin(answer(call)),
+        Err(status) => Box::pin(futures::future::ready(Err(status))),
+    }
+}
 
 /// A `Generate` or `Chat` call, validated and routed.
 struct CompletionCall {
@@ -208,15 +224,13 @@ impl pb::copilot_server::Copilot for CopilotApi {
     fn generate<'life0, 'async_trait>(
         &'life0 self,
         request: Request<pb::GenerateRequest>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<pb::GenerateResponse>, Status>> + Send + 'async_trait>>
+    ) -> BoxFuture<'async_trait, Result<Response<pb::GenerateResponse>, Status>>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        match self.completion_call(request, |request| request.cache.as_ref(), validate::generate) {
-            Ok(call) => Box::pin(self.generate_answer(call)),
-            Err(status) => Box::pin(futures::future::ready(Err(status))),
-        }
+        let call = self.completion_call(request, |request| request.cache.as_ref(), validate::generate);
+        answered(call, |call| self.generate_answer(call))
     }
 
     type ChatStream = ChatResponseStream;
@@ -225,15 +239,13 @@ impl pb::copilot_server::Copilot for CopilotApi {
     fn chat<'life0, 'async_trait>(
         &'life0 self,
         request: Request<pb::ChatRequest>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Self::ChatStream>, Status>> + Send + 'async_trait>>
+    ) -> BoxFuture<'async_trait, Result<Response<Self::ChatStream>, Status>>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        match self.completion_call(request, |request| request.cache.as_ref(), validate::chat) {
-            Ok(call) => Box::pin(self.chat_stream(call)),
-            Err(status) => Box::pin(futures::future::ready(Err(status))),
-        }
+        let call = self.completion_call(request, |request| request.cache.as_ref(), validate::chat);
+        answered(call, |call| self.chat_stream(call))
     }
 
     async fn list_models(

@@ -188,6 +188,38 @@ mod tests {
         })
     }
 
+    /// A tiny HTTP/1.1 server on `listener`: it counts the connections it accepts and answers
+    /// every request on them with `body(the client's address)`.
+    async fn answering(
+        listener: tokio::net::TcpListener,
+        body: fn(std::net::SocketAddr) -> String,
+        connections: Arc<AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, peer)) = listener.accept().await else { return };
+            connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = socket.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let body = body(peer);
+                        let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
     /// An HTTP/1.1 server on its own thread: `/start` redirects (307) to `/elsewhere`, which
     /// answers `arrived`.
     fn redirecting_server() -> String {
@@ -243,31 +275,10 @@ mod tests {
     /// either client: the only connection the server sees is the request that was awaited.
     #[tokio::test]
     async fn a_send_dropped_before_it_is_polled_opens_no_connection() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buffer = vec![0; 4096];
-                    let mut seen = Vec::new();
-                    while let Ok(n) = socket.read(&mut buffer).await {
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buffer[..n]);
-                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        tokio::spawn(answering(listener, |_| "ok".into(), connections.clone()));
         let client =
             crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
         drop(client.send(client.get(&url)));
@@ -294,30 +305,7 @@ mod tests {
         let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = server.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
-        server.spawn(async move {
-            loop {
-                let (mut socket, peer) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buffer = vec![0; 4096];
-                    let mut seen = Vec::new();
-                    while let Ok(n) = socket.read(&mut buffer).await {
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buffer[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let body = peer.port().to_string();
-                            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                            if socket.write_all(reply.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        server.spawn(answering(listener, |peer| peer.port().to_string(), Arc::new(AtomicUsize::new(0))));
 
         let client =
             crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
