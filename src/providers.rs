@@ -234,13 +234,14 @@ fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider
     let config = EmbeddedConfig {
         sources: ModelSources { models_dir: Some(models_dir.clone()), files, ollama_store },
         engine: EngineSettings {
-            // Leave a core for the gRPC side: llama.cpp's throughput collapses when its threads
-            // compete with other busy threads for the same cores.
+            // Leave a core for the gRPC side: llama.cpp's threads wait for each other at every
+            // operation, so a decode of one or a few tokens on every core stalls whenever the
+            // gateway's own work takes one (a 6-stream test: 69 s against 5.8 s).
             threads: settings.threads.unwrap_or((cores - 1).max(1)),
-            // All cores would double a long prompt's speed on an idle machine, but llama.cpp's
-            // threads wait for each other at every operation, so when the gateway itself is busy a
-            // decode on every core stalls (a 6-stream test: 69 s against 5.8 s): opt-in for now.
             batch_threads: settings.batch_threads.or(settings.threads).unwrap_or((cores - 1).max(1)),
+            // A prompt is hundreds of tokens per decode: each operation is long enough that a
+            // preempted thread costs little, so prompts take every core (twice as fast on 2).
+            prompt_threads: settings.prompt_threads.unwrap_or(cores),
             slots: settings.parallel,
             queue: settings.queue,
             context_per_slot: settings.context_length,

@@ -213,9 +213,11 @@ pub struct EmbeddedSettings {
     pub ollama_store: OllamaStore,
     /// Inference threads per model (unset: all cores but one).
     pub threads: Option<usize>,
-    /// Threads for decodes of more than one token — prompts, several streams at once, embeddings
-    /// (unset: `threads`).
+    /// Threads for decodes of several streams' next tokens at once, and for embeddings (unset:
+    /// `threads`).
     pub batch_threads: Option<usize>,
+    /// Threads for reading prompts, on a llama.cpp context of their own (unset: all cores).
+    pub prompt_threads: Option<usize>,
     /// Streams decoded together per model.
     pub parallel: usize,
     /// Requests that may wait for a free slot.
@@ -243,6 +245,7 @@ impl Default for EmbeddedSettings {
             ollama_store: OllamaStore::Auto,
             threads: None,
             batch_threads: None,
+            prompt_threads: None,
             parallel: 4,
             queue: 16,
             context_length: 4096,
@@ -465,6 +468,7 @@ pub struct ProviderTable {
     pub ollama_store: Option<OllamaStore>,
     pub threads: Option<usize>,
     pub batch_threads: Option<usize>,
+    pub prompt_threads: Option<usize>,
     pub parallel: Option<usize>,
     pub queue: Option<usize>,
     pub context_length: Option<u32>,
@@ -513,6 +517,7 @@ impl Default for ProviderTable {
             ollama_store: None,
             threads: None,
             batch_threads: None,
+            prompt_threads: None,
             parallel: None,
             queue: None,
             context_length: None,
@@ -544,6 +549,7 @@ pub const KIND_KEYS: &[(&str, &[ProviderKind])] = &[
     ("ollama_store", &[Embedded]),
     ("threads", &[Embedded]),
     ("batch_threads", &[Embedded]),
+    ("prompt_threads", &[Embedded]),
     ("parallel", &[Embedded]),
     ("queue", &[Embedded]),
     ("context_length", &[Embedded]),
@@ -573,6 +579,7 @@ impl ProviderTable {
             "ollama_store" => self.ollama_store.is_some(),
             "threads" => self.threads.is_some(),
             "batch_threads" => self.batch_threads.is_some(),
+            "prompt_threads" => self.prompt_threads.is_some(),
             "parallel" => self.parallel.is_some(),
             "queue" => self.queue.is_some(),
             "context_length" => self.context_length.is_some(),
@@ -729,6 +736,7 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
         ollama_store: keys.ollama_store.clone().unwrap_or(defaults.ollama_store),
         threads: keys.threads,
         batch_threads: keys.batch_threads,
+        prompt_threads: keys.prompt_threads,
         parallel: keys.parallel.unwrap_or(defaults.parallel),
         queue: keys.queue.unwrap_or(defaults.queue),
         context_length: keys.context_length.unwrap_or(defaults.context_length),
@@ -751,6 +759,9 @@ fn embedded(keys: &ProviderTable, key: &dyn Fn(&str) -> String) -> Result<Embedd
     }
     if settings.batch_threads == Some(0) {
         return Err(invalid(key("batch_threads"), "must be at least 1"));
+    }
+    if settings.prompt_threads == Some(0) {
+        return Err(invalid(key("prompt_threads"), "must be at least 1"));
     }
     if settings.embedding_batch_tokens < 16 {
         return Err(invalid(key("embedding_batch_tokens"), "must be at least 16 tokens"));
@@ -917,6 +928,7 @@ mod tests {
             ("context_length = 8", "context_length"),
             ("threads = 0", "threads"),
             ("batch_threads = 0", "batch_threads"),
+            ("prompt_threads = 0", "prompt_threads"),
             ("ollama_store = \" \"", "ollama_store"),
         ] {
             let err = load(&format!("[providers.embedded]\n{toml}\n"), &[]).unwrap_err();

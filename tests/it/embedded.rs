@@ -34,13 +34,16 @@ fn models_dir() -> PathBuf {
     dir
 }
 
-/// Copilot with only the embedded provider, one inference thread and small contexts; `settings`
-/// override those keys of `[providers.embedded]`, and `tables` are appended as they are.
+/// Copilot with only the embedded provider, one inference thread for generation and for prompts
+/// (the suite runs tests side by side, and a debug-built gateway beside them preempts llama.cpp's
+/// threads often), and small contexts; `settings` override those keys of `[providers.embedded]`,
+/// and `tables` are appended as they are.
 async fn embedded_with(settings: &[(&str, &str)], tables: &str) -> Copilot {
     let mut keys: Vec<(&str, String)> = vec![
         ("models_dir", format!("{:?}", models_dir().display().to_string())),
         ("ollama_store", "\"off\"".into()),
         ("threads", "1".into()),
+        ("prompt_threads", "1".into()),
         ("parallel", "2".into()),
         ("queue", "4".into()),
         ("context_length", "1024".into()),

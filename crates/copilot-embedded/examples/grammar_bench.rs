@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine: EngineSettings {
             threads,
             batch_threads: threads,
+            prompt_threads: threads,
             slots: 1,
             queue: 1,
             context_per_slot: 2048,

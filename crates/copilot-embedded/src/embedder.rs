@@ -122,7 +122,9 @@ struct EmbedThread {
 }
 
 impl ContextThread for EmbedThread {
-    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String> {
+    type Contexts<'m> = LlamaContext<'m>;
+
+    fn contexts<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String> {
         new_context(model, &self.settings)
     }
 

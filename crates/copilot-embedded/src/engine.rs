@@ -3,6 +3,12 @@
 //! step — as llama.cpp's own server and Ollama's parallel mode do — so aggregate tokens/s grows with
 //! the number of concurrent streams.
 //!
+//! Prompts are read on a second context with more threads, one prompt at a time, and each read
+//! prompt's KV cache moves into its slot's sequence. llama.cpp sets a context's thread counts once,
+//! and its threads wait for each other after every operation: a prompt's long operations can use
+//! every core, while generation steps (one token per stream) would stall on every core as soon as
+//! anything else took one.
+//!
 //! Jobs arrive on a bounded queue; beyond the slots and the queue, submission fails at once (the
 //! provider maps that to RESOURCE_EXHAUSTED). Each job's output goes through its own bounded
 //! channel: a stream whose client reads slowly is paused (its text waits in an outbox) instead of
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 use copilot_provider::{ChatEvent, Completion, FinishReason, GenerationOptions, ProviderError, UpstreamTimings, Usage};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -42,9 +49,11 @@ const PAUSED_NAP: Duration = Duration::from_millis(1);
 pub struct EngineSettings {
     /// Threads for decodes of one token (one stream generating).
     pub threads: usize,
-    /// Threads for decodes of more (prompt processing, several streams at once): llama.cpp's
-    /// `n_threads_batch`.
+    /// Threads for decodes of several streams' next tokens: llama.cpp's `n_threads_batch` of the
+    /// generation context.
     pub batch_threads: usize,
+    /// Threads for reading prompts, on the prompt context.
+    pub prompt_threads: usize,
     /// Sequences decoded together (parallel streams).
     pub slots: usize,
     /// Requests that may wait for a free slot before new ones are refused.
@@ -98,7 +107,8 @@ pub struct EngineHandle {
     settings: EngineSettings,
 }
 
-pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// The process's llama.cpp backend, started on first use.
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -117,13 +127,15 @@ pub(crate) fn load_model(path: &Path) -> Result<Arc<LlamaModel>, EngineError> {
     Ok(Arc::new(model))
 }
 
-/// Work that owns one llama.cpp context of a model, on a thread of its own: a chat engine's
+/// Work that owns llama.cpp contexts of a model, on a thread of its own: a chat engine's
 /// scheduler, an embedding engine's batcher.
 pub(crate) trait ContextThread: Send + 'static {
-    /// Makes the context, on the thread that will use it.
-    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String>;
+    /// The contexts it works with.
+    type Contexts<'m>;
+    /// Makes the contexts, on the thread that will use them.
+    fn contexts<'m>(&self, model: &'m LlamaModel) -> Result<Self::Contexts<'m>, String>;
     /// Serves jobs until their channel closes.
-    fn run<'m>(self, model: &'m LlamaModel, context: LlamaContext<'m>);
+    fn run<'m>(self, model: &'m LlamaModel, contexts: Self::Contexts<'m>);
 }
 
 /// Starts `work` on a thread called `name`; returns once its context exists, or why it could not
@@ -139,17 +151,17 @@ pub(crate) fn spawn_context_thread(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let context = match work.context(&model) {
-                Ok(context) => {
+            let contexts = match work.contexts(&model) {
+                Ok(contexts) => {
                     let _ = ready_tx.send(Ok(()));
-                    context
+                    contexts
                 }
                 Err(detail) => {
                     let _ = ready_tx.send(Err(detail));
                     return;
                 }
             };
-            work.run(&model, context);
+            work.run(&model, contexts);
         })
         .map_err(|e| EngineError::Thread(e.to_string()))?;
     let path = path.display().to_string();
@@ -231,29 +243,59 @@ struct ChatThread {
     queue: mpsc::Receiver<Job>,
 }
 
+/// The chat engine's contexts: one whose sequences are the slots, and one that reads prompts.
+struct ChatContexts<'m> {
+    generation: LlamaContext<'m>,
+    prompts: LlamaContext<'m>,
+}
+
 impl ContextThread for ChatThread {
-    fn context<'m>(&self, model: &'m LlamaModel) -> Result<LlamaContext<'m>, String> {
-        new_context(model, &self.settings)
+    type Contexts<'m> = ChatContexts<'m>;
+
+    fn contexts<'m>(&self, model: &'m LlamaModel) -> Result<ChatContexts<'m>, String> {
+        let settings = &self.settings;
+        let slots = settings.slots.max(1) as u32;
+        // Both contexts decode up to `batch_size` tokens at once (a model with a sliding window
+        // sizes that part of its cache by it, and a read prompt must fit where it moves) and keep
+        // one unified cache: llama.cpp moves a sequence only between caches of as many streams.
+        // The slots' own limit (`context_per_slot`) is kept by the scheduler.
+        let generation = new_context(
+            model,
+            settings.context_per_slot.saturating_mul(slots),
+            slots,
+            (settings.threads, settings.batch_threads),
+            settings.batch_size,
+        )?;
+        let prompt_threads = settings.prompt_threads;
+        let prompts =
+            new_context(model, settings.context_per_slot, 1, (prompt_threads, prompt_threads), settings.batch_size)?;
+        Ok(ChatContexts { generation, prompts })
     }
 
-    fn run<'m>(self, model: &'m LlamaModel, context: LlamaContext<'m>) {
-        Scheduler::new(model, context, self.settings, self.in_flight).run(self.queue);
+    fn run<'m>(self, model: &'m LlamaModel, contexts: ChatContexts<'m>) {
+        Scheduler::new(model, contexts, self.settings, self.in_flight).run(self.queue);
     }
 }
 
-fn new_context<'m>(model: &'m LlamaModel, settings: &EngineSettings) -> Result<LlamaContext<'m>, String> {
+/// A context of `cells` KV cells in one cache shared by `sequences`, with llama.cpp's two thread
+/// counts: for decodes of one token and of more. (CPU flash attention skips the cells of other
+/// sequences, so sharing one cache costs a step little.)
+fn new_context(
+    model: &LlamaModel,
+    cells: u32,
+    sequences: u32,
+    (threads, batch_threads): (usize, usize),
+    batch_size: u32,
+) -> Result<LlamaContext<'_>, String> {
     let backend = backend().map_err(|e| e.to_string())?;
-    let slots = settings.slots.max(1) as u32;
-    let n_ctx = settings.context_per_slot.saturating_mul(slots);
-    let threads = settings.threads.max(1) as i32;
-    let batch_threads = settings.batch_threads.max(1) as i32;
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(settings.batch_size)
-        .with_n_ubatch(settings.batch_size)
-        .with_n_seq_max(slots)
-        .with_n_threads(threads)
-        .with_n_threads_batch(batch_threads);
+        .with_n_ctx(NonZeroU32::new(cells))
+        .with_n_batch(batch_size)
+        .with_n_ubatch(batch_size)
+        .with_n_seq_max(sequences)
+        .with_kv_unified(true)
+        .with_n_threads(threads.max(1) as i32)
+        .with_n_threads_batch(batch_threads.max(1) as i32);
     model.new_context(backend, params).map_err(|e| e.to_string())
 }
 
@@ -320,6 +362,12 @@ impl Slot {
         }
     }
 
+    /// Ends the stream with an error after what it has already said.
+    fn fail(&mut self, message: String) {
+        self.outbox.push_back(Err(ProviderError::MidStream(message)));
+        self.phase = Phase::Draining;
+    }
+
     /// Hands queued events to the client's channel; returns false if the client is gone.
     fn flush(&mut self) -> bool {
         if self.job.out.is_closed() {
@@ -341,7 +389,9 @@ impl Slot {
 
 struct Scheduler<'m> {
     model: &'m LlamaModel,
+    /// The generation context: slot `i` is its sequence `i`.
     context: LlamaContext<'m>,
+    prompts: PromptReader<'m>,
     settings: EngineSettings,
     slots: Vec<Option<Slot>>,
     batch: LlamaBatch<'static>,
@@ -349,11 +399,34 @@ struct Scheduler<'m> {
     piece: Vec<u8>,
 }
 
+/// The prompt context, whose one sequence holds the prompt being read.
+struct PromptReader<'m> {
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    /// The slot whose prompt is being read, once its first chunk is decoded.
+    reading: Option<usize>,
+}
+
+impl PromptReader<'_> {
+    /// Forgets the prompt being read, if any.
+    fn reset(&mut self) {
+        if self.reading.take().is_some() {
+            let _ = self.context.clear_kv_cache_seq(Some(0), None, None);
+        }
+    }
+}
+
 impl<'m> Scheduler<'m> {
-    fn new(model: &'m LlamaModel, context: LlamaContext<'m>, settings: EngineSettings, in_flight: InFlight) -> Self {
+    fn new(model: &'m LlamaModel, contexts: ChatContexts<'m>, settings: EngineSettings, in_flight: InFlight) -> Self {
         let slots = (0..settings.slots.max(1)).map(|_| None).collect();
-        let batch = LlamaBatch::new(settings.batch_size as usize, settings.slots.max(1) as i32);
-        Self { model, context, settings, slots, batch, in_flight, piece: Vec::with_capacity(32) }
+        let batch = LlamaBatch::new(settings.slots.max(1), settings.slots.max(1) as i32);
+        let prompts = PromptReader {
+            context: contexts.prompts,
+            batch: LlamaBatch::new(settings.batch_size as usize, 1),
+            reading: None,
+        };
+        let context = contexts.generation;
+        Self { model, context, prompts, settings, slots, batch, in_flight, piece: Vec::with_capacity(32) }
     }
 
     fn run(mut self, queue: mpsc::Receiver<Job>) {
@@ -377,7 +450,10 @@ impl<'m> Scheduler<'m> {
                 }
             }
             self.deliver();
-            if !self.step() {
+            let stepped = self.step();
+            // One chunk of a prompt between steps: generating streams keep moving while it is read.
+            let read = self.read_prompt();
+            if !stepped && !read {
                 std::thread::sleep(PAUSED_NAP);
             }
         }
@@ -426,24 +502,23 @@ impl<'m> Scheduler<'m> {
     }
 
     fn release(&mut self, index: usize) {
+        if self.prompts.reading == Some(index) {
+            self.prompts.reset();
+        }
         if let Some(slot) = self.slots[index].take() {
             let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
             self.in_flight.done(1);
         }
     }
 
-    /// One batched decode over every slot that can make progress. Returns false if none could.
+    /// One batched decode of every generating slot's next token. Returns false if none could.
     fn step(&mut self) -> bool {
         self.batch.clear();
-        let budget = self.settings.batch_size as usize;
         let mut used = 0usize;
-        // Generating sequences first: one token each keeps every stream moving while a long
-        // prompt is processed in chunks alongside.
         for slot in self.slots.iter_mut().flatten() {
             slot.logits_at = None;
             if let Phase::Generating { next } = slot.phase
                 && slot.outbox.is_empty()
-                && used < budget
             {
                 if self.batch.add(next, slot.position, &[slot.seq], true).is_err() {
                     continue;
@@ -452,28 +527,6 @@ impl<'m> Scheduler<'m> {
                 slot.position += 1;
                 used += 1;
             }
-        }
-        for slot in self.slots.iter_mut().flatten() {
-            let Phase::Prompt { done } = slot.phase else { continue };
-            let remaining = slot.job.prompt.len() - done;
-            let take = remaining.min(budget - used);
-            if take == 0 {
-                continue;
-            }
-            let mut added = 0;
-            for token in &slot.job.prompt[done..done + take] {
-                let last = done + added + 1 == slot.job.prompt.len();
-                if self.batch.add(*token, slot.position, &[slot.seq], last).is_err() {
-                    break;
-                }
-                if last {
-                    slot.logits_at = Some(used as i32);
-                }
-                slot.position += 1;
-                used += 1;
-                added += 1;
-            }
-            slot.phase = Phase::Prompt { done: done + added };
         }
         if used == 0 {
             return false;
@@ -487,11 +540,67 @@ impl<'m> Scheduler<'m> {
             let Some(at) = slot.logits_at else { continue };
             match slot.sampler.sample(&self.context, at) {
                 Ok(token) => self.advance(index, token),
-                Err(message) => {
-                    slot.outbox.push_back(Err(ProviderError::MidStream(message)));
-                    slot.phase = Phase::Draining;
-                }
+                Err(message) => slot.fail(message),
             }
+        }
+        true
+    }
+
+    /// Decodes the next chunk of one prompt (the earliest admitted) on the prompt context. A
+    /// prompt read to its end gives its first token, and its KV cache moves to the slot's
+    /// sequence. Returns false if no prompt was waiting.
+    fn read_prompt(&mut self) -> bool {
+        let index = match self.prompts.reading {
+            Some(index) => index,
+            None => {
+                let waiting = self.slots.iter().enumerate().filter_map(|(index, slot)| match slot {
+                    Some(slot) if matches!(slot.phase, Phase::Prompt { .. }) => Some((slot.admitted, index)),
+                    _ => None,
+                });
+                let Some((_, index)) = waiting.min() else { return false };
+                self.prompts.reading = Some(index);
+                index
+            }
+        };
+        let Some(slot) = self.slots[index].as_mut() else {
+            self.prompts.reset();
+            return false;
+        };
+        let Phase::Prompt { done } = slot.phase else {
+            self.prompts.reset();
+            return false;
+        };
+        let prompts = &mut self.prompts;
+        let total = slot.job.prompt.len();
+        let take = (total - done).min(self.settings.batch_size as usize);
+        prompts.batch.clear();
+        for (offset, token) in slot.job.prompt[done..done + take].iter().enumerate() {
+            let last = done + offset + 1 == total;
+            if prompts.batch.add(*token, (done + offset) as i32, &[0], last).is_err() {
+                break;
+            }
+        }
+        let added = prompts.batch.n_tokens() as usize;
+        if let Err(e) = prompts.context.decode(&mut prompts.batch) {
+            slot.fail(format!("llama.cpp failed to decode the prompt: {e}"));
+            prompts.reset();
+            return true;
+        }
+        slot.position += added as i32;
+        slot.phase = Phase::Prompt { done: done + added };
+        if done + added < total {
+            return true;
+        }
+        let token = slot.sampler.sample(&prompts.context, added as i32 - 1);
+        let moved = prompts
+            .context
+            .state_seq_get(0, LlamaStateSeqFlags::empty())
+            .and_then(|state| self.context.state_seq_set(&state, slot.seq));
+        prompts.reset();
+        match (token, moved) {
+            (Ok(token), Ok(())) => self.advance(index, token),
+            (Err(message), _) => slot.fail(message),
+            (_, Err(e)) => slot.fail(format!("llama.cpp could not move the read prompt to its stream: {e}")),
         }
         true
     }
@@ -531,9 +640,8 @@ impl<'m> Scheduler<'m> {
 
     fn fail_batch(&mut self, message: &str) {
         for slot in self.slots.iter_mut().flatten() {
-            if slot.logits_at.is_some() || matches!(slot.phase, Phase::Prompt { .. }) {
-                slot.outbox.push_back(Err(ProviderError::MidStream(message.to_string())));
-                slot.phase = Phase::Draining;
+            if slot.logits_at.is_some() {
+                slot.fail(message.to_string());
             }
         }
         tracing::error!("{message}");

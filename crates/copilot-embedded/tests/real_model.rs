@@ -43,6 +43,7 @@ fn provider() -> EmbeddedProvider {
         engine: EngineSettings {
             threads: 2,
             batch_threads: 2,
+            prompt_threads: 2,
             slots: 1,
             queue: 4,
             context_per_slot: 2048,
