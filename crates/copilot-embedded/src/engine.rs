@@ -259,20 +259,22 @@ impl ContextThread for ChatThread {
         let settings = &self.settings;
         let slots = settings.slots.max(1) as u32;
         // Both contexts decode up to `batch_size` tokens at once (a model with a sliding window
-        // sizes that part of its cache by it, and a read prompt must fit where it moves) and keep
-        // one unified cache: llama.cpp moves a sequence only between caches of as many streams.
-        // The slots' own limit (`context_per_slot`) is kept by the scheduler.
+        // sizes that part of its cache by it, and a read prompt must fit where it moves). With a
+        // prompt context, the generation context keeps one unified cache: llama.cpp moves a
+        // sequence only between caches of as many streams (the prompt context's one). The slots'
+        // own limit (`context_per_slot`) is kept by the scheduler.
+        let prompt_threads = settings.prompt_threads;
+        let separate_prompts = prompt_threads > settings.batch_threads;
         let generation = new_context(
             model,
             settings.context_per_slot.saturating_mul(slots),
-            slots,
+            (slots, separate_prompts),
             (settings.threads, settings.batch_threads),
             settings.batch_size,
         )?;
-        let prompt_threads = settings.prompt_threads;
-        let prompts = if prompt_threads > settings.batch_threads {
+        let prompts = if separate_prompts {
             let threads = (prompt_threads, prompt_threads);
-            Some(new_context(model, settings.context_per_slot, 1, threads, settings.batch_size)?)
+            Some(new_context(model, settings.context_per_slot, (1, true), threads, settings.batch_size)?)
         } else {
             None
         };
@@ -284,13 +286,13 @@ impl ContextThread for ChatThread {
     }
 }
 
-/// A context of `cells` KV cells in one cache shared by `sequences`, with llama.cpp's two thread
-/// counts: for decodes of one token and of more. (CPU flash attention skips the cells of other
-/// sequences, so sharing one cache costs a step little.)
+/// A context of `cells` KV cells for `sequences`, in one cache they share when `unified` (CPU
+/// flash attention skips the other sequences' cells, so that costs a step little), and with
+/// llama.cpp's two thread counts: for decodes of one token and of more.
 fn new_context(
     model: &LlamaModel,
     cells: u32,
-    sequences: u32,
+    (sequences, unified): (u32, bool),
     (threads, batch_threads): (usize, usize),
     batch_size: u32,
 ) -> Result<LlamaContext<'_>, String> {
@@ -300,7 +302,7 @@ fn new_context(
         .with_n_batch(batch_size)
         .with_n_ubatch(batch_size)
         .with_n_seq_max(sequences)
-        .with_kv_unified(true)
+        .with_kv_unified(unified)
         .with_n_threads(threads.max(1) as i32)
         .with_n_threads_batch(batch_threads.max(1) as i32);
     model.new_context(backend, params).map_err(|e| e.to_string())
