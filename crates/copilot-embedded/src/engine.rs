@@ -413,7 +413,7 @@ struct Scheduler<'m> {
 struct PromptReader<'m> {
     context: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
-    /// The slot whose prompt is being read, once its first chunk is decoded.
+    /// The slot whose prompt is being read, from the choice of it to its move.
     reading: Option<usize>,
 }
 
