@@ -207,10 +207,28 @@ fn ollama(name: &str, config: &ProviderConfig, settings: &OllamaSettings) -> Res
     .map_err(|e| format!("provider '{name}': {e}"))
 }
 
+/// The chat engine's settings on a machine with `cores` cores: what is unset gets its default.
+#[cfg(feature = "embedded")]
+fn engine_settings(settings: &EmbeddedSettings, cores: usize) -> copilot_embedded::engine::EngineSettings {
+    copilot_embedded::engine::EngineSettings {
+        // Leave a core for the gRPC side: llama.cpp's threads wait for each other at every
+        // operation, so a decode of one or a few tokens on every core stalls whenever the
+        // gateway's own work takes one (a 6-stream test: 69 s against 5.8 s).
+        threads: settings.threads.unwrap_or((cores - 1).max(1)),
+        batch_threads: settings.batch_threads.or(settings.threads).unwrap_or((cores - 1).max(1)),
+        // A prompt is hundreds of tokens per decode: each operation is long enough that a
+        // preempted thread costs little, so prompts take every core (twice as fast on 2).
+        prompt_threads: settings.prompt_threads.unwrap_or(cores),
+        slots: settings.parallel,
+        queue: settings.queue,
+        context_per_slot: settings.context_length,
+        batch_size: settings.batch_size,
+    }
+}
+
 #[cfg(feature = "embedded")]
 fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider>, String), String> {
     use copilot_embedded::embedder::EmbedderSettings;
-    use copilot_embedded::engine::EngineSettings;
     // Enough to fill a decode with short inputs; llama.cpp allows 256 sequences.
     const EMBEDDING_BATCH_INPUTS: usize = 64;
     use copilot_embedded::store::{ModelSources, default_ollama_store};
@@ -233,20 +251,7 @@ fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let config = EmbeddedConfig {
         sources: ModelSources { models_dir: Some(models_dir.clone()), files, ollama_store },
-        engine: EngineSettings {
-            // Leave a core for the gRPC side: llama.cpp's threads wait for each other at every
-            // operation, so a decode of one or a few tokens on every core stalls whenever the
-            // gateway's own work takes one (a 6-stream test: 69 s against 5.8 s).
-            threads: settings.threads.unwrap_or((cores - 1).max(1)),
-            batch_threads: settings.batch_threads.or(settings.threads).unwrap_or((cores - 1).max(1)),
-            // A prompt is hundreds of tokens per decode: each operation is long enough that a
-            // preempted thread costs little, so prompts take every core (twice as fast on 2).
-            prompt_threads: settings.prompt_threads.unwrap_or(cores),
-            slots: settings.parallel,
-            queue: settings.queue,
-            context_per_slot: settings.context_length,
-            batch_size: settings.batch_size,
-        },
+        engine: engine_settings(settings, cores),
         embedder: EmbedderSettings {
             threads: settings.batch_threads.or(settings.threads).unwrap_or((cores - 1).max(1)),
             batch_tokens: settings.embedding_batch_tokens,
@@ -279,4 +284,21 @@ fn embedded(name: &str, settings: &EmbeddedSettings) -> Result<(Arc<dyn Provider
 #[cfg(not(feature = "embedded"))]
 fn embedded(name: &str, _: &EmbeddedSettings) -> Result<(Arc<dyn Provider>, String), String> {
     Err(format!("provider '{name}' is embedded, but this build has no embedded engine"))
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_leave_a_core_to_the_gateway_and_prompts_take_every_core() {
+        let defaults = engine_settings(&EmbeddedSettings::default(), 8);
+        assert_eq!((defaults.threads, defaults.batch_threads, defaults.prompt_threads), (7, 7, 8));
+        let one_core = engine_settings(&EmbeddedSettings::default(), 1);
+        assert_eq!((one_core.threads, one_core.batch_threads, one_core.prompt_threads), (1, 1, 1));
+
+        let set = EmbeddedSettings { threads: Some(2), prompt_threads: Some(3), ..EmbeddedSettings::default() };
+        let chosen = engine_settings(&set, 8);
+        assert_eq!((chosen.threads, chosen.batch_threads, chosen.prompt_threads), (2, 2, 3));
+    }
 }
