@@ -65,6 +65,14 @@ pub struct EngineSettings {
     pub batch_size: u32,
 }
 
+impl EngineSettings {
+    /// Whether prompts are read on a context of their own: only when they get more threads than
+    /// steps. Otherwise they share the steps' decodes, which reads the weights once for both.
+    pub fn reads_prompts_apart(&self) -> bool {
+        self.prompt_threads > self.batch_threads
+    }
+}
+
 /// One request for the engine: a tokenized prompt and how to sample the answer.
 pub struct Job {
     pub prompt: Vec<LlamaToken>,
@@ -263,8 +271,7 @@ impl ContextThread for ChatThread {
         // prompt context, the generation context keeps one unified cache: llama.cpp moves a
         // sequence only between caches of as many streams (the prompt context's one). The slots'
         // own limit (`context_per_slot`) is kept by the scheduler.
-        let prompt_threads = settings.prompt_threads;
-        let separate_prompts = prompt_threads > settings.batch_threads;
+        let separate_prompts = settings.reads_prompts_apart();
         let generation = new_context(
             model,
             settings.context_per_slot.saturating_mul(slots),
@@ -273,7 +280,7 @@ impl ContextThread for ChatThread {
             settings.batch_size,
         )?;
         let prompts = if separate_prompts {
-            let threads = (prompt_threads, prompt_threads);
+            let threads = (settings.prompt_threads, settings.prompt_threads);
             Some(new_context(model, settings.context_per_slot, (1, true), threads, settings.batch_size)?)
         } else {
             None
@@ -549,27 +556,21 @@ impl<'m> Scheduler<'m> {
                 used += 1;
             }
         }
-        for slot in self.slots.iter_mut().flatten().filter(|_| self.prompts.is_none()) {
-            let Phase::Prompt { done } = slot.phase else { continue };
-            let remaining = slot.job.prompt.len() - done;
-            let take = remaining.min(budget.saturating_sub(used));
-            if take == 0 {
-                continue;
-            }
-            let mut added = 0;
-            for token in &slot.job.prompt[done..done + take] {
-                let last = done + added + 1 == slot.job.prompt.len();
-                if self.batch.add(*token, slot.position, &[slot.seq], last).is_err() {
+        if self.prompts.is_none() {
+            for slot in self.slots.iter_mut().flatten() {
+                let Phase::Prompt { done } = slot.phase else { continue };
+                let take = budget.saturating_sub(used);
+                if take == 0 {
                     break;
                 }
-                if last {
-                    slot.logits_at = Some(used as i32);
+                let added = add_prompt_chunk(&mut self.batch, &slot.job.prompt, done, take, slot.seq);
+                if done + added == slot.job.prompt.len() {
+                    slot.logits_at = Some((used + added) as i32 - 1);
                 }
-                slot.position += 1;
-                used += 1;
-                added += 1;
+                slot.position += added as i32;
+                slot.phase = Phase::Prompt { done: done + added };
+                used += added;
             }
-            slot.phase = Phase::Prompt { done: done + added };
         }
         if used == 0 {
             return false;
@@ -615,15 +616,8 @@ impl<'m> Scheduler<'m> {
             return false;
         };
         let total = slot.job.prompt.len();
-        let take = (total - done).min(self.settings.batch_size as usize);
         prompts.batch.clear();
-        for (offset, token) in slot.job.prompt[done..done + take].iter().enumerate() {
-            let last = done + offset + 1 == total;
-            if prompts.batch.add(*token, (done + offset) as i32, &[0], last).is_err() {
-                break;
-            }
-        }
-        let added = prompts.batch.n_tokens() as usize;
+        let added = add_prompt_chunk(&mut prompts.batch, &slot.job.prompt, done, self.settings.batch_size as usize, 0);
         if let Err(e) = prompts.context.decode(&mut prompts.batch) {
             slot.fail(format!("llama.cpp failed to decode the prompt: {e}"));
             prompts.reset();
@@ -690,6 +684,20 @@ impl<'m> Scheduler<'m> {
         }
         tracing::error!("{message}");
     }
+}
+
+/// Adds up to `most` of `prompt`'s tokens from `done` on to `batch`, as sequence `seq` at their
+/// own positions, with logits for the prompt's last token; returns how many it added.
+fn add_prompt_chunk(batch: &mut LlamaBatch, prompt: &[LlamaToken], done: usize, most: usize, seq: i32) -> usize {
+    let end = prompt.len().min(done + most);
+    let mut added = 0;
+    for (position, token) in prompt.iter().enumerate().take(end).skip(done) {
+        if batch.add(*token, position as i32, &[seq], position + 1 == prompt.len()).is_err() {
+            break;
+        }
+        added += 1;
+    }
+    added
 }
 
 fn finish(slot: &mut Slot, mut reason: FinishReason) {
@@ -836,6 +844,22 @@ fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_are_read_apart_only_with_more_threads_than_steps() {
+        let settings = |batch_threads, prompt_threads| EngineSettings {
+            threads: 1,
+            batch_threads,
+            prompt_threads,
+            slots: 2,
+            queue: 0,
+            context_per_slot: 64,
+            batch_size: 16,
+        };
+        assert!(settings(1, 2).reads_prompts_apart());
+        assert!(!settings(2, 2).reads_prompts_apart());
+        assert!(!settings(3, 2).reads_prompts_apart());
+    }
 
     #[test]
     fn greedy_picks_the_first_of_the_largest_logits() {
