@@ -10,11 +10,15 @@
 //! - `soak`: a hostile mix (stalled bodies, idle sockets, big metadata, random bytes, cancels)
 //!   beside a legitimate load, with the server's RSS, fds and panics checked (`soak.rs`).
 //!
+//! - `floor-gateway`: serves `Generate` with the least a gateway on Copilot's crates must do, to
+//!   measure the floor Copilot's own work sits on (`floor.rs`).
+//!
 //! Shared: `chat.rs` (one measured `Chat` call, request building), `loadgen.rs` (load options and
 //! the closed/open-loop drivers), `stats.rs` (histograms and summaries), `report.rs` (tables,
 //! JSON), `memory.rs` (the server's RSS) and `procs.rs` (processes a mode starts itself).
 
 mod chat;
+mod floor;
 mod h2_client;
 mod http;
 mod load;
@@ -65,6 +69,10 @@ enum Command {
     /// cancels) beside a legitimate load: every legitimate call must succeed, the server's RSS
     /// stay bounded, its fds not grow, its log hold no panic.
     Soak(Box<soak::SoakCmd>),
+    /// Serves Copilot's `Generate` with the least a gateway on Copilot's crates must do (HTTP/2
+    /// server, gRPC codec, one pooled HTTP/1.1 upstream request): the floor Copilot is measured
+    /// against (`scripts/bench-gateways`, mode `floor`).
+    FloorGateway(floor::FloorCmd),
 }
 
 /// The server to measure and the model to ask for; shared by every mode.
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
             Command::Overhead(cmd) => overhead::run(cmd).await,
             Command::Http(cmd) => http::run(cmd).await,
             Command::Soak(cmd) => soak::run(*cmd).await,
+            Command::FloorGateway(cmd) => floor::run(cmd).await,
         }
     });
     result.unwrap_or_else(|e| {

@@ -66,6 +66,7 @@
 //! reported as the model lacking [`Feature::Completion`] (`FEATURE_UNSUPPORTED`), not as an
 //! unknown model.
 
+mod chunk_scan;
 mod stream;
 mod wire;
 

@@ -642,6 +642,11 @@ pub(crate) fn decode_data<'a>(data: &'a str, secret: Option<&Secret>) -> Result<
     if data == "[DONE]" {
         return Ok(Payload::Done);
     }
+    if let Some(info) = crate::chunk_scan::chunk(data) {
+        #[cfg(debug_assertions)]
+        check_scan(data, &info);
+        return Ok(Payload::Chunk(info));
+    }
     let chunk = match serde_json::from_str::<Chunk>(data) {
         Ok(chunk) => chunk,
         Err(err) => {
@@ -664,6 +669,19 @@ pub(crate) fn decode_data<'a>(data: &'a str, secret: Option<&Secret>) -> Result<
         return Ok(Payload::Error(details));
     }
     Ok(Payload::Chunk(chunk_info(chunk)))
+}
+
+/// What the fast path made of `data` is what serde_json makes of it: checked on every chunk the
+/// scan accepts in builds with debug assertions (the tests, the fuzzers).
+#[cfg(any(test, debug_assertions))]
+pub(crate) fn check_scan(data: &str, scanned: &ChunkInfo<'_>) {
+    match serde_json::from_str::<Chunk>(data) {
+        Ok(chunk) => {
+            assert!(chunk.choices.as_ref().is_some_and(|c| c.any), "the scan took a chunk without choices: {data}");
+            assert_eq!(&chunk_info(chunk), scanned, "the scan and serde_json disagree on {data}");
+        }
+        Err(err) => panic!("the scan took a chunk serde_json refuses ({err}): {data}"),
+    }
 }
 
 /// The error object in an event's data, if it is one: `{"error":...}` or vLLM's old flat form.

@@ -1,0 +1,674 @@
+//! The fast path for the streamed chunk nearly every event is: one choice whose delta carries a
+//! piece of text, and fields the adapter skips (`object`, `created`, `system_fingerprint`,
+//! `logprobs`, …). serde_json spends ~7,000 instructions on such a 330-byte chunk (its visitors,
+//! and the decoded structs moved through each level); jiter, sonic-rs and simd-json measured no
+//! faster. Scanning the bytes once for the few fields used takes a fraction of that, and decoding
+//! the answer's events was the largest part of an idle `Generate` call (BENCHMARKS.md, "The
+//! floor").
+//!
+//! The scan is an answer or a refusal, never a third opinion: it returns `None` for anything it
+//! does not fully check — tool calls, usage, llama.cpp's timings, a whole `message`, an escaped
+//! key, a duplicate field, a wrong type, any JSON it finds invalid — and [`wire::decode_data`]
+//! then decodes the chunk with serde_json as before. What it accepts, serde_json accepts with the
+//! same meaning; builds with debug assertions (the test suite, the fuzzers) check every accepted
+//! chunk against serde_json.
+//!
+//! [`wire::decode_data`]: crate::wire::decode_data
+
+use std::borrow::Cow;
+
+use crate::wire::{ChunkInfo, map_finish_reason};
+
+/// Deeper nesting in a skipped value is left to serde_json (which stops at 128 levels).
+const MAX_SKIP_DEPTH: usize = 64;
+
+/// The chunk `data` holds, when it is the common kind (see the module's comment).
+pub(crate) fn chunk(data: &str) -> Option<ChunkInfo<'_>> {
+    let mut scan = Scan { text: data, bytes: data.as_bytes(), pos: 0 };
+    let mut info = ChunkInfo::default();
+    let (mut id, mut model, mut choices, mut usage, mut timings) = (None, None, false, false, false);
+    scan.object(|scan, key| match key {
+        "id" => set_once(&mut id, scan.optional_str()?),
+        "model" => set_once(&mut model, scan.optional_str()?),
+        "choices" => {
+            once(&mut choices)?;
+            scan.choices(&mut info)
+        }
+        // Every chunk may say `"usage": null`; the one that reports usage, and llama.cpp's
+        // timings, are serde_json's to decode.
+        "usage" => {
+            once(&mut usage)?;
+            scan.literal(b"null")
+        }
+        "timings" => {
+            once(&mut timings)?;
+            scan.literal(b"null")
+        }
+        _ => scan.skip_value(0),
+    })?;
+    scan.whitespace();
+    if scan.pos != scan.bytes.len() || !choices {
+        return None;
+    }
+    info.id = id.flatten().filter(|id: &Cow<'_, str>| !id.is_empty());
+    info.model = model.flatten().filter(|model: &Cow<'_, str>| !model.is_empty());
+    Some(info)
+}
+
+/// `slot` takes `value` unless a value came before (serde_json refuses duplicate fields).
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    match slot {
+        Some(_) => None,
+        None => {
+            *slot = Some(value);
+            Some(())
+        }
+    }
+}
+
+/// Marks a field seen; `None` if it was (a duplicate).
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+struct Scan<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after white space, not taken.
+    fn peek(&mut self) -> Option<u8> {
+        self.whitespace();
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.whitespace();
+        self.bytes[self.pos..].starts_with(word).then(|| self.pos += word.len())
+    }
+
+    /// An object's members: `member` reads each value after its key (a key with escapes is left
+    /// to serde_json).
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            let (key, escaped) = self.string()?;
+            if escaped {
+                return None;
+            }
+            self.eat(b':')?;
+            member(self, key)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array's elements, each read by `element`.
+    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string's contents (between the quotes, still escaped) and whether it has escapes. Every
+    /// escape and the absence of control characters are checked, as serde_json checks them.
+    fn string(&mut self) -> Option<(&'a str, bool)> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            self.skip_plain_string_bytes();
+            match *self.bytes.get(self.pos)? {
+                b'"' => {
+                    self.pos += 1;
+                    // The quotes are ASCII, so both ends are character boundaries.
+                    return Some((&self.text[start..self.pos - 1], escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *self.bytes.get(self.pos + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 2,
+                        b'u' => {
+                            let hex = self.bytes.get(self.pos + 2..self.pos + 6)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.pos += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Past the bytes of a string that need no attention, eight at a time (text is most of a
+    /// chunk's bytes): to the next quote, backslash or control character, or near the end.
+    fn skip_plain_string_bytes(&mut self) {
+        const ONES: u64 = u64::from_le_bytes([1; 8]);
+        const HIGH_BITS: u64 = ONES << 7;
+        // The high bit of each byte below `n` (n ≤ 128). A borrow can mark bytes above a marked
+        // one too, never below it, so the lowest mark is exact.
+        let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH_BITS;
+        while let Some(eight) = self.bytes.get(self.pos..self.pos + 8) {
+            let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+            let marks = below(word, 0x20)
+                | below(word ^ (ONES * u64::from(b'"')), 1)
+                | below(word ^ (ONES * u64::from(b'\\')), 1);
+            if marks != 0 {
+                self.pos += marks.trailing_zeros() as usize / 8;
+                return;
+            }
+            self.pos += 8;
+        }
+    }
+
+    /// `null` or a string, unescaped by serde_json when it has escapes (which also refuses what
+    /// it refuses, such as a lone surrogate).
+    fn optional_str(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.peek()? == b'n' {
+            return self.literal(b"null").map(|()| None);
+        }
+        let start = self.pos;
+        let (contents, escaped) = self.string()?;
+        if !escaped {
+            return Some(Some(Cow::Borrowed(contents)));
+        }
+        serde_json::from_str::<String>(&self.text[start..self.pos]).ok().map(|text| Some(Cow::Owned(text)))
+    }
+
+    /// `null` or a whole number that fits a `u64` (anything else is serde_json's to judge).
+    fn optional_u64(&mut self) -> Option<Option<u64>> {
+        match self.peek()? {
+            b'n' => self.literal(b"null").map(|()| None),
+            b'0' => {
+                self.pos += 1;
+                (!self.number_continues()).then_some(Some(0))
+            }
+            b'1'..=b'9' => {
+                let mut value: u64 = 0;
+                while let Some(digit @ b'0'..=b'9') = self.bytes.get(self.pos).copied() {
+                    value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+                    self.pos += 1;
+                }
+                (!self.number_continues()).then_some(Some(value))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a number goes on past its integer digits (a fraction, an exponent, another digit).
+    fn number_continues(&self) -> bool {
+        matches!(self.bytes.get(self.pos), Some(b'.' | b'e' | b'E' | b'0'..=b'9'))
+    }
+
+    /// A number, checked against JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        self.whitespace();
+        if self.bytes.get(self.pos) == Some(&b'-') {
+            self.pos += 1;
+        }
+        match *self.bytes.get(self.pos)? {
+            b'0' => self.pos += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.bytes.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            self.bytes.get(self.pos)?.is_ascii_digit().then_some(())?;
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
+                self.pos += 1;
+            }
+            self.bytes.get(self.pos)?.is_ascii_digit().then_some(())?;
+            self.digits();
+        }
+        // `01` or `1.5.2`: invalid; serde_json says so.
+        (!self.number_continues()).then_some(())
+    }
+
+    fn digits(&mut self) {
+        while self.bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
+            self.pos += 1;
+        }
+    }
+
+    /// Any JSON value, checked and dropped.
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_SKIP_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => self.object(|scan, _| scan.skip_value(depth + 1)),
+            b'[' => self.array(|scan| scan.skip_value(depth + 1)),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    /// `choices`: `null`, or a list whose first element with index 0 (or none) is the choice
+    /// used; every element is checked, as serde_json decodes them all. An empty list (the usage
+    /// chunk's) is serde_json's, which then also looks for an error object.
+    fn choices(&mut self, info: &mut ChunkInfo<'a>) -> Option<()> {
+        if self.peek()? == b'n' {
+            return None;
+        }
+        let mut taken = false;
+        let mut any = false;
+        self.array(|scan| {
+            any = true;
+            let choice = scan.choice()?;
+            if !taken && choice.index.unwrap_or(0) == 0 {
+                taken = true;
+                info.finish = choice.finish_reason.as_deref().map(map_finish_reason);
+                let text = |field: Option<Cow<'_, str>>| field.filter(|t| !t.is_empty()).map(Cow::into_owned);
+                info.content = text(choice.content);
+                info.thinking = text(choice.reasoning_content).or_else(|| text(choice.reasoning));
+                info.refusal = text(choice.refusal);
+            }
+            Some(())
+        })?;
+        any.then_some(())
+    }
+
+    /// One element of `choices`: an object with a `delta` of text fields only.
+    fn choice(&mut self) -> Option<Choice<'a>> {
+        let mut choice = Choice::default();
+        let (mut index, mut delta, mut finish) = (false, false, false);
+        self.object(|scan, key| match key {
+            "index" => {
+                once(&mut index)?;
+                choice.index = scan.optional_u64()?;
+                Some(())
+            }
+            "finish_reason" => {
+                once(&mut finish)?;
+                choice.finish_reason = scan.optional_str()?;
+                Some(())
+            }
+            "delta" => {
+                once(&mut delta)?;
+                if scan.peek()? == b'n' {
+                    return scan.literal(b"null");
+                }
+                scan.delta(&mut choice)
+            }
+            // A whole reply's message is serde_json's to decode.
+            "message" => None,
+            _ => scan.skip_value(0),
+        })?;
+        Some(choice)
+    }
+
+    fn delta(&mut self, choice: &mut Choice<'a>) -> Option<()> {
+        let mut seen = [false; 5];
+        self.object(|scan, key| {
+            let (slot, field) = match key {
+                "content" => (0, &mut choice.content),
+                "reasoning_content" => (1, &mut choice.reasoning_content),
+                "reasoning" => (2, &mut choice.reasoning),
+                "refusal" => (3, &mut choice.refusal),
+                // Tool calls are serde_json's to decode, unless there are none.
+                "tool_calls" => {
+                    once(&mut seen[4])?;
+                    return scan.literal(b"null");
+                }
+                _ => return scan.skip_value(0),
+            };
+            once(&mut seen[slot])?;
+            *field = scan.optional_str()?;
+            Some(())
+        })
+    }
+}
+
+/// What a choice says, as read.
+#[derive(Default)]
+struct Choice<'a> {
+    index: Option<u64>,
+    finish_reason: Option<Cow<'a, str>>,
+    content: Option<Cow<'a, str>>,
+    reasoning_content: Option<Cow<'a, str>>,
+    reasoning: Option<Cow<'a, str>>,
+    refusal: Option<Cow<'a, str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use copilot_provider::FinishReason;
+
+    use super::*;
+    use crate::wire::{Finish, check_scan};
+
+    /// Chunks as OpenAI, vLLM and llama.cpp's server send them (one each from their streams).
+    const OPENAI: &str = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796244301,"model":"gpt-4o-mini","service_tier":"default","system_fingerprint":"fp_5","choices":[{"index":0,"delta":{"content":" said:"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"x9Kq"}"#;
+    const VLLM: &str = r#"{"id":"chatcmpl-2","object":"chat.completion.chunk","created":1,"model":"Qwen/Qwen3-8B","choices":[{"index":0,"delta":{"reasoning_content":"Hmm","content":null},"logprobs":null,"finish_reason":null,"stop_reason":null}]}"#;
+    const LLAMA_CPP: &str = r#"{"choices":[{"finish_reason":"length","index":0,"delta":{}}],"created":1,"id":"chatcmpl-3","model":"qwen","system_fingerprint":"b1-x","object":"chat.completion.chunk"}"#;
+
+    fn scanned(data: &str) -> Option<ChunkInfo<'_>> {
+        let info = chunk(data);
+        if let Some(info) = &info {
+            check_scan(data, info);
+        }
+        info
+    }
+
+    #[test]
+    fn the_common_chunks_are_scanned_as_serde_json_reads_them() {
+        let info = scanned(OPENAI).expect("OpenAI's text chunk");
+        assert_eq!(info.content.as_deref(), Some(" said:"));
+        assert_eq!((info.id.as_deref(), info.model.as_deref()), (Some("chatcmpl-1"), Some("gpt-4o-mini")));
+        assert!(matches!(info.id, Some(Cow::Borrowed(_))), "no copy of an unescaped id");
+
+        let info = scanned(VLLM).expect("vLLM's thinking chunk");
+        assert_eq!((info.thinking.as_deref(), info.content), (Some("Hmm"), None));
+
+        let info = scanned(LLAMA_CPP).expect("llama.cpp's last chunk");
+        assert_eq!(info.finish, Some(Finish::Ended(FinishReason::Length)));
+        assert_eq!(info.content, None);
+
+        let escaped = r#"{"choices":[{"delta":{"content":"line\n\"q\" \u00e9\ud83d\ude00"}}]}"#;
+        assert_eq!(scanned(escaped).unwrap().content.as_deref(), Some("line\n\"q\" é😀"));
+        let refusal = r#"{"model":"","choices":[{"index":0,"delta":{"refusal":"No.","tool_calls":null}}],"usage":null,"timings":null}"#;
+        let info = scanned(refusal).unwrap();
+        assert_eq!((info.refusal.as_deref(), info.model), (Some("No."), None));
+        // Only the first choice with index 0 is used; the others are checked and dropped.
+        let two = r#"{"choices":[{"index":1,"delta":{"content":"b"}},{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.5e-3,"bytes":[97]}]}}]}"#;
+        assert_eq!(scanned(two).unwrap().content.as_deref(), Some("a"));
+        let spaced = " {\n \"choices\" : [ { \"delta\" : { \"content\" : \"x\" } } ] , \"n\" : -0.0E+2 } ";
+        assert_eq!(scanned(spaced.trim()).unwrap().content.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn what_the_scan_does_not_check_is_left_to_serde_json() {
+        for data in [
+            // Not the common kind: serde_json decodes these.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"choices":[{"delta":{}}],"timings":{"prompt_ms":1.5}}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"whole"}}]}"#,
+            r#"{"choices":null}"#,
+            r#"{"id":"x"}"#,
+            r#"{"ch\u006fices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[{"index":-0,"delta":{"content":"x"}}]}"#,
+            // Duplicates, which serde_json refuses.
+            r#"{"id":"a","id":"b","choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}],"choices":[{"delta":{"content":"y"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x","content":"y"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"},"delta":null}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":null,"tool_calls":null}}]}"#,
+            r#"{"usage":null,"usage":null,"choices":[{"delta":{"content":"x"}}]}"#,
+            // Invalid JSON, or the wrong types, anywhere, also in fields the adapter skips.
+            r#"{"choices":[{"index":01,"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[{"index":1.0,"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[{"index":18446744073709551616,"delta":{"content":"x"}}]}"#,
+            r#"{"created":01,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"created":1.,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"created":-,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"created":1e,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"object":"a\qb","choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"object":"a\u12G4","choices":[{"delta":{"content":"x"}}]}"#,
+            "{\"object\":\"a\tb\",\"choices\":[{\"delta\":{\"content\":\"x\"}}]}",
+            r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
+            r#"{"choices":[{"delta":{"content":7}}]}"#,
+            r#"{"model":true,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"x":tru,"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"x":[1,],"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"x":{"a":1,},"choices":[{"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}]} {}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}],}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}]"#,
+            r#"["choices"]"#,
+        ] {
+            assert!(chunk(data).is_none(), "scanned, though it is serde_json's to decode: {data}");
+        }
+        let deep =
+            format!(r#"{{"x":{}1{},"choices":[{{"delta":{{"content":"x"}}}}]}}"#, "[".repeat(100), "]".repeat(100));
+        assert!(chunk(&deep).is_none(), "nesting past the scan's depth");
+    }
+
+    #[test]
+    fn plain_string_bytes_are_skipped_to_the_first_that_needs_attention() {
+        // Neighbours of the special bytes' values, and the bytes of multi-byte characters.
+        for filler in ["a", " ", "!", "#", "[", "]", "\u{7f}", "é", "😀"] {
+            for special in ["\"", "\\", "\u{0}", "\u{1}", "\u{1f}"] {
+                for at in 0..20 {
+                    let text = format!("{}{special}{}", filler.repeat(at), filler.repeat(20));
+                    let mut scan = Scan { text: &text, bytes: text.as_bytes(), pos: 0 };
+                    scan.skip_plain_string_bytes();
+                    let expected = at * filler.len();
+                    // It may stop short of the special byte only within the last eight bytes.
+                    assert!(
+                        scan.pos == expected || (scan.pos < expected && text.len() - scan.pos < 8),
+                        "{filler:?} × {at} then {special:?}: stopped at {}, not {expected}",
+                        scan.pos
+                    );
+                }
+            }
+            let text = filler.repeat(30);
+            let mut scan = Scan { text: &text, bytes: text.as_bytes(), pos: 0 };
+            scan.skip_plain_string_bytes();
+            assert!(text.len() - scan.pos < 8, "{filler:?}: stopped at {} of {}", scan.pos, text.len());
+        }
+    }
+
+    /// A small xorshift generator: the same cases on every run.
+    struct Random(u64);
+
+    impl Random {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'p>(&mut self, pool: &[&'p str]) -> &'p str {
+            pool[self.below(pool.len())]
+        }
+
+        /// From `pool`, whose last `bad` entries break a rule: one of those once in ten picks.
+        fn mostly_valid<'p>(&mut self, pool: &[&'p str], bad: usize) -> &'p str {
+            let valid = pool.len() - bad;
+            if self.below(10) == 0 { pool[valid + self.below(bad)] } else { pool[self.below(valid)] }
+        }
+
+        /// An object of `members`, some of them repeated, in a random order, spaced at random.
+        fn object(&mut self, mut members: Vec<String>) -> String {
+            if !members.is_empty() && self.below(20) == 0 {
+                members.push(members[self.below(members.len())].clone());
+            }
+            for i in (1..members.len()).rev() {
+                members.swap(i, self.below(i + 1));
+            }
+            let space = [" ", "", "", "\n"][self.below(4)];
+            format!("{{{space}{}}}", members.join(&format!(",{space}")))
+        }
+    }
+
+    /// Strings (and what stands in their place), valid first: the last few break a rule.
+    const STRINGS: [&str; 14] = [
+        r#""abc""#,
+        r#""""#,
+        r#""a\nb""#,
+        r#""\u00e9\/""#,
+        r#""\ud83d\ude00""#,
+        r#""é""#,
+        "null",
+        r#""\ud800""#,
+        r#""a\qb""#,
+        "\"a\tb\"",
+        r#""\u12G4""#,
+        "7",
+        "true",
+        r#""x"#,
+    ];
+    const BAD_STRINGS: usize = 7;
+    /// Any values, valid first.
+    const VALUES: [&str; 30] = [
+        "0",
+        "-0",
+        "1.5",
+        "-1e5",
+        "1E+2",
+        "0.0e-1",
+        "18446744073709551616",
+        "true",
+        "false",
+        "null",
+        r#""s""#,
+        "[]",
+        "[1, [2, {}]]",
+        "[[[]]]",
+        "{}",
+        r#"{"a":1}"#,
+        r#"{"a":[{"b":null}]}"#,
+        "01",
+        "1.",
+        "1e",
+        "-",
+        "tru",
+        "nul",
+        r#""a\qb""#,
+        "\"\u{1f}\"",
+        r#""\u12G4""#,
+        "[1,]",
+        r#"{"a":1,}"#,
+        r#"{"a" 1}"#,
+        "{1:2}",
+    ];
+    const BAD_VALUES: usize = 13;
+
+    fn delta(random: &mut Random) -> String {
+        let mut members = Vec::new();
+        for key in ["content", "reasoning_content", "reasoning", "refusal", "role", "tool_calls"] {
+            if random.below(3) == 0 {
+                let value = match key {
+                    "tool_calls" => random.pick(&["null", "[]", r#"[{"index":0,"function":{"arguments":"{}"}}]"#]),
+                    _ => random.mostly_valid(&STRINGS, BAD_STRINGS),
+                };
+                members.push(format!(r#""{key}":{value}"#));
+            }
+        }
+        match random.below(20) {
+            0 => "null".into(),
+            1 => "[]".into(),
+            _ => random.object(members),
+        }
+    }
+
+    fn choice(random: &mut Random) -> String {
+        let mut members = Vec::new();
+        if random.below(4) != 0 {
+            let index =
+                random.mostly_valid(&["0", "1", "null", "01", "-0", "1.0", "18446744073709551616", r#""0""#], 5);
+            members.push(format!(r#""index":{index}"#));
+        }
+        if random.below(8) != 0 {
+            members.push(format!(r#""delta":{}"#, delta(random)));
+        }
+        if random.below(2) == 0 {
+            let reason = random.pick(&["null", r#""stop""#, r#""length""#, r#""abort""#, r#""eos""#, "1"]);
+            members.push(format!(r#""finish_reason":{reason}"#));
+        }
+        if random.below(3) == 0 {
+            members.push(format!(r#""logprobs":{}"#, random.mostly_valid(&VALUES, BAD_VALUES)));
+        }
+        if random.below(30) == 0 {
+            members.push(r#""message":{"content":"m"}"#.into());
+        }
+        random.object(members)
+    }
+
+    fn generated_chunk(random: &mut Random) -> String {
+        let mut members = Vec::new();
+        for key in ["id", "model", "object", "system_fingerprint"] {
+            if random.below(4) != 0 {
+                members.push(format!(r#""{key}":{}"#, random.mostly_valid(&STRINGS, BAD_STRINGS)));
+            }
+        }
+        if random.below(2) == 0 {
+            members.push(format!(r#""created":{}"#, random.mostly_valid(&VALUES, BAD_VALUES)));
+        }
+        if random.below(3) == 0 {
+            members.push(format!(r#""usage":{}"#, random.pick(&["null", r#"{"prompt_tokens":1}"#])));
+        }
+        if random.below(10) == 0 {
+            members.push(format!(r#""timings":{}"#, random.pick(&["null", r#"{"prompt_ms":1}"#])));
+        }
+        if random.below(10) != 0 {
+            let choices = match random.below(10) {
+                0 => "null".to_owned(),
+                1 => "[]".to_owned(),
+                n => format!("[{}]", (0..1 + n % 3).map(|_| choice(random)).collect::<Vec<_>>().join(",")),
+            };
+            members.push(format!(r#""choices":{choices}"#));
+        }
+        let mut data = random.object(members);
+        if random.below(40) == 0 {
+            data.push_str(random.pick(&["}", " x", ","]));
+        }
+        data
+    }
+
+    /// Chunks put together from valid and invalid pieces (fields in any order, repeated, of the
+    /// wrong type, bad numbers, escapes and literals where the adapter reads and where it skips):
+    /// whatever the scan accepts, serde_json must read the same way.
+    #[test]
+    fn generated_chunks_are_scanned_as_serde_json_reads_them_or_not_at_all() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, tried) = (0, 100_000);
+        for _ in 0..tried {
+            let data = generated_chunk(&mut random);
+            if let Some(info) = chunk(&data) {
+                accepted += 1;
+                check_scan(&data, &info);
+            }
+        }
+        // Most break a rule somewhere; enough pass for the comparison to mean something.
+        assert!(accepted > tried / 50, "only {accepted} of {tried} generated chunks scanned");
+    }
+}
