@@ -22,36 +22,123 @@ use crate::wire::{ChunkInfo, map_finish_reason};
 /// Deeper nesting in a skipped value is left to serde_json (which stops at 128 levels).
 const MAX_SKIP_DEPTH: usize = 64;
 
-/// The chunk `data` holds, when it is the common kind (see the module's comment).
-pub(crate) fn chunk(data: &str) -> Option<ChunkInfo<'_>> {
+/// The head of the last chunk read — its bytes up to `"choices":` — and what it said. Servers
+/// repeat the same fields (`id`, `object`, `created`, `model`, `system_fingerprint`) before
+/// `choices` in every chunk of a stream: a chunk that begins with the same bytes is read from its
+/// `choices` on, as the bytes before are known to say the same again.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkHead {
+    bytes: Vec<u8>,
+    id: Field,
+    model: Field,
+    usage: bool,
+    timings: bool,
+}
+
+/// A text field of the head, as a place in the chunk's bytes (found in every chunk that repeats
+/// the head at the same place).
+#[derive(Debug, Default, Clone, Copy)]
+enum Field {
+    #[default]
+    Absent,
+    Null,
+    At(usize, usize),
+}
+
+impl Field {
+    fn read(self, data: &str) -> Option<Option<Cow<'_, str>>> {
+        match self {
+            Field::Absent => None,
+            Field::Null => Some(None),
+            Field::At(start, end) => Some(Some(Cow::Borrowed(&data[start..end]))),
+        }
+    }
+}
+
+/// The top-level fields read so far.
+#[derive(Default)]
+struct Top<'a> {
+    id: Option<Option<Cow<'a, str>>>,
+    model: Option<Option<Cow<'a, str>>>,
+    choices: bool,
+    usage: bool,
+    timings: bool,
+}
+
+impl<'a> Top<'a> {
+    fn member(&mut self, scan: &mut Scan<'a>, key: &str, info: &mut ChunkInfo<'a>, head: &mut ChunkHead) -> Option<()> {
+        match key {
+            "id" => set_once(&mut self.id, scan.optional_str()?),
+            "model" => set_once(&mut self.model, scan.optional_str()?),
+            "choices" => {
+                once(&mut self.choices)?;
+                self.remember(scan, head);
+                scan.choices(info)
+            }
+            // Every chunk may say `"usage": null`; the one that reports usage, and llama.cpp's
+            // timings, are serde_json's to decode.
+            "usage" => {
+                once(&mut self.usage)?;
+                scan.literal(b"null")
+            }
+            "timings" => {
+                once(&mut self.timings)?;
+                scan.literal(b"null")
+            }
+            _ => scan.skip_value(0),
+        }
+    }
+
+    /// Keeps the head read so far (up to `"choices":`), unless it is the one kept already or
+    /// holds an escaped text (which has no place in the bytes).
+    fn remember(&self, scan: &Scan<'a>, head: &mut ChunkHead) {
+        let head_bytes = &scan.bytes[..scan.pos];
+        if head.bytes == head_bytes {
+            return;
+        }
+        let field = |value: &Option<Option<Cow<'a, str>>>| match value {
+            None => Some(Field::Absent),
+            Some(None) => Some(Field::Null),
+            Some(Some(Cow::Borrowed(text))) => {
+                let start = text.as_ptr() as usize - scan.bytes.as_ptr() as usize;
+                Some(Field::At(start, start + text.len()))
+            }
+            Some(Some(Cow::Owned(_))) => None,
+        };
+        head.bytes.clear();
+        if let (Some(id), Some(model)) = (field(&self.id), field(&self.model)) {
+            head.bytes.extend_from_slice(head_bytes);
+            (head.id, head.model, head.usage, head.timings) = (id, model, self.usage, self.timings);
+        }
+    }
+}
+
+/// The chunk `data` holds, when it is the common kind (see the module's comment). `head` is the
+/// last chunk's, and becomes this one's.
+pub(crate) fn chunk<'a>(data: &'a str, head: &mut ChunkHead) -> Option<ChunkInfo<'a>> {
     let mut scan = Scan { text: data, bytes: data.as_bytes(), pos: 0 };
     let mut info = ChunkInfo::default();
-    let (mut id, mut model, mut choices, mut usage, mut timings) = (None, None, false, false, false);
-    scan.object(|scan, key| match key {
-        "id" => set_once(&mut id, scan.optional_str()?),
-        "model" => set_once(&mut model, scan.optional_str()?),
-        "choices" => {
-            once(&mut choices)?;
-            scan.choices(&mut info)
-        }
-        // Every chunk may say `"usage": null`; the one that reports usage, and llama.cpp's
-        // timings, are serde_json's to decode.
-        "usage" => {
-            once(&mut usage)?;
-            scan.literal(b"null")
-        }
-        "timings" => {
-            once(&mut timings)?;
-            scan.literal(b"null")
-        }
-        _ => scan.skip_value(0),
-    })?;
+    let mut top = Top::default();
+    if !head.bytes.is_empty() && scan.bytes.starts_with(&head.bytes) {
+        scan.pos = head.bytes.len();
+        top = Top {
+            id: head.id.read(data),
+            model: head.model.read(data),
+            choices: true,
+            usage: head.usage,
+            timings: head.timings,
+        };
+        scan.choices(&mut info)?;
+        scan.rest_of_object(|scan, key| top.member(scan, key, &mut info, head))?;
+    } else {
+        scan.object(|scan, key| top.member(scan, key, &mut info, head))?;
+    }
     scan.whitespace();
-    if scan.pos != scan.bytes.len() || !choices {
+    if scan.pos != scan.bytes.len() || !top.choices {
         return None;
     }
-    info.id = id.flatten().filter(|id: &Cow<'_, str>| !id.is_empty());
-    info.model = model.flatten().filter(|model: &Cow<'_, str>| !model.is_empty());
+    info.id = top.id.flatten().filter(|id| !id.is_empty());
+    info.model = top.model.flatten().filter(|model| !model.is_empty());
     Some(info)
 }
 
@@ -107,13 +194,13 @@ impl<'a> Scan<'a> {
             self.pos += 1;
             return Some(());
         }
+        self.key_and_value(&mut member)?;
+        self.rest_of_object(member)
+    }
+
+    /// The members after one whose value was just read, to the object's end.
+    fn rest_of_object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
         loop {
-            let (key, escaped) = self.string()?;
-            if escaped {
-                return None;
-            }
-            self.eat(b':')?;
-            member(self, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
@@ -122,7 +209,17 @@ impl<'a> Scan<'a> {
                 }
                 _ => return None,
             }
+            self.key_and_value(&mut member)?;
         }
+    }
+
+    fn key_and_value(&mut self, member: &mut impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        let (key, escaped) = self.string()?;
+        if escaped {
+            return None;
+        }
+        self.eat(b':')?;
+        member(self, key)
     }
 
     /// An array's elements, each read by `element`.
@@ -389,7 +486,7 @@ mod tests {
     const LLAMA_CPP: &str = r#"{"choices":[{"finish_reason":"length","index":0,"delta":{}}],"created":1,"id":"chatcmpl-3","model":"qwen","system_fingerprint":"b1-x","object":"chat.completion.chunk"}"#;
 
     fn scanned(data: &str) -> Option<ChunkInfo<'_>> {
-        let info = chunk(data);
+        let info = chunk(data, &mut ChunkHead::default());
         if let Some(info) = &info {
             check_scan(data, info);
         }
@@ -420,6 +517,35 @@ mod tests {
         assert_eq!(scanned(two).unwrap().content.as_deref(), Some("a"));
         let spaced = " {\n \"choices\" : [ { \"delta\" : { \"content\" : \"x\" } } ] , \"n\" : -0.0E+2 } ";
         assert_eq!(scanned(spaced.trim()).unwrap().content.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_chunk_that_repeats_the_last_ones_head_is_read_from_its_choices() {
+        let mut head = ChunkHead::default();
+        let first = chunk(OPENAI, &mut head).unwrap();
+        assert!(OPENAI.as_bytes().starts_with(&head.bytes) && head.bytes.ends_with(br#""choices":"#));
+        let next = OPENAI.replace(" said:", " blue");
+        let info = chunk(&next, &mut head).unwrap();
+        check_scan(&next, &info);
+        assert_eq!((info.content.as_deref(), info.id, info.model), (Some(" blue"), first.id, first.model));
+
+        // A head that differs is read again, and kept in its place.
+        let other = OPENAI.replace("chatcmpl-1", "chatcmpl-22");
+        let info = chunk(&other, &mut head).unwrap();
+        assert_eq!(info.id.as_deref(), Some("chatcmpl-22"));
+        assert!(other.as_bytes().starts_with(&head.bytes));
+
+        // What the head said still counts: a field it had, repeated after `choices`, is a
+        // duplicate serde_json refuses.
+        let duplicate = OPENAI.replace(r#""usage":null"#, r#""model":"m""#);
+        assert!(chunk(&duplicate, &mut head).is_none());
+        let duplicate = OPENAI.replace(r#""usage":null"#, r#""choices":[]"#);
+        assert!(chunk(&duplicate, &mut head).is_none());
+
+        // An escaped id has no place in the bytes: such a head is not kept.
+        let escaped = OPENAI.replace("chatcmpl-1", r#"chat\u0063mpl-1"#);
+        assert_eq!(chunk(&escaped, &mut head).unwrap().id.as_deref(), Some("chatcmpl-1"));
+        assert!(head.bytes.is_empty());
     }
 
     #[test]
@@ -463,11 +589,14 @@ mod tests {
             r#"{"choices":[{"delta":{"content":"x"}}]"#,
             r#"["choices"]"#,
         ] {
-            assert!(chunk(data).is_none(), "scanned, though it is serde_json's to decode: {data}");
+            assert!(
+                chunk(data, &mut ChunkHead::default()).is_none(),
+                "scanned, though it is serde_json's to decode: {data}"
+            );
         }
         let deep =
             format!(r#"{{"x":{}1{},"choices":[{{"delta":{{"content":"x"}}}}]}}"#, "[".repeat(100), "]".repeat(100));
-        assert!(chunk(&deep).is_none(), "nesting past the scan's depth");
+        assert!(chunk(&deep, &mut ChunkHead::default()).is_none(), "nesting past the scan's depth");
     }
 
     #[test]
@@ -660,15 +789,31 @@ mod tests {
     #[test]
     fn generated_chunks_are_scanned_as_serde_json_reads_them_or_not_at_all() {
         let mut random = Random(0x9e37_79b9_7f4a_7c15);
-        let (mut accepted, tried) = (0, 100_000);
+        let (mut accepted, mut resumed, tried) = (0, 0, 100_000);
+        let mut head = ChunkHead::default();
+        let mut previous = String::new();
         for _ in 0..tried {
             let data = generated_chunk(&mut random);
-            if let Some(info) = chunk(&data) {
+            if let Some(info) = chunk(&data, &mut ChunkHead::default()) {
                 accepted += 1;
                 check_scan(&data, &info);
             }
+            // The same chunk's tail after the previous chunk's head, read with the head that
+            // chunk left: what a stream's next chunk is.
+            let tail = |data: &str| data.find(r#""choices":"#).map(|at| at + r#""choices":"#.len());
+            if let (Some(head_end), Some(tail_start)) = (tail(&previous), tail(&data)) {
+                let next = format!("{}{}", &previous[..head_end], &data[tail_start..]);
+                let _ = chunk(&previous, &mut head);
+                let kept = !head.bytes.is_empty() && next.as_bytes().starts_with(&head.bytes);
+                if let Some(info) = chunk(&next, &mut head) {
+                    resumed += usize::from(kept);
+                    check_scan(&next, &info);
+                }
+            }
+            previous = data;
         }
         // Most break a rule somewhere; enough pass for the comparison to mean something.
         assert!(accepted > tried / 50, "only {accepted} of {tried} generated chunks scanned");
+        assert!(resumed > tried / 100, "only {resumed} of {tried} chunks read after a kept head");
     }
 }

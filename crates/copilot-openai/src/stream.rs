@@ -11,6 +11,7 @@ use copilot_provider::{
     ChatEvent, Completion, FinishReason, ProviderError, Secret, ThinkingDelta, ToolCallDelta, UpstreamTimings, Usage,
 };
 
+use crate::chunk_scan::ChunkHead;
 use crate::wire::{self, CallPiece, ErrorDetails, Finish, Payload};
 
 /// Most tool calls one answer may make (as many as the server passes on): far above what models
@@ -46,6 +47,8 @@ pub(crate) struct Answer {
     calls: Vec<CallSlot>,
     /// Whether the model refused (OpenAI's `refusal`): the answer then ends as filtered.
     refused: bool,
+    /// The last chunk's head, which the next chunk likely repeats.
+    head: ChunkHead,
 }
 
 #[derive(Debug)]
@@ -84,6 +87,7 @@ impl StreamDecoder {
                 thoughts: false,
                 calls: Vec::new(),
                 refused: false,
+                head: ChunkHead::default(),
             },
             pending: VecDeque::new(),
             whole_end: None,
@@ -122,7 +126,7 @@ impl Answer {
             SseItem::Event { event: Some("error"), data } => {
                 return Step::Fail(self.mid_stream(error_line_details(data)));
             }
-            SseItem::Event { data, .. } => wire::decode_data(data, self.api_key.as_ref()),
+            SseItem::Event { data, .. } => wire::decode_data(data, self.api_key.as_ref(), &mut self.head),
         };
         match payload {
             Ok(Payload::Done) => Step::Complete,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::chunk_scan::ChunkHead;
 use crate::{MaxTokensField, ThinkingOff};
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +635,12 @@ pub(crate) enum Payload<'a> {
 }
 
 /// Decodes one event's data; `Err` when it is not JSON or a field has the wrong type.
-pub(crate) fn decode_data<'a>(data: &'a str, secret: Option<&Secret>) -> Result<Payload<'a>, ProviderError> {
+/// `head` is the head of the stream's last chunk ([`ChunkHead`]).
+pub(crate) fn decode_data<'a>(
+    data: &'a str,
+    secret: Option<&Secret>,
+    head: &mut ChunkHead,
+) -> Result<Payload<'a>, ProviderError> {
     let data = data.trim();
     if data.is_empty() {
         return Ok(Payload::Skip);
@@ -642,7 +648,7 @@ pub(crate) fn decode_data<'a>(data: &'a str, secret: Option<&Secret>) -> Result<
     if data == "[DONE]" {
         return Ok(Payload::Done);
     }
-    if let Some(info) = crate::chunk_scan::chunk(data) {
+    if let Some(info) = crate::chunk_scan::chunk(data, head) {
         #[cfg(debug_assertions)]
         check_scan(data, &info);
         return Ok(Payload::Chunk(info));
@@ -1392,7 +1398,7 @@ mod tests {
 
     fn chunk(data: Value) -> ChunkInfo<'static> {
         let owned = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
-        match decode_data(&data.to_string(), None).unwrap() {
+        match decode_data(&data.to_string(), None, &mut ChunkHead::default()).unwrap() {
             Payload::Chunk(info) => ChunkInfo {
                 content: info.content,
                 thinking: info.thinking,
@@ -1488,15 +1494,15 @@ mod tests {
 
     #[test]
     fn done_and_empty_events() {
-        assert_eq!(decode_data("[DONE]", None).unwrap(), Payload::Done);
-        assert_eq!(decode_data(" [DONE] ", None).unwrap(), Payload::Done);
-        assert_eq!(decode_data("", None).unwrap(), Payload::Skip);
-        assert_eq!(decode_data("{}", None).unwrap(), Payload::Chunk(ChunkInfo::default()));
+        assert_eq!(decode_data("[DONE]", None, &mut ChunkHead::default()).unwrap(), Payload::Done);
+        assert_eq!(decode_data(" [DONE] ", None, &mut ChunkHead::default()).unwrap(), Payload::Done);
+        assert_eq!(decode_data("", None, &mut ChunkHead::default()).unwrap(), Payload::Skip);
+        assert_eq!(decode_data("{}", None, &mut ChunkHead::default()).unwrap(), Payload::Chunk(ChunkInfo::default()));
     }
 
     #[test]
     fn error_events_in_every_shape() {
-        let error = |data: &str| match decode_data(data, None).unwrap() {
+        let error = |data: &str| match decode_data(data, None, &mut ChunkHead::default()).unwrap() {
             Payload::Error(details) => details,
             other => panic!("not an error: {other:?}"),
         };
@@ -1512,18 +1518,27 @@ mod tests {
         // An error next to a malformed chunk field still reads as the error.
         assert_eq!(error(r#"{"error":{"message":"x"},"choices":"bad"}"#).message, "x");
         // `"error": null` is no error.
-        assert!(matches!(decode_data(r#"{"error":null,"choices":[]}"#, None).unwrap(), Payload::Chunk(_)));
+        assert!(matches!(
+            decode_data(r#"{"error":null,"choices":[]}"#, None, &mut ChunkHead::default()).unwrap(),
+            Payload::Chunk(_)
+        ));
     }
 
     #[test]
     fn malformed_chunks_are_protocol_errors_with_a_short_excerpt() {
-        let Err(ProviderError::Protocol(message)) = decode_data("<html>bad gateway</html>", None) else { panic!() };
+        let Err(ProviderError::Protocol(message)) =
+            decode_data("<html>bad gateway</html>", None, &mut ChunkHead::default())
+        else {
+            panic!()
+        };
         assert!(message.contains("<html>bad gateway</html>"), "{message}");
         let long = format!("{{\"choices\": {}", "x".repeat(5000));
-        let Err(ProviderError::Protocol(message)) = decode_data(&long, None) else { panic!() };
+        let Err(ProviderError::Protocol(message)) = decode_data(&long, None, &mut ChunkHead::default()) else {
+            panic!()
+        };
         assert!(message.len() < 400, "{}", message.len());
         assert!(matches!(
-            decode_data(r#"{"choices":[{"delta":{"content":5}}]}"#, None),
+            decode_data(r#"{"choices":[{"delta":{"content":5}}]}"#, None, &mut ChunkHead::default()),
             Err(ProviderError::Protocol(_))
         ));
     }
