@@ -264,6 +264,8 @@ mod tests {
         // The direct client answers with the redirect itself; the key never goes elsewhere.
         let direct = client.send(client.get(&start)).await.unwrap();
         assert_eq!(direct.status(), 307);
+        // It reports the URL it answers, as reqwest's own responses do.
+        assert_eq!(direct.url().as_str(), start);
         // A request with its own timeout goes through reqwest, which follows it.
         let through_reqwest = client.send(client.get(&start).timeout(Duration::from_secs(5))).await.unwrap();
         assert_eq!(through_reqwest.status(), 200);

@@ -7,8 +7,9 @@
 //! floor").
 //!
 //! The scan is an answer or a refusal, never a third opinion: it returns `None` for anything it
-//! does not fully check — tool calls, usage, llama.cpp's timings, a whole `message`, an escaped
-//! key, a duplicate field, a wrong type, any JSON it finds invalid — and [`wire::decode_data`]
+//! does not fully check — tool calls, llama.cpp's timings, a whole `message`, a chunk with neither
+//! a choice nor usage, an escaped key, a duplicate field, a wrong type, any JSON it finds invalid
+//! — and [`wire::decode_data`]
 //! then decodes the chunk with serde_json as before. What it accepts, serde_json accepts with the
 //! same meaning; builds with debug assertions (the test suite, the fuzzers) check every accepted
 //! chunk against serde_json.
@@ -17,7 +18,9 @@
 
 use std::borrow::Cow;
 
-use crate::wire::{ChunkInfo, map_finish_reason};
+use copilot_provider::Usage;
+
+use crate::wire::{ChunkInfo, map_finish_reason, saturate};
 
 /// Deeper nesting in a skipped value is left to serde_json (which stops at 128 levels).
 const MAX_SKIP_DEPTH: usize = 64;
@@ -61,6 +64,8 @@ struct Top<'a> {
     id: Option<Option<Cow<'a, str>>>,
     model: Option<Option<Cow<'a, str>>>,
     choices: bool,
+    /// Whether `choices` had an element.
+    any_choice: bool,
     usage: bool,
     timings: bool,
 }
@@ -72,14 +77,19 @@ impl<'a> Top<'a> {
             "model" => set_once(&mut self.model, scan.optional_str()?),
             "choices" => {
                 once(&mut self.choices)?;
-                self.remember(scan, head);
-                scan.choices(info)
+                self.remember(scan, head, info.usage.is_some());
+                self.any_choice = scan.choices(info)?;
+                Some(())
             }
-            // Every chunk may say `"usage": null`; the one that reports usage, and llama.cpp's
-            // timings, are serde_json's to decode.
+            // Every chunk may say `"usage": null`; the last one reports it. llama.cpp's timings
+            // are serde_json's to decode.
             "usage" => {
                 once(&mut self.usage)?;
-                scan.literal(b"null")
+                if scan.peek()? == b'n' {
+                    return scan.literal(b"null");
+                }
+                info.usage = Some(scan.usage()?);
+                Some(())
             }
             "timings" => {
                 once(&mut self.timings)?;
@@ -89,9 +99,9 @@ impl<'a> Top<'a> {
         }
     }
 
-    /// Keeps the head read so far (up to `"choices":`), unless it is the one kept already or
-    /// holds an escaped text (which has no place in the bytes).
-    fn remember(&self, scan: &Scan<'a>, head: &mut ChunkHead) {
+    /// Keeps the head read so far (up to `"choices":`), unless it is the one kept already, holds
+    /// an escaped text (which has no place in the bytes) or reported usage (not kept).
+    fn remember(&self, scan: &Scan<'a>, head: &mut ChunkHead, usage: bool) {
         let head_bytes = &scan.bytes[..scan.pos];
         if head.bytes == head_bytes {
             return;
@@ -106,7 +116,7 @@ impl<'a> Top<'a> {
             Some(Some(Cow::Owned(_))) => None,
         };
         head.bytes.clear();
-        if let (Some(id), Some(model)) = (field(&self.id), field(&self.model)) {
+        if let (Some(id), Some(model), false) = (field(&self.id), field(&self.model), usage) {
             head.bytes.extend_from_slice(head_bytes);
             (head.id, head.model, head.usage, head.timings) = (id, model, self.usage, self.timings);
         }
@@ -125,16 +135,18 @@ pub(crate) fn chunk<'a>(data: &'a str, head: &mut ChunkHead) -> Option<ChunkInfo
             id: head.id.read(data),
             model: head.model.read(data),
             choices: true,
+            any_choice: false,
             usage: head.usage,
             timings: head.timings,
         };
-        scan.choices(&mut info)?;
+        top.any_choice = scan.choices(&mut info)?;
         scan.rest_of_object(|scan, key| top.member(scan, key, &mut info, head))?;
     } else {
         scan.object(|scan, key| top.member(scan, key, &mut info, head))?;
     }
     scan.whitespace();
-    if scan.pos != scan.bytes.len() || !top.choices {
+    // No choice and no usage: serde_json's, which looks for an error object.
+    if scan.pos != scan.bytes.len() || !top.choices || !(top.any_choice || info.usage.is_some()) {
         return None;
     }
     info.id = top.id.flatten().filter(|id| !id.is_empty());
@@ -386,10 +398,10 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `choices`: `null`, or a list whose first element with index 0 (or none) is the choice
-    /// used; every element is checked, as serde_json decodes them all. An empty list (the usage
-    /// chunk's) is serde_json's, which then also looks for an error object.
-    fn choices(&mut self, info: &mut ChunkInfo<'a>) -> Option<()> {
+    /// `choices`: a list whose first element with index 0 (or none) is the choice used; every
+    /// element is checked, as serde_json decodes them all. Whether it had any: an empty list is
+    /// the usage chunk's, and without usage serde_json's, which then looks for an error object.
+    fn choices(&mut self, info: &mut ChunkInfo<'a>) -> Option<bool> {
         if self.peek()? == b'n' {
             return None;
         }
@@ -408,7 +420,38 @@ impl<'a> Scan<'a> {
             }
             Some(())
         })?;
-        any.then_some(())
+        Some(any)
+    }
+
+    /// A `usage` object: the token counts the adapter reports, each `null` or a whole number.
+    fn usage(&mut self) -> Option<Usage> {
+        let (mut prompt, mut completion, mut cached, mut reasoning) = (None, None, None, None);
+        self.object(|scan, key| match key {
+            "prompt_tokens" => set_once(&mut prompt, scan.optional_u64()?),
+            "completion_tokens" => set_once(&mut completion, scan.optional_u64()?),
+            "prompt_tokens_details" => set_once(&mut cached, scan.optional_count("cached_tokens")?),
+            "completion_tokens_details" => set_once(&mut reasoning, scan.optional_count("reasoning_tokens")?),
+            _ => scan.skip_value(0),
+        })?;
+        Some(Usage {
+            input_tokens: saturate(prompt.flatten()),
+            output_tokens: saturate(completion.flatten()),
+            // Both are already counted in the totals, as `Usage` counts them.
+            reasoning_tokens: reasoning.flatten().flatten().map(|n| saturate(Some(n))),
+            cached_input_tokens: cached.flatten().flatten().map(|n| saturate(Some(n))),
+        })
+    }
+
+    /// `null`, or an object whose field `name` is `null` or a whole number (a usage detail).
+    fn optional_count(&mut self, name: &str) -> Option<Option<Option<u64>>> {
+        if self.peek()? == b'n' {
+            return self.literal(b"null").map(|()| None);
+        }
+        let mut count = None;
+        self.object(
+            |scan, key| if key == name { set_once(&mut count, scan.optional_u64()?) } else { scan.skip_value(0) },
+        )?;
+        Some(Some(count.flatten()))
     }
 
     /// One element of `choices`: an object with a `delta` of text fields only.
@@ -515,6 +558,11 @@ mod tests {
         // Only the first choice with index 0 is used; the others are checked and dropped.
         let two = r#"{"choices":[{"index":1,"delta":{"content":"b"}},{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.5e-3,"bytes":[97]}]}}]}"#;
         assert_eq!(scanned(two).unwrap().content.as_deref(), Some("a"));
+        let usage = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5000000000,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":8,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":null}}}"#;
+        let info = scanned(usage).expect("the usage chunk");
+        let expected =
+            Usage { input_tokens: 12, output_tokens: u32::MAX, reasoning_tokens: None, cached_input_tokens: Some(8) };
+        assert_eq!((info.usage, info.content), (Some(expected), None));
         let spaced = " {\n \"choices\" : [ { \"delta\" : { \"content\" : \"x\" } } ] , \"n\" : -0.0E+2 } ";
         assert_eq!(scanned(spaced.trim()).unwrap().content.as_deref(), Some("x"));
     }
@@ -553,7 +601,10 @@ mod tests {
         for data in [
             // Not the common kind: serde_json decodes these.
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]}}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"choices":[],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"prompt_tokens":4}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens":4.0}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens_details":{"reasoning_tokens":-1}}}"#,
             r#"{"choices":[{"delta":{}}],"timings":{"prompt_ms":1.5}}"#,
             r#"{"choices":[{"index":0,"message":{"content":"whole"}}]}"#,
             r#"{"choices":null}"#,
@@ -763,7 +814,20 @@ mod tests {
             members.push(format!(r#""created":{}"#, random.mostly_valid(&VALUES, BAD_VALUES)));
         }
         if random.below(3) == 0 {
-            members.push(format!(r#""usage":{}"#, random.pick(&["null", r#"{"prompt_tokens":1}"#])));
+            let usage = random.mostly_valid(
+                &[
+                    "null",
+                    r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#,
+                    r#"{"completion_tokens_details":{"reasoning_tokens":4},"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0}}"#,
+                    r#"{"prompt_tokens_details":null,"completion_tokens":null}"#,
+                    r#"{"prompt_tokens":1.5}"#,
+                    r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+                    r#"{"prompt_tokens_details":{"cached_tokens":"2"}}"#,
+                    r#"{"completion_tokens_details":[]}"#,
+                ],
+                4,
+            );
+            members.push(format!(r#""usage":{usage}"#));
         }
         if random.below(10) == 0 {
             members.push(format!(r#""timings":{}"#, random.pick(&["null", r#"{"prompt_ms":1}"#])));
