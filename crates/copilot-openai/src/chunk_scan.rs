@@ -1,18 +1,17 @@
-//! The fast path for the streamed chunk nearly every event is: one choice whose delta carries a
-//! piece of text, and fields the adapter skips (`object`, `created`, `system_fingerprint`,
-//! `logprobs`, …). serde_json spends ~7,000 instructions on such a 330-byte chunk (its visitors,
-//! and the decoded structs moved through each level); jiter, sonic-rs and simd-json measured no
-//! faster. Scanning the bytes once for the few fields used takes a fraction of that, and decoding
-//! the answer's events was the largest part of an idle `Generate` call (BENCHMARKS.md, "The
-//! floor").
+//! The fast path for the streamed chunks nearly every event is: one choice whose delta carries a
+//! piece of text (or the last chunk's usage), and fields the adapter skips (`object`, `created`,
+//! `system_fingerprint`, `logprobs`, …). serde_json spends ~7,000 instructions on such a 330-byte
+//! chunk (its visitors, and the decoded structs moved through each level); jiter, sonic-rs and
+//! simd-json measured no faster. Scanning the bytes once for the few fields used takes a fraction
+//! of that, and decoding the answer's events was the largest part of an idle `Generate` call
+//! (BENCHMARKS.md, "The floor of the stack").
 //!
 //! The scan is an answer or a refusal, never a third opinion: it returns `None` for anything it
 //! does not fully check — tool calls, llama.cpp's timings, a whole `message`, a chunk with neither
-//! a choice nor usage, an escaped key, a duplicate field, a wrong type, any JSON it finds invalid
-//! — and [`wire::decode_data`]
-//! then decodes the chunk with serde_json as before. What it accepts, serde_json accepts with the
-//! same meaning; builds with debug assertions (the test suite, the fuzzers) check every accepted
-//! chunk against serde_json.
+//! a choice nor usage, an escaped key, a duplicate field, a wrong type, any JSON it finds invalid —
+//! and [`wire::decode_data`] then decodes the chunk with serde_json as before. What it accepts,
+//! serde_json accepts with the same meaning; builds with debug assertions (the test suite, the
+//! fuzzers) check every accepted chunk against serde_json.
 //!
 //! [`wire::decode_data`]: crate::wire::decode_data
 
