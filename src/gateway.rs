@@ -38,14 +38,16 @@ pub use embed::Embedded;
 /// the status with that `RetryInfo` at once and decides itself, instead of a call that seems to hang.
 pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 
-/// What a client sees of a completion, as it happens.
+/// What a client sees of a completion, as it happens. The rare large variants are boxed: every
+/// text piece moves through several streams, and a 200-byte event was copied with `memcpy` at each
+/// step (BENCHMARKS.md, "The floor of the stack").
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
     Delta(String),
     /// A piece of a tool call: the first of an index with its id and name, later ones without.
-    ToolCall(ToolCallDelta),
+    ToolCall(Box<ToolCallDelta>),
     Thinking(ThinkingDelta),
-    Done(Summary),
+    Done(Box<Summary>),
 }
 
 /// How much reply text a call may carry (`limits.max_response_bytes`).
@@ -748,11 +750,11 @@ fn relay(
                         completion.finish_reason = reason;
                         for delta in owed {
                             attempt.tool_call(Instant::now(), &delta);
-                            yield Ok(GatewayEvent::ToolCall(delta));
+                            yield Ok(GatewayEvent::ToolCall(Box::new(delta)));
                         }
                         let summary = summarize(&target, &call, first_token_at, completion);
                         attempt.completed(&summary, &call);
-                        yield Ok(GatewayEvent::Done(summary));
+                        yield Ok(GatewayEvent::Done(Box::new(summary)));
                         break;
                     }
                     Upstream::Output(output) => {
@@ -816,7 +818,7 @@ enum Upstream {
 fn output(event: ChatEvent) -> Upstream {
     match event {
         ChatEvent::Delta(text) => Upstream::Output(GatewayEvent::Delta(text)),
-        ChatEvent::ToolCall(delta) => Upstream::Output(GatewayEvent::ToolCall(delta)),
+        ChatEvent::ToolCall(delta) => Upstream::Output(GatewayEvent::ToolCall(Box::new(delta))),
         ChatEvent::Thinking(delta) => Upstream::Output(GatewayEvent::Thinking(delta)),
         ChatEvent::Done(completion) => Upstream::End(completion),
     }

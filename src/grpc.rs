@@ -183,7 +183,7 @@ impl CopilotApi {
             let responses = events.map(move |event| match event {
                 Ok(GatewayEvent::Delta(content)) => Ok(pb::ChatResponse { content, ..Default::default() }),
                 Ok(GatewayEvent::ToolCall(delta)) => {
-                    Ok(pb::ChatResponse { tool_calls: vec![tool_call_delta(delta)], ..Default::default() })
+                    Ok(pb::ChatResponse { tool_calls: vec![tool_call_delta(*delta)], ..Default::default() })
                 }
                 Ok(GatewayEvent::Thinking(ThinkingDelta::Text(thinking))) => {
                     Ok(pb::ChatResponse { thinking, ..Default::default() })

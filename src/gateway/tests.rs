@@ -293,7 +293,7 @@ async fn drain(
             Ok(GatewayEvent::Thinking(delta)) => text.push_str(&format!("[thinking {delta:?}]")),
             Ok(GatewayEvent::Done(summary)) => {
                 assert!(stream.next().await.is_none(), "nothing follows Done");
-                return (text, Ok(summary));
+                return (text, Ok(*summary));
             }
             Err(error) => {
                 assert!(stream.next().await.is_none(), "nothing follows an error");
