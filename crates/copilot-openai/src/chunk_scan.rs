@@ -200,28 +200,19 @@ impl<'a> Scan<'a> {
     /// An object's members: `member` reads each value after its key (a key with escapes is left
     /// to serde_json).
     fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            return Some(());
+        if self.opens(b'{', b'}')? {
+            self.key_and_value(&mut member)?;
+            self.rest_of_object(member)?;
         }
-        self.key_and_value(&mut member)?;
-        self.rest_of_object(member)
+        Some(())
     }
 
     /// The members after one whose value was just read, to the object's end.
     fn rest_of_object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        loop {
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+        while self.more(b'}')? {
             self.key_and_value(&mut member)?;
         }
+        Some(())
     }
 
     fn key_and_value(&mut self, member: &mut impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
@@ -235,22 +226,30 @@ impl<'a> Scan<'a> {
 
     /// An array's elements, each read by `element`.
     fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.pos += 1;
-            return Some(());
-        }
-        loop {
+        if self.opens(b'[', b']')? {
             element(self)?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            while self.more(b']')? {
+                element(self)?;
             }
         }
+        Some(())
+    }
+
+    /// Takes `open`; whether something follows it (`false`: `close` came at once, and is taken).
+    fn opens(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.eat(open)?;
+        let empty = self.peek()? == close;
+        self.pos += usize::from(empty);
+        Some(!empty)
+    }
+
+    /// After an element: a comma (`true`, another follows) or `close` (`false`), taken.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        let next = self.peek()?;
+        (next == b',' || next == close).then(|| {
+            self.pos += 1;
+            next == b','
+        })
     }
 
     /// A string's contents (between the quotes, still escaped) and whether it has escapes. Every
@@ -575,6 +574,10 @@ mod tests {
         let info = chunk(&next, &mut head).unwrap();
         check_scan(&next, &info);
         assert_eq!((info.content.as_deref(), info.id, info.model), (Some(" blue"), first.id, first.model));
+        // Its head is not read again: what the kept head says is what the chunk gets.
+        let kept = std::mem::replace(&mut head.model, Field::Null);
+        assert_eq!(chunk(&next, &mut head).unwrap().model, None);
+        head.model = kept;
 
         // A head that differs is read again, and kept in its place.
         let other = OPENAI.replace("chatcmpl-1", "chatcmpl-22");
