@@ -752,7 +752,7 @@ fn relay(
                             attempt.tool_call(Instant::now(), &delta);
                             yield Ok(GatewayEvent::ToolCall(Box::new(delta)));
                         }
-                        let summary = summarize(&target, &call, first_token_at, completion);
+                        let summary = summarize(&target, &call, first_token_at, *completion);
                         attempt.completed(&summary, &call);
                         yield Ok(GatewayEvent::Done(Box::new(summary)));
                         break;
@@ -812,13 +812,13 @@ fn relay(
 /// An upstream event: output as clients get it, or the completion that ends the stream.
 enum Upstream {
     Output(GatewayEvent),
-    End(Completion),
+    End(Box<Completion>),
 }
 
 fn output(event: ChatEvent) -> Upstream {
     match event {
         ChatEvent::Delta(text) => Upstream::Output(GatewayEvent::Delta(text)),
-        ChatEvent::ToolCall(delta) => Upstream::Output(GatewayEvent::ToolCall(Box::new(delta))),
+        ChatEvent::ToolCall(delta) => Upstream::Output(GatewayEvent::ToolCall(delta)),
         ChatEvent::Thinking(delta) => Upstream::Output(GatewayEvent::Thinking(delta)),
         ChatEvent::Done(completion) => Upstream::End(completion),
     }

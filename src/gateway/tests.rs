@@ -144,7 +144,7 @@ impl Provider for Scripted {
                     Item::Event(event) => yield Ok(event),
                     Item::Done(output_tokens) => {
                         let usage = Usage { input_tokens: 1, output_tokens, ..Default::default() };
-                        yield Ok(ChatEvent::Done(Completion { usage, ..Completion::default() }));
+                        yield Ok(ChatEvent::done(Completion { usage, ..Completion::default() }));
                     }
                     Item::Fail(error) => {
                         yield Err(error);
@@ -980,7 +980,7 @@ async fn response_limits_end_the_stream_and_cancel_the_upstream() {
 // Tool calls and features
 
 fn piece(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> Item {
-    Item::Event(ChatEvent::ToolCall(ToolCallDelta {
+    Item::Event(ChatEvent::tool_call(ToolCallDelta {
         index,
         id: id.map(Into::into),
         name: name.map(Into::into),
@@ -990,7 +990,7 @@ fn piece(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> I
 }
 
 fn finished(reason: FinishReason) -> Item {
-    Item::Event(ChatEvent::Done(Completion { finish_reason: reason, ..Completion::default() }))
+    Item::Event(ChatEvent::done(Completion { finish_reason: reason, ..Completion::default() }))
 }
 
 fn with_tools(model: &str) -> ValidRequest {

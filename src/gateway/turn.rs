@@ -19,7 +19,7 @@ pub struct Turn {
 
 impl Turn {
     /// The piece as clients get it, or the upstream's protocol breach.
-    pub fn tool_call(&mut self, mut delta: ToolCallDelta) -> Result<ToolCallDelta, ProviderError> {
+    pub fn tool_call(&mut self, mut delta: Box<ToolCallDelta>) -> Result<Box<ToolCallDelta>, ProviderError> {
         let index = delta.index as usize;
         if index < self.calls.len() {
             // Only the first piece names the call.
@@ -88,14 +88,14 @@ fn made_up_id() -> String {
 mod tests {
     use super::*;
 
-    fn delta(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> ToolCallDelta {
-        ToolCallDelta {
+    fn delta(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> Box<ToolCallDelta> {
+        Box::new(ToolCallDelta {
             index,
             id: id.map(Into::into),
             name: name.map(Into::into),
             arguments: arguments.into(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -127,7 +127,7 @@ mod tests {
         turn.tool_call(delta(1, Some("b"), Some("f"), "{\"x\":1}")).unwrap();
         turn.tool_call(delta(2, Some("c"), Some("g"), "")).unwrap();
         let (owed, _) = turn.finish(FinishReason::Stop);
-        assert_eq!(owed, [delta(0, None, None, "{}"), delta(2, None, None, "{}")]);
+        assert_eq!(owed, [*delta(0, None, None, "{}"), *delta(2, None, None, "{}")]);
     }
 
     #[test]

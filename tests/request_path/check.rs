@@ -522,7 +522,7 @@ impl Provider for Echo {
             usage: Usage { input_tokens: 1, output_tokens: 1, ..Default::default() },
             ..Default::default()
         };
-        Ok(Box::pin(futures::stream::iter([Ok(ChatEvent::Delta("echo".into())), Ok(ChatEvent::Done(done))])))
+        Ok(Box::pin(futures::stream::iter([Ok(ChatEvent::Delta("echo".into())), Ok(ChatEvent::done(done))])))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {

@@ -73,11 +73,11 @@ impl ChatStreamDecoder for StreamDecoder {
             match decoded {
                 Decoded::Skip => {}
                 Decoded::Delta(text) => return Some(Ok(ChatEvent::Delta(text))),
-                Decoded::ToolCall(delta) => return Some(Ok(ChatEvent::ToolCall(delta))),
+                Decoded::ToolCall(delta) => return Some(Ok(ChatEvent::tool_call(delta))),
                 Decoded::Thinking(delta) => return Some(Ok(ChatEvent::Thinking(delta))),
                 Decoded::Done(completion) => {
                     self.body.finish();
-                    return Some(Ok(ChatEvent::Done(completion)));
+                    return Some(Ok(ChatEvent::done(completion)));
                 }
                 Decoded::Failed(err) => return Some(self.fail(err)),
             }

@@ -63,7 +63,7 @@ async fn run(
     let mut events = Vec::new();
     for item in items {
         match item {
-            Ok(ChatEvent::Done(done)) => return (events, Ok(done)),
+            Ok(ChatEvent::Done(done)) => return (events, Ok(*done)),
             Ok(event) => events.push(event),
             Err(err) => return (events, Err(err)),
         }
@@ -86,7 +86,7 @@ fn assemble(events: &[ChatEvent]) -> Vec<Part> {
 }
 
 fn first_piece(index: u32, id: &str, name: &str) -> ChatEvent {
-    ChatEvent::ToolCall(ToolCallDelta {
+    ChatEvent::tool_call(ToolCallDelta {
         index,
         id: Some(id.into()),
         name: Some(name.into()),
@@ -96,7 +96,7 @@ fn first_piece(index: u32, id: &str, name: &str) -> ChatEvent {
 }
 
 fn fragment(index: u32, arguments: &str) -> ChatEvent {
-    ChatEvent::ToolCall(ToolCallDelta { index, arguments: arguments.into(), ..Default::default() })
+    ChatEvent::tool_call(ToolCallDelta { index, arguments: arguments.into(), ..Default::default() })
 }
 
 #[tokio::test]

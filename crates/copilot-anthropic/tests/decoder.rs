@@ -29,7 +29,7 @@ fn the_tool_use_seed_decodes_to_calls_thinking_and_usage() {
         copilot_anthropic::StreamDecoder::new("http://seed".into(), None)
     });
     let piece = |index, id: Option<&str>, name: Option<&str>, arguments: &str| {
-        Ok(ChatEvent::ToolCall(ToolCallDelta {
+        Ok(ChatEvent::tool_call(ToolCallDelta {
             index,
             id: id.map(Into::into),
             name: name.map(Into::into),

@@ -66,7 +66,7 @@ fn split(events: Vec<Result<ChatEvent, ProviderError>>) -> (Vec<String>, Result<
         assert!(end.is_none(), "an item followed the end of the stream: {event:?}");
         match event {
             Ok(ChatEvent::Delta(text)) => deltas.push(text),
-            Ok(ChatEvent::Done(completion)) => end = Some(Ok(completion)),
+            Ok(ChatEvent::Done(completion)) => end = Some(Ok(*completion)),
             Ok(other) => panic!("a text stream produced {other:?}"),
             Err(err) => end = Some(Err(err)),
         }

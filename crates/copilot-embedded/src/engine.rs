@@ -373,7 +373,7 @@ impl Slot {
         for item in parsed {
             match item {
                 Parsed::Text(text) => self.push_text(text),
-                Parsed::Call(call) => self.outbox.push_back(Ok(ChatEvent::ToolCall(call))),
+                Parsed::Call(call) => self.outbox.push_back(Ok(ChatEvent::tool_call(call))),
             }
         }
     }
@@ -730,7 +730,7 @@ fn finish(slot: &mut Slot, mut reason: FinishReason) {
         },
         response_id: None,
     };
-    slot.outbox.push_back(Ok(ChatEvent::Done(completion)));
+    slot.outbox.push_back(Ok(ChatEvent::done(completion)));
     slot.phase = Phase::Draining;
 }
 

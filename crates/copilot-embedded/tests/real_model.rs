@@ -76,9 +76,9 @@ async fn run(provider: &EmbeddedProvider, request: ChatRequest) -> Result<Answer
     while let Some(event) = tokio::time::timeout(LIMIT, stream.next()).await.expect("in time") {
         match event? {
             ChatEvent::Delta(text) => answer.text.push_str(&text),
-            ChatEvent::ToolCall(call) => answer.calls.push(call),
+            ChatEvent::ToolCall(call) => answer.calls.push(*call),
             ChatEvent::Thinking(thinking) => panic!("no thinking expected: {thinking:?}"),
-            ChatEvent::Done(done) => answer.done = done,
+            ChatEvent::Done(done) => answer.done = *done,
         }
     }
     Ok(answer)

@@ -70,7 +70,7 @@ impl StreamDecoder {
         if let Some(reason) = &self.state.block_reason {
             tracing::debug!(block_reason = %reason, base_url = %self.base_url, "Gemini blocked the prompt");
         }
-        ChatEvent::Done(self.state.completion())
+        ChatEvent::done(self.state.completion())
     }
 
     /// The body ended cleanly without a `finishReason`: an error sent as bare JSON, or a cut.

@@ -724,7 +724,7 @@ impl StreamState {
                 if self.calls >= MAX_TOOL_CALLS {
                     return Err(protocol(format!("more than {MAX_TOOL_CALLS} function calls in one answer")));
                 }
-                events.push_back(ChatEvent::ToolCall(ToolCallDelta {
+                events.push_back(ChatEvent::tool_call(ToolCallDelta {
                     index: self.calls,
                     id: call.id.filter(|id| !id.is_empty()).map(Cow::into_owned),
                     name: Some(name.into_owned()),
@@ -2090,7 +2090,7 @@ mod tests {
     }
 
     fn tool(index: u32, id: Option<&str>, name: &str, arguments: &str, signature: &[u8]) -> ChatEvent {
-        ChatEvent::ToolCall(ToolCallDelta {
+        ChatEvent::tool_call(ToolCallDelta {
             index,
             id: id.map(String::from),
             name: Some(name.into()),

@@ -61,7 +61,7 @@ async fn collect(mut stream: ChatStream) -> (Vec<String>, Result<Completion, Pro
                 assert!(!text.is_empty(), "empty delta");
                 deltas.push(text);
             }
-            Some(Ok(ChatEvent::Done(completion))) => break Ok(completion),
+            Some(Ok(ChatEvent::Done(completion))) => break Ok(*completion),
             Some(Ok(other)) => panic!("a text stream produced {other:?}"),
             Some(Err(err)) => break Err(err),
             None => panic!("stream ended without Done or an error"),

@@ -67,7 +67,7 @@ async fn run(provider: &GeminiProvider, request: ChatRequest) -> (Vec<ChatEvent>
     let mut events = Vec::new();
     let outcome = loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("stream stalled") {
-            Some(Ok(ChatEvent::Done(completion))) => break Ok(completion),
+            Some(Ok(ChatEvent::Done(completion))) => break Ok(*completion),
             Some(Ok(event)) => events.push(event),
             Some(Err(err)) => break Err(err),
             None => panic!("stream ended without Done or an error"),
@@ -78,7 +78,7 @@ async fn run(provider: &GeminiProvider, request: ChatRequest) -> (Vec<ChatEvent>
 }
 
 fn call_delta(index: u32, id: Option<&str>, name: &str, arguments: &str, signature: &[u8]) -> ChatEvent {
-    ChatEvent::ToolCall(ToolCallDelta {
+    ChatEvent::tool_call(ToolCallDelta {
         index,
         id: id.map(String::from),
         name: Some(name.into()),

@@ -83,7 +83,8 @@ impl Upstream {
         decoder: D,
         options: StreamOptions,
     ) -> ChatStream {
-        let body = DecodedBody {
+        // Boxed: `unfold` moves its state into a new future for every event, and back out.
+        let body = Box::new(DecodedBody {
             response: Some(response),
             decoder,
             body_ended: false,
@@ -91,7 +92,7 @@ impl Upstream {
             secret: self.secret().cloned(),
             options,
             deadline: None,
-        };
+        });
         futures::stream::unfold(body, |mut body| async move {
             let item = body.next_event().await?;
             Some((item, body))
@@ -294,7 +295,7 @@ mod tests {
 
         fn finish_now(&mut self) -> Option<ChatEvent> {
             self.finished = self.complete;
-            self.complete.then(|| ChatEvent::Done(Completion::default()))
+            self.complete.then(|| ChatEvent::done(Completion::default()))
         }
     }
 
@@ -321,7 +322,7 @@ mod tests {
         for finish_grace in [FinishGrace::EachRead(grace), FinishGrace::Total(grace)] {
             let started = Instant::now();
             let events = events(Some(finish_grace), Duration::from_secs(5)).await.expect("the stream ended");
-            assert_eq!(events, [delta("a"), delta("b"), delta("!"), Ok(ChatEvent::Done(Completion::default()))]);
+            assert_eq!(events, [delta("a"), delta("b"), delta("!"), Ok(ChatEvent::done(Completion::default()))]);
             assert!(started.elapsed() >= grace, "{finish_grace:?}: ended after {:?}", started.elapsed());
         }
         // Without a grace, the stream waits for the end of the body.

@@ -83,7 +83,7 @@ impl StreamDecoder {
             self.next_call = index
                 .checked_add(1)
                 .ok_or_else(|| ProviderError::Protocol("Ollama sent more tool calls than can be counted".into()))?;
-            self.pending.push_back(ChatEvent::ToolCall(ToolCallDelta {
+            self.pending.push_back(ChatEvent::tool_call(ToolCallDelta {
                 index,
                 id: call.id,
                 name: Some(call.name),
@@ -93,7 +93,7 @@ impl StreamDecoder {
         }
         if let Some(completion) = line.done {
             self.finished = true;
-            self.pending.push_back(ChatEvent::Done(completion));
+            self.pending.push_back(ChatEvent::done(completion));
         }
         Ok(())
     }
@@ -178,7 +178,7 @@ mod tests {
     );
 
     fn call(index: u32, id: Option<&str>, name: &str, arguments: &str) -> Result<ChatEvent, ProviderError> {
-        Ok(ChatEvent::ToolCall(ToolCallDelta {
+        Ok(ChatEvent::tool_call(ToolCallDelta {
             index,
             id: id.map(String::from),
             name: Some(name.into()),

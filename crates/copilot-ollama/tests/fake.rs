@@ -66,7 +66,7 @@ async fn events(fake: &FakeOllama, request: ChatRequest) -> Vec<Result<ChatEvent
 }
 
 fn call(index: u32, id: Option<&str>, name: &str, arguments: &str) -> Result<ChatEvent, ProviderError> {
-    Ok(ChatEvent::ToolCall(ToolCallDelta {
+    Ok(ChatEvent::tool_call(ToolCallDelta {
         index,
         id: id.map(String::from),
         name: Some(name.into()),

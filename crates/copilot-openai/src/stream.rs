@@ -115,7 +115,7 @@ impl StreamDecoder {
     /// The final event, now: for a stream whose answer is complete but whose `[DONE]` never came.
     fn complete(&mut self) -> ChatEvent {
         self.body.finish();
-        ChatEvent::Done(self.answer.completion())
+        ChatEvent::done(self.answer.completion())
     }
 }
 
@@ -188,7 +188,7 @@ impl Answer {
         }
         for piece in info.tool_calls {
             match self.tool_call(piece) {
-                Ok(Some(delta)) => out.push_back(ChatEvent::ToolCall(delta)),
+                Ok(Some(delta)) => out.push_back(ChatEvent::tool_call(delta)),
                 Ok(None) => {}
                 Err(err) => return Step::Fail(err),
             }
@@ -296,7 +296,7 @@ impl ChatStreamDecoder for StreamDecoder {
         }
         if let Some(end) = self.whole_end.take() {
             self.body.finish();
-            return Some(end.map(ChatEvent::Done));
+            return Some(end.map(ChatEvent::done));
         }
         if self.body.is_finished() {
             return None;

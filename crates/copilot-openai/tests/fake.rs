@@ -58,7 +58,7 @@ async fn collect(provider: &OpenAiProvider, request: ChatRequest) -> (String, Re
             }
             Ok(ChatEvent::Done(completion)) => {
                 assert!(stream.next().await.is_none(), "items after Done");
-                return (text, Ok(completion));
+                return (text, Ok(*completion));
             }
             Ok(other) => panic!("a text stream produced {other:?}"),
             Err(err) => {

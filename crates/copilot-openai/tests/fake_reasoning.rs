@@ -54,7 +54,7 @@ async fn run(provider: &OpenAiProvider, request: ChatRequest) -> (AssembledTurn,
             Ok(ChatEvent::Delta(text)) => turn.text(&text),
             Ok(ChatEvent::ToolCall(delta)) => turn.tool_call(&delta),
             Ok(ChatEvent::Thinking(delta)) => turn.thinking(&delta),
-            Ok(ChatEvent::Done(completion)) => return (turn, Ok(completion)),
+            Ok(ChatEvent::Done(completion)) => return (turn, Ok(*completion)),
             Err(err) => return (turn, Err(err)),
         }
     }

@@ -67,7 +67,7 @@ async fn run(provider: &OpenAiProvider, request: ChatRequest) -> (AssembledTurn,
             Ok(ChatEvent::Thinking(delta)) => turn.thinking(&delta),
             Ok(ChatEvent::Done(completion)) => {
                 assert!(stream.next().await.is_none(), "events after Done");
-                return (turn, Ok(completion));
+                return (turn, Ok(*completion));
             }
             Err(err) => {
                 assert!(stream.next().await.is_none(), "events after an error");

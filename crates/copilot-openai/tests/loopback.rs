@@ -61,7 +61,7 @@ async fn run(script: Vec<Step>) -> (Vec<String>, Result<Completion, ProviderErro
         while let Some(item) = stream.next().await {
             match item {
                 Ok(ChatEvent::Delta(text)) => deltas.push(text),
-                Ok(ChatEvent::Done(completion)) => return Ok(completion),
+                Ok(ChatEvent::Done(completion)) => return Ok(*completion),
                 Ok(other) => panic!("a text stream produced {other:?}"),
                 Err(err) => return Err(err),
             }

@@ -82,7 +82,7 @@ fn arguments_survive_byte_exact_wherever_they_are_cut() {
         // The first piece is passed on as it came, with its (empty) arguments.
         assert_eq!(
             events[0],
-            Ok(ChatEvent::ToolCall(ToolCallDelta {
+            Ok(ChatEvent::tool_call(ToolCallDelta {
                 index: 0,
                 id: Some("call_1".into()),
                 name: Some("lookup".into()),

@@ -161,17 +161,30 @@ pub struct GenerationOptions {
     pub seed: Option<u64>,
 }
 
-/// One item of a [`crate::ChatStream`].
+/// One item of a [`crate::ChatStream`]. The rare large variants are boxed, so the common one, a
+/// text delta, moves through every stream of the relay as 40 bytes rather than 144.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
     /// Text the model added since the previous event (never empty).
     Delta(String),
     /// A piece of a tool call.
-    ToolCall(ToolCallDelta),
+    ToolCall(Box<ToolCallDelta>),
     /// A piece of thinking.
     Thinking(ThinkingDelta),
     /// The end of a successful completion; always the last item.
-    Done(Completion),
+    Done(Box<Completion>),
+}
+
+impl ChatEvent {
+    /// The final event of a completion.
+    pub fn done(completion: Completion) -> Self {
+        Self::Done(Box::new(completion))
+    }
+
+    /// A piece of a tool call.
+    pub fn tool_call(delta: ToolCallDelta) -> Self {
+        Self::ToolCall(Box::new(delta))
+    }
 }
 
 /// How a completion ended, and what it cost, as the upstream reported it.
