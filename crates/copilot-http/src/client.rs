@@ -4,9 +4,10 @@
 //! Shared across threads, a call on one thread could pick a connection another thread drives, and
 //! every chunk of its answer would then cross threads (a futex wake-up, and a slow wake of an idle
 //! core) — what the server's per-connection threads exist to avoid. So each thread builds its own
-//! client from the adapter's settings the first time it calls, and its connections serve its calls.
-//! Plain-HTTP requests go through hyper's own client instead ([`crate::direct`]), also one per
-//! thread.
+//! client from the adapter's settings the first time it sends through reqwest, and its connections
+//! serve its calls. Plain-HTTP requests go through hyper's own client instead ([`crate::direct`]),
+//! also one per thread; a thread that only sends those never builds a reqwest client (building one
+//! reads the system's root certificates: ~6 ms, and their memory, per thread).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,8 +29,8 @@ type Build = Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>;
 pub struct HttpClient {
     id: u64,
     build: Build,
-    /// Built up front, so that settings that cannot make a client fail at start-up; also what a
-    /// thread uses should building its own ever fail.
+    /// Built up front, so that settings that cannot make a client fail at start-up; also what
+    /// requests are built with, and what a thread uses should building its own ever fail.
     first: reqwest::Client,
     /// How plain-HTTP requests are sent without reqwest.
     direct: Direct,
@@ -88,12 +89,14 @@ impl HttpClient {
         Ok(HttpClient { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), build: Arc::new(build), first, direct })
     }
 
+    /// A request to send with [`send`](Self::send), which picks the client that carries it.
     pub fn get<U: IntoUrl>(&self, url: U) -> RequestBuilder {
-        self.this_thread().get(url)
+        self.first.get(url)
     }
 
+    /// A request to send with [`send`](Self::send), which picks the client that carries it.
     pub fn post<U: IntoUrl>(&self, url: U) -> RequestBuilder {
-        self.this_thread().post(url)
+        self.first.post(url)
     }
 
     /// Sends `request`, after letting connections on their way back to this thread's pool get
@@ -106,14 +109,14 @@ impl HttpClient {
     /// future and not the request too: thousands of calls wait here at once when many start
     /// together, and each copy of a request is ~270 bytes (BENCHMARKS.md, "Memory per stream").
     pub fn send(&self, request: RequestBuilder) -> impl Future<Output = Result<Response, SendError>> + Send + use<> {
-        let (client, request) = request.build_split();
+        let (_, request) = request.build_split();
         let sending = request.map_err(SendError::Reqwest).map(|request| {
             if self.direct.takes(&request) {
                 let direct = DIRECT_CLIENTS
                     .with_borrow_mut(|clients| clients.entry(self.id).or_insert_with(|| self.direct.client()).clone());
                 self.direct.send(&direct, request).left_future()
             } else {
-                client.execute(request).map_err(SendError::Reqwest).right_future()
+                self.this_thread().execute(request).map_err(SendError::Reqwest).right_future()
             }
         });
         // Not an `async` block: that would keep `sending` twice, as its capture and as what it awaits.
@@ -270,6 +273,27 @@ mod tests {
         let through_reqwest = client.send(client.get(&start).timeout(Duration::from_secs(5))).await.unwrap();
         assert_eq!(through_reqwest.status(), 200);
         assert_eq!(through_reqwest.text().await.unwrap(), "arrived");
+    }
+
+    #[test]
+    fn a_thread_that_sends_only_plain_http_builds_no_reqwest_client() {
+        let base = redirecting_server();
+        let client =
+            crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
+        let clients_built = |client: &HttpClient, request: fn(&HttpClient, String) -> RequestBuilder| {
+            let (client, url) = (client.clone(), format!("{base}/elsewhere"));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let answer = runtime.block_on(async { client.send(request(&client, url)).await }).unwrap();
+                assert_eq!(answer.status(), 200);
+                CLIENTS.with_borrow(HashMap::len)
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(clients_built(&client, |client, url| client.get(url)), 0);
+        // A request reqwest carries (it has a timeout of its own) makes the thread's client.
+        assert_eq!(clients_built(&client, |client, url| client.get(url).timeout(Duration::from_secs(5))), 1);
     }
 
     /// `send` builds the request before its future is polled; that must not start anything. A
