@@ -15,8 +15,9 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{ACCEPT, HOST, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{Request, Response, ResponseBuilderExt, Url};
+use url::Position;
 
 /// hyper's read buffer per upstream connection. Answers are streamed in chunks of tens to hundreds
 /// of bytes; a larger body (a batch of embeddings) takes more reads of this size, never more memory.
@@ -98,6 +99,11 @@ impl Direct {
                     headers.insert(name, value.clone());
                 }
             }
+            if !headers.contains_key(HOST)
+                && let Some(host) = host_header(&url)
+            {
+                headers.insert(HOST, host);
+            }
             client.request(request)
         });
         async move {
@@ -105,6 +111,13 @@ impl Direct {
             Ok(Response::from(with_url(response, url)))
         }
     }
+}
+
+/// The `Host` header for `url`, as hyper's client would set it: the host, and the port unless it
+/// is the scheme's default. hyper formats it from the URI's parts (~2,300 instructions per request,
+/// callgrind); the URL's serialization already holds it.
+fn host_header(url: &Url) -> Option<HeaderValue> {
+    HeaderValue::from_str(&url[Position::BeforeHost..Position::AfterPort]).ok()
 }
 
 /// `response` as reqwest takes it, with the URL it answers. Without the URL reqwest parses a
@@ -186,6 +199,40 @@ mod tests {
         }
         let empty = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |_| Some("".into()));
         assert!(empty.takes(&request("http://127.0.0.1:11434/api/chat", None)), "an empty proxy variable is none");
+    }
+
+    #[test]
+    fn the_host_header_is_the_host_and_a_port_that_is_not_the_default() {
+        let host = |url: &str| host_header(&Url::parse(url).unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:11434/api/chat"), "127.0.0.1:11434");
+        assert_eq!(host("http://ollama.internal/api/chat?x=1"), "ollama.internal");
+        assert_eq!(host("http://ollama.internal:80/api/chat"), "ollama.internal");
+        assert_eq!(host("http://user:secret@vllm.internal:8000/v1"), "vllm.internal:8000");
+        assert_eq!(host("http://[::1]:8080/v1"), "[::1]:8080");
+    }
+
+    #[tokio::test]
+    async fn a_server_sees_the_host_header_hyper_would_send() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                socket.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let direct = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |_| None);
+        let response = direct.send(&direct.client(), request(&format!("http://{address}/v1"), None)).await.unwrap();
+        assert_eq!(response.status(), 204);
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert_eq!(head.matches("\r\nhost: ").count(), 1, "{head}");
+        assert!(head.contains(&format!("\r\nhost: {address}\r\n")), "{head}");
     }
 
     #[test]
