@@ -715,17 +715,21 @@ fn relay(
         // token: the per-token path stays free of timer bookkeeping.
         let timer = tokio::time::sleep_until(wake_at(&call, last_progress, silence));
         tokio::pin!(timer);
-        let stop = hard_stop.cancelled_owned();
+        let stop = hard_stop.clone().cancelled_owned();
         tokio::pin!(stop);
         let mut pending = Some(first);
         let mut turn = turn::Turn::default();
         loop {
             let next = match pending.take() {
                 Some(event) => Ok(Some(Ok(event))),
+                // Checked first on every turn, so a stream whose upstream is always ready stops
+                // too; the upstream is polled before the signal, which is then only waited on
+                // when the upstream has nothing (polling it costs more than the check).
+                None if hard_stop.is_cancelled() => Err(GatewayError::ShuttingDown),
                 None => tokio::select! {
                     biased;
-                    _ = &mut stop => Err(GatewayError::ShuttingDown),
                     item = upstream.next() => Ok(item),
+                    _ = &mut stop => Err(GatewayError::ShuttingDown),
                     _ = &mut timer => {
                         let wake = wake_at(&call, last_progress, silence);
                         if Instant::now() < wake {

@@ -889,6 +889,23 @@ async fn the_hard_stop_ends_calls_with_shutting_down() {
     }
 }
 
+/// An upstream that always has its next event ready is still stopped: the hard stop is not only
+/// noticed while the relay waits for the upstream.
+#[tokio::test(start_paused = true)]
+async fn the_hard_stop_ends_a_stream_whose_upstream_is_never_waited_for() {
+    let provider = Scripted::new([Step::Accept((0..100).map(|_| Item::Delta("word ")).collect())]);
+    let (gw, hard_stop) = gateway(vec![instance("a", &provider)], &[]);
+    let mut stream = std::pin::pin!(started(chat(&gw, request("a/m"), call(None), STREAMED).await));
+    for _ in 0..3 {
+        assert!(matches!(stream.next().await, Some(Ok(GatewayEvent::Delta(_)))));
+    }
+    hard_stop.cancel();
+    let (text, end) = drain(stream).await;
+    assert_eq!(text, "", "nothing more after the hard stop");
+    assert!(matches!(end, Err(GatewayError::ShuttingDown)), "{end:?}");
+    assert_eq!(provider.dropped(), 1, "the upstream stream was released");
+}
+
 /// An instance with one place and a queue of one, whose upstream answers one word and then hangs;
 /// the gateway's hard stop.
 fn one_place_held_forever() -> (Arc<Scripted>, Gateway, CancellationToken) {
