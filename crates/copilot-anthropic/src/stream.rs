@@ -61,7 +61,7 @@ impl ChatStreamDecoder for StreamDecoder {
             let decoded = match item {
                 // The SSE rules' default event type, which a server that leaves out `event:` gets.
                 Ok(SseItem::Event { event, data }) => {
-                    wire::decode_event(event.unwrap_or("message"), data, &mut self.state)
+                    wire::decode_event(event.unwrap_or("message"), &data, &mut self.state)
                 }
                 // Not a field of Anthropic's streams: ignored, as the SSE rules say.
                 Ok(SseItem::ErrorLine(_)) => Decoded::Skip,

@@ -118,7 +118,7 @@ impl ChatStreamDecoder for StreamDecoder {
             let applied = match item {
                 Ok(SseItem::Event { data, .. }) => self
                     .state
-                    .apply(data, self.api_key.as_ref(), &mut self.pending)
+                    .apply(&data, self.api_key.as_ref(), &mut self.pending)
                     .map_err(|err| self.redact_error(err)),
                 // Not a field of Gemini's streams: ignored, as the SSE rules say.
                 Ok(SseItem::ErrorLine(_)) => continue,

@@ -14,11 +14,13 @@
 use std::borrow::Cow;
 
 /// One thing the stream said, borrowed from the decoder until its next call (events arrive per
-/// token, so nothing is allocated per event).
+/// token, so nothing is allocated or copied per event: an event's one `data` line, the norm, is
+/// lent straight from the bytes read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseItem<'a> {
-    /// A complete event: its `data` lines joined, and its `event:` name when it had one.
-    Event { event: Option<&'a str>, data: &'a str },
+    /// A complete event: its `data` lines joined, and its `event:` name when it had one. `data` is
+    /// owned only when invalid UTF-8 had to be replaced.
+    Event { event: Option<&'a str>, data: Cow<'a, str> },
     /// A bare `error: ...` line (older llama.cpp), reported as soon as its line is complete.
     ErrorLine(Cow<'a, str>),
 }
@@ -66,7 +68,11 @@ pub struct SseDecoder {
     pending_cr: bool,
     /// Whether the start of the stream was checked for a byte-order mark.
     bom_checked: bool,
-    /// The current event's `data` lines, joined; reused from event to event.
+    /// Where in `buf` the current event's only `data` line so far is (not yet checked as UTF-8):
+    /// lent as the event's data if no other comes. A second line, or the end of what was read
+    /// before the event is complete, moves it into `data`.
+    lent: Option<(usize, usize)>,
+    /// The current event's `data` lines, joined, when not lent; reused from event to event.
     data: String,
     has_data: bool,
     /// The current event's `event:` name; reused from event to event.
@@ -95,6 +101,7 @@ impl SseDecoder {
             scanned: 0,
             pending_cr: false,
             bom_checked: false,
+            lent: None,
             data: String::new(),
             has_data: false,
             event: String::new(),
@@ -121,7 +128,7 @@ impl SseDecoder {
 
     /// Bytes held for a line or an event not yet complete.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start + self.data.len()
+        self.buf.len() - self.start + self.data.len() + self.lent.map_or(0, |(from, to)| to - from)
     }
 
     /// The next complete item, if the bytes so far hold one. After an `Err`, always `None`.
@@ -131,6 +138,7 @@ impl SseDecoder {
         }
         if self.dispatched {
             self.dispatched = false;
+            self.lent = None;
             self.data.clear();
             self.event.clear();
             self.has_event = false;
@@ -141,8 +149,19 @@ impl SseDecoder {
         match self.find_item() {
             Ok(Found::Nothing) => None,
             Ok(Found::Event) => {
+                // Decoded, invalid bytes grow up to threefold (each becomes a U+FFFD).
+                if let Some((from, to)) = self.lent
+                    && (to - from).saturating_mul(3) > self.limit
+                    && text(&self.buf[from..to]).len() > self.limit
+                {
+                    return Some(Err(self.fail(TooLong { limit: self.limit })));
+                }
                 let event = self.has_event.then_some(self.event.as_str());
-                Some(Ok(SseItem::Event { event, data: &self.data }))
+                let data = match self.lent {
+                    Some((from, to)) => text(&self.buf[from..to]),
+                    None => Cow::Borrowed(self.data.as_str()),
+                };
+                Some(Ok(SseItem::Event { event, data }))
             }
             Ok(Found::ErrorLine(from, to)) => {
                 Some(Ok(SseItem::ErrorLine(String::from_utf8_lossy(&self.buf[from..to]))))
@@ -153,7 +172,11 @@ impl SseDecoder {
 
     fn find_item(&mut self) -> Result<Found, TooLong> {
         loop {
-            let Some((from, to)) = self.next_line()? else { return Ok(Found::Nothing) };
+            let Some((from, to)) = self.next_line()? else {
+                // The lent line's bytes may be compacted away before the event is complete.
+                self.keep_lent()?;
+                return Ok(Found::Nothing);
+            };
             let line = &self.buf[from..to];
             if line.is_empty() {
                 if self.has_data {
@@ -178,17 +201,20 @@ impl SseDecoder {
             // Only ASCII line ends split the bytes, so a complete line is whole UTF-8 unless the
             // server sent invalid bytes, which are replaced rather than failing the stream.
             match field {
+                b"data" if !self.has_data => {
+                    // No longer than the line, which is within the limit.
+                    self.lent = Some((value_from, to));
+                    self.has_data = true;
+                }
                 b"data" => {
+                    self.keep_lent()?;
                     // Measured after decoding: each invalid byte becomes a three-byte U+FFFD.
-                    let value = text(value);
-                    if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
+                    let value = text(&self.buf[value_from..to]);
+                    if self.data.len() + 1 + value.len() > self.limit {
                         return Err(TooLong { limit: self.limit });
                     }
-                    if self.has_data {
-                        self.data.push('\n');
-                    }
+                    self.data.push('\n');
                     self.data.push_str(&value);
-                    self.has_data = true;
                 }
                 b"event" => {
                     self.event.clear();
@@ -201,9 +227,22 @@ impl SseDecoder {
         }
     }
 
+    /// Moves the lent `data` line into `data`, decoded.
+    fn keep_lent(&mut self) -> Result<(), TooLong> {
+        if let Some((from, to)) = self.lent.take() {
+            let value = text(&self.buf[from..to]);
+            if value.len() > self.limit {
+                return Err(TooLong { limit: self.limit });
+            }
+            self.data.push_str(&value);
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, err: TooLong) -> TooLong {
         self.failed = true;
         self.buf = Vec::new();
+        self.lent = None;
         self.data = String::new();
         self.start = 0;
         self.scanned = 0;
@@ -331,7 +370,7 @@ mod tests {
 
     fn owned(item: SseItem<'_>) -> Item {
         match item {
-            SseItem::Event { event, data } => Item::Event { event: event.map(str::to_owned), data: data.to_owned() },
+            SseItem::Event { event, data } => Item::Event { event: event.map(str::to_owned), data: data.into_owned() },
             SseItem::ErrorLine(text) => Item::ErrorLine(text.into_owned()),
         }
     }
@@ -344,6 +383,13 @@ mod tests {
             }
         }
         None
+    }
+
+    fn decode_with_limit(limit: usize, chunks: &[&[u8]]) -> Vec<Item> {
+        let mut decoder = SseDecoder::with_limit(limit);
+        let (items, err) = first_error(&mut decoder, chunks);
+        assert_eq!(err, None);
+        items
     }
 
     fn decode(chunks: &[&[u8]], end: bool) -> Vec<Item> {
@@ -489,7 +535,13 @@ mod tests {
         // 12 bytes on the wire, 36 once decoded.
         let mut decoder = SseDecoder::with_limit(30);
         assert_eq!(first_error(&mut decoder, &[&line]), (vec![], Some(TooLong { limit: 30 })));
+        // The same as a whole event, its one line lent from the bytes read.
+        let event = [&line[..], b"\n"].concat();
+        assert_eq!(first_error(&mut SseDecoder::with_limit(30), &[&event]), (vec![], Some(TooLong { limit: 30 })));
         assert_eq!(decode(&[b"data: \xff\n\n"], false), [data("\u{FFFD}")]);
+        // Within the limit once decoded.
+        let ten = [&b"data: "[..], &[0xff; 10], b"\n\n"].concat();
+        assert_eq!(decode_with_limit(30, &[&ten]), [data(&"\u{FFFD}".repeat(10))]);
     }
 
     #[test]

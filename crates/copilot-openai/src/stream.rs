@@ -121,13 +121,14 @@ impl StreamDecoder {
 
 impl Answer {
     fn handle_item(&mut self, item: SseItem<'_>, out: &mut VecDeque<ChatEvent>) -> Step {
-        let payload = match item {
+        let data = match item {
             SseItem::ErrorLine(text) => return Step::Fail(self.mid_stream(error_line_details(&text))),
             SseItem::Event { event: Some("error"), data } => {
-                return Step::Fail(self.mid_stream(error_line_details(data)));
+                return Step::Fail(self.mid_stream(error_line_details(&data)));
             }
-            SseItem::Event { data, .. } => wire::decode_data(data, self.api_key.as_ref(), &mut self.head),
+            SseItem::Event { data, .. } => data,
         };
+        let payload = wire::decode_data(&data, self.api_key.as_ref(), &mut self.head);
         match payload {
             Ok(Payload::Done) => Step::Complete,
             Ok(Payload::Skip) => Step::Continue,
