@@ -7,7 +7,7 @@
 //! client from the adapter's settings the first time it sends through reqwest, and its connections
 //! serve its calls. Plain-HTTP requests go through hyper's own client instead ([`crate::direct`]),
 //! also one per thread; a thread that only sends those never builds a reqwest client (building one
-//! reads the system's root certificates: ~6 ms, and their memory, per thread).
+//! parses the system's root certificates: ~19 million instructions, and ~1 MiB kept, per thread).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
