@@ -14,8 +14,12 @@
 //! Per call, `CacheControl.mode` (see the proto): unspecified follows `cache.deterministic_only`,
 //! `USE` looks up and stores even a call that is not deterministic, `SKIP` neither, `REFRESH`
 //! stores without looking up, `ONLY_IF_CACHED` looks up and answers a miss with `CACHE_MISS`.
+//!
+//! Identical calls that miss while the first is still answering wait for its answer instead of
+//! calling the upstream too (`cache.coalesce`; `cache/in_flight.rs`).
 
 mod entry;
+mod in_flight;
 pub mod key;
 mod redis_store;
 mod store;
@@ -37,6 +41,7 @@ pub use store::{CacheStore, MemoryStore};
 
 use crate::auth::Caller;
 use crate::config::{CacheConfig, CacheScope};
+use crate::deadline::CallContext;
 use crate::error::GatewayError;
 use crate::proto::v1 as pb;
 use crate::router::Plan;
@@ -45,6 +50,7 @@ use crate::telemetry::metrics::metrics;
 use crate::telemetry::metrics_enabled;
 use crate::validate::{ValidEmbed, ValidRequest};
 use entry::Answer;
+use in_flight::{InFlight, Leading, Turn};
 use key::{Asked, Scope};
 
 /// The span attribute that says what the cache did for the call: `hit`, `miss` or `bypass`.
@@ -95,6 +101,8 @@ pub fn deterministic(options: &GenerationOptions) -> bool {
 pub struct ResponseCache {
     config: CacheConfig,
     store: Option<Arc<dyn CacheStore>>,
+    /// The misses being answered, when identical ones are coalesced.
+    in_flight: Option<Arc<InFlight>>,
     /// The most text a merged `Chat` message holds.
     merged_text_bytes: usize,
 }
@@ -114,7 +122,12 @@ impl ResponseCache {
             Some(state) => Arc::new(RedisStore::start(state.clone())) as Arc<dyn CacheStore>,
             None => Arc::new(MemoryStore::new(config.max_bytes)) as Arc<dyn CacheStore>,
         });
-        ResponseCache { config: config.clone(), store, merged_text_bytes: MERGED_TEXT_BYTES }
+        ResponseCache::new(config, store)
+    }
+
+    fn new(config: &CacheConfig, store: Option<Arc<dyn CacheStore>>) -> ResponseCache {
+        let in_flight = (store.is_some() && config.coalesce).then(Arc::default);
+        ResponseCache { config: config.clone(), store, in_flight, merged_text_bytes: MERGED_TEXT_BYTES }
     }
 
     /// Merges no more text into one replayed `Chat` message than `max_message_bytes`
@@ -126,20 +139,22 @@ impl ResponseCache {
 
     /// No cache: every call bypasses it, and one that asks for it is refused (`CACHE_DISABLED`).
     pub fn disabled() -> ResponseCache {
-        ResponseCache { config: CacheConfig::default(), store: None, merged_text_bytes: MERGED_TEXT_BYTES }
+        ResponseCache::new(&CacheConfig::default(), None)
     }
 
     /// A cache on `store` (the Redis store, or a test's).
     pub fn with_store(config: &CacheConfig, store: Arc<dyn CacheStore>) -> ResponseCache {
-        ResponseCache { config: config.clone(), store: Some(store), merged_text_bytes: MERGED_TEXT_BYTES }
+        ResponseCache::new(config, Some(store))
     }
 
+    /// `call`'s deadline bounds the wait for an identical call's answer.
     pub async fn generate(
         &self,
         caller: Option<&Caller>,
         plan: &Plan,
         request: &ValidRequest,
         control: CacheControl,
+        call: CallContext,
     ) -> Result<Lookup<pb::GenerateResponse>, GatewayError> {
         let started = Instant::now();
         let found = self
@@ -150,6 +165,7 @@ impl ResponseCache {
                 Asked::Completion(request),
                 deterministic(&request.options),
                 control,
+                call,
             )
             .await?;
         Ok(match found {
@@ -171,11 +187,12 @@ impl ResponseCache {
         plan: &Plan,
         request: &ValidRequest,
         control: CacheControl,
+        call: CallContext,
     ) -> Result<Lookup<Vec<pb::ChatResponse>>, GatewayError> {
         let started = Instant::now();
-        let found = self
-            .lookup(caller, Method::Chat, plan, Asked::Completion(request), deterministic(&request.options), control)
-            .await?;
+        let asked = Asked::Completion(request);
+        let found =
+            self.lookup(caller, Method::Chat, plan, asked, deterministic(&request.options), control, call).await?;
         Ok(match found {
             Lookup::Hit(Answer::Chat(replay)) => {
                 let mut chunks = replay.chunks;
@@ -199,8 +216,10 @@ impl ResponseCache {
         plan: &Plan,
         request: &ValidEmbed,
         control: CacheControl,
+        call: CallContext,
     ) -> Result<Lookup<pb::EmbedResponse>, GatewayError> {
-        let found = self.lookup(caller, Method::Embed, plan, Asked::Embedding(request), true, control).await?;
+        let asked = Asked::Embedding(request);
+        let found = self.lookup(caller, Method::Embed, plan, asked, true, control, call).await?;
         Ok(match found {
             Lookup::Hit(Answer::Embed(mut response)) => {
                 response.cached = true;
@@ -215,6 +234,7 @@ impl ResponseCache {
     /// store's answer is decided here, at once; only a lookup in the store is a future of its own,
     /// boxed: it is ~1.7 KiB (a round trip to the store, the caller's deferred admission), which
     /// every call waiting on its upstream would otherwise carry inside its own future.
+    #[expect(clippy::too_many_arguments, reason = "the call's parts, each used once")]
     fn lookup<'a>(
         &'a self,
         caller: Option<&'a Caller>,
@@ -223,6 +243,7 @@ impl ResponseCache {
         request: Asked<'_>,
         deterministic: bool,
         control: CacheControl,
+        call: CallContext,
     ) -> impl Future<Output = Result<Lookup<Answer>, GatewayError>> + Send + use<'a> {
         let Some(store) = &self.store else {
             let bypass = if control.mode != CacheMode::Default {
@@ -255,38 +276,59 @@ impl ResponseCache {
             counted(method, "miss");
             return future::ready(Ok(Lookup::Miss(storing))).left_future();
         }
-        Box::pin(self.find(store, caller, method, key, storing, control.mode)).right_future()
+        Box::pin(self.find(store, caller, method, key, storing, control.mode, call)).right_future()
     }
 
-    /// Looks `key` up in the store: a hit, or a miss with what to store.
+    /// Looks `key` up in the store: a hit, or a miss with what to store. A miss that is to be
+    /// stored joins the key's misses in flight: the first leads (its `Storing` publishes the
+    /// answer), the others wait for that answer, until their deadline at the latest.
+    #[expect(clippy::too_many_arguments, reason = "the call's parts, each used once")]
     async fn find(
         &self,
         store: &Arc<dyn CacheStore>,
         caller: Option<&Caller>,
         method: Method,
         key: CacheKey,
-        storing: Option<Storing>,
+        mut storing: Option<Storing>,
         mode: CacheMode,
+        call: CallContext,
     ) -> Result<Lookup<Answer>, GatewayError> {
         if let Some(bytes) = store.get(&key).await {
             match entry::decode(&bytes) {
-                Some(answer) => {
-                    // A hit spends no tokens, but the call's request, whose admission may have
-                    // been left to the reservation (shared budgets) that a hit never makes.
-                    if let Some(caller) = caller {
-                        caller.admit_deferred().await?;
-                    }
-                    counted(method, "hit");
-                    return Ok(Lookup::Hit(answer));
-                }
+                Some(answer) => return hit(caller, method, answer).await,
                 // Another version's entry, or a damaged one: a miss, and gone.
                 None => store.remove(&key),
             }
         }
-        counted(method, "miss");
         if mode == CacheMode::OnlyIfCached {
+            counted(method, "miss");
             return Err(GatewayError::CacheMiss);
         }
+        if let (Some(in_flight), Some(storing)) = (&self.in_flight, &mut storing) {
+            match in_flight.join(key) {
+                Turn::Lead(leading) => storing.leading = Some(leading),
+                Turn::Follow(following) => {
+                    let waited = match call.deadline() {
+                        None => following.answer().await,
+                        Some(deadline) => {
+                            tokio::time::timeout_at(deadline, following.answer()).await.map_err(|_| {
+                                counted(method, "miss");
+                                GatewayError::DeadlineWaitingForIdentical { budget: call.budget.unwrap_or_default() }
+                            })?
+                        }
+                    };
+                    // Released empty-handed (the leader failed, or kept nothing), the call goes on
+                    // as a miss and calls the upstream itself.
+                    if let Some(answer) = waited.as_deref().and_then(entry::decode) {
+                        if metrics_enabled() {
+                            metrics().cache_coalesced.add(1, &[KeyValue::new("rpc.method", method.as_str())]);
+                        }
+                        return hit(caller, method, answer).await;
+                    }
+                }
+            }
+        }
+        counted(method, "miss");
         Ok(Lookup::Miss(storing))
     }
 
@@ -294,8 +336,25 @@ impl ResponseCache {
     fn storing(&self, store: &Arc<dyn CacheStore>, key: CacheKey, control: &CacheControl) -> Storing {
         let ttl = control.ttl.map_or(self.config.ttl, |ttl| ttl.min(self.config.ttl));
         let max_entry_bytes = usize::try_from(self.config.max_entry_bytes).unwrap_or(usize::MAX);
-        Storing { store: store.clone(), key, ttl, max_entry_bytes, merged_text_bytes: self.merged_text_bytes }
+        Storing {
+            store: store.clone(),
+            key,
+            ttl,
+            max_entry_bytes,
+            merged_text_bytes: self.merged_text_bytes,
+            leading: None,
+        }
     }
+}
+
+/// A hit spends no tokens, but the call's request, whose admission may have been left to the
+/// reservation (shared budgets) that a hit never makes.
+async fn hit(caller: Option<&Caller>, method: Method, answer: Answer) -> Result<Lookup<Answer>, GatewayError> {
+    if let Some(caller) = caller {
+        caller.admit_deferred().await?;
+    }
+    counted(method, "hit");
+    Ok(Lookup::Hit(answer))
 }
 
 /// The span attribute and the request counter.
@@ -329,6 +388,9 @@ pub struct Storing {
     ttl: Duration,
     max_entry_bytes: usize,
     merged_text_bytes: usize,
+    /// When this call leads identical misses: they get the entry it stores, and are released
+    /// (to call the upstream themselves) when it is dropped without storing one.
+    leading: Option<Leading>,
 }
 
 impl Storing {
@@ -362,6 +424,9 @@ impl Storing {
     fn put(self, value: bytes::Bytes) {
         if metrics_enabled() {
             metrics().cache_stores.add(1, &[]);
+        }
+        if let Some(leading) = &self.leading {
+            leading.publish(&value);
         }
         self.store.put(self.key, value, self.ttl);
     }
@@ -508,7 +573,12 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_entry_bytes,
             merged_text_bytes: MERGED_TEXT_BYTES,
+            leading: None,
         }
+    }
+
+    fn no_deadline() -> CallContext {
+        CallContext { received: tokio::time::Instant::now(), budget: None }
     }
 
     fn text(content: &str) -> pb::ChatResponse {
@@ -657,7 +727,7 @@ mod tests {
         mode: CacheMode,
     ) -> Result<&'static str, GatewayError> {
         let control = CacheControl { mode, ttl: None };
-        Ok(match cache.generate(None, &plan(), request, control).await? {
+        Ok(match cache.generate(None, &plan(), request, control, no_deadline()).await? {
             Lookup::Hit(response) => {
                 assert!(response.cached);
                 assert_eq!(
@@ -735,7 +805,7 @@ mod tests {
         let cache = &ResponseCache::with_store(&config, Arc::new(Kept::default()));
         let ttl = |asked| async move {
             let control = CacheControl { mode: CacheMode::Use, ttl: asked };
-            match cache.generate(None, &plan(), &request(0.0), control).await {
+            match cache.generate(None, &plan(), &request(0.0), control, no_deadline()).await {
                 Ok(Lookup::Miss(Some(storing))) => storing.ttl,
                 _ => panic!("a miss that stores"),
             }

@@ -169,6 +169,11 @@ pub enum GatewayError {
     /// A `CACHE_MODE_ONLY_IF_CACHED` call found no stored answer.
     #[error("no stored answer for a call that asked for one only")]
     CacheMiss,
+
+    /// The caller's deadline expired while the call waited for the answer of an identical call
+    /// in flight (`cache.coalesce`).
+    #[error("the call's deadline expired waiting for an identical call's answer")]
+    DeadlineWaitingForIdentical { budget: Duration },
 }
 
 /// Why a call's credentials were refused. Never carries the key itself.
@@ -581,6 +586,16 @@ fn to_status(error: GatewayError) -> Status {
              (CACHE_MODE_ONLY_IF_CACHED); the model was not called: call without it to have the model answer",
             details("CACHE_MISS", HashMap::new()),
         ),
+        GatewayError::DeadlineWaitingForIdentical { budget } => {
+            let message = format!(
+                "the call's deadline of {} expired while it waited for the answer of an identical call in \
+                 flight (the response cache answers identical calls once: cache.coalesce); raise the \
+                 deadline, or set CacheControl.mode to CACHE_MODE_SKIP to call the model yourself",
+                humantime::format_duration(budget)
+            );
+            let metadata = HashMap::from([("config_key".to_string(), "cache.coalesce".to_string())]);
+            Status::with_error_details(Code::DeadlineExceeded, message, details("DEADLINE_EXCEEDED", metadata))
+        }
     }
 }
 

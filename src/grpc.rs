@@ -118,7 +118,7 @@ impl CopilotApi {
     ) -> impl Future<Output = Result<Response<pb::GenerateResponse>, Status>> + Send {
         async move {
             let CompletionCall { call, caller, cache, valid, plan } = &generate;
-            let storing = match self.cache.generate(caller.as_ref(), plan, valid, *cache).await? {
+            let storing = match self.cache.generate(caller.as_ref(), plan, valid, *cache, *call).await? {
                 Lookup::Hit(response) => return Ok(Response::new(response)),
                 Lookup::Miss(storing) => storing,
             };
@@ -169,7 +169,7 @@ impl CopilotApi {
     ) -> impl Future<Output = Result<Response<ChatResponseStream>, Status>> + Send {
         async move {
             let CompletionCall { call, caller, cache, valid, plan } = &chat;
-            let storing = match self.cache.chat(caller.as_ref(), plan, valid, *cache).await? {
+            let storing = match self.cache.chat(caller.as_ref(), plan, valid, *cache, *call).await? {
                 Lookup::Hit(replay) => {
                     let replay: ChatResponseStream = Box::pin(futures::stream::iter(replay.into_iter().map(Ok)));
                     return Ok(Response::new(replay));
@@ -277,7 +277,7 @@ impl pb::copilot_server::Copilot for CopilotApi {
         if let Some(caller) = &caller {
             caller.check_model(&plan.allow_list_name())?;
         }
-        let storing = match self.cache.embed(caller.as_ref(), &plan, &valid, cache).await? {
+        let storing = match self.cache.embed(caller.as_ref(), &plan, &valid, cache, call).await? {
             Lookup::Hit(response) => return Ok(Response::new(response)),
             Lookup::Miss(storing) => storing,
         };

@@ -28,6 +28,9 @@ pub struct CacheConfig {
     /// Only deterministic calls (`temperature` 0, or a `seed`) are cached unless the call asks
     /// (`CACHE_MODE_USE`); off, every call is.
     pub deterministic_only: bool,
+    /// Identical calls that miss while the first is answering wait for its answer (per process)
+    /// instead of each calling the upstream.
+    pub coalesce: bool,
 }
 
 /// Whose calls see an entry.
@@ -50,6 +53,7 @@ impl Default for CacheConfig {
             max_bytes: 256 << 20,
             scope: CacheScope::Key,
             deterministic_only: true,
+            coalesce: true,
         }
     }
 }
@@ -134,8 +138,10 @@ mod tests {
 
     #[test]
     fn the_section_loads_and_is_checked_at_load() {
-        let config =
-            load("[cache]\nenabled = true\nttl = \"1s\"\nscope = \"shared\"\ndeterministic_only = false\n").unwrap();
+        let config = load(
+            "[cache]\nenabled = true\nttl = \"1s\"\nscope = \"shared\"\ndeterministic_only = false\ncoalesce = false\n",
+        )
+        .unwrap();
         assert_eq!(
             config.cache,
             CacheConfig {
@@ -143,6 +149,7 @@ mod tests {
                 ttl: Duration::from_secs(1),
                 scope: CacheScope::Shared,
                 deterministic_only: false,
+                coalesce: false,
                 ..CacheConfig::default()
             }
         );

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub cache_bytes: UpDownCounter<i64>,
     /// `copilot.cache.oversize`: answers not stored, being over `cache.max_entry_bytes`.
     pub cache_oversize: Counter<u64>,
+    /// `copilot.cache.coalesced`: calls answered with the answer of an identical call that was in
+    /// flight when they missed (also counted as hits), by `rpc.method`.
+    pub cache_coalesced: Counter<u64>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -135,6 +138,11 @@ pub fn metrics() -> &'static Metrics {
                 .u64_counter("copilot.cache.oversize")
                 .with_unit("{answer}")
                 .with_description("Answers not stored in the response cache, being over cache.max_entry_bytes")
+                .build(),
+            cache_coalesced: meter
+                .u64_counter("copilot.cache.coalesced")
+                .with_unit("{request}")
+                .with_description("Calls answered by an identical call in flight when they missed (also hits)")
                 .build(),
         }
     })

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod cache_coalescing;
 mod conformance;
 mod connections;
 mod count_tokens;
