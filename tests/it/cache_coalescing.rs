@@ -10,7 +10,7 @@ use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
-use crate::harness::{Copilot, OLLAMA_ONLY, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, sample, within};
 use crate::requests::user;
 use crate::response_cache::{chat, generate, greedy};
 
@@ -23,11 +23,14 @@ fn slow_model(token_delay: Duration) -> FakeModel {
         .with_token_delay(token_delay)
 }
 
+/// A fake Ollama serving `model`, and a copilot in front of it with the cache on, `cache` in its
+/// section, and a metrics listener.
 async fn start(cache: &str, model: FakeModel) -> (FakeOllama, Copilot) {
     let fake = FakeOllama::start().await;
     fake.add_model(model);
     let config = format!("{OLLAMA_ONLY}[cache]\nenabled = true\n{cache}\n");
-    let copilot = Copilot::start_with(&config, &[("OLLAMA_HOST", fake.base_url())]).await;
+    let env = [("OLLAMA_HOST", fake.base_url()), ("COPILOT_SERVER__METRICS_ADDR", "127.0.0.1:0".to_string())];
+    let copilot = Copilot::start_with(&config, &env).await;
     (fake, copilot)
 }
 
@@ -70,6 +73,11 @@ async fn identical_generate_misses_in_flight_make_one_upstream_call() {
         assert_eq!((&followed.text, &followed.usage), (&led.text, &led.usage));
     }
     assert_eq!(fake.chat_requests().len(), 1, "one upstream call for five identical calls");
+
+    let page = copilot.metrics_page().await;
+    let requests = |result: &str| sample(&page, "copilot_cache_requests", &[&format!("result=\"{result}\"")]);
+    assert_eq!((requests("miss"), requests("hit")), (1.0, 4.0), "{page}");
+    assert_eq!(sample(&page, "copilot_cache_coalesced", &["rpc_method=\"Generate\""]), 4.0, "{page}");
 }
 
 #[tokio::test]
