@@ -23,7 +23,7 @@ pub use cache::{CacheConfig, CacheScope};
 pub use provider::{
     AnthropicSettings, ApiKeySource, EmbeddedSettings, GeminiSettings, KIND_KEYS, KeepAlive, KindSettings,
     MaxTokensField, OllamaSettings, OllamaStore, OpenAiSettings, ProviderConfig, ProviderKind, ProviderPolicy,
-    ProviderTable, SafetySetting, ThinkingOff, normalize_ollama_host,
+    ProviderTable, SafetySetting, ThinkingOff, TokenCounting, normalize_ollama_host,
 };
 pub use security::{ApiKeyConfig, AuthConfig, LimitsConfig, TlsConfig};
 pub use state::{OnStateError, RedisTopology, RedisUrl, StateConfig};

@@ -10,7 +10,7 @@ use copilot_provider::{Provider, Secret};
 use crate::config::OllamaStore;
 use crate::config::{
     AnthropicSettings, ApiKeySource, Config, EmbeddedSettings, GeminiSettings, KeepAlive, KindSettings, MaxTokensField,
-    OllamaSettings, OpenAiSettings, ProviderConfig, ProviderKind, ThinkingOff,
+    OllamaSettings, OpenAiSettings, ProviderConfig, ProviderKind, ThinkingOff, TokenCounting,
 };
 use crate::router::{Instance, InstanceState, Labels};
 
@@ -154,7 +154,11 @@ fn openai(
         ThinkingOff::EnableThinkingFalse => copilot_openai::ThinkingOff::EnableThinkingFalse,
     };
     let provider = copilot_openai::OpenAiProvider::new(adapter).map_err(|e| format!("provider '{name}': {e}"))?;
-    Ok(provider.with_thinking_off(thinking_off).with_image_urls(settings.image_urls))
+    let provider = provider.with_thinking_off(thinking_off).with_image_urls(settings.image_urls);
+    match settings.count_tokens {
+        TokenCounting::None => Ok(provider),
+        TokenCounting::Vllm => provider.with_vllm_tokenize().map_err(|e| format!("provider '{name}': {e}")),
+    }
 }
 
 fn gemini(

@@ -268,6 +268,19 @@ pub struct OpenAiSettings {
     pub thinking_off: ThinkingOff,
     /// Whether the server fetches images given as URLs (Ollama's `/v1` does not).
     pub image_urls: bool,
+    /// How `CountTokens` counts on this server, if it can.
+    pub count_tokens: TokenCounting,
+}
+
+/// An OpenAI-compatible server's way to count tokens: the API has none of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCounting {
+    /// It cannot: `CountTokens` is refused (FEATURE_UNSUPPORTED).
+    #[default]
+    None,
+    /// vLLM's `POST /tokenize` with the conversation (exact: the model's chat template and tokenizer).
+    Vllm,
 }
 
 impl Default for OpenAiSettings {
@@ -278,6 +291,7 @@ impl Default for OpenAiSettings {
             send_top_k: false,
             thinking_off: ThinkingOff::Unsupported,
             image_urls: true,
+            count_tokens: TokenCounting::None,
         }
     }
 }
@@ -481,6 +495,7 @@ pub struct ProviderTable {
     pub send_top_k: Option<bool>,
     pub thinking_off: Option<ThinkingOff>,
     pub image_urls: Option<bool>,
+    pub count_tokens: Option<TokenCounting>,
     pub project_id: Option<String>,
     pub location: Option<String>,
     pub safety_settings: Option<Vec<SafetySetting>>,
@@ -530,6 +545,7 @@ impl Default for ProviderTable {
             send_top_k: None,
             thinking_off: None,
             image_urls: None,
+            count_tokens: None,
             project_id: None,
             location: None,
             safety_settings: None,
@@ -562,6 +578,7 @@ pub const KIND_KEYS: &[(&str, &[ProviderKind])] = &[
     ("send_top_k", &[OpenAi]),
     ("thinking_off", &[OpenAi]),
     ("image_urls", &[OpenAi]),
+    ("count_tokens", &[OpenAi]),
     ("project_id", &[Gemini]),
     ("location", &[Gemini]),
     ("safety_settings", &[Gemini]),
@@ -592,6 +609,7 @@ impl ProviderTable {
             "send_top_k" => self.send_top_k.is_some(),
             "thinking_off" => self.thinking_off.is_some(),
             "image_urls" => self.image_urls.is_some(),
+            "count_tokens" => self.count_tokens.is_some(),
             "project_id" => self.project_id.is_some(),
             "location" => self.location.is_some(),
             "safety_settings" => self.safety_settings.is_some(),
@@ -643,6 +661,7 @@ impl ProviderTable {
                     send_top_k: self.send_top_k.unwrap_or(defaults.send_top_k),
                     thinking_off: self.thinking_off.unwrap_or(defaults.thinking_off),
                     image_urls: self.image_urls.unwrap_or(defaults.image_urls),
+                    count_tokens: self.count_tokens.unwrap_or(defaults.count_tokens),
                 })
             }
             Gemini => {
@@ -846,6 +865,7 @@ mod tests {
             "preload" => "[\"m\"]",
             "truncate_prompt" | "include_usage" | "send_top_k" | "image_urls" => "true",
             "thinking_off" => "\"reasoning_effort_none\"",
+            "count_tokens" => "\"vllm\"",
             "max_tokens_field" => "\"max_completion_tokens\"",
             "safety_settings" => "[{ category = \"c\", threshold = \"t\" }]",
             // A location needs a project, on Gemini.
@@ -880,7 +900,7 @@ mod tests {
         let config = load(
             "[providers.vllm]\nkind = \"openai\"\nbase_url = \"http://h:1/v1\"\n\
              max_tokens_field = \"max_completion_tokens\"\nsend_top_k = true\n\
-             thinking_off = \"enable_thinking_false\"\nimage_urls = false\n\
+             thinking_off = \"enable_thinking_false\"\nimage_urls = false\ncount_tokens = \"vllm\"\n\
              [providers.gemini]\napi_key_env = \"HOME\"\nsafety_settings = [{ category = \"c\", threshold = \"t\" }]\n",
             &[],
         )
@@ -892,6 +912,7 @@ mod tests {
             send_top_k: true,
             thinking_off: ThinkingOff::EnableThinkingFalse,
             image_urls: false,
+            count_tokens: TokenCounting::Vllm,
         };
         assert_eq!(vllm.settings, KindSettings::OpenAi(expected));
         assert_eq!(vllm.api_key, ApiKeySource::KindDefault);

@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{CountTokensRequest, CountTokensResponse, Message, Role, Tool};
+use copilot::proto::v1::{CountTokensRequest, CountTokensResponse, GenerateRequest, Message, Role, Tool};
 use copilot_fakes::google::TEST_PRIVATE_KEY_PEM;
-use copilot_fakes::{FakeAnthropic, FakeGemini, FakeGoogleAuth, FakeModel, FakeOllama, FakeOpenAi, fake_token_count};
+use copilot_fakes::{
+    FakeAnthropic, FakeGemini, FakeGoogleAuth, FakeModel, FakeOllama, FakeOpenAi, Flavour, fake_token_count,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -212,6 +214,60 @@ async fn ollama_and_openai_cannot_count() {
         assert!(status.message().contains("no token-counting endpoint"), "{}", status.message());
     }
     assert!(ollama.chat_requests().is_empty() && openai.chat_requests().is_empty());
+}
+
+/// vLLM counts with its `/tokenize` (opted into with `count_tokens = "vllm"`): the conversation
+/// as a chat call would send it, the tools and the generation prompt included, counted exactly;
+/// and the count of a bare question is what the same question's `Generate` reports as its input.
+#[tokio::test]
+async fn vllm_counts_exactly_with_tokenize() {
+    let vllm = FakeOpenAi::start().await;
+    vllm.set_flavour(Flavour::Vllm);
+    vllm.add_model(FakeModel::new("qwen3"));
+    let config = provider("vllm", "openai", &vllm.base_url()) + "count_tokens = \"vllm\"\n";
+    let copilot = start(&config).await;
+    let mut client = copilot.client().await;
+
+    let counted = count(&mut client, full_request("vllm/qwen3")).await.unwrap();
+    let with_tool = fake_token_count(words(SYSTEM) + words(QUESTION), 0, [TOOL_DESCRIPTION]) as u32;
+    assert_eq!((counted.input_tokens, counted.exact, counted.model.as_str()), (with_tool, true, "vllm/qwen3"));
+    let sent = &vllm.tokenize_requests()[0];
+    assert_eq!(sent["add_generation_prompt"], true, "{sent}");
+    assert_eq!(
+        (sent["messages"][0]["role"].as_str(), sent["messages"][1]["content"].as_str()),
+        (Some("system"), Some(QUESTION))
+    );
+    assert_eq!(sent["tools"][0]["function"]["name"], "weather", "{sent}");
+    assert!(vllm.chat_requests().is_empty(), "counting generates nothing");
+
+    let bare = count(&mut client, bare_request("vllm/qwen3")).await.unwrap();
+    let generated = within(
+        LIMIT,
+        client.generate(GenerateRequest { model: "vllm/qwen3".into(), prompt: QUESTION.into(), ..Default::default() }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(bare.input_tokens, generated.usage.unwrap().input_tokens, "the count is what a call then uses");
+
+    let status = count(&mut client, bare_request("vllm/nope")).await.unwrap_err();
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::NotFound, "MODEL_NOT_FOUND"), "{status:?}");
+}
+
+/// `count_tokens = "vllm"` on a server that is not vLLM: its 404 says there is no `/tokenize`.
+#[tokio::test]
+async fn tokenize_on_a_server_without_it_is_refused_precisely() {
+    let openai = FakeOpenAi::start().await;
+    openai.add_model(FakeModel::new("gpt-4o-mini"));
+    let config = provider("openai", "openai", &openai.base_url()) + "count_tokens = \"vllm\"\n";
+    let copilot = start(&config).await;
+    let status = count(&mut copilot.client().await, bare_request("openai/gpt-4o-mini")).await.unwrap_err();
+    assert_unsupported(&status);
+    assert!(
+        status.message().contains("/tokenize") && status.message().contains("count_tokens"),
+        "{}",
+        status.message()
+    );
 }
 
 /// An alias skips a target that cannot count and counts on the next.

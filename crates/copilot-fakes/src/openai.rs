@@ -56,7 +56,7 @@ use crate::harness::{
     FailNext, Harness, Keyed, Models, Pieces, StreamGuard, broken_response, status_code, streamed_body,
 };
 pub use crate::script::{Behaviour, FakeModel, Reply};
-use crate::script::{FakeToolCall, Finish, Generation, Piece, Step, flush_point};
+use crate::script::{FakeToolCall, Finish, Generation, Piece, Step, fake_token_count, flush_point};
 
 /// Which server the fake plays, with that server's deviations from hosted OpenAI.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -255,6 +255,11 @@ impl Fake<OpenAi> {
         self.wire.embed_requests.lock().unwrap().clone()
     }
 
+    /// The JSON body of every `/tokenize` request received (vLLM's flavour), in order.
+    pub fn tokenize_requests(&self) -> Vec<Value> {
+        self.wire.tokenize_requests.lock().unwrap().clone()
+    }
+
     /// While set, `encoding_format: "base64"` is refused with a 400, as by a server that writes
     /// only JSON numbers and checks the field (a plausible server, not one of the flavours: they
     /// all take base64, or ignore the field as [`Flavour::LlamaCppOldErrors`] does).
@@ -335,6 +340,8 @@ pub struct OpenAi {
     images: Mutex<Vec<FakeImage>>,
     /// [`Fake::embed_requests`].
     embed_requests: Mutex<Vec<Value>>,
+    /// [`Fake::tokenize_requests`].
+    tokenize_requests: Mutex<Vec<Value>>,
     /// [`Fake::set_reject_base64`].
     reject_base64: AtomicBool,
     /// [`Fake::set_refuse_dimensions`].
@@ -364,6 +371,7 @@ impl Wire for OpenAi {
             cached_tokens: AtomicU64::new(0),
             images: Mutex::new(Vec::new()),
             embed_requests: Mutex::new(Vec::new()),
+            tokenize_requests: Mutex::new(Vec::new()),
             reject_base64: AtomicBool::new(false),
             refuse_dimensions: AtomicBool::new(false),
             embeddings_reversed: AtomicBool::new(false),
@@ -382,6 +390,8 @@ impl Wire for OpenAi {
             // llama.cpp serves its API with and without the /v1 prefix.
             .route("/chat/completions", post(llama_cpp_chat))
             .route("/models", get(llama_cpp_models))
+            // vLLM's, at its root.
+            .route("/tokenize", post(tokenize))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .layer(DefaultBodyLimit::max(64 << 20))
@@ -941,6 +951,50 @@ async fn llama_cpp_embeddings(
     } else {
         not_found(State(shared), method, uri).await
     }
+}
+
+/// vLLM's `POST /tokenize` in its chat form, `{model, messages, tools?, add_generation_prompt}`,
+/// answered `{count, max_model_len, tokens}`: the count is what a chat call's `prompt_tokens` would
+/// be for the same messages (their words), and what [`fake_token_count`] adds for each tool, as a
+/// template that renders the tools would. The messages are checked as a chat call's are. The other
+/// flavours have no such route.
+async fn tokenize(
+    State(shared): State<Arc<OpenAi>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let flavour = shared.flavour();
+    if flavour != Flavour::Vllm {
+        return not_found(State(shared), method, uri).await;
+    }
+    let response = tokenize_response(&shared, flavour, &headers, &body);
+    finish_response(&shared, flavour, response)
+}
+
+fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
+    let request = match serde_json::from_slice::<Value>(body) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => return ApiError::new(400, "Invalid request body: expected a JSON object").response(flavour),
+    };
+    shared.tokenize_requests.lock().unwrap().push(request.clone());
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return refusal;
+    }
+    let params = match chat_params(shared, flavour, &request) {
+        Ok(params) => params,
+        Err(error) => return error.response(flavour),
+    };
+    let Some(entry) = shared.find_model(&params.model, flavour) else {
+        return model_not_found(flavour, &params.model).response(flavour);
+    };
+    let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let descriptions =
+        tools.iter().map(|tool| tool.pointer("/function/description").and_then(Value::as_str).unwrap_or(""));
+    let count = fake_token_count(params.prompt_words, 0, descriptions);
+    let tokens: Vec<usize> = (0..count).collect();
+    axum::Json(json!({"count": count, "max_model_len": entry.model.context_length, "tokens": tokens})).into_response()
 }
 
 /// `POST /v1/embeddings`: `fake_embedding` per input (its text cut to the model's context where

@@ -76,7 +76,7 @@ use std::time::{Duration, SystemTime};
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
-    ProviderError, Reasoning, Secret,
+    ProviderError, Reasoning, Secret, TokenCount,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -179,6 +179,8 @@ pub struct OpenAiProvider {
     embed_floats: AtomicBool,
     /// Whether the server fetches `http(s)` image URLs itself.
     image_urls: bool,
+    /// vLLM's `/tokenize`, when token counting is on ([`OpenAiProvider::with_vllm_tokenize`]).
+    tokenize_url: Option<Url>,
 }
 
 impl OpenAiProvider {
@@ -216,8 +218,24 @@ impl OpenAiProvider {
                 thinking_off: ThinkingOff::Unsupported,
             },
             image_urls: true,
+            tokenize_url: None,
             upstream,
         })
+    }
+
+    /// Counts tokens (`CountTokens`, exact) with vLLM's `POST /tokenize`, which vLLM serves at its
+    /// root: a base URL's trailing `/v1` is dropped. Declares [`Feature::CountTokens`]; other
+    /// OpenAI-compatible servers have no such endpoint, so it is opt-in.
+    pub fn with_vllm_tokenize(mut self) -> Result<Self, OpenAiConfigError> {
+        let base_url = self.upstream.base_url();
+        let root = base_url.trim_end_matches('/');
+        let root = root.strip_suffix("/v1").unwrap_or(root);
+        let url = Url::parse(&format!("{root}/tokenize")).map_err(|e| OpenAiConfigError::InvalidBaseUrl {
+            value: base_url.to_string(),
+            reason: format!("no /tokenize URL can be made from it: {e}"),
+        })?;
+        self.tokenize_url = Some(url);
+        Ok(self)
     }
 
     /// How to turn thinking off on this server; anything but [`ThinkingOff::Unsupported`]
@@ -349,7 +367,47 @@ impl Provider for OpenAiProvider {
         if self.body.thinking_off != ThinkingOff::Unsupported {
             features = features.with(Feature::ThinkingOff);
         }
+        if self.tokenize_url.is_some() {
+            features = features.with(Feature::CountTokens);
+        }
         features
+    }
+
+    fn lacking(&self, feature: Feature) -> Option<&'static str> {
+        (feature == Feature::CountTokens).then_some(
+            "OpenAI-compatible servers have no token-counting endpoint, except vLLM's /tokenize: set \
+             count_tokens = \"vllm\" on a provider that is a vLLM server",
+        )
+    }
+
+    async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
+        let Some(url) = &self.tokenize_url else {
+            return Err(ProviderError::Unsupported {
+                feature: Feature::CountTokens,
+                message: "this provider counts tokens only with vLLM's /tokenize (count_tokens = \"vllm\")".into(),
+            });
+        };
+        let post = {
+            let body = wire::TokenizeBody::new(&request, self.body)?;
+            copilot_http::with_trace_context(self.upstream.post(url.clone()), &request).json(&body)
+        };
+        let answer: wire::TokenizeAnswer = self
+            .upstream
+            .fetch_json_within(self, post, Some(&request.model), "token count", MAX_TOKENIZE_RESPONSE_BYTES)
+            .await
+            .map_err(|err| match err {
+                // Not vLLM's unknown model (that is `ModelNotFound`): no such endpoint at all.
+                ProviderError::Upstream { status: 404, .. } => ProviderError::Unsupported {
+                    feature: Feature::CountTokens,
+                    message: format!(
+                        "{url} answered 404: the server has no /tokenize (only vLLM has it, at its root); remove \
+                         count_tokens = \"vllm\" from this provider's configuration"
+                    ),
+                },
+                other => other,
+            })?;
+        let input_tokens = u32::try_from(answer.count).unwrap_or(u32::MAX);
+        Ok(TokenCount { input_tokens, exact: true, model: String::new() })
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -380,6 +438,10 @@ impl Provider for OpenAiProvider {
 
 /// OpenAI's limit of inputs per embeddings request.
 pub const MAX_EMBED_BATCH: usize = 2048;
+
+/// The most of a `/tokenize` answer read: vLLM sends every token id with the count, so it grows
+/// with the prompt (~8 bytes a token: a 1M-token prompt in 8 MiB).
+const MAX_TOKENIZE_RESPONSE_BYTES: usize = 8 << 20;
 
 /// The most an embeddings answer for `inputs` inputs may hold (as for Ollama's): 1 MiB, plus
 /// room for a vector of 16,384 components written as JSON text (24 bytes each at most) per input.
@@ -781,6 +843,22 @@ mod tests {
         {
             let err = OpenAiProvider::new(config(bad)).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn vllm_tokenize_is_at_the_servers_root_and_declares_counting() {
+        let plain = OpenAiProvider::new(config("http://localhost:8000/v1")).unwrap();
+        assert!(!plain.features().contains(Feature::CountTokens));
+        for (base, tokenize) in [
+            ("http://localhost:8000/v1", "http://localhost:8000/tokenize"),
+            ("http://localhost:8000/v1/", "http://localhost:8000/tokenize"),
+            ("http://gpu-box/vllm/v1", "http://gpu-box/vllm/tokenize"),
+            ("http://gpu-box:9000", "http://gpu-box:9000/tokenize"),
+        ] {
+            let provider = OpenAiProvider::new(config(base)).unwrap().with_vllm_tokenize().unwrap();
+            assert_eq!(provider.tokenize_url.as_ref().map(Url::as_str), Some(tokenize), "{base}");
+            assert!(provider.features().contains(Feature::CountTokens));
         }
     }
 

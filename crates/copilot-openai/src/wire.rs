@@ -172,6 +172,40 @@ pub(crate) struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// vLLM's `POST /tokenize` in its chat form: the conversation as `/v1/chat/completions` would send
+/// it, rendered with the model's chat template (tools included, and the generation prompt a
+/// completion starts with) and counted.
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenizeBody<'a> {
+    pub model: &'a str,
+    pub messages: Vec<ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool<'a>>,
+    pub add_generation_prompt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<TemplateKwargs>,
+}
+
+impl<'a> TokenizeBody<'a> {
+    pub fn new(request: &'a ChatRequest, settings: BodySettings) -> Result<Self, ProviderError> {
+        let chat = ChatBody::new(request, settings)?;
+        Ok(TokenizeBody {
+            model: chat.model,
+            messages: chat.messages,
+            tools: chat.tools,
+            add_generation_prompt: true,
+            chat_template_kwargs: chat.chat_template_kwargs,
+        })
+    }
+}
+
+/// vLLM's answer to `/tokenize`: the count (the token ids and `max_model_len` that come with it
+/// are not used).
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenizeAnswer {
+    pub count: u64,
+}
+
 /// The request-shaping settings of one provider instance.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodySettings {
