@@ -778,6 +778,24 @@ async fn chat(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes
     finish_response(&shared, flavour, response)
 }
 
+/// What a chat call and a chat-form `/tokenize` check alike: the key, the messages as a chat call
+/// takes them, and the model; else the refusal.
+fn checked_chat(
+    shared: &OpenAi,
+    flavour: Flavour,
+    headers: &HeaderMap,
+    request: &Value,
+) -> Result<(ChatParams, Arc<ModelEntry>), Box<Response>> {
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return Err(Box::new(refusal));
+    }
+    let params = chat_params(shared, flavour, request).map_err(|error| Box::new(error.response(flavour)))?;
+    let Some(entry) = shared.find_model(&params.model, flavour) else {
+        return Err(Box::new(model_not_found(flavour, &params.model).response(flavour)));
+    };
+    Ok((params, entry))
+}
+
 async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderMap, body: Bytes) -> Response {
     let received = Instant::now();
     let request = match serde_json::from_slice::<Value>(&body) {
@@ -793,15 +811,9 @@ async fn chat_response(shared: &Arc<OpenAi>, flavour: Flavour, headers: &HeaderM
     if shared.harness.recording() {
         shared.harness.record(Some(headers.clone()), Some(request.clone()));
     }
-    if let Some(refusal) = check_auth(shared, flavour, headers) {
-        return refusal;
-    }
-    let params = match chat_params(shared, flavour, &request) {
-        Ok(params) => params,
-        Err(error) => return error.response(flavour),
-    };
-    let Some(entry) = shared.find_model(&params.model, flavour) else {
-        return model_not_found(flavour, &params.model).response(flavour);
+    let (params, entry) = match checked_chat(shared, flavour, headers, &request) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     if entry.model.embedding_length.is_some() {
         return not_a_chat_model(flavour, &entry.model.name).response(flavour);
@@ -979,15 +991,9 @@ fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, bod
         _ => return ApiError::new(400, "Invalid request body: expected a JSON object").response(flavour),
     };
     shared.tokenize_requests.lock().unwrap().push(request.clone());
-    if let Some(refusal) = check_auth(shared, flavour, headers) {
-        return refusal;
-    }
-    let params = match chat_params(shared, flavour, &request) {
-        Ok(params) => params,
-        Err(error) => return error.response(flavour),
-    };
-    let Some(entry) = shared.find_model(&params.model, flavour) else {
-        return model_not_found(flavour, &params.model).response(flavour);
+    let (params, entry) = match checked_chat(shared, flavour, headers, &request) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let descriptions =
