@@ -990,7 +990,9 @@ fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, bod
         Ok(value @ Value::Object(_)) => value,
         _ => return ApiError::new(400, "Invalid request body: expected a JSON object").response(flavour),
     };
-    shared.tokenize_requests.lock().unwrap().push(request.clone());
+    if shared.harness.recording() {
+        shared.tokenize_requests.lock().unwrap().push(request.clone());
+    }
     let (params, entry) = match checked_chat(shared, flavour, headers, &request) {
         Ok(checked) => checked,
         Err(refusal) => return *refusal,
