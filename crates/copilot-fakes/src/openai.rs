@@ -985,14 +985,30 @@ async fn tokenize(
     finish_response(&shared, flavour, response)
 }
 
-fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
-    let request = match serde_json::from_slice::<Value>(body) {
-        Ok(value @ Value::Object(_)) => value,
-        _ => return ApiError::new(400, "Invalid request body: expected a JSON object").response(flavour),
+/// A request body that must be one JSON object (else a 400 saying `invalid`), kept in `log` while
+/// the fake records requests.
+fn recorded_object(
+    shared: &OpenAi,
+    flavour: Flavour,
+    body: &[u8],
+    log: &Mutex<Vec<Value>>,
+    invalid: &str,
+) -> Result<Value, Box<Response>> {
+    let Ok(request @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
+        return Err(Box::new(ApiError::new(400, invalid).response(flavour)));
     };
     if shared.harness.recording() {
-        shared.tokenize_requests.lock().unwrap().push(request.clone());
+        log.lock().unwrap().push(request.clone());
     }
+    Ok(request)
+}
+
+fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
+    let invalid = "Invalid request body: expected a JSON object";
+    let request = match recorded_object(shared, flavour, body, &shared.tokenize_requests, invalid) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
     let (params, entry) = match checked_chat(shared, flavour, headers, &request) {
         Ok(checked) => checked,
         Err(refusal) => return *refusal,
@@ -1014,13 +1030,11 @@ async fn embeddings(State(shared): State<Arc<OpenAi>>, headers: HeaderMap, body:
 }
 
 fn embeddings_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
-    let request = match serde_json::from_slice::<Value>(body) {
-        Ok(value @ Value::Object(_)) => value,
-        _ => return ApiError::new(400, "We could not parse the JSON body of your request.").response(flavour),
+    let invalid = "We could not parse the JSON body of your request.";
+    let request = match recorded_object(shared, flavour, body, &shared.embed_requests, invalid) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
     };
-    if shared.harness.recording() {
-        shared.embed_requests.lock().unwrap().push(request.clone());
-    }
     if let Some(refusal) = check_auth(shared, flavour, headers) {
         return refusal;
     }
