@@ -532,6 +532,11 @@ fn copilot_env(env: &BTreeMap<String, String>) -> EnvLayer {
         let key = match rest {
             "ADDR" => "server.addr".to_string(),
             "REDIS_URL" => "state.redis_url".to_string(),
+            "REDIS_SENTINELS" => {
+                let sentinels = value.split(',').map(str::trim).filter(|url| !url.is_empty());
+                layer.set("state.sentinels", var, figment::value::Value::from(sentinels.collect::<Vec<_>>()));
+                continue;
+            }
             other if other.contains("__") => other.to_ascii_lowercase().replace("__", "."),
             _ => continue,
         };

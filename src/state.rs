@@ -9,6 +9,7 @@
 mod connection;
 pub mod limiter;
 mod metrics;
+mod sentinel;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +43,7 @@ impl SharedState {
     /// probe) opens the connection. Must run inside the Tokio runtime.
     pub fn from_config(config: &StateConfig) -> Result<Option<Arc<SharedState>>, StateError> {
         let Some(url) = &config.redis_url else { return Ok(None) };
-        let connection = Connection::open(url, config.topology, config.tls_ca_file.as_deref(), config.timeout)?;
+        let connection = Connection::open(url, config)?;
         state_metrics().up.record(1, &[]);
         Ok(Some(Arc::new(SharedState {
             budgets: SharedBudgets::new(connection.clone(), &config.key_prefix, config.timeout),
@@ -60,6 +61,11 @@ impl SharedState {
     /// The URL, password masked.
     pub fn url(&self) -> &RedisUrl {
         &self.url
+    }
+
+    /// With the Sentinel topology, the address of the primary the sentinels named (once known).
+    pub fn sentinel_primary(&self) -> Option<String> {
+        self.connection.sentinel_primary()
     }
 
     /// Whether the last operation or probe reached Redis.
@@ -154,6 +160,9 @@ impl SharedState {
             .map_err(|_| StateError::Timeout(bound))
             .and_then(|answer| answer.map_err(|e| StateError::Redis(e.to_string())));
         self.observe(result.is_ok());
+        if result.is_err() {
+            self.connection.probe_failed();
+        }
         result.map(|_| started.elapsed())
     }
 

@@ -15,8 +15,13 @@ pub struct StateConfig {
     /// (env `COPILOT_REDIS_URL`). It holds the password: the logs show it masked.
     pub redis_url: Option<RedisUrl>,
     /// `single`: one server (or a primary behind a stable address); `cluster`: a Redis Cluster,
-    /// `redis_url` naming any node (or the cluster's configuration endpoint).
+    /// `redis_url` naming any node (or the cluster's configuration endpoint); `sentinel`: the
+    /// primary that Redis Sentinel names, `redis_url` naming it by its Sentinel service name.
     pub topology: RedisTopology,
+    /// With `topology = "sentinel"`: the sentinels, `redis://[[user]:password@]host:port` or
+    /// `rediss://…` (env `COPILOT_REDIS_SENTINELS`, comma-separated). They share one scheme and one
+    /// user and password; the logs show them masked.
+    pub sentinels: Vec<RedisUrl>,
     /// PEM CA certificates that sign the Redis server's certificate (`rediss://`), instead of the
     /// system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -39,6 +44,7 @@ impl Default for StateConfig {
         Self {
             redis_url: None,
             topology: RedisTopology::Single,
+            sentinels: Vec::new(),
             tls_ca_file: None,
             key_prefix: "default".into(),
             timeout: Duration::from_millis(50),
@@ -53,6 +59,7 @@ impl Default for StateConfig {
 pub enum RedisTopology {
     Single,
     Cluster,
+    Sentinel,
 }
 
 /// The failure policy of the shared budgets.
@@ -121,18 +128,87 @@ impl std::fmt::Display for RedisUrl {
 }
 
 const SCHEMES: [&str; 6] = ["redis", "rediss", "unix", "redis+unix", "valkey", "valkeys"];
+/// The schemes of a server reached over TCP: a sentinel, and the primary it names.
+const TCP_SCHEMES: [&str; 4] = ["redis", "rediss", "valkey", "valkeys"];
+
+/// With Sentinel, `redis_url` names the primary by its service name and carries its password and
+/// database: the address comes from the sentinels.
+fn sentinel_primary_problem(url: &url::Url) -> Option<String> {
+    if !TCP_SCHEMES.contains(&url.scheme()) {
+        return Some(format!("with topology = \"sentinel\" the scheme must be one of {}", TCP_SCHEMES.join(", ")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Some(
+            "with topology = \"sentinel\" its host is the Sentinel service name, as in redis://:password@mymaster/0"
+                .into(),
+        );
+    }
+    if url.port().is_some() {
+        return Some(
+            "with topology = \"sentinel\" it names the primary by its Sentinel service name, without a port \
+             (the sentinels give the address)"
+                .into(),
+        );
+    }
+    redis::Client::open(url.as_str()).err().map(|e| e.to_string())
+}
+
+/// The sentinels: only with the `sentinel` topology (which needs at least one), each a usable
+/// `host:port`, all with one scheme and one user and password (the client has one of each for them).
+fn check_sentinels(state: &StateConfig) -> Result<(), ConfigError> {
+    match (state.topology, state.sentinels.is_empty()) {
+        (RedisTopology::Sentinel, true) if state.redis_url.is_some() => {
+            return Err(invalid(
+                "state.sentinels",
+                "is empty: topology = \"sentinel\" needs the sentinels' addresses (redis://host:26379, …)",
+            ));
+        }
+        (RedisTopology::Single | RedisTopology::Cluster, false) => {
+            return Err(invalid("state.sentinels", "is only used with topology = \"sentinel\""));
+        }
+        _ => {}
+    }
+    let mut first: Option<url::Url> = None;
+    for (index, sentinel) in state.sentinels.iter().enumerate() {
+        let key = format!("state.sentinels[{index}]");
+        let parsed = url::Url::parse(sentinel.expose())
+            .map_err(|e| invalid(&key, format!("({}) does not parse ({e})", sentinel.masked())))?;
+        let problem = if !TCP_SCHEMES.contains(&parsed.scheme()) {
+            Some(format!("the scheme must be one of {}", TCP_SCHEMES.join(", ")))
+        } else if parsed.port().is_none() {
+            Some("needs a port (sentinels usually listen on 26379)".into())
+        } else if first.as_ref().is_some_and(|first| {
+            (first.scheme(), first.username(), first.password())
+                != (parsed.scheme(), parsed.username(), parsed.password())
+        }) {
+            Some(
+                "differs from state.sentinels[0] in its scheme, user or password; the sentinels share one of each"
+                    .into(),
+            )
+        } else {
+            redis::Client::open(sentinel.expose()).err().map(|e| e.to_string())
+        };
+        if let Some(problem) = problem {
+            return Err(invalid(key, format!("({}) is not usable: {problem}", sentinel.masked())));
+        }
+        first.get_or_insert(parsed);
+    }
+    Ok(())
+}
 
 /// What the types cannot check: a URL the client accepts, bounds that make sense.
 pub(super) fn check(state: &mut StateConfig) -> Result<(), ConfigError> {
     if state.redis_url.as_ref().is_some_and(|url| url.expose().is_empty()) {
         state.redis_url = None;
     }
+    state.sentinels.retain(|url| !url.expose().is_empty());
     if let Some(url) = &state.redis_url {
         let problem = match url::Url::parse(url.expose()) {
             Err(e) => Some(format!("it does not parse ({e})")),
             Ok(parsed) if !SCHEMES.contains(&parsed.scheme()) => {
                 Some(format!("the scheme must be one of {}", SCHEMES.join(", ")))
             }
+            Ok(parsed) if state.topology == RedisTopology::Sentinel => sentinel_primary_problem(&parsed),
             // The client's own check (host, database number); its messages hold no password.
             Ok(_) => redis::Client::open(url.expose()).err().map(|e| e.to_string()),
         };
@@ -140,6 +216,7 @@ pub(super) fn check(state: &mut StateConfig) -> Result<(), ConfigError> {
             return Err(invalid("state.redis_url", format!("({}) is not usable: {problem}", url.masked())));
         }
     }
+    check_sentinels(state)?;
     if state.key_prefix.is_empty()
         || !state.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
@@ -154,12 +231,13 @@ pub(super) fn check(state: &mut StateConfig) -> Result<(), ConfigError> {
     if state.health_interval < Duration::from_millis(100) {
         return Err(invalid("state.health_interval", "must be at least 100ms"));
     }
+    let tls = |url: &RedisUrl| url.expose().starts_with("rediss://") || url.expose().starts_with("valkeys://");
     if let Some(path) = &state.tls_ca_file
-        && state.redis_url.as_ref().is_none_or(|url| !url.expose().starts_with("rediss://"))
+        && !state.redis_url.iter().chain(&state.sentinels).any(tls)
     {
         return Err(invalid(
             "state.tls_ca_file",
-            format!("({}) is for a rediss:// URL; state.redis_url is not one", path.display()),
+            format!("({}) is for a rediss:// URL; neither state.redis_url nor state.sentinels is one", path.display()),
         ));
     }
     Ok(())
@@ -196,6 +274,52 @@ mod tests {
         assert!(message.contains("state.redis_url") && message.contains("scheme"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
         assert!(checked("not a url").is_err());
+    }
+
+    fn sentinel(url: &str, sentinels: &[&str]) -> Result<StateConfig, ConfigError> {
+        let mut state = StateConfig {
+            redis_url: Some(RedisUrl::new(url)),
+            topology: RedisTopology::Sentinel,
+            sentinels: sentinels.iter().map(|url| RedisUrl::new(*url)).collect(),
+            ..StateConfig::default()
+        };
+        check(&mut state).map(|()| state)
+    }
+
+    #[test]
+    fn sentinel_settings_are_checked_at_load_without_showing_passwords() {
+        let ok = sentinel("redis://:pw@mymaster/2", &["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]);
+        assert_eq!(ok.unwrap().sentinels.len(), 2);
+        assert!(sentinel("rediss://user:pw@mymaster", &["rediss://:spw@s1:26380"]).is_ok());
+        let problem = |url: &str, sentinels: &[&str]| sentinel(url, sentinels).unwrap_err().to_string();
+
+        let message = problem("redis://:hunter2@10.0.0.9:6379/0", &["redis://s1:26379"]);
+        assert!(message.contains("state.redis_url") && message.contains("service name"), "{message}");
+        assert!(!message.contains("hunter2") && message.contains("***"), "{message}");
+        let message = problem("unix:///run/redis.sock", &["redis://s1:26379"]);
+        assert!(message.contains("state.redis_url") && message.contains("scheme"), "{message}");
+
+        let message = problem("redis://mymaster", &[]);
+        assert!(message.contains("state.sentinels") && message.contains("empty"), "{message}");
+        let message = problem("redis://mymaster", &["redis://s1"]);
+        assert!(message.contains("state.sentinels[0]") && message.contains("port"), "{message}");
+        let message = problem("redis://mymaster", &["redis://:one-pass@s1:26379", "redis://:two-pass@s2:26379"]);
+        assert!(message.contains("state.sentinels[1]") && message.contains("password"), "{message}");
+        assert!(!message.contains("one-pass") && !message.contains("two-pass"), "{message}");
+        let message = problem("redis://mymaster", &["redis://s1:26379", "rediss://s2:26379"]);
+        assert!(message.contains("state.sentinels[1]") && message.contains("scheme"), "{message}");
+
+        let mut single = StateConfig {
+            redis_url: Some(RedisUrl::new("redis://127.0.0.1:6379")),
+            sentinels: vec![RedisUrl::new("redis://s1:26379")],
+            ..StateConfig::default()
+        };
+        let message = check(&mut single).unwrap_err().to_string();
+        assert!(message.contains("state.sentinels") && message.contains("topology"), "{message}");
+        // A TLS sentinel makes the CA file meaningful even with a plain primary.
+        let mut tls = sentinel("redis://mymaster", &["rediss://s1:26379"]).unwrap();
+        tls.tls_ca_file = Some("/ca.pem".into());
+        assert!(check(&mut tls).is_ok());
     }
 
     #[test]

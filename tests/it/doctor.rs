@@ -425,3 +425,19 @@ async fn the_shared_redis_gets_a_row_with_its_password_masked() {
     assert_eq!(run.code, Some(1), "{run}");
     run.assert_row("shared state (Redis)", "FAIL", "refused (on_error = closed)");
 }
+
+#[tokio::test]
+async fn with_sentinel_the_redis_row_names_the_primary_the_sentinel_found() {
+    let fake = fake_with(FakeModel::new("llama3.2:3b").with_reply(reply(&["ok"]))).await;
+    let group = crate::redis_server::SentinelGroup::start("pw-never-printed");
+    let service = crate::redis_server::SENTINEL_SERVICE;
+    let mut env = ollama_env(&fake, "llama3.2:3b");
+    env.push(("COPILOT_STATE__TOPOLOGY", "sentinel".into()));
+    env.push(("COPILOT_REDIS_URL", format!("redis://:pw-never-printed@{service}/0")));
+    env.push(("COPILOT_REDIS_SENTINELS", format!("redis://127.0.0.1:{}", group.sentinel_port)));
+    let run = doctor(&[], Some(OLLAMA_ONLY), &env).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    let primary = format!("redis://:***@{service}/0 (Sentinel's primary: 127.0.0.1:{}): PING", group.primary.port);
+    run.assert_row("shared state (Redis)", "PASS", &primary);
+    assert!(!run.stdout.contains("pw-never-printed") && !run.stderr.contains("pw-never-printed"), "{run}");
+}

@@ -37,6 +37,7 @@ mod routing;
 mod shared_budgets;
 mod shared_cache;
 mod shared_limits;
+mod shared_sentinel;
 mod telemetry;
 mod tls;
 mod vertex;

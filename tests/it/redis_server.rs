@@ -1,6 +1,7 @@
 //! A real `redis-server` for the tests (Debian's package; `scripts/install-build-deps --for test`
 //! installs it): each test its own, on a free loopback port, without persistence, killed on drop.
 //! It can be stopped and restarted on the same port, or frozen (`SIGSTOP`) to play a hung Redis.
+//! Also a Redis Cluster, and a primary with a replica and a Sentinel watching them.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -12,12 +13,15 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// More `redis-server` arguments: a password, TLS.
     extra: Vec<String>,
+    /// The password it requires, for the test's own look at its keys.
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new() };
+        let mut server = RedisServer::not_started();
+        server.port = port;
         server.restart();
         server
     }
@@ -27,6 +31,7 @@ impl RedisServer {
     pub fn start_secured(password: &str, tls: Option<(&str, &str)>) -> RedisServer {
         let mut server = RedisServer::not_started();
         server.extra = vec!["--requirepass".into(), password.into()];
+        server.password = Some(password.into());
         if let Some((cert_pem, key_pem)) = tls {
             let cert = server.dir.path().join("redis.crt");
             let key = server.dir.path().join("redis.key");
@@ -45,7 +50,7 @@ impl RedisServer {
     /// when Copilot starts.
     pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new() }
+        RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new(), password: None }
     }
 
     pub fn url(&self) -> String {
@@ -97,15 +102,143 @@ impl RedisServer {
 
     /// The keys the server holds.
     pub fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_connection().unwrap();
-        redis::cmd("KEYS").arg("*").query(&mut connection).unwrap()
+        redis::cmd("KEYS").arg("*").query(&mut self.connection()).unwrap()
     }
 
     pub fn pttl(&self, key: &str) -> i64 {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_connection().unwrap();
-        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
+        redis::cmd("PTTL").arg(key).query(&mut self.connection()).unwrap()
+    }
+
+    /// `INFO replication`'s `role:` (`master` or `slave`).
+    pub fn role(&self) -> String {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut self.connection()).unwrap();
+        info.lines().find_map(|line| line.strip_prefix("role:")).unwrap_or_default().trim().to_string()
+    }
+
+    fn connection(&self) -> redis::Connection {
+        let url = match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url).unwrap().get_connection().unwrap()
+    }
+}
+
+/// The service name the Sentinel of a [`SentinelGroup`] watches its primary by.
+pub const SENTINEL_SERVICE: &str = "mymaster";
+
+/// A primary, one replica of it and one Sentinel watching them, on loopback, all with one
+/// password. With a quorum of 1 and a primary taken for down after 300 ms, a failover takes about
+/// a second and a half.
+pub struct SentinelGroup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinel: Child,
+    pub sentinel_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelGroup {
+    pub fn start(password: &str) -> SentinelGroup {
+        // No diskless-sync delay (5 s by default): the replica syncs at once.
+        let auth = ["--requirepass", password, "--masterauth", password, "--repl-diskless-sync-delay", "0"]
+            .map(String::from)
+            .to_vec();
+        let mut primary = RedisServer::not_started();
+        primary.extra.clone_from(&auth);
+        primary.password = Some(password.into());
+        primary.restart();
+        let mut replica = RedisServer::not_started();
+        replica.extra = auth;
+        replica.extra.extend(["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()]);
+        replica.password = Some(password.into());
+        replica.restart();
+        // Synced before the Sentinel starts: what it promotes has the primary's keys.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut replica.connection()).unwrap();
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced: {info}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sentinel_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 1\n\
+                 sentinel auth-pass {SENTINEL_SERVICE} {password}\n\
+                 sentinel down-after-milliseconds {SENTINEL_SERVICE} 300\n\
+                 sentinel failover-timeout {SENTINEL_SERVICE} 2000\n",
+                dir.path().display(),
+                primary.port
+            ),
+        )
+        .unwrap();
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server --sentinel (Debian's redis-server)");
+        let group = SentinelGroup { primary, replica, sentinel, sentinel_port, _dir: dir };
+        // The Sentinel finds the replica through the primary's INFO; only then can it fail over.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let replicas =
+                group.sentinel_query::<Vec<Vec<String>>>(redis::cmd("SENTINEL").arg("REPLICAS").arg(SENTINEL_SERVICE));
+            if let Ok(replicas) = replicas {
+                let port = group.replica.port.to_string();
+                if replicas.iter().any(|fields| fields.windows(2).any(|pair| pair[0] == "port" && pair[1] == port)) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the Sentinel never found the replica");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        group
+    }
+
+    fn sentinel_query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.sentinel_port))?;
+        command.query(&mut client.get_connection()?)
+    }
+
+    /// The port of the primary the Sentinel names now.
+    pub fn primary_port(&self) -> u16 {
+        let address = self
+            .sentinel_query::<(String, u16)>(
+                redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(SENTINEL_SERVICE),
+            )
+            .expect("the Sentinel names a primary");
+        address.1
+    }
+
+    /// Waits until the Sentinel names the replica as the primary and the replica says it is one.
+    pub fn wait_for_failover(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.primary_port() != self.replica.port || self.replica.role() != "master" {
+            assert!(Instant::now() < deadline, "no failover to the replica within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks the Sentinel for a failover while the primary is up (`SENTINEL FAILOVER`).
+    pub fn fail_over(&self) {
+        self.sentinel_query::<String>(redis::cmd("SENTINEL").arg("FAILOVER").arg(SENTINEL_SERVICE))
+            .expect("SENTINEL FAILOVER");
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use copilot::config::{
     Config, EmbeddedSettings, KindSettings, OnStateError, Overrides, PinThreads, ProviderConfig, ProviderKind,
+    RedisTopology,
 };
 use copilot::router::Instance;
 use copilot::state::SharedState;
@@ -263,8 +264,12 @@ async fn check_state(config: &Config, report: &mut Report) {
         Ok(None) => return,
         Err(e) => return report.fail(CHECK, e.to_string(), "fix state.redis_url or state.tls_ca_file".to_string()),
     };
-    let url = state.url().masked();
-    match state.connect().await {
+    let mut url = state.url().masked();
+    let connected = state.connect().await;
+    if let Some(primary) = state.sentinel_primary() {
+        url = format!("{url} (Sentinel's primary: {primary})");
+    }
+    match connected {
         Ok(took) => {
             let (server, policy) = match state.describe().await {
                 Ok((version, policy)) => {
@@ -294,14 +299,14 @@ async fn check_state(config: &Config, report: &mut Report) {
             } else {
                 "each replica falls back to its own budgets (on_error = local) or admits (open)"
             };
-            report.problem(
-                closed,
-                CHECK,
-                format!("{url} does not answer: {e}; {effect}"),
+            let advice = if config.state.topology == RedisTopology::Sentinel {
+                "start Redis and its sentinels, or check state.redis_url (the Sentinel service name, password, \
+                 rediss:// for TLS), state.sentinels and the network path to them"
+            } else {
                 "start Redis, or check state.redis_url (host, port, password, rediss:// for TLS) and the network \
                  path to it"
-                    .to_string(),
-            );
+            };
+            report.problem(closed, CHECK, format!("{url} does not answer: {e}; {effect}"), advice.to_string());
         }
     }
 }
