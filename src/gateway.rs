@@ -119,7 +119,9 @@ impl Gateway {
         call: CallContext,
         limit: ResponseLimit,
     ) -> Result<impl Stream<Item = Result<GatewayEvent, GatewayError>> + Send + use<>, GatewayError> {
-        let started = self.run(plan, &ChatOperation { request }, &call).await?;
+        // Collected whole, the answer may be read in larger pieces (`Reading::Whole`).
+        let collected = matches!(limit, ResponseLimit::Total(_));
+        let started = self.run(plan, &ChatOperation { request, collected }, &call).await?;
         let Started { output: (first, upstream), target, attempt, permit, in_flight } = started;
         let hard_stop = self.hard_stop.clone();
         Ok(relay(Relay { target, call, limit, hard_stop, attempt, permit, in_flight }, first, upstream))
@@ -333,6 +335,7 @@ impl Gateway {
         &self,
         target: &Target,
         request: &ValidRequest,
+        collected: bool,
         call: &CallContext,
         attempt_span: &tracing::Span,
     ) -> Result<(ChatEvent, ChatStream), GatewayError> {
@@ -346,6 +349,7 @@ impl Gateway {
             response_format: request.response_format.clone(),
             reasoning: request.reasoning,
             trace_context: observe::trace_context(attempt_span),
+            collected,
         };
         let give_up = wake_at(call, Instant::now(), instance.policy.first_token_timeout);
         let mut phase = Phase::Response;
@@ -501,6 +505,8 @@ struct Started<T> {
 
 struct ChatOperation<'a> {
     request: &'a ValidRequest,
+    /// `ChatRequest::collected`.
+    collected: bool,
 }
 
 impl Operation for ChatOperation<'_> {
@@ -522,7 +528,7 @@ impl Operation for ChatOperation<'_> {
         call: &CallContext,
         span: &tracing::Span,
     ) -> Result<Self::Output, GatewayError> {
-        gateway.first_event(target, self.request, call, span).await
+        gateway.first_event(target, self.request, self.collected, call, span).await
     }
 }
 

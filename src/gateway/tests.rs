@@ -60,6 +60,8 @@ struct Call {
     at: Instant,
     model: String,
     max_tokens: Option<u32>,
+    /// `ChatRequest::collected`.
+    collected: bool,
 }
 
 /// A provider that plays a script, one [`Step`] per call, and records the calls it got. Running
@@ -127,6 +129,7 @@ impl Provider for Scripted {
             at: Instant::now(),
             model: request.model.clone(),
             max_tokens: request.options.max_tokens,
+            collected: request.collected,
         });
         let step = self.steps.lock().unwrap().pop_front();
         let items = match step.expect("the gateway made a call the script did not expect") {
@@ -178,12 +181,22 @@ impl Provider for Scripted {
         &self,
         request: copilot_provider::EmbedRequest,
     ) -> Result<copilot_provider::Embeddings, ProviderError> {
-        self.calls.lock().unwrap().push(Call { at: Instant::now(), model: request.model.clone(), max_tokens: None });
+        self.calls.lock().unwrap().push(Call {
+            at: Instant::now(),
+            model: request.model.clone(),
+            max_tokens: None,
+            collected: true,
+        });
         self.embeddings.lock().unwrap().pop_front().expect("an embed call the script did not expect")
     }
 
     async fn count_tokens(&self, request: ChatRequest) -> Result<copilot_provider::TokenCount, ProviderError> {
-        self.calls.lock().unwrap().push(Call { at: Instant::now(), model: request.model.clone(), max_tokens: None });
+        self.calls.lock().unwrap().push(Call {
+            at: Instant::now(),
+            model: request.model.clone(),
+            max_tokens: None,
+            collected: request.collected,
+        });
         self.counted.lock().unwrap().push(request);
         self.counts.lock().unwrap().pop_front().expect("a count the script did not expect")
     }
@@ -413,6 +426,22 @@ async fn the_classification_table() {
 }
 
 /// A stream that ends before its first event is an interrupted attempt: retried like one.
+/// An answer collected whole (`Generate`'s limit) tells the provider so, which lets an HTTP adapter
+/// read it in larger pieces; a streamed one does not.
+#[tokio::test(start_paused = true)]
+async fn the_provider_is_told_whether_the_answer_is_collected_or_streamed() {
+    let provider = Scripted::new([answer(), answer()]);
+    let (gw, _) = gateway(vec![instance("a", &provider)], &[]);
+    for limit in [ResponseLimit::Total(1 << 20), STREAMED] {
+        let events = started(chat(&gw, request("a/m"), call(None), limit).await);
+        let (text, end) = drain(events).await;
+        assert_eq!(text, "hello world");
+        assert!(end.is_ok(), "{end:?}");
+    }
+    let collected: Vec<bool> = provider.calls().iter().map(|call| call.collected).collect();
+    assert_eq!(collected, [true, false]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stream_closed_before_any_output_is_retried() {
     let provider = Scripted::new([Step::Accept(vec![]), answer()]);

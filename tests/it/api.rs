@@ -229,21 +229,30 @@ async fn calls_one_after_another_reuse_one_upstream_connection() {
     fake.add_model(FakeModel::new("llama3.2:3b").with_reply(tokens(&["a", " b", " c"])));
     let copilot = Copilot::start(&fake, &[]).await;
     let mut client = copilot.client().await;
-    // The start-up health probe may have a connection of its own: count from after a first call.
-    let request = prompt("ollama/llama3.2:3b", "hi");
-    within(LIMIT, client.generate(request)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let opened = fake.connections_accepted();
-    for round in 0..5 {
+    let chatting = client.clone();
+    let chat = |round: usize| {
         let request = ChatRequest {
             model: "ollama/llama3.2:3b".into(),
             messages: vec![user("hi")],
             options: None,
             ..Default::default()
         };
-        let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
-        let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
-        assert_eq!(messages.len(), 4, "round {round}: {messages:?}");
+        let mut client = chatting.clone();
+        async move {
+            let stream = within(LIMIT, client.chat(request)).await.unwrap().into_inner();
+            let messages: Vec<_> = within(LIMIT, stream.collect::<Vec<_>>()).await;
+            assert_eq!(messages.len(), 4, "round {round}: {messages:?}");
+        }
+    };
+    // The start-up health probe may have a connection of its own, and streamed answers (Chat) and
+    // answers collected whole (Generate) are read with different buffers, so each kind keeps
+    // connections of its own: count from after one call of each.
+    within(LIMIT, client.generate(prompt("ollama/llama3.2:3b", "hi"))).await.unwrap();
+    chat(0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = fake.connections_accepted();
+    for round in 1..=5 {
+        chat(round).await;
         let request = prompt("ollama/llama3.2:3b", "hi");
         assert_eq!(within(LIMIT, client.generate(request)).await.unwrap().into_inner().text, "a b c");
         // The rest of each body (the end of the chunked encoding) is read after the final event.

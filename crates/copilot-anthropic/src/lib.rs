@@ -91,7 +91,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, Reading, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, Feature, Features, HealthReport, ModelInfo, Provider, ProviderError, Reasoning, Secret,
     TokenCount,
@@ -218,7 +218,7 @@ impl AnthropicProvider {
             let body = wire::MessagesBody::new(request, self.default_max_tokens, style)?;
             copilot_http::with_trace_context(self.upstream.post(self.messages_url.clone()), request).json(&body)
         };
-        self.upstream.send(self, post, Some(&request.model)).await
+        self.upstream.send(self, post, Some(&request.model), Reading::of(request)).await
     }
 
     fn remember_adaptive(&self, model: &str) {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use copilot_http::{HttpClient, root_cause};
+use copilot_http::{HttpClient, Reading, root_cause};
 use copilot_provider::ProviderError;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -361,7 +361,7 @@ async fn exchange(
     request: reqwest::RequestBuilder,
     what: &str,
 ) -> Result<(u16, Vec<u8>), TokenError> {
-    let mut response = client.send(request).await.map_err(|err| {
+    let mut response = client.send(request, Reading::Whole).await.map_err(|err| {
         let cause = root_cause(&err);
         if err.is_timeout() {
             TokenError::Unreachable(format!("{what} did not answer within {TOKEN_REQUEST_TIMEOUT:?}"))

@@ -164,7 +164,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Reading, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Secret, TokenCount,
@@ -577,10 +577,15 @@ impl Adapter for GeminiProvider {
     }
 
     /// With the credentials. On Vertex, a 401 gets one new access token and one retry.
-    async fn transmit(&self, upstream: &Upstream, request: RequestBuilder) -> Result<Response, ProviderError> {
+    async fn transmit(
+        &self,
+        upstream: &Upstream,
+        request: RequestBuilder,
+        reading: Reading,
+    ) -> Result<Response, ProviderError> {
         match &self.auth {
-            Auth::None => upstream.transmit(request).await,
-            Auth::ApiKey(key) => upstream.transmit(request.header(API_KEY_HEADER, key.clone())).await,
+            Auth::None => upstream.transmit(request, reading).await,
+            Auth::ApiKey(key) => upstream.transmit(request.header(API_KEY_HEADER, key.clone()), reading).await,
             Auth::Vertex { tokens, user_project, .. } => {
                 let request = match user_project {
                     Some(project) => request.header(USER_PROJECT_HEADER, project.clone()),
@@ -588,13 +593,13 @@ impl Adapter for GeminiProvider {
                 };
                 let token = tokens.get().await?;
                 let retry = request.try_clone();
-                let response = upstream.transmit(request.header(AUTHORIZATION, token.header.clone())).await?;
+                let response = upstream.transmit(request.header(AUTHORIZATION, token.header.clone()), reading).await?;
                 match retry {
                     Some(retry) if response.status() == StatusCode::UNAUTHORIZED => {
                         tracing::debug!(base_url = %upstream.base_url(), "Vertex AI refused the access token; fetching a new one");
                         drop(response);
                         let token = tokens.replace(&token).await?;
-                        upstream.transmit(retry.header(AUTHORIZATION, token.header.clone())).await
+                        upstream.transmit(retry.header(AUTHORIZATION, token.header.clone()), reading).await
                     }
                     _ => Ok(response),
                 }
@@ -619,7 +624,7 @@ impl Provider for GeminiProvider {
             let body = wire::GenerateBody::new(&request, &self.safety_settings)?;
             copilot_http::with_trace_context(self.upstream.post(url), &request).json(&body)
         };
-        let mut response = match self.upstream.send(self, post, Some(&request.model)).await {
+        let mut response = match self.upstream.send(self, post, Some(&request.model), Reading::of(&request)).await {
             Ok(response) => response,
             // An embedding model asked to chat gets the same 404 as an unknown model.
             Err(ProviderError::ModelNotFound { model }) => {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use futures::{FutureExt, TryFutureExt, future};
 use reqwest::{IntoUrl, RequestBuilder, Response};
 
-use crate::direct::{Direct, DirectClient, SendError};
+use crate::direct::{Direct, DirectClient, Reading, SendError};
 
 /// Builds an adapter's client, the same way each time.
 type Build = Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>;
@@ -40,7 +40,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
-    static DIRECT_CLIENTS: RefCell<HashMap<u64, DirectClient>> = RefCell::new(HashMap::new());
+    /// By adapter and by how answers are read: the two kinds of connection are pooled apart.
+    static DIRECT_CLIENTS: RefCell<HashMap<(u64, Reading), DirectClient>> = RefCell::new(HashMap::new());
     /// Connections of this thread whose answer is complete but which are not back in their pool
     /// yet (see [`crate::release_body`]).
     static RETURNING: Arc<AtomicUsize> = Arc::new(AtomicUsize::new(0));
@@ -108,12 +109,20 @@ impl HttpClient {
     /// (neither client starts sending before that), so the future holds the client's own small
     /// future and not the request too: thousands of calls wait here at once when many start
     /// together, and each copy of a request is ~270 bytes (BENCHMARKS.md, "Memory per stream").
-    pub fn send(&self, request: RequestBuilder) -> impl Future<Output = Result<Response, SendError>> + Send + use<> {
+    ///
+    /// `reading` says how the answer will be read, which picks the connection a plain-HTTP request
+    /// goes on ([`Reading`]).
+    pub fn send(
+        &self,
+        request: RequestBuilder,
+        reading: Reading,
+    ) -> impl Future<Output = Result<Response, SendError>> + Send + use<> {
         let (_, request) = request.build_split();
         let sending = request.map_err(SendError::Reqwest).map(|request| {
             if self.direct.takes(&request) {
-                let direct = DIRECT_CLIENTS
-                    .with_borrow_mut(|clients| clients.entry(self.id).or_insert_with(|| self.direct.client()).clone());
+                let direct = DIRECT_CLIENTS.with_borrow_mut(|clients| {
+                    clients.entry((self.id, reading)).or_insert_with(|| self.direct.client(reading)).clone()
+                });
                 self.direct.send(&direct, request).left_future()
             } else {
                 self.this_thread().execute(request).map_err(SendError::Reqwest).right_future()
@@ -159,7 +168,7 @@ mod tests {
         let mut ports = Vec::new();
         for _ in 0..calls {
             // Through `send`: a plain-HTTP request takes the direct client, one per thread too.
-            let body = client.send(client.get(url)).await.unwrap().text().await.unwrap();
+            let body = client.send(client.get(url), Reading::Streamed).await.unwrap().text().await.unwrap();
             ports.push(body.parse().unwrap());
         }
         ports
@@ -265,12 +274,13 @@ mod tests {
             crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
         let start = format!("{base}/start");
         // The direct client answers with the redirect itself; the key never goes elsewhere.
-        let direct = client.send(client.get(&start)).await.unwrap();
+        let direct = client.send(client.get(&start), Reading::Streamed).await.unwrap();
         assert_eq!(direct.status(), 307);
         // It reports the URL it answers, as reqwest's own responses do.
         assert_eq!(direct.url().as_str(), start);
         // A request with its own timeout goes through reqwest, which follows it.
-        let through_reqwest = client.send(client.get(&start).timeout(Duration::from_secs(5))).await.unwrap();
+        let through_reqwest =
+            client.send(client.get(&start).timeout(Duration::from_secs(5)), Reading::Streamed).await.unwrap();
         assert_eq!(through_reqwest.status(), 200);
         assert_eq!(through_reqwest.text().await.unwrap(), "arrived");
     }
@@ -284,7 +294,8 @@ mod tests {
             let (client, url) = (client.clone(), format!("{base}/elsewhere"));
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let answer = runtime.block_on(async { client.send(request(&client, url)).await }).unwrap();
+                let answer =
+                    runtime.block_on(async { client.send(request(&client, url), Reading::Streamed).await }).unwrap();
                 assert_eq!(answer.status(), 200);
                 CLIENTS.with_borrow(HashMap::len)
             })
@@ -307,11 +318,36 @@ mod tests {
         tokio::spawn(answering(listener, |_| "ok".into(), connections.clone()));
         let client =
             crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
-        drop(client.send(client.get(&url)));
-        drop(client.send(client.get(&url).timeout(Duration::from_secs(5))));
-        let answer = client.send(client.get(&url)).await.unwrap();
+        drop(client.send(client.get(&url), Reading::Streamed));
+        drop(client.send(client.get(&url).timeout(Duration::from_secs(5)), Reading::Streamed));
+        let answer = client.send(client.get(&url), Reading::Streamed).await.unwrap();
         assert_eq!(answer.text().await.unwrap(), "ok");
         assert_eq!(connections.load(Ordering::SeqCst), 1, "only the awaited request connected");
+    }
+
+    /// A streamed answer's connection reads at most 2 KiB at a time (little memory per open
+    /// stream); an answer wanted whole that arrives at once is read in one piece. The pieces are
+    /// the chunks hyper hands on, one per read.
+    #[tokio::test]
+    async fn an_answer_wanted_whole_is_read_in_larger_pieces_than_a_streamed_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(answering(listener, |_| "x".repeat(6_000), Arc::new(AtomicUsize::new(0))));
+        let client =
+            crate::adapter_client("test", Duration::from_secs(5), HeaderMap::new(), |builder| builder).unwrap();
+        let mut largest = HashMap::new();
+        for reading in [Reading::Streamed, Reading::Whole, Reading::Streamed, Reading::Whole] {
+            let mut answer = client.send(client.get(&url), reading).await.unwrap();
+            let mut length = 0;
+            while let Some(chunk) = answer.chunk().await.unwrap() {
+                length += chunk.len();
+                let piece = largest.entry(reading).or_insert(0);
+                *piece = chunk.len().max(*piece);
+            }
+            assert_eq!(length, 6_000);
+        }
+        assert!(largest[&Reading::Streamed] <= 2_048, "{largest:?}");
+        assert!(largest[&Reading::Whole] > 2_048, "{largest:?}");
     }
 
     #[test]

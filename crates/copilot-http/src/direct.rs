@@ -2,8 +2,9 @@
 //! HTTP/1.1 client instead of reqwest's. Every streamed call holds one upstream connection for its
 //! whole answer, and reqwest gives no say over what hyper keeps per connection: with it, a
 //! connection held ~12 KiB more, and hyper's read buffer, left adaptive, reallocated at 16 KiB
-//! whenever a chunk was still queued. Here the read buffer has an exact, small size
-//! ([`READ_BUFFER`]). BENCHMARKS.md, "Memory per stream", has the measurements.
+//! whenever a chunk was still queued. Here a streamed answer's connection has a read buffer of an
+//! exact, small size ([`READ_BUFFER`]); an answer wanted whole keeps hyper's adaptive one, which
+//! reads a burst in one go ([`Reading`]). BENCHMARKS.md, "Memory per stream", has the measurements.
 //!
 //! Requests are still built with reqwest's builder and answers are still `reqwest::Response`s, so
 //! the adapters do not know which client sent them. TLS, proxies and requests with a timeout of
@@ -19,9 +20,31 @@ use reqwest::header::{ACCEPT, HOST, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{Request, Response, ResponseBuilderExt, Url};
 use url::Position;
 
-/// hyper's read buffer per upstream connection. Answers are streamed in chunks of tens to hundreds
-/// of bytes; a larger body (a batch of embeddings) takes more reads of this size, never more memory.
+/// hyper's read buffer per upstream connection of a streamed answer. Streams come in chunks of tens
+/// to hundreds of bytes; a burst takes more reads of this size, never more memory.
 const READ_BUFFER: usize = 2 * 1024;
+
+/// How an upstream's answer will be read, which sets the read buffer of the connection it is sent
+/// on (plain-HTTP requests only: reqwest keeps its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reading {
+    /// Relayed as it comes, for as long as it lasts (`Chat`): a small, fixed buffer per
+    /// connection ([`READ_BUFFER`]), so that thousands of open streams take little memory.
+    #[default]
+    Streamed,
+    /// Wanted whole before anything is answered (`Generate`, embeddings, model lists): hyper's
+    /// adaptive buffer (8 KiB, growing for large bodies), so an answer that arrives at once takes
+    /// one read rather than several. Measured on a 5 KiB answer: 7 % fewer instructions per
+    /// `Generate` and 2 fewer `recvfrom`s (BENCHMARKS.md, session 16).
+    Whole,
+}
+
+impl Reading {
+    /// How a chat request's answer is read: whole when the server collects it.
+    pub fn of(request: &copilot_provider::ChatRequest) -> Reading {
+        if request.collected { Reading::Whole } else { Reading::Streamed }
+    }
+}
 
 /// How long an idle pooled connection is kept (reqwest's default too).
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -72,7 +95,7 @@ impl Direct {
         self.enabled && request.url().scheme() == "http" && request.timeout().is_none()
     }
 
-    pub(crate) fn client(&self) -> DirectClient {
+    pub(crate) fn client(&self, reading: Reading) -> DirectClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
@@ -80,7 +103,10 @@ impl Direct {
         connector.set_keepalive_interval(Some(KEEPALIVE));
         connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE).http1_read_buf_exact_size(READ_BUFFER);
+        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE);
+        if reading == Reading::Streamed {
+            builder.http1_read_buf_exact_size(READ_BUFFER);
+        }
         builder.build(connector)
     }
 
@@ -228,7 +254,10 @@ mod tests {
             String::from_utf8(head).unwrap()
         });
         let direct = Direct::with_environment("test", HeaderMap::new(), Duration::from_secs(1), |_| None);
-        let response = direct.send(&direct.client(), request(&format!("http://{address}/v1"), None)).await.unwrap();
+        let response = direct
+            .send(&direct.client(Reading::Streamed), request(&format!("http://{address}/v1"), None))
+            .await
+            .unwrap();
         assert_eq!(response.status(), 204);
         let head = server.await.unwrap().to_ascii_lowercase();
         assert_eq!(head.matches("\r\nhost: ").count(), 1, "{head}");

@@ -25,7 +25,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, Url};
 
 pub use client::HttpClient;
-pub use direct::SendError;
+pub use direct::{Reading, SendError};
 pub use stream::{ChatStreamDecoder, FinishGrace, StreamOptions};
 pub use upstream::{Adapter, BaseUrlRules, MAX_JSON_BYTES, Refusal, Upstream, check_base_url, secret_header};
 

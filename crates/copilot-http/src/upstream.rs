@@ -13,7 +13,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{IntoUrl, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use crate::{HttpClient, excerpt, read_error_body, root_cause};
+use crate::{HttpClient, Reading, excerpt, read_error_body, root_cause};
 
 /// What an adapter adds to its [`Upstream`]: how its protocol's refusals map to errors and, when
 /// its credentials are not fixed headers, how a request is sent.
@@ -27,8 +27,9 @@ pub trait Adapter: Sync {
         &self,
         upstream: &Upstream,
         request: RequestBuilder,
+        reading: Reading,
     ) -> impl Future<Output = Result<Response, ProviderError>> + Send {
-        upstream.transmit(request)
+        upstream.transmit(request, reading)
     }
 }
 
@@ -129,10 +130,14 @@ impl Upstream {
         crate::quote(text, max, self.secret.as_ref())
     }
 
-    /// Sends `request` as it is; `Err` when no response came at all (the server is down, unknown,
-    /// or hung up).
-    pub fn transmit(&self, request: RequestBuilder) -> impl Future<Output = Result<Response, ProviderError>> + Send {
-        self.client.send(request).map_err(|err| {
+    /// Sends `request` as it is, for an answer read as `reading` says; `Err` when no response came
+    /// at all (the server is down, unknown, or hung up).
+    pub fn transmit(
+        &self,
+        request: RequestBuilder,
+        reading: Reading,
+    ) -> impl Future<Output = Result<Response, ProviderError>> + Send {
+        self.client.send(request, reading).map_err(|err| {
             let cause = self.redact(&root_cause(&err));
             if err.is_connect() {
                 ProviderError::Unreachable(format!("cannot connect to {}: {cause}", self.name))
@@ -151,8 +156,9 @@ impl Upstream {
         adapter: &'a A,
         request: RequestBuilder,
         model: Option<&'a str>,
+        reading: Reading,
     ) -> impl Future<Output = Result<Response, ProviderError>> + Send + 'a {
-        adapter.transmit(self, request).and_then(move |response| self.check(adapter, response, model))
+        adapter.transmit(self, request, reading).and_then(move |response| self.check(adapter, response, model))
     }
 
     /// A successful response as it is; any other, read and mapped by the adapter's rules.
@@ -194,7 +200,7 @@ impl Upstream {
         what: &str,
         max_bytes: usize,
     ) -> Result<T, ProviderError> {
-        let response = self.send(adapter, request, model).await?;
+        let response = self.send(adapter, request, model, Reading::Whole).await?;
         let body = self.read_within(response, what, max_bytes).await?;
         serde_json::from_slice(&body).map_err(|error| {
             let excerpt = excerpt(&body, 200, self.secret.as_ref());

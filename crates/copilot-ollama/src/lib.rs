@@ -48,7 +48,7 @@ mod wire;
 
 use std::time::Duration;
 
-use copilot_http::{Adapter, BaseUrlRules, Refusal, StreamOptions, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, Reading, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Reasoning,
@@ -157,7 +157,7 @@ impl Provider for OllamaProvider {
             let body = wire::ChatBody::new(&request, self.keep_alive)?;
             copilot_http::with_trace_context(self.upstream.post(self.chat_url.clone()), &request).json(&body)
         };
-        let response = self.upstream.send(self, post, Some(&request.model)).await?;
+        let response = self.upstream.send(self, post, Some(&request.model), Reading::of(&request)).await?;
         let base_url = self.upstream.base_url();
         tracing::debug!(model = %request.model, %base_url, "Ollama accepted the chat request");
         let mut decoder = StreamDecoder::new(base_url.clone());

@@ -73,7 +73,7 @@ mod wire;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Refusal, StreamOptions, Upstream};
+use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Reading, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
     ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
     ProviderError, Reasoning, Secret, TokenCount,
@@ -304,7 +304,7 @@ impl Provider for OpenAiProvider {
         };
         let response = self
             .upstream
-            .send(self, post, Some(&request.model))
+            .send(self, post, Some(&request.model), Reading::of(&request))
             .await
             .map_err(|err| model_cannot(err, request.needs()))?;
         let base_url = self.upstream.base_url();
@@ -426,7 +426,8 @@ impl Provider for OpenAiProvider {
     /// `GET /models`: the one cheap endpoint every compatible server has, and one that checks
     /// the API key too.
     async fn health(&self) -> Result<HealthReport, ProviderError> {
-        let response = self.upstream.send(self, self.upstream.get(self.models_url.clone()), None).await?;
+        let response =
+            self.upstream.send(self, self.upstream.get(self.models_url.clone()), None, Reading::Whole).await?;
         // The body is not needed; reading it lets the connection go back to the pool.
         let _ = response.bytes().await;
         Ok(HealthReport { version: None })

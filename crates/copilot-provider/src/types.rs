@@ -21,6 +21,9 @@ pub struct ChatRequest {
     /// W3C trace context headers (`traceparent`, `tracestate`) that HTTP adapters send upstream,
     /// so an instrumented upstream joins the caller's trace. Empty when tracing is off.
     pub trace_context: Vec<(String, String)>,
+    /// The server collects the whole answer before it replies (`Generate`) rather than relaying
+    /// it as it comes (`Chat`): an adapter may read the upstream's answer in larger pieces.
+    pub collected: bool,
 }
 
 impl ChatRequest {
