@@ -121,7 +121,7 @@ fn logs_name_the_primary_without_the_password(copilot: &Copilot, port: u16) {
 
 #[tokio::test]
 async fn replicas_share_budgets_on_the_sentinels_primary_and_move_when_it_dies() {
-    let group = SentinelGroup::start(PASSWORD);
+    let mut group = SentinelGroup::start(PASSWORD);
     let fake = fake().await;
     let a = replica(&fake, &group, Settings::File).await;
     let b = replica(&fake, &group, Settings::File).await;
@@ -132,7 +132,6 @@ async fn replicas_share_budgets_on_the_sentinels_primary_and_move_when_it_dies()
         group.primary.keys()
     );
 
-    let mut group = group;
     group.primary.stop();
     group.wait_for_failover();
     for copilot in [&a, &b] {
