@@ -248,9 +248,12 @@ async fn calls_one_after_another_reuse_one_upstream_connection() {
     // answers collected whole (Generate) are read with different buffers, so each kind keeps
     // connections of its own: count from after one call of each.
     within(LIMIT, client.generate(prompt("ollama/llama3.2:3b", "hi"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_generate = fake.connections_accepted();
     chat(0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let opened = fake.connections_accepted();
+    assert_eq!(opened, after_generate + 1, "a Chat stream does not take the idle connection a Generate read whole");
     for round in 1..=5 {
         chat(round).await;
         let request = prompt("ollama/llama3.2:3b", "hi");
