@@ -7,7 +7,8 @@
 //! the upstream cuts them; a tool result round trip over two turns; a forced tool choice; JSON
 //! Schema output; thinking streamed before the text; a thinking signature returned unchanged; an
 //! image reaching the upstream in its own format; an upstream failing in the middle of a tool
-//! call; and the refusals of what a provider cannot do.
+//! call; the refusals of what a provider cannot do; and `Generate` and `Chat` each reusing pooled
+//! upstream connections of their own.
 
 use std::time::Duration;
 
@@ -399,6 +400,8 @@ fn call(id: &str, name: &str, arguments: &str) -> FakeToolCall {
 trait Upstream {
     fn add(&self, model: FakeModel);
     fn bodies(&self) -> Vec<Value>;
+    /// TCP connections the fake has accepted so far.
+    fn connections(&self) -> usize;
 }
 
 struct Case<'a> {
@@ -725,6 +728,33 @@ async fn failure_in_the_middle_of_a_call(case: Case<'_>) {
 }
 
 /// What the provider cannot do is refused before the upstream sees it, naming the feature.
+/// `Generate` reads its answer whole and `Chat` streams it, through read buffers of different
+/// sizes, so each kind of call has pooled upstream connections of its own: a `Chat` after a
+/// `Generate` opens one more connection, and from then on each kind reuses its own. Fails for an
+/// adapter that does not pass on `ChatRequest::collected`: its calls would all share one
+/// connection.
+async fn each_kind_of_call_reuses_its_own_connection(mut case: Case<'_>) {
+    let model = case.script("pooled", vec![Piece::Text("Pooled.".into())]);
+    let generate = |model: &str| GenerateRequest { model: model.into(), prompt: "Hi".into(), ..Default::default() };
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+    let answer = within(LIMIT, case.client.generate(generate(&model))).await.unwrap().into_inner();
+    assert_eq!(answer.text, "Pooled.");
+    settle().await;
+    let after_generate = case.upstream.connections();
+    let chat = ChatRequest { model: model.clone(), messages: vec![user("Hi")], ..Default::default() };
+    let out = stream(&mut case.client, chat.clone()).await.unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert_eq!(out.text, "Pooled.");
+    settle().await;
+    assert_eq!(case.upstream.connections(), after_generate + 1, "a Chat stream does not take a Generate's connection");
+    for _ in 0..3 {
+        within(LIMIT, case.client.generate(generate(&model))).await.unwrap();
+        stream(&mut case.client, chat.clone()).await.unwrap();
+    }
+    settle().await;
+    assert_eq!(case.upstream.connections(), after_generate + 1, "each kind of call reuses its own connection");
+}
+
 async fn refusals(mut case: Case<'_>, unsupported: &[(&str, ChatRequest)]) {
     for (feature, request) in unsupported {
         let before = case.upstream.bodies().len();
@@ -782,6 +812,9 @@ macro_rules! upstream {
             }
             fn bodies(&self) -> Vec<Value> {
                 self.chat_requests()
+            }
+            fn connections(&self) -> usize {
+                self.connections_accepted()
             }
         }
     )*};
@@ -871,6 +904,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn failure_in_the_middle_of_a_call() {
                 run(super::failure_in_the_middle_of_a_call).await;
+            }
+
+            #[tokio::test]
+            async fn each_kind_of_call_reuses_its_own_connection() {
+                run(super::each_kind_of_call_reuses_its_own_connection).await;
             }
 
             #[tokio::test]
