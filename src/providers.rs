@@ -158,6 +158,7 @@ fn openai(
     match settings.count_tokens {
         TokenCounting::None => Ok(provider),
         TokenCounting::Vllm => provider.with_vllm_tokenize().map_err(|e| format!("provider '{name}': {e}")),
+        TokenCounting::LlamaCpp => provider.with_llama_cpp_tokenize().map_err(|e| format!("provider '{name}': {e}")),
     }
 }
 

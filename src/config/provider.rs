@@ -281,6 +281,9 @@ pub enum TokenCounting {
     None,
     /// vLLM's `POST /tokenize` with the conversation (exact: the model's chat template and tokenizer).
     Vllm,
+    /// llama.cpp's `POST /apply-template`, then `POST /tokenize` of the rendered prompt (exact: the
+    /// model's chat template and tokenizer, as the server's chat calls use them).
+    LlamaCpp,
 }
 
 impl Default for OpenAiSettings {
@@ -916,6 +919,13 @@ mod tests {
         };
         assert_eq!(vllm.settings, KindSettings::OpenAi(expected));
         assert_eq!(vllm.api_key, ApiKeySource::KindDefault);
+        let llama = load(
+            "[providers.llama]\nkind = \"openai\"\nbase_url = \"http://h:8080/v1\"\ncount_tokens = \"llama_cpp\"\n",
+            &[],
+        )
+        .unwrap();
+        let KindSettings::OpenAi(settings) = &llama.providers["llama"].settings else { panic!("not openai") };
+        assert_eq!(settings.count_tokens, TokenCounting::LlamaCpp);
         let gemini = &config.providers["gemini"];
         assert_eq!(gemini.api_key, ApiKeySource::Env("HOME".into()));
         let safety = vec![SafetySetting { category: "c".into(), threshold: "t".into() }];

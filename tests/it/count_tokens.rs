@@ -8,10 +8,13 @@
 use std::time::Duration;
 
 use copilot::proto::v1::copilot_client::CopilotClient;
-use copilot::proto::v1::{CountTokensRequest, CountTokensResponse, GenerateRequest, Message, Role, Tool};
+use copilot::proto::v1::{
+    CountTokensRequest, CountTokensResponse, GenerateRequest, Image, Message, Part, Role, Tool, image, part,
+};
 use copilot_fakes::google::TEST_PRIVATE_KEY_PEM;
 use copilot_fakes::{
-    FakeAnthropic, FakeGemini, FakeGoogleAuth, FakeModel, FakeOllama, FakeOpenAi, Flavour, fake_token_count,
+    FakeAnthropic, FakeGemini, FakeGoogleAuth, FakeModel, FakeOllama, FakeOpenAi, Flavour, fake_llama_cpp_tokens,
+    fake_token_count,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -265,6 +268,79 @@ async fn tokenize_on_a_server_without_it_is_refused_precisely() {
     assert_unsupported(&status);
     assert!(
         status.message().contains("/tokenize") && status.message().contains("count_tokens"),
+        "{}",
+        status.message()
+    );
+}
+
+/// llama.cpp counts as its server would for a chat call (opted into with `count_tokens =
+/// "llama_cpp"`): the conversation rendered by `/apply-template` with the tools and the template
+/// arguments a chat call sends, then the rendered prompt tokenized by `/tokenize` with the special
+/// tokens added and the template's markers parsed. Images cannot be counted there; a server
+/// without `/apply-template` is refused precisely.
+#[tokio::test]
+async fn llama_cpp_counts_the_rendered_template_exactly() {
+    let llama = FakeOpenAi::start().await;
+    llama.set_flavour(Flavour::LlamaCpp);
+    llama.add_model(FakeModel::new("qwen3"));
+    let openai = FakeOpenAi::start().await;
+    openai.add_model(FakeModel::new("gpt-4o-mini"));
+    let config = provider("llama", "openai", &llama.base_url())
+        + "count_tokens = \"llama_cpp\"\n"
+        + &provider("openai", "openai", &openai.base_url())
+        + "count_tokens = \"llama_cpp\"\n";
+    let copilot = start(&config).await;
+    let mut client = copilot.client().await;
+
+    let counted = count(&mut client, full_request("llama/qwen3")).await.unwrap();
+    let rendered = &llama.template_requests()[0];
+    assert_eq!(
+        (rendered["messages"][0]["role"].as_str(), rendered["messages"][1]["content"].as_str()),
+        (Some("system"), Some(QUESTION)),
+        "{rendered}"
+    );
+    assert_eq!(rendered["tools"][0]["function"]["description"], TOOL_DESCRIPTION, "{rendered}");
+    let tokenized = &llama.tokenize_requests()[0];
+    assert_eq!((&tokenized["add_special"], &tokenized["parse_special"]), (&true.into(), &true.into()), "{tokenized}");
+    let prompt = tokenized["content"].as_str().unwrap();
+    assert!(
+        prompt.contains(SYSTEM) && prompt.contains(QUESTION) && prompt.contains(TOOL_DESCRIPTION),
+        "the rendered prompt is what was tokenized: {prompt}"
+    );
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "with the generation prompt: {prompt:?}");
+    let expected = fake_llama_cpp_tokens(prompt, true, true).len() as u32;
+    assert_eq!((counted.input_tokens, counted.exact, counted.model.as_str()), (expected, true, "llama/qwen3"));
+    assert!(llama.chat_requests().is_empty(), "counting generates nothing");
+
+    let bare = count(&mut client, bare_request("llama/qwen3")).await.unwrap();
+    assert!(bare.input_tokens < counted.input_tokens, "the system prompt and the tool count");
+
+    // An image cannot be counted by a text tokenizer: refused before the upstream is asked.
+    let asked = llama.template_requests().len();
+    let image = Message {
+        role: Role::User as i32,
+        parts: vec![
+            Part { kind: Some(part::Kind::Text(QUESTION.into())) },
+            Part {
+                kind: Some(part::Kind::Image(Image {
+                    source: Some(image::Source::Data(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR tiny".to_vec())),
+                    mime_type: "image/png".into(),
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let with_image = CountTokensRequest { model: "llama/qwen3".into(), messages: vec![image], tools: vec![] };
+    let status = count(&mut client, with_image).await.unwrap_err();
+    assert_unsupported(&status);
+    assert!(status.message().contains("images"), "{}", status.message());
+    assert_eq!(llama.template_requests().len(), asked);
+
+    // A server that is not llama.cpp answers 404 for /apply-template.
+    let status = count(&mut client, bare_request("openai/gpt-4o-mini")).await.unwrap_err();
+    assert_unsupported(&status);
+    assert!(
+        status.message().contains("/apply-template") && status.message().contains("count_tokens"),
         "{}",
         status.message()
     );

@@ -57,6 +57,6 @@ pub use fake::Fake;
 pub use gemini::FakeGemini;
 pub use google::FakeGoogleAuth;
 pub use ollama::{Behaviour, FakeModel, FakeOllama, Reply};
-pub use openai::{FakeOpenAi, Flavour};
+pub use openai::{FakeOpenAi, Flavour, fake_llama_cpp_tokens};
 pub use otlp::FakeCollector;
 pub use script::{COUNT_PER_TOOL, COUNT_PER_TURN, FakeToolCall, Piece, fake_embedding, fake_token_count};

@@ -255,9 +255,15 @@ impl Fake<OpenAi> {
         self.wire.embed_requests.lock().unwrap().clone()
     }
 
-    /// The JSON body of every `/tokenize` request received (vLLM's flavour), in order.
+    /// The JSON body of every `/tokenize` request received (vLLM's and llama.cpp's flavours), in
+    /// order.
     pub fn tokenize_requests(&self) -> Vec<Value> {
         self.wire.tokenize_requests.lock().unwrap().clone()
+    }
+
+    /// The JSON body of every `/apply-template` request received (llama.cpp's flavours), in order.
+    pub fn template_requests(&self) -> Vec<Value> {
+        self.wire.template_requests.lock().unwrap().clone()
     }
 
     /// While set, `encoding_format: "base64"` is refused with a 400, as by a server that writes
@@ -342,6 +348,8 @@ pub struct OpenAi {
     embed_requests: Mutex<Vec<Value>>,
     /// [`Fake::tokenize_requests`].
     tokenize_requests: Mutex<Vec<Value>>,
+    /// [`Fake::template_requests`].
+    template_requests: Mutex<Vec<Value>>,
     /// [`Fake::set_reject_base64`].
     reject_base64: AtomicBool,
     /// [`Fake::set_refuse_dimensions`].
@@ -372,6 +380,7 @@ impl Wire for OpenAi {
             images: Mutex::new(Vec::new()),
             embed_requests: Mutex::new(Vec::new()),
             tokenize_requests: Mutex::new(Vec::new()),
+            template_requests: Mutex::new(Vec::new()),
             reject_base64: AtomicBool::new(false),
             refuse_dimensions: AtomicBool::new(false),
             embeddings_reversed: AtomicBool::new(false),
@@ -390,8 +399,9 @@ impl Wire for OpenAi {
             // llama.cpp serves its API with and without the /v1 prefix.
             .route("/chat/completions", post(llama_cpp_chat))
             .route("/models", get(llama_cpp_models))
-            // vLLM's, at its root.
+            // vLLM's and llama.cpp's, at their root.
             .route("/tokenize", post(tokenize))
+            .route("/apply-template", post(apply_template))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .layer(DefaultBodyLimit::max(64 << 20))
@@ -965,11 +975,12 @@ async fn llama_cpp_embeddings(
     }
 }
 
-/// vLLM's `POST /tokenize` in its chat form, `{model, messages, tools?, add_generation_prompt}`,
-/// answered `{count, max_model_len, tokens}`: the count is what a chat call's `prompt_tokens` would
-/// be for the same messages (their words), and what [`fake_token_count`] adds for each tool, as a
-/// template that renders the tools would. The messages are checked as a chat call's are. The other
-/// flavours have no such route.
+/// `POST /tokenize`. vLLM's, in its chat form, `{model, messages, tools?, add_generation_prompt}`,
+/// is answered `{count, max_model_len, tokens}`: the count is what a chat call's `prompt_tokens`
+/// would be for the same messages (their words), and what [`fake_token_count`] adds for each tool,
+/// as a template that renders the tools would. The messages are checked as a chat call's are.
+/// llama.cpp's takes text, `{content, add_special?, parse_special?}`, and answers `{tokens}` as
+/// [`fake_llama_cpp_tokens`] splits it. The other flavours have no such route.
 async fn tokenize(
     State(shared): State<Arc<OpenAi>>,
     method: Method,
@@ -978,10 +989,13 @@ async fn tokenize(
     body: Bytes,
 ) -> Response {
     let flavour = shared.flavour();
-    if flavour != Flavour::Vllm {
-        return not_found(State(shared), method, uri).await;
-    }
-    let response = tokenize_response(&shared, flavour, &headers, &body);
+    let response = match flavour {
+        Flavour::Vllm => tokenize_response(&shared, flavour, &headers, &body),
+        Flavour::LlamaCpp | Flavour::LlamaCppOldErrors => {
+            llama_cpp_tokenize_response(&shared, flavour, &headers, &body)
+        }
+        _ => return not_found(State(shared), method, uri).await,
+    };
     finish_response(&shared, flavour, response)
 }
 
@@ -1019,6 +1033,114 @@ fn tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, bod
     let count = fake_token_count(params.prompt_words, 0, descriptions);
     let tokens: Vec<usize> = (0..count).collect();
     axum::Json(json!({"count": count, "max_model_len": entry.model.context_length, "tokens": tokens})).into_response()
+}
+
+/// The template llama.cpp's fake renders conversations with (ChatML, as Qwen's models use).
+const TEMPLATE_START: &str = "<|im_start|>";
+const TEMPLATE_END: &str = "<|im_end|>";
+
+/// llama.cpp's `POST /apply-template`: `{messages, tools?, chat_template_kwargs?}` rendered with a
+/// ChatML template and the generation prompt, answered `{prompt}`. Tools are rendered into a system
+/// turn first (name and description); `enable_thinking: false` closes an empty think block after
+/// the generation prompt, as Qwen3's template does. No model is named: the server has one.
+async fn apply_template(
+    State(shared): State<Arc<OpenAi>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let flavour = shared.flavour();
+    if !flavour.is_llama_cpp() {
+        return not_found(State(shared), method, uri).await;
+    }
+    let response = apply_template_response(&shared, flavour, &headers, &body);
+    finish_response(&shared, flavour, response)
+}
+
+fn apply_template_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
+    let request = match recorded_object(shared, flavour, body, &shared.template_requests, "invalid JSON body") {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return refusal;
+    }
+    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
+        return ApiError::new(400, "'messages' is required").response(flavour);
+    };
+    let mut prompt = String::new();
+    let tools = request.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if !tools.is_empty() {
+        prompt.push_str(TEMPLATE_START);
+        prompt.push_str("system\n# Tools\n");
+        for tool in tools {
+            let name = tool.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
+            let description = tool.pointer("/function/description").and_then(Value::as_str).unwrap_or("");
+            prompt.push_str(&format!("{name}: {description}\n"));
+        }
+        prompt.push_str(TEMPLATE_END);
+        prompt.push('\n');
+    }
+    for message in messages {
+        let Some(role) = message.get("role").and_then(Value::as_str) else {
+            return ApiError::new(400, "Missing 'role' in message").response(flavour);
+        };
+        let text = match message.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+            }
+            _ => String::new(),
+        };
+        prompt.push_str(&format!("{TEMPLATE_START}{role}\n{text}{TEMPLATE_END}\n"));
+    }
+    prompt.push_str(TEMPLATE_START);
+    prompt.push_str("assistant\n");
+    if request.pointer("/chat_template_kwargs/enable_thinking") == Some(&Value::Bool(false)) {
+        prompt.push_str("<think>\n\n</think>\n\n");
+    }
+    axum::Json(json!({ "prompt": prompt })).into_response()
+}
+
+fn llama_cpp_tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
+    let request = match recorded_object(shared, flavour, body, &shared.tokenize_requests, "invalid JSON body") {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
+    if let Some(refusal) = check_auth(shared, flavour, headers) {
+        return refusal;
+    }
+    let Some(content) = request.get("content").and_then(Value::as_str) else {
+        return ApiError::new(400, "\"content\" must be provided").response(flavour);
+    };
+    let flag = |name: &str| request.get(name).and_then(Value::as_bool).unwrap_or(false);
+    let tokens = fake_llama_cpp_tokens(content, flag("add_special"), flag("parse_special"));
+    axum::Json(json!({ "tokens": tokens })).into_response()
+}
+
+/// How llama.cpp's fake tokenizes `content`: a BOS token (id 1) first with `add_special`; each
+/// template marker (`<|…|>`) one special token with `parse_special`, else plain text; and one
+/// token per whitespace-separated word of the text.
+pub fn fake_llama_cpp_tokens(content: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+    const BOS: u32 = 1;
+    const MARKER: u32 = 2;
+    let words = |text: &str, tokens: &mut Vec<u32>| {
+        tokens.extend(text.split_whitespace().map(|word| 1000 + word.len() as u32));
+    };
+    let mut tokens = Vec::new();
+    if add_special {
+        tokens.push(BOS);
+    }
+    let mut rest = content;
+    while let Some(start) = rest.find("<|").filter(|_| parse_special) {
+        let Some(length) = rest[start..].find("|>") else { break };
+        words(&rest[..start], &mut tokens);
+        tokens.push(MARKER);
+        rest = &rest[start + length + 2..];
+    }
+    words(rest, &mut tokens);
+    tokens
 }
 
 /// `POST /v1/embeddings`: `fake_embedding` per input (its text cut to the model's context where

@@ -75,7 +75,7 @@ use std::time::{Duration, SystemTime};
 
 use copilot_http::{Adapter, BaseUrlRules, FinishGrace, Reading, Refusal, StreamOptions, Upstream};
 use copilot_provider::{
-    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Provider,
+    ChatRequest, ChatStream, EmbedRequest, Embeddings, Feature, Features, HealthReport, ModelInfo, Part, Provider,
     ProviderError, Reasoning, Secret, TokenCount,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -179,8 +179,19 @@ pub struct OpenAiProvider {
     embed_floats: AtomicBool,
     /// Whether the server fetches `http(s)` image URLs itself.
     image_urls: bool,
-    /// vLLM's `/tokenize`, when token counting is on ([`OpenAiProvider::with_vllm_tokenize`]).
-    tokenize_url: Option<Url>,
+    /// How `CountTokens` counts, when it is on ([`OpenAiProvider::with_vllm_tokenize`],
+    /// [`OpenAiProvider::with_llama_cpp_tokenize`]).
+    counting: Option<Counting>,
+}
+
+/// The endpoints a server that can count tokens counts them with, at its root.
+#[derive(Debug)]
+enum Counting {
+    /// vLLM's `/tokenize`, which takes the conversation itself.
+    Vllm { tokenize: Url },
+    /// llama.cpp's `/apply-template` (the conversation rendered by the model's chat template)
+    /// then `/tokenize` of the rendered prompt.
+    LlamaCpp { apply_template: Url, tokenize: Url },
 }
 
 impl OpenAiProvider {
@@ -218,7 +229,7 @@ impl OpenAiProvider {
                 thinking_off: ThinkingOff::Unsupported,
             },
             image_urls: true,
-            tokenize_url: None,
+            counting: None,
             upstream,
         })
     }
@@ -227,15 +238,32 @@ impl OpenAiProvider {
     /// root: a base URL's trailing `/v1` is dropped. Declares [`Feature::CountTokens`]; other
     /// OpenAI-compatible servers have no such endpoint, so it is opt-in.
     pub fn with_vllm_tokenize(mut self) -> Result<Self, OpenAiConfigError> {
+        self.counting = Some(Counting::Vllm { tokenize: self.root_endpoint("tokenize")? });
+        Ok(self)
+    }
+
+    /// Counts tokens (`CountTokens`, exact) as llama.cpp's server would for a chat call: the
+    /// conversation rendered by `POST /apply-template`, then the prompt tokenized by `POST
+    /// /tokenize` with the special tokens a chat call adds and parses. Both are at the server's
+    /// root (a base URL's trailing `/v1` is dropped). Opt-in, as for vLLM.
+    pub fn with_llama_cpp_tokenize(mut self) -> Result<Self, OpenAiConfigError> {
+        self.counting = Some(Counting::LlamaCpp {
+            apply_template: self.root_endpoint("apply-template")?,
+            tokenize: self.root_endpoint("tokenize")?,
+        });
+        Ok(self)
+    }
+
+    /// `path` at the server's root: vLLM and llama.cpp serve their own endpoints there, beside
+    /// the `/v1` of the OpenAI-compatible ones.
+    fn root_endpoint(&self, path: &str) -> Result<Url, OpenAiConfigError> {
         let base_url = self.upstream.base_url();
         let root = base_url.trim_end_matches('/');
         let root = root.strip_suffix("/v1").unwrap_or(root);
-        let url = Url::parse(&format!("{root}/tokenize")).map_err(|e| OpenAiConfigError::InvalidBaseUrl {
+        Url::parse(&format!("{root}/{path}")).map_err(|e| OpenAiConfigError::InvalidBaseUrl {
             value: base_url.to_string(),
-            reason: format!("no /tokenize URL can be made from it: {e}"),
-        })?;
-        self.tokenize_url = Some(url);
-        Ok(self)
+            reason: format!("no /{path} URL can be made from it: {e}"),
+        })
     }
 
     /// How to turn thinking off on this server; anything but [`ThinkingOff::Unsupported`]
@@ -367,7 +395,7 @@ impl Provider for OpenAiProvider {
         if self.body.thinking_off != ThinkingOff::Unsupported {
             features = features.with(Feature::ThinkingOff);
         }
-        if self.tokenize_url.is_some() {
+        if self.counting.is_some() {
             features = features.with(Feature::CountTokens);
         }
         features
@@ -375,39 +403,53 @@ impl Provider for OpenAiProvider {
 
     fn lacking(&self, feature: Feature) -> Option<&'static str> {
         (feature == Feature::CountTokens).then_some(
-            "OpenAI-compatible servers have no token-counting endpoint, except vLLM's /tokenize: set \
-             count_tokens = \"vllm\" on a provider that is a vLLM server",
+            "OpenAI-compatible servers have no token-counting endpoint, except vLLM's and llama.cpp's own: set \
+             count_tokens = \"vllm\" or \"llama_cpp\" on a provider that is such a server",
         )
     }
 
     async fn count_tokens(&self, request: ChatRequest) -> Result<TokenCount, ProviderError> {
-        let Some(url) = &self.tokenize_url else {
-            return Err(ProviderError::Unsupported {
-                feature: Feature::CountTokens,
-                message: "this provider counts tokens only with vLLM's /tokenize (count_tokens = \"vllm\")".into(),
-            });
-        };
-        let post = {
-            let body = wire::TokenizeBody::new(&request, self.body)?;
-            copilot_http::with_trace_context(self.upstream.post(url.clone()), &request).json(&body)
-        };
-        let answer: wire::TokenizeAnswer = self
-            .upstream
-            .fetch_json_within(self, post, Some(&request.model), "token count", MAX_TOKENIZE_RESPONSE_BYTES)
-            .await
-            .map_err(|err| match err {
-                // Not vLLM's unknown model (that is `ModelNotFound`): no such endpoint at all.
-                ProviderError::Upstream { status: 404, .. } => ProviderError::Unsupported {
+        let input_tokens = match &self.counting {
+            None => {
+                return Err(ProviderError::Unsupported {
                     feature: Feature::CountTokens,
-                    message: format!(
-                        "{url} answered 404: the server has no /tokenize (only vLLM has it, at its root); remove \
-                         count_tokens = \"vllm\" from this provider's configuration"
-                    ),
-                },
-                other => other,
-            })?;
-        let input_tokens = u32::try_from(answer.count).unwrap_or(u32::MAX);
-        Ok(TokenCount { input_tokens, exact: true, model: String::new() })
+                    message: "this provider counts tokens only with vLLM's or llama.cpp's /tokenize (count_tokens = \
+                              \"vllm\" or \"llama_cpp\")"
+                        .into(),
+                });
+            }
+            Some(Counting::Vllm { tokenize }) => {
+                let body = wire::TokenizeBody::new(&request, self.body)?;
+                let answer: wire::TokenizeAnswer = self.fetch_count(&request, tokenize, &body, "vllm").await?;
+                answer.count
+            }
+            Some(Counting::LlamaCpp { apply_template, tokenize }) => {
+                if request
+                    .messages
+                    .iter()
+                    .any(|message| message.parts.iter().any(|part| matches!(part, Part::Image(_))))
+                {
+                    return Err(ProviderError::Unsupported {
+                        feature: Feature::CountTokens,
+                        message: "llama.cpp's /tokenize counts text: a conversation with images cannot be counted \
+                                  there"
+                            .into(),
+                    });
+                }
+                let body = wire::ApplyTemplateBody::new(&request, self.body)?;
+                let rendered: wire::AppliedTemplate =
+                    self.fetch_count(&request, apply_template, &body, "llama_cpp").await?;
+                let body = wire::LlamaTokenizeBody::for_chat(&rendered.prompt);
+                let answer: wire::LlamaTokenizeAnswer =
+                    self.fetch_count(&request, tokenize, &body, "llama_cpp").await?;
+                answer.tokens.len() as u64
+            }
+        };
+        Ok(TokenCount {
+            input_tokens: u32::try_from(input_tokens).unwrap_or(u32::MAX),
+            exact: true,
+            model: String::new(),
+        })
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -440,9 +482,39 @@ impl Provider for OpenAiProvider {
 /// OpenAI's limit of inputs per embeddings request.
 pub const MAX_EMBED_BATCH: usize = 2048;
 
-/// The most of a `/tokenize` answer read: vLLM sends every token id with the count, so it grows
-/// with the prompt (~8 bytes a token: a 1M-token prompt in 8 MiB).
+/// The most of a token-count answer read: vLLM's and llama.cpp's `/tokenize` send every token id,
+/// so the answer grows with the prompt (~8 bytes a token: a 1M-token prompt in 8 MiB), and
+/// llama.cpp's `/apply-template` sends the whole rendered prompt back.
 const MAX_TOKENIZE_RESPONSE_BYTES: usize = 8 << 20;
+
+impl OpenAiProvider {
+    /// One JSON exchange of a token count with `url`; a 404 means the server has no such endpoint
+    /// (an unknown model is `ModelNotFound`), so counting is unsupported as configured
+    /// (`count_tokens = "{setting}"`).
+    async fn fetch_count<T: serde::de::DeserializeOwned>(
+        &self,
+        request: &ChatRequest,
+        url: &Url,
+        body: &impl serde::Serialize,
+        setting: &str,
+    ) -> Result<T, ProviderError> {
+        let post = copilot_http::with_trace_context(self.upstream.post(url.clone()), request).json(body);
+        self.upstream
+            .fetch_json_within(self, post, Some(&request.model), "token count", MAX_TOKENIZE_RESPONSE_BYTES)
+            .await
+            .map_err(|err| match err {
+                ProviderError::Upstream { status: 404, .. } => ProviderError::Unsupported {
+                    feature: Feature::CountTokens,
+                    message: format!(
+                        "{url} answered 404: the server has no {} (count_tokens = \"{setting}\" expects one at its \
+                         root); remove count_tokens from this provider's configuration or set the kind of server it is",
+                        url.path()
+                    ),
+                },
+                other => other,
+            })
+    }
+}
 
 /// The most an embeddings answer for `inputs` inputs may hold (as for Ollama's): 1 MiB, plus
 /// room for a vector of 16,384 components written as JSON text (24 bytes each at most) per input.
@@ -858,7 +930,25 @@ mod tests {
             ("http://gpu-box:9000", "http://gpu-box:9000/tokenize"),
         ] {
             let provider = OpenAiProvider::new(config(base)).unwrap().with_vllm_tokenize().unwrap();
-            assert_eq!(provider.tokenize_url.as_ref().map(Url::as_str), Some(tokenize), "{base}");
+            let Some(Counting::Vllm { tokenize: url }) = &provider.counting else { panic!("{base}: not vLLM's") };
+            assert_eq!(url.as_str(), tokenize, "{base}");
+            assert!(provider.features().contains(Feature::CountTokens));
+        }
+    }
+
+    #[test]
+    fn llama_cpp_counting_endpoints_are_at_the_servers_root() {
+        for (base, root) in [
+            ("http://localhost:8080/v1", "http://localhost:8080"),
+            ("http://box/llama/v1/", "http://box/llama"),
+            ("http://box:9000", "http://box:9000"),
+        ] {
+            let provider = OpenAiProvider::new(config(base)).unwrap().with_llama_cpp_tokenize().unwrap();
+            let Some(Counting::LlamaCpp { apply_template, tokenize }) = &provider.counting else {
+                panic!("{base}: not llama.cpp's")
+            };
+            assert_eq!(apply_template.as_str(), format!("{root}/apply-template"), "{base}");
+            assert_eq!(tokenize.as_str(), format!("{root}/tokenize"), "{base}");
             assert!(provider.features().contains(Feature::CountTokens));
         }
     }

@@ -206,6 +206,58 @@ pub(crate) struct TokenizeAnswer {
     pub count: u64,
 }
 
+/// llama.cpp's `POST /apply-template`: the conversation as a chat call sends it (messages, tools,
+/// template arguments), which the server renders with the model's chat template and the
+/// generation prompt, as it would for a chat call.
+#[derive(Debug, Serialize)]
+pub(crate) struct ApplyTemplateBody<'a> {
+    pub messages: Vec<ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<TemplateKwargs>,
+}
+
+impl<'a> ApplyTemplateBody<'a> {
+    pub fn new(request: &'a ChatRequest, settings: BodySettings) -> Result<Self, ProviderError> {
+        let chat = ChatBody::new(request, settings)?;
+        Ok(ApplyTemplateBody {
+            messages: chat.messages,
+            tools: chat.tools,
+            chat_template_kwargs: chat.chat_template_kwargs,
+        })
+    }
+}
+
+/// llama.cpp's answer to `/apply-template`: the rendered prompt.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AppliedTemplate {
+    pub prompt: String,
+}
+
+/// llama.cpp's `POST /tokenize` of a rendered chat prompt, with the flags its chat calls
+/// tokenize with: the model's special tokens added (BOS) and the template's markers parsed as
+/// the special tokens they are.
+#[derive(Debug, Serialize)]
+pub(crate) struct LlamaTokenizeBody<'a> {
+    pub content: &'a str,
+    pub add_special: bool,
+    pub parse_special: bool,
+}
+
+impl<'a> LlamaTokenizeBody<'a> {
+    pub fn for_chat(prompt: &'a str) -> Self {
+        LlamaTokenizeBody { content: prompt, add_special: true, parse_special: true }
+    }
+}
+
+/// llama.cpp's answer to `/tokenize`: the token ids (each a number, or with `with_pieces` an
+/// object; only how many there are is used).
+#[derive(Debug, Deserialize)]
+pub(crate) struct LlamaTokenizeAnswer {
+    pub tokens: Vec<serde::de::IgnoredAny>,
+}
+
 /// The request-shaping settings of one provider instance.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodySettings {
