@@ -1,7 +1,8 @@
 //! A real `redis-server` for the tests (Debian's package; `scripts/install-build-deps --for test`
 //! installs it): each test its own, on a free loopback port, without persistence, killed on drop.
 //! It can be stopped and restarted on the same port, or frozen (`SIGSTOP`) to play a hung Redis.
-//! Also a Redis Cluster, and a primary with a replica and a Sentinel watching them.
+//! Also a Redis Cluster, and a primary with a replica and a Sentinel watching them (in plaintext,
+//! or all speaking only TLS).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +16,9 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// The password it requires, for the test's own look at its keys.
     password: Option<String>,
+    /// When it speaks only TLS: the CA (PEM) its certificate is checked against, for the test's
+    /// own look at its keys.
+    tls_ca: Option<String>,
 }
 
 impl RedisServer {
@@ -50,7 +54,14 @@ impl RedisServer {
     /// when Copilot starts.
     pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new(), password: None }
+        RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+            password: None,
+            tls_ca: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -116,11 +127,61 @@ impl RedisServer {
     }
 
     fn connection(&self) -> redis::Connection {
-        let url = match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
-            None => self.url(),
+        client(self.port, self.password.as_deref(), self.tls_ca.as_deref()).get_connection().unwrap()
+    }
+}
+
+/// A client of the server at `port` on loopback, with its password, and over TLS checked against
+/// `tls_ca` when it speaks only TLS.
+fn client(port: u16, password: Option<&str>, tls_ca: Option<&str>) -> redis::Client {
+    let auth = password.map(|password| format!(":{password}@")).unwrap_or_default();
+    match tls_ca {
+        Some(ca) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.as_bytes().to_vec()) };
+            redis::Client::build_with_tls(format!("rediss://{auth}127.0.0.1:{port}/"), certificates).unwrap()
+        }
+        None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).unwrap(),
+    }
+}
+
+/// The certificate files of an all-TLS [`SentinelGroup`]: one certificate for 127.0.0.1, which
+/// every server shows, and the CA they check each other's with (for replication, and the
+/// Sentinel's connections to the servers it watches).
+struct TlsFiles {
+    ca_pem: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn write(ca: &crate::tls::Ca, dir: &std::path::Path) -> TlsFiles {
+        let (cert_pem, key_pem) = ca.issue("127.0.0.1");
+        let files = TlsFiles {
+            ca_pem: ca.pem(),
+            cert: dir.join("redis.crt"),
+            key: dir.join("redis.key"),
+            ca: dir.join("ca.pem"),
         };
-        redis::Client::open(url).unwrap().get_connection().unwrap()
+        std::fs::write(&files.cert, cert_pem).unwrap();
+        std::fs::write(&files.key, key_pem).unwrap();
+        std::fs::write(&files.ca, &files.ca_pem).unwrap();
+        files
+    }
+
+    /// The settings that make a server (or a Sentinel) on `port` speak only TLS, and replicate
+    /// and watch over TLS, as `(name, value)` pairs.
+    fn settings(&self, port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("port", "0".into()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.cert.display().to_string()),
+            ("tls-key-file", self.key.display().to_string()),
+            ("tls-ca-cert-file", self.ca.display().to_string()),
+            ("tls-auth-clients", "no".into()),
+            ("tls-replication", "yes".into()),
+        ]
     }
 }
 
@@ -135,24 +196,48 @@ pub struct SentinelGroup {
     pub replica: RedisServer,
     sentinel: Child,
     pub sentinel_port: u16,
+    /// The CA every server's certificate is checked against, when the group speaks only TLS.
+    tls_ca: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl SentinelGroup {
     pub fn start(password: &str) -> SentinelGroup {
+        SentinelGroup::start_with(password, None)
+    }
+
+    /// The same group speaking only TLS, every server and the Sentinel with a certificate from
+    /// `ca` for 127.0.0.1; the replica replicates and the Sentinel watches over TLS too.
+    pub fn start_tls(password: &str, ca: &crate::tls::Ca) -> SentinelGroup {
+        SentinelGroup::start_with(password, Some(ca))
+    }
+
+    fn start_with(password: &str, ca: Option<&crate::tls::Ca>) -> SentinelGroup {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ca.map(|ca| TlsFiles::write(ca, dir.path()));
+        let tls_ca = tls.as_ref().map(|files| files.ca_pem.clone());
         // No diskless-sync delay (5 s by default): the replica syncs at once.
         let auth = ["--requirepass", password, "--masterauth", password, "--repl-diskless-sync-delay", "0"]
             .map(String::from)
             .to_vec();
-        let mut primary = RedisServer::not_started();
-        primary.extra.clone_from(&auth);
-        primary.password = Some(password.into());
-        primary.restart();
-        let mut replica = RedisServer::not_started();
-        replica.extra = auth;
-        replica.extra.extend(["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()]);
-        replica.password = Some(password.into());
-        replica.restart();
+        let server = |replica_of: Option<u16>| {
+            let mut server = RedisServer::not_started();
+            server.extra.clone_from(&auth);
+            if let Some(tls) = &tls {
+                for (name, value) in tls.settings(server.port) {
+                    server.extra.extend([format!("--{name}"), value]);
+                }
+            }
+            if let Some(port) = replica_of {
+                server.extra.extend(["--replicaof".into(), "127.0.0.1".into(), port.to_string()]);
+            }
+            server.password = Some(password.into());
+            server.tls_ca.clone_from(&tls_ca);
+            server.restart();
+            server
+        };
+        let primary = server(None);
+        let replica = server(Some(primary.port));
         // Synced before the Sentinel starts: what it promotes has the primary's keys.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -164,12 +249,17 @@ impl SentinelGroup {
             std::thread::sleep(Duration::from_millis(20));
         }
         let sentinel_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
+        let listen = match &tls {
+            Some(tls) => {
+                tls.settings(sentinel_port).into_iter().map(|(name, value)| format!("{name} {value}\n")).collect()
+            }
+            None => format!("port {sentinel_port}\n"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                "{listen}bind 127.0.0.1\ndir {}\n\
                  sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 1\n\
                  sentinel auth-pass {SENTINEL_SERVICE} {password}\n\
                  sentinel down-after-milliseconds {SENTINEL_SERVICE} 300\n\
@@ -186,7 +276,7 @@ impl SentinelGroup {
             .stderr(Stdio::null())
             .spawn()
             .expect("run redis-server --sentinel (Debian's redis-server)");
-        let group = SentinelGroup { primary, replica, sentinel, sentinel_port, _dir: dir };
+        let group = SentinelGroup { primary, replica, sentinel, sentinel_port, tls_ca, _dir: dir };
         // The Sentinel finds the replica through the primary's INFO; only then can it fail over.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -205,7 +295,7 @@ impl SentinelGroup {
     }
 
     fn sentinel_query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.sentinel_port))?;
+        let client = client(self.sentinel_port, None, self.tls_ca.as_deref());
         command.query(&mut client.get_connection()?)
     }
 

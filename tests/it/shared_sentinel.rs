@@ -3,7 +3,8 @@
 //! with a password. Copilot replicas find the primary through the Sentinel, share one budget
 //! there, and follow a failover: after the primary dies, and after a failover that leaves the old
 //! primary running (the case a client that only reconnects gets wrong: it stays on the old
-//! primary, whose writes are lost when it is demoted, and then is refused with READONLY).
+//! primary, whose writes are lost when it is demoted, and then is refused with READONLY). The
+//! same over TLS, every server and the Sentinel speaking only TLS.
 
 use std::time::{Duration, Instant};
 
@@ -34,23 +35,39 @@ enum Settings {
 /// A copilot whose keys have a budget of 2 requests a minute each, shared through the Sentinel's
 /// primary; `on_error = "closed"`, so an admitted call proves that Redis answered.
 async fn replica(fake: &FakeOllama, group: &SentinelGroup, settings: Settings) -> Copilot {
-    let redis_url = format!("redis://:{PASSWORD}@{SENTINEL_SERVICE}/0");
-    let sentinels = format!("redis://127.0.0.1:{}", group.sentinel_port);
+    replica_with(fake, group, settings, None).await
+}
+
+/// As [`replica`]; with `tls_ca_file`, over TLS (`rediss://` to the Sentinel and the primary)
+/// checked against that CA.
+async fn replica_with(
+    fake: &FakeOllama,
+    group: &SentinelGroup,
+    settings: Settings,
+    tls_ca_file: Option<&std::path::Path>,
+) -> Copilot {
+    let scheme = if tls_ca_file.is_some() { "rediss" } else { "redis" };
+    let redis_url = format!("{scheme}://:{PASSWORD}@{SENTINEL_SERVICE}/0");
+    let sentinels = format!("{scheme}://127.0.0.1:{}", group.sentinel_port);
     let keys: String = [("before", BEFORE), ("after", AFTER)]
         .map(|(name, key)| {
             let hash = copilot::auth::KeyHash::of(key);
             format!("[[auth.keys]]\nname = \"{name}\"\nhash = \"{hash}\"\nrequests_per_minute = 2\n")
         })
         .concat();
-    let state =
-        "[state]\ntopology = \"sentinel\"\non_error = \"closed\"\ntimeout = \"100ms\"\nhealth_interval = \"200ms\"\n";
+    let mut state =
+        "[state]\ntopology = \"sentinel\"\non_error = \"closed\"\ntimeout = \"100ms\"\nhealth_interval = \"200ms\"\n"
+            .to_string();
+    if let Some(ca) = tls_ca_file {
+        state.push_str(&format!("tls_ca_file = \"{}\"\n", ca.display()));
+    }
     let mut env = vec![("OLLAMA_HOST", fake.base_url())];
     let state = match settings {
         Settings::File => format!("{state}redis_url = \"{redis_url}\"\nsentinels = [\"{sentinels}\"]\n"),
         Settings::Environment => {
             env.push(("COPILOT_REDIS_URL", redis_url));
             env.push(("COPILOT_REDIS_SENTINELS", format!("{sentinels}, ")));
-            state.to_string()
+            state
         }
     };
     let config =
@@ -113,9 +130,13 @@ async fn admitted(copilot: &Copilot, key: &str) {
 
 /// The primary's password never shows; the URL shows masked and the primary's address is logged.
 fn logs_name_the_primary_without_the_password(copilot: &Copilot, port: u16) {
+    logs_name_the_primary_without_the_password_at(copilot, port, "redis");
+}
+
+fn logs_name_the_primary_without_the_password_at(copilot: &Copilot, port: u16, scheme: &str) {
     let logs = copilot.logs();
     assert!(!logs.contains(PASSWORD), "{logs}");
-    assert!(logs.contains(&format!("redis://:***@{SENTINEL_SERVICE}/0")), "{logs}");
+    assert!(logs.contains(&format!("{scheme}://:***@{SENTINEL_SERVICE}/0")), "{logs}");
     assert!(logs.contains(&format!("127.0.0.1:{port}")), "the primary's address is logged: {logs}");
 }
 
@@ -177,5 +198,30 @@ async fn a_manual_failover_moves_the_budgets_before_the_old_primary_is_demoted()
     );
     for copilot in [&a, &b] {
         logs_name_the_primary_without_the_password(copilot, group.replica.port);
+    }
+}
+
+#[tokio::test]
+async fn over_tls_replicas_share_budgets_on_the_sentinels_primary_and_follow_a_failover() {
+    let ca = crate::tls::Ca::new("sentinel test CA");
+    let mut group = SentinelGroup::start_tls(PASSWORD, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let fake = fake().await;
+    let a = replica_with(&fake, &group, Settings::File, Some(&ca_file)).await;
+    let b = replica_with(&fake, &group, Settings::Environment, Some(&ca_file)).await;
+    budget_is_shared(&a, &b, BEFORE).await;
+    assert!(group.primary.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.primary.keys());
+
+    group.primary.stop();
+    group.wait_for_failover();
+    for copilot in [&a, &b] {
+        wait_until_serving(copilot).await;
+    }
+    budget_is_shared(&a, &b, AFTER).await;
+    assert!(group.replica.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.replica.keys());
+    for copilot in [&a, &b] {
+        logs_name_the_primary_without_the_password_at(copilot, group.replica.port, "rediss");
     }
 }
