@@ -13,6 +13,12 @@
 //! serde_json accepts with the same meaning; builds with debug assertions (the test suite, the
 //! fuzzers) check every accepted chunk against serde_json.
 //!
+//! Servers also repeat the bytes around each piece of text — `"choices":[{"index":0,"delta":
+//! {"content":` before it, `},"logprobs":null,"finish_reason":null}]…}` after — so a text-only
+//! chunk leaves its frame ([`ChunkHead::frame`]), and the next chunk that has the same head and
+//! the same frame around a string has only that string read: ~9 % fewer instructions for an idle
+//! `Generate` (BENCHMARKS.md, session 17).
+//!
 //! [`wire::decode_data`]: crate::wire::decode_data
 
 use std::borrow::Cow;
@@ -35,6 +41,19 @@ pub(crate) struct ChunkHead {
     model: Field,
     usage: bool,
     timings: bool,
+    /// The bytes around the text of the last chunk after this head, when that chunk said nothing
+    /// but a piece of text: a chunk that repeats them, with another string in the text's place,
+    /// says the same but for the text, so only that string is read (servers repeat the same
+    /// `"choices":[{"index":0,"delta":{"content":` before every piece of text, and the same
+    /// `"logprobs":null,"finish_reason":null}]…` after it).
+    frame: Option<TextFrame>,
+}
+
+/// What came before and after a plain text chunk's text string, from its head on.
+#[derive(Debug, Default)]
+struct TextFrame {
+    before: Vec<u8>,
+    after: Vec<u8>,
 }
 
 /// A text field of the head, as a place in the chunk's bytes (found in every chunk that repeats
@@ -105,6 +124,8 @@ impl<'a> Top<'a> {
         if head.bytes == head_bytes {
             return;
         }
+        // A frame holds for the head it came after only.
+        head.frame = None;
         let field = |value: &Option<Option<Cow<'a, str>>>| match value {
             None => Some(Field::Absent),
             Some(None) => Some(Field::Null),
@@ -125,11 +146,14 @@ impl<'a> Top<'a> {
 /// The chunk `data` holds, when it is the common kind (see the module's comment). `head` is the
 /// last chunk's, and becomes this one's.
 pub(crate) fn chunk<'a>(data: &'a str, head: &mut ChunkHead) -> Option<ChunkInfo<'a>> {
-    let mut scan = Scan { text: data, bytes: data.as_bytes(), pos: 0 };
+    let mut scan = Scan::new(data);
     let mut info = ChunkInfo::default();
     let mut top = Top::default();
     if !head.bytes.is_empty() && scan.bytes.starts_with(&head.bytes) {
         scan.pos = head.bytes.len();
+        if let Some(info) = framed_text(data, head) {
+            return Some(info);
+        }
         top = Top {
             id: head.id.read(data),
             model: head.model.read(data),
@@ -150,7 +174,52 @@ pub(crate) fn chunk<'a>(data: &'a str, head: &mut ChunkHead) -> Option<ChunkInfo
     }
     info.id = top.id.flatten().filter(|id| !id.is_empty());
     info.model = top.model.flatten().filter(|model| !model.is_empty());
+    head.frame = scan.content_at.filter(|_| plain_text(&info, scan.choice_count)).and_then(|(start, end)| {
+        // The frame is the kept head's: this chunk must be the one that head came from.
+        let after_head = data.as_bytes().strip_prefix(head.bytes.as_slice()).filter(|_| !head.bytes.is_empty())?;
+        let start = start.checked_sub(head.bytes.len())?;
+        let end = end - head.bytes.len();
+        Some(TextFrame { before: after_head[..start].to_vec(), after: after_head[end..].to_vec() })
+    });
     Some(info)
+}
+
+/// Whether a scanned chunk said nothing but (at most) a piece of text, in its only choice.
+fn plain_text(info: &ChunkInfo<'_>, choices: usize) -> bool {
+    choices == 1
+        && info.thinking.is_none()
+        && info.refusal.is_none()
+        && info.tool_calls.is_empty()
+        && info.finish.is_none()
+        && info.usage.is_none()
+        && info.timings.is_none()
+}
+
+/// A chunk that is the head, the kept frame's bytes before the text, a string, and the frame's
+/// bytes after it: the text is read, and the rest is what the frame's chunk said (see
+/// [`ChunkHead::frame`]). A string in a valid chunk's string's place leaves it as valid, with
+/// the same members. `None` when the chunk is not such a one.
+fn framed_text<'a>(data: &'a str, head: &ChunkHead) -> Option<ChunkInfo<'a>> {
+    let frame = head.frame.as_ref()?;
+    let rest = &data.as_bytes()[head.bytes.len()..];
+    if !rest.starts_with(&frame.before) || !rest.ends_with(&frame.after) {
+        return None;
+    }
+    let mut scan = Scan::new(data);
+    scan.pos = head.bytes.len() + frame.before.len();
+    if scan.bytes.get(scan.pos) != Some(&b'"') {
+        return None;
+    }
+    let content = scan.optional_str()?;
+    if scan.pos != data.len() - frame.after.len() {
+        return None;
+    }
+    Some(ChunkInfo {
+        content: content.filter(|text| !text.is_empty()).map(Cow::into_owned),
+        id: head.id.read(data).flatten().filter(|id| !id.is_empty()),
+        model: head.model.read(data).flatten().filter(|model| !model.is_empty()),
+        ..ChunkInfo::default()
+    })
 }
 
 /// `slot` takes `value` unless a value came before (serde_json refuses duplicate fields).
@@ -173,6 +242,16 @@ struct Scan<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// Where the used choice's `content` string is (from its opening quote to after its closing
+    /// one), when it is a string, and how many choices there were: a chunk's [`TextFrame`].
+    content_at: Option<(usize, usize)>,
+    choice_count: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn new(text: &'a str) -> Scan<'a> {
+        Scan { text, bytes: text.as_bytes(), pos: 0, content_at: None, choice_count: 0 }
+    }
 }
 
 impl<'a> Scan<'a> {
@@ -407,9 +486,11 @@ impl<'a> Scan<'a> {
         let mut any = false;
         self.array(|scan| {
             any = true;
+            scan.choice_count += 1;
             let choice = scan.choice()?;
             if !taken && choice.index.unwrap_or(0) == 0 {
                 taken = true;
+                scan.content_at = choice.content_at;
                 info.finish = choice.finish_reason.as_deref().map(map_finish_reason);
                 let text = |field: Option<Cow<'_, str>>| field.filter(|t| !t.is_empty()).map(Cow::into_owned);
                 info.content = text(choice.content);
@@ -497,7 +578,12 @@ impl<'a> Scan<'a> {
                 _ => return scan.skip_value(0),
             };
             once(&mut seen[slot])?;
+            scan.whitespace();
+            let start = scan.pos;
             *field = scan.optional_str()?;
+            if slot == 0 && scan.bytes[start] == b'"' {
+                choice.content_at = Some((start, scan.pos));
+            }
             Some(())
         })
     }
@@ -512,6 +598,8 @@ struct Choice<'a> {
     reasoning_content: Option<Cow<'a, str>>,
     reasoning: Option<Cow<'a, str>>,
     refusal: Option<Cow<'a, str>>,
+    /// Where `content`'s string is, when it is one.
+    content_at: Option<(usize, usize)>,
 }
 
 #[cfg(test)]
@@ -563,6 +651,55 @@ mod tests {
         assert_eq!((info.usage, info.content), (Some(expected), None));
         let spaced = " {\n \"choices\" : [ { \"delta\" : { \"content\" : \"x\" } } ] , \"n\" : -0.0E+2 } ";
         assert_eq!(scanned(spaced.trim()).unwrap().content.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_chunk_that_repeats_the_last_ones_frame_has_only_its_text_read() {
+        let mut head = ChunkHead::default();
+        let read = |data: &str, head: &mut ChunkHead| {
+            let info = chunk(data, head).unwrap();
+            check_scan(data, &info);
+            (info.content, info.finish, info.id.map(Cow::into_owned))
+        };
+        read(OPENAI, &mut head);
+        let frame = head.frame.as_ref().expect("a plain text chunk leaves a frame");
+        assert!(frame.before.ends_with(br#""content":"#) && frame.after.starts_with(br#"},"logprobs""#));
+
+        // Another text in the frame: only the string is read (the rest is not looked at again:
+        // a kept frame that said otherwise would show).
+        let next = OPENAI.replace(" said:", r#" \"blue\"\n"#);
+        assert!(framed_text(&next, &head).is_some(), "read by its frame");
+        assert_eq!(read(&next, &mut head), (Some(" \"blue\"\n".into()), None, Some("chatcmpl-1".into())));
+        let empty = OPENAI.replace(" said:", "");
+        assert_eq!(read(&empty, &mut head).0, None);
+        assert!(head.frame.is_some());
+
+        // Not a string in the text's place, or not the frame's bytes around it: read whole.
+        let others = [OPENAI.replace(r#"" said:""#, "5"), OPENAI.replace(r#""usage":null"#, r#""usage":null "#)];
+        for other in others {
+            assert!(framed_text(&other, &head).is_none(), "{other}");
+        }
+        assert!(chunk(&OPENAI.replace(r#"" said:""#, "5"), &mut head).is_none());
+        assert!(chunk(&OPENAI.replace(r#"" said:""#, r#""a" "b""#), &mut head).is_none());
+        assert!(chunk(&OPENAI.replace(" said:", r"bad\u12"), &mut head).is_none());
+        let last = OPENAI.replace(r#""finish_reason":null"#, r#""finish_reason":"stop""#);
+        assert_eq!(read(&last, &mut head).1, Some(Finish::Ended(FinishReason::Stop)));
+        assert!(head.frame.is_none(), "a chunk that says more than text leaves no frame");
+
+        // A frame holds for its head only.
+        read(OPENAI, &mut head);
+        assert!(head.frame.is_some());
+        let other_head = OPENAI.replace("chatcmpl-1", "chatcmpl-9");
+        assert_eq!(read(&other_head, &mut head).2.as_deref(), Some("chatcmpl-9"));
+        let frame = head.frame.as_ref().unwrap();
+        assert!(OPENAI.ends_with(std::str::from_utf8(&frame.after).unwrap()));
+        let usage_before = other_head.replace(r#""choices":"#, r#""usage":{"prompt_tokens":1},"choices":"#);
+        assert!(chunk(&usage_before, &mut head).is_none(), "a duplicate usage is refused, frame or not");
+
+        // Two choices, or thinking: no frame.
+        let two = OPENAI.replace(r#"}],"usage""#, r#"},{"index":1,"delta":{"content":"b"}}],"usage""#);
+        read(&two, &mut head);
+        assert!(head.frame.is_none());
     }
 
     #[test]
@@ -659,7 +796,7 @@ mod tests {
             for special in ["\"", "\\", "\u{0}", "\u{1}", "\u{1f}"] {
                 for at in 0..20 {
                     let text = format!("{}{special}{}", filler.repeat(at), filler.repeat(20));
-                    let mut scan = Scan { text: &text, bytes: text.as_bytes(), pos: 0 };
+                    let mut scan = Scan::new(&text);
                     scan.skip_plain_string_bytes();
                     let expected = at * filler.len();
                     // It may stop short of the special byte only within the last eight bytes.
@@ -671,7 +808,7 @@ mod tests {
                 }
             }
             let text = filler.repeat(30);
-            let mut scan = Scan { text: &text, bytes: text.as_bytes(), pos: 0 };
+            let mut scan = Scan::new(&text);
             scan.skip_plain_string_bytes();
             assert!(text.len() - scan.pos < 8, "{filler:?}: stopped at {} of {}", scan.pos, text.len());
         }
