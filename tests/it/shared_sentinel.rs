@@ -128,6 +128,24 @@ async fn admitted(copilot: &Copilot, key: &str) {
     }
 }
 
+/// `a` and `b` share a budget on the primary; the primary dies, the Sentinel fails over to the
+/// replica, and they share the next budget there.
+async fn budgets_follow_the_primary_when_it_dies(group: &mut SentinelGroup, a: &Copilot, b: &Copilot) {
+    budget_is_shared(a, b, BEFORE).await;
+    assert!(
+        group.primary.keys().iter().any(|key| key.starts_with("copilot:")),
+        "the budget lives on the primary: {:?}",
+        group.primary.keys()
+    );
+    group.primary.stop();
+    group.wait_for_failover();
+    for copilot in [a, b] {
+        wait_until_serving(copilot).await;
+    }
+    budget_is_shared(a, b, AFTER).await;
+    assert!(group.replica.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.replica.keys());
+}
+
 /// The primary's password never shows; the URL shows masked and the primary's address is logged.
 fn logs_name_the_primary_without_the_password(copilot: &Copilot, port: u16) {
     logs_name_the_primary_without_the_password_at(copilot, port, "redis");
@@ -146,20 +164,7 @@ async fn replicas_share_budgets_on_the_sentinels_primary_and_move_when_it_dies()
     let fake = fake().await;
     let a = replica(&fake, &group, Settings::File).await;
     let b = replica(&fake, &group, Settings::File).await;
-    budget_is_shared(&a, &b, BEFORE).await;
-    assert!(
-        group.primary.keys().iter().any(|key| key.starts_with("copilot:")),
-        "the budget lives on the primary: {:?}",
-        group.primary.keys()
-    );
-
-    group.primary.stop();
-    group.wait_for_failover();
-    for copilot in [&a, &b] {
-        wait_until_serving(copilot).await;
-    }
-    budget_is_shared(&a, &b, AFTER).await;
-    assert!(group.replica.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.replica.keys());
+    budgets_follow_the_primary_when_it_dies(&mut group, &a, &b).await;
     for copilot in [&a, &b] {
         logs_name_the_primary_without_the_password(copilot, group.primary.port);
         logs_name_the_primary_without_the_password(copilot, group.replica.port);
@@ -211,16 +216,7 @@ async fn over_tls_replicas_share_budgets_on_the_sentinels_primary_and_follow_a_f
     let fake = fake().await;
     let a = replica_with(&fake, &group, Settings::File, Some(&ca_file)).await;
     let b = replica_with(&fake, &group, Settings::Environment, Some(&ca_file)).await;
-    budget_is_shared(&a, &b, BEFORE).await;
-    assert!(group.primary.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.primary.keys());
-
-    group.primary.stop();
-    group.wait_for_failover();
-    for copilot in [&a, &b] {
-        wait_until_serving(copilot).await;
-    }
-    budget_is_shared(&a, &b, AFTER).await;
-    assert!(group.replica.keys().iter().any(|key| key.starts_with("copilot:")), "{:?}", group.replica.keys());
+    budgets_follow_the_primary_when_it_dies(&mut group, &a, &b).await;
     for copilot in [&a, &b] {
         logs_name_the_primary_without_the_password_at(copilot, group.replica.port, "rediss");
     }

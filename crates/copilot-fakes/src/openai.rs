@@ -1059,13 +1059,10 @@ async fn apply_template(
 }
 
 fn apply_template_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
-    let request = match recorded_object(shared, flavour, body, &shared.template_requests, "invalid JSON body") {
+    let request = match authorized_object(shared, flavour, headers, body, &shared.template_requests) {
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
-    if let Some(refusal) = check_auth(shared, flavour, headers) {
-        return refusal;
-    }
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return ApiError::new(400, "'messages' is required").response(flavour);
     };
@@ -1104,19 +1101,32 @@ fn apply_template_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMa
 }
 
 fn llama_cpp_tokenize_response(shared: &OpenAi, flavour: Flavour, headers: &HeaderMap, body: &[u8]) -> Response {
-    let request = match recorded_object(shared, flavour, body, &shared.tokenize_requests, "invalid JSON body") {
+    let request = match authorized_object(shared, flavour, headers, body, &shared.tokenize_requests) {
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
-    if let Some(refusal) = check_auth(shared, flavour, headers) {
-        return refusal;
-    }
     let Some(content) = request.get("content").and_then(Value::as_str) else {
         return ApiError::new(400, "\"content\" must be provided").response(flavour);
     };
     let flag = |name: &str| request.get(name).and_then(Value::as_bool).unwrap_or(false);
     let tokens = fake_llama_cpp_tokens(content, flag("add_special"), flag("parse_special"));
     axum::Json(json!({ "tokens": tokens })).into_response()
+}
+
+/// A llama.cpp request body that is one JSON object (recorded in `log`), from a caller with the
+/// key; else llama.cpp's refusal.
+fn authorized_object(
+    shared: &OpenAi,
+    flavour: Flavour,
+    headers: &HeaderMap,
+    body: &[u8],
+    log: &Mutex<Vec<Value>>,
+) -> Result<Value, Box<Response>> {
+    let request = recorded_object(shared, flavour, body, log, "invalid JSON body")?;
+    match check_auth(shared, flavour, headers) {
+        Some(refusal) => Err(Box::new(refusal)),
+        None => Ok(request),
+    }
 }
 
 /// How llama.cpp's fake tokenizes `content`: a BOS token (id 1) first with `add_special`; each
