@@ -46,14 +46,18 @@ pub(crate) struct ChunkHead {
     /// says the same but for the text, so only that string is read (servers repeat the same
     /// `"choices":[{"index":0,"delta":{"content":` before every piece of text, and the same
     /// `"logprobs":null,"finish_reason":null}]…` after it).
-    frame: Option<TextFrame>,
+    frame: TextFrame,
 }
 
-/// What came before and after a plain text chunk's text string, from its head on.
+/// What came before and after a plain text chunk's text string, from its head on. The buffers
+/// are kept from chunk to chunk (a stream whose frame changes every time, as one that pads each
+/// chunk differently, allocates nothing for it).
 #[derive(Debug, Default)]
 struct TextFrame {
     before: Vec<u8>,
     after: Vec<u8>,
+    /// Whether the buffers hold the last chunk's frame.
+    holds: bool,
 }
 
 /// A text field of the head, as a place in the chunk's bytes (found in every chunk that repeats
@@ -125,7 +129,7 @@ impl<'a> Top<'a> {
             return;
         }
         // A frame holds for the head it came after only.
-        head.frame = None;
+        head.frame.holds = false;
         let field = |value: &Option<Option<Cow<'a, str>>>| match value {
             None => Some(Field::Absent),
             Some(None) => Some(Field::Null),
@@ -174,13 +178,20 @@ pub(crate) fn chunk<'a>(data: &'a str, head: &mut ChunkHead) -> Option<ChunkInfo
     }
     info.id = top.id.flatten().filter(|id| !id.is_empty());
     info.model = top.model.flatten().filter(|model| !model.is_empty());
-    head.frame = scan.content_at.filter(|_| plain_text(&info, scan.choice_count)).and_then(|(start, end)| {
-        // The frame is the kept head's: this chunk must be the one that head came from.
-        let after_head = data.as_bytes().strip_prefix(head.bytes.as_slice()).filter(|_| !head.bytes.is_empty())?;
-        let start = start.checked_sub(head.bytes.len())?;
-        let end = end - head.bytes.len();
-        Some(TextFrame { before: after_head[..start].to_vec(), after: after_head[end..].to_vec() })
-    });
+    head.frame.holds = false;
+    // The frame is the kept head's: this chunk must be the one that head came from.
+    if let Some((start, end)) = scan.content_at.filter(|_| plain_text(&info, scan.choice_count))
+        && !head.bytes.is_empty()
+        && let Some(after_head) = data.as_bytes().strip_prefix(head.bytes.as_slice())
+        && let Some(start) = start.checked_sub(head.bytes.len())
+    {
+        let frame = &mut head.frame;
+        frame.before.clear();
+        frame.before.extend_from_slice(&after_head[..start]);
+        frame.after.clear();
+        frame.after.extend_from_slice(&after_head[end - head.bytes.len()..]);
+        frame.holds = true;
+    }
     Some(info)
 }
 
@@ -200,7 +211,10 @@ fn plain_text(info: &ChunkInfo<'_>, choices: usize) -> bool {
 /// [`ChunkHead::frame`]). A string in a valid chunk's string's place leaves it as valid, with
 /// the same members. `None` when the chunk is not such a one.
 fn framed_text<'a>(data: &'a str, head: &ChunkHead) -> Option<ChunkInfo<'a>> {
-    let frame = head.frame.as_ref()?;
+    let frame = &head.frame;
+    if !frame.holds {
+        return None;
+    }
     let rest = &data.as_bytes()[head.bytes.len()..];
     if !rest.starts_with(&frame.before) || !rest.ends_with(&frame.after) {
         return None;
@@ -662,7 +676,8 @@ mod tests {
             (info.content, info.finish, info.id.map(Cow::into_owned))
         };
         read(OPENAI, &mut head);
-        let frame = head.frame.as_ref().expect("a plain text chunk leaves a frame");
+        assert!(head.frame.holds, "a plain text chunk leaves a frame");
+        let frame = &head.frame;
         assert!(frame.before.ends_with(br#""content":"#) && frame.after.starts_with(br#"},"logprobs""#));
 
         // Another text in the frame: only the string is read (the rest is not looked at again:
@@ -672,7 +687,7 @@ mod tests {
         assert_eq!(read(&next, &mut head), (Some(" \"blue\"\n".into()), None, Some("chatcmpl-1".into())));
         let empty = OPENAI.replace(" said:", "");
         assert_eq!(read(&empty, &mut head).0, None);
-        assert!(head.frame.is_some());
+        assert!(head.frame.holds);
 
         // Not a string in the text's place, or not the frame's bytes around it: read whole.
         let others = [OPENAI.replace(r#"" said:""#, "5"), OPENAI.replace(r#""usage":null"#, r#""usage":null "#)];
@@ -684,14 +699,14 @@ mod tests {
         assert!(chunk(&OPENAI.replace(" said:", r"bad\u12"), &mut head).is_none());
         let last = OPENAI.replace(r#""finish_reason":null"#, r#""finish_reason":"stop""#);
         assert_eq!(read(&last, &mut head).1, Some(Finish::Ended(FinishReason::Stop)));
-        assert!(head.frame.is_none(), "a chunk that says more than text leaves no frame");
+        assert!(!head.frame.holds, "a chunk that says more than text leaves no frame");
 
         // A frame holds for its head only.
         read(OPENAI, &mut head);
-        assert!(head.frame.is_some());
+        assert!(head.frame.holds);
         let other_head = OPENAI.replace("chatcmpl-1", "chatcmpl-9");
         assert_eq!(read(&other_head, &mut head).2.as_deref(), Some("chatcmpl-9"));
-        let frame = head.frame.as_ref().unwrap();
+        let frame = &head.frame;
         assert!(OPENAI.ends_with(std::str::from_utf8(&frame.after).unwrap()));
         let usage_before = other_head.replace(r#""choices":"#, r#""usage":{"prompt_tokens":1},"choices":"#);
         assert!(chunk(&usage_before, &mut head).is_none(), "a duplicate usage is refused, frame or not");
@@ -699,7 +714,7 @@ mod tests {
         // Two choices, or thinking: no frame.
         let two = OPENAI.replace(r#"}],"usage""#, r#"},{"index":1,"delta":{"content":"b"}}],"usage""#);
         read(&two, &mut head);
-        assert!(head.frame.is_none());
+        assert!(!head.frame.holds);
     }
 
     #[test]
