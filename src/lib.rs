@@ -17,6 +17,7 @@ pub(crate) mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod grpc_routes;
 pub mod health;
 pub(crate) mod key_hash;
 pub mod providers;

@@ -2,8 +2,8 @@
 //! HTTP/2 on one port, with a graceful drain.
 //!
 //! tonic's own `Server` wraps every service in a timeout that answers CANCELLED when the caller's
-//! `grpc-timeout` expires; serving tonic's routes on hyper directly lets the gateway answer
-//! DEADLINE_EXCEEDED itself (see `deadline.rs`).
+//! `grpc-timeout` expires; serving the generated services on hyper directly (`grpc_routes.rs`) lets
+//! the gateway answer DEADLINE_EXCEEDED itself (see `deadline.rs`).
 //!
 //! Drain on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are still accepted for
 //! `drain_delay` (so balancers notice), then the listener closes and every connection gets a
@@ -40,6 +40,7 @@ use crate::connection_limits::{CappedAcceptor, PrefaceTimeout, default_max_conne
 use crate::connection_threads::{ConnectionRunner, ConnectionThreads};
 use crate::gateway::Gateway;
 use crate::grpc::CopilotApi;
+use crate::grpc_routes::GrpcRoutes;
 use crate::health::{self, HealthState};
 use crate::proto;
 use crate::proto::v1::copilot_server::CopilotServer;
@@ -137,22 +138,18 @@ async fn run(
     let health = HealthState::new(reporter, SERVICE_NAME);
     let state =
         SharedState::from_config(&config.state).map_err(|e| ServeError::Setup(format!("state.redis_url: {e}")))?;
-    let routes = tonic::service::Routes::builder()
-        .add_service(
-            CopilotServer::new(
-                CopilotApi::new(gateway.clone(), config.limits.clone()).with_cache(
-                    crate::cache::ResponseCache::from_config(&config.cache, state.as_ref())
-                        .with_message_limit(config.limits.max_response_bytes),
-                ),
-            )
-            .max_decoding_message_size(config.limits.max_message_bytes),
+    let routes = GrpcRoutes::new(
+        CopilotServer::new(
+            CopilotApi::new(gateway.clone(), config.limits.clone()).with_cache(
+                crate::cache::ResponseCache::from_config(&config.cache, state.as_ref())
+                    .with_message_limit(config.limits.max_response_bytes),
+            ),
         )
-        .add_service(health_service.clone())
-        .add_service(reflection_v1()?)
-        .add_service(reflection_v1alpha()?)
-        .clone()
-        .routes()
-        .prepare();
+        .max_decoding_message_size(config.limits.max_message_bytes),
+    )
+    .with(health_service.clone())
+    .with(reflection_v1()?)
+    .with(reflection_v1alpha()?);
     if let Some(state) = &state {
         tracing::info!(url = %state.url(), on_error = state.on_error.name(), "key budgets{} shared in Redis at {}", if config.cache.enabled { " and the response cache" } else { "" }, state.url());
         health::spawn_state_probe(state.clone(), health.clone()).await;

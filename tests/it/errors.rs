@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use copilot::error::MAX_MESSAGE_BYTES;
-use copilot::proto::v1::{ChatRequest, GenerationOptions, GetModelRequest, ListModelsRequest, Role};
+use copilot::proto::v1::{self as pb, ChatRequest, GenerationOptions, GetModelRequest, ListModelsRequest, Role};
 use copilot::validate::MAX_MODEL_NAME_BYTES;
 use copilot_fakes::{Behaviour, FakeModel, FakeOllama, Reply};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, raw_call, raw_connection, within};
+use crate::harness::{Copilot, OLLAMA_ONLY, RawBody, raw_call, raw_call_to, raw_connection, within};
 use crate::requests::{chat, prompt, reason};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -247,6 +247,35 @@ async fn a_long_upstream_error_reaches_the_client_cut() {
     assert_eq!(reason(&status), "UPSTREAM_FAILED_MID_STREAM");
     assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{} bytes", status.message().len());
     assert!(status.message().contains("model runner failed"), "{}", status.message());
+}
+
+/// Paths are routed by their service name (`grpc_routes.rs`): a service or method the server does
+/// not have is UNIMPLEMENTED, on a connection that goes on serving the API and health.
+#[tokio::test]
+async fn a_path_naming_no_service_or_method_is_unimplemented() {
+    use prost::Message as _;
+
+    let fake = FakeOllama::start().await;
+    fake.add_model(FakeModel::new("m"));
+    let copilot = Copilot::start(&fake, &[]).await;
+    let connection = raw_connection(&copilot).await;
+    let hi = prompt("ollama/m", "hi").encode_to_vec();
+    for path in ["/copilot.v9.Copilot/Generate", "/copilot.v1.Copilot/Summarize", "/copilot.v1.Copilot/", "/Generate"] {
+        let (status, _) = raw_call_to(&connection, path, &[], RawBody::frame(0, &hi)).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {}", status.message());
+    }
+    assert!(fake.chat_requests().is_empty());
+
+    let (status, answer) = raw_call(&connection, "Generate", &[], RawBody::frame(0, &hi)).await;
+    assert_eq!(status.code(), Code::Ok, "{}", status.message());
+    let answer = pb::GenerateResponse::decode(&answer[5..]).unwrap();
+    assert!(!answer.text.is_empty());
+    let check = tonic_health::pb::HealthCheckRequest { service: String::new() }.encode_to_vec();
+    let (status, answer) =
+        raw_call_to(&connection, "/grpc.health.v1.Health/Check", &[], RawBody::frame(0, &check)).await;
+    assert_eq!(status.code(), Code::Ok, "{}", status.message());
+    let health = tonic_health::pb::HealthCheckResponse::decode(&answer[5..]).unwrap();
+    assert_eq!(health.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
 }
 
 #[tokio::test]

@@ -286,8 +286,18 @@ pub async fn raw_call(
     headers: &[(&str, &str)],
     body: RawBody,
 ) -> (tonic::Status, Vec<u8>) {
+    raw_call_to(connection, &format!("/copilot.v1.Copilot/{method}"), headers, body).await
+}
+
+/// [`raw_call`] to any path (`/package.Service/Method`).
+pub async fn raw_call_to(
+    connection: &hyper::client::conn::http2::SendRequest<RawBody>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: RawBody,
+) -> (tonic::Status, Vec<u8>) {
     const LIMIT: Duration = Duration::from_secs(20);
-    let mut request = http::Request::post(format!("http://localhost/copilot.v1.Copilot/{method}"))
+    let mut request = http::Request::post(format!("http://localhost{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in headers {

@@ -48,6 +48,7 @@ use copilot::config::{AliasTarget, ApiKeyConfig, AuthConfig, DefaultOptions, Lim
 use copilot::error::{ERROR_DOMAIN, MAX_MESSAGE_BYTES};
 use copilot::gateway::Gateway;
 use copilot::grpc::CopilotApi;
+use copilot::grpc_routes::GrpcRoutes;
 use copilot::proto::v1 as pb;
 use copilot::proto::v1::copilot_server::CopilotServer;
 use copilot::request_buffers::{BufferBudget, BufferScope, ConnectionBuffers};
@@ -295,13 +296,12 @@ pub fn api_service(
     Future: Send,
 > + Clone
 + use<> {
-    let mut routes = tonic::service::Routes::builder();
-    routes.add_service(
+    let routes = GrpcRoutes::new(
         CopilotServer::new(CopilotApi::new(gateway, limits.clone()))
             .max_decoding_message_size(limits.max_message_bytes),
     );
     let connection_buffer_bytes = limits.connection_buffer_bytes();
-    let service = copilot::server::guarded(routes.routes().prepare(), limits, auth, hard_stop);
+    let service = copilot::server::guarded(routes, limits, auth, hard_stop);
     // Each call as if on a connection of its own, with that connection's budget of partly
     // received request bytes.
     tower::ServiceExt::map_request(service, move |mut request: http::Request<Chunks>| {
