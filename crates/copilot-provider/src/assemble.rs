@@ -4,6 +4,10 @@
 
 use crate::content::{Part, Thinking, ThinkingDelta, ToolCall, ToolCallDelta};
 
+/// Room a text part starts with: an answer comes a few bytes at a time, and a part sized to its
+/// first piece would be reallocated at each doubling on the way to a sentence.
+const TEXT_START: usize = 256;
+
 /// The parts of an answer so far. Text pieces join into one text part until something else
 /// comes; thinking pieces join into one thinking part until its signature closes it; tool-call
 /// pieces join by index (the first piece of an index carries its id and name).
@@ -18,7 +22,11 @@ impl AssembledTurn {
     pub fn text(&mut self, text: &str) {
         match self.parts.last_mut() {
             Some(Part::Text(last)) => last.push_str(text),
-            _ => self.parts.push(Part::Text(text.to_owned())),
+            _ => {
+                let mut part = String::with_capacity(text.len().max(TEXT_START));
+                part.push_str(text);
+                self.parts.push(Part::Text(part));
+            }
         }
     }
 
