@@ -133,7 +133,8 @@ fn clang_headers(lib_dir: &Path) {
     write_file(&lib_dir.join("clang/14.0.6/include/stddef.h"), b"/* stddef */\n");
 }
 
-fn host_tool(name: &str) -> PathBuf {
+/// A command of the host's own, for a stub machine's PATH.
+pub(crate) fn host_tool(name: &str) -> PathBuf {
     ["/usr/bin", "/bin"]
         .iter()
         .map(|dir| Path::new(dir).join(name))

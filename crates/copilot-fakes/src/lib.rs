@@ -49,6 +49,7 @@ pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod otlp;
+pub mod providers;
 pub mod script;
 pub mod scripted;
 
