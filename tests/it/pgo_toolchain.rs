@@ -3,13 +3,13 @@
 //! toolchain on PATH. (`scripts/test` runs `--check` for real on the machine's own toolchain.)
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
 
-use crate::prereqs::host_tool;
+use crate::prereqs::{host_tool, stub_layout};
 
 /// The commands the script itself runs on the way to its answer, linked from the host.
 const TOOLS: &[&str] = &["bash", "dirname", "sed", "head", "id"];
@@ -29,14 +29,7 @@ struct Found {
 
 impl Machine {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().join("root");
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&root).unwrap();
-        fs::create_dir_all(&bin).unwrap();
-        for tool in TOOLS {
-            symlink(host_tool(tool), bin.join(tool)).unwrap();
-        }
+        let (dir, root, bin) = stub_layout(TOOLS);
         let machine = Machine { dir, root, bin };
         machine.stub(
             "rustc",

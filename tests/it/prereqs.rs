@@ -34,15 +34,7 @@ struct Check {
 impl Machine {
     /// Working compilers, cmake 3.25.1, make and the CA bundle; no libclang, no Python.
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().join("root");
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&root).unwrap();
-        fs::create_dir_all(&bin).unwrap();
-        for tool in TOOLS {
-            let real = host_tool(tool);
-            symlink(&real, bin.join(tool)).unwrap();
-        }
+        let (dir, root, bin) = stub_layout(TOOLS);
         let machine = Machine { dir, root, bin, env: Vec::new() };
         machine.stub("cc", "exit 0");
         machine.stub("c++", "exit 0");
@@ -131,6 +123,20 @@ fn write_file(path: &Path, contents: &[u8]) -> PathBuf {
 /// clang's own headers, `clang/<version>/include/stddef.h`, in `lib_dir`.
 fn clang_headers(lib_dir: &Path) {
     write_file(&lib_dir.join("clang/14.0.6/include/stddef.h"), b"/* stddef */\n");
+}
+
+/// A scratch directory with `root/`, a machine's file system, and `bin/`, its whole PATH, holding
+/// `tools` linked from the host.
+pub(crate) fn stub_layout(tools: &[&str]) -> (TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&bin).unwrap();
+    for tool in tools {
+        symlink(host_tool(tool), bin.join(tool)).unwrap();
+    }
+    (dir, root, bin)
 }
 
 /// A command of the host's own, for a stub machine's PATH.
